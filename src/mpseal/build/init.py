@@ -1,0 +1,105 @@
+"""``mpseal init``: a new product project with its example app, signing keys and trust root."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from mpseal.crypto.keys import PrivateKeySigner
+from mpseal.errors import UsageError
+from mpseal.formats import trustroot
+from mpseal.formats.boards import get_board
+from mpseal.formats.config import CONFIG_NAME
+from mpseal.fsutil import write_atomic
+
+KEY_MODE = 0o600
+
+CONFIG_TEMPLATE = """\
+# mpseal project: see docs/config.md for every key.
+[app]
+name = "{name}"
+version = "1.0.0"
+security_counter = 1      # devices refuse a lower counter once a release is committed
+entry = "main"            # the device imports this module and calls its main()
+
+[build]
+board = "{board}"          # {description}: .mpy {mpy}, -march={arch}
+source = "app"
+data = ["data/*"]         # copied verbatim into the image, next to the modules
+opt = 2                   # mpy-cross -O level (0..3)
+source_lines = false      # line numbers in tracebacks also help a reader of the .mpy
+
+[keys]
+release = "keys/release.pem"          # signs builds
+root = "keys/offline/root.pem"        # signs the trust root: move it off this machine
+trust_root = "keys/trust-root.mpsr"   # the device carries this
+
+[lockdown]
+profile = "dev"           # dev | field | sealed
+"""
+
+
+@dataclass(frozen=True)
+class InitResult:
+    folder: Path
+    files: list[Path]
+    root_keyid: str
+    release_keyid: str
+
+
+def init_project(folder: Path, board_name: str, name: str | None = None,
+                 passphrase: bytes | None = None) -> InitResult:
+    board = get_board(board_name)
+    folder = Path(folder)
+    name = name or _default_name(folder)
+    config_path = folder / CONFIG_NAME
+    key_paths = [folder / "keys/offline/root.pem", folder / "keys/release.pem",
+                 folder / "keys/trust-root.mpsr"]
+    for path in [config_path, *key_paths]:
+        if path.exists():
+            raise UsageError(f"{path} already exists; refusing to overwrite a project or its keys")
+
+    root = PrivateKeySigner.generate()
+    release = PrivateKeySigner.generate()
+    troot = trustroot.build(1, {"root": [root.public_key], "release": [release.public_key]})
+    root_blob = trustroot.sign(troot, [root])
+
+    written: list[Path] = []
+    # Keys first, each refusing to replace a file that appeared meanwhile.
+    write_atomic(key_paths[0], root.to_pem(passphrase), mode=KEY_MODE, exclusive=True)
+    written.append(key_paths[0])
+    write_atomic(key_paths[1], release.to_pem(passphrase), mode=KEY_MODE, exclusive=True)
+    written.append(key_paths[1])
+    write_atomic(key_paths[2], root_blob, exclusive=True)
+    written.append(key_paths[2])
+    (folder / "keys/offline").chmod(0o700)
+
+    template = resources.files("mpseal.build") / "template"
+    written += _copy_template(template, folder)
+    write_atomic(config_path, CONFIG_TEMPLATE.format(
+        name=name, board=board.name, description=board.description, mpy=board.mpy,
+        arch=board.arch).encode())
+    written.append(config_path)
+    write_atomic(folder / ".gitignore", b"/dist/\n/.mpseal-cache/\n/keys/offline/\n")
+    return InitResult(folder, written, root.public_key.keyid, release.public_key.keyid)
+
+
+def _copy_template(src: resources.abc.Traversable, dest: Path) -> list[Path]:
+    out = []
+    for item in src.iterdir():
+        if item.name == "__pycache__":
+            continue
+        target = dest / item.name
+        if item.is_dir():
+            out += _copy_template(item, target)
+        elif not target.exists():
+            write_atomic(target, item.read_bytes())
+            out.append(target)
+    return out
+
+
+def _default_name(folder: Path) -> str:
+    stem = folder.resolve().name
+    clean = "".join(c if c.isalnum() or c in "_-." else "-" for c in stem).strip("-.")
+    return clean or "app"

@@ -1,0 +1,166 @@
+"""``mpseal build``: compile the app, pack the ROMFS image, sign the manifest, write one artifact."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mpseal import __version__
+from mpseal.build import romfs
+from mpseal.build.mpycross import CompileOptions, Compiler, Module
+from mpseal.build.project import Project
+from mpseal.crypto.keys import Signer
+from mpseal.errors import ConfigError, FormatError, MpsealError
+from mpseal.formats import artifact
+from mpseal.formats.manifest import Manifest, check_file_name
+from mpseal.fsutil import write_atomic
+
+SKIP_DIRS = {"__pycache__"}
+
+
+@dataclass
+class BuildResult:
+    path: Path
+    manifest: Manifest
+    artifact_size: int
+    modules: int
+    data_files: int
+    cache_hits: int
+    compiled: int
+    seconds: float
+    keyid: str
+    stages: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, object]:
+        m = self.manifest
+        return {
+            "artifact": str(self.path),
+            "app": m.app,
+            "version": m.version,
+            "security_counter": m.counter,
+            "board": m.board,
+            "mpy": m.mpy_version,
+            "arch": m.arch,
+            "image_sha256": m.image_sha256,
+            "image_size": m.image_size,
+            "artifact_size": self.artifact_size,
+            "modules": self.modules,
+            "data_files": self.data_files,
+            "compiled": self.compiled,
+            "cache_hits": self.cache_hits,
+            "signed_by": self.keyid,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass(frozen=True)
+class Sources:
+    modules: list[Module]
+    data: dict[str, bytes]
+
+
+def collect(project: Project) -> Sources:
+    """Every ``.py`` under the source folder, plus the data files the config's globs name."""
+    src = project.source_dir
+    if not src.is_dir():
+        raise ConfigError(f"source folder {src} does not exist; see [build] source in mpseal.toml")
+    modules: list[Module] = []
+    data: dict[str, bytes] = {}
+    for path in sorted(src.rglob("*")):
+        rel_parts = path.relative_to(src).parts
+        if any(p in SKIP_DIRS or p.startswith(".") for p in rel_parts) or not path.is_file():
+            continue
+        rel = "/".join(rel_parts)
+        if path.suffix == ".py":
+            modules.append(Module(_checked(rel), path.read_bytes()))
+    for pattern in project.config.data:
+        matched = [p for p in sorted(src.glob(pattern)) if p.is_file()]
+        if not matched:
+            raise ConfigError(f"[build] data pattern {pattern!r} matches no file in {src}")
+        for path in matched:
+            rel = "/".join(path.relative_to(src).parts)
+            if path.suffix != ".py":
+                data[_checked(rel)] = path.read_bytes()
+    if not modules:
+        raise ConfigError(f"no .py modules in {src}")
+    entry = f"{project.config.entry}.py"
+    if entry not in {m.name for m in modules}:
+        raise ConfigError(f"entry module {entry} is not in {src}; see [app] entry")
+    return Sources(modules, data)
+
+
+def _checked(rel: str) -> str:
+    try:
+        return check_file_name(rel)
+    except FormatError as e:
+        raise ConfigError(f"cannot package {rel!r}: {e}") from None
+
+
+def build(project: Project, signer: Signer, progress: Callable[[str], None] | None = None,
+          on_total: Callable[[int], None] | None = None, jobs: int | None = None) -> BuildResult:
+    cfg = project.config
+    t0 = time.perf_counter()
+    stages: dict[str, float] = {}
+    root = project.trust_root()
+    if signer.public_key.keyid not in root.role("release").keyids:
+        raise ConfigError(
+            "the release key is not named by the project's trust root; devices would refuse "
+            "this build (re-create the trust root with 'mpseal keys root' or use the right key)"
+        )
+    sources = collect(project)
+    if on_total:
+        on_total(len(sources.modules))
+    stages["collect"] = time.perf_counter() - t0
+
+    options = CompileOptions(cfg.mpy_version, cfg.arch, cfg.opt, cfg.source_lines)
+    compiler = Compiler(options, project.cache_dir / "mpy", jobs=jobs)
+    t = time.perf_counter()
+    compiled = compiler.compile_all(sources.modules, progress)
+    stages["compile"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    files = {name[:-3] + ".mpy": data for name, data in compiled.items()}
+    for name, data in sources.data.items():
+        if name in files:
+            raise ConfigError(f"data file {name} clashes with a compiled module of the same name")
+        files[name] = data
+    image = romfs.pack(files)
+    manifest = Manifest(
+        app=cfg.name,
+        version=cfg.version,
+        counter=cfg.security_counter,
+        board=cfg.board.name,
+        port=cfg.board.port,
+        mpy_version=cfg.mpy_version,
+        arch=cfg.arch,
+        image_sha256=hashlib.sha256(image).hexdigest(),
+        image_size=len(image),
+        entry=cfg.entry,
+        files=tuple((name, len(files[name])) for name in sorted(files)),
+        build={"opt": cfg.opt, "source_lines": cfg.source_lines, "tool": f"mpseal {__version__}"},
+    )
+    art = artifact.create(manifest, image, [signer])
+    blob = art.encode()
+    # Check the artifact as a device would before anyone can ship it.
+    try:
+        artifact.verify(blob, root, board=cfg.board.name)
+    except MpsealError as e:  # pragma: no cover - a bug in mpseal itself
+        raise ConfigError(f"the new artifact does not verify against the trust root: {e}") from e
+    out = project.artifact_path()
+    write_atomic(out, blob)
+    stages["package"] = time.perf_counter() - t
+    return BuildResult(
+        path=out,
+        manifest=manifest,
+        artifact_size=len(blob),
+        modules=len(sources.modules),
+        data_files=len(sources.data),
+        cache_hits=compiler.hits,
+        compiled=compiler.misses,
+        seconds=time.perf_counter() - t0,
+        keyid=signer.public_key.keyid,
+        stages=stages,
+    )

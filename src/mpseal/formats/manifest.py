@@ -1,0 +1,127 @@
+"""The release manifest: what an artifact claims to be, signed by the release key.
+
+A UTF-8 JSON object, written with sorted keys and no spaces:
+
+    {"type": "mpseal-release", "spec": 1,
+     "app": "hello", "version": "1.2.0", "counter": 3,
+     "board": "esp32", "port": "esp32",
+     "mpy": {"version": "6.3", "arch": "xtensawin"},
+     "image": {"format": "romfs", "sha256": "<64 hex>", "size": 12345},
+     "entry": "main",
+     "files": [["main.mpy", 812], ["lib/util.mpy", 300], ["data/logo.bin", 4096]],
+     "build": {"opt": 2, "source_lines": false, "tool": "mpseal 0.1.0"}}
+
+The device reads ``type``..``entry``; ``files`` and ``build`` are for people.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from mpseal.errors import FormatError
+from mpseal.formats import jsondoc
+from mpseal.limits import DEFAULT_LIMITS, Limits
+
+DOC_TYPE = "mpseal-release"
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+_VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+-]{0,31}$")
+_SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+def check_file_name(name: str, limits: Limits = DEFAULT_LIMITS) -> str:
+    """A file name inside the image: relative, '/'-separated, plain ASCII, no '..'."""
+    if not isinstance(name, str) or not 0 < len(name) <= limits.file_name_max_length:
+        raise FormatError(f"file name {name!r} is empty or too long")
+    parts = name.split("/")
+    for part in parts:
+        if part in ("", ".", "..") or not _SEGMENT.match(part):
+            raise FormatError(
+                f"file name {name!r} is not a plain relative path (letters, digits, _ . - and /)"
+            )
+    return name
+
+
+@dataclass(frozen=True)
+class Manifest:
+    app: str
+    version: str
+    counter: int
+    board: str
+    port: str
+    mpy_version: str
+    arch: str
+    image_sha256: str
+    image_size: int
+    entry: str = "main"
+    files: tuple[tuple[str, int], ...] = ()
+    build: dict[str, object] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        return jsondoc.dumps(
+            {
+                "type": DOC_TYPE,
+                "spec": 1,
+                "app": self.app,
+                "version": self.version,
+                "counter": self.counter,
+                "board": self.board,
+                "port": self.port,
+                "mpy": {"version": self.mpy_version, "arch": self.arch},
+                "image": {"format": "romfs", "sha256": self.image_sha256, "size": self.image_size},
+                "entry": self.entry,
+                "files": [list(f) for f in self.files],
+                "build": self.build,
+            }
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        return jsondoc.loads(self.encode(), "manifest")
+
+
+def check_app_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise FormatError(f"app name {name!r} must be 1-64 of letters, digits, _ . - ")
+    return name
+
+
+def check_version(version: str) -> str:
+    if not _VERSION.match(version):
+        raise FormatError(f"version {version!r} must be 1-32 of letters, digits, . + -")
+    return version
+
+
+def parse(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Manifest:
+    f = jsondoc.Fields(jsondoc.loads(data, "manifest"), "manifest")
+    if f.req_str("type") != DOC_TYPE:
+        raise FormatError("manifest is not of type mpseal-release")
+    f.int("spec", 1, 1)
+    mpy = f.obj("mpy")
+    image = f.obj("image")
+    if image.req_str("format") != "romfs":
+        raise FormatError("manifest image format is not romfs")
+    files = []
+    for item in f.list("files", limits.files_max_count):
+        if (not isinstance(item, list) or len(item) != 2 or not isinstance(item[1], int)
+                or isinstance(item[1], bool) or not 0 <= item[1] <= limits.image_max_length):
+            raise FormatError("manifest file list entry is not [name, size]")
+        files.append((check_file_name(item[0], limits), item[1]))
+    entry = f.req_str("entry", 64)
+    if not _MODULE.match(entry):
+        raise FormatError(f"manifest entry {entry!r} is not a module name")
+    build = f.obj("build")
+    return Manifest(
+        app=check_app_name(f.req_str("app", 64)),
+        version=check_version(f.req_str("version", 32)),
+        counter=f.int("counter", 0, 2**31 - 1),
+        board=f.req_str("board", 32),
+        port=f.req_str("port", 32),
+        mpy_version=mpy.req_str("version", 8),
+        arch=mpy.req_str("arch", 16),
+        image_sha256=image.hex("sha256", 32),
+        image_size=image.int("size", 0, limits.image_max_length),
+        entry=entry,
+        files=tuple(files),
+        build=build.raw(),  # informational only
+    )

@@ -1,0 +1,154 @@
+"""The trust root a device carries: which keys may sign for which role, and how many must.
+
+It is an envelope (magic ``MPSR``) whose payload names the keys and roles and is
+signed by a threshold of its own ``root`` role. Roles: ``root`` (offline, signs
+this document), ``release`` (signs release manifests), and optionally
+``timestamp`` (online freshness, used by the update server).
+
+Threat tier: a device that checks release signatures against this root stops T1
+(network, mirror). Keeping the root key offline, with thresholds, is what stops
+T2 (a stolen online key cannot rewrite who is trusted).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mpseal.crypto.keys import KEY_TYPE, PublicKey, Signer
+from mpseal.errors import FormatError, SignatureError, UsageError
+from mpseal.formats import envelope, jsondoc
+from mpseal.formats.sigblock import SignatureEntry
+from mpseal.limits import DEFAULT_LIMITS, Limits
+
+MAGIC = b"MPSR"
+DOC_TYPE = "mpseal-root"
+ROLES = ("root", "release", "timestamp")
+REQUIRED_ROLES = ("root", "release")
+
+
+@dataclass(frozen=True)
+class Role:
+    keyids: tuple[str, ...]
+    threshold: int = 1
+
+
+@dataclass(frozen=True)
+class TrustRoot:
+    version: int
+    keys: dict[str, PublicKey]
+    roles: dict[str, Role]
+    raw: bytes = field(default=b"", compare=False, repr=False)  # the signed envelope as stored
+
+    def role(self, name: str) -> Role:
+        try:
+            return self.roles[name]
+        except KeyError:
+            raise UsageError(f"the trust root has no {name!r} role") from None
+
+    def payload(self) -> bytes:
+        keys = {k: {"keytype": KEY_TYPE, "public": v.point.hex()} for k, v in self.keys.items()}
+        roles = {
+            n: {"keyids": list(r.keyids), "threshold": r.threshold} for n, r in self.roles.items()
+        }
+        return jsondoc.dumps({"type": DOC_TYPE, "spec": 1, "version": self.version,
+                              "keys": keys, "roles": roles})
+
+    def verify(self, role_name: str, payload: bytes, entries: list[SignatureEntry],
+               what: str) -> list[str]:
+        """Check a threshold of ``role_name``'s keys signed ``payload``; return their keyids."""
+        role = self.role(role_name)
+        good: list[str] = []
+        bad: list[str] = []
+        for entry in entries:
+            if entry.keyid not in role.keyids or entry.keyid in good:
+                continue
+            try:
+                self.keys[entry.keyid].verify(entry.signature, payload)
+            except SignatureError:
+                bad.append(entry.keyid)
+                continue
+            good.append(entry.keyid)
+        if len(good) >= role.threshold:
+            return good
+        if bad:
+            raise SignatureError(
+                f"{what} signature by {role_name} key {bad[0][:16]} does not verify: "
+                f"the {what} was altered after signing"
+            )
+        if not entries:
+            raise SignatureError(f"{what} is not signed")
+        if not good:
+            raise SignatureError(
+                f"{what} is signed by unknown key {entries[0].keyid[:16]}, not by a {role_name} key "
+                "of this trust root (built by another project, or the wrong trust root)"
+            )
+        raise SignatureError(
+            f"{what} has {len(good)} valid {role_name} signatures, the threshold is {role.threshold}"
+        )
+
+
+def build(version: int, role_keys: dict[str, list[PublicKey]],
+          thresholds: dict[str, int] | None = None) -> TrustRoot:
+    thresholds = thresholds or {}
+    keys: dict[str, PublicKey] = {}
+    roles: dict[str, Role] = {}
+    for name, pubs in role_keys.items():
+        if name not in ROLES:
+            raise UsageError(f"unknown role {name!r}; roles are {', '.join(ROLES)}")
+        for p in pubs:
+            keys[p.keyid] = p
+        threshold = thresholds.get(name, 1)
+        if not 1 <= threshold <= len(pubs):
+            raise UsageError(f"role {name!r} threshold {threshold} needs 1..{len(pubs)}")
+        roles[name] = Role(tuple(p.keyid for p in pubs), threshold)
+    for name in REQUIRED_ROLES:
+        if name not in roles:
+            raise UsageError(f"a trust root needs a {name!r} role")
+    return TrustRoot(version, keys, roles)
+
+
+def sign(root: TrustRoot, signers: list[Signer]) -> bytes:
+    """Seal ``root`` with the root-role ``signers``; returns the file bytes."""
+    payload = root.payload()
+    env = envelope.seal(MAGIC, payload, signers)
+    raw = env.encode()
+    # Prove the result verifies before anyone stores it.
+    parse(raw)
+    return raw
+
+
+def parse(data: bytes, limits: Limits = DEFAULT_LIMITS) -> TrustRoot:
+    """Decode a trust root and check it is signed by a threshold of its own root role."""
+    env = envelope.decode(data, MAGIC, "trust root", limits.root_max_length,
+                          limits.signatures_max_count)
+    f = jsondoc.Fields(jsondoc.loads(env.payload, "trust root"), "trust root")
+    if f.req_str("type") != DOC_TYPE:
+        raise FormatError("trust root payload is not of type mpseal-root")
+    f.int("spec", 1, 1)
+    version = f.int("version", 1, 2**31)
+    keys: dict[str, PublicKey] = {}
+    kf = f.obj("keys")
+    for keyid in kf.keys():
+        entry = kf.obj(keyid)
+        if entry.req_str("keytype") != KEY_TYPE:
+            raise FormatError(f"trust root key {keyid[:16]} is not {KEY_TYPE}")
+        pub = PublicKey.from_hex(entry.hex("public", 65))
+        if pub.keyid != keyid:
+            raise FormatError(f"trust root key id {keyid[:16]} does not match its public key")
+        keys[keyid] = pub
+    roles: dict[str, Role] = {}
+    rf = f.obj("roles")
+    for name in rf.keys():
+        if name not in ROLES:
+            raise FormatError(f"trust root names unknown role {name!r}")
+        r = rf.obj(name)
+        keyids = r.list("keyids", limits.signatures_max_count)
+        if not all(isinstance(k, str) and k in keys for k in keyids) or not keyids:
+            raise FormatError(f"trust root role {name!r} names keys it does not define")
+        roles[name] = Role(tuple(keyids), r.int("threshold", 1, len(keyids)))
+    for name in REQUIRED_ROLES:
+        if name not in roles:
+            raise FormatError(f"trust root has no {name!r} role")
+    root = TrustRoot(version, keys, roles, raw=bytes(data))
+    root.verify("root", env.payload, env.signatures, "trust root")
+    return root
