@@ -1,0 +1,94 @@
+"""What every command shares: error reporting, exit codes, JSON output, progress, passphrases."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from mpseal.errors import (
+    BadDataError,
+    ConfigError,
+    MpsealError,
+    TransportError,
+)
+
+# Exit codes: scripts can tell the causes apart without reading text.
+EXIT_BAD_DATA = 3  # the artifact/device/server data is bad or refused
+EXIT_TRANSPORT = 4  # a device, server or tool could not be reached or failed
+EXIT_USAGE = 2  # the request or the configuration is wrong
+
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+out_console = Console(highlight=False, soft_wrap=True)
+
+
+def exit_code_for(exc: MpsealError) -> int:
+    if isinstance(exc, BadDataError):
+        return EXIT_BAD_DATA
+    if isinstance(exc, TransportError):
+        return EXIT_TRANSPORT
+    return EXIT_USAGE
+
+
+def run_command(cli: click.Group) -> None:
+    """Run the CLI; every mpseal error becomes one line on stderr and a non-zero exit."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        err_console.print("mpseal: aborted")
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except MpsealError as e:
+        err_console.print(f"mpseal: {_kind(e)}: {e}", markup=False, soft_wrap=True)
+        sys.exit(exit_code_for(e))
+    except KeyboardInterrupt:
+        err_console.print("mpseal: interrupted")
+        sys.exit(130)
+
+
+def _kind(e: MpsealError) -> str:
+    if isinstance(e, ConfigError):
+        return "config error"
+    if isinstance(e, BadDataError):
+        return "refused"
+    if isinstance(e, TransportError):
+        return "failed"
+    return "error"
+
+
+def emit_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=True))
+
+
+def passphrase_from_env_or_prompt(role: str) -> bytes | None:
+    """Passphrase for an encrypted key: $MPSEAL_PASSPHRASE, else a prompt on a TTY."""
+    env = os.environ.get("MPSEAL_PASSPHRASE")
+    if env is not None:
+        return env.encode()
+    if sys.stdin.isatty():
+        return click.prompt(f"Passphrase for the {role} key", hide_input=True).encode()
+    raise ConfigError(
+        f"the {role} key is passphrase-protected; set MPSEAL_PASSPHRASE (no TTY to prompt on)"
+    )
+
+
+@contextmanager
+def progress_bar(label: str, enabled: bool) -> Iterator[Progress | None]:
+    """A progress bar on a TTY (stderr), nothing otherwise or when ``enabled`` is false."""
+    if not enabled or not err_console.is_terminal:
+        yield None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err_console, transient=True) as bar:
+        yield bar

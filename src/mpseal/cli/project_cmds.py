@@ -1,0 +1,155 @@
+"""``mpseal init``, ``build``, ``inspect``, ``verify``."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from mpseal.build.init import init_project
+from mpseal.build.package import build as build_project
+from mpseal.build.project import Project
+from mpseal.cli.common import emit_json, out_console, passphrase_from_env_or_prompt, progress_bar
+from mpseal.errors import UsageError
+from mpseal.formats import artifact, manifest, romfs
+from mpseal.formats.boards import BOARDS
+from mpseal.fsutil import read_limited
+from mpseal.limits import DEFAULT_LIMITS
+
+NOT_PROTECTED = (
+    "Not protected: a .mpy still shows names and strings and can be disassembled; it stops a "
+    "curious owner (T0), not a reader of the flash (T3). The signature stops a network or mirror "
+    "(T1) only on a device that checks it (the boot guard)."
+)
+
+
+@click.command()
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--board", type=click.Choice(sorted(BOARDS)), required=True,
+              help="Target board: sets the port, .mpy version and native arch.")
+@click.option("--name", help="App name (default: the folder name).")
+@click.option("--encrypt-keys", is_flag=True,
+              help="Protect the private keys with a passphrase ($MPSEAL_PASSPHRASE or a prompt).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+def init(folder: Path, board: str, name: str | None, encrypt_keys: bool, as_json: bool) -> None:
+    """Create a product project: mpseal.toml, an example app, signing keys and trust root."""
+    passphrase = passphrase_from_env_or_prompt("new") if encrypt_keys else None
+    if encrypt_keys and not passphrase:
+        raise UsageError("an empty passphrase protects nothing; give a real one")
+    res = init_project(folder, board, name=name, passphrase=passphrase)
+    if as_json:
+        emit_json({"folder": str(res.folder), "files": [str(p) for p in res.files],
+                   "root_keyid": res.root_keyid, "release_keyid": res.release_keyid})
+        return
+    out_console.print(f"Created project in {res.folder} for board {board}")
+    out_console.print(f"  root key    {res.root_keyid[:16]}  keys/offline/root.pem "
+                      "(offline: move it off this machine after init)")
+    out_console.print(f"  release key {res.release_keyid[:16]}  keys/release.pem")
+    out_console.print("  trust root  keys/trust-root.mpsr (the device carries this)")
+    if not encrypt_keys:
+        out_console.print("  [yellow]keys are not passphrase-protected (use --encrypt-keys)[/]")
+    out_console.print(f"Next: cd {folder} && mpseal build")
+
+
+@click.command()
+@click.option("-C", "--project", "project_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=".", help="Project folder (default: here or a parent).")
+@click.option("-j", "--jobs", type=click.IntRange(1, 256), help="Parallel compilers.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+def build(project_dir: Path, jobs: int | None, as_json: bool) -> None:
+    """Compile the app with mpy-cross, pack a ROMFS image, sign it: dist/<app>-<version>.mpseal."""
+    project = Project.load(project_dir)
+    signer = project.release_signer(passphrase_from_env_or_prompt)
+    with progress_bar("compiling", enabled=not as_json) as bar:
+        task = bar.add_task("compiling", total=None) if bar else None
+
+        def on_total(n: int) -> None:
+            if bar is not None and task is not None:
+                bar.update(task, total=n)
+
+        def tick(_: str) -> None:
+            if bar is not None and task is not None:
+                bar.advance(task)
+
+        res = build_project(project, signer, progress=tick, on_total=on_total, jobs=jobs)
+    summary = res.summary()
+    if as_json:
+        emit_json(summary)
+        return
+    m = res.manifest
+    out_console.print(
+        f"Built {res.path} ({res.artifact_size} bytes): {m.app} {m.version}, counter {m.counter}, "
+        f"board {m.board} (.mpy {m.mpy_version}, {m.arch})"
+    )
+    out_console.print(
+        f"  {res.modules} modules ({res.compiled} compiled, {res.cache_hits} cached), "
+        f"{res.data_files} data files, image {m.image_size} bytes, "
+        f"signed by release key {res.keyid[:16]}, {res.seconds:.2f}s"
+    )
+
+
+def _load_artifact(path: Path) -> bytes:
+    return read_limited(path, DEFAULT_LIMITS.artifact_max_length, "artifact")
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def inspect(file: Path, as_json: bool) -> None:
+    """Show what is inside an artifact (structure only; use 'verify' to check it)."""
+    art = artifact.decode(_load_artifact(file))
+    man = manifest.parse(art.manifest_bytes)
+    files = romfs.read(art.image)
+    info = {
+        "file": str(file),
+        "manifest": man.to_dict(),
+        "signatures": [{"keyid": s.keyid} for s in art.signatures],
+        "image": {"offset": art.image_offset, "size": len(art.image),
+                  "sha256": hashlib.sha256(art.image).hexdigest()},
+        "romfs": [{"path": f.path, "size": len(f.data)} for f in files],
+        "verified": False,
+    }
+    if as_json:
+        emit_json(info)
+        return
+    out_console.print(f"[bold]{file}[/]  (not verified: run 'mpseal verify')")
+    out_console.print(f"  app {man.app} {man.version}  security counter {man.counter}")
+    out_console.print(f"  board {man.board} (port {man.port}, .mpy {man.mpy_version}, {man.arch})")
+    out_console.print(f"  entry {man.entry}  image {man.image_size} bytes  sha256 {man.image_sha256}")
+    for s in art.signatures:
+        out_console.print(f"  signed by key {s.keyid}")
+    table = Table("path", "size", title="ROMFS image")
+    for f in files:
+        table.add_row(f.path, str(len(f.data)))
+    out_console.print(table)
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-C", "--project", "project_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=".", help="Project whose trust root to check against.")
+@click.option("--board", help="Board the device is (default: the project's).")
+@click.option("--min-counter", type=click.IntRange(0), default=0,
+              help="The device's committed security counter (refuse rollbacks below it).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def verify(file: Path, project_dir: Path, board: str | None, min_counter: int,
+           as_json: bool) -> None:
+    """Check an artifact as a device would: structure, signature, image hash, board, counter."""
+    project = Project.load(project_dir)
+    board = board or project.config.board.name
+    res = artifact.verify(_load_artifact(file), project.trust_root(), board=board,
+                          min_counter=min_counter)
+    m = res.manifest
+    if as_json:
+        emit_json({"file": str(file), "ok": True, "app": m.app, "version": m.version,
+                   "security_counter": m.counter, "board": m.board, "signed_by": res.keyids,
+                   "image_sha256": m.image_sha256})
+        return
+    out_console.print(f"OK {file}: {m.app} {m.version} for {m.board}, counter {m.counter}, "
+                      f"signed by release key {res.keyids[0][:16]}, image hash matches")
+    out_console.print(f"[dim]{NOT_PROTECTED}[/]")
+
+
+COMMANDS = [init, build, inspect, verify]

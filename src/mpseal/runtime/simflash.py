@@ -1,0 +1,56 @@
+# A flash chip for the virtual board: a littlefs block device backed by an image
+# file on the host. Runs in the MicroPython unix port.
+#
+# Power-cut testing: give `cut_after=N` and the N-th block write (1-based) is the
+# last one that reaches the file; with `tear=True` that write stops half-way.
+# Then PowerCut (a BaseException, so app code cannot swallow it) is raised and
+# the board must be "rebooted" by starting a new VM on the same image.
+
+BLOCK_SIZE = 4096
+_IOCTL_COUNT = 4
+_IOCTL_SIZE = 5
+_IOCTL_ERASE = 6
+
+
+class PowerCut(BaseException):
+    pass
+
+
+class FlashBlockDev:
+    def __init__(self, path, block_size=BLOCK_SIZE, cut_after=0, tear=False):
+        self.f = open(path, "r+b")
+        self.bs = block_size
+        self.f.seek(0, 2)
+        self.blocks = self.f.tell() // block_size
+        self.writes = 0
+        self.cut_after = cut_after
+        self.tear = tear
+
+    def readblocks(self, block, buf, offset=0):
+        self.f.seek(block * self.bs + offset)
+        self.f.readinto(buf)
+
+    def _write(self, pos, data):
+        if self.cut_after and self.writes >= self.cut_after:
+            raise PowerCut()
+        self.writes += 1
+        self.f.seek(pos)
+        if self.cut_after and self.writes == self.cut_after:
+            if self.tear:
+                self.f.write(data[: len(data) // 2])
+            else:
+                self.f.write(data)
+            raise PowerCut()
+        self.f.write(data)
+
+    def writeblocks(self, block, buf, offset=None):
+        self._write(block * self.bs + (offset or 0), buf)
+
+    def ioctl(self, op, arg):
+        if op == _IOCTL_COUNT:
+            return self.blocks
+        if op == _IOCTL_SIZE:
+            return self.bs
+        if op == _IOCTL_ERASE:
+            self._write(arg * self.bs, b"\xff" * self.bs)
+        return 0
