@@ -12,7 +12,8 @@ signed, or required to be zero, so no byte can change unnoticed:
     17      3     reserved, zero
     20      4     image offset (multiple of 64, = first 64-aligned offset after the signatures)
     24      4     image length (<= Limits.image_max_length; must equal the manifest's)
-    28      4     reserved, zero
+    28      4     header check: first 4 bytes of SHA-256(bytes 0..27), so a damaged
+                  header is reported as such instead of as a puzzling later error
     32      m     manifest (JSON, see manifest.py) — the signed bytes
     32+m    96×c  signature block (see sigblock.py)
     ...           zero padding up to the image offset
@@ -45,7 +46,11 @@ HEADER = struct.Struct("<8sHHIB3sII4s")
 HEADER_LENGTH = HEADER.size  # 32
 IMAGE_ALIGN = 64
 _ZERO3 = b"\0" * 3
-_ZERO4 = b"\0" * 4
+_CHECKED = 28
+
+
+def header_check(head: bytes) -> bytes:
+    return hashlib.sha256(head[:_CHECKED]).digest()[:4]
 
 
 @dataclass(frozen=True)
@@ -66,7 +71,8 @@ class Artifact:
     def encode(self) -> bytes:
         off = self.image_offset
         head = HEADER.pack(MAGIC, FORMAT_VERSION, HEADER_LENGTH, len(self.manifest_bytes),
-                           len(self.signatures), _ZERO3, off, len(self.image), _ZERO4)
+                           len(self.signatures), _ZERO3, off, len(self.image), b"")
+        head = head[:_CHECKED] + header_check(head)
         body = head + self.manifest_bytes + sigblock.encode(self.signatures)
         return body + b"\0" * (off - len(body)) + self.image
 
@@ -84,14 +90,16 @@ def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Artifact:
         raise FormatError(f"artifact is truncated: {len(data)} bytes, the header alone is 32")
     if len(data) > limits.artifact_max_length:
         raise FormatError(f"artifact is larger than the {limits.artifact_max_length}-byte limit")
-    magic, version, hlen, mlen, count, res1, off, ilen, res2 = HEADER.unpack_from(data)
+    magic, version, hlen, mlen, count, res1, off, ilen, check = HEADER.unpack_from(data)
     if magic != MAGIC:
         raise FormatError("wrong magic bytes: this is not an mpseal artifact")
     if version != FORMAT_VERSION:
         raise FormatError(f"artifact format version {version} is not supported (this mpseal reads 1)")
+    if check != header_check(data):
+        raise FormatError("artifact header is damaged (its check bytes do not match)")
     if hlen != HEADER_LENGTH:
         raise FormatError(f"artifact header length field is {hlen}, expected 32")
-    if res1 != _ZERO3 or res2 != _ZERO4:
+    if res1 != _ZERO3:
         raise FormatError("artifact header has non-zero reserved bytes")
     if mlen > limits.manifest_max_length:
         raise FormatError(f"manifest length {mlen} exceeds the {limits.manifest_max_length}-byte limit")

@@ -1,0 +1,53 @@
+"""Shared fixtures: a fresh mpseal project, the CLI as a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+MPSEAL = BIN / "mpseal"
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_mpseal(*args: str | os.PathLike[str], cwd: Path | None = None,
+               env: dict[str, str] | None = None, timeout: float = 120) -> Run:
+    """Run the installed ``mpseal`` console script exactly as a user would."""
+    full_env = {k: v for k, v in os.environ.items() if k != "MPSEAL_PASSPHRASE"}
+    full_env.update({"COLUMNS": "200", **(env or {})})
+    proc = subprocess.run([str(MPSEAL), *map(str, args)], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+    return Run(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture
+def mpseal():
+    return run_mpseal
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A new project for the unix board (the virtual board's VM), built once."""
+    folder = tmp_path / "proj"
+    res = run_mpseal("init", folder, "--board", "unix", "--name", "hello")
+    assert res.returncode == 0, res.stderr
+    return folder
+
+
+@pytest.fixture
+def built(project: Path) -> Path:
+    res = run_mpseal("build", "-C", project)
+    assert res.returncode == 0, res.stderr
+    return project / "dist" / "hello-1.0.0.mpseal"
