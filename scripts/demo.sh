@@ -23,8 +23,10 @@ if [ ! -e "$DEMO/sim/default/flash.img" ]; then
     echo "== mpseal sim create"
     $M sim create --sim "$DEMO/sim/default"
 fi
-echo "== mpseal sim install $ART"
+echo "== mpseal sim install $ART   (the board's boot guard verifies and stages it)"
 $M sim install "$ART" --sim "$DEMO/sim/default" -C "$DEMO"
-echo "== mpseal sim run (the app, running from its ROMFS image in the MicroPython VM)"
-$M sim run --sim "$DEMO/sim/default"
+echo "== mpseal sim boot   (verified boot: trial, the app confirms, committed)"
+$M sim boot --sim "$DEMO/sim/default"
+echo "== mpseal sim status"
+$M sim status --sim "$DEMO/sim/default"
 echo "== done: the signed app ran on the virtual board"

@@ -41,33 +41,71 @@ def create(sim_dir: Path, board: str, flash_size: int, heapsize: str | None) -> 
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @sim_dir_option
 @click.option("-C", "--project", "project_dir", type=click.Path(file_okay=False, path_type=Path),
-              default=".", help="Project whose trust root the board carries.")
+              default=".", help="Project whose trust root and lockdown profile the board gets.")
 @click.option("--json", "as_json", is_flag=True)
 def install(file: Path, sim_dir: Path, project_dir: Path, as_json: bool) -> None:
-    """Verify an artifact for this board and copy it (and the trust root) onto its flash."""
+    """Stage an artifact through the board's boot guard (it runs on trial at the next boot)."""
     board = VirtualBoard(sim_dir)
     project = Project.load(project_dir)
     blob = read_limited(file, DEFAULT_LIMITS.artifact_max_length, "artifact")
-    rel = board.install(blob, project.trust_root())
-    m = rel.manifest
+    result = board.install(blob, project.trust_root(), profile=project.config.profile)
     if as_json:
-        emit_json({"installed": str(file), "app": m.app, "version": m.version,
-                   "security_counter": m.counter})
+        emit_json({"installed": str(file), **result})
         return
-    out_console.print(f"Installed {m.app} {m.version} (counter {m.counter}) on {sim_dir} "
-                      "after checking its signature and image hash")
+    out_console.print(f"Staged {result['app']} {result['version']} (counter {result['counter']}) "
+                      f"in slot {result['slot']} of {sim_dir}: the device's guard verified its "
+                      "signature and image hash; it runs on trial at the next boot")
+
+
+def _boot(sim_dir: Path, heapsize: str | None, max_boots: int, as_json: bool) -> None:
+    report = VirtualBoard(sim_dir).boot(max_boots=max_boots, heapsize=heapsize)
+    if as_json:
+        emit_json({"boots": report.boots, "outcome": report.outcome,
+                   "exit_codes": report.exit_codes, "guard": report.guard_lines,
+                   "output": report.output})
+    else:
+        sys.stdout.write(report.output)
+        out_console.print(f"[dim]-- {report.boots} boot(s), {report.outcome}[/]")
+    if report.outcome == "idle":
+        raise click.ClickException("the board has no valid image to run (locked idle)")
+
+
+@sim.command()
+@sim_dir_option
+@click.option("--heapsize", help="Override the heap, e.g. 32K.")
+@click.option("--max-boots", type=click.IntRange(1, 50), default=6, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def boot(sim_dir: Path, heapsize: str | None, max_boots: int, as_json: bool) -> None:
+    """Power the board on: the guard verifies, runs the app, follows resets until it settles."""
+    _boot(sim_dir, heapsize, max_boots, as_json)
 
 
 @sim.command()
 @sim_dir_option
 @click.option("--heapsize", help="Override the heap, e.g. 32K.")
 def run(sim_dir: Path, heapsize: str | None) -> None:
-    """Mount the installed image in the MicroPython VM and run the app's main()."""
-    board = VirtualBoard(sim_dir)
-    res = board.run(heapsize=heapsize, stream=True)
-    if res.returncode != 0:
-        sys.stderr.write(res.stderr)
-        raise click.ClickException(f"the app ended with an error (VM exit code {res.returncode})")
+    """Run the installed app on the board (the same as 'boot'): prints the app's output."""
+    _boot(sim_dir, heapsize, 6, False)
+
+
+@sim.command()
+@sim_dir_option
+@click.option("--json", "as_json", is_flag=True)
+def status(sim_dir: Path, as_json: bool) -> None:
+    """Show the guard's state, what each slot holds, and the end of its boot log."""
+    st = VirtualBoard(sim_dir).status()
+    if as_json:
+        emit_json(st)
+        return
+    state = st.get("state") or {}
+    out_console.print(f"state: {state or 'none (fresh board)'}")
+    if st.get("damaged"):
+        out_console.print(f"  {st['damaged']} damaged state copy ignored")
+    slots = st.get("slots") or {}
+    for slot in ("a", "b"):
+        out_console.print(f"slot {slot}: {slots.get(slot) or 'empty'}")
+    for line in st.get("log") or []:
+        out_console.print(f"  log: {line}")
 
 
 @sim.command(name="ls")

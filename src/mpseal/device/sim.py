@@ -9,12 +9,14 @@ MicroPython's own littlefs, exactly as on a device.
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mpseal.device import vm
-from mpseal.errors import ConfigError, FormatError, TransportError, UsageError
+from mpseal.device.guard_install import guard_files
+from mpseal.errors import ConfigError, FormatError, PolicyError, TransportError, UsageError
 from mpseal.formats import artifact
 from mpseal.formats.boards import get_board
 from mpseal.formats.trustroot import TrustRoot
@@ -23,8 +25,37 @@ from mpseal.limits import DEFAULT_LIMITS
 
 BLOCK_SIZE = 4096
 DEFAULT_FLASH = 2 * 1024 * 1024
-INSTALL_PATH = "/mpseal/app.mpseal"
-TRUST_ROOT_PATH = "/mpseal/trust-root.mpsr"
+INCOMING_PATH = "/mpseal/incoming.mpseal"
+EXIT_RESET = 17  # mpseal_port.py: the guard asked for a reset
+EXIT_IDLE = 18  # the guard found nothing it may boot and idles, locked
+MAX_BOOTS = 6
+
+
+@dataclass
+class BootReport:
+    """What happened over the boots of one `sim boot`."""
+
+    boots: int
+    outcome: str  # "running" (a committed image ran), "idle", "returned" (dev profile), "limit"
+    output: str
+    exit_codes: list[int]
+
+    @property
+    def guard_lines(self) -> list[str]:
+        return [ln[len("[mpseal] "):] for ln in self.output.splitlines()
+                if ln.startswith("[mpseal] ")]
+
+    def ran(self) -> list[tuple[str, str, int]]:
+        """(app, version, counter) of every image the guard started, in order."""
+        found = []
+        for line in self.guard_lines:
+            m = _BOOTING.match(line)
+            if m:
+                found.append((m["app"], m["version"], int(m["counter"])))
+        return found
+
+
+_BOOTING = re.compile(r"booting (?P<app>\S+) (?P<version>\S+) \(counter (?P<counter>\d+)\)")
 
 
 @dataclass(frozen=True)
@@ -73,9 +104,15 @@ class VirtualBoard:
         except (ValueError, KeyError, TypeError):
             raise ConfigError(f"{path} is damaged; re-create the virtual board") from None
 
+    def command(self, *args: str, heapsize: str | None = None, cut: int = 0, tear: bool = False,
+                timeout: float = 120) -> vm.VmResult:
+        """One run of the VM on this board's flash; ``cut``: lose power at that block write."""
+        power = (["--cut", str(cut)] if cut else []) + (["--tear"] if tear else [])
+        return vm.run(vm.runtime_dir() / "simboard.py", [str(self.flash), *power, *args],
+                      heapsize=heapsize or self.info.heapsize, timeout=timeout)
+
     def _call(self, *args: str, heapsize: str | None = None) -> object:
-        res = vm.run(vm.runtime_dir() / "simboard.py", [str(self.flash), *args],
-                     heapsize=heapsize or self.info.heapsize)
+        res = self.command(*args, heapsize=heapsize)
         replies = res.replies()
         if res.returncode != 0 or not replies:
             last = (res.stderr.strip() or res.stdout.strip()).splitlines()[-1:] or ["no output"]
@@ -83,12 +120,19 @@ class VirtualBoard:
         return replies[-1]
 
     def put(self, data: bytes, dest: str) -> None:
-        with tempfile.NamedTemporaryFile(prefix="mpseal-sim-") as tmp:
-            tmp.write(data)
-            tmp.flush()
-            size = self._call("put", tmp.name, dest)
-        if size != len(data):
-            raise TransportError(f"writing {dest} to the virtual board stored {size} bytes")
+        self.put_many({dest: data})
+
+    def put_many(self, files: dict[str, bytes]) -> None:
+        """Copy several files onto the flash in one VM run (each written atomically)."""
+        with tempfile.TemporaryDirectory(prefix="mpseal-sim-") as tmp:
+            args = []
+            for i, (dest, data) in enumerate(files.items()):
+                src = Path(tmp) / str(i)
+                src.write_bytes(data)
+                args += [str(src), dest]
+            sizes = self._call("put", *args)
+        if sizes != [len(d) for d in files.values()]:
+            raise TransportError(f"the virtual board stored {sizes} bytes, not what was sent")
 
     def get(self, src: str) -> bytes:
         with tempfile.NamedTemporaryFile(prefix="mpseal-sim-") as tmp:
@@ -101,17 +145,55 @@ class VirtualBoard:
             raise FormatError("virtual board listing is not a list")
         return listing
 
-    def install(self, blob: bytes, root: TrustRoot) -> artifact.VerifiedRelease:
-        """Verify ``blob`` on the host for this board, then copy it and the trust root in."""
-        release = artifact.verify(blob, root, board=self.info.board)
-        self.put(root.raw, TRUST_ROOT_PATH)
-        self.put(blob, INSTALL_PATH)
-        return release
+    def install_guard(self, root: TrustRoot, profile: str) -> None:
+        """Put the boot guard, its config and the trust root on the flash."""
+        self.put_many(guard_files(self.info.board, profile, root.raw))
 
-    def run(self, heapsize: str | None = None, stream: bool = False,
-            timeout: float = 120) -> vm.VmResult:
-        """Mount the installed image in the VM and run its entry module."""
-        if not any(name == "app.mpseal" for name, _, _ in self.listdir("/mpseal")):
-            raise UsageError("nothing is installed on this virtual board; run 'mpseal sim install'")
-        return vm.run(vm.runtime_dir() / "simboard.py", [str(self.flash), "run", INSTALL_PATH],
-                      heapsize=heapsize or self.info.heapsize, stream=stream, timeout=timeout)
+    def install(self, blob: bytes, root: TrustRoot, profile: str = "dev",
+                check_on_host: bool = True) -> dict[str, object]:
+        """Hand ``blob`` to the device's boot guard, which verifies and stages it.
+
+        The host checks first too (a clear error without touching the board);
+        ``check_on_host=False`` sends it unchecked, to prove the guard refuses alone.
+        """
+        if check_on_host:
+            artifact.verify(blob, root, board=self.info.board)
+        if not any(name == "mpseal_guard.py" for name, _, _ in self.listdir("/lib")):
+            self.install_guard(root, profile)
+        self.put(blob, INCOMING_PATH)
+        result = self._call("stage", INCOMING_PATH)
+        if not isinstance(result, dict):
+            raise FormatError("the guard's reply to stage is not a dict")
+        if "refused" in result:
+            raise PolicyError(f"the device's guard refused the artifact: {result['refused']}")
+        return result
+
+    def status(self) -> dict[str, object]:
+        result = self._call("status")
+        if not isinstance(result, dict):
+            raise FormatError("the guard's status reply is not a dict")
+        return result
+
+    def boot(self, max_boots: int = MAX_BOOTS, heapsize: str | None = None,
+             timeout: float = 120) -> BootReport:
+        """Power the board on and follow its resets until it settles.
+
+        Settled: a committed image ran or was just committed, the guard idles,
+        or the dev profile returned to the REPL.
+        """
+        output: list[str] = []
+        codes: list[int] = []
+        for n in range(1, max_boots + 1):
+            res = self.command("boot", heapsize=heapsize, timeout=timeout)
+            output.append(res.app_output() + res.stderr)
+            codes.append(res.returncode)
+            if res.returncode == EXIT_IDLE:
+                return BootReport(n, "idle", "".join(output), codes)
+            if res.returncode != EXIT_RESET:
+                return BootReport(n, "returned", "".join(output), codes)
+            settled = any((ln.startswith("[mpseal] booting ") and "on trial" not in ln)
+                          or ln.startswith("[mpseal] committed ")
+                          for ln in res.stdout.splitlines())
+            if settled:
+                return BootReport(n, "running", "".join(output), codes)
+        return BootReport(max_boots, "limit", "".join(output), codes)

@@ -54,30 +54,18 @@ class VmResult:
         return out
 
     def app_output(self) -> str:
-        return "\n".join(ln for ln in self.stdout.splitlines() if not ln.startswith(REPLY_PREFIX))
+        return "".join(ln for ln in self.stdout.splitlines(keepends=True)
+                       if not ln.startswith(REPLY_PREFIX))
 
 
-def run(script: Path, args: list[str], heapsize: str | None = None, timeout: float = 60,
-        stream: bool = False) -> VmResult:
-    """Run ``script`` in the VM; ``stream`` passes its output through to our stdout live."""
+def run(script: Path, args: list[str], heapsize: str | None = None,
+        timeout: float = 60) -> VmResult:
+    """Run ``script`` in the VM with ``args``; its output is returned, never streamed."""
     cmd = [str(find_micropython())]
     if heapsize:
         cmd += ["-X", f"heapsize={heapsize}"]
     cmd += [str(script), *args]
     try:
-        if stream:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    stdin=subprocess.DEVNULL, text=True)
-            lines = []
-            assert proc.stdout is not None and proc.stderr is not None
-            for line in proc.stdout:
-                lines.append(line)
-                if not line.startswith(REPLY_PREFIX):
-                    sys.stdout.write(line)
-                    sys.stdout.flush()
-            err = proc.stderr.read()
-            proc.wait(timeout=timeout)
-            return VmResult(proc.returncode, "".join(lines), err)
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                               stdin=subprocess.DEVNULL, check=False)
     except subprocess.TimeoutExpired:

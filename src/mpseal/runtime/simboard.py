@@ -5,10 +5,14 @@
 #   micropython simboard.py FLASH.img put HOST_FILE DEST
 #   micropython simboard.py FLASH.img get SRC HOST_FILE
 #   micropython simboard.py FLASH.img ls [DIR]
-#   micropython simboard.py FLASH.img run ARTIFACT      (mount + run an installed artifact)
 #   micropython simboard.py FLASH.img boot              (boot.py then main.py, like a board)
+#   micropython simboard.py FLASH.img stage ARTIFACT    (hand an artifact to the boot guard)
+#   micropython simboard.py FLASH.img status            (the guard's state and slots)
 #
-# For `run` and `boot` the flash becomes the root filesystem and the host's files
+# Power-cut testing: FLASH.img may be followed by `--cut N` (and `--tear`): the
+# flash loses power at its N-th block write (simflash.py).
+#
+# For `boot`, `stage` and `status` the flash becomes the root filesystem and the host's files
 # vanish from view, as on a real board. Machine-readable replies are printed as
 # one line: "MPSEAL:" followed by repr() of the value.
 
@@ -61,20 +65,55 @@ def copy(src, dst):
                 fo.write(buf[:n] if n < CHUNK else buf)
 
 
+def guard_status():
+    import mpseal_guard as guard
+    import mpseal_release
+    import mpseal_state
+
+    st, damaged = mpseal_state.load(guard.DIR)
+    slots = {}
+    try:
+        root = guard.trust_root()
+    except (OSError, mpseal_release.Refused) as e:
+        root = None
+        slots["error"] = str(e)
+    for slot in ("a", "b"):
+        try:
+            r = guard._verify(slot, root, 0) if root else None
+            slots[slot] = r and {"app": r.app, "version": r.version, "counter": r.counter}
+        except mpseal_release.Refused as e:
+            slots[slot] = {"refused": str(e)}
+    try:
+        with open(guard.LOG) as f:
+            log = f.read().splitlines()[-20:]
+    except OSError:
+        log = []
+    return {"state": st and st.to_dict(), "damaged": damaged, "slots": slots, "log": log}
+
+
 def main(argv):
     image, cmd, args = argv[1], argv[2], argv[3:]
-    bdev = open_flash(image)
+    cut, tear = 0, False
+    while cmd in ("--cut", "--tear"):
+        if cmd == "--cut":
+            cut, cmd, args = int(args[0]), args[1], args[2:]
+        else:
+            tear, cmd, args = True, args[0], args[1:]
+    bdev = open_flash(image, cut, tear)
     if cmd == "format":
         vfs.VfsLfs2.mkfs(bdev)
         reply(bdev.blocks)
     elif cmd in ("put", "get", "ls", "rm"):
         mount_flash(bdev, "/flash")
-        if cmd == "put":
-            dest = "/flash/" + args[1].lstrip("/")
-            makedirs(dest)
-            copy(args[0], dest + ".tmp")
-            os.rename(dest + ".tmp", dest)
-            reply(os.stat(dest)[6])
+        if cmd == "put":  # put SRC DEST [SRC DEST ...]
+            sizes = []
+            for i in range(0, len(args), 2):
+                dest = "/flash/" + args[i + 1].lstrip("/")
+                makedirs(dest)
+                copy(args[i], dest + ".tmp")
+                os.rename(dest + ".tmp", dest)
+                sizes.append(os.stat(dest)[6])
+            reply(sizes)
         elif cmd == "get":
             copy("/flash/" + args[0].lstrip("/"), args[1])
             reply(True)
@@ -88,11 +127,6 @@ def main(argv):
             except OSError:
                 entries = []
             reply([(e[0], e[1] == 0x4000, e[3] if len(e) > 3 else 0) for e in entries])
-    elif cmd == "run":
-        import launch
-
-        mount_flash(bdev, "/")
-        launch.run_artifact(args[0])
     elif cmd == "boot":
         mount_flash(bdev, "/")
         for name in ("boot.py", "main.py"):
@@ -101,6 +135,27 @@ def main(argv):
             except OSError:
                 continue
             exec(open(name).read(), {"__name__": "__main__"})
+        reply(bdev.writes)
+    elif cmd in ("stage", "status"):
+        mount_flash(bdev, "/")
+        import mpseal_guard
+        import mpseal_release
+
+        if cmd == "status":
+            reply(guard_status())
+            return
+        try:
+            r = mpseal_guard.stage(args[0])
+        except mpseal_release.Refused as e:
+            reply({"refused": str(e)})
+        else:
+            reply({"app": r.app, "version": r.version, "counter": r.counter,
+                   "slot": mpseal_guard._state.trial})
+        finally:
+            try:
+                os.remove(args[0])
+            except OSError:
+                pass
     else:
         raise SystemExit("simboard: unknown command " + cmd)
 

@@ -1,0 +1,92 @@
+# Runtime lockdown profiles, applied by the guard before the app runs.
+#
+#   dev     nothing locked; when the app ends the REPL follows (development only)
+#   field   Ctrl-C ignored, '' removed from sys.path, no fall-through to the REPL
+#           (an app exit or crash resets the board), SD card mounted at /sd as data
+#   sealed  field + REPL detached from dupterm streams + USB CDC/MSC switched off
+#           where the port can (USBDevice builtin_driver; pyb.usb_mode on stm32)
+#
+# Threat tier: T0 (a curious owner at the USB port or REPL). None of this stops
+# T3: on stock firmware anyone who can reflash the chip (esptool, DFU, BOOTSEL,
+# SWD) or read it out gets around it; only the hardware steps of
+# `mpseal lockdown plan` close that. What each step cannot do is in docs/lockdown.md.
+
+import sys
+
+PROFILES = ("dev", "field", "sealed")
+
+
+def _try(what, fn, done):
+    try:
+        fn()
+        done.append(what)
+    except Exception as e:  # a port without this lever: report, never crash the boot
+        done.append(what + ": unavailable (" + type(e).__name__ + ")")
+
+
+def _kbd_intr_off():
+    import micropython
+
+    micropython.kbd_intr(-1)
+
+
+def _no_cwd_on_path():
+    while "" in sys.path:
+        sys.path.remove("")
+    while "." in sys.path:
+        sys.path.remove(".")
+
+
+def _detach_dupterm():
+    import os
+
+    for i in range(4):
+        os.dupterm(None, i)
+
+
+def _usb_off():
+    try:
+        import machine
+
+        dev = machine.USBDevice()
+        dev.active(False)
+        dev.builtin_driver = dev.BUILTIN_NONE
+        dev.active(True)
+        return
+    except (ImportError, AttributeError):
+        pass
+    import pyb  # stm32: effective only when called from boot.py
+
+    pyb.usb_mode(None)
+
+
+def mount_sd(at="/sd"):
+    """Mount an SD card as plain data: never on sys.path, nothing on it is run."""
+    import os
+
+    try:
+        import machine
+
+        sd = machine.SDCard()
+    except (ImportError, AttributeError, OSError, ValueError):
+        return False
+    try:
+        os.mount(sd, at)
+    except OSError:
+        return False
+    return True
+
+
+def apply(profile):
+    """Apply `profile`; returns the list of what was done (or not available)."""
+    done = []
+    if profile not in PROFILES:
+        profile = "sealed"  # an unknown profile locks down, never up
+    if profile == "dev":
+        return done
+    _try("kbd_intr off", _kbd_intr_off, done)
+    _try("'' off sys.path", _no_cwd_on_path, done)
+    if profile == "sealed":
+        _try("dupterm detached", _detach_dupterm, done)
+        _try("USB CDC/MSC off", _usb_off, done)
+    return done

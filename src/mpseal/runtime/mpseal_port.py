@@ -1,0 +1,59 @@
+# What differs between ports, in one place: reset, the locked idle state, the
+# device id, and the ROMFS partition. On the unix port (the virtual board) a
+# reset or idle ends the VM with a code the host reads.
+
+import sys
+
+SIM = sys.platform in ("linux", "darwin")
+EXIT_RESET = 17
+EXIT_IDLE = 18
+
+
+def reset():
+    if SIM:
+        sys.exit(EXIT_RESET)
+    import machine
+
+    machine.reset()
+
+
+def idle(reason):
+    """Never returns and never reaches the REPL; repeats why it stopped."""
+    print("[mpseal] locked idle: " + reason)
+    if SIM:
+        sys.exit(EXIT_IDLE)
+    import time
+
+    while True:
+        try:
+            time.sleep(60)
+            print("[mpseal] locked idle: " + reason)
+        except BaseException:  # Ctrl-C or anything else: stay here
+            pass
+
+
+def unique_id():
+    try:
+        import machine
+
+        return "".join("%02x" % b for b in machine.unique_id())
+    except (ImportError, AttributeError):
+        pass
+    try:
+        with open("/mpseal/sim-id") as f:
+            return f.read().strip()
+    except OSError:
+        return "unknown"
+
+
+def rom_partition():
+    """The first ROMFS partition as (memoryview, ioctl) where the port has one, else None."""
+    import vfs
+
+    ioctl = getattr(vfs, "rom_ioctl", None)
+    if ioctl is None or ioctl(1) <= 0:
+        return None
+    dev = ioctl(2, 0)
+    if isinstance(dev, int):
+        return None
+    return memoryview(dev), ioctl

@@ -1,0 +1,82 @@
+# The guard's boot state, stored power-loss safe on littlefs.
+#
+# Two copies, /mpseal/state.a and /mpseal/state.b, each "JSON\nSHA256HEX" with a
+# sequence number. A save writes the copy NOT holding the newest state (as a
+# .tmp file, then rename over it: atomic on littlefs), so at every instant at
+# least one intact copy holds either the old or the new state. Load takes the
+# intact copy with the highest sequence number; a copy full of garbage is ignored.
+
+import hashlib
+import json
+import os
+
+FIELDS = ("seq", "committed", "trial", "tries", "counter", "unlocks")
+MAX_STATE = 1024
+
+
+class State:
+    def __init__(self, seq=0, committed=None, trial=None, tries=0, counter=0, unlocks=0):
+        self.seq = seq
+        self.committed = committed  # "a", "b" or None
+        self.trial = trial  # slot on trial, or None
+        self.tries = tries  # boots of the trial so far
+        self.counter = counter  # security counter of the last committed image
+        self.unlocks = unlocks  # service unlock tokens used (each token names the next number)
+
+    def to_dict(self):
+        return {k: getattr(self, k) for k in FIELDS}
+
+
+def _hex(b):
+    return "".join("%02x" % x for x in b)
+
+
+def _read(path):
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_STATE + 1)
+    except OSError:
+        return None
+    try:
+        body, digest = raw.split(b"\n")
+        if len(raw) > MAX_STATE or _hex(hashlib.sha256(body).digest()).encode() != digest:
+            return None
+        d = json.loads(body)
+        st = State(d["seq"], d["committed"], d["trial"], d["tries"], d["counter"], d["unlocks"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    for slot in (st.committed, st.trial):
+        if slot not in (None, "a", "b"):
+            return None
+    for n in (st.seq, st.tries, st.counter, st.unlocks):
+        if type(n) is not int or n < 0:
+            return None
+    return st
+
+
+def load(folder):
+    """Return (newest intact State or None, number of damaged copies found)."""
+    best = None
+    damaged = 0
+    for name in ("state.a", "state.b"):
+        path = folder + "/" + name
+        st = _read(path)
+        if st is None:
+            try:
+                os.stat(path)
+                damaged += 1
+            except OSError:
+                pass
+            continue
+        if best is None or st.seq > best.seq:
+            best = st
+    return best, damaged
+
+
+def save(folder, st):
+    st.seq += 1
+    body = json.dumps(st.to_dict()).encode()
+    path = folder + ("/state.a" if st.seq % 2 else "/state.b")
+    with open(path + ".tmp", "wb") as f:
+        f.write(body + b"\n" + _hex(hashlib.sha256(body).digest()).encode())
+    os.rename(path + ".tmp", path)
