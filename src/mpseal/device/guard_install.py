@@ -1,12 +1,19 @@
-"""The boot guard's files as they go onto a device (or into a frozen firmware manifest)."""
+"""The boot guard's files as they go onto a device (or into a frozen firmware manifest).
+
+The guard's modules are compiled with the real mpy-cross for the board, so the
+device never compiles source at boot (less RAM, and firmware built without the
+compiler works too).
+"""
 
 from __future__ import annotations
 
 import json
 
+from mpseal.build.mpycross import CompileOptions, Compiler, Module
 from mpseal.device.vm import runtime_dir
+from mpseal.formats.boards import get_board
 
-# Device-side modules of the guard, shipped from mpseal/runtime/ unchanged.
+# Device-side modules of the guard, shipped from mpseal/runtime/.
 GUARD_MODULES = ("mpseal_guard", "mpseal_release", "mpseal_state", "mpseal_port",
                  "mpseal_lockdown", "p256")
 MAIN_SHIM = b"import mpseal_guard\nmpseal_guard.boot()\n"
@@ -21,10 +28,19 @@ def device_config(board: str, profile: str, max_tries: int = 3,
                        "max_image": max_image}, sort_keys=True).encode()
 
 
+def compiled_guard(board: str) -> dict[str, bytes]:
+    """``/lib/<module>.mpy`` -> bytes, compiled for ``board``."""
+    b = get_board(board)
+    compiler = Compiler(CompileOptions(b.mpy, b.arch, opt=2, source_lines=False), cache_dir=None)
+    src = runtime_dir()
+    modules = [Module(f"{name}.py", (src / f"{name}.py").read_bytes()) for name in GUARD_MODULES]
+    out = compiler.compile_all(modules)
+    return {f"/lib/{name[:-3]}.mpy": data for name, data in out.items()}
+
+
 def guard_files(board: str, profile: str, trust_root: bytes) -> dict[str, bytes]:
     """Device path -> bytes for everything the guard needs, main.py included."""
-    src = runtime_dir()
-    files = {f"/lib/{name}.py": (src / f"{name}.py").read_bytes() for name in GUARD_MODULES}
+    files = compiled_guard(board)
     files["/main.py"] = MAIN_SHIM
     files[DEVICE_CONFIG] = device_config(board, profile)
     files[TRUST_ROOT] = trust_root

@@ -158,7 +158,7 @@ class VirtualBoard:
         """
         if check_on_host:
             artifact.verify(blob, root, board=self.info.board)
-        if not any(name == "mpseal_guard.py" for name, _, _ in self.listdir("/lib")):
+        if not any(name == "mpseal_guard.mpy" for name, _, _ in self.listdir("/lib")):
             self.install_guard(root, profile)
         self.put(blob, INCOMING_PATH)
         result = self._call("stage", INCOMING_PATH)
