@@ -68,6 +68,8 @@ def _boot(sim_dir: Path, heapsize: str | None, max_boots: int, as_json: bool) ->
         out_console.print(f"[dim]-- {report.boots} boot(s), {report.outcome}[/]")
     if report.outcome == "idle":
         raise click.ClickException("the board has no valid image to run (locked idle)")
+    if report.crashes():
+        raise click.ClickException(f"the app crashed: {report.crashes()[-1]}")
 
 
 @sim.command()

@@ -45,6 +45,10 @@ class BootReport:
         return [ln[len("[mpseal] "):] for ln in self.output.splitlines()
                 if ln.startswith("[mpseal] ")]
 
+    def crashes(self) -> list[str]:
+        """The guard's reports of an app that crashed, in order."""
+        return [ln for ln in self.guard_lines if "app crashed: " in ln]
+
     def ran(self) -> list[tuple[str, str, int]]:
         """(app, version, counter) of every image the guard started, in order."""
         found = []
@@ -181,6 +185,8 @@ class VirtualBoard:
         Settled: a committed image ran or was just committed, the guard idles,
         or the dev profile returned to the REPL.
         """
+        if not any(name == "main.py" for name, _, _ in self.listdir("/")):
+            raise UsageError("nothing is installed on this virtual board; run 'mpseal sim install'")
         output: list[str] = []
         codes: list[int] = []
         for n in range(1, max_boots + 1):

@@ -37,6 +37,7 @@ DEFAULTS = {"board": "unknown", "profile": "field", "max_tries": 3, "max_image":
 _state = None  # State of this boot
 _running = None  # (slot, Release) of the image running now
 _config = None
+_image_buf = None  # RAM for a file slot's image, reserved before anything else
 
 
 def _other(slot):
@@ -78,8 +79,10 @@ def config():
 
 
 def trust_root():
+    if os.stat(TRUST)[6] > rel_mod.MAX_ROOT:  # read only what a valid root can need
+        raise Refused("trust root is larger than %d bytes" % rel_mod.MAX_ROOT)
     with open(TRUST, "rb") as f:
-        data = f.read(rel_mod.MAX_ROOT + 1)
+        data = f.read()
     return rel_mod.load_root(data)[0]
 
 
@@ -187,7 +190,9 @@ def _mount(slot, r):
     if part is not None:
         image = _mirror_to_partition(slot, r, part)
     else:
-        image = bytearray(r.size)
+        if _image_buf is None or len(_image_buf) < r.size:
+            raise Refused("no RAM reserved for a %d-byte image" % r.size)
+        image = memoryview(_image_buf)[: r.size]
         with open(slot_path(slot), "rb") as f:
             f.seek(r.offset)
             if f.readinto(image) != r.size:
@@ -227,6 +232,25 @@ def _mirror_to_partition(slot, r, part):
         if rel_mod._hex(hashlib.sha256(mem[: r.size]).digest()) != r.sha256:
             raise Refused("ROMFS partition does not read back the verified image")
     return mem[: r.size]
+
+
+def _reserve_image_buffer():
+    """Take one contiguous block for the image first, before the heap fragments."""
+    global _image_buf
+    if port.rom_partition() is not None:
+        return
+    size = 0
+    for slot in ("a", "b"):
+        try:
+            size = max(size, os.stat(slot_path(slot))[6])
+        except OSError:
+            pass
+    size = min(size, config()["max_image"])
+    if size:
+        try:
+            _image_buf = bytearray(size)
+        except MemoryError:
+            log("not enough RAM for a %d-byte image" % size)
 
 
 def _run(slot, r, trial):
@@ -312,6 +336,7 @@ def boot():
 
     if config()["profile"] != "dev":
         micropython.kbd_intr(-1)  # at once; the full profile follows below
+    _reserve_image_buffer()
     try:
         root = trust_root()
     except (OSError, Refused) as e:

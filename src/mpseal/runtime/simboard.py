@@ -136,6 +136,20 @@ def main(argv):
                 continue
             exec(open(name).read(), {"__name__": "__main__"})
         reply(bdev.writes)
+    elif cmd == "codemem":
+        # Heap held by the guard's code once loaded from .mpy files (0 when frozen
+        # into firmware): lets a test budget the guard's working memory apart.
+        import gc
+
+        gc.collect()
+        before = gc.mem_alloc()
+        mount_flash(bdev, "/")
+        import mpseal_guard
+        import mpseal_lockdown
+        import mpseal_release
+
+        gc.collect()
+        reply(gc.mem_alloc() - before)
     elif cmd in ("stage", "status"):
         mount_flash(bdev, "/")
         import mpseal_guard

@@ -12,6 +12,9 @@ _IOCTL_SIZE = 5
 _IOCTL_ERASE = 6
 
 
+_ERASED = b"\xff" * 256  # erase in small pieces: the emulated chip costs little heap
+
+
 class PowerCut(BaseException):
     pass
 
@@ -30,18 +33,22 @@ class FlashBlockDev:
         self.f.seek(block * self.bs + offset)
         self.f.readinto(buf)
 
-    def _write(self, pos, data):
+    def _write(self, pos, data, repeat=1):
+        # One program (or erase) operation: `data` written `repeat` times at `pos`.
         if self.cut_after and self.writes >= self.cut_after:
             raise PowerCut()
         self.writes += 1
+        last = self.cut_after and self.writes == self.cut_after
+        total = len(data) * repeat
+        stop = total // 2 if last and self.tear else total
         self.f.seek(pos)
-        if self.cut_after and self.writes == self.cut_after:
-            if self.tear:
-                self.f.write(data[: len(data) // 2])
-            else:
-                self.f.write(data)
+        done = 0
+        while done < stop:
+            n = min(len(data), stop - done)
+            self.f.write(data if n == len(data) else data[:n])
+            done += n
+        if last:
             raise PowerCut()
-        self.f.write(data)
 
     def writeblocks(self, block, buf, offset=None):
         self._write(block * self.bs + (offset or 0), buf)
@@ -52,5 +59,5 @@ class FlashBlockDev:
         if op == _IOCTL_SIZE:
             return self.bs
         if op == _IOCTL_ERASE:
-            self._write(arg * self.bs, b"\xff" * self.bs)
+            self._write(arg * self.bs, _ERASED, self.bs // len(_ERASED))
         return 0
