@@ -86,9 +86,10 @@ def trust_root():
     return rel_mod.load_root(data)[0]
 
 
-def _verify(slot, root, min_counter):
+def _verify(slot, root, min_counter, into=None):
     cfg = config()
-    return rel_mod.verify_file(slot_path(slot), root, cfg["board"], min_counter, cfg["max_image"])
+    return rel_mod.verify_file(slot_path(slot), root, cfg["board"], min_counter, cfg["max_image"],
+                               into)
 
 
 def _save():
@@ -190,18 +191,11 @@ def _mount(slot, r):
     if part is not None:
         image = _mirror_to_partition(slot, r, part)
     else:
-        if _image_buf is None or len(_image_buf) < r.size:
-            raise Refused("no RAM reserved for a %d-byte image" % r.size)
+        # _verify read the image into the reserved RAM while hashing it: the
+        # bytes that run are exactly the bytes that were checked.
+        if _image_buf is None:
+            raise Refused("not enough RAM for a %d-byte image" % r.size)
         image = memoryview(_image_buf)[: r.size]
-        with open(slot_path(slot), "rb") as f:
-            f.seek(r.offset)
-            if f.readinto(image) != r.size:
-                raise Refused("slot changed while booting")
-        # The bytes now in RAM are the bytes that run: check them, not the file.
-        import hashlib
-
-        if rel_mod._hex(hashlib.sha256(image).digest()) != r.sha256:
-            raise Refused("image changed after verification")
     try:
         vfs.umount("/rom")
     except OSError:
@@ -360,7 +354,7 @@ def boot():
             _state.tries += 1
             _save()  # counted before running: a hang or power cut also uses a try
             try:
-                r = _verify(slot, root, _state.counter)
+                r = _verify(slot, root, _state.counter, _image_buf)
             except Refused as e:
                 _revert(str(e))
             else:
@@ -371,7 +365,7 @@ def boot():
         if slot is None:
             continue
         try:
-            r = _verify(slot, root, _state.counter)
+            r = _verify(slot, root, _state.counter, _image_buf)
         except Refused as e:
             log("slot %s refused: %s" % (slot, e))
             continue

@@ -157,25 +157,34 @@ def check_manifest(root, head, manifest, sigs, board, min_counter, max_image):
     return rel
 
 
-def hash_stream(f, size, out=None, buf=None):
-    """SHA-256 of the next `size` bytes of `f`, copying them to `out` if given."""
+def hash_stream(f, size, out=None, into=None):
+    """SHA-256 of the next `size` bytes of `f`.
+
+    The bytes are copied to file `out`, or read straight into memoryview `into`
+    (which then holds exactly the bytes that were hashed), or just hashed."""
     h = hashlib.sha256()
-    buf = buf or bytearray(CHUNK)
-    mv = memoryview(buf)
-    left = size
-    while left:
-        n = f.readinto(mv[: min(left, len(buf))])
-        if not n:
+    mv = into if into is not None else memoryview(bytearray(CHUNK))
+    pos = 0
+    while pos < size:
+        n = min(size - pos, CHUNK)
+        chunk = mv[pos : pos + n] if into is not None else mv[:n]
+        got = f.readinto(chunk)
+        if not got:
             raise Refused("artifact image is truncated")
-        h.update(mv[:n])
+        chunk = chunk[:got]
+        h.update(chunk)
         if out is not None:
-            out.write(mv[:n])
-        left -= n
+            out.write(chunk)
+        pos += got
     return _hex(h.digest())
 
 
-def verify_file(path, root, board, min_counter, max_image):
-    """Fully verify the artifact stored at `path`; return its Release."""
+def verify_file(path, root, board, min_counter, max_image, into=None):
+    """Fully verify the artifact stored at `path`; return its Release.
+
+    With `into` (a buffer at least as large as the image) the image is read into
+    it while being hashed: one pass over the flash, and what was checked is what
+    sits in RAM."""
     try:
         f = open(path, "rb")
     except OSError:
@@ -184,7 +193,11 @@ def verify_file(path, root, board, min_counter, max_image):
         head, manifest, sigs = read_head(f)
         rel = check_manifest(root, head, manifest, sigs, board, min_counter, max_image)
         manifest = sigs = None
-        if hash_stream(f, rel.size) != rel.sha256:
+        if into is not None:
+            if len(into) < rel.size:
+                raise Refused("no RAM reserved for a %d-byte image" % rel.size)
+            into = memoryview(into)[: rel.size]
+        if hash_stream(f, rel.size, into=into) != rel.sha256:
             raise Refused("image hash does not match the signed manifest")
         if f.read(1):
             raise Refused("artifact has bytes after the image")
