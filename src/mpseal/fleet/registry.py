@@ -1,0 +1,293 @@
+"""The device registry: which devices exist, their certificates and secrets, and what happened.
+
+SQLite file by default, PostgreSQL by database URL (``postgresql+psycopg://...``).
+The schema is created and upgraded by Alembic on open. Revocation here is what
+the update server enforces (a revoked device or certificate is refused): the
+device's own TLS stack never consults a CRL.
+
+Every SQLAlchemy error is translated at this edge: a constraint violation is a
+``UsageError`` (the caller asked for something that conflicts), anything else
+a ``TransportError`` (the database could not be used).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine, delete, event, func, insert, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError as SAIntegrityError
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from mpseal.errors import TransportError, UsageError
+from mpseal.fleet.models import Certificate, Device, Event, Secret, utcnow
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def default_url(folder: Path) -> str:
+    return f"sqlite:///{Path(folder).resolve() / 'mpseal.db'}"
+
+
+@dataclass(frozen=True)
+class CertRecord:
+    """What the registry keeps of a certificate (parsed by the caller from the DER)."""
+
+    role: str
+    subject: str
+    serial: str
+    fingerprint: str
+    not_after: datetime
+
+
+@dataclass(frozen=True)
+class Identity:
+    """One device's identity as issued: recorded in one transaction with its certificate."""
+
+    hardware_id: str
+    board: str
+    cert: CertRecord
+    group: str = "default"
+    secrets: tuple[tuple[str, str], ...] = ()  # (name, fingerprint)
+    token_hash: str | None = None
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+class Registry:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def open(cls, url: str, upgrade: bool = True) -> Registry:
+        """Connect and bring the schema to the newest Alembic revision."""
+        try:
+            engine = create_engine(url, pool_pre_ping=True)
+        except (SQLAlchemyError, ValueError, ImportError) as e:
+            raise UsageError(f"cannot use database URL {_safe(url)}: {e}") from None
+        if engine.dialect.name == "sqlite":
+            event.listen(engine, "connect", _sqlite_pragmas)
+        reg = cls(engine)
+        if upgrade:
+            reg.upgrade()
+        return reg
+
+    def upgrade(self) -> None:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        try:
+            with self.engine.begin() as conn:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+        except SQLAlchemyError as e:
+            raise TransportError(f"cannot open the registry database: {_first_line(e)}") from None
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """One transaction: committed on success, rolled back (nothing written) on any error."""
+        s = self._sessions()
+        try:
+            yield s
+            s.commit()
+        except SAIntegrityError as e:
+            s.rollback()
+            raise UsageError(f"registry conflict: {_first_line(e.orig or e)}") from None
+        except SQLAlchemyError as e:
+            s.rollback()
+            raise TransportError(f"registry database error: {_first_line(e)}") from None
+        except BaseException:
+            s.rollback()
+            raise
+        finally:
+            s.close()
+
+    # -- devices -----------------------------------------------------------------
+
+    def record_identities(self, identities: Sequence[Identity]) -> None:
+        """Record devices with their certificates and secrets, all or nothing.
+
+        Batched: one query finds the devices already known, new ones are inserted
+        in bulk (a factory line issues thousands of identities at a time).
+        """
+        if not identities:
+            return
+        with self.session() as s:
+            hw_ids = [i.hardware_id for i in identities]
+            if len(set(hw_ids)) != len(hw_ids):
+                raise UsageError("the same hardware id appears twice in one batch")
+            known: dict[str, tuple[int, str]] = {}
+            for chunk in _chunks(hw_ids, 500):
+                for row in s.execute(select(Device.hardware_id, Device.id, Device.state)
+                                     .where(Device.hardware_id.in_(chunk))):
+                    known[row.hardware_id] = (row.id, row.state)
+            revoked = [h for h, (_, state) in known.items() if state == "revoked"]
+            if revoked:
+                raise UsageError(f"device {revoked[0]} is revoked; it cannot be provisioned again")
+            now = utcnow()
+            new = [i for i in identities if i.hardware_id not in known]
+            if new:
+                rows = s.execute(insert(Device).returning(Device.hardware_id, Device.id), [
+                    {"hardware_id": i.hardware_id, "board": i.board, "group": i.group,
+                     "state": "provisioning", "token_hash": i.token_hash, "created_at": now,
+                     "updated_at": now} for i in new])
+                for hw, dev_id in rows:
+                    known[hw] = (dev_id, "provisioning")
+            new_ids = {i.hardware_id for i in new}
+            for i in identities:
+                if i.hardware_id in new_ids or not i.token_hash:
+                    continue
+                s.execute(update(Device).where(Device.hardware_id == i.hardware_id)
+                          .values(token_hash=i.token_hash, updated_at=now))
+            s.execute(insert(Certificate), [
+                {"device_id": known[i.hardware_id][0], "role": i.cert.role,
+                 "subject": i.cert.subject, "serial": i.cert.serial,
+                 "fingerprint": i.cert.fingerprint, "not_after": i.cert.not_after,
+                 "status": "valid", "created_at": now} for i in identities])
+            secrets = [(known[i.hardware_id][0], name, fp) for i in identities
+                       for name, fp in i.secrets]
+            if secrets:
+                ids = list({dev_id for dev_id, _, _ in secrets})
+                for chunk in _chunks(ids, 500):  # re-provisioning replaces a secret
+                    s.execute(delete(Secret).where(Secret.device_id.in_(chunk)))
+                s.execute(insert(Secret), [
+                    {"device_id": d, "name": n, "fingerprint": fp, "created_at": now}
+                    for d, n, fp in secrets])
+            s.execute(insert(Event), [
+                {"device_id": known[i.hardware_id][0], "kind": "issued", "at": now,
+                 "detail": json.dumps({"serial": i.cert.serial})} for i in identities])
+
+    def mark_active(self, hardware_id: str, detail: dict[str, object] | None = None) -> None:
+        with self.session() as s:
+            dev = self._device(s, hardware_id)
+            if dev.state != "revoked":
+                dev.state = "active"
+            s.add(Event(device_id=dev.id, kind="provisioned", detail=json.dumps(detail or {})))
+
+    def device(self, hardware_id: str) -> Device:
+        with self.session() as s:
+            return self._device(s, hardware_id)
+
+    def find_device(self, hardware_id: str) -> Device | None:
+        with self.session() as s:
+            return s.scalar(select(Device).where(Device.hardware_id == hardware_id))
+
+    def devices(self, state: str | None = None) -> list[Device]:
+        with self.session() as s:
+            q = select(Device).order_by(Device.id)
+            if state:
+                q = q.where(Device.state == state)
+            return list(s.scalars(q))
+
+    def certificates(self, hardware_id: str | None = None) -> list[Certificate]:
+        with self.session() as s:
+            q = select(Certificate).order_by(Certificate.not_after)
+            if hardware_id:
+                q = q.join(Device).where(Device.hardware_id == hardware_id)
+            return list(s.scalars(q))
+
+    def count(self, model: type) -> int:
+        with self.session() as s:
+            return int(s.scalar(select(func.count()).select_from(model)) or 0)
+
+    def events(self, hardware_id: str | None = None) -> list[Event]:
+        with self.session() as s:
+            q = select(Event).order_by(Event.id)
+            if hardware_id:
+                q = q.join(Device).where(Device.hardware_id == hardware_id)
+            return list(s.scalars(q))
+
+    def log(self, hardware_id: str | None, kind: str, detail: dict[str, object]) -> None:
+        with self.session() as s:
+            dev_id = self._device(s, hardware_id).id if hardware_id else None
+            s.add(Event(device_id=dev_id, kind=kind, detail=json.dumps(detail)))
+
+    # -- revocation (enforced by the update server) ------------------------------
+
+    def revoke_device(self, hardware_id: str, reason: str = "") -> int:
+        """Revoke a device and all its certificates; returns how many certificates."""
+        with self.session() as s:
+            dev = self._device(s, hardware_id)
+            dev.state = "revoked"
+            dev.token_hash = None
+            n = 0
+            for cert in dev.certificates:
+                if cert.status != "revoked":
+                    cert.status = "revoked"
+                    n += 1
+            s.add(Event(device_id=dev.id, kind="revoked", detail=json.dumps({"reason": reason})))
+            return n
+
+    def revoke_certificate(self, fingerprint_or_serial: str, reason: str = "") -> None:
+        key = fingerprint_or_serial.lower()
+        with self.session() as s:
+            cert = s.scalar(select(Certificate).where(
+                (Certificate.fingerprint == key) | (Certificate.serial == key)))
+            if cert is None:
+                raise UsageError(f"no certificate {fingerprint_or_serial} in the registry")
+            cert.status = "revoked"
+            s.add(Event(device_id=cert.device_id, kind="cert-revoked",
+                        detail=json.dumps({"serial": cert.serial, "reason": reason})))
+
+    def is_allowed(self, *, fingerprint: str | None = None, token: str | None = None) -> bool:
+        """May this certificate (SHA-256 of its DER) or device token talk to the server?"""
+        with self.session() as s:
+            if fingerprint:
+                cert = s.scalar(select(Certificate).where(
+                    Certificate.fingerprint == fingerprint.lower()))
+                if cert is None or cert.status != "valid" or _aware(cert.not_after) < utcnow():
+                    return False
+                dev = cert.device
+                return dev is None or dev.state == "active"
+            if token:
+                dev = s.scalar(select(Device).where(Device.token_hash == token_hash(token)))
+                return dev is not None and dev.state == "active"
+        return False
+
+    @staticmethod
+    def _device(s: Session, hardware_id: str | None) -> Device:
+        dev = s.scalar(select(Device).where(Device.hardware_id == hardware_id))
+        if dev is None:
+            raise UsageError(f"no device {hardware_id} in the registry")
+        return dev
+
+
+def _chunks(items: Sequence[str] | list[int], n: int) -> Iterator[list]:
+    for i in range(0, len(items), n):
+        yield list(items[i : i + n])
+
+
+def _aware(dt: datetime) -> datetime:
+    """SQLite hands back naive datetimes; everything mpseal stores is UTC."""
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+def _safe(url: str) -> str:
+    """A database URL without its password, for messages."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
