@@ -9,6 +9,7 @@ MicroPython's own littlefs, exactly as on a device.
 from __future__ import annotations
 
 import json
+import os
 import re
 import tempfile
 from dataclasses import asdict, dataclass
@@ -26,6 +27,7 @@ from mpseal.limits import DEFAULT_LIMITS
 BLOCK_SIZE = 4096
 DEFAULT_FLASH = 2 * 1024 * 1024
 INCOMING_PATH = "/mpseal/incoming.mpseal"
+SIM_ID = "/mpseal/sim-id"  # read by runtime/mpseal_port.py unique_id()
 EXIT_RESET = 17  # mpseal_port.py: the guard asked for a reset
 EXIT_IDLE = 18  # the guard found nothing it may boot and idles, locked
 MAX_BOOTS = 6
@@ -92,6 +94,8 @@ class VirtualBoard:
             write_atomic(created[1], b"\xff" * flash_size)
             sim = cls(folder)
             sim._call("format")
+            # The virtual board's machine.unique_id(): random, like a chip's fuse-programmed id.
+            sim.put(os.urandom(8).hex().encode() + b"\n", SIM_ID)
         except BaseException:
             for path in created:  # never leave a half-made board behind
                 path.unlink(missing_ok=True)
@@ -148,6 +152,10 @@ class VirtualBoard:
         if not isinstance(listing, list):
             raise FormatError("virtual board listing is not a list")
         return listing
+
+    @property
+    def hardware_id(self) -> str:
+        return self.get(SIM_ID).decode().strip()
 
     def install_guard(self, root: TrustRoot, profile: str) -> None:
         """Put the boot guard, its config and the trust root on the flash."""
