@@ -13,6 +13,7 @@ from mpseal.cli.common import run_command
 COMMAND_MODULES = [
     "mpseal.cli.project_cmds",
     "mpseal.cli.sim_cmds",
+    "mpseal.cli.lockdown_cmds",
 ]
 
 
