@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
+import secrets
 
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -45,8 +45,8 @@ def seal(plaintext: bytes, hardware_id: str, salt: bytes | None = None,
          iv: bytes | None = None) -> bytes:
     if not hardware_id:
         raise UsageError("secrets need the device's hardware id")
-    salt = salt or os.urandom(16)
-    iv = iv or os.urandom(16)
+    salt = salt or secrets.token_bytes(16)
+    iv = iv or secrets.token_bytes(16)
     key, mac_key = _keys(hardware_id, salt)
     padder = padding.PKCS7(128).padder()
     data = padder.update(plaintext) + padder.finalize()
