@@ -14,6 +14,9 @@ class Limits:
     image_max_length: int = 16 * 1024 * 1024
     artifact_max_length: int = 16 * 1024 * 1024 + 128 * 1024
     root_max_length: int = 16 * 1024
+    timestamp_max_length: int = 8 * 1024
+    timestamp_max_targets: int = 64
+    target_path_max_length: int = 128
     file_name_max_length: int = 120
     files_max_count: int = 4096
     config_max_length: int = 256 * 1024

@@ -70,6 +70,15 @@ class Project:
     def release_signer(self, passphrase: PassphraseSource = no_passphrase) -> PrivateKeySigner:
         return self.load_signer(self.config.release_key, "release", passphrase)
 
+    def timestamp_signer(self, passphrase: PassphraseSource = no_passphrase) -> PrivateKeySigner:
+        """The online key the update server signs timestamps with (``[keys] timestamp``)."""
+        return self.load_signer(self.config.timestamp_key, "timestamp", passphrase)
+
+    @property
+    def roots_dir(self) -> Path:
+        """Every trust root version as ``<N>.mpsr``, next to the trust root (served to devices)."""
+        return self.path(self.config.trust_root).parent / "roots"
+
     def trust_root(self) -> trustroot.TrustRoot:
         path = self.path(self.config.trust_root)
         if not path.is_file():

@@ -18,7 +18,8 @@
     [keys]
     release = "keys/release.pem"      # online-ish: signs builds
     root = "keys/offline/root.pem"    # offline: signs the trust root; keep it off the build host
-    trust_root = "keys/trust-root.mpsr"
+    timestamp = "keys/timestamp.pem"  # online: the update server signs timestamps with it
+    trust_root = "keys/trust-root.mpsr"   # every version is also kept in keys/roots/<N>.mpsr
 
     [lockdown]
     profile = "dev"             # dev | field | sealed
@@ -52,6 +53,7 @@ class ProjectConfig:
     arch: str = "x64"
     release_key: str = "keys/release.pem"
     root_key: str = "keys/offline/root.pem"
+    timestamp_key: str = "keys/timestamp.pem"
     trust_root: str = "keys/trust-root.mpsr"
     profile: str = "dev"
     extra: dict[str, object] = field(default_factory=dict)
@@ -119,6 +121,7 @@ def parse(text: str) -> ProjectConfig:
         arch=str(_get(build, "build", "arch", str, board.arch)),
         release_key=str(_get(keys, "keys", "release", str, "keys/release.pem")),
         root_key=str(_get(keys, "keys", "root", str, "keys/offline/root.pem")),
+        timestamp_key=str(_get(keys, "keys", "timestamp", str, "keys/timestamp.pem")),
         trust_root=str(_get(keys, "keys", "trust_root", str, "keys/trust-root.mpsr")),
         profile=str(profile),
         extra={k: v for k, v in doc.items() if k not in ("app", "build", "keys", "lockdown")},

@@ -12,10 +12,11 @@ T2 (a stolen online key cannot rewrite who is trusted).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from mpseal.crypto.keys import KEY_TYPE, PublicKey, Signer
-from mpseal.errors import FormatError, SignatureError, UsageError
+from mpseal.errors import FormatError, PolicyError, SignatureError, UsageError
 from mpseal.formats import envelope, jsondoc
 from mpseal.formats.sigblock import SignatureEntry
 from mpseal.limits import DEFAULT_LIMITS, Limits
@@ -119,6 +120,50 @@ def sign(root: TrustRoot, signers: list[Signer]) -> bytes:
 
 def parse(data: bytes, limits: Limits = DEFAULT_LIMITS) -> TrustRoot:
     """Decode a trust root and check it is signed by a threshold of its own root role."""
+    return _parse(data, limits)[0]
+
+
+def verify_root_chain(old_root: TrustRoot, new_roots: Sequence[bytes],
+                      limits: Limits = DEFAULT_LIMITS) -> TrustRoot:
+    """Step from ``old_root`` through ``new_roots`` (versions N+1, N+2, ...); return the last.
+
+    Each step must be signed by a threshold of the previous root role and of its
+    own root role, and be exactly one version newer: a thief of fewer than a
+    threshold of root keys cannot rewrite who is trusted, and no version can be
+    skipped or replayed. Raises ``SignatureError``, ``PolicyError`` or ``FormatError``.
+    """
+    current = old_root
+    for data in new_roots:
+        new, env = _parse(data, limits)
+        if new.version != current.version + 1:
+            raise PolicyError(f"trust root version {new.version} does not follow "
+                              f"{current.version}: only version {current.version + 1} may")
+        try:
+            current.verify("root", env.payload, env.signatures, "new trust root")
+        except SignatureError as e:
+            raise SignatureError(f"trust root {new.version} is not signed by a threshold of the "
+                                 f"root keys of version {current.version}: {e}") from None
+        current = new
+    return current
+
+
+def sign_update(old_root: TrustRoot, new_root: TrustRoot, signers: Sequence[Signer]) -> bytes:
+    """Seal ``new_root`` (version N+1) with ``signers``: a threshold of the old AND new root role.
+
+    Returns the file bytes, proven to verify as the next step after ``old_root``.
+    """
+    if new_root.version != old_root.version + 1:
+        raise UsageError(f"the next trust root after version {old_root.version} is "
+                         f"{old_root.version + 1}, not {new_root.version}")
+    raw = envelope.seal(MAGIC, new_root.payload(), list(signers)).encode()
+    try:
+        verify_root_chain(old_root, [raw])
+    except SignatureError as e:
+        raise UsageError(f"cannot sign trust root {new_root.version}: {e}") from None
+    return raw
+
+
+def _parse(data: bytes, limits: Limits) -> tuple[TrustRoot, envelope.Envelope]:
     env = envelope.decode(data, MAGIC, "trust root", limits.root_max_length,
                           limits.signatures_max_count)
     f = jsondoc.Fields(jsondoc.loads(env.payload, "trust root"), "trust root")
@@ -151,4 +196,4 @@ def parse(data: bytes, limits: Limits = DEFAULT_LIMITS) -> TrustRoot:
             raise FormatError(f"trust root has no {name!r} role")
     root = TrustRoot(version, keys, roles, raw=bytes(data))
     root.verify("root", env.payload, env.signatures, "trust root")
-    return root
+    return root, env
