@@ -202,3 +202,35 @@ def test_mutated_images_read_cleanly(sample, edits) -> None:
         romfs.read(bytes(image))
     except FormatError:
         pass
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.dictionaries(
+    st.lists(st.from_regex(r"[a-z_][a-z0-9_.-]{0,11}", fullmatch=True), min_size=1, max_size=3)
+    .map("/".join), st.binary(max_size=300), min_size=1, max_size=12))
+def test_romfs_writer_matches_mpremote_and_reads_back(files: dict[str, bytes]) -> None:
+    from mpremote.romfs import VfsRomWriter
+
+    from mpseal.errors import FormatError as FE
+
+    try:
+        image = romfs.write(files)
+    except FE:  # a name that is both a file and a folder
+        return
+    # mpremote's writer is the reference for the format: same tree, same bytes.
+    ref = VfsRomWriter()
+
+    def emit(node: dict, prefix: str) -> None:
+        names = sorted({p[len(prefix):].split("/")[0] for p in files if p.startswith(prefix)})
+        for name in names:
+            path = prefix + name
+            if path in files:
+                ref.mkfile(name, files[path])
+            else:
+                ref.opendir(name)
+                emit(node, path + "/")
+                ref.closedir()
+
+    emit({}, "")
+    assert image == ref.finalise()
+    assert {f.path: f.data for f in romfs.read(image)} == files

@@ -131,3 +131,21 @@ def test_data_files_and_subpackages_are_packed(project: Path) -> None:
     assert res.returncode == 0, res.stderr
     out = run_on_sim(project, project / "dist/hello-1.0.0.mpseal")
     assert out == ["42", "256"]
+
+
+def test_an_unchanged_build_is_not_redone_but_any_change_is(project: Path) -> None:
+    import json
+
+    first = json.loads(run_mpseal("build", "-C", project, "--json").stdout)
+    art = Path(first["artifact"])
+    blob = art.read_bytes()
+    again = json.loads(run_mpseal("build", "-C", project, "--json").stdout)
+    assert again["up_to_date"] is True and art.read_bytes() == blob
+    # A changed data file, a damaged artifact, or a new release key: built again.
+    (project / "app" / "data" / "greeting.txt").write_text("changed\n")
+    assert json.loads(run_mpseal("build", "-C", project, "--json").stdout)["up_to_date"] is False
+    art.write_bytes(art.read_bytes()[:-1])
+    res = json.loads(run_mpseal("build", "-C", project, "--json").stdout)
+    assert res["up_to_date"] is False and art.read_bytes()[:8] == b"\x89MPSEAL\n"
+    res = run_mpseal("verify", art, "-C", project)
+    assert res.returncode == 0, res.stderr

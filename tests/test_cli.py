@@ -100,7 +100,8 @@ def test_sim_refuses_another_boards_artifact(tmp_path: Path) -> None:
     assert run_mpseal("sim", "create", "--sim", sim).returncode == 0
     res = run_mpseal("sim", "install", art, "--sim", sim, "-C", esp)
     assert res.returncode == 3 and "built for board 'esp32', not 'unix'" in res.stderr
-    assert run_mpseal("sim", "ls", "/mpseal", "--sim", sim, "--json").stdout.strip() == "[]"
+    listing = json.loads(run_mpseal("sim", "ls", "/mpseal", "--sim", sim, "--json").stdout)
+    assert [e["name"] for e in listing] == ["sim-id"]  # nothing was written
     res = run_mpseal("sim", "run", "--sim", sim)
     assert res.returncode == 2 and "nothing is installed" in res.stderr
 

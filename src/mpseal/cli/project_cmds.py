@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 import click
-from rich.table import Table
 
-from mpseal.build.init import init_project
-from mpseal.build.package import build as build_project
 from mpseal.build.project import Project
 from mpseal.cli.common import emit_json, out_console, passphrase_from_env_or_prompt, progress_bar
 from mpseal.errors import UsageError
-from mpseal.formats import artifact, manifest, romfs
 from mpseal.formats.boards import BOARDS
 from mpseal.fsutil import read_limited
 from mpseal.limits import DEFAULT_LIMITS
@@ -35,18 +32,23 @@ NOT_PROTECTED = (
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def init(folder: Path, board: str, name: str | None, encrypt_keys: bool, as_json: bool) -> None:
     """Create a product project: mpseal.toml, an example app, signing keys and trust root."""
+    from mpseal.build.init import init_project
+
     passphrase = passphrase_from_env_or_prompt("new") if encrypt_keys else None
     if encrypt_keys and not passphrase:
         raise UsageError("an empty passphrase protects nothing; give a real one")
     res = init_project(folder, board, name=name, passphrase=passphrase)
     if as_json:
         emit_json({"folder": str(res.folder), "files": [str(p) for p in res.files],
-                   "root_keyid": res.root_keyid, "release_keyid": res.release_keyid})
+                   "root_keyid": res.root_keyid, "release_keyid": res.release_keyid,
+                   "timestamp_keyid": res.timestamp_keyid})
         return
     out_console.print(f"Created project in {res.folder} for board {board}")
     out_console.print(f"  root key    {res.root_keyid[:16]}  keys/offline/root.pem "
                       "(offline: move it off this machine after init)")
     out_console.print(f"  release key {res.release_keyid[:16]}  keys/release.pem")
+    out_console.print(f"  timestamp   {res.timestamp_keyid[:16]}  keys/timestamp.pem "
+                      "(the update server's online key)")
     out_console.print("  trust root  keys/trust-root.mpsr (the device carries this)")
     if not encrypt_keys:
         out_console.print("  [yellow]keys are not passphrase-protected (use --encrypt-keys)[/]")
@@ -60,7 +62,23 @@ def init(folder: Path, board: str, name: str | None, encrypt_keys: bool, as_json
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def build(project_dir: Path, jobs: int | None, as_json: bool) -> None:
     """Compile the app with mpy-cross, pack a ROMFS image, sign it: dist/<app>-<version>.mpseal."""
+    from mpseal.build import uptodate
+    from mpseal.build.sources import collect
+
+    t0 = time.perf_counter()
     project = Project.load(project_dir)
+    previous = uptodate.check(project, collect(project))
+    if previous is not None:  # nothing changed: the artifact in dist/ is this build's
+        previous.update(up_to_date=True, compiled=0, cache_hits=previous["modules"],
+                        seconds=round(time.perf_counter() - t0, 3))
+        if as_json:
+            emit_json(previous)
+        else:
+            out_console.print(f"Up to date: {previous['artifact']} ({previous['app']} "
+                              f"{previous['version']}, nothing changed since it was built)")
+        return
+    from mpseal.build.package import build as build_project
+
     signer = project.release_signer(passphrase_from_env_or_prompt)
     with progress_bar("compiling", enabled=not as_json) as bar:
         task = bar.add_task("compiling", total=None) if bar else None
@@ -76,7 +94,7 @@ def build(project_dir: Path, jobs: int | None, as_json: bool) -> None:
         res = build_project(project, signer, progress=tick, on_total=on_total, jobs=jobs)
     summary = res.summary()
     if as_json:
-        emit_json(summary)
+        emit_json({**summary, "up_to_date": False})
         return
     m = res.manifest
     out_console.print(
@@ -99,6 +117,10 @@ def _load_artifact(path: Path) -> bytes:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def inspect(file: Path, as_json: bool) -> None:
     """Show what is inside an artifact (structure only; use 'verify' to check it)."""
+    from rich.table import Table
+
+    from mpseal.formats import artifact, manifest, romfs
+
     art = artifact.decode(_load_artifact(file))
     man = manifest.parse(art.manifest_bytes)
     files = romfs.read(art.image)
@@ -137,6 +159,8 @@ def inspect(file: Path, as_json: bool) -> None:
 def verify(file: Path, project_dir: Path, board: str | None, min_counter: int,
            as_json: bool) -> None:
     """Check an artifact as a device would: structure, signature, image hash, board, counter."""
+    from mpseal.formats import artifact
+
     project = Project.load(project_dir)
     board = board or project.config.board.name
     res = artifact.verify(_load_artifact(file), project.trust_root(), board=board,

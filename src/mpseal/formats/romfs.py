@@ -1,7 +1,7 @@
-"""Reading MicroPython ROMFS images (the ``vfs.VfsRom`` format) with bounds on everything.
+"""MicroPython ROMFS images (the ``vfs.VfsRom`` format): a bounded reader and a writer.
 
-The writer is mpremote's ``VfsRomWriter`` (used by ``mpseal.build``); this reader
-lists what an image holds, for ``inspect`` and for tests. Structure:
+The writer produces the same bytes as mpremote's ``VfsRomWriter`` (a test holds
+it to that); it lives here so a build does not import mpremote. Structure:
 
     image   := HEADER(d2 cd 31) uint(len) record*            (records span len bytes)
     record  := uint(kind) uint(len) payload[len]
@@ -62,6 +62,58 @@ def _name(buf: bytes, pos: int, end: int) -> tuple[str, int]:
     if "/" in name or name in (".", ".."):
         raise FormatError(f"ROMFS entry name {name!r} is not a plain name")
     return name, pos + n
+
+
+def _enc_uint(value: int) -> bytes:
+    out = [value & 0x7F]
+    value >>= 7
+    while value:
+        out.append(0x80 | (value & 0x7F))
+        value >>= 7
+    return bytes(reversed(out))
+
+
+def _record_bytes(kind: int, payload: bytes) -> bytes:
+    return _enc_uint(kind) + _enc_uint(len(payload)) + payload
+
+
+def _name_bytes(name: str) -> bytes:
+    raw = name.encode("ascii")
+    return _enc_uint(len(raw)) + raw
+
+
+def write(files: dict[str, bytes]) -> bytes:
+    """A ROMFS image of ``{"lib/util.mpy": data, ...}``: folders from the paths, sorted,
+    file data stored verbatim. Paths must already be checked (manifest.check_file_name)."""
+    tree: dict[str, object] = {}
+    for path in sorted(files):
+        node = tree
+        *folders, leaf = path.split("/")
+        for folder in folders:
+            sub = node.setdefault(folder, {})
+            if not isinstance(sub, dict):
+                raise FormatError(f"{path}: {folder} is both a file and a folder")
+            node = sub
+        if leaf in node:
+            raise FormatError(f"{path}: {leaf} is both a file and a folder")
+        node[leaf] = files[path]
+    body = _folder_bytes(tree)
+    length = _enc_uint(len(body))
+    if (len(HEADER) + len(length) + len(body)) % 2:
+        length = b"\x80" + length  # keep the image an even length, as VfsRom writers do
+    return HEADER + length + body
+
+
+def _folder_bytes(node: dict[str, object]) -> bytes:
+    out = bytearray()
+    for name in sorted(node):
+        value = node[name]
+        if isinstance(value, dict):
+            out += _record_bytes(KIND_DIR, _name_bytes(name) + _folder_bytes(value))
+        else:
+            assert isinstance(value, bytes)
+            out += _record_bytes(KIND_FILE, _name_bytes(name) + _record_bytes(KIND_VERBATIM, value))
+    return bytes(out)
 
 
 def read(image: bytes) -> list[RomFile]:

@@ -1,0 +1,55 @@
+"""What goes into a build: the app's modules and data files, read from the source folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mpseal.build.mpycross import Module
+from mpseal.build.project import Project
+from mpseal.errors import ConfigError, FormatError
+from mpseal.formats.manifest import check_file_name
+
+SKIP_DIRS = {"__pycache__"}
+
+
+@dataclass(frozen=True)
+class Sources:
+    modules: list[Module]
+    data: dict[str, bytes]
+
+
+def collect(project: Project) -> Sources:
+    """Every ``.py`` under the source folder, plus the data files the config's globs name."""
+    src = project.source_dir
+    if not src.is_dir():
+        raise ConfigError(f"source folder {src} does not exist; see [build] source in mpseal.toml")
+    modules: list[Module] = []
+    data: dict[str, bytes] = {}
+    for path in sorted(src.rglob("*")):
+        rel_parts = path.relative_to(src).parts
+        if any(p in SKIP_DIRS or p.startswith(".") for p in rel_parts) or not path.is_file():
+            continue
+        rel = "/".join(rel_parts)
+        if path.suffix == ".py":
+            modules.append(Module(_checked(rel), path.read_bytes()))
+    for pattern in project.config.data:
+        matched = [p for p in sorted(src.glob(pattern)) if p.is_file()]
+        if not matched:
+            raise ConfigError(f"[build] data pattern {pattern!r} matches no file in {src}")
+        for path in matched:
+            rel = "/".join(path.relative_to(src).parts)
+            if path.suffix != ".py":
+                data[_checked(rel)] = path.read_bytes()
+    if not modules:
+        raise ConfigError(f"no .py modules in {src}")
+    entry = f"{project.config.entry}.py"
+    if entry not in {m.name for m in modules}:
+        raise ConfigError(f"entry module {entry} is not in {src}; see [app] entry")
+    return Sources(modules, data)
+
+
+def _checked(rel: str) -> str:
+    try:
+        return check_file_name(rel)
+    except FormatError as e:
+        raise ConfigError(f"cannot package {rel!r}: {e}") from None
