@@ -51,3 +51,35 @@ def built(project: Path) -> Path:
     res = run_mpseal("build", "-C", project)
     assert res.returncode == 0, res.stderr
     return project / "dist" / "hello-1.0.0.mpseal"
+
+# -- Boards on a serial line (tests/serial_boards.py) -------------------------------
+# The micro:bit firmware in QEMU and the virtual board, behind the same transport.
+# QEMU missing is a failure with the install hint, never a skip.
+
+from serial_boards import MicrobitBoard, SerialBoard, VirtualBoardOnPty, qemu_microbit  # noqa: E402
+
+
+@pytest.fixture
+def microbit_pty():
+    """The pty of a fresh micro:bit (MicroPython 1.9.2) in QEMU, at its REPL; killed after."""
+    with qemu_microbit() as pts:
+        yield pts
+
+
+@pytest.fixture(params=["microbit", "virtual"])
+def serial_board(request, tmp_path: Path):
+    """Each test runs on the micro:bit in QEMU and on the virtual board over a pty."""
+    if request.param == "microbit":
+        with qemu_microbit() as pts:
+            board: SerialBoard = MicrobitBoard(pts)
+            try:
+                yield board
+            finally:
+                board.close()
+    else:
+        board = VirtualBoardOnPty(tmp_path / "board")
+        try:
+            yield board
+        finally:
+            board.close()
+

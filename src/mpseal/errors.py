@@ -7,7 +7,9 @@
     │   ├── SignatureError    signature missing, invalid, below threshold or by an unknown key
     │   └── PolicyError       authentic, but not acceptable here (wrong board, rollback, expired)
     ├── TransportError        talking to a device, server or tool failed; retrying may help
-    │   └── ToolError         an external program (mpy-cross, micropython) failed or is missing
+    │   ├── ToolError         an external program (mpy-cross, micropython) failed or is missing
+    │   ├── LinkError         the serial line to a board failed (mpseal.device.transport)
+    │   └── DeviceError       code run on a board raised there (mpseal.device.transport)
     └── UsageError            the caller asked for something that cannot be done as asked
         └── ConfigError       the project's configuration is wrong or incomplete
 

@@ -20,6 +20,7 @@ class Limits:
     file_name_max_length: int = 120
     files_max_count: int = 4096
     config_max_length: int = 256 * 1024
+    device_reply_max_length: int = 1024 * 1024
 
 
 DEFAULT_LIMITS = Limits()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,7 @@ ERR_MAX = 4096
 # file tool, sends 32 bytes per 10 ms; so do we. Raw-paste mode needs no pacing.
 PACE_BYTES = 32
 PACE_SECONDS = 0.01
+ECHO_WINDOW = 32  # bytes in flight while streaming lines to input() (see exec_echoed)
 
 
 @dataclass
@@ -85,6 +86,9 @@ def translated(what: str) -> Iterator[None]:
 
 class RawRepl(MpremoteSerial):  # type: ignore[misc]
     """One serial line to a MicroPython REPL; :meth:`exec_raw` runs code on it."""
+
+    serial: Any  # pyserial's object, then our CountingSerial around it
+    use_raw_paste: bool  # mpremote's flag: False once the firmware showed it has no raw-paste
 
     def __init__(self, device: str, baudrate: int = 115200) -> None:
         self.wire = WireCounter()
@@ -154,6 +158,11 @@ class RawRepl(MpremoteSerial):  # type: ignore[misc]
             self._read_until(b">", deadline, 16, "entering the raw REPL")
             self.in_sync = True
 
+    def reenter(self, timeout: float = 10.0) -> None:
+        """Leave and re-enter the raw REPL: on small boards this frees its line buffer."""
+        self.in_sync = False
+        self.enter(timeout)
+
     def exec_raw(self, code: bytes, timeout: float, out_max: int) -> tuple[bytes, bytes]:
         """Run ``code``; return (stdout, stderr). Leaves the device at the raw prompt."""
         if self.closed:
@@ -164,9 +173,54 @@ class RawRepl(MpremoteSerial):  # type: ignore[misc]
         self.in_sync = False  # until this exec completes
         with translated("running code on the device"):
             self._send(code, deadline)
-            out = self._read_until(b"\x04", deadline, out_max, "reading the device's output")
-            err = self._read_until(b"\x04", deadline, ERR_MAX, "reading the device's error")
-            self._read_exact(1, deadline, "waiting for the raw REPL prompt")
+            return self._follow(deadline, out_max)
+
+    def exec_echoed(self, code: bytes, lines: list[bytes], timeout: float, out_max: int,
+                    progress: Callable[[int], None] | None = None) -> tuple[bytes, bytes]:
+        """Run ``code``, which reads ``lines`` with input(); pace on input()'s echo.
+
+        For firmware without raw-paste mode: never more than ``ECHO_WINDOW`` bytes are
+        in flight, so the UART buffer cannot overflow, and each line's echo proves it
+        arrived intact. ``progress(i)`` is called after line ``i`` was echoed.
+        """
+        if self.closed:
+            raise LinkError("the connection to the device is closed")
+        if not self.in_sync:
+            self.enter(min(timeout, 10.0))
+        deadline = time.monotonic() + timeout
+        self.in_sync = False
+        with translated("streaming data to the device"):
+            self._send(code, deadline)
+            for i, line in enumerate(lines):
+                for at in range(0, len(line) + 1, ECHO_WINDOW):
+                    piece = (line + b"\r")[at:at + ECHO_WINDOW]
+                    self.serial.write(piece)
+                    want = piece.replace(b"\r", b"\r\n")
+                    echo = self._read_exact(len(want), deadline, "waiting for the echo")
+                    if echo != want:
+                        return self._ended_early(echo, out_max)
+                if progress:
+                    progress(i)
+            return self._follow(deadline, out_max)
+
+    def _ended_early(self, echo: bytes, out_max: int) -> tuple[bytes, bytes]:
+        """The echo differs: the code ended (raised?) or bytes were lost. Which?"""
+        self._buf[:0] = echo
+        deadline = time.monotonic() + 2.0
+        try:
+            out, err = self._follow(deadline, out_max)
+        except (LinkError, FormatError):
+            raise LinkError("the device's echo differs from what was sent: bytes were lost "
+                            "on the line; retry") from None
+        self.in_sync = False  # lines we sent after it ended may sit in the raw REPL
+        if not err:
+            raise LinkError("the device stopped reading before all data was sent; retry")
+        return out, err
+
+    def _follow(self, deadline: float, out_max: int) -> tuple[bytes, bytes]:
+        out = self._read_until(b"\x04", deadline, out_max, "reading the device's output")
+        err = self._read_until(b"\x04", deadline, ERR_MAX, "reading the device's error")
+        self._read_exact(1, deadline, "waiting for the raw REPL prompt")
         self.in_sync = True
         return out[:-1], err[:-1]
 
