@@ -119,11 +119,13 @@ class Registry:
 
     # -- devices -----------------------------------------------------------------
 
-    def record_identities(self, identities: Sequence[Identity]) -> None:
+    def record_identities(self, identities: Sequence[Identity], supersede: bool = False) -> None:
         """Record devices with their certificates and secrets, all or nothing.
 
         Batched: one query finds the devices already known, new ones are inserted
-        in bulk (a factory line issues thousands of identities at a time).
+        in bulk (a factory line issues thousands of identities at a time). With
+        ``supersede`` the devices' older certificates are revoked in the same
+        transaction (a re-provisioned device has exactly one valid identity).
         """
         if not identities:
             return
@@ -149,6 +151,11 @@ class Registry:
                 for hw, dev_id in rows:
                     known[hw] = (dev_id, "provisioning")
             new_ids = {i.hardware_id for i in new}
+            old_ids = [known[h][0] for h in hw_ids if h not in new_ids]
+            if supersede and old_ids:
+                for chunk in _chunks(old_ids, 500):
+                    s.execute(update(Certificate).where(Certificate.device_id.in_(chunk))
+                              .values(status="revoked"))
             for i in identities:
                 if i.hardware_id in new_ids or not i.token_hash:
                     continue

@@ -1,0 +1,223 @@
+"""Factory provisioning: give each device its own identity, secrets, trust root and guard.
+
+For one device, in this order (each step named, so an interruption is visible):
+
+    read-id    read the hardware id (``machine.unique_id()``) over the transport
+    issue      a new P-256 key and certificate for that id (never reused, never in the
+               firmware image); recorded in the registry *before* anything is written to
+               the device, so no device can hold a key the registry does not know
+    write      identity (DER), CA and server anchor, config, sealed secrets, trust root,
+               the boot guard: each file written atomically (tmp + rename)
+    mark       /mpseal/id/provisioned.json, written last, names the certificate: a
+               device is fully provisioned exactly when this marker matches the registry
+    stage      (optional) a release artifact handed to the device's guard
+    activate   the registry marks the device active (the update server accepts it)
+
+Re-running is safe: a device whose marker matches its active registry entry is
+skipped; any other (new, interrupted, or half-written) device is redone from
+``issue`` with a fresh key, and its older certificates are revoked.
+
+Threat tiers: unique keys limit a leak to one device, which can be revoked (T1/T2
+at the server). Sealed secrets stop T0 (copied files); see crypto/secretbox.py.
+The private key travels from this host to the device once, over the factory's
+cable: a host that is compromised during provisioning leaks the keys it makes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from mpseal.crypto import secretbox
+from mpseal.device.guard_install import guard_files
+from mpseal.device.transport import Transport
+from mpseal.errors import BadDataError, MpsealError, UsageError
+from mpseal.fleet.registry import CertRecord, Identity, Registry
+from mpseal.pki.ca import IssuingCa
+from mpseal.pki.certs import LeafRequest, generate_key, issue, key_pem_der
+
+STEPS = ("read-id", "issue", "write", "mark", "stage", "activate")
+ID_DIR = "/mpseal/id"
+MARKER = f"{ID_DIR}/provisioned.json"
+CERT = f"{ID_DIR}/device.der"
+KEY = f"{ID_DIR}/device.key.der"
+CA_CERT = f"{ID_DIR}/ca.der"
+ANCHOR = f"{ID_DIR}/server-anchor.der"
+CONFIG = "/mpseal/config.json"
+SECRETS = "/mpseal/secrets.bin"
+INCOMING = "/mpseal/incoming.mpseal"
+MARKER_LIMIT = 1024
+
+# Reads machine.unique_id() (or the virtual board's id file) as hex; old firmware too.
+READ_ID = """
+try:
+    import machine
+    _u = machine.unique_id()
+    print(''.join('%02x' % b for b in _u))
+except (ImportError, AttributeError):
+    print(open('/mpseal/sim-id').read().strip())
+"""
+
+FLAT_PROBE = "import os\nprint(hasattr(os, 'mkdir'))"
+
+StepHook = Callable[[str, str], None]  # (hardware id or "", step) -> None
+
+
+@dataclass(frozen=True)
+class ProvisionPlan:
+    board: str
+    profile: str
+    trust_root: bytes
+    ca: IssuingCa
+    server_anchor: bytes | None = None
+    config: dict[str, object] = field(default_factory=dict)
+    secrets: dict[str, str] = field(default_factory=dict)
+    artifact: bytes | None = None
+    cert_days: int = 5 * 365
+    group: str = "default"
+    guard: bool = True
+
+
+@dataclass(frozen=True)
+class IssuedIdentity:
+    hardware_id: str
+    key_der: bytes
+    cert_der: bytes
+    record: CertRecord
+
+
+@dataclass
+class DeviceResult:
+    hardware_id: str
+    outcome: str  # provisioned | skipped
+    fingerprint: str
+    steps: list[str]
+    bytes_written: int = 0
+
+
+def issue_identity(ca: IssuingCa, hardware_id: str, days: int) -> IssuedIdentity:
+    key = generate_key()
+    cert = issue(ca, LeafRequest(name=hardware_id, role="client", days=days), key.public_key())
+    cert_der = cert.public_bytes(Encoding.DER)
+    record = CertRecord(
+        role="device", subject=cert.subject.rfc4514_string()[:255],
+        serial=format(cert.serial_number, "x"),
+        fingerprint=hashlib.sha256(cert_der).hexdigest(),
+        not_after=cert.not_valid_after_utc)
+    return IssuedIdentity(hardware_id, key_pem_der(key)[1], cert_der, record)
+
+
+def _secret_fingerprints(secrets: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    return tuple((name, hashlib.sha256(value.encode()).hexdigest())
+                 for name, value in sorted(secrets.items()))
+
+
+def device_files(plan: ProvisionPlan, ident: IssuedIdentity) -> dict[str, bytes]:
+    """Everything one device receives, by device path (the marker is written separately)."""
+    files: dict[str, bytes] = {}
+    if plan.guard:
+        files.update(guard_files(plan.board, plan.profile, plan.trust_root))
+    files[CERT] = ident.cert_der
+    files[KEY] = ident.key_der
+    files[CA_CERT] = plan.ca.cert.public_bytes(Encoding.DER)
+    if plan.server_anchor:
+        files[ANCHOR] = plan.server_anchor
+    files[CONFIG] = json.dumps({"hardware_id": ident.hardware_id, "board": plan.board,
+                                **plan.config}, sort_keys=True).encode()
+    if plan.secrets:
+        files[SECRETS] = secretbox.seal(json.dumps(plan.secrets, sort_keys=True).encode(),
+                                        ident.hardware_id)
+    return files
+
+
+def marker_bytes(ident: IssuedIdentity) -> bytes:
+    return json.dumps({"hardware_id": ident.hardware_id,
+                       "fingerprint": ident.record.fingerprint}, sort_keys=True).encode()
+
+
+def read_hardware_id(transport: Transport) -> str:
+    out = transport.exec(READ_ID).strip()
+    hw = out.splitlines()[-1] if out else ""
+    if not 4 <= len(hw) <= 64 or any(c not in "0123456789abcdef" for c in hw):
+        raise BadDataError(f"the device's hardware id {hw[:70]!r} is not hex; is it a board?")
+    return hw
+
+
+def device_path(path: str, flat: bool) -> str:
+    """On a flat filesystem (the micro:bit has no folders) /mpseal/id/x.der is mpseal_id_x.der."""
+    return "/" + path.strip("/").replace("/", "_") if flat else path
+
+
+def _read_marker(transport: Transport, flat: bool) -> dict[str, object] | None:
+    try:
+        value = json.loads(transport.read_file(device_path(MARKER, flat), MARKER_LIMIT))
+    except (MpsealError, ValueError, UnicodeDecodeError):  # missing, unreadable, or garbage
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def provision_device(transport: Transport, plan: ProvisionPlan, registry: Registry,
+                     on_step: StepHook | None = None, force: bool = False) -> DeviceResult:
+    def step(hw: str, name: str) -> None:
+        done.append(name)
+        if on_step:
+            on_step(hw, name)
+
+    done: list[str] = []
+    hw = read_hardware_id(transport)
+    flat = transport.exec(FLAT_PROBE).strip().endswith("False")
+    if flat and (plan.guard or plan.artifact is not None):
+        raise UsageError(f"device {hw} has a flat filesystem (old firmware): it cannot run the "
+                         "boot guard; provision it with --no-guard and no artifact")
+    step(hw, "read-id")
+    known = registry.find_device(hw)
+    if known is not None and known.state == "revoked":
+        raise UsageError(f"device {hw} is revoked; it cannot be provisioned again")
+    marker = _read_marker(transport, flat)
+    if not force and known is not None and known.state == "active" and marker:
+        fp = str(marker.get("fingerprint", ""))
+        if marker.get("hardware_id") == hw and registry.is_allowed(fingerprint=fp):
+            return DeviceResult(hw, "skipped", fp, done)
+
+    ident = issue_identity(plan.ca, hw, plan.cert_days)
+    registry.record_identities([Identity(
+        hardware_id=hw, board=plan.board, cert=ident.record, group=plan.group,
+        secrets=_secret_fingerprints(plan.secrets))], supersede=True)
+    step(hw, "issue")
+
+    marker_path = device_path(MARKER, flat)
+    if marker is not None:  # an older identity: invalid from now on, even if writing stops
+        transport.remove(marker_path)
+    files = device_files(plan, ident)
+    for path, data in files.items():
+        transport.write_file(device_path(path, flat), data)
+    step(hw, "write")
+
+    transport.write_file(marker_path, marker_bytes(ident))
+    if transport.read_file(marker_path, MARKER_LIMIT) != marker_bytes(ident):
+        raise BadDataError(f"device {hw}: the provisioning marker did not read back")
+    step(hw, "mark")
+
+    if plan.artifact is not None:
+        transport.write_file(INCOMING, plan.artifact)
+        out = transport.exec(
+            "import mpseal_guard\n"
+            "try:\n"
+            f"    _r = mpseal_guard.stage({INCOMING!r})\n"
+            "    print('STAGED', _r.version)\n"
+            "except Exception as e:\n"
+            "    print('REFUSED', e)\n", timeout=120)
+        if "STAGED" not in out:
+            raise BadDataError(f"device {hw}: its guard refused the artifact: {out.strip()[-120:]}")
+        step(hw, "stage")
+
+    registry.mark_active(hw, {"fingerprint": ident.record.fingerprint,
+                              "at": dt.datetime.now(dt.timezone.utc).isoformat()})
+    step(hw, "activate")
+    return DeviceResult(hw, "provisioned", ident.record.fingerprint, done,
+                        sum(len(d) for d in files.values()))
