@@ -52,6 +52,7 @@ def built(project: Path) -> Path:
     assert res.returncode == 0, res.stderr
     return project / "dist" / "hello-1.0.0.mpseal"
 
+
 # -- Boards on a serial line (tests/serial_boards.py) -------------------------------
 # The micro:bit firmware in QEMU and the virtual board, behind the same transport.
 # QEMU missing is a failure with the install hint, never a skip.
@@ -83,3 +84,29 @@ def serial_board(request, tmp_path: Path):
         finally:
             board.close()
 
+
+# -- A real PostgreSQL server (tests/postgres.py), one per test session ------------------
+
+from postgres import postgres_server  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path: Path) -> str:
+    """Each registry/server test runs on SQLite (the default) and on a real PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'mpseal.db'}"
+    url = request.getfixturevalue("pg_url")
+    # A clean schema for each test on the shared server.
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    engine.dispose()
+    return url
