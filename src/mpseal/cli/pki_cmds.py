@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import click
 from cryptography import x509
-from rich.markup import escape
-from rich.table import Table
 
 from mpseal.cli.common import emit_json, out_console, passphrase_from_env_or_prompt
 from mpseal.errors import BadDataError, UsageError
@@ -22,6 +21,19 @@ TIERS = ("Tiers: device certificates prove identity to your server and TLS with 
          "anchor stops the network (T1); an offline root limits a stolen issuing key (T2). "
          "A key in plain flash is readable with esptool/SWD (T3) unless the port's flash "
          "encryption is on.")
+
+
+def escape(text: str) -> str:
+    """Untrusted text (names from certificates) printed literally, never as rich markup."""
+    from rich.markup import escape as rich_escape  # rich only for human output
+
+    return rich_escape(text)
+
+
+def _table(*columns: str) -> Any:
+    from rich.table import Table
+
+    return Table(*columns)
 
 
 def _cert_info(cert: x509.Certificate) -> dict[str, object]:
@@ -279,7 +291,8 @@ def cert_lint(files: tuple[Path, ...], hostname: str | None, role: str | None,
         emit_json({"files": [str(p) for p in files], "findings": [f.to_dict() for f in findings],
                    "counts": n, "ok": n["error"] == 0})
     else:
-        table = Table("severity", "code", "where", "finding", show_lines=True)
+        table = _table("severity", "code", "where", "finding")
+        table.show_lines = True
         table.columns[2].overflow = "fold"
         for f in findings:
             style = SEVERITY_STYLE[f.severity]
@@ -306,7 +319,7 @@ def cert_expiry(folders: tuple[Path, ...], as_json: bool) -> None:
         emit_json({"certificates": [e.to_dict(now) for e in report.entries],
                    "skipped": [{"file": f, "why": w} for f, w in report.skipped]})
         return
-    table = Table("expires", "days", "subject", "CA", "files")
+    table = _table("expires", "days", "subject", "CA", "files")
     for e in report.entries:
         days = e.days_left(now)
         style = "red" if days < 0 else "yellow" if days < 30 else ""
