@@ -1,5 +1,12 @@
 #!/usr/bin/env python3
-"""Provisioning benchmark (issue 4). Section "wire": serial bytes per payload byte.
+"""Provisioning benchmark (issue 4): identities issued per second, and serial bytes per byte.
+
+Section "identities": a P-256 key, a certificate from the fleet's issuing CA
+(mpseal.pki, ECDSA P-256/SHA-256) and the registry rows (device, certificate,
+secret fingerprints, event) on the default SQLite database, recorded in batches
+as a factory line does; wall clock for the whole of it. Goal: >= 1,000/s.
+
+Section "wire": serial bytes per payload byte.
 
 Writes the same files to real MicroPython over a serial line with mpseal's
 transport and, in the same run, with ``mpremote fs cp``, and counts the bytes
@@ -20,8 +27,8 @@ included; for mpremote ``per file`` is its cold run minus its cold run for an
 empty file. ``mpseal s`` is the time for the cold and the warm write together. Goal: binary <= 1.4
 (mpremote's repr() costs ~2.9).
 
-Sections are functions in SECTIONS; another (identities/s) will be added.
-Run: .venv/bin/python benchmarks/provision.py [--json] [--section wire] [--no-microbit]
+Sections are functions in SECTIONS.
+Run: .venv/bin/python benchmarks/provision.py [--json] [--section identities|wire] [--no-microbit]
 Exit status: 0 when measured (--strict: 1 if a goal is missed), 2 if the benchmark fails.
 """
 
@@ -179,8 +186,49 @@ def report_wire(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+GOAL_IDENTITIES = 1000.0
+
+
+def section_identities(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    import os
+
+    from mpseal.fleet.provision import issue_identity
+    from mpseal.fleet.registry import Identity, Registry
+    from mpseal.pki.ca import CaOptions, init_ca, load_issuing_ca
+
+    log("identities: issuing on SQLite ...")
+    init_ca(work / "ca", CaOptions(name="bench fleet"))
+    ca = load_issuing_ca(work / "ca")
+    registry = Registry.open(f"sqlite:///{work / 'fleet.db'}")
+    total, batch = args.identities, 500
+    secrets = (("wifi_password", "ab" * 32), ("api_token", "cd" * 32))
+    t0 = time.perf_counter()
+    issue_s = 0.0
+    for start in range(0, total, batch):
+        t = time.perf_counter()
+        issued = [issue_identity(ca, os.urandom(8).hex(), 5 * 365)
+                  for _ in range(min(batch, total - start))]
+        issue_s += time.perf_counter() - t
+        registry.record_identities([Identity(i.hardware_id, "esp32", i.record, secrets=secrets)
+                                    for i in issued])
+    elapsed = time.perf_counter() - t0
+    rate = total / elapsed
+    return {"identities": total, "seconds": round(elapsed, 3), "per_second": round(rate, 1),
+            "issue_share": round(issue_s / elapsed, 3), "goal": GOAL_IDENTITIES,
+            "pass": rate >= GOAL_IDENTITIES}
+
+
+def report_identities(r: dict[str, Any]) -> str:
+    verdict = "met" if r["pass"] else "MISSED"
+    return (f"Identities (key + certificate + registry rows, SQLite): {r['identities']} in "
+            f"{r['seconds']} s = {r['per_second']:.0f}/s "
+            f"({r['issue_share']:.0%} of it key and certificate)\n"
+            f"Goal: >= {r['goal']:.0f}/s: {verdict}")
+
+
 SECTIONS: dict[str, tuple[Callable[[argparse.Namespace, Path], dict[str, Any]],
                           Callable[[dict[str, Any]], str]]] = {
+    "identities": (section_identities, report_identities),
     "wire": (section_wire, report_wire),
 }
 
@@ -190,6 +238,7 @@ def main() -> int:
     ap.add_argument("--section", choices=sorted(SECTIONS), action="append",
                     help="run only this section (repeatable; default: all)")
     ap.add_argument("--no-microbit", action="store_true", help="skip the QEMU micro:bit")
+    ap.add_argument("--identities", type=int, default=5000, help="how many to issue")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a goal is missed")
     args = ap.parse_args()
