@@ -110,7 +110,7 @@ def role_signers(project: Project, role: str, passphrase: PassphraseSource = no_
     """
     root = root or project.trust_root()
     r = root.role(role)
-    held = {kf.keyid: kf.signer for kf in key_files(project, role, passphrase)}
+    held: dict[str, Signer] = {kf.keyid: kf.signer for kf in key_files(project, role, passphrase)}
     chosen: list[Signer] = [held[k] for k in r.keyids if k in held][: r.threshold]
     if len(chosen) < r.threshold:
         raise ConfigError(

@@ -20,6 +20,7 @@ LAZY_COMMANDS = {
     "ca": "mpseal.cli.pki_cmds",
     "cert": "mpseal.cli.pki_cmds",
     "lockdown": "mpseal.cli.lockdown_cmds",
+    "keys": "mpseal.cli.keys_cmds",
 }
 # Every module with commands. One not named above is imported to look a name up.
 COMMAND_MODULES = [
@@ -27,6 +28,7 @@ COMMAND_MODULES = [
     "mpseal.cli.sim_cmds",
     "mpseal.cli.pki_cmds",
     "mpseal.cli.lockdown_cmds",
+    "mpseal.cli.keys_cmds",
 ]
 
 

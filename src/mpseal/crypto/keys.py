@@ -14,7 +14,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import (
@@ -62,6 +62,17 @@ class PublicKey:
         return cls(
             key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
         )
+
+    @classmethod
+    def from_pem(cls, pem: bytes) -> PublicKey:
+        """A P-256 public key from PEM (SubjectPublicKeyInfo), e.g. exported from an HSM."""
+        try:
+            key = serialization.load_pem_public_key(pem)
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            raise FormatError("not a PEM public key (expected '-----BEGIN PUBLIC KEY-----')") from None
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise FormatError("the public key is not an EC key; mpseal signs with ECDSA P-256")
+        return cls.from_crypto(key)
 
     def to_crypto(self) -> ec.EllipticCurvePublicKey:
         return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), self.point)

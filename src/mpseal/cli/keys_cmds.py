@@ -1,0 +1,153 @@
+"""``mpseal keys``: list, add, rotate and revoke the keys the trust root names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mpseal.build import keys as keys_mod
+from mpseal.build.project import Project
+from mpseal.cli.common import emit_json, out_console, passphrase_from_env_or_prompt
+from mpseal.crypto.keys import PublicKey
+from mpseal.errors import UsageError
+from mpseal.formats.trustroot import ROLES
+from mpseal.fsutil import read_limited
+
+PROJECT_OPTION = click.option(
+    "-C", "--project", "project_dir", type=click.Path(file_okay=False, path_type=Path),
+    default=".", help="Project folder (default: here or a parent).")
+ROLE_OPTION = click.option("--role", type=click.Choice(ROLES), required=True,
+                           help="The role whose keys change.")
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+
+
+@click.group()
+def keys() -> None:
+    """The trust root's keys: every change is a new trust root version, N+1.
+
+    Version N+1 is signed by a threshold of the version-N root keys AND of its own
+    root keys, kept as keys/roots/<N+1>.mpsr for devices to step through, and
+    installed as the project's trust root. Root keys stop a stolen online key (T2).
+    """
+
+
+@keys.command(name="list")
+@PROJECT_OPTION
+@JSON_OPTION
+def list_keys(project_dir: Path, as_json: bool) -> None:
+    """Roles, their key ids and thresholds, and the trust root versions kept."""
+    project = Project.load(project_dir)
+    root = project.trust_root()
+    versions = keys_mod.root_versions(project)
+    if as_json:
+        emit_json({"version": root.version, "roots": versions,
+                   "roles": {name: {"threshold": r.threshold, "keyids": list(r.keyids)}
+                             for name, r in root.roles.items()}})
+        return
+    out_console.print(f"Trust root version {root.version} ({project.config.trust_root}); "
+                      f"kept versions: {', '.join(map(str, versions)) or 'none'}", markup=False)
+    for name in ROLES:
+        r = root.roles.get(name)
+        if r is None:
+            out_console.print(f"  {name:<9}  (no such role)", markup=False)
+            continue
+        out_console.print(f"  {name:<9}  threshold {r.threshold} of {len(r.keyids)}", markup=False)
+        for keyid in r.keyids:
+            out_console.print(f"    {keyid}", markup=False)
+
+
+def _public_key(path: Path | None) -> PublicKey | None:
+    if path is None:
+        return None
+    return PublicKey.from_pem(read_limited(path, 16 * 1024, "public key"))
+
+
+def _new_passphrase(encrypt: bool) -> bytes | None:
+    if not encrypt:
+        return None
+    passphrase = passphrase_from_env_or_prompt("new")
+    if not passphrase:
+        raise UsageError("an empty passphrase protects nothing; give a real one")
+    return passphrase
+
+
+def _report(change: keys_mod.KeyChange, as_json: bool, encrypted: bool) -> None:
+    if as_json:
+        emit_json(change.summary())
+        return
+    out_console.print(f"Trust root {change.old_version} -> {change.root.version}: "
+                      f"{change.action} {change.role}", markup=False)
+    for keyid in change.added:
+        out_console.print(f"  added   {keyid[:16]}", markup=False)
+    for keyid in change.removed:
+        out_console.print(f"  removed {keyid[:16]}", markup=False)
+    if change.key_file:
+        out_console.print(f"  private key {change.key_file}", markup=False)
+        if not encrypted:
+            out_console.print("  [yellow]the new key is not passphrase-protected "
+                              "(use --encrypt-key)[/]")
+    for path in change.retired:
+        out_console.print(f"  retired {path}", markup=False)
+    out_console.print(f"  kept as {change.root_file}; devices step to it through the update "
+                      "server", markup=False)
+
+
+@keys.command()
+@PROJECT_OPTION
+@ROLE_OPTION
+@click.option("--threshold", type=click.IntRange(1, 8),
+              help="The role's new threshold (default: unchanged).")
+@click.option("--public", "public_pem", type=click.Path(dir_okay=False, path_type=Path),
+              help="Add this existing public key (PEM; an HSM's, say) instead of a new one.")
+@click.option("--encrypt-key", is_flag=True,
+              help="Protect the new private key with a passphrase ($MPSEAL_PASSPHRASE or a prompt).")
+@JSON_OPTION
+def add(project_dir: Path, role: str, threshold: int | None, public_pem: Path | None,
+        encrypt_key: bool, as_json: bool) -> None:
+    """Add a key to a role (a timestamp key goes to keys/timestamp.pem)."""
+    project = Project.load(project_dir)
+    public = _public_key(public_pem)
+    new_pass = _new_passphrase(encrypt_key and public is None)
+    change = keys_mod.add_key(project, role, threshold=threshold, public=public,
+                              passphrase=passphrase_from_env_or_prompt, new_passphrase=new_pass)
+    _report(change, as_json, new_pass is not None)
+
+
+@keys.command()
+@PROJECT_OPTION
+@ROLE_OPTION
+@click.option("--public", "public_pem", type=click.Path(dir_okay=False, path_type=Path),
+              help="Rotate to this existing public key (PEM) instead of a new one.")
+@click.option("--encrypt-key", is_flag=True,
+              help="Protect the new private key with a passphrase ($MPSEAL_PASSPHRASE or a prompt).")
+@JSON_OPTION
+def rotate(project_dir: Path, role: str, public_pem: Path | None, encrypt_key: bool,
+           as_json: bool) -> None:
+    """Replace a role's key(s) with one new key; the old private keys move to retired/."""
+    project = Project.load(project_dir)
+    public = _public_key(public_pem)
+    new_pass = _new_passphrase(encrypt_key and public is None)
+    change = keys_mod.rotate_key(project, role, public=public,
+                                 passphrase=passphrase_from_env_or_prompt,
+                                 new_passphrase=new_pass)
+    _report(change, as_json, new_pass is not None)
+
+
+@keys.command()
+@PROJECT_OPTION
+@ROLE_OPTION
+@click.argument("keyid")
+@click.option("--threshold", type=click.IntRange(1, 8),
+              help="The role's new threshold, when fewer keys remain than it needs.")
+@JSON_OPTION
+def revoke(project_dir: Path, role: str, keyid: str, threshold: int | None,
+           as_json: bool) -> None:
+    """Remove key KEYID (8+ hex digits) from a role; its private key moves to retired/."""
+    project = Project.load(project_dir)
+    change = keys_mod.revoke_key(project, role, keyid, threshold=threshold,
+                                 passphrase=passphrase_from_env_or_prompt)
+    _report(change, as_json, True)
+
+
+COMMANDS = [keys]
