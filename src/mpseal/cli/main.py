@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "mpseal.cli.pki_cmds",
     "mpseal.cli.lockdown_cmds",
     "mpseal.cli.keys_cmds",
+    "mpseal.cli.fleet_cmds",
 ]
 
 

@@ -1,0 +1,195 @@
+"""``mpseal provision`` and ``mpseal registry``: identities for many devices, and their records."""
+
+from __future__ import annotations
+
+import json
+import threading
+import tomllib
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import click
+
+from mpseal.build.project import Project
+from mpseal.cli.common import emit_json, err_console, out_console, passphrase_from_env_or_prompt
+from mpseal.errors import ConfigError, MpsealError
+from mpseal.fsutil import read_limited
+
+SECRETS_LIMIT = 16 * 1024
+
+
+def _db_option(f: Any) -> Any:
+    return click.option("--db", "db_url", help="Registry database URL (default: SQLite file "
+                        "mpseal.db in the project; PostgreSQL: postgresql+psycopg://...)")(f)
+
+
+def _registry(project_dir: Path, db_url: str | None) -> Any:
+    from mpseal.fleet.registry import Registry, default_url
+
+    if db_url is None:
+        db_url = default_url(Project.load(project_dir).root)
+    return Registry.open(db_url)
+
+
+def _string_table(path: Path | None, what: str) -> dict[str, str]:
+    if path is None:
+        return {}
+    raw = read_limited(path, SECRETS_LIMIT, what)
+    try:
+        data = json.loads(raw) if path.suffix == ".json" else tomllib.loads(raw.decode())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: "
+                          f"{str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise ConfigError(f"{path}: {what} must be a table of names to strings")
+    return data
+
+
+@contextmanager
+def _connect(target: str) -> Iterator[Any]:
+    """``sim:DIR`` is a virtual board (its VM on a pty); anything else a serial port."""
+    if target.startswith("sim:"):
+        from mpseal.device.sim import VirtualBoard
+        from mpseal.device.simlink import connect
+
+        transport, link = connect(VirtualBoard(Path(target[4:])))
+        try:
+            yield transport
+        finally:
+            transport.close()
+            link.close()
+    else:
+        from mpseal.device.serialboard import SerialTransport
+
+        transport = SerialTransport(target)
+        try:
+            yield transport
+        finally:
+            transport.close()
+
+
+@click.command()
+@click.option("-p", "--port", "ports", multiple=True, help="Serial port of a board (repeat).")
+@click.option("--sim", "sims", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of a virtual board (repeat).")
+@click.option("-C", "--project", "project_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=".", help="Project: trust root, board and lockdown profile.")
+@click.option("--ca", "ca_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="CA folder from 'mpseal ca init' (default: <project>/ca).")
+@click.option("--anchor", type=click.Path(dir_okay=False, path_type=Path),
+              help="Server trust anchor (DER, from 'mpseal cert anchor') the device will load.")
+@click.option("--secrets", "secrets_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="TOML/JSON of secrets (Wi-Fi password, tokens): sealed for each device.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="TOML/JSON of plain device settings (server URL, ...).")
+@click.option("--artifact", type=click.Path(dir_okay=False, path_type=Path),
+              help="A release to stage through the device's guard.")
+@click.option("--group", default="default", show_default=True, help="Rollout group.")
+@click.option("--days", type=click.IntRange(1, 20 * 365), default=5 * 365, show_default=True,
+              help="Device certificate validity.")
+@click.option("--no-guard", is_flag=True, help="Identity only (old firmware, flat filesystem).")
+@click.option("--force", is_flag=True, help="Re-issue even for fully provisioned devices.")
+@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=4, show_default=True)
+@_db_option
+@click.option("--json", "as_json", is_flag=True)
+def provision(ports: tuple[str, ...], sims: tuple[Path, ...], project_dir: Path,
+              ca_dir: Path | None, anchor: Path | None, secrets_file: Path | None,
+              config_file: Path | None, artifact: Path | None, group: str, days: int,
+              no_guard: bool, force: bool, jobs: int, db_url: str | None, as_json: bool) -> None:
+    """Give each device its own key, certificate, sealed secrets, trust root and guard.
+
+    Resumable and idempotent: run it again on the same boards and fully provisioned
+    ones are skipped, interrupted ones redone with a fresh key.
+    """
+    from mpseal.fleet.provision import ProvisionPlan, provision_device
+    from mpseal.limits import DEFAULT_LIMITS
+    from mpseal.pki.ca import load_issuing_ca
+
+    targets = list(ports) + [f"sim:{s}" for s in sims]
+    if not targets:
+        raise click.UsageError("name at least one --port or --sim")
+    project = Project.load(project_dir)
+    registry = _registry(project_dir, db_url)
+    plan = ProvisionPlan(
+        board=project.config.board.name, profile=project.config.profile,
+        trust_root=project.trust_root().raw,
+        ca=load_issuing_ca(ca_dir or project.root / "ca", passphrase_from_env_or_prompt),
+        server_anchor=read_limited(anchor, 8192, "server anchor") if anchor else None,
+        config=dict(_string_table(config_file, "config")),
+        secrets=_string_table(secrets_file, "secrets"),
+        artifact=(read_limited(artifact, DEFAULT_LIMITS.artifact_max_length, "artifact")
+                  if artifact else None),
+        cert_days=days, group=group, guard=not no_guard)
+    lock = threading.Lock()
+
+    def say(target: str, text: str) -> None:
+        if not as_json:
+            with lock:
+                err_console.print(f"{target}: {text}", markup=False)
+
+    def one(target: str) -> dict[str, Any]:
+        try:
+            with _connect(target) as transport:
+                res = provision_device(transport, plan, registry, force=force,
+                                       on_step=lambda hw, step: say(target, f"{hw} {step}"))
+            say(target, f"{res.hardware_id} {res.outcome}")
+            return {"target": target, "hardware_id": res.hardware_id, "outcome": res.outcome,
+                    "fingerprint": res.fingerprint, "bytes": res.bytes_written}
+        except MpsealError as e:
+            say(target, f"FAILED: {e}")
+            return {"target": target, "outcome": "failed", "error": str(e)}
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        results = list(pool.map(one, targets))
+    counts = {k: sum(r["outcome"] == k for r in results)
+              for k in ("provisioned", "skipped", "failed")}
+    if as_json:
+        emit_json({"devices": results, **counts})
+    else:
+        out_console.print(f"{counts['provisioned']} provisioned, {counts['skipped']} already "
+                          f"done, {counts['failed']} failed (of {len(results)})", markup=False)
+    if counts["failed"]:
+        raise SystemExit(4)
+
+
+@click.group()
+def registry() -> None:
+    """The device registry: devices, certificates, events; revocation."""
+
+
+@registry.command(name="list")
+@click.option("-C", "--project", "project_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=".")
+@click.option("--state", type=click.Choice(["provisioning", "active", "revoked"]))
+@_db_option
+@click.option("--json", "as_json", is_flag=True)
+def list_devices(project_dir: Path, state: str | None, db_url: str | None, as_json: bool) -> None:
+    """List devices."""
+    devices = _registry(project_dir, db_url).devices(state)
+    rows = [{"hardware_id": d.hardware_id, "board": d.board, "state": d.state,
+             "group": d.group} for d in devices]
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        out_console.print(f"{r['hardware_id']:20} {r['board']:10} {r['state']:13} {r['group']}",
+                          markup=False)
+    out_console.print(f"{len(rows)} devices", markup=False)
+
+
+@registry.command()
+@click.argument("hardware_id")
+@click.option("--reason", default="", help="Why (kept in the event log).")
+@click.option("-C", "--project", "project_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=".")
+@_db_option
+def revoke(hardware_id: str, reason: str, project_dir: Path, db_url: str | None) -> None:
+    """Revoke a device and all its certificates (the update server refuses it from then on)."""
+    n = _registry(project_dir, db_url).revoke_device(hardware_id, reason)
+    out_console.print(f"Revoked {hardware_id} and {n} certificate(s). The device itself is not "
+                      "told: its TLS stack has no CRL; the server refuses it.", markup=False)
+
+
+COMMANDS = [provision, registry]
