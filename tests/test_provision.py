@@ -158,24 +158,36 @@ def test_a_cut_cable_mid_write_leaves_a_device_that_is_redone(factory, tmp_path:
         board.close()
 
 
-def test_provision_microbit_firmware_in_qemu(factory) -> None:
-    """MicroPython 1.9.2 on an nRF51: flat filesystem, no guard, identity and secrets."""
+def test_provision_microbit_firmware_in_qemu_interrupted_after_each_step(factory) -> None:
+    """MicroPython 1.9.2 on an nRF51: flat filesystem, no guard; identity and sealed secrets.
+
+    One board: provisioned, then re-issued (--force) and stopped after each step in
+    turn; every time the next plain run leaves it fully provisioned."""
     plan, registry = factory
     with qemu_microbit() as pts:
         board = MicrobitBoard(pts)
         try:
             t = board.connect()
             p = plan(board="microbit", guard=False)
-            with pytest.raises(Interrupted):
-                provision_device(t, p, registry,
-                                 on_step=lambda hw, s: (_ for _ in ()).throw(Interrupted())
-                                 if s == "write" else None)
-            res = provision_device(t, p, registry)
-            assert res.outcome == "provisioned"
-            device_identity_is_known(t, registry, res.hardware_id, flat=True)
-            marker = json.loads(t.read_file(device_path(MARKER, True), 1024))
-            assert marker["fingerprint"] == res.fingerprint
-            assert provision_device(t, p, registry).outcome == "skipped"
-            assert registry.count(Certificate) == 2  # the interrupted one, now revoked
+            first = provision_device(t, p, registry)
+            assert first.outcome == "provisioned"
+            hw = first.hardware_id
+            for stop_at in ("read-id", "issue", "write", "mark", "activate"):
+                def hook(_hw: str, step: str, stop_at: str = stop_at) -> None:
+                    if step == stop_at:
+                        raise Interrupted(step)
+
+                with pytest.raises(Interrupted):
+                    provision_device(t, p, registry, on_step=hook, force=True)
+                res = provision_device(t, p, registry)
+                # Stopped before a new key was issued, or after all was done: still whole.
+                whole = stop_at in ("read-id", "activate")
+                assert res.outcome == ("skipped" if whole else "provisioned")
+                device_identity_is_known(t, registry, hw, flat=True)
+                marker = json.loads(t.read_file(device_path(MARKER, True), 1024))
+                assert marker["fingerprint"] == res.fingerprint
+            assert sum(c.status == "valid" for c in registry.certificates(hw)) == 1
+            sealed = t.read_file(device_path(SECRETS, True), 4096)
+            assert json.loads(secretbox.open_(sealed, hw)) == SECRETS_IN
         finally:
             board.close()
