@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "mpseal.cli.sim_cmds",
     "mpseal.cli.pki_cmds",
     "mpseal.cli.lockdown_cmds",
+    "mpseal.cli.server_cmds",
     "mpseal.cli.keys_cmds",
     "mpseal.cli.fleet_cmds",
 ]

@@ -1,0 +1,245 @@
+"""``mpseal serve``, ``mpseal release ...``, ``mpseal device revoke``: the update server and its
+admin API. Thin: parse, call ``mpseal.server``, print."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from mpseal.cli.common import emit_json, err_console, out_console, passphrase_from_env_or_prompt
+from mpseal.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mpseal.server.client import AdminClient
+
+TOKEN_ENV = "MPSEAL_ADMIN_TOKEN"
+PATH = click.Path(path_type=Path)
+
+
+def _project(folder: Path) -> Any:
+    from mpseal.build.project import Project
+
+    try:
+        return Project.load(folder)
+    except ConfigError:
+        return None
+
+
+@click.command()
+@click.option("-C", "--project", "project_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=".", help="Project whose keys and trust roots to serve (default: here).")
+@click.option("--db", "db_url", help="Database URL (default: sqlite:///<project>/mpseal.db; "
+              "postgresql+psycopg://... for several servers).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8443, show_default=True)
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Server processes sharing the port and the database.")
+@click.option("--artifacts", type=PATH, help="Artifact folder (default: <project>/server/artifacts).")
+@click.option("--artifact-base-url", help="Redirect downloads here (a CDN; artifacts are signed).")
+@click.option("--roots", type=PATH, help="Trust roots folder <N>.mpsr (default: the project's).")
+@click.option("--trust-root", type=PATH, help="Trust root file if the roots folder is empty.")
+@click.option("--timestamp-key", type=PATH, help="Timestamp signing key (default: the project's).")
+@click.option("--timestamp-expiry", type=click.IntRange(60, 30 * 86400), default=86400,
+              show_default=True, help="Seconds a signed timestamp is valid.")
+@click.option("--cache-seconds", type=click.FloatRange(0, 10), default=1.0, show_default=True,
+              help="Cache of devices and releases; bounds how late a revocation takes effect.")
+@click.option("--tls-cert", type=PATH, help="Server certificate (PEM).")
+@click.option("--tls-key", type=PATH, help="Server private key (PEM).")
+@click.option("--client-ca", type=PATH,
+              help="Fleet CA (PEM): devices may authenticate with a client certificate.")
+@click.option("--admin-token-env", default=TOKEN_ENV, show_default=True,
+              help="Environment variable holding the admin token(s), comma-separated.")
+@click.option("--access-log", is_flag=True, help="Log every request.")
+def serve(project_dir: Path, db_url: str | None, host: str, port: int, workers: int,
+          artifacts: Path | None, artifact_base_url: str | None, roots: Path | None,
+          trust_root: Path | None, timestamp_key: Path | None, timestamp_expiry: int,
+          cache_seconds: float, tls_cert: Path | None, tls_key: Path | None,
+          client_ca: Path | None, admin_token_env: str, access_log: bool) -> None:
+    """Run the update server (device API and admin API) with uvicorn."""
+    from mpseal.fleet.registry import default_url
+    from mpseal.server.config import ServerSettings, admin_token_hash
+    from mpseal.server.run import RunOptions, serve as run_server
+
+    project = _project(project_dir)
+    if project is None and not (roots and timestamp_key):
+        raise ConfigError(f"no mpseal.toml in {project_dir.resolve()} or above: run in a project "
+                          "or give --roots, --timestamp-key, --db and --artifacts")
+    base = project.root if project is not None else project_dir.resolve()
+    tokens = [t.strip() for t in os.environ.get(admin_token_env, "").split(",") if t.strip()]
+    if not tokens:
+        err_console.print(f"mpseal: ${admin_token_env} is empty: the admin API refuses every call")
+    key_path = timestamp_key or project.path(project.config.timestamp_key)
+    settings = ServerSettings(
+        database_url=db_url or default_url(base),
+        artifacts_dir=str(artifacts or base / "server" / "artifacts"),
+        roots_dir=str(roots or project.roots_dir),
+        trust_root_file=str(trust_root) if trust_root else (
+            str(project.path(project.config.trust_root)) if project is not None else None),
+        timestamp_key=str(key_path),
+        admin_token_hashes=tuple(admin_token_hash(t) for t in tokens),
+        artifact_base_url=artifact_base_url, timestamp_expiry_seconds=timestamp_expiry,
+        cache_seconds=cache_seconds)
+    passphrase = None
+    if b"ENCRYPTED" in Path(key_path).read_bytes()[:4096]:
+        passphrase = passphrase_from_env_or_prompt("timestamp")
+    scheme = "https" if tls_cert else "http"
+    err_console.print(f"mpseal: serving {scheme}://{host}:{port} ({workers} worker(s)); "
+                      f"database {settings.database_url.split('@')[-1]}")
+    run_server(settings, RunOptions(host=host, port=port, workers=workers, tls_cert=tls_cert,
+                                    tls_key=tls_key, client_ca=client_ca, access_log=access_log),
+               passphrase)
+
+
+# -- the admin API -----------------------------------------------------------------------
+
+
+def _admin_options(fn: Callable[..., None]) -> Callable[..., None]:
+    fn = click.option("--json", "as_json", is_flag=True, help="Print JSON.")(fn)
+    fn = click.option("--ca", type=PATH, envvar="MPSEAL_SERVER_CA",
+                      help="CA file to check the server's TLS certificate ($MPSEAL_SERVER_CA).")(fn)
+    fn = click.option("--server", envvar="MPSEAL_SERVER", required=True,
+                      help="Update server URL ($MPSEAL_SERVER).")(fn)
+    return fn
+
+
+def _client(server: str, ca: Path | None) -> AdminClient:
+    from mpseal.server.client import AdminClient
+
+    return AdminClient(server, os.environ.get(TOKEN_ENV, ""), ca=ca)
+
+
+def _ref_options(fn: Callable[..., None]) -> Callable[..., None]:
+    fn = click.option("--channel", help="Only releases of this channel.")(fn)
+    fn = click.option("--board", help="Only releases for this board.")(fn)
+    fn = click.option("--app", help="Only releases of this app.")(fn)
+    return click.argument("version")(fn)
+
+
+def _show(release: dict[str, Any], verb: str) -> None:
+    r = release
+    out_console.print(f"{verb} release {r['id']}: {r['app']} {r['version']} for {r['board']} "
+                      f"[{r['channel']}] state {r['state']}, {r['percent']:g}%"
+                      + (f", groups {', '.join(r['groups'])}" if r["groups"] else "")
+                      + (f", {len(r['pins'])} pinned" if r["pins"] else ""), markup=False)
+    if r.get("halt_reason"):
+        out_console.print(f"  halted: {r['halt_reason']}", markup=False)
+
+
+@click.group()
+def release() -> None:
+    """Publish releases and steer their rollout on an update server."""
+
+
+@release.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--channel", default="stable", show_default=True)
+@_admin_options
+def publish(file: Path, channel: str, server: str, ca: Path | None, as_json: bool) -> None:
+    """Upload an artifact; the server verifies it and offers it to no one until promoted."""
+    with _client(server, ca) as client:
+        rel = client.publish(file, channel)
+    if as_json:
+        emit_json(rel)
+    else:
+        _show(rel, "Published")
+
+
+@release.command()
+@_ref_options
+@click.option("--percent", type=click.FloatRange(0, 100), help="Offer to this share of devices.")
+@click.option("--group", help="Offer to every device of this group.")
+@click.option("--pin", "pin", help="Offer to this device (hardware id).")
+@_admin_options
+def promote(version: str, app: str | None, board: str | None, channel: str | None,
+            percent: float | None, group: str | None, pin: str | None, server: str,
+            ca: Path | None, as_json: bool) -> None:
+    """Widen a release's rollout: --percent P, --group G or --pin HWID."""
+    from mpseal.errors import UsageError
+    from mpseal.server.client import ReleaseRef
+
+    change = {k: v for k, v in (("percent", percent), ("group", group), ("pin", pin))
+              if v is not None}
+    if len(change) != 1:
+        raise UsageError("give exactly one of --percent, --group or --pin")
+    with _client(server, ca) as client:
+        target = client.resolve(ReleaseRef(version, app, board, channel))
+        rel = client.promote(int(target["id"]), **change)
+    if as_json:
+        emit_json(rel)
+    else:
+        _show(rel, "Promoted")
+
+
+def _state_command(action: str, doc: str) -> click.Command:
+    @_ref_options
+    @_admin_options
+    def cmd(version: str, app: str | None, board: str | None, channel: str | None, server: str,
+            ca: Path | None, as_json: bool) -> None:
+        from mpseal.server.client import ReleaseRef
+
+        with _client(server, ca) as client:
+            target = client.resolve(ReleaseRef(version, app, board, channel))
+            rel = client.set_state(int(target["id"]), action)
+        if as_json:
+            emit_json(rel)
+        else:
+            _show(rel, "Paused" if action == "pause" else "Resumed")
+
+    cmd.__doc__ = doc
+    return click.command(name=action)(cmd)
+
+
+release.add_command(_state_command("pause", "Stop offering a release (devices mid-update finish)."))
+release.add_command(_state_command("resume", "Offer a paused release again."))
+
+
+@release.command(name="list")
+@click.option("--channel", help="Only this channel.")
+@_admin_options
+def list_releases(channel: str | None, server: str, ca: Path | None, as_json: bool) -> None:
+    """Releases with their rollout and how many devices updated or failed."""
+    from rich.table import Table
+
+    with _client(server, ca) as client:
+        rels = client.releases(channel)
+    if as_json:
+        emit_json(rels)
+        return
+    table = Table("id", "app", "version", "board", "channel", "state", "rollout", "updated",
+                  "failed", "in progress", "why halted")
+    for r in rels:
+        rollout = ", ".join([f"{r['percent']:g}%"] + [f"group {g}" for g in r["groups"]]
+                            + ([f"{len(r['pins'])} pinned"] if r["pins"] else []))
+        c = r["counts"]
+        table.add_row(str(r["id"]), r["app"], r["version"], r["board"], r["channel"], r["state"],
+                      rollout, str(c["updated"]), str(c["failed"]), str(c["in_progress"]),
+                      r.get("halt_reason") or "")
+    out_console.print(table)
+
+
+@click.group()
+def device() -> None:
+    """Devices on the update server."""
+
+
+@device.command()
+@click.argument("hardware_id")
+@click.option("--reason", default="", help="Why (kept in the registry's event log).")
+@_admin_options
+def revoke(hardware_id: str, reason: str, server: str, ca: Path | None, as_json: bool) -> None:
+    """Revoke a device and all its certificates: every server refuses it (403)."""
+    with _client(server, ca) as client:
+        res = client.revoke(hardware_id, reason)
+    if as_json:
+        emit_json(res)
+    else:
+        out_console.print(f"Revoked {res['hardware_id']} ({res['certificates_revoked']} "
+                          "certificate(s)); servers refuse it within their cache time (1 s)",
+                          markup=False)
+
+
+COMMANDS = [serve, release, device]

@@ -1,0 +1,112 @@
+"""The update server's tables (SQLAlchemy 2.0): releases, pins, per-device update status,
+signed timestamps and the timestamp version counter. Schema changes go through Alembic
+(``migrations/versions/0002_releases.py``).
+
+Nothing here is process state: several stateless server processes share one database.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from mpseal.fleet.models import Base, utcnow
+
+RELEASE_STATES = ("active", "paused", "halted")
+# Events a device reports (docs/updates.md); the last one is its status for that release.
+REPORT_EVENTS = ("downloaded", "staged", "refused", "booted", "confirmed", "rolled_back")
+FAILED_EVENTS = ("refused", "rolled_back")
+TIMESTAMP_COUNTER = "timestamp"
+
+
+class Release(Base):
+    __tablename__ = "releases"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    app: Mapped[str] = mapped_column(String(64))
+    board: Mapped[str] = mapped_column(String(32))
+    version: Mapped[str] = mapped_column(String(32))
+    counter: Mapped[int] = mapped_column(BigInteger)
+    manifest_sha256: Mapped[str] = mapped_column(String(64))
+    file_sha256: Mapped[str] = mapped_column(String(64))  # the artifact file: artifacts/<this>.mpseal
+    size: Mapped[int] = mapped_column(BigInteger)
+    channel: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16), default="active")
+    percent: Mapped[float] = mapped_column(Float, default=0.0)  # cohort: [0, 100]
+    groups: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of device group names
+    halt_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("channel", "app", "board", "version", name="uq_releases_version"),
+        Index("ix_releases_lookup", "channel", "app", "board"),
+    )
+
+
+class ReleasePin(Base):
+    """A device held on one release (at most one pin per app, board and channel)."""
+
+    __tablename__ = "release_pins"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id", ondelete="CASCADE"))
+    hardware_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("release_id", "hardware_id", name="uq_release_pins"),
+        Index("ix_release_pins_hardware_id", "hardware_id"),
+    )
+
+
+class DeviceUpdate(Base):
+    """One device's progress with one release: its last reported event."""
+
+    __tablename__ = "device_updates"
+
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id", ondelete="CASCADE"),
+                                            primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(200), default="")
+    first_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (Index("ix_device_updates_release_state", "release_id", "state"),)
+
+
+class SignedTimestamp(Base):
+    """The current signed timestamp of one channel, as served."""
+
+    __tablename__ = "timestamps"
+
+    channel: Mapped[str] = mapped_column(String(32), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)
+    issued: Mapped[int] = mapped_column(BigInteger)  # unix seconds
+    expires: Mapped[int] = mapped_column(BigInteger)
+    root_version: Mapped[int] = mapped_column(Integer)
+    targets_digest: Mapped[str] = mapped_column(String(64))  # SHA-256 of what was signed, minus times
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Counter(Base):
+    """Monotonic counters shared by all server processes (bumped with UPDATE ... RETURNING)."""
+
+    __tablename__ = "counters"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)

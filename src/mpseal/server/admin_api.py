@@ -1,0 +1,154 @@
+"""The admin API (bearer admin token): publish, promote, pause, resume, list, revoke.
+
+Every change re-signs the channel's timestamp before answering, so what the answer
+says is what devices get. Other server processes see it within ``cache_seconds``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from mpseal.errors import UsageError
+from mpseal.fleet.releasestore import NewRelease, ReleaseInfo
+from mpseal.formats import artifact as artifact_mod
+from mpseal.formats.updatemeta import Target
+from mpseal.fsutil import write_atomic
+from mpseal.server import auth
+from mpseal.server.http import (
+    CHANNEL,
+    GROUP,
+    HARDWARE_ID,
+    ApiError,
+    checked,
+    json_ok,
+    read_body,
+    read_json,
+)
+from mpseal.server.service import UpdateServer
+
+
+def _server(request: Request) -> UpdateServer:
+    server: UpdateServer = request.app.state.server
+    auth.admin(server, request)
+    return server
+
+
+def _publish_blocking(server: UpdateServer, blob: bytes, channel: str) -> ReleaseInfo:
+    root = server.roots.newest()
+    artifact_mod.verify(blob, root)  # signature, hash, size: refuse before storing anything
+    target = Target.for_artifact(blob)
+    file_sha = hashlib.sha256(blob).hexdigest()
+    path = Path(server.config.artifacts_dir) / f"{file_sha}.mpseal"
+    if not path.exists():
+        write_atomic(path, blob)
+    return server.store.publish(NewRelease(
+        app=target.app, board=target.board, version=target.version, counter=target.counter,
+        manifest_sha256=target.manifest_sha256, file_sha256=file_sha, size=len(blob),
+        channel=channel))
+
+
+async def publish(request: Request) -> Response:
+    server = _server(request)
+    channel = checked(request.query_params.get("channel", server.config.default_channel),
+                      CHANNEL, "channel")
+    blob = await read_body(request, server.config.limits.artifact_upload_max)
+    if not blob:
+        raise ApiError(400, "the request body must be the artifact file")
+    info = await server.run(_publish_blocking, server, blob, channel)
+    await server.changed(channel)
+    return json_ok({"release": info.to_dict()}, status=201)
+
+
+async def list_releases(request: Request) -> Response:
+    server = _server(request)
+    channel = request.query_params.get("channel")
+    if channel is not None:
+        checked(channel, CHANNEL, "channel")
+    infos = await server.run(server.store.list, channel, server.config.halt_policy)
+    return json_ok({"releases": [i.to_dict() for i in infos]})
+
+
+async def _release(server: UpdateServer, request: Request) -> ReleaseInfo:
+    raw = request.path_params["release_id"]
+    if not raw.isdigit() or len(raw) > 9:
+        raise ApiError(400, "a release id is a number")
+    try:
+        return await server.run(server.store.get, int(raw))
+    except UsageError:
+        raise ApiError(404, f"no release {raw}") from None
+
+
+async def get_release(request: Request) -> Response:
+    server = _server(request)
+    info = await _release(server, request)
+    stats = await server.run(server.store.stats, [info.view.id], server.config.halt_policy)
+    info = ReleaseInfo(info.view, info.file_sha256, info.size, info.halt_reason,
+                       info.created_at, stats.get(info.view.id, info.stats))
+    return json_ok({"release": info.to_dict()})
+
+
+async def promote(request: Request) -> Response:
+    server = _server(request)
+    info = await _release(server, request)
+    f = await read_json(request, server.config.limits.json_body_max, "promote request")
+    given = [k for k in ("percent", "group", "pin") if k in f.keys()]
+    if len(given) != 1:
+        raise ApiError(400, "promote takes exactly one of percent, group or pin")
+    kwargs: dict[str, object] = {}
+    if given[0] == "percent":
+        value = f.raw()["percent"]
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 100:
+            raise ApiError(400, "percent must be a number 0..100")
+        kwargs["percent"] = float(value)
+    elif given[0] == "group":
+        kwargs["group"] = checked(f.req_str("group", 64), GROUP, "group")
+    else:
+        kwargs["pin"] = checked(f.req_str("pin", 64), HARDWARE_ID, "pin")
+    updated = await server.run(lambda: server.store.promote(info.view.id, **kwargs))
+    await server.changed(info.view.channel)
+    return json_ok({"release": updated.to_dict()})
+
+
+async def _set_state(request: Request, state: str) -> Response:
+    server = _server(request)
+    info = await _release(server, request)
+    updated = await server.run(server.store.set_state, info.view.id, state)
+    await server.changed(info.view.channel)
+    return json_ok({"release": updated.to_dict()})
+
+
+async def pause(request: Request) -> Response:
+    return await _set_state(request, "paused")
+
+
+async def resume(request: Request) -> Response:
+    return await _set_state(request, "active")
+
+
+async def revoke_device(request: Request) -> Response:
+    server = _server(request)
+    hw = checked(request.path_params["hardware_id"], HARDWARE_ID, "hardware id")
+    f = await read_json(request, server.config.limits.json_body_max, "revoke request",
+                        allow_empty=True)
+    reason = f.str("reason", 200, optional=True) or ""
+    if await server.run(server.registry.find_device, hw) is None:
+        raise ApiError(404, f"no device {hw} in the registry")
+    n = await server.run(server.registry.revoke_device, hw, reason)
+    server.devices.invalidate()  # this process at once; the others within cache_seconds
+    return json_ok({"hardware_id": hw, "state": "revoked", "certificates_revoked": n})
+
+
+ROUTES = [
+    Route("/v1/admin/releases", publish, methods=["POST"]),
+    Route("/v1/admin/releases", list_releases, methods=["GET"]),
+    Route("/v1/admin/releases/{release_id}", get_release, methods=["GET"]),
+    Route("/v1/admin/releases/{release_id}/promote", promote, methods=["POST"]),
+    Route("/v1/admin/releases/{release_id}/pause", pause, methods=["POST"]),
+    Route("/v1/admin/releases/{release_id}/resume", resume, methods=["POST"]),
+    Route("/v1/admin/devices/{hardware_id}/revoke", revoke_device, methods=["POST"]),
+]

@@ -1,0 +1,58 @@
+"""The ASGI application: ``create_app(config)``, served by uvicorn (see ``run.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from mpseal.server import admin_api, device_api
+from mpseal.server.config import ServerConfig, ServerSettings
+from mpseal.errors import MpsealError
+from mpseal.server.http import ApiError, handle_error
+from mpseal.server.openapi import spec
+from mpseal.server.service import UpdateServer
+
+
+async def openapi(_: Request) -> Response:
+    return JSONResponse(spec())
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"ok": True})
+
+
+def create_app(config: ServerConfig) -> Starlette:
+    server = UpdateServer(config)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await server.start()
+        try:
+            yield
+        finally:
+            await server.stop()
+
+    routes = [Route("/openapi.json", openapi, methods=["GET"]),
+              Route("/healthz", health, methods=["GET"]),
+              *device_api.ROUTES, *admin_api.ROUTES]
+    handlers = {HTTPException: handle_error, ApiError: handle_error, MpsealError: handle_error,
+                Exception: handle_error}
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers=handlers)  # type: ignore[arg-type]
+    app.state.server = server
+    return app
+
+
+def create_app_from_env() -> Starlette:
+    """The factory each uvicorn worker process calls (``mpseal serve --workers N``)."""
+    import os
+
+    settings = ServerSettings.from_env()
+    passphrase = os.environ.get("MPSEAL_PASSPHRASE")
+    return create_app(settings.load(passphrase.encode() if passphrase else None))

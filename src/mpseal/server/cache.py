@@ -1,0 +1,65 @@
+"""A small time-bounded cache for the hot path, with one loader per key at a time.
+
+Entries live ``ttl`` seconds (monotonic clock): that is the bound on how stale an
+answer may be (a revocation reaches every server process within it). Concurrent
+misses for one key share one load. The size is bounded: when full, expired entries go,
+then the oldest half.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
+
+V = TypeVar("V")
+
+
+class TtlCache(Generic[V]):
+    def __init__(self, ttl: float, max_entries: int = 100_000) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._data: dict[Hashable, tuple[float, V]] = {}
+        self._loading: dict[Hashable, asyncio.Future[V]] = {}
+        self._generation = 0  # bumped by invalidate: a load begun before is not cached
+
+    async def get(self, key: Hashable, load: Callable[[], Awaitable[V]]) -> V:
+        hit = self._data.get(key)
+        now = time.monotonic()
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        pending = self._loading.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[V] = asyncio.get_running_loop().create_future()
+        self._loading[key] = fut
+        generation = self._generation
+        try:
+            value = await load()
+        except BaseException as e:
+            fut.set_exception(e)
+            fut.exception()  # retrieved: no "never retrieved" warning when nobody waits
+            raise
+        else:
+            fut.set_result(value)
+            if generation == self._generation:
+                self._put(key, value, time.monotonic())
+            return value
+        finally:
+            del self._loading[key]
+
+    def _put(self, key: Hashable, value: V, now: float) -> None:
+        if len(self._data) >= self.max_entries:
+            self._data = {k: v for k, v in self._data.items() if v[0] > now}
+            if len(self._data) >= self.max_entries:
+                keep = list(self._data.items())[len(self._data) // 2:]
+                self._data = dict(keep)
+        self._data[key] = (now + self.ttl, value)
+
+    def invalidate(self, key: Hashable | None = None) -> None:
+        self._generation += 1
+        if key is None:
+            self._data.clear()
+        else:
+            self._data.pop(key, None)

@@ -1,0 +1,110 @@
+"""The admin API from the operator's side (httpx), for ``mpseal release`` and ``mpseal device``.
+
+Foreign errors stop here: a connection or protocol failure is a ``TransportError``, a
+refused artifact a ``BadDataError``, a rejected token or a conflict a ``UsageError``;
+each carries the server's one-line reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from mpseal.errors import BadDataError, TransportError, UsageError
+from mpseal.fsutil import read_limited
+from mpseal.limits import DEFAULT_LIMITS
+
+RESPONSE_MAX = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ReleaseRef:
+    version: str
+    app: str | None = None
+    board: str | None = None
+    channel: str | None = None
+
+
+class AdminClient:
+    def __init__(self, server: str, token: str, ca: Path | None = None,
+                 timeout: float = 60.0, transport: httpx.BaseTransport | None = None) -> None:
+        if not server.startswith(("http://", "https://")):
+            raise UsageError(f"--server must be an http:// or https:// URL, not {server!r}")
+        if not token:
+            raise UsageError("no admin token: set MPSEAL_ADMIN_TOKEN")
+        verify: Any = str(ca) if ca else True
+        self._http = httpx.Client(base_url=server.rstrip("/"), timeout=timeout, verify=verify,
+                                  headers={"Authorization": f"Bearer {token}"},
+                                  transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
+        try:
+            resp = self._http.request(method, path, **kw)
+        except httpx.HTTPError as e:
+            raise TransportError(f"cannot reach the update server: {e}") from None
+        if len(resp.content) > RESPONSE_MAX:
+            raise TransportError("the update server's answer is larger than expected")
+        try:
+            body = resp.json()
+        except ValueError:
+            body = None
+        message = body.get("error") if isinstance(body, dict) else None
+        message = message or f"HTTP {resp.status_code}"
+        if resp.status_code in (401, 403):
+            raise UsageError(f"the server refused the admin token: {message}")
+        if resp.status_code in (400, 413):
+            raise BadDataError(f"the server refused the request: {message}")
+        if resp.status_code in (404, 409):
+            raise UsageError(message)
+        if resp.status_code >= 300 or not isinstance(body, dict):
+            raise TransportError(f"update server error: {message}")
+        return body
+
+    def publish(self, path: Path, channel: str) -> dict[str, Any]:
+        blob = read_limited(path, DEFAULT_LIMITS.artifact_max_length, "artifact")
+        return self._call("POST", "/v1/admin/releases", params={"channel": channel},
+                          content=blob,
+                          headers={"Content-Type": "application/octet-stream"})["release"]
+
+    def releases(self, channel: str | None = None) -> list[dict[str, Any]]:
+        params = {"channel": channel} if channel else {}
+        return list(self._call("GET", "/v1/admin/releases", params=params)["releases"])
+
+    def resolve(self, ref: ReleaseRef) -> dict[str, Any]:
+        """The one release matching a version (and app, board, channel if given)."""
+        found = [r for r in self.releases(ref.channel) if r["version"] == ref.version
+                 and (ref.app is None or r["app"] == ref.app)
+                 and (ref.board is None or r["board"] == ref.board)]
+        if not found:
+            raise UsageError(f"no release {ref.version} on the server")
+        if len(found) > 1:
+            names = ", ".join(f"{r['app']}/{r['board']}/{r['channel']}" for r in found)
+            raise UsageError(f"version {ref.version} matches several releases ({names}); "
+                             "narrow it with --app, --board or --channel")
+        return found[0]
+
+    def promote(self, release_id: int, **change: object) -> dict[str, Any]:
+        return self._call("POST", f"/v1/admin/releases/{release_id}/promote",
+                          json=change)["release"]
+
+    def set_state(self, release_id: int, action: str) -> dict[str, Any]:
+        if action not in ("pause", "resume"):
+            raise UsageError(f"unknown release action {action!r}")
+        return self._call("POST", f"/v1/admin/releases/{release_id}/{action}")["release"]
+
+    def revoke(self, hardware_id: str, reason: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/admin/devices/{quote(hardware_id, safe='')}/revoke",
+                          json={"reason": reason})

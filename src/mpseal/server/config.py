@@ -1,0 +1,109 @@
+"""What an update server process needs, in one typed place (tuf ``ngclient/config.py`` style).
+
+``ServerConfig`` is what ``create_app`` takes. ``ServerSettings`` is its serialisable
+form (paths, no key material), handed to worker processes in an environment variable
+when uvicorn runs several; each worker loads the timestamp key itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from mpseal.crypto.keys import PrivateKeySigner, Signer
+from mpseal.errors import ConfigError
+from mpseal.fleet.rollout import HaltPolicy
+from mpseal.fsutil import read_limited
+from mpseal.limits import DEFAULT_LIMITS
+
+DEFAULT_CHANNEL = "stable"
+SETTINGS_ENV = "MPSEAL_SERVER_SETTINGS"
+KEY_FILE_LIMIT = 16 * 1024
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """Upper bounds on what a client may send."""
+
+    json_body_max: int = 4 * 1024  # device and admin JSON requests
+    artifact_upload_max: int = DEFAULT_LIMITS.artifact_max_length
+    cache_entries_max: int = 200_000  # per in-memory cache (auth, releases)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    database_url: str
+    artifacts_dir: Path
+    roots_dir: Path  # trust root versions as <N>.mpsr, served to devices
+    timestamp_signer: Signer
+    trust_root_file: Path | None = None  # used when roots_dir holds no root yet
+    admin_token_hashes: tuple[str, ...] = ()  # SHA-256 hex of each admin token
+    artifact_base_url: str | None = None  # redirect downloads to a CDN (artifacts are signed)
+    timestamp_expiry_seconds: int = 86_400
+    timestamp_refresh_seconds: int | None = None  # re-sign when less remains (default: half)
+    cache_seconds: float = 1.0  # auth, releases and timestamp caches; bounds revocation delay
+    maintenance_seconds: float = 30.0  # re-sign stale timestamps, halt timed-out trials
+    default_channel: str = DEFAULT_CHANNEL
+    halt_policy: HaltPolicy = field(default_factory=HaltPolicy)
+    limits: ServerLimits = field(default_factory=ServerLimits)
+    migrate: bool = True  # bring the schema to head on start (off for extra workers)
+    db_concurrency: int = 12  # DB calls at once (threads); under the pool's 5 + 10
+
+    @property
+    def refresh_before(self) -> int:
+        if self.timestamp_refresh_seconds is not None:
+            return self.timestamp_refresh_seconds
+        return self.timestamp_expiry_seconds // 2
+
+
+def admin_token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """``ServerConfig`` with the timestamp key as a file path: JSON-serialisable."""
+
+    database_url: str
+    artifacts_dir: str
+    roots_dir: str
+    timestamp_key: str
+    trust_root_file: str | None = None
+    admin_token_hashes: tuple[str, ...] = ()
+    artifact_base_url: str | None = None
+    timestamp_expiry_seconds: int = 86_400
+    cache_seconds: float = 1.0
+    maintenance_seconds: float = 30.0
+    migrate: bool = True
+
+    def to_env(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> ServerSettings:
+        raw = (environ if environ is not None else os.environ).get(SETTINGS_ENV)
+        if not raw:
+            raise ConfigError(f"${SETTINGS_ENV} is not set: start workers with 'mpseal serve'")
+        try:
+            data = json.loads(raw)
+            known = {f.name for f in fields(cls)}
+            data = {k: v for k, v in data.items() if k in known}
+            data["admin_token_hashes"] = tuple(data.get("admin_token_hashes", ()))
+            return cls(**data)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"${SETTINGS_ENV} is not valid server settings: {e}") from None
+
+    def load(self, passphrase: bytes | None = None) -> ServerConfig:
+        pem = read_limited(Path(self.timestamp_key), KEY_FILE_LIMIT, "timestamp key")
+        signer = PrivateKeySigner.from_pem(pem, passphrase if b"ENCRYPTED" in pem else None)
+        return ServerConfig(
+            database_url=self.database_url, artifacts_dir=Path(self.artifacts_dir),
+            roots_dir=Path(self.roots_dir), timestamp_signer=signer,
+            trust_root_file=Path(self.trust_root_file) if self.trust_root_file else None,
+            admin_token_hashes=self.admin_token_hashes, artifact_base_url=self.artifact_base_url,
+            timestamp_expiry_seconds=self.timestamp_expiry_seconds,
+            cache_seconds=self.cache_seconds, maintenance_seconds=self.maintenance_seconds,
+            migrate=self.migrate)

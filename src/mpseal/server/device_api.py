@@ -1,0 +1,155 @@
+"""The device API of docs/updates.md: check, timestamp, roots, artifacts, report.
+
+Every call authenticates the device first (a revoked one gets 403 everywhere). A check
+costs at most one indexed device lookup; releases and the channel's timestamp come
+from short in-memory caches.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from mpseal.errors import FormatError
+from mpseal.fleet.releases import FAILED_EVENTS, REPORT_EVENTS
+from mpseal.fleet.rollout import Running, choose
+from mpseal.formats import jsondoc
+from mpseal.server import auth
+from mpseal.server.http import (
+    APP,
+    BOARD,
+    CHANNEL,
+    HARDWARE_ID,
+    VERSION,
+    ApiError,
+    checked,
+    json_ok,
+    read_json,
+)
+from mpseal.server.service import UpdateServer
+
+ARTIFACT_NAME = re.compile(r"([0-9a-f]{64})\.mpseal")
+TIMESTAMP_NAME = re.compile(r"([a-z0-9][a-z0-9_-]{0,31})\.mpst")
+ROOT_NAME = re.compile(r"([1-9][0-9]{0,8})\.mpsr")
+REASON_MAX = 200
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+def _server(request: Request) -> UpdateServer:
+    server: UpdateServer = request.app.state.server
+    return server
+
+
+def _hardware_id(f: jsondoc.Fields, device_hw: str) -> str:
+    hw = checked(f.req_str("hardware_id", 64), HARDWARE_ID, "hardware_id")
+    if hw != device_hw:
+        raise ApiError(403, "hardware_id is not the one of the authenticated device")
+    return hw
+
+
+def _channel(f: jsondoc.Fields, default: str) -> str:
+    value = f.str("channel", 32, optional=True)
+    return default if value is None else checked(value, CHANNEL, "channel")
+
+
+async def check(request: Request) -> Response:
+    server = _server(request)
+    dev = await auth.device(server, request)
+    f = await read_json(request, server.config.limits.json_body_max, "check request")
+    _hardware_id(f, dev.hardware_id)
+    running = Running(app=checked(f.req_str("app", 64), APP, "app"),
+                      board=checked(f.req_str("board", 32), BOARD, "board"),
+                      version=checked(f.req_str("version", 32), VERSION, "version"),
+                      counter=f.int("counter", 0, 2**31 - 1))
+    f.int("timestamp_version", 0, 2**53 - 1)
+    channel = _channel(f, server.config.default_channel)
+    ts = await server.timestamp(channel)
+    if ts is None:
+        raise ApiError(404, f"no channel {channel!r} on this server")
+    answer: dict[str, object] = {"update": False, "timestamp": f"timestamp/{channel}.mpst",
+                                 "root_version": ts.root_version}
+    releases = await server.channel_releases(channel, running.app, running.board)
+    chosen = choose(releases, dev, running, ts.targets)
+    if chosen is not None:
+        answer["update"] = True
+        answer["target"] = ts.targets[chosen.manifest_sha256]
+    return json_ok(answer)
+
+
+async def timestamp(request: Request) -> Response:
+    server = _server(request)
+    await auth.device(server, request)
+    m = TIMESTAMP_NAME.fullmatch(request.path_params["name"])
+    if not m:
+        raise ApiError(400, "a timestamp is named <channel>.mpst")
+    ts = await server.timestamp(m.group(1))
+    if ts is None:
+        raise ApiError(404, f"no channel {m.group(1)!r} on this server")
+    return Response(ts.data, media_type="application/octet-stream", headers=NO_STORE)
+
+
+async def root(request: Request) -> Response:
+    server = _server(request)
+    await auth.device(server, request)
+    m = ROOT_NAME.fullmatch(request.path_params["name"])
+    if not m:
+        raise ApiError(400, "a trust root is named <version>.mpsr")
+    data = await server.run(server.roots.read, int(m.group(1)))
+    if data is None:
+        raise ApiError(404, f"no trust root version {m.group(1)}")
+    return Response(data, media_type="application/octet-stream")
+
+
+async def artifact(request: Request) -> Response:
+    """The artifact file, with HTTP Range (resume); or a redirect to the configured CDN."""
+    server = _server(request)
+    await auth.device(server, request)
+    name = request.path_params["name"]
+    if not ARTIFACT_NAME.fullmatch(name):
+        raise ApiError(400, "an artifact is named <64 hex digits>.mpseal")
+    base = server.config.artifact_base_url
+    if base:
+        return RedirectResponse(f"{base.rstrip('/')}/{name}", status_code=302)
+    path = Path(server.config.artifacts_dir) / name
+    if not path.is_file():
+        raise ApiError(404, f"no artifact {name}")
+    return FileResponse(path, media_type="application/octet-stream")
+
+
+async def report(request: Request) -> Response:
+    server = _server(request)
+    dev = await auth.device(server, request)
+    f = await read_json(request, server.config.limits.json_body_max, "report")
+    _hardware_id(f, dev.hardware_id)
+    event = f.req_str("event", 16)
+    if event not in REPORT_EVENTS:
+        raise FormatError(f"report event must be one of {', '.join(REPORT_EVENTS)}")
+    version = checked(f.req_str("version", 32), VERSION, "version")
+    reason = " ".join((f.str("reason", REASON_MAX, optional=True) or "").split())
+    app = f.str("app", 64, optional=True)
+    board = f.str("board", 32, optional=True)
+    if app is not None:
+        checked(app, APP, "app")
+    if board is not None:
+        checked(board, BOARD, "board")
+    release_id = await server.run(server.store.release_for_report, app, board, version)
+    await server.run(server.store.record_report, dev.id, dev.hardware_id, release_id, event,
+                     version, reason)
+    server.devices.invalidate(auth.credential(request))  # its failed releases may have changed
+    halted = False
+    if release_id is not None and event in FAILED_EVENTS:
+        halted = await server.check_halt(release_id)
+    return json_ok({"recorded": True, "release": release_id, "halted": halted})
+
+
+ROUTES = [
+    Route("/v1/device/check", check, methods=["POST"]),
+    Route("/v1/device/report", report, methods=["POST"]),
+    Route("/v1/timestamp/{name}", timestamp, methods=["GET"]),
+    Route("/v1/roots/{name}", root, methods=["GET"]),
+    Route("/v1/artifacts/{name}", artifact, methods=["GET", "HEAD"]),
+]

@@ -1,0 +1,115 @@
+"""Requests in, responses out: bounded body reads, one-line JSON errors, strict fields.
+
+Every error a client can cause becomes a 4xx with ``{"error": "<one line>"}``; anything
+unexpected a 500 with no detail (the traceback goes to the server log only).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from mpseal.errors import BadDataError, FormatError, TransportError, UsageError
+from mpseal.formats import jsondoc
+
+log = logging.getLogger("mpseal.server")
+
+# Matched whole (fullmatch): a "$" would let a trailing newline through.
+HARDWARE_ID = re.compile(r"[0-9A-Za-z_.:-]{1,64}")
+CHANNEL = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+GROUP = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+APP = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")  # as formats.manifest
+VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+-]{0,31}")
+BOARD = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}")  # as formats.updatemeta
+MESSAGE_MAX = 300
+
+
+class ApiError(Exception):
+    """An answer to the client: an HTTP status and a one-line reason."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+
+def one_line(text: str) -> str:
+    line = " ".join(str(text).split())
+    return line[:MESSAGE_MAX] or "error"
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return JSONResponse({"error": one_line(message)}, status_code=status, headers=headers)
+
+
+def api_error_for(exc: Exception) -> ApiError:
+    """Map mpseal's exception tree to HTTP: bad data 400, conflicts 409, database 503."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, BadDataError):
+        return ApiError(400, str(exc))
+    if isinstance(exc, UsageError):
+        return ApiError(409, str(exc))
+    if isinstance(exc, TransportError):
+        return ApiError(503, f"service unavailable: {exc}")
+    raise exc
+
+
+async def handle_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, HTTPException):
+        return error_response(exc.status_code, exc.detail or "error", exc.headers)
+    try:
+        err = api_error_for(exc)
+    except Exception:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal server error")
+    return error_response(err.status, err.message, err.headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than ``limit`` bytes before reading them all."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit() or len(declared) > 15:
+            raise ApiError(400, "Content-Length is not a number")
+        if int(declared) > limit:
+            raise ApiError(413, f"request body over the {limit}-byte limit")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"request body over the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, limit: int, what: str,
+                    allow_empty: bool = False) -> jsondoc.Fields:
+    body = await read_body(request, limit)
+    if allow_empty and not body.strip():
+        return jsondoc.Fields({}, what)
+    try:
+        obj = json.loads(body)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ApiError(400, f"{what} is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise ApiError(400, f"{what} is not a JSON object")
+    return jsondoc.Fields(obj, what)
+
+
+def checked(value: str, pattern: re.Pattern[str], what: str) -> str:
+    if not pattern.fullmatch(value):
+        raise FormatError(f"{what} {value[:40]!r} has characters or a length not allowed")
+    return value
+
+
+def json_ok(obj: Any, status: int = 200) -> Response:
+    return JSONResponse(obj, status_code=status)

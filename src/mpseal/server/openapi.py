@@ -1,0 +1,226 @@
+"""The OpenAPI 3.1 description of the server, served at ``/openapi.json``.
+
+Written by hand next to the routes it describes; ``docs/openapi.json`` is a copy,
+and a test fails when the two differ (regenerate with ``python -m mpseal.server.openapi``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from mpseal import __version__
+
+HEX64 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+HWID = {"type": "string", "pattern": "^[0-9A-Za-z_.:-]{1,64}$"}
+NAME = {"type": "string", "pattern": "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"}
+VERSION = {"type": "string", "pattern": "^[0-9A-Za-z][0-9A-Za-z.+-]{0,31}$"}
+CHANNEL = {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,31}$", "default": "stable"}
+COUNTER = {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}
+EVENTS = ["downloaded", "staged", "refused", "booted", "confirmed", "rolled_back"]
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _binary(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/octet-stream": {
+        "schema": {"type": "string", "format": "binary"}}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    return {str(c): {"$ref": f"#/components/responses/E{c}"} for c in codes}
+
+
+def _path_param(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": schema,
+            "description": description}
+
+
+DEVICE = [{"deviceCert": []}, {"deviceToken": []}]
+ADMIN = [{"adminToken": []}]
+RELEASE_ID = _path_param("release_id", {"type": "integer", "minimum": 1}, "Release id")
+
+
+def _schemas() -> dict[str, Any]:
+    target = {"type": "object", "required": ["app", "board", "version", "counter",
+                                             "manifest_sha256", "size", "path"],
+              "properties": {"app": NAME, "board": {"type": "string", "maxLength": 32},
+                             "version": VERSION, "counter": COUNTER, "manifest_sha256": HEX64,
+                             "size": {"type": "integer", "minimum": 1},
+                             "path": {"type": "string", "pattern": "^[a-z0-9._/-]{1,128}$"}}}
+    counts = {"type": "object", "properties": {k: {"type": "integer"} for k in (
+        "attempts", "updated", "failed", "refused", "rolled_back", "trial_timeouts",
+        "in_progress")}}
+    release = {"type": "object", "properties": {
+        "id": {"type": "integer"}, "app": NAME, "board": {"type": "string"},
+        "channel": CHANNEL, "version": VERSION, "counter": COUNTER,
+        "manifest_sha256": HEX64, "file_sha256": HEX64, "size": {"type": "integer"},
+        "state": {"type": "string", "enum": ["active", "paused", "halted"]},
+        "percent": {"type": "number", "minimum": 0, "maximum": 100},
+        "groups": {"type": "array", "items": {"type": "string"}},
+        "pins": {"type": "array", "items": HWID},
+        "halt_reason": {"type": ["string", "null"]},
+        "created_at": {"type": "string", "format": "date-time"}, "counts": _ref("Counts")}}
+    return {
+        "Error": {"type": "object", "required": ["error"],
+                  "properties": {"error": {"type": "string", "maxLength": 300}}},
+        "CheckRequest": {"type": "object", "required": [
+            "hardware_id", "board", "app", "version", "counter", "timestamp_version"],
+            "properties": {"hardware_id": HWID, "board": {"type": "string", "maxLength": 32},
+                           "app": NAME, "version": VERSION, "counter": COUNTER,
+                           "timestamp_version": {"type": "integer", "minimum": 0},
+                           "channel": CHANNEL}},
+        "CheckResponse": {"type": "object", "required": ["update", "timestamp", "root_version"],
+                          "properties": {"update": {"type": "boolean"},
+                                         "target": _ref("Target"),
+                                         "timestamp": {"type": "string",
+                                                       "example": "timestamp/stable.mpst"},
+                                         "root_version": {"type": "integer", "minimum": 1}}},
+        "Target": target,
+        "ReportRequest": {"type": "object", "required": ["hardware_id", "event", "version"],
+                          "properties": {"hardware_id": HWID,
+                                         "event": {"type": "string", "enum": EVENTS},
+                                         "version": VERSION,
+                                         "reason": {"type": "string", "maxLength": 200},
+                                         "app": NAME,
+                                         "board": {"type": "string", "maxLength": 32}}},
+        "ReportResponse": {"type": "object", "properties": {
+            "recorded": {"type": "boolean"}, "release": {"type": ["integer", "null"]},
+            "halted": {"type": "boolean"}}},
+        "Counts": counts,
+        "Release": release,
+        "ReleaseEnvelope": {"type": "object", "properties": {"release": _ref("Release")}},
+        "ReleaseList": {"type": "object", "properties": {
+            "releases": {"type": "array", "items": _ref("Release")}}},
+        "PromoteRequest": {"type": "object", "minProperties": 1, "maxProperties": 1,
+                           "properties": {"percent": {"type": "number", "minimum": 0,
+                                                      "maximum": 100},
+                                          "group": NAME, "pin": HWID}},
+        "RevokeRequest": {"type": "object", "properties": {
+            "reason": {"type": "string", "maxLength": 200}}},
+        "RevokeResponse": {"type": "object", "properties": {
+            "hardware_id": HWID, "state": {"type": "string"},
+            "certificates_revoked": {"type": "integer"}}},
+    }
+
+
+def _paths() -> dict[str, Any]:
+    return {
+        "/v1/device/check": {"post": {
+            "summary": "Ask for an update", "security": DEVICE, "tags": ["device"],
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": _ref("CheckRequest")}}},
+            "responses": {"200": _json(_ref("CheckResponse"), "The decision"),
+                          **_errors(400, 401, 403, 404, 413)}}},
+        "/v1/device/report": {"post": {
+            "summary": "Report update progress", "security": DEVICE, "tags": ["device"],
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": _ref("ReportRequest")}}},
+            "responses": {"200": _json(_ref("ReportResponse"), "Recorded"),
+                          **_errors(400, 401, 403, 413)}}},
+        "/v1/timestamp/{channel}.mpst": {"get": {
+            "summary": "The channel's signed timestamp", "security": DEVICE, "tags": ["device"],
+            "parameters": [_path_param("channel", CHANNEL, "Channel")],
+            "responses": {"200": _binary("Signed timestamp (MPST envelope)"),
+                          **_errors(400, 401, 403, 404)}}},
+        "/v1/roots/{version}.mpsr": {"get": {
+            "summary": "Trust root version N", "security": DEVICE, "tags": ["device"],
+            "parameters": [_path_param("version", {"type": "integer", "minimum": 1},
+                                       "Trust root version")],
+            "responses": {"200": _binary("Signed trust root (MPSR envelope)"),
+                          **_errors(400, 401, 403, 404)}}},
+        "/v1/artifacts/{sha256}.mpseal": {"get": {
+            "summary": "An artifact; HTTP Range resumes a download", "security": DEVICE,
+            "tags": ["device"],
+            "parameters": [_path_param("sha256", HEX64, "SHA-256 of the artifact file"),
+                           {"name": "Range", "in": "header", "required": False,
+                            "schema": {"type": "string", "example": "bytes=1024-"}}],
+            "responses": {"200": _binary("The whole file"), "206": _binary("The range asked"),
+                          "302": {"description": "Served by the configured CDN"},
+                          "416": {"description": "Range not satisfiable"},
+                          **_errors(400, 401, 403, 404)}}},
+        "/v1/admin/releases": {
+            "post": {"summary": "Publish an artifact (verified against the trust root)",
+                     "security": ADMIN, "tags": ["admin"],
+                     "parameters": [{"name": "channel", "in": "query", "schema": CHANNEL}],
+                     "requestBody": {"required": True, "content": {
+                         "application/octet-stream": {"schema": {"type": "string",
+                                                                 "format": "binary"}}}},
+                     "responses": {"201": _json(_ref("ReleaseEnvelope"), "Published, not offered "
+                                                "to anyone until promoted"),
+                                   **_errors(400, 401, 409, 413)}},
+            "get": {"summary": "Every release with its device counts", "security": ADMIN,
+                    "tags": ["admin"],
+                    "parameters": [{"name": "channel", "in": "query", "schema": CHANNEL}],
+                    "responses": {"200": _json(_ref("ReleaseList"), "Releases, oldest first"),
+                                  **_errors(400, 401)}}},
+        "/v1/admin/releases/{release_id}": {"get": {
+            "summary": "One release", "security": ADMIN, "tags": ["admin"],
+            "parameters": [RELEASE_ID],
+            "responses": {"200": _json(_ref("ReleaseEnvelope"), "The release"),
+                          **_errors(400, 401, 404)}}},
+        "/v1/admin/releases/{release_id}/promote": {"post": {
+            "summary": "Widen a rollout: percent, a device group, or one pinned device",
+            "security": ADMIN, "tags": ["admin"], "parameters": [RELEASE_ID],
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": _ref("PromoteRequest")}}},
+            "responses": {"200": _json(_ref("ReleaseEnvelope"), "Promoted"),
+                          **_errors(400, 401, 404, 409)}}},
+        "/v1/admin/releases/{release_id}/pause": {"post": {
+            "summary": "Stop offering the release", "security": ADMIN, "tags": ["admin"],
+            "parameters": [RELEASE_ID],
+            "responses": {"200": _json(_ref("ReleaseEnvelope"), "Paused"),
+                          **_errors(401, 404, 409)}}},
+        "/v1/admin/releases/{release_id}/resume": {"post": {
+            "summary": "Offer a paused release again (not a halted one)", "security": ADMIN,
+            "tags": ["admin"], "parameters": [RELEASE_ID],
+            "responses": {"200": _json(_ref("ReleaseEnvelope"), "Active"),
+                          **_errors(401, 404, 409)}}},
+        "/v1/admin/devices/{hardware_id}/revoke": {"post": {
+            "summary": "Revoke a device and its certificates", "security": ADMIN,
+            "tags": ["admin"], "parameters": [_path_param("hardware_id", HWID, "Hardware id")],
+            "requestBody": {"required": False, "content": {"application/json": {
+                "schema": _ref("RevokeRequest")}}},
+            "responses": {"200": _json(_ref("RevokeResponse"), "Revoked"),
+                          **_errors(400, 401, 404)}}},
+    }
+
+
+def spec() -> dict[str, Any]:
+    responses = {f"E{code}": _json(_ref("Error"), text) for code, text in (
+        (400, "Bad request: a one-line reason"), (401, "No or wrong credentials"),
+        (403, "The device is revoked or unknown"), (404, "Not found"),
+        (409, "Conflicts with the current state"), (413, "Request body too large"),
+        (503, "The database is unavailable; retry"))}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "mpseal update server", "version": __version__,
+                 "description": "Device API (docs/updates.md) and admin API of 'mpseal serve'."},
+        "paths": _paths(),
+        "components": {
+            "schemas": _schemas(),
+            "responses": responses,
+            "securitySchemes": {
+                "deviceCert": {"type": "mutualTLS",
+                               "description": "Device client certificate from the fleet CA; "
+                                              "identified by its SHA-256 fingerprint"},
+                "deviceToken": {"type": "http", "scheme": "bearer",
+                                "description": "Per-device token (its SHA-256 is registered)"},
+                "adminToken": {"type": "http", "scheme": "bearer",
+                               "description": "Admin token (the server keeps its SHA-256)"}}},
+    }
+
+
+def render() -> str:
+    return json.dumps(spec(), indent=2, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render())

@@ -1,0 +1,90 @@
+"""Run the server with uvicorn: one process, or several sharing one socket and database.
+
+TLS is terminated by uvicorn. With a fleet CA (``client_ca``) the handshake asks for a
+client certificate (``CERT_OPTIONAL``: devices without one still use a bearer token),
+OpenSSL checks it chains to the CA, and ``TlsHttpToolsProtocol`` hands the leaf to the
+app through the ASGI TLS extension (``scope["extensions"]["tls"]["client_cert_chain"]``),
+where its SHA-256 fingerprint is looked up in the registry.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from mpseal.errors import ConfigError
+from mpseal.server.config import SETTINGS_ENV, ServerSettings
+
+
+class TlsHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol plus the ASGI TLS extension (client certificate)."""
+
+    _tls: dict[str, Any] | None = None
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is None:
+            self._tls = None
+            return
+        der = ssl_object.getpeercert(binary_form=True)
+        self._tls = {"client_cert_chain": [ssl.DER_cert_to_PEM_cert(der)] if der else [],
+                     "client_cert_name": None, "client_cert_error": None,
+                     "tls_version": None, "cipher_suite": None, "server_cert": None}
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._tls is not None:
+            self.scope["extensions"] = {"tls": self._tls}  # type: ignore[typeddict-unknown-key]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    host: str = "127.0.0.1"
+    port: int = 8443
+    workers: int = 1
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = None  # fleet CA: ask devices for a client certificate
+    access_log: bool = False
+    backlog: int = 2048
+
+
+def uvicorn_kwargs(options: RunOptions) -> dict[str, Any]:
+    if (options.tls_cert is None) != (options.tls_key is None):
+        raise ConfigError("give both --tls-cert and --tls-key, or neither")
+    if options.client_ca is not None and options.tls_cert is None:
+        raise ConfigError("--client-ca needs TLS: give --tls-cert and --tls-key too")
+    kw: dict[str, Any] = {"host": options.host, "port": options.port, "http": TlsHttpToolsProtocol,
+                          "loop": "uvloop", "lifespan": "on", "access_log": options.access_log,
+                          "log_level": "warning", "backlog": options.backlog,
+                          "server_header": False, "timeout_keep_alive": 30}
+    if options.tls_cert is not None:
+        kw.update(ssl_certfile=str(options.tls_cert), ssl_keyfile=str(options.tls_key))
+    if options.client_ca is not None:
+        kw.update(ssl_ca_certs=str(options.client_ca), ssl_cert_reqs=ssl.CERT_OPTIONAL)
+    return kw
+
+
+def serve(settings: ServerSettings, options: RunOptions, passphrase: bytes | None = None) -> None:
+    """Run until interrupted. The schema is migrated once here, before any worker starts."""
+    from mpseal.fleet.registry import Registry
+
+    Registry.open(settings.database_url, upgrade=True).engine.dispose()
+    kw = uvicorn_kwargs(options)
+    if options.workers <= 1:
+        from mpseal.server.app import create_app
+
+        uvicorn.run(create_app(settings.load(passphrase)), **kw)
+        return
+    os.environ[SETTINGS_ENV] = ServerSettings(**{**settings.__dict__, "migrate": False}).to_env()
+    if passphrase is not None:
+        os.environ["MPSEAL_PASSPHRASE"] = passphrase.decode()
+    uvicorn.run("mpseal.server.app:create_app_from_env", factory=True, workers=options.workers,
+                **kw)
