@@ -177,8 +177,10 @@ def test_provision_microbit_firmware_in_qemu_interrupted_after_each_step(factory
                     if step == stop_at:
                         raise Interrupted(step)
 
+                t.soft_reset()  # each run starts on a freshly started board (10 KB heap)
                 with pytest.raises(Interrupted):
                     provision_device(t, p, registry, on_step=hook, force=True)
+                t.soft_reset()  # as a factory restarts a board: its 10 KB heap starts clean
                 res = provision_device(t, p, registry)
                 # Stopped before a new key was issued, or after all was done: still whole.
                 whole = stop_at in ("read-id", "activate")

@@ -158,6 +158,20 @@ class RawRepl(MpremoteSerial):  # type: ignore[misc]
             self._read_until(b">", deadline, 16, "entering the raw REPL")
             self.in_sync = True
 
+    def soft_reset(self, timeout: float = 10.0) -> None:
+        """Restart the interpreter (heap and globals gone, files kept), back in the raw REPL.
+
+        Not on the unix port: there a soft reset ends the VM's process."""
+        deadline = time.monotonic() + timeout
+        if not self.in_sync:
+            self.enter(timeout)
+        with translated("soft-resetting the device"):
+            self.in_sync = False
+            self.serial.write(b"\x04")  # ctrl-D at the raw prompt with no code: soft reset
+            self._read_until(b"soft reboot", deadline, 64 * 1024, "soft-resetting the device")
+            self._drain(0.3, deadline)
+        self.enter(max(0.5, deadline - time.monotonic()))
+
     def reenter(self, timeout: float = 10.0) -> None:
         """Leave and re-enter the raw REPL: on small boards this frees its line buffer."""
         self.in_sync = False

@@ -214,6 +214,12 @@ class SerialTransport:
             return 48
         return 3 * 4096 if caps.mem_free > SMALL_HEAP else 3 * 64
 
+    def soft_reset(self) -> None:
+        """Restart the board's interpreter: frees a fragmented heap (small boards); files stay.
+        The transfer helper is loaded again on the next file operation."""
+        self._repl.soft_reset()
+        self._caps = None
+
     def drop(self) -> None:
         """Close the line abruptly, as a pulled cable would (for tests of cut transfers)."""
         self._repl.drop()

@@ -138,10 +138,10 @@ class Registry:
                 for row in s.execute(select(Device.hardware_id, Device.id, Device.state)
                                      .where(Device.hardware_id.in_(chunk))):
                     known[row.hardware_id] = (row.id, row.state)
+            now = utcnow()
             revoked = [h for h, (_, state) in known.items() if state == "revoked"]
             if revoked:
                 raise UsageError(f"device {revoked[0]} is revoked; it cannot be provisioned again")
-            now = utcnow()
             new = [i for i in identities if i.hardware_id not in known]
             if new:
                 rows = s.execute(insert(Device).returning(Device.hardware_id, Device.id), [
@@ -153,9 +153,13 @@ class Registry:
             new_ids = {i.hardware_id for i in new}
             old_ids = [known[h][0] for h in hw_ids if h not in new_ids]
             if supersede and old_ids:
+                # A re-issued device holds only the new identity, and is "provisioning"
+                # again until the new one is confirmed on the device (mark_active).
                 for chunk in _chunks(old_ids, 500):
                     s.execute(update(Certificate).where(Certificate.device_id.in_(chunk))
                               .values(status="revoked"))
+                    s.execute(update(Device).where(Device.id.in_(chunk))
+                              .values(state="provisioning", updated_at=now))
             for i in identities:
                 if i.hardware_id in new_ids or not i.token_hash:
                     continue
