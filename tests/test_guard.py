@@ -294,3 +294,17 @@ def test_guard_verifies_a_256k_image_in_32k_of_working_heap(project: Path,
     # Mounting a file slot needs the image in RAM (a ROMFS partition is mapped instead).
     report = board.boot(heapsize=f"{(code + (32 + 256 + 16) * 1024) // 1024}K")
     assert report.ran() == [("hello", "1.0", 1)], report.output
+
+
+def test_sealed_profile_reports_each_lever_and_what_the_port_lacks(project: Path,
+                                                                   tmp_path: Path) -> None:
+    blob = set_release(project, "1.0", 1, profile="sealed")
+    board = VirtualBoard.create(tmp_path / "b")
+    board.install(blob, root_of(project), profile="sealed")
+    report = board.boot()
+    line = next(ln for ln in report.guard_lines if ln.startswith("lockdown sealed: "))
+    assert "kbd_intr off" in line and "'' off sys.path" in line
+    # The unix port has no dupterm, no pyb and no USB device: said, not pretended.
+    for lever in ("dupterm detached", "UART REPL off", "USB CDC/MSC off"):
+        assert f"{lever}: unavailable" in line
+    assert report.exit_codes[-1] == 17  # never the REPL

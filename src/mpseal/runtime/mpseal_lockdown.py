@@ -44,6 +44,12 @@ def _detach_dupterm():
         os.dupterm(None, i)
 
 
+def _uart_repl_off():
+    import pyb  # stm32: the REPL on a UART (pyb.repl_uart); other ports use dupterm
+
+    pyb.repl_uart(None)
+
+
 def _usb_off():
     try:
         import machine
@@ -86,7 +92,10 @@ def apply(profile):
         return done
     _try("kbd_intr off", _kbd_intr_off, done)
     _try("'' off sys.path", _no_cwd_on_path, done)
+    if mount_sd():
+        done.append("SD card at /sd (data only)")
     if profile == "sealed":
         _try("dupterm detached", _detach_dupterm, done)
+        _try("UART REPL off", _uart_repl_off, done)
         _try("USB CDC/MSC off", _usb_off, done)
     return done
