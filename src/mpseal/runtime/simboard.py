@@ -8,6 +8,9 @@
 #   micropython simboard.py FLASH.img boot              (boot.py then main.py, like a board)
 #   micropython simboard.py FLASH.img stage ARTIFACT    (hand an artifact to the boot guard)
 #   micropython simboard.py FLASH.img status            (the guard's state and slots)
+#   micropython simboard.py FLASH.img meta timestamp FILE APP [NOW]   (mpseal_meta: accept a
+#                                       timestamp, pick APP's target for this board)
+#   micropython simboard.py FLASH.img meta roots FILE...               (apply a root chain)
 #
 # Power-cut testing: FLASH.img may be followed by `--cut N` (and `--tear`): the
 # flash loses power at its N-th block write (simflash.py).
@@ -91,6 +94,32 @@ def guard_status():
     return {"state": st and st.to_dict(), "damaged": damaged, "slots": slots, "log": log}
 
 
+def meta_command(args):
+    """Drive mpseal_meta as an update client would; refusals become {"refused": reason}."""
+    import json
+
+    import mpseal_meta
+    from mpseal_release import Refused
+
+    try:
+        if args[0] == "timestamp":
+            data = mpseal_meta.read_small(args[1], mpseal_meta.MAX_TS, "timestamp")
+            now = int(args[3]) if len(args) > 3 else None
+            ts = mpseal_meta.accept_timestamp(data, now)
+            data = None
+            with open("/mpseal/device.json") as f:
+                board = json.loads(f.read(2048))["board"]
+            target = mpseal_meta.pick_target(ts, board, args[2])
+            return {"version": ts["version"], "target": target, "seen": mpseal_meta.load_seen()}
+        if args[0] == "roots":
+            return {"root_version": mpseal_meta.apply_root_chain(args[1:])["version"]}
+    except mpseal_meta.NeedRoots as e:
+        return {"refused": str(e), "need_roots": e.version}
+    except Refused as e:
+        return {"refused": str(e)}
+    raise SystemExit("simboard: unknown meta command " + args[0])
+
+
 def main(argv):
     image, cmd, args = argv[1], argv[2], argv[3:]
     cut, tear = 0, False
@@ -150,6 +179,9 @@ def main(argv):
 
         gc.collect()
         reply(gc.mem_alloc() - before)
+    elif cmd == "meta":
+        mount_flash(bdev, "/")
+        reply(meta_command(args))
     elif cmd in ("stage", "status"):
         mount_flash(bdev, "/")
         import mpseal_guard
