@@ -1,0 +1,307 @@
+# The device's update client (MicroPython): ask the server, verify, download, stage.
+#
+#   import mpseal_ota
+#   mpseal_ota.poll_forever()          # in the app's own loop or thread: back-off + jitter
+#   mpseal_ota.check_once()            # one round: "none", "staged", or raises Refused/OSError
+#   mpseal_ota.report_boot()           # after confirm(): tell the server how the trial went
+#
+# One round (docs/updates.md): POST /v1/device/check -> the signed timestamp ->
+# newer trust roots if it names one -> the target for this board and app ->
+# the artifact streamed into /mpseal/download.part (HTTP Range resumes it) ->
+# its manifest checked against the timestamp -> the boot guard's stage(),
+# which verifies signature, counter, board and image hash itself -> reset into
+# a trial boot. The server only ever suggests; nothing it says can make the
+# device install what the guard and the timestamp would not accept on their own.
+#
+# TLS (mbedTLS): CERT_REQUIRED, server_hostname, the pinned anchor
+# /mpseal/id/server-anchor.der, and the device's own certificate for mutual TLS.
+# Every read has a limit and every connection a deadline (slow retrieval).
+# Threat tier: T1 (network, mirror, CDN), with the guard; see docs/updates.md.
+
+import json
+import os
+import socket
+import time
+
+import mpseal_guard as guard
+import mpseal_meta as meta
+from mpseal_release import Refused
+
+CONFIG = "/mpseal/config.json"
+ID = "/mpseal/id/"
+PART = "/mpseal/download.part"
+MAX_HEADER_LINE = 1024
+MAX_HEADERS = 32
+MAX_JSON = 4096
+CHUNK = 1024
+TIMEOUT = 10  # seconds without progress on a socket
+MIN_RATE = 256  # bytes/s averaged over a download: slower is a slow-retrieval attack
+BACKOFF = (30, 3600)  # first retry and ceiling, in seconds
+
+
+def _config():
+    with open(CONFIG) as f:
+        cfg = json.loads(f.read(MAX_JSON))
+    url = cfg["server"]
+    tls = url.startswith("https://")
+    hostport = url.split("://", 1)[1].split("/", 1)[0]
+    host, _, port = hostport.partition(":")
+    cfg["_host"] = host
+    cfg["_port"] = int(port or (443 if tls else 80))
+    cfg["_tls"] = tls
+    return cfg
+
+
+def _read(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read(8192)
+    except OSError:
+        return None
+
+
+def _connect(cfg):
+    ai = socket.getaddrinfo(cfg["_host"], cfg["_port"], 0, socket.SOCK_STREAM)[0]
+    s = socket.socket(ai[0], socket.SOCK_STREAM, ai[2])
+    s.settimeout(TIMEOUT)
+    try:
+        s.connect(ai[-1])
+        if cfg["_tls"]:
+            import ssl
+
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            anchor = _read(ID + "server-anchor.der")
+            if anchor is None:
+                raise Refused("no server trust anchor on this device")
+            ctx.load_verify_locations(cadata=anchor)
+            cert, key = _read(ID + "device.der"), _read(ID + "device.key.der")
+            if cert and key:
+                ctx.load_cert_chain(cert, key)
+            s = ctx.wrap_socket(s, server_hostname=cfg["_host"])
+        return s
+    except BaseException:
+        s.close()
+        raise
+
+
+def _line(s):
+    buf = b""
+    while not buf.endswith(b"\r\n"):
+        c = s.read(1)
+        if not c:
+            raise OSError("connection closed in the response header")
+        buf += c
+        if len(buf) > MAX_HEADER_LINE:
+            raise Refused("server sent an oversized header line")
+    return buf[:-2]
+
+
+def request(cfg, method, path, body=None, sink=None, offset=0, limit=MAX_JSON):
+    """One HTTP/1.1 exchange; returns (status, body bytes, or bytes written to `sink`)."""
+    if any(c in path for c in " \r\n") or not path.startswith("/"):
+        raise Refused("refusing to request a hostile path")
+    s = _connect(cfg)
+    try:
+        head = "%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n" % (method, path, cfg["_host"])
+        token = cfg.get("token")
+        if token:
+            head += "Authorization: Bearer %s\r\n" % token
+        if offset:
+            head += "Range: bytes=%d-\r\n" % offset
+        if body is not None:
+            head += "Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body)
+        s.write(head.encode() + b"\r\n" + (body or b""))
+        status = int(_line(s).split(b" ")[1])
+        length = None
+        for _ in range(MAX_HEADERS):
+            line = _line(s)
+            if not line:
+                break
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value.strip())
+        else:
+            raise Refused("server sent too many headers")
+        if length is None or length > limit:
+            raise Refused("server response of %s bytes is over the %d-byte limit" % (length, limit))
+        if sink is None:
+            data = s.read(length) if length else b""
+            while len(data) < length:
+                more = s.read(length - len(data))
+                if not more:
+                    raise OSError("connection closed in the response body")
+                data += more
+            return status, data
+        start = time.time()
+        got = 0
+        buf = bytearray(CHUNK)
+        while got < length:
+            n = s.readinto(memoryview(buf)[: min(CHUNK, length - got)])
+            if not n:
+                raise OSError("connection closed after %d of %d bytes" % (got, length))
+            sink.write(memoryview(buf)[:n])
+            got += n
+            elapsed = time.time() - start
+            if elapsed > 5 and got / elapsed < MIN_RATE:
+                raise Refused("server is trickling data (%d bytes in %d s): slow retrieval" %
+                              (got, elapsed))
+        return status, got
+    finally:
+        s.close()
+
+
+def _json(cfg, method, path, obj):
+    status, data = request(cfg, method, path, json.dumps(obj).encode())
+    if status != 200:
+        raise OSError("server answered %d to %s" % (status, path))
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise Refused("server reply to %s is not JSON" % path)
+
+
+def report(cfg, event, version="", reason=""):
+    """Tell the server what happened; a failure to report never stops the device."""
+    try:
+        _json(cfg, "POST", "/v1/device/report", {"hardware_id": cfg["hardware_id"],
+              "event": event, "version": version, "reason": reason[:200]})
+    except (OSError, Refused, ValueError):
+        pass
+
+
+def _set_clock(issued):
+    """The clock never goes back, but a device that boots in 2000 learns the time here."""
+    if meta.unix_time() >= issued:
+        return
+    try:
+        import machine
+
+        t = time.gmtime(issued - meta.EPOCH_OFFSET)
+        machine.RTC().datetime((t[0], t[1], t[2], t[6] + 1, t[3], t[4], t[5], 0))
+    except (ImportError, AttributeError, OSError):
+        pass
+
+
+def _running():
+    """The guard's state: committed slot, security counter, trial."""
+    import mpseal_state
+
+    st, _ = mpseal_state.load(guard.DIR)
+    return st.to_dict() if st else {}
+
+
+def _running_version():
+    if guard._running:
+        return guard._running[1].version
+    return ""
+
+
+def _download(cfg, target):
+    size = target["size"]
+    try:
+        have = os.stat(PART)[6]
+    except OSError:
+        have = 0
+    if have > size:
+        os.remove(PART)
+        have = 0
+    if have < size:
+        with open(PART, "ab") as f:
+            status, got = request(cfg, "GET", "/v1/" + target["path"], sink=f, offset=have,
+                                  limit=size - have)
+        if status not in (200, 206) or (status == 200 and have):
+            os.remove(PART)  # the server ignored the range: start again next round
+            raise OSError("download answered %d" % status)
+        have += got
+    if have != size:
+        raise OSError("download incomplete: %d of %d bytes" % (have, size))
+
+
+def check_once(now=None):
+    """One update round. Returns "none" or "staged" (then reset into the trial)."""
+    cfg = _config()
+    board, app = guard.config()["board"], cfg.get("app", "")
+    seen = meta.load_seen()
+    st = _running()
+    offer = _json(cfg, "POST", "/v1/device/check", {
+        "hardware_id": cfg["hardware_id"], "board": board, "app": app,
+        "version": _running_version(), "counter": st.get("counter", 0),
+        "timestamp_version": seen.get("version", 0)})
+    if not offer.get("update"):
+        return "none"
+    status, data = request(cfg, "GET", "/v1/" + meta.safe_path(offer["timestamp"]),
+                           limit=meta.MAX_TS)
+    if status != 200:
+        raise OSError("timestamp answered %d" % status)
+    try:
+        ts = meta.accept_timestamp(data, now)
+    except meta.NeedRoots as e:
+        files = []
+        have = meta.rel_mod.load_root(meta.read_small(meta.TRUST, meta.rel_mod.MAX_ROOT,
+                                                      "trust root"))[0]["version"]
+        if not have < e.version <= have + 16:
+            raise Refused("timestamp names trust root %d; this device has %d" % (e.version, have))
+        for v in range(have + 1, e.version + 1):
+            status, root = request(cfg, "GET", "/v1/roots/%d.mpsr" % v, limit=16384)
+            if status != 200:
+                raise OSError("trust root %d answered %d" % (v, status))
+            files.append(root)
+        meta.apply_root_chain(files)
+        ts = meta.accept_timestamp(data, now)
+    _set_clock(ts["issued"])
+    target = meta.pick_target(ts, board, app)
+    if target is None:
+        raise Refused("the signed timestamp offers no release for this board")
+    if offer.get("target", {}).get("manifest_sha256") != target["manifest_sha256"]:
+        raise Refused("the server offered a release the signed timestamp does not name")
+    if target["counter"] < st.get("counter", 0):
+        raise Refused("the offered release is older than the running one: rollback refused")
+    _download(cfg, target)
+    with open(PART, "rb") as f:
+        head = f.read(32)
+        mlen = int.from_bytes(head[12:16], "little")
+        if mlen > 16384 or not meta.manifest_matches(target, f.read(mlen)):
+            os.remove(PART)
+            raise Refused("downloaded manifest is not the one the timestamp names (mix-and-match)")
+    try:
+        r = guard.stage(PART)
+    finally:
+        try:
+            os.remove(PART)
+        except OSError:
+            pass
+    report(cfg, "staged", r.version)
+    return "staged"
+
+
+def report_boot():
+    """Call after confirm(): the server learns that the trial was committed."""
+    cfg = _config()
+    st = _running()
+    report(cfg, "confirmed" if not st.get("trial") else "booted", _running_version())
+
+
+def poll_forever(reset=True, backoff=BACKOFF):
+    """Check periodically; on a staged update reset into its trial boot."""
+    import random
+
+    delay = backoff[0]
+    while True:
+        try:
+            if check_once() == "staged":
+                guard.log("update staged: resetting into its trial boot")
+                if reset:
+                    import mpseal_port
+
+                    mpseal_port.reset()
+                return
+            delay = backoff[0]
+        except Refused as e:
+            guard.log("update refused: %s" % e)
+            report(_config(), "refused", reason=str(e))
+            delay = min(delay * 2, backoff[1])
+        except (OSError, ValueError, KeyError) as e:
+            guard.log("update check failed: %s" % e)
+            delay = min(delay * 2, backoff[1])
+        time.sleep(delay // 2 + random.getrandbits(16) % (delay // 2 + 1))
