@@ -82,15 +82,19 @@ class TimestampService:
     def refresh(self, channel: str, now: int | None = None) -> TimestampRecord:
         """Make sure ``channel`` has a fresh timestamp naming the right targets; return it."""
         root = self.check_key()
-        targets, digest = self.desired(channel, root)
         for _ in range(5):
             t = int(time.time()) if now is None else now
+            # Read the stored one first, then what it should say: a replace only succeeds
+            # while the stored version is unchanged, so a change another process committed
+            # in between is never signed away.
             rec = self.store.timestamp(channel)
+            targets, digest = self.desired(channel, root)
             if (rec is not None and rec.targets_digest == digest
                     and rec.expires - t > self.refresh_before and rec.issued <= t + 60):
                 return rec
 
-            def make(version: int, t: int = t) -> TimestampRecord:
+            def make(version: int, t: int = t, targets: list[Target] = targets,
+                     digest: str = digest) -> TimestampRecord:
                 data = self._sign(version, t, root, targets, channel)
                 return TimestampRecord(channel, version, t, t + self.expiry, root.version,
                                        digest, data)

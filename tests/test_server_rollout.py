@@ -1,0 +1,166 @@
+"""Staged rollouts on the real server, on SQLite and PostgreSQL: percentage cohorts, groups,
+pins, automatic halt on failures and on unconfirmed trials, pause and resume."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from server_support import Keys, config_for, make_artifact, make_keys, register, running_server
+
+from mpseal.fleet.rollout import HaltPolicy, cohort_bucket
+from mpseal.formats.updatemeta import parse_timestamp
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Keys:
+    return make_keys(tmp_path / "keys")
+
+
+def body(hw: str, version: str = "1.0.0", counter: int = 1) -> dict[str, object]:
+    return {"hardware_id": hw, "board": "esp32", "app": "hello", "version": version,
+            "counter": counter, "timestamp_version": 0}
+
+
+def offered(dev: httpx.Client, fleet, hws) -> set[str]:  # type: ignore[no-untyped-def]
+    out = set()
+    for hw in hws:
+        r = dev.post("/v1/device/check", json=body(hw), headers=fleet.headers(hw))
+        assert r.status_code == 200, r.text
+        if r.json()["update"]:
+            out.add(hw)
+    return out
+
+
+def report(dev: httpx.Client, fleet, hw: str, event: str, version: str = "1.1.0") -> dict:  # type: ignore[no-untyped-def]
+    r = dev.post("/v1/device/report", headers=fleet.headers(hw), json={
+        "hardware_id": hw, "event": event, "version": version, "app": "hello", "board": "esp32"})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_cohort_groups_and_pins(db_url: str, keys: Keys, tmp_path: Path) -> None:
+    beta = {f"dev-{i:05d}" for i in range(190, 200)}
+    fleet = register(db_url, 200, groups={hw: "beta" for hw in beta})
+    hws = sorted(fleet.tokens)
+    cfg = config_for(db_url, keys, tmp_path, cache_seconds=0.0)
+    with running_server(cfg) as srv, srv.admin() as admin, httpx.Client(base_url=srv.url) as dev:
+        rid = admin.post("/v1/admin/releases",
+                         content=make_artifact(keys.release, "1.1.0", 2)).json()["release"]["id"]
+        assert offered(dev, fleet, hws) == set()  # published, promoted to no one
+
+        admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 10})
+        ten = offered(dev, fleet, hws)
+        assert 10 <= len(ten) <= 32  # 10% of 200, binomial spread
+        assert ten == {hw for hw in hws if cohort_bucket(rid, hw) < 10}
+
+        admin.post(f"/v1/admin/releases/{rid}/promote", json={"group": "beta"})
+        assert offered(dev, fleet, hws) == ten | beta
+
+        outsider = next(hw for hw in hws if hw not in ten | beta)
+        r = admin.post(f"/v1/admin/releases/{rid}/promote", json={"pin": outsider})
+        assert r.json()["release"]["pins"] == [outsider]
+        assert offered(dev, fleet, hws) == ten | beta | {outsider}
+
+        admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 50})
+        fifty = offered(dev, fleet, hws)
+        assert ten <= fifty and 80 <= len(fifty - beta - {outsider}) <= 120
+
+        assert admin.post(f"/v1/admin/releases/{rid}/promote",
+                          json={"pin": "no-such-device"}).status_code == 409
+        assert admin.post(f"/v1/admin/releases/{rid}/promote",
+                          json={"percent": 10, "group": "x"}).status_code == 400
+        assert admin.post(f"/v1/admin/releases/{rid}/promote",
+                          json={"percent": 101}).status_code == 400
+
+
+def test_release_halts_itself_when_too_many_devices_fail(db_url: str, keys: Keys,
+                                                         tmp_path: Path) -> None:
+    fleet = register(db_url, 8)
+    hws = sorted(fleet.tokens)
+    cfg = config_for(db_url, keys, tmp_path, cache_seconds=0.0)
+    with running_server(cfg) as srv, srv.admin() as admin, httpx.Client(base_url=srv.url) as dev:
+        rid = admin.post("/v1/admin/releases",
+                         content=make_artifact(keys.release, "1.1.0", 2)).json()["release"]["id"]
+        admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 100})
+        for hw in hws[:5]:
+            report(dev, fleet, hw, "downloaded")
+        assert report(dev, fleet, hws[0], "rolled_back")["halted"] is False  # 1 of 5: 20%
+        assert report(dev, fleet, hws[1], "refused")["halted"] is True  # 2 of 5: 40%
+
+        rel = admin.get(f"/v1/admin/releases/{rid}").json()["release"]
+        assert rel["state"] == "halted"
+        assert rel["halt_reason"] == ("2 of 5 devices failed (1 refused, 1 rolled back), "
+                                      "above the 20% limit")
+        assert rel["counts"]["failed"] == 2 and rel["counts"]["in_progress"] == 3
+        # Offered to no one, gone from the signed timestamp, and it stays halted.
+        assert offered(dev, fleet, hws) == set()
+        ts = parse_timestamp(dev.get("/v1/timestamp/stable.mpst",
+                                     headers=fleet.headers(hws[7])).content, keys.trust_root)
+        assert ts.targets == ()
+        assert admin.post(f"/v1/admin/releases/{rid}/resume").status_code == 409
+        assert admin.post(f"/v1/admin/releases/{rid}/promote",
+                          json={"percent": 100}).status_code == 409
+
+        # A fixed version is a new release: offered to everyone, those that failed 1.1.0 too.
+        fixed = admin.post("/v1/admin/releases", content=make_artifact(
+            keys.release, "1.1.1", 2)).json()["release"]["id"]
+        admin.post(f"/v1/admin/releases/{fixed}/promote", json={"percent": 100})
+        assert offered(dev, fleet, hws) == set(hws)
+
+
+def test_a_device_that_rolled_back_is_not_offered_the_same_release_again(
+        db_url: str, keys: Keys, tmp_path: Path) -> None:
+    fleet = register(db_url, 2)
+    cfg = config_for(db_url, keys, tmp_path, cache_seconds=0.0)
+    with running_server(cfg) as srv, srv.admin() as admin, httpx.Client(base_url=srv.url) as dev:
+        rid = admin.post("/v1/admin/releases",
+                         content=make_artifact(keys.release, "1.1.0", 2)).json()["release"]["id"]
+        admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 100})
+        report(dev, fleet, "dev-00000", "rolled_back")
+        assert offered(dev, fleet, ["dev-00000", "dev-00001"]) == {"dev-00001"}
+
+
+def test_unconfirmed_trials_halt_the_release(db_url: str, keys: Keys, tmp_path: Path) -> None:
+    fleet = register(db_url, 6)
+    hws = sorted(fleet.tokens)
+    cfg = config_for(db_url, keys, tmp_path, cache_seconds=0.0, maintenance_seconds=0.3,
+                     halt_policy=HaltPolicy(min_attempts=5, max_failure_ratio=0.2,
+                                            trial_window_seconds=1))
+    with running_server(cfg) as srv, srv.admin() as admin, httpx.Client(base_url=srv.url) as dev:
+        rid = admin.post("/v1/admin/releases",
+                         content=make_artifact(keys.release, "1.1.0", 2)).json()["release"]["id"]
+        admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 100})
+        for hw in hws[:5]:
+            report(dev, fleet, hw, "booted")  # trial boots, never confirmed
+        report(dev, fleet, hws[0], "confirmed")
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            rel = admin.get(f"/v1/admin/releases/{rid}").json()["release"]
+            if rel["state"] == "halted":
+                break
+            time.sleep(0.2)
+        assert rel["state"] == "halted", rel
+        assert "4 trial not confirmed" in rel["halt_reason"]
+        assert offered(dev, fleet, hws[5:]) == set()
+
+
+def test_pause_and_resume(db_url: str, keys: Keys, tmp_path: Path) -> None:
+    fleet = register(db_url, 3)
+    hws = sorted(fleet.tokens)
+    cfg = config_for(db_url, keys, tmp_path, cache_seconds=0.0)
+    with running_server(cfg) as srv, srv.admin() as admin, httpx.Client(base_url=srv.url) as dev:
+        rid = admin.post("/v1/admin/releases",
+                         content=make_artifact(keys.release, "1.1.0", 2)).json()["release"]["id"]
+        admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 100})
+        assert offered(dev, fleet, hws) == set(hws)
+        assert admin.post(f"/v1/admin/releases/{rid}/pause").json()["release"]["state"] == "paused"
+        assert offered(dev, fleet, hws) == set()
+        # Paused stays in the timestamp: devices already downloading may finish.
+        ts = parse_timestamp(dev.get("/v1/timestamp/stable.mpst",
+                                     headers=fleet.headers(hws[0])).content, keys.trust_root)
+        assert [t.version for t in ts.targets] == ["1.1.0"]
+        assert admin.post(f"/v1/admin/releases/{rid}/resume").json()["release"]["state"] == "active"
+        assert offered(dev, fleet, hws) == set(hws)
