@@ -317,3 +317,18 @@ def test_power_cut_during_rotation_and_timestamp_leaves_old_or_new(board: Virtua
                           seen_is_none_or_new) > 0
     assert offer(board, sign_timestamp(stamp(version=6, root_version=2), keys.timestamp))[
         "refused"].endswith("replay refused")
+
+
+def test_safe_path_returns_a_plain_path_and_refuses_the_rest(tmp_path: Path) -> None:
+    driver = tmp_path / "paths.py"
+    driver.write_text(
+        "import sys\nsys.path.append(sys.argv[1])\nimport mpseal_meta\n"
+        "out = []\n"
+        "for p in ('timestamp/stable.mpst', '../x', '/x', 'a\\\\b', 'x/\\u00f6', '', None):\n"
+        "    try:\n"
+        "        out.append(mpseal_meta.safe_path(p))\n"
+        "    except mpseal_meta.Refused as e:\n"
+        "        out.append(str(e))\n"
+        "print('MPSEAL:' + repr(out))\n")
+    got = vm.run(driver, [str(vm.runtime_dir())]).replies()
+    assert got == [["timestamp/stable.mpst"] + ["path is not a plain relative path"] * 6]

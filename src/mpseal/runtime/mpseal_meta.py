@@ -10,6 +10,7 @@
 #   pick_target(ts, board, app) -> dict|None   the release offered to this device
 #   manifest_matches(target, manifest) -> bool an artifact's manifest is the one named
 #   apply_root_chain(files) -> root            step through roots N+1, N+2, ..., install each
+#   safe_path(p) -> p                          a plain relative path, or Refused
 #   unix_time() -> int                         the clock in unix seconds, on any port
 #
 # Threat tiers: T1 -- the expiry stops a freeze (a network holding back news of
@@ -90,17 +91,18 @@ def load_seen():
     return seen
 
 
-def safe_path(p):
-    """Relative, '/'-separated, [a-z0-9._-] segments, no '.' or '..': safe in a URL and a file name."""
-    if not isinstance(p, str) or not 0 < len(p) <= MAX_PATH:
-        return False
-    for seg in p.split("/"):
-        if seg in ("", ".", ".."):
-            return False
-        for c in seg:
-            if c not in _PATH_CHARS:
-                return False
-    return True
+def safe_path(p, what="path"):
+    """Return `p` if it is relative, '/'-separated, [a-z0-9._-] segments, no '.' or '..'
+    (safe in a URL and a file name); raise Refused otherwise."""
+    ok = isinstance(p, str) and 0 < len(p) <= MAX_PATH
+    if ok:
+        for seg in p.split("/"):
+            if seg in ("", ".", "..") or [c for c in seg if c not in _PATH_CHARS]:
+                ok = False
+                break
+    if not ok:
+        raise Refused("%s is not a plain relative path" % what)
+    return p
 
 
 def _int(v, lo, hi):
@@ -120,8 +122,7 @@ def _check_target(t):
           and isinstance(h, str) and len(h) == 64)
     if not ok or [c for c in h if c not in _HEX]:
         raise Refused("timestamp target is malformed")
-    if not safe_path(t.get("path")):
-        raise Refused("timestamp target path is not a plain relative path")
+    safe_path(t.get("path"), "timestamp target path")
 
 
 def _check_role(root, role):
