@@ -89,7 +89,10 @@ def init_project(folder: Path, board_name: str, name: str | None = None,
         name=name, board=board.name, description=board.description, mpy=board.mpy,
         arch=board.arch).encode())
     written.append(config_path)
-    write_atomic(folder / ".gitignore", b"/dist/\n/.mpseal-cache/\n/keys/offline/\n")
+    # Private keys, build outputs, virtual boards and the local registry stay out of git;
+    # the trust roots (public) are meant to be committed.
+    write_atomic(folder / ".gitignore", b"/dist/\n/.mpseal-cache/\n/sim/\n/mpseal.db*\n"
+                 b"/keys/*.pem\n/keys/offline/\n/keys/retired/\n/ca/offline/\n/ca/*key*\n")
     return InitResult(folder, written, root.public_key.keyid, release.public_key.keyid,
                       timestamp.public_key.keyid)
 
