@@ -89,7 +89,9 @@ def test_provision_the_virtual_board_end_to_end(factory, project: Path, tmp_path
         device_identity_is_known(t, registry, hw)
         sealed = t.read_file(SECRETS, 4096)
         assert b"s3cret" not in sealed
-        assert json.loads(secretbox.open_(sealed, hw)) == SECRETS_IN
+        opened = json.loads(secretbox.open_(sealed, hw))
+        assert {k: opened[k] for k in SECRETS_IN} == SECRETS_IN
+        assert registry.is_allowed(token=opened["device_token"])  # its own bearer token
         # Idempotent: a second run finds it fully provisioned and changes nothing.
         again = provision_device(t, plan(artifact=built.read_bytes()), registry)
         assert again.outcome == "skipped" and again.fingerprint == res.fingerprint
@@ -190,6 +192,7 @@ def test_provision_microbit_firmware_in_qemu_interrupted_after_each_step(factory
                 assert marker["fingerprint"] == res.fingerprint
             assert sum(c.status == "valid" for c in registry.certificates(hw)) == 1
             sealed = t.read_file(device_path(SECRETS, True), 4096)
-            assert json.loads(secretbox.open_(sealed, hw)) == SECRETS_IN
+            opened = json.loads(secretbox.open_(sealed, hw))
+            assert {k: opened[k] for k in SECRETS_IN} == SECRETS_IN
         finally:
             board.close()

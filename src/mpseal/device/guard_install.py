@@ -15,7 +15,7 @@ from mpseal.formats.boards import get_board
 
 # Device-side modules of the guard, shipped from mpseal/runtime/.
 GUARD_MODULES = ("mpseal_guard", "mpseal_release", "mpseal_state", "mpseal_port",
-                 "mpseal_lockdown", "mpseal_meta", "mpseal_secrets", "p256")
+                 "mpseal_lockdown", "mpseal_meta", "mpseal_secrets", "mpseal_ota", "p256")
 MAIN_SHIM = b"import mpseal_guard\nmpseal_guard.boot()\n"
 GUARD_DIR = "/mpseal"
 TRUST_ROOT = "/mpseal/trust-root.mpsr"

@@ -28,6 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from secrets import token_urlsafe
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -37,7 +38,7 @@ from mpseal.crypto import secretbox
 from mpseal.device.guard_install import guard_files
 from mpseal.device.transport import Transport
 from mpseal.errors import BadDataError, MpsealError, UsageError
-from mpseal.fleet.registry import CertRecord, Identity, Registry
+from mpseal.fleet.registry import CertRecord, Identity, Registry, token_hash
 from mpseal.pki.ca import IssuingCa
 from mpseal.pki.certs import LeafRequest, generate_key, issue, key_pem_der
 
@@ -51,6 +52,7 @@ ANCHOR = f"{ID_DIR}/server-anchor.der"
 CONFIG = "/mpseal/config.json"
 SECRETS = "/mpseal/secrets.bin"
 INCOMING = "/mpseal/incoming.mpseal"
+TOKEN_SECRET = "device_token"
 MARKER_LIMIT = 1024
 
 # Reads machine.unique_id() (or the virtual board's id file) as hex; old firmware too.
@@ -81,6 +83,7 @@ class ProvisionPlan:
     cert_days: int = 5 * 365
     group: str = "default"
     guard: bool = True
+    device_token: bool = True  # a random bearer token per device, sealed with its secrets
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,8 @@ def _secret_fingerprints(secrets: dict[str, str]) -> tuple[tuple[str, str], ...]
                  for name, value in sorted(secrets.items()))
 
 
-def device_files(plan: ProvisionPlan, ident: IssuedIdentity) -> dict[str, bytes]:
+def device_files(plan: ProvisionPlan, ident: IssuedIdentity,
+                 secrets: dict[str, str]) -> dict[str, bytes]:
     """Everything one device receives, by device path (the marker is written separately)."""
     files: dict[str, bytes] = {}
     if plan.guard:
@@ -129,8 +133,8 @@ def device_files(plan: ProvisionPlan, ident: IssuedIdentity) -> dict[str, bytes]
         files[ANCHOR] = plan.server_anchor
     files[CONFIG] = json.dumps({"hardware_id": ident.hardware_id, "board": plan.board,
                                 **plan.config}, sort_keys=True).encode()
-    if plan.secrets:
-        files[SECRETS] = secretbox.seal(json.dumps(plan.secrets, sort_keys=True).encode(),
+    if secrets:
+        files[SECRETS] = secretbox.seal(json.dumps(secrets, sort_keys=True).encode(),
                                         ident.hardware_id)
     return files
 
@@ -185,15 +189,20 @@ def provision_device(transport: Transport, plan: ProvisionPlan, registry: Regist
             return DeviceResult(hw, "skipped", fp, done)
 
     ident = issue_identity(plan.ca, hw, plan.cert_days)
+    secrets = dict(plan.secrets)
+    if plan.device_token:  # for servers the device reaches without its client certificate
+        secrets[TOKEN_SECRET] = token_urlsafe(24)
     registry.record_identities([Identity(
         hardware_id=hw, board=plan.board, cert=ident.record, group=plan.group,
-        secrets=_secret_fingerprints(plan.secrets))], supersede=True)
+        secrets=_secret_fingerprints(secrets),
+        token_hash=token_hash(secrets[TOKEN_SECRET]) if plan.device_token else None)],
+        supersede=True)
     step(hw, "issue")
 
     marker_path = device_path(MARKER, flat)
     if marker is not None:  # an older identity: invalid from now on, even if writing stops
         transport.remove(marker_path)
-    files = device_files(plan, ident)
+    files = device_files(plan, ident, secrets)
     for path, data in files.items():
         transport.write_file(device_path(path, flat), data)
     step(hw, "write")

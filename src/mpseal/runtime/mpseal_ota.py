@@ -49,6 +49,12 @@ def _config():
     cfg["_host"] = host
     cfg["_port"] = int(port or (443 if tls else 80))
     cfg["_tls"] = tls
+    try:  # the per-device bearer token, sealed with the device's secrets at provisioning
+        import mpseal_secrets
+
+        cfg["_token"] = mpseal_secrets.load().get("device_token")
+    except (ImportError, OSError, ValueError, KeyError, Exception):
+        cfg["_token"] = None
     return cfg
 
 
@@ -104,7 +110,7 @@ def request(cfg, method, path, body=None, sink=None, offset=0, limit=MAX_JSON):
     s = _connect(cfg)
     try:
         head = "%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n" % (method, path, cfg["_host"])
-        token = cfg.get("token")
+        token = cfg.get("_token")
         if token:
             head += "Authorization: Bearer %s\r\n" % token
         if offset:

@@ -8,6 +8,7 @@
 #   micropython simboard.py FLASH.img boot              (boot.py then main.py, like a board)
 #   micropython simboard.py FLASH.img stage ARTIFACT    (hand an artifact to the boot guard)
 #   micropython simboard.py FLASH.img status            (the guard's state and slots)
+#   micropython simboard.py FLASH.img ota               (one round of the update client)
 #   micropython simboard.py FLASH.img meta timestamp FILE APP [NOW]   (mpseal_meta: accept a
 #                                       timestamp, pick APP's target for this board)
 #   micropython simboard.py FLASH.img meta roots FILE...               (apply a root chain)
@@ -182,6 +183,24 @@ def main(argv):
     elif cmd == "meta":
         mount_flash(bdev, "/")
         reply(meta_command(args))
+    elif cmd == "ota":
+        # One round of the device's update client against the server in config.json,
+        # as the app would run it: the guard's state is loaded first, as at boot.
+        mount_flash(bdev, "/")
+        import mpseal_guard
+        import mpseal_ota
+        import mpseal_release
+
+        mpseal_guard._load_state(mpseal_guard.trust_root())
+        try:
+            reply({"result": mpseal_ota.check_once()})
+        except mpseal_release.Refused as e:
+            mpseal_guard.log("update refused: %s" % e)
+            mpseal_ota.report(mpseal_ota._config(), "refused", reason=str(e))
+            reply({"refused": str(e)})
+        except (OSError, ValueError, KeyError) as e:
+            mpseal_guard.log("update check failed: %s" % e)
+            reply({"failed": "%s: %s" % (type(e).__name__, e)})
     elif cmd in ("stage", "status"):
         mount_flash(bdev, "/")
         import mpseal_guard
