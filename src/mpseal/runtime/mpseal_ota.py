@@ -198,9 +198,20 @@ def _running():
 
 
 def _running_version():
+    """The version the device runs (advisory, for the server's choice; nothing trusts it)."""
     if guard._running:
         return guard._running[1].version
-    return ""
+    slot = _running().get("committed")
+    if slot:
+        try:
+            with open(guard.slot_path(slot), "rb") as f:
+                head = f.read(32)
+                mlen = int.from_bytes(head[12:16], "little")
+                if mlen <= 16384:
+                    return json.loads(f.read(mlen))["version"]
+        except (OSError, ValueError, KeyError):
+            pass
+    return "0"
 
 
 def _download(cfg, target):

@@ -1,0 +1,191 @@
+"""Over-the-air updates end to end: the real device client in the MicroPython VM, the real
+server on loopback (TLS), and an attacker in between. One test per attack; each ends with
+the device still running a valid image and the reason in its log."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from ota_support import World, guard_log, offer_json, ota_world
+
+from mpseal.formats import updatemeta
+
+
+@pytest.fixture
+def world(project: Path, tmp_path: Path):
+    with ota_world(tmp_path, f"sqlite:///{tmp_path / 'fleet.db'}", project) as w:
+        yield w
+
+
+def runs(board) -> str:
+    ran = board.boot().ran()
+    return ran[-1][1] if ran else ""
+
+
+def test_update_through_the_server_commits_after_the_health_check(world: World) -> None:
+    v1 = world.release("1.0.0", 1)
+    board = world.board(v1)
+    world.publish(world.release("2.0.0", 2))
+    assert world.ota(board) == {"result": "staged"}
+    report = board.boot()
+    assert [r[1] for r in report.ran()] == ["2.0.0"]
+    assert any(ln.startswith("committed hello 2.0.0") for ln in report.guard_lines)
+    assert world.ota(board) == {"result": "none"}  # nothing newer: nothing to do
+
+
+def refused(world: World, board, reason: str, running: str = "1.0.0") -> None:
+    """The attack fails: the reason is logged, the device keeps running a valid image."""
+    result = world.ota(board)
+    assert reason in str(result.get("refused") or result.get("failed")), result
+    assert any(reason in ln for ln in guard_log(board)), guard_log(board)[-3:]
+    assert runs(board) == running
+
+
+@pytest.fixture
+def device(world: World):
+    return world.board(world.release("1.0.0", 1))
+
+
+def target_for(blob: bytes, path: str = "artifacts/evil.mpseal", **change: object):
+    t = updatemeta.Target.for_artifact(blob, path)
+    return updatemeta.Target(**{**t.__dict__, **change}) if change else t
+
+
+def test_arbitrary_install_signed_by_another_key(world: World, device, tmp_path: Path) -> None:
+    """Even a stolen timestamp key cannot make the device run code the release key did not sign."""
+    from conftest import run_mpseal
+    from ota_support import serve_offer, stolen_timestamp
+
+    other = tmp_path / "attacker"
+    assert run_mpseal("init", other, "--board", "unix", "--name", "hello").returncode == 0
+    assert run_mpseal("build", "-C", other).returncode == 0
+    evil = next((other / "dist").glob("*.mpseal")).read_bytes()
+    t = target_for(evil, counter=5)
+    serve_offer(world, evil, stolen_timestamp(world, (t,)), t.to_dict())
+    refused(world, device, "signed by an unknown key")
+
+
+def test_arbitrary_install_with_a_forged_signature(world: World, device) -> None:
+    from ota_support import serve_offer, stolen_timestamp
+
+    blob = bytearray(world.release("6.6.6", 6))
+    mlen = int.from_bytes(blob[12:16], "little")
+    sig = 32 + mlen + 32  # r || s of the only signature: zeroed
+    blob[sig : sig + 64] = bytes(64)
+    t = target_for(bytes(blob))
+    serve_offer(world, bytes(blob), stolen_timestamp(world, (t,)), t.to_dict())
+    refused(world, device, "does not verify")
+
+
+def test_rollback_to_an_older_signed_release(world: World, device) -> None:
+    from ota_support import serve_offer, stolen_timestamp
+
+    old = world.release("0.9.0", 0)  # validly signed, but below the device's counter
+    t = target_for(old)
+    serve_offer(world, old, stolen_timestamp(world, (t,)), t.to_dict())
+    refused(world, device, "rollback refused")
+
+
+def test_freeze_with_an_expired_timestamp(world: World, device) -> None:
+    from ota_support import serve_offer, stolen_timestamp
+
+    newer = world.release("2.0.0", 2)
+    t = target_for(newer)
+    expired = stolen_timestamp(world, (t,), issued=int(time.time()) - 7200, expires_in=3600)
+    serve_offer(world, newer, expired, t.to_dict())
+    refused(world, device, "expired")
+
+
+def test_replay_of_an_older_timestamp(world: World, device) -> None:
+    from ota_support import serve_offer, stolen_timestamp
+
+    newer = world.release("2.0.0", 2)
+    t = target_for(newer)
+    serve_offer(world, newer, stolen_timestamp(world, (), version=50), t.to_dict())
+    world.ota(device)  # the device now knows version 50 (nothing for it in it)
+    serve_offer(world, newer, stolen_timestamp(world, (t,), version=40), t.to_dict())
+    refused(world, device, "older")
+
+
+def test_mix_and_match_of_two_releases(world: World, device) -> None:
+    """The timestamp names release 2.0.0; the mirror serves 3.0.0 (also validly signed)."""
+    from ota_support import serve_offer
+
+    world.publish(world.release("2.0.0", 2))
+    v3 = world.release("3.0.0", 2)
+    offer = world.admin().get("/v1/admin/releases").json()["releases"][0]
+    path = "/v1/artifacts/" + offer["file_sha256"] + ".mpseal"
+    assert len(v3) == offer["size"]  # same size: only the manifest hash can tell
+    world.mirror.answer(path, 200, v3)
+    refused(world, device, "mix-and-match")
+
+
+def test_endless_data_oversized_timestamp_and_artifact(world: World, device) -> None:
+    from ota_support import serve_offer, stolen_timestamp
+
+    newer = world.release("2.0.0", 2)
+    t = target_for(newer)
+    serve_offer(world, newer + os.urandom(100_000), stolen_timestamp(world, (t,)), t.to_dict())
+    refused(world, device, "over the")
+    world.mirror.answer("/v1/timestamp/stable.mpst", 200, os.urandom(64 * 1024))
+    refused(world, device, "over the 8192-byte limit")
+
+
+def test_wrong_board(world: World, device) -> None:
+    from ota_support import serve_offer, stolen_timestamp
+
+    newer = world.release("2.0.0", 2)
+    t = target_for(newer, board="esp32")
+    serve_offer(world, newer, stolen_timestamp(world, (t,)), t.to_dict())
+    refused(world, device, "no release for this board")
+
+
+def test_slow_retrieval_is_cut_off(world: World, device) -> None:
+    from ota_support import serve_offer, stolen_timestamp
+
+    newer = world.release("2.0.0", 2)
+    t = target_for(newer)
+    serve_offer(world, newer, stolen_timestamp(world, (t,)), t.to_dict())
+    world.mirror.trickle["/v1/" + t.path] = 100  # bytes per second
+    refused(world, device, "slow retrieval")
+
+
+def test_hostile_names_in_metadata(world: World, device) -> None:
+    import json
+
+    from mpseal.formats import envelope, jsondoc
+
+    newer = world.release("2.0.0", 2)
+    t = target_for(newer).to_dict()
+    for bad in ("../../mpseal/trust-root.mpsr", "/etc/passwd", "artifacts/../x"):
+        t["path"] = bad
+        now = int(time.time())
+        payload = jsondoc.dumps({"type": "mpseal-timestamp", "spec": 1, "version": 10**6,
+                                 "issued": now, "expires": now + 3600,
+                                 "root_version": world.proj.trust_root().version,
+                                 "targets": [t]})
+        ts = envelope.seal(b"MPST", payload, [world.proj.timestamp_signer()]).encode()
+        world.mirror.answer("/v1/device/check", 200, json.dumps(
+            {"update": True, "target": t, "timestamp": "timestamp/stable.mpst"}).encode())
+        world.mirror.answer("/v1/timestamp/stable.mpst", 200, ts)
+        refused(world, device, "path")
+    world.mirror.answer("/v1/device/check", 200, json.dumps(
+        {"update": True, "target": t, "timestamp": "../../etc/x"}).encode())
+    refused(world, device, "path")
+
+
+def test_server_pushing_an_old_signed_release_is_refused_by_the_device(world: World,
+                                                                      device) -> None:
+    """The real server, told to offer an older release, cannot make the device take it."""
+    world.publish(world.release("2.0.0", 2))
+    assert world.ota(device) == {"result": "staged"}
+    assert runs(device) == "2.0.0"
+    from ota_support import serve_offer, stolen_timestamp
+
+    old = world.release("1.5.0", 1)
+    t = target_for(old)
+    serve_offer(world, old, stolen_timestamp(world, (t,)), t.to_dict())
+    refused(world, device, "rollback refused", running="2.0.0")
