@@ -189,3 +189,100 @@ def test_server_pushing_an_old_signed_release_is_refused_by_the_device(world: Wo
     t = target_for(old)
     serve_offer(world, old, stolen_timestamp(world, (t,)), t.to_dict())
     refused(world, device, "rollback refused", running="2.0.0")
+
+
+def test_fast_forward_through_two_key_rotations(world: World, device) -> None:
+    """The timestamp key is rotated twice (trust roots 2 and 3, each signed by the old and
+    new root keys). The device, still on root 1, fetches 2 and 3 and accepts the new key;
+    a timestamp by the retired key is refused afterwards."""
+    from conftest import run_mpseal
+    from ota_support import stolen_timestamp
+
+    old_key_ts = None
+    world.publish(world.release("2.0.0", 2))
+    offer = world.admin().get("/v1/admin/releases").json()["releases"][0]
+    for _ in range(2):
+        res = run_mpseal("keys", "rotate", "--role", "timestamp", "-C", world.project)
+        assert res.returncode == 0, res.stderr
+    assert world.proj.trust_root().version == 3
+    blob = next(p for p in (world.project / "dist").glob("*2.0.0*")).read_bytes()
+    t = target_for(blob, path=f"artifacts/{offer['file_sha256']}.mpseal")
+    # The server restarts with the new key; here the mirror stands in for it (check and
+    # timestamp), while the new trust roots come from the real server's /v1/roots/.
+    world.mirror.answer("/v1/timestamp/stable.mpst", 200,
+                        stolen_timestamp(world, (t,), version=10**6))  # by the NEW key
+    world.mirror.answer("/v1/device/check", 200,
+                        __import__("ota_support").offer_json(t.to_dict(), 3))
+    assert world.ota(device) == {"result": "staged"}
+    assert {"GET /v1/roots/2.mpsr", "GET /v1/roots/3.mpsr"} <= set(world.mirror.seen)
+    assert runs(device) == "2.0.0"
+    # The retired timestamp key (held by an attacker now) no longer counts.
+    import mpseal.formats.updatemeta as um
+    from mpseal.crypto.keys import PrivateKeySigner
+
+    retired = sorted((world.project / "keys" / "retired").glob("*.pem"))
+    assert retired
+    old = PrivateKeySigner.from_pem(retired[0].read_bytes())
+    now = int(time.time())
+    old_key_ts = um.sign_timestamp(um.Timestamp(10**7, now, now + 3600, 3, (t,)), [old])
+    world.mirror.answer("/v1/timestamp/stable.mpst", 200, old_key_ts)
+    world.mirror.answer("/v1/device/check", 200, __import__("ota_support").offer_json(
+        t.to_dict(), 3))
+    refused(world, device, "unknown key", running="2.0.0")
+
+
+def test_below_threshold_release_signature(world: World) -> None:
+    """A fleet whose releases need two release keys: a build signed by one is refused,
+    even when a stolen timestamp key offers it."""
+    import dataclasses
+
+    from conftest import run_mpseal
+    from ota_support import serve_offer, stolen_timestamp
+
+    from mpseal.crypto.keys import PrivateKeySigner
+    from mpseal.formats import artifact as art_mod
+
+    base = art_mod.decode(world.release("1.0.0", 1))  # the image, built before the change
+    man = art_mod.manifest_mod.parse(base.manifest_bytes)
+    res = run_mpseal("keys", "add", "--role", "release", "--threshold", "2", "-C", world.project)
+    assert res.returncode == 0, res.stderr
+    keys = [PrivateKeySigner.from_pem(p.read_bytes())
+            for p in sorted((world.project / "keys").glob("release*.pem"))]
+    assert len(keys) == 2
+    # `mpseal build` refuses to make a release the trust root would not accept...
+    res = run_mpseal("build", "-C", world.project)
+    assert res.returncode == 2 and "1 valid release signatures, the threshold is 2" in res.stderr
+    # ...so the 2-of-2 releases are signed with both keys (a signing ceremony).
+    def signed(version: str, counter: int, signers) -> bytes:
+        m = dataclasses.replace(man, version=version, counter=counter)
+        return art_mod.create(m, base.image, signers).encode()
+
+    device = world.board(signed("1.0.0", 1, keys))
+    assert runs(device) == "1.0.0"
+    one_sig = signed("2.0.0", 2, keys[:1])
+    t = target_for(one_sig)
+    serve_offer(world, one_sig, stolen_timestamp(world, (t,)), t.to_dict())
+    refused(world, device, "1 of 2 release signatures")
+    # With both signatures the same release is taken.
+    two = signed("2.0.0", 2, keys)
+    t = target_for(two)
+    serve_offer(world, two, stolen_timestamp(world, (t,)), t.to_dict())
+    assert world.ota(device) == {"result": "staged"}
+    assert runs(device) == "2.0.0"
+
+
+def test_a_trust_root_that_would_orphan_the_running_release_is_refused(world: World,
+                                                                      device) -> None:
+    """Raising the release threshold while devices run a one-key release would leave them
+    nothing to boot: the device refuses the new root until a release signed for it exists."""
+    from conftest import run_mpseal
+    from ota_support import offer_json
+
+    world.publish(world.release("2.0.0", 2))
+    offer = world.admin().get("/v1/admin/releases").json()["releases"][0]
+    res = run_mpseal("keys", "add", "--role", "release", "--threshold", "2", "-C", world.project)
+    assert res.returncode == 0, res.stderr
+    blob = next((world.project / "dist").glob("*2.0.0*")).read_bytes()
+    t = target_for(blob, path=f"artifacts/{offer['file_sha256']}.mpseal")
+    world.mirror.answer("/v1/device/check", 200, offer_json(t.to_dict(), 2))
+    refused(world, device, "would not accept the running release")

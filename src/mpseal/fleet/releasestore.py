@@ -11,15 +11,19 @@ replaced if it is still the one the caller read (optimistic concurrency).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from sqlalchemy import and_, case, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from mpseal.errors import UsageError
+from mpseal.errors import TransportError, UsageError
 from mpseal.fleet.models import Certificate, Device, Event, utcnow
 from mpseal.fleet.registry import Registry
 from mpseal.fleet.releases import (
@@ -244,33 +248,54 @@ class ReleaseStore:
 
     def device(self, *, token_hash: str | None = None,
                fingerprint: str | None = None) -> DeviceView | None:
-        """The active device with this token hash or certificate fingerprint, in one query.
+        """The active device with this token hash or certificate fingerprint, or None."""
+        if token_hash:
+            return self.devices(token_hashes=[token_hash]).get(("token", token_hash))
+        if fingerprint:
+            fp = fingerprint.lower()
+            return self.devices(fingerprints=[fp]).get(("cert", fp))
+        return None
+
+    def devices(self, token_hashes: Sequence[str] = (),
+                fingerprints: Sequence[str] = ()) -> dict[tuple[str, str], DeviceView]:
+        """Many devices at once, keyed ("token", hash) or ("cert", fingerprint); one indexed
+        query per kind (batched by the server when many devices check at the same time).
 
         The same rule as ``Registry.is_allowed``: an active device; for a certificate,
         one that is valid and not expired. A certificate of no device is no device.
         """
         failed = and_(DeviceUpdate.device_id == Device.id, DeviceUpdate.state.in_(FAILED_EVENTS))
-        cols = (Device.id, Device.hardware_id, Device.group, DeviceUpdate.release_id)
-        if token_hash:
-            q = (select(*cols).outerjoin(DeviceUpdate, failed)
-                 .where(Device.token_hash == token_hash, Device.state == "active"))
-        elif fingerprint:
-            q = (select(*cols, Certificate.not_after)
-                 .select_from(Certificate).join(Device, Certificate.device_id == Device.id)
-                 .outerjoin(DeviceUpdate, failed)
-                 .where(Certificate.fingerprint == fingerprint.lower(),
-                        Certificate.status == "valid", Device.state == "active"))
-        else:
-            return None
-        with self.registry.session() as s:
-            rows = s.execute(q).all()
-        if not rows:
-            return None
-        if fingerprint and _aware(rows[0].not_after) < utcnow():
-            return None
-        first = rows[0]
-        return DeviceView(first.id, first.hardware_id, first.group,
-                          frozenset(r.release_id for r in rows if r.release_id is not None))
+        cols = (Device.id, Device.hardware_id, Device.group.label("group"), DeviceUpdate.release_id)
+        found: dict[tuple[str, str], list[Any]] = {}
+        now = utcnow()
+        with self._reading() as s:
+            for chunk in _chunks(list(token_hashes), 500):
+                q = (select(Device.token_hash, *cols).outerjoin(DeviceUpdate, failed)
+                     .where(Device.token_hash.in_(chunk), Device.state == "active"))
+                for row in s.execute(q):
+                    found.setdefault(("token", row[0]), []).append(row)
+            for chunk in _chunks([f.lower() for f in fingerprints], 500):
+                q = (select(Certificate.fingerprint, *cols, Certificate.not_after)
+                     .select_from(Certificate).join(Device, Certificate.device_id == Device.id)
+                     .outerjoin(DeviceUpdate, failed)
+                     .where(Certificate.fingerprint.in_(chunk), Certificate.status == "valid",
+                            Device.state == "active"))
+                for row in s.execute(q):
+                    if _aware(row.not_after) >= now:
+                        found.setdefault(("cert", row[0]), []).append(row)
+        return {key: DeviceView(rows[0].id, rows[0].hardware_id, rows[0].group,
+                                frozenset(r.release_id for r in rows if r.release_id is not None))
+                for key, rows in found.items()}
+
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        """A plain connection for the hot read path (no ORM session), errors translated."""
+        try:
+            with self.registry.engine.connect() as conn:
+                yield conn
+        except SQLAlchemyError as e:
+            line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise TransportError(f"registry database error: {line}") from None
 
     def record_report(self, device_id: int, hardware_id: str, release_id: int | None,
                       event: str, version: str, reason: str) -> None:
@@ -372,3 +397,8 @@ def _upsert_for(dialect: str) -> Callable[[dict[str, object]], object]:
 
 def _aware(dt: datetime) -> datetime:
     return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def _chunks(items: list[str], n: int) -> Iterator[list[str]]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]

@@ -235,6 +235,37 @@ def _download(cfg, target):
         raise OSError("download incomplete: %d of %d bytes" % (have, size))
 
 
+def _root_version():
+    return meta.rel_mod.load_root(meta.read_small(meta.TRUST, meta.rel_mod.MAX_ROOT,
+                                                  "trust root"))[0]["version"]
+
+
+def _fetch_roots(cfg, version):
+    have = _root_version()
+    if not have < version <= have + 16:
+        raise Refused("server names trust root %d; this device has %d" % (version, have))
+    files = []
+    root = meta.rel_mod.load_root(meta.read_small(meta.TRUST, meta.rel_mod.MAX_ROOT,
+                                                  "trust root"))[0]
+    for v in range(have + 1, version + 1):
+        status, data = request(cfg, "GET", "/v1/roots/%d.mpsr" % v, limit=meta.rel_mod.MAX_ROOT)
+        if status != 200:
+            raise OSError("trust root %d answered %d" % (v, status))
+        root = meta.rel_mod.verify_root_update(root, data)
+        files.append(data)
+    # A root under which the running release no longer verifies (e.g. a raised release
+    # threshold) would leave nothing to boot or fall back to: refuse it until a release
+    # signed for it has been published (the guard checks every boot against the root).
+    slot = _running().get("committed")
+    if slot:
+        try:
+            guard._verify(slot, root, 0)
+        except Refused as e:
+            raise Refused("trust root %d would not accept the running release (%s): publish "
+                          "a release signed for it first" % (version, e))
+    meta.apply_root_chain(files)
+
+
 def check_once(now=None):
     """One update round. Returns "none" or "staged" (then reset into the trial)."""
     cfg = _config()
@@ -247,6 +278,11 @@ def check_once(now=None):
         "timestamp_version": seen.get("version", 0)})
     if not offer.get("update"):
         return "none"
+    # Newer trust roots first (TUF order): they verify themselves, each step signed by
+    # the old and the new root keys, so asking for them is safe whatever the server says.
+    want = offer.get("root_version", 0)
+    if isinstance(want, int) and want > _root_version():
+        _fetch_roots(cfg, want)
     status, data = request(cfg, "GET", "/v1/" + meta.safe_path(offer["timestamp"]),
                            limit=meta.MAX_TS)
     if status != 200:
@@ -254,17 +290,7 @@ def check_once(now=None):
     try:
         ts = meta.accept_timestamp(data, now)
     except meta.NeedRoots as e:
-        files = []
-        have = meta.rel_mod.load_root(meta.read_small(meta.TRUST, meta.rel_mod.MAX_ROOT,
-                                                      "trust root"))[0]["version"]
-        if not have < e.version <= have + 16:
-            raise Refused("timestamp names trust root %d; this device has %d" % (e.version, have))
-        for v in range(have + 1, e.version + 1):
-            status, root = request(cfg, "GET", "/v1/roots/%d.mpsr" % v, limit=16384)
-            if status != 200:
-                raise OSError("trust root %d answered %d" % (v, status))
-            files.append(root)
-        meta.apply_root_chain(files)
+        _fetch_roots(cfg, e.version)
         ts = meta.accept_timestamp(data, now)
     _set_clock(ts["issued"])
     target = meta.pick_target(ts, board, app)
