@@ -30,6 +30,7 @@ from mpseal_release import Refused
 CONFIG = "/mpseal/config.json"
 ID = "/mpseal/id/"
 PART = "/mpseal/download.part"
+STAGED = "/mpseal/ota-staged"  # version of the last release this client staged
 MAX_HEADER_LINE = 1024
 MAX_HEADERS = 32
 MAX_JSON = 4096
@@ -314,15 +315,29 @@ def check_once(now=None):
             os.remove(PART)
         except OSError:
             pass
+    meta.write_atomic(STAGED, r.version.encode())
     report(cfg, "staged", r.version)
     return "staged"
 
 
 def report_boot():
-    """Call after confirm(): the server learns that the trial was committed."""
+    """Call after confirm(): the server learns whether the last staged release was committed
+    or rolled back (the guard reverted it and this is the older release running)."""
     cfg = _config()
-    st = _running()
-    report(cfg, "confirmed" if not st.get("trial") else "booted", _running_version())
+    try:
+        with open(STAGED) as f:
+            staged = f.read(40)
+    except OSError:
+        return
+    running = _running_version()
+    if staged == running:
+        report(cfg, "confirmed", running)
+    else:
+        report(cfg, "rolled_back", staged, "running %s after its trial" % running)
+    try:
+        os.remove(STAGED)
+    except OSError:
+        pass
 
 
 def poll_forever(reset=True, backoff=BACKOFF):

@@ -1,0 +1,127 @@
+"""A whole fleet of virtual boards updating from the real server: a 10% cohort first, then
+everyone; a release that fails its health check halts itself; a download cut off resumes;
+power cuts during download and install leave a bootable board that finishes later."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from ota_support import World, ota_world
+
+from mpseal.fleet.rollout import cohort_bucket
+
+FLEET = 10
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def world(request, project: Path, tmp_path: Path):
+    db = (f"sqlite:///{tmp_path / 'fleet.db'}" if request.param == "sqlite"
+          else request.getfixturevalue("db_url_pg"))
+    with ota_world(tmp_path, db, project) as w:
+        yield w
+
+
+@pytest.fixture
+def db_url_pg(pg_url: str) -> str:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(pg_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    engine.dispose()
+    return pg_url
+
+
+def running(board) -> str:
+    ran = board.boot().ran()
+    return ran[-1][1] if ran else ""
+
+
+def test_staged_rollout_cohort_then_everyone_then_a_bad_release_halts(world: World) -> None:
+    v1 = world.release("1.0.0", 1)
+    boards = [world.board(v1) for _ in range(FLEET)]
+    rid = world.publish(world.release("2.0.0", 2), percent=10)
+    in_cohort = {b.hardware_id for b in boards if cohort_bucket(rid, b.hardware_id) < 10}
+    for b in boards:
+        expected = "staged" if b.hardware_id in in_cohort else "none"
+        assert world.ota(b) == {"result": expected}, b.hardware_id
+    for b in boards:  # the cohort boots 2.0.0 on trial, confirms and reports
+        assert running(b) == ("2.0.0" if b.hardware_id in in_cohort else "1.0.0")
+    with world.admin() as admin:
+        assert admin.post(f"/v1/admin/releases/{rid}/promote",
+                          json={"percent": 100}).status_code == 200
+        for b in boards:
+            world.ota(b)
+            assert running(b) == "2.0.0"
+        rel = admin.get(f"/v1/admin/releases/{rid}").json()["release"]
+        assert rel["state"] == "active"
+
+    # 3.0.0 fails its own health check: each trial crashes, is reverted, and reports it.
+    bad = world.release("3.0.0", 3, health="raise RuntimeError('sensor offline')")
+    rid3 = world.publish(bad, percent=100)
+    results = []
+    for b in boards:
+        res = world.ota(b)
+        results.append(res)
+        if res == {"result": "staged"}:
+            assert running(b) == "2.0.0"  # trial crashed, reverted, 2.0.0 reports the rollback
+    with world.admin() as admin:
+        rel = admin.get(f"/v1/admin/releases/{rid3}").json()["release"]
+    assert rel["state"] == "halted", rel
+    assert "rolled_back" in rel["halt_reason"] or "failed" in rel["halt_reason"]
+    staged = sum(r == {"result": "staged"} for r in results)
+    assert 2 <= staged < FLEET  # the halt stopped the rest of the fleet from trying
+    assert all(running(b) == "2.0.0" for b in boards)
+
+
+def test_cut_download_resumes_with_range(world: World) -> None:
+    board = world.board(world.release("1.0.0", 1))
+    full = world.release("2.0.0", 2)
+    world.publish(full)
+    offer = world.admin().get("/v1/admin/releases").json()["releases"][0]
+    path = f"/v1/artifacts/{offer['file_sha256']}.mpseal"
+    world.mirror.answer(path, 200, full[: len(full) // 3])  # the line drops after a third
+    res = world.ota(board)
+    assert "download" in str(res.get("failed")) or "closed" in str(res.get("failed")), res
+    world.mirror.rules.pop(path)
+    assert world.ota(board) == {"result": "staged"}
+    assert f"GET {path}" in world.mirror.seen
+    assert running(board) == "2.0.0"
+
+
+def test_power_cut_during_download_and_install(world: World) -> None:
+    """Power lost at sampled flash writes of an OTA round (download and stage): the board
+    boots a valid release every time, and a later round completes the update."""
+    board = world.board(world.release("1.0.0", 1))
+    world.publish(world.release("2.0.0", 2))
+    before = board.flash.read_bytes()
+    res = board.command("ota", cut=10_000)
+    assert res.replies()[-1] == {"result": "staged"}
+    total = _writes_of_a_round(board, before)
+    cuts = sorted(set(range(1, total, max(1, total // 12))) | {total - 1})
+    for n in cuts:
+        board.flash.write_bytes(before)
+        res = board.command("ota", cut=n)
+        assert "PowerCut" in res.stdout + res.stderr, n
+        after = running(board)  # a valid release boots after the cut: old, or new if staged
+        assert after in ("1.0.0", "2.0.0"), n
+        if after == "1.0.0":  # a later round finishes the update
+            out = board.command("ota").replies()[-1]
+            assert out == {"result": "staged"}, (n, out)
+            assert running(board) == "2.0.0", n
+
+
+def _writes_of_a_round(board, before: bytes) -> int:
+    """How many block writes one whole OTA round makes (binary search on the cut point)."""
+    lo, hi = 1, 4096
+    while lo < hi:
+        mid = (lo + hi) // 2
+        board.flash.write_bytes(before)
+        res = board.command("ota", cut=mid)
+        if "PowerCut" in res.stdout + res.stderr:
+            lo = mid + 1
+        else:
+            hi = mid
+    board.flash.write_bytes(before)
+    return lo
