@@ -286,3 +286,32 @@ def test_a_trust_root_that_would_orphan_the_running_release_is_refused(world: Wo
     t = target_for(blob, path=f"artifacts/{offer['file_sha256']}.mpseal")
     world.mirror.answer("/v1/device/check", 200, offer_json(t.to_dict(), 2))
     refused(world, device, "would not accept the running release")
+
+
+def test_the_client_backs_off_and_retries_until_the_server_answers(world: World,
+                                                                  device) -> None:
+    world.publish(world.release("2.0.0", 2))
+    calls = []
+
+    def flaky(path: str, headers: dict) -> tuple[int, bytes] | None:
+        calls.append(time.monotonic())
+        return (503, b"busy") if len(calls) < 3 else None  # then forwarded to the server
+
+    world.mirror.rules["/v1/device/check"] = flaky
+    res = device.command("ota", "poll", "1", "4", timeout=120)
+    assert res.replies()[-1] == {"result": "staged"}, res.stdout + res.stderr
+    assert len(calls) == 3
+    gaps = [b - a for a, b in zip(calls, calls[1:])]
+    assert gaps[0] >= 0.9 and gaps[1] >= 1.9  # back-off: 1-2 s, then 2-4 s (jitter)
+    assert any("update check failed" in ln for ln in guard_log(device))
+    assert runs(device) == "2.0.0"
+
+
+def test_sim_update_cli(world: World, device) -> None:
+    from conftest import run_mpseal
+
+    world.publish(world.release("2.0.0", 2))
+    res = run_mpseal("sim", "update", "--sim", device.folder, "--json")
+    assert res.returncode == 0, res.stderr
+    assert '"result": "staged"' in res.stdout
+    assert runs(device) == "2.0.0"

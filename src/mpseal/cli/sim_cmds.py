@@ -110,6 +110,29 @@ def status(sim_dir: Path, as_json: bool) -> None:
         out_console.print(f"  log: {line}")
 
 
+@sim.command()
+@sim_dir_option
+@click.option("--poll", is_flag=True, help="Keep polling (back-off with jitter) until staged.")
+@click.option("--json", "as_json", is_flag=True)
+def update(sim_dir: Path, poll: bool, as_json: bool) -> None:
+    """Run the board's update client against the server it was provisioned for.
+
+    Provision the board first (mpseal provision --sim DIR --config server.toml) so it
+    has an identity, the server's trust anchor and config.json with "server" in it.
+    """
+    board = VirtualBoard(sim_dir)
+    res = board.command("ota", *(["poll", "5", "300"] if poll else []), timeout=24 * 3600)
+    result = res.replies()[-1] if res.replies() else {"failed": res.stderr.strip()[-200:]}
+    if as_json:
+        emit_json(result)
+    else:
+        out_console.print(result.get("result") or result, markup=False)
+        if result.get("result") == "staged":
+            out_console.print("Staged: 'mpseal sim boot' runs it on trial.", markup=False)
+    if "refused" in result or "failed" in result:
+        raise click.ClickException(f"update: {result.get('refused') or result.get('failed')}")
+
+
 @sim.command(name="ls")
 @click.argument("folder", default="/")
 @sim_dir_option

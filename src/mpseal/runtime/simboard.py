@@ -9,6 +9,7 @@
 #   micropython simboard.py FLASH.img stage ARTIFACT    (hand an artifact to the boot guard)
 #   micropython simboard.py FLASH.img status            (the guard's state and slots)
 #   micropython simboard.py FLASH.img ota               (one round of the update client)
+#   micropython simboard.py FLASH.img ota poll LO HI    (poll, back-off LO..HI s, until staged)
 #   micropython simboard.py FLASH.img meta timestamp FILE APP [NOW]   (mpseal_meta: accept a
 #                                       timestamp, pick APP's target for this board)
 #   micropython simboard.py FLASH.img meta roots FILE...               (apply a root chain)
@@ -192,6 +193,11 @@ def main(argv):
         import mpseal_release
 
         mpseal_guard._load_state(mpseal_guard.trust_root())
+        if args and args[0] == "poll":  # poll with back-off until an update is staged
+            lo, hi = int(args[1]), int(args[2])
+            mpseal_ota.poll_forever(reset=False, backoff=(lo, hi))
+            reply({"result": "staged"})
+            return
         try:
             reply({"result": mpseal_ota.check_once()})
         except mpseal_release.Refused as e:
