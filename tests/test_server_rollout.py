@@ -3,6 +3,7 @@ pins, automatic halt on failures and on unconfirmed trials, pause and resume."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -143,7 +144,9 @@ def test_unconfirmed_trials_halt_the_release(db_url: str, keys: Keys, tmp_path: 
                 break
             time.sleep(0.2)
         assert rel["state"] == "halted", rel
-        assert "4 trial not confirmed" in rel["halt_reason"]
+        # Halted as soon as enough trials were overdue (how many depends on timing).
+        assert re.fullmatch(r"[2-4] of [56] devices failed \([2-4] trial not confirmed\), "
+                            r"above the 20% limit", rel["halt_reason"]), rel["halt_reason"]
         assert offered(dev, fleet, hws[5:]) == set()
 
 

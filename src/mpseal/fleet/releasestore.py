@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import and_, case, func, insert, select, update
+from sqlalchemy import and_, case, create_engine, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
@@ -91,9 +91,18 @@ class _Lost(Exception):
 
 
 class ReleaseStore:
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, read_pool_size: int = 4) -> None:
         self.registry = registry
         self._upsert = _upsert_for(registry.engine.dialect.name)
+        # The hot device lookup: single statements in autocommit (no BEGIN/ROLLBACK round
+        # trips), no ping before each use. A connection the database dropped fails one
+        # lookup (a 503), and SQLAlchemy replaces the pool's connections.
+        self._read_engine = create_engine(registry.engine.url, pool_size=read_pool_size,
+                                          max_overflow=read_pool_size, pool_pre_ping=False,
+                                          pool_recycle=600, isolation_level="AUTOCOMMIT")
+
+    def close(self) -> None:
+        self._read_engine.dispose()
 
     # -- releases ----------------------------------------------------------------------
 
@@ -291,7 +300,7 @@ class ReleaseStore:
     def _reading(self) -> Iterator[Connection]:
         """A plain connection for the hot read path (no ORM session), errors translated."""
         try:
-            with self.registry.engine.connect() as conn:
+            with self._read_engine.connect() as conn:
                 yield conn
         except SQLAlchemyError as e:
             line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]

@@ -10,6 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from mpseal.server import admin_api, device_api
 from mpseal.server.config import ServerConfig, ServerSettings
@@ -27,7 +28,33 @@ async def health(request: Request) -> Response:
     return JSONResponse({"ok": True})
 
 
-def create_app(config: ServerConfig) -> Starlette:
+class DeviceFastPath:
+    """The hot device calls straight to their handlers, around Starlette's middleware and
+    router (a third of a check's cost under load); everything else goes through Starlette.
+    Same handlers, same error answers."""
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+        self.state = app.state
+        self.routes = {("POST", "/v1/device/check"): device_api.check,
+                       ("POST", "/v1/device/report"): device_api.report}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        handler = (self.routes.get((scope["method"], scope["path"]))
+                   if scope["type"] == "http" else None)  # lifespan has no method
+        if handler is None:
+            await self.app(scope, receive, send)
+            return
+        scope["app"] = self.app
+        request = Request(scope, receive)
+        try:
+            response = await handler(request)
+        except Exception as exc:  # noqa: BLE001 - answered like Starlette's handlers do
+            response = await handle_error(request, exc)
+        await response(scope, receive, send)
+
+
+def create_app(config: ServerConfig) -> DeviceFastPath:
     server = UpdateServer(config)
 
     @asynccontextmanager
@@ -46,10 +73,10 @@ def create_app(config: ServerConfig) -> Starlette:
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers=handlers)  # type: ignore[arg-type]
     app.state.server = server
-    return app
+    return DeviceFastPath(app)
 
 
-def create_app_from_env() -> Starlette:
+def create_app_from_env() -> DeviceFastPath:
     """The factory each uvicorn worker process calls (``mpseal serve --workers N``)."""
     import os
 

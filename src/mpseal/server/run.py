@@ -64,7 +64,8 @@ def uvicorn_kwargs(options: RunOptions) -> dict[str, Any]:
     kw: dict[str, Any] = {"host": options.host, "port": options.port, "http": TlsHttpToolsProtocol,
                           "loop": "uvloop", "lifespan": "on", "access_log": options.access_log,
                           "log_level": "warning", "backlog": options.backlog,
-                          "server_header": False, "timeout_keep_alive": 30}
+                          "server_header": False, "timeout_keep_alive": 30,
+                          "proxy_headers": False}
     if options.tls_cert is not None:
         kw.update(ssl_certfile=str(options.tls_cert), ssl_keyfile=str(options.tls_key))
     if options.client_ca is not None:

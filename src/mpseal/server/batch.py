@@ -1,0 +1,65 @@
+"""Device lookups that arrive together go to the database together.
+
+Under load many devices check in the same event-loop turn. Each lookup waits on a
+future; one flush per turn sends every pending key to the database in one worker
+thread (an indexed ``IN`` query), and while ``max_inflight`` batches are running new
+keys gather into the next one, so batches grow exactly when the database is busy.
+Each check still costs one indexed device lookup, without a thread hop of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
+
+V = TypeVar("V")
+Loader = Callable[[list[Hashable]], Awaitable[dict[Hashable, V]]]
+
+
+class Batcher(Generic[V]):
+    def __init__(self, load: Loader[V], max_inflight: int = 2) -> None:
+        self._load = load
+        self._max_inflight = max_inflight
+        self._pending: dict[Hashable, asyncio.Future[V | None]] = {}
+        self._scheduled = False
+        self._inflight = 0
+
+    async def get(self, key: Hashable) -> V | None:
+        fut = self._pending.get(key)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            self._pending[key] = fut
+            self._schedule()
+        # A cancelled caller must not cancel the lookup other callers share.
+        return await asyncio.shield(fut)
+
+    def _schedule(self) -> None:
+        if not self._scheduled and self._inflight < self._max_inflight and self._pending:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        batch, self._pending = self._pending, {}
+        if batch:
+            self._inflight += 1
+            asyncio.ensure_future(self._run(batch))
+
+    async def _run(self, batch: dict[Hashable, asyncio.Future[V | None]]) -> None:
+        try:
+            found = await self._load(list(batch))
+        except BaseException as e:
+            for fut in batch.values():
+                if not fut.done():
+                    fut.set_exception(e)
+                    fut.exception()  # retrieved: no warning if every waiter went away
+            if not isinstance(e, Exception):
+                raise
+        else:
+            for key, fut in batch.items():
+                if not fut.done():
+                    fut.set_result(found.get(key))
+        finally:
+            self._inflight -= 1
+            self._schedule()
