@@ -14,23 +14,11 @@ from mpseal.fleet.rollout import cohort_bucket
 FLEET = 10
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def world(request, project: Path, tmp_path: Path):
-    db = (f"sqlite:///{tmp_path / 'fleet.db'}" if request.param == "sqlite"
-          else request.getfixturevalue("db_url_pg"))
-    with ota_world(tmp_path, db, project) as w:
-        yield w
-
-
 @pytest.fixture
-def db_url_pg(pg_url: str) -> str:
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(pg_url)
-    with engine.begin() as conn:
-        conn.execute(sa.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-    engine.dispose()
-    return pg_url
+def world(db_url: str, project: Path, tmp_path: Path):
+    """The OTA world on SQLite and on a real PostgreSQL (conftest's db_url)."""
+    with ota_world(tmp_path, db_url, project) as w:
+        yield w
 
 
 def running(board) -> str:
