@@ -38,7 +38,7 @@ def serve(db_url: str, keys: Keys, artifacts: Path, *extra: str) -> Iterator[str
     proc = subprocess.Popen(
         [str(MPSEAL), "serve", "--db", db_url, "--port", str(port), "--roots",
          str(keys.roots_dir), "--timestamp-key", str(keys.folder / "timestamp.pem"),
-         "--artifacts", str(artifacts), "--cache-seconds", "0", *extra],
+         "--artifacts", str(artifacts), *(extra or ("--cache-seconds", "0"))],
         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -123,6 +123,25 @@ def test_two_server_processes_on_one_database_agree(db_url: str, keys: Keys,
         assert final == version(b) >= max(max(r) for r in runs)
         raw = httpx.get(f"{a}/v1/timestamp/stable.mpst", headers=h).content
         assert len(parse_timestamp(raw, keys.trust_root).targets) == 21  # hello + 20 apps
+
+
+def test_revocation_reaches_every_server_process_within_the_cache_time(
+        db_url: str, keys: Keys, tmp_path: Path) -> None:
+    fleet = register(db_url, 2)
+    check = {"hardware_id": "dev-00000", "board": "esp32", "app": "hello", "version": "1.0.0",
+             "counter": 1, "timestamp_version": 0}
+    h = fleet.headers("dev-00000")
+    with ExitStack() as stack:
+        a, b = (stack.enter_context(serve(db_url, keys, tmp_path / "artifacts",
+                                          "--cache-seconds", "1")) for _ in range(2))
+        for url in (a, b):  # both have the device cached as allowed
+            assert httpx.post(f"{url}/v1/device/check", json=check, headers=h).status_code == 200
+        cli("device", "revoke", "dev-00000", "--server", a)
+        revoked_at = time.monotonic()
+        assert httpx.post(f"{a}/v1/device/check", json=check, headers=h).status_code == 403
+        while httpx.post(f"{b}/v1/device/check", json=check, headers=h).status_code == 200:
+            assert time.monotonic() - revoked_at < 2.0, "B still accepts a revoked device"
+            time.sleep(0.05)
 
 
 def test_admin_cli_round_trip(keys: Keys, tmp_path: Path) -> None:

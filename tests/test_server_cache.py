@@ -1,0 +1,102 @@
+"""The hot path's building blocks: the time-bounded cache and the lookup batcher."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Hashable
+
+import pytest
+
+from mpseal.server.batch import Batcher
+from mpseal.server.cache import TtlCache
+
+
+def test_cache_shares_one_load_and_expires() -> None:
+    async def go() -> None:
+        cache: TtlCache[int] = TtlCache(ttl=0.05)
+        loads = 0
+
+        async def load() -> int:
+            nonlocal loads
+            loads += 1
+            await asyncio.sleep(0.01)
+            return loads
+
+        assert await asyncio.gather(*(cache.get("k", load) for _ in range(10))) == [1] * 10
+        assert await cache.get("k", load) == 1  # cached
+        await asyncio.sleep(0.06)
+        assert await cache.get("k", load) == 2  # expired: loaded again
+
+    asyncio.run(go())
+
+
+def test_invalidate_wins_over_a_load_in_flight() -> None:
+    """A revocation during a lookup must not be undone by the lookup's stale answer."""
+    async def go() -> None:
+        cache: TtlCache[str] = TtlCache(ttl=60)
+        gate = asyncio.Event()
+
+        async def slow() -> str:
+            await gate.wait()
+            return "allowed (read before the revocation)"
+
+        task = asyncio.create_task(cache.get("dev", slow))
+        await asyncio.sleep(0)
+        cache.invalidate()
+        gate.set()
+        await task
+
+        async def fresh() -> str:
+            return "revoked"
+
+        assert await cache.get("dev", fresh) == "revoked"
+
+    asyncio.run(go())
+
+
+def test_cache_size_is_bounded() -> None:
+    async def go() -> None:
+        cache: TtlCache[int] = TtlCache(ttl=60, max_entries=100)
+        for i in range(1000):
+            async def load(i: int = i) -> int:
+                return i
+            await cache.get(i, load)
+        assert len(cache._data) <= 100
+
+    asyncio.run(go())
+
+
+def test_batcher_groups_concurrent_lookups_and_limits_batches_in_flight() -> None:
+    async def go() -> None:
+        batches: list[list[Hashable]] = []
+
+        async def load(keys: list[Hashable]) -> dict[Hashable, str]:
+            batches.append(keys)
+            await asyncio.sleep(0.01)
+            return {k: f"v{k}" for k in keys if k != 3}
+
+        b: Batcher[str] = Batcher(load, max_inflight=1)
+        first = await asyncio.gather(*(b.get(i) for i in range(5)))
+        assert first == ["v0", "v1", "v2", None, "v4"] and batches == [[0, 1, 2, 3, 4]]
+        # While one batch runs, new keys gather into the next one.
+        t1 = asyncio.ensure_future(b.get("a"))
+        await asyncio.sleep(0.001)
+        rest = [asyncio.ensure_future(b.get(k)) for k in ("b", "c", "b")]
+        assert await asyncio.gather(t1, *rest) == ["va", "vb", "vc", "vb"]
+        assert batches[1:] == [["a"], ["b", "c"]]
+
+    asyncio.run(go())
+
+
+def test_batcher_passes_errors_to_every_waiter() -> None:
+    async def go() -> None:
+        async def load(keys: list[Hashable]) -> dict[Hashable, str]:
+            raise ConnectionError("database gone")
+
+        b: Batcher[str] = Batcher(load)
+        results = await asyncio.gather(b.get(1), b.get(2), return_exceptions=True)
+        assert all(isinstance(r, ConnectionError) for r in results)
+        with pytest.raises(ConnectionError):
+            await b.get(3)
+
+    asyncio.run(go())
