@@ -21,6 +21,8 @@ LAZY_COMMANDS = {
     "cert": "mpseal.cli.pki_cmds",
     "lockdown": "mpseal.cli.lockdown_cmds",
     "keys": "mpseal.cli.keys_cmds",
+    "audit": "mpseal.cli.audit_cmds",
+    "inspect-device": "mpseal.cli.audit_cmds",
 }
 # Every module with commands. One not named above is imported to look a name up.
 COMMAND_MODULES = [
@@ -31,6 +33,7 @@ COMMAND_MODULES = [
     "mpseal.cli.server_cmds",
     "mpseal.cli.keys_cmds",
     "mpseal.cli.fleet_cmds",
+    "mpseal.cli.audit_cmds",
 ]
 
 

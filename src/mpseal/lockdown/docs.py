@@ -77,10 +77,23 @@ def _render_interface(i: Interface, boards: list[str]) -> list[str]:
         out.append("")
     else:
         out += ["**How to close it.** Nothing on this port closes it.", ""]
+    out += _render_audit(i)
     out += [f"**What stock firmware cannot stop.** {i.residual}", ""]
     if i.unsure:
         out += [f"**Not verified.** {i.unsure}", ""]
     return out
+
+
+def _render_audit(i: Interface) -> list[str]:
+    if not i.audit:
+        return [("**How `mpseal audit` checks it.** It cannot, from inside MicroPython: the "
+                 "audit reports it as unknown; verify it with the checks above."), ""]
+    out = ["**How `mpseal audit` checks it.**", ""]
+    for p in i.audit:
+        where = (f" (`{p.helper}` in src/mpseal/runtime/mpseal_audit.py)" if p.helper else "")
+        secret = " The value is a secret: the audit never shows it." if p.secret else ""
+        out.append(f"- {p.kind.value}: `{p.code}`{where}; closed when: {p.closed_when}.{secret}")
+    return [*out, ""]
 
 
 def _render_lever(lv: Lever, here: list[str], partial: bool = False) -> list[str]:
@@ -130,6 +143,9 @@ def render_index() -> str:
            "| port | boards |", "|---|---|"]
     for port in PORTS:
         out.append(f"| [{port}]({port}.md) | " + ", ".join(boards_of(port)) + " |")
+    out += ["", ("`mpseal audit --port PORT` runs the probes listed on these pages (\"How "
+                 "`mpseal audit` checks it\") on a live device and reports each interface "
+                 "open, closed or unknown: [docs/audit.md](../audit.md).")]
     out += ["", "## Runtime profiles (applied by the boot guard)", ""]
     for profile in itf.PROFILES:
         settings = itf.runtime_settings(profile)

@@ -9,6 +9,7 @@ The model::
 
     Interface  a way in (REPL over USB, ROM download mode, ...), on some boards,
       │        used by an attacker of one threat tier (T0..T4, docs/threats.md)
+      ├── audit  the Probes `mpseal audit` runs to see whether it is open on a device
       └── Lever  one way to close it: runtime (the boot guard's profile),
             │    firmware (a build option), hardware (eFuse/OTP/option bytes),
             │    or design (the board and enclosure); each with its own strength,
@@ -69,13 +70,42 @@ class ProbeKind(StrEnum):
     MANUAL = "manual"  # a person has to look
 
 
+class Seen(StrEnum):
+    """What the live audit found an interface to be."""
+
+    OPEN = "open"
+    CLOSED = "closed"
+    UNKNOWN = "unknown"
+
+
 @dataclass(frozen=True)
 class Probe:
-    """A test the live-device audit can run: ``closed_when`` says what a closed hole looks like."""
+    """A test the live-device audit can run: ``closed_when`` says what a closed hole looks like.
+
+    For ``mpseal audit`` (lockdown/audit.py) a probe also says what its result means:
+    the result is a *token*: ``repr()`` of a DEVICE probe's value or ``"raises <Name>"``
+    when it raised on the device, or for a SERIAL probe what the line showed (see
+    ``device/console.py``). ``open_if``/``closed_if`` list tokens; ``otherwise`` is the
+    verdict for any other value that did not raise. Anything else says "unknown".
+    """
 
     kind: ProbeKind
     code: str
     closed_when: str
+    open_if: tuple[str, ...] = ()
+    closed_if: tuple[str, ...] = ()
+    otherwise: Seen = Seen.UNKNOWN
+    helper: str = ""  # a function of runtime/mpseal_audit.py that ``code`` calls (sent first)
+    secret: bool = False  # the value is a secret: the audit never shows or stores it
+
+    def judge(self, token: str) -> Seen:
+        if token in self.open_if:
+            return Seen.OPEN
+        if token in self.closed_if:
+            return Seen.CLOSED
+        if token.startswith("raises ") or token == "failed":
+            return Seen.UNKNOWN
+        return self.otherwise
 
 
 @dataclass(frozen=True)
@@ -142,6 +172,7 @@ class Interface:
     board_notes: Mapping[str, str] = field(default_factory=dict)
     unsure: str = ""
     partial: frozenset[str] = frozenset()  # levers that narrow this hole but do not close it
+    audit: tuple[Probe, ...] = ()  # how `mpseal audit` tells on a live device if it is open
 
     def closes(self, lever: Lever) -> bool:
         """Whether ``lever`` alone holds against this interface's tier."""
@@ -188,6 +219,73 @@ def _host(code: str, closed: str) -> Probe:
     return Probe(ProbeKind.HOST, code, closed)
 
 
+# --------------------------------------------------------------------------- audit probes
+# What `mpseal audit` runs on a live device. SERIAL probes are its first contact with the
+# line (device/console.py: Enter, Ctrl-C, Ctrl-B, Ctrl-A, each with a deadline); DEVICE
+# probes run in the raw REPL, one small exec each (a micro:bit has about 8 KB of heap);
+# `helper` probes call a function of runtime/mpseal_audit.py, sent to the device first.
+
+_SERIAL = ProbeKind.SERIAL
+AP_PROMPT = Probe(
+    _SERIAL, "listen; send b'\\r', then b'\\x03\\x03' (Ctrl-C), then b'\\x02' (Ctrl-B); "
+    "wait for b'>>> '",
+    "no b'>>> ' within a few seconds: expected after lockdown (field/sealed profile)",
+    open_if=("prompt", "interrupted", "raw"), closed_if=("none",))
+AP_RAW_REPL = Probe(
+    _SERIAL, "at the prompt send b'\\x01' (Ctrl-A)",
+    "no b'raw REPL; CTRL-B to exit' (or no prompt to send it at)",
+    open_if=("banner",), closed_if=("no banner", "none"))
+AP_CTRL_C = Probe(
+    _SERIAL, "while a program runs (no prompt on Enter) send b'\\x03\\x03'",
+    "no b'>>> ' after Ctrl-C (unknown when nothing was running to interrupt)",
+    open_if=("interrupted",), closed_if=("none",))
+AP_APP_EXIT = Probe(
+    _SERIAL, "listen; send b'\\r' (and Ctrl-C, Ctrl-B)",
+    "no b'>>> ': the line never ends up at the REPL",
+    open_if=("prompt", "interrupted", "raw"), closed_if=("none",))
+AP_SYS_PATH = Probe(
+    ProbeKind.DEVICE, "'' in __import__('sys').path",
+    "False (a firmware without sys.path, like the micro:bit's 1.9, imports from its "
+    "filesystem: open)",
+    open_if=("True", "raises AttributeError"), closed_if=("False",))
+AP_MEM32 = Probe(
+    ProbeKind.DEVICE, "hasattr(__import__('machine'), 'mem32')", "False",
+    open_if=("True",), closed_if=("False", "raises ImportError"))
+AP_UCTYPES = Probe(
+    ProbeKind.DEVICE, "hasattr(__import__('uctypes'), 'bytearray_at')",
+    "False or raises ImportError", open_if=("True",), closed_if=("False", "raises ImportError"))
+AP_COMPILER = Probe(
+    ProbeKind.DEVICE, "eval('6 * 7')",
+    "raises NameError (built without the compiler: then the raw REPL does not answer either)",
+    open_if=("42",), closed_if=("raises NameError",))
+AP_WRITABLE = Probe(
+    ProbeKind.DEVICE, "mpa_writable()",
+    "'read-only': no file can be created in the folder of boot.py/main.py (the probe writes "
+    "and removes mpseal-audit.tmp there; it never opens boot.py or main.py)",
+    open_if=("'writable'",), closed_if=("'read-only'",), helper="mpa_writable")
+AP_WEBREPL = Probe(
+    ProbeKind.DEVICE, "hasattr(__import__('webrepl_cfg'), 'PASS')",
+    "raises ImportError (no webrepl_cfg.py: WebREPL not configured)",
+    open_if=("True",), closed_if=("False", "raises ImportError"))
+AP_WEBREPL_PASS = Probe(
+    ProbeKind.DEVICE, "__import__('webrepl_cfg').PASS", "passes webrepl_password_problems()",
+    secret=True)
+AP_USB_MODE = Probe(
+    ProbeKind.DEVICE, "__import__('pyb').usb_mode()", "None or 'VCP'",
+    open_if=("'VCP+MSC'", "'MSC'", "'VCP+MSC+HID'", "'MSC+HID'"),
+    closed_if=("None", "'VCP'", "'VCP+HID'"))
+AP_SWITCH = Probe(
+    ProbeKind.DEVICE, "hasattr(__import__('pyb'), 'Switch')", "False",
+    open_if=("True",), closed_if=("False",))
+AP_SD = Probe(
+    ProbeKind.DEVICE, "mpa_sd()",
+    "'data' (mounted, not on sys.path, not the current folder); 'none' (no card now) says "
+    "nothing",
+    open_if=("'on-path'",), closed_if=("'data'",), helper="mpa_sd")
+AP_FLASH_API = Probe(
+    ProbeKind.DEVICE, "mpa_flash_api()", "[] (no flash read API in this firmware)",
+    closed_if=("[]",), otherwise=Seen.OPEN, helper="mpa_flash_api")
+
 # --------------------------------------------------------------------------- runtime levers
 
 RT_NO_RETURN = Lever(
@@ -214,7 +312,7 @@ RT_SYS_PATH = Lever(
     "rt-sys-path", Kind.RUNTIME,
     "Remove '' and '.' from sys.path and put the verified /rom before any writable folder.",
     ALL, Tier.T0, Reversible.YES,
-    Check("'' is not in sys.path.", _dev("'' in __import__('sys').path", "False")),
+    Check("'' is not in sys.path.", AP_SYS_PATH),
     profiles=LOCKED,
 )
 RT_DUPTERM = Lever(
@@ -249,7 +347,7 @@ RT_STM32_USB = Lever(
     "REPL so the app can use pyb.USB_VCP() as a plain data port.",
     STM, Tier.T0, Reversible.YES,
     Check("pyb.usb_mode() returns None (or 'VCP' when usb-serial is kept).",
-          _dev("__import__('pyb').usb_mode()", "None or 'VCP'")),
+          AP_USB_MODE),
     profiles=SEALED,
     caveat="pyb.usb_mode() only takes effect from boot.py, before USB starts.",
 )
@@ -306,7 +404,7 @@ RT_WEBREPL_PASSWORD = Lever(
     "staff can join. mpseal checks it with webrepl_password_problems().",
     ESP | RP | STM32, Tier.T0, Reversible.YES,
     Check("webrepl_password_problems(<password>) is empty.",
-          _dev("__import__('webrepl_cfg').PASS", "passes webrepl_password_problems()")),
+          AP_WEBREPL_PASS),
     only_with="webrepl",
     caveat="The password still crosses the network in clear text (ws://, no TLS).",
 )
@@ -354,7 +452,7 @@ FW_MEMX_OFF = Lever(
     "Build without machine.mem8/16/32 (MICROPY_PY_MACHINE_MEMX 0) and without uctypes "
     "(MICROPY_PY_UCTYPES 0: uctypes.bytearray_at reads any address too).",
     HW, Tier.T0, Reversible.REFLASH,
-    Check("machine has no mem32.", _dev("hasattr(__import__('machine'), 'mem32')", "False")),
+    Check("machine has no mem32.", AP_MEM32),
     options=(
         BuildOption("MICROPY_PY_MACHINE_MEMX", "(0)", HW),
         BuildOption("MICROPY_PY_UCTYPES", "(0)", HW,
@@ -404,7 +502,7 @@ FW_SWITCH_OFF = Lever(
     "Build without the boot-mode switch (MICROPY_HW_HAS_SWITCH 0): holding USR at reset no "
     "longer selects safe mode or a filesystem reset (pyb.Switch disappears too).",
     STM32, Tier.T0, Reversible.REFLASH,
-    Check("pyb has no Switch.", _dev("hasattr(__import__('pyb'), 'Switch')", "False")),
+    Check("pyb has no Switch.", AP_SWITCH),
     options=(BuildOption("MICROPY_HW_HAS_SWITCH", "(0)", STM32),),
 )
 FW_SD_MOUNT_OFF = Lever(
@@ -619,6 +717,7 @@ INTERFACES: tuple[Interface, ...] = (
             "openmv": "OpenMV IDE talks to the camera over this same USB serial port "
                       "(see openmv-ide).",
         },
+        audit=(AP_PROMPT,),
     ),
     Interface(
         "repl-uart", "REPL over UART",
@@ -642,6 +741,7 @@ INTERFACES: tuple[Interface, ...] = (
             "stm32": "Board-dependent: MICROPY_HW_UART_REPL in mpconfigboard.h.",
             "unix": "The console (stdin) is the REPL; the virtual board's pty plays the UART.",
         },
+        audit=(AP_PROMPT,),
     ),
     Interface(
         "raw-repl", "Raw REPL and raw-paste mode (what mpremote, Thonny and rshell use)",
@@ -653,6 +753,7 @@ INTERFACES: tuple[Interface, ...] = (
         "No option disables the raw REPL alone: it is part of the REPL and reachable wherever "
         "a prompt is. Without the compiler it is not built at all.",
         kept_by=frozenset({"repl-service"}),
+        audit=(AP_RAW_REPL,),
     ),
     Interface(
         "ctrl-c", "Ctrl-C (KeyboardInterrupt) on a REPL stream",
@@ -668,6 +769,7 @@ INTERFACES: tuple[Interface, ...] = (
             "stm32": "MICROPY_BOARD_FROZEN_BOOT_FILE runs a frozen file before boot.py with "
                      "Ctrl-C off (not used by this plan: USB is not up yet at that point).",
         },
+        audit=(AP_CTRL_C,),
     ),
     Interface(
         "app-exit", "The REPL after main.py returns or raises",
@@ -676,6 +778,7 @@ INTERFACES: tuple[Interface, ...] = (
         (RT_NO_RETURN, FW_COMPILER_OFF),
         "None once the guard never returns; a crash in the guard itself (a bug) ends in a "
         "reset, not the prompt.",
+        audit=(AP_APP_EXIT,),
     ),
     Interface(
         "webrepl", "WebREPL (REPL and file transfer over the network)",
@@ -692,6 +795,7 @@ INTERFACES: tuple[Interface, ...] = (
             "rp2350": "Only on boards with networking (Pico 2 W).",
             "stm32": "Only on boards with networking (e.g. PYBD).",
         },
+        audit=(AP_WEBREPL, AP_WEBREPL_PASS),
     ),
     Interface(
         "usb-msc", "USB mass storage (the filesystem as a USB drive)",
@@ -709,6 +813,7 @@ INTERFACES: tuple[Interface, ...] = (
             "openmv": "OpenMV cams show their flash (or SD card) as a drive; the IDE saves "
                       "main.py there.",
         },
+        audit=(AP_USB_MODE,),
     ),
     Interface(
         "safe-boot", "Safe-boot / boot-mode switch (MICROPY_HW_HAS_SWITCH)",
@@ -718,6 +823,7 @@ INTERFACES: tuple[Interface, ...] = (
         (FW_SWITCH_OFF, DS_NO_BUTTON),
         "None once the switch is compiled out.",
         unsure="OpenMV firmware: not checked whether it has a boot-mode switch.",
+        audit=(AP_SWITCH,),
     ),
     Interface(
         "sd-boot", "SD card auto-mount and main.py on the SD card",
@@ -732,6 +838,7 @@ INTERFACES: tuple[Interface, ...] = (
             "openmv": "OpenMV firmware also runs main.py from an inserted SD card.",
         },
         unsure="OpenMV: which build option controls booting from the SD card was not checked.",
+        audit=(AP_SD,),
     ),
     Interface(
         "sys-path", "'' first on sys.path (a file shadows frozen and /rom modules)",
@@ -741,6 +848,7 @@ INTERFACES: tuple[Interface, ...] = (
         (RT_SYS_PATH, FW_FROZEN_BOOT, FW_COMPILER_OFF),
         "A writable folder left on sys.path (/lib) can still shadow later entries; the guard "
         "puts /rom first.",
+        audit=(AP_SYS_PATH,),
     ),
     Interface(
         "writable-boot", "Writable boot.py / main.py (and the guard's own files)",
@@ -750,6 +858,7 @@ INTERFACES: tuple[Interface, ...] = (
         (FW_FROZEN_BOOT, RT_GUARD_VERIFIES),
         "Without a custom firmware the guard is just a file; T3 (reflashing) replaces even a "
         "frozen guard unless secure boot is on.",
+        audit=(AP_WRITABLE,),
     ),
     Interface(
         "memx", "machine.mem8/16/32 and uctypes (raw memory access)",
@@ -759,6 +868,7 @@ INTERFACES: tuple[Interface, ...] = (
         (FW_MEMX_OFF, *_CODE_EXEC_LEVERS),
         "Any code that runs reaches memory anyway (native/viper code in an .mpy); removing "
         "memX and uctypes removes the easiest way, not every way.",
+        audit=(AP_MEM32, AP_UCTYPES),
     ),
     Interface(
         "compiler", "The compiler: exec, eval, compile and .py files",
@@ -768,6 +878,7 @@ INTERFACES: tuple[Interface, ...] = (
         (FW_COMPILER_OFF, RT_SYS_PATH, RT_GUARD_VERIFIES),
         ".mpy bytecode still loads without the compiler: keep sys.path free of writable "
         "folders (the guard verifies what it mounts at /rom).",
+        audit=(AP_COMPILER,),
     ),
     Interface(
         "flash-api", "Flash read APIs (esp.flash_read, esp32.Partition, rp2.Flash, pyb.Flash)",
@@ -777,6 +888,7 @@ INTERFACES: tuple[Interface, ...] = (
         _CODE_EXEC_LEVERS,
         "Stock firmware cannot hide the flash from its own Python code: secrets on the device "
         "are only as safe as the closing of every way to run code.",
+        audit=(AP_FLASH_API,),
     ),
     Interface(
         "rom-download", "ESP ROM serial download mode (esptool)",

@@ -5,6 +5,13 @@
 # mounts the flash image as the root filesystem, as on a board, and returns, so
 # `-i` drops into the REPL (the host reaches it over a pty). Runs nothing else:
 # no boot.py, no main.py.
+#
+#   micropython simrepl.py FLASH.img boot
+#
+# (without -i) is the board's power-on instead: boot.py, then main.py, as a board
+# runs them. Its exit code says how it ended, and simlink.py does what a board
+# would next: 17 (the guard reset the board) boots again, 18 (locked idle) stays
+# silent, anything else (main.py returned or raised) starts the REPL.
 
 import os
 import sys
@@ -17,4 +24,18 @@ vfs.umount("/")
 vfs.mount(flash, "/")
 os.chdir("/")
 sys.path[:] = ["", "/lib", ".frozen"]
+if sys.argv[2:] == ["boot"]:
+    for name in ("boot.py", "main.py"):
+        try:
+            os.stat(name)
+        except OSError:
+            continue
+        try:
+            exec(open(name).read(), {"__name__": "__main__"})
+        except SystemExit:
+            raise
+        except BaseException as e:  # as on a board: the traceback, then on
+            sys.print_exception(e)
+            if name == "main.py":
+                sys.exit(1)
 del os, sys, vfs, simflash, flash

@@ -1,0 +1,55 @@
+"""Releases and virtual boards for the audit and warranty tests."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from mpseal.build.package import build
+from mpseal.build.project import Project
+from mpseal.device.sim import VirtualBoard
+
+RETURNING_MAIN = """\
+from mpseal_guard import confirm
+def main():
+    print("running {version}")
+    confirm()
+"""
+
+# Confirms its trial, then runs for ever: what a product's main loop does.
+LOOPING_MAIN = """\
+import time
+from mpseal_guard import confirm
+def main():
+    print("running {version}")
+    confirm()
+    while True:
+        time.sleep(1)
+"""
+
+
+def release(project: Path, version: str, counter: int, main: str = RETURNING_MAIN,
+            profile: str | None = None) -> bytes:
+    """Set the project's version/counter/main.py (and profile), build, return the artifact."""
+    cfg = project / "mpseal.toml"
+    text = cfg.read_text()
+    text = re.sub(r'version = "[^"]*"', f'version = "{version}"', text, count=1)
+    text = re.sub(r"security_counter = \d+", f"security_counter = {counter}", text)
+    if profile:
+        text = re.sub(r'profile = "[^"]*"', f'profile = "{profile}"', text)
+    cfg.write_text(text)
+    (project / "app" / "main.py").write_text(main.format(version=version))
+    proj = Project.load(project)
+    return build(proj, proj.release_signer()).path.read_bytes()
+
+
+def board_running(project: Path, folder: Path, profile: str = "dev",
+                  main: str = RETURNING_MAIN) -> VirtualBoard:
+    """A virtual board whose guard (``profile``) runs release 1.0.0 (counter 1), committed."""
+    blob = release(project, "1.0.0", 1, main, profile=profile)
+    board = VirtualBoard.create(folder, flash_size=1024 * 1024)
+    board.install(blob, Project.load(project).trust_root(), profile=profile)
+    report = board.boot() if main == RETURNING_MAIN else None
+    if report is not None:
+        assert report.ran() == [("hello", "1.0.0", 1)], report.output
+    return board
