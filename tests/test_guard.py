@@ -3,7 +3,6 @@ rollbacks, lockdown, service unlock, power cuts and a small heap."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path

@@ -112,7 +112,6 @@ def test_replay_of_an_older_timestamp(world: World, device) -> None:
 
 def test_mix_and_match_of_two_releases(world: World, device) -> None:
     """The timestamp names release 2.0.0; the mirror serves 3.0.0 (also validly signed)."""
-    from ota_support import serve_offer
 
     world.publish(world.release("2.0.0", 2))
     v3 = world.release("3.0.0", 2)
@@ -276,7 +275,6 @@ def test_a_trust_root_that_would_orphan_the_running_release_is_refused(world: Wo
     """Raising the release threshold while devices run a one-key release would leave them
     nothing to boot: the device refuses the new root until a release signed for it exists."""
     from conftest import run_mpseal
-    from ota_support import offer_json
 
     world.publish(world.release("2.0.0", 2))
     offer = world.admin().get("/v1/admin/releases").json()["releases"][0]

@@ -14,7 +14,6 @@ from serial_boards import MicrobitBoard, VirtualBoardOnPty, qemu_microbit
 
 from mpseal.build.project import Project
 from mpseal.crypto import secretbox
-from mpseal.fleet.models import Certificate
 from mpseal.fleet.provision import (
     CERT,
     KEY,
