@@ -248,3 +248,16 @@ def test_openapi_is_served_and_docs_copy_matches(tmp_path: Path, keys: Keys) -> 
     paths = set(served["paths"])
     assert {"/v1/device/check", "/v1/device/report", "/v1/timestamp/{channel}.mpst",
             "/v1/roots/{version}.mpsr", "/v1/artifacts/{sha256}.mpseal"} <= paths
+
+
+def test_downloads_can_be_redirected_to_a_cdn(tmp_path: Path, keys: Keys) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    fleet = register(url, 1)
+    cfg = config_for(url, keys, tmp_path, artifact_base_url="https://cdn.example.com/fw/")
+    with running_server(cfg) as srv, httpx.Client(base_url=srv.url) as dev:
+        name = "ab" * 32 + ".mpseal"
+        r = dev.get(f"/v1/artifacts/{name}", headers=fleet.headers("dev-00000"))
+        assert r.status_code == 302
+        assert r.headers["location"] == f"https://cdn.example.com/fw/{name}"
+        # Still only for devices: the redirect is not handed to anyone.
+        assert dev.get(f"/v1/artifacts/{name}").status_code == 401

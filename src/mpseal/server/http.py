@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from mpseal.errors import BadDataError, FormatError, TransportError, UsageError
+from mpseal.errors import BadDataError, ConfigError, FormatError, TransportError, UsageError
 from mpseal.formats import jsondoc
 
 log = logging.getLogger("mpseal.server")
@@ -55,6 +55,9 @@ def api_error_for(exc: Exception) -> ApiError:
         return exc
     if isinstance(exc, BadDataError):
         return ApiError(400, str(exc))
+    if isinstance(exc, ConfigError):  # the server's own setup, not the request
+        log.error("server configuration: %s", exc)
+        return ApiError(503, "the update server is misconfigured; see its log")
     if isinstance(exc, UsageError):
         return ApiError(409, str(exc))
     if isinstance(exc, TransportError):
