@@ -307,3 +307,13 @@ def test_sealed_profile_reports_each_lever_and_what_the_port_lacks(project: Path
     for lever in ("dupterm detached", "UART REPL off", "USB CDC/MSC off"):
         assert f"{lever}: unavailable" in line
     assert report.exit_codes[-1] == 17  # never the REPL
+
+
+def test_a_refused_stage_is_in_the_boot_log(device) -> None:
+    board, project = device
+    blob = bytearray(set_release(project, "2.0", 2))
+    blob[-3] ^= 0x40
+    with pytest.raises(PolicyError):
+        board.install(bytes(blob), root_of(project), check_on_host=False)
+    assert any("stage refused: image hash does not match" in ln
+               for ln in board.status()["log"])

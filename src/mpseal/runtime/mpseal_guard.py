@@ -146,6 +146,9 @@ def stage(src):
         cfg = config()
         r = rel_mod.copy_verified(f, slot_path(slot) + ".tmp", root, cfg["board"],
                                   _state.counter, cfg["max_image"])
+    except Refused as e:
+        log("stage refused: %s" % e)  # kept: the warranty check reads these
+        raise
     finally:
         if isinstance(src, str):
             f.close()
