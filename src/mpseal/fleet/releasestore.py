@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import and_, case, create_engine, func, insert, select, update
+from sqlalchemy import and_, bindparam, case, create_engine, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
@@ -88,6 +88,20 @@ class TimestampRecord:
 
 class _Lost(Exception):
     """Another server process replaced the timestamp first: roll back, nothing to do."""
+
+
+# The hot lookups, built once (their compiled form is cached): devices by token hash or by
+# certificate fingerprint, each with the releases it refused or rolled back.
+_FAILED = and_(DeviceUpdate.device_id == Device.id, DeviceUpdate.state.in_(FAILED_EVENTS))
+_COLUMNS = (Device.id, Device.hardware_id, Device.group.label("group"), DeviceUpdate.release_id)
+_BY_TOKEN = (select(Device.token_hash, *_COLUMNS).outerjoin(DeviceUpdate, _FAILED)
+             .where(Device.token_hash.in_(bindparam("keys", expanding=True)),
+                    Device.state == "active"))
+_BY_FINGERPRINT = (select(Certificate.fingerprint, *_COLUMNS, Certificate.not_after)
+                   .select_from(Certificate).join(Device, Certificate.device_id == Device.id)
+                   .outerjoin(DeviceUpdate, _FAILED)
+                   .where(Certificate.fingerprint.in_(bindparam("keys", expanding=True)),
+                          Certificate.status == "valid", Device.state == "active"))
 
 
 class ReleaseStore:
@@ -273,23 +287,14 @@ class ReleaseStore:
         The same rule as ``Registry.is_allowed``: an active device; for a certificate,
         one that is valid and not expired. A certificate of no device is no device.
         """
-        failed = and_(DeviceUpdate.device_id == Device.id, DeviceUpdate.state.in_(FAILED_EVENTS))
-        cols = (Device.id, Device.hardware_id, Device.group.label("group"), DeviceUpdate.release_id)
         found: dict[tuple[str, str], list[Any]] = {}
         now = utcnow()
-        with self._reading() as s:
+        with self._reading() as conn:
             for chunk in _chunks(list(token_hashes), 500):
-                q = (select(Device.token_hash, *cols).outerjoin(DeviceUpdate, failed)
-                     .where(Device.token_hash.in_(chunk), Device.state == "active"))
-                for row in s.execute(q):
+                for row in conn.execute(_BY_TOKEN, {"keys": chunk}):
                     found.setdefault(("token", row[0]), []).append(row)
             for chunk in _chunks([f.lower() for f in fingerprints], 500):
-                q = (select(Certificate.fingerprint, *cols, Certificate.not_after)
-                     .select_from(Certificate).join(Device, Certificate.device_id == Device.id)
-                     .outerjoin(DeviceUpdate, failed)
-                     .where(Certificate.fingerprint.in_(chunk), Certificate.status == "valid",
-                            Device.state == "active"))
-                for row in s.execute(q):
+                for row in conn.execute(_BY_FINGERPRINT, {"keys": chunk}):
                     if _aware(row.not_after) >= now:
                         found.setdefault(("cert", row[0]), []).append(row)
         return {key: DeviceView(rows[0].id, rows[0].hardware_id, rows[0].group,
