@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import run_mpseal
 
-pytest.importorskip("espsecure", reason="needs esptool>=4.8 (the espsecure round trip)")
+import espsecure  # noqa: F401,E402 - esptool is a dependency: missing it fails, never skips
 
 from mpseal.errors import FormatError, SignatureError, UsageError
 from mpseal.lockdown import esp32_signing as esp
