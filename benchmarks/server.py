@@ -153,16 +153,23 @@ def database(kind: str, folder: Path) -> Iterator[str]:
 @contextmanager
 def server(url: str, keys: Any, folder: Path, port: int, workers: int,
            cache_seconds: float) -> Iterator[None]:
+    with ExitStack() as stack:
+        yield from _server(stack, url, keys, folder, port, workers, cache_seconds)
+
+
+def _server(stack: ExitStack, url: str, keys: Any, folder: Path, port: int, workers: int,
+            cache_seconds: float) -> Iterator[None]:
     import httpx
     from server_support import ADMIN_TOKEN
 
     env = {**os.environ, "MPSEAL_ADMIN_TOKEN": ADMIN_TOKEN}
+    log = stack.enter_context(open(folder / "server.log", "wb"))  # noqa: SIM115 (closed by the stack)
     proc = subprocess.Popen(
         [str(MPSEAL), "serve", "--db", url, "--port", str(port), "--workers", str(workers),
          "--roots", str(keys.roots_dir), "--timestamp-key", str(keys.folder / "timestamp.pem"),
          "--artifacts", str(folder / "artifacts"), "--cache-seconds", str(cache_seconds)],
         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=open(folder / "server.log", "wb"), start_new_session=True)
+        stderr=log, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -228,7 +235,7 @@ def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
                                         "seconds": args.seconds,
                                         "devices": sorted(fleet.tokens.items())}))
             out = subprocess.run([sys.executable, __file__, "--loadgen", str(spec)],
-                                 capture_output=True, text=True,
+                                 capture_output=True, text=True, check=False,
                                  timeout=args.seconds + WARMUP_SECONDS + 120)
             if out.returncode != 0:
                 raise RuntimeError(out.stderr[-2000:])

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -102,7 +102,7 @@ def register(url: str, n: int, prefix: str = "dev", groups: dict[str, str] | Non
         idents.append(Identity(
             hardware_id=hw, board=board, group=(groups or {}).get(hw, "default"),
             cert=CertRecord("device", f"CN={hw}", os.urandom(16).hex(), fp,
-                            datetime.now(timezone.utc) + timedelta(days=365)),
+                            datetime.now(UTC) + timedelta(days=365)),
             token_hash=token_hash(token)))
         fleet.tokens[hw] = token
         fleet.fingerprints[hw] = fp

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
+from itertools import pairwise
 from pathlib import Path
 
 import httpx
@@ -118,7 +119,7 @@ def test_two_server_processes_on_one_database_agree(db_url: str, keys: Keys,
         with ThreadPoolExecutor(4) as pool:
             runs = list(pool.map(hammer, [(a, 0), (b, 1), (a, 2), (b, 3)]))
         for run in runs:
-            assert all(x < y for x, y in zip(run, run[1:])) and run[0] > seen[-1]
+            assert all(x < y for x, y in pairwise(run)) and run[0] > seen[-1]
         final = version(a)
         assert final == version(b) >= max(max(r) for r in runs)
         raw = httpx.get(f"{a}/v1/timestamp/stable.mpst", headers=h).content

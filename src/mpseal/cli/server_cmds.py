@@ -62,7 +62,8 @@ def serve(project_dir: Path, db_url: str | None, host: str, port: int, workers: 
     """Run the update server (device API and admin API) with uvicorn."""
     from mpseal.fleet.registry import default_url
     from mpseal.server.config import ServerSettings, admin_token_hash
-    from mpseal.server.run import RunOptions, serve as run_server
+    from mpseal.server.run import RunOptions
+    from mpseal.server.run import serve as run_server
 
     project = _project(project_dir)
     if project is None and not (roots and timestamp_key):

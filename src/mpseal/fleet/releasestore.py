@@ -11,10 +11,10 @@ replaced if it is still the one the caller read (optimistic concurrency).
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, bindparam, case, create_engine, func, insert, select, update
@@ -22,6 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.expression import Executable
 
 from mpseal.errors import TransportError, UsageError
 from mpseal.fleet.models import Certificate, Device, Event, utcnow
@@ -142,7 +143,7 @@ class ReleaseStore:
             rel = self._release(s, release_id)
             return _info(rel, self._pins(s, [rel.id]).get(rel.id, frozenset()))
 
-    def list(self, channel: str | None = None, policy: HaltPolicy | None = None,
+    def releases(self, channel: str | None = None, policy: HaltPolicy | None = None,
              now: datetime | None = None, stats: bool = True) -> list[ReleaseInfo]:
         """Every release, oldest first, with its per-device counts (unless ``stats`` is off)."""
         with self.registry.session() as s:
@@ -292,11 +293,11 @@ class ReleaseStore:
         with self._reading() as conn:
             for chunk in _chunks(list(token_hashes), 500):
                 for row in conn.execute(_BY_TOKEN, {"keys": chunk}):
-                    found.setdefault(("token", row[0]), []).append(row)
+                    found.setdefault(("token", str(row[0])), []).append(row)
             for chunk in _chunks([f.lower() for f in fingerprints], 500):
-                for row in conn.execute(_BY_FINGERPRINT, {"keys": chunk}):
-                    if _aware(row.not_after) >= now:
-                        found.setdefault(("cert", row[0]), []).append(row)
+                for cert_row in conn.execute(_BY_FINGERPRINT, {"keys": chunk}):
+                    if _aware(cert_row.not_after) >= now:
+                        found.setdefault(("cert", str(cert_row[0])), []).append(cert_row)
         return {key: DeviceView(rows[0].id, rows[0].hardware_id, rows[0].group,
                                 frozenset(r.release_id for r in rows if r.release_id is not None))
                 for key, rows in found.items()}
@@ -396,21 +397,22 @@ def _insert_for(dialect: str) -> Callable:  # type: ignore[type-arg]
     return postgresql.insert if dialect == "postgresql" else sqlite.insert
 
 
-def _upsert_for(dialect: str) -> Callable[[dict[str, object]], object]:
+def _upsert_for(dialect: str) -> Callable[[dict[str, object]], Executable]:
     ins = _insert_for(dialect)
 
-    def upsert(values: dict[str, object]) -> object:
+    def upsert(values: dict[str, object]) -> Executable:
         stmt = ins(DeviceUpdate).values(**values)
-        return stmt.on_conflict_do_update(
+        done: Executable = stmt.on_conflict_do_update(
             index_elements=["device_id", "release_id"],
             set_={"state": stmt.excluded.state, "reason": stmt.excluded.reason,
                   "updated_at": stmt.excluded.updated_at})
+        return done
 
     return upsert
 
 
 def _aware(dt: datetime) -> datetime:
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 def _chunks(items: list[str], n: int) -> Iterator[list[str]]:

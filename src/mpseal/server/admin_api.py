@@ -69,7 +69,7 @@ async def list_releases(request: Request) -> Response:
     channel = request.query_params.get("channel")
     if channel is not None:
         checked(channel, CHANNEL, "channel")
-    infos = await server.run(server.store.list, channel, server.config.halt_policy)
+    infos = await server.run(server.store.releases, channel, server.config.halt_policy)
     return json_ok({"releases": [i.to_dict() for i in infos]})
 
 
@@ -96,20 +96,24 @@ async def promote(request: Request) -> Response:
     server = _server(request)
     info = await _release(server, request)
     f = await read_json(request, server.config.limits.json_body_max, "promote request")
-    given = [k for k in ("percent", "group", "pin") if k in f.keys()]
+    present: set[str] = set(f.keys())
+    given = [k for k in ("percent", "group", "pin") if k in present]
     if len(given) != 1:
         raise ApiError(400, "promote takes exactly one of percent, group or pin")
-    kwargs: dict[str, object] = {}
+    percent: float | None = None
+    group: str | None = None
+    pin: str | None = None
     if given[0] == "percent":
         value = f.raw()["percent"]
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 100:
             raise ApiError(400, "percent must be a number 0..100")
-        kwargs["percent"] = float(value)
+        percent = float(value)
     elif given[0] == "group":
-        kwargs["group"] = checked(f.req_str("group", 64), GROUP, "group")
+        group = checked(f.req_str("group", 64), GROUP, "group")
     else:
-        kwargs["pin"] = checked(f.req_str("pin", 64), HARDWARE_ID, "pin")
-    updated = await server.run(lambda: server.store.promote(info.view.id, **kwargs))
+        pin = checked(f.req_str("pin", 64), HARDWARE_ID, "pin")
+    updated = await server.run(lambda: server.store.promote(info.view.id, percent=percent,
+                                                            group=group, pin=pin))
     await server.changed(info.view.channel)
     return json_ok({"release": updated.to_dict()})
 

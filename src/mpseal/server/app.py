@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -12,9 +13,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from mpseal.errors import MpsealError
 from mpseal.server import admin_api, device_api
 from mpseal.server.config import ServerConfig, ServerSettings
-from mpseal.errors import MpsealError
 from mpseal.server.http import ApiError, handle_error
 from mpseal.server.openapi import spec
 from mpseal.server.service import UpdateServer
@@ -68,10 +69,9 @@ def create_app(config: ServerConfig) -> DeviceFastPath:
     routes = [Route("/openapi.json", openapi, methods=["GET"]),
               Route("/healthz", health, methods=["GET"]),
               *device_api.ROUTES, *admin_api.ROUTES]
-    handlers = {HTTPException: handle_error, ApiError: handle_error, MpsealError: handle_error,
-                Exception: handle_error}
-    app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers=handlers)  # type: ignore[arg-type]
+    handlers: dict[Any, Any] = {HTTPException: handle_error, ApiError: handle_error,
+                                MpsealError: handle_error, Exception: handle_error}
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
     app.state.server = server
     return DeviceFastPath(app)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self, cast
 from urllib.parse import quote
 
 import httpx
@@ -44,7 +44,7 @@ class AdminClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> AdminClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -71,13 +71,13 @@ class AdminClient:
             raise UsageError(message)
         if resp.status_code >= 300 or not isinstance(body, dict):
             raise TransportError(f"update server error: {message}")
-        return body
+        return cast(dict[str, Any], body)
 
     def publish(self, path: Path, channel: str) -> dict[str, Any]:
         blob = read_limited(path, DEFAULT_LIMITS.artifact_max_length, "artifact")
-        return self._call("POST", "/v1/admin/releases", params={"channel": channel},
-                          content=blob,
-                          headers={"Content-Type": "application/octet-stream"})["release"]
+        return _obj(self._call("POST", "/v1/admin/releases", params={"channel": channel},
+                               content=blob,
+                               headers={"Content-Type": "application/octet-stream"})["release"])
 
     def releases(self, channel: str | None = None) -> list[dict[str, Any]]:
         params = {"channel": channel} if channel else {}
@@ -97,14 +97,20 @@ class AdminClient:
         return found[0]
 
     def promote(self, release_id: int, **change: object) -> dict[str, Any]:
-        return self._call("POST", f"/v1/admin/releases/{release_id}/promote",
-                          json=change)["release"]
+        return _obj(self._call("POST", f"/v1/admin/releases/{release_id}/promote",
+                               json=change)["release"])
 
     def set_state(self, release_id: int, action: str) -> dict[str, Any]:
         if action not in ("pause", "resume"):
             raise UsageError(f"unknown release action {action!r}")
-        return self._call("POST", f"/v1/admin/releases/{release_id}/{action}")["release"]
+        return _obj(self._call("POST", f"/v1/admin/releases/{release_id}/{action}")["release"])
 
     def revoke(self, hardware_id: str, reason: str) -> dict[str, Any]:
         return self._call("POST", f"/v1/admin/devices/{quote(hardware_id, safe='')}/revoke",
                           json={"reason": reason})
+
+
+def _obj(value: object) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TransportError("the update server's answer is not what was expected")
+    return cast(dict[str, Any], value)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -45,7 +46,8 @@ def one_line(text: str) -> str:
     return line[:MESSAGE_MAX] or "error"
 
 
-def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+def error_response(status: int, message: str,
+                   headers: Mapping[str, str] | None = None) -> Response:
     return JSONResponse({"error": one_line(message)}, status_code=status, headers=headers)
 
 

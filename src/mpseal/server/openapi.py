@@ -43,8 +43,8 @@ def _path_param(name: str, schema: dict[str, Any], description: str) -> dict[str
             "description": description}
 
 
-DEVICE = [{"deviceCert": []}, {"deviceToken": []}]
-ADMIN = [{"adminToken": []}]
+DEVICE: list[dict[str, list[str]]] = [{"deviceCert": []}, {"deviceToken": []}]
+ADMIN: list[dict[str, list[str]]] = [{"adminToken": []}]
 RELEASE_ID = _path_param("release_id", {"type": "integer", "minimum": 1}, "Release id")
 
 

@@ -27,7 +27,7 @@ class TlsHttpToolsProtocol(HttpToolsProtocol):
 
     _tls: dict[str, Any] | None = None
 
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+    def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is None:
@@ -41,7 +41,8 @@ class TlsHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         if self._tls is not None:
-            self.scope["extensions"] = {"tls": self._tls}  # type: ignore[typeddict-unknown-key]
+            scope: dict[str, Any] = self.scope  # type: ignore[assignment]
+            scope["extensions"] = {"tls": self._tls}
 
 
 @dataclass(frozen=True)

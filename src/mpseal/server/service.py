@@ -65,10 +65,11 @@ class UpdateServer:
         return await self.devices.get(key, lambda: self._device_batches.get(key))
 
     async def _load_devices(self, keys: list[Hashable]) -> dict[Hashable, DeviceView]:
-        tokens = [v for k, v in keys if k == "token"]  # type: ignore[misc]
-        fingerprints = [v for k, v in keys if k == "cert"]  # type: ignore[misc]
+        pairs = [key for key in keys if isinstance(key, tuple)]
+        tokens = [str(v) for k, v in pairs if k == "token"]
+        fingerprints = [str(v) for k, v in pairs if k == "cert"]
         found = await self.run(partial(self.store.devices, tokens, fingerprints))
-        return dict(found)
+        return {key: view for key, view in found.items()}
 
     async def channel_releases(self, channel: str, app: str, board: str) -> list[ReleaseView]:
         return await self.releases.get(
@@ -103,7 +104,7 @@ class UpdateServer:
     async def maintain(self) -> None:
         """Halt releases whose trials timed out; keep every channel's timestamp fresh."""
         policy = self.config.halt_policy
-        infos = await self.run(self.store.list, None, policy)
+        infos = await self.run(self.store.releases, None, policy)
         for info in infos:
             if info.view.state != "halted" and halt_reason(info.stats, policy):
                 await self.check_halt(info.view.id)

@@ -71,7 +71,7 @@ class TimestampService:
 
     def desired(self, channel: str, root: TrustRoot) -> tuple[list[Target], str]:
         """The targets the channel's timestamp should name (newest first) and their digest."""
-        infos = {i.view.id: i for i in self.store.list(channel, stats=False)}
+        infos = {i.view.id: i for i in self.store.releases(channel, stats=False)}
         targets = [target_of(infos[v.id]) for v in current_releases(i.view for i in
                                                                      infos.values())]
         digest = hashlib.sha256(json.dumps(
