@@ -192,3 +192,17 @@ def test_admin_cli_round_trip(keys: Keys, tmp_path: Path) -> None:
         table = run_mpseal("release", "list", "--server", url,
                            env={"MPSEAL_ADMIN_TOKEN": ADMIN_TOKEN})
         assert table.returncode == 0 and "1.1.0" in table.stdout and "default" in table.stdout
+
+
+def test_serve_refuses_a_timestamp_key_devices_would_not_accept(keys: Keys,
+                                                                tmp_path: Path) -> None:
+    from mpseal.crypto.keys import PrivateKeySigner
+
+    stray = tmp_path / "stray.pem"
+    stray.write_bytes(PrivateKeySigner.generate().to_pem())
+    res = run_mpseal("serve", "--db", f"sqlite:///{tmp_path / 'db.sqlite'}", "--port",
+                     str(free_port()), "--workers", "2", "--roots", keys.roots_dir,
+                     "--timestamp-key", stray, "--artifacts", tmp_path / "a", timeout=60)
+    assert res.returncode == 2
+    assert "not in the timestamp role of trust root 1" in res.stderr
+    assert "Traceback" not in res.stderr

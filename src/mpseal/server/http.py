@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from mpseal.errors import BadDataError, ConfigError, FormatError, TransportError, UsageError
@@ -68,6 +68,8 @@ def api_error_for(exc: Exception) -> ApiError:
 
 
 async def handle_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, ClientDisconnect):  # the client left mid-request: nobody to answer
+        return error_response(400, "client disconnected")
     if isinstance(exc, HTTPException):
         return error_response(exc.status_code, exc.detail or "error", exc.headers)
     try:

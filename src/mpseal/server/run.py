@@ -77,13 +77,18 @@ def uvicorn_kwargs(options: RunOptions) -> dict[str, Any]:
 def serve(settings: ServerSettings, options: RunOptions, passphrase: bytes | None = None) -> None:
     """Run until interrupted. The schema is migrated once here, before any worker starts."""
     from mpseal.fleet.registry import Registry
+    from mpseal.server.roots import RootStore
+    from mpseal.server.timestamps import check_timestamp_key
 
-    Registry.open(settings.database_url, upgrade=True).engine.dispose()
     kw = uvicorn_kwargs(options)
+    config = settings.load(passphrase)  # fails here, once, on a bad key or trust root
+    check_timestamp_key(RootStore(config.roots_dir, config.trust_root_file).newest(),
+                        config.timestamp_signer)
+    Registry.open(settings.database_url, upgrade=True).engine.dispose()
     if options.workers <= 1:
         from mpseal.server.app import create_app
 
-        uvicorn.run(create_app(settings.load(passphrase)), **kw)
+        uvicorn.run(create_app(config), **kw)
         return
     os.environ[SETTINGS_ENV] = ServerSettings(**{**settings.__dict__, "migrate": False}).to_env()
     if passphrase is not None:

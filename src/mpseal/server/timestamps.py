@@ -37,6 +37,19 @@ class CurrentTimestamp:
     targets: dict[str, dict[str, object]]  # manifest SHA-256 -> target, exactly as signed
 
 
+def check_timestamp_key(root: TrustRoot, signer: Signer) -> TrustRoot:
+    """``root``, if devices holding it accept timestamps signed by ``signer`` alone."""
+    role = root.roles.get(ROLE)
+    if role is None or signer.public_key.keyid not in role.keyids:
+        raise ConfigError(
+            f"the timestamp key {signer.public_key.keyid[:16]} is not in the timestamp role of "
+            f"trust root {root.version}; devices would refuse every timestamp (see 'mpseal keys')")
+    if role.threshold > 1:
+        raise ConfigError(f"trust root {root.version} needs {role.threshold} timestamp "
+                          "signatures; the server signs with one key")
+    return root
+
+
 def target_of(info: ReleaseInfo) -> Target:
     v = info.view
     return Target(app=v.app, board=v.board, version=v.version, counter=v.counter,
@@ -57,17 +70,7 @@ class TimestampService:
 
     def check_key(self) -> TrustRoot:
         """The newest trust root, after checking it names our key in its timestamp role."""
-        root = self.roots.newest()
-        role = root.roles.get(ROLE)
-        if role is None or self.signer.public_key.keyid not in role.keyids:
-            raise ConfigError(
-                f"the timestamp key {self.signer.public_key.keyid[:16]} is not in the timestamp "
-                f"role of trust root {root.version}; devices would refuse every timestamp "
-                "(add it with 'mpseal keys')")
-        if role.threshold > 1:
-            raise ConfigError(f"trust root {root.version} needs {role.threshold} timestamp "
-                              "signatures; the server signs with one key")
-        return root
+        return check_timestamp_key(self.roots.newest(), self.signer)
 
     def desired(self, channel: str, root: TrustRoot) -> tuple[list[Target], str]:
         """The targets the channel's timestamp should name (newest first) and their digest."""
