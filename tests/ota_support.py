@@ -119,15 +119,18 @@ class World:
     mirror: Mirror
     tmp: Path
     boards: list[VirtualBoard] = field(default_factory=list)
+    clients: list[httpx.Client] = field(default_factory=list)
 
     @property
     def proj(self) -> Project:
         return Project.load(self.project)
 
     def admin(self) -> httpx.Client:
-        return httpx.Client(base_url=self.server_url, timeout=30,
-                            verify=ssl.create_default_context(cafile=str(self.ca_dir / "root.pem")),
-                            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        client = httpx.Client(base_url=self.server_url, timeout=30,
+                              verify=ssl.create_default_context(cafile=str(self.ca_dir / "root.pem")),
+                              headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        self.clients.append(client)  # closed at teardown: an open keep-alive delays shutdown
+        return client
 
     def release(self, version: str, counter: int, health: str = "pass") -> bytes:
         cfg = self.project / "mpseal.toml"
@@ -205,11 +208,14 @@ def ota_world(tmp: Path, db_url: str, project: Path) -> Iterator[World]:
         mirror = Mirror(server.url, cert, key, ca_dir / "root.pem")
         thread = threading.Thread(target=mirror.serve_forever, daemon=True)
         thread.start()
+        world = World(project, ca_dir, db_url, server.url, mirror, tmp)
         try:
-            yield World(project, ca_dir, db_url, server.url, mirror, tmp)
+            yield world
         finally:
             mirror.shutdown()
             mirror.client.close()
+            for client in world.clients:
+                client.close()
 
 
 def guard_log(board: VirtualBoard) -> list[str]:
