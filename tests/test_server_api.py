@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
+import time
 from pathlib import Path
 
 import httpx
@@ -261,3 +262,27 @@ def test_downloads_can_be_redirected_to_a_cdn(tmp_path: Path, keys: Keys) -> Non
         assert r.headers["location"] == f"https://cdn.example.com/fw/{name}"
         # Still only for devices: the redirect is not handed to anyone.
         assert dev.get(f"/v1/artifacts/{name}").status_code == 401
+
+
+def test_a_new_trust_root_is_served_and_named_at_once(tmp_path: Path, keys: Keys) -> None:
+    """'mpseal keys' writes roots/<N+1>.mpsr: devices can fetch it and the timestamp names it
+    without waiting for a maintenance round."""
+    from mpseal.formats import trustroot
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    fleet = register(url, 1)
+    h = fleet.headers("dev-00000")
+    with running_server(config_for(url, keys, tmp_path)) as srv, \
+            httpx.Client(base_url=srv.url) as dev:
+        assert dev.get("/v1/roots/2.mpsr", headers=h).status_code == 404
+        old = keys.trust_root
+        new = trustroot.TrustRoot(2, old.keys, old.roles)
+        (keys.roots_dir / "2.mpsr").write_bytes(trustroot.sign_update(old, new, [keys.root]))
+        assert dev.get("/v1/roots/2.mpsr", headers=h).content == (
+            keys.roots_dir / "2.mpsr").read_bytes()
+        time.sleep(0.3)  # the server's caches (0.2 s in these tests)
+        answer = dev.post("/v1/device/check", json=check_body("dev-00000"), headers=h).json()
+        assert answer["root_version"] == 2
+        raw = dev.get("/v1/timestamp/stable.mpst", headers=h).content
+        assert parse_timestamp(raw, trustroot.parse((keys.roots_dir / "2.mpsr").read_bytes())
+                               ).root_version == 2

@@ -48,7 +48,12 @@ class RootStore:
     def read(self, version: int) -> bytes | None:
         path = self.current().files.get(version)
         if path is None:
-            return None
+            # Added since the last scan (``mpseal keys``): serve it now, rescan next time.
+            path = self.roots_dir / f"{version}.mpsr"
+            if not path.is_file():
+                return None
+            with self._lock:
+                self._cached = None
         return read_limited(path, DEFAULT_LIMITS.root_max_length, "trust root")
 
     def _scan(self) -> Roots:

@@ -36,7 +36,7 @@ class UpdateServer:
         self.registry = Registry.open(config.database_url, upgrade=config.migrate)
         self.store = ReleaseStore(self.registry)
         self.roots = RootStore(config.roots_dir, config.trust_root_file,
-                               ttl=max(config.cache_seconds, 1.0))
+                               ttl=max(config.cache_seconds, 0.05))
         self.timestamps = TimestampService(self.store, self.roots, config.timestamp_signer,
                                            config.timestamp_expiry_seconds,
                                            config.refresh_before)

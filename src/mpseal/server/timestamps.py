@@ -133,9 +133,10 @@ class TimestampService:
         rec = self.store.timestamp(channel)
         if rec is None and not create:
             return None
-        if rec is None or rec.expires - now <= self.refresh_before:
-            rec = self.refresh(channel)
         root = self.roots.newest()
+        if (rec is None or rec.expires - now <= self.refresh_before
+                or rec.root_version != root.version):  # a new trust root: name it at once
+            rec = self.refresh(channel)
         try:
             ts = parse_timestamp(rec.data, root, now=rec.issued)
         except MpsealError:  # signed under an older root or key: sign again
