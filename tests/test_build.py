@@ -149,3 +149,17 @@ def test_an_unchanged_build_is_not_redone_but_any_change_is(project: Path) -> No
     assert res["up_to_date"] is False and art.read_bytes()[:8] == b"\x89MPSEAL\n"
     res = run_mpseal("verify", art, "-C", project)
     assert res.returncode == 0, res.stderr
+
+
+def test_a_damaged_compile_cache_is_a_miss_not_an_error(project: Path) -> None:
+    import json
+
+    assert run_mpseal("build", "-C", project).returncode == 0
+    pack = project / ".mpseal-cache" / "mpy" / "mpy.pack"
+    pack.write_bytes(pack.read_bytes()[: pack.stat().st_size // 2])
+    (project / "app" / "main.py").write_text("def main():\n    print('edited')\n")
+    res = run_mpseal("build", "-C", project, "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["compiled"] == 2  # nothing usable in the damaged cache
+    again = json.loads(run_mpseal("build", "-C", project, "--json").stdout)
+    assert again["up_to_date"] is True

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 import subprocess
-import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -68,7 +68,52 @@ def find_compiler(mpy_version: str) -> Path:
     return path
 
 
+PACK = "mpy.pack"
+_PACK_MAGIC = b"MPSEALC1"
+_ENTRY = struct.Struct("<32sI")
+PACK_MAX = 256 * 1024 * 1024
+
+
+def _read_pack(path: Path) -> dict[bytes, bytes]:
+    """Compiled modules by key; a missing or damaged pack is an empty cache."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return {}
+    if data[:8] != _PACK_MAGIC or len(data) > PACK_MAX:
+        return {}
+    out: dict[bytes, bytes] = {}
+    pos = 8
+    while pos < len(data):
+        if pos + _ENTRY.size > len(data):
+            return {}
+        key, n = _ENTRY.unpack_from(data, pos)
+        pos += _ENTRY.size
+        if pos + n > len(data):
+            return {}
+        out[key] = data[pos : pos + n]
+        pos += n
+    return out
+
+
+def _write_pack(path: Path, entries: dict[bytes, bytes]) -> None:
+    """One file for the whole cache, renamed into place; no fsync (a lost cache is a miss)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = bytearray(_PACK_MAGIC)
+    for key in sorted(entries):
+        body += _ENTRY.pack(key, len(entries[key])) + entries[key]
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(body)
+    os.replace(tmp, path)
+
+
 class Compiler:
+    """mpy-cross over many modules at once, cached by content in ``cache_dir/mpy.pack``.
+
+    The cache is one file, read once and written once per build: a build of hundreds
+    of modules costs two file operations for its cache, not hundreds.
+    """
+
     def __init__(self, options: CompileOptions, cache_dir: Path | None, jobs: int | None = None):
         self.options = options
         self.binary = find_compiler(options.mpy_version)
@@ -81,31 +126,15 @@ class Compiler:
         self.hits = 0
         self.misses = 0
 
-    def _key(self, module: Module) -> str:
+    def _key(self, module: Module) -> bytes:
         h = hashlib.sha256()
         for part in (self._tool_id.encode(), module.name.encode(), module.source):
             h.update(len(part).to_bytes(8, "little"))
             h.update(part)
-        return h.hexdigest()
+        return h.digest()
 
-    def _compile_one(self, module: Module) -> tuple[bytes, bool]:
-        """Return the .mpy bytes and whether they came from the cache."""
-        cached = self.cache_dir / f"{self._key(module)}.mpy" if self.cache_dir else None
-        if cached is not None:
-            try:
-                data = cached.read_bytes()
-            except FileNotFoundError:
-                pass
-            else:
-                if data[:1] == b"M":  # a damaged entry (a crash mid-write) is a miss
-                    return data, True
-        out = None
-        if cached is not None:
-            # mpy-cross writes the entry itself: no pipe copy, no fsync (a cache entry lost
-            # to a crash is compiled again), renamed into place only when complete.
-            out = cached.with_name(f".{cached.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        cmd = [str(self.binary), *self.options.args(), "-s", module.name,
-               *(["-o", str(out)] if out else []), "-"]
+    def _compile(self, module: Module) -> bytes:
+        cmd = [str(self.binary), *self.options.args(), "-s", module.name, "-"]
         try:
             proc = subprocess.run(cmd, input=module.source, capture_output=True,
                                   timeout=COMPILE_TIMEOUT, check=False)
@@ -114,17 +143,11 @@ class Compiler:
         except OSError as e:
             raise ToolError(f"cannot run mpy-cross ({self.binary}): {e.strerror}") from None
         if proc.returncode != 0:
-            if out is not None:
-                out.unlink(missing_ok=True)
             msg = proc.stderr.decode("utf-8", "replace").strip().replace("<stdin>", module.name)
             last = msg.splitlines()[-1] if msg else "no message"
             where = next((ln.strip() for ln in msg.splitlines() if "line" in ln), "")
             raise CompileError(f"{module.name} does not compile: {last} ({where})".strip())
-        if out is None:
-            return proc.stdout, False
-        data = out.read_bytes()
-        os.replace(out, cached)  # type: ignore[arg-type]
-        return data, False
+        return proc.stdout
 
     def compile_all(self, modules: Iterable[Module],
                     progress: Callable[[str], None] | None = None) -> dict[str, bytes]:
@@ -132,19 +155,31 @@ class Compiler:
         modules = list(modules)
         if len({m.name for m in modules}) != len(modules):
             raise UsageError("two modules have the same name")
-        if self.cache_dir is not None:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
+        pack = _read_pack(self.cache_dir / PACK) if self.cache_dir else {}
+        keys = [self._key(m) for m in modules]
         out: dict[str, bytes] = {}
+        todo = []
+        for m, key in zip(modules, keys):
+            cached = pack.get(key)
+            if cached is not None and cached[:1] == b"M":
+                out[m.name] = cached
+                self.hits += 1
+                if progress:
+                    progress(m.name)
+            else:
+                todo.append(m)
 
-        def run(m: Module) -> tuple[bytes, bool]:
-            result = self._compile_one(m)
+        def run(m: Module) -> bytes:
+            data = self._compile(m)
             if progress:
                 progress(m.name)
-            return result
+            return data
 
-        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
-            for m, (data, hit) in zip(modules, pool.map(run, modules)):
-                out[m.name] = data
-                self.hits += hit
-                self.misses += not hit
-        return out
+        if todo:
+            with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+                for m, data in zip(todo, pool.map(run, todo)):
+                    out[m.name] = data
+            self.misses += len(todo)
+        if self.cache_dir is not None and (todo or len(pack) != len(modules)):
+            _write_pack(self.cache_dir / PACK, {k: out[m.name] for m, k in zip(modules, keys)})
+        return {m.name: out[m.name] for m in modules}
