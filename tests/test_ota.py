@@ -313,3 +313,23 @@ def test_sim_update_cli(world: World, device) -> None:
     assert res.returncode == 0, res.stderr
     assert '"result": "staged"' in res.stdout
     assert runs(device) == "2.0.0"
+
+
+def test_wrong_device_a_release_for_another_product(world: World, device) -> None:
+    from ota_support import serve_offer, stolen_timestamp
+
+    newer = world.release("2.0.0", 2)
+    t = target_for(newer, app="someone-elses-product")
+    serve_offer(world, newer, stolen_timestamp(world, (t,)), t.to_dict())
+    refused(world, device, "no release for this board")
+
+
+def test_a_revoked_device_is_refused_by_the_server(world: World, device) -> None:
+    world.publish(world.release("2.0.0", 2))
+    with world.admin() as admin:
+        r = admin.post(f"/v1/admin/devices/{device.hardware_id}/revoke", json={"reason": "stolen"})
+        assert r.status_code == 200, r.text
+    time.sleep(0.3)  # the server's device cache (0.1 s here) bounds how late revocation bites
+    result = world.ota(device)
+    assert "403" in str(result.get("failed")), result
+    assert runs(device) == "1.0.0"

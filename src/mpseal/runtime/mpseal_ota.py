@@ -177,6 +177,20 @@ def report(cfg, event, version="", reason=""):
         pass
 
 
+def _ensure_clock():
+    """Before the first TLS handshake: mbedTLS checks certificate dates against the clock,
+    which reads 2000 (esp32) or 2021 (rp2) until set. NTP where the port has it; the
+    signed timestamp's `issued` raises the clock again after it verifies (_set_clock)."""
+    if time.gmtime(meta.unix_time() - meta.EPOCH_OFFSET)[0] >= 2025:
+        return
+    try:
+        import ntptime
+
+        ntptime.settime()
+    except Exception:  # noqa: no NTP here: the handshake may fail until the clock is set
+        pass
+
+
 def _set_clock(issued):
     """The clock never goes back, but a device that boots in 2000 learns the time here."""
     if meta.unix_time() >= issued:
@@ -270,6 +284,7 @@ def _fetch_roots(cfg, version):
 def check_once(now=None):
     """One update round. Returns "none" or "staged" (then reset into the trial)."""
     cfg = _config()
+    _ensure_clock()
     board, app = guard.config()["board"], cfg.get("app", "")
     seen = meta.load_seen()
     st = _running()
