@@ -234,3 +234,13 @@ def test_romfs_writer_matches_mpremote_and_reads_back(files: dict[str, bytes]) -
     emit({}, "")
     assert image == ref.finalise()
     assert {f.path: f.data for f in romfs.read(image)} == files
+
+
+@pytest.mark.parametrize("bad", ["1.0\n", "1.0\r", "1.0\n\n", "1 0", "\n"])
+def test_versions_and_names_are_matched_whole(bad: str) -> None:
+    """A trailing newline must not slip past a pattern ("$" matches before one)."""
+    for check in (manifest.check_version, manifest.check_app_name, manifest.check_file_name):
+        with pytest.raises(FormatError):
+            check(bad)
+    with pytest.raises(FormatError):
+        manifest.check_version("1" * 33)

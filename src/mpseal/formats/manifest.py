@@ -36,7 +36,7 @@ def check_file_name(name: str, limits: Limits = DEFAULT_LIMITS) -> str:
         raise FormatError(f"file name {name!r} is empty or too long")
     parts = name.split("/")
     for part in parts:
-        if part in ("", ".", "..") or not _SEGMENT.match(part):
+        if part in ("", ".", "..") or not _SEGMENT.fullmatch(part):
             raise FormatError(
                 f"file name {name!r} is not a plain relative path (letters, digits, _ . - and /)"
             )
@@ -81,13 +81,13 @@ class Manifest:
 
 
 def check_app_name(name: str) -> str:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise FormatError(f"app name {name!r} must be 1-64 of letters, digits, _ . - ")
     return name
 
 
 def check_version(version: str) -> str:
-    if not _VERSION.match(version):
+    if not _VERSION.fullmatch(version):
         raise FormatError(f"version {version!r} must be 1-32 of letters, digits, . + -")
     return version
 
@@ -108,7 +108,7 @@ def parse(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Manifest:
             raise FormatError("manifest file list entry is not [name, size]")
         files.append((check_file_name(item[0], limits), item[1]))
     entry = f.req_str("entry", 64)
-    if not _MODULE.match(entry):
+    if not _MODULE.fullmatch(entry):
         raise FormatError(f"manifest entry {entry!r} is not a module name")
     build = f.obj("build")
     return Manifest(

@@ -52,7 +52,7 @@ def check_target_path(path: object, limits: Limits = DEFAULT_LIMITS) -> str:
             f"target path is empty, not text or longer than {limits.target_path_max_length}"
         )
     for segment in path.split("/"):
-        if segment in ("", ".", "..") or not _PATH_SEGMENT.match(segment):
+        if segment in ("", ".", "..") or not _PATH_SEGMENT.fullmatch(segment):
             raise FormatError(
                 f"target path {path[:60]!r} is not a plain relative path ([a-z0-9._-] and /)"
             )
@@ -60,7 +60,7 @@ def check_target_path(path: object, limits: Limits = DEFAULT_LIMITS) -> str:
 
 
 def check_board(board: str) -> str:
-    if not _BOARD.match(board):
+    if not _BOARD.fullmatch(board):
         raise FormatError(f"board name {board[:40]!r} must be 1-32 of letters, digits, _ . -")
     return board
 
