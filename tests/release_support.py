@@ -29,14 +29,17 @@ def main():
 
 
 def release(project: Path, version: str, counter: int, main: str = RETURNING_MAIN,
-            profile: str | None = None) -> bytes:
-    """Set the project's version/counter/main.py (and profile), build, return the artifact."""
+            profile: str | None = None, board: str | None = None) -> bytes:
+    """Set the project's version/counter/main.py (and profile, board), build, return the
+    artifact. ``main`` may name ``{version}``."""
     cfg = project / "mpseal.toml"
     text = cfg.read_text()
     text = re.sub(r'version = "[^"]*"', f'version = "{version}"', text, count=1)
     text = re.sub(r"security_counter = \d+", f"security_counter = {counter}", text)
     if profile:
         text = re.sub(r'profile = "[^"]*"', f'profile = "{profile}"', text)
+    if board:
+        text = re.sub(r'board = "[^"]*"', f'board = "{board}"', text)
     cfg.write_text(text)
     (project / "app" / "main.py").write_text(main.format(version=version))
     proj = Project.load(project)

@@ -4,13 +4,12 @@ rollbacks, lockdown, service unlock, power cuts and a small heap."""
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import pytest
 from conftest import run_mpseal
+from release_support import RETURNING_MAIN, release
 
-from mpseal.build.package import build
 from mpseal.build.project import Project
 from mpseal.crypto.keys import PrivateKeySigner
 from mpseal.device.powercut import check_update
@@ -18,29 +17,11 @@ from mpseal.device.sim import VirtualBoard
 from mpseal.errors import PolicyError, ToolError
 from mpseal.formats import envelope, jsondoc
 
-CONFIRMING_MAIN = """\
-from mpseal_guard import confirm
-def main():
-    print("running {version}")
-    confirm()
-"""
-
-
 def set_release(project: Path, version: str, counter: int, main: str | None = None,
                 board: str | None = None, profile: str | None = None) -> bytes:
     """Rewrite the project's version/counter (and main.py), build, return the artifact."""
-    cfg = project / "mpseal.toml"
-    text = cfg.read_text()
-    text = re.sub(r'version = "[^"]*"', f'version = "{version}"', text, count=1)
-    text = re.sub(r"security_counter = \d+", f"security_counter = {counter}", text)
-    if board:
-        text = re.sub(r'board = "[^"]*"', f'board = "{board}"', text)
-    if profile:
-        text = re.sub(r'profile = "[^"]*"', f'profile = "{profile}"', text)
-    cfg.write_text(text)
-    (project / "app" / "main.py").write_text((main or CONFIRMING_MAIN).format(version=version))
-    proj = Project.load(project)
-    return build(proj, proj.release_signer()).path.read_bytes()
+    return release(project, version, counter, main or RETURNING_MAIN, profile=profile,
+                   board=board)
 
 
 @pytest.fixture
