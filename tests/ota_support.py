@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import re
 import ssl
 import threading
 import time
@@ -21,9 +20,9 @@ from pathlib import Path
 
 import httpx
 from cryptography.hazmat.primitives.serialization import Encoding
+from release_support import release
 from server_support import ADMIN_TOKEN, HOST, free_port, running_server
 
-from mpseal.build.package import build
 from mpseal.build.project import Project
 from mpseal.device.simlink import connect
 from mpseal.device.sim import VirtualBoard
@@ -133,12 +132,9 @@ class World:
         return client
 
     def release(self, version: str, counter: int, health: str = "pass") -> bytes:
-        cfg = self.project / "mpseal.toml"
-        text = re.sub(r'version = "[^"]*"', f'version = "{version}"', cfg.read_text(), count=1)
-        cfg.write_text(re.sub(r"security_counter = \d+", f"security_counter = {counter}", text))
-        (self.project / "app" / "main.py").write_text(APP.format(version=version, health=health))
-        proj = self.proj
-        return build(proj, proj.release_signer()).path.read_bytes()
+        """Build ``version``; its main() runs ``health`` before confirming the trial."""
+        return release(self.project, version, counter,
+                       APP.format(version="{version}", health=health))
 
     def publish(self, blob: bytes, **promote: object) -> int:
         with self.admin() as admin:
