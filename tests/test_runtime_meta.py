@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from key_support import Keys
 
 from mpseal.crypto.keys import PrivateKeySigner
 from mpseal.device import vm
@@ -22,20 +23,6 @@ NOW = 1_795_000_000
 DAY = 86_400
 INCOMING = "/mpseal/incoming.mpst"
 TRUST = "/mpseal/trust-root.mpsr"
-
-
-class Keys:
-    """Root, release and timestamp keys, and trust root version 1 naming them."""
-
-    def __init__(self, timestamp_keys: int = 1, threshold: int = 1) -> None:
-        self.root = PrivateKeySigner.generate()
-        self.release = PrivateKeySigner.generate()
-        self.timestamp = [PrivateKeySigner.generate() for _ in range(timestamp_keys)]
-        doc = trustroot.build(1, {"root": [self.root.public_key],
-                                  "release": [self.release.public_key],
-                                  "timestamp": [k.public_key for k in self.timestamp]},
-                              {"timestamp": threshold})
-        self.trust = trustroot.parse(trustroot.sign(doc, [self.root]))
 
 
 def make_board(tmp_path: Path, root: TrustRoot) -> VirtualBoard:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from key_support import Keys
 
 from mpseal.crypto.keys import PrivateKeySigner
 from mpseal.errors import (
@@ -34,18 +35,6 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "updates.md"
 NOW = 1_795_000_000
 DAY = 86_400
 SHA = "ab" * 32
-
-
-class Keys:
-    def __init__(self, timestamp_keys: int = 1, threshold: int = 1) -> None:
-        self.root = PrivateKeySigner.generate()
-        self.release = PrivateKeySigner.generate()
-        self.timestamp = [PrivateKeySigner.generate() for _ in range(timestamp_keys)]
-        doc = trustroot.build(1, {"root": [self.root.public_key],
-                                  "release": [self.release.public_key],
-                                  "timestamp": [k.public_key for k in self.timestamp]},
-                              {"timestamp": threshold})
-        self.trust = trustroot.parse(trustroot.sign(doc, [self.root]))
 
 
 @pytest.fixture(scope="module")
