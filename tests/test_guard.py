@@ -224,6 +224,7 @@ def test_service_unlock_token_is_signed_bound_and_single_use(device) -> None:
         assert message in report.guard_lines and report.exit_codes[-1] == 17
     good = unlock_token(root_key, "sim-0001", 1)
     board.put(good, "/mpseal/unlock.tok")
+
     report = board.boot()
     assert "service unlock 1: profile dev for this boot" in report.guard_lines
     assert report.outcome == "returned"  # the REPL follows, for service
@@ -298,3 +299,22 @@ def test_a_refused_stage_is_in_the_boot_log(device) -> None:
         board.install(bytes(blob), root_of(project), check_on_host=False)
     assert any("stage refused: image hash does not match" in ln
                for ln in board.status()["log"])
+
+
+def test_unlock_token_from_the_cli_opens_that_board_once(project: Path, tmp_path: Path) -> None:
+    blob = set_release(project, "1.0", 1, profile="sealed")
+    board = VirtualBoard.create(tmp_path / "b")
+    board.install(blob, root_of(project), profile="sealed")
+    assert board.boot().exit_codes[-1] == 17
+    tok = tmp_path / "unlock.tok"
+    res = run_mpseal("unlock-token", board.hardware_id, "-n", "1", "-o", tok, "-C", project)
+    assert res.returncode == 0, res.stderr
+    board.put(tok.read_bytes(), "/mpseal/unlock.tok")
+    report = board.boot()
+    assert "service unlock 1: profile dev for this boot" in report.guard_lines
+    assert report.outcome == "returned"
+    assert board.boot().exit_codes[-1] == 17  # locked again on the next boot
+    res = run_mpseal("unlock-token", board.hardware_id, "-n", "2", "-o", tok, "-C", project)
+    assert res.returncode == 2 and "already exists" in res.stderr  # never overwritten
+    res = run_mpseal("unlock-token", "not-hex", "-n", "2", "-o", tmp_path / "x", "-C", project)
+    assert res.returncode == 2 and "not a hardware id" in res.stderr

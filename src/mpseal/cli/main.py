@@ -16,6 +16,7 @@ LAZY_COMMANDS = {
     "build": "mpseal.cli.project_cmds",
     "inspect": "mpseal.cli.project_cmds",
     "verify": "mpseal.cli.project_cmds",
+    "unlock-token": "mpseal.cli.project_cmds",
     "sim": "mpseal.cli.sim_cmds",
     "ca": "mpseal.cli.pki_cmds",
     "cert": "mpseal.cli.pki_cmds",

@@ -176,4 +176,37 @@ def verify(file: Path, project_dir: Path, board: str | None, min_counter: int,
     out_console.print(f"[dim]{NOT_PROTECTED}[/]")
 
 
-COMMANDS = [init, build, inspect, verify]
+@click.command(name="unlock-token")
+@click.argument("hardware_id")
+@click.option("-n", "number", type=click.IntRange(1, 2**31 - 1), required=True,
+              help="Unlock number: higher than any token this device has used (single use).")
+@click.option("--profile", type=click.Choice(["dev", "field"]), default="dev", show_default=True,
+              help="Profile the device boots with, for one boot.")
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Token file: put it at /mpseal/unlock.tok or on the SD card as "
+                   "mpseal-unlock.tok.")
+@click.option("-C", "--project", "project_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=".")
+def unlock_token(hardware_id: str, number: int, profile: str, out: Path,
+                 project_dir: Path) -> None:
+    """A service unlock token for one device, signed by the offline root key.
+
+    The device's guard accepts it once (each token names a number higher than the
+    last one used), for that device only, and boots the given profile for one boot.
+    """
+    from mpseal.formats import envelope, jsondoc
+    from mpseal.fsutil import write_atomic
+
+    if not hardware_id or any(c not in "0123456789abcdef" for c in hardware_id.lower()):
+        raise UsageError(f"{hardware_id!r} is not a hardware id (hex of machine.unique_id())")
+    project = Project.load(project_dir)
+    root = project.load_signer(project.config.root_key, "root", passphrase_from_env_or_prompt)
+    payload = jsondoc.dumps({"type": "mpseal-unlock", "device": hardware_id.lower(),
+                             "n": number, "profile": profile})
+    write_atomic(out, envelope.seal(b"MPSU", payload, [root]).encode(), exclusive=True)
+    out_console.print(f"Wrote {out}: unlocks {hardware_id} once ({profile} profile for one "
+                      f"boot, number {number}). Anyone holding it can use it on that device "
+                      "until a higher number is used: hand it over like a key.", markup=False)
+
+
+COMMANDS = [init, build, inspect, verify, unlock_token]
