@@ -212,11 +212,11 @@ def _running():
     return st.to_dict() if st else {}
 
 
-def _running_version():
+def _running_version(st=None):
     """The version the device runs (advisory, for the server's choice; nothing trusts it)."""
     if guard._running:
         return guard._running[1].version
-    slot = _running().get("committed")
+    slot = (st if st is not None else _running()).get("committed")
     if slot:
         try:
             with open(guard.slot_path(slot), "rb") as f:
@@ -284,7 +284,7 @@ def check_once(now=None):
     st = _running()
     offer = _json(cfg, "POST", "/v1/device/check", {
         "hardware_id": cfg["hardware_id"], "board": board, "app": app,
-        "version": _running_version(), "counter": st.get("counter", 0),
+        "version": _running_version(st), "counter": st.get("counter", 0),
         "timestamp_version": seen.get("version", 0)})
     if not offer.get("update"):
         return "none"
