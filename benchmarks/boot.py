@@ -26,8 +26,8 @@ HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from mpseal.build.package import build  # noqa: E402
-from mpseal.build.project import Project  # noqa: E402
+from mpseal.packaging.package import build  # noqa: E402
+from mpseal.packaging.project import Project  # noqa: E402
 from mpseal.device.sim import VirtualBoard  # noqa: E402
 from mpseal.device.vm import find_micropython, runtime_dir  # noqa: E402
 

@@ -235,8 +235,8 @@ def mpremote_build(mpremote: Path, source: Path, work: Path, round_no: int) -> t
 PROBE = r"""
 import json, sys, time
 t = time.perf_counter()
-from mpseal.build.package import build
-from mpseal.build.project import Project
+from mpseal.packaging.package import build
+from mpseal.packaging.project import Project
 imported = time.perf_counter() - t
 project = Project.load(sys.argv[1])
 res = build(project, project.release_signer())

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from release_support import release
 from server_support import ADMIN_TOKEN, HOST, free_port, running_server
 
-from mpseal.build.project import Project
+from mpseal.packaging.project import Project
 from mpseal.device.simlink import connect
 from mpseal.device.sim import VirtualBoard
 from mpseal.fleet.provision import ProvisionPlan, provision_device

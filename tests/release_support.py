@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from mpseal.build.package import build
-from mpseal.build.project import Project
+from mpseal.packaging.package import build
+from mpseal.packaging.project import Project
 from mpseal.device.sim import VirtualBoard
 
 RETURNING_MAIN = """\

@@ -11,7 +11,7 @@ from conftest import run_mpseal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mpseal.build.project import Project
+from mpseal.packaging.project import Project
 from mpseal.errors import (
     BadDataError,
     FormatError,

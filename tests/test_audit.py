@@ -13,7 +13,7 @@ import pytest
 from conftest import run_mpseal
 from release_support import LOOPING_MAIN, board_running, release
 
-from mpseal.build.project import Project
+from mpseal.packaging.project import Project
 from mpseal.device.console import ConsoleCheck
 from mpseal.device.serialboard import SerialTransport
 from mpseal.lockdown import audit

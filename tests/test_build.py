@@ -7,7 +7,7 @@ from pathlib import Path
 
 from conftest import run_mpseal
 
-from mpseal.build.project import Project
+from mpseal.packaging.project import Project
 from mpseal.formats import artifact, romfs
 
 APP_OUTPUT = ["Hello from a sealed MicroPython app!", "sum of squares below 1000: 332833500"]

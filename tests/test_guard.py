@@ -10,7 +10,7 @@ import pytest
 from conftest import run_mpseal
 from release_support import RETURNING_MAIN, release
 
-from mpseal.build.project import Project
+from mpseal.packaging.project import Project
 from mpseal.crypto.keys import PrivateKeySigner
 from mpseal.device.powercut import check_update
 from mpseal.device.sim import VirtualBoard

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import run_mpseal
 
-from mpseal.build import keys as keys_mod
-from mpseal.build.project import Project
+from mpseal.packaging import keys as keys_mod
+from mpseal.packaging.project import Project
 from mpseal.crypto.keys import PrivateKeySigner
 from mpseal.errors import SignatureError
 from mpseal.formats import trustroot

@@ -9,12 +9,12 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "mpseal"
 
-HOST_PACKAGES = ["formats", "crypto", "build", "device", "pki", "lockdown", "fleet", "cli", "server"]
+HOST_PACKAGES = ["formats", "crypto", "packaging", "device", "pki", "lockdown", "fleet", "cli", "server"]
 # package -> mpseal packages and third-party modules it must never import
 FORBIDDEN = {
-    "formats": {"build", "device", "pki", "lockdown", "fleet", "cli", "server", "runtime"},
-    "crypto": {"formats", "build", "device", "pki", "lockdown", "fleet", "cli", "server", "runtime"},
-    "build": {"device", "pki", "lockdown", "fleet", "cli", "server"},
+    "formats": {"packaging", "device", "pki", "lockdown", "fleet", "cli", "server", "runtime"},
+    "crypto": {"formats", "packaging", "device", "pki", "lockdown", "fleet", "cli", "server", "runtime"},
+    "packaging": {"device", "pki", "lockdown", "fleet", "cli", "server"},
     "device": {"cli", "server", "fleet"},
     "pki": {"cli", "server", "fleet"},
     "lockdown": {"cli", "server", "fleet"},

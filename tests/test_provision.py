@@ -12,7 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_der_private_key
 from serial_boards import MicrobitBoard, VirtualBoardOnPty, qemu_microbit
 
-from mpseal.build.project import Project
+from mpseal.packaging.project import Project
 from mpseal.crypto import secretbox
 from mpseal.fleet.provision import (
     CERT,

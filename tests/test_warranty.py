@@ -12,7 +12,7 @@ import pytest
 from conftest import run_mpseal
 from release_support import LOOPING_MAIN, board_running, release
 
-from mpseal.build.project import Project
+from mpseal.packaging.project import Project
 from mpseal.device.guard_install import TRUST_ROOT
 from mpseal.device.sim import VirtualBoard
 from mpseal.errors import FormatError
@@ -137,7 +137,7 @@ def test_bypassed_guard_is_modified(project: Path, tmp_path: Path) -> None:
 
 def test_slot_header_parser_refuses_hostile_headers(project: Path) -> None:
     proj = Project.load(project)
-    from mpseal.build.package import build
+    from mpseal.packaging.package import build
 
     head = build(proj, proj.release_signer()).path.read_bytes()[:artifact.HEADER_LENGTH]
     mlen, count, off, ilen = warranty._header(head, warranty.DEFAULT_LIMITS)

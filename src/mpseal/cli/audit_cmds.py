@@ -9,7 +9,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from mpseal.build.project import Project
+from mpseal.packaging.project import Project
 from mpseal.cli.common import emit_json, err_console, out_console
 from mpseal.device.console import Timing
 from mpseal.device.sim import VirtualBoard

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 import click
 
-from mpseal.build.project import Project
+from mpseal.packaging.project import Project
 from mpseal.cli.common import emit_json, err_console, out_console, passphrase_from_env_or_prompt
 from mpseal.errors import ConfigError, MpsealError
 from mpseal.fsutil import read_limited

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from mpseal.build import keys as keys_mod
-from mpseal.build.project import Project
+from mpseal.packaging import keys as keys_mod
+from mpseal.packaging.project import Project
 from mpseal.cli.common import emit_json, out_console, passphrase_from_env_or_prompt
 from mpseal.crypto.keys import PublicKey
 from mpseal.errors import UsageError

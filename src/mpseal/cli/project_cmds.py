@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from mpseal.build.project import Project
+from mpseal.packaging.project import Project
 from mpseal.cli.common import emit_json, out_console, passphrase_from_env_or_prompt, progress_bar
 from mpseal.errors import UsageError
 from mpseal.formats.boards import BOARDS
@@ -32,7 +32,7 @@ NOT_PROTECTED = (
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def init(folder: Path, board: str, name: str | None, encrypt_keys: bool, as_json: bool) -> None:
     """Create a product project: mpseal.toml, an example app, signing keys and trust root."""
-    from mpseal.build.init import init_project
+    from mpseal.packaging.init import init_project
 
     passphrase = passphrase_from_env_or_prompt("new") if encrypt_keys else None
     if encrypt_keys and not passphrase:
@@ -62,8 +62,8 @@ def init(folder: Path, board: str, name: str | None, encrypt_keys: bool, as_json
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def build(project_dir: Path, jobs: int | None, as_json: bool) -> None:
     """Compile the app with mpy-cross, pack a ROMFS image, sign it: dist/<app>-<version>.mpseal."""
-    from mpseal.build import uptodate
-    from mpseal.build.sources import collect
+    from mpseal.packaging import uptodate
+    from mpseal.packaging.sources import collect
 
     t0 = time.perf_counter()
     project = Project.load(project_dir)
@@ -77,7 +77,7 @@ def build(project_dir: Path, jobs: int | None, as_json: bool) -> None:
             out_console.print(f"Up to date: {previous['artifact']} ({previous['app']} "
                               f"{previous['version']}, nothing changed since it was built)")
         return
-    from mpseal.build.package import build as build_project
+    from mpseal.packaging.package import build as build_project
 
     signer = project.release_signer(passphrase_from_env_or_prompt)
     with progress_bar("compiling", enabled=not as_json) as bar:

@@ -21,7 +21,7 @@ PATH = click.Path(path_type=Path)
 
 
 def _project(folder: Path) -> Any:
-    from mpseal.build.project import Project
+    from mpseal.packaging.project import Project
 
     try:
         return Project.load(folder)

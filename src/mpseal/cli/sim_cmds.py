@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from mpseal.build.project import Project
+from mpseal.packaging.project import Project
 from mpseal.cli.common import emit_json, out_console
 from mpseal.device.sim import DEFAULT_FLASH, VirtualBoard
 from mpseal.formats.boards import BOARDS

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from mpseal.build.mpycross import CompileOptions, Compiler, Module
+from mpseal.packaging.mpycross import CompileOptions, Compiler, Module
 from mpseal.device.vm import runtime_dir
 from mpseal.formats.boards import get_board
 

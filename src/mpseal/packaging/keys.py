@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mpseal.build.project import PassphraseSource, Project, no_passphrase
+from mpseal.packaging.project import PassphraseSource, Project, no_passphrase
 from mpseal.crypto.keys import PrivateKeySigner, PublicKey, Signer
 from mpseal.errors import ConfigError, UsageError
 from mpseal.formats import trustroot

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mpseal.build.mpycross import Module
-from mpseal.build.project import Project
+from mpseal.packaging.mpycross import Module
+from mpseal.packaging.project import Project
 from mpseal.errors import ConfigError, FormatError
 from mpseal.formats.manifest import check_file_name
 

@@ -83,7 +83,7 @@ def init_project(folder: Path, board_name: str, name: str | None = None,
         written.append(path)
     (folder / "keys/offline").chmod(0o700)
 
-    template = resources.files("mpseal.build") / "template"
+    template = resources.files("mpseal.packaging") / "template"
     written += _copy_template(template, folder)
     write_atomic(config_path, CONFIG_TEMPLATE.format(
         name=name, board=board.name, description=board.description, mpy=board.mpy,

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from mpseal import __version__
-from mpseal.build.mpycross import find_compiler
-from mpseal.build.project import Project
-from mpseal.build.sources import Sources
+from mpseal.packaging.mpycross import find_compiler
+from mpseal.packaging.project import Project
+from mpseal.packaging.sources import Sources
 from mpseal.formats.config import CONFIG_NAME
 from mpseal.fsutil import write_atomic
 

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mpseal import __version__
-from mpseal.build import uptodate
-from mpseal.build.mpycross import CompileOptions, Compiler
-from mpseal.build.sources import collect
-from mpseal.build.project import Project
+from mpseal.packaging import uptodate
+from mpseal.packaging.mpycross import CompileOptions, Compiler
+from mpseal.packaging.sources import collect
+from mpseal.packaging.project import Project
 from mpseal.crypto.keys import Signer
 from mpseal.errors import ConfigError, MpsealError
 from mpseal.formats import artifact, romfs
