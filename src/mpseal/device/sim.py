@@ -73,7 +73,9 @@ class BoardInfo:
 
 class VirtualBoard:
     def __init__(self, folder: Path) -> None:
-        self.folder = Path(folder)
+        # Absolute: the VM may run with another working folder (the runtime's), and a
+        # relative --sim path is the user's, relative to where they typed it.
+        self.folder = Path(folder).absolute()
         self.flash = self.folder / "flash.img"
         self.info = self._load_info()
 

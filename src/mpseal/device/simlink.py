@@ -61,7 +61,7 @@ class SimLink:
         self._stopping = False  # no more reboots
         self._closing = False  # the relay ends
         self._seen = bytearray()  # the VM's first output, to explain a failed start
-        self._flash = flash
+        self._flash = Path(flash).absolute()  # the VM runs in the runtime folder
         self._heapsize = heapsize
         vm_master, vm_slave = os.openpty()
         host_master, host_slave = os.openpty()
