@@ -14,6 +14,7 @@ from mpseal.errors import BadDataError, UsageError
 from mpseal.pki import anchor as anchors
 from mpseal.pki import ca as ca_mod
 from mpseal.pki import certs, expiry, lint
+from mpseal.pki import device as device_model
 from mpseal.pki.files import read_certs, write_public
 
 ROLE = click.Choice(["server", "client"])
@@ -277,14 +278,22 @@ SEVERITY_STYLE = {"error": "red", "warning": "yellow", "info": "dim"}
               help="The issuing CA or the device's trust anchor (PEM or DER).")
 @click.option("--device-clock", default="unset", show_default=True, metavar="unset|YYYY-MM-DD",
               help="The device's clock when it connects.")
+@click.option("--firmware", default=None, metavar="VERSION|esp32",
+              help="The device's firmware (e.g. 1.28, 1.29.0, esp32): whether its mbedTLS "
+                   "parses PEM and CA bundles. Default: DER only, one anchor (v1.28 and older).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def cert_lint(files: tuple[Path, ...], hostname: str | None, role: str | None,
-              issuer: Path | None, device_clock: str, as_json: bool) -> None:
+              issuer: Path | None, device_clock: str, firmware: str | None,
+              as_json: bool) -> None:
     """Will these certificates work in MicroPython's mbedTLS? Exit status 3 on any error."""
+    try:
+        fw = device_model.firmware(firmware) if firmware else device_model.DER_ONLY
+    except ValueError as e:
+        raise UsageError(f"--firmware: {e}") from None
     options = lint.LintOptions(
         hostname=hostname, role=role,  # type: ignore[arg-type]
         issuer=read_certs(issuer, "issuer certificate")[0] if issuer else None,
-        device_clock=_device_clock(device_clock))
+        device_clock=_device_clock(device_clock), firmware=fw)
     findings = [f for path in files for f in lint.lint_file(path, options)]
     n = lint.counts(findings)
     if as_json:

@@ -10,6 +10,7 @@ fails with ``MBEDTLS_ERR_SSL_BUFFER_TOO_SMALL``).
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -37,6 +38,43 @@ KNOWN_EXTENSIONS = {
     ExtensionOID.AUTHORITY_KEY_IDENTIFIER,
     x509.ObjectIdentifier("2.16.840.1.113730.1.1"),  # Netscape cert type
 }
+
+
+MAX_INTERMEDIATES = 8  # MBEDTLS_X509_MAX_INTERMEDIATE_CA: a 9th fails the verification
+PEM_SINCE = (1, 29, 0)  # first release with PR #19569 (PEM parser in the common config)
+
+
+@dataclass(frozen=True)
+class Firmware:
+    """What a firmware's mbedTLS parses, as far as certificates go."""
+
+    label: str
+    pem: bool  # PEM files, and several PEM certificates in one CA bundle
+
+
+DER_ONLY = Firmware("MicroPython before PR #19569 (v1.28 and older)", pem=False)
+
+
+def firmware(spec: str) -> Firmware:
+    """``1.28``, ``v1.29.0``, ``1.29.0-preview`` or ``esp32`` (ESP-IDF's mbedTLS has PEM).
+
+    A preview build is taken to predate the PR: the v1.29.0-preview unix port used by
+    the tests parses no PEM. Raises ValueError with a readable message."""
+    text = spec.strip().lower()
+    if text == "esp32":
+        return Firmware("ESP32 firmware (ESP-IDF's mbedTLS configuration)", pem=True)
+    core, _, suffix = text.lstrip("v").partition("-")
+    try:
+        parts = tuple(int(p) for p in core.split("."))
+    except ValueError:
+        parts = ()
+    if not 2 <= len(parts) <= 3:
+        raise ValueError(f"firmware {spec!r} is not a MicroPython version like 1.28 or "
+                         "1.29.0, nor 'esp32'")
+    version = (parts + (0,))[:3]
+    pem = version > PEM_SINCE or (version == PEM_SINCE and not suffix)
+    return Firmware(f"MicroPython {'.'.join(map(str, version))}{'-' + suffix if suffix else ''}",
+                    pem=pem)
 
 
 def certificate_message_length(ders: list[bytes]) -> int:

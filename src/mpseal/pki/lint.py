@@ -73,6 +73,7 @@ class LintOptions:
     issuer: x509.Certificate | None = None  # the issuing CA or the device's trust anchor
     device_clock: dt.datetime | None = None  # None: the device's clock is not set
     now: dt.datetime | None = None  # the real time (default: this host's clock)
+    firmware: device.Firmware = device.DER_ONLY  # what the device's mbedTLS parses
 
 
 @dataclass
@@ -130,7 +131,7 @@ def infer_role(cert: x509.Certificate) -> Role:
 
 def hostname_matches(cert: x509.Certificate, hostname: str) -> bool:
     """mbedTLS's rule: SAN dNSName (one leading ``*.`` label) or IP; the CN only without SAN."""
-    host = hostname.lower().rstrip(".")
+    host = hostname.lower()  # mbedTLS compares as given: "server.test." does not match
     try:
         ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
     except ValueError:
@@ -273,16 +274,15 @@ def _check_usage(ctx: _Ctx, cert: x509.Certificate, role: Role, key: object) -> 
         ctx.add("warning", "leaf-is-ca", "a leaf certificate marked CA:TRUE",
                 "works, but anyone holding its key can issue certificates the device trusts",
                 "issue leaves with CA:FALSE (mpseal cert issue)")
-    key_is_rsa = isinstance(key, rsa.RSAPublicKey)
-    if ku is not None:
-        needs = "key_encipherment" if key_is_rsa and role == "server" else "digital_signature"
-        if not getattr(ku, needs):
-            name = "keyEncipherment" if needs == "key_encipherment" else "digitalSignature"
-            side = "the device refuses the server" if role == "server" \
-                else "the server refuses the device"
-            ctx.add("error", "key-usage", f"keyUsage lacks {name}",
-                    f"the TLS key exchange needs it: {side}",
-                    f"re-issue with keyUsage {name} (mpseal cert issue)")
+    # The device negotiates only ECDHE suites: the server signs its key share (RSA keys
+    # too: ECDHE-RSA), the device signs CertificateVerify. Both need digitalSignature;
+    # keyEncipherment alone (static RSA key exchange) is refused (tests/test_pki_mbedtls.py).
+    if ku is not None and not ku.digital_signature:
+        side = "the device refuses the server" if role == "server" \
+            else "the server refuses the device"
+        ctx.add("error", "key-usage", "keyUsage lacks digitalSignature",
+                f"the ECDHE key exchange the device uses needs it: {side}",
+                "re-issue with keyUsage digitalSignature (mpseal cert issue)")
     if eku is not None:
         want = ExtendedKeyUsageOID.SERVER_AUTH if role == "server" \
             else ExtendedKeyUsageOID.CLIENT_AUTH
@@ -430,6 +430,14 @@ def _check_chain(ctx: _Ctx, certs: list[x509.Certificate], role: Role,
                     f"issuer ({parent.not_valid_after_utc:%Y-%m-%d})",
                     "the chain stops verifying when the issuer expires, whatever the leaf says",
                     "rotate the issuer before then, or issue the leaf for a shorter time")
+    _check_path_length(ctx, certs + ([issuer] if issuer is not None and issuer not in certs
+                                     else []))
+    if role == "server":
+        inter = [c for c in certs[1:] if c.issuer != c.subject]
+        if len(inter) > device.MAX_INTERMEDIATES:
+            ctx.add("error", "too-many-intermediates", f"{len(inter)} intermediate CAs",
+                    f"mbedTLS follows at most {device.MAX_INTERMEDIATES}: verification fails "
+                    "with MBEDTLS_ERR_X509_FATAL_ERROR", "send a shorter chain")
     ders = [c.public_bytes(Encoding.DER) for c in certs]
     if role == "client":
         size = device.certificate_message_length(ders[:1])
@@ -451,7 +459,27 @@ def _check_chain(ctx: _Ctx, certs: list[x509.Certificate], role: Role,
                     "buffer: the handshake fails", "send a shorter chain (no root), smaller keys")
 
 
-def _pem_finding(ctx: _Ctx, role: Role | None, name: str) -> None:
+def _check_path_length(ctx: _Ctx, chain: list[x509.Certificate]) -> None:
+    """pathLenConstraint, as mbedTLS enforces it (the trust anchor's own included)."""
+    for i, ca in enumerate(chain[1:], start=1):
+        bc = _guard(ctx, "basicConstraints", lambda c=ca: _ext(c, x509.BasicConstraints))
+        if bc is None or not bc.ca or bc.path_length is None:
+            continue
+        below = sum(1 for c in chain[1:i] if c.issuer != c.subject)
+        if below > bc.path_length:
+            ctx.add("error", "path-length", f"{_cn(ca)!r} allows {bc.path_length} CA(s) "
+                    f"below it (pathLenConstraint); the chain has {below}",
+                    "mbedTLS refuses the chain: 'The certificate is not correctly signed by "
+                    "the trusted CA'", "issue the leaf from a CA higher up, or re-issue the "
+                    "CA with a larger pathLenConstraint")
+
+
+def _pem_finding(ctx: _Ctx, role: Role | None, name: str, firmware: device.Firmware) -> None:
+    if firmware.pem and role != "server":
+        ctx.add("info", "pem-not-der", "PEM file", f"{firmware.label} parses PEM (and a PEM "
+                "CA bundle): fine there, but the same file fails on firmware before "
+                "MicroPython PR #19569", "use DER (mpseal cert der) for fleets of mixed firmware")
+        return
     if role == "server":
         ctx.add("info", "pem-not-der", "PEM file", "fine for the server's own files: the "
                 "device receives the server's certificates as DER during the handshake",
@@ -475,7 +503,7 @@ def _lint_bytes(data: bytes, name: str, options: LintOptions, limits: PkiLimits)
     try:
         blobs = cert_blobs(data, limits)
     except FormatError as e:
-        _pem_finding(ctx, options.role, name)
+        _pem_finding(ctx, options.role, name, options.firmware)
         _not_a_cert(ctx, str(e))
         return ctx.out
     certs: list[x509.Certificate] = []
@@ -488,7 +516,7 @@ def _lint_bytes(data: bytes, name: str, options: LintOptions, limits: PkiLimits)
         encoding.extend(sub.out)
     role = options.role or (infer_role(certs[0]) if certs else None)
     if looks_like_pem(data):
-        _pem_finding(ctx, role, name)
+        _pem_finding(ctx, role, name, options.firmware)
     if not blobs:
         _not_a_cert(ctx, "no CERTIFICATE block in the PEM file")
         return ctx.out
