@@ -13,13 +13,13 @@ import pytest
 from conftest import run_mpseal
 from release_support import LOOPING_MAIN, board_running, release
 
-from mpseal.packaging.project import Project
 from mpseal.device.console import ConsoleCheck
 from mpseal.device.serialboard import SerialTransport
-from mpseal.lockdown import audit
+from mpseal.lockdown import audit, probes
 from mpseal.lockdown import devicestate as ds
 from mpseal.lockdown import interfaces as itf
-from mpseal.lockdown.interfaces import Seen, Tier
+from mpseal.lockdown.model import HW, Interface, ProbeKind, Seen, Tier
+from mpseal.packaging.project import Project
 
 MAIN_PY = b"# the product's main.py: the audit must never change it\nprint('app')\n"
 
@@ -68,7 +68,7 @@ def test_microbit_open_repl_ctrl_c_mem32_and_writable_main_py(microbit_pty: str)
     assert "microbit" in doc["modules"] and "machine" in doc["modules"]
     assert doc["guard"]["installed"] is False
     f = findings(doc)
-    assert set(f) == {i.id for i in itf.INTERFACES if itf.HW <= i.boards}
+    assert set(f) == {i.id for i in itf.INTERFACES if HW <= i.boards}
     # The open REPL, reached by Ctrl-C while a program ran; its raw mode too.
     assert f["repl-uart"]["status"] == "open"
     assert f["ctrl-c"]["status"] == "open" and doc["console"]["prompt"] == "interrupted"
@@ -76,7 +76,7 @@ def test_microbit_open_repl_ctrl_c_mem32_and_writable_main_py(microbit_pty: str)
     assert f["raw-repl"]["status"] == "open"
     # machine.mem32, a writable main.py, the compiler, no sys.path (imports from the FS).
     assert f["memx"]["status"] == "open"
-    assert {"kind": "device", "probe": itf.AP_MEM32.code, "result": "True"} in \
+    assert {"kind": "device", "probe": probes.AP_MEM32.code, "result": "True"} in \
         f["memx"]["evidence"]
     assert f["writable-boot"]["status"] == "open"
     assert f["writable-boot"]["evidence"][0]["result"] == "'writable'"
@@ -192,7 +192,7 @@ def report_with(open_tiers: list[Tier], reachable: bool = True,
                 fail_on: Tier = Tier.T3) -> audit.AuditReport:
     console = ConsoleCheck("prompt" if reachable else "none", "banner" if reachable else "none")
     base = itf.INTERFACES_BY_ID["compiler"]
-    found = tuple(audit.Finding(itf.Interface(f"x{n}", "x", base.boards, tier, "", (), ""),
+    found = tuple(audit.Finding(Interface(f"x{n}", "x", base.boards, tier, "", (), ""),
                                 Seen.OPEN, "", (), ()) for n, tier in enumerate(open_tiers))
     return audit.AuditReport("p", "unix", "test", "uart", console, {}, (), ds.GuardInfo(False),
                              found, audit.AuditOptions(fail_on=fail_on))
@@ -263,13 +263,13 @@ def test_every_audit_probe_is_runnable_and_judges_both_ways() -> None:
 
     from mpseal.lockdown.probing import helper_source
 
-    serial = {itf.AP_PROMPT, itf.AP_RAW_REPL, itf.AP_CTRL_C, itf.AP_APP_EXIT}
+    serial = {probes.AP_PROMPT, probes.AP_RAW_REPL, probes.AP_CTRL_C, probes.AP_APP_EXIT}
     for i in itf.INTERFACES:
         for probe in i.audit:
-            if probe.kind == itf.ProbeKind.SERIAL:
+            if probe.kind == ProbeKind.SERIAL:
                 assert probe in serial, i.id  # the console check knows how to run it
                 continue
-            assert probe.kind == itf.ProbeKind.DEVICE, i.id
+            assert probe.kind == ProbeKind.DEVICE, i.id
             ast.parse(probe.code, mode="eval")
             if probe.helper:
                 assert probe.code.startswith(probe.helper + "(")
@@ -281,7 +281,7 @@ def test_every_audit_probe_is_runnable_and_judges_both_ways() -> None:
                     "raises OSError" in probe.open_if + probe.closed_if
     # Interfaces inside the chip have no probe: the audit says unknown, never closed.
     assert not itf.INTERFACES_BY_ID["rom-download"].audit
-    assert itf.AP_MEM32.judge("True") == Seen.OPEN
-    assert itf.AP_MEM32.judge("raises ImportError") == Seen.CLOSED
-    assert itf.AP_FLASH_API.judge("['esp32.Partition']") == Seen.OPEN
-    assert itf.AP_FLASH_API.judge("failed") == Seen.UNKNOWN
+    assert probes.AP_MEM32.judge("True") == Seen.OPEN
+    assert probes.AP_MEM32.judge("raises ImportError") == Seen.CLOSED
+    assert probes.AP_FLASH_API.judge("['esp32.Partition']") == Seen.OPEN
+    assert probes.AP_FLASH_API.judge("failed") == Seen.UNKNOWN

@@ -9,14 +9,14 @@ import pytest
 from mpseal.errors import ConfigError
 from mpseal.formats.boards import BOARDS
 from mpseal.lockdown import interfaces as itf
-from mpseal.lockdown.interfaces import Kind, ProbeKind, Reversible, Tier
+from mpseal.lockdown.model import Kind, Lever, ProbeKind, Reversible, Tier
 from mpseal.lockdown.plan import KEEP_CHOICES
 
 
 def test_ids_are_unique_and_boards_known() -> None:
     ids = [i.id for i in itf.INTERFACES]
     assert len(ids) == len(set(ids))
-    seen: dict[str, itf.Lever] = {}
+    seen: dict[str, Lever] = {}
     for i in itf.INTERFACES:
         assert i.boards <= set(BOARDS), i.id
         assert set(i.board_notes) <= i.boards, i.id

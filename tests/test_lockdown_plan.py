@@ -14,6 +14,7 @@ from mpseal.errors import ConfigError
 from mpseal.formats.boards import BOARDS
 from mpseal.lockdown import interfaces as itf
 from mpseal.lockdown.buildfiles import FROZEN_MAIN, plan_files, render_header
+from mpseal.lockdown.model import Reversible, Tier
 from mpseal.lockdown.plan import KEEP_CHOICES, Phase, Plan, Step, build_plan, check_order
 
 KEEP_SETS = [(), ("serial-flash",), ("debug-port",), ("serial-flash", "debug-port"),
@@ -48,7 +49,7 @@ def test_irreversible_steps_are_marked_and_come_after_the_test_unit(
         cmds = chip_commands(step)
         burns = re.search(r"espefuse .*(burn-|write-protect-)|picotool otp (set|load)|RDP=0xCC",
                           cmds)
-        applies_irreversible = any(itf.LEVERS[lid].reversible == itf.Reversible.NO
+        applies_irreversible = any(itf.LEVERS[lid].reversible == Reversible.NO
                                    and step.phase == Phase.HARDWARE and step.commands
                                    and step.touches_chip for lid in step.levers)
         if burns or applies_irreversible:
@@ -56,7 +57,7 @@ def test_irreversible_steps_are_marked_and_come_after_the_test_unit(
         if step.irreversible:
             assert "IRREVERSIBLE" in step.detail
             assert before(plan, "fw-test", step.id)
-            assert step.stops == itf.Tier.T3
+            assert step.stops == Tier.T3
     rendered = plan_files(plan)["plan.md"].decode()
     assert rendered.count("IRREVERSIBLE") >= sum(s.irreversible for s in plan.steps)
 

@@ -9,7 +9,6 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from mpseal.packaging.project import Project
 from mpseal.cli.common import emit_json, err_console, out_console
 from mpseal.device.console import Timing
 from mpseal.device.sim import VirtualBoard
@@ -20,8 +19,9 @@ from mpseal.fsutil import read_limited
 from mpseal.limits import DEFAULT_LIMITS
 from mpseal.lockdown import audit as audit_mod
 from mpseal.lockdown import warranty as warranty_mod
-from mpseal.lockdown.interfaces import Seen, Tier
+from mpseal.lockdown.model import Seen, Tier
 from mpseal.lockdown.plan import KEEP_CHOICES, parse_keep
+from mpseal.packaging.project import Project
 
 STATUS_STYLE = {Seen.OPEN: "bold red", Seen.CLOSED: "green", Seen.UNKNOWN: "yellow"}
 MARK_STYLE = {"ok": "green", "info": "dim", "attempt": "yellow", "modified": "bold red",

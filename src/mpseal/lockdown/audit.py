@@ -1,5 +1,5 @@
 """``mpseal audit``: which interfaces of a live device are open, found by running the
-probes of the interface model (``interfaces.py``) on it.
+probes of the lockdown model (``model.py``; catalog in ``probes.py``) on it.
 
 1. First contact (``device/console.py``): listen, Enter, Ctrl-C, Ctrl-B, Ctrl-A, each
    with a deadline. A locked-down board (``field``/``sealed``: Ctrl-C ignored, an app
@@ -35,8 +35,10 @@ from mpseal.errors import UsageError
 from mpseal.formats.boards import BOARDS
 from mpseal.lockdown import devicestate as ds
 from mpseal.lockdown import interfaces as itf
-from mpseal.lockdown.interfaces import (
+from mpseal.lockdown.model import (
     HW,
+    PROFILES,
+    TIER_ATTACKER,
     Interface,
     Kind,
     Lever,
@@ -47,6 +49,7 @@ from mpseal.lockdown.interfaces import (
     Tier,
 )
 from mpseal.lockdown.plan import parse_keep
+from mpseal.lockdown.probes import AP_RAW_REPL
 from mpseal.lockdown.probing import DeviceProbes, clean
 
 EXIT_CLEAN = 0
@@ -75,7 +78,7 @@ class AuditOptions:
 @dataclass(frozen=True)
 class Evidence:
     kind: str  # serial / device / host / manual / note
-    probe: str  # what was run or sent (device code as written in interfaces.py)
+    probe: str  # what was run or sent (device code as written in probes.py/levers.py)
     result: str  # what came back, cleaned; or why it was not run
 
     def to_dict(self) -> dict[str, str]:
@@ -107,7 +110,7 @@ class Finding:
 def lever_dict(lv: Lever) -> dict[str, object]:
     return {"lever": lv.id, "kind": lv.kind.value, "action": lv.action, "stops": lv.stops.value,
             "reversible": lv.reversible.value, "irreversible": lv.reversible == Reversible.NO,
-            "profiles": [p for p in itf.PROFILES if p in lv.profiles],
+            "profiles": [p for p in PROFILES if p in lv.profiles],
             "options": [f"{o.name}={o.value}" for o in lv.options],
             "check": lv.check.how}
 
@@ -158,7 +161,7 @@ class AuditReport:
         if worst is not None:
             n = len(self.failing())
             return (f"{n} interface(s) open; the weakest attacker who gets in: {worst.value} "
-                    f"({itf.TIER_ATTACKER[worst]})")
+                    f"({TIER_ATTACKER[worst]})")
         if not self.reachable:
             seen = self.announced_profile
             why = (f"; the guard announced the {seen} profile at boot" if seen else "")
@@ -360,13 +363,13 @@ def _finding(i: Interface, board: str | None, line: str, console: ConsoleCheck,
 
 
 def _console_token(probe: Probe, console: ConsoleCheck) -> str:
-    if probe is itf.AP_RAW_REPL:
+    if probe is AP_RAW_REPL:
         return console.raw
     return console.prompt
 
 
 def _console_result(probe: Probe, console: ConsoleCheck) -> str:
-    if probe is itf.AP_RAW_REPL:
+    if probe is AP_RAW_REPL:
         return {"banner": "b'raw REPL; CTRL-B to exit'", "no banner": "no raw REPL banner",
                 "none": "not tried: no prompt"}[console.raw]
     last = []
@@ -438,6 +441,6 @@ def lever_label(lv: Lever) -> str:
     """``runtime rt-kbd-intr (field/sealed; reversible)``: one lever in a table cell."""
     extra = []
     if lv.kind == Kind.RUNTIME and lv.profiles:
-        extra.append("/".join(p for p in itf.PROFILES if p in lv.profiles))
+        extra.append("/".join(p for p in PROFILES if p in lv.profiles))
     extra.append(REVERSIBLE_SHORT[lv.reversible])
     return f"{lv.kind.value} {lv.id} ({'; '.join(extra)})"

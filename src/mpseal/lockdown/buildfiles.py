@@ -17,6 +17,8 @@ from pathlib import Path
 from mpseal.formats.boards import BOARDS
 from mpseal.fsutil import write_atomic
 from mpseal.lockdown import interfaces as itf
+from mpseal.lockdown.levers import FW_ESP_SECURE
+from mpseal.lockdown.model import ESP
 from mpseal.lockdown.plan import Plan, Step
 
 # Frozen main.py: Ctrl-C off before anything else is imported, then the guard. The guard
@@ -105,8 +107,8 @@ def render_sdkconfig(plan: Plan) -> str:
         if opt.note:
             lines.append(f"# {opt.note}")
         lines.append(f"# {opt.name} is not set" if opt.value == "n" else f"{opt.name}={opt.value}")
-    if itf.FW_ESP_SECURE.caveat:
-        lines.append(f"# Note: {itf.FW_ESP_SECURE.caveat}")
+    if FW_ESP_SECURE.caveat:
+        lines.append(f"# Note: {FW_ESP_SECURE.caveat}")
     return "\n".join(lines) + "\n"
 
 
@@ -149,7 +151,7 @@ def plan_files(plan: Plan) -> dict[str, bytes]:
         return files
     files["manifest.py"] = render_manifest(plan).encode()
     files["mpconfigboard_mpseal.h"] = render_header(plan).encode()
-    if plan.board in itf.ESP:
+    if plan.board in ESP:
         files["sdkconfig.mpseal"] = render_sdkconfig(plan).encode()
     files["frozen/boot.py"] = FROZEN_BOOT
     files["frozen/main.py"] = FROZEN_MAIN

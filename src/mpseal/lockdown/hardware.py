@@ -15,7 +15,7 @@ folder), keys under keys/. esptool >= 5 spells commands with dashes
 
 from __future__ import annotations
 
-from mpseal.lockdown.interfaces import Tier
+from mpseal.lockdown.model import Tier
 from mpseal.lockdown.plan import Phase, Step
 
 SB_KEY = "keys/esp32-secure-boot.pem"

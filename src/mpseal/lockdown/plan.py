@@ -8,7 +8,7 @@ A plan has three phases, in this order, and never reorders within them:
               irreversible steps are marked, and the step that closes the last
               programming channel comes after every other step that touches the chip
 
-Every step names the levers (``interfaces.py``) it applies, the tier it stops and how
+Every step names the levers (``levers.py``) it applies, the tier it stops and how
 to verify it took effect. ``check_order`` proves the order constraints; a plan that
 breaks one is a bug in mpseal and is never returned.
 """
@@ -23,7 +23,7 @@ from typing import Any
 
 from mpseal.errors import ConfigError
 from mpseal.lockdown import interfaces as itf
-from mpseal.lockdown.interfaces import Interface, Kind, Tier
+from mpseal.lockdown.model import ESP, Interface, Kind, Tier
 
 KEEP_CHOICES: Mapping[str, str] = MappingProxyType({
     "ota": "app (and firmware) updates over the network",
@@ -179,7 +179,7 @@ _BUILD = {
 def _firmware_steps(board: str, keep: tuple[str, ...]) -> list[Step]:
     lever_ids = tuple(lv.id for lv in itf.firmware_levers(board, keep))
     files = "manifest.py, frozen/ (boot.py, main.py, the guard), mpconfigboard_mpseal.h"
-    if board in itf.ESP:
+    if board in ESP:
         files += ", sdkconfig.mpseal"
     steps = [Step(
         "fw-files", Phase.FIRMWARE, "Write the firmware build fragment",
@@ -193,7 +193,7 @@ def _firmware_steps(board: str, keep: tuple[str, ...]) -> list[Step]:
         port, generic = _BUILD[board]
         detail = (f"Copy ports/{port}/boards/{generic} to your own board folder, add "
                   '#include "mpconfigboard_mpseal.h" at the END of its mpconfigboard.h')
-        if board in itf.ESP:
+        if board in ESP:
             detail += (", and list(APPEND SDKCONFIG_DEFAULTS ${MICROPY_BOARD_DIR}/sdkconfig.mpseal)"
                        " to its mpconfigboard.cmake")
         cmd = (f"make -C micropython/ports/{port} BOARD_DIR=$BOARD_DIR "

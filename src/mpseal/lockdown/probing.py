@@ -2,7 +2,7 @@
 
 Two kinds of probe reach the device:
 
-- an expression from the interface model (``interfaces.py``), evaluated as it stands;
+- an expression from the interface model (``probes.py``, ``levers.py``), evaluated as it stands;
 - a function of ``runtime/mpseal_audit.py`` (device code shipped as a file, never pasted
   here): its source is sent length-checked, like the transfer helper, then called.
 
