@@ -52,6 +52,10 @@ class ToolError(TransportError):
     """An external program failed or is not installed."""
 
 
+class StorageError(TransportError):
+    """A local file or folder could not be written: disk full, read-only, no permission."""
+
+
 class UsageError(MpsealError):
     """The caller asked for something that cannot be done as asked."""
 

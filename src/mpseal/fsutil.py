@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
-from mpseal.errors import FormatError, UsageError
+from mpseal.errors import FormatError, StorageError, UsageError
+
+
+def storage_error(path: Path, e: OSError) -> StorageError:
+    """An OSError from writing ``path`` as one line that says what to do."""
+    hint = {28: "; free some space and run it again", 30: " (read-only file system)",
+            13: "; check the folder's permissions"}.get(e.errno or 0, "")
+    return StorageError(f"cannot write {path}: {e.strerror or e}{hint}")
 
 
 def write_atomic(path: Path, data: bytes, *, mode: int = 0o644, exclusive: bool = False) -> None:
@@ -16,10 +25,16 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644, exclusive: bool 
     With ``exclusive`` the write refuses to replace an existing file (used for keys).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise storage_error(path.parent, e) from None
     if exclusive and path.exists():
         raise UsageError(f"{path} already exists; refusing to overwrite it (move it away first)")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise storage_error(path, e) from None
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
@@ -37,9 +52,41 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644, exclusive: bool 
             os.unlink(tmp)
         else:
             os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise storage_error(path, e) from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def all_or_nothing(*folders: Path) -> Iterator[list[Path]]:
+    """Undo a half-made set of files if the block raises (a full disk, Ctrl-C).
+
+    Each of ``folders`` (and its parents) that does not exist yet is removed with all
+    it holds; files the block appends to the yielded list, in folders that existed
+    before, are removed one by one. A folder that existed before is never removed.
+    """
+    new_tops: list[Path] = []
+    for folder in folders:
+        folder = Path(folder).absolute()
+        top = None
+        while not folder.exists():
+            top, folder = folder, folder.parent
+        if top is not None and top not in new_tops:
+            new_tops.append(top)
+    written: list[Path] = []
+    try:
+        yield written
+    except BaseException:
+        for top in new_tops:
+            shutil.rmtree(top, ignore_errors=True)
+        for path in written:
+            with contextlib.suppress(OSError):
+                Path(path).unlink()
         raise
 
 

@@ -72,6 +72,17 @@ def run_command(cli: click.Group) -> None:
     except KeyboardInterrupt:
         err_console.print("mpseal: interrupted")
         sys.exit(130)
+    except BrokenPipeError:
+        # `mpseal ... | head`: the reader left; say nothing more (and nothing at exit).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    except OSError as e:
+        # The net under every command: a full disk, a read-only folder or a vanished
+        # file is still one line and exit 4, never a traceback.
+        where = f" {e.filename}" if e.filename else ""
+        err_console.print(f"mpseal: failed:{where} {e.strerror or e}", markup=False,
+                          soft_wrap=True)
+        sys.exit(EXIT_TRANSPORT)
 
 
 def _kind(e: MpsealError) -> str:

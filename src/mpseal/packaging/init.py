@@ -11,7 +11,7 @@ from mpseal.errors import UsageError
 from mpseal.formats import trustroot
 from mpseal.formats.boards import get_board
 from mpseal.formats.config import CONFIG_NAME
-from mpseal.fsutil import write_atomic
+from mpseal.fsutil import all_or_nothing, write_atomic
 
 KEY_MODE = 0o600
 
@@ -70,45 +70,45 @@ def init_project(folder: Path, board_name: str, name: str | None = None,
                                 "timestamp": [timestamp.public_key]})
     root_blob = trustroot.sign(troot, [root])
 
-    written: list[Path] = []
-    # Keys first, each refusing to replace a file that appeared meanwhile.
-    write_atomic(key_paths[0], root.to_pem(passphrase), mode=KEY_MODE, exclusive=True)
-    written.append(key_paths[0])
-    write_atomic(key_paths[1], release.to_pem(passphrase), mode=KEY_MODE, exclusive=True)
-    written.append(key_paths[1])
-    write_atomic(key_paths[2], timestamp.to_pem(passphrase), mode=KEY_MODE, exclusive=True)
-    written.append(key_paths[2])
-    for path in key_paths[3:]:
-        write_atomic(path, root_blob, exclusive=True)
-        written.append(path)
-    (folder / "keys/offline").chmod(0o700)
+    # A full disk or Ctrl-C half-way leaves nothing behind: init can simply be run again.
+    with all_or_nothing(folder / "keys/offline", folder / "keys/roots",
+                        folder / "app/data") as written:
+        # Keys first, each refusing to replace a file that appeared meanwhile.
+        for path, signer in zip(key_paths[:3], (root, release, timestamp), strict=True):
+            write_atomic(path, signer.to_pem(passphrase), mode=KEY_MODE, exclusive=True)
+            written.append(path)
+        for path in key_paths[3:]:
+            write_atomic(path, root_blob, exclusive=True)
+            written.append(path)
+        (folder / "keys/offline").chmod(0o700)
 
-    template = resources.files("mpseal.packaging") / "template"
-    written += _copy_template(template, folder)
-    write_atomic(config_path, CONFIG_TEMPLATE.format(
-        name=name, board=board.name, description=board.description, mpy=board.mpy,
-        arch=board.arch).encode())
-    written.append(config_path)
-    # Private keys, build outputs, virtual boards and the local registry stay out of git;
-    # the trust roots (public) are meant to be committed.
-    write_atomic(folder / ".gitignore", b"/dist/\n/.mpseal-cache/\n/sim/\n/mpseal.db*\n"
-                 b"/keys/*.pem\n/keys/offline/\n/keys/retired/\n/ca/offline/\n/ca/*key*\n")
+        template = resources.files("mpseal.packaging") / "template"
+        _copy_template(template, folder, written)
+        write_atomic(config_path, CONFIG_TEMPLATE.format(
+            name=name, board=board.name, description=board.description, mpy=board.mpy,
+            arch=board.arch).encode())
+        written.append(config_path)
+        # Private keys, build outputs, virtual boards and the local registry stay out of
+        # git; the trust roots (public) are meant to be committed.
+        gitignore = folder / ".gitignore"
+        if not gitignore.exists():
+            written.append(gitignore)
+        write_atomic(gitignore, b"/dist/\n/.mpseal-cache/\n/sim/\n/mpseal.db*\n"
+                     b"/keys/*.pem\n/keys/offline/\n/keys/retired/\n/ca/offline/\n/ca/*key*\n")
     return InitResult(folder, written, root.public_key.keyid, release.public_key.keyid,
                       timestamp.public_key.keyid)
 
 
-def _copy_template(src: resources.abc.Traversable, dest: Path) -> list[Path]:
-    out = []
+def _copy_template(src: resources.abc.Traversable, dest: Path, out: list[Path]) -> None:
     for item in src.iterdir():
         if item.name == "__pycache__":
             continue
         target = dest / item.name
         if item.is_dir():
-            out += _copy_template(item, target)
+            _copy_template(item, target, out)
         elif not target.exists():
             write_atomic(target, item.read_bytes())
             out.append(target)
-    return out
 
 
 def _default_name(folder: Path) -> str:

@@ -97,14 +97,20 @@ def _read_pack(path: Path) -> dict[bytes, bytes]:
 
 
 def _write_pack(path: Path, entries: dict[bytes, bytes]) -> None:
-    """One file for the whole cache, renamed into place; no fsync (a lost cache is a miss)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """One file for the whole cache, renamed into place; no fsync (a lost cache is a miss).
+
+    A cache that cannot be written (disk full) is only a slower next build: no error.
+    """
     body = bytearray(_PACK_MAGIC)
     for key in sorted(entries):
         body += _ENTRY.pack(key, len(entries[key])) + entries[key]
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(body)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(body)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
 
 
 class Compiler:

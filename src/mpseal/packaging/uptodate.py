@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from mpseal import __version__
+from mpseal.errors import StorageError
+from mpseal.formats.config import CONFIG_NAME
+from mpseal.fsutil import write_atomic
 from mpseal.packaging.mpycross import find_compiler
 from mpseal.packaging.project import Project
 from mpseal.packaging.sources import Sources
-from mpseal.formats.config import CONFIG_NAME
-from mpseal.fsutil import write_atomic
 
 RECORD = "last-build.json"
 
@@ -53,9 +54,14 @@ def fingerprint(project: Project, sources: Sources) -> str:
 
 
 def record(project: Project, inputs: str, blob: bytes, summary: dict[str, Any]) -> None:
-    write_atomic(project.cache_dir / RECORD, json.dumps({
-        "inputs": inputs, "artifact_sha256": hashlib.sha256(blob).hexdigest(),
-        "summary": summary}, sort_keys=True).encode())
+    """Remember this build. A record that cannot be written (disk full) is no error: the
+    old record names another artifact hash, so the next build is simply done again."""
+    try:
+        write_atomic(project.cache_dir / RECORD, json.dumps({
+            "inputs": inputs, "artifact_sha256": hashlib.sha256(blob).hexdigest(),
+            "summary": summary}, sort_keys=True).encode())
+    except StorageError:
+        pass
 
 
 def check(project: Project, sources: Sources) -> dict[str, Any] | None:

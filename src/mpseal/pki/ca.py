@@ -26,6 +26,7 @@ from cryptography.x509.oid import NameOID
 
 from mpseal.crypto.keys import PrivateKeySigner
 from mpseal.errors import ConfigError, UsageError
+from mpseal.fsutil import all_or_nothing, storage_error
 from mpseal.pki.files import read_certs, write_key, write_public
 from mpseal.pki.signer import (
     CertSigner,
@@ -124,16 +125,24 @@ def init_ca(folder: Path, options: CaOptions, passphrase: bytes | None = None) -
     issuing = sign_certificate(
         ca_builder(make_name(f"{options.name} issuing CA"[:64], org), root_name, issuing_pub,
                    root_pub, options.issuing_days, 0, root.not_valid_after_utc), root_signer)
-    (folder / "offline").mkdir(parents=True, exist_ok=True)
-    (folder / "offline").chmod(0o700)
-    write_key(folder / ROOT_KEY, root_key.to_pem(passphrase))
-    write_key(folder / ISSUING_KEY, issuing_key.to_pem(passphrase))
     pem = {c: c.public_bytes(Encoding.PEM) for c in (root, issuing)}
-    write_public(folder / "root.pem", pem[root])
-    write_public(folder / "root.der", root.public_bytes(Encoding.DER))
-    write_public(folder / "issuing.pem", pem[issuing])
-    write_public(folder / "issuing.der", issuing.public_bytes(Encoding.DER))
-    write_public(folder / "ca-chain.pem", pem[issuing] + pem[root])
+    outputs = [(ROOT_KEY, root_key.to_pem(passphrase), write_key),
+               (ISSUING_KEY, issuing_key.to_pem(passphrase), write_key),
+               ("root.pem", pem[root], write_public),
+               ("root.der", root.public_bytes(Encoding.DER), write_public),
+               ("issuing.pem", pem[issuing], write_public),
+               ("issuing.der", issuing.public_bytes(Encoding.DER), write_public),
+               ("ca-chain.pem", pem[issuing] + pem[root], write_public)]
+    # A full disk half-way leaves no half-made CA behind.
+    with all_or_nothing(folder / "offline") as written:
+        try:
+            (folder / "offline").mkdir(parents=True, exist_ok=True)
+            (folder / "offline").chmod(0o700)
+        except OSError as e:
+            raise storage_error(folder / "offline", e) from None
+        for name, data, write in outputs:
+            write(folder / name, data)
+            written.append(folder / name)
     return CaInitResult(folder, root, issuing, [folder / n for n in names])
 
 
