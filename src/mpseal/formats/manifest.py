@@ -16,18 +16,13 @@ The device reads ``type``..``entry``; ``files`` and ``build`` are for people.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from mpseal.errors import FormatError
-from mpseal.formats import jsondoc
+from mpseal.formats import jsondoc, names
 from mpseal.limits import DEFAULT_LIMITS, Limits
 
 DOC_TYPE = "mpseal-release"
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
-_VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+-]{0,31}$")
-_SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 
 def check_file_name(name: str, limits: Limits = DEFAULT_LIMITS) -> str:
@@ -36,7 +31,7 @@ def check_file_name(name: str, limits: Limits = DEFAULT_LIMITS) -> str:
         raise FormatError(f"file name {name!r} is empty or too long")
     parts = name.split("/")
     for part in parts:
-        if part in ("", ".", "..") or not _SEGMENT.fullmatch(part):
+        if part in ("", ".", "..") or not names.FILE_SEGMENT.fullmatch(part):
             raise FormatError(
                 f"file name {name!r} is not a plain relative path (letters, digits, _ . - and /)"
             )
@@ -81,13 +76,13 @@ class Manifest:
 
 
 def check_app_name(name: str) -> str:
-    if not _NAME.fullmatch(name):
+    if not names.APP_NAME.fullmatch(name):
         raise FormatError(f"app name {name!r} must be 1-64 of letters, digits, _ . - ")
     return name
 
 
 def check_version(version: str) -> str:
-    if not _VERSION.fullmatch(version):
+    if not names.VERSION.fullmatch(version):
         raise FormatError(f"version {version!r} must be 1-32 of letters, digits, . + -")
     return version
 
@@ -108,7 +103,7 @@ def parse(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Manifest:
             raise FormatError("manifest file list entry is not [name, size]")
         files.append((check_file_name(item[0], limits), item[1]))
     entry = f.req_str("entry", 64)
-    if not _MODULE.fullmatch(entry):
+    if not names.MODULE.fullmatch(entry):
         raise FormatError(f"manifest entry {entry!r} is not a module name")
     build = f.obj("build")
     return Manifest(

@@ -21,7 +21,6 @@ freeze devices until ``expires`` or re-offer releases the release key signed.
 from __future__ import annotations
 
 import hashlib
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from dataclasses import dataclass
 from mpseal.crypto.keys import Signer
 from mpseal.errors import FormatError, PolicyError, SignatureError, UsageError
 from mpseal.formats import artifact as artifact_mod
-from mpseal.formats import envelope, jsondoc, manifest
+from mpseal.formats import envelope, jsondoc, manifest, names
 from mpseal.formats.trustroot import TrustRoot
 from mpseal.limits import DEFAULT_LIMITS, Limits
 
@@ -38,8 +37,6 @@ DOC_TYPE = "mpseal-timestamp"
 ROLE = "timestamp"
 VERSION_MAX = 2**53 - 1  # exact in every JSON reader
 TIME_MAX = 2**40  # unix seconds: year ~36800
-_BOARD = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")
-_PATH_SEGMENT = re.compile(r"^[a-z0-9._-]+$")
 
 
 def check_target_path(path: object, limits: Limits = DEFAULT_LIMITS) -> str:
@@ -52,7 +49,7 @@ def check_target_path(path: object, limits: Limits = DEFAULT_LIMITS) -> str:
             f"target path is empty, not text or longer than {limits.target_path_max_length}"
         )
     for segment in path.split("/"):
-        if segment in ("", ".", "..") or not _PATH_SEGMENT.fullmatch(segment):
+        if segment in ("", ".", "..") or not names.TARGET_SEGMENT.fullmatch(segment):
             raise FormatError(
                 f"target path {path[:60]!r} is not a plain relative path ([a-z0-9._-] and /)"
             )
@@ -60,7 +57,7 @@ def check_target_path(path: object, limits: Limits = DEFAULT_LIMITS) -> str:
 
 
 def check_board(board: str) -> str:
-    if not _BOARD.fullmatch(board):
+    if not names.BOARD.fullmatch(board):
         raise FormatError(f"board name {board[:40]!r} must be 1-32 of letters, digits, _ . -")
     return board
 

@@ -16,13 +16,11 @@ from starlette.routing import Route
 from mpseal.errors import UsageError
 from mpseal.fleet.releasestore import NewRelease, ReleaseInfo
 from mpseal.formats import artifact as artifact_mod
+from mpseal.formats.names import CHANNEL, GROUP, HARDWARE_ID
 from mpseal.formats.updatemeta import Target
 from mpseal.fsutil import write_atomic
 from mpseal.server import auth
 from mpseal.server.http import (
-    CHANNEL,
-    GROUP,
-    HARDWARE_ID,
     ApiError,
     checked,
     json_ok,

@@ -18,23 +18,19 @@ from mpseal.errors import FormatError
 from mpseal.fleet.releases import FAILED_EVENTS, REPORT_EVENTS
 from mpseal.fleet.rollout import Running, choose
 from mpseal.formats import jsondoc
+from mpseal.formats.names import APP_NAME, BOARD, CHANNEL, HARDWARE_ID, SHA256_HEX, VERSION
 from mpseal.server import auth
 from mpseal.server.http import (
-    APP,
-    BOARD,
-    CHANNEL,
-    HARDWARE_ID,
-    VERSION,
     ApiError,
     checked,
     json_ok,
     read_json,
 )
+from mpseal.server.roots import ROOT_NAME
 from mpseal.server.service import UpdateServer
 
-ARTIFACT_NAME = re.compile(r"([0-9a-f]{64})\.mpseal")
-TIMESTAMP_NAME = re.compile(r"([a-z0-9][a-z0-9_-]{0,31})\.mpst")
-ROOT_NAME = re.compile(r"([1-9][0-9]{0,8})\.mpsr")
+ARTIFACT_NAME = re.compile(rf"({SHA256_HEX.pattern})\.mpseal")
+TIMESTAMP_NAME = re.compile(rf"({CHANNEL.pattern})\.mpst")  # one timestamp per channel
 REASON_MAX = 200
 NO_STORE = {"Cache-Control": "no-store"}
 
@@ -61,7 +57,7 @@ async def check(request: Request) -> Response:
     dev = await auth.device(server, request)
     f = await read_json(request, server.config.limits.json_body_max, "check request")
     _hardware_id(f, dev.hardware_id)
-    running = Running(app=checked(f.req_str("app", 64), APP, "app"),
+    running = Running(app=checked(f.req_str("app", 64), APP_NAME, "app"),
                       board=checked(f.req_str("board", 32), BOARD, "board"),
                       version=checked(f.req_str("version", 32), VERSION, "version"),
                       counter=f.int("counter", 0, 2**31 - 1))
@@ -133,7 +129,7 @@ async def report(request: Request) -> Response:
     app = f.str("app", 64, optional=True)
     board = f.str("board", 32, optional=True)
     if app is not None:
-        checked(app, APP, "app")
+        checked(app, APP_NAME, "app")
     if board is not None:
         checked(board, BOARD, "board")
     release_id = await server.run(server.store.release_for_report, app, board, version)

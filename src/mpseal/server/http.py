@@ -21,13 +21,6 @@ from mpseal.formats import jsondoc
 
 log = logging.getLogger("mpseal.server")
 
-# Matched whole (fullmatch): a "$" would let a trailing newline through.
-HARDWARE_ID = re.compile(r"[0-9A-Za-z_.:-]{1,64}")
-CHANNEL = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
-GROUP = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
-APP = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")  # as formats.manifest
-VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+-]{0,31}")
-BOARD = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}")  # as formats.updatemeta
 MESSAGE_MAX = 300
 
 

@@ -7,16 +7,27 @@ and a test fails when the two differ (regenerate with ``python -m mpseal.server.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Any
 
 from mpseal import __version__
+from mpseal.formats import names
+from mpseal.server.config import DEFAULT_CHANNEL
 
-HEX64 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
-HWID = {"type": "string", "pattern": "^[0-9A-Za-z_.:-]{1,64}$"}
-NAME = {"type": "string", "pattern": "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"}
-VERSION = {"type": "string", "pattern": "^[0-9A-Za-z][0-9A-Za-z.+-]{0,31}$"}
-CHANNEL = {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,31}$", "default": "stable"}
+
+def _string(pattern: re.Pattern[str], **extra: Any) -> dict[str, Any]:
+    """A string schema whose pattern is the validator's own (formats/names.py)."""
+    return {"type": "string", "pattern": names.json_schema_pattern(pattern), **extra}
+
+
+HEX64 = _string(names.SHA256_HEX)
+HWID = _string(names.HARDWARE_ID)
+NAME = _string(names.APP_NAME)
+GROUP = _string(names.GROUP)
+VERSION = _string(names.VERSION)
+BOARD = _string(names.BOARD)
+CHANNEL = _string(names.CHANNEL, default=DEFAULT_CHANNEL)
 COUNTER = {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}
 EVENTS = ["downloaded", "staged", "refused", "booted", "confirmed", "rolled_back"]
 
@@ -51,7 +62,7 @@ RELEASE_ID = _path_param("release_id", {"type": "integer", "minimum": 1}, "Relea
 def _schemas() -> dict[str, Any]:
     target = {"type": "object", "required": ["app", "board", "version", "counter",
                                              "manifest_sha256", "size", "path"],
-              "properties": {"app": NAME, "board": {"type": "string", "maxLength": 32},
+              "properties": {"app": NAME, "board": BOARD,
                              "version": VERSION, "counter": COUNTER, "manifest_sha256": HEX64,
                              "size": {"type": "integer", "minimum": 1},
                              "path": {"type": "string", "pattern": "^[a-z0-9._/-]{1,128}$"}}}
@@ -59,7 +70,7 @@ def _schemas() -> dict[str, Any]:
         "attempts", "updated", "failed", "refused", "rolled_back", "trial_timeouts",
         "in_progress")}}
     release = {"type": "object", "properties": {
-        "id": {"type": "integer"}, "app": NAME, "board": {"type": "string"},
+        "id": {"type": "integer"}, "app": NAME, "board": BOARD,
         "channel": CHANNEL, "version": VERSION, "counter": COUNTER,
         "manifest_sha256": HEX64, "file_sha256": HEX64, "size": {"type": "integer"},
         "state": {"type": "string", "enum": ["active", "paused", "halted"]},
@@ -73,7 +84,7 @@ def _schemas() -> dict[str, Any]:
                   "properties": {"error": {"type": "string", "maxLength": 300}}},
         "CheckRequest": {"type": "object", "required": [
             "hardware_id", "board", "app", "version", "counter", "timestamp_version"],
-            "properties": {"hardware_id": HWID, "board": {"type": "string", "maxLength": 32},
+            "properties": {"hardware_id": HWID, "board": BOARD,
                            "app": NAME, "version": VERSION, "counter": COUNTER,
                            "timestamp_version": {"type": "integer", "minimum": 0},
                            "channel": CHANNEL}},
@@ -90,7 +101,7 @@ def _schemas() -> dict[str, Any]:
                                          "version": VERSION,
                                          "reason": {"type": "string", "maxLength": 200},
                                          "app": NAME,
-                                         "board": {"type": "string", "maxLength": 32}}},
+                                         "board": BOARD}},
         "ReportResponse": {"type": "object", "properties": {
             "recorded": {"type": "boolean"}, "release": {"type": ["integer", "null"]},
             "halted": {"type": "boolean"}}},
@@ -102,7 +113,7 @@ def _schemas() -> dict[str, Any]:
         "PromoteRequest": {"type": "object", "minProperties": 1, "maxProperties": 1,
                            "properties": {"percent": {"type": "number", "minimum": 0,
                                                       "maximum": 100},
-                                          "group": NAME, "pin": HWID}},
+                                          "group": GROUP, "pin": HWID}},
         "RevokeRequest": {"type": "object", "properties": {
             "reason": {"type": "string", "maxLength": 200}}},
         "RevokeResponse": {"type": "object", "properties": {
