@@ -149,13 +149,3 @@ def check_strict(data: bytes, limits: DerLimits = DEFAULT_DER_LIMITS) -> None:
                   min(len(data), len(canonical)))
         raise FormatError(f"not strict DER: re-encoding differs from byte {at} on "
                           "(non-minimal length, integer or boolean, or unsorted SET)")
-
-
-def replace_signature(cert_der: bytes, signature_der: bytes) -> bytes:
-    """``Certificate ::= SEQUENCE {tbs, algorithm, BIT STRING}`` with a new signature value."""
-    outer = top(cert_der)
-    parts = children(cert_der, outer)
-    if len(parts) != 3 or parts[2].tag != BIT_STRING:
-        raise FormatError("not an X.509 certificate structure")
-    head = cert_der[parts[0].start:parts[1].end]  # tbsCertificate and signatureAlgorithm
-    return encode(SEQUENCE, head + encode(BIT_STRING, b"\x00" + signature_der))

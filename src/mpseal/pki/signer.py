@@ -1,14 +1,11 @@
 """Certificate signing behind a small protocol, so a CA key can live in an HSM later.
 
-``cryptography``'s ``CertificateBuilder.sign`` wants a private key object, which an HSM
-never hands out. So mpseal signs certificates the way an HSM-backed CA does:
-
-1. build the certificate with a throwaway P-256 key; this fixes the exact
-   ``tbsCertificate`` bytes (they name the algorithm, ecdsa-with-SHA256, and the
-   issuer, but contain nothing of the throwaway key);
-2. ask the ``CertSigner`` for an ECDSA signature over those bytes;
-3. put that signature in place of the throwaway one, and check it with the
-   signer's public key before anything is written.
+``cryptography``'s ``CertificateBuilder.sign`` wants a private-key object, which an HSM
+never hands out. It accepts any ``EllipticCurvePrivateKey`` subclass, though, and calls
+its ``sign(tbs, ECDSA(SHA256()))`` (pyca/cryptography#11616; tested on cryptography 50).
+So ``sign_certificate`` hands it a :class:`_ForwardingKey` that holds no key: its
+``sign()`` forwards the ``tbsCertificate`` bytes to the ``CertSigner``; the signature is
+then checked with the signer's public key before anything is written.
 
 Every certificate mpseal issues goes through this path, so the HSM path is the
 tested path. To plug in an HSM, implement ``CertSigner`` (``public_key`` and
@@ -29,12 +26,16 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    KeySerializationEncryption,
+    PrivateFormat,
+)
+from cryptography.utils import Buffer
 
 from mpseal.crypto.keys import PrivateKeySigner, Signer
 from mpseal.errors import ConfigError, SignatureError
 from mpseal.fsutil import read_limited
-from mpseal.pki import der
 
 KEY_FILE_MAX = 64 * 1024
 PassphraseCallback = Callable[[str], bytes | None]
@@ -84,12 +85,53 @@ def load_file_signer(path: Path, role: str,
     return SignerCertSigner(PrivateKeySigner.from_pem(pem, secret))
 
 
+class _ForwardingKey(ec.EllipticCurvePrivateKey):
+    """What ``CertificateBuilder.sign`` is given: ``sign()`` asks the ``CertSigner``.
+
+    It holds no private key, so everything but signing and the public half refuses.
+    """
+
+    def __init__(self, signer: CertSigner) -> None:
+        self._signer = signer
+
+    def sign(self, data: Buffer, signature_algorithm: ec.EllipticCurveSignatureAlgorithm,
+             ) -> bytes:
+        if not (isinstance(signature_algorithm, ec.ECDSA)
+                and isinstance(signature_algorithm.algorithm, hashes.SHA256)):
+            raise SignatureError("a CA signer signs ECDSA with SHA-256 only")
+        return self._signer.sign_tbs(bytes(data))
+
+    def public_key(self) -> ec.EllipticCurvePublicKey:
+        return self._signer.public_key
+
+    @property
+    def curve(self) -> ec.EllipticCurve:
+        return self._signer.public_key.curve
+
+    @property
+    def key_size(self) -> int:
+        return self.curve.key_size
+
+    def exchange(self, algorithm: ec.ECDH, peer_public_key: ec.EllipticCurvePublicKey) -> bytes:
+        raise SignatureError("a CA signer only signs")
+
+    def private_numbers(self) -> ec.EllipticCurvePrivateNumbers:
+        raise SignatureError("a CA signer never hands out its private key")
+
+    def private_bytes(self, encoding: Encoding, format: PrivateFormat,
+                      encryption_algorithm: KeySerializationEncryption) -> bytes:
+        raise SignatureError("a CA signer never hands out its private key")
+
+    def __copy__(self) -> _ForwardingKey:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> _ForwardingKey:
+        return self
+
+
 def sign_certificate(builder: x509.CertificateBuilder, signer: CertSigner) -> x509.Certificate:
-    """Sign ``builder`` with ``signer`` through the TBS path described above."""
-    draft = builder.sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256())
-    tbs = draft.tbs_certificate_bytes
-    cert_der = der.replace_signature(draft.public_bytes(Encoding.DER), signer.sign_tbs(tbs))
-    cert = x509.load_der_x509_certificate(cert_der)
+    """Sign ``builder`` with ``signer`` (ECDSA P-256/SHA-256) and check the result."""
+    cert = builder.sign(_ForwardingKey(signer), hashes.SHA256())
     try:
         signer.public_key.verify(cert.signature, cert.tbs_certificate_bytes,
                                  ec.ECDSA(hashes.SHA256()))
