@@ -1,0 +1,93 @@
+"""The same certificates over DTLS: the device's mbedTLS with ``ssl.PROTOCOL_DTLS_CLIENT``.
+
+The MicroPython unix port here has DTLS (``PROTOCOL_DTLS_CLIENT``/``_SERVER``). Against
+``openssl s_server -dtls1_2 -Verify 1`` the device verifies the server by the same DER
+anchor and presents the same DER certificate as over TLS, and the same mistakes fail the
+same way: certificate rules do not change with the transport (docs/certificates.md).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from conftest import run_mpseal
+from pki_support import HOST, MICROPYTHON, OPENSSL
+
+DTLS_CLIENT = Path(__file__).parent / "device" / "dtls_client.py"
+
+
+def _free_udp_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("dtls")
+    assert run_mpseal("ca", "init", root / "ca", "--org", "Acme").returncode == 0
+    assert run_mpseal("cert", "issue", "server.test", "--ca", root / "ca", "--role", "server",
+                      "--san", "DNS:server.test", "--out", root / "out").returncode == 0
+    assert run_mpseal("cert", "issue", "device-1", "--ca", root / "ca", "--role", "client",
+                      "--out", root / "out").returncode == 0
+    other = root / "other"
+    assert run_mpseal("ca", "init", other, "--org", "Other").returncode == 0
+    return root
+
+
+@contextmanager
+def dtls_server(pki: Path) -> Iterator[tuple[int, subprocess.Popen[str]]]:
+    """``openssl s_server`` over DTLS 1.2 that requires a client certificate."""
+    port = _free_udp_port()
+    proc = subprocess.Popen(
+        [OPENSSL, "s_server", "-dtls1_2", "-accept", f"{HOST}:{port}",
+         "-cert", str(pki / "out/server.test-chain.pem"),
+         "-key", str(pki / "out/server.test.key.pem"),
+         "-Verify", "1", "-CAfile", str(pki / "ca/ca-chain.pem"), "-naccept", "1"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(0.3)  # UDP: nothing to connect to; give it time to bind
+        yield port, proc
+    finally:
+        proc.kill()
+
+
+def device(port: int, pki: Path, anchor: Path, hostname: str = "server.test") -> str:
+    proc = subprocess.run([str(MICROPYTHON), str(DTLS_CLIENT), HOST, str(port),
+                           str(pki / "out/device-1.der"), str(pki / "out/device-1.key.der"),
+                           str(anchor), hostname], capture_output=True, text=True, timeout=30)
+    return (proc.stdout.strip().splitlines() or [proc.stderr.strip()])[-1]
+
+
+def test_mutual_dtls_with_the_tls_certificates(pki: Path) -> None:
+    with dtls_server(pki) as (port, proc):
+        line = device(port, pki, pki / "ca/root.der")
+        out = proc.communicate(timeout=10)[0]
+    assert line == "OK", (line, out)
+    assert "depth=0 CN = device-1" in out and "hello over dtls" in out, out
+    assert "CIPHER is ECDHE-ECDSA" in out, out
+
+
+def test_dtls_hostname_mismatch_fails_as_over_tls(pki: Path) -> None:
+    with dtls_server(pki) as (port, _):
+        line = device(port, pki, pki / "ca/root.der", hostname="other.test")
+    assert line.startswith("FAIL handshake") and "does not match" in line, line
+
+
+def test_dtls_server_from_another_ca_fails_as_over_tls(pki: Path) -> None:
+    with dtls_server(pki) as (port, _):
+        line = device(port, pki, pki / "other/root.der")
+    assert line.startswith("FAIL handshake") and "not correctly signed" in line, line
+
+
+def test_dtls_pem_anchor_fails_to_load_as_over_tls(pki: Path) -> None:
+    with dtls_server(pki) as (port, _):
+        line = device(port, pki, pki / "ca/root.pem")
+    assert line.startswith("FAIL load_verify_locations"), line
