@@ -91,6 +91,31 @@ def ca_init(folder: Path, name: str, org: str | None, root_days: int, issuing_da
         out_console.print("  [yellow]CA keys are not passphrase-protected (use --encrypt-keys)[/]")
 
 
+@ca.command("rotate")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--issuing-days", type=click.IntRange(30, 40 * 365), default=None,
+              help="Validity of the new issuing CA (default: as long as the old one's).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def ca_rotate(folder: Path, issuing_days: int | None, as_json: bool) -> None:
+    """A new issuing CA under the same root (needs the offline root key back in FOLDER).
+
+    Devices trust the root, so nothing changes for them; servers must load the new
+    ca-chain.pem, which keeps every retired issuing CA until it expires."""
+    res = ca_mod.rotate_issuing_ca(folder, issuing_days, passphrase_from_env_or_prompt)
+    if as_json:
+        emit_json({"folder": str(res.folder), "old": _cert_info(res.old),
+                   "new": _cert_info(res.new), "chain": [_cert_info(c) for c in res.chain]})
+        return
+    out_console.print(f"Rotated the issuing CA of {escape(str(res.folder))}")
+    out_console.print(f"  new      serial {res.new.serial_number:x}  until "
+                      f"{res.new.not_valid_after_utc:%Y-%m-%d}")
+    out_console.print(f"  retired  serial {res.old.serial_number:x} (its key is deleted; its "
+                      "certificates stay valid until they expire or are revoked)")
+    out_console.print("  reload the server's client-CA file: ca-chain.pem now lists "
+                      f"{len(res.chain) - 1} issuing CA(s) and the root")
+    out_console.print(f"  [yellow]move {ca_mod.ROOT_KEY} off this machine again[/]")
+
+
 # --- cert ----------------------------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ keyUsage, and no nameConstraints: the device's mbedTLS refuses critical nameCons
 from __future__ import annotations
 
 import datetime as dt
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,12 +27,13 @@ from cryptography.x509.oid import NameOID
 
 from mpseal.crypto.keys import PrivateKeySigner
 from mpseal.errors import ConfigError, UsageError
-from mpseal.fsutil import all_or_nothing, storage_error
+from mpseal.fsutil import all_or_nothing, read_limited, storage_error
 from mpseal.pki.files import read_certs, write_key, write_public
 from mpseal.pki.signer import (
     CertSigner,
     PassphraseCallback,
     SignerCertSigner,
+    is_encrypted_pem,
     load_file_signer,
     sign_certificate,
 )
@@ -156,9 +158,103 @@ def load_issuing_ca(folder: Path, passphrase: PassphraseCallback | None = None) 
     root = read_certs(folder / "root.pem", "root CA certificate")[0]
     signer = load_file_signer(folder / ISSUING_KEY, "issuing CA", passphrase)
     if signer.public_key.public_numbers() != issuing.public_key().public_numbers():
+        if (folder / ("issuing.pem" + NEXT)).exists():
+            raise ConfigError(f"an 'mpseal ca rotate' of {folder} was interrupted; run it "
+                              "again to finish it")
         raise ConfigError(f"{folder / ISSUING_KEY} does not belong to {folder / 'issuing.pem'}")
     try:
         issuing.verify_directly_issued_by(root)
     except (ValueError, TypeError, InvalidSignature):
         raise ConfigError(f"issuing.pem is not signed by root.pem in {folder}") from None
     return IssuingCa(issuing, signer, root)
+
+
+RETIRED = "retired"
+NEXT = ".next"  # a rotation writes these first, then moves them into place
+
+
+@dataclass(frozen=True)
+class RotateResult:
+    folder: Path
+    old: x509.Certificate
+    new: x509.Certificate
+    chain: list[x509.Certificate]  # what ca-chain.pem now lists: issuing CAs, then the root
+
+
+def _retired_certs(folder: Path, at: dt.datetime) -> list[x509.Certificate]:
+    """Retired issuing CAs still valid at ``at``: servers keep accepting their devices."""
+    found = []
+    for path in sorted((folder / RETIRED).glob("issuing-*.pem")):
+        cert = read_certs(path, "retired issuing CA certificate")[0]
+        if cert.not_valid_after_utc > at:
+            found.append(cert)
+    return found
+
+
+def rotate_issuing_ca(folder: Path, days: int | None = None,
+                      passphrase: PassphraseCallback | None = None) -> RotateResult:
+    """A new issuing CA under the same root; the old one is retired, not forgotten.
+
+    Devices anchor on the root, so they accept servers from either issuing CA at once.
+    Servers must accept device certificates from both until every device renewed:
+    ``ca-chain.pem`` lists the new issuing CA, every retired one still valid, and the
+    root. The old issuing key is deleted (its theft is usually why one rotates): what it
+    signed stays valid until it expires or the device is revoked on the server (T2).
+
+    Crash-safe: the new key and certificate are written beside the old ones as
+    ``*.next`` first, then moved into place; an interrupted rotation is finished by
+    running it again (``load_issuing_ca`` says so meanwhile)."""
+    folder = Path(folder)
+    if not (folder / ROOT_KEY).exists():
+        raise ConfigError(f"the root key {folder / ROOT_KEY} is not here: bring it back from "
+                          "offline storage for the rotation, then remove it again")
+    root = read_certs(folder / "root.pem", "root CA certificate")[0]
+    root_signer = load_file_signer(folder / ROOT_KEY, "root CA", passphrase)
+    if root_signer.public_key != root.public_key():
+        raise ConfigError(f"{folder / ROOT_KEY} does not belong to {folder / 'root.pem'}")
+    old = read_certs(folder / "issuing.pem", "issuing CA certificate")[0]
+    next_key, next_cert = folder / (ISSUING_KEY + NEXT), folder / ("issuing.pem" + NEXT)
+    staged = read_certs(next_cert, "new issuing CA certificate")[0] \
+        if next_cert.exists() else None
+    if staged is not None and (next_key.exists() or _key_matches(folder, staged, passphrase)):
+        new = staged  # an interrupted rotation: finish it
+    else:
+        for stale in (next_key, next_cert):
+            stale.unlink(missing_ok=True)
+        issuing_days = days or (old.not_valid_after_utc - old.not_valid_before_utc).days
+        key = PrivateKeySigner.generate()
+        new_pub = key.public_key.to_crypto()
+        root_pub = root.public_key()
+        assert isinstance(root_pub, ec.EllipticCurvePublicKey)
+        new = sign_certificate(
+            ca_builder(old.subject, root.subject, new_pub, root_pub, issuing_days, 0,
+                       root.not_valid_after_utc), root_signer)
+        encrypted = is_encrypted_pem(read_limited(folder / ISSUING_KEY, 64 * 1024, "issuing key"))
+        if encrypted and passphrase is None:
+            raise ConfigError("the issuing key is passphrase-protected, so the new one will be "
+                              "too: set MPSEAL_PASSPHRASE")
+        write_key(next_key, key.to_pem(passphrase("issuing CA") if passphrase and encrypted
+                                       else None))
+        write_public(next_cert, new.public_bytes(Encoding.PEM))
+    if old.serial_number != new.serial_number:
+        write_public(folder / RETIRED / f"issuing-{old.serial_number:x}.pem",
+                     old.public_bytes(Encoding.PEM))
+    at = now()
+    chain = [new] + [c for c in _retired_certs(folder, at) if c.serial_number != new.serial_number]
+    write_public(folder / "ca-chain.pem",
+                 b"".join(c.public_bytes(Encoding.PEM) for c in [*chain, root]))
+    write_public(folder / "issuing.der", new.public_bytes(Encoding.DER))
+    if next_key.exists():
+        os.replace(next_key, folder / ISSUING_KEY)  # the old key is gone from here on
+    os.replace(next_cert, folder / "issuing.pem")
+    return RotateResult(folder, old, new, [*chain, root])
+
+
+
+def _key_matches(folder: Path, cert: x509.Certificate,
+                 passphrase: PassphraseCallback | None) -> bool:
+    try:
+        signer = load_file_signer(folder / ISSUING_KEY, "issuing CA", passphrase)
+    except ConfigError:
+        return False
+    return signer.public_key == cert.public_key()
