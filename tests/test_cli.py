@@ -91,7 +91,9 @@ def test_missing_artifact_file(project: Path) -> None:
     assert res.returncode == 2 and "artifact not found" in res.stderr
 
 
-def test_sim_refuses_another_boards_artifact(tmp_path: Path) -> None:
+def test_sim_install_host_check_refuses_another_boards_artifact(tmp_path: Path) -> None:
+    """The host's pre-check answers, before the board is touched; that the device's guard
+    refuses alone is tests/test_guard.py::test_refuses_another_boards_image."""
     esp = tmp_path / "esp"
     assert run_mpseal("init", esp, "--board", "esp32").returncode == 0
     assert run_mpseal("build", "-C", esp).returncode == 0
@@ -106,8 +108,10 @@ def test_sim_refuses_another_boards_artifact(tmp_path: Path) -> None:
     assert res.returncode == 2 and "nothing is installed" in res.stderr
 
 
-def test_sim_refuses_a_tampered_artifact_and_keeps_the_installed_one(built: Path,
-                                                                     tmp_path: Path) -> None:
+def test_sim_install_host_check_refuses_a_tampered_artifact_and_keeps_the_installed_one(
+        built: Path, tmp_path: Path) -> None:
+    """The host's pre-check answers; the guard's own refusal is
+    tests/test_guard.py::test_refuses_tampered_image."""
     project = built.parents[1]
     sim = tmp_path / "sim"
     assert run_mpseal("sim", "create", "--sim", sim).returncode == 0

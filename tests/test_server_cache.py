@@ -11,21 +11,27 @@ from mpseal.server.batch import Batcher
 from mpseal.server.cache import TtlCache
 
 
-def test_cache_shares_one_load_and_expires() -> None:
+def test_concurrent_misses_share_one_load_and_an_entry_lives_exactly_ttl() -> None:
     async def go() -> None:
-        cache: TtlCache[int] = TtlCache(ttl=0.05)
+        now = [100.0]  # the cache's clock: moved by hand, so no margin depends on the machine
+        cache: TtlCache[int] = TtlCache(ttl=5, clock=lambda: now[0])
         loads = 0
+        release = asyncio.Event()
 
         async def load() -> int:
             nonlocal loads
             loads += 1
-            await asyncio.sleep(0.01)
+            await release.wait()  # every other caller arrives while this load is in flight
             return loads
 
-        assert await asyncio.gather(*(cache.get("k", load) for _ in range(10))) == [1] * 10
-        assert await cache.get("k", load) == 1  # cached
-        await asyncio.sleep(0.06)
-        assert await cache.get("k", load) == 2  # expired: loaded again
+        waiters = [asyncio.ensure_future(cache.get("k", load)) for _ in range(10)]
+        await asyncio.sleep(0)
+        release.set()
+        assert await asyncio.gather(*waiters) == [1] * 10
+        now[0] += 4.999
+        assert await cache.get("k", load) == 1  # still fresh
+        now[0] += 0.001
+        assert await cache.get("k", load) == 2  # ttl reached: loaded again
 
     asyncio.run(go())
 
@@ -69,19 +75,27 @@ def test_cache_size_is_bounded() -> None:
 def test_batcher_groups_concurrent_lookups_and_limits_batches_in_flight() -> None:
     async def go() -> None:
         batches: list[list[Hashable]] = []
+        release = asyncio.Event()
+        release.set()
 
         async def load(keys: list[Hashable]) -> dict[Hashable, str]:
             batches.append(keys)
-            await asyncio.sleep(0.01)
+            await release.wait()
             return {k: f"v{k}" for k in keys if k != 3}
 
         b: Batcher[str] = Batcher(load, max_inflight=1)
         first = await asyncio.gather(*(b.get(i) for i in range(5)))
         assert first == ["v0", "v1", "v2", None, "v4"] and batches == [[0, 1, 2, 3, 4]]
         # While one batch runs, new keys gather into the next one.
+        release.clear()
         t1 = asyncio.ensure_future(b.get("a"))
-        await asyncio.sleep(0.001)
+        while len(batches) < 2:  # until the batch ["a"] is in flight (no timing margin)
+            await asyncio.sleep(0)
         rest = [asyncio.ensure_future(b.get(k)) for k in ("b", "c", "b")]
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert len(batches) == 2  # max_inflight=1: b and c wait for a
+        release.set()
         assert await asyncio.gather(t1, *rest) == ["va", "vb", "vc", "vb"]
         assert batches[1:] == [["a"], ["b", "c"]]
 

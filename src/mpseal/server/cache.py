@@ -17,8 +17,10 @@ V = TypeVar("V")
 
 
 class TtlCache(Generic[V]):
-    def __init__(self, ttl: float, max_entries: int = 100_000) -> None:
+    def __init__(self, ttl: float, max_entries: int = 100_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl
+        self._clock = clock  # a test passes its own, so expiry needs no real waiting
         self.max_entries = max_entries
         self._data: dict[Hashable, tuple[float, V]] = {}
         self._loading: dict[Hashable, asyncio.Future[V]] = {}
@@ -26,7 +28,7 @@ class TtlCache(Generic[V]):
 
     async def get(self, key: Hashable, load: Callable[[], Awaitable[V]]) -> V:
         hit = self._data.get(key)
-        now = time.monotonic()
+        now = self._clock()
         if hit is not None and hit[0] > now:
             return hit[1]
         pending = self._loading.get(key)
@@ -44,7 +46,7 @@ class TtlCache(Generic[V]):
         else:
             fut.set_result(value)
             if generation == self._generation:
-                self._put(key, value, time.monotonic())
+                self._put(key, value, self._clock())
             return value
         finally:
             del self._loading[key]
