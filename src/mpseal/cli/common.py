@@ -55,23 +55,28 @@ def exit_code_for(exc: MpsealError) -> int:
 
 
 def run_command(cli: click.Group) -> None:
-    """Run the CLI; every mpseal error becomes one line on stderr and a non-zero exit."""
+    """Run the CLI; every error becomes one line on stderr and a non-zero exit.
+
+    With ``--json`` a failure also prints a JSON object on stdout (unless the command
+    already printed its JSON): ``{"error": ..., "kind": ..., "exit_code": ...}``.
+    """
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
-        err_console.print("mpseal: aborted")
-        sys.exit(130)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
+        _fail("aborted", "aborted", 130)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    except click.ClickException as e:
+        # Click's own "Usage: ... Try ... Error: ..." is three lines; the promise is one.
+        hint = ""
+        ctx = getattr(e, "ctx", None)
+        if isinstance(e, click.UsageError) and ctx is not None:
+            hint = f" (see '{ctx.command_path} --help')"
+        _fail("usage error", f"{e.format_message()}{hint}", e.exit_code or EXIT_USAGE)
     except MpsealError as e:
-        err_console.print(f"mpseal: {_kind(e)}: {e}", markup=False, soft_wrap=True)
-        sys.exit(exit_code_for(e))
+        _fail(_kind(e), str(e), exit_code_for(e))
     except KeyboardInterrupt:
-        err_console.print("mpseal: interrupted")
-        sys.exit(130)
+        _fail("interrupted", "interrupted", 130)
     except BrokenPipeError:
         # `mpseal ... | head`: the reader left; say nothing more (and nothing at exit).
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -79,10 +84,27 @@ def run_command(cli: click.Group) -> None:
     except OSError as e:
         # The net under every command: a full disk, a read-only folder or a vanished
         # file is still one line and exit 4, never a traceback.
-        where = f" {e.filename}" if e.filename else ""
-        err_console.print(f"mpseal: failed:{where} {e.strerror or e}", markup=False,
-                          soft_wrap=True)
-        sys.exit(EXIT_TRANSPORT)
+        where = f"{e.filename}: " if e.filename else ""
+        _fail("failed", f"{where}{e.strerror or e}", EXIT_TRANSPORT)
+
+
+def _fail(kind: str, message: str, code: int) -> None:
+    line = " ".join(message.split())  # one line, whatever the message held
+    if kind in ("aborted", "interrupted"):
+        err_console.print(f"mpseal: {kind}", markup=False)
+    else:
+        err_console.print(f"mpseal: {kind}: {line}", markup=False, soft_wrap=True)
+    if _json_requested() and not _json_emitted:
+        click.echo(json.dumps({"error": line, "kind": kind, "exit_code": code}, indent=2,
+                              sort_keys=True))
+    sys.exit(code)
+
+
+def _json_requested() -> bool:
+    args = sys.argv[1:]
+    if "--" in args:
+        args = args[: args.index("--")]
+    return "--json" in args
 
 
 def _kind(e: MpsealError) -> str:
@@ -95,8 +117,13 @@ def _kind(e: MpsealError) -> str:
     return "error"
 
 
+_json_emitted = False  # a command printed its JSON: a later failure adds no second document
+
+
 def emit_json(obj: Any) -> None:
+    global _json_emitted
     click.echo(json.dumps(obj, indent=2, sort_keys=True))
+    _json_emitted = True
 
 
 def passphrase_from_env_or_prompt(role: str) -> bytes | None:

@@ -71,8 +71,6 @@ def serve(project_dir: Path, db_url: str | None, host: str, port: int, workers: 
                           "or give --roots, --timestamp-key, --db and --artifacts")
     base = project.root if project is not None else project_dir.resolve()
     tokens = [t.strip() for t in os.environ.get(admin_token_env, "").split(",") if t.strip()]
-    if not tokens:
-        err_console.print(f"mpseal: ${admin_token_env} is empty: the admin API refuses every call")
     key_path = timestamp_key or project.path(project.config.timestamp_key)
     settings = ServerSettings(
         database_url=db_url or default_url(base),
@@ -88,11 +86,17 @@ def serve(project_dir: Path, db_url: str | None, host: str, port: int, workers: 
     if b"ENCRYPTED" in Path(key_path).read_bytes()[:4096]:
         passphrase = passphrase_from_env_or_prompt("timestamp")
     scheme = "https" if tls_cert else "http"
-    err_console.print(f"mpseal: serving {scheme}://{host}:{port} ({workers} worker(s)); "
-                      f"database {settings.database_url.split('@')[-1]}")
-    run_server(settings, RunOptions(host=host, port=port, workers=workers, tls_cert=tls_cert,
-                                    tls_key=tls_key, client_ca=client_ca, access_log=access_log),
-               passphrase)
+    options = RunOptions(host=host, port=port, workers=workers, tls_cert=tls_cert,
+                         tls_key=tls_key, client_ca=client_ca, access_log=access_log)
+
+    def announce() -> None:  # only once the keys, the TLS files and the database were checked
+        if not tokens:
+            err_console.print(f"mpseal: ${admin_token_env} is empty: the admin API refuses "
+                              "every call")
+        err_console.print(f"mpseal: serving {scheme}://{host}:{port} ({workers} worker(s)); "
+                          f"database {settings.database_url.split('@')[-1]}")
+
+    run_server(settings, options, passphrase, announce)
 
 
 # -- the admin API -----------------------------------------------------------------------

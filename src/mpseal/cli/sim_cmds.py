@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from mpseal.packaging.project import Project
 from mpseal.cli.common import emit_json, out_console
 from mpseal.device.sim import DEFAULT_FLASH, VirtualBoard
+from mpseal.errors import ConfigError, MpsealError, PolicyError, TransportError
 from mpseal.formats.boards import BOARDS
 from mpseal.fsutil import read_limited
 from mpseal.limits import DEFAULT_LIMITS
+from mpseal.packaging.project import Project
 
 sim_dir_option = click.option(
     "--sim", "sim_dir", type=click.Path(file_okay=False, path_type=Path), default="sim/default",
@@ -67,9 +70,10 @@ def _boot(sim_dir: Path, heapsize: str | None, max_boots: int, as_json: bool) ->
         sys.stdout.write(report.output)
         out_console.print(f"[dim]-- {report.boots} boot(s), {report.outcome}[/]")
     if report.outcome == "idle":
-        raise click.ClickException("the board has no valid image to run (locked idle)")
+        raise PolicyError("the board has no valid image to run (locked idle); "
+                          "'mpseal sim status' shows why")
     if report.crashes():
-        raise click.ClickException(f"the app crashed: {report.crashes()[-1]}")
+        raise TransportError(f"the app crashed on the board: {report.crashes()[-1]}")
 
 
 @sim.command()
@@ -99,15 +103,45 @@ def status(sim_dir: Path, as_json: bool) -> None:
     if as_json:
         emit_json(st)
         return
-    state = st.get("state") or {}
-    out_console.print(f"state: {state or 'none (fresh board)'}")
+    for line in status_lines(st):
+        out_console.print(line, markup=False)
+
+
+def status_lines(st: dict[str, Any]) -> list[str]:
+    """The guard's status in words a person reads (the dicts are for --json)."""
+    state = st.get("state") if isinstance(st.get("state"), dict) else {}
+    slots = st.get("slots") if isinstance(st.get("slots"), dict) else {}
+    lines = []
+    if not state:
+        lines.append("state:     fresh board (nothing installed yet)")
+    else:
+        committed, trial = state.get("committed"), state.get("trial")
+        lines.append(f"committed: slot {committed}" if committed else "committed: none")
+        if trial:
+            lines.append(f"trial:     slot {trial} (try {state.get('tries', 0)}): the next boot "
+                         "runs it; the app must confirm it")
+        lines.append(f"counter:   {state.get('counter', 0)} (releases below it are refused)")
+        if state.get("unlocks"):
+            lines.append(f"unlocks:   {state['unlocks']} service unlock(s) used")
     if st.get("damaged"):
-        out_console.print(f"  {st['damaged']} damaged state copy ignored")
-    slots = st.get("slots") or {}
+        lines.append(f"note:      {st['damaged']} damaged state copy ignored")
     for slot in ("a", "b"):
-        out_console.print(f"slot {slot}: {slots.get(slot) or 'empty'}")
-    for line in st.get("log") or []:
-        out_console.print(f"  log: {line}")
+        info = slots.get(slot) or {}
+        if not isinstance(info, dict) or not info or info.get("refused") == "slot is empty":
+            text = "empty"
+        elif "refused" in info:
+            text = f"refused: {info['refused']}"
+        else:
+            text = f"{info.get('app', '?')} {info.get('version', '?')} (counter " \
+                   f"{info.get('counter', '?')})"
+        running = " [running]" if state.get("committed") == slot and not state.get("trial") \
+            else ""
+        lines.append(f"slot {slot}:    {text}{running}")
+    log = st.get("log") or []
+    if log:
+        lines.append("boot log (newest last):")
+        lines += [f"  {line}" for line in log]
+    return lines
 
 
 @sim.command()
@@ -121,16 +155,42 @@ def update(sim_dir: Path, poll: bool, as_json: bool) -> None:
     has an identity, the server's trust anchor and config.json with "server" in it.
     """
     board = VirtualBoard(sim_dir)
+    _check_provisioned(board, sim_dir)
     res = board.command("ota", *(["poll", "5", "300"] if poll else []), timeout=24 * 3600)
-    result = res.replies()[-1] if res.replies() else {"failed": res.stderr.strip()[-200:]}
+    replies = [r for r in res.replies() if isinstance(r, dict)]
+    if not replies:
+        last = (res.stderr.strip() or res.stdout.strip()).splitlines()[-1:] or ["no output"]
+        raise TransportError(f"the board's update client stopped: {last[0][:200]}")
+    result = replies[-1]
     if as_json:
         emit_json(result)
-    else:
-        out_console.print(result.get("result") or result, markup=False)
-        if result.get("result") == "staged":
-            out_console.print("Staged: 'mpseal sim boot' runs it on trial.", markup=False)
-    if "refused" in result or "failed" in result:
-        raise click.ClickException(f"update: {result.get('refused') or result.get('failed')}")
+    elif result.get("result") == "staged":
+        out_console.print("staged: the board verified and staged a new release; "
+                          f"'mpseal sim boot --sim {sim_dir}' runs it on trial", markup=False)
+    elif result.get("result") == "none":
+        out_console.print("up to date: the server offers nothing newer for this board",
+                          markup=False)
+    if "refused" in result:
+        raise PolicyError(f"the board refused the update: {result['refused']}")
+    if "failed" in result:
+        raise TransportError(f"the board's update check failed: {result['failed']}")
+
+
+def _check_provisioned(board: VirtualBoard, sim_dir: Path) -> None:
+    """The update client needs what provisioning writes: say so, not 'ENOENT'."""
+    hint = (f"provision it first: mpseal provision --sim {sim_dir} --config device.toml "
+            "(device.toml: server = \"https://HOST:PORT\")")
+    try:
+        raw = board.get("/mpseal/config.json")
+    except MpsealError:
+        raise ConfigError(f"{sim_dir} has no /mpseal/config.json; {hint}") from None
+    try:
+        cfg = json.loads(raw)
+    except ValueError:
+        raise ConfigError(f"{sim_dir}: /mpseal/config.json is damaged; {hint}") from None
+    if not isinstance(cfg, dict) or not str(cfg.get("server", "")).startswith(
+            ("https://", "http://")):
+        raise ConfigError(f"{sim_dir}: /mpseal/config.json names no server URL; {hint}")
 
 
 @sim.command(name="ls")

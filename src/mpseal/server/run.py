@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,14 +69,48 @@ def uvicorn_kwargs(options: RunOptions) -> dict[str, Any]:
                           "server_header": False, "timeout_keep_alive": 30,
                           "proxy_headers": False}
     if options.tls_cert is not None:
+        check_tls_files(options)
         kw.update(ssl_certfile=str(options.tls_cert), ssl_keyfile=str(options.tls_key))
     if options.client_ca is not None:
         kw.update(ssl_ca_certs=str(options.client_ca), ssl_cert_reqs=ssl.CERT_OPTIONAL)
     return kw
 
 
-def serve(settings: ServerSettings, options: RunOptions, passphrase: bytes | None = None) -> None:
-    """Run until interrupted. The schema is migrated once here, before any worker starts."""
+def check_tls_files(options: RunOptions) -> None:
+    """Load the TLS certificate, key and client CA once, so a wrong file is a one-line
+    ConfigError before anything says 'serving' (uvicorn would raise in its worker)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    for flag, path in (("--tls-cert", options.tls_cert), ("--tls-key", options.tls_key),
+                       ("--client-ca", options.client_ca)):
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"{flag} {path}: no such file")
+
+    def no_passphrase() -> str:
+        raise ConfigError(f"--tls-key {options.tls_key} is passphrase-protected; "
+                          "give the server an unencrypted key file (mode 0600)")
+
+    try:
+        ctx.load_cert_chain(str(options.tls_cert), str(options.tls_key), password=no_passphrase)
+    except ssl.SSLError as e:
+        if e.reason == "KEY_VALUES_MISMATCH":
+            raise ConfigError(f"--tls-key {options.tls_key} does not belong to --tls-cert "
+                              f"{options.tls_cert}") from None
+        raise ConfigError(f"--tls-cert {options.tls_cert} / --tls-key {options.tls_key}: not a "
+                          f"PEM certificate and its PEM private key ({e.reason or e})") from None
+    if options.client_ca is not None:
+        try:
+            ctx.load_verify_locations(cafile=str(options.client_ca))
+        except ssl.SSLError as e:
+            raise ConfigError(f"--client-ca {options.client_ca}: not a PEM CA certificate "
+                              f"({e.reason or e})") from None
+
+
+def serve(settings: ServerSettings, options: RunOptions, passphrase: bytes | None = None,
+          announce: Callable[[], None] | None = None) -> None:
+    """Run until interrupted. The schema is migrated once here, before any worker starts.
+
+    ``announce`` is called once everything was checked, just before the server starts.
+    """
     from mpseal.fleet.registry import Registry
     from mpseal.server.roots import RootStore
     from mpseal.server.timestamps import check_timestamp_key
@@ -85,6 +120,8 @@ def serve(settings: ServerSettings, options: RunOptions, passphrase: bytes | Non
     check_timestamp_key(RootStore(config.roots_dir, config.trust_root_file).newest(),
                         config.timestamp_signer)
     Registry.open(settings.database_url, upgrade=True).engine.dispose()
+    if announce is not None:
+        announce()
     if options.workers <= 1:
         from mpseal.server.app import create_app
 
