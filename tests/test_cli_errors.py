@@ -7,12 +7,12 @@ three-line usage text, a Python dict from `sim update`, `--json` failures with n
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
-
-from conftest import Run, run_mpseal
+from conftest import MPSEAL, Run, run_mpseal
 
 
 def one_line(res: Run, code: int) -> str:
@@ -80,3 +80,26 @@ def test_sim_status_is_readable(built: Path) -> None:
     assert "trial:     slot a" in res.stdout
     assert "slot a:    hello 1.0.0 (counter 1)" in res.stdout
     assert "slot b:    empty" in res.stdout
+
+
+def test_lockdown_plan_echoes_the_out_folder_given(tmp_path: Path) -> None:
+    res = run_mpseal("lockdown", "plan", "--board", "esp32", "--keep", "ota,uart-logs",
+                     "--out", "hardening/", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "--out hardening/" in res.stdout and "--out lockdown/" not in res.stdout
+    assert "FROZEN_MANIFEST=$PWD/hardening/manifest.py" in res.stdout
+    assert (tmp_path / "hardening" / "manifest.py").is_file()
+    assert "--out hardening/" in (tmp_path / "hardening" / "plan.md").read_text()
+
+
+def test_tables_are_not_cut_in_a_pipe(built: Path) -> None:
+    """rich cut tables at 80 columns when stdout was a pipe (`release list | less`)."""
+    project = built.parent.parent
+    long_name = "a_rather_long_module_name_that_goes_past_eighty_columns_of_a_table.py"
+    (project / "app" / long_name).write_text("X = 1\n")
+    assert run_mpseal("build", cwd=project).returncode == 0
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    proc = subprocess.run([str(MPSEAL), "inspect", str(built)], capture_output=True, text=True,
+                          env=env, check=False, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    assert long_name.replace(".py", ".mpy") in proc.stdout

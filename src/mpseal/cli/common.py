@@ -23,6 +23,9 @@ EXIT_BAD_DATA = 3  # the artifact/device/server data is bad or refused
 EXIT_TRANSPORT = 4  # a device, server or tool could not be reached or failed
 EXIT_USAGE = 2  # the request or the configuration is wrong
 
+PIPE_WIDTH = 1000  # columns for output that goes to a pipe or a file
+
+
 class _LazyConsole:
     """A rich Console made on first use: commands that print JSON never import rich."""
 
@@ -35,7 +38,12 @@ class _LazyConsole:
         if self._console is None:
             from rich.console import Console
 
-            self._console = Console(**self._options)
+            options = dict(self._options)
+            stream = sys.stderr if options.get("stderr") else sys.stdout
+            if not stream.isatty() and "COLUMNS" not in os.environ:
+                # A pipe or a file has no width: rich would cut tables at 80 columns.
+                options["width"] = PIPE_WIDTH
+            self._console = Console(**options)
         return self._console
 
     def __getattr__(self, name: str) -> Any:

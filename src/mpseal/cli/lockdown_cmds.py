@@ -34,7 +34,7 @@ def lockdown() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan(board: str, keep: tuple[str, ...], out_dir: Path | None, as_json: bool) -> None:
     """An ordered hardening plan: runtime profile, firmware build, hardware steps."""
-    result = build_plan(board, keep)
+    result = build_plan(board, keep, out=_as_typed(out_dir) if out_dir else "lockdown/")
     written = write_plan(result, out_dir) if out_dir else []
     if as_json:
         doc = result.to_dict()
@@ -44,6 +44,14 @@ def plan(board: str, keep: tuple[str, ...], out_dir: Path | None, as_json: bool)
     _print_plan(result)
     if written:
         out_console.print(f"Wrote {len(written)} files to {out_dir}", markup=False)
+
+
+def _as_typed(folder: Path) -> str:
+    """The --out folder as the plan's commands should echo it (shell-quoted if needed)."""
+    import shlex
+
+    text = str(folder)
+    return shlex.quote(text if text.endswith("/") else text + "/")
 
 
 def _print_plan(p: Plan) -> None:

@@ -176,7 +176,7 @@ _BUILD = {
 }
 
 
-def _firmware_steps(board: str, keep: tuple[str, ...]) -> list[Step]:
+def _firmware_steps(board: str, keep: tuple[str, ...], out: str) -> list[Step]:
     lever_ids = tuple(lv.id for lv in itf.firmware_levers(board, keep))
     files = "manifest.py, frozen/ (boot.py, main.py, the guard), mpconfigboard_mpseal.h"
     if board in ESP:
@@ -185,10 +185,12 @@ def _firmware_steps(board: str, keep: tuple[str, ...]) -> list[Step]:
         "fw-files", Phase.FIRMWARE, "Write the firmware build fragment",
         detail=f"Files: {files}. Each build option names the interface it closes.",
         commands=(f"mpseal lockdown plan --board {board}"
-                  + (f" --keep {','.join(keep)}" if keep else "") + " --out lockdown/",),
+                  + (f" --keep {','.join(keep)}" if keep else "") + f" --out {out}",),
         stops=Tier.T0, levers=lever_ids,
         verify="The files exist; the header lists one #define per option.",
     )]
+    folder = out.rstrip("/") or "/"
+    manifest = f"{folder}/manifest.py" if folder.startswith("/") else f"$PWD/{folder}/manifest.py"
     if board in _BUILD:
         port, generic = _BUILD[board]
         detail = (f"Copy ports/{port}/boards/{generic} to your own board folder, add "
@@ -197,7 +199,7 @@ def _firmware_steps(board: str, keep: tuple[str, ...]) -> list[Step]:
             detail += (", and list(APPEND SDKCONFIG_DEFAULTS ${MICROPY_BOARD_DIR}/sdkconfig.mpseal)"
                        " to its mpconfigboard.cmake")
         cmd = (f"make -C micropython/ports/{port} BOARD_DIR=$BOARD_DIR "
-               "FROZEN_MANIFEST=$PWD/lockdown/manifest.py")
+               f"FROZEN_MANIFEST={manifest}")
     else:  # openmv
         detail = ("OpenMV firmware is built from the openmv repository, not ports/stm32: add "
                   "freeze('<lockdown>/frozen') to the board's frozen manifest and the options "
@@ -227,7 +229,9 @@ def _design_steps(board: str, keep: tuple[str, ...]) -> list[Step]:
 
 # --------------------------------------------------------------------------- the plan
 
-def build_plan(board: str, keep: Iterable[str] = ()) -> Plan:
+def build_plan(board: str, keep: Iterable[str] = (), out: str = "lockdown/") -> Plan:
+    """The plan; ``out`` is the folder the build fragment is written to (``--out``), which
+    the plan's own commands name."""
     from mpseal.lockdown.hardware import hardware_steps
 
     itf.check_board(board)
@@ -235,7 +239,7 @@ def build_plan(board: str, keep: Iterable[str] = ()) -> Plan:
     profile = choose_profile(kept)
     steps = _runtime_steps(board, kept, profile)
     if board != "unix":
-        steps += _firmware_steps(board, kept)
+        steps += _firmware_steps(board, kept, out)
         steps += _design_steps(board, kept)
         steps += hardware_steps(board, kept)
     problems = check_order(steps)
