@@ -132,6 +132,15 @@ class Compiler:
         self.hits = 0
         self.misses = 0
 
+    def version(self) -> str:
+        """What the compiler says it is (``MicroPython v1.29.0 ...; mpy-cross emitting mpy v6.3``)."""
+        try:
+            proc = subprocess.run([str(self.binary), "--version"], capture_output=True,
+                                  timeout=COMPILE_TIMEOUT, check=False)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise ToolError(f"cannot run mpy-cross ({self.binary}): {e}") from None
+        return proc.stdout.decode("utf-8", "replace").strip()[:200] or "unknown"
+
     def _key(self, module: Module) -> bytes:
         h = hashlib.sha256()
         for part in (self._tool_id.encode(), module.name.encode(), module.source):

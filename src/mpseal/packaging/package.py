@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mpseal import __version__
-from mpseal.packaging import uptodate
+from mpseal.packaging import sbom, uptodate
 from mpseal.packaging.mpycross import CompileOptions, Compiler
-from mpseal.packaging.sources import collect
+from mpseal.packaging.sources import Sources, collect
 from mpseal.packaging.project import Project
 from mpseal.crypto.keys import Signer
 from mpseal.errors import ConfigError, MpsealError
@@ -86,6 +86,8 @@ def build(project: Project, signer: Signer, progress: Callable[[str], None] | No
             raise ConfigError(f"data file {name} clashes with a compiled module of the same name")
         files[name] = data
     image = romfs.write(files)
+    image_sha256 = hashlib.sha256(image).hexdigest()
+    sbom_bytes = _sbom(project, sources, files, image_sha256, compiler)
     manifest = Manifest(
         app=cfg.name,
         version=cfg.version,
@@ -94,11 +96,12 @@ def build(project: Project, signer: Signer, progress: Callable[[str], None] | No
         port=cfg.board.port,
         mpy_version=cfg.mpy_version,
         arch=cfg.arch,
-        image_sha256=hashlib.sha256(image).hexdigest(),
+        image_sha256=image_sha256,
         image_size=len(image),
         entry=cfg.entry,
         files=tuple((name, len(files[name])) for name in sorted(files)),
-        build={"opt": cfg.opt, "source_lines": cfg.source_lines, "tool": f"mpseal {__version__}"},
+        build={"opt": cfg.opt, "source_lines": cfg.source_lines, "tool": f"mpseal {__version__}",
+               "sbom": hashlib.sha256(sbom_bytes).hexdigest()},
     )
     art = artifact.create(manifest, image, [signer])
     blob = art.encode()
@@ -108,6 +111,7 @@ def build(project: Project, signer: Signer, progress: Callable[[str], None] | No
     except MpsealError as e:  # pragma: no cover - a bug in mpseal itself
         raise ConfigError(f"the new artifact does not verify against the trust root: {e}") from e
     out = project.artifact_path()
+    write_atomic(sbom_path(out), sbom_bytes)
     write_atomic(out, blob)
     stages["package"] = time.perf_counter() - t
     result = BuildResult(
@@ -124,3 +128,26 @@ def build(project: Project, signer: Signer, progress: Callable[[str], None] | No
     )
     uptodate.record(project, inputs, blob, result.summary())
     return result
+
+
+def sbom_path(artifact_path: Path) -> Path:
+    """``dist/<app>-<version>.mpseal`` -> ``dist/<app>-<version>.cdx.json``."""
+    return artifact_path.with_suffix(".cdx.json")
+
+
+def _sbom(project: Project, sources: Sources, files: dict[str, bytes], image_sha256: str,
+          compiler: Compiler) -> bytes:
+    cfg = project.config
+    source_of = {m.name[:-3] + ".mpy": m.source for m in sources.modules}
+    source_of.update(sources.data)
+    config_path = project.root / "mpseal.toml"
+    inp = sbom.SbomInput(
+        app=cfg.name, version=cfg.version, board=cfg.board.name, port=cfg.board.port,
+        mpy_version=cfg.mpy_version, arch=cfg.arch, image_sha256=image_sha256, opt=cfg.opt,
+        source_lines=cfg.source_lines,
+        config_sha256=hashlib.sha256(config_path.read_bytes()).hexdigest()
+        if config_path.is_file() else "",
+        tools={"mpseal": __version__, "mpy-cross": compiler.version()},
+        files={name: (data, source_of.get(name)) for name, data in files.items()},
+        packages=sbom.find_packages(project.root, project.source_dir))
+    return sbom.make(inp)
