@@ -25,7 +25,7 @@ from server_support import ADMIN_TOKEN, HOST, free_port, running_server
 
 from mpseal.packaging.project import Project
 from mpseal.device.simlink import connect
-from mpseal.device.sim import VirtualBoard
+from mpseal.device.sim import SIM_ID, VirtualBoard
 from mpseal.fleet.provision import ProvisionPlan, provision_device
 from mpseal.fleet.registry import Registry
 from mpseal.fleet.rollout import HaltPolicy
@@ -63,6 +63,7 @@ class Mirror(http.server.ThreadingHTTPServer):
         self.rules: dict[str, Answer] = {}
         self.trickle: dict[str, float] = {}  # path -> bytes per second
         self.seen: list[str] = []
+        self.ranges: list[tuple[str, str | None]] = []  # (path, Range header) of every GET
 
     @property
     def url(self) -> str:
@@ -83,6 +84,8 @@ class _MirrorHandler(http.server.BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else None
         self.server.seen.append(f"{self.command} {self.path}")
+        if self.command == "GET":
+            self.server.ranges.append((self.path, self.headers.get("Range")))
         rule = self.server.rules.get(self.path)
         answered = rule(self.path, dict(self.headers)) if rule else None
         if answered is not None:
@@ -145,10 +148,13 @@ class World:
             assert r.status_code == 200, r.text
         return int(rid)
 
-    def board(self, first: bytes, group: str = "default") -> VirtualBoard:
+    def board(self, first: bytes, group: str = "default",
+              hardware_id: str | None = None) -> VirtualBoard:
         """A new virtual board, provisioned (guard, identity, token) to update via the mirror,
-        running ``first`` committed."""
+        running ``first`` committed; ``hardware_id`` replaces its random one."""
         board = VirtualBoard.create(self.tmp / f"board{len(self.boards)}")
+        if hardware_id is not None:
+            board.put(hardware_id.encode() + b"\n", SIM_ID)
         self.boards.append(board)
         proj = self.proj
         plan = ProvisionPlan(
