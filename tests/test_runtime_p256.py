@@ -7,6 +7,10 @@ keys and messages, tampered copies, malformed encodings, and constructed edge ca
 verification equation (Wycheproof style) that random signatures never reach.
 
 All vectors of the main set go through one VM process; a second run checks a 32 KB heap.
+Every test of the main set runs twice: in the unix-port VM (p256 on Python integers, the
+path of ports without the inline assembler) and on stock MicroPython for the MPS2-AN385
+Cortex-M3 in QEMU with the guard's modules exactly as compiled for the RP2040 (armv6m
+.mpy, so p256 runs its chain on p256_thumb's assembly).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import json
 import os
 import random
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +35,9 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
+from qemu_mps2 import Mps2
+
+from mpseal.device.guard_install import compiled_guard
 from mpseal.device.vm import find_micropython, runtime_dir
 
 P = 0xFFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFF
@@ -418,12 +426,51 @@ class Outcome:
     expected: str
 
 
-@pytest.fixture(scope="module")
-def outcome(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
+def rp2_modules() -> dict[str, bytes]:
+    """p256 and p256_thumb as the guard ships them to an RP2040 (armv6m .mpy)."""
+    files = compiled_guard("rp2")
+    return {name: files[f"/lib/{name}"] for name in ("p256.mpy", "p256_thumb.mpy")}
+
+
+def run_mps2(vectors: list[Vector]) -> str:
+    """Verdicts of the Cortex-M3 in QEMU; fails unless p256 took the assembly path."""
+    out = []
+    with Mps2() as board:
+        board.put(rp2_modules())
+        assert board.exec("import p256\nprint(p256.FAST)\n_ramfs.f.clear()").strip() == "True"
+        batches: list[list[Vector]] = [[]]
+        for v in vectors:  # a few KB of source per exec: the board has a 139 KB heap
+            if sum(len(w.data) for w in batches[-1]) + len(v.data) > 1000:
+                batches.append([])
+            batches[-1].append(v)
+        for batch in batches:
+            rows = [(v.kind, v.pub.hex(), v.data.hex(), v.sig.hex()) for v in batch]
+            got = board.exec(
+                f"from binascii import unhexlify as h\nV = {rows!r}\nout = []\n"
+                "for kind, pub, data, sig in V:\n"
+                "    fn = p256.verify if kind == 'digest' else p256.verify_message\n"
+                "    res = fn(h(pub), h(data), h(sig))\n"
+                "    out.append('1' if res is True else '0' if res is False else '?')\n"
+                "print('VERDICTS:' + ''.join(out))\n"
+                "del V, out\nimport gc\ngc.collect()\n", timeout=VM_TIMEOUT)
+            line = [ln for ln in got.splitlines() if ln.startswith("VERDICTS:")]
+            assert len(line) == 1, got
+            out.append(line[0][len("VERDICTS:"):])
+    verdicts = "".join(out)
+    assert len(verdicts) == len(vectors)
+    return verdicts
+
+
+@pytest.fixture(scope="module", params=["unix-vm-python-ints", "cortex-m-thumb-asm"])
+def outcome(request: pytest.FixtureRequest,
+            tmp_path_factory: pytest.TempPathFactory) -> Outcome:
     seed = int(os.environ.get("MPSEAL_P256_SEED", random.SystemRandom().randrange(2**32)))
     print(f"p256 vectors seed: {seed} (set MPSEAL_P256_SEED to replay)")
     vectors = make_vectors(seed)
-    device = run_vm(vectors, tmp_path_factory.mktemp("p256"), SOURCE.parent)
+    if request.param == "cortex-m-thumb-asm":
+        device = run_mps2(vectors)
+    else:
+        device = run_vm(vectors, tmp_path_factory.mktemp("p256"), SOURCE.parent)
     expected = "".join("1" if reference(v) else "0" for v in vectors)
     return Outcome(vectors, device, expected)
 
@@ -585,3 +632,19 @@ def test_verifies_in_a_32k_heap_as_compiled_mpy(tmp_path: Path) -> None:
         vectors.append(sg.vector("bad", "digest", s=N - 1))
     verdicts = run_vm(vectors, tmp_path, module_dir, heapsize="32K")
     assert verdicts == "10" * 4
+
+
+def test_thumb_module_is_what_the_generator_writes() -> None:
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable,
+                           str(root / "scripts" / "gen_p256_thumb.py"), "--check"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_guard_ships_the_assembly_only_to_thumb_boards() -> None:
+    assert "/lib/p256_thumb.mpy" in compiled_guard("rp2")
+    assert "/lib/p256_thumb.mpy" in compiled_guard("stm32")
+    for board in ("unix", "esp32"):  # no Thumb inline assembler there: Python integers
+        files = compiled_guard(board)
+        assert "/lib/p256.mpy" in files and "/lib/p256_thumb.mpy" not in files

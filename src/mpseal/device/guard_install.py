@@ -3,6 +3,12 @@
 The guard's modules are compiled with the real mpy-cross for the board, so the
 device never compiles source at boot (less RAM, and firmware built without the
 compiler works too).
+
+p256_thumb (the verifier's field arithmetic in Thumb-1 assembly) goes only to ARM
+boards, precompiled with the board's -march: compiling its 3,000 lines of inline
+assembler on the device at import would need far more RAM than the guard may use,
+and a board without the inline assembler could not compile it at all. p256 finds it
+at import and otherwise verifies with Python integers (slower, same answers).
 """
 
 from __future__ import annotations
@@ -15,7 +21,11 @@ from mpseal.formats.boards import get_board
 
 # Device-side modules of the guard, shipped from mpseal/runtime/.
 GUARD_MODULES = ("mpseal_guard", "mpseal_release", "mpseal_state", "mpseal_port",
-                 "mpseal_lockdown", "mpseal_meta", "mpseal_secrets", "mpseal_ota", "p256")
+                 "mpseal_lockdown", "mpseal_meta", "mpseal_secrets", "mpseal_ota", "p256",
+                 "p256_thumb")
+# Modules only for boards whose native code is ARM Thumb (the inline assembler's target).
+THUMB_ONLY = ("p256_thumb",)
+THUMB_ARCHS = ("armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp")
 MAIN_SHIM = b"import mpseal_guard\nmpseal_guard.boot()\n"
 GUARD_DIR = "/mpseal"
 TRUST_ROOT = "/mpseal/trust-root.mpsr"
@@ -33,7 +43,8 @@ def compiled_guard(board: str) -> dict[str, bytes]:
     b = get_board(board)
     compiler = Compiler(CompileOptions(b.mpy, b.arch, opt=2, source_lines=False), cache_dir=None)
     src = runtime_dir()
-    modules = [Module(f"{name}.py", (src / f"{name}.py").read_bytes()) for name in GUARD_MODULES]
+    names = [n for n in GUARD_MODULES if b.arch in THUMB_ARCHS or n not in THUMB_ONLY]
+    modules = [Module(f"{name}.py", (src / f"{name}.py").read_bytes()) for name in names]
     out = compiler.compile_all(modules)
     return {f"/lib/{name[:-3]}.mpy": data for name, data in out.items()}
 

@@ -19,7 +19,14 @@
 # checked as X == r*Z^2 (mod p), so the chain needs no inversion. Inversion is the extended
 # Euclidean algorithm: in MicroPython it is several times faster than pow(a, m - 2, m).
 #
+# Field arithmetic: on ARM ports with the inline assembler (rp2, stm32, the QEMU boards)
+# the module p256_thumb (Thumb-1 assembly, shipped precompiled for the board) does every
+# multiplication mod p on 32-byte buffers, and the chain runs on those; elsewhere (the
+# unix port, esp32) or if p256_thumb is missing or fails its self-test, Python integers
+# do it. FAST says which. Both give the same answers (tests/test_runtime_p256.py).
+#
 # Cost (benchmarks/p256_cost.py, unix port, x86-64): ~7 ms, ~53 M instructions per verify.
+# Cortex-M3 (QEMU, benchmarks/device.py): pure 47.9 M instructions, p256_thumb see there.
 # Memory: imported from .mpy the module holds ~9 KB of heap (frozen: none), a PublicKey
 # ~2.3 KB; verify runs in a 32 KB heap. Compiling this .py on the device needs ~38 KB.
 
@@ -72,6 +79,45 @@ _G_ODD = (
     0x301D9E502DC7E05DA85DA026A7AE9AA0FAC9DB7D52A95B3E3E3F9AA0A1B45B8B,  # 31G
     0x6551B6F6B3061223E0D23C026B017D72298D9AE46887CA61D58DB6AEA17EE267,
 )
+
+
+try:
+    import p256_thumb as _F
+
+    def _self_test():
+        # one product and one difference against Python integers, or no fast path
+        a = bytearray(range(1, 33))
+        b = bytearray(range(101, 133))
+        r = bytearray(32)
+        _F.mul(r, a, b, bytearray(64))
+        x = int.from_bytes(a, "little")
+        y = int.from_bytes(b, "little")
+        ok = int.from_bytes(r, "little") % _P == x * y % _P
+        _F.sub(r, a, b)
+        return ok and int.from_bytes(r, "little") % _P == (x - y) % _P
+
+    if not _self_test():
+        _F = None
+except Exception:  # no inline assembler here (SyntaxError), no module, wrong .mpy arch
+    _F = None
+FAST = _F is not None
+
+
+def _fe(x):
+    return bytearray(x.to_bytes(32, "little"))
+
+
+def _fe_table(ints):
+    # [x, y, -y] per point as 32-byte little-endian buffers, for the assembly chain
+    out = []
+    for i in range(0, len(ints), 2):
+        out.append(bytes(_fe(ints[i])))
+        out.append(bytes(_fe(ints[i + 1])))
+        out.append(bytes(_fe(_P - ints[i + 1])))
+    return out
+
+
+_G_FE = None  # _fe_table(_G_ODD), made on first use
 
 
 def _inv(a, m):
@@ -188,6 +234,27 @@ def _verify(q_table, digest, sig):
     n = max(len(a), len(b))
     a.extend(bytes(n - len(a)))
     b.extend(bytes(n - len(b)))
+    P = _P
+    if q_table[0] is not None:  # the assembly chain: (q_table[0] is the key's buffers)
+        xz = _chain_fast(q_table[0], a, b, n)
+        if xz is None:
+            return False
+        X, Z = xz
+    else:
+        X, Z = _chain(q_table[1], a, b, n)
+    if not Z:
+        return False
+    # x(R) = X / Z^2 < p < 2n, so x(R) mod n == r means x(R) is r or r + n.
+    zz = Z * Z % P
+    while r < P:
+        if (r * zz - X) % P == 0:
+            return True
+        r += N
+    return False
+
+
+def _chain(q_table, a, b, n):
+    # (X, Z) of u1 G + u2 Q over the digit strings a, b (Z == 0: the point at infinity)
     digits = (a, b)
     tables = (_G_ODD, q_table)
     P = _P
@@ -231,15 +298,104 @@ def _verify(q_table, digest, sig):
             X = (u * u - t - 2 * v) % P
             Y = (u * (v - X) - Y * t) % P
             Z = Z * h % P
-    if not Z:
-        return False
-    # x(R) = X / Z^2 < p < 2n, so x(R) mod n == r means x(R) is r or r + n.
-    zz = Z * Z % P
-    while r < P:
-        if (r * zz - X) % P == 0:
-            return True
-        r += N
-    return False
+    return X, Z
+
+
+def _chain_fast(q_fe, a, b, n):
+    # (X, Z) of sum over digits, as _verify's loop, on p256_thumb buffers; None: infinity
+    global _G_FE
+    if _G_FE is None:
+        _G_FE = _fe_table(_G_ODD)
+    F = _F
+    mul, sqr, add, sub = F.mul, F.sqr, F.add, F.sub
+    P = _P
+    X = bytearray(32)
+    Y = bytearray(32)
+    Z = bytearray(32)
+    T1 = bytearray(32)
+    T2 = bytearray(32)
+    T3 = bytearray(32)
+    T4 = bytearray(32)
+    T = bytearray(64)
+    digits = (a, b)
+    tables = (_G_FE, q_fe)
+    inf = True
+    for i in range(n - 1, -1, -1):
+        if not inf:  # (X, Y, Z) = 2 (X, Y, Z), a = -3, as in _double
+            sqr(T1, Z, T)  # t = Z^2
+            sub(T2, X, T1)
+            add(T3, X, T1)
+            mul(T2, T2, T3, T)
+            add(T3, T2, T2)
+            add(T2, T3, T2)  # m = 3 (X - t)(X + t)
+            add(T3, Y, Y)
+            mul(Z, T3, Z, T)  # Z = 2 Y Z
+            sqr(T1, Y, T)  # t = Y^2
+            mul(T3, X, T1, T)
+            add(T3, T3, T3)
+            add(T3, T3, T3)  # s = 4 X t
+            sqr(X, T2, T)
+            sub(X, X, T3)
+            sub(X, X, T3)  # X = m^2 - 2 s
+            sub(Y, T3, X)
+            mul(Y, T2, Y, T)
+            sqr(T1, T1, T)
+            add(T1, T1, T1)
+            add(T1, T1, T1)
+            add(T1, T1, T1)
+            sub(Y, Y, T1)  # Y = m (s - X) - 8 t^2
+        for k in range(2):
+            d = digits[k][i]
+            if not d:
+                continue
+            table = tables[k]
+            if d < 128:
+                j = (d >> 1) * 3
+                x = table[j]
+                y = table[j + 1]
+            else:  # negative digit: add -(|d| Point)
+                j = ((256 - d) >> 1) * 3
+                x = table[j]
+                y = table[j + 2]
+            if inf:
+                X[:] = x
+                Y[:] = y
+                Z[:] = b"\x01" + bytes(31)
+                inf = False
+                continue
+            # (X, Y, Z) += (x, y), as in _add
+            sqr(T1, Z, T)  # zz = Z^2
+            mul(T2, x, T1, T)
+            sub(T2, T2, X)  # h = x zz - X
+            mul(T3, y, T1, T)
+            mul(T3, T3, Z, T)
+            sub(T3, T3, Y)  # u = y zz Z - Y
+            if not int.from_bytes(T2, "little") % P:
+                if int.from_bytes(T3, "little") % P:
+                    inf = True
+                else:
+                    XX, YY, ZZ = _double(int.from_bytes(X, "little"),
+                                         int.from_bytes(Y, "little"),
+                                         int.from_bytes(Z, "little"))
+                    X[:] = _fe(XX)
+                    Y[:] = _fe(YY)
+                    Z[:] = _fe(ZZ)
+                continue
+            sqr(T1, T2, T)  # zz = h^2
+            mul(T4, T2, T1, T)  # t = h zz
+            mul(T1, X, T1, T)  # v = X zz
+            sqr(X, T3, T)
+            sub(X, X, T4)
+            sub(X, X, T1)
+            sub(X, X, T1)  # X = u^2 - t - 2 v
+            sub(T1, T1, X)
+            mul(T1, T3, T1, T)
+            mul(Y, Y, T4, T)
+            sub(Y, T1, Y)  # Y = u (v - X) - Y t
+            mul(Z, Z, T2, T)  # Z = Z h
+    if inf:
+        return None
+    return int.from_bytes(X, "little") % P, int.from_bytes(Z, "little") % P
 
 
 def _safely(f):
@@ -259,7 +415,8 @@ class PublicKey:
         q = _decode(pub)
         if q is None:
             raise ValueError("not an uncompressed P-256 public key")
-        self._table = _odd_multiples(q[0], q[1])
+        t = _odd_multiples(q[0], q[1])
+        self._table = (_fe_table(t) if _F else None, t)
 
     def verify(self, digest, sig):
         return _safely(lambda: _verify(self._table, digest, sig))
