@@ -24,6 +24,8 @@ LAZY_COMMANDS = {
     "keys": "mpseal.cli.keys_cmds",
     "audit": "mpseal.cli.audit_cmds",
     "inspect-device": "mpseal.cli.audit_cmds",
+    "probe": "mpseal.cli.device_cmds",
+    "install": "mpseal.cli.device_cmds",
 }
 # Every module with commands. One not named above is imported to look a name up.
 COMMAND_MODULES = [
@@ -35,6 +37,7 @@ COMMAND_MODULES = [
     "mpseal.cli.keys_cmds",
     "mpseal.cli.fleet_cmds",
     "mpseal.cli.audit_cmds",
+    "mpseal.cli.device_cmds",
 ]
 
 

@@ -13,10 +13,14 @@ at import and otherwise verifies with Python integers (slower, same answers).
 
 from __future__ import annotations
 
+import ast
+import functools
 import json
 
 from mpseal.packaging.mpycross import CompileOptions, Compiler, Module
+from mpseal.device.transport import DeviceError, Progress, Transport
 from mpseal.device.vm import runtime_dir
+from mpseal.errors import BadDataError, FormatError
 from mpseal.formats.boards import get_board
 
 # Device-side modules of the guard, shipped from mpseal/runtime/.
@@ -30,6 +34,16 @@ MAIN_SHIM = b"import mpseal_guard\nmpseal_guard.boot()\n"
 GUARD_DIR = "/mpseal"
 TRUST_ROOT = "/mpseal/trust-root.mpsr"
 DEVICE_CONFIG = "/mpseal/device.json"
+INCOMING = "/mpseal/incoming.mpseal"
+STAGE_TIMEOUT = 300.0  # the guard verifies a signature and copies the image: minutes on a Pico
+# Hands the artifact to the board's guard; prints one literal: what it staged, or why not.
+STAGE = (
+    "import mpseal_guard\n"
+    "try:\n"
+    " _r = mpseal_guard.stage({path!r})\n"
+    " print(repr(('STAGED', _r.version, mpseal_guard._state.trial)))\n"
+    "except Exception as e:\n"
+    " print(repr(('REFUSED', str(e)[:160])))\n")
 
 
 def device_config(board: str, profile: str, max_tries: int = 3,
@@ -39,7 +53,12 @@ def device_config(board: str, profile: str, max_tries: int = 3,
 
 
 def compiled_guard(board: str) -> dict[str, bytes]:
-    """``/lib/<module>.mpy`` -> bytes, compiled for ``board``."""
+    """``/lib/<module>.mpy`` -> bytes, compiled for ``board`` (once per process)."""
+    return dict(_compiled_guard(board))
+
+
+@functools.cache
+def _compiled_guard(board: str) -> dict[str, bytes]:
     b = get_board(board)
     compiler = Compiler(CompileOptions(b.mpy, b.arch, opt=2, source_lines=False), cache_dir=None)
     src = runtime_dir()
@@ -56,3 +75,30 @@ def guard_files(board: str, profile: str, trust_root: bytes) -> dict[str, bytes]
     files[DEVICE_CONFIG] = device_config(board, profile)
     files[TRUST_ROOT] = trust_root
     return files
+
+
+def stage_artifact(transport: Transport, data: bytes, progress: Progress | None = None) -> str:
+    """Write ``data`` to the board and have its guard stage it; return the slot it went to.
+
+    The guard verifies it itself (signature, hash, board, counter) while copying it into
+    the inactive slot; the staging file is removed afterwards either way.
+    """
+    transport.write_file(INCOMING, data, progress)
+    try:
+        out = transport.exec(STAGE.format(path=INCOMING), timeout=STAGE_TIMEOUT)
+    except DeviceError:
+        transport.remove(INCOMING)
+        raise
+    transport.remove(INCOMING)
+    lines = [ln for ln in out.strip().splitlines() if ln.startswith("(")]
+    try:
+        reply = ast.literal_eval(lines[-1]) if lines else None
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        reply = None
+    if not (isinstance(reply, tuple) and len(reply) == 3 and reply[0] == "STAGED"
+            and reply[2] in ("a", "b")):
+        if isinstance(reply, tuple) and len(reply) == 2 and reply[0] == "REFUSED":
+            why = "".join(c if c.isprintable() else "?" for c in str(reply[1]))
+            raise BadDataError(f"the board's guard refused the artifact: {why}")
+        raise FormatError(f"the board's guard gave no answer to staging: {out.strip()[-120:]!r}")
+    return str(reply[2])

@@ -2,6 +2,8 @@
 
 For one device, in this order (each step named, so an interruption is visible):
 
+    (probe)    the firmware is probed first (device/probe.py): a board that cannot run
+               the guard, the release or the secrets is refused before anything else
     read-id    read the hardware id (``machine.unique_id()``) over the transport
     issue      a new P-256 key and certificate for that id (never reused, never in the
                firmware image); recorded in the registry *before* anything is written to
@@ -35,7 +37,9 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from mpseal.crypto import secretbox
-from mpseal.device.guard_install import guard_files
+from mpseal.device.guard_install import guard_files, stage_artifact
+from mpseal.device.install import SLOT_FILES, check
+from mpseal.device.probe import needs_for
 from mpseal.device.transport import Transport
 from mpseal.errors import BadDataError, MpsealError, UsageError
 from mpseal.fleet.registry import CertRecord, Identity, Registry, token_hash
@@ -165,6 +169,15 @@ def _read_marker(transport: Transport, flat: bool) -> dict[str, object] | None:
     return value if isinstance(value, dict) else None
 
 
+def check_board(transport: Transport, plan: ProvisionPlan) -> None:
+    """Probe the firmware; refuse (nothing written) a board that cannot take this plan."""
+    files = (guard_files(plan.board, plan.profile, plan.trust_root) if plan.guard else {})
+    needs = needs_for(plan.board, plan.artifact, files, guard=plan.guard,
+                      secrets=plan.guard and bool(plan.secrets or plan.device_token),
+                      tls=plan.guard and "server" in plan.config, identity=True)
+    check(transport, needs, [*files, *SLOT_FILES])
+
+
 def provision_device(transport: Transport, plan: ProvisionPlan, registry: Registry,
                      on_step: StepHook | None = None, force: bool = False) -> DeviceResult:
     def step(hw: str, name: str) -> None:
@@ -173,6 +186,7 @@ def provision_device(transport: Transport, plan: ProvisionPlan, registry: Regist
             on_step(hw, name)
 
     done: list[str] = []
+    check_board(transport, plan)
     hw = read_hardware_id(transport)
     flat = transport.exec(FLAT_PROBE).strip().endswith("False")
     if flat and (plan.guard or plan.artifact is not None):
@@ -213,16 +227,7 @@ def provision_device(transport: Transport, plan: ProvisionPlan, registry: Regist
     step(hw, "mark")
 
     if plan.artifact is not None:
-        transport.write_file(INCOMING, plan.artifact)
-        out = transport.exec(
-            "import mpseal_guard\n"
-            "try:\n"
-            f"    _r = mpseal_guard.stage({INCOMING!r})\n"
-            "    print('STAGED', _r.version)\n"
-            "except Exception as e:\n"
-            "    print('REFUSED', e)\n", timeout=120)
-        if "STAGED" not in out:
-            raise BadDataError(f"device {hw}: its guard refused the artifact: {out.strip()[-120:]}")
+        stage_artifact(transport, plan.artifact)
         step(hw, "stage")
 
     registry.mark_active(hw, {"fingerprint": ident.record.fingerprint,

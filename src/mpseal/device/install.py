@@ -1,0 +1,131 @@
+"""``mpseal install``: one release onto a board on a serial line, through its boot guard.
+
+The development path (like ``mpremote cp``, but verified): in this order, and nothing
+is written before step 3 has passed.
+
+    verify   the artifact on the host against the project's trust root (signature, hash)
+    probe    the board's firmware (device/probe.py): .mpy version and arch, hashlib,
+             vfs, a writable filesystem, free heap and flash; refused with every missing
+             thing named if it cannot run the release
+    guard    the guard's modules (compiled for the release's board), main.py, the
+             device config and the trust root: only the files that differ are written
+             (each atomically: tmp, checked by size and hash, rename)
+    stage    the artifact handed to the board's own guard, which verifies it again and
+             puts it in the inactive slot on trial; it boots at the next reset
+    reset    (optional) the board is reset through the guard's port layer
+
+A board that already trusts another trust root is refused unless ``replace_root``:
+an install must not silently re-key a board set up for another product.
+Threat tier: the board's guard checks every release itself (T1); anyone with the
+REPL open can do what this does (T0), which the lockdown profiles close.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from mpseal.device.guard_install import TRUST_ROOT, guard_files, stage_artifact
+from mpseal.device.probe import (
+    BoardFacts,
+    Decision,
+    Needs,
+    decide,
+    file_digests,
+    needs_for,
+    probe_board,
+    refusal,
+)
+from mpseal.device.transport import LinkError, Progress, Transport
+from mpseal.errors import PolicyError
+from mpseal.formats import artifact as artifact_mod
+from mpseal.formats.trustroot import TrustRoot
+
+SLOT_FILES = ("/mpseal/slot-a.mpseal", "/mpseal/slot-b.mpseal", "/mpseal/incoming.mpseal",
+              "/mpseal/slot-a.mpseal.tmp", "/mpseal/slot-b.mpseal.tmp")
+RESET = "import mpseal_port\nmpseal_port.reset()"
+RESET_TIMEOUT = 3.0
+
+StepHook = Callable[[str], None]
+
+
+class RootMismatchError(PolicyError):
+    """The board trusts another trust root than the project's."""
+
+
+@dataclass
+class InstallResult:
+    app: str
+    version: str
+    counter: int
+    slot: str
+    facts: BoardFacts
+    decision: Decision
+    written: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    reset: bool = False
+
+    def to_dict(self) -> dict[str, object]:
+        return {"app": self.app, "version": self.version, "counter": self.counter,
+                "slot": self.slot, "mount": self.decision.mount,
+                "notes": list(self.decision.notes), "written": self.written,
+                "unchanged": self.unchanged, "reset": self.reset,
+                "board": self.facts.to_dict()}
+
+
+def check(transport: Transport, needs: Needs, paths: list[str]) -> tuple[BoardFacts, Decision]:
+    """Probe the board and decide; raise :class:`UnfitBoardError` if it cannot run ``needs``."""
+    facts = probe_board(transport)
+    replaced = file_digests(transport, paths, digest=False) if facts.writable_fs else {}
+    decision = decide(facts, needs, tuple(size for size, _ in replaced.values()))
+    if not decision.ok:
+        raise refusal(facts, needs, decision)
+    return facts, decision
+
+
+def install(transport: Transport, data: bytes, root: TrustRoot, *, profile: str,
+            replace_root: bool = False, reset: bool = False,
+            on_step: StepHook | None = None, progress: Progress | None = None) -> InstallResult:
+    def step(name: str) -> None:
+        if on_step:
+            on_step(name)
+
+    man = artifact_mod.verify(data, root).manifest
+    step("verify")
+    files = guard_files(man.board, profile, root.raw)
+    needs = needs_for(man.board, data, files)
+    facts, decision = check(transport, needs, [*files, *SLOT_FILES])
+    step("probe")
+
+    have = file_digests(transport, list(files))
+    old_root = have.get(TRUST_ROOT)
+    if old_root is not None and old_root[1] != hashlib.sha256(root.raw).digest() \
+            and not replace_root:
+        raise RootMismatchError(
+            "the board trusts another trust root than this project's (set up for another "
+            "product, or before a root rotation); pass --replace-root to replace it")
+    result = InstallResult(man.app, man.version, man.counter, "", facts, decision)
+    for path, blob in files.items():
+        if have.get(path) == (len(blob), hashlib.sha256(blob).digest()):
+            result.unchanged.append(path)
+        else:
+            transport.write_file(path, blob, progress)
+            result.written.append(path)
+    step("guard")
+
+    result.slot = stage_artifact(transport, data, progress)
+    step("stage")
+    if reset:
+        reset_board(transport)
+        result.reset = True
+        step("reset")
+    return result
+
+
+def reset_board(transport: Transport) -> None:
+    """Reset the board through the guard's port layer (machine.reset(); the VM: exit 17)."""
+    try:
+        transport.exec(RESET, timeout=RESET_TIMEOUT)
+    except LinkError:
+        pass  # the line goes down with the board: that is the reset
