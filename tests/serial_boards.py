@@ -79,6 +79,42 @@ def qemu_microbit() -> Iterator[str]:
             os.close(hold)
 
 
+FIRMWARE_DIR = Path(os.environ.get("MPSEAL_FIRMWARE_DIR", "/work/shared/firmware"))
+
+
+@contextmanager
+def qemu_mps2_an385() -> Iterator[str]:
+    """Stock MicroPython v1.28.0 for the Cortex-M3 MPS2-AN385 in QEMU; yield its pty.
+
+    ``-semihosting`` is needed: without it the stock image prints nothing on the UART.
+    """
+    qemu = shutil.which("qemu-system-arm")
+    elf = FIRMWARE_DIR / "micropython-v1.28.0" / "qemu-MPS2_AN385" / "firmware.elf"
+    if not qemu or not elf.is_file():
+        pytest.fail(f"QEMU or the stock MPS2-AN385 image ({elf}) is missing")
+    proc = subprocess.Popen(
+        [qemu, "-M", "mps2-an385", "-kernel", str(elf), "-semihosting", "-display", "none",
+         "-serial", "pty", "-monitor", "none"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    hold = -1
+    try:
+        assert proc.stdout is not None
+        found = PTY_LINE.search(_read_until(proc.stdout.fileno(), PTY_LINE, BOOT_TIMEOUT,
+                                            "QEMU did not print its pty"))
+        assert found
+        pts = found.group(1).decode()
+        hold = os.open(pts, os.O_RDWR | os.O_NOCTTY)  # keeps the line up between connections
+        tty.setraw(hold)
+        os.write(hold, b"\r")
+        _read_until(hold, b">>> ", BOOT_TIMEOUT, "the MPS2-AN385 did not show its REPL")
+        yield pts
+    finally:
+        proc.kill()
+        proc.wait()
+        if hold >= 0:
+            os.close(hold)
+
+
 class SerialBoard:
     """A board a test can connect to, reconnect to, and cut off mid-operation."""
 

@@ -428,8 +428,8 @@ def decide(facts: BoardFacts, needs: Needs, replaced: tuple[int, ...] = ()) -> D
             mount, ram = VFSROM_RAM, needs.image_size + heap
         else:
             mount, ram = VERIFIED_FILES, needs.largest_file + heap
-            if rom is not None and rom.count > 0:
-                notes.append(f"the ROMFS partition ({_kib(rom.size)}) is smaller than the image")
+        if rom is not None and rom.count > 0 and mount != ROMFS_PARTITION:
+            notes.append(f"the ROMFS partition ({_kib(rom.size)}) is smaller than the image")
         if facts.mem_free < ram:
             missing.append(f"{_kib(ram)} free heap for the {mount} mount "
                            f"(the board has {_kib(facts.mem_free)})")
