@@ -23,10 +23,13 @@ HEADER = '''\
 # Field elements are 32-byte buffers (bytearray), little-endian, any value below 2^256
 # (not necessarily below p: callers reduce with int.from_bytes(x, "little") % p).
 #
-#   mul(r, a, b, t)  r = a * b mod p     t: 64-byte scratch; r may be a or b
-#   sqr(r, a, t)     r = a * a mod p
-#   add(r, a, b)     r = a + b mod p     r may be a or b
-#   sub(r, a, b)     r = a - b mod p
+#   run(ws, prog, n)   n operations of prog on the 32-byte slots of ws (bytearray):
+#                      slot k is ws[32k:32k+32]; slots 7 and 8 are scratch for products.
+#   prog: 4 bytes per operation (opcode, d, a, b): slot d = slot a OP slot b (mod p),
+#   OP: 0 mul, 1 sqr (b unused), 2 add, 3 sub. d may equal a or b.
+#
+# One call runs a whole point doubling or addition: calling into MicroPython costs ~700
+# instructions, more than an addition mod p. mul/sqr/add/sub are subroutines (bl) of run.
 #
 # Only ARMv6-M (Thumb-1) instructions, so it runs on the RP2040's Cortex-M0+ and on every
 # Cortex-M (stm32, rp2350, the QEMU MPS2 boards). Products: 16x16 -> 32-bit multiplies,
@@ -52,12 +55,13 @@ NIST = [
 FOLD = {0: 1, 3: -1, 6: -1, 7: 1}
 
 
-def fold(out: str, zero: str, lines: list[str]) -> None:
+def fold(out: str, zero: str, lines: list[str], tag: str = "") -> None:
     """Fold the signed carry in r5 into the 8 words at ``out`` until it is 0.
 
     Uses r2 (sign of the carry), r4/r5 (64-bit accumulator), r6 (running carry), r7.
     """
-    lines += ["label(fold)", "cmp(r5, 0)", "beq(done)", "mov(r7, r5)", "asr(r2, r7, 31)"]
+    lines += [f"label({tag}fold)", "cmp(r5, 0)", f"beq({tag}done)", "mov(r7, r5)",
+              "asr(r2, r7, 31)"]
     for j in range(8):
         lines.append(f"ldr(r4, [{out}, {4 * j}])")
         if j == 0:
@@ -72,10 +76,10 @@ def fold(out: str, zero: str, lines: list[str]) -> None:
         lines.append(f"str(r4, [{out}, {4 * j}])")
         if j < 7:
             lines.append("mov(r6, r5)")
-    lines += ["b(fold)", "label(done)"]
+    lines += [f"b({tag}fold)", f"label({tag}done)"]
 
 
-def reduce(lines: list[str]) -> None:
+def reduce(lines: list[str], tag: str = "") -> None:
     """512-bit product at r3 (16 words) -> 8 words at r1 (+ carry folded); r0 = 0."""
     for j, terms in enumerate(NIST):
         if j == 0:
@@ -88,7 +92,7 @@ def reduce(lines: list[str]) -> None:
                 ["sub(r4, r4, r6)", "sbc(r5, r0)"]
             lines += op * abs(coef)
         lines.append(f"str(r4, [r1, {4 * j}])")
-    fold("r1", "r0", lines)
+    fold("r1", "r0", lines, tag)
 
 
 def column_out(k: int, lines: list[str]) -> None:
@@ -96,7 +100,7 @@ def column_out(k: int, lines: list[str]) -> None:
               "orr(r4, r5)", "mov(r5, 0)"]
 
 
-def gen_mul() -> list[str]:
+def gen_mul(tag: str = "") -> list[str]:
     # r0 = r, r1 = a, r2 = b, r3 = t. Halfword limbs; column k = sum a_i * b_(k-i).
     lines = ["push({r0})", "mov(r0, 0)", "mov(r4, 0)", "mov(r5, 0)"]
     for k in range(31):
@@ -105,11 +109,11 @@ def gen_mul() -> list[str]:
                       "mul(r6, r7)", "add(r4, r4, r6)", "adc(r5, r0)"]
         column_out(k, lines)
     lines += ["strh(r4, [r3, 62])", "pop({r1})"]
-    reduce(lines)
+    reduce(lines, tag)
     return lines
 
 
-def gen_sqr() -> list[str]:
+def gen_sqr(tag: str = "") -> list[str]:
     # r0 = r, r1 = a, r2 = t. Column k = 2 * sum_(i<j) a_i a_j + a_(k/2)^2: the cross
     # products are summed in (r6, r7) and doubled before they join the accumulator.
     lines = ["push({r0})", "mov(r3, r2)", "mov(r0, 0)", "mov(r4, 0)", "mov(r5, 0)"]
@@ -127,11 +131,11 @@ def gen_sqr() -> list[str]:
             lines += [f"ldrh(r6, [r1, {k}])", "mul(r6, r6)", "add(r4, r4, r6)", "adc(r5, r0)"]
         column_out(k, lines)
     lines += ["strh(r4, [r3, 62])", "pop({r1})"]
-    reduce(lines)
+    reduce(lines, tag)
     return lines
 
 
-def gen_add(sub: bool) -> list[str]:
+def gen_add(sub: bool, tag: str = "") -> list[str]:
     # r0 = r, r1 = a, r2 = b.
     lines = []
     for j in range(8):
@@ -143,7 +147,55 @@ def gen_add(sub: bool) -> list[str]:
         lines.append(f"str(r4, [r0, {4 * j}])")
     lines += ["mov(r5, 0)", "sbc(r5, r5)" if sub else "adc(r5, r5)",
               "mov(r1, r0)", "mov(r0, 0)"]
-    fold("r1", "r0", lines)
+    fold("r1", "r0", lines, tag)
+    return lines
+
+
+OPS = ("mul", "sqr", "add", "sub")  # opcodes 0..3 of run()
+
+
+def gen_run() -> list[str]:
+    """run(ws, prog, n): n operations of prog on 32-byte slots of the buffer ws.
+
+    prog: 4 bytes per operation, (opcode, d, a, b): slot d = slot a OP slot b, slot k
+    being ws[32 k: 32 k + 32]; slots 7-8 are the products' scratch. One call from Python
+    runs a whole point doubling or addition: a Python call costs ~700 instructions, more
+    than an addition mod p. The routines are subroutines (bl); r8-r10 hold ws, prog, n.
+    """
+    lines = ["bl(entry)"]  # the routines first; bl reaches the runner at the end
+    for op in OPS:
+        lines.append(f"label({op})")
+        if op == "mul":
+            body = gen_mul(op + "_")
+        elif op == "sqr":
+            body = gen_sqr(op + "_")
+        else:
+            body = gen_add(op == "sub", op + "_")
+        lines += body + ["bx(lr)"]
+    lines += [
+        "label(entry)",
+        "mov(r4, r8)", "mov(r5, r9)", "mov(r6, r10)", "push({r4, r5, r6})",
+        "mov(r8, r0)", "mov(r9, r1)", "mov(r10, r2)",
+        "label(loop)",
+        "mov(r7, r9)",
+        "ldrb(r4, [r7, 0])", "ldrb(r0, [r7, 1])", "ldrb(r1, [r7, 2])", "ldrb(r2, [r7, 3])",
+        "add(r7, r7, 4)", "mov(r9, r7)",
+        "mov(r3, r8)",
+        "lsl(r0, r0, 5)", "add(r0, r0, r3)",
+        "lsl(r1, r1, 5)", "add(r1, r1, r3)",
+        "lsl(r2, r2, 5)", "add(r2, r2, r3)",
+        "add(r3, 224)",  # slot 7: the 64-byte scratch
+        "cmp(r4, 0)", "bne(not_mul)", "bl(mul)", "b(next)",
+        "label(not_mul)",
+        "cmp(r4, 1)", "bne(not_sqr)", "mov(r2, r3)", "bl(sqr)", "b(next)",
+        "label(not_sqr)",
+        "cmp(r4, 2)", "bne(not_add)", "bl(add)", "b(next)",
+        "label(not_add)",
+        "bl(sub)",
+        "label(next)",
+        "mov(r7, r10)", "sub(r7, r7, 1)", "mov(r10, r7)", "bne(loop)",
+        "pop({r4, r5, r6})", "mov(r8, r4)", "mov(r9, r5)", "mov(r10, r6)",
+    ]
     return lines
 
 
@@ -154,10 +206,7 @@ def function(name: str, args: str, body: list[str]) -> str:
 
 def render() -> str:
     return (HEADER + "\nimport micropython\n"
-            + function("mul", "r0, r1, r2, r3", gen_mul())
-            + function("sqr", "r0, r1, r2", gen_sqr())
-            + function("add", "r0, r1, r2", gen_add(False))
-            + function("sub", "r0, r1, r2", gen_add(True)))
+            + function("run", "r0, r1, r2", gen_run()))
 
 
 def main() -> int:

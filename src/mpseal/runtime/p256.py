@@ -26,7 +26,8 @@
 # do it. FAST says which. Both give the same answers (tests/test_runtime_p256.py).
 #
 # Cost (benchmarks/p256_cost.py, unix port, x86-64): ~7 ms, ~53 M instructions per verify.
-# Cortex-M3 (QEMU, benchmarks/device.py): pure 47.9 M instructions, p256_thumb see there.
+# Cortex-M3 (QEMU MPS2-AN385, exact counts; benchmarks/device.py): one verify() is 47.9 M
+# instructions on Python integers, 8.7 M with p256_thumb (key table 1.4 M of it).
 # Memory: imported from .mpy the module holds ~9 KB of heap (frozen: none), a PublicKey
 # ~2.3 KB; verify runs in a 32 KB heap. Compiling this .py on the device needs ~38 KB.
 
@@ -81,20 +82,40 @@ _G_ODD = (
 )
 
 
+# Programs for p256_thumb.run on the slots of a workspace: 0 X, 1 Y, 2 Z (Jacobian),
+# 3-6 temporaries, 7-8 the products' scratch, 9 x, 10 y (the affine point to add).
+# 4 bytes per step: opcode (0 mul, 1 sqr, 2 add, 3 sub), destination, operands.
+_DBL = bytes((
+    1, 3, 2, 0,  3, 4, 0, 3,  2, 5, 0, 3,  0, 4, 4, 5,  2, 5, 4, 4,  2, 4, 5, 4,  # m = 3(X-t)(X+t)
+    2, 5, 1, 1,  0, 2, 5, 2,  # Z = 2 Y Z
+    1, 3, 1, 0,  0, 5, 0, 3,  2, 5, 5, 5,  2, 5, 5, 5,  # t = Y^2, s = 4 X t
+    1, 0, 4, 0,  3, 0, 0, 5,  3, 0, 0, 5,  # X = m^2 - 2 s
+    3, 1, 5, 0,  0, 1, 4, 1,  1, 3, 3, 0,  2, 3, 3, 3,  2, 3, 3, 3,  2, 3, 3, 3,
+    3, 1, 1, 3,  # Y = m (s - X) - 8 t^2
+))
+_ADD1 = bytes((  # h = x Z^2 - X (slot 4), u = y Z^3 - Y (slot 5)
+    1, 3, 2, 0,  0, 4, 9, 3,  3, 4, 4, 0,  0, 5, 10, 3,  0, 5, 5, 2,  3, 5, 5, 1,
+))
+_ADD2 = bytes((
+    1, 3, 4, 0,  0, 6, 4, 3,  0, 3, 0, 3,  # zz = h^2, t = h zz, v = X zz
+    1, 0, 5, 0,  3, 0, 0, 6,  3, 0, 0, 3,  3, 0, 0, 3,  # X = u^2 - t - 2 v
+    3, 3, 3, 0,  0, 3, 5, 3,  0, 1, 1, 6,  3, 1, 3, 1,  # Y = u (v - X) - Y t
+    0, 2, 2, 4,  # Z = Z h
+))
+_ONE = b"\x01" + bytes(31)
+
 try:
     import p256_thumb as _F
 
     def _self_test():
-        # one product and one difference against Python integers, or no fast path
-        a = bytearray(range(1, 33))
-        b = bytearray(range(101, 133))
-        r = bytearray(32)
-        _F.mul(r, a, b, bytearray(64))
-        x = int.from_bytes(a, "little")
-        y = int.from_bytes(b, "little")
-        ok = int.from_bytes(r, "little") % _P == x * y % _P
-        _F.sub(r, a, b)
-        return ok and int.from_bytes(r, "little") % _P == (x - y) % _P
+        # a product and a difference against Python integers, or no fast path
+        ws = bytearray(352)
+        ws[288:352] = bytes(range(1, 65))
+        _F.run(ws, bytes((0, 3, 9, 10,  3, 4, 9, 10)), 2)
+        x = int.from_bytes(ws[288:320], "little")
+        y = int.from_bytes(ws[320:352], "little")
+        return (int.from_bytes(ws[96:128], "little") % _P == x * y % _P
+                and int.from_bytes(ws[128:160], "little") % _P == (x - y) % _P)
 
     if not _self_test():
         _F = None
@@ -104,20 +125,70 @@ FAST = _F is not None
 
 
 def _fe(x):
-    return bytearray(x.to_bytes(32, "little"))
+    return x.to_bytes(32, "little")
 
 
 def _fe_table(ints):
-    # [x, y, -y] per point as 32-byte little-endian buffers, for the assembly chain
+    # [x, y, -y] per point as 32-byte little-endian strings, for the assembly chain
     out = []
     for i in range(0, len(ints), 2):
-        out.append(bytes(_fe(ints[i])))
-        out.append(bytes(_fe(ints[i + 1])))
-        out.append(bytes(_fe(_P - ints[i + 1])))
+        out.append(_fe(ints[i]))
+        out.append(_fe(ints[i + 1]))
+        out.append(_fe(_P - ints[i + 1]))
     return out
 
 
 _G_FE = None  # _fe_table(_G_ODD), made on first use
+
+
+def _fmul(ws, a, b):
+    # a * b mod p (32-byte strings in, out), through the workspace ws
+    ws[288:320] = a
+    ws[320:352] = b
+    _F.run(ws, b"\x00\x03\x09\x0a", 1)
+    return bytes(ws[96:128])
+
+
+def _odd_multiples_fast(x, y):
+    # as _odd_multiples, on p256_thumb: [x1, y1, x3, y3, ..] as integers
+    P = _P
+    run = _F.run
+    ws = bytearray(352)
+    ws[0:32] = _fe(x)
+    ws[32:64] = _fe(y)
+    ws[64:96] = _ONE
+    run(ws, _DBL, 22)  # 2Q = (X2, Y2, lam)
+    x2 = bytes(ws[0:32])
+    y2 = bytes(ws[32:64])
+    lam = bytes(ws[64:96])
+    ws[288:320] = _fe(x)
+    ws[320:352] = _fe(y)
+    run(ws, bytes((1, 3, 2, 0,  0, 0, 9, 3,  0, 1, 10, 3,  0, 1, 1, 2)), 4)  # Q on the
+    ws[64:96] = _ONE  # isomorphic curve where 2Q is affine: (x lam^2, y lam^3, 1)
+    ws[288:320] = x2
+    ws[320:352] = y2
+    pts = [bytes(ws[0:96])]
+    for _ in range((1 << (_WQ - 2)) - 1):
+        run(ws, _ADD1, 6)
+        run(ws, _ADD2, 12)
+        pts.append(bytes(ws[0:96]))
+    # One inversion for all Z (Montgomery's trick); (X, Y, Z) here is (X, Y, Z lam) there.
+    acc = _ONE
+    prefix = []
+    for pt in pts:
+        prefix.append(acc)
+        acc = _fmul(ws, acc, pt[64:96])
+    acc = int.from_bytes(_fmul(ws, acc, lam), "little") % P
+    inv = _fe(_inv(acc, P))  # 1 / (lam Z0 Z1 ..)
+    out = [0] * (2 * len(pts))
+    for i in range(len(pts) - 1, -1, -1):
+        pt = pts[i]
+        zi = _fmul(ws, inv, prefix[i])  # 1 / (Z lam)
+        inv = _fmul(ws, inv, pt[64:96])
+        t = _fmul(ws, zi, zi)
+        out[2 * i] = int.from_bytes(_fmul(ws, pt[0:32], t), "little") % P
+        out[2 * i + 1] = int.from_bytes(_fmul(ws, _fmul(ws, pt[32:64], t), zi), "little") % P
+    return out
 
 
 def _inv(a, m):
@@ -236,10 +307,7 @@ def _verify(q_table, digest, sig):
     b.extend(bytes(n - len(b)))
     P = _P
     if q_table[0] is not None:  # the assembly chain: (q_table[0] is the key's buffers)
-        xz = _chain_fast(q_table[0], a, b, n)
-        if xz is None:
-            return False
-        X, Z = xz
+        X, Z = _chain_fast(q_table[0], a, b, n)
     else:
         X, Z = _chain(q_table[1], a, b, n)
     if not Z:
@@ -302,48 +370,19 @@ def _chain(q_table, a, b, n):
 
 
 def _chain_fast(q_fe, a, b, n):
-    # (X, Z) of sum over digits, as _verify's loop, on p256_thumb buffers; None: infinity
+    # (X, Z) as integers mod p of the sum over the digits, as _chain, on p256_thumb
     global _G_FE
     if _G_FE is None:
         _G_FE = _fe_table(_G_ODD)
-    F = _F
-    mul, sqr, add, sub = F.mul, F.sqr, F.add, F.sub
+    run = _F.run
     P = _P
-    X = bytearray(32)
-    Y = bytearray(32)
-    Z = bytearray(32)
-    T1 = bytearray(32)
-    T2 = bytearray(32)
-    T3 = bytearray(32)
-    T4 = bytearray(32)
-    T = bytearray(64)
+    ws = bytearray(352)
     digits = (a, b)
     tables = (_G_FE, q_fe)
     inf = True
     for i in range(n - 1, -1, -1):
-        if not inf:  # (X, Y, Z) = 2 (X, Y, Z), a = -3, as in _double
-            sqr(T1, Z, T)  # t = Z^2
-            sub(T2, X, T1)
-            add(T3, X, T1)
-            mul(T2, T2, T3, T)
-            add(T3, T2, T2)
-            add(T2, T3, T2)  # m = 3 (X - t)(X + t)
-            add(T3, Y, Y)
-            mul(Z, T3, Z, T)  # Z = 2 Y Z
-            sqr(T1, Y, T)  # t = Y^2
-            mul(T3, X, T1, T)
-            add(T3, T3, T3)
-            add(T3, T3, T3)  # s = 4 X t
-            sqr(X, T2, T)
-            sub(X, X, T3)
-            sub(X, X, T3)  # X = m^2 - 2 s
-            sub(Y, T3, X)
-            mul(Y, T2, Y, T)
-            sqr(T1, T1, T)
-            add(T1, T1, T1)
-            add(T1, T1, T1)
-            add(T1, T1, T1)
-            sub(Y, Y, T1)  # Y = m (s - X) - 8 t^2
+        if not inf:
+            run(ws, _DBL, 22)
         for k in range(2):
             d = digits[k][i]
             if not d:
@@ -351,51 +390,34 @@ def _chain_fast(q_fe, a, b, n):
             table = tables[k]
             if d < 128:
                 j = (d >> 1) * 3
-                x = table[j]
                 y = table[j + 1]
             else:  # negative digit: add -(|d| Point)
                 j = ((256 - d) >> 1) * 3
-                x = table[j]
                 y = table[j + 2]
             if inf:
-                X[:] = x
-                Y[:] = y
-                Z[:] = b"\x01" + bytes(31)
+                ws[0:32] = table[j]
+                ws[32:64] = y
+                ws[64:96] = _ONE
                 inf = False
                 continue
-            # (X, Y, Z) += (x, y), as in _add
-            sqr(T1, Z, T)  # zz = Z^2
-            mul(T2, x, T1, T)
-            sub(T2, T2, X)  # h = x zz - X
-            mul(T3, y, T1, T)
-            mul(T3, T3, Z, T)
-            sub(T3, T3, Y)  # u = y zz Z - Y
-            if not int.from_bytes(T2, "little") % P:
-                if int.from_bytes(T3, "little") % P:
-                    inf = True
-                else:
-                    XX, YY, ZZ = _double(int.from_bytes(X, "little"),
-                                         int.from_bytes(Y, "little"),
-                                         int.from_bytes(Z, "little"))
-                    X[:] = _fe(XX)
-                    Y[:] = _fe(YY)
-                    Z[:] = _fe(ZZ)
+            ws[288:320] = table[j]
+            ws[320:352] = y
+            run(ws, _ADD1, 6)
+            if not int.from_bytes(ws[128:160], "little") % P:  # h = 0: same x
+                if int.from_bytes(ws[160:192], "little") % P:
+                    inf = True  # adding -R to R
+                else:  # adding R to R
+                    X, Y, Z = _double(int.from_bytes(ws[0:32], "little"),
+                                      int.from_bytes(ws[32:64], "little"),
+                                      int.from_bytes(ws[64:96], "little"))
+                    ws[0:32] = _fe(X % P)
+                    ws[32:64] = _fe(Y % P)
+                    ws[64:96] = _fe(Z % P)
                 continue
-            sqr(T1, T2, T)  # zz = h^2
-            mul(T4, T2, T1, T)  # t = h zz
-            mul(T1, X, T1, T)  # v = X zz
-            sqr(X, T3, T)
-            sub(X, X, T4)
-            sub(X, X, T1)
-            sub(X, X, T1)  # X = u^2 - t - 2 v
-            sub(T1, T1, X)
-            mul(T1, T3, T1, T)
-            mul(Y, Y, T4, T)
-            sub(Y, T1, Y)  # Y = u (v - X) - Y t
-            mul(Z, Z, T2, T)  # Z = Z h
+            run(ws, _ADD2, 12)
     if inf:
-        return None
-    return int.from_bytes(X, "little") % P, int.from_bytes(Z, "little") % P
+        return 0, 0
+    return int.from_bytes(ws[0:32], "little") % P, int.from_bytes(ws[64:96], "little") % P
 
 
 def _safely(f):
@@ -415,8 +437,10 @@ class PublicKey:
         q = _decode(pub)
         if q is None:
             raise ValueError("not an uncompressed P-256 public key")
-        t = _odd_multiples(q[0], q[1])
-        self._table = (_fe_table(t) if _F else None, t)
+        if _F:
+            self._table = (_fe_table(_odd_multiples_fast(q[0], q[1])), None)
+        else:
+            self._table = (None, _odd_multiples(q[0], q[1]))
 
     def verify(self, digest, sig):
         return _safely(lambda: _verify(self._table, digest, sig))

@@ -4,10 +4,13 @@
 # Field elements are 32-byte buffers (bytearray), little-endian, any value below 2^256
 # (not necessarily below p: callers reduce with int.from_bytes(x, "little") % p).
 #
-#   mul(r, a, b, t)  r = a * b mod p     t: 64-byte scratch; r may be a or b
-#   sqr(r, a, t)     r = a * a mod p
-#   add(r, a, b)     r = a + b mod p     r may be a or b
-#   sub(r, a, b)     r = a - b mod p
+#   run(ws, prog, n)   n operations of prog on the 32-byte slots of ws (bytearray):
+#                      slot k is ws[32k:32k+32]; slots 7 and 8 are scratch for products.
+#   prog: 4 bytes per operation (opcode, d, a, b): slot d = slot a OP slot b (mod p),
+#   OP: 0 mul, 1 sqr (b unused), 2 add, 3 sub. d may equal a or b.
+#
+# One call runs a whole point doubling or addition: calling into MicroPython costs ~700
+# instructions, more than an addition mod p. mul/sqr/add/sub are subroutines (bl) of run.
 #
 # Only ARMv6-M (Thumb-1) instructions, so it runs on the RP2040's Cortex-M0+ and on every
 # Cortex-M (stm32, rp2350, the QEMU MPS2 boards). Products: 16x16 -> 32-bit multiplies,
@@ -19,7 +22,9 @@ import micropython
 
 
 @micropython.asm_thumb
-def mul(r0, r1, r2, r3):
+def run(r0, r1, r2):
+    bl(entry)
+    label(mul)
     push({r0})
     mov(r0, 0)
     mov(r4, 0)
@@ -1663,9 +1668,9 @@ def mul(r0, r1, r2, r3):
     sub(r4, r4, r6)
     sbc(r5, r0)
     str(r4, [r1, 28])
-    label(fold)
+    label(mul_fold)
     cmp(r5, 0)
-    beq(done)
+    beq(mul_done)
     mov(r7, r5)
     asr(r2, r7, 31)
     ldr(r4, [r1, 0])
@@ -1721,12 +1726,10 @@ def mul(r0, r1, r2, r3):
     add(r4, r4, r7)
     adc(r5, r2)
     str(r4, [r1, 28])
-    b(fold)
-    label(done)
-
-
-@micropython.asm_thumb
-def sqr(r0, r1, r2):
+    b(mul_fold)
+    label(mul_done)
+    bx(lr)
+    label(sqr)
     push({r0})
     mov(r3, r2)
     mov(r0, 0)
@@ -2987,9 +2990,9 @@ def sqr(r0, r1, r2):
     sub(r4, r4, r6)
     sbc(r5, r0)
     str(r4, [r1, 28])
-    label(fold)
+    label(sqr_fold)
     cmp(r5, 0)
-    beq(done)
+    beq(sqr_done)
     mov(r7, r5)
     asr(r2, r7, 31)
     ldr(r4, [r1, 0])
@@ -3045,12 +3048,10 @@ def sqr(r0, r1, r2):
     add(r4, r4, r7)
     adc(r5, r2)
     str(r4, [r1, 28])
-    b(fold)
-    label(done)
-
-
-@micropython.asm_thumb
-def add(r0, r1, r2):
+    b(sqr_fold)
+    label(sqr_done)
+    bx(lr)
+    label(add)
     ldr(r4, [r1, 0])
     ldr(r6, [r2, 0])
     add(r4, r4, r6)
@@ -3087,9 +3088,9 @@ def add(r0, r1, r2):
     adc(r5, r5)
     mov(r1, r0)
     mov(r0, 0)
-    label(fold)
+    label(add_fold)
     cmp(r5, 0)
-    beq(done)
+    beq(add_done)
     mov(r7, r5)
     asr(r2, r7, 31)
     ldr(r4, [r1, 0])
@@ -3145,12 +3146,10 @@ def add(r0, r1, r2):
     add(r4, r4, r7)
     adc(r5, r2)
     str(r4, [r1, 28])
-    b(fold)
-    label(done)
-
-
-@micropython.asm_thumb
-def sub(r0, r1, r2):
+    b(add_fold)
+    label(add_done)
+    bx(lr)
+    label(sub)
     ldr(r4, [r1, 0])
     ldr(r6, [r2, 0])
     sub(r4, r4, r6)
@@ -3187,9 +3186,9 @@ def sub(r0, r1, r2):
     sbc(r5, r5)
     mov(r1, r0)
     mov(r0, 0)
-    label(fold)
+    label(sub_fold)
     cmp(r5, 0)
-    beq(done)
+    beq(sub_done)
     mov(r7, r5)
     asr(r2, r7, 31)
     ldr(r4, [r1, 0])
@@ -3245,5 +3244,56 @@ def sub(r0, r1, r2):
     add(r4, r4, r7)
     adc(r5, r2)
     str(r4, [r1, 28])
-    b(fold)
-    label(done)
+    b(sub_fold)
+    label(sub_done)
+    bx(lr)
+    label(entry)
+    mov(r4, r8)
+    mov(r5, r9)
+    mov(r6, r10)
+    push({r4, r5, r6})
+    mov(r8, r0)
+    mov(r9, r1)
+    mov(r10, r2)
+    label(loop)
+    mov(r7, r9)
+    ldrb(r4, [r7, 0])
+    ldrb(r0, [r7, 1])
+    ldrb(r1, [r7, 2])
+    ldrb(r2, [r7, 3])
+    add(r7, r7, 4)
+    mov(r9, r7)
+    mov(r3, r8)
+    lsl(r0, r0, 5)
+    add(r0, r0, r3)
+    lsl(r1, r1, 5)
+    add(r1, r1, r3)
+    lsl(r2, r2, 5)
+    add(r2, r2, r3)
+    add(r3, 224)
+    cmp(r4, 0)
+    bne(not_mul)
+    bl(mul)
+    b(next)
+    label(not_mul)
+    cmp(r4, 1)
+    bne(not_sqr)
+    mov(r2, r3)
+    bl(sqr)
+    b(next)
+    label(not_sqr)
+    cmp(r4, 2)
+    bne(not_add)
+    bl(add)
+    b(next)
+    label(not_add)
+    bl(sub)
+    label(next)
+    mov(r7, r10)
+    sub(r7, r7, 1)
+    mov(r10, r7)
+    bne(loop)
+    pop({r4, r5, r6})
+    mov(r8, r4)
+    mov(r9, r5)
+    mov(r10, r6)
