@@ -72,15 +72,17 @@ def test_no_vfsrom_uses_the_verified_files_mount() -> None:
     assert d.ram_needed == RELEASE.largest_file + GUARD_HEAP  # the largest file, not the image
 
 
-def test_vfsrom_with_ram_mounts_from_ram_and_a_partition_wins() -> None:
+def test_the_guards_choice_vfsrom_from_ram_and_a_partition_wins() -> None:
+    """As mpseal_guard.mount_plan chooses: partition, else VfsRom over RAM, else files."""
     assert decide(replace(PICO, vfsrom=True), RELEASE).mount == VFSROM_RAM
-    small = replace(PICO, vfsrom=True, mem_free=RELEASE.image_size)  # not image + guard
-    assert decide(small, RELEASE).mount == VERIFIED_FILES
+    small = decide(replace(PICO, vfsrom=True, mem_free=RELEASE.image_size), RELEASE)
+    assert not small.ok and "free heap for the vfsrom-ram mount" in small.missing[0]
     rom = replace(PICO, vfsrom=True, rom=RomPartition(1, 256 * 1024, True))
     assert decide(rom, RELEASE).mount == ROMFS_PARTITION
-    tiny_rom = replace(rom, rom=RomPartition(1, 32 * 1024, True), mem_free=8 * 1024 ** 2)
-    d = decide(tiny_rom, RELEASE)
-    assert d.mount == VFSROM_RAM and "smaller than the image" in d.notes[0]
+    tiny = decide(replace(rom, rom=RomPartition(1, 32 * 1024, True)), RELEASE)
+    assert not tiny.ok and "a ROMFS partition of 60 KiB" in tiny.missing[0]
+    no_parts = replace(rom, rom=RomPartition(0, 0, False))  # rom_ioctl, no partition
+    assert decide(no_parts, RELEASE).mount == VFSROM_RAM
 
 
 def test_every_missing_feature_is_named() -> None:

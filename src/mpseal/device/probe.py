@@ -12,10 +12,13 @@ Three parts, so the decision is testable without a board:
 
 Mount paths, named as the guard names them (``runtime/mpseal_guard.py``):
 
-- ``romfs-partition``: ``vfs.rom_ioctl`` has a partition large enough for the image;
+The guard picks the first the firmware has (``mount_plan`` in the guard), and this
+module predicts that pick, then checks the board has what it needs:
+
+- ``romfs-partition``: ``vfs.rom_ioctl`` has a partition (it must hold the image);
   the verified image is mirrored there (stm32/esp32 through ``rom_ioctl(3|4|5)``,
   rp2 through the ``rp2.Flash`` block device ``rom_ioctl(2, 0)`` hands back).
-- ``vfsrom-ram``: ``vfs.VfsRom`` exists and the heap holds the whole image.
+- ``vfsrom-ram``: ``vfs.VfsRom`` exists (the heap must hold the whole image).
 - ``verified-files``: neither: the guard's filesystem in Python serves each file
   after checking its signed hash, from RAM; it needs RAM for the largest file,
   ``hashlib``, a writable filesystem and free flash (no ``VfsRom`` at all).
@@ -421,15 +424,18 @@ def decide(facts: BoardFacts, needs: Needs, replaced: tuple[int, ...] = ()) -> D
     flash_needed = 0
     if needs.guard:
         heap = GUARD_HEAP_WIDE if facts.arch in _WIDE else GUARD_HEAP
+        # The guard's own choice (mpseal_guard.mount_plan, "auto"): a partition where
+        # there is one, else VfsRom over RAM where VfsRom exists, else verified files.
         rom = facts.rom
-        if rom is not None and rom.count > 0 and rom.size >= needs.image_size:
+        if facts.vfsrom and rom is not None and rom.count > 0 and rom.size > 0:
             mount, ram = ROMFS_PARTITION, heap
-        elif facts.vfsrom and facts.mem_free >= needs.image_size + heap:
+            if rom.size < needs.image_size:
+                missing.append(f"a ROMFS partition of {_kib(needs.image_size)} for the image "
+                               f"(the board's is {_kib(rom.size)})")
+        elif facts.vfsrom:
             mount, ram = VFSROM_RAM, needs.image_size + heap
         else:
             mount, ram = VERIFIED_FILES, needs.largest_file + heap
-        if rom is not None and rom.count > 0 and mount != ROMFS_PARTITION:
-            notes.append(f"the ROMFS partition ({_kib(rom.size)}) is smaller than the image")
         if facts.mem_free < ram:
             missing.append(f"{_kib(ram)} free heap for the {mount} mount "
                            f"(the board has {_kib(facts.mem_free)})")
