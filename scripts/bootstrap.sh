@@ -26,3 +26,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install -q -e ".[test]"
+
+# The virtual Raspberry Pi Pico's emulator (rp2040js), pinned by package-lock.json.
+if command -v npm >/dev/null; then
+    (cd src/mpseal/device/rp2emu && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+else
+    echo "mpseal bootstrap: npm is missing: the virtual Pico (mpseal sim create --board rp2) needs Node.js >= 18 and npm" >&2
+fi
