@@ -34,8 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
+from mpseal.device.serialboard import SerialTransport
 from mpseal.errors import ConfigError, ToolError, UsageError
 from mpseal.fsutil import read_limited, write_atomic
+from mpseal.limits import DEFAULT_LIMITS, Limits
 
 FLASH_SIZE = 2 * 1024 * 1024
 EMULATOR = "rp2040js"
@@ -60,13 +62,17 @@ def is_pico_folder(folder: Path) -> bool:
 
 def firmware_dir(explicit: Path | str | None = None) -> Path:
     """Where the stock firmware images are: the argument, ``$MPSEAL_FIRMWARE_DIR``, or
-    ``../shared/firmware`` beside the repository."""
+    ``shared/firmware`` beside the repository (or beside its parent folder, for a git
+    worktree kept in a folder of worktrees)."""
     if explicit:
         found = Path(explicit)
     elif os.environ.get("MPSEAL_FIRMWARE_DIR"):
         found = Path(os.environ["MPSEAL_FIRMWARE_DIR"])
     else:
-        found = Path(__file__).resolve().parents[3].parent / "shared" / "firmware"
+        repo = Path(__file__).resolve().parents[3]
+        found = repo.parent / "shared" / "firmware"
+        if not found.is_dir() and (repo.parent.parent / "shared" / "firmware").is_dir():
+            found = repo.parent.parent / "shared" / "firmware"
     if not (found / BOOTROM).is_file():
         raise ConfigError(f"no RP2040 firmware folder at {found} (it needs {BOOTROM}); "
                           "set MPSEAL_FIRMWARE_DIR or pass --firmware-dir")
@@ -119,6 +125,7 @@ class VirtualPico:
         self._events: list[dict[str, object]] = []
         self._replies: list[dict[str, object]] = []
         self._cut: dict[str, object] | None = None
+        self._reset_mark = 0  # where the output of the chip's last (re)start begins
         self._exited = False
         self._master = -1
         self._slave = -1
@@ -225,6 +232,7 @@ class VirtualPico:
             self._events.clear()
             self._replies.clear()
             self._cut = None
+            self._reset_mark = 0
             self._exited = False
         try:
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -243,7 +251,7 @@ class VirtualPico:
             self._closing = False
             self._thread = threading.Thread(target=self._relay, name="pico-relay", daemon=True)
             self._thread.start()
-        if not self._wait_event("power-on", 15.0):
+        if not self.wait_event("power-on", 15.0):
             err = self._stderr_tail()
             self._kill()
             raise ToolError(f"the RP2040 emulator did not start: {err or 'no output'}")
@@ -380,10 +388,12 @@ class VirtualPico:
         return Counters(int(r["cycles"]), int(r["nanos"]), int(r["writes"]),  # type: ignore[call-overload]
                         int(r["resets"]), bool(r["halted"]))  # type: ignore[call-overload]
 
-    def _wait_event(self, name: str, timeout: float) -> bool:
+    def wait_event(self, name: str, timeout: float, count: int = 1) -> bool:
+        """Wait until the emulator has reported ``count`` events ``name`` ("reset",
+        "cut", "power-on") since this power-on."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while not any(e.get("event") == name for e in self._events):
+            while sum(1 for e in self._events if e.get("event") == name) < count:
                 left = deadline - time.monotonic()
                 if left <= 0 or self._exited:
                     return False
@@ -470,12 +480,34 @@ class VirtualPico:
                     self._events.append(msg)
                     if msg.get("event") == "cut":
                         self._cut = msg
+                    elif msg.get("event") == "reset":
+                        self._reset_mark = len(self._output)
             self._cond.notify_all()
 
     # -- talking to it --------------------------------------------------------------------
 
+    def send(self, data: bytes) -> None:
+        """Bytes to the board's USB serial port, as if typed by the program holding it."""
+        proc = self._proc
+        if proc is None or proc.stdin is None:
+            raise UsageError("the virtual Pico is off")
+        try:
+            proc.stdin.write(data)
+            proc.stdin.flush()
+        except (OSError, ValueError):
+            raise ToolError("the RP2040 emulator is not running") from None
+        self.to_board += len(data)
+
+    def connect(self, limits: Limits = DEFAULT_LIMITS) -> SerialTransport:
+        """mpseal's serial transport on the USB serial port (the board must be on)."""
+        if not self.path:
+            raise UsageError("the virtual Pico is off; start it first")
+        return SerialTransport(self.path, limits=limits)
+
     def wait_repl(self, timeout: float = 30.0) -> None:
-        """Wait for the boot banner's first REPL prompt (a board with no main.py)."""
-        if not self.wait_output(REPL_PROMPT, timeout):
+        """Wait for the REPL prompt after the last power-on or reset (no main.py running)."""
+        with self._lock:
+            start = self._reset_mark
+        if not self.wait_output(REPL_PROMPT, timeout, start=start):
             tail = self.output.decode("utf-8", "replace").strip().splitlines()[-1:] or ["nothing"]
             raise ToolError(f"the virtual Pico did not reach its REPL: {tail[0][:200]}")

@@ -131,6 +131,9 @@ function newChip(prev) {
   }
   mcu.peripherals[0x40058].onWatchdogTrigger = () => {
     const wd = mcu.peripherals[0x40058];
+    // Stop the counter now: at 0 its periodic alarm would fire again at once, forever.
+    wd.timer.enable = false;
+    wd.alarm.enable = false;
     resetPending = { reason: wd.reason, scratch: Uint32Array.from(wd.scratchData) };
   };
   hookUniqueId(mcu.peripherals[0x18000]);
