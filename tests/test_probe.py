@@ -244,11 +244,22 @@ def _device_files(pts: str) -> object:
 def test_microbit_is_refused_with_what_it_lacks_and_nothing_written(project: Path,
                                                                    built: Path) -> None:
     """MicroPython 1.9.2: no .mpy 6, no hashlib, no vfs, a flat filesystem."""
+    assert run_mpseal("ca", "init", project / "ca").returncode == 0
     with qemu_microbit() as pts:
         before = _device_files(pts)
         res = run_mpseal("install", "--port", pts, built, "-C", project, timeout=180)
         after = _device_files(pts)
         probe = run_mpseal("probe", "--port", pts, "--json", timeout=180)
+        prov = run_mpseal("provision", "--port", pts, "-C", project, "--artifact", built,
+                          "--json", timeout=180)
+        after_provision = _device_files(pts)
+    # provision refuses it the same way, before a key is issued or a byte written
+    assert prov.returncode == 3
+    failed = json.loads(prov.stdout)["devices"][0]
+    assert failed["outcome"] == "failed" and "hashlib.sha256" in failed["error"]
+    assert after_provision == before
+    listed = run_mpseal("registry", "list", "-C", project, "--json")
+    assert json.loads(listed.stdout) == []
     assert res.returncode == 3, res.stderr
     line = res.stderr.strip()
     assert "\n" not in line and "MicroPython 1.9.2 on microbit cannot run hello 1.0.0" in line

@@ -14,7 +14,7 @@ import click
 
 from mpseal.packaging.project import Project
 from mpseal.cli.common import emit_json, err_console, out_console, passphrase_from_env_or_prompt
-from mpseal.errors import ConfigError, MpsealError
+from mpseal.errors import BadDataError, ConfigError, MpsealError
 from mpseal.fsutil import read_limited
 
 SECRETS_LIMIT = 16 * 1024
@@ -139,7 +139,8 @@ def provision(ports: tuple[str, ...], sims: tuple[Path, ...], project_dir: Path,
                     "fingerprint": res.fingerprint, "bytes": res.bytes_written}
         except MpsealError as e:
             say(target, f"FAILED: {e}")
-            return {"target": target, "outcome": "failed", "error": str(e)}
+            return {"target": target, "outcome": "failed", "error": str(e),
+                    "refused": isinstance(e, BadDataError)}
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         results = list(pool.map(one, targets))
@@ -151,7 +152,9 @@ def provision(ports: tuple[str, ...], sims: tuple[Path, ...], project_dir: Path,
         out_console.print(f"{counts['provisioned']} provisioned, {counts['skipped']} already "
                           f"done, {counts['failed']} failed (of {len(results)})", markup=False)
     if counts["failed"]:
-        raise SystemExit(4)
+        # 3 when every failure was a refusal (a board that cannot run it, bad data), else 4
+        refused = all(r.get("refused") for r in results if r["outcome"] == "failed")
+        raise SystemExit(3 if refused else 4)
 
 
 @click.group()
