@@ -6,8 +6,8 @@ with an ``asm_thumb`` loop of ``sub; bne``: 10 M iterations read 20,001 us.) A f
 instructions is ``ticks_diff * 1000``, exact to +-1000.
 
 The board has no writable filesystem; :meth:`Mps2.put` serves modules (``.mpy`` from the
-real mpy-cross, or source) from a read-only VFS written in MicroPython in the board's
-RAM, mounted at ``/ram`` and first on ``sys.path``. Talks raw REPL over QEMU's stdio.
+real mpy-cross, or source) from a VFS written in MicroPython in the board's RAM (files
+written there stay in RAM), mounted at ``/ram`` and first on ``sys.path``. Talks raw REPL over QEMU's stdio.
 """
 
 from __future__ import annotations
@@ -49,9 +49,27 @@ class _RamFS:
             yield (k, 0x8000, 0, len(self.f[k]))
     def open(self, p, mode):
         p = p.strip("/")
+        if "w" in mode:
+            return _RamFile(self.f, p)
         if p not in self.f:
             raise OSError(2)
         return io.BytesIO(self.f[p])
+    def rename(self, a, b):
+        self.f[b.strip("/")] = self.f.pop(a.strip("/"))
+    def remove(self, p):
+        del self.f[p.strip("/")]
+class _RamFile:
+    def __init__(self, files, name):
+        self.files, self.name, self.data = files, name, bytearray()
+    def write(self, b):
+        self.data.extend(b)
+        return len(b)
+    def close(self):
+        self.files[self.name] = bytes(self.data)
+    def __enter__(self):
+        return self
+    def __exit__(self, *a):
+        self.close()
 _ramfs = _RamFS()
 vfs.mount(_ramfs, "/ram")
 sys.path.insert(0, "/ram")

@@ -307,9 +307,9 @@ def _verify(q_table, digest, sig):
     b.extend(bytes(n - len(b)))
     P = _P
     if q_table[0] is not None:  # the assembly chain: (q_table[0] is the key's buffers)
-        X, Z = _chain_fast(q_table[0], a, b, n)
+        X, _, Z = _chain_fast(q_table[0], a, b, n)
     else:
-        X, Z = _chain(q_table[1], a, b, n)
+        X, _, Z = _chain(q_table[1], a, b, n)
     if not Z:
         return False
     # x(R) = X / Z^2 < p < 2n, so x(R) mod n == r means x(R) is r or r + n.
@@ -322,7 +322,7 @@ def _verify(q_table, digest, sig):
 
 
 def _chain(q_table, a, b, n):
-    # (X, Z) of u1 G + u2 Q over the digit strings a, b (Z == 0: the point at infinity)
+    # (X, Y, Z) of u1 G + u2 Q over the digit strings a, b (Z == 0: the point at infinity)
     digits = (a, b)
     tables = (_G_ODD, q_table)
     P = _P
@@ -366,11 +366,11 @@ def _chain(q_table, a, b, n):
             X = (u * u - t - 2 * v) % P
             Y = (u * (v - X) - Y * t) % P
             Z = Z * h % P
-    return X, Z
+    return X, Y, Z
 
 
 def _chain_fast(q_fe, a, b, n):
-    # (X, Z) as integers mod p of the sum over the digits, as _chain, on p256_thumb
+    # (X, Y, Z) as integers mod p of the sum over the digits, as _chain, on p256_thumb
     global _G_FE
     if _G_FE is None:
         _G_FE = _fe_table(_G_ODD)
@@ -416,8 +416,9 @@ def _chain_fast(q_fe, a, b, n):
                 continue
             run(ws, _ADD2, 12)
     if inf:
-        return 0, 0
-    return int.from_bytes(ws[0:32], "little") % P, int.from_bytes(ws[64:96], "little") % P
+        return 0, 1, 0
+    return (int.from_bytes(ws[0:32], "little") % P, int.from_bytes(ws[32:64], "little") % P,
+            int.from_bytes(ws[64:96], "little") % P)
 
 
 def _safely(f):
@@ -447,6 +448,23 @@ class PublicKey:
 
     def verify_message(self, message, sig):
         return _safely(lambda: _verify(self._table, hashlib.sha256(message).digest(), sig))
+
+
+def base_mul(k):
+    # k G as an affine (x, y), for 0 < k < n (key generation and signing: p256_sign).
+    # Not constant-time: the digits of k decide which additions run (see p256_sign).
+    if not 0 < k < _N:
+        raise ValueError("scalar out of range")
+    a = _naf(k, _WG)
+    n = len(a)
+    b = bytes(n)  # no multiples of a key: only G's table is used
+    X, Y, Z = _chain_fast(None, a, b, n) if _F else _chain(None, a, b, n)
+    if not Z:
+        raise ValueError("k G is the point at infinity")
+    P = _P
+    zi = _inv(Z, P)
+    zz = zi * zi % P
+    return X * zz % P, Y * zz % P * zi % P
 
 
 def check_pubkey(pub):
