@@ -113,7 +113,7 @@ class VirtualPico:
     """One virtual Pico in ``folder``; :meth:`start` powers it on."""
 
     def __init__(self, folder: Path | str, firmware: Path | str | None = None) -> None:
-        self.folder = Path(folder)
+        self.folder = Path(folder).absolute()  # the emulator runs in BRIDGE_DIR
         self.flash = self.folder / "flash.img"
         self.info = self._load_info()
         self._firmware_dir = firmware
