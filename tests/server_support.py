@@ -64,6 +64,7 @@ def make_keys(folder: Path) -> Keys:
     keys.roots_dir.mkdir(parents=True, exist_ok=True)
     (keys.roots_dir / "1.mpsr").write_bytes(trustroot.sign(root, [keys.root]))
     (folder / "timestamp.pem").write_bytes(keys.timestamp.to_pem())
+    (folder / "timestamp.pem").chmod(0o600)  # mpseal refuses a key others may read
     return keys
 
 

@@ -21,7 +21,7 @@ from mpseal.pki import ca as ca_mod
 from mpseal.pki.lint import LintOptions, lint_bytes
 from mpseal.pki.signer import CertSigner, SignerCertSigner, sign_certificate
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def mode(p: Path) -> int:
@@ -79,6 +79,9 @@ def test_issuing_key_must_match_its_certificate(ca_dir: Path, tmp_path: Path) ->
     ca_mod.init_ca(other, ca_mod.CaOptions())
     (other / ca_mod.ISSUING_KEY).unlink()
     (other / ca_mod.ISSUING_KEY).write_bytes((ca_dir / ca_mod.ISSUING_KEY).read_bytes())
+    with pytest.raises(ConfigError, match="readable by others"):  # copied at 0644
+        ca_mod.load_issuing_ca(other)
+    (other / ca_mod.ISSUING_KEY).chmod(0o600)
     with pytest.raises(ConfigError, match="does not belong"):
         ca_mod.load_issuing_ca(other)
     with pytest.raises(ConfigError, match="not an mpseal CA folder"):

@@ -200,6 +200,7 @@ def test_serve_refuses_a_timestamp_key_devices_would_not_accept(keys: Keys,
 
     stray = tmp_path / "stray.pem"
     stray.write_bytes(PrivateKeySigner.generate().to_pem())
+    stray.chmod(0o600)
     res = run_mpseal("serve", "--db", f"sqlite:///{tmp_path / 'db.sqlite'}", "--port",
                      str(free_port()), "--workers", "2", "--roots", keys.roots_dir,
                      "--timestamp-key", stray, "--artifacts", tmp_path / "a", timeout=60)

@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from mpseal.errors import FormatError, StorageError, UsageError
+from mpseal.errors import ConfigError, FormatError, StorageError, UsageError
 
 
 def storage_error(path: Path, e: OSError) -> StorageError:
@@ -103,3 +103,21 @@ def read_limited(path: Path, limit: int, what: str) -> bytes:
     if len(data) > limit:
         raise FormatError(f"{what} {path} is larger than the {limit}-byte limit")
     return data
+
+
+def read_private_key(path: Path, limit: int, what: str) -> bytes:
+    """Read a private key file, refusing one that others may read (like ssh does).
+
+    A key at 0644 on a shared build host or in a backup is a key anyone there can copy.
+    """
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise UsageError(f"{what} not found: {path}") from None
+    except OSError as e:
+        raise UsageError(f"{what} {path}: {e.strerror}") from None
+    if os.name == "posix" and mode & 0o077:
+        raise ConfigError(f"{what} {path} is readable by others (mode {mode & 0o777:04o}); "
+                          f"run: chmod 600 {path}")
+    return read_limited(path, limit, what)

@@ -5,15 +5,22 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
-from mpseal.packaging.project import Project
-from mpseal.cli.common import emit_json, out_console, passphrase_from_env_or_prompt, progress_bar
+from mpseal.cli.common import (
+    emit_json,
+    err_console,
+    out_console,
+    passphrase_from_env_or_prompt,
+    progress_bar,
+)
 from mpseal.errors import UsageError
 from mpseal.formats.boards import BOARDS
 from mpseal.fsutil import read_limited
 from mpseal.limits import DEFAULT_LIMITS
+from mpseal.packaging.project import Project
 
 NOT_PROTECTED = (
     "Not protected: a .mpy still shows names and strings and can be disassembled; it stops a "
@@ -58,30 +65,61 @@ def init(folder: Path, board: str, name: str | None, encrypt_keys: bool, as_json
 @click.command()
 @click.option("-C", "--project", "project_dir", type=click.Path(file_okay=False, path_type=Path),
               default=".", help="Project folder (default: here or a parent).")
+@click.option("-b", "--board", "boards", multiple=True, metavar="BOARD[,BOARD...]",
+              help="Build for these boards (repeat or comma-separate; default: [build] board).")
 @click.option("-j", "--jobs", type=click.IntRange(1, 256), help="Parallel compilers.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-def build(project_dir: Path, jobs: int | None, as_json: bool) -> None:
-    """Compile the app with mpy-cross, pack a ROMFS image, sign it: dist/<app>-<version>.mpseal."""
-    from mpseal.packaging import uptodate
+def build(project_dir: Path, boards: tuple[str, ...], jobs: int | None, as_json: bool) -> None:
+    """Compile the app with mpy-cross, pack a ROMFS image, sign it: dist/<app>-<version>.mpseal.
+
+    A product on several boards ([build] board = ["esp32", "rp2"], or --board) gets one
+    artifact per board, dist/<app>-<version>-<board>.mpseal, each checked against the
+    board's filesystem budget for A/B updates.
+    """
     from mpseal.packaging.sources import collect
 
-    t0 = time.perf_counter()
     project = Project.load(project_dir)
-    previous = uptodate.check(project, collect(project))
+    names = [n.strip() for b in boards for n in b.split(",") if n.strip()]
+    names = list(dict.fromkeys(names)) or [b.name for b in project.config.boards] or [
+        project.config.board.name]
+    targets = [project.for_board(n) for n in names]
+    sources = collect(targets[0])  # the same files for every board
+    if sources.dropped and not as_json:
+        shown = ", ".join(sources.dropped[:5]) + (", ..." if len(sources.dropped) > 5 else "")
+        err_console.print(f"note: {len(sources.dropped)} file(s) in {project.config.source}/ "
+                          f"are not packaged (neither .py nor matched by [build] data): {shown}",
+                          markup=False)
+    summaries = []
+    signer = None
+    for target in targets:
+        summary, signer = _build_one(target, sources, signer, jobs, as_json)
+        summaries.append(summary)
+    if as_json:
+        emit_json(summaries[0] if len(summaries) == 1 and not boards else
+                  {"builds": summaries})
+
+
+def _build_one(project: Project, sources: Any, signer: Any, jobs: int | None,
+               as_json: bool) -> tuple[dict[str, Any], Any]:
+    from mpseal.packaging import uptodate
+
+    t0 = time.perf_counter()
+    previous = uptodate.check(project, sources)
     if previous is not None:  # nothing changed: the artifact in dist/ is this build's
         previous.update(up_to_date=True, compiled=0, cache_hits=previous["modules"],
                         seconds=round(time.perf_counter() - t0, 3))
-        if as_json:
-            emit_json(previous)
-        else:
+        if not as_json:
             out_console.print(f"Up to date: {previous['artifact']} ({previous['app']} "
-                              f"{previous['version']}, nothing changed since it was built)")
-        return
+                              f"{previous['version']} for {previous['board']}, nothing changed "
+                              "since it was built)", markup=False)
+        return previous, signer
     from mpseal.packaging.package import build as build_project
 
-    signer = project.release_signer(passphrase_from_env_or_prompt)
+    if signer is None:
+        signer = project.release_signer(passphrase_from_env_or_prompt)
     with progress_bar("compiling", enabled=not as_json) as bar:
-        task = bar.add_task("compiling", total=None) if bar else None
+        task = bar.add_task(f"compiling for {project.config.board.name}", total=None) \
+            if bar else None
 
         def on_total(n: int) -> None:
             if bar is not None and task is not None:
@@ -92,20 +130,29 @@ def build(project_dir: Path, jobs: int | None, as_json: bool) -> None:
                 bar.advance(task)
 
         res = build_project(project, signer, progress=tick, on_total=on_total, jobs=jobs)
-    summary = res.summary()
+    summary = {**res.summary(), "up_to_date": False}
     if as_json:
-        emit_json({**summary, "up_to_date": False})
-        return
+        return summary, signer
     m = res.manifest
     out_console.print(
         f"Built {res.path} ({res.artifact_size} bytes): {m.app} {m.version}, counter {m.counter}, "
-        f"board {m.board} (.mpy {m.mpy_version}, {m.arch})"
+        f"board {m.board} (.mpy {m.mpy_version}, {m.arch})", markup=False
     )
     out_console.print(
         f"  {res.modules} modules ({res.compiled} compiled, {res.cache_hits} cached), "
         f"{res.data_files} data files, image {m.image_size} bytes, "
-        f"signed by release key {res.keyid[:16]}, {res.seconds:.2f}s"
+        f"signed by release key {res.keyid[:16]}, {res.seconds:.2f}s", markup=False
     )
+    b = res.budget
+    if b is not None and b.per_release is not None:
+        out_console.print(f"  fits {b.board}: {res.artifact_size // 1024 + 1} of "
+                          f"{b.per_release // 1024} KiB per release ({b.source} "
+                          f"{b.filesystem // 1024 if b.filesystem else 0} KiB, A/B update "
+                          "with download)", markup=False)
+    elif b is not None:
+        err_console.print(f"note: the filesystem size of {b.board} boards varies; set [build] "
+                          "filesystem_size to check that updates fit", markup=False)
+    return summary, signer
 
 
 def _load_artifact(path: Path) -> bytes:

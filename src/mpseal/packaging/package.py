@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mpseal import __version__
-from mpseal.packaging import sbom, uptodate
+from mpseal.packaging import budget, sbom, uptodate
+from mpseal.packaging.budget import Budget
 from mpseal.packaging.mpycross import CompileOptions, Compiler
 from mpseal.packaging.sources import Sources, collect
 from mpseal.packaging.project import Project
@@ -33,6 +34,8 @@ class BuildResult:
     seconds: float
     keyid: str
     stages: dict[str, float] = field(default_factory=dict)
+    budget: Budget | None = None
+    dropped: tuple[str, ...] = ()
 
     def summary(self) -> dict[str, object]:
         m = self.manifest
@@ -53,6 +56,8 @@ class BuildResult:
             "cache_hits": self.cache_hits,
             "signed_by": self.keyid,
             "seconds": round(self.seconds, 3),
+            "budget": self.budget.to_dict() if self.budget else None,
+            "dropped": list(self.dropped),
         }
 
 
@@ -110,6 +115,7 @@ def build(project: Project, signer: Signer, progress: Callable[[str], None] | No
         artifact.verify(blob, root, board=cfg.board.name)
     except MpsealError as e:  # pragma: no cover - a bug in mpseal itself
         raise ConfigError(f"the new artifact does not verify against the trust root: {e}") from e
+    fits = budget.check(cfg, len(blob))  # before anything is written
     out = project.artifact_path()
     write_atomic(sbom_path(out), sbom_bytes)
     write_atomic(out, blob)
@@ -125,6 +131,8 @@ def build(project: Project, signer: Signer, progress: Callable[[str], None] | No
         seconds=time.perf_counter() - t0,
         keyid=signer.public_key.keyid,
         stages=stages,
+        budget=fits,
+        dropped=sources.dropped,
     )
     uptodate.record(project, inputs, blob, result.summary())
     return result

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from typing import TYPE_CHECKING
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from mpseal.errors import ConfigError, MpsealError
 from mpseal.formats import config as config_mod
 from mpseal.formats.config import CONFIG_NAME, ProjectConfig
-from mpseal.fsutil import read_limited
+from mpseal.fsutil import read_limited, read_private_key
 from mpseal.limits import DEFAULT_LIMITS
 
 if TYPE_CHECKING:  # imported where used: loading a project needs no cryptography
@@ -60,8 +60,19 @@ class Project:
     def cache_dir(self) -> Path:
         return self.root / ".mpseal-cache"
 
+    def for_board(self, name: str) -> Project:
+        """This project built for board ``name`` (one of several a product ships on)."""
+        return replace(self, config=self.config.for_board(name))
+
+    @property
+    def board_suffix(self) -> str:
+        """'' for a one-board project built for its own board, else '-<board>', so that
+        the builds of a multi-board product never overwrite each other in dist/."""
+        cfg = self.config
+        return "" if cfg.boards in ((), (cfg.board,)) else f"-{cfg.board.name}"
+
     def artifact_path(self) -> Path:
-        return self.dist_dir / f"{self.config.name}-{self.config.version}.mpseal"
+        return self.dist_dir / f"{self.config.name}-{self.config.version}{self.board_suffix}.mpseal"
 
     def load_signer(self, rel: str, role: str, passphrase: PassphraseSource) -> PrivateKeySigner:
         from mpseal.crypto.keys import PrivateKeySigner
@@ -69,7 +80,7 @@ class Project:
         path = self.path(rel)
         if not path.is_file():
             raise ConfigError(f"{role} key not found at {path}; see [keys] in {CONFIG_NAME}")
-        pem = read_limited(path, KEY_FILE_LIMIT, f"{role} key")
+        pem = read_private_key(path, KEY_FILE_LIMIT, f"{role} key")
         encrypted = b"ENCRYPTED" in pem
         return PrivateKeySigner.from_pem(pem, passphrase(role) if encrypted else None)
 

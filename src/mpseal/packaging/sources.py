@@ -16,6 +16,7 @@ SKIP_DIRS = {"__pycache__"}
 class Sources:
     modules: list[Module]
     data: dict[str, bytes]
+    dropped: tuple[str, ...] = ()  # files in the source folder that go into no build
 
 
 def collect(project: Project) -> Sources:
@@ -25,6 +26,7 @@ def collect(project: Project) -> Sources:
         raise ConfigError(f"source folder {src} does not exist; see [build] source in mpseal.toml")
     modules: list[Module] = []
     data: dict[str, bytes] = {}
+    others: list[str] = []
     for path in sorted(src.rglob("*")):
         rel_parts = path.relative_to(src).parts
         if any(p in SKIP_DIRS or p.startswith(".") for p in rel_parts) or not path.is_file():
@@ -32,6 +34,8 @@ def collect(project: Project) -> Sources:
         rel = "/".join(rel_parts)
         if path.suffix == ".py":
             modules.append(Module(_checked(rel), path.read_bytes()))
+        else:
+            others.append(rel)
     for pattern in project.config.data:
         matched = [p for p in sorted(src.glob(pattern)) if p.is_file()]
         if not matched:
@@ -45,7 +49,8 @@ def collect(project: Project) -> Sources:
     entry = f"{project.config.entry}.py"
     if entry not in {m.name for m in modules}:
         raise ConfigError(f"entry module {entry} is not in {src}; see [app] entry")
-    return Sources(modules, data)
+    dropped = tuple(rel for rel in others if rel not in data)
+    return Sources(modules, data, dropped)
 
 
 def _checked(rel: str) -> str:

@@ -42,6 +42,7 @@ def fingerprint(project: Project, sources: Sources) -> str:
         f"mpseal {__version__}",
         _file_digest(project.root / CONFIG_NAME),
         f"{compiler}:{st.st_size}:{st.st_mtime_ns}",
+        f"board {cfg.board.name} {cfg.arch} {cfg.mpy_version}",
         _file_digest(project.path(cfg.release_key)),
         _file_digest(project.path(cfg.trust_root)),
     ]
@@ -53,11 +54,16 @@ def fingerprint(project: Project, sources: Sources) -> str:
     return h.hexdigest()
 
 
+def record_path(project: Project) -> Path:
+    """One record per board: building one board never makes another's look stale."""
+    return project.cache_dir / RECORD.replace(".json", f"{project.board_suffix}.json")
+
+
 def record(project: Project, inputs: str, blob: bytes, summary: dict[str, Any]) -> None:
     """Remember this build. A record that cannot be written (disk full) is no error: the
     old record names another artifact hash, so the next build is simply done again."""
     try:
-        write_atomic(project.cache_dir / RECORD, json.dumps({
+        write_atomic(record_path(project), json.dumps({
             "inputs": inputs, "artifact_sha256": hashlib.sha256(blob).hexdigest(),
             "summary": summary}, sort_keys=True).encode())
     except StorageError:
@@ -67,7 +73,7 @@ def record(project: Project, inputs: str, blob: bytes, summary: dict[str, Any]) 
 def check(project: Project, sources: Sources) -> dict[str, Any] | None:
     """The last build's summary if it is still what a build would produce, else None."""
     try:
-        rec = json.loads((project.cache_dir / RECORD).read_bytes())
+        rec = json.loads(record_path(project).read_bytes())
         summary = rec["summary"]
         if rec["inputs"] != fingerprint(project, sources):
             return None

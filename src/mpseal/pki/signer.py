@@ -35,7 +35,7 @@ from cryptography.utils import Buffer
 
 from mpseal.crypto.keys import PrivateKeySigner, Signer
 from mpseal.errors import ConfigError, SignatureError
-from mpseal.fsutil import read_limited
+from mpseal.fsutil import read_private_key
 
 KEY_FILE_MAX = 64 * 1024
 PassphraseCallback = Callable[[str], bytes | None]
@@ -76,7 +76,7 @@ def is_encrypted_pem(pem: bytes) -> bool:
 def load_file_signer(path: Path, role: str,
                      passphrase: PassphraseCallback | None = None) -> SignerCertSigner:
     """The file implementation: a PEM P-256 key, asking for a passphrase only if it has one."""
-    pem = read_limited(path, KEY_FILE_MAX, f"{role} key")
+    pem = read_private_key(path, KEY_FILE_MAX, f"{role} key")
     secret = None
     if is_encrypted_pem(pem):
         if passphrase is None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from mpseal.crypto.keys import PrivateKeySigner, Signer
 from mpseal.errors import ConfigError
 from mpseal.fleet.rollout import HaltPolicy
-from mpseal.fsutil import read_limited
+from mpseal.fsutil import read_limited, read_private_key
 from mpseal.limits import DEFAULT_LIMITS
 
 DEFAULT_CHANNEL = "stable"
@@ -97,7 +97,7 @@ class ServerSettings:
             raise ConfigError(f"${SETTINGS_ENV} is not valid server settings: {e}") from None
 
     def load(self, passphrase: bytes | None = None) -> ServerConfig:
-        pem = read_limited(Path(self.timestamp_key), KEY_FILE_LIMIT, "timestamp key")
+        pem = read_private_key(Path(self.timestamp_key), KEY_FILE_LIMIT, "timestamp key")
         signer = PrivateKeySigner.from_pem(pem, passphrase if b"ENCRYPTED" in pem else None)
         return ServerConfig(
             database_url=self.database_url, artifacts_dir=Path(self.artifacts_dir),
