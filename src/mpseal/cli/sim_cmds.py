@@ -10,8 +10,9 @@ from typing import Any
 import click
 
 from mpseal.cli.common import emit_json, out_console
+from mpseal.device.picoboard import PicoBoard, open_sim
 from mpseal.device.sim import DEFAULT_FLASH, VirtualBoard
-from mpseal.errors import ConfigError, MpsealError, PolicyError, TransportError
+from mpseal.errors import ConfigError, MpsealError, PolicyError, TransportError, UsageError
 from mpseal.formats.boards import BOARDS
 from mpseal.fsutil import read_limited
 from mpseal.limits import DEFAULT_LIMITS
@@ -24,18 +25,38 @@ sim_dir_option = click.option(
 
 @click.group()
 def sim() -> None:
-    """The virtual board: real MicroPython (unix port) with a littlefs flash image."""
+    """Virtual boards: real MicroPython (unix port) with a littlefs flash image, or a
+    virtual Raspberry Pi Pico (stock firmware in an RP2040 emulator: --board rp2)."""
 
 
 @sim.command()
 @sim_dir_option
 @click.option("--board", type=click.Choice(sorted(BOARDS)), default="unix", show_default=True,
-              help="Board the virtual device claims to be (the VM runs x64 code).")
+              help="unix: the unix-port VM (other names: the VM claiming to be that board); "
+                   "rp2: a virtual Raspberry Pi Pico running the stock RPI_PICO firmware in "
+                   "the RP2040 emulator rp2040js.")
 @click.option("--flash-size", type=click.IntRange(64 * 1024), default=DEFAULT_FLASH,
-              show_default=True, help="Flash size in bytes (multiple of 4096).")
+              show_default=True, help="Flash size in bytes (multiple of 4096; the Pico: 2 MiB).")
 @click.option("--heapsize", help="MicroPython heap, e.g. 64K (default: the VM's 2M).")
-def create(sim_dir: Path, board: str, flash_size: int, heapsize: str | None) -> None:
+@click.option("--romfs", is_flag=True,
+              help="rp2: the RPI_PICO_ROMFS image (a 256 KiB ROMFS partition, vfs.VfsRom).")
+@click.option("--firmware-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="rp2: folder of the stock firmware images (default: $MPSEAL_FIRMWARE_DIR, "
+                   "else ../shared/firmware beside the repository).")
+def create(sim_dir: Path, board: str, flash_size: int, heapsize: str | None, romfs: bool,
+           firmware_dir: Path | None) -> None:
     """Create a virtual board with an empty littlefs flash."""
+    if board == "rp2":
+        if flash_size != DEFAULT_FLASH or heapsize:
+            raise UsageError("the virtual Pico has the Pico's 2 MiB flash and 264 KiB RAM: "
+                             "no --flash-size or --heapsize")
+        pico = PicoBoard.create(sim_dir, romfs=romfs, firmware=firmware_dir)
+        out_console.print(f"Created virtual Raspberry Pi Pico {sim_dir} (stock "
+                          f"{pico.pico.info.firmware} v1.28.0 in rp2040js, 2048 KiB flash, "
+                          f"unique id {pico.hardware_id})", markup=False)
+        return
+    if romfs or firmware_dir:
+        raise UsageError("--romfs and --firmware-dir are for --board rp2 (the virtual Pico)")
     VirtualBoard.create(sim_dir, board=board, flash_size=flash_size, heapsize=heapsize)
     out_console.print(f"Created virtual board {sim_dir} ({board}, {flash_size // 1024} KiB flash)")
 
@@ -48,7 +69,7 @@ def create(sim_dir: Path, board: str, flash_size: int, heapsize: str | None) -> 
 @click.option("--json", "as_json", is_flag=True)
 def install(file: Path, sim_dir: Path, project_dir: Path, as_json: bool) -> None:
     """Stage an artifact through the board's boot guard (it runs on trial at the next boot)."""
-    board = VirtualBoard(sim_dir)
+    board = open_sim(sim_dir)
     project = Project.load(project_dir)
     blob = read_limited(file, DEFAULT_LIMITS.artifact_max_length, "artifact")
     result = board.install(blob, project.trust_root(), profile=project.config.profile)
@@ -61,7 +82,13 @@ def install(file: Path, sim_dir: Path, project_dir: Path, as_json: bool) -> None
 
 
 def _boot(sim_dir: Path, heapsize: str | None, max_boots: int, as_json: bool) -> None:
-    report = VirtualBoard(sim_dir).boot(max_boots=max_boots, heapsize=heapsize)
+    board = open_sim(sim_dir)
+    if isinstance(board, PicoBoard):
+        if heapsize:
+            raise UsageError("the virtual Pico has the Pico's RAM: no --heapsize")
+        report = board.boot(max_boots=max_boots)
+    else:
+        report = board.boot(max_boots=max_boots, heapsize=heapsize)
     if as_json:
         emit_json({"boots": report.boots, "outcome": report.outcome,
                    "exit_codes": report.exit_codes, "guard": report.guard_lines,
@@ -99,7 +126,7 @@ def run(sim_dir: Path, heapsize: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def status(sim_dir: Path, as_json: bool) -> None:
     """Show the guard's state, what each slot holds, and the end of its boot log."""
-    st = VirtualBoard(sim_dir).status()
+    st = open_sim(sim_dir).status()
     if as_json:
         emit_json(st)
         return
@@ -154,7 +181,10 @@ def update(sim_dir: Path, poll: bool, as_json: bool) -> None:
     Provision the board first (mpseal provision --sim DIR --config server.toml) so it
     has an identity, the server's trust anchor and config.json with "server" in it.
     """
-    board = VirtualBoard(sim_dir)
+    board = open_sim(sim_dir)
+    if isinstance(board, PicoBoard):
+        raise UsageError("'sim update' runs the update client on the unix-port board only; the "
+                         "virtual Pico has no network")
     _check_provisioned(board, sim_dir)
     res = board.command("ota", *(["poll", "5", "300"] if poll else []), timeout=24 * 3600)
     replies = [r for r in res.replies() if isinstance(r, dict)]
@@ -199,7 +229,7 @@ def _check_provisioned(board: VirtualBoard, sim_dir: Path) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def ls(folder: str, sim_dir: Path, as_json: bool) -> None:
     """List a folder of the virtual board's flash."""
-    entries = VirtualBoard(sim_dir).listdir(folder)
+    entries = open_sim(sim_dir).listdir(folder)
     if as_json:
         emit_json([{"name": n, "dir": d, "size": s} for n, d, s in entries])
         return

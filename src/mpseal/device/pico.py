@@ -96,6 +96,7 @@ class PicoInfo:
     board: str = "rp2"
     emulator: str = EMULATOR
     flash_size: int = FLASH_SIZE
+    firmware_dir: str | None = None  # given at create; else $MPSEAL_FIRMWARE_DIR or default
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ class VirtualPico:
         self.folder = Path(folder).absolute()  # the emulator runs in BRIDGE_DIR
         self.flash = self.folder / "flash.img"
         self.info = self._load_info()
-        self._firmware_dir = firmware
+        self._firmware_dir = firmware or self.info.firmware_dir
         self._proc: subprocess.Popen[bytes] | None = None
         self._ctl: socket.socket | None = None
         self._lock = threading.Lock()
@@ -126,6 +127,7 @@ class VirtualPico:
         self._replies: list[dict[str, object]] = []
         self._cut: dict[str, object] | None = None
         self._reset_mark = 0  # where the output of the chip's last (re)start begins
+        self._marks: list[int] = []  # the same for every watchdog reset since power-on
         self._exited = False
         self._master = -1
         self._slave = -1
@@ -149,7 +151,8 @@ class VirtualPico:
         image = cls._image(firmware_dir(firmware), name)
         if unique_id is not None and len(unique_id) != 8:
             raise UsageError("a Pico's unique id is 8 bytes")
-        info = PicoInfo(name, (unique_id or secrets.token_bytes(8)).hex())
+        info = PicoInfo(name, (unique_id or secrets.token_bytes(8)).hex(),
+                        firmware_dir=str(Path(firmware).resolve()) if firmware else None)
         folder.mkdir(parents=True, exist_ok=True)
         flash = bytearray(b"\xff" * FLASH_SIZE)
         fw = image.read_bytes()
@@ -180,7 +183,9 @@ class VirtualPico:
                              "'mpseal sim create --board rp2' first")
         try:
             raw = json.loads(read_limited(path, 4096, "board.json"))
-            info = PicoInfo(str(raw["firmware"]), str(raw["unique_id"]))
+            fw_dir = raw.get("firmware_dir")
+            info = PicoInfo(str(raw["firmware"]), str(raw["unique_id"]),
+                            firmware_dir=str(fw_dir) if fw_dir else None)
             bytes.fromhex(info.unique_id)
         except (ValueError, KeyError, TypeError):
             raise ConfigError(f"{path} is damaged; re-create the virtual Pico") from None
@@ -218,6 +223,7 @@ class VirtualPico:
         if self._master < 0:
             self._open_pty()
         ours, theirs = socket.socketpair()
+        fw_dir = fw_dir.resolve()
         cmd = [node, str(BRIDGE_DIR / "picobridge.mjs"),
                "--bootrom", str(fw_dir / BOOTROM),
                "--firmware", str(self._image(fw_dir, self.info.firmware)),
@@ -226,13 +232,14 @@ class VirtualPico:
         if cut_after:
             cmd += ["--cut-after", str(cut_after)]
         if trace is not None:
-            cmd += ["--trace", str(trace)]
+            cmd += ["--trace", str(Path(trace).resolve())]
         with self._lock:
             self._output.clear()
             self._events.clear()
             self._replies.clear()
             self._cut = None
             self._reset_mark = 0
+            self._marks = []
             self._exited = False
         try:
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -315,8 +322,9 @@ class VirtualPico:
         proc = self._proc
         if proc is None or proc.stderr is None or proc.poll() is None:
             return ""
-        text = proc.stderr.read(4096).decode("utf-8", "replace").strip()
-        return text.splitlines()[-1] if text else f"exit code {proc.returncode}"
+        lines = proc.stderr.read(8192).decode("utf-8", "replace").strip().splitlines()
+        errors = [ln.strip() for ln in lines if "Error" in ln or ln.startswith("picobridge:")]
+        return (errors or lines or [f"exit code {proc.returncode}"])[0][:300]
 
     # -- what the board says ----------------------------------------------------------
 
@@ -326,6 +334,15 @@ class VirtualPico:
         (the boot log), whether or not a program had the port open."""
         with self._lock:
             return bytes(self._output)
+
+    def boot_outputs(self) -> list[bytes]:
+        """:attr:`output` split where the chip restarted (watchdog reset): one per boot.
+
+        The split is as exact as the host sees it: bytes the old chip sent just before
+        its reset may land at the start of the next piece."""
+        with self._lock:
+            data, marks = bytes(self._output), [0, *self._marks]
+        return [data[a:b] for a, b in zip(marks, [*marks[1:], len(data)], strict=True)]
 
     def wait_output(self, needle: bytes | str | re.Pattern[bytes], timeout: float = 30.0,
                     start: int = 0) -> bool:
@@ -482,6 +499,7 @@ class VirtualPico:
                         self._cut = msg
                     elif msg.get("event") == "reset":
                         self._reset_mark = len(self._output)
+                        self._marks.append(self._reset_mark)
             self._cond.notify_all()
 
     # -- talking to it --------------------------------------------------------------------

@@ -15,7 +15,8 @@
 #   micropython simboard.py FLASH.img meta roots FILE...               (apply a root chain)
 #
 # Power-cut testing: FLASH.img may be followed by `--cut N` (and `--tear`): the
-# flash loses power at its N-th block write (simflash.py).
+# flash loses power at its N-th block write (simflash.py). `--host-guard` loads the
+# guard from these sources, not from the flash (for another board's flash image).
 #
 # For `boot`, `stage` and `status` the flash becomes the root filesystem and the host's files
 # vanish from view, as on a real board. Machine-readable replies are printed as
@@ -125,9 +126,17 @@ def meta_command(args):
 def main(argv):
     image, cmd, args = argv[1], argv[2], argv[3:]
     cut, tear = 0, False
-    while cmd in ("--cut", "--tear"):
+    while cmd in ("--cut", "--tear", "--host-guard"):
         if cmd == "--cut":
             cut, cmd, args = int(args[0]), args[1], args[2:]
+        elif cmd == "--host-guard":
+            # The image is another board's flash (the virtual Pico's, read as a debug
+            # probe would): its /lib holds .mpy files for that board's CPU, so the guard
+            # is loaded from these sources before the flash hides them.
+            import mpseal_guard  # noqa: F401
+            import mpseal_release  # noqa: F401
+            import mpseal_state  # noqa: F401
+            cmd, args = args[0], args[1:]
         else:
             tear, cmd, args = True, args[0], args[1:]
     bdev = open_flash(image, cut, tear)
