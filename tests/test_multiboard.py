@@ -112,3 +112,42 @@ def test_an_image_too_big_for_the_board_is_refused_at_build_time(project: Path) 
     res = run_mpseal("build", "--json", cwd=project)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["budget"]["filesystem"] == 6 << 20
+
+
+def test_release_publish_of_a_set_and_promote_of_the_set(project: Path) -> None:
+    from serve_support import project_server
+    from server_support import ADMIN_TOKEN
+
+    _edit(project, 'board = "unix"', 'board = ["unix", "esp32"]')
+    assert run_mpseal("build", cwd=project).returncode == 0
+    files = sorted((project / "dist").glob("*.mpseal"))
+    with project_server(project) as url:
+        env = {"MPSEAL_SERVER": url, "MPSEAL_ADMIN_TOKEN": ADMIN_TOKEN}
+        res = run_mpseal("release", "publish", *files, "--json", cwd=project, env=env)
+        assert res.returncode == 0, res.stderr
+        assert sorted(r["board"] for r in json.loads(res.stdout)["releases"]) == ["esp32",
+                                                                                 "unix"]
+        res = run_mpseal("release", "promote", "1.0.0", "--percent", "100", cwd=project,
+                         env=env)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.count("Promoted") == 2
+        listed = json.loads(run_mpseal("release", "list", "--json", cwd=project,
+                                       env=env).stdout)
+        assert {(r["board"], r["percent"]) for r in listed} == {("esp32", 100), ("unix", 100)}
+        # In a pipe (no COLUMNS, stdout not a TTY) no column is cut to fit 80 characters.
+        import os
+        import subprocess
+
+        from conftest import MPSEAL
+        pipe_env = {k: v for k, v in os.environ.items() if k != "COLUMNS"} | env
+        out = subprocess.run([str(MPSEAL), "release", "list"], cwd=project, env=pipe_env,
+                             capture_output=True, text=True, check=False).stdout
+        assert "in progress" in out and "…" not in out, out
+    # A set is one app and version: a stray file is refused before anything is sent.
+    other = project / "dist" / "other.mpseal"
+    _edit(project, 'version = "1.0.0"', 'version = "1.1.0"')
+    assert run_mpseal("build", "--board", "unix", cwd=project).returncode == 0
+    (project / "dist" / "hello-1.1.0-unix.mpseal").rename(other)
+    res = run_mpseal("release", "publish", files[0], other, "--server", "http://127.0.0.1:9",
+                     cwd=project)
+    assert res.returncode == 2 and "a set is one app and version" in res.stderr

@@ -140,17 +140,51 @@ def release() -> None:
 
 
 @release.command()
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--channel", default="stable", show_default=True)
 @_admin_options
-def publish(file: Path, channel: str, server: str, ca: Path | None, as_json: bool) -> None:
-    """Upload an artifact; the server verifies it and offers it to no one until promoted."""
+def publish(files: tuple[Path, ...], channel: str, server: str, ca: Path | None,
+            as_json: bool) -> None:
+    """Upload artifacts; the server verifies each and offers it to no one until promoted.
+
+    Several files are a set: one app and version built for several boards
+    (dist/<app>-<version>-<board>.mpseal), checked here before any is uploaded;
+    'release promote VERSION' then widens the rollout of the whole set.
+    """
+    _check_set(files)
+    published = []
     with _client(server, ca) as client:
-        rel = client.publish(file, channel)
+        for file in files:
+            rel = client.publish(file, channel)
+            published.append(rel)
+            if not as_json:
+                _show(rel, "Published")
     if as_json:
-        emit_json(rel)
-    else:
-        _show(rel, "Published")
+        emit_json(published[0] if len(published) == 1 else {"releases": published})
+
+
+def _check_set(files: tuple[Path, ...]) -> None:
+    """Several artifacts must be one app and version, each for another board."""
+    from mpseal.errors import UsageError
+    from mpseal.formats import artifact
+    from mpseal.fsutil import read_limited
+    from mpseal.limits import DEFAULT_LIMITS
+
+    if len(files) < 2:
+        return
+    seen: dict[str, Path] = {}
+    first = None
+    for file in files:
+        m = artifact.decode(read_limited(file, DEFAULT_LIMITS.artifact_max_length,
+                                         "artifact")).manifest
+        if first is None:
+            first = (m.app, m.version)
+        elif (m.app, m.version) != first:
+            raise UsageError(f"{file} is {m.app} {m.version}, not {first[0]} {first[1]}: a set "
+                             "is one app and version for several boards")
+        if m.board in seen:
+            raise UsageError(f"{file} and {seen[m.board]} are both for {m.board}")
+        seen[m.board] = file
 
 
 @release.command()
@@ -171,12 +205,35 @@ def promote(version: str, app: str | None, board: str | None, channel: str | Non
     if len(change) != 1:
         raise UsageError("give exactly one of --percent, --group or --pin")
     with _client(server, ca) as client:
-        target = client.resolve(ReleaseRef(version, app, board, channel))
-        rel = client.promote(int(target["id"]), **change)
+        targets = _resolve_set(client, ReleaseRef(version, app, board, channel))
+        rels = [client.promote(int(t["id"]), **change) for t in targets]
+    _show_all(rels, "Promoted", as_json)
+
+
+def _resolve_set(client: AdminClient, ref: Any) -> list[dict[str, Any]]:
+    """The releases a version names: one, or one set (the same app and channel, one per
+    board, from 'release publish' of several files). Anything else must be narrowed."""
+    from mpseal.errors import UsageError
+
+    try:
+        return [client.resolve(ref)]
+    except UsageError:
+        found = [r for r in client.releases(ref.channel) if r["version"] == ref.version
+                 and (ref.app is None or r["app"] == ref.app)
+                 and (ref.board is None or r["board"] == ref.board)]
+        boards = [r["board"] for r in found]
+        if len(found) > 1 and len({(r["app"], r["channel"]) for r in found}) == 1 \
+                and len(set(boards)) == len(boards):
+            return found
+        raise
+
+
+def _show_all(rels: list[dict[str, Any]], verb: str, as_json: bool) -> None:
     if as_json:
-        emit_json(rel)
-    else:
-        _show(rel, "Promoted")
+        emit_json(rels[0] if len(rels) == 1 else {"releases": rels})
+        return
+    for rel in rels:
+        _show(rel, verb)
 
 
 def _state_command(action: str, doc: str) -> click.Command:
@@ -187,12 +244,9 @@ def _state_command(action: str, doc: str) -> click.Command:
         from mpseal.server.client import ReleaseRef
 
         with _client(server, ca) as client:
-            target = client.resolve(ReleaseRef(version, app, board, channel))
-            rel = client.set_state(int(target["id"]), action)
-        if as_json:
-            emit_json(rel)
-        else:
-            _show(rel, "Paused" if action == "pause" else "Resumed")
+            targets = _resolve_set(client, ReleaseRef(version, app, board, channel))
+            rels = [client.set_state(int(t["id"]), action) for t in targets]
+        _show_all(rels, "Paused" if action == "pause" else "Resumed", as_json)
 
     cmd.__doc__ = doc
     return click.command(name=action)(cmd)
