@@ -23,12 +23,12 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_ds
 from cryptography.x509.oid import NameOID
 from qemu_mps2 import Mps2
 
-from mpseal.packaging.mpycross import CompileOptions, Compiler, Module
 from mpseal.device.vm import find_micropython, runtime_dir
 from mpseal.formats.boards import get_board
+from mpseal.packaging.mpycross import CompileOptions, Compiler, Module
 
 N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
-MODULES = ("p256", "p256_thumb", "p256_sign", "mpseal_csr")
+MODULES = ("p256", "p256_fast", "p256_thumb", "p256_sign", "mpseal_csr")
 # RFC 6979 A.2.5: P-256, SHA-256
 RFC_PRIV = 0xC9AFA9D845BA75166B5C215767B1D6934E50C3DB36E89B127B8A622B120F6721
 RFC_SIGS = {

@@ -429,7 +429,8 @@ class Outcome:
 def rp2_modules() -> dict[str, bytes]:
     """p256 and p256_thumb as the guard ships them to an RP2040 (armv6m .mpy)."""
     files = compiled_guard("rp2")
-    return {name: files[f"/lib/{name}"] for name in ("p256.mpy", "p256_thumb.mpy")}
+    return {name: files[f"/lib/{name}"]
+            for name in ("p256.mpy", "p256_fast.mpy", "p256_thumb.mpy")}
 
 
 def run_mps2(vectors: list[Vector]) -> str:
@@ -643,8 +644,10 @@ def test_thumb_module_is_what_the_generator_writes() -> None:
 
 
 def test_guard_ships_the_assembly_only_to_thumb_boards() -> None:
-    assert "/lib/p256_thumb.mpy" in compiled_guard("rp2")
-    assert "/lib/p256_thumb.mpy" in compiled_guard("stm32")
+    for board in ("rp2", "stm32"):
+        files = compiled_guard(board)
+        assert "/lib/p256_thumb.mpy" in files and "/lib/p256_fast.mpy" in files
     for board in ("unix", "esp32"):  # no Thumb inline assembler there: Python integers
         files = compiled_guard(board)
         assert "/lib/p256.mpy" in files and "/lib/p256_thumb.mpy" not in files
+        assert "/lib/p256_fast.mpy" not in files

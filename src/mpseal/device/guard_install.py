@@ -4,7 +4,8 @@ The guard's modules are compiled with the real mpy-cross for the board, so the
 device never compiles source at boot (less RAM, and firmware built without the
 compiler works too).
 
-p256_thumb (the verifier's field arithmetic in Thumb-1 assembly) goes only to ARM
+p256_thumb (the verifier's field arithmetic in Thumb-1 assembly, and p256_fast that
+drives it) goes only to ARM
 boards, precompiled with the board's -march: compiling its 3,000 lines of inline
 assembler on the device at import would need far more RAM than the guard may use,
 and a board without the inline assembler could not compile it at all. p256 finds it
@@ -26,9 +27,9 @@ from mpseal.formats.boards import get_board
 # Device-side modules of the guard, shipped from mpseal/runtime/.
 GUARD_MODULES = ("mpseal_guard", "mpseal_release", "mpseal_state", "mpseal_port",
                  "mpseal_lockdown", "mpseal_meta", "mpseal_secrets", "mpseal_ota", "p256",
-                 "p256_thumb")
+                 "p256_fast", "p256_thumb")
 # Modules only for boards whose native code is ARM Thumb (the inline assembler's target).
-THUMB_ONLY = ("p256_thumb",)
+THUMB_ONLY = ("p256_fast", "p256_thumb")
 THUMB_ARCHS = ("armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp")
 MAIN_SHIM = b"import mpseal_guard\nmpseal_guard.boot()\n"
 GUARD_DIR = "/mpseal"

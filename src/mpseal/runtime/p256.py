@@ -20,10 +20,10 @@
 # Euclidean algorithm: in MicroPython it is several times faster than pow(a, m - 2, m).
 #
 # Field arithmetic: on ARM ports with the inline assembler (rp2, stm32, the QEMU boards)
-# the module p256_thumb (Thumb-1 assembly, shipped precompiled for the board) does every
-# multiplication mod p on 32-byte buffers, and the chain runs on those; elsewhere (the
-# unix port, esp32) or if p256_thumb is missing or fails its self-test, Python integers
-# do it. FAST says which. Both give the same answers (tests/test_runtime_p256.py).
+# p256_fast runs the chain and the key's table on p256_thumb (Thumb-1 assembly, shipped
+# precompiled for the board) over 32-byte buffers; elsewhere (the unix port, esp32) or if
+# either module is missing or fails its self-test, Python integers do it. FAST says which.
+# Both give the same answers (tests/test_runtime_p256.py).
 #
 # Cost (benchmarks/p256_cost.py, unix port, x86-64): ~7 ms, ~53 M instructions per verify.
 # Cortex-M3 (QEMU MPS2-AN385, exact counts; benchmarks/device.py): one verify() is 47.9 M
@@ -82,113 +82,11 @@ _G_ODD = (
 )
 
 
-# Programs for p256_thumb.run on the slots of a workspace: 0 X, 1 Y, 2 Z (Jacobian),
-# 3-6 temporaries, 7-8 the products' scratch, 9 x, 10 y (the affine point to add).
-# 4 bytes per step: opcode (0 mul, 1 sqr, 2 add, 3 sub), destination, operands.
-_DBL = bytes((
-    1, 3, 2, 0,  3, 4, 0, 3,  2, 5, 0, 3,  0, 4, 4, 5,  2, 5, 4, 4,  2, 4, 5, 4,  # m = 3(X-t)(X+t)
-    2, 5, 1, 1,  0, 2, 5, 2,  # Z = 2 Y Z
-    1, 3, 1, 0,  0, 5, 0, 3,  2, 5, 5, 5,  2, 5, 5, 5,  # t = Y^2, s = 4 X t
-    1, 0, 4, 0,  3, 0, 0, 5,  3, 0, 0, 5,  # X = m^2 - 2 s
-    3, 1, 5, 0,  0, 1, 4, 1,  1, 3, 3, 0,  2, 3, 3, 3,  2, 3, 3, 3,  2, 3, 3, 3,
-    3, 1, 1, 3,  # Y = m (s - X) - 8 t^2
-))
-_ADD1 = bytes((  # h = x Z^2 - X (slot 4), u = y Z^3 - Y (slot 5)
-    1, 3, 2, 0,  0, 4, 9, 3,  3, 4, 4, 0,  0, 5, 10, 3,  0, 5, 5, 2,  3, 5, 5, 1,
-))
-_ADD2 = bytes((
-    1, 3, 4, 0,  0, 6, 4, 3,  0, 3, 0, 3,  # zz = h^2, t = h zz, v = X zz
-    1, 0, 5, 0,  3, 0, 0, 6,  3, 0, 0, 3,  3, 0, 0, 3,  # X = u^2 - t - 2 v
-    3, 3, 3, 0,  0, 3, 5, 3,  0, 1, 1, 6,  3, 1, 3, 1,  # Y = u (v - X) - Y t
-    0, 2, 2, 4,  # Z = Z h
-))
-_ONE = b"\x01" + bytes(31)
-
-try:
-    import p256_thumb as _F
-
-    def _self_test():
-        # a product and a difference against Python integers, or no fast path
-        ws = bytearray(352)
-        ws[288:352] = bytes(range(1, 65))
-        _F.run(ws, bytes((0, 3, 9, 10,  3, 4, 9, 10)), 2)
-        x = int.from_bytes(ws[288:320], "little")
-        y = int.from_bytes(ws[320:352], "little")
-        return (int.from_bytes(ws[96:128], "little") % _P == x * y % _P
-                and int.from_bytes(ws[128:160], "little") % _P == (x - y) % _P)
-
-    if not _self_test():
-        _F = None
-except Exception:  # no inline assembler here (SyntaxError), no module, wrong .mpy arch
+try:  # the assembly path (ARM boards: p256_fast imports p256_thumb and tests it)
+    import p256_fast as _F
+except Exception:  # no inline assembler (SyntaxError), no module, wrong .mpy arch
     _F = None
 FAST = _F is not None
-
-
-def _fe(x):
-    return x.to_bytes(32, "little")
-
-
-def _fe_table(ints):
-    # [x, y, -y] per point as 32-byte little-endian strings, for the assembly chain
-    out = []
-    for i in range(0, len(ints), 2):
-        out.append(_fe(ints[i]))
-        out.append(_fe(ints[i + 1]))
-        out.append(_fe(_P - ints[i + 1]))
-    return out
-
-
-_G_FE = None  # _fe_table(_G_ODD), made on first use
-
-
-def _fmul(ws, a, b):
-    # a * b mod p (32-byte strings in, out), through the workspace ws
-    ws[288:320] = a
-    ws[320:352] = b
-    _F.run(ws, b"\x00\x03\x09\x0a", 1)
-    return bytes(ws[96:128])
-
-
-def _odd_multiples_fast(x, y):
-    # as _odd_multiples, on p256_thumb: [x1, y1, x3, y3, ..] as integers
-    P = _P
-    run = _F.run
-    ws = bytearray(352)
-    ws[0:32] = _fe(x)
-    ws[32:64] = _fe(y)
-    ws[64:96] = _ONE
-    run(ws, _DBL, 22)  # 2Q = (X2, Y2, lam)
-    x2 = bytes(ws[0:32])
-    y2 = bytes(ws[32:64])
-    lam = bytes(ws[64:96])
-    ws[288:320] = _fe(x)
-    ws[320:352] = _fe(y)
-    run(ws, bytes((1, 3, 2, 0,  0, 0, 9, 3,  0, 1, 10, 3,  0, 1, 1, 2)), 4)  # Q on the
-    ws[64:96] = _ONE  # isomorphic curve where 2Q is affine: (x lam^2, y lam^3, 1)
-    ws[288:320] = x2
-    ws[320:352] = y2
-    pts = [bytes(ws[0:96])]
-    for _ in range((1 << (_WQ - 2)) - 1):
-        run(ws, _ADD1, 6)
-        run(ws, _ADD2, 12)
-        pts.append(bytes(ws[0:96]))
-    # One inversion for all Z (Montgomery's trick); (X, Y, Z) here is (X, Y, Z lam) there.
-    acc = _ONE
-    prefix = []
-    for pt in pts:
-        prefix.append(acc)
-        acc = _fmul(ws, acc, pt[64:96])
-    acc = int.from_bytes(_fmul(ws, acc, lam), "little") % P
-    inv = _fe(_inv(acc, P))  # 1 / (lam Z0 Z1 ..)
-    out = [0] * (2 * len(pts))
-    for i in range(len(pts) - 1, -1, -1):
-        pt = pts[i]
-        zi = _fmul(ws, inv, prefix[i])  # 1 / (Z lam)
-        inv = _fmul(ws, inv, pt[64:96])
-        t = _fmul(ws, zi, zi)
-        out[2 * i] = int.from_bytes(_fmul(ws, pt[0:32], t), "little") % P
-        out[2 * i + 1] = int.from_bytes(_fmul(ws, _fmul(ws, pt[32:64], t), zi), "little") % P
-    return out
 
 
 def _inv(a, m):
@@ -307,7 +205,7 @@ def _verify(q_table, digest, sig):
     b.extend(bytes(n - len(b)))
     P = _P
     if q_table[0] is not None:  # the assembly chain: (q_table[0] is the key's buffers)
-        X, _, Z = _chain_fast(q_table[0], a, b, n)
+        X, _, Z = _F.chain(q_table[0], a, b, n)
     else:
         X, _, Z = _chain(q_table[1], a, b, n)
     if not Z:
@@ -369,58 +267,6 @@ def _chain(q_table, a, b, n):
     return X, Y, Z
 
 
-def _chain_fast(q_fe, a, b, n):
-    # (X, Y, Z) as integers mod p of the sum over the digits, as _chain, on p256_thumb
-    global _G_FE
-    if _G_FE is None:
-        _G_FE = _fe_table(_G_ODD)
-    run = _F.run
-    P = _P
-    ws = bytearray(352)
-    digits = (a, b)
-    tables = (_G_FE, q_fe)
-    inf = True
-    for i in range(n - 1, -1, -1):
-        if not inf:
-            run(ws, _DBL, 22)
-        for k in range(2):
-            d = digits[k][i]
-            if not d:
-                continue
-            table = tables[k]
-            if d < 128:
-                j = (d >> 1) * 3
-                y = table[j + 1]
-            else:  # negative digit: add -(|d| Point)
-                j = ((256 - d) >> 1) * 3
-                y = table[j + 2]
-            if inf:
-                ws[0:32] = table[j]
-                ws[32:64] = y
-                ws[64:96] = _ONE
-                inf = False
-                continue
-            ws[288:320] = table[j]
-            ws[320:352] = y
-            run(ws, _ADD1, 6)
-            if not int.from_bytes(ws[128:160], "little") % P:  # h = 0: same x
-                if int.from_bytes(ws[160:192], "little") % P:
-                    inf = True  # adding -R to R
-                else:  # adding R to R
-                    X, Y, Z = _double(int.from_bytes(ws[0:32], "little"),
-                                      int.from_bytes(ws[32:64], "little"),
-                                      int.from_bytes(ws[64:96], "little"))
-                    ws[0:32] = _fe(X % P)
-                    ws[32:64] = _fe(Y % P)
-                    ws[64:96] = _fe(Z % P)
-                continue
-            run(ws, _ADD2, 12)
-    if inf:
-        return 0, 1, 0
-    return (int.from_bytes(ws[0:32], "little") % P, int.from_bytes(ws[32:64], "little") % P,
-            int.from_bytes(ws[64:96], "little") % P)
-
-
 def _safely(f):
     # f() for an API entry point: untrusted input never raises, only MemoryError does
     try:
@@ -439,7 +285,7 @@ class PublicKey:
         if q is None:
             raise ValueError("not an uncompressed P-256 public key")
         if _F:
-            self._table = (_fe_table(_odd_multiples_fast(q[0], q[1])), None)
+            self._table = (_F.table(_F.odd_multiples(q[0], q[1])), None)
         else:
             self._table = (None, _odd_multiples(q[0], q[1]))
 
@@ -448,23 +294,6 @@ class PublicKey:
 
     def verify_message(self, message, sig):
         return _safely(lambda: _verify(self._table, hashlib.sha256(message).digest(), sig))
-
-
-def base_mul(k):
-    # k G as an affine (x, y), for 0 < k < n (key generation and signing: p256_sign).
-    # Not constant-time: the digits of k decide which additions run (see p256_sign).
-    if not 0 < k < _N:
-        raise ValueError("scalar out of range")
-    a = _naf(k, _WG)
-    n = len(a)
-    b = bytes(n)  # no multiples of a key: only G's table is used
-    X, Y, Z = _chain_fast(None, a, b, n) if _F else _chain(None, a, b, n)
-    if not Z:
-        raise ValueError("k G is the point at infinity")
-    P = _P
-    zi = _inv(Z, P)
-    zz = zi * zi % P
-    return X * zz % P, Y * zz % P * zi % P
 
 
 def check_pubkey(pub):

@@ -35,11 +35,31 @@ import p256
 _N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 
+_P = 0xFFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFF
+
+
 def _no_urandom(n):
     raise OSError("no hardware random source (os.urandom) on this port")
 
 
 urandom = getattr(os, "urandom", _no_urandom)
+
+
+def _base_mul(k):
+    # k G as an affine (x, y), for 0 < k < n, on the verifier's chain (assembly where
+    # p256 has it). Not constant-time: the digits of k decide which additions run.
+    if not 0 < k < _N:
+        raise ValueError("scalar out of range")
+    a = p256._naf(k, 6)  # p256._WG: G's table
+    n = len(a)
+    b = bytes(n)  # no multiples of a key: only G's table is used
+    X, Y, Z = p256._F.chain(None, a, b, n) if p256._F else p256._chain(None, a, b, n)
+    if not Z:
+        raise ValueError("k G is the point at infinity")
+    P = _P
+    zi = p256._inv(Z, P)
+    zz = zi * zi % P
+    return X * zz % P, Y * zz % P * zi % P
 
 
 def _hmac(key, data):
@@ -70,11 +90,11 @@ def generate():
         priv = urandom(32)
         d = int.from_bytes(priv, "big")
         if 0 < d < _N:
-            return priv, _point(p256.base_mul(d))
+            return priv, _point(_base_mul(d))
 
 
 def public_key(priv):
-    return _point(p256.base_mul(_scalar(priv)))
+    return _point(_base_mul(_scalar(priv)))
 
 
 def _nonces(priv, h1, extra):
@@ -104,7 +124,7 @@ def sign(priv, digest, extra=None, check=True):
     for k in _nonces(priv, h1, extra):
         if not 0 < k < _N:
             continue
-        r = p256.base_mul(k)[0] % _N
+        r = _base_mul(k)[0] % _N
         if not r:
             continue
         s = p256._inv(k, _N) * (e + r * d) % _N

@@ -1,0 +1,168 @@
+# The assembly path of p256: the verifier's chain and a key's table of odd multiples on
+# p256_thumb.run (Thumb-1 field arithmetic). Imported by p256 only; importing it fails
+# (and p256 uses Python integers) where p256_thumb cannot load or fails the self-test.
+#
+#   chain(q_fe, a, b, n) -> (X, Y, Z)   as p256._chain, integers mod p; Z = 0: infinity
+#   odd_multiples(x, y) -> [x1, y1, x3, y3, ..]   as p256._odd_multiples
+#   table(ints) -> [x, y, -y, ..]        32-byte little-endian strings for chain()
+
+import p256
+import p256_thumb
+
+_P = 0xFFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFF
+
+# Programs for p256_thumb.run on the slots of a workspace: 0 X, 1 Y, 2 Z (Jacobian),
+# 3-6 temporaries, 7-8 the products' scratch, 9 x, 10 y (the affine point to add).
+# 4 bytes per step: opcode (0 mul, 1 sqr, 2 add, 3 sub), destination, operands.
+_DBL = bytes((
+    1, 3, 2, 0,  3, 4, 0, 3,  2, 5, 0, 3,  0, 4, 4, 5,  2, 5, 4, 4,  2, 4, 5, 4,  # m = 3(X-t)(X+t)
+    2, 5, 1, 1,  0, 2, 5, 2,  # Z = 2 Y Z
+    1, 3, 1, 0,  0, 5, 0, 3,  2, 5, 5, 5,  2, 5, 5, 5,  # t = Y^2, s = 4 X t
+    1, 0, 4, 0,  3, 0, 0, 5,  3, 0, 0, 5,  # X = m^2 - 2 s
+    3, 1, 5, 0,  0, 1, 4, 1,  1, 3, 3, 0,  2, 3, 3, 3,  2, 3, 3, 3,  2, 3, 3, 3,
+    3, 1, 1, 3,  # Y = m (s - X) - 8 t^2
+))
+_ADD1 = bytes((  # h = x Z^2 - X (slot 4), u = y Z^3 - Y (slot 5)
+    1, 3, 2, 0,  0, 4, 9, 3,  3, 4, 4, 0,  0, 5, 10, 3,  0, 5, 5, 2,  3, 5, 5, 1,
+))
+_ADD2 = bytes((
+    1, 3, 4, 0,  0, 6, 4, 3,  0, 3, 0, 3,  # zz = h^2, t = h zz, v = X zz
+    1, 0, 5, 0,  3, 0, 0, 6,  3, 0, 0, 3,  3, 0, 0, 3,  # X = u^2 - t - 2 v
+    3, 3, 3, 0,  0, 3, 5, 3,  0, 1, 1, 6,  3, 1, 3, 1,  # Y = u (v - X) - Y t
+    0, 2, 2, 4,  # Z = Z h
+))
+_ONE = b"\x01" + bytes(31)
+
+
+def _self_test():
+    # a product and a difference against Python integers
+    ws = bytearray(352)
+    ws[288:352] = bytes(range(1, 65))
+    p256_thumb.run(ws, bytes((0, 3, 9, 10,  3, 4, 9, 10)), 2)
+    x = int.from_bytes(ws[288:320], "little")
+    y = int.from_bytes(ws[320:352], "little")
+    return (int.from_bytes(ws[96:128], "little") % _P == x * y % _P
+            and int.from_bytes(ws[128:160], "little") % _P == (x - y) % _P)
+
+
+if not _self_test():
+    raise ImportError("p256_thumb failed its self-test")
+
+
+def _fe(x):
+    return x.to_bytes(32, "little")
+
+
+def table(ints):
+    # [x, y, -y] per point as 32-byte little-endian strings, for the assembly chain
+    out = []
+    for i in range(0, len(ints), 2):
+        out.append(_fe(ints[i]))
+        out.append(_fe(ints[i + 1]))
+        out.append(_fe(_P - ints[i + 1]))
+    return out
+
+
+_G_FE = None  # table(p256._G_ODD), made on first use
+
+
+def _fmul(ws, a, b):
+    # a * b mod p (32-byte strings in, out), through the workspace ws
+    ws[288:320] = a
+    ws[320:352] = b
+    p256_thumb.run(ws, b"\x00\x03\x09\x0a", 1)
+    return bytes(ws[96:128])
+
+
+def odd_multiples(x, y):
+    # as _odd_multiples, on p256_thumb: [x1, y1, x3, y3, ..] as integers
+    P = _P
+    run = p256_thumb.run
+    ws = bytearray(352)
+    ws[0:32] = _fe(x)
+    ws[32:64] = _fe(y)
+    ws[64:96] = _ONE
+    run(ws, _DBL, 22)  # 2Q = (X2, Y2, lam)
+    x2 = bytes(ws[0:32])
+    y2 = bytes(ws[32:64])
+    lam = bytes(ws[64:96])
+    ws[288:320] = _fe(x)
+    ws[320:352] = _fe(y)
+    run(ws, bytes((1, 3, 2, 0,  0, 0, 9, 3,  0, 1, 10, 3,  0, 1, 1, 2)), 4)  # Q on the
+    ws[64:96] = _ONE  # isomorphic curve where 2Q is affine: (x lam^2, y lam^3, 1)
+    ws[288:320] = x2
+    ws[320:352] = y2
+    pts = [bytes(ws[0:96])]
+    for _ in range(7):  # 3Q .. 15Q (p256._WQ = 5)
+        run(ws, _ADD1, 6)
+        run(ws, _ADD2, 12)
+        pts.append(bytes(ws[0:96]))
+    # One inversion for all Z (Montgomery's trick); (X, Y, Z) here is (X, Y, Z lam) there.
+    acc = _ONE
+    prefix = []
+    for pt in pts:
+        prefix.append(acc)
+        acc = _fmul(ws, acc, pt[64:96])
+    acc = int.from_bytes(_fmul(ws, acc, lam), "little") % P
+    inv = _fe(p256._inv(acc, P))  # 1 / (lam Z0 Z1 ..)
+    out = [0] * (2 * len(pts))
+    for i in range(len(pts) - 1, -1, -1):
+        pt = pts[i]
+        zi = _fmul(ws, inv, prefix[i])  # 1 / (Z lam)
+        inv = _fmul(ws, inv, pt[64:96])
+        t = _fmul(ws, zi, zi)
+        out[2 * i] = int.from_bytes(_fmul(ws, pt[0:32], t), "little") % P
+        out[2 * i + 1] = int.from_bytes(_fmul(ws, _fmul(ws, pt[32:64], t), zi), "little") % P
+    return out
+
+
+def chain(q_fe, a, b, n):
+    # (X, Y, Z) as integers mod p of the sum over the digits, as _chain, on p256_thumb
+    global _G_FE
+    if _G_FE is None:
+        _G_FE = table(p256._G_ODD)
+    run = p256_thumb.run
+    P = _P
+    ws = bytearray(352)
+    digits = (a, b)
+    tables = (_G_FE, q_fe)
+    inf = True
+    for i in range(n - 1, -1, -1):
+        if not inf:
+            run(ws, _DBL, 22)
+        for k in range(2):
+            d = digits[k][i]
+            if not d:
+                continue
+            tab = tables[k]
+            if d < 128:
+                j = (d >> 1) * 3
+                y = tab[j + 1]
+            else:  # negative digit: add -(|d| Point)
+                j = ((256 - d) >> 1) * 3
+                y = tab[j + 2]
+            if inf:
+                ws[0:32] = tab[j]
+                ws[32:64] = y
+                ws[64:96] = _ONE
+                inf = False
+                continue
+            ws[288:320] = tab[j]
+            ws[320:352] = y
+            run(ws, _ADD1, 6)
+            if not int.from_bytes(ws[128:160], "little") % P:  # h = 0: same x
+                if int.from_bytes(ws[160:192], "little") % P:
+                    inf = True  # adding -R to R
+                else:  # adding R to R
+                    X, Y, Z = p256._double(int.from_bytes(ws[0:32], "little"),
+                                           int.from_bytes(ws[32:64], "little"),
+                                           int.from_bytes(ws[64:96], "little"))
+                    ws[0:32] = _fe(X % P)
+                    ws[32:64] = _fe(Y % P)
+                    ws[64:96] = _fe(Z % P)
+                continue
+            run(ws, _ADD2, 12)
+    if inf:
+        return 0, 1, 0
+    return (int.from_bytes(ws[0:32], "little") % P, int.from_bytes(ws[32:64], "little") % P,
+            int.from_bytes(ws[64:96], "little") % P)
