@@ -374,81 +374,86 @@ def _blocks(size: int, block: int) -> int:
     return (-(-size // block) + FILE_OVERHEAD_BLOCKS) * block if size else 0
 
 
+def _code_missing(facts: BoardFacts, needs: Needs) -> list[str]:
+    """The .mpy version and native arch of the release (and guard) against the firmware."""
+    if not needs.mpy_version:
+        return []
+    if facts.mpy is None:
+        since = MPY_SINCE.get(needs.mpy_version, "1.23")
+        old = f"MicroPython >= {since}; this board runs {facts.version_text}"
+        return [f".mpy {needs.mpy_version} ({old})"]
+    missing = []
+    major, _, sub = needs.mpy_version.partition(".")
+    if str(facts.mpy.version) != major or (needs.native and str(facts.mpy.sub) != sub):
+        missing.append(f".mpy {needs.mpy_version} (the firmware loads .mpy {facts.mpy.text}: "
+                       "build for its version)")
+    if needs.arch == "none":
+        return missing
+    if needs.native and facts.mpy.arch == "none":
+        missing.append(f"native code for {needs.arch} (this firmware has no native emitter)")
+    elif facts.mpy.arch != "none" and not arch_runs(facts.mpy.arch, needs.arch):
+        missing.append(f"the {needs.arch} arch (the release is built for {needs.arch}; "
+                       f"this board is {facts.mpy.arch}: build for its board)")
+    return missing
+
+
+def _feature_missing(facts: BoardFacts, needs: Needs) -> list[str]:
+    wants = []
+    if needs.guard:
+        wants += [(facts.sha256, "hashlib.sha256"), (facts.json, "json"),
+                  (facts.vfs, "vfs.mount"), (facts.rename, "os.rename"),
+                  (facts.writable_fs, "a writable filesystem at / (littlefs)")]
+    if needs.secrets:
+        wants.append((facts.aes_cbc, "cryptolib AES-CBC (for sealed secrets)"))
+    if needs.tls:
+        wants.append((facts.ssl, "ssl.SSLContext (for updates over TLS)"))
+    if needs.identity:
+        wants.append((facts.unique_id is not None, "machine.unique_id (for the device identity)"))
+    return [name for have, name in wants if not have]
+
+
+def mount_plan(facts: BoardFacts) -> str:
+    """The guard's own choice (``mount_plan`` in mpseal_guard.py, "auto"): a ROMFS
+    partition where there is one, else VfsRom over RAM where VfsRom exists, else files."""
+    rom = facts.rom
+    if facts.vfsrom and rom is not None and rom.count > 0 and rom.size > 0:
+        return ROMFS_PARTITION
+    return VFSROM_RAM if facts.vfsrom else VERIFIED_FILES
+
+
 def decide(facts: BoardFacts, needs: Needs, replaced: tuple[int, ...] = ()) -> Decision:
     """Can the board described by ``facts`` run the release described by ``needs``?
 
     ``replaced``: sizes of the files on the board the install replaces (old slots, an
     older guard, a left-over staging file): their flash counts as free. Pure: no I/O.
     """
-    missing: list[str] = []
-    notes: list[str] = []
-    wanted = needs.mpy_version.split(".")
-    if not needs.mpy_version:
-        pass
-    elif facts.mpy is None:
-        since = MPY_SINCE.get(needs.mpy_version, "1.23")
-        missing.append(f".mpy {needs.mpy_version} (MicroPython >= {since}; this board runs "
-                       f"{facts.version_text})")
-    elif str(facts.mpy.version) != wanted[0] or (needs.native and str(facts.mpy.sub) != wanted[-1]):
-        missing.append(f".mpy {needs.mpy_version} (the firmware loads .mpy {facts.mpy.text}: "
-                       "build for its version)")
-    if needs.mpy_version and facts.mpy is not None and needs.arch != "none":
-        if needs.native and facts.mpy.arch == "none":
-            missing.append(f"native code for {needs.arch} (this firmware has no native emitter)")
-        elif facts.mpy.arch != "none" and not arch_runs(facts.mpy.arch, needs.arch):
-            missing.append(f"the {needs.arch} arch (the release is built for {needs.arch}; "
-                           f"this board is {facts.mpy.arch}: build for its board)")
-    if needs.guard:
-        if not facts.sha256:
-            missing.append("hashlib.sha256")
-        if not facts.json:
-            missing.append("json")
-        if not facts.vfs:
-            missing.append("vfs.mount")
-        if not facts.rename:
-            missing.append("os.rename")
-        if not facts.writable_fs:
-            missing.append("a writable filesystem at / (littlefs)")
-        elif facts.root_fs == "VfsFat":
-            notes.append("the filesystem is FAT: slot and state writes are not power-cut safe "
-                         "as on littlefs")
-    if needs.secrets and not facts.aes_cbc:
-        missing.append("cryptolib AES-CBC (for sealed secrets)")
-    if needs.tls and not facts.ssl:
-        missing.append("ssl.SSLContext (for updates over TLS)")
-    if needs.identity and facts.unique_id is None:
-        missing.append("machine.unique_id (for the device identity)")
-
-    mount = None
-    ram = 0
+    missing = _code_missing(facts, needs) + _feature_missing(facts, needs)
+    notes = []
+    if not needs.guard:
+        return Decision(None, tuple(missing))
+    if facts.writable_fs and facts.root_fs == "VfsFat":
+        notes.append("the filesystem is FAT: slot and state writes are not power-cut safe "
+                     "as on littlefs")
+    mount = mount_plan(facts)
+    heap = GUARD_HEAP_WIDE if facts.arch in _WIDE else GUARD_HEAP
+    ram = {ROMFS_PARTITION: heap, VFSROM_RAM: needs.image_size + heap,
+           VERIFIED_FILES: needs.largest_file + heap}[mount]
+    if mount == ROMFS_PARTITION and facts.rom is not None and facts.rom.size < needs.image_size:
+        missing.append(f"a ROMFS partition of {_kib(needs.image_size)} for the image "
+                       f"(the board's is {_kib(facts.rom.size)})")
+    if facts.mem_free < ram:
+        missing.append(f"{_kib(ram)} free heap for the {mount} mount "
+                       f"(the board has {_kib(facts.mem_free)})")
     flash_needed = 0
-    if needs.guard:
-        heap = GUARD_HEAP_WIDE if facts.arch in _WIDE else GUARD_HEAP
-        # The guard's own choice (mpseal_guard.mount_plan, "auto"): a partition where
-        # there is one, else VfsRom over RAM where VfsRom exists, else verified files.
-        rom = facts.rom
-        if facts.vfsrom and rom is not None and rom.count > 0 and rom.size > 0:
-            mount, ram = ROMFS_PARTITION, heap
-            if rom.size < needs.image_size:
-                missing.append(f"a ROMFS partition of {_kib(needs.image_size)} for the image "
-                               f"(the board's is {_kib(rom.size)})")
-        elif facts.vfsrom:
-            mount, ram = VFSROM_RAM, needs.image_size + heap
-        else:
-            mount, ram = VERIFIED_FILES, needs.largest_file + heap
-        if facts.mem_free < ram:
-            missing.append(f"{_kib(ram)} free heap for the {mount} mount "
-                           f"(the board has {_kib(facts.mem_free)})")
-        if facts.writable_fs and facts.flash is not None:
-            block = facts.flash.block
-            flash_needed = (3 * _blocks(needs.artifact_size, block)
-                            + sum(_blocks(n, block) for n in needs.extra_files))
-            have = facts.flash.free + sum(_blocks(n, block) for n in replaced)
-            if have < flash_needed:
-                missing.append(f"{_kib(flash_needed)} free flash for two slots plus staging "
-                               f"(the board has {_kib(have)})")
-    return Decision(mount if not missing else None, tuple(missing), tuple(notes),
-                    flash_needed, ram)
+    if facts.writable_fs and facts.flash is not None:
+        block = facts.flash.block
+        flash_needed = (3 * _blocks(needs.artifact_size, block)
+                        + sum(_blocks(n, block) for n in needs.extra_files))
+        have = facts.flash.free + sum(_blocks(n, block) for n in replaced)
+        if have < flash_needed:
+            missing.append(f"{_kib(flash_needed)} free flash for two slots plus staging "
+                           f"(the board has {_kib(have)})")
+    return Decision(None if missing else mount, tuple(missing), tuple(notes), flash_needed, ram)
 
 
 def refusal(facts: BoardFacts, needs: Needs, decision: Decision) -> UnfitBoardError:
