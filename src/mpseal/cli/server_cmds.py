@@ -54,11 +54,28 @@ def _project(folder: Path) -> Any:
 @click.option("--admin-token-env", default=TOKEN_ENV, show_default=True,
               help="Environment variable holding the admin token(s), comma-separated.")
 @click.option("--access-log", is_flag=True, help="Log every request.")
+@click.option("--halt-min-attempts", type=click.IntRange(1), default=5, show_default=True,
+              help="Halt policy: devices that must have reported before a release can halt.")
+@click.option("--halt-max-failure-ratio", type=click.FloatRange(0, 1), default=0.2,
+              show_default=True, help="Halt policy: share of those devices allowed to fail.")
+@click.option("--halt-min-cohort-share", type=click.FloatRange(0, 1), default=0.001,
+              show_default=True,
+              help="Halt policy: failed devices needed, as a share of the release's cohort.")
+@click.option("--trial-window", type=click.IntRange(60), default=3600, show_default=True,
+              help="Seconds a trial boot may stay unconfirmed before it counts as failed.")
+@click.option("--report-rate", type=click.FloatRange(0.1), default=10.0, show_default=True,
+              help="Reports per minute a device may send (per server process), after a burst.")
+@click.option("--report-burst", type=click.IntRange(1), default=20, show_default=True)
+@click.option("--event-retention-days", type=click.FloatRange(1 / 24), default=90.0,
+              show_default=True, help="Events (reports, registry changes) are kept this long.")
 def serve(project_dir: Path, db_url: str | None, host: str, port: int, workers: int,
           artifacts: Path | None, artifact_base_url: str | None, roots: Path | None,
           trust_root: Path | None, timestamp_key: Path | None, timestamp_expiry: int,
           cache_seconds: float, tls_cert: Path | None, tls_key: Path | None,
-          client_ca: Path | None, admin_token_env: str, access_log: bool) -> None:
+          client_ca: Path | None, admin_token_env: str, access_log: bool,
+          halt_min_attempts: int, halt_max_failure_ratio: float, halt_min_cohort_share: float,
+          trial_window: int, report_rate: float, report_burst: int,
+          event_retention_days: float) -> None:
     """Run the update server (device API and admin API) with uvicorn."""
     from mpseal.fleet.registry import default_url
     from mpseal.server.config import ServerSettings, admin_token_hash
@@ -81,7 +98,11 @@ def serve(project_dir: Path, db_url: str | None, host: str, port: int, workers: 
         timestamp_key=str(key_path),
         admin_token_hashes=tuple(admin_token_hash(t) for t in tokens),
         artifact_base_url=artifact_base_url, timestamp_expiry_seconds=timestamp_expiry,
-        cache_seconds=cache_seconds)
+        cache_seconds=cache_seconds, halt_min_attempts=halt_min_attempts,
+        halt_max_failure_ratio=halt_max_failure_ratio,
+        halt_min_cohort_share=halt_min_cohort_share, trial_window_seconds=trial_window,
+        report_rate_per_minute=report_rate, report_burst=report_burst,
+        event_retention_days=event_retention_days)
     passphrase = None
     if b"ENCRYPTED" in Path(key_path).read_bytes()[:4096]:
         passphrase = passphrase_from_env_or_prompt("timestamp")
@@ -234,6 +255,31 @@ def _show_all(rels: list[dict[str, Any]], verb: str, as_json: bool) -> None:
         return
     for rel in rels:
         _show(rel, verb)
+
+
+@release.command()
+@_ref_options
+@click.option("--min-attempts", type=click.IntRange(1), help="Devices that must have reported.")
+@click.option("--max-failure-ratio", type=click.FloatRange(0, 1),
+              help="Share of them allowed to fail.")
+@click.option("--min-cohort-share", type=click.FloatRange(0, 1),
+              help="Failed devices needed, as a share of the devices offered the release.")
+@_admin_options
+def policy(version: str, app: str | None, board: str | None, channel: str | None,
+           min_attempts: int | None, max_failure_ratio: float | None,
+           min_cohort_share: float | None, server: str, ca: Path | None, as_json: bool) -> None:
+    """Set a release's own halt policy (an option left out: the server's setting)."""
+    from mpseal.server.client import ReleaseRef
+
+    with _client(server, ca) as client:
+        target = client.resolve(ReleaseRef(version, app, board, channel))
+        rel = client.set_policy(int(target["id"]), {
+            "min_attempts": min_attempts, "max_failure_ratio": max_failure_ratio,
+            "min_cohort_share": min_cohort_share})
+    if as_json:
+        emit_json(rel)
+    else:
+        _show(rel, "Halt policy set for")
 
 
 def _state_command(action: str, doc: str) -> click.Command:

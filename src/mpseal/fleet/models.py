@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 DEVICE_STATES = ("provisioning", "active", "revoked")
@@ -12,7 +12,7 @@ CERT_STATUSES = ("valid", "revoked")
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Base(DeclarativeBase):
@@ -35,12 +35,14 @@ class Device(Base):
     certificates: Mapped[list[Certificate]] = relationship(back_populates="device")
     secrets: Mapped[list[Secret]] = relationship(back_populates="device")
 
+    __table_args__ = (Index("ix_devices_group", "group_name", "id"),)
+
 
 class Certificate(Base):
     __tablename__ = "certificates"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    device_id: Mapped[int | None] = mapped_column(ForeignKey("devices.id"))
+    device_id: Mapped[int | None] = mapped_column(ForeignKey("devices.id"), index=True)
     role: Mapped[str] = mapped_column(String(16))  # device | server | ca
     subject: Mapped[str] = mapped_column(String(255))
     serial: Mapped[str] = mapped_column(String(64), unique=True)  # hex
@@ -68,13 +70,40 @@ class Secret(Base):
     __table_args__ = (Index("ix_secrets_device_name", "device_id", "name", unique=True),)
 
 
+# 64-bit on PostgreSQL; SQLite's INTEGER PRIMARY KEY is its 64-bit rowid already.
+BigId = BigInteger().with_variant(Integer, "sqlite")
+
+
 class Event(Base):
+    """What happened (issued, provisioned, revoked, update reports). Kept
+    ``event_retention_days`` by the update server (see ``ReleaseStore.prune``)."""
+
     __tablename__ = "events"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
     device_id: Mapped[int | None] = mapped_column(ForeignKey("devices.id"), index=True)
     kind: Mapped[str] = mapped_column(String(32))
     detail: Mapped[str] = mapped_column(Text, default="{}")  # JSON
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
 
     device: Mapped[Device | None] = relationship()
+
+
+class DeviceStatus(Base):
+    """The inventory: what a device last said it runs, and when it was last heard from.
+    Written by the update server in batches (at most once per device per flush)."""
+
+    __tablename__ = "device_status"
+
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"),
+                                           primary_key=True)
+    app: Mapped[str | None] = mapped_column(String(64))
+    version: Mapped[str | None] = mapped_column(String(32))
+    counter: Mapped[int | None] = mapped_column(BigInteger)
+    channel: Mapped[str | None] = mapped_column(String(32))
+    last_check_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_report_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_event: Mapped[str | None] = mapped_column(String(16))
+
+    __table_args__ = (Index("ix_device_status_version", "version", "device_id"),
+                      Index("ix_device_status_last_check", "last_check_at"))

@@ -17,7 +17,7 @@ import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from alembic import command
@@ -61,6 +61,11 @@ class Identity:
     token_hash: str | None = None
 
 
+def connect_args(url: object) -> dict[str, object]:
+    """Fail fast on a database that does not answer (PostgreSQL): 5 s to connect."""
+    return {"connect_timeout": 5} if str(url).startswith("postgresql") else {}
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
@@ -78,7 +83,7 @@ class Registry:
     def open(cls, url: str, upgrade: bool = True) -> Registry:
         """Connect and bring the schema to the newest Alembic revision."""
         try:
-            engine = create_engine(url, pool_pre_ping=True)
+            engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args(url))
         except (SQLAlchemyError, ValueError, ImportError) as e:
             raise UsageError(f"cannot use database URL {_safe(url)}: {e}") from None
         if engine.dialect.name == "sqlite":
@@ -93,6 +98,8 @@ class Registry:
         cfg.set_main_option("script_location", str(MIGRATIONS))
         try:
             with self.engine.begin() as conn:
+                if conn.dialect.name == "postgresql":  # several servers may start at once
+                    conn.exec_driver_sql("SELECT pg_advisory_xact_lock(72860011)")
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, "head")
         except SQLAlchemyError as e:
@@ -285,7 +292,7 @@ def _chunks(items: Sequence[str] | list[int], n: int) -> Iterator[list]:
 
 def _aware(dt: datetime) -> datetime:
     """SQLite hands back naive datetimes; everything mpseal stores is UTC."""
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 def token_hash(token: str) -> str:

@@ -29,6 +29,12 @@ RELEASE_STATES = ("active", "paused", "halted")
 # Events a device reports (docs/updates.md); the last one is its status for that release.
 REPORT_EVENTS = ("downloaded", "staged", "refused", "booted", "confirmed", "rolled_back")
 FAILED_EVENTS = ("refused", "rolled_back")
+# A device's state for a release: its last report, or "timed_out" (booted, not confirmed
+# within the trial window; set by the server's maintenance round).
+UPDATE_STATES = (*REPORT_EVENTS, "timed_out")
+# Report counters are spread over this many rows per release (device id modulo), so that
+# concurrent reports for one release do not all wait on one row lock.
+COUNT_SHARDS = 16
 TIMESTAMP_COUNTER = "timestamp"
 
 
@@ -48,6 +54,10 @@ class Release(Base):
     percent: Mapped[float] = mapped_column(Float, default=0.0)  # cohort: [0, 100]
     groups: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of device group names
     halt_reason: Mapped[str | None] = mapped_column(Text)
+    cohort_size: Mapped[int] = mapped_column(BigInteger, default=0)  # devices offered, estimated
+    halt_min_attempts: Mapped[int | None] = mapped_column(Integer)  # None: the server's policy
+    halt_max_failure_ratio: Mapped[float | None] = mapped_column(Float)
+    halt_min_cohort_share: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -86,7 +96,47 @@ class DeviceUpdate(Base):
     first_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
-    __table_args__ = (Index("ix_device_updates_release_state", "release_id", "state"),)
+    __table_args__ = (Index("ix_device_updates_release_state", "release_id", "state"),
+                      Index("ix_device_updates_state_updated", "state", "updated_at"))
+
+
+class ReleaseCount(Base):
+    """How many devices are in each state for a release, kept up to date as reports arrive
+    (one shard of ``COUNT_SHARDS``; a release's counts are the sum of its shards)."""
+
+    __tablename__ = "release_counts"
+
+    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id", ondelete="CASCADE"),
+                                            primary_key=True)
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True)
+    downloaded: Mapped[int] = mapped_column(BigInteger, default=0)
+    staged: Mapped[int] = mapped_column(BigInteger, default=0)
+    refused: Mapped[int] = mapped_column(BigInteger, default=0)
+    booted: Mapped[int] = mapped_column(BigInteger, default=0)
+    confirmed: Mapped[int] = mapped_column(BigInteger, default=0)
+    rolled_back: Mapped[int] = mapped_column(BigInteger, default=0)
+    timed_out: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class ArtifactBlob(Base):
+    """An artifact file, in the database every server process reaches (no shared disk)."""
+
+    __tablename__ = "artifact_blobs"
+
+    file_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class StoredRoot(Base):
+    """A trust root version any server has seen: all servers agree on the newest one."""
+
+    __tablename__ = "trust_roots"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class SignedTimestamp(Base):

@@ -15,9 +15,21 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, bindparam, case, create_engine, func, insert, select, update
+from sqlalchemy import (
+    Table,
+    and_,
+    bindparam,
+    create_engine,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
@@ -25,14 +37,17 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import Executable
 
 from mpseal.errors import TransportError, UsageError
-from mpseal.fleet.models import Certificate, Device, Event, utcnow
-from mpseal.fleet.registry import Registry
+from mpseal.fleet.models import Certificate, Device, DeviceStatus, Event, utcnow
+from mpseal.fleet.registry import Registry, connect_args
 from mpseal.fleet.releases import (
+    COUNT_SHARDS,
     FAILED_EVENTS,
     TIMESTAMP_COUNTER,
+    UPDATE_STATES,
     Counter,
     DeviceUpdate,
     Release,
+    ReleaseCount,
     ReleasePin,
     SignedTimestamp,
 )
@@ -54,6 +69,19 @@ class NewRelease:
 
 
 @dataclass(frozen=True)
+class PolicyOverrides:
+    """A release's own halt settings; None keeps the server's."""
+
+    min_attempts: int | None = None
+    max_failure_ratio: float | None = None
+    min_cohort_share: float | None = None
+
+    def apply(self, policy: HaltPolicy) -> HaltPolicy:
+        return policy.with_overrides(self.min_attempts, self.max_failure_ratio,
+                                     self.min_cohort_share)
+
+
+@dataclass(frozen=True)
 class ReleaseInfo:
     view: ReleaseView
     file_sha256: str
@@ -61,6 +89,7 @@ class ReleaseInfo:
     halt_reason: str | None
     created_at: datetime
     stats: ReleaseStats = field(default_factory=ReleaseStats)
+    overrides: PolicyOverrides = field(default_factory=PolicyOverrides)
 
     def to_dict(self) -> dict[str, object]:
         v = self.view
@@ -73,8 +102,37 @@ class ReleaseInfo:
                 "halt_reason": self.halt_reason, "created_at": _aware(self.created_at).isoformat(),
                 "counts": {"attempts": s.attempts, "updated": s.updated, "failed": s.failed,
                            "refused": s.refused, "rolled_back": s.rolled_back,
-                           "trial_timeouts": s.trial_timeouts, "in_progress": s.in_progress}}
+                           "trial_timeouts": s.trial_timeouts, "in_progress": s.in_progress,
+                           "cohort": s.cohort},
+                "halt_policy": {"min_attempts": self.overrides.min_attempts,
+                                "max_failure_ratio": self.overrides.max_failure_ratio,
+                                "min_cohort_share": self.overrides.min_cohort_share}}
 
+
+@dataclass(frozen=True)
+class Report:
+    """One device report, as the server stores it. ``release_id`` is set only when the
+    release was offered to this device: then it counts towards the release's halt."""
+
+    device_id: int
+    event: str
+    version: str
+    reason: str
+    release_id: int | None = None
+    app: str | None = None
+    channel: str | None = None
+
+
+@dataclass(frozen=True)
+class Checkin:
+    """What a device said in its last update check (the inventory)."""
+
+    device_id: int
+    app: str
+    version: str
+    counter: int
+    channel: str
+    at: datetime
 
 @dataclass(frozen=True)
 class TimestampRecord:
@@ -94,7 +152,8 @@ class _Lost(Exception):
 # The hot lookups, built once (their compiled form is cached): devices by token hash or by
 # certificate fingerprint, each with the releases it refused or rolled back.
 _FAILED = and_(DeviceUpdate.device_id == Device.id, DeviceUpdate.state.in_(FAILED_EVENTS))
-_COLUMNS = (Device.id, Device.hardware_id, Device.group.label("group"), DeviceUpdate.release_id)
+_COLUMNS = (Device.id, Device.hardware_id, Device.group.label("group"), DeviceUpdate.release_id,
+            Device.board)
 _BY_TOKEN = (select(Device.token_hash, *_COLUMNS).outerjoin(DeviceUpdate, _FAILED)
              .where(Device.token_hash.in_(bindparam("keys", expanding=True)),
                     Device.state == "active"))
@@ -105,19 +164,27 @@ _BY_FINGERPRINT = (select(Certificate.fingerprint, *_COLUMNS, Certificate.not_af
                           Certificate.status == "valid", Device.state == "active"))
 
 
+_DU = cast(Table, DeviceUpdate.__table__)
+
+
 class ReleaseStore:
     def __init__(self, registry: Registry, read_pool_size: int = 4) -> None:
         self.registry = registry
-        self._upsert = _upsert_for(registry.engine.dialect.name)
         # The hot device lookup: single statements in autocommit (no BEGIN/ROLLBACK round
         # trips), no ping before each use. A connection the database dropped fails one
         # lookup (a 503), and SQLAlchemy replaces the pool's connections.
         self._read_engine = create_engine(registry.engine.url, pool_size=read_pool_size,
                                           max_overflow=read_pool_size, pool_pre_ping=False,
-                                          pool_recycle=600, isolation_level="AUTOCOMMIT")
+                                          pool_recycle=600, isolation_level="AUTOCOMMIT",
+                                          connect_args=connect_args(registry.engine.url))
 
     def close(self) -> None:
         self._read_engine.dispose()
+
+    def ping(self) -> None:
+        """One round trip to the database; a ``TransportError`` if it does not answer."""
+        with self._reading() as conn:
+            conn.execute(select(literal(1)))
 
     # -- releases ----------------------------------------------------------------------
 
@@ -141,10 +208,10 @@ class ReleaseStore:
     def get(self, release_id: int) -> ReleaseInfo:
         with self.registry.session() as s:
             rel = self._release(s, release_id)
-            return _info(rel, self._pins(s, [rel.id]).get(rel.id, frozenset()))
+            return _info(rel, self._pins(s, [rel.id]).get(rel.id, frozenset()),
+                         self._stats(s, [rel]).get(rel.id))
 
-    def releases(self, channel: str | None = None, policy: HaltPolicy | None = None,
-             now: datetime | None = None, stats: bool = True) -> list[ReleaseInfo]:
+    def releases(self, channel: str | None = None, stats: bool = True) -> list[ReleaseInfo]:
         """Every release, oldest first, with its per-device counts (unless ``stats`` is off)."""
         with self.registry.session() as s:
             q = select(Release).order_by(Release.id)
@@ -153,7 +220,7 @@ class ReleaseStore:
             rels = list(s.scalars(q))
             ids = [r.id for r in rels]
             pins = self._pins(s, ids)
-            counts = self._stats(s, ids, policy or HaltPolicy(), now or utcnow()) if stats else {}
+            counts = self._stats(s, rels) if stats else {}
             return [_info(r, pins.get(r.id, frozenset()), counts.get(r.id)) for r in rels]
 
     def views(self, channel: str, app: str | None = None,
@@ -192,9 +259,28 @@ class ReleaseStore:
                 rel.groups = json.dumps(sorted(groups))
             elif pin is not None:
                 self._pin(s, rel, pin)
+            rel.cohort_size = self._cohort_size(s, rel)
             rel.updated_at = utcnow()
             s.flush()
             return _info(rel, self._pins(s, [rel.id]).get(rel.id, frozenset()))
+
+    @staticmethod
+    def _cohort_size(s: Session, rel: Release) -> int:
+        """About how many registered devices the release is offered to: its share of the
+        active devices of its board, plus its groups and pins (one count per promote)."""
+        s.flush()
+        mine = and_(Device.board == rel.board, Device.state == "active")
+        n = 0.0
+        if rel.percent > 0:
+            n += (s.scalar(select(func.count()).select_from(Device).where(mine)) or 0) \
+                * rel.percent / 100.0
+        groups = json.loads(rel.groups)
+        if groups and rel.percent < 100:
+            n += (s.scalar(select(func.count()).select_from(Device)
+                           .where(mine, Device.group.in_(groups))) or 0) * (1 - rel.percent / 100)
+        n += s.scalar(select(func.count()).select_from(ReleasePin)
+                      .where(ReleasePin.release_id == rel.id)) or 0
+        return round(n)
 
     def _pin(self, s: Session, rel: Release, hardware_id: str) -> None:
         if s.scalar(select(Device.id).where(Device.hardware_id == hardware_id)) is None:
@@ -229,10 +315,22 @@ class ReleaseStore:
                             .values(state="halted", halt_reason=reason[:500], updated_at=utcnow()))
             return bool(res.rowcount)  # type: ignore[attr-defined]
 
-    def stats(self, release_ids: Sequence[int], policy: HaltPolicy,
-              now: datetime | None = None) -> dict[int, ReleaseStats]:
+    def stats(self, release_ids: Sequence[int]) -> dict[int, ReleaseStats]:
+        """Each release's counts: a sum over its counter rows, never a scan of reports."""
         with self.registry.session() as s:
-            return self._stats(s, release_ids, policy, now or utcnow())
+            rels = list(s.scalars(select(Release).where(Release.id.in_(list(release_ids)))))
+            return self._stats(s, rels)
+
+    def set_policy(self, release_id: int, overrides: PolicyOverrides) -> ReleaseInfo:
+        with self.registry.session() as s:
+            rel = self._release(s, release_id)
+            rel.halt_min_attempts = overrides.min_attempts
+            rel.halt_max_failure_ratio = overrides.max_failure_ratio
+            rel.halt_min_cohort_share = overrides.min_cohort_share
+            rel.updated_at = utcnow()
+            s.flush()
+            return _info(rel, self._pins(s, [rel.id]).get(rel.id, frozenset()),
+                         self._stats(s, [rel]).get(rel.id))
 
     @staticmethod
     def _release(s: Session, release_id: int) -> Release:
@@ -251,22 +349,24 @@ class ReleaseStore:
         return {k: frozenset(v) for k, v in out.items()}
 
     @staticmethod
-    def _stats(s: Session, ids: Sequence[int], policy: HaltPolicy,
-               now: datetime) -> dict[int, ReleaseStats]:
-        if not ids:
+    def _stats(s: Session, rels: Sequence[Release]) -> dict[int, ReleaseStats]:
+        if not rels:
             return {}
-        cutoff = now - timedelta(seconds=policy.trial_window_seconds)
-        timed_out = and_(DeviceUpdate.state == "booted", DeviceUpdate.updated_at < cutoff)
-        rows = s.execute(
-            select(DeviceUpdate.release_id, func.count(),
-                   func.sum(case((DeviceUpdate.state == "confirmed", 1), else_=0)),
-                   func.sum(case((DeviceUpdate.state == "refused", 1), else_=0)),
-                   func.sum(case((DeviceUpdate.state == "rolled_back", 1), else_=0)),
-                   func.sum(case((timed_out, 1), else_=0)))
-            .where(DeviceUpdate.release_id.in_(list(ids)))
-            .group_by(DeviceUpdate.release_id))
-        return {rid: ReleaseStats(int(n), int(ok or 0), int(ref or 0), int(rb or 0), int(to or 0))
-                for rid, n, ok, ref, rb, to in rows}
+        cols = [func.sum(getattr(ReleaseCount, st)) for st in UPDATE_STATES]
+        rows = s.execute(select(ReleaseCount.release_id, *cols)
+                         .where(ReleaseCount.release_id.in_([r.id for r in rels]))
+                         .group_by(ReleaseCount.release_id))
+        counts = {int(row[0]): dict(zip(UPDATE_STATES, (int(v or 0) for v in row[1:]),
+                                        strict=True)) for row in rows}
+        out = {}
+        for r in rels:
+            c = counts.get(r.id, {})
+            out[r.id] = ReleaseStats(attempts=sum(c.values()), updated=c.get("confirmed", 0),
+                                     refused=c.get("refused", 0),
+                                     rolled_back=c.get("rolled_back", 0),
+                                     trial_timeouts=c.get("timed_out", 0),
+                                     cohort=int(r.cohort_size or 0))
+        return out
 
     # -- devices -------------------------------------------------------------------------
 
@@ -299,7 +399,8 @@ class ReleaseStore:
                     if _aware(cert_row.not_after) >= now:
                         found.setdefault(("cert", str(cert_row[0])), []).append(cert_row)
         return {key: DeviceView(rows[0].id, rows[0].hardware_id, rows[0].group,
-                                frozenset(r.release_id for r in rows if r.release_id is not None))
+                                frozenset(r.release_id for r in rows if r.release_id is not None),
+                                rows[0].board)
                 for key, rows in found.items()}
 
     @contextmanager
@@ -312,30 +413,136 @@ class ReleaseStore:
             line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise TransportError(f"registry database error: {line}") from None
 
-    def record_report(self, device_id: int, hardware_id: str, release_id: int | None,
-                      event: str, version: str, reason: str) -> None:
-        """A device's report: its status for the release, and a line in the event log."""
+    def record_reports(self, reports: Sequence[Report]) -> dict[int, tuple[ReleaseStats,
+                                                                          PolicyOverrides]]:
+        """Store reports from many devices in one transaction: an event each, the inventory,
+        and for the ones that count, each device's state for the release and the release's
+        counters (the change from the device's old state to its new one). Returns the
+        counts of each release a counted report was about, to decide on halting.
+        Rows are locked in one order (sorted keys), so concurrent batches cannot deadlock."""
+        if not reports:
+            return {}
         now = utcnow()
         with self.registry.session() as s:
-            if release_id is not None:
-                s.execute(self._upsert(
-                    {"device_id": device_id, "release_id": release_id, "state": event,
-                     "reason": reason[:200], "first_at": now, "updated_at": now}))
-            s.execute(insert(Event).values(
-                device_id=device_id, kind=f"update-{event}", at=now,
-                detail=json.dumps({"version": version, "release": release_id,
-                                   "reason": reason[:200]})))
+            s.connection().execute(insert(cast(Table, Event.__table__)), [
+                {"device_id": r.device_id, "kind": f"update-{r.event}", "at": now,
+                 "detail": json.dumps({"version": r.version, "reason": r.reason[:200],
+                                       "release": r.release_id})}
+                for r in reports])
+            last: dict[int, Report] = {r.device_id: r for r in reports}
+            s.connection().execute(self._status_upsert(["last_report_at", "last_event"]),
+                [{"device_id": d, "last_report_at": now, "last_event": r.event}
+                 for d, r in sorted(last.items())])
+            final: dict[tuple[int, int], Report] = {}
+            for r in reports:
+                if r.release_id is not None:
+                    final[(r.device_id, r.release_id)] = r
+            if not final:
+                return {}
+            keys = sorted(final)
+            ins = _insert_for(self.registry.engine.dialect.name)(_DU)
+            created = {(int(d), int(rid)) for d, rid in s.connection().execute(
+                ins.on_conflict_do_nothing(index_elements=["device_id", "release_id"])
+                .returning(_DU.c.device_id, _DU.c.release_id),
+                [{"device_id": d, "release_id": rid, "state": final[(d, rid)].event,
+                  "reason": final[(d, rid)].reason[:200], "first_at": now, "updated_at": now}
+                 for d, rid in keys])}
+            deltas: dict[tuple[int, int], dict[str, int]] = {}
 
-    def release_for_report(self, app: str | None, board: str | None,
-                           version: str) -> int | None:
-        """The newest release of this version (and app and board, if the device said)."""
-        q = select(func.max(Release.id)).where(Release.version == version)
-        if app:
-            q = q.where(Release.app == app)
-        if board:
-            q = q.where(Release.board == board)
+            def bump(device_id: int, release_id: int, state: str, by: int) -> None:
+                d = deltas.setdefault((release_id, device_id % COUNT_SHARDS),
+                                      dict.fromkeys(UPDATE_STATES, 0))
+                d[state] += by
+
+            for d, rid in created:
+                bump(d, rid, final[(d, rid)].event, 1)
+            rest = [k for k in keys if k not in created]
+            if rest:
+                q = (select(DeviceUpdate.device_id, DeviceUpdate.release_id, DeviceUpdate.state)
+                     .where(tuple_(DeviceUpdate.device_id, DeviceUpdate.release_id).in_(rest))
+                     .order_by(DeviceUpdate.device_id, DeviceUpdate.release_id))
+                if self.registry.engine.dialect.name == "postgresql":
+                    q = q.with_for_update()
+                old = {(int(d), int(rid)): st for d, rid, st in s.execute(q)}
+                s.connection().execute(update(_DU).where(
+                    _DU.c.device_id == bindparam("d"), _DU.c.release_id == bindparam("r"))
+                    .values(state=bindparam("st"), reason=bindparam("why"), updated_at=now),
+                    [{"d": d, "r": rid, "st": final[(d, rid)].event,
+                      "why": final[(d, rid)].reason[:200]} for d, rid in rest])
+                for (d, rid), st in old.items():
+                    new = final[(d, rid)].event
+                    if st != new:
+                        if st in UPDATE_STATES:
+                            bump(d, rid, st, -1)
+                        bump(d, rid, new, 1)
+            self._add_counts(s, deltas)
+            rels = list(s.scalars(select(Release).where(
+                Release.id.in_(sorted({rid for _, rid in keys})))))
+            stats = self._stats(s, rels)
+            return {r.id: (stats[r.id], _overrides(r)) for r in rels}
+
+    def _add_counts(self, s: Session, deltas: dict[tuple[int, int], dict[str, int]]) -> None:
+        if not deltas:
+            return
+        table = cast(Table, ReleaseCount.__table__)
+        stmt = _insert_for(self.registry.engine.dialect.name)(table)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["release_id", "shard"],
+            set_={st: table.c[st] + stmt.excluded[st] for st in UPDATE_STATES})
+        s.connection().execute(stmt, [{"release_id": rid, "shard": shard, **d}
+                         for (rid, shard), d in sorted(deltas.items())])
+
+    def _status_upsert(self, columns: list[str]) -> Executable:
+        stmt = _insert_for(self.registry.engine.dialect.name)(
+            cast(Table, DeviceStatus.__table__))
+        done: Executable = stmt.on_conflict_do_update(
+            index_elements=["device_id"], set_={c: stmt.excluded[c] for c in columns})
+        return done
+
+    def record_checkins(self, checkins: Sequence[Checkin]) -> None:
+        """The inventory: what devices said in their checks (one row per device, batched)."""
+        if not checkins:
+            return
         with self.registry.session() as s:
-            return s.scalar(q)
+            s.connection().execute(self._status_upsert(["app", "version", "counter", "channel",
+                                                        "last_check_at"]),
+                      [{"device_id": c.device_id, "app": c.app, "version": c.version,
+                        "counter": c.counter, "channel": c.channel, "last_check_at": c.at}
+                       for c in sorted(checkins, key=lambda c: c.device_id)])
+
+    def sweep_trials(self, window_seconds: int, limit: int = 5000) -> int:
+        """Trials booted longer than ``window_seconds`` ago and never confirmed become
+        ``timed_out`` (a failure in the release's counts); how many did now."""
+        cutoff = utcnow() - timedelta(seconds=window_seconds)
+        with self.registry.session() as s:
+            q = (select(DeviceUpdate.device_id, DeviceUpdate.release_id)
+                 .where(DeviceUpdate.state == "booted", DeviceUpdate.updated_at < cutoff)
+                 .order_by(DeviceUpdate.device_id, DeviceUpdate.release_id).limit(limit))
+            if self.registry.engine.dialect.name == "postgresql":
+                q = q.with_for_update(skip_locked=True)
+            rows = [(int(d), int(r)) for d, r in s.execute(q)]
+            if not rows:
+                return 0
+            s.connection().execute(update(_DU).where(
+                _DU.c.device_id == bindparam("d"), _DU.c.release_id == bindparam("r"))
+                .values(state="timed_out"),
+                [{"d": d, "r": r} for d, r in rows])
+            deltas: dict[tuple[int, int], dict[str, int]] = {}
+            for d, r in rows:
+                dd = deltas.setdefault((r, d % COUNT_SHARDS), dict.fromkeys(UPDATE_STATES, 0))
+                dd["booted"] -= 1
+                dd["timed_out"] += 1
+            self._add_counts(s, deltas)
+            return len(rows)
+
+    def prune_events(self, older_than_days: float, limit: int = 10_000) -> int:
+        """Delete up to ``limit`` events older than the retention; how many went."""
+        cutoff = utcnow() - timedelta(days=older_than_days)
+        with self.registry.session() as s:
+            ids = select(Event.id).where(Event.at < cutoff).order_by(Event.id).limit(limit)
+            res = s.execute(delete(Event).where(Event.id.in_(ids.scalar_subquery()))
+                            .execution_options(synchronize_session=False))
+            return int(res.rowcount or 0)  # type: ignore[attr-defined]
 
     # -- signed timestamps --------------------------------------------------------------
 
@@ -383,9 +590,14 @@ def _view(r: Release, pins: frozenset[str]) -> ReleaseView:
                        percent=float(r.percent), groups=frozenset(json.loads(r.groups)), pins=pins)
 
 
+def _overrides(r: Release) -> PolicyOverrides:
+    return PolicyOverrides(r.halt_min_attempts, r.halt_max_failure_ratio,
+                           r.halt_min_cohort_share)
+
+
 def _info(r: Release, pins: frozenset[str], stats: ReleaseStats | None = None) -> ReleaseInfo:
     return ReleaseInfo(_view(r, pins), r.file_sha256, int(r.size), r.halt_reason, r.created_at,
-                       stats or ReleaseStats())
+                       stats or ReleaseStats(cohort=int(r.cohort_size or 0)), _overrides(r))
 
 
 def _ts_record(row: SignedTimestamp) -> TimestampRecord:
@@ -395,20 +607,6 @@ def _ts_record(row: SignedTimestamp) -> TimestampRecord:
 
 def _insert_for(dialect: str) -> Callable:  # type: ignore[type-arg]
     return postgresql.insert if dialect == "postgresql" else sqlite.insert
-
-
-def _upsert_for(dialect: str) -> Callable[[dict[str, object]], Executable]:
-    ins = _insert_for(dialect)
-
-    def upsert(values: dict[str, object]) -> Executable:
-        stmt = ins(DeviceUpdate).values(**values)
-        done: Executable = stmt.on_conflict_do_update(
-            index_elements=["device_id", "release_id"],
-            set_={"state": stmt.excluded.state, "reason": stmt.excluded.reason,
-                  "updated_at": stmt.excluded.updated_at})
-        return done
-
-    return upsert
 
 
 def _aware(dt: datetime) -> datetime:

@@ -58,6 +58,7 @@ class DeviceView:
     hardware_id: str
     group: str
     failed: frozenset[int] = frozenset()  # release ids it refused or rolled back
+    board: str = ""  # as registered ("" when unknown)
 
 
 @dataclass(frozen=True)
@@ -122,12 +123,26 @@ def choose(releases: Iterable[ReleaseView], device: DeviceView, running: Running
 @dataclass(frozen=True)
 class HaltPolicy:
     """Halt a release when more than ``max_failure_ratio`` of at least ``min_attempts``
-    devices that tried it failed: refused it, rolled back, or ran a trial boot that was
-    not confirmed within ``trial_window_seconds``."""
+    devices that tried it failed (refused it, rolled back, or ran a trial boot that was
+    not confirmed within ``trial_window_seconds``), and the failed devices are at least
+    ``min_cohort_share`` of the devices the release is offered to (its cohort), so that a
+    handful of devices cannot halt a rollout to thousands. Counted per distinct device,
+    and only reports of devices the release was offered to count."""
 
     min_attempts: int = 5
     max_failure_ratio: float = 0.2
     trial_window_seconds: int = 3600
+    min_cohort_share: float = 0.001
+
+    def with_overrides(self, min_attempts: int | None = None,
+                       max_failure_ratio: float | None = None,
+                       min_cohort_share: float | None = None) -> HaltPolicy:
+        """This policy with a release's own settings (None: the server's)."""
+        return HaltPolicy(
+            self.min_attempts if min_attempts is None else min_attempts,
+            self.max_failure_ratio if max_failure_ratio is None else max_failure_ratio,
+            self.trial_window_seconds,
+            self.min_cohort_share if min_cohort_share is None else min_cohort_share)
 
 
 @dataclass(frozen=True)
@@ -137,6 +152,7 @@ class ReleaseStats:
     refused: int = 0
     rolled_back: int = 0
     trial_timeouts: int = 0  # booted, not confirmed within the window
+    cohort: int = 0  # devices the release is offered to (estimated at promote time)
 
     @property
     def failed(self) -> int:
@@ -152,6 +168,8 @@ def halt_reason(stats: ReleaseStats, policy: HaltPolicy) -> str | None:
     if stats.attempts < policy.min_attempts or stats.attempts == 0:
         return None
     if stats.failed / stats.attempts <= policy.max_failure_ratio:
+        return None
+    if stats.failed < policy.min_cohort_share * stats.cohort:
         return None
     parts = [f"{n} {what}" for n, what in ((stats.refused, "refused"),
                                            (stats.rolled_back, "rolled back"),

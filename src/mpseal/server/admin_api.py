@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from mpseal.errors import UsageError
-from mpseal.fleet.releasestore import NewRelease, ReleaseInfo
+from mpseal.fleet.releasestore import NewRelease, PolicyOverrides, ReleaseInfo
 from mpseal.formats import artifact as artifact_mod
 from mpseal.formats.names import CHANNEL, GROUP, HARDWARE_ID
 from mpseal.formats.updatemeta import Target
@@ -67,7 +68,7 @@ async def list_releases(request: Request) -> Response:
     channel = request.query_params.get("channel")
     if channel is not None:
         checked(channel, CHANNEL, "channel")
-    infos = await server.run(server.store.releases, channel, server.config.halt_policy)
+    infos = await server.run(server.store.releases, channel)
     return json_ok({"releases": [i.to_dict() for i in infos]})
 
 
@@ -84,10 +85,35 @@ async def _release(server: UpdateServer, request: Request) -> ReleaseInfo:
 async def get_release(request: Request) -> Response:
     server = _server(request)
     info = await _release(server, request)
-    stats = await server.run(server.store.stats, [info.view.id], server.config.halt_policy)
-    info = ReleaseInfo(info.view, info.file_sha256, info.size, info.halt_reason,
-                       info.created_at, stats.get(info.view.id, info.stats))
     return json_ok({"release": info.to_dict()})
+
+
+def _optional_number(f: Any, name: str, low: float, high: float, integer: bool = False
+                     ) -> Any:
+    value = f.raw().get(name)
+    if value is None:
+        return None
+    if (not isinstance(value, (int, float)) or isinstance(value, bool)
+            or (integer and not isinstance(value, int)) or not low <= value <= high):
+        raise ApiError(400, f"{name} must be {'an integer' if integer else 'a number'} "
+                            f"{low:g}..{high:g} or null")
+    return int(value) if integer else float(value)
+
+
+async def set_policy(request: Request) -> Response:
+    """A release's own halt policy (null fields: the server's)."""
+    server = _server(request)
+    info = await _release(server, request)
+    f = await read_json(request, server.config.limits.json_body_max, "policy request")
+    known = {"min_attempts", "max_failure_ratio", "min_cohort_share"}
+    unknown: set[str] = set(f.keys()) - known
+    if unknown:
+        raise ApiError(400, f"unknown policy field {min(unknown)!r}")
+    overrides = PolicyOverrides(_optional_number(f, "min_attempts", 1, 10**9, integer=True),
+                                _optional_number(f, "max_failure_ratio", 0, 1),
+                                _optional_number(f, "min_cohort_share", 0, 1))
+    updated = await server.run(server.store.set_policy, info.view.id, overrides)
+    return json_ok({"release": updated.to_dict()})
 
 
 async def promote(request: Request) -> Response:
@@ -152,5 +178,6 @@ ROUTES = [
     Route("/v1/admin/releases/{release_id}/promote", promote, methods=["POST"]),
     Route("/v1/admin/releases/{release_id}/pause", pause, methods=["POST"]),
     Route("/v1/admin/releases/{release_id}/resume", resume, methods=["POST"]),
+    Route("/v1/admin/releases/{release_id}/policy", set_policy, methods=["POST"]),
     Route("/v1/admin/devices/{hardware_id}/revoke", revoke_device, methods=["POST"]),
 ]

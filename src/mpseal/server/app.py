@@ -26,7 +26,26 @@ async def openapi(_: Request) -> Response:
 
 
 async def health(request: Request) -> Response:
-    return JSONResponse({"ok": True})
+    """Liveness: this process answers (200 also while the database is down), and what it
+    knows of the database."""
+    server: UpdateServer = request.app.state.server
+    return JSONResponse({"ok": True, "database": _db_state(server),
+                         "schema_ready": server.schema_ready})
+
+
+async def ready(request: Request) -> Response:
+    """Readiness: 200 when the database answers and the schema is current, else 503."""
+    server: UpdateServer = request.app.state.server
+    up = await server.ping()
+    ok = up and server.schema_ready
+    return JSONResponse({"ready": ok, "database": _db_state(server),
+                         "schema_ready": server.schema_ready},
+                        status_code=200 if ok else 503,
+                        headers=None if ok else {"Retry-After": "5"})
+
+
+def _db_state(server: UpdateServer) -> str:
+    return {True: "up", False: "down", None: "unknown"}[server.db_up]
 
 
 class DeviceFastPath:
@@ -68,6 +87,7 @@ def create_app(config: ServerConfig) -> DeviceFastPath:
 
     routes = [Route("/openapi.json", openapi, methods=["GET"]),
               Route("/healthz", health, methods=["GET"]),
+              Route("/readyz", ready, methods=["GET"]),
               *device_api.ROUTES, *admin_api.ROUTES]
     handlers: dict[Any, Any] = {HTTPException: handle_error, ApiError: handle_error,
                                 MpsealError: handle_error, Exception: handle_error}

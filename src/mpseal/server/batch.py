@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
 V = TypeVar("V")
+T = TypeVar("T")
+R = TypeVar("R")
 Loader = Callable[[list[Hashable]], Awaitable[dict[Hashable, V]]]
 
 
@@ -60,6 +62,63 @@ class Batcher(Generic[V]):
             for key, fut in batch.items():
                 if not fut.done():
                     fut.set_result(found.get(key))
+        finally:
+            self._inflight -= 1
+            self._schedule()
+
+
+class WriteBatcher(Generic[T, R]):
+    """Writes that arrive together are stored together, in one transaction.
+
+    ``submit(item)`` returns once the batch holding ``item`` is committed (so an answer
+    sent after it is about stored data), with what ``store`` returned for the batch; a
+    failed batch fails every submitter. While ``max_inflight`` batches run, new items
+    gather into the next one, and a batch holds at most ``max_batch`` items.
+    """
+
+    def __init__(self, store: Callable[[list[T]], Awaitable[R]], max_inflight: int = 2,
+                 max_batch: int = 500) -> None:
+        self._store = store
+        self._max_inflight = max_inflight
+        self._max_batch = max_batch
+        self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._scheduled = False
+        self._inflight = 0
+
+    async def submit(self, item: T) -> R:
+        fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, fut))
+        self._schedule()
+        return await asyncio.shield(fut)
+
+    def _schedule(self) -> None:
+        if not self._scheduled and self._inflight < self._max_inflight and self._pending:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        batch = self._pending[:self._max_batch]
+        self._pending = self._pending[self._max_batch:]
+        if batch:
+            self._inflight += 1
+            asyncio.ensure_future(self._run(batch))
+        self._schedule()
+
+    async def _run(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        try:
+            result = await self._store([item for item, _ in batch])
+        except BaseException as e:
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(e)
+                    fut.exception()
+            if not isinstance(e, Exception):
+                raise
+        else:
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_result(result)
         finally:
             self._inflight -= 1
             self._schedule()

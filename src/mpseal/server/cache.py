@@ -3,7 +3,8 @@
 Entries live ``ttl`` seconds (monotonic clock): that is the bound on how stale an
 answer may be (a revocation reaches every server process within it). Concurrent
 misses for one key share one load. The size is bounded: when full, expired entries go,
-then the oldest half.
+then the oldest half. With ``stale_on`` errors (the database is down), the last
+answer for a key is served past its time rather than failing.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ V = TypeVar("V")
 
 class TtlCache(Generic[V]):
     def __init__(self, ttl: float, max_entries: int = 100_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 stale_on: tuple[type[BaseException], ...] = ()) -> None:
         self.ttl = ttl
         self._clock = clock  # a test passes its own, so expiry needs no real waiting
+        self.stale_on = stale_on
         self.max_entries = max_entries
         self._data: dict[Hashable, tuple[float, V]] = {}
         self._loading: dict[Hashable, asyncio.Future[V]] = {}
@@ -40,6 +43,9 @@ class TtlCache(Generic[V]):
         try:
             value = await load()
         except BaseException as e:
+            if hit is not None and isinstance(e, self.stale_on):
+                fut.set_result(hit[1])
+                return hit[1]
             fut.set_exception(e)
             fut.exception()  # retrieved: no "never retrieved" warning when nobody waits
             raise

@@ -105,6 +105,10 @@ class AdminClient:
             raise UsageError(f"unknown release action {action!r}")
         return _obj(self._call("POST", f"/v1/admin/releases/{release_id}/{action}")["release"])
 
+    def set_policy(self, release_id: int, policy: dict[str, object]) -> dict[str, Any]:
+        return _obj(self._call("POST", f"/v1/admin/releases/{release_id}/policy",
+                               json=policy)["release"])
+
     def revoke(self, hardware_id: str, reason: str) -> dict[str, Any]:
         return self._call("POST", f"/v1/admin/devices/{quote(hardware_id, safe='')}/revoke",
                           json={"reason": reason})

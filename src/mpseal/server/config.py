@@ -31,6 +31,8 @@ class ServerLimits:
     json_body_max: int = 4 * 1024  # device and admin JSON requests
     artifact_upload_max: int = DEFAULT_LIMITS.artifact_max_length
     cache_entries_max: int = 200_000  # per in-memory cache (auth, releases)
+    report_rate_per_minute: float = 10.0  # per device and server process, after the burst
+    report_burst: int = 20
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,10 @@ class ServerConfig:
     limits: ServerLimits = field(default_factory=ServerLimits)
     migrate: bool = True  # bring the schema to head on start (off for extra workers)
     db_concurrency: int = 12  # DB calls at once (threads); under the pool's 5 + 10
+    event_retention_days: float = 90.0  # events older than this are deleted
+    inventory_seconds: float = 5.0  # the inventory (last check-in) is written this often
+    health_seconds: float = 2.0  # how often the database is pinged
+    retry_after_seconds: int = 10  # told to clients in a 503 while the database is down
 
     @property
     def refresh_before(self) -> int:
@@ -78,6 +84,13 @@ class ServerSettings:
     cache_seconds: float = 1.0
     maintenance_seconds: float = 30.0
     migrate: bool = True
+    halt_min_attempts: int = 5
+    halt_max_failure_ratio: float = 0.2
+    halt_min_cohort_share: float = 0.001
+    trial_window_seconds: int = 3600
+    report_rate_per_minute: float = 10.0
+    report_burst: int = 20
+    event_retention_days: float = 90.0
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
@@ -106,4 +119,9 @@ class ServerSettings:
             admin_token_hashes=self.admin_token_hashes, artifact_base_url=self.artifact_base_url,
             timestamp_expiry_seconds=self.timestamp_expiry_seconds,
             cache_seconds=self.cache_seconds, maintenance_seconds=self.maintenance_seconds,
-            migrate=self.migrate)
+            migrate=self.migrate,
+            halt_policy=HaltPolicy(self.halt_min_attempts, self.halt_max_failure_ratio,
+                                   self.trial_window_seconds, self.halt_min_cohort_share),
+            limits=ServerLimits(report_rate_per_minute=self.report_rate_per_minute,
+                                report_burst=self.report_burst),
+            event_retention_days=self.event_retention_days)

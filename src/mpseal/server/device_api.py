@@ -15,8 +15,9 @@ from starlette.responses import FileResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from mpseal.errors import FormatError
-from mpseal.fleet.releases import FAILED_EVENTS, REPORT_EVENTS
-from mpseal.fleet.rollout import Running, choose
+from mpseal.fleet.releases import REPORT_EVENTS
+from mpseal.fleet.releasestore import Report
+from mpseal.fleet.rollout import DeviceView, Running, choose, in_rollout
 from mpseal.formats import jsondoc
 from mpseal.formats.names import APP_NAME, BOARD, CHANNEL, HARDWARE_ID, SHA256_HEX, VERSION
 from mpseal.server import auth
@@ -70,6 +71,7 @@ async def check(request: Request) -> Response:
                                  "root_version": ts.root_version}
     releases = await server.channel_releases(channel, running.app, running.board)
     chosen = choose(releases, dev, running, ts.targets)
+    server.note_checkin(dev.id, running.app, running.version, running.counter, channel)
     if chosen is not None:
         answer["update"] = True
         answer["target"] = ts.targets[chosen.manifest_sha256]
@@ -116,7 +118,25 @@ async def artifact(request: Request) -> Response:
     return FileResponse(path, media_type="application/octet-stream")
 
 
+async def _offered_release(server: UpdateServer, dev: DeviceView, channel: str,
+                           app: str | None, board: str | None, version: str) -> int | None:
+    """The release this report is about, if it was offered to this device: its app,
+    board (the registered one) and channel, promoted, and the device in its rollout
+    (pinned, in a group, or in the cohort). Else None: the report is kept, not counted."""
+    board = board or dev.board
+    if not version or not board or (dev.board and board != dev.board):
+        return None
+    # An older client names no app: the one release of that version for the board, if one.
+    found = [r for r in await server.channel_releases(channel, app or "", board)
+             if r.version == version and r.promoted]
+    if len(found) != 1 or not in_rollout(found[0], dev):
+        return None
+    return found[0].id
+
+
 async def report(request: Request) -> Response:
+    """Acknowledged only once stored. The answer names no release (devices learn nothing
+    of other releases from it); a device over its report rate gets 429 with Retry-After."""
     server = _server(request)
     dev = await auth.device(server, request)
     f = await read_json(request, server.config.limits.json_body_max, "report")
@@ -124,7 +144,9 @@ async def report(request: Request) -> Response:
     event = f.req_str("event", 16)
     if event not in REPORT_EVENTS:
         raise FormatError(f"report event must be one of {', '.join(REPORT_EVENTS)}")
-    version = checked(f.req_str("version", 32), VERSION, "version")
+    version = f.str("version", 32, optional=True) or ""
+    if version or event != "refused":  # a refusal before any version was read has none
+        checked(version, VERSION, "version")
     reason = " ".join((f.str("reason", REASON_MAX, optional=True) or "").split())
     app = f.str("app", 64, optional=True)
     board = f.str("board", 32, optional=True)
@@ -132,14 +154,15 @@ async def report(request: Request) -> Response:
         checked(app, APP_NAME, "app")
     if board is not None:
         checked(board, BOARD, "board")
-    release_id = await server.run(server.store.release_for_report, app, board, version)
-    await server.run(server.store.record_report, dev.id, dev.hardware_id, release_id, event,
-                     version, reason)
+    channel = _channel(f, server.config.default_channel)
+    wait = server.report_wait(dev.id)
+    if wait > 0:
+        raise ApiError(429, "too many reports from this device",
+                       {"Retry-After": str(max(1, round(wait)))})
+    release_id = await _offered_release(server, dev, channel, app, board, version)
+    await server.report(Report(dev.id, event, version, reason, release_id, app, channel))
     server.devices.invalidate(auth.credential(request))  # its failed releases may have changed
-    halted = False
-    if release_id is not None and event in FAILED_EVENTS:
-        halted = await server.check_halt(release_id)
-    return json_ok({"recorded": True, "release": release_id, "halted": halted})
+    return json_ok({"recorded": True})
 
 
 ROUTES = [

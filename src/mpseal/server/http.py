@@ -22,6 +22,7 @@ from mpseal.formats import jsondoc
 log = logging.getLogger("mpseal.server")
 
 MESSAGE_MAX = 300
+RETRY_AFTER = 10  # seconds, in a 503 while the database is down
 
 
 class ApiError(Exception):
@@ -55,8 +56,8 @@ def api_error_for(exc: Exception) -> ApiError:
         return ApiError(503, "the update server is misconfigured; see its log")
     if isinstance(exc, UsageError):
         return ApiError(409, str(exc))
-    if isinstance(exc, TransportError):
-        return ApiError(503, f"service unavailable: {exc}")
+    if isinstance(exc, TransportError):  # the database: logged by UpdateServer.run
+        return ApiError(503, f"service unavailable: {exc}", {"Retry-After": str(RETRY_AFTER)})
     raise exc
 
 

@@ -2,6 +2,11 @@
 
 Blocking work (the database, signing, verifying uploads) runs in worker threads,
 at most ``db_concurrency`` at once, so the event loop keeps answering.
+
+Starting never needs the database: the schema is brought up to date, and the
+maintenance rounds run, once it answers (pinged every ``health_seconds``). While it
+is down, what needs it answers 503 with Retry-After, and what was cached (devices,
+releases, timestamps) is served on from the cache.
 """
 
 from __future__ import annotations
@@ -17,10 +22,18 @@ from typing import TypeVar
 import anyio
 from anyio import to_thread
 
+from mpseal.errors import TransportError
+from mpseal.fleet.models import utcnow
 from mpseal.fleet.registry import Registry
-from mpseal.fleet.releasestore import ReleaseStore
-from mpseal.fleet.rollout import DeviceView, ReleaseView, halt_reason
-from mpseal.server.batch import Batcher
+from mpseal.fleet.releases import FAILED_EVENTS
+from mpseal.fleet.releasestore import (
+    Checkin,
+    PolicyOverrides,
+    ReleaseStore,
+    Report,
+)
+from mpseal.fleet.rollout import DeviceView, ReleaseStats, ReleaseView, halt_reason
+from mpseal.server.batch import Batcher, WriteBatcher
 from mpseal.server.cache import TtlCache
 from mpseal.server.config import ServerConfig
 from mpseal.server.roots import RootStore
@@ -33,7 +46,7 @@ T = TypeVar("T")
 class UpdateServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.registry = Registry.open(config.database_url, upgrade=config.migrate)
+        self.registry = Registry.open(config.database_url, upgrade=False)  # connects lazily
         self.store = ReleaseStore(self.registry)
         self.roots = RootStore(config.roots_dir, config.trust_root_file,
                                ttl=max(config.cache_seconds, 0.05))
@@ -44,18 +57,61 @@ class UpdateServer:
         config.artifacts_dir.mkdir(parents=True, exist_ok=True)
         n = config.limits.cache_entries_max
         ttl = config.cache_seconds
-        self.devices: TtlCache[DeviceView | None] = TtlCache(ttl, n)
+        stale = (TransportError,)
+        self.devices: TtlCache[DeviceView | None] = TtlCache(ttl, n, stale_on=stale)
         self._device_batches: Batcher[DeviceView] = Batcher(self._load_devices)
-        self.releases: TtlCache[list[ReleaseView]] = TtlCache(ttl, n)
-        self.current_ts: TtlCache[CurrentTimestamp | None] = TtlCache(ttl, 1024)
+        self.releases: TtlCache[list[ReleaseView]] = TtlCache(ttl, n, stale_on=stale)
+        self.current_ts: TtlCache[CurrentTimestamp | None] = TtlCache(ttl, 1024, stale_on=stale)
+        self._reports: WriteBatcher[Report, dict[int, tuple[ReleaseStats, PolicyOverrides]]] = (
+            WriteBatcher(self._store_reports))
+        self._checkins: dict[int, Checkin] = {}
+        self._buckets: dict[int, tuple[float, float]] = {}  # device id -> (tokens, at)
+        self._halted: set[int] = set()
         self._limiter: anyio.CapacityLimiter | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.schema_ready = not config.migrate
+        self.db_up: bool | None = None  # None: not known yet
+        self._db_error = ""
+        self._last_logged = 0.0
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         """Run blocking ``fn(*args)`` in a worker thread."""
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(self.config.db_concurrency)
-        return await to_thread.run_sync(partial(fn, *args), limiter=self._limiter)
+        try:
+            return await to_thread.run_sync(partial(fn, *args), limiter=self._limiter)
+        except TransportError as e:
+            self.database_failed(str(e))
+            raise
+
+    def database_failed(self, why: str) -> None:
+        """Note the database is unusable; logged at most once per 10 s."""
+        was = self.db_up
+        self.db_up = False
+        self._db_error = why
+        now = time.monotonic()
+        if was is not False or now - self._last_logged > 10:
+            self._last_logged = now
+            log.error("database unavailable, answering 503 for what needs it: %s", why)
+
+    async def ping(self) -> bool:
+        try:
+            await self.run(self.store.ping)
+        except TransportError:
+            return False
+        if self.db_up is False:
+            log.warning("database reachable again")
+        self.db_up = True
+        return True
+
+    async def ensure_schema(self) -> bool:
+        if not self.schema_ready:
+            try:
+                await self.run(self.registry.upgrade)
+            except TransportError:
+                return False
+            self.schema_ready = True
+        return True
 
     # -- cached reads for the hot path -------------------------------------------------
 
@@ -72,13 +128,69 @@ class UpdateServer:
         return {key: view for key, view in found.items()}
 
     async def channel_releases(self, channel: str, app: str, board: str) -> list[ReleaseView]:
+        """The channel's releases for this app ("": every app) and board, cached."""
         return await self.releases.get(
-            (channel, app, board), lambda: self.run(self.store.views, channel, app, board))
+            (channel, app, board),
+            lambda: self.run(self.store.views, channel, app or None, board))
 
     async def timestamp(self, channel: str) -> CurrentTimestamp | None:
         create = channel == self.config.default_channel
         return await self.current_ts.get(
             channel, lambda: self.run(self.timestamps.current, channel, create))
+
+    # -- reports and check-ins ---------------------------------------------------------
+
+    def report_wait(self, device_id: int) -> float:
+        """0 if this device may report now (a token taken), else seconds until it may."""
+        limits = self.config.limits
+        rate = limits.report_rate_per_minute / 60.0
+        burst = float(limits.report_burst)
+        now = time.monotonic()
+        tokens, at = self._buckets.get(device_id, (burst, now))
+        tokens = min(burst, tokens + (now - at) * rate)
+        if tokens < 1.0:
+            self._buckets[device_id] = (tokens, now)
+            return (1.0 - tokens) / rate if rate > 0 else 3600.0
+        self._buckets[device_id] = (tokens - 1.0, now)
+        if len(self._buckets) > limits.cache_entries_max:  # forget the ones refilled anyway
+            self._buckets = {k: v for k, v in self._buckets.items()
+                             if v[0] + (now - v[1]) * rate < burst}
+            if len(self._buckets) > limits.cache_entries_max:
+                self._buckets.clear()
+        return 0.0
+
+    async def _store_reports(self, reports: list[Report]
+                             ) -> dict[int, tuple[ReleaseStats, PolicyOverrides]]:
+        return await self.run(self.store.record_reports, reports)
+
+    async def report(self, report: Report) -> None:
+        """Store a report (returns once committed); halt its release if it must."""
+        counts = await self._reports.submit(report)
+        rid = report.release_id
+        if rid is not None and report.event in FAILED_EVENTS and rid not in self._halted:
+            entry = counts.get(rid)
+            if entry is not None:
+                await self.maybe_halt(rid, *entry)
+
+    def note_checkin(self, device_id: int, app: str, version: str, counter: int,
+                     channel: str) -> None:
+        """Remember a check for the inventory (written every ``inventory_seconds``)."""
+        if (len(self._checkins) >= self.config.limits.cache_entries_max
+                and device_id not in self._checkins):
+            return  # the next check after the flush records it
+        self._checkins[device_id] = Checkin(device_id, app, version, counter, channel, utcnow())
+
+    async def flush_checkins(self) -> None:
+        pending, self._checkins = self._checkins, {}
+        items = list(pending.values())
+        try:
+            for i in range(0, len(items), 5000):
+                await self.run(self.store.record_checkins, items[i:i + 5000])
+        except TransportError:
+            for c in items:  # keep them for the next round (newer ones win)
+                if len(self._checkins) < self.config.limits.cache_entries_max:
+                    self._checkins.setdefault(c.device_id, c)
+            raise
 
     # -- changes -----------------------------------------------------------------------
 
@@ -88,12 +200,14 @@ class UpdateServer:
         self.releases.invalidate()
         self.current_ts.invalidate()
 
-    async def check_halt(self, release_id: int) -> bool:
-        """Halt the release if its failures crossed the policy's limit; True if it did now."""
-        policy = self.config.halt_policy
-        stats = (await self.run(self.store.stats, [release_id], policy)).get(release_id)
-        reason = halt_reason(stats, policy) if stats else None
-        if reason is None or not await self.run(self.store.halt, release_id, reason):
+    async def maybe_halt(self, release_id: int, stats: ReleaseStats,
+                         overrides: PolicyOverrides) -> bool:
+        """Halt the release if its failures crossed its policy's limit; True if it did now."""
+        reason = halt_reason(stats, overrides.apply(self.config.halt_policy))
+        if reason is None:
+            return False
+        self._halted.add(release_id)
+        if not await self.run(self.store.halt, release_id, reason):
             return False
         info = await self.run(self.store.get, release_id)
         log.warning("release %d (%s %s) halted: %s", release_id, info.view.app,
@@ -102,44 +216,86 @@ class UpdateServer:
         return True
 
     async def maintain(self) -> None:
-        """Halt releases whose trials timed out; keep every channel's timestamp fresh."""
+        """Time out overdue trials and halt what must halt; keep every channel's timestamp
+        fresh; delete events past their retention."""
         policy = self.config.halt_policy
-        infos = await self.run(self.store.releases, None, policy)
+        while await self.run(self.store.sweep_trials, policy.trial_window_seconds) >= 5000:
+            pass
+        infos = await self.run(self.store.releases, None)
         for info in infos:
-            if info.view.state != "halted" and halt_reason(info.stats, policy):
-                await self.check_halt(info.view.id)
+            if info.view.state == "halted":
+                self._halted.add(info.view.id)
+            else:
+                await self.maybe_halt(info.view.id, info.stats, info.overrides)
         channels = {self.config.default_channel, *(i.view.channel for i in infos)}
         for channel in sorted(channels):
             await self.run(self.timestamps.refresh, channel)
         self.current_ts.invalidate()
+        for _ in range(20):  # at most 200,000 a round: the rest next round
+            if await self.run(self.store.prune_events,
+                              self.config.event_retention_days) < 10_000:
+                break
 
     # -- lifespan ----------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.maintain()
+        """Never fails for the database: what needs it waits until it answers."""
+        maintained = False
+        if await self.ping() and await self.ensure_schema():
+            try:
+                await self.maintain()
+                maintained = True
+            except Exception:
+                log.exception("first maintenance round failed")
+        else:
+            log.error("starting without the database (%s); retrying every %g s",
+                      self._db_error, self.config.health_seconds)
         # What exists now lives as long as the process: keep it out of every collection,
         # and collect young objects less often (fewer pauses in a request's latency).
         gc.collect()
         gc.freeze()
         gc.set_threshold(20_000, 10, 10)
-        self._task = asyncio.create_task(self._loop())
+        self._tasks = [asyncio.create_task(self._loop(maintained)),
+                       asyncio.create_task(self._inventory_loop())]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             try:
-                await self._task
+                await task
             except asyncio.CancelledError:
                 pass
+        try:
+            await self.flush_checkins()
+        except Exception:  # noqa: BLE001 - the inventory is best effort at shutdown
+            log.warning("inventory of the last %g s not written", self.config.inventory_seconds)
         self.store.close()
         self.registry.engine.dispose()
 
-    async def _loop(self) -> None:
+    async def _loop(self, maintained: bool) -> None:
+        next_round = time.monotonic() + (self.config.maintenance_seconds if maintained else 0)
         while True:
-            await asyncio.sleep(self.config.maintenance_seconds)
+            await asyncio.sleep(min(self.config.health_seconds,
+                                    max(0.05, next_round - time.monotonic())))
+            if not await self.ping() or not await self.ensure_schema():
+                continue
+            if time.monotonic() < next_round:
+                continue
             started = time.monotonic()
             try:
                 await self.maintain()
+                next_round = started + self.config.maintenance_seconds
             except Exception:  # keep serving; the next round tries again
                 log.exception("maintenance round failed")
+                next_round = started + self.config.health_seconds
             log.debug("maintenance took %.3f s", time.monotonic() - started)
+
+    async def _inventory_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.inventory_seconds)
+            try:
+                await self.flush_checkins()
+            except TransportError:
+                pass  # logged by run(); kept for the next round
+            except Exception:
+                log.exception("writing the inventory failed")

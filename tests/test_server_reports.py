@@ -1,0 +1,271 @@
+"""Device reports at scale and under abuse (issue 11, points 1 and 2), on SQLite and a real
+PostgreSQL: counters kept as reports arrive (no recount), only devices a release was offered
+to can halt it, a halt needs a share of the cohort, per-device report rate limits, no
+release ids in answers, event retention on 64-bit keys.
+
+Threat tier (docs/threats.md): a device credential in an attacker's hands (extracted from
+one or a few devices). These tests show what such credentials can no longer do to a rollout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from server_support import Keys, config_for, make_artifact, make_keys, register, running_server
+
+from mpseal.fleet.models import Event, utcnow
+from mpseal.fleet.registry import Registry
+from mpseal.fleet.releases import DeviceUpdate
+from mpseal.fleet.releasestore import ReleaseStore, Report
+from mpseal.fleet.rollout import HaltPolicy, cohort_bucket
+from mpseal.server.config import ServerLimits
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Keys:
+    return make_keys(tmp_path / "keys")
+
+
+def send(dev: httpx.Client, fleet, hw: str, event: str, version: str = "1.1.0",  # type: ignore[no-untyped-def]
+         app: str = "hello", board: str = "esp32") -> httpx.Response:
+    return dev.post("/v1/device/report", headers=fleet.headers(hw), json={
+        "hardware_id": hw, "event": event, "version": version, "app": app, "board": board})
+
+
+def publish(admin: httpx.Client, keys: Keys, version: str = "1.1.0", **kw: object) -> int:
+    r = admin.post("/v1/admin/releases", content=make_artifact(keys.release, version, 2, **kw))  # type: ignore[arg-type]
+    assert r.status_code == 201, r.text
+    return int(r.json()["release"]["id"])
+
+
+def release(admin: httpx.Client, rid: int) -> dict:  # type: ignore[type-arg]
+    return admin.get(f"/v1/admin/releases/{rid}").json()["release"]
+
+
+def recount(url: str, rid: int) -> dict[str, int]:
+    """The truth the counters must match: a full recount of the device states."""
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(DeviceUpdate.state, sa.func.count())
+                            .where(DeviceUpdate.release_id == rid).group_by(DeviceUpdate.state))
+        out = {state: int(n) for state, n in rows}
+    engine.dispose()
+    return out
+
+
+def test_counters_follow_every_state_change_without_recounting(db_url: str, keys: Keys,
+                                                               tmp_path: Path) -> None:
+    """Each device moves between states (downloaded, staged, booted, rolled back, confirmed);
+    the release's counts match a recount, and no report's SQL aggregates device_updates."""
+    fleet = register(db_url, 40)
+    hws = sorted(fleet.tokens)
+    cfg = config_for(db_url, keys, tmp_path, cache_seconds=0.0,
+                     halt_policy=HaltPolicy(min_attempts=1000))
+    with running_server(cfg) as srv, srv.admin() as admin, httpx.Client(base_url=srv.url) as dev:
+        rid = publish(admin, keys)
+        admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 100})
+        script = {0: ["downloaded"], 1: ["downloaded", "staged"],
+                  2: ["downloaded", "staged", "booted", "confirmed"],
+                  3: ["downloaded", "staged", "booted", "rolled_back"], 4: ["refused"]}
+
+        def device(i: int) -> None:
+            for event in script[i % 5]:
+                assert send(dev, fleet, hws[i], event).status_code == 200
+
+        with ThreadPoolExecutor(8) as pool:  # concurrent batches on one release
+            list(pool.map(device, range(40)))
+        counts = release(admin, rid)["counts"]
+        truth = recount(db_url, rid)
+        assert truth == {"downloaded": 8, "staged": 8, "confirmed": 8, "rolled_back": 8,
+                         "refused": 8}
+        assert counts["attempts"] == 40 and counts["updated"] == 8
+        assert (counts["refused"], counts["rolled_back"], counts["in_progress"]) == (8, 8, 16)
+
+    # The report path touches device_updates by primary key only: no scan, no count.
+    reg = Registry.open(db_url)
+    store = ReleaseStore(reg)
+    seen: list[str] = []
+    sa.event.listen(reg.engine, "before_cursor_execute",
+                    lambda *a: seen.append(str(a[2]).lower()))
+    dev_id = int(reg.find_device(hws[0]).id)  # type: ignore[union-attr]
+    store.record_reports([Report(dev_id, "refused", "1.1.0", "bad", rid, "hello", "stable")])
+    store.stats([rid])
+    store.close()
+    reg.engine.dispose()
+    on_updates = [q for q in seen if "device_updates" in q]
+    assert on_updates and all("count(" not in q and "sum(" not in q for q in on_updates)
+    assert any("release_counts" in q and "sum(" in q for q in seen)
+
+
+def test_attack_reports_for_a_release_not_offered_do_not_halt_it(db_url: str, keys: Keys,
+                                                                  tmp_path: Path) -> None:
+    """Credentials of devices outside the cohort, of another board, or naming another app
+    send failure reports for a release: they are stored, they do not count, nothing halts."""
+    fleet = register(db_url, 60)
+    others = register(db_url, 5, prefix="c3", board="esp32c3")
+    fleet.tokens.update(others.tokens)
+    hws = sorted(t for t in fleet.tokens if t.startswith("dev-"))
+    cfg = config_for(db_url, keys, tmp_path, cache_seconds=0.0,
+                     halt_policy=HaltPolicy(min_attempts=3, max_failure_ratio=0.2,
+                                            min_cohort_share=0.0))
+    with running_server(cfg) as srv, srv.admin() as admin, httpx.Client(base_url=srv.url) as dev:
+        rid = publish(admin, keys)
+        admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 10})
+        outside = [hw for hw in hws if cohort_bucket(rid, hw) >= 10][:6]
+        for hw in outside:  # not in the 10% cohort
+            assert send(dev, fleet, hw, "rolled_back").json() == {"recorded": True}
+        for hw in others.tokens:  # another board, claiming to be an esp32
+            assert send(dev, fleet, hw, "refused").status_code == 200
+        for hw in outside[:3]:  # guessing the version of another app
+            assert send(dev, fleet, hw, "refused", app="other").status_code == 200
+        rel = release(admin, rid)
+        assert rel["state"] == "active" and rel["counts"]["attempts"] == 0
+        # Every report was kept as an event all the same.
+        reg = Registry.open(db_url)
+        assert sum(1 for e in reg.events() if e.kind.startswith("update-")) == 14
+        reg.engine.dispose()
+        # Devices in the cohort do count (3 of 3 failed: halted).
+        inside = [hw for hw in hws if cohort_bucket(rid, hw) < 10][:3]
+        assert len(inside) == 3
+        for hw in inside:
+            send(dev, fleet, hw, "rolled_back")
+        assert release(admin, rid)["state"] == "halted"
+
+
+def test_attack_a_few_devices_cannot_halt_a_rollout_to_many(db_url: str, keys: Keys,
+                                                             tmp_path: Path) -> None:
+    """A halt needs failures from the configured share of the cohort (here 2 % of 400
+    devices: 8), so five devices that all report failures do not halt it; the release's
+    own policy can be set through the admin API."""
+    fleet = register(db_url, 400)
+    hws = sorted(fleet.tokens)
+    cfg = config_for(db_url, keys, tmp_path, cache_seconds=0.0,
+                     halt_policy=HaltPolicy(min_attempts=5, max_failure_ratio=0.2,
+                                            min_cohort_share=0.02))
+    with running_server(cfg) as srv, srv.admin() as admin, httpx.Client(base_url=srv.url) as dev:
+        rid = publish(admin, keys)
+        assert admin.post(f"/v1/admin/releases/{rid}/promote",
+                          json={"percent": 100}).json()["release"]["counts"]["cohort"] == 400
+        for hw in hws[:5]:
+            assert send(dev, fleet, hw, "rolled_back").status_code == 200
+        rel = release(admin, rid)
+        assert rel["state"] == "active" and rel["counts"]["failed"] == 5
+        # The same device again does not count twice.
+        send(dev, fleet, hws[0], "refused")
+        assert release(admin, rid)["counts"]["failed"] == 5
+        for hw in hws[5:8]:
+            send(dev, fleet, hw, "refused")
+        rel = release(admin, rid)
+        assert rel["state"] == "halted", rel
+        assert rel["halt_reason"].startswith("8 of 8 devices failed")
+
+        # Per release: a stricter share for the next one.
+        rid2 = publish(admin, keys, "1.2.0")
+        r = admin.post(f"/v1/admin/releases/{rid2}/policy", json={"min_cohort_share": 0.5})
+        assert r.status_code == 200 and r.json()["release"]["halt_policy"]["min_cohort_share"] == 0.5
+        assert admin.post(f"/v1/admin/releases/{rid2}/policy",
+                          json={"min_attempts": -1}).status_code == 400
+        assert admin.post(f"/v1/admin/releases/{rid2}/policy",
+                          json={"halt": True}).status_code == 400
+
+
+def test_attack_report_flood_from_one_credential_is_rate_limited(db_url: str, keys: Keys,
+                                                                  tmp_path: Path) -> None:
+    """One token sending reports as fast as it can: after the burst every report is a 429
+    with Retry-After and is not stored, so the event log grows by the burst only."""
+    fleet = register(db_url, 2)
+    cfg = config_for(db_url, keys, tmp_path,
+                     limits=ServerLimits(report_rate_per_minute=6, report_burst=10))
+    with running_server(cfg) as srv, srv.admin() as admin, httpx.Client(base_url=srv.url) as dev:
+        publish(admin, keys)
+        statuses = [send(dev, fleet, "dev-00000", "downloaded").status_code for _ in range(200)]
+        assert statuses[:10] == [200] * 10 and set(statuses[10:]) == {429}
+        r = send(dev, fleet, "dev-00000", "downloaded")
+        assert r.status_code == 429 and 1 <= int(r.headers["retry-after"]) <= 10
+        assert send(dev, fleet, "dev-00001", "downloaded").status_code == 200  # others go on
+    reg = Registry.open(db_url)
+    assert sum(1 for e in reg.events("dev-00000") if e.kind.startswith("update-")) == 10
+    reg.engine.dispose()
+
+
+def test_refusal_without_a_version_is_accepted_and_counts_nothing(db_url: str, keys: Keys,
+                                                                  tmp_path: Path) -> None:
+    fleet = register(db_url, 1)
+    cfg = config_for(db_url, keys, tmp_path)
+    with running_server(cfg) as srv, srv.admin() as admin, httpx.Client(base_url=srv.url) as dev:
+        rid = publish(admin, keys)
+        admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 100})
+        r = dev.post("/v1/device/report", headers=fleet.headers("dev-00000"), json={
+            "hardware_id": "dev-00000", "event": "refused", "version": "",
+            "reason": "timestamp signature invalid"})
+        assert r.status_code == 200 and r.json() == {"recorded": True}
+        assert send(dev, fleet, "dev-00000", "downloaded", version="").status_code == 400
+        assert release(admin, rid)["counts"]["attempts"] == 0
+
+
+def test_events_past_retention_are_deleted_and_keys_are_64_bit(db_url: str, keys: Keys,
+                                                               tmp_path: Path) -> None:
+    fleet = register(db_url, 1)
+    reg = Registry.open(db_url)
+    dev_id = int(reg.find_device("dev-00000").id)  # type: ignore[union-attr]
+    old = utcnow() - timedelta(days=40)
+    with reg.engine.begin() as conn:
+        conn.execute(sa.insert(Event), [{"device_id": dev_id, "kind": "x", "detail": "{}",
+                                         "at": old} for i in range(25)])
+        # Past 32 bits: a kept event there (SQLite), the sequence there (PostgreSQL).
+        conn.execute(sa.insert(Event).values(id=2**31 + 5, device_id=dev_id, kind="y",
+                                             detail="{}", at=utcnow()))
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT setval('events_id_seq', 2147483653)"))
+    cfg = config_for(db_url, keys, tmp_path, event_retention_days=30.0)
+    with running_server(cfg) as srv, httpx.Client(base_url=srv.url) as dev:
+        # The first maintenance round ran at start: the old events are gone, the new ones stay.
+        assert send(dev, fleet, "dev-00000", "downloaded").status_code == 200
+    kinds = [e.kind for e in reg.events("dev-00000")]
+    assert "x" not in kinds and "update-downloaded" in kinds and "issued" in kinds
+    newest = max(e.id for e in reg.events())
+    assert newest > 2**31 + 5  # the key went on past 32 bits
+    reg.engine.dispose()
+    assert json.dumps(newest)  # plain int
+
+
+@pytest.mark.parametrize("n", [3])
+def test_report_batches_store_many_devices_in_one_transaction(db_url: str, n: int) -> None:
+    """Concurrent reports of one release from many devices, and the same device twice in one
+    batch: the last one is its state, counted once."""
+    from mpseal.server.batch import WriteBatcher
+
+    register(db_url, n)
+    reg = Registry.open(db_url)
+    store = ReleaseStore(reg)
+    ids = [int(d.id) for d in reg.devices()]
+    from mpseal.fleet.releasestore import NewRelease
+
+    rel = store.publish(NewRelease("hello", "esp32", "1.1.0", 2, "a" * 64, "b" * 64, 10,
+                                   "stable"))
+    rid = rel.view.id
+    calls: list[int] = []
+
+    async def write(items: list[Report]) -> object:
+        calls.append(len(items))
+        return await asyncio.to_thread(store.record_reports, items)
+
+    async def main() -> None:
+        b: WriteBatcher[Report, object] = WriteBatcher(write)
+        await asyncio.gather(*(b.submit(Report(d, ev, "1.1.0", "", rid))
+                               for d in ids for ev in ("downloaded", "booted")))
+
+    asyncio.run(main())
+    assert sum(calls) == 2 * n and len(calls) <= 2
+    stats = store.stats([rid])[rid]
+    assert stats.attempts == n and stats.in_progress == n
+    assert recount(db_url, rid) == {"booted": n}
+    store.close()
+    reg.engine.dispose()
