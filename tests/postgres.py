@@ -68,3 +68,45 @@ def postgres_server() -> Iterator[str]:
         subprocess.run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate",
                                      "stop"]), capture_output=True)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+class PostgresServer:
+    """A private PostgreSQL that a test can stop and start again (same port, same data):
+    for the database-outage tests. ``with PostgresServer() as pg: pg.url, pg.stop(), ...``"""
+
+    def __init__(self) -> None:
+        self.bindir = _bindir()
+        self.folder = Path(tempfile.mkdtemp(prefix="mpseal-pg-"))
+        self.data = self.folder / "data"
+        if os.geteuid() == 0:
+            shutil.chown(self.folder, "postgres", "postgres")
+        self.port = _free_port()
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/mpseal"
+
+    def __enter__(self) -> PostgresServer:
+        subprocess.run(_as_postgres([str(self.bindir / "initdb"), "-D", str(self.data), "-A",
+                                     "trust", "-U", "postgres", "--no-sync"]),
+                       check=True, capture_output=True)
+        self.start()
+        for _ in range(50):
+            if subprocess.run(_as_postgres([str(self.bindir / "createdb"), "-h", "127.0.0.1",
+                                            "-p", str(self.port), "-U", "postgres", "mpseal"]),
+                              capture_output=True).returncode == 0:
+                return self
+            time.sleep(0.2)
+        raise RuntimeError("PostgreSQL did not start")
+
+    def start(self) -> None:
+        subprocess.run(_as_postgres([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l",
+                                     str(self.folder / "server.log"), "-w", "-o",
+                                     f"-h 127.0.0.1 -p {self.port} -k {self.folder} "
+                                     "-c fsync=off -c max_connections=100", "start"]),
+                       check=True, capture_output=True)
+
+    def stop(self) -> None:
+        subprocess.run(_as_postgres([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m",
+                                     "immediate", "stop"]), capture_output=True)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)

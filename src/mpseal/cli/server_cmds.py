@@ -68,6 +68,16 @@ def _project(folder: Path) -> Any:
 @click.option("--report-burst", type=click.IntRange(1), default=20, show_default=True)
 @click.option("--event-retention-days", type=click.FloatRange(1 / 24), default=90.0,
               show_default=True, help="Events (reports, registry changes) are kept this long.")
+@click.option("--max-connections", type=click.IntRange(16), default=2048, show_default=True,
+              help="Open connections per worker; beyond, the oldest idle one is closed.")
+@click.option("--header-timeout", type=click.FloatRange(0.5, 300), default=10.0,
+              show_default=True, help="Seconds a request's headers may take to arrive.")
+@click.option("--keep-alive-timeout", type=click.FloatRange(0.5, 3600), default=30.0,
+              show_default=True, help="Seconds an idle kept-alive connection stays open.")
+@click.option("--max-header-bytes", type=click.IntRange(1024, 1 << 20), default=16384,
+              show_default=True, help="Size limit of a request line and its headers (431).")
+@click.option("--max-headers", type=click.IntRange(8, 1000), default=64, show_default=True,
+              help="How many headers a request may have (431).")
 def serve(project_dir: Path, db_url: str | None, host: str, port: int, workers: int,
           artifacts: Path | None, artifact_base_url: str | None, roots: Path | None,
           trust_root: Path | None, timestamp_key: Path | None, timestamp_expiry: int,
@@ -75,11 +85,12 @@ def serve(project_dir: Path, db_url: str | None, host: str, port: int, workers: 
           client_ca: Path | None, admin_token_env: str, access_log: bool,
           halt_min_attempts: int, halt_max_failure_ratio: float, halt_min_cohort_share: float,
           trial_window: int, report_rate: float, report_burst: int,
-          event_retention_days: float) -> None:
+          event_retention_days: float, max_connections: int, header_timeout: float,
+          keep_alive_timeout: float, max_header_bytes: int, max_headers: int) -> None:
     """Run the update server (device API and admin API) with uvicorn."""
     from mpseal.fleet.registry import default_url
     from mpseal.server.config import ServerSettings, admin_token_hash
-    from mpseal.server.run import RunOptions
+    from mpseal.server.run import ConnectionLimits, RunOptions
     from mpseal.server.run import serve as run_server
 
     project = _project(project_dir)
@@ -108,7 +119,12 @@ def serve(project_dir: Path, db_url: str | None, host: str, port: int, workers: 
         passphrase = passphrase_from_env_or_prompt("timestamp")
     scheme = "https" if tls_cert else "http"
     options = RunOptions(host=host, port=port, workers=workers, tls_cert=tls_cert,
-                         tls_key=tls_key, client_ca=client_ca, access_log=access_log)
+                         tls_key=tls_key, client_ca=client_ca, access_log=access_log,
+                         keep_alive_timeout=keep_alive_timeout,
+                         limits=ConnectionLimits(head_bytes_max=max_header_bytes,
+                                                 headers_max=max_headers,
+                                                 header_timeout=header_timeout,
+                                                 connections_max=max_connections))
 
     def announce() -> None:  # only once the keys, the TLS files and the database were checked
         if not tokens:

@@ -9,27 +9,73 @@ where its SHA-256 fingerprint is looked up in the registry.
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
+import resource
 import ssl
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from mpseal.errors import ConfigError
+from mpseal.errors import ConfigError, TransportError
 from mpseal.server.config import SETTINGS_ENV, ServerSettings
+
+log = logging.getLogger("mpseal.server")
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """What one connection may cost the server (per worker process)."""
+
+    head_bytes_max: int = 16 * 1024  # request line and headers
+    headers_max: int = 64
+    header_timeout: float = 10.0  # a request's head must arrive within this
+    connections_max: int = 2048  # beyond this the oldest connection waiting for a head goes
+
+
+class _HeadTooLarge(Exception):
+    pass
+
+
+def _close_with(status: str, message: str) -> bytes:
+    body = b'{"error":"' + message.encode() + b'"}'
+    return (f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
+
+
+_431 = _close_with("431 Request Header Fields Too Large", "request headers too large or too many")
+_408 = _close_with("408 Request Timeout", "request headers not sent in time")
 
 
 class TlsHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol plus the ASGI TLS extension (client certificate)."""
+    """uvicorn's httptools protocol plus the ASGI TLS extension (client certificate), and
+    limits against slow or endless clients: the size and count of a request's headers, the
+    time its head may take (also on a connection that never sends anything), and the
+    number of connections (the oldest one waiting for a head is closed to make room)."""
 
     _tls: dict[str, Any] | None = None
 
+    def __init__(self, *args: Any, limits: ConnectionLimits | None = None, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.limits = limits or ConnectionLimits()
+        self._in_head = True
+        self._head_bytes = 0
+        self._header_count = 0
+        self._head_since = time.monotonic()
+        self._head_timer: Any = None
+        self._too_large = False
+
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
+        self._head_started()
+        if len(self.connections) > self.limits.connections_max:
+            self._make_room()
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is None:
             self._tls = None
@@ -39,11 +85,82 @@ class TlsHttpToolsProtocol(HttpToolsProtocol):
                      "client_cert_name": None, "client_cert_error": None,
                      "tls_version": None, "cipher_suite": None, "server_cert": None}
 
+    def _make_room(self) -> None:
+        waiting = [c for c in self.connections
+                   if c is not self and getattr(c, "_in_head", False)]
+        victim = min(waiting, key=lambda c: c._head_since) if waiting else self  # type: ignore[union-attr]
+        victim.transport.close()  # everyone busy with a request: refuse the new one
+
+    def _head_started(self) -> None:
+        self._in_head = True
+        self._head_bytes = 0
+        self._header_count = 0
+        self._head_since = time.monotonic()
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        self._head_timer = self.loop.call_later(self.limits.header_timeout, self._head_late)
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        if self._in_head and not self.transport.is_closing():
+            if self._head_bytes:
+                self.transport.write(_408)
+            self.transport.close()
+
+    def _head_done(self) -> None:
+        self._in_head = False
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if (self._in_head and self._head_bytes > self.limits.head_bytes_max
+                and not self.transport.is_closing()):
+            self._reject_head()
+
+    def _reject_head(self) -> None:
+        self._head_done()
+        self.transport.write(_431)
+        self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        if self._too_large:
+            self._reject_head()
+        else:
+            super().send_400_response(msg)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._head_done()
+        super().connection_lost(exc)
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        if self._head_timer is None:  # a request on a kept-alive connection begins
+            self._head_started()
         if self._tls is not None:
             scope: dict[str, Any] = self.scope  # type: ignore[assignment]
             scope["extensions"] = {"tls": self._tls}
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        if self._header_count > self.limits.headers_max:
+            self._too_large = True
+            raise _HeadTooLarge
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._head_done()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head = True  # the next request's head; uvicorn's keep-alive timer runs
+        self._head_bytes = 0
+        self._header_count = 0
+        self._head_since = time.monotonic()
 
 
 @dataclass(frozen=True)
@@ -56,6 +173,8 @@ class RunOptions:
     client_ca: Path | None = None  # fleet CA: ask devices for a client certificate
     access_log: bool = False
     backlog: int = 2048
+    keep_alive_timeout: float = 30.0  # an idle kept-alive connection is closed after this
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
 
 
 def uvicorn_kwargs(options: RunOptions) -> dict[str, Any]:
@@ -63,10 +182,12 @@ def uvicorn_kwargs(options: RunOptions) -> dict[str, Any]:
         raise ConfigError("give both --tls-cert and --tls-key, or neither")
     if options.client_ca is not None and options.tls_cert is None:
         raise ConfigError("--client-ca needs TLS: give --tls-cert and --tls-key too")
-    kw: dict[str, Any] = {"host": options.host, "port": options.port, "http": TlsHttpToolsProtocol,
+    protocol = functools.partial(TlsHttpToolsProtocol, limits=options.limits)
+    kw: dict[str, Any] = {"host": options.host, "port": options.port, "http": protocol,
                           "loop": "uvloop", "lifespan": "on", "access_log": options.access_log,
                           "log_level": "warning", "backlog": options.backlog,
-                          "server_header": False, "timeout_keep_alive": 30,
+                          "server_header": False,
+                          "timeout_keep_alive": options.keep_alive_timeout,
                           "proxy_headers": False}
     if options.tls_cert is not None:
         check_tls_files(options)
@@ -119,16 +240,33 @@ def serve(settings: ServerSettings, options: RunOptions, passphrase: bytes | Non
     config = settings.load(passphrase)  # fails here, once, on a bad key or trust root
     check_timestamp_key(RootStore(config.roots_dir, config.trust_root_file).newest(),
                         config.timestamp_signer)
-    Registry.open(settings.database_url, upgrade=True).engine.dispose()
+    raise_fd_limit()
+    try:  # once here, before any worker starts; else each worker retries until it can
+        Registry.open(settings.database_url, upgrade=True).engine.dispose()
+        migrated = True
+    except TransportError as e:
+        log.error("starting without the database (%s): it is retried until it answers", e)
+        migrated = False
     if announce is not None:
         announce()
     if options.workers <= 1:
         from mpseal.server.app import create_app
 
-        uvicorn.run(create_app(config), **kw)
+        uvicorn.run(create_app(replace(config, migrate=not migrated)), **kw)
         return
-    os.environ[SETTINGS_ENV] = ServerSettings(**{**settings.__dict__, "migrate": False}).to_env()
+    os.environ[SETTINGS_ENV] = ServerSettings(
+        **{**settings.__dict__, "migrate": not migrated}).to_env()
     if passphrase is not None:
         os.environ["MPSEAL_PASSPHRASE"] = passphrase.decode()
     uvicorn.run("mpseal.server.app:create_app_from_env", factory=True, workers=options.workers,
                 **kw)
+
+
+def raise_fd_limit() -> None:
+    """As many open files as the system allows: each connection is one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
