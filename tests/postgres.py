@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Self
 
 
 def _bindir() -> Path:
@@ -83,7 +84,7 @@ class PostgresServer:
         self.port = _free_port()
         self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/mpseal"
 
-    def __enter__(self) -> PostgresServer:
+    def __enter__(self) -> Self:
         subprocess.run(_as_postgres([str(self.bindir / "initdb"), "-D", str(self.data), "-A",
                                      "trust", "-U", "postgres", "--no-sync"]),
                        check=True, capture_output=True)
@@ -91,7 +92,7 @@ class PostgresServer:
         for _ in range(50):
             if subprocess.run(_as_postgres([str(self.bindir / "createdb"), "-h", "127.0.0.1",
                                             "-p", str(self.port), "-U", "postgres", "mpseal"]),
-                              capture_output=True).returncode == 0:
+                              check=False, capture_output=True).returncode == 0:
                 return self
             time.sleep(0.2)
         raise RuntimeError("PostgreSQL did not start")
@@ -99,13 +100,13 @@ class PostgresServer:
     def start(self) -> None:
         subprocess.run(_as_postgres([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l",
                                      str(self.folder / "server.log"), "-w", "-o",
-                                     f"-h 127.0.0.1 -p {self.port} -k {self.folder} "
-                                     "-c fsync=off -c max_connections=100", "start"]),
+                                     (f"-h 127.0.0.1 -p {self.port} -k {self.folder} "
+                                      "-c fsync=off -c max_connections=100"), "start"]),
                        check=True, capture_output=True)
 
     def stop(self) -> None:
         subprocess.run(_as_postgres([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m",
-                                     "immediate", "stop"]), capture_output=True)
+                                     "immediate", "stop"]), check=False, capture_output=True)
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
