@@ -292,3 +292,16 @@ def test_mps2_an385_stock_firmware_is_refused_without_a_filesystem(project: Path
     assert res.returncode == 3
     assert "missing a writable filesystem at / (littlefs); nothing was written" in res.stderr
     assert after == before
+
+
+def test_probe_a_virtual_pico_folder_with_sim(tmp_path: Path) -> None:
+    """`--sim DIR` of a virtual Pico powers it on for the probe, as provision does."""
+    sim = tmp_path / "pico"
+    assert run_mpseal("sim", "create", "--board", "rp2", "--sim", sim).returncode == 0
+    res = run_mpseal("probe", "--sim", sim, "--json", timeout=300)
+    assert res.returncode == 0, res.stderr
+    board = json.loads(res.stdout)["board"]
+    assert board["platform"] == "rp2" and board["mpy"]["arch"] == "armv6m"
+    assert board["vfsrom"] is False and board["rom"] is None and board["root_fs"] == "VfsLfs2"
+    assert board["unique_id"] == "machine" and board["mem_free"] > 200 * 1024
+

@@ -49,8 +49,16 @@ def _string_table(path: Path | None, what: str) -> dict[str, str]:
 
 @contextmanager
 def _connect(target: str) -> Iterator[Any]:
-    """``sim:DIR`` is a virtual board (its VM on a pty); anything else a serial port."""
-    if target.startswith("sim:"):
+    """``sim:DIR`` is a virtual board (its VM on a pty, or a virtual Pico powered on for
+    the session); anything else a serial port."""
+    from mpseal.device.pico import is_pico_folder
+
+    if target.startswith("sim:") and is_pico_folder(Path(target[4:])):
+        from mpseal.device.picoboard import PicoBoard
+
+        with PicoBoard(Path(target[4:])).session() as transport:
+            yield transport
+    elif target.startswith("sim:"):
         from mpseal.device.sim import VirtualBoard
         from mpseal.device.simlink import connect
 
