@@ -48,3 +48,34 @@ def test_relative_sim_path_warranty_verdict_is_official(built: Path) -> None:
     res = run_mpseal("inspect-device", "--sim", "sim/default", cwd=project)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "official:" in res.stdout
+
+
+def test_provision_writes_app_board_channel_and_rerun_applies_a_new_config(project: Path) -> None:
+    """device.toml had to carry app = ... or every update check was a bare 400; and a
+    second provision with another --config was skipped without a word."""
+    import json
+
+    from mpseal.device.sim import VirtualBoard
+
+    assert run_mpseal("ca", "init", "ca", cwd=project).returncode == 0
+    assert run_mpseal("sim", "create", "--sim", "sim/a", cwd=project).returncode == 0
+    (project / "device.toml").write_text('server = "https://127.0.0.1:8443"\n')
+    res = run_mpseal("provision", "--sim", "sim/a", "--config", "device.toml", cwd=project)
+    assert res.returncode == 0, res.stderr
+    board = VirtualBoard(project / "sim" / "a")
+    cfg = json.loads(board.get("/mpseal/config.json"))
+    assert (cfg["app"], cfg["board"], cfg["channel"]) == ("hello", "unix", "stable")
+    assert cfg["server"] == "https://127.0.0.1:8443"
+    first_cert = board.get("/mpseal/id/device.der")
+
+    res = run_mpseal("provision", "--sim", "sim/a", "--config", "device.toml", cwd=project)
+    assert "0 provisioned, 1 already done" in res.stderr + res.stdout
+
+    (project / "device.toml").write_text('server = "https://10.0.0.2:8443"\n')
+    res = run_mpseal("provision", "--sim", "sim/a", "--config", "device.toml", "--channel",
+                     "beta", cwd=project)
+    assert res.returncode == 0, res.stderr
+    assert "changed channel,config" in res.stderr and "1 provisioned" in res.stderr + res.stdout
+    cfg = json.loads(board.get("/mpseal/config.json"))
+    assert (cfg["server"], cfg["channel"]) == ("https://10.0.0.2:8443", "beta")
+    assert board.get("/mpseal/id/device.der") != first_cert  # redone cleanly, new identity

@@ -95,6 +95,8 @@ def _connect(target: str) -> Iterator[Any]:
 @click.option("--artifact", type=click.Path(dir_okay=False, path_type=Path),
               help="A release to stage through the device's guard.")
 @click.option("--group", default="default", show_default=True, help="Rollout group.")
+@click.option("--channel", default="stable", show_default=True,
+              help="Release channel the device follows (written to its config.json).")
 @click.option("--days", type=click.IntRange(1, 20 * 365), default=5 * 365, show_default=True,
               help="Device certificate validity.")
 @click.option("--no-guard", is_flag=True, help="Identity only (old firmware, flat filesystem).")
@@ -104,7 +106,8 @@ def _connect(target: str) -> Iterator[Any]:
 @click.option("--json", "as_json", is_flag=True)
 def provision(ports: tuple[str, ...], sims: tuple[Path, ...], project_dir: Path,
               ca_dir: Path | None, anchor: Path | None, secrets_file: Path | None,
-              config_file: Path | None, artifact: Path | None, group: str, days: int,
+              config_file: Path | None, artifact: Path | None, group: str, channel: str,
+              days: int,
               no_guard: bool, force: bool, jobs: int, db_url: str | None, as_json: bool) -> None:
     """Give each device its own key, certificate, sealed secrets, trust root and guard.
 
@@ -129,7 +132,8 @@ def provision(ports: tuple[str, ...], sims: tuple[Path, ...], project_dir: Path,
         secrets=_string_table(secrets_file, "secrets"),
         artifact=(read_limited(artifact, DEFAULT_LIMITS.artifact_max_length, "artifact")
                   if artifact else None),
-        cert_days=days, group=group, guard=not no_guard)
+        cert_days=days, group=group, guard=not no_guard, app=project.config.name,
+        channel=channel)
     lock = threading.Lock()
 
     def say(target: str, text: str) -> None:

@@ -88,6 +88,8 @@ class ProvisionPlan:
     group: str = "default"
     guard: bool = True
     device_token: bool = True  # a random bearer token per device, sealed with its secrets
+    app: str = ""  # the app the device runs: its update checks name it (config.json "app")
+    channel: str = "stable"  # the release channel it follows (config.json "channel")
 
 
 @dataclass(frozen=True)
@@ -135,12 +137,63 @@ def device_files(plan: ProvisionPlan, ident: IssuedIdentity,
     files[CA_CERT] = plan.ca.cert.public_bytes(Encoding.DER)
     if plan.server_anchor:
         files[ANCHOR] = plan.server_anchor
-    files[CONFIG] = json.dumps({"hardware_id": ident.hardware_id, "board": plan.board,
-                                **plan.config}, sort_keys=True).encode()
+    # What the app and its update client read: which device, board, app and channel this
+    # is (--config may set app and channel itself); hardware_id and board are not settable.
+    settings: dict[str, object] = {"channel": plan.channel}
+    if plan.app:
+        settings["app"] = plan.app
+    files[CONFIG] = json.dumps({**settings, **plan.config, "hardware_id": ident.hardware_id,
+                                "board": plan.board}, sort_keys=True).encode()
     if secrets:
         files[SECRETS] = secretbox.seal(json.dumps(secrets, sort_keys=True).encode(),
                                         ident.hardware_id)
     return files
+
+
+def settings_digests(plan: ProvisionPlan) -> dict[str, str]:
+    """What a re-run compares: each part the plan puts on a device besides its identity.
+
+    Kept in the registry (host side), never on the device: it covers the secrets' values.
+    A part a re-run does not give (no --config, --secrets, --anchor, --artifact) is not
+    compared: running provision again to resume needs no repeat of every option.
+    """
+    def digest(value: object) -> str:
+        if isinstance(value, bytes):
+            return hashlib.sha256(value).hexdigest()
+        return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+    parts: dict[str, object] = {
+        "device": [plan.board, plan.profile, plan.guard, plan.app, plan.device_token],
+        "channel": plan.channel, "group": plan.group,
+        "trust_root": plan.trust_root, "ca": plan.ca.cert.public_bytes(Encoding.DER)}
+    if plan.config:
+        parts["config"] = plan.config
+    if plan.secrets:
+        parts["secrets"] = _secret_fingerprints(plan.secrets)
+    if plan.server_anchor:
+        parts["anchor"] = plan.server_anchor
+    if plan.artifact:
+        parts["artifact"] = plan.artifact
+    return {name: digest(value) for name, value in parts.items()}
+
+
+def _last_settings(registry: Registry, hardware_id: str) -> dict[str, str]:
+    for event in reversed(registry.events(hardware_id)):
+        if event.kind == "provisioned":
+            try:
+                last = json.loads(event.detail).get("settings")
+            except (ValueError, AttributeError):
+                return {}
+            return last if isinstance(last, dict) else {}
+    return {}
+
+
+def _settings_changed(registry: Registry, hardware_id: str, wanted: dict[str, str]) -> list[str]:
+    """The parts of ``wanted`` that differ from the device's last provisioning."""
+    last = _last_settings(registry, hardware_id)
+    if not last:
+        return []  # provisioned by an older mpseal: nothing to compare with
+    return [name for name, value in wanted.items() if last.get(name) != value]
 
 
 def marker_bytes(ident: IssuedIdentity) -> bytes:
@@ -197,10 +250,15 @@ def provision_device(transport: Transport, plan: ProvisionPlan, registry: Regist
     if known is not None and known.state == "revoked":
         raise UsageError(f"device {hw} is revoked; it cannot be provisioned again")
     marker = _read_marker(transport, flat)
+    wanted = settings_digests(plan)
     if not force and known is not None and known.state == "active" and marker:
         fp = str(marker.get("fingerprint", ""))
         if marker.get("hardware_id") == hw and registry.is_allowed(fingerprint=fp):
-            return DeviceResult(hw, "skipped", fp, done)
+            changed = _settings_changed(registry, hw, wanted)
+            if not changed:
+                return DeviceResult(hw, "skipped", fp, done)
+            # A new --config/--anchor/--artifact/...: redone cleanly, as after --force.
+            step(hw, "changed " + ",".join(changed))
 
     ident = issue_identity(plan.ca, hw, plan.cert_days)
     secrets = dict(plan.secrets)
@@ -231,7 +289,8 @@ def provision_device(transport: Transport, plan: ProvisionPlan, registry: Regist
         step(hw, "stage")
 
     registry.mark_active(hw, {"fingerprint": ident.record.fingerprint,
-                              "at": dt.datetime.now(dt.timezone.utc).isoformat()})
+                              "at": dt.datetime.now(dt.timezone.utc).isoformat(),
+                              "settings": {**_last_settings(registry, hw), **wanted}})
     step(hw, "activate")
     return DeviceResult(hw, "provisioned", ident.record.fingerprint, done,
                         sum(len(d) for d in files.values()))
