@@ -57,6 +57,11 @@ for i in range(%(keys)d):
 d = hashlib.sha256(b"same digest").digest()
 print("TWICE", h(pub), h(d), h(p256_sign.sign(priv, d)), h(p256_sign.sign(priv, d)))
 print("DER", h(p256_sign.der_signature(p256_sign.sign(priv, d))), h(pub), h(d))
+try:  # the self-check against a public key that is not the key's: nothing released
+    p256_sign.sign(priv, d, pub=p256_sign.public_key(rfc))
+    print("WRONGPUB", "released")
+except RuntimeError:
+    print("WRONGPUB", "refused")
 dev = mpseal_csr.create_key(KEY_PATH)
 try:
     mpseal_csr.create_key(KEY_PATH)
@@ -207,6 +212,11 @@ def test_tampered_device_signature_is_rejected_by_openssl(device: Run) -> None:
     bad[5] ^= 1
     with pytest.raises(InvalidSignature):
         verify_raw(pub, bytes.fromhex(d_hex), bytes(bad))
+
+
+def test_signature_failing_its_self_check_is_not_released(device: Run) -> None:
+    """As if a fault (or a damaged key file) made the key and its public point disagree."""
+    assert device.rows("WRONGPUB") == [["refused"]]
 
 
 def test_device_key_file_is_never_overwritten(device: Run) -> None:

@@ -74,7 +74,8 @@ def public_key(path=KEY_PATH):
 
 
 def sign(digest, path=KEY_PATH):
-    return p256_sign.sign(_read(path)[0], digest)
+    priv, pub = _read(path)
+    return p256_sign.sign(priv, digest, pub=pub)
 
 
 def _name(subject):
@@ -105,6 +106,6 @@ def csr(subject, path=KEY_PATH, dns=()):
         ext = _tlv(0x30, _tlv(0x06, _SAN) + _tlv(0x04, _tlv(0x30, names)))
         attrs = _tlv(0x30, _tlv(0x06, _EXT_REQUEST) + _tlv(0x31, _tlv(0x30, ext)))
     info = _tlv(0x30, b"\x02\x01\x00" + _name(subject) + spki + _tlv(0xA0, attrs))
-    sig = p256_sign.sign(priv, hashlib.sha256(info).digest())
+    sig = p256_sign.sign(priv, hashlib.sha256(info).digest(), pub=pub)
     alg = _tlv(0x30, _tlv(0x06, _ECDSA_SHA256))
     return _tlv(0x30, info + alg + _tlv(0x03, b"\x00" + p256_sign.der_signature(sig)))

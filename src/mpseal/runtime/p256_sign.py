@@ -3,7 +3,8 @@
 #   generate() -> (priv, pub)          priv: 32-byte scalar d, big-endian, 1 <= d < n
 #                                      pub: 65-byte SEC1 point 0x04||X||Y
 #   public_key(priv) -> pub
-#   sign(priv, digest, extra=None) -> sig   sig: r||s, 32+32 bytes; s is made low (<= n/2)
+#   sign(priv, digest, extra=None, check=True, pub=None) -> sig
+#                                      sig: r||s, 32+32 bytes; s is made low (<= n/2)
 #   sign_message(priv, msg, extra=None) -> sig   (digest = SHA-256 of msg)
 #   der_signature(sig) -> bytes        the same signature as DER SEQUENCE { r, s }
 #
@@ -16,6 +17,7 @@
 # leak the key through equal nonces. extra=b"" gives plain RFC 6979 (the tests use its
 # published vectors). Every signature is checked with p256.verify before it is returned
 # (check=False skips that): a signature computed under a fault must never leave the device.
+# `pub` (the key's public point, if the caller has it) saves recomputing it for the check.
 #
 # NOT constant-time. MicroPython integers take time that depends on their values, and the
 # scalar multiplication's additions follow the digits of the nonce. What that means per
@@ -113,7 +115,7 @@ def _nonces(priv, h1, extra):
         v = _hmac(k, v)
 
 
-def sign(priv, digest, extra=None, check=True):
+def sign(priv, digest, extra=None, check=True, pub=None):
     d = _scalar(priv)
     if len(digest) != 32:
         raise ValueError("digest must be 32 bytes")
@@ -133,13 +135,13 @@ def sign(priv, digest, extra=None, check=True):
         if s > _N >> 1:
             s = _N - s  # low s: accepted by strict verifiers (and by everyone else)
         sig = r.to_bytes(32, "big") + s.to_bytes(32, "big")
-        if check and not p256.verify(public_key(priv), digest, sig):
+        if check and not p256.verify(pub or public_key(priv), digest, sig):
             raise RuntimeError("signature failed its own check (fault): not released")
         return sig
 
 
-def sign_message(priv, message, extra=None, check=True):
-    return sign(priv, hashlib.sha256(message).digest(), extra, check)
+def sign_message(priv, message, extra=None, check=True, pub=None):
+    return sign(priv, hashlib.sha256(message).digest(), extra, check, pub)
 
 
 def _der_int(b):

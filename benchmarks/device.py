@@ -1,0 +1,263 @@
+"""What the device pays, on stock MicroPython v1.28.0 firmware in two emulators.
+
+    .venv/bin/python benchmarks/device.py [--no-pico] [--no-qemu] [--json]
+
+Columns, measured in this run:
+  RP2040 cycles   the virtual Pico (rp2040js, stock RPI_PICO image): the emulator's
+                  cycle counter (device/pico.py ``counters()``) around one raw-REPL exec
+                  that runs the statement once, minus the same exec running it zero times
+                  (same code, same length: the serial traffic cancels out). ms at 125 MHz.
+  M3 instructions QEMU MPS2-AN385 (Cortex-M3, stock image) with ``-icount shift=0``: the
+                  virtual clock advances 1 ns per instruction, so ``time.ticks_us()``
+                  reads instructions / 1000 (exact to +-1000; tests/qemu_mps2.py).
+
+Rows: one ECDSA P-256 verify (key decode and table included: ``p256.verify``) on Python
+integers (p256 alone, the path of a port without the inline assembler) and with
+p256_thumb (what the guard ships to ARM boards), and the ratio between them; key
+generation (``p256_sign.generate``) and one signature (``p256_sign.sign``, including the
+self-check verify it always does, and without it); the heap the verifier's modules hold
+after import; the guard's boot (power-on to the app's ``main``) for a 64 KB and a 200 KB
+app and its peak heap. The modules are compiled by the real mpy-cross for the RP2040
+(armv6m) and the same .mpy bytes go to both emulators. The MPS2 has no os.urandom: key
+generation there draws from a SHA-256 test source (one hash per call; on the Pico the
+real os.urandom). A figure that cannot be measured prints as "n/a (why)", never a guess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tests"))
+from qemu_mps2 import Mps2  # noqa: E402
+
+from mpseal.device.vm import runtime_dir  # noqa: E402
+from mpseal.formats.boards import get_board  # noqa: E402
+from mpseal.packaging.mpycross import CompileOptions, Compiler, Module  # noqa: E402
+
+CPU_HZ = 125_000_000
+PRIVATE_KEY = 0x1234567890ABCDEF1234567890ABCDEF1234567890ABCDEF1234567890ABCDEF
+MESSAGE = b"mpseal benchmark: release metadata to verify at boot"
+MODULES = ("p256", "p256_fast", "p256_thumb", "p256_sign")
+GOAL_VERIFY = 25_000_000  # cycles on the RP2040
+GOAL_BOOT_MS = 300  # power-on to main, 64 KB app, 125 MHz
+GOAL_HEAP = 32 * 1024  # peak heap during boot over the app's own, 200 KB app
+
+# Sets up the statements' inputs on the device (after the modules are importable).
+SETUP = """
+import gc, p256, p256_sign
+from binascii import unhexlify
+pub = unhexlify({pub!r})
+dig = unhexlify({dig!r})
+sig = unhexlify({sig!r})
+priv = unhexlify({priv!r})
+assert p256.verify(pub, dig, sig)
+"""
+MPS2_ENTROPY = """
+import hashlib
+_c = [0]
+def _test_urandom(n):
+    _c[0] += 1
+    return hashlib.sha256(str(_c[0]).encode()).digest()[:n]
+p256_sign.urandom = _test_urandom
+"""
+STATEMENTS = {
+    "verify": "p256.verify(pub, dig, sig)",
+    "keygen": "p256_sign.generate()",
+    "sign": "p256_sign.sign(priv, dig, pub=pub)",
+    "sign_nocheck": "p256_sign.sign(priv, dig, check=False)",
+}
+
+
+def inputs() -> dict[str, str]:
+    key = ec.derive_private_key(PRIVATE_KEY, ec.SECP256R1())
+    r, s = decode_dss_signature(key.sign(MESSAGE, ec.ECDSA(hashes.SHA256())))
+    pub = key.public_key().public_bytes(serialization.Encoding.X962,
+                                        serialization.PublicFormat.UncompressedPoint)
+    return {"pub": pub.hex(), "dig": hashlib.sha256(MESSAGE).hexdigest(),
+            "sig": (r.to_bytes(32, "big") + s.to_bytes(32, "big")).hex(),
+            "priv": PRIVATE_KEY.to_bytes(32, "big").hex()}
+
+
+def rp2_modules() -> dict[str, bytes]:
+    board = get_board("rp2")
+    compiler = Compiler(CompileOptions(board.mpy, board.arch, opt=2, source_lines=False),
+                        cache_dir=None)
+    out = compiler.compile_all([Module(f"{m}.py", (runtime_dir() / f"{m}.py").read_bytes())
+                                for m in MODULES])
+    return {name[:-3] + ".mpy": data for name, data in out.items()}
+
+
+HEAP = """
+import gc
+gc.collect()
+_a = gc.mem_free()
+import p256
+gc.collect()
+print("HEAP", _a - gc.mem_free(), p256.FAST)
+"""
+
+
+def _heap(out: str) -> tuple[int, bool]:
+    line = next(ln for ln in out.splitlines() if ln.startswith("HEAP "))
+    _, n, fast = line.split()
+    return int(n), fast == "True"
+
+
+# --- QEMU MPS2-AN385 -------------------------------------------------------------------
+
+def qemu(files: dict[str, bytes], args: dict[str, str]) -> dict[str, object]:
+    res: dict[str, object] = {}
+    pure = {"p256.mpy": files["p256.mpy"], "p256_sign.mpy": files["p256_sign.mpy"]}
+    for label, mods in (("pure", pure), ("fast", files)):
+        with Mps2(timeout=600) as board:
+            board.put(mods)
+            heap, fast = _heap(board.exec(HEAP))
+            assert fast == (label == "fast"), f"p256.FAST is {fast} with {sorted(mods)}"
+            board.exec(SETUP.format(**args) + MPS2_ENTROPY + "_ramfs.f.clear()\n")
+            res[f"heap_{label}"] = heap
+            res[f"verify_{label}"] = board.instructions("", STATEMENTS["verify"])
+            if label == "fast":
+                for name in ("keygen", "sign", "sign_nocheck"):
+                    res[name] = board.instructions("", STATEMENTS[name])
+    return res
+
+
+# --- the virtual Pico ------------------------------------------------------------------
+
+def pico(files: dict[str, bytes], args: dict[str, str]) -> dict[str, object]:
+    from mpseal.device.pico import VirtualPico
+    from mpseal.device.serialboard import SerialTransport
+
+    res: dict[str, object] = {}
+    with tempfile.TemporaryDirectory(prefix="mpseal-bench-pico-") as tmp:
+        board = VirtualPico.create(Path(tmp) / "board")
+        board.start()
+        try:
+            board.wait_repl(60)
+            with SerialTransport(board.path) as link:
+                link.exec("import os\ntry:\n    os.mkdir('/lib')\nexcept OSError:\n    pass\n")
+                for name, data in files.items():
+                    link.write_file(f"/lib/{name}", data)
+
+                def cycles(stmt: str) -> int:
+                    # counter around "for _ in range(N): stmt" for N = 1 minus N = 0
+                    got = []
+                    for n in (0, 1):
+                        code = f"gc.collect()\nfor _ in range({n}):\n    {stmt}\n"
+                        c0 = board.counters().cycles
+                        link.exec(code, timeout=600)
+                        got.append(board.counters().cycles - c0)
+                    return got[1] - got[0]
+
+                # pure first: p256 alone (p256_fast hidden), in a fresh interpreter
+                link.exec("import os\nos.rename('/lib/p256_fast.mpy', '/lib/p256_fast.off')")
+                link.soft_reset()
+                heap, fast = _heap(link.exec(HEAP, timeout=60))
+                assert not fast
+                res["heap_pure"] = heap
+                link.exec(SETUP.format(**args), timeout=600)
+                res["verify_pure"] = cycles(STATEMENTS["verify"])
+                link.exec("import os\nos.rename('/lib/p256_fast.off', '/lib/p256_fast.mpy')")
+                link.soft_reset()
+                heap, fast = _heap(link.exec(HEAP, timeout=60))
+                assert fast, "p256 did not take the assembly path on the RP2040"
+                res["heap_fast"] = heap
+                link.exec(SETUP.format(**args), timeout=600)
+                for name in ("verify", "keygen", "sign", "sign_nocheck"):
+                    res[name if name != "verify" else "verify_fast"] = cycles(STATEMENTS[name])
+        finally:
+            board.stop()
+    return res
+
+
+# --- output ----------------------------------------------------------------------------
+
+def _m(n: object) -> str:
+    return f"{n / 1e6:7.2f} M" if isinstance(n, int) else str(n)
+
+
+def _ms(n: object) -> str:
+    return f"{n / CPU_HZ * 1000:7.1f} ms" if isinstance(n, int) else ""
+
+
+def report(pic: dict[str, object], qem: dict[str, object]) -> list[str]:
+    def row(label: str, key: str, goal: str = "") -> str:
+        c, i = pic.get(key, pic.get("_why", "n/a")), qem.get(key, qem.get("_why", "n/a"))
+        return f"{label:<38} {_m(c):>12} {_ms(c):>10}   {_m(i):>12}   {goal}"
+
+    lines = [f"{'':<38} {'RP2040 cycles':>12} {'@125 MHz':>10}   {'M3 instr.':>12}   goal",
+             row("P-256 verify, Python integers", "verify_pure"),
+             row("P-256 verify, p256_thumb (shipped)", "verify_fast",
+                 f"<= {GOAL_VERIFY / 1e6:.0f} M cycles on RP2040: "
+                 + _verdict(pic.get("verify_fast"), GOAL_VERIFY))]
+    for src, name in ((pic, "RP2040"), (qem, "M3")):
+        a, b = src.get("verify_pure"), src.get("verify_fast")
+        if isinstance(a, int) and isinstance(b, int):
+            lines.append(f"  {name}: p256_thumb is {a / b:.1f}x faster than Python integers")
+    lines += [row("key generation (generate)", "keygen"),
+              row("one signature (sign, self-checked)", "sign"),
+              row("one signature (sign, check=False)", "sign_nocheck")]
+    lines.append(f"{'heap held by p256 after import':<38} "
+                 f"{_bytes(pic, 'heap_pure')} pure, {_bytes(pic, 'heap_fast')} fast (RP2040); "
+                 f"{_bytes(qem, 'heap_pure')} pure, {_bytes(qem, 'heap_fast')} fast (M3)")
+    boot_why = "n/a (the guard's boot timing helper is not on main yet)"
+    lines += [f"{'guard boot to main, 64 KB app':<38} {boot_why}   goal <= {GOAL_BOOT_MS} ms",
+              f"{'guard boot to main, 200 KB app':<38} {boot_why}",
+              f"{'peak heap during boot, 200 KB app':<38} {boot_why}   goal <= "
+              f"{GOAL_HEAP // 1024} KB over the app's own"]
+    return lines
+
+
+def _bytes(src: dict[str, object], key: str) -> str:
+    v = src.get(key)
+    return f"{v / 1024:.1f} KB" if isinstance(v, int) else "n/a"
+
+
+def _verdict(v: object, goal: int) -> str:
+    return ("met" if v <= goal else "NOT met") if isinstance(v, int) else "not measured"
+
+
+def _run(what: str, fn: Callable[[], dict[str, object]]) -> dict[str, object]:
+    t = time.monotonic()
+    try:
+        res = fn()
+    except Exception as e:  # noqa: BLE001 - a part that cannot run prints n/a with why
+        return {"_why": f"n/a ({what}: {type(e).__name__}: {str(e)[-200:]})"}
+    print(f"[{what}: {time.monotonic() - t:.0f} s wall]", file=sys.stderr)
+    return res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--no-pico", action="store_true")
+    ap.add_argument("--no-qemu", action="store_true")
+    ap.add_argument("--json", action="store_true")
+    opts = ap.parse_args()
+    files = rp2_modules()
+    args = inputs()
+    pic = {"_why": "n/a (--no-pico)"} if opts.no_pico else _run("rp2040js",
+                                                               lambda: pico(files, args))
+    qem = {"_why": "n/a (--no-qemu)"} if opts.no_qemu else _run("qemu",
+                                                              lambda: qemu(files, args))
+    if opts.json:
+        print(json.dumps({"rp2040_cycles": pic, "m3_instructions": qem}, indent=2))
+    else:
+        print("\n".join(report(pic, qem)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
