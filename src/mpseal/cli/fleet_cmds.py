@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import tomllib
@@ -181,17 +182,29 @@ def registry() -> None:
 @_db_option
 @click.option("--json", "as_json", is_flag=True)
 def list_devices(project_dir: Path, state: str | None, db_url: str | None, as_json: bool) -> None:
-    """List devices."""
-    devices = _registry(project_dir, db_url).devices(state)
-    rows = [{"hardware_id": d.hardware_id, "board": d.board, "state": d.state,
-             "group": d.group} for d in devices]
-    if as_json:
-        emit_json(rows)
+    """List devices (streamed page by page: memory stays flat at a million devices)."""
+    from mpseal.fleet.registry import InventoryFilter
+
+    rows = ({"hardware_id": d["hardware_id"], "board": d["board"], "state": d["state"],
+             "group": d["group"]}
+            for d in _registry(project_dir, db_url).iter_inventory(InventoryFilter(state=state)))
+    n = 0
+    if as_json:  # the same JSON array as before, written as it is read
+        from mpseal.cli import common
+
+        first = next(rows, None)  # a database error comes before any output
+        common._json_emitted = True  # begun: a later failure adds no second document
+        click.echo("[", nl=False)
+        for r in itertools.chain([first] if first else [], rows):
+            click.echo(("," if n else "") + "\n  " + json.dumps(r, sort_keys=True), nl=False)
+            n += 1
+        click.echo("\n]" if n else "]")
         return
     for r in rows:
         out_console.print(f"{r['hardware_id']:20} {r['board']:10} {r['state']:13} {r['group']}",
                           markup=False)
-    out_console.print(f"{len(rows)} devices", markup=False)
+        n += 1
+    out_console.print(f"{n} devices", markup=False)
 
 
 @registry.command()

@@ -363,4 +363,77 @@ def revoke(hardware_id: str, reason: str, server: str, ca: Path | None, as_json:
                           markup=False)
 
 
-COMMANDS = [serve, release, device]
+@device.command(name="group")
+@click.argument("hardware_id")
+@click.argument("group")
+@_admin_options
+def group_cmd(hardware_id: str, group: str, server: str, ca: Path | None,
+              as_json: bool) -> None:
+    """Move a device to a rollout group (releases promoted to a group reach it)."""
+    with _client(server, ca) as client:
+        res = client.set_group(hardware_id, group)
+    if as_json:
+        emit_json(res)
+    else:
+        out_console.print(f"{res['hardware_id']}: group {res['previous_group']} -> "
+                          f"{res['group']}", markup=False)
+
+
+@click.group()
+def inventory() -> None:
+    """What every device runs and when it was last heard from (from the update server)."""
+
+
+@inventory.command(name="list")
+@click.option("--state", type=click.Choice(["provisioning", "active", "revoked"]))
+@click.option("--group", help="Only this rollout group.")
+@click.option("--app", help="Only devices running this app.")
+@click.option("--version", "version", help="Only devices running this version.")
+@click.option("--event", help="Only devices whose last update report is this "
+              "(downloaded, staged, refused, booted, confirmed, rolled_back, timed_out).")
+@click.option("--not-seen-for", "not_seen_days", type=click.FloatRange(0),
+              help="Only devices with no check-in for this many days (or never).")
+@click.option("--seen-within", "seen_days", type=click.FloatRange(0),
+              help="Only devices that checked in within this many days.")
+@click.option("--expiring-within", "expiring_days", type=click.FloatRange(0),
+              help="Only devices whose certificate expires within this many days.")
+@click.option("--limit", type=click.IntRange(1), help="Stop after this many devices.")
+@_admin_options
+def inventory_list(state: str | None, group: str | None, app: str | None,
+                   version: str | None, event: str | None, not_seen_days: float | None,
+                   seen_days: float | None, expiring_days: float | None, limit: int | None,
+                   server: str, ca: Path | None, as_json: bool) -> None:
+    """List devices page by page as they arrive (--json: one JSON object per line)."""
+    import json
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime.now(UTC)
+    filters = {k: v for k, v in (
+        ("state", state), ("group", group), ("app", app), ("version", version),
+        ("event", event),
+        ("seen_before", (now - timedelta(days=not_seen_days)).isoformat()
+         if not_seen_days is not None else None),
+        ("seen_after", (now - timedelta(days=seen_days)).isoformat()
+         if seen_days is not None else None),
+        ("expiring_before", (now + timedelta(days=expiring_days)).isoformat()
+         if expiring_days is not None else None)) if v is not None}
+    n = 0
+    with _client(server, ca) as client:
+        for d in client.inventory(filters, page=min(limit or 1000, 1000)):
+            if as_json:
+                click.echo(json.dumps(d, sort_keys=True))
+            else:
+                out_console.print(
+                    f"{d['hardware_id']:20} {d['state']:12} {d['group']:10} "
+                    f"{d.get('app') or '-':12} {d.get('version') or '-':10} "
+                    f"seen {(d.get('last_check_at') or 'never')[:19]:19} "
+                    f"{d.get('last_event') or '-':11} cert {(d.get('cert_expires') or '-')[:10]}",
+                    markup=False)
+            n += 1
+            if limit is not None and n >= limit:
+                break
+    if not as_json:
+        err_console.print(f"{n} device(s)")
+
+
+COMMANDS = [serve, release, device, inventory]

@@ -29,7 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mpseal.errors import TransportError, UsageError
-from mpseal.fleet.models import Certificate, Device, Event, Secret, utcnow
+from mpseal.fleet.models import Certificate, Device, DeviceStatus, Event, Secret, utcnow
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -59,6 +59,23 @@ class Identity:
     group: str = "default"
     secrets: tuple[tuple[str, str], ...] = ()  # (name, fingerprint)
     token_hash: str | None = None
+
+
+INVENTORY_PAGE_MAX = 5000
+
+
+@dataclass(frozen=True)
+class InventoryFilter:
+    """Which devices an inventory listing shows (every field optional, all must hold)."""
+
+    state: str | None = None  # provisioning | active | revoked
+    group: str | None = None
+    app: str | None = None
+    version: str | None = None  # as last reported in a check
+    event: str | None = None  # last update report (downloaded ... rolled_back)
+    seen_after: datetime | None = None  # last check-in
+    seen_before: datetime | None = None  # includes never seen
+    expiring_before: datetime | None = None  # newest valid certificate ends before
 
 
 def connect_args(url: object) -> dict[str, object]:
@@ -212,6 +229,68 @@ class Registry:
                 q = q.where(Device.state == state)
             return list(s.scalars(q))
 
+    def inventory(self, flt: InventoryFilter, after: int = 0,
+                  limit: int = 1000) -> list[dict[str, object]]:
+        """One page of the device inventory, by device id after ``after`` (keyset: each
+        page costs the same at any depth). The cursor for the next page is the last "id"."""
+        limit = max(1, min(limit, INVENTORY_PAGE_MAX))
+        expiry = (select(func.max(Certificate.not_after))
+                  .where(Certificate.device_id == Device.id, Certificate.status == "valid")
+                  .correlate(Device).scalar_subquery())
+        q = (select(Device.id, Device.hardware_id, Device.board, Device.state, Device.group,
+                    DeviceStatus.app, DeviceStatus.version, DeviceStatus.counter,
+                    DeviceStatus.channel, DeviceStatus.last_check_at,
+                    DeviceStatus.last_report_at, DeviceStatus.last_event,
+                    expiry.label("cert_expires"))
+             .outerjoin(DeviceStatus, DeviceStatus.device_id == Device.id)
+             .where(Device.id > after).order_by(Device.id).limit(limit))
+        if flt.state:
+            q = q.where(Device.state == flt.state)
+        if flt.group:
+            q = q.where(Device.group == flt.group)
+        if flt.app:
+            q = q.where(DeviceStatus.app == flt.app)
+        if flt.version:
+            q = q.where(DeviceStatus.version == flt.version)
+        if flt.event:
+            q = q.where(DeviceStatus.last_event == flt.event)
+        if flt.seen_after:
+            q = q.where(DeviceStatus.last_check_at >= flt.seen_after)
+        if flt.seen_before:
+            q = q.where((DeviceStatus.last_check_at < flt.seen_before)
+                        | DeviceStatus.last_check_at.is_(None))
+        if flt.expiring_before:
+            q = q.where(expiry < flt.expiring_before)
+        with self.session() as s:
+            rows = s.execute(q).all()
+        return [{"id": int(r.id), "hardware_id": r.hardware_id, "board": r.board,
+                 "state": r.state, "group": r.group, "app": r.app, "version": r.version,
+                 "counter": r.counter, "channel": r.channel,
+                 "last_check_at": _iso(r.last_check_at),
+                 "last_report_at": _iso(r.last_report_at), "last_event": r.last_event,
+                 "cert_expires": _iso(r.cert_expires)} for r in rows]
+
+    def iter_inventory(self, flt: InventoryFilter,
+                       page: int = INVENTORY_PAGE_MAX) -> Iterator[dict[str, object]]:
+        """Every matching device, page by page (memory: one page)."""
+        after = 0
+        while True:
+            rows = self.inventory(flt, after, page)
+            yield from rows
+            if len(rows) < page:
+                return
+            after = int(rows[-1]["id"])  # type: ignore[call-overload]
+
+    def set_group(self, hardware_id: str, group: str) -> str:
+        """Move a device to a rollout group; returns its old group."""
+        with self.session() as s:
+            dev = self._device(s, hardware_id)
+            old = dev.group
+            dev.group = group
+            s.add(Event(device_id=dev.id, kind="group",
+                        detail=json.dumps({"from": old, "to": group})))
+            return old
+
     def certificates(self, hardware_id: str | None = None) -> list[Certificate]:
         with self.session() as s:
             q = select(Certificate).order_by(Certificate.not_after)
@@ -301,6 +380,12 @@ def token_hash(token: str) -> str:
 
 def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+def _iso(dt: datetime | None) -> str | None:
+    if dt is None:
+        return None
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).isoformat()
 
 
 def _safe(url: str) -> str:

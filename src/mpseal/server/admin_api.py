@@ -7,17 +7,24 @@ says is what devices get. Other server processes see it within ``cache_seconds``
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from mpseal.errors import UsageError
+from mpseal.fleet.models import DEVICE_STATES
+from mpseal.fleet.registry import INVENTORY_PAGE_MAX, InventoryFilter
+from mpseal.fleet.releases import UPDATE_STATES
 from mpseal.fleet.releasestore import NewRelease, PolicyOverrides, ReleaseInfo
 from mpseal.formats import artifact as artifact_mod
-from mpseal.formats.names import CHANNEL, GROUP, HARDWARE_ID
+from mpseal.formats.names import APP_NAME as APP
+from mpseal.formats.names import CHANNEL, GROUP, HARDWARE_ID, VERSION
 from mpseal.formats.updatemeta import Target
 from mpseal.fsutil import write_atomic
 from mpseal.server import auth
@@ -171,6 +178,87 @@ async def revoke_device(request: Request) -> Response:
     return json_ok({"hardware_id": hw, "state": "revoked", "certificates_revoked": n})
 
 
+def _inventory_filter(request: Request) -> InventoryFilter:
+    q = request.query_params
+    unknown = set(q.keys()) - {"state", "group", "app", "version", "event", "seen_after",
+                               "seen_before", "expiring_before", "after", "limit"}
+    if unknown:
+        raise ApiError(400, f"unknown filter {min(unknown)!r}")
+
+    def when(name: str) -> datetime | None:
+        raw = q.get(name)
+        if raw is None:
+            return None
+        try:
+            dt = datetime.fromisoformat(raw)
+        except ValueError:
+            raise ApiError(400, f"{name} must be an ISO 8601 date and time") from None
+        return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+    state = q.get("state")
+    if state is not None and state not in DEVICE_STATES:
+        raise ApiError(400, f"state must be one of {', '.join(DEVICE_STATES)}")
+    event = q.get("event")
+    if event is not None and event not in UPDATE_STATES:
+        raise ApiError(400, f"event must be one of {', '.join(UPDATE_STATES)}")
+    opt = {name: checked(q[name], pattern, name) if name in q else None
+           for name, pattern in (("group", GROUP), ("app", APP), ("version", VERSION))}
+    return InventoryFilter(state=state, event=event, seen_after=when("seen_after"),
+                           seen_before=when("seen_before"),
+                           expiring_before=when("expiring_before"), **opt)
+
+
+def _int_param(request: Request, name: str, default: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or len(raw) > 12 or int(raw) > high:
+        raise ApiError(400, f"{name} must be a number 0..{high}")
+    return int(raw)
+
+
+async def list_devices(request: Request) -> Response:
+    """One page of the inventory; ``next`` is the ``after`` of the next page (null: done)."""
+    server = _server(request)
+    flt = _inventory_filter(request)
+    after = _int_param(request, "after", 0, 2**62)
+    limit = _int_param(request, "limit", 1000, INVENTORY_PAGE_MAX) or 1
+    rows = await server.run(server.registry.inventory, flt, after, limit)
+    nxt = rows[-1]["id"] if len(rows) == limit else None
+    return json_ok({"devices": rows, "next": nxt})
+
+
+async def export_devices(request: Request) -> Response:
+    """The whole (filtered) inventory as JSON lines, streamed page by page."""
+    server = _server(request)
+    flt = _inventory_filter(request)
+
+    async def lines() -> AsyncIterator[bytes]:
+        after = 0
+        while True:
+            rows = await server.run(server.registry.inventory, flt, after, INVENTORY_PAGE_MAX)
+            if rows:
+                yield b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n"
+                               for r in rows)
+            if len(rows) < INVENTORY_PAGE_MAX:
+                return
+            after = int(rows[-1]["id"])  # type: ignore[call-overload]
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+async def set_group(request: Request) -> Response:
+    server = _server(request)
+    hw = checked(request.path_params["hardware_id"], HARDWARE_ID, "hardware id")
+    f = await read_json(request, server.config.limits.json_body_max, "group request")
+    group = checked(f.req_str("group", 64), GROUP, "group")
+    if await server.run(server.registry.find_device, hw) is None:
+        raise ApiError(404, f"no device {hw} in the registry")
+    old = await server.run(server.registry.set_group, hw, group)
+    server.devices.invalidate()  # this process at once; the others within cache_seconds
+    return json_ok({"hardware_id": hw, "group": group, "previous_group": old})
+
+
 ROUTES = [
     Route("/v1/admin/releases", publish, methods=["POST"]),
     Route("/v1/admin/releases", list_releases, methods=["GET"]),
@@ -180,4 +268,7 @@ ROUTES = [
     Route("/v1/admin/releases/{release_id}/resume", resume, methods=["POST"]),
     Route("/v1/admin/releases/{release_id}/policy", set_policy, methods=["POST"]),
     Route("/v1/admin/devices/{hardware_id}/revoke", revoke_device, methods=["POST"]),
+    Route("/v1/admin/devices", list_devices, methods=["GET"]),
+    Route("/v1/admin/devices.jsonl", export_devices, methods=["GET"]),
+    Route("/v1/admin/devices/{hardware_id}/group", set_group, methods=["POST"]),
 ]

@@ -7,6 +7,7 @@ each carries the server's one-line reason.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self, cast
@@ -108,6 +109,25 @@ class AdminClient:
     def set_policy(self, release_id: int, policy: dict[str, object]) -> dict[str, Any]:
         return _obj(self._call("POST", f"/v1/admin/releases/{release_id}/policy",
                                json=policy)["release"])
+
+    def inventory(self, filters: dict[str, str], page: int = 1000) -> Iterator[dict[str, Any]]:
+        """Every device matching ``filters``, fetched page by page (keyset cursor)."""
+        after = 0
+        while True:
+            body = self._call("GET", "/v1/admin/devices",
+                              params={**filters, "after": str(after), "limit": str(page)})
+            rows = body.get("devices")
+            if not isinstance(rows, list):
+                raise TransportError("the update server's answer is not what was expected")
+            yield from (_obj(r) for r in rows)
+            nxt = body.get("next")
+            if nxt is None:
+                return
+            after = int(nxt)
+
+    def set_group(self, hardware_id: str, group: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/admin/devices/{quote(hardware_id, safe='')}/group",
+                          json={"group": group})
 
     def revoke(self, hardware_id: str, reason: str) -> dict[str, Any]:
         return self._call("POST", f"/v1/admin/devices/{quote(hardware_id, safe='')}/revoke",
