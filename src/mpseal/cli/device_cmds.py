@@ -8,11 +8,11 @@ from typing import Any
 
 import click
 
-from mpseal.packaging.project import Project
 from mpseal.cli.common import emit_json, err_console, out_console, progress_bar
 from mpseal.cli.fleet_cmds import _connect
 from mpseal.fsutil import read_limited
 from mpseal.limits import DEFAULT_LIMITS
+from mpseal.packaging.project import Project
 
 
 def _target(port: str | None, sim_dir: Path | None) -> str:

@@ -6,17 +6,18 @@ import itertools
 import json
 import threading
 import tomllib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import click
 
-from mpseal.packaging.project import Project
 from mpseal.cli.common import emit_json, err_console, out_console, passphrase_from_env_or_prompt
 from mpseal.errors import BadDataError, ConfigError, MpsealError
 from mpseal.fsutil import read_limited
+from mpseal.packaging.project import Project
 
 SECRETS_LIMIT = 16 * 1024
 

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import click
 
-from mpseal.packaging import keys as keys_mod
-from mpseal.packaging.project import Project
 from mpseal.cli.common import emit_json, out_console, passphrase_from_env_or_prompt
 from mpseal.crypto.keys import PublicKey
 from mpseal.errors import UsageError
 from mpseal.formats.trustroot import ROLES
 from mpseal.fsutil import read_limited
+from mpseal.packaging import keys as keys_mod
+from mpseal.packaging.project import Project
 
 PROJECT_OPTION = click.option(
     "-C", "--project", "project_dir", type=click.Path(file_okay=False, path_type=Path),

@@ -265,7 +265,7 @@ def cert_anchor(source: str, mode: str | None, ca_bundle: Path | None, hostname:
                    "warnings": choice.warnings, "fetched": hostport is not None,
                    "findings": [f.to_dict() for f in choice.findings]})
         return
-    days = (end - dt.datetime.now(dt.timezone.utc)).days
+    days = (end - dt.datetime.now(dt.UTC)).days
     out_console.print(f"Anchor ({choice.mode}): {choice.cert.subject.rfc4514_string()}",
                       markup=False)
     out_console.print(f"  expires {end:%Y-%m-%d} ({days} days)   sha256 {choice.fingerprint}")
@@ -285,7 +285,7 @@ def _device_clock(value: str) -> dt.datetime | None:
     if value == "unset":
         return None
     try:
-        return dt.datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=dt.timezone.utc)
+        return dt.datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=dt.UTC)
     except ValueError:
         raise UsageError(f"--device-clock must be 'unset' or YYYY-MM-DD, not {value!r}") from None
 
@@ -348,7 +348,7 @@ def cert_lint(files: tuple[Path, ...], hostname: str | None, role: str | None,
 def cert_expiry(folders: tuple[Path, ...], as_json: bool) -> None:
     """List the certificates under FOLDERS, soonest expiry first."""
     report = expiry.scan(list(folders))
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     if as_json:
         emit_json({"certificates": [e.to_dict(now) for e in report.entries],
                    "skipped": [{"file": f, "why": w} for f, w in report.skipped]})

@@ -18,11 +18,11 @@ import ast
 import functools
 import json
 
-from mpseal.packaging.mpycross import CompileOptions, Compiler, Module
 from mpseal.device.transport import DeviceError, Progress, Transport
 from mpseal.device.vm import runtime_dir
 from mpseal.errors import BadDataError, FormatError
 from mpseal.formats.boards import get_board
+from mpseal.packaging.mpycross import CompileOptions, Compiler, Module
 
 # Device-side modules of the guard, shipped from mpseal/runtime/.
 GUARD_MODULES = ("mpseal_guard", "mpseal_release", "mpseal_state", "mpseal_port",

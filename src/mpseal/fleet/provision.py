@@ -30,9 +30,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from secrets import token_urlsafe
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from secrets import token_urlsafe
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -289,7 +289,7 @@ def provision_device(transport: Transport, plan: ProvisionPlan, registry: Regist
         step(hw, "stage")
 
     registry.mark_active(hw, {"fingerprint": ident.record.fingerprint,
-                              "at": dt.datetime.now(dt.timezone.utc).isoformat(),
+                              "at": dt.datetime.now(dt.UTC).isoformat(),
                               "settings": {**_last_settings(registry, hw), **wanted}})
     step(hw, "activate")
     return DeviceResult(hw, "provisioned", ident.record.fingerprint, done,

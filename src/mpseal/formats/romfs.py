@@ -32,7 +32,7 @@ class RomFile:
 
 def _uint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
     value = 0
-    for i in range(_MAX_UINT_BYTES):
+    for _ in range(_MAX_UINT_BYTES):
         if pos >= end:
             raise FormatError("ROMFS image is truncated inside a length field")
         b = buf[pos]

@@ -55,7 +55,7 @@ def check(cfg: ProjectConfig, artifact_size: int) -> Budget:
                           f"accepts at most {_kib(GUARD_MAX_IMAGE)}; make the app smaller")
     if fs is not None and budget.needed > fs:
         raise ConfigError(
-            f"the {board.name} build ({_kib(artifact_size)}) does not fit: an update needs "
+            f"the {board.name} build ({_kib(artifact_size)}) does not fit: an update needs "  # noqa: S608 - a message
             f"{UPDATE_COPIES} copies plus {_kib(RESERVED)} = {_kib(budget.needed)} of the "
             f"{_kib(fs)} filesystem ({source}); at most {_kib(budget.per_release or 0)} per "
             "release. Make the app smaller, or set [build] filesystem_size if the device's "

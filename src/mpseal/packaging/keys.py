@@ -25,13 +25,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mpseal.packaging.project import PassphraseSource, Project, no_passphrase
 from mpseal.crypto.keys import PrivateKeySigner, PublicKey, Signer
 from mpseal.errors import ConfigError, UsageError
 from mpseal.formats import trustroot
 from mpseal.formats.trustroot import ROLES, TrustRoot
 from mpseal.fsutil import read_limited, write_atomic
 from mpseal.limits import DEFAULT_LIMITS
+from mpseal.packaging.project import PassphraseSource, Project, no_passphrase
 
 KEY_MODE = 0o600
 DIR_MODE = 0o700

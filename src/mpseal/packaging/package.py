@@ -9,17 +9,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mpseal import __version__
-from mpseal.packaging import budget, sbom, uptodate
-from mpseal.packaging.budget import Budget
-from mpseal.packaging.mpycross import CompileOptions, Compiler
-from mpseal.packaging.sources import Sources, collect
-from mpseal.packaging.project import Project
 from mpseal.crypto.keys import Signer
 from mpseal.errors import ConfigError, MpsealError
 from mpseal.formats import artifact, romfs
 from mpseal.formats.manifest import Manifest
 from mpseal.fsutil import write_atomic
-
+from mpseal.packaging import budget, sbom, uptodate
+from mpseal.packaging.budget import Budget
+from mpseal.packaging.mpycross import CompileOptions, Compiler
+from mpseal.packaging.project import Project
+from mpseal.packaging.sources import Sources, collect
 
 
 @dataclass

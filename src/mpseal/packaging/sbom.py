@@ -135,7 +135,7 @@ def make(inp: SbomInput) -> bytes:
         (inp.app, inp.version, inp.board, inp.image_sha256, inp.config_sha256))))
     bom.metadata.component = app
     epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
-    bom.metadata.timestamp = (dt.datetime.fromtimestamp(int(epoch), dt.timezone.utc)
+    bom.metadata.timestamp = (dt.datetime.fromtimestamp(int(epoch), dt.UTC)
                               if epoch.isdigit() else None)
     for name, version in sorted(inp.tools.items()):
         bom.metadata.tools.components.add(

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mpseal.packaging.mpycross import Module
-from mpseal.packaging.project import Project
 from mpseal.errors import ConfigError, FormatError
 from mpseal.formats.manifest import check_file_name
+from mpseal.packaging.mpycross import Module
+from mpseal.packaging.project import Project
 
 SKIP_DIRS = {"__pycache__"}
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import ipaddress
+import itertools
 import re
 import socket
 import ssl
@@ -172,9 +173,9 @@ def _named(cert: x509.Certificate, name: x509.Name) -> bool:
 def choose_anchor(chain: list[x509.Certificate], mode: AnchorMode, source: str,
                   bundle: list[x509.Certificate] | None = None, hostname: str | None = None,
                   now: dt.datetime | None = None) -> Anchor:
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     warnings: list[str] = []
-    for child, parent in zip(chain, chain[1:]):
+    for child, parent in itertools.pairwise(chain):
         if not issued_by(child, parent):
             warnings.append(f"the chain is out of order or broken at {child.subject.rfc4514_string()}"
                             "; the device will fail to verify it")

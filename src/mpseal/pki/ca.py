@@ -69,7 +69,7 @@ class IssuingCa:
 
 
 def now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
 def make_name(common_name: str, organization: str | None = None) -> x509.Name:

@@ -145,7 +145,7 @@ def check_strict(data: bytes, limits: DerLimits = DEFAULT_DER_LIMITS) -> None:
     """Raise ``FormatError`` unless ``data`` is exactly its own canonical DER encoding."""
     canonical = reencode(data, limits)
     if canonical != data:
-        at = next((i for i, (a, b) in enumerate(zip(data, canonical)) if a != b),
+        at = next((i for i, (a, b) in enumerate(zip(data, canonical, strict=False)) if a != b),
                   min(len(data), len(canonical)))
         raise FormatError(f"not strict DER: re-encoding differs from byte {at} on "
                           "(non-minimal length, integer or boolean, or unsorted SET)")

@@ -23,8 +23,8 @@ GOOD_CURVES = ("secp256r1", "secp384r1")  # P-521: works, with a warning
 
 # Clock a board reads at boot until NTP or an RTC sets it.
 UNSET_CLOCKS: dict[str, dt.datetime] = {
-    "esp32": dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc),
-    "rp2": dt.datetime(2021, 1, 1, tzinfo=dt.timezone.utc),
+    "esp32": dt.datetime(2000, 1, 1, tzinfo=dt.UTC),
+    "rp2": dt.datetime(2021, 1, 1, tzinfo=dt.UTC),
 }
 
 # Extensions mbedTLS 3.6 parses; any other one marked critical makes it reject the cert.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import itertools
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -315,7 +316,7 @@ def _check_names(ctx: _Ctx, cert: x509.Certificate, role: Role, hostname: str | 
 
 def _check_time(ctx: _Ctx, cert: x509.Certificate, role: Role, options: LintOptions) -> None:
     start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
-    now = options.now or dt.datetime.now(dt.timezone.utc)
+    now = options.now or dt.datetime.now(dt.UTC)
     who = "the device refuses it" if role != "client" else "the server refuses the device"
     if now > end:
         ctx.add("error", "expired", f"expired {end:%Y-%m-%d}", f"{who}: 'The certificate "
@@ -413,7 +414,7 @@ def _check_encoding(ctx: _Ctx, blob: CertBlob) -> CertBlob | None:
 
 def _check_chain(ctx: _Ctx, certs: list[x509.Certificate], role: Role,
                  issuer: x509.Certificate | None) -> None:
-    pairs = list(zip(certs, certs[1:]))
+    pairs = list(itertools.pairwise(certs))
     if issuer is not None and certs[-1] != issuer:
         pairs.append((certs[-1], issuer))
     for child, parent in pairs:

@@ -26,6 +26,7 @@ class Batcher(Generic[V]):
         self._pending: dict[Hashable, asyncio.Future[V | None]] = {}
         self._scheduled = False
         self._inflight = 0
+        self._tasks: set[asyncio.Task[None]] = set()  # held: the loop keeps only weak refs
 
     async def get(self, key: Hashable) -> V | None:
         fut = self._pending.get(key)
@@ -46,7 +47,9 @@ class Batcher(Generic[V]):
         batch, self._pending = self._pending, {}
         if batch:
             self._inflight += 1
-            asyncio.ensure_future(self._run(batch))
+            task = asyncio.ensure_future(self._run(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _run(self, batch: dict[Hashable, asyncio.Future[V | None]]) -> None:
         try:
@@ -84,6 +87,7 @@ class WriteBatcher(Generic[T, R]):
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._scheduled = False
         self._inflight = 0
+        self._tasks: set[asyncio.Task[None]] = set()  # held: the loop keeps only weak refs
 
     async def submit(self, item: T) -> R:
         fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
@@ -102,7 +106,9 @@ class WriteBatcher(Generic[T, R]):
         self._pending = self._pending[self._max_batch:]
         if batch:
             self._inflight += 1
-            asyncio.ensure_future(self._run(batch))
+            task = asyncio.ensure_future(self._run(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         self._schedule()
 
     async def _run(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:

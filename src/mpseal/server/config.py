@@ -16,7 +16,7 @@ from pathlib import Path
 from mpseal.crypto.keys import PrivateKeySigner, Signer
 from mpseal.errors import ConfigError
 from mpseal.fleet.rollout import HaltPolicy
-from mpseal.fsutil import read_limited, read_private_key
+from mpseal.fsutil import read_private_key
 from mpseal.limits import DEFAULT_LIMITS
 
 DEFAULT_CHANNEL = "stable"
