@@ -88,3 +88,62 @@ def test_unknown_device_and_bad_url_are_one_line_errors(tmp_path) -> None:
         Registry.open("notadb://x")
     with pytest.raises(TransportError, match="cannot open the registry database"):
         Registry.open("postgresql+psycopg://nobody:secret@127.0.0.1:1/none")
+
+
+def _import_file(path, n: int, start: int = 0, bad_line: int | None = None) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """A CSV of ``n`` identities issued elsewhere; returns hardware id -> token."""
+    tokens = {}
+    until = (datetime.now(timezone.utc) + timedelta(days=400)).isoformat()
+    lines = ["hardware_id,board,fingerprint,serial,not_after,token_sha256"]
+    for i in range(start, start + n):
+        hw = f"imp-{i:07d}"
+        tokens[hw] = f"tok-{hw}"
+        fp = "nothex" if i - start == bad_line else os.urandom(32).hex()
+        lines.append(f"{hw},esp32,{fp},{os.urandom(8).hex()},{until},{token_hash(tokens[hw])}")
+    path.write_text("\n".join(lines) + "\n")
+    return tokens
+
+
+def test_registry_import_is_all_or_nothing_and_activates_in_bulk(db_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from conftest import run_mpseal
+
+    from mpseal.fleet.releasestore import ReleaseStore
+
+    Registry.open(db_url).engine.dispose()
+    good = tmp_path / "ids.csv"
+    tokens = _import_file(good, 3000)
+    res = run_mpseal("registry", "import", good, "--db", db_url, "--json")
+    assert res.returncode == 0, res.stderr
+    assert '"imported": 3000' in res.stdout
+    reg = Registry.open(db_url)
+    assert reg.count(Device) == 3000 and reg.count(Certificate) == 3000
+    assert {d.state for d in reg.devices()} == {"provisioning"}
+
+    # A bad row (line 502), a device already registered, the same device twice: exit 3 or 4,
+    # one line, nothing written.
+    bad = tmp_path / "bad.csv"
+    _import_file(bad, 600, start=5000, bad_line=500)
+    res = run_mpseal("registry", "import", bad, "--db", db_url)
+    assert res.returncode == 3 and "line 502" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    again = tmp_path / "again.jsonl"
+    _import_file(tmp_path / "x.csv", 2, start=2999)  # imp-0002999 exists already
+    import csv
+    import json
+    rows = list(csv.DictReader((tmp_path / "x.csv").open()))
+    again.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = run_mpseal("registry", "import", again, "--db", db_url)
+    assert res.returncode != 0 and "imp-0002999" in res.stderr and "nothing" in res.stderr
+    assert reg.count(Device) == 3000 and reg.count(Certificate) == 3000
+
+    # Bulk activation; the imported token then authenticates the device on the server.
+    store = ReleaseStore(reg)
+    assert store.device(token_hash=token_hash(tokens["imp-0000007"])) is None
+    res = run_mpseal("registry", "activate", "imp-0000007", "imp-0000008", "--db", db_url)
+    assert res.returncode == 0 and "Activated 2" in res.stdout, res.stderr
+    view = store.device(token_hash=token_hash(tokens["imp-0000007"]))
+    assert view is not None and view.hardware_id == "imp-0000007" and view.board == "esp32"
+    res = run_mpseal("registry", "activate", "--all", "--db", db_url)
+    assert "Activated 2998" in res.stdout, res.stderr
+    store.close()
+    reg.engine.dispose()

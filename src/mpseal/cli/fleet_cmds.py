@@ -221,4 +221,65 @@ def revoke(hardware_id: str, reason: str, project_dir: Path, db_url: str | None)
                       "told: its TLS stack has no CRL; the server refuses it.", markup=False)
 
 
+@registry.command(name="import")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]),
+              help="Default: from the file name (.csv, else JSON lines).")
+@click.option("--board", help="Board of every device whose row names none.")
+@click.option("--group", default="default", show_default=True,
+              help="Rollout group of every device whose row names none.")
+@click.option("--activate", is_flag=True, help="Record the devices as active at once.")
+@click.option("-C", "--project", "project_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=".")
+@_db_option
+@click.option("--json", "as_json", is_flag=True)
+def import_cmd(file: Path, fmt: str | None, board: str | None, group: str, activate: bool,
+               project_dir: Path, db_url: str | None, as_json: bool) -> None:
+    """Register identities issued elsewhere, all or nothing (CSV with a header line, or JSON
+    lines): hardware_id, fingerprint (SHA-256 of the certificate), serial, not_after, and
+    optionally board, group, subject, token_sha256."""
+    import time
+
+    from mpseal.fleet.registry import parse_import
+
+    reg = _registry(project_dir, db_url)
+    started = time.monotonic()
+    try:
+        with file.open(encoding="utf-8", newline="") as f:
+            n = reg.import_identities(
+                parse_import(f, fmt or ("csv" if file.suffix.lower() == ".csv" else "jsonl"),
+                             board, group), activate=activate)
+    except UnicodeDecodeError:
+        raise BadDataError(f"{file} is not UTF-8 text") from None
+    seconds = time.monotonic() - started
+    if as_json:
+        emit_json({"imported": n, "state": "active" if activate else "provisioning",
+                   "seconds": round(seconds, 3)})
+    else:
+        out_console.print(f"Imported {n} device(s) as {'active' if activate else 'provisioning'}"
+                          f" in {seconds:.1f} s", markup=False)
+
+
+@registry.command()
+@click.argument("hardware_ids", nargs=-1)
+@click.option("--file", "ids_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Hardware ids, one per line.")
+@click.option("--all", "all_", is_flag=True, help="Every device still provisioning.")
+@click.option("-C", "--project", "project_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=".")
+@_db_option
+def activate(hardware_ids: tuple[str, ...], ids_file: Path | None, all_: bool,
+             project_dir: Path, db_url: str | None) -> None:
+    """Bulk activation: devices recorded as provisioning become active."""
+    from mpseal.errors import UsageError
+
+    ids = list(hardware_ids)
+    if ids_file is not None:
+        ids += [x.strip() for x in ids_file.read_text().splitlines() if x.strip()]
+    if all_ == bool(ids):
+        raise UsageError("give hardware ids (or --file), or --all")
+    n = _registry(project_dir, db_url).activate(None if all_ else ids)
+    out_console.print(f"Activated {n} device(s)", markup=False)
+
+
 COMMANDS = [provision, registry]

@@ -12,13 +12,16 @@ a ``TransportError`` (the database could not be used).
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+import re
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -76,6 +79,92 @@ class InventoryFilter:
     seen_after: datetime | None = None  # last check-in
     seen_before: datetime | None = None  # includes never seen
     expiring_before: datetime | None = None  # newest valid certificate ends before
+
+
+IMPORT_FIELDS = ("hardware_id", "board", "group", "fingerprint", "serial", "not_after",
+                 "subject", "token_sha256")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_SERIAL = re.compile(r"[0-9a-f]{1,64}")
+
+
+@dataclass(frozen=True)
+class ImportRow:
+    """One identity issued elsewhere, as ``mpseal registry import`` reads it."""
+
+    hardware_id: str
+    board: str
+    group: str
+    fingerprint: str  # SHA-256 of the certificate's DER, hex
+    serial: str  # hex
+    not_after: datetime
+    subject: str
+    token_hash: str | None = None  # SHA-256 of the device's bearer token, hex
+
+
+def parse_import(lines: Iterable[str], fmt: str, board: str | None = None,
+                 group: str = "default") -> Iterator[ImportRow]:
+    """Rows of a CSV (header line naming the columns) or JSON-lines file of identities,
+    checked one by one; a bad one is a ``FormatError`` naming its line. Columns:
+    hardware_id, fingerprint, serial, not_after (ISO 8601), and optionally board, group,
+    subject, token_sha256 (``board`` and ``group`` default to the arguments)."""
+    from mpseal.errors import FormatError
+    from mpseal.formats.names import BOARD, GROUP, HARDWARE_ID
+
+    if fmt == "csv":
+        records: Iterable[tuple[int, object]] = (
+            (n + 2, r) for n, r in enumerate(csv.DictReader(iter(lines))))
+    elif fmt == "jsonl":
+        def decoded() -> Iterator[tuple[int, object]]:
+            for n, line in enumerate(lines, 1):
+                if line.strip():
+                    try:
+                        yield n, json.loads(line)
+                    except ValueError:
+                        raise FormatError(f"line {n}: not valid JSON") from None
+        records = decoded()
+    else:
+        raise UsageError(f"import format must be csv or jsonl, not {fmt!r}")
+    for n, rec in records:
+        if not isinstance(rec, dict):
+            raise FormatError(f"line {n}: not an object of named fields")
+
+        def field(name: str, required: bool = True, rec: dict[str, Any] = rec,
+                  n: int = n) -> str | None:
+            value = rec.get(name)
+            if value in (None, ""):
+                if required:
+                    raise FormatError(f"line {n}: {name} is missing")
+                return None
+            if not isinstance(value, str) or len(value) > 255:
+                raise FormatError(f"line {n}: {name} must be a string of up to 255 characters")
+            return value.strip()
+
+        hw = field("hardware_id") or ""
+        if not HARDWARE_ID.fullmatch(hw):
+            raise FormatError(f"line {n}: hardware_id {hw[:40]!r} is not a hardware id")
+        b = field("board", required=board is None) or board or ""
+        if not BOARD.fullmatch(b):
+            raise FormatError(f"line {n}: board {b[:40]!r} is not a board name")
+        g = field("group", required=False) or group
+        if not GROUP.fullmatch(g):
+            raise FormatError(f"line {n}: group {g[:40]!r} is not a group name")
+        fp = (field("fingerprint") or "").lower().replace(":", "")
+        if not _HEX64.fullmatch(fp):
+            raise FormatError(f"line {n}: fingerprint must be the certificate's SHA-256 (hex)")
+        serial = (field("serial") or "").lower().replace(":", "")
+        if not _SERIAL.fullmatch(serial):
+            raise FormatError(f"line {n}: serial must be hex")
+        try:
+            not_after = datetime.fromisoformat(field("not_after") or "")
+        except ValueError:
+            raise FormatError(f"line {n}: not_after must be an ISO 8601 date and time") from None
+        token = field("token_sha256", required=False)
+        if token is not None and not _HEX64.fullmatch(token.lower()):
+            raise FormatError(f"line {n}: token_sha256 must be a SHA-256 (hex)")
+        yield ImportRow(hw, b, g, fp, serial,
+                        not_after if not_after.tzinfo else not_after.replace(tzinfo=UTC),
+                        field("subject", required=False) or f"CN={hw}",
+                        token.lower() if token else None)
 
 
 def connect_args(url: object) -> dict[str, object]:
@@ -281,6 +370,111 @@ class Registry:
                 return
             after = int(rows[-1]["id"])  # type: ignore[call-overload]
 
+    def import_identities(self, rows: Iterable[ImportRow], activate: bool = False) -> int:
+        """Record devices and certificates issued elsewhere, all or nothing; returns how
+        many. Every hardware id, fingerprint and serial must be new. PostgreSQL: COPY into
+        a temporary table and set-based inserts (a million devices in well under a minute);
+        SQLite: batched inserts."""
+        state = "active" if activate else "provisioning"
+        if self.engine.dialect.name != "postgresql":
+            n = 0
+            batch: list[ImportRow] = []
+            with self.session() as s:
+                for row in rows:
+                    batch.append(row)
+                    if len(batch) >= 5000:
+                        n += self._import_batch(s, batch, state)
+                        batch = []
+                n += self._import_batch(s, batch, state)
+            return n
+        try:
+            with self.engine.begin() as conn:
+                raw: Any = conn.connection.dbapi_connection
+                cur = raw.cursor()
+                cur.execute("CREATE TEMP TABLE import_rows (hardware_id text, board text, "
+                            "group_name text, token_hash text, subject text, serial text, "
+                            "fingerprint text, not_after timestamptz) ON COMMIT DROP")
+                n = 0
+                with cur.copy("COPY import_rows FROM STDIN") as copy:
+                    for r in rows:
+                        copy.write_row((r.hardware_id, r.board, r.group, r.token_hash,
+                                        r.subject, r.serial, r.fingerprint, r.not_after))
+                        n += 1
+                cur.execute("ANALYZE import_rows")
+                for sql, what in (
+                        ("SELECT hardware_id FROM import_rows GROUP BY hardware_id "
+                         "HAVING count(*) > 1 LIMIT 1", "appears twice in the file"),
+                        ("SELECT i.hardware_id FROM import_rows i JOIN devices d "
+                         "ON d.hardware_id = i.hardware_id LIMIT 1", "is already registered")):
+                    cur.execute(sql)
+                    dup = cur.fetchone()
+                    if dup:
+                        raise UsageError(f"device {dup[0]} {what}; nothing was imported")
+                cur.execute("INSERT INTO devices (hardware_id, board, state, group_name, "
+                            "token_hash, created_at, updated_at) SELECT hardware_id, board, "
+                            "%s, group_name, token_hash, now(), now() FROM import_rows",
+                            (state,))
+                cur.execute("INSERT INTO certificates (device_id, role, subject, serial, "
+                            "fingerprint, not_after, status, created_at) SELECT d.id, "
+                            "'device', i.subject, i.serial, i.fingerprint, i.not_after, "
+                            "'valid', now() FROM import_rows i JOIN devices d "
+                            "ON d.hardware_id = i.hardware_id")
+                cur.execute("INSERT INTO events (device_id, kind, detail, at) SELECT d.id, "
+                            "'imported', '{}', now() FROM import_rows i JOIN devices d "
+                            "ON d.hardware_id = i.hardware_id")
+                return n
+        except SAIntegrityError as e:
+            raise UsageError(f"registry conflict: {_first_line(e.orig or e)}; nothing was "
+                             "imported") from None
+        except SQLAlchemyError as e:
+            raise TransportError(f"registry database error: {_first_line(e)}") from None
+        except Exception as e:  # psycopg's own errors inside COPY
+            if type(e).__module__.startswith("psycopg"):
+                if "unique" in str(e).lower() or "duplicate" in str(e).lower():
+                    raise UsageError(f"registry conflict: {_first_line(e)}; nothing was "
+                                     "imported") from None
+                raise TransportError(f"registry database error: {_first_line(e)}") from None
+            raise
+
+    @staticmethod
+    def _import_batch(s: Session, batch: list[ImportRow], state: str) -> int:
+        if not batch:
+            return 0
+        now = utcnow()
+        hws = [r.hardware_id for r in batch]
+        if len(set(hws)) != len(hws):
+            raise UsageError("the same hardware id appears twice in the file; nothing was "
+                             "imported")
+        dup = s.scalar(select(Device.hardware_id).where(Device.hardware_id.in_(hws)).limit(1))
+        if dup is not None:
+            raise UsageError(f"device {dup} is already registered; nothing was imported")
+        rows = s.execute(insert(Device).returning(Device.hardware_id, Device.id), [
+            {"hardware_id": r.hardware_id, "board": r.board, "state": state, "group": r.group,
+             "token_hash": r.token_hash, "created_at": now, "updated_at": now}
+            for r in batch])
+        ids = {hw: dev_id for hw, dev_id in rows}
+        s.execute(insert(Certificate), [
+            {"device_id": ids[r.hardware_id], "role": "device", "subject": r.subject,
+             "serial": r.serial, "fingerprint": r.fingerprint, "not_after": r.not_after,
+             "status": "valid", "created_at": now} for r in batch])
+        s.execute(insert(Event), [{"device_id": ids[r.hardware_id], "kind": "imported",
+                                   "detail": "{}", "at": now} for r in batch])
+        return len(batch)
+
+    def activate(self, hardware_ids: Sequence[str] | None = None) -> int:
+        """Bulk activation: these devices (None: every one still provisioning) become
+        active; returns how many did."""
+        with self.session() as s:
+            q = update(Device).where(Device.state == "provisioning").values(
+                state="active", updated_at=utcnow())
+            if hardware_ids is None:
+                return int(s.execute(q).rowcount or 0)  # type: ignore[attr-defined]
+            n = 0
+            for chunk in _chunks(list(hardware_ids), 1000):
+                n += int(s.execute(q.where(Device.hardware_id.in_(chunk)))
+                         .rowcount or 0)  # type: ignore[attr-defined]
+            return n
+
     def set_group(self, hardware_id: str, group: str) -> str:
         """Move a device to a rollout group; returns its old group."""
         with self.session() as s:
@@ -364,7 +558,7 @@ class Registry:
         return dev
 
 
-def _chunks(items: Sequence[str] | list[int], n: int) -> Iterator[list]:
+def _chunks(items: Sequence[str] | list[int], n: int) -> Iterator[list[Any]]:
     for i in range(0, len(items), n):
         yield list(items[i : i + n])
 
