@@ -11,6 +11,7 @@ from rich.text import Text
 
 from mpseal.cli.common import emit_json, err_console, out_console
 from mpseal.device.console import Timing
+from mpseal.device.picoboard import PicoBoard, open_sim
 from mpseal.device.sim import VirtualBoard
 from mpseal.errors import MpsealError, UsageError
 from mpseal.formats import trustroot
@@ -28,10 +29,10 @@ MARK_STYLE = {"ok": "green", "info": "dim", "attempt": "yellow", "modified": "bo
               "unknown": "yellow"}
 
 
-def _target(port: str | None, sim_dir: Path | None) -> VirtualBoard | None:
+def _target(port: str | None, sim_dir: Path | None) -> VirtualBoard | PicoBoard | None:
     if (port is None) == (sim_dir is None):
         raise UsageError("give exactly one of --port PORT or --sim DIR")
-    return VirtualBoard(sim_dir) if sim_dir is not None else None
+    return open_sim(sim_dir) if sim_dir is not None else None
 
 
 @click.command()

@@ -108,6 +108,7 @@ class Counters:
     writes: int  # flash operations done (each erase and each program counts one)
     resets: int  # watchdog resets (machine.reset(), WDT timeout)
     halted: bool  # power lost by cut_after
+    run_ms: int = 0  # wall time the emulator spent running the chip (not waiting for input)
 
 
 class VirtualPico:
@@ -403,7 +404,8 @@ class VirtualPico:
                 self._cond.wait(min(left, 0.5))
             r = self._replies.pop(0)
         return Counters(int(r["cycles"]), int(r["nanos"]), int(r["writes"]),  # type: ignore[call-overload]
-                        int(r["resets"]), bool(r["halted"]))  # type: ignore[call-overload]
+                        int(r["resets"]), bool(r["halted"]),  # type: ignore[call-overload]
+                        int(r.get("run_ms", 0)))  # type: ignore[call-overload]
 
     def wait_event(self, name: str, timeout: float, count: int = 1) -> bool:
         """Wait until the emulator has reported ``count`` events ``name`` ("reset",

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from mpseal.device.console import DEFAULT_TIMING, ConsoleCheck, Timing, check_console
+from mpseal.device.picoboard import PicoBoard
 from mpseal.device.serialboard import SerialTransport
 from mpseal.device.sim import VirtualBoard
 from mpseal.device.simlink import SimLink
@@ -242,8 +243,18 @@ def audit_port(port: str, options: AuditOptions = AuditOptions(), *,
                        options, tuple(power_on), tuple(notes))
 
 
-def audit_sim(board: VirtualBoard, options: AuditOptions = AuditOptions()) -> AuditReport:
+def audit_sim(board: VirtualBoard | PicoBoard,
+              options: AuditOptions = AuditOptions()) -> AuditReport:
     """Power the virtual board on (its boot sequence runs, as on a board) and audit it."""
+    if isinstance(board, PicoBoard):
+        board.pico.start()
+        try:
+            board.settle()
+            lines = ds.console_guard_lines(board.pico.output)
+            return audit_port(board.pico.path, options, power_on=lines,
+                              board_hint=("rp2", "the virtual Pico (stock RPI_PICO in rp2040js)"))
+        finally:
+            board.pico.stop()
     link = SimLink(board.flash, board.info.heapsize, boot=True)
     try:
         lines = ds.console_guard_lines(link.power_on_output)

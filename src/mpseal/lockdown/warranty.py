@@ -33,6 +33,7 @@ from enum import StrEnum
 
 from mpseal.device.console import DEFAULT_TIMING, ConsoleCheck, Timing, check_console
 from mpseal.device.guard_install import GUARD_MODULES, MAIN_SHIM, TRUST_ROOT, compiled_guard
+from mpseal.device.picoboard import PicoBoard
 from mpseal.device.serialboard import SerialTransport
 from mpseal.device.sim import VirtualBoard
 from mpseal.device.simlink import SimLink
@@ -248,9 +249,17 @@ def inspect_port(port: str, official: Official, *, timing: Timing = DEFAULT_TIMI
         transport.close()
 
 
-def inspect_sim(board: VirtualBoard, official: Official, *,
+def inspect_sim(board: VirtualBoard | PicoBoard, official: Official, *,
                 timing: Timing = DEFAULT_TIMING) -> WarrantyReport:
     """Power the virtual board on (its boot sequence runs) and inspect it."""
+    if isinstance(board, PicoBoard):
+        board.pico.start()
+        try:
+            board.settle()
+            lines = tuple(ds.console_guard_lines(board.pico.output))
+            return inspect_port(board.pico.path, official, timing=timing, power_on=lines)
+        finally:
+            board.pico.stop()
     link = SimLink(board.flash, board.info.heapsize, boot=True)
     try:
         lines = tuple(ds.console_guard_lines(link.power_on_output))

@@ -293,7 +293,18 @@ function run() {
   const mcu = sim.rp2040;
   const { core } = mcu;
   const clock = sim.clock;
-  const until = performance.now() + BATCH_MS;
+  const began = performance.now();
+  const until = began + BATCH_MS;
+  try {
+    runBatch(mcu, core, clock, until);
+  } finally {
+    runMs += performance.now() - began;
+  }
+}
+
+let runMs = 0; // wall time spent emulating (not waiting for the host)
+
+function runBatch(mcu, core, clock, until) {
   for (;;) {
     for (let i = 0; i < SLICE; i++) {
       if (core.waiting) {
@@ -366,7 +377,7 @@ control.on('data', (chunk) => {
     }
     if (req.op === 'counters') {
       event({ reply: 'counters', cycles: cycles(), nanos: Math.round(nanos()), writes, resets,
-              halted });
+              halted, run_ms: Math.round(runMs) });
     } else if (req.op === 'stop') {
       shutdown(0);
     } else {
