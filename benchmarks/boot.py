@@ -26,10 +26,10 @@ HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from mpseal.packaging.package import build  # noqa: E402
-from mpseal.packaging.project import Project  # noqa: E402
 from mpseal.device.sim import VirtualBoard  # noqa: E402
 from mpseal.device.vm import find_micropython, runtime_dir  # noqa: E402
+from mpseal.packaging.package import build  # noqa: E402
+from mpseal.packaging.project import Project  # noqa: E402
 
 APP = """\
 import time

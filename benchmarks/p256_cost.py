@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from mpseal.device.vm import find_micropython, runtime_dir  # noqa: E402
+from mpseal.device.vm import find_micropython, runtime_dir
 
 PRIVATE_KEY = 0x1234567890ABCDEF1234567890ABCDEF1234567890ABCDEF1234567890ABCDEF
 MESSAGE = b"mpseal benchmark: release metadata to verify at boot"

@@ -163,7 +163,7 @@ def _server(stack: ExitStack, url: str, keys: Any, folder: Path, port: int, work
     from server_support import ADMIN_TOKEN
 
     env = {**os.environ, "MPSEAL_ADMIN_TOKEN": ADMIN_TOKEN}
-    log = stack.enter_context(open(folder / "server.log", "wb"))  # noqa: SIM115 (closed by the stack)
+    log = stack.enter_context(open(folder / "server.log", "wb"))
     proc = subprocess.Popen(
         [str(MPSEAL), "serve", "--db", url, "--port", str(port), "--workers", str(workers),
          "--roots", str(keys.roots_dir), "--timestamp-key", str(keys.folder / "timestamp.pem"),

@@ -23,12 +23,12 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from release_support import release
 from server_support import ADMIN_TOKEN, HOST, free_port, running_server
 
-from mpseal.packaging.project import Project
-from mpseal.device.simlink import connect
 from mpseal.device.sim import SIM_ID, VirtualBoard
+from mpseal.device.simlink import connect
 from mpseal.fleet.provision import ProvisionPlan, provision_device
 from mpseal.fleet.registry import Registry
 from mpseal.fleet.rollout import HaltPolicy
+from mpseal.packaging.project import Project
 from mpseal.pki.ca import CaOptions, init_ca, load_issuing_ca
 from mpseal.pki.certs import LeafRequest, generate_key, issue, key_pem_der
 from mpseal.server.config import ServerConfig, admin_token_hash

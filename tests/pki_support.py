@@ -31,6 +31,7 @@ MICROPYTHON = Path(sys.executable).parent / "micropython"
 DEVICE_CLIENT = Path(__file__).parent / "device" / "tls_client.py"
 OPENSSL = shutil.which("openssl") or "openssl"
 HOST = "127.0.0.1"
+SHA256 = hashes.SHA256()  # the default signature hash of the test certificates
 
 
 @dataclass
@@ -143,13 +144,13 @@ def name(cn: str) -> x509.Name:
 
 
 def now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def ca_cert(subject: str, key: Any, issuer: x509.Certificate | None = None,
             issuer_key: Any = None,
             extra: tuple[tuple[x509.ExtensionType, bool], ...] = (),
-            algorithm: hashes.HashAlgorithm | None = hashes.SHA256()) -> x509.Certificate:
+            algorithm: hashes.HashAlgorithm | None = SHA256) -> x509.Certificate:
     b = (x509.CertificateBuilder().subject_name(name(subject))
          .issuer_name(issuer.subject if issuer else name(subject))
          .public_key(key.public_key()).serial_number(x509.random_serial_number())
@@ -166,7 +167,7 @@ def ca_cert(subject: str, key: Any, issuer: x509.Certificate | None = None,
 def leaf_cert(subject: str, public_key: object, issuer: x509.Certificate, issuer_key: object,
               eku: x509.ObjectIdentifier = ExtendedKeyUsageOID.SERVER_AUTH,
               sans: tuple[str, ...] = ("server.test",), days: int = 30,
-              algorithm: hashes.HashAlgorithm | None = hashes.SHA256()) -> x509.Certificate:
+              algorithm: hashes.HashAlgorithm | None = SHA256) -> x509.Certificate:
     b = (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(issuer.subject)
          .public_key(public_key).serial_number(x509.random_serial_number())  # type: ignore[arg-type]
          .not_valid_before(now() - dt.timedelta(hours=1))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from mpseal.device.sim import VirtualBoard
 from mpseal.packaging.package import build
 from mpseal.packaging.project import Project
-from mpseal.device.sim import VirtualBoard
 
 RETURNING_MAIN = """\
 from mpseal_guard import confirm

@@ -11,7 +11,6 @@ from conftest import run_mpseal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mpseal.packaging.project import Project
 from mpseal.errors import (
     BadDataError,
     FormatError,
@@ -22,6 +21,7 @@ from mpseal.errors import (
 )
 from mpseal.formats import artifact, config, envelope, manifest, romfs, trustroot
 from mpseal.formats.artifact import HEADER_LENGTH
+from mpseal.packaging.project import Project
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def regions(blob: bytes) -> list[tuple[range, str, type[BadDataError]]]:
     sig_start = HEADER_LENGTH + mlen
     sig_end = sig_start + 96 * count
     return [
-        (range(0, 8), "wrong magic", FormatError),
+        (range(8), "wrong magic", FormatError),
         (range(8, 10), "format version", FormatError),
         (range(10, 32), "header is damaged", FormatError),
         (range(32, sig_start), "manifest was altered", SignatureError),

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from conftest import run_mpseal
 
-from mpseal.packaging.project import Project
 from mpseal.formats import artifact, romfs
+from mpseal.packaging.project import Project
 
 APP_OUTPUT = ["Hello from a sealed MicroPython app!", "sum of squares below 1000: 332833500"]
 

@@ -10,12 +10,13 @@ import pytest
 from conftest import run_mpseal
 from release_support import RETURNING_MAIN, release
 
-from mpseal.packaging.project import Project
 from mpseal.crypto.keys import PrivateKeySigner
 from mpseal.device.powercut import check_update
 from mpseal.device.sim import VirtualBoard
 from mpseal.errors import PolicyError, ToolError
 from mpseal.formats import envelope, jsondoc
+from mpseal.packaging.project import Project
+
 
 def set_release(project: Path, version: str, counter: int, main: str | None = None,
                 board: str | None = None, profile: str | None = None) -> bytes:
@@ -123,7 +124,7 @@ def test_truncated_committed_slot_falls_back_to_the_other_slot(device) -> None:
 
 
 def test_no_valid_image_left_means_locked_idle_with_a_reason(device) -> None:
-    board, project = device
+    board, _project = device
     board.put(b"garbage", "/mpseal/slot-a.mpseal")
     report = board.boot()
     assert report.outcome == "idle" and report.exit_codes == [18]
@@ -134,7 +135,7 @@ def test_no_valid_image_left_means_locked_idle_with_a_reason(device) -> None:
 
 
 def test_state_file_full_of_garbage_is_ignored(device) -> None:
-    board, project = device
+    board, _project = device
     newest = "state.a" if committed(board)["seq"] % 2 else "state.b"
     board.put(os.urandom(300), f"/mpseal/{newest}")
     report = board.boot()

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from conftest import run_mpseal
 
-from mpseal.packaging import keys as keys_mod
-from mpseal.packaging.project import Project
 from mpseal.crypto.keys import PrivateKeySigner
 from mpseal.errors import SignatureError
 from mpseal.formats import trustroot
 from mpseal.formats.updatemeta import Timestamp, parse_timestamp, sign_timestamp
+from mpseal.packaging import keys as keys_mod
+from mpseal.packaging.project import Project
 
 NOW = 1_795_000_000
 

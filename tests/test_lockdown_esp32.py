@@ -10,10 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import espsecure  # noqa: F401 - esptool is a dependency: missing it fails, never skips
 import pytest
 from conftest import run_mpseal
-
-import espsecure  # noqa: F401,E402 - esptool is a dependency: missing it fails, never skips
 
 from mpseal.errors import FormatError, SignatureError, UsageError
 from mpseal.lockdown import esp32_signing as esp

@@ -4,6 +4,7 @@ the device still running a valid image and the reason in its log."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from pathlib import Path
@@ -299,7 +300,7 @@ def test_the_client_backs_off_and_retries_until_the_server_answers(world: World,
     res = device.command("ota", "poll", "1", "4", timeout=120)
     assert res.replies()[-1] == {"result": "staged"}, res.stdout + res.stderr
     assert len(calls) == 3
-    gaps = [b - a for a, b in zip(calls, calls[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
     assert gaps[0] >= 0.9 and gaps[1] >= 1.9  # back-off: 1-2 s, then 2-4 s (jitter)
     assert any("update check failed" in ln for ln in guard_log(device))
     assert runs(device) == "2.0.0"

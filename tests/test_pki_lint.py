@@ -20,7 +20,7 @@ from mpseal.errors import FormatError, UsageError
 from mpseal.pki import der as derlib
 from mpseal.pki.lint import Finding, LintOptions, hostname_matches, lint_bytes, lint_file
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 ROOT_KEY = ec.generate_private_key(ec.SECP256R1())
 ROOT = ca_cert("test root", ROOT_KEY)
 LEAF_KEY = ec.generate_private_key(ec.SECP256R1())
@@ -61,9 +61,9 @@ SAN = (x509.SubjectAlternativeName([x509.DNSName("server.test")]), False)
 
 
 def ku(**on: bool) -> tuple[x509.KeyUsage, bool]:
-    fields = dict(digital_signature=False, content_commitment=False, key_encipherment=False,
-                  data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                  crl_sign=False, encipher_only=False, decipher_only=False)
+    fields = {"digital_signature": False, "content_commitment": False, "key_encipherment": False,
+                  "data_encipherment": False, "key_agreement": False, "key_cert_sign": False,
+                  "crl_sign": False, "encipher_only": False, "decipher_only": False}
     fields.update(on)
     return x509.KeyUsage(**fields), True
 

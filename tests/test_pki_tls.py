@@ -93,7 +93,7 @@ def device_against_python_server(fleet: Fleet, chain: Path | None = None,
                                  key: Path | None = None, cert: Path | None = None,
                                  dkey: Path | None = None, anchor: Path | None = None,
                                  hostname: str = "server.test") -> tuple[DeviceResult, object]:
-    s_cert, s_key, s_chain = fleet.server
+    _s_cert, s_key, s_chain = fleet.server
     d_cert, d_key = fleet.device
     with python_server(chain or s_chain, key or s_key, fleet.client_ca) as (port, server):
         result = run_device(port, cert or d_cert, dkey or d_key, anchor or fleet.anchor, hostname)
@@ -108,7 +108,7 @@ def test_the_anchor_is_the_root_and_lint_finds_nothing_wrong(fleet: Fleet) -> No
     d_cert, _ = fleet.device
     assert lint_codes(d_cert.read_bytes(), role="client") == set()
     assert lint_codes(fleet.anchor.read_bytes(), role="ca",
-                      device_clock=dt.datetime.now(dt.timezone.utc)) == set()
+                      device_clock=dt.datetime.now(dt.UTC)) == set()
     assert lint_codes(fleet.server[2].read_bytes(), role="server", hostname="server.test",
                       issuer=x509.load_der_x509_certificate(fleet.anchor.read_bytes())) == set()
 
@@ -222,7 +222,7 @@ def test_pin_leaf_refused_for_a_ca_issued_leaf_and_the_device_agrees(fleet: Flee
 
 def test_pin_leaf_works_for_a_self_signed_server(fleet: Fleet, tmp_path: Path) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
-    start = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
     cert = (x509.CertificateBuilder().subject_name(name("server.test"))
             .issuer_name(name("server.test")).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
@@ -302,12 +302,12 @@ def test_ed25519_certificate(fleet: Fleet, tmp_path: Path) -> None:
 
 def test_expired_server_certificate(fleet: Fleet, tmp_path: Path) -> None:
     key = certs.generate_key()
-    past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=40)
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=40)
     req = certs.LeafRequest("server.test", "server", days=10, not_before=past)
     leaf = certs.issue(_issuing(fleet), req, key.public_key())
     chain, skey = _write_server(tmp_path, leaf, key, _issuing(fleet).cert)
     assert "expired" in lint_codes(chain.read_bytes(), role="server", hostname="server.test")
-    result, server = device_against_python_server(fleet, chain=chain, key=skey)
+    result, _server = device_against_python_server(fleet, chain=chain, key=skey)
     assert not result.ok and result.stage == "handshake", result.line
     assert "expired" in result.line
 
@@ -321,7 +321,7 @@ def test_server_from_the_wrong_ca(fleet: Fleet, tmp_path: Path) -> None:
     anchor = x509.load_der_x509_certificate(fleet.anchor.read_bytes())
     assert "issuer-mismatch" in lint_codes(chain.read_bytes(), role="server",
                                            hostname="server.test", issuer=anchor)
-    result, server = device_against_python_server(fleet, chain=chain, key=skey)
+    result, _server = device_against_python_server(fleet, chain=chain, key=skey)
     assert not result.ok and result.stage == "handshake", result.line
     assert "not correctly signed by the trusted CA" in result.line
 

@@ -12,7 +12,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_der_private_key
 from serial_boards import MicrobitBoard, VirtualBoardOnPty, qemu_microbit
 
-from mpseal.packaging.project import Project
 from mpseal.crypto import secretbox
 from mpseal.fleet.provision import (
     CERT,
@@ -25,6 +24,7 @@ from mpseal.fleet.provision import (
     provision_device,
 )
 from mpseal.fleet.registry import Registry
+from mpseal.packaging.project import Project
 from mpseal.pki.ca import CaOptions, init_ca, load_issuing_ca
 
 SECRETS_IN = {"wifi_ssid": "factory-net", "wifi_password": "s3cret-ö"}
@@ -41,9 +41,9 @@ def factory(project: Path, tmp_path: Path):
     registry = Registry.open(f"sqlite:///{tmp_path / 'fleet.db'}")
 
     def plan(**kw: object) -> ProvisionPlan:
-        base = dict(board="unix", profile="field", trust_root=proj.trust_root().raw,
-                    ca=load_issuing_ca(tmp_path / "ca"), config={"server": "https://u.test"},
-                    secrets=SECRETS_IN)
+        base = {"board": "unix", "profile": "field", "trust_root": proj.trust_root().raw,
+                    "ca": load_issuing_ca(tmp_path / "ca"), "config": {"server": "https://u.test"},
+                    "secrets": SECRETS_IN}
         base.update(kw)
         return ProvisionPlan(**base)  # type: ignore[arg-type]
 

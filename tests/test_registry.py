@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -17,7 +17,7 @@ def ident(hw: str | None = None, days: int = 365, token: str | None = None) -> I
     return Identity(
         hardware_id=hw or os.urandom(8).hex(), board="esp32",
         cert=CertRecord("device", "CN=dev", os.urandom(16).hex(), os.urandom(32).hex(),
-                        datetime.now(timezone.utc) + timedelta(days=days)),
+                        datetime.now(UTC) + timedelta(days=days)),
         secrets=(("wifi", "ab" * 32), ("api", "cd" * 32)),
         token_hash=token_hash(token) if token else None)
 

@@ -34,7 +34,6 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     decode_dss_signature,
     encode_dss_signature,
 )
-
 from qemu_mps2 import Mps2
 
 from mpseal.device.guard_install import compiled_guard
@@ -340,7 +339,7 @@ def make_vectors(seed: int) -> list[Vector]:
     other = sign(rng, b"another key")
     for i, sg in enumerate(signed[:6]):
         kind = "digest" if i % 2 else "message"
-        v = lambda case, **kw: vectors.append(sg.vector(case, kind, **kw))  # noqa: E731
+        v = lambda case, sg=sg, kind=kind, **kw: vectors.append(sg.vector(case, kind, **kw))  # noqa: E731
         flipped = bytearray(sg.msg or b"\x00")
         flipped[rng.randrange(len(flipped))] ^= 1 << rng.randrange(8)
         v("modified_message", msg=bytes(flipped))
@@ -365,7 +364,7 @@ def make_vectors(seed: int) -> list[Vector]:
         v("key_not_on_curve", pub=bytes(off_curve))
         v("key_x_flipped", pub=sg.pub[:1] + bytes([sg.pub[1] ^ 0x80]) + sg.pub[2:])
         for prefix in (0x00, 0x02, 0x03, 0x05, 0x06, 0x07):
-            v("key_prefix_%02x" % prefix, pub=bytes([prefix]) + sg.pub[1:])
+            v(f"key_prefix_{prefix:02x}", pub=bytes([prefix]) + sg.pub[1:])
         compressed = bytes([2 + (sg.pub[64] & 1)]) + sg.pub[1:33]
         v("key_compressed", pub=compressed)
         v("key_truncated", pub=sg.pub[:64])
@@ -477,7 +476,7 @@ def outcome(request: pytest.FixtureRequest,
 
 
 def verdicts_of(outcome: Outcome, prefix: str) -> list[tuple[Vector, str, str]]:
-    got = [(v, d, e) for v, d, e in zip(outcome.vectors, outcome.device, outcome.expected)
+    got = [(v, d, e) for v, d, e in zip(outcome.vectors, outcome.device, outcome.expected, strict=True)
            if v.case.startswith(prefix)]
     assert got, f"no vectors for {prefix}"
     return got
@@ -552,7 +551,7 @@ def test_edge_case_of_the_verification_equation(outcome: Outcome, case: str,
 
 
 def test_every_vector_agrees_with_openssl(outcome: Outcome) -> None:
-    wrong = [v.case for v, d, e in zip(outcome.vectors, outcome.device, outcome.expected)
+    wrong = [v.case for v, d, e in zip(outcome.vectors, outcome.device, outcome.expected, strict=True)
              if d != e]
     assert not wrong, f"device disagrees with OpenSSL on: {sorted(set(wrong))}"
     assert "?" not in outcome.device

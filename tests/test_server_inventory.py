@@ -14,7 +14,15 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from conftest import run_mpseal
-from server_support import ADMIN_TOKEN, Keys, config_for, make_artifact, make_keys, register, running_server
+from server_support import (
+    ADMIN_TOKEN,
+    Keys,
+    config_for,
+    make_artifact,
+    make_keys,
+    register,
+    running_server,
+)
 
 from mpseal.fleet.models import Certificate, Device
 

@@ -44,7 +44,7 @@ def report(dev: httpx.Client, fleet, hw: str, event: str, version: str = "1.1.0"
 
 def test_cohort_groups_and_pins(db_url: str, keys: Keys, tmp_path: Path) -> None:
     beta = {f"dev-{i:05d}" for i in range(190, 200)}
-    fleet = register(db_url, 200, groups={hw: "beta" for hw in beta})
+    fleet = register(db_url, 200, groups=dict.fromkeys(beta, "beta"))
     hws = sorted(fleet.tokens)
     cfg = config_for(db_url, keys, tmp_path, cache_seconds=0.0)
     with running_server(cfg) as srv, srv.admin() as admin, httpx.Client(base_url=srv.url) as dev:

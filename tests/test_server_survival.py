@@ -43,7 +43,7 @@ def serve(db_url: str, keys: Keys, folder: Path, *extra: str,
     """``mpseal serve`` in its own process group; waits for /healthz (not the database)."""
     port = port or free_port()
     env = {**os.environ, "MPSEAL_ADMIN_TOKEN": ADMIN_TOKEN}
-    log = open(folder / f"serve-{port}-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115
+    log = open(folder / f"serve-{port}-{time.monotonic_ns()}.log", "wb")
     proc = subprocess.Popen(
         [str(MPSEAL), "serve", "--db", db_url, "--port", str(port), "--roots",
          str(keys.roots_dir), "--timestamp-key", str(keys.folder / "timestamp.pem"),

@@ -116,7 +116,7 @@ def test_root_without_timestamp_role_verifies_no_timestamp(keys: Keys) -> None:
 def test_new_timestamp_expired_freeze_attack(keys: Keys) -> None:
     raw = sign_timestamp(stamp(expires=NOW), keys.timestamp)
     assert parse_timestamp(raw, keys.trust, now=NOW).expires == NOW  # valid up to the second
-    with pytest.raises(PolicyError, match="expired .*a frozen or stale server"):
+    with pytest.raises(PolicyError, match=r"expired .*a frozen or stale server"):
         parse_timestamp(raw, keys.trust, now=NOW + 1)
     with pytest.raises(PolicyError, match="expired"):  # default: this machine's clock (2026+)
         old = Timestamp(42, 1_600_000_000, 1_700_000_000, 1, (target(),))

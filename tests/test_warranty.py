@@ -12,13 +12,13 @@ import pytest
 from conftest import run_mpseal
 from release_support import LOOPING_MAIN, board_running, release
 
-from mpseal.packaging.project import Project
 from mpseal.device.guard_install import TRUST_ROOT
 from mpseal.device.sim import VirtualBoard
 from mpseal.errors import FormatError
 from mpseal.formats import artifact
 from mpseal.lockdown import warranty
 from mpseal.lockdown.warranty import Mark, Verdict
+from mpseal.packaging.project import Project
 
 
 def inspect(board: Path, project: Path, *extra: str) -> tuple[int, dict]:
