@@ -54,8 +54,10 @@ def test_boots_to_repl_banner_on_usb_serial(tmp_path: Path) -> None:
         # A fresh board formats its littlefs at first boot: flash writes went through.
         assert counters.writes > 0 and counters.cycles > 0
         assert wall < 20, f"boot to REPL took {wall:.1f} s wall"
+        pid = board.pid
     finally:
         board.stop()
+    assert not Path(f"/proc/{pid}").exists(), "stop() left the emulator's node process"
 
 
 def test_raw_repl_and_raw_paste_through_mpseal_transport(link: SerialTransport) -> None:

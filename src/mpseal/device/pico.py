@@ -300,6 +300,11 @@ class VirtualPico:
             self._kill()
 
     @property
+    def pid(self) -> int | None:
+        """The emulator's process id while powered."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
     def on(self) -> bool:
         """Powered and running (not cut, not stopped)."""
         with self._lock:
