@@ -93,7 +93,7 @@ def test_unknown_device_and_bad_url_are_one_line_errors(tmp_path) -> None:
 def _import_file(path, n: int, start: int = 0, bad_line: int | None = None) -> dict[str, str]:  # type: ignore[no-untyped-def]
     """A CSV of ``n`` identities issued elsewhere; returns hardware id -> token."""
     tokens = {}
-    until = (datetime.now(timezone.utc) + timedelta(days=400)).isoformat()
+    until = (datetime.now(UTC) + timedelta(days=400)).isoformat()
     lines = ["hardware_id,board,fingerprint,serial,not_after,token_sha256"]
     for i in range(start, start + n):
         hw = f"imp-{i:07d}"

@@ -452,7 +452,7 @@ class Registry:
             {"hardware_id": r.hardware_id, "board": r.board, "state": state, "group": r.group,
              "token_hash": r.token_hash, "created_at": now, "updated_at": now}
             for r in batch])
-        ids = {hw: dev_id for hw, dev_id in rows}
+        ids = {hw: dev_id for hw, dev_id in rows}  # noqa: C416 - Row objects, not pairs
         s.execute(insert(Certificate), [
             {"device_id": ids[r.hardware_id], "role": "device", "subject": r.subject,
              "serial": r.serial, "fingerprint": r.fingerprint, "not_after": r.not_after,
