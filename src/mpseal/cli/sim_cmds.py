@@ -12,6 +12,7 @@ import click
 from mpseal.cli.common import emit_json, out_console
 from mpseal.device.picoboard import PicoBoard, open_sim
 from mpseal.device.sim import DEFAULT_FLASH, VirtualBoard
+from mpseal.device.vm import POWERED_OFF
 from mpseal.errors import ConfigError, MpsealError, PolicyError, TransportError, UsageError
 from mpseal.formats.boards import BOARDS
 from mpseal.fsutil import read_limited
@@ -21,6 +22,12 @@ from mpseal.packaging.project import Project
 sim_dir_option = click.option(
     "--sim", "sim_dir", type=click.Path(file_okay=False, path_type=Path), default="sim/default",
     show_default=True, help="Folder of the virtual board.")
+
+
+run_for_option = click.option(
+    "--run-for", type=click.FloatRange(0.5, 24 * 3600), default=10.0, show_default=True,
+    metavar="SECONDS", help="Power off an app that is still running after this long "
+    "(field/sealed apps never return).")
 
 
 @click.group()
@@ -81,21 +88,23 @@ def install(file: Path, sim_dir: Path, project_dir: Path, as_json: bool) -> None
                       "signature and image hash; it runs on trial at the next boot")
 
 
-def _boot(sim_dir: Path, heapsize: str | None, max_boots: int, as_json: bool) -> None:
+def _boot(sim_dir: Path, heapsize: str | None, max_boots: int, as_json: bool,
+          run_for: float = 10.0) -> None:
     board = open_sim(sim_dir)
     if isinstance(board, PicoBoard):
         if heapsize:
             raise UsageError("the virtual Pico has the Pico's RAM: no --heapsize")
         report = board.boot(max_boots=max_boots)
     else:
-        report = board.boot(max_boots=max_boots, heapsize=heapsize)
+        report = board.boot(max_boots=max_boots, heapsize=heapsize, run_for=run_for)
     if as_json:
         emit_json({"boots": report.boots, "outcome": report.outcome,
                    "exit_codes": report.exit_codes, "guard": report.guard_lines,
                    "output": report.output})
     else:
         sys.stdout.write(report.output)
-        out_console.print(f"[dim]-- {report.boots} boot(s), {report.outcome}[/]")
+        off = " (still running: powered off)" if report.exit_codes[-1:] == [POWERED_OFF] else ""
+        out_console.print(f"[dim]-- {report.boots} boot(s), {report.outcome}{off}[/]")
     if report.outcome == "idle":
         raise PolicyError("the board has no valid image to run (locked idle); "
                           "'mpseal sim status' shows why")
@@ -107,18 +116,21 @@ def _boot(sim_dir: Path, heapsize: str | None, max_boots: int, as_json: bool) ->
 @sim_dir_option
 @click.option("--heapsize", help="Override the heap, e.g. 32K.")
 @click.option("--max-boots", type=click.IntRange(1, 50), default=6, show_default=True)
+@run_for_option
 @click.option("--json", "as_json", is_flag=True)
-def boot(sim_dir: Path, heapsize: str | None, max_boots: int, as_json: bool) -> None:
+def boot(sim_dir: Path, heapsize: str | None, max_boots: int, run_for: float,
+         as_json: bool) -> None:
     """Power the board on: the guard verifies, runs the app, follows resets until it settles."""
-    _boot(sim_dir, heapsize, max_boots, as_json)
+    _boot(sim_dir, heapsize, max_boots, as_json, run_for)
 
 
 @sim.command()
 @sim_dir_option
 @click.option("--heapsize", help="Override the heap, e.g. 32K.")
-def run(sim_dir: Path, heapsize: str | None) -> None:
+@run_for_option
+def run(sim_dir: Path, heapsize: str | None, run_for: float) -> None:
     """Run the installed app on the board (the same as 'boot'): prints the app's output."""
-    _boot(sim_dir, heapsize, 6, False)
+    _boot(sim_dir, heapsize, 6, False, run_for)
 
 
 @sim.command()

@@ -115,11 +115,12 @@ class VirtualBoard:
             raise ConfigError(f"{path} is damaged; re-create the virtual board") from None
 
     def command(self, *args: str, heapsize: str | None = None, cut: int = 0, tear: bool = False,
-                timeout: float = 120) -> vm.VmResult:
+                timeout: float = 120, power_off_after: float | None = None) -> vm.VmResult:
         """One run of the VM on this board's flash; ``cut``: lose power at that block write."""
         power = (["--cut", str(cut)] if cut else []) + (["--tear"] if tear else [])
         return vm.run(vm.runtime_dir() / "simboard.py", [str(self.flash), *power, *args],
-                      heapsize=heapsize or self.info.heapsize, timeout=timeout)
+                      heapsize=heapsize or self.info.heapsize, timeout=timeout,
+                      power_off_after=power_off_after)
 
     def _call(self, *args: str, heapsize: str | None = None) -> object:
         res = self.command(*args, heapsize=heapsize)
@@ -189,20 +190,24 @@ class VirtualBoard:
         return result
 
     def boot(self, max_boots: int = MAX_BOOTS, heapsize: str | None = None,
-             timeout: float = 120) -> BootReport:
+             timeout: float = 120, run_for: float | None = None) -> BootReport:
         """Power the board on and follow its resets until it settles.
 
         Settled: a committed image ran or was just committed, the guard idles,
-        or the dev profile returned to the REPL.
+        or the dev profile returned to the REPL. ``run_for``: an app that never
+        returns (the field and sealed profiles) is powered off after that many
+        seconds of a boot; the outcome is then "running".
         """
         if not any(name == "main.py" for name, _, _ in self.listdir("/")):
             raise UsageError("nothing is installed on this virtual board; run 'mpseal sim install'")
         output: list[str] = []
         codes: list[int] = []
         for n in range(1, max_boots + 1):
-            res = self.command("boot", heapsize=heapsize, timeout=timeout)
+            res = self.command("boot", heapsize=heapsize, timeout=timeout, power_off_after=run_for)
             output.append(res.app_output() + res.stderr)
             codes.append(res.returncode)
+            if res.returncode == vm.POWERED_OFF:
+                return BootReport(n, "running", "".join(output), codes)
             if res.returncode == EXIT_IDLE:
                 return BootReport(n, "idle", "".join(output), codes)
             if res.returncode != EXIT_RESET:

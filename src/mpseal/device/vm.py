@@ -58,17 +58,29 @@ class VmResult:
                        if not ln.startswith(REPLY_PREFIX))
 
 
+POWERED_OFF = -1000  # VmResult.returncode: still running when power_off_after ran out
+
+
 def run(script: Path, args: list[str], heapsize: str | None = None,
-        timeout: float = 60) -> VmResult:
-    """Run ``script`` in the VM with ``args``; its output is returned, never streamed."""
+        timeout: float = 60, power_off_after: float | None = None) -> VmResult:
+    """Run ``script`` in the VM with ``args``; its output is returned, never streamed.
+
+    ``power_off_after``: a board whose app runs for ever is switched off after that many
+    seconds; the result has returncode POWERED_OFF and the output so far.
+    """
     cmd = [str(find_micropython())]
     if heapsize:
         cmd += ["-X", f"heapsize={heapsize}"]
     cmd += [str(script), *args]
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+        done = subprocess.run(cmd, capture_output=True, text=True,
+                              timeout=power_off_after or timeout,
                               stdin=subprocess.DEVNULL, check=False)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as e:
+        if power_off_after:
+            def text(b: bytes | str | None) -> str:
+                return b.decode("utf-8", "replace") if isinstance(b, bytes) else (b or "")
+            return VmResult(POWERED_OFF, text(e.stdout), text(e.stderr))
         raise ToolError(f"the MicroPython VM did not finish within {timeout:.0f}s") from None
     except OSError as e:
         raise ToolError(f"cannot start the MicroPython VM: {e.strerror}") from None

@@ -387,3 +387,13 @@ def _end(profile):
         log("dev profile: returning to the REPL")
         return
     port.reset()
+
+
+def running():
+    """What the app runs as, for the app itself: a dict with app, version, counter, slot
+    and trial (True until confirm()), or None when the guard did not start it."""
+    if _running is None:
+        return None
+    slot, r = _running
+    return {"app": r.app, "version": r.version, "counter": r.counter, "slot": slot,
+            "trial": _state is not None and _state.trial == slot}
