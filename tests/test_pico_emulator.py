@@ -205,3 +205,33 @@ def test_power_cut_at_write_n_leaves_exactly_n_minus_1_writes(tmp_path: Path) ->
         assert board.wait_output(b"WRITER DONE", 30)
     finally:
         board.stop()
+
+
+def test_flash_writes_take_the_chips_typical_time(tmp_path: Path) -> None:
+    """A first boot formats littlefs; with flash timing on, each erase and page program
+    adds the W25Q16JV's typical time to the cycle count, exactly."""
+    got = {}
+    for timing in (False, True):
+        board = VirtualPico.create(tmp_path / str(timing), unique_id=bytes(range(8)))
+        trace = tmp_path / f"trace-{timing}.txt"
+        try:
+            board.start(trace=trace, flash_timing=timing)
+            board.wait_repl(30)
+            got[timing] = board.counters()
+        finally:
+            board.stop()
+    ops = trace.read_text().splitlines()
+    expect_ns = 0.0
+    for op in ops:
+        kind, off, n = op.split()[:3]
+        o, size = int(off), int(n)
+        if kind == "E":
+            a = o
+            while a < o + size:
+                block = a % 65536 == 0 and o + size - a >= 65536
+                expect_ns += 150e6 if block else 45e6
+                a += 65536 if block else 4096
+        else:
+            expect_ns += ((o + size - 1) // 256 - o // 256 + 1) * 0.4e6
+    assert ops and got[True].writes == got[False].writes == len(ops)
+    assert got[True].cycles - got[False].cycles == round(expect_ns / 8)

@@ -2,7 +2,7 @@
 //
 // Started by mpseal/device/pico.py, one process per power-on:
 //   node picobridge.mjs --bootrom B1.bin --firmware firmware.bin --flash flash.img
-//                       --uid 16HEX [--cut-after N] [--trace FILE]
+//                       --uid 16HEX [--cut-after N] [--trace FILE] [--flash-timing 0]
 // stdin  : bytes the USB host sends to the board's CDC serial port
 // stdout : bytes the board sends over it
 // fd 3   : (or --control-fd N) a socket for control (the host sends one JSON object a line, the bridge
@@ -13,7 +13,8 @@
 // - flash writes: the boot ROM's flash_range_erase / flash_range_program (ROM table
 //   codes 'RE' / 'RP') are replaced by a BKPT; the bridge does the operation on the
 //   flash array and on flash.img (each one a single positional write: a process
-//   killed at any moment leaves whole operations only) and returns to LR.
+//   killed at any moment leaves whole operations only) and returns to LR. The
+//   chip's typical erase/program time passes (cycles and emulated time).
 // - power cut: with --cut-after N the N-th flash operation (erase or program) is not
 //   done: the chip stops there, as if power was lost before the operation started.
 // - USB CDC: an armed OUT transfer is completed only when host bytes are waiting,
@@ -246,6 +247,7 @@ function onBreak(mcu, imm) {
   if (imm === 0x52) {
     const addr = r[0] >>> 0;
     const count = r[1] >>> 0;
+    busy(mcu, eraseNanos(addr, count, r[2] >>> 0));
     if (addr + count <= FLASH_SIZE) {
       mcu.flash.fill(0xff, addr, addr + count);
       flashImage.fill(0xff, addr, addr + count);
@@ -256,6 +258,7 @@ function onBreak(mcu, imm) {
     const addr = r[0] >>> 0;
     const data = r[1] >>> 0;
     const count = r[2] >>> 0;
+    busy(mcu, programNanos(addr, count));
     if (addr + count <= FLASH_SIZE) {
       const bytes = Buffer.alloc(count);
       for (let i = 0; i < count; i++) {
@@ -269,6 +272,41 @@ function onBreak(mcu, imm) {
   }
   writes += 1;
   core.PC = core.LR & ~1;
+}
+
+// How long the flash chip is busy (the CPU waits, running from RAM with interrupts
+// off): the Pico's W25Q16JV datasheet typical times. --flash-timing 0 makes them free.
+const SECTOR_ERASE_NS = 45e6; // 4 KiB (tSE typ.)
+const BLOCK_ERASE_NS = 150e6; // 64 KiB (tBE2 typ.)
+const PAGE_PROGRAM_NS = 0.4e6; // up to 256 bytes (tPP typ.)
+const flashTiming = args['flash-timing'] !== '0';
+
+function eraseNanos(addr, count, blockSize) {
+  let ns = 0;
+  let a = addr;
+  const end = addr + count;
+  while (a < end) {
+    if (blockSize === 65536 && a % 65536 === 0 && end - a >= 65536) {
+      ns += BLOCK_ERASE_NS;
+      a += 65536;
+    } else {
+      ns += SECTOR_ERASE_NS;
+      a += 4096;
+    }
+  }
+  return ns;
+}
+
+function programNanos(addr, count) {
+  if (count === 0) return 0;
+  const pages = Math.floor((addr + count - 1) / 256) - Math.floor(addr / 256) + 1;
+  return pages * PAGE_PROGRAM_NS;
+}
+
+function busy(mcu, ns) {
+  if (!flashTiming || ns <= 0) return;
+  mcu.core.cycles += Math.round(ns / CYCLE_NS);
+  sim.clock.tick(ns);
 }
 
 function trace(line) {
