@@ -148,8 +148,12 @@ def status(sim_dir: Path, as_json: bool) -> None:
 
 def status_lines(st: dict[str, Any]) -> list[str]:
     """The guard's status in words a person reads (the dicts are for --json)."""
-    state = st.get("state") if isinstance(st.get("state"), dict) else {}
-    slots = st.get("slots") if isinstance(st.get("slots"), dict) else {}
+    state = st.get("state")
+    slots = st.get("slots")
+    if not isinstance(state, dict):
+        state = {}
+    if not isinstance(slots, dict):
+        slots = {}
     lines = []
     if not state:
         lines.append("state:     fresh board (nothing installed yet)")

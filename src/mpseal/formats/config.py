@@ -32,6 +32,7 @@ import difflib
 import re
 import tomllib
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from mpseal.errors import ConfigError, FormatError
 from mpseal.formats.boards import MPY_VERSIONS, Board, get_board
@@ -116,7 +117,10 @@ def _table(doc: dict[str, object], name: str) -> dict[str, object]:
     return value
 
 
-def _get(table: dict[str, object], section: str, key: str, kind: type, default: object) -> object:
+T = TypeVar("T")
+
+
+def _get(table: dict[str, object], section: str, key: str, kind: type[T], default: T | None) -> T:
     value = table.get(key, default)
     if value is None:
         raise ConfigError(f"{CONFIG_NAME}: [{section}] {key} is required")
@@ -179,11 +183,11 @@ def parse(text: str) -> ProjectConfig:
     boards = _boards(build)
     board = boards[0]
     data = _get(build, "build", "data", list, [])
-    if not all(isinstance(d, str) for d in data):  # type: ignore[union-attr]
+    if not all(isinstance(d, str) for d in data):
         raise ConfigError(f"{CONFIG_NAME}: [build] data must be a list of globs in quotes, "
                           "e.g. [\"data/*\"]")
     opt = _get(build, "build", "opt", int, 2)
-    if not 0 <= opt <= 3:  # type: ignore[operator]
+    if not 0 <= opt <= 3:
         raise ConfigError(f"{CONFIG_NAME}: [build] opt must be 0..3")
     mpy_version = _get(build, "build", "mpy_version", str, board.mpy)
     if mpy_version not in MPY_VERSIONS:
@@ -194,7 +198,7 @@ def parse(text: str) -> ProjectConfig:
     if profile not in PROFILES:
         raise ConfigError(f"{CONFIG_NAME}: [lockdown] profile must be one of {', '.join(PROFILES)}")
     counter = _get(app, "app", "security_counter", int, 0)
-    if not 0 <= counter < 2**31:  # type: ignore[operator]
+    if not 0 <= counter < 2**31:
         raise ConfigError(f"{CONFIG_NAME}: [app] security_counter must be 0..2^31-1")
     try:
         name = check_app_name(str(_get(app, "app", "name", str, None)))
@@ -207,12 +211,12 @@ def parse(text: str) -> ProjectConfig:
     return ProjectConfig(
         name=name,
         version=version,
-        security_counter=counter,  # type: ignore[arg-type]
+        security_counter=counter,
         board=board,
         entry=entry,
         source=str(_get(build, "build", "source", str, "app")),
-        data=tuple(data),  # type: ignore[arg-type]
-        opt=opt,  # type: ignore[arg-type]
+        data=tuple(data),
+        opt=opt,
         source_lines=bool(_get(build, "build", "source_lines", bool, False)),
         mpy_version=str(mpy_version),
         arch=str(_get(build, "build", "arch", str, board.arch)),

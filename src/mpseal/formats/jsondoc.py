@@ -13,6 +13,12 @@ from typing import Any
 from mpseal.errors import FormatError
 
 _HEX = frozenset("0123456789abcdef")
+# Fields has methods named str, int, bool and list (f.str("name")): inside the class those
+# names are the methods, so its annotations use these aliases of the built-in types.
+_Str = str
+_Int = int
+_Bool = bool
+_List = list
 
 
 def dumps(obj: dict[str, Any]) -> bytes:
@@ -47,45 +53,47 @@ class Fields:
             raise FormatError(f"{self._what} field {key!r} has the wrong type")
         return value
 
-    def str(self, key: str, max_len: int = 256, optional: bool = False) -> str | None:
-        value = self._get(key, str, optional)
+    def str(self, key: _Str, max_len: _Int = 256, optional: _Bool = False) -> _Str | None:
+        value: _Str | None = self._get(key, _Str, optional)
         if value is not None and len(value) > max_len:
             raise FormatError(f"{self._what} field {key!r} is longer than {max_len} characters")
         return value
 
-    def req_str(self, key: str, max_len: int = 256) -> str:
-        value = self.str(key, max_len)
-        assert value is not None
+    def req_str(self, key: _Str, max_len: _Int = 256) -> _Str:
+        value: _Str = self._get(key, _Str)
+        if len(value) > max_len:
+            raise FormatError(f"{self._what} field {key!r} is longer than {max_len} characters")
         return value
 
-    def int(self, key: str, lo: int = 0, hi: int = 2**63 - 1) -> int:
-        value = self._get(key, int)
+    def int(self, key: _Str, lo: _Int = 0, hi: _Int = 2**63 - 1) -> _Int:
+        value: _Int = self._get(key, _Int)
         if not lo <= value <= hi:
             raise FormatError(f"{self._what} field {key!r} is out of range {lo}..{hi}")
         return value
 
-    def bool(self, key: str) -> bool:
-        return self._get(key, bool)
+    def bool(self, key: _Str) -> _Bool:
+        value: _Bool = self._get(key, _Bool)
+        return value
 
-    def hex(self, key: str, nbytes: int) -> str:
+    def hex(self, key: _Str, nbytes: _Int) -> _Str:
         value = self.req_str(key, 2 * nbytes)
         if len(value) != 2 * nbytes or not set(value) <= _HEX:
             raise FormatError(f"{self._what} field {key!r} is not {nbytes} bytes of lowercase hex")
         return value
 
-    def obj(self, key: str) -> Fields:
+    def obj(self, key: _Str) -> Fields:
         return Fields(self._get(key, dict), f"{self._what}.{key}")
 
-    def list(self, key: str, max_len: int) -> list[Any]:
-        value = self._get(key, list)
+    def list(self, key: _Str, max_len: _Int) -> _List[Any]:
+        value: _List[Any] = self._get(key, _List)
         if len(value) > max_len:
             raise FormatError(f"{self._what} field {key!r} has more than {max_len} entries")
         return value
 
-    def keys(self) -> list[str]:
+    def keys(self) -> _List[_Str]:
         return list(self._obj)
 
-    def raw(self) -> dict[str, Any]:
+    def raw(self) -> dict[_Str, Any]:
         return dict(self._obj)
 
 

@@ -43,6 +43,7 @@ def check(cfg: ProjectConfig, artifact_size: int) -> Budget:
     Raises ConfigError when the artifact cannot be updated on that board.
     """
     board = cfg.board
+    fs: int | None
     if board.name in cfg.filesystem_size:
         fs, source = cfg.filesystem_size[board.name], "[build] filesystem_size"
     elif "*" in cfg.filesystem_size:

@@ -136,7 +136,8 @@ def make(inp: SbomInput) -> bytes:
     bom.metadata.component = app
     epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
     bom.metadata.timestamp = (dt.datetime.fromtimestamp(int(epoch), dt.UTC)
-                              if epoch.isdigit() else None)
+                              if epoch.isdigit() else None)  # type: ignore[assignment]
+    # (cyclonedx types it as datetime; None leaves the time out, as a reproducible build wants)
     for name, version in sorted(inp.tools.items()):
         bom.metadata.tools.components.add(
             Component(name=name, version=version, type=ComponentType.APPLICATION,

@@ -120,7 +120,7 @@ def _unverified_chain(tls: ssl.SSLSocket) -> list[bytes]:
     public = getattr(tls, "get_unverified_chain", None)  # Python 3.13+
     if public is not None:
         return [bytes(d) for d in public()]
-    certs = tls._sslobj.get_unverified_chain() or []  # type: ignore[union-attr]
+    certs = tls._sslobj.get_unverified_chain() or []  # type: ignore[attr-defined]
     return [c.public_bytes(2) for c in certs]  # 2 = _ssl.ENCODING_DER
 
 

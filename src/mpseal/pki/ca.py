@@ -157,7 +157,11 @@ def load_issuing_ca(folder: Path, passphrase: PassphraseCallback | None = None) 
     issuing = read_certs(folder / "issuing.pem", "issuing CA certificate")[0]
     root = read_certs(folder / "root.pem", "root CA certificate")[0]
     signer = load_file_signer(folder / ISSUING_KEY, "issuing CA", passphrase)
-    if signer.public_key.public_numbers() != issuing.public_key().public_numbers():
+    cert_key = issuing.public_key()
+    if not isinstance(cert_key, ec.EllipticCurvePublicKey):
+        raise ConfigError(f"{folder / 'issuing.pem'} does not hold an EC key; mpseal CAs are "
+                          "ECDSA P-256")
+    if signer.public_key.public_numbers() != cert_key.public_numbers():
         if (folder / ("issuing.pem" + NEXT)).exists():
             raise ConfigError(f"an 'mpseal ca rotate' of {folder} was interrupted; run it "
                               "again to finish it")

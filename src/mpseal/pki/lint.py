@@ -18,6 +18,7 @@ import itertools
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -463,7 +464,7 @@ def _check_chain(ctx: _Ctx, certs: list[x509.Certificate], role: Role,
 def _check_path_length(ctx: _Ctx, chain: list[x509.Certificate]) -> None:
     """pathLenConstraint, as mbedTLS enforces it (the trust anchor's own included)."""
     for i, ca in enumerate(chain[1:], start=1):
-        bc = _guard(ctx, "basicConstraints", lambda c=ca: _ext(c, x509.BasicConstraints))
+        bc = _guard(ctx, "basicConstraints", partial(_ext, ca, x509.BasicConstraints))
         if bc is None or not bc.ca or bc.path_length is None:
             continue
         below = sum(1 for c in chain[1:i] if c.issuer != c.subject)

@@ -125,7 +125,7 @@ class UpdateServer:
         tokens = [str(v) for k, v in pairs if k == "token"]
         fingerprints = [str(v) for k, v in pairs if k == "cert"]
         found = await self.run(partial(self.store.devices, tokens, fingerprints))
-        return dict(found)
+        return {key: view for key, view in found.items()}  # noqa: C416 - widens the key type
 
     async def channel_releases(self, channel: str, app: str, board: str) -> list[ReleaseView]:
         """The channel's releases for this app ("": every app) and board, cached."""
