@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,21 @@ def test_runtime_imports_nothing_from_the_host() -> None:
             if top not in allowed and top not in siblings:
                 bad.append(f"{path.name} imports {mod}")
     assert not bad, "\n".join(bad)
+
+
+def test_architecture_doc_lists_the_packages_and_their_layers() -> None:
+    """docs/architecture.md stays true: one row per package that exists, and each row's
+    "may import" column is exactly what FORBIDDEN allows."""
+    doc = (SRC.parents[1] / "docs" / "architecture.md").read_text()
+    rows = {m.group(1): m.group(2) for m in
+            re.finditer(r"^\| `([a-z_]+)/` \|[^|]*\| ([^|]*) \|$", doc, re.MULTILINE)}
+    packages = {p.name for p in SRC.iterdir() if (p / "__init__.py").exists()} | {"runtime"}
+    assert set(rows) == packages, "docs/architecture.md: add or remove package rows"
+    everyone = set(packages) - {"runtime"}
+    for package, column in rows.items():
+        if package in ("cli", "runtime", "crypto"):
+            continue  # "everything" / "nothing": checked by the tests above
+        allowed = everyone - FORBIDDEN.get(package, set()) - {package}
+        listed = {name.strip() for name in column.split(",")}
+        assert listed == allowed, f"{package}: doc says {sorted(listed)}, layers allow {sorted(allowed)}"
+    assert rows["cli"] == "everything" and rows["crypto"] == rows["runtime"] == "nothing"
