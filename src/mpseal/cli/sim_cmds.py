@@ -94,7 +94,7 @@ def _boot(sim_dir: Path, heapsize: str | None, max_boots: int, as_json: bool,
     if isinstance(board, PicoBoard):
         if heapsize:
             raise UsageError("the virtual Pico has the Pico's RAM: no --heapsize")
-        report = board.boot(max_boots=max_boots)
+        report = board.boot(max_boots=max_boots, run_for=run_for)
     else:
         report = board.boot(max_boots=max_boots, heapsize=heapsize, run_for=run_for)
     if as_json:

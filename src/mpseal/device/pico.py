@@ -347,6 +347,14 @@ class VirtualPico:
         with self._lock:
             return bytes(self._output)
 
+    def last_reset_nanos(self) -> int:
+        """Emulated time (ns since power-on) when the chip last started."""
+        with self._lock:
+            for e in reversed(self._events):
+                if e.get("event") == "reset":
+                    return int(e.get("nanos", 0))  # type: ignore[call-overload]
+        return 0
+
     def boot_outputs(self) -> list[bytes]:
         """:attr:`output` split where the chip restarted (watchdog reset): one per boot.
 

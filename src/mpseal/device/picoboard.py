@@ -24,6 +24,7 @@ from mpseal.device import vm
 from mpseal.device.pico import FLASH_SIZE, REPL_PROMPT, VirtualPico
 from mpseal.device.serialboard import SerialTransport
 from mpseal.device.sim import EXIT_IDLE, EXIT_RESET, MAX_BOOTS, BootReport, VirtualBoard
+from mpseal.device.vm import POWERED_OFF
 from mpseal.errors import FormatError, PolicyError, TransportError, UsageError
 from mpseal.formats import artifact
 from mpseal.formats.trustroot import TrustRoot
@@ -153,52 +154,57 @@ class PicoBoard:
         return {"app": result.app, "version": result.version, "counter": result.counter,
                 "slot": result.slot, "mount": result.decision.mount}
 
-    def boot(self, max_boots: int = MAX_BOOTS, timeout: float = 300.0) -> BootReport:
+    def boot(self, max_boots: int = MAX_BOOTS, run_for: float | None = 10.0,
+             timeout: float = 600.0) -> BootReport:
         """Power the board on and follow its resets until it settles (as VirtualBoard.boot).
 
-        Settled: a committed image runs (or was just committed) and the board went
-        quiet or reset, the guard idles (locked), or the REPL came back (dev profile).
+        Settled: the board reset after a committed image ran (or was just committed),
+        the guard idles (locked), or the REPL came back (dev profile). ``run_for``: a
+        boot still running after that many seconds of *emulated* time is powered off
+        (outcome "running"), as is one whose CPU sleeps with nothing left to wake it.
         """
         if not self.formatted() or not any(name == "main.py"
                                            for name, _, _ in self.listdir("/")):
             raise UsageError("nothing is installed on this virtual board; run 'mpseal sim install'")
         self.pico.start()
         try:
-            return self._follow(max_boots, timeout)
+            return self._follow(max_boots, run_for, timeout)
         finally:
             self.pico.stop()
 
-    def _follow(self, max_boots: int, timeout: float) -> BootReport:
+    def _follow(self, max_boots: int, run_for: float | None, timeout: float) -> BootReport:
         deadline = time.monotonic() + timeout
-        last_len, last_cycles, quiet_since = -1, -1, time.monotonic()
+        still: tuple[int, int] | None = None  # (cycles, nanos) when last seen changing
+        still_since = time.monotonic()
         while True:
             segments = self.pico.boot_outputs()
             text = _text(self.pico.output)
             boots = len(segments)
             codes = [EXIT_RESET] * (boots - 1)
             current = _text(segments[-1])
+            if boots > 1 and _settled(_text(segments[-2])):
+                return BootReport(boots - 1, "running", _text(b"".join(segments[:-1])), codes)
             if IDLE_LINE in current:
                 return BootReport(boots, "idle", text, [*codes, EXIT_IDLE])
             if current.rstrip().endswith(REPL_PROMPT.decode().rstrip()):
                 return BootReport(boots, "returned", text, [*codes, 0])
-            if boots > 1 and _settled(_text(segments[-2])):
-                return BootReport(boots - 1, "running", _text(b"".join(segments[:-1])),
-                                  codes[:-1] + [EXIT_RESET])
             if boots > max_boots:
                 return BootReport(max_boots, "limit", text, codes[:max_boots])
-            out_len = len(self.pico.output)
             try:
-                cycles = self.pico.counters().cycles
+                now = self.pico.counters()
             except TransportError:
                 return BootReport(boots, "limit", text, codes)
-            if out_len != last_len or (last_cycles >= 0 and cycles - last_cycles > BUSY_CYCLES):
-                quiet_since = time.monotonic()
-            elif time.monotonic() - quiet_since >= SETTLE_QUIET and _settled(current):
-                return BootReport(boots, "running", text, [*codes, 0])
+            started = self.pico.last_reset_nanos()
+            if run_for is not None and now.nanos - started >= run_for * 1e9:
+                return BootReport(boots, "running", text, [*codes, POWERED_OFF])
+            if (now.cycles, now.nanos) != still:
+                still, still_since = (now.cycles, now.nanos), time.monotonic()
+            elif time.monotonic() - still_since >= SETTLE_QUIET:
+                # Asleep with no timer set: only input would wake it (an app in input()).
+                return BootReport(boots, "running", text, [*codes, POWERED_OFF])
             if time.monotonic() > deadline:
                 return BootReport(boots, "running" if _settled(current) else "limit", text,
-                                  codes)
-            last_len, last_cycles = out_len, cycles
+                                  [*codes, POWERED_OFF])
             time.sleep(0.3)
 
 

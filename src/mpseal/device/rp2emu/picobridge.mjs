@@ -367,7 +367,8 @@ function runBatch(mcu, core, clock, until) {
       nanosBefore += clock.nanos;
       resets += 1;
       newChip(prev);
-      event({ event: 'reset', reason: prev.reason === 2 ? 'force' : 'timer', cycles: cycles() });
+      event({ event: 'reset', reason: prev.reason === 2 ? 'force' : 'timer', cycles: cycles(),
+              nanos: Math.round(nanos()) });
       schedule(0);
       return;
     }
