@@ -1,9 +1,10 @@
 """Keys born on the device: P-256 key generation, ECDSA signing and a PKCS#10 CSR made by
 runtime/p256_sign.py and runtime/mpseal_csr.py, every output checked by ``cryptography``.
 
-Each test runs on two devices: the unix-port VM (Python integers) and stock MicroPython on
-the MPS2-AN385 Cortex-M3 in QEMU with the modules compiled for the RP2040 (armv6m .mpy:
-the p256_thumb assembly path). One device session per path makes all the outputs.
+Each test runs on three devices: the unix-port VM (Python integers), stock MicroPython on
+the MPS2-AN385 Cortex-M3 in QEMU and the stock RPI_PICO image on the virtual Pico
+(RP2040, its real os.urandom), both with the modules compiled for the RP2040 (armv6m
+.mpy: the p256_thumb assembly path). One device session per path makes all the outputs.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
 from cryptography.x509.oid import NameOID
+from pico_exec import pico_with
 from qemu_mps2 import Mps2
 
 from mpseal.device.vm import find_micropython, runtime_dir
@@ -141,9 +143,19 @@ def run_mps2() -> list[list[str]]:
     return [ln.split() for ln in out.splitlines()]
 
 
-@pytest.fixture(scope="module", params=["unix-vm-python-ints", "cortex-m-thumb-asm"])
+def run_pico() -> list[list[str]]:
+    with pico_with(rp2_mpy()) as link:
+        out = link.exec(script("/device.key"), timeout=600)
+    return [ln.split() for ln in out.splitlines()]
+
+
+@pytest.fixture(scope="module", params=["unix-vm-python-ints", "cortex-m-thumb-asm",
+                                        "rp2040-thumb-asm"])
 def device(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Run:
-    if request.param == "cortex-m-thumb-asm":
+    if request.param == "rp2040-thumb-asm":
+        run = Run(request.param, run_pico())
+        assert run.rows("FAST") == [["True"]]
+    elif request.param == "cortex-m-thumb-asm":
         run = Run(request.param, run_mps2())
         assert run.rows("FAST") == [["True"]]
         assert run.rows("NORNG") == [["refused"]]  # no weaker source behind its back
