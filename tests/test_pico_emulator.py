@@ -203,6 +203,13 @@ def test_power_cut_at_write_n_leaves_exactly_n_minus_1_writes(tmp_path: Path) ->
         # After the last cut the board boots again and littlefs mounts.
         board.start()
         assert board.wait_output(b"WRITER DONE", 30)
+        # A cut armed while running counts from then: the host's write is lost part-way.
+        board.wait_repl(30)
+        done = board.counters().writes
+        board.arm_cut(2)
+        board.send(b"\x03open('/late.txt', 'w').write('x' * 5000)\r")
+        assert board.wait_off(30)
+        assert board.cut is not None and board.cut["writes"] == done + 1
     finally:
         board.stop()
 

@@ -79,6 +79,11 @@ def firmware_dir(explicit: Path | str | None = None) -> Path:
     return found
 
 
+def _num(value: object) -> int:
+    """A count from the emulator's JSON (0 if it is missing or not a number)."""
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+
+
 def _node() -> str:
     node = shutil.which("node")
     if node is None:
@@ -123,6 +128,7 @@ class VirtualPico:
         self._ctl: socket.socket | None = None
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
+        self._req_lock = threading.Lock()  # one control request at a time
         self._output = bytearray()
         self._events: list[dict[str, object]] = []
         self._replies: list[dict[str, object]] = []
@@ -352,7 +358,7 @@ class VirtualPico:
         with self._lock:
             for e in reversed(self._events):
                 if e.get("event") == "reset":
-                    return int(e.get("nanos", 0))  # type: ignore[call-overload]
+                    return _num(e.get("nanos"))
         return 0
 
     def boot_outputs(self) -> list[bytes]:
@@ -403,28 +409,38 @@ class VirtualPico:
         with self._lock:
             return list(self._events)
 
-    def counters(self, timeout: float = 10.0) -> Counters:
-        """The emulated cycle counter, emulated time and flash writes since power-on."""
+    def _request(self, req: dict[str, object], timeout: float) -> dict[str, object]:
         ctl = self._ctl
         if ctl is None:
             raise UsageError("the virtual Pico is off")
-        with self._lock:
-            self._replies.clear()
-        try:
-            ctl.sendall(b'{"op":"counters"}\n')
-        except OSError:
-            raise ToolError("the RP2040 emulator is not running") from None
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while not self._replies:
-                left = deadline - time.monotonic()
-                if left <= 0 or self._exited:
-                    raise ToolError("the RP2040 emulator did not answer")
-                self._cond.wait(min(left, 0.5))
-            r = self._replies.pop(0)
-        return Counters(int(r["cycles"]), int(r["nanos"]), int(r["writes"]),  # type: ignore[call-overload]
-                        int(r["resets"]), bool(r["halted"]),  # type: ignore[call-overload]
-                        int(r.get("run_ms", 0)))  # type: ignore[call-overload]
+        with self._req_lock:
+            with self._lock:
+                self._replies.clear()
+            try:
+                ctl.sendall(json.dumps(req).encode() + b"\n")
+            except OSError:
+                raise ToolError("the RP2040 emulator is not running") from None
+            deadline = time.monotonic() + timeout
+            with self._cond:
+                while not self._replies:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or self._exited:
+                        raise ToolError("the RP2040 emulator did not answer")
+                    self._cond.wait(min(left, 0.5))
+                return self._replies.pop(0)
+
+    def arm_cut(self, after: int, timeout: float = 10.0) -> None:
+        """Lose power at the ``after``-th flash write from now (as ``cut_after`` counts
+        from power-on); 0 disarms."""
+        if after < 0:
+            raise UsageError("a power cut is armed at write 1 or later")
+        self._request({"op": "cut", "after": after}, timeout)
+
+    def counters(self, timeout: float = 10.0) -> Counters:
+        """The emulated cycle counter, emulated time and flash writes since power-on."""
+        r = self._request({"op": "counters"}, timeout)
+        return Counters(_num(r.get("cycles")), _num(r.get("nanos")), _num(r.get("writes")),
+                        _num(r.get("resets")), r.get("halted") is True, _num(r.get("run_ms")))
 
     def wait_event(self, name: str, timeout: float, count: int = 1) -> bool:
         """Wait until the emulator has reported ``count`` events ``name`` ("reset",

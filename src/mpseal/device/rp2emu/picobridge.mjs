@@ -57,7 +57,7 @@ const bootrom = fs.readFileSync(args.bootrom);
 const firmware = fs.readFileSync(args.firmware);
 const uid = Buffer.from(args.uid, 'hex');
 if (uid.length !== 8) fail('--uid must be 8 bytes in hex');
-const cutAfter = args['cut-after'] ? Number(args['cut-after']) : 0;
+let cutAfter = args['cut-after'] ? Number(args['cut-after']) : 0;
 const flashFd = fs.openSync(args.flash, 'r+');
 const flashImage = Buffer.alloc(FLASH_SIZE, 0xff);
 if (fs.readSync(flashFd, flashImage, 0, FLASH_SIZE, 0) !== FLASH_SIZE) fail('flash image is not 2 MiB');
@@ -417,6 +417,10 @@ control.on('data', (chunk) => {
     if (req.op === 'counters') {
       event({ reply: 'counters', cycles: cycles(), nanos: Math.round(nanos()), writes, resets,
               halted, run_ms: Math.round(runMs) });
+    } else if (req.op === 'cut') {
+      // Lose power at the after-th flash write from now (0: never).
+      cutAfter = req.after > 0 ? writes + Number(req.after) : 0;
+      event({ reply: 'cut', at: cutAfter, writes });
     } else if (req.op === 'stop') {
       shutdown(0);
     } else {
