@@ -223,7 +223,13 @@ def _read_marker(transport: Transport, flat: bool) -> dict[str, object] | None:
 
 
 def check_board(transport: Transport, plan: ProvisionPlan) -> None:
-    """Probe the firmware; refuse (nothing written) a board that cannot take this plan."""
+    """Probe the firmware; refuse (nothing written) a board that cannot take this plan.
+
+    Identity files alone (--no-guard, no artifact) need nothing of the firmware but a
+    hardware id, which read-id checks before anything is written: no probe then, which
+    spares the heap of the small boards this mode is for (the micro:bit's 8 KB)."""
+    if not plan.guard and plan.artifact is None:
+        return
     files = (guard_files(plan.board, plan.profile, plan.trust_root) if plan.guard else {})
     needs = needs_for(plan.board, plan.artifact, files, guard=plan.guard,
                       secrets=plan.guard and bool(plan.secrets or plan.device_token),
