@@ -44,12 +44,14 @@ from mpseal.fleet.releases import (
     FAILED_EVENTS,
     TIMESTAMP_COUNTER,
     UPDATE_STATES,
+    ArtifactBlob,
     Counter,
     DeviceUpdate,
     Release,
     ReleaseCount,
     ReleasePin,
     SignedTimestamp,
+    StoredRoot,
 )
 from mpseal.fleet.rollout import DeviceView, HaltPolicy, ReleaseStats, ReleaseView
 
@@ -543,6 +545,35 @@ class ReleaseStore:
             res = s.execute(delete(Event).where(Event.id.in_(ids.scalar_subquery()))
                             .execution_options(synchronize_session=False))
             return int(res.rowcount or 0)  # type: ignore[attr-defined]
+
+    # -- what every server process shares: artifacts and trust roots ------------------
+
+    def put_artifact(self, file_sha256: str, data: bytes) -> None:
+        with self.registry.session() as s:
+            stmt = _insert_for(self.registry.engine.dialect.name)(ArtifactBlob)
+            s.execute(stmt.values(file_sha256=file_sha256, size=len(data), data=data,
+                                  created_at=utcnow())
+                      .on_conflict_do_nothing(index_elements=["file_sha256"]))
+
+    def artifact(self, file_sha256: str) -> bytes | None:
+        with self.registry.session() as s:
+            data = s.scalar(select(ArtifactBlob.data)
+                            .where(ArtifactBlob.file_sha256 == file_sha256))
+            return None if data is None else bytes(data)
+
+    def share_roots(self, local: dict[int, bytes]) -> dict[int, bytes]:
+        """Store the trust roots this process has that the database lacks; return every
+        stored one (the caller verifies them before trusting any)."""
+        with self.registry.session() as s:
+            known = {int(v): bytes(d) for v, d in s.execute(
+                select(StoredRoot.version, StoredRoot.data))}
+            new = [{"version": v, "data": d, "created_at": utcnow()}
+                   for v, d in local.items() if v not in known]
+            if new:
+                stmt = _insert_for(self.registry.engine.dialect.name)(StoredRoot)
+                s.execute(stmt.on_conflict_do_nothing(index_elements=["version"]), new)
+                known.update({int(str(r["version"])): bytes(r["data"]) for r in new})  # type: ignore[arg-type]
+            return known
 
     # -- signed timestamps --------------------------------------------------------------
 

@@ -52,6 +52,7 @@ def _publish_blocking(server: UpdateServer, blob: bytes, channel: str) -> Releas
     path = Path(server.config.artifacts_dir) / f"{file_sha}.mpseal"
     if not path.exists():
         write_atomic(path, blob)
+    server.store.put_artifact(file_sha, blob)  # where every server reaches it
     return server.store.publish(NewRelease(
         app=target.app, board=target.board, version=target.version, counter=target.counter,
         manifest_sha256=target.manifest_sha256, file_sha256=file_sha, size=len(blob),

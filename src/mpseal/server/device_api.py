@@ -20,6 +20,7 @@ from mpseal.fleet.releasestore import Report
 from mpseal.fleet.rollout import DeviceView, Running, choose, in_rollout
 from mpseal.formats import jsondoc
 from mpseal.formats.names import APP_NAME, BOARD, CHANNEL, HARDWARE_ID, SHA256_HEX, VERSION
+from mpseal.fsutil import write_atomic
 from mpseal.server import auth
 from mpseal.server.http import (
     ApiError,
@@ -34,6 +35,9 @@ ARTIFACT_NAME = re.compile(rf"({SHA256_HEX.pattern})\.mpseal")
 TIMESTAMP_NAME = re.compile(rf"({CHANNEL.pattern})\.mpst")  # one timestamp per channel
 REASON_MAX = 200
 NO_STORE = {"Cache-Control": "no-store"}
+# Artifacts are named by their SHA-256 and roots by their version: never changed, so any
+# cache (a CDN in front of several servers) may keep them.
+IMMUTABLE = {"Cache-Control": "public, max-age=31536000, immutable"}
 
 
 def _server(request: Request) -> UpdateServer:
@@ -99,7 +103,18 @@ async def root(request: Request) -> Response:
     data = await server.run(server.roots.read, int(m.group(1)))
     if data is None:
         raise ApiError(404, f"no trust root version {m.group(1)}")
-    return Response(data, media_type="application/octet-stream")
+    return Response(data, media_type="application/octet-stream", headers=IMMUTABLE)
+
+
+def _cache_artifact(server: UpdateServer, name: str, path: Path) -> bool:
+    """Fetch an artifact another server published from the database into this server's
+    folder (a cache: the database is where every server finds it)."""
+    data = server.store.artifact(name.removesuffix(".mpseal"))
+    if data is None:
+        return False
+    if not path.is_file():
+        write_atomic(path, data)
+    return True
 
 
 async def artifact(request: Request) -> Response:
@@ -113,9 +128,9 @@ async def artifact(request: Request) -> Response:
     if base:
         return RedirectResponse(f"{base.rstrip('/')}/{name}", status_code=302)
     path = Path(server.config.artifacts_dir) / name
-    if not path.is_file():
+    if not path.is_file() and not await server.run(_cache_artifact, server, name, path):
         raise ApiError(404, f"no artifact {name}")
-    return FileResponse(path, media_type="application/octet-stream")
+    return FileResponse(path, media_type="application/octet-stream", headers=IMMUTABLE)
 
 
 async def _offered_release(server: UpdateServer, dev: DeviceView, channel: str,

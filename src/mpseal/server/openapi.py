@@ -68,7 +68,20 @@ def _schemas() -> dict[str, Any]:
                              "path": {"type": "string", "pattern": "^[a-z0-9._/-]{1,128}$"}}}
     counts = {"type": "object", "properties": {k: {"type": "integer"} for k in (
         "attempts", "updated", "failed", "refused", "rolled_back", "trial_timeouts",
-        "in_progress")}}
+        "in_progress", "cohort")}}
+    policy = {"type": "object", "properties": {
+        "min_attempts": {"type": ["integer", "null"], "minimum": 1},
+        "max_failure_ratio": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+        "min_cohort_share": {"type": ["number", "null"], "minimum": 0, "maximum": 1}}}
+    when = {"type": ["string", "null"], "format": "date-time"}
+    device = {"type": "object", "properties": {
+        "id": {"type": "integer"}, "hardware_id": HWID, "board": BOARD,
+        "state": {"type": "string", "enum": ["provisioning", "active", "revoked"]},
+        "group": GROUP, "app": {"type": ["string", "null"]},
+        "version": {"type": ["string", "null"]}, "counter": {"type": ["integer", "null"]},
+        "channel": {"type": ["string", "null"]}, "last_check_at": when,
+        "last_report_at": when, "last_event": {"type": ["string", "null"]},
+        "cert_expires": when}}
     release = {"type": "object", "properties": {
         "id": {"type": "integer"}, "app": NAME, "board": BOARD,
         "channel": CHANNEL, "version": VERSION, "counter": COUNTER,
@@ -78,7 +91,8 @@ def _schemas() -> dict[str, Any]:
         "groups": {"type": "array", "items": {"type": "string"}},
         "pins": {"type": "array", "items": HWID},
         "halt_reason": {"type": ["string", "null"]},
-        "created_at": {"type": "string", "format": "date-time"}, "counts": _ref("Counts")}}
+        "created_at": {"type": "string", "format": "date-time"}, "counts": _ref("Counts"),
+        "halt_policy": _ref("HaltPolicy")}}
     return {
         "Error": {"type": "object", "required": ["error"],
                   "properties": {"error": {"type": "string", "maxLength": 300}}},
@@ -95,16 +109,27 @@ def _schemas() -> dict[str, Any]:
                                                        "example": "timestamp/stable.mpst"},
                                          "root_version": {"type": "integer", "minimum": 1}}},
         "Target": target,
-        "ReportRequest": {"type": "object", "required": ["hardware_id", "event", "version"],
+        "ReportRequest": {"type": "object", "required": ["hardware_id", "event"],
                           "properties": {"hardware_id": HWID,
                                          "event": {"type": "string", "enum": EVENTS},
-                                         "version": VERSION,
+                                         "version": {"anyOf": [VERSION, {"const": ""}]},
                                          "reason": {"type": "string", "maxLength": 200},
                                          "app": NAME,
-                                         "board": BOARD}},
-        "ReportResponse": {"type": "object", "properties": {
-            "recorded": {"type": "boolean"}, "release": {"type": ["integer", "null"]},
-            "halted": {"type": "boolean"}}},
+                                         "board": BOARD,
+                                         "channel": CHANNEL}},
+        "ReportResponse": {"type": "object", "required": ["recorded"],
+                           "properties": {"recorded": {"const": True}}},
+        "HaltPolicy": policy,
+        "Device": device,
+        "DevicePage": {"type": "object", "properties": {
+            "devices": {"type": "array", "items": _ref("Device")},
+            "next": {"type": ["integer", "null"]}}},
+        "GroupRequest": {"type": "object", "required": ["group"],
+                         "properties": {"group": GROUP}},
+        "Health": {"type": "object", "properties": {
+            "ok": {"type": "boolean"}, "ready": {"type": "boolean"},
+            "database": {"type": "string", "enum": ["up", "down", "unknown"]},
+            "schema_ready": {"type": "boolean"}}},
         "Counts": counts,
         "Release": release,
         "ReleaseEnvelope": {"type": "object", "properties": {"release": _ref("Release")}},
@@ -134,8 +159,8 @@ def _paths() -> dict[str, Any]:
             "summary": "Report update progress", "security": DEVICE, "tags": ["device"],
             "requestBody": {"required": True, "content": {"application/json": {
                 "schema": _ref("ReportRequest")}}},
-            "responses": {"200": _json(_ref("ReportResponse"), "Recorded"),
-                          **_errors(400, 401, 403, 413)}}},
+            "responses": {"200": _json(_ref("ReportResponse"), "Stored (only then answered)"),
+                          **_errors(400, 401, 403, 413, 429, 503)}}},
         "/v1/timestamp/{channel}.mpst": {"get": {
             "summary": "The channel's signed timestamp", "security": DEVICE, "tags": ["device"],
             "parameters": [_path_param("channel", CHANNEL, "Channel")],
@@ -194,6 +219,47 @@ def _paths() -> dict[str, Any]:
             "tags": ["admin"], "parameters": [RELEASE_ID],
             "responses": {"200": _json(_ref("ReleaseEnvelope"), "Active"),
                           **_errors(401, 404, 409)}}},
+        "/v1/admin/releases/{release_id}/policy": {"post": {
+            "summary": "The release's own halt policy (null: the server's setting)",
+            "security": ADMIN, "tags": ["admin"], "parameters": [RELEASE_ID],
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": _ref("HaltPolicy")}}},
+            "responses": {"200": _json(_ref("ReleaseEnvelope"), "Set"),
+                          **_errors(400, 401, 404)}}},
+        "/v1/admin/devices": {"get": {
+            "summary": "The device inventory, one keyset page (next: the 'after' of the next)",
+            "security": ADMIN, "tags": ["admin"],
+            "parameters": [{"name": n, "in": "query", "schema": sch} for n, sch in (
+                ("state", {"type": "string"}), ("group", GROUP), ("app", NAME),
+                ("version", VERSION), ("event", {"type": "string"}),
+                ("seen_after", {"type": "string", "format": "date-time"}),
+                ("seen_before", {"type": "string", "format": "date-time"}),
+                ("expiring_before", {"type": "string", "format": "date-time"}),
+                ("after", {"type": "integer", "minimum": 0}),
+                ("limit", {"type": "integer", "minimum": 1, "maximum": 5000}))],
+            "responses": {"200": _json(_ref("DevicePage"), "Devices by id"),
+                          **_errors(400, 401)}}},
+        "/v1/admin/devices.jsonl": {"get": {
+            "summary": "The whole inventory (same filters), streamed as JSON lines",
+            "security": ADMIN, "tags": ["admin"],
+            "responses": {"200": {"description": "One Device per line", "content": {
+                "application/x-ndjson": {"schema": {"type": "string"}}}},
+                **_errors(400, 401)}}},
+        "/v1/admin/devices/{hardware_id}/group": {"post": {
+            "summary": "Move a device to a rollout group", "security": ADMIN,
+            "tags": ["admin"], "parameters": [_path_param("hardware_id", HWID, "Hardware id")],
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": _ref("GroupRequest")}}},
+            "responses": {"200": {"description": "Moved"}, **_errors(400, 401, 404)}}},
+        "/healthz": {"get": {
+            "summary": "Liveness (200 while the process runs) and what it knows of the database",
+            "tags": ["operations"],
+            "responses": {"200": _json(_ref("Health"), "Alive")}}},
+        "/readyz": {"get": {
+            "summary": "Readiness: 200 when the database answers and its schema is current",
+            "tags": ["operations"],
+            "responses": {"200": _json(_ref("Health"), "Ready"),
+                          "503": _json(_ref("Health"), "Not ready; Retry-After")}}},
         "/v1/admin/devices/{hardware_id}/revoke": {"post": {
             "summary": "Revoke a device and its certificates", "security": ADMIN,
             "tags": ["admin"], "parameters": [_path_param("hardware_id", HWID, "Hardware id")],
@@ -209,6 +275,7 @@ def spec() -> dict[str, Any]:
         (400, "Bad request: a one-line reason"), (401, "No or wrong credentials"),
         (403, "The device is revoked or unknown"), (404, "Not found"),
         (409, "Conflicts with the current state"), (413, "Request body too large"),
+        (429, "Too many reports from this device; Retry-After says when to try again"),
         (503, "The database is unavailable; retry"))}
     return {
         "openapi": "3.1.0",

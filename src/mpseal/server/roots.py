@@ -3,14 +3,19 @@
 Files are read with a size limit and parsed (self-signature checked) before use; the
 folder is rescanned at most once per ``ttl`` seconds, so a root added with
 ``mpseal keys`` is picked up (and the timestamps re-signed) without a restart.
+
+Several servers with separate folders share their roots through the database: each
+stores the ones it has, and trusts a newer stored one only if it chains from its own
+newest (signed by the previous root keys), so all of them name the same newest root.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mpseal.errors import ConfigError, MpsealError
@@ -19,6 +24,7 @@ from mpseal.formats.trustroot import TrustRoot
 from mpseal.fsutil import read_limited
 from mpseal.limits import DEFAULT_LIMITS
 
+log = logging.getLogger("mpseal.server")
 ROOT_NAME = re.compile(r"([1-9][0-9]{0,8})\.mpsr")
 
 
@@ -26,6 +32,7 @@ ROOT_NAME = re.compile(r"([1-9][0-9]{0,8})\.mpsr")
 class Roots:
     newest: TrustRoot
     files: dict[int, Path]  # version -> file
+    shared: dict[int, bytes] = field(default_factory=dict)  # newer ones from the database
 
 
 class RootStore:
@@ -35,6 +42,39 @@ class RootStore:
         self.ttl = ttl
         self._lock = threading.Lock()
         self._cached: tuple[float, Roots] | None = None
+        self._shared: dict[int, bytes] = {}  # verified roots newer than the local ones
+
+    def local_roots(self) -> dict[int, bytes]:
+        """The root files of this server's folder (and trust root file), by version."""
+        roots = self._scan_local()
+        return {v: read_limited(p, DEFAULT_LIMITS.root_max_length, "trust root")
+                for v, p in roots.files.items()}
+
+    def adopt(self, stored: dict[int, bytes]) -> TrustRoot | None:
+        """Trust the roots other servers stored (the database) that follow this server's
+        newest local root, each signed by the one before (``verify_root_chain``), so every
+        server names the same newest root; returns the new newest one, if any. A root that
+        does not chain is ignored (and logged): the database cannot add trust."""
+        local = self._scan_local().newest
+        chain = []
+        v = local.version + 1
+        while v in stored:
+            chain.append(stored[v])
+            v += 1
+        if not chain:
+            return None
+        try:
+            newest = trustroot.verify_root_chain(local, chain)
+        except MpsealError as e:
+            log.error("trust roots in the database after version %d do not chain: %s",
+                      local.version, e)
+            return None
+        with self._lock:
+            changed = set(self._shared) != set(range(local.version + 1, v))
+            self._shared = {local.version + 1 + i: d for i, d in enumerate(chain)}
+            if changed:
+                self._cached = None
+        return newest if changed else None
 
     def current(self) -> Roots:
         with self._lock:
@@ -46,7 +86,10 @@ class RootStore:
         return self.current().newest
 
     def read(self, version: int) -> bytes | None:
-        path = self.current().files.get(version)
+        cur = self.current()
+        if version in cur.shared:
+            return cur.shared[version]
+        path = cur.files.get(version)
         if path is None:
             # Added since the last scan (``mpseal keys``): serve it now, rescan next time.
             path = self.roots_dir / f"{version}.mpsr"
@@ -57,6 +100,17 @@ class RootStore:
         return read_limited(path, DEFAULT_LIMITS.root_max_length, "trust root")
 
     def _scan(self) -> Roots:
+        local = self._scan_local()
+        shared = {v: d for v, d in self._shared.items() if v > local.newest.version}
+        if not shared:
+            return local
+        try:
+            newest = trustroot.parse(shared[max(shared)])
+        except MpsealError:  # verified when adopted; cannot happen
+            return local
+        return Roots(newest, local.files, shared)
+
+    def _scan_local(self) -> Roots:
         files: dict[int, Path] = {}
         if self.roots_dir.is_dir():
             for p in self.roots_dir.iterdir():

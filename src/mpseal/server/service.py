@@ -215,9 +215,20 @@ class UpdateServer:
         await self.changed(info.view.channel)
         return True
 
+    async def sync_roots(self) -> None:
+        """Share trust roots with the other servers through the database (see roots.py)."""
+        local = await self.run(self.roots.local_roots)
+        stored = await self.run(self.store.share_roots, local)
+        newest = self.roots.adopt(stored)
+        if newest is not None:
+            log.warning("trust root %d adopted from the database (stored by another server)",
+                        newest.version)
+            self.current_ts.invalidate()
+
     async def maintain(self) -> None:
-        """Time out overdue trials and halt what must halt; keep every channel's timestamp
-        fresh; delete events past their retention."""
+        """Share trust roots; time out overdue trials and halt what must halt; keep every
+        channel's timestamp fresh; delete events past their retention."""
+        await self.sync_roots()
         policy = self.config.halt_policy
         while await self.run(self.store.sweep_trials, policy.trial_window_seconds) >= 5000:
             pass

@@ -77,8 +77,10 @@ class TimestampService:
         infos = {i.view.id: i for i in self.store.releases(channel, stats=False)}
         targets = [target_of(infos[v.id]) for v in current_releases(i.view for i in
                                                                      infos.values())]
+        # Not which key signs: servers with different timestamp keys (all in the root's
+        # timestamp role) agree on what a timestamp says and do not re-sign each other's.
         digest = hashlib.sha256(json.dumps(
-            [[t.to_dict() for t in targets], root.version, self.signer.public_key.keyid],
+            [[t.to_dict() for t in targets], root.version],
             sort_keys=True).encode()).hexdigest()
         return targets, digest
 
