@@ -567,12 +567,13 @@ class ReleaseStore:
         with self.registry.session() as s:
             known = {int(v): bytes(d) for v, d in s.execute(
                 select(StoredRoot.version, StoredRoot.data))}
-            new = [{"version": v, "data": d, "created_at": utcnow()}
-                   for v, d in local.items() if v not in known]
+            new = {v: d for v, d in local.items() if v not in known}
             if new:
                 stmt = _insert_for(self.registry.engine.dialect.name)(StoredRoot)
-                s.execute(stmt.on_conflict_do_nothing(index_elements=["version"]), new)
-                known.update({int(str(r["version"])): bytes(r["data"]) for r in new})  # type: ignore[arg-type]
+                s.execute(stmt.on_conflict_do_nothing(index_elements=["version"]),
+                          [{"version": v, "data": d, "created_at": utcnow()}
+                           for v, d in new.items()])
+                known.update(new)
             return known
 
     # -- signed timestamps --------------------------------------------------------------
