@@ -55,12 +55,12 @@ NIST = [
 FOLD = {0: 1, 3: -1, 6: -1, 7: 1}
 
 
-def fold(out: str, zero: str, lines: list[str], tag: str = "") -> None:
+def fold(out: str, zero: str, lines: list[str]) -> None:
     """Fold the signed carry in r5 into the 8 words at ``out`` until it is 0.
 
     Uses r2 (sign of the carry), r4/r5 (64-bit accumulator), r6 (running carry), r7.
     """
-    lines += [f"label({tag}fold)", "cmp(r5, 0)", f"beq({tag}done)", "mov(r7, r5)",
+    lines += ["label(fold)", "cmp(r5, 0)", "beq(done)", "mov(r7, r5)",
               "asr(r2, r7, 31)"]
     for j in range(8):
         lines.append(f"ldr(r4, [{out}, {4 * j}])")
@@ -76,11 +76,11 @@ def fold(out: str, zero: str, lines: list[str], tag: str = "") -> None:
         lines.append(f"str(r4, [{out}, {4 * j}])")
         if j < 7:
             lines.append("mov(r6, r5)")
-    lines += [f"b({tag}fold)", f"label({tag}done)"]
+    lines += ["b(fold)", "label(done)"]
 
 
-def reduce(lines: list[str], tag: str = "") -> None:
-    """512-bit product at r3 (16 words) -> 8 words at r1 (+ carry folded); r0 = 0."""
+def reduce(lines: list[str]) -> None:
+    """512-bit product at r3 (16 words) -> 8 words at r1, signed carry in r5; r0 = 0."""
     for j, terms in enumerate(NIST):
         if j == 0:
             lines += ["mov(r4, 0)", "mov(r5, 0)"]
@@ -92,7 +92,6 @@ def reduce(lines: list[str], tag: str = "") -> None:
                 ["sub(r4, r4, r6)", "sbc(r5, r0)"]
             lines += op * abs(coef)
         lines.append(f"str(r4, [r1, {4 * j}])")
-    fold("r1", "r0", lines, tag)
 
 
 def column_out(k: int, lines: list[str]) -> None:
@@ -100,7 +99,7 @@ def column_out(k: int, lines: list[str]) -> None:
               "orr(r4, r5)", "mov(r5, 0)"]
 
 
-def gen_mul(tag: str = "") -> list[str]:
+def gen_mul() -> list[str]:
     # r0 = r, r1 = a, r2 = b, r3 = t. Halfword limbs; column k = sum a_i * b_(k-i).
     lines = ["push({r0})", "mov(r0, 0)", "mov(r4, 0)", "mov(r5, 0)"]
     for k in range(31):
@@ -109,11 +108,10 @@ def gen_mul(tag: str = "") -> list[str]:
                       "mul(r6, r7)", "add(r4, r4, r6)", "adc(r5, r0)"]
         column_out(k, lines)
     lines += ["strh(r4, [r3, 62])", "pop({r1})"]
-    reduce(lines, tag)
     return lines
 
 
-def gen_sqr(tag: str = "") -> list[str]:
+def gen_sqr() -> list[str]:
     # r0 = r, r1 = a, r2 = t. Column k = 2 * sum_(i<j) a_i a_j + a_(k/2)^2: the cross
     # products are summed in (r6, r7) and doubled before they join the accumulator.
     lines = ["push({r0})", "mov(r3, r2)", "mov(r0, 0)", "mov(r4, 0)", "mov(r5, 0)"]
@@ -131,11 +129,10 @@ def gen_sqr(tag: str = "") -> list[str]:
             lines += [f"ldrh(r6, [r1, {k}])", "mul(r6, r6)", "add(r4, r4, r6)", "adc(r5, r0)"]
         column_out(k, lines)
     lines += ["strh(r4, [r3, 62])", "pop({r1})"]
-    reduce(lines, tag)
     return lines
 
 
-def gen_add(sub: bool, tag: str = "") -> list[str]:
+def gen_add(sub: bool) -> list[str]:
     # r0 = r, r1 = a, r2 = b.
     lines = []
     for j in range(8):
@@ -147,7 +144,6 @@ def gen_add(sub: bool, tag: str = "") -> list[str]:
         lines.append(f"str(r4, [r0, {4 * j}])")
     lines += ["mov(r5, 0)", "sbc(r5, r5)" if sub else "adc(r5, r5)",
               "mov(r1, r0)", "mov(r0, 0)"]
-    fold("r1", "r0", lines, tag)
     return lines
 
 
@@ -162,17 +158,18 @@ def gen_run() -> list[str]:
     runs a whole point doubling or addition: a Python call costs ~700 instructions, more
     than an addition mod p. The routines are subroutines (bl); r8-r10 hold ws, prog, n.
     """
-    lines = ["bl(entry)"]  # the routines first; bl reaches the runner at the end
-    for op in OPS:
-        lines.append(f"label({op})")
-        if op == "mul":
-            body = gen_mul(op + "_")
-        elif op == "sqr":
-            body = gen_sqr(op + "_")
-        else:
-            body = gen_add(op == "sub", op + "_")
-        lines += body + ["bx(lr)"]
+    # Routines first, each ending in bx(lr); bl reaches the runner at the end. The runner
+    # calls a product routine then `reduce`, then `fold` (shared: smaller code).
+    lines = ["bl(entry)"]
+    for name, body in (("mul", gen_mul()), ("sqr", gen_sqr()), ("add", gen_add(False)),
+                       ("sub", gen_add(True))):
+        lines += [f"label({name})"] + body + ["bx(lr)"]
+    lines += ["label(reduce)"]
+    reduce(lines)
+    lines += ["bx(lr)", "label(fold_all)"]
+    fold("r1", "r0", lines)
     lines += [
+        "bx(lr)",
         "label(entry)",
         "mov(r4, r8)", "mov(r5, r9)", "mov(r6, r10)", "push({r4, r5, r6})",
         "mov(r8, r0)", "mov(r9, r1)", "mov(r10, r2)",
@@ -185,14 +182,15 @@ def gen_run() -> list[str]:
         "lsl(r1, r1, 5)", "add(r1, r1, r3)",
         "lsl(r2, r2, 5)", "add(r2, r2, r3)",
         "add(r3, 224)",  # slot 7: the 64-byte scratch
-        "cmp(r4, 0)", "bne(not_mul)", "bl(mul)", "b(next)",
+        "cmp(r4, 0)", "bne(not_mul)", "bl(mul)", "b(reduce_it)",
         "label(not_mul)",
-        "cmp(r4, 1)", "bne(not_sqr)", "mov(r2, r3)", "bl(sqr)", "b(next)",
+        "cmp(r4, 1)", "bne(not_sqr)", "mov(r2, r3)", "bl(sqr)",
+        "label(reduce_it)", "bl(reduce)", "b(fold_it)",
         "label(not_sqr)",
-        "cmp(r4, 2)", "bne(not_add)", "bl(add)", "b(next)",
+        "cmp(r4, 2)", "bne(not_add)", "bl(add)", "b(fold_it)",
         "label(not_add)",
         "bl(sub)",
-        "label(next)",
+        "label(fold_it)", "bl(fold_all)",
         "mov(r7, r10)", "sub(r7, r7, 1)", "mov(r10, r7)", "bne(loop)",
         "pop({r4, r5, r6})", "mov(r8, r4)", "mov(r9, r5)", "mov(r10, r6)",
     ]

@@ -63,9 +63,6 @@ def table(ints):
     return out
 
 
-_G_FE = None  # table(p256._G_ODD), made on first use
-
-
 def _fmul(ws, a, b):
     # a * b mod p (32-byte strings in, out), through the workspace ws
     ws[288:320] = a
@@ -118,14 +115,11 @@ def odd_multiples(x, y):
 
 def chain(q_fe, a, b, n):
     # (X, Y, Z) as integers mod p of the sum over the digits, as _chain, on p256_thumb
-    global _G_FE
-    if _G_FE is None:
-        _G_FE = table(p256._G_ODD)
     run = p256_thumb.run
     P = _P
     ws = bytearray(352)
     digits = (a, b)
-    tables = (_G_FE, q_fe)
+    tables = (table(p256._G_ODD), q_fe)  # G's table made per call: 2.5 KB not kept
     inf = True
     for i in range(n - 1, -1, -1):
         if not inf:
