@@ -205,7 +205,7 @@ def test_fast_forward_through_two_key_rotations(world: World, device) -> None:
         res = run_mpseal("keys", "rotate", "--role", "timestamp", "-C", world.project)
         assert res.returncode == 0, res.stderr
     assert world.proj.trust_root().version == 3
-    blob = next(p for p in (world.project / "dist").glob("*2.0.0*")).read_bytes()
+    blob = next(p for p in (world.project / "dist").glob("*2.0.0*.mpseal")).read_bytes()
     t = target_for(blob, path=f"artifacts/{offer['file_sha256']}.mpseal")
     # The server restarts with the new key; here the mirror stands in for it (check and
     # timestamp), while the new trust roots come from the real server's /v1/roots/.
@@ -281,10 +281,10 @@ def test_a_trust_root_that_would_orphan_the_running_release_is_refused(world: Wo
     offer = world.admin().get("/v1/admin/releases").json()["releases"][0]
     res = run_mpseal("keys", "add", "--role", "release", "--threshold", "2", "-C", world.project)
     assert res.returncode == 0, res.stderr
-    blob = next((world.project / "dist").glob("*2.0.0*")).read_bytes()
+    blob = next((world.project / "dist").glob("*2.0.0*.mpseal")).read_bytes()
     t = target_for(blob, path=f"artifacts/{offer['file_sha256']}.mpseal")
     world.mirror.answer("/v1/device/check", 200, offer_json(t.to_dict(), 2))
-    refused(world, device, "would not accept the running release")
+    refused(world, device, "would not run under trust root 2")
 
 
 def test_the_client_backs_off_and_retries_until_the_server_answers(world: World,

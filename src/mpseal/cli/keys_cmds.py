@@ -91,6 +91,14 @@ def _report(change: keys_mod.KeyChange, as_json: bool, encrypted: bool) -> None:
         out_console.print(f"  retired {path}", markup=False)
     out_console.print(f"  kept as {change.root_file}; devices step to it through the update "
                       "server", markup=False)
+    for keyid in change.retiring:
+        out_console.print(f"  still named {keyid[:16]} (old {change.role} key): devices running "
+                          "releases it signed keep booting", markup=False)
+    if change.retiring:
+        out_console.print("Next: build and publish a release (signed by the new key); once the "
+                          "fleet runs it ('mpseal release list'), retire the old key:\n"
+                          + "\n".join(f"  mpseal keys revoke --role {change.role} {k[:16]}"
+                                       for k in change.retiring), markup=False)
 
 
 @keys.command()
@@ -121,16 +129,24 @@ def add(project_dir: Path, role: str, threshold: int | None, public_pem: Path | 
               help="Rotate to this existing public key (PEM) instead of a new one.")
 @click.option("--encrypt-key", is_flag=True,
               help="Protect the new private key with a passphrase ($MPSEAL_PASSPHRASE or a prompt).")
+@click.option("--immediate", is_flag=True,
+              help="Release role: drop the old key at once (devices must already run a "
+                   "release the new key signed, or they hold the new root back).")
 @JSON_OPTION
 def rotate(project_dir: Path, role: str, public_pem: Path | None, encrypt_key: bool,
-           as_json: bool) -> None:
-    """Replace a role's key(s) with one new key; the old private keys move to retired/."""
+           immediate: bool, as_json: bool) -> None:
+    """Replace a role's key(s) with one new key; the old private keys move to retired/.
+
+    The release key rotates in the order a fleet survives: the new trust root names the
+    old and the new key, builds are signed by the new one, and 'mpseal keys revoke'
+    retires the old one once the fleet runs a release the new key signed.
+    """
     project = Project.load(project_dir)
     public = _public_key(public_pem)
     new_pass = _new_passphrase(encrypt_key and public is None)
     change = keys_mod.rotate_key(project, role, public=public,
                                  passphrase=passphrase_from_env_or_prompt,
-                                 new_passphrase=new_pass)
+                                 new_passphrase=new_pass, immediate=immediate)
     _report(change, as_json, new_pass is not None)
 
 

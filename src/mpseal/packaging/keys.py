@@ -60,6 +60,7 @@ class KeyChange:
     removed: tuple[str, ...] = ()  # keyids that left the role
     key_file: Path | None = None  # the new private key, when generated here
     retired: tuple[Path, ...] = ()  # private key files moved to retired/
+    retiring: tuple[str, ...] = ()  # keyids still named, to revoke once devices moved on
 
     def summary(self) -> dict[str, object]:
         return {"action": self.action, "role": self.role, "old_version": self.old_version,
@@ -67,6 +68,7 @@ class KeyChange:
                 "added": list(self.added), "removed": list(self.removed),
                 "key_file": str(self.key_file) if self.key_file else None,
                 "retired": [str(p) for p in self.retired],
+                "retiring": list(self.retiring),
                 "threshold": self.root.roles[self.role].threshold
                 if self.role in self.root.roles else None}
 
@@ -161,8 +163,16 @@ def add_key(project: Project, role: str, *, threshold: int | None = None,
 
 def rotate_key(project: Project, role: str, *, public: PublicKey | None = None,
                passphrase: PassphraseSource = no_passphrase, new_passphrase: bytes | None = None,
-               extra_signers: Sequence[Signer] = ()) -> KeyChange:
-    """Replace all of ``role``'s keys by one new key (generated here, or ``public``)."""
+               extra_signers: Sequence[Signer] = (), immediate: bool = False) -> KeyChange:
+    """Replace ``role``'s keys by one new key (generated here, or ``public``).
+
+    The release role rotates in the order a fleet survives (unless ``immediate``): the
+    new root names the old and the new key, builds are signed by the new key only, and
+    the old key leaves the root in a later step ('mpseal keys revoke'), once devices run
+    a release signed by the new key. A device verifies its running release against every
+    root it takes: a root without the key of the running release would leave it nothing
+    to boot, so it holds that root back (runtime/mpseal_ota.py).
+    """
     passphrase = _asking_once(passphrase)
     old = project.trust_root()
     _check_role(role)
@@ -171,12 +181,19 @@ def rotate_key(project: Project, role: str, *, public: PublicKey | None = None,
     signer = PrivateKeySigner.generate() if public is None else None
     key = public or signer.public_key  # type: ignore[union-attr]
     _check_new_key(old, role, key)
-    new = _rebuild(old, role, [key.keyid], 1, extra={key.keyid: key})
+    staged = role == "release" and not immediate and bool(old_ids)
+    if staged and old.roles[role].threshold != 1:
+        raise UsageError(f"the release role needs {old.roles[role].threshold} signatures: "
+                         "rotate its keys one at a time ('mpseal keys add', a release signed "
+                         "by the new set, then 'mpseal keys revoke'), or give --immediate")
+    keyids = [*old_ids, key.keyid] if staged else [key.keyid]
+    new = _rebuild(old, role, keyids, 1, extra={key.keyid: key})
     change = _publish(project, old, new, role, passphrase, extra_signers, signer, new_passphrase)
     retired = _retire(project, role, [kf for kf in held if kf.keyid in old_ids])
     key_file = _promote(project, role, change.key_file)
     return KeyChange("rotate", role, old.version, change.root, change.root_file, (key.keyid,),
-                     old_ids, key_file, retired)
+                     () if staged else old_ids, key_file, retired,
+                     retiring=old_ids if staged else ())
 
 
 def revoke_key(project: Project, role: str, keyid: str, *, threshold: int | None = None,

@@ -136,8 +136,12 @@ def _check_role(root, role):
         raise Refused("trust root has no usable %s role" % role)
 
 
-def verify_timestamp(data, root, now=None, seen=None):
-    """Check a timestamp envelope (bytes); return its payload as a dict. Stores nothing."""
+def verify_timestamp(data, root, now=None, seen=None, held_back=0):
+    """Check a timestamp envelope (bytes); return its payload as a dict. Stores nothing.
+
+    `held_back`: the newest root this device refused to take because its running release
+    would not verify under it; a timestamp naming up to that root is judged by the root
+    installed (signed by its timestamp role), as if the newer root did not exist yet."""
     if len(data) > MAX_TS:
         raise Refused("timestamp is larger than %d bytes" % MAX_TS)
     if len(data) < 12 or data[:4] != b"MPST":
@@ -170,7 +174,7 @@ def verify_timestamp(data, root, now=None, seen=None):
         if name in names:
             raise Refused("timestamp names %s twice" % name)
         names.append(name)
-    if ts["root_version"] > root["version"]:
+    if ts["root_version"] > max(root["version"], held_back):
         e = NeedRoots("timestamp needs trust root %d, this device has %d: fetch the new roots"
                       % (ts["root_version"], root["version"]))
         e.version = ts["root_version"]
@@ -186,10 +190,10 @@ def verify_timestamp(data, root, now=None, seen=None):
     return ts
 
 
-def accept_timestamp(data, now=None):
+def accept_timestamp(data, now=None, held_back=0):
     """Verify `data` against the installed trust root; remember it as the newest seen."""
     seen = load_seen()
-    ts = verify_timestamp(data, installed_root(), now, seen)
+    ts = verify_timestamp(data, installed_root(), now, seen, held_back)
     if ts["version"] > seen["version"] or ts["issued"] > seen["issued"]:
         seen = {"version": max(ts["version"], seen["version"]),
                 "issued": max(ts["issued"], seen["issued"])}

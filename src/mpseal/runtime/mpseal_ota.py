@@ -250,33 +250,48 @@ def _download(cfg, target):
         raise OSError("download incomplete: %d of %d bytes" % (have, size))
 
 
+_held = None  # this round: the next trust root, held back until a release fits it
+
+
 def _fetch_roots(cfg, version):
+    """Install trust roots up to `version`, one step at a time, as far as the running
+    release still verifies: a root under which it would not (its release key retired,
+    a raised threshold) would leave nothing to boot or fall back to. Returns the version
+    installed; the device takes the rest after it runs a release signed for them
+    (a key rotation in the safe order: docs/updates.md, "Rotating the release key")."""
     root = meta.installed_root()
     have = root["version"]
     if not have < version <= have + 16:
         raise Refused("server names trust root %d; this device has %d" % (version, have))
+    global _held
+    slot = _running().get("committed")
     files = []
+    stopped = None
     for v in range(have + 1, version + 1):
         status, data = request(cfg, "GET", "/v1/roots/%d.mpsr" % v, limit=meta.rel_mod.MAX_ROOT)
         if status != 200:
             raise OSError("trust root %d answered %d" % (v, status))
-        root = meta.rel_mod.verify_root_update(root, data)
+        new = meta.rel_mod.verify_root_update(root, data)
+        if slot:
+            try:
+                guard._verify(slot, new, 0)
+            except Refused as e:
+                stopped = "trust root %d would not accept the running release (%s)" % (v, e)
+                _held = new  # an update must verify under it too: the way onto it
+                break
+        root = new
         files.append(data)
-    # A root under which the running release no longer verifies (e.g. a raised release
-    # threshold) would leave nothing to boot or fall back to: refuse it until a release
-    # signed for it has been published (the guard checks every boot against the root).
-    slot = _running().get("committed")
-    if slot:
-        try:
-            guard._verify(slot, root, 0)
-        except Refused as e:
-            raise Refused("trust root %d would not accept the running release (%s): publish "
-                          "a release signed for it first" % (version, e))
-    meta.apply_root_chain(files)
+    if files:
+        meta.apply_root_chain(files)
+    if stopped:
+        guard.log("staying on trust root %d: %s" % (have + len(files), stopped))
+    return have + len(files)
 
 
 def check_once(now=None):
     """One update round. Returns "none" or "staged" (then reset into the trial)."""
+    global _held
+    _held = None
     cfg = _config()
     _ensure_clock()
     board, app = guard.config()["board"], cfg.get("app", "")
@@ -300,8 +315,11 @@ def check_once(now=None):
     try:
         ts = meta.accept_timestamp(data, now)
     except meta.NeedRoots as e:
-        _fetch_roots(cfg, e.version)
-        ts = meta.accept_timestamp(data, now)
+        # Roots this device cannot take yet (its running release would not verify under
+        # them) are held back: the timestamp is judged by the root it has, and the update
+        # it offers must verify under that root too (the guard checks it).
+        held = e.version if _fetch_roots(cfg, e.version) < e.version else 0
+        ts = meta.accept_timestamp(data, now, held)
     _set_clock(ts["issued"])
     target = meta.pick_target(ts, board, app)
     if target is None:
@@ -317,6 +335,15 @@ def check_once(now=None):
         if mlen > 16384 or not meta.manifest_matches(target, f.read(mlen)):
             os.remove(PART)
             raise Refused("downloaded manifest is not the one the timestamp names (mix-and-match)")
+    if _held is not None:
+        # A held-back root (see _fetch_roots): take only a release that runs under it as
+        # well, so that the next round can install that root. Never a way around it.
+        try:
+            meta.rel_mod.verify_file(PART, _held, board, 0, guard.config()["max_image"])
+        except Refused as e:
+            os.remove(PART)
+            raise Refused("the offered release would not run under trust root %d, which this "
+                          "device takes next (%s)" % (_held["version"], e))
     try:
         r = guard.stage(PART)
     finally:
