@@ -9,6 +9,9 @@
 #                                          "CN", "O", "OU", "C", "serialNumber"; dns: names
 #                                          for a subjectAltName extension request
 #   sign(digest, path=KEY_PATH) -> sig     r||s over a 32-byte digest (p256_sign.sign)
+#   tls_key(path=KEY_PATH) -> DER          the key as SEC1 ECPrivateKey DER, for the board's
+#                                          own TLS: ctx.load_cert_chain(cert_der, tls_key())
+#                                          (in RAM on the board only; never send it anywhere)
 #
 # Nothing here returns or prints the private key: the host gets the public key and the
 # CSR, and the key file stays on the board. What protects the file itself is the board's
@@ -76,6 +79,12 @@ def public_key(path=KEY_PATH):
 def sign(digest, path=KEY_PATH):
     priv, pub = _read(path)
     return p256_sign.sign(priv, digest, pub=pub)
+
+
+def tls_key(path=KEY_PATH):
+    priv, pub = _read(path)
+    return _tlv(0x30, b"\x02\x01\x01" + _tlv(0x04, priv) + _tlv(0xA0, _tlv(0x06, _PRIME256V1))
+                + _tlv(0xA1, _tlv(0x03, b"\x00" + pub)))
 
 
 def _name(subject):

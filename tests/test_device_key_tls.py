@@ -1,0 +1,67 @@
+"""A key born on the device does mutual TLS: the device (MicroPython unix port, its real
+mbedTLS) makes its key and CSR with mpseal_csr, ``mpseal cert issue --csr`` issues its
+client certificate, and an OpenSSL server that requires a client certificate from the
+CA accepts the device, which presents ``mpseal_csr.tls_key()``. The key file is read only
+by the device."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from conftest import run_mpseal
+from cryptography import x509
+from pki_support import python_server, run_device
+
+from mpseal.device.vm import find_micropython, runtime_dir
+
+DEVICE = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import mpseal_csr
+d = sys.argv[2]
+mpseal_csr.create_key(d + "/device.key")
+with open(d + "/csr.der", "wb") as f:
+    f.write(mpseal_csr.csr([("O", "Acme"), ("CN", "device-born-1")], d + "/device.key"))
+# the device's TLS key, as its TLS client loads it (written here only for tls_client.py)
+with open(d + "/tls-key.der", "wb") as f:
+    f.write(mpseal_csr.tls_key(d + "/device.key"))
+"""
+
+
+def ok(res) -> None:  # type: ignore[no-untyped-def]
+    assert res.returncode == 0, res.stderr
+
+
+def test_device_born_key_does_mutual_tls_with_its_issued_certificate(tmp_path: Path) -> None:
+    ok(run_mpseal("ca", "init", tmp_path / "ca", "--org", "Acme"))
+    ok(run_mpseal("cert", "issue", "server.test", "--ca", tmp_path / "ca", "--role", "server",
+                  "--san", "DNS:server.test", "--out", tmp_path / "out"))
+    res = run_mpseal("cert", "anchor", tmp_path / "out/server.test-chain.pem", "--ca-bundle",
+                     tmp_path / "ca/root.pem", "--out", tmp_path / "anchor.der", "--json")
+    ok(res)
+    assert json.loads(res.stdout)["mode"] == "root"
+
+    dev = tmp_path / "device"
+    dev.mkdir()
+    (tmp_path / "make.py").write_text(DEVICE)
+    proc = subprocess.run([str(find_micropython()), str(tmp_path / "make.py"), str(runtime_dir()),
+                           str(dev)], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    csr = x509.load_der_x509_csr((dev / "csr.der").read_bytes())
+    assert csr.is_signature_valid
+
+    ok(run_mpseal("cert", "issue", "device-born-1", "--ca", tmp_path / "ca", "--role", "client",
+                  "--csr", dev / "csr.der", "--out", tmp_path / "out"))
+    cert = tmp_path / "out" / "device-born-1.der"
+    assert x509.load_der_x509_certificate(cert.read_bytes()).public_key() == csr.public_key()
+    assert not (tmp_path / "out" / "device-born-1.key.der").exists()  # no key on the host
+
+    s_chain = tmp_path / "out" / "server.test-chain.pem"
+    s_key = tmp_path / "out" / "server.test.key.pem"
+    with python_server(s_chain, s_key, tmp_path / "ca" / "ca-chain.pem") as (port, server):
+        result = run_device(port, cert, dev / "tls-key.der", tmp_path / "anchor.der")
+    assert result.ok, result.line
+    assert server.error is None
+    assert server.peer_subject == "device-born-1"
