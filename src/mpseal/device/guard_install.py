@@ -26,12 +26,13 @@ from mpseal.packaging.mpycross import CompileOptions, Compiler, Module
 
 # Device-side modules of the guard, shipped from mpseal/runtime/.
 GUARD_MODULES = ("mpseal_guard", "mpseal_release", "mpseal_state", "mpseal_port",
-                 "mpseal_lockdown", "mpseal_meta", "mpseal_secrets", "mpseal_ota", "p256",
-                 "p256_fast", "p256_thumb")
+                 "mpseal_lockdown", "mpseal_appfs", "mpseal_romfs", "mpseal_meta",
+                 "mpseal_secrets", "mpseal_ota", "p256", "p256_fast", "p256_thumb")
 # Modules only for boards whose native code is ARM Thumb (the inline assembler's target).
 THUMB_ONLY = ("p256_fast", "p256_thumb")
 THUMB_ARCHS = ("armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp")
-MAIN_SHIM = b"import mpseal_guard\nmpseal_guard.boot()\n"
+# /main.py: imports the guard and boots; locked idle even if the guard cannot be loaded.
+MAIN_SHIM = (runtime_dir() / "mpseal_main.py").read_bytes()
 GUARD_DIR = "/mpseal"
 TRUST_ROOT = "/mpseal/trust-root.mpsr"
 DEVICE_CONFIG = "/mpseal/device.json"

@@ -30,6 +30,7 @@ INCOMING_PATH = "/mpseal/incoming.mpseal"
 SIM_ID = "/mpseal/sim-id"  # read by runtime/mpseal_port.py unique_id()
 EXIT_RESET = 17  # mpseal_port.py: the guard asked for a reset
 EXIT_IDLE = 18  # the guard found nothing it may boot and idles, locked
+EXIT_CRASH = 19  # simboard.py: main.py raised (on a board: traceback, then the REPL)
 MAX_BOOTS = 6
 
 
@@ -38,7 +39,9 @@ class BootReport:
     """What happened over the boots of one `sim boot`."""
 
     boots: int
-    outcome: str  # "running" (a committed image ran), "idle", "returned" (dev profile), "limit"
+    # "running" (a committed image ran), "idle", "returned" (main.py returned: the REPL
+    # follows on a board; the dev profile), "crashed" (main.py raised), "limit"
+    outcome: str
     output: str
     exit_codes: list[int]
 
@@ -69,6 +72,7 @@ class BoardInfo:
     board: str = "unix"
     flash_size: int = DEFAULT_FLASH
     heapsize: str | None = None
+    firmware: str = ""  # runtime/simfirmware.py: what the firmware lacks or adds
 
 
 class VirtualBoard:
@@ -110,14 +114,24 @@ class VirtualBoard:
             raise UsageError(f"no virtual board in {self.folder}; run 'mpseal sim create' first")
         try:
             raw = json.loads(read_limited(path, 4096, "board.json"))
-            return BoardInfo(str(raw["board"]), int(raw["flash_size"]), raw.get("heapsize"))
+            return BoardInfo(str(raw["board"]), int(raw["flash_size"]), raw.get("heapsize"),
+                             str(raw.get("firmware", "")))
         except (ValueError, KeyError, TypeError):
             raise ConfigError(f"{path} is damaged; re-create the virtual board") from None
 
+    def set_firmware(self, firmware: str) -> None:
+        """Give the board another firmware (runtime/simfirmware.py SPEC, "" = the unix port's)."""
+        self.info = BoardInfo(self.info.board, self.info.flash_size, self.info.heapsize, firmware)
+        write_atomic(self.folder / "board.json", json.dumps(asdict(self.info), indent=2).encode())
+
     def command(self, *args: str, heapsize: str | None = None, cut: int = 0, tear: bool = False,
-                timeout: float = 120, power_off_after: float | None = None) -> vm.VmResult:
-        """One run of the VM on this board's flash; ``cut``: lose power at that block write."""
+                timeout: float = 120, power_off_after: float | None = None,
+                eio: int = 0) -> vm.VmResult:
+        """One run of the VM on this board's flash; ``cut``: lose power at that block write;
+        ``eio``: the flash fails (OSError EIO) from that block operation on."""
         power = (["--cut", str(cut)] if cut else []) + (["--tear"] if tear else [])
+        power += (["--eio", str(eio)] if eio else [])
+        power += (["--firmware", self.info.firmware] if self.info.firmware else [])
         return vm.run(vm.runtime_dir() / "simboard.py", [str(self.flash), *power, *args],
                       heapsize=heapsize or self.info.heapsize, timeout=timeout,
                       power_off_after=power_off_after)
@@ -190,7 +204,7 @@ class VirtualBoard:
         return result
 
     def boot(self, max_boots: int = MAX_BOOTS, heapsize: str | None = None,
-             timeout: float = 120, run_for: float | None = None) -> BootReport:
+             timeout: float = 120, run_for: float | None = None, eio: int = 0) -> BootReport:
         """Power the board on and follow its resets until it settles.
 
         Settled: a committed image ran or was just committed, the guard idles,
@@ -203,7 +217,8 @@ class VirtualBoard:
         output: list[str] = []
         codes: list[int] = []
         for n in range(1, max_boots + 1):
-            res = self.command("boot", heapsize=heapsize, timeout=timeout, power_off_after=run_for)
+            res = self.command("boot", heapsize=heapsize, timeout=timeout,
+                               power_off_after=run_for, eio=eio)
             output.append(res.app_output() + res.stderr)
             codes.append(res.returncode)
             if res.returncode == vm.POWERED_OFF:
@@ -211,7 +226,8 @@ class VirtualBoard:
             if res.returncode == EXIT_IDLE:
                 return BootReport(n, "idle", "".join(output), codes)
             if res.returncode != EXIT_RESET:
-                return BootReport(n, "returned", "".join(output), codes)
+                outcome = "returned" if res.returncode == 0 else "crashed"
+                return BootReport(n, outcome, "".join(output), codes)
             settled = any((ln.startswith("[mpseal] booting ") and "on trial" not in ln)
                           or ln.startswith("[mpseal] committed ")
                           for ln in res.stdout.splitlines())

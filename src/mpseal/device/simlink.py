@@ -51,7 +51,9 @@ class SimLink:
     """A running virtual board and the pty path (:attr:`path`) to open it on."""
 
     def __init__(self, flash: Path, heapsize: str | None = None,
-                 timeout: float = START_TIMEOUT, *, boot: bool = False) -> None:
+                 timeout: float = START_TIMEOUT, *, boot: bool = False,
+                 firmware: str = "") -> None:
+        self._firmware = firmware  # runtime/simfirmware.py SPEC, boot mode
         self._ready = threading.Event()
         self._lock = threading.Lock()
         self.to_board = 0  # bytes relayed from the host to the VM (what a UART would carry)
@@ -99,8 +101,9 @@ class SimLink:
         if self._heapsize:
             cmd += ["-X", f"heapsize={self._heapsize}"]
         script = str(vm.runtime_dir() / "simrepl.py")
-        cmd += [script, str(self._flash), "boot"] if mode == "boot" else ["-i", script,
-                                                                            str(self._flash)]
+        firmware = ["--firmware", self._firmware] if self._firmware else []
+        cmd += ([script, str(self._flash), "boot", *firmware] if mode == "boot"
+                else ["-i", script, str(self._flash)])
         self._mode = mode
         try:
             return subprocess.Popen(cmd, stdin=vm_slave, stdout=vm_slave, stderr=vm_slave,

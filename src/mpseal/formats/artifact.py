@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from mpseal.crypto.keys import Signer
 from mpseal.errors import FormatError, IntegrityError, PolicyError
 from mpseal.formats import manifest as manifest_mod
-from mpseal.formats import sigblock
+from mpseal.formats import romfs, sigblock
 from mpseal.formats.manifest import Manifest
 from mpseal.formats.sigblock import SignatureEntry
 from mpseal.formats.trustroot import TrustRoot
@@ -143,6 +143,8 @@ def verify(data: bytes, root: TrustRoot, board: str | None = None,
         )
     if hashlib.sha256(art.image).hexdigest() != man.image_sha256:
         raise IntegrityError("image SHA-256 does not match the signed manifest: the image was altered")
+    if man.files and man.files != romfs.entries(art.image):
+        raise IntegrityError("the manifest's file list does not match the image")
     if board is not None and man.board != board:
         raise PolicyError(f"artifact is built for board {man.board!r}, not {board!r}")
     if man.counter < min_counter:

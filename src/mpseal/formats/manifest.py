@@ -8,14 +8,19 @@ A UTF-8 JSON object, written with sorted keys and no spaces:
      "mpy": {"version": "6.3", "arch": "xtensawin"},
      "image": {"format": "romfs", "sha256": "<64 hex>", "size": 12345},
      "entry": "main",
-     "files": [["main.mpy", 812], ["lib/util.mpy", 300], ["data/logo.bin", 4096]],
+     "files": [["data/logo.bin", 4096, 24, "<64 hex>"], ["main.mpy", 812, 4136, "<64 hex>"]],
      "build": {"opt": 2, "source_lines": false, "tool": "mpseal 0.1.0"}}
 
-The device reads ``type``..``entry``; ``files`` and ``build`` are for people.
+``files`` lists every file of the image as ``[path, size, offset, sha256]``: ``offset``
+is where the file's bytes start inside the image. A device without ``vfs.VfsRom``
+serves the app from this signed list (runtime/mpseal_appfs.py): it reads each file
+at its offset and checks it against its hash before anything sees it, so it never
+parses the image from flash. ``build`` is for people.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from mpseal.errors import FormatError
@@ -23,6 +28,10 @@ from mpseal.formats import jsondoc, names
 from mpseal.limits import DEFAULT_LIMITS, Limits
 
 DOC_TYPE = "mpseal-release"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+# One file of the image: (path, size, offset of its bytes in the image, sha256 hex).
+FileEntry = tuple[str, int, int, str]
 
 
 def check_file_name(name: str, limits: Limits = DEFAULT_LIMITS) -> str:
@@ -50,7 +59,7 @@ class Manifest:
     image_sha256: str
     image_size: int
     entry: str = "main"
-    files: tuple[tuple[str, int], ...] = ()
+    files: tuple[FileEntry, ...] = ()
     build: dict[str, object] = field(default_factory=dict)
 
     def encode(self) -> bytes:
@@ -96,12 +105,8 @@ def parse(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Manifest:
     image = f.obj("image")
     if image.req_str("format") != "romfs":
         raise FormatError("manifest image format is not romfs")
-    files = []
-    for item in f.list("files", limits.files_max_count):
-        if (not isinstance(item, list) or len(item) != 2 or not isinstance(item[1], int)
-                or isinstance(item[1], bool) or not 0 <= item[1] <= limits.image_max_length):
-            raise FormatError("manifest file list entry is not [name, size]")
-        files.append((check_file_name(item[0], limits), item[1]))
+    image_size = image.int("size", 0, limits.image_max_length)
+    files = parse_files(f.list("files", limits.files_max_count), image_size, limits)
     entry = f.req_str("entry", 64)
     if not names.MODULE.fullmatch(entry):
         raise FormatError(f"manifest entry {entry!r} is not a module name")
@@ -115,8 +120,34 @@ def parse(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Manifest:
         mpy_version=mpy.req_str("version", 8),
         arch=mpy.req_str("arch", 16),
         image_sha256=image.hex("sha256", 32),
-        image_size=image.int("size", 0, limits.image_max_length),
+        image_size=image_size,
         entry=entry,
         files=tuple(files),
         build=build.raw(),  # informational only
     )
+
+
+def _count(value: object, hi: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= hi
+
+
+def parse_files(items: list[object], image_size: int,
+                limits: Limits = DEFAULT_LIMITS) -> tuple[FileEntry, ...]:
+    """The ``files`` list: each ``[path, size, offset, sha256]`` inside the image, no path twice.
+
+    runtime/mpseal_appfs.py makes the same checks on the device."""
+    files: list[FileEntry] = []
+    seen: set[str] = set()
+    for item in items:
+        if (not isinstance(item, list) or len(item) != 4 or not _count(item[1], image_size)
+                or not _count(item[2], image_size) or not isinstance(item[3], str)
+                or not _SHA256.fullmatch(item[3])):
+            raise FormatError("manifest file list entry is not [path, size, offset, sha256]")
+        name = check_file_name(item[0], limits)
+        if item[2] + item[1] > image_size:
+            raise FormatError(f"manifest file {name} lies outside the image")
+        if name in seen:
+            raise FormatError(f"manifest lists file {name} twice")
+        seen.add(name)
+        files.append((name, item[1], item[2], item[3]))
+    return tuple(files)

@@ -14,6 +14,7 @@ Unknown kinds are skipped, as VfsRom does.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from mpseal.errors import FormatError
@@ -28,6 +29,7 @@ _MAX_UINT_BYTES = 5
 class RomFile:
     path: str
     data: bytes
+    offset: int = 0  # where ``data`` starts inside the image
 
 
 def _uint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
@@ -128,6 +130,12 @@ def read(image: bytes) -> list[RomFile]:
     return files
 
 
+def entries(image: bytes) -> tuple[tuple[str, int, int, str], ...]:
+    """The manifest's ``files`` list of ``image``: (path, size, offset, sha256 hex), sorted."""
+    return tuple(sorted((f.path, len(f.data), f.offset, hashlib.sha256(f.data).hexdigest())
+                        for f in read(image)))
+
+
 def _walk(buf: bytes, pos: int, end: int, prefix: str, depth: int, out: list[RomFile]) -> None:
     if depth > MAX_DEPTH:
         raise FormatError(f"ROMFS directories nest deeper than {MAX_DEPTH}")
@@ -138,20 +146,21 @@ def _walk(buf: bytes, pos: int, end: int, prefix: str, depth: int, out: list[Rom
             _walk(buf, p, stop, f"{prefix}{name}/", depth + 1, out)
         elif kind == KIND_FILE:
             name, p = _name(buf, start, stop)
-            out.append(RomFile(prefix + name, _file_data(buf, p, stop)))
+            offset, data = _file_data(buf, p, stop)
+            out.append(RomFile(prefix + name, data, offset))
         pos = stop
 
 
-def _file_data(buf: bytes, pos: int, end: int) -> bytes:
+def _file_data(buf: bytes, pos: int, end: int) -> tuple[int, bytes]:
     while pos < end:
         kind, start, stop = _record(buf, pos, end)
         if kind == KIND_VERBATIM:
-            return bytes(buf[start:stop])
+            return start, bytes(buf[start:stop])
         if kind == KIND_POINTER:
             offset, p = _uint(buf, start, stop)
             n, _ = _uint(buf, p, stop)
             if offset + n > len(buf):
                 raise FormatError("ROMFS data pointer points outside the image")
-            return bytes(buf[offset : offset + n])
+            return offset, bytes(buf[offset : offset + n])
         pos = stop
-    return b""
+    return end, b""

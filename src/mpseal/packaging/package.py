@@ -103,7 +103,7 @@ def build(project: Project, signer: Signer, progress: Callable[[str], None] | No
         image_sha256=image_sha256,
         image_size=len(image),
         entry=cfg.entry,
-        files=tuple((name, len(files[name])) for name in sorted(files)),
+        files=romfs.entries(image),
         build={"opt": cfg.opt, "source_lines": cfg.source_lines, "tool": f"mpseal {__version__}",
                "sbom": hashlib.sha256(sbom_bytes).hexdigest()},
     )

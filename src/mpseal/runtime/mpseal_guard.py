@@ -13,6 +13,19 @@
 #   more than max_tries times is reverted to the last committed image. No
 #   valid image at all -> locked idle that says why (never the REPL).
 #
+# The boot is total: anything that goes wrong inside the guard (a damaged
+# device.json, an OSError from flash, a firmware without a feature it needs, a
+# bug) ends in locked idle with the reason printed and logged; a committed image
+# that fails max_fails boots in a row (counted in the boot state) is not started
+# again. Outside the dev profile nothing here falls through to the REPL.
+#
+# Mounting the app (chosen by feature detection, or forced by device.json "mount"):
+#   romfs-partition  vfs.VfsRom over the port's ROMFS partition (vfs.rom_ioctl),
+#                    the verified image mirrored there once, re-hashed every boot
+#   vfsrom-ram       vfs.VfsRom over the RAM copy made while hashing the slot
+#   verified-files   mpseal_appfs: each file checked against its signed hash when
+#                    opened, served from RAM (firmware without vfs.VfsRom)
+#
 # Threat tiers: the signature and hash checks stop T1 (network/mirror) and a T0
 # owner copying foreign code onto the filesystem; anti-rollback stops replay of
 # old signed releases (T1). A T0 owner with REPL access can replace this file
@@ -21,6 +34,7 @@
 import os
 import struct
 import sys
+import time
 
 import mpseal_port as port
 import mpseal_release as rel_mod
@@ -32,12 +46,21 @@ TRUST = DIR + "/trust-root.mpsr"
 CONFIG = DIR + "/device.json"
 LOG = DIR + "/log.txt"
 LOG_MAX = 4096
-DEFAULTS = {"board": "unknown", "profile": "field", "max_tries": 3, "max_image": 1 << 22}
+DEFAULTS = {"board": "unknown", "profile": "field", "max_tries": 3, "max_image": 1 << 22,
+            "mount": "auto", "max_fails": 5}
+MOUNTS = ("auto", "romfs-partition", "vfsrom-ram", "verified-files")
+HEALTHY_MS = 30000  # an app that ran this long before crashing did not fail its boot
 
 _state = None  # State of this boot
 _running = None  # (slot, Release) of the image running now
 _config = None
 _image_buf = None  # RAM for a file slot's image, reserved before anything else
+_config_error = None  # why device.json could not be used, or None
+_mount_kind = None  # the mount path of this boot (see MOUNTS)
+
+
+class Missing(Exception):
+    """The firmware lacks a feature the guard needs (not the app's fault)."""
 
 
 def _other(slot):
@@ -59,21 +82,57 @@ def log(msg):
             pass
         with open(LOG, "a") as f:
             f.write("%d %s\n" % (_state.seq if _state else 0, msg))
-    except OSError:
-        pass  # a full or read-only flash must not stop the boot
+    except Exception:  # noqa: a full, read-only or failing flash must not stop the boot
+        pass
+
+
+def _need(module, name):
+    """Module `module`, which must have `name`; else Missing, saying which feature."""
+    try:
+        mod = __import__(module)
+    except ImportError:
+        raise Missing("firmware has no %s module" % module)
+    if not hasattr(mod, name):
+        raise Missing("firmware has no %s.%s" % (module, name))
+    return mod
+
+
+def _check_config(cfg):
+    for key, lo in (("max_tries", 1), ("max_image", 1), ("max_fails", 1)):
+        if type(cfg[key]) is not int or cfg[key] < lo:
+            raise ValueError("%s is not a whole number >= %d" % (key, lo))
+    if not isinstance(cfg["board"], str):
+        raise ValueError("board is not a string")
+    if cfg["profile"] not in ("dev", "field", "sealed"):
+        raise ValueError("profile %r is not dev, field or sealed" % (cfg["profile"],))
+    if cfg["mount"] not in MOUNTS:
+        raise ValueError("mount %r is not one of %s" % (cfg["mount"], ", ".join(MOUNTS)))
 
 
 def config():
-    global _config
+    """device.json over the defaults. Missing or damaged: the defaults (profile field),
+    and _config_error says why, so the boot stops locked instead of guessing."""
+    global _config, _config_error
     if _config is None:
         import json
 
         cfg = dict(DEFAULTS)
         try:
             with open(CONFIG) as f:
-                cfg.update(json.loads(f.read(2048)))
-        except (OSError, ValueError):
-            pass
+                raw = f.read(2049)
+            if len(raw) > 2048:
+                raise ValueError("larger than 2048 bytes")
+            doc = json.loads(raw)
+            if not isinstance(doc, dict):
+                raise ValueError("not a JSON object")
+            cfg.update(doc)
+            _check_config(cfg)
+        except OSError as e:
+            _config_error = "cannot read %s: %s" % (CONFIG, e)
+        except (ValueError, TypeError, KeyError) as e:
+            _config_error = "%s is damaged: %s" % (CONFIG, e)
+        if _config_error:
+            cfg = dict(DEFAULTS)
         _config = cfg
     return _config
 
@@ -88,8 +147,11 @@ def trust_root():
 
 def _verify(slot, root, min_counter, into=None):
     cfg = config()
-    return rel_mod.verify_file(slot_path(slot), root, cfg["board"], min_counter, cfg["max_image"],
-                               into)
+    try:
+        return rel_mod.verify_file(slot_path(slot), root, cfg["board"], min_counter,
+                                   cfg["max_image"], into)
+    except OSError as e:  # the flash failed under the read: this slot cannot be trusted now
+        raise Refused("flash read failed: %s" % e)
 
 
 def _save():
@@ -155,6 +217,7 @@ def stage(src):
     os.rename(slot_path(slot) + ".tmp", slot_path(slot))
     _state.trial = slot
     _state.tries = 0
+    _state.fails = 0
     _save()
     log("staged %s %s (counter %d) in slot %s for a trial boot" % (r.app, r.version, r.counter, slot))
     return r
@@ -168,6 +231,7 @@ def confirm():
     _state.committed = slot
     _state.trial = None
     _state.tries = 0
+    _state.fails = 0
     if r.counter > _state.counter:
         _state.counter = r.counter
     _save()
@@ -177,7 +241,8 @@ def confirm():
 
 def status():
     return {"state": _state.to_dict() if _state else None,
-            "running": (_running[0], _running[1].version) if _running else None}
+            "running": (_running[0], _running[1].version) if _running else None,
+            "mount": _mount_kind}
 
 
 def _revert(why):
@@ -187,54 +252,72 @@ def _revert(why):
     _save()
 
 
+def mount_plan():
+    """The mount path this firmware allows (see MOUNTS), by feature detection; device.json's
+    "mount" may force one, and a forced path the firmware lacks raises Missing."""
+    want = config()["mount"]
+    vfs = _need("vfs", "mount")
+    has_rom = hasattr(vfs, "VfsRom")
+    if want in ("auto", "romfs-partition"):
+        if has_rom and port.rom_partition() is not None:
+            return "romfs-partition"
+        if want != "auto":
+            raise Missing("firmware has no ROMFS partition (vfs.VfsRom and vfs.rom_ioctl)")
+    if want in ("auto", "vfsrom-ram"):
+        if has_rom:
+            return "vfsrom-ram"
+        if want != "auto":
+            raise Missing("firmware has no vfs.VfsRom")
+    return "verified-files"
+
+
 def _mount(slot, r):
     import vfs
 
-    part = port.rom_partition()
-    if part is not None:
-        image = _mirror_to_partition(slot, r, part)
-    else:
+    if _mount_kind == "romfs-partition":
+        fs = vfs.VfsRom(_mirror_to_partition(slot, r, port.rom_partition()))
+    elif _mount_kind == "vfsrom-ram":
         # _verify read the image into the reserved RAM while hashing it: the
         # bytes that run are exactly the bytes that were checked.
         if _image_buf is None:
             raise Refused("not enough RAM for a %d-byte image" % r.size)
-        image = memoryview(_image_buf)[: r.size]
+        fs = vfs.VfsRom(memoryview(_image_buf)[: r.size])
+    else:
+        import mpseal_appfs
+
+        fs = mpseal_appfs.AppFS(slot_path(slot), r.offset, r.files, r.size)
     try:
         vfs.umount("/rom")
     except OSError:
         pass
-    vfs.mount(vfs.VfsRom(image), "/rom")
+    vfs.mount(fs, "/rom")
     sys.path[:0] = ["/rom", "/rom/lib"]
 
 
 def _mirror_to_partition(slot, r, part):
-    """Mount from a memory-mapped ROMFS partition: copy the verified image there once."""
+    """The ROMFS partition holding exactly the verified image: copied there once (when it
+    does not already hash right), with the write protocol the port answers to."""
     import hashlib
 
-    mem, ioctl = part
+    mem = part.mem
     if r.size > len(mem):
         raise Refused("image does not fit the ROMFS partition")
     if rel_mod._hex(hashlib.sha256(mem[: r.size]).digest()) != r.sha256:
-        log("copying slot %s to the ROMFS partition" % slot)
-        chunk = max(ioctl(3, 0, r.size), 256)
-        buf = bytearray(chunk)
+        log("copying slot %s to the ROMFS partition (%s)" % (slot, part.kind))
         with open(slot_path(slot), "rb") as f:
             f.seek(r.offset)
-            off = 0
-            while off < r.size:
-                n = f.readinto(memoryview(buf)[: min(chunk, r.size - off)])
-                ioctl(4, 0, off, memoryview(buf)[:n])
-                off += n
-        ioctl(5, 0)
+            part.write(f, r.size)
         if rel_mod._hex(hashlib.sha256(mem[: r.size]).digest()) != r.sha256:
             raise Refused("ROMFS partition does not read back the verified image")
     return mem[: r.size]
 
 
 def _reserve_image_buffer():
-    """Take one contiguous block for the image first, before the heap fragments."""
-    global _image_buf
-    if port.rom_partition() is not None:
+    """Pick the mount path; for vfsrom-ram take one contiguous block for the image first,
+    before the heap fragments (where RAM does not allow it, auto falls to verified-files)."""
+    global _image_buf, _mount_kind
+    _mount_kind = mount_plan()
+    if _mount_kind != "vfsrom-ram":
         return
     size = 0
     for slot in ("a", "b"):
@@ -247,14 +330,17 @@ def _reserve_image_buffer():
         try:
             _image_buf = bytearray(size)
         except MemoryError:
-            log("not enough RAM for a %d-byte image" % size)
+            if config()["mount"] == "auto":
+                _mount_kind = "verified-files"
+            else:
+                log("not enough RAM for a %d-byte image" % size)
 
 
 def _run(slot, r, trial):
     global _running
     _running = (slot, r)
-    log("booting %s %s (counter %d) from slot %s%s"
-        % (r.app, r.version, r.counter, slot, " on trial" if trial else ""))
+    log("booting %s %s (counter %d) from slot %s%s (mount: %s)"
+        % (r.app, r.version, r.counter, slot, " on trial" if trial else "", _mount_kind))
     _mount(slot, r)
     mod = __import__(r.entry)
     main = getattr(mod, "main", None)
@@ -265,9 +351,14 @@ def _run(slot, r, trial):
 def _run_guarded(slot, r, trial):
     """Run the app; on a crash or return decide what happens next (never the REPL)."""
     why = None
+    failed = True
+    started = time.ticks_ms()
     try:
         _run(slot, r, trial)
         why = "app returned"
+        failed = False
+    except Missing:
+        raise  # the firmware's fault, not the image's: boot() stops and says so
     except Refused as e:
         why = "refused: " + str(e)
     except BaseException as e:  # noqa: the app must never fall through to the REPL
@@ -276,8 +367,16 @@ def _run_guarded(slot, r, trial):
             sys.print_exception(e)
     if trial and _state.trial == slot:
         _revert(why)
-    else:
-        log(why)
+        return why
+    log(why)
+    if failed:
+        # Count quick failures of the committed image (saved before the reset that
+        # follows), so a crash at every boot ends in locked idle, not a reset loop.
+        if time.ticks_diff(time.ticks_ms(), started) >= HEALTHY_MS:
+            _state.fails = 0
+        else:
+            _state.fails += 1
+        _save()
     return why
 
 
@@ -327,12 +426,50 @@ def _unlock(root):
 
 
 def boot():
-    """The whole boot sequence. Returns only in the `dev` profile."""
+    """The whole boot sequence. Returns only in the `dev` profile.
+
+    Total: whatever goes wrong in here ends in locked idle with the reason printed
+    and logged (in `dev` with a valid config: the traceback, then the REPL)."""
+    try:
+        import micropython
+
+        if config()["profile"] != "dev":
+            micropython.kbd_intr(-1)  # at once; the full profile follows below
+    except BaseException:  # noqa: a firmware without kbd_intr still boots locked below
+        pass
+    try:
+        _boot()
+    except SystemExit:
+        raise  # the virtual board's reset and idle
+    except BaseException as e:  # noqa: nothing may reach the REPL outside dev
+        _stop(e)
+
+
+def _stop(e):
+    if isinstance(e, Missing):
+        why = "firmware lacks a feature the guard needs: %s" % e
+    else:
+        why = "guard failed: %s: %s" % (type(e).__name__, e)
+    log(why)
+    try:
+        dev = config()["profile"] == "dev" and _config_error is None
+    except BaseException:  # noqa: even the config cannot be read now: stay locked
+        dev = False
+    if dev:
+        sys.print_exception(e)
+        return
+    port.idle(why)
+
+
+def _boot():
     import micropython
     import mpseal_lockdown
 
-    if config()["profile"] != "dev":
-        micropython.kbd_intr(-1)  # at once; the full profile follows below
+    config()
+    if _config_error:
+        port.idle("no usable device config: %s" % _config_error)
+        return
+    _need("hashlib", "sha256")
     _reserve_image_buffer()
     try:
         root = trust_root()
@@ -364,6 +501,10 @@ def boot():
                 _run_guarded(slot, r, True)
                 _end(profile)
                 return
+    if _state.fails >= config()["max_fails"]:
+        port.idle("the committed image failed %d boots in a row; not starting it again (see %s)"
+                  % (_state.fails, LOG))
+        return
     for slot in (_state.committed, _other(_state.committed or "b")):
         if slot is None:
             continue

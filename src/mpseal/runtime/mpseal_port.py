@@ -47,7 +47,7 @@ def unique_id():
 
 
 def rom_partition():
-    """The first ROMFS partition as (memoryview, ioctl) where the port has one, else None."""
+    """The first ROMFS partition as a Partition where the port has one, else None."""
     import vfs
 
     ioctl = getattr(vfs, "rom_ioctl", None)
@@ -56,4 +56,6 @@ def rom_partition():
     dev = ioctl(2, 0)
     if isinstance(dev, int):
         return None
-    return memoryview(dev), ioctl
+    from mpseal_romfs import Partition  # loaded only where the port has a partition
+
+    return Partition(dev, ioctl)

@@ -100,6 +100,7 @@ class Release:
         self.counter = man["counter"]
         self.entry = man["entry"]
         self.sha256 = man["image"]["sha256"]
+        self.files = man.get("files")  # [[path, size, offset, sha256], ...]: mpseal_appfs
         self.offset = offset
         self.size = size
 

@@ -10,18 +10,19 @@ import hashlib
 import json
 import os
 
-FIELDS = ("seq", "committed", "trial", "tries", "counter", "unlocks")
+FIELDS = ("seq", "committed", "trial", "tries", "counter", "unlocks", "fails")
 MAX_STATE = 1024
 
 
 class State:
-    def __init__(self, seq=0, committed=None, trial=None, tries=0, counter=0, unlocks=0):
+    def __init__(self, seq=0, committed=None, trial=None, tries=0, counter=0, unlocks=0, fails=0):
         self.seq = seq
         self.committed = committed  # "a", "b" or None
         self.trial = trial  # slot on trial, or None
         self.tries = tries  # boots of the trial so far
         self.counter = counter  # security counter of the last committed image
         self.unlocks = unlocks  # service unlock tokens used (each token names the next number)
+        self.fails = fails  # boots in a row in which the committed image failed quickly
 
     def to_dict(self):
         return {k: getattr(self, k) for k in FIELDS}
@@ -42,13 +43,14 @@ def _read(path):
         if len(raw) > MAX_STATE or _hex(hashlib.sha256(body).digest()).encode() != digest:
             return None
         d = json.loads(body)
-        st = State(d["seq"], d["committed"], d["trial"], d["tries"], d["counter"], d["unlocks"])
+        st = State(d["seq"], d["committed"], d["trial"], d["tries"], d["counter"], d["unlocks"],
+                   d.get("fails", 0))
     except (ValueError, KeyError, TypeError):
         return None
     for slot in (st.committed, st.trial):
         if slot not in (None, "a", "b"):
             return None
-    for n in (st.seq, st.tries, st.counter, st.unlocks):
+    for n in (st.seq, st.tries, st.counter, st.unlocks, st.fails):
         if type(n) is not int or n < 0:
             return None
     return st

@@ -18,6 +18,15 @@
 # flash loses power at its N-th block write (simflash.py). `--host-guard` loads the
 # guard from these sources, not from the flash (for another board's flash image).
 #
+# flash loses power at its N-th block write (simflash.py). `--eio N`: from its N-th
+# block operation (read, program or erase) on, the flash fails with OSError(EIO).
+# `--firmware SPEC` shapes what the firmware offers (simfirmware.py: no-vfsrom,
+# no-sha256, romfs-stm32, romfs-rp2).
+#
+# `boot` exits 0 when main.py returned and EXIT_CRASH (19) when it raised (the
+# traceback is printed, as a board prints it before its REPL), so the host tells
+# "crashed" from "returned"; the guard's reset and idle exit 17 and 18.
+#
 # For `boot`, `stage` and `status` the flash becomes the root filesystem and the host's files
 # vanish from view, as on a real board. Machine-readable replies are printed as
 # one line: "MPSEAL:" followed by repr() of the value.
@@ -30,14 +39,15 @@ import vfs
 import simflash
 
 CHUNK = 1024
+EXIT_CRASH = 19
 
 
 def reply(value):
     print("MPSEAL:" + repr(value))
 
 
-def open_flash(path, cut_after=0, tear=False):
-    return simflash.FlashBlockDev(path, cut_after=cut_after, tear=tear)
+def open_flash(path, cut_after=0, tear=False, eio_after=0):
+    return simflash.FlashBlockDev(path, cut_after=cut_after, tear=tear, eio_after=eio_after)
 
 
 def mount_flash(bdev, at):
@@ -125,8 +135,8 @@ def meta_command(args):
 
 def main(argv):
     image, cmd, args = argv[1], argv[2], argv[3:]
-    cut, tear = 0, False
-    while cmd in ("--cut", "--tear", "--host-guard"):
+    cut, tear, eio, firmware = 0, False, 0, ""
+    while cmd in ("--cut", "--tear", "--host-guard", "--eio", "--firmware"):
         if cmd == "--cut":
             cut, cmd, args = int(args[0]), args[1], args[2:]
         elif cmd == "--host-guard":
@@ -137,9 +147,17 @@ def main(argv):
             import mpseal_release  # noqa: F401
             import mpseal_state  # noqa: F401
             cmd, args = args[0], args[1:]
+        elif cmd == "--eio":
+            eio, cmd, args = int(args[0]), args[1], args[2:]
+        elif cmd == "--firmware":
+            firmware, cmd, args = args[0], args[1], args[2:]
         else:
             tear, cmd, args = True, args[0], args[1:]
-    bdev = open_flash(image, cut, tear)
+    if firmware:
+        import simfirmware
+
+        simfirmware.install(firmware, image)
+    bdev = open_flash(image, cut, tear, eio)
     if cmd == "format":
         vfs.VfsLfs2.mkfs(bdev)
         reply(bdev.blocks)
@@ -174,7 +192,13 @@ def main(argv):
                 os.stat(name)
             except OSError:
                 continue
-            exec(open(name).read(), {"__name__": "__main__"})
+            try:
+                exec(open(name).read(), {"__name__": "__main__"})
+            except SystemExit:
+                raise
+            except BaseException as e:  # as on a board: the traceback, then (there) the REPL
+                sys.print_exception(e)
+                sys.exit(EXIT_CRASH)
         reply(bdev.writes)
     elif cmd == "codemem":
         # Heap held by the guard's code once loaded from .mpy files (0 when frozen

@@ -20,7 +20,7 @@ class PowerCut(BaseException):
 
 
 class FlashBlockDev:
-    def __init__(self, path, block_size=BLOCK_SIZE, cut_after=0, tear=False):
+    def __init__(self, path, block_size=BLOCK_SIZE, cut_after=0, tear=False, eio_after=0):
         self.f = open(path, "r+b")
         self.bs = block_size
         self.f.seek(0, 2)
@@ -28,13 +28,22 @@ class FlashBlockDev:
         self.writes = 0
         self.cut_after = cut_after
         self.tear = tear
+        self.eio_after = eio_after  # from this block operation on, the flash fails (EIO)
+        self.ops = 0
+
+    def _op(self):
+        self.ops += 1
+        if self.eio_after and self.ops >= self.eio_after:
+            raise OSError(5)
 
     def readblocks(self, block, buf, offset=0):
+        self._op()
         self.f.seek(block * self.bs + offset)
         self.f.readinto(buf)
 
     def _write(self, pos, data, repeat=1):
         # One program (or erase) operation: `data` written `repeat` times at `pos`.
+        self._op()
         if self.cut_after and self.writes >= self.cut_after:
             raise PowerCut()
         self.writes += 1

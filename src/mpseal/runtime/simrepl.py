@@ -12,6 +12,10 @@
 # runs them. Its exit code says how it ended, and simlink.py does what a board
 # would next: 17 (the guard reset the board) boots again, 18 (locked idle) stays
 # silent, anything else (main.py returned or raised) starts the REPL.
+#
+#   micropython simrepl.py FLASH.img boot --firmware SPEC
+#
+# boots with the firmware shaped by simfirmware.py (e.g. no-vfsrom).
 
 import os
 import sys
@@ -19,12 +23,17 @@ import sys
 import simflash
 import vfs
 
+if sys.argv[3:4] == ["--firmware"]:
+    import simfirmware
+
+    simfirmware.install(sys.argv[4], sys.argv[1])
+    del simfirmware
 flash = vfs.VfsLfs2(simflash.FlashBlockDev(sys.argv[1]))  # before the host's files vanish
 vfs.umount("/")
 vfs.mount(flash, "/")
 os.chdir("/")
 sys.path[:] = ["", "/lib", ".frozen"]
-if sys.argv[2:] == ["boot"]:
+if sys.argv[2:3] == ["boot"]:
     for name in ("boot.py", "main.py"):
         try:
             os.stat(name)

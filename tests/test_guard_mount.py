@@ -1,0 +1,243 @@
+"""How the boot guard mounts the app on firmware with and without vfs.VfsRom, in the
+real MicroPython VM: the verified-files filesystem (mpseal_appfs), the RAM VfsRom, and
+ROMFS partitions written with the stm32/esp32 and the rp2 protocol (stand-ins that
+follow each port's documented protocol, runtime/simfirmware.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from release_support import release
+
+from mpseal.build.project import Project
+from mpseal.device.sim import VirtualBoard
+from mpseal.device.vm import find_micropython, runtime_dir
+from mpseal.errors import FormatError
+from mpseal.formats import artifact, manifest, romfs
+
+# An app of several modules, a package, and data files read as text and as bytes.
+MULTI_MAIN = """\
+import helper
+from pkg import tool
+from mpseal_guard import confirm, status
+def main():
+    print("app", helper.NAME, tool.double(21))
+    with open("/rom/data/greeting.txt") as f:
+        print("text", repr(f.read()))
+    with open("/rom/data/blob.bin", "rb") as f:
+        print("bytes", len(f.read()))
+    print("mount", status()["mount"])
+    confirm()
+"""
+
+
+def multi_app(project: Path, version: str = "1.0", counter: int = 1,
+              profile: str = "field", greeting: str = "hello\nworld\n") -> bytes:
+    app = project / "app"
+    (app / "helper.py").write_text("NAME = 'helper'\n")
+    (app / "pkg").mkdir(exist_ok=True)
+    (app / "pkg" / "__init__.py").write_text("")
+    (app / "pkg" / "tool.py").write_text("def double(x):\n    return 2 * x\n")
+    (app / "data").mkdir(exist_ok=True)
+    (app / "data" / "greeting.txt").write_text(greeting)
+    (app / "data" / "blob.bin").write_bytes(bytes(range(256)) * 8)
+    return release(project, version, counter, MULTI_MAIN, profile=profile)
+
+
+def board_with(project: Path, folder: Path, firmware: str, blob: bytes) -> VirtualBoard:
+    board = VirtualBoard.create(folder)
+    board.set_firmware(firmware)
+    board.install(blob, Project.load(project).trust_root(), profile="field")
+    return board
+
+
+def test_app_boots_from_verified_files_where_firmware_has_no_vfsrom(project: Path,
+                                                                    tmp_path: Path) -> None:
+    board = board_with(project, tmp_path / "b", "no-vfsrom", multi_app(project))
+    report = board.boot()
+    assert report.ran() == [("hello", "1.0", 1)], report.output
+    assert any(ln.endswith("(mount: verified-files)") for ln in report.guard_lines)
+    out = report.output
+    assert "app helper 42" in out and "text 'hello\\nworld\\n'" in out and "bytes 2048" in out
+    assert "mount verified-files" in out and "AttributeError" not in out
+    # status says which path booted
+    assert any("(mount: verified-files)" in ln for ln in board.status()["log"])
+    # Same board, stock unix firmware again: VfsRom exists, the RAM copy is used.
+    board.set_firmware("")
+    report = board.boot()
+    assert any(ln.endswith("(mount: vfsrom-ram)") for ln in report.guard_lines), report.output
+    assert "app helper 42" in report.output
+
+
+def test_device_json_can_force_the_verified_files_mount(project: Path, tmp_path: Path) -> None:
+    board = board_with(project, tmp_path / "b", "", multi_app(project))
+    cfg = json.loads(board.get("/mpseal/device.json"))
+    board.put(json.dumps({**cfg, "mount": "verified-files"}).encode(), "/mpseal/device.json")
+    report = board.boot()
+    assert any(ln.endswith("(mount: verified-files)") for ln in report.guard_lines)
+    assert "app helper 42" in report.output
+
+
+@pytest.mark.parametrize("firmware,kind", [("romfs-stm32", "rom_ioctl"),
+                                           ("romfs-rp2", "block device")])
+def test_romfs_partition_is_written_with_the_ports_protocol(project: Path, tmp_path: Path,
+                                                            firmware: str, kind: str) -> None:
+    board = board_with(project, tmp_path / "b", firmware, multi_app(project))
+    report = board.boot()
+    assert f"copying slot a to the ROMFS partition ({kind})" in report.guard_lines, report.output
+    assert any(ln.endswith("(mount: romfs-partition)") for ln in report.guard_lines)
+    assert "app helper 42" in report.output
+    rom = (tmp_path / "b" / "flash.img.rom").read_bytes()
+    image = artifact.decode(multi_app(project)).image
+    assert rom[: len(image)] == image
+    # Next boot: the partition already holds the verified image; nothing is written.
+    report = board.boot()
+    assert not any("copying" in ln for ln in report.guard_lines)
+    assert "app helper 42" in report.output
+    # Someone alters the partition: the per-boot hash finds it and the guard rewrites it.
+    altered = bytearray(rom)
+    altered[100] ^= 1
+    (tmp_path / "b" / "flash.img.rom").write_bytes(bytes(altered))
+    report = board.boot()
+    assert f"copying slot a to the ROMFS partition ({kind})" in report.guard_lines
+    assert (tmp_path / "b" / "flash.img.rom").read_bytes()[: len(image)] == image
+    # An update is mirrored too.
+    board.install(multi_app(project, "2.0", 2, greeting="hi\n"),
+                  Project.load(project).trust_root())
+    report = board.boot()
+    assert [r[1] for r in report.ran()][:1] == ["2.0"]
+    assert f"copying slot b to the ROMFS partition ({kind})" in report.guard_lines
+
+
+def run_vm(script: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "probe.py"
+    path.write_text(f"import sys\nsys.path.insert(0, {str(runtime_dir())!r})\n" + script)
+    return subprocess.run([str(find_micropython()), str(path)], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+
+
+def test_verified_files_refuses_a_file_altered_in_the_slot(project: Path, tmp_path: Path) -> None:
+    """The file system checks each file itself when it is opened, whatever happened before."""
+    art = artifact.decode(multi_app(project))
+    man = art.manifest
+    slot = bytearray(art.encode())
+    name, size, off, _ = next(f for f in man.files if f[0] == "helper.mpy")
+    slot[art.image_offset + off + size - 1] ^= 0x01
+    (tmp_path / "slot.bin").write_bytes(bytes(slot))
+    files = json.dumps([list(f) for f in man.files])
+    res = run_vm(f"""
+import mpseal_appfs, vfs, json
+from mpseal_release import Refused
+fs = mpseal_appfs.AppFS("slot.bin", {art.image_offset}, json.loads({files!r}), {man.image_size})
+vfs.mount(fs, "/app")
+print(open("/app/data/greeting.txt").read().split())
+print(sorted(n for n, *_ in __import__("os").ilistdir("/app")))
+try:
+    open("/app/helper.mpy", "rb")
+except Refused as e:
+    print("refused:", e)
+try:
+    open("/app/new.txt", "w")
+except OSError as e:
+    print("write:", e.errno)
+""", tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "['hello', 'world']" in res.stdout
+    assert "['data', 'greet.mpy', 'helper.mpy', 'main.mpy', 'pkg']" in res.stdout
+    assert "refused: file helper.mpy does not match its signed hash" in res.stdout
+    assert "write: 30" in res.stdout  # EROFS
+
+
+MANIFEST_FILE_LISTS = {
+    "good": ([["a.mpy", 10, 0, "0" * 64], ["lib/b.mpy", 5, 10, "f" * 64]], True),
+    "outside the image": ([["a.mpy", 10, 95, "0" * 64]], False),
+    "negative offset": ([["a.mpy", 1, -1, "0" * 64]], False),
+    "two entries for one path": ([["a.mpy", 1, 0, "0" * 64], ["a.mpy", 1, 1, "0" * 64]], False),
+    "path climbing out": ([["../a.mpy", 1, 0, "0" * 64]], False),
+    "absolute path": ([["/a.mpy", 1, 0, "0" * 64]], False),
+    "short hash": ([["a.mpy", 1, 0, "0" * 63]], False),
+    "old two-field entry": ([["a.mpy", 1]], False),
+    "size as a string": ([["a.mpy", "1", 0, "0" * 64]], False),
+}
+
+
+def test_host_and_device_accept_the_same_manifest_file_lists(tmp_path: Path) -> None:
+    """One format, two parsers (formats/manifest.py and runtime/mpseal_appfs.py): fed the
+    same lists, they accept and refuse the same ones."""
+    image_size = 100
+    for name, (files, ok) in MANIFEST_FILE_LISTS.items():
+        try:
+            manifest.parse_files(files, image_size)
+            host = True
+        except FormatError:
+            host = False
+        assert host == ok, name
+    res = run_vm(f"""
+import mpseal_appfs, json
+from mpseal_release import Refused
+for name, (files, ok) in json.loads({json.dumps(MANIFEST_FILE_LISTS)!r}).items():
+    try:
+        mpseal_appfs.index(files, {image_size})
+        print("DEVICE", name, True)
+    except Refused:
+        print("DEVICE", name, False)
+""", tmp_path)
+    assert res.returncode == 0, res.stderr
+    device = {ln[7:].rsplit(" ", 1)[0]: ln.endswith("True")
+              for ln in res.stdout.splitlines() if ln.startswith("DEVICE ")}
+    assert device == {k: v[1] for k, v in MANIFEST_FILE_LISTS.items()}
+
+
+def test_build_lists_every_file_with_its_offset_and_hash(project: Path) -> None:
+    blob = multi_app(project)
+    art = artifact.decode(blob)
+    files = art.manifest.files
+    assert {f[0] for f in files} >= {"main.mpy", "helper.mpy", "pkg/__init__.mpy", "pkg/tool.mpy",
+                                     "data/greeting.txt", "data/blob.bin"}
+    for name, size, off, sha in files:
+        data = art.image[off : off + size]
+        assert hashlib.sha256(data).hexdigest() == sha, name
+    assert files == romfs.entries(art.image)
+
+
+def test_a_manifest_whose_file_list_lies_about_the_image_is_refused_on_the_host(
+        project: Path) -> None:
+    from mpseal.errors import IntegrityError
+
+    proj = Project.load(project)
+    art = artifact.decode(multi_app(project))
+    man = art.manifest
+    name, size, off, sha = man.files[0]
+    lying = man.__class__(**{**man.__dict__, "files": ((name, size, off, "0" * 64),
+                                                       *man.files[1:])})
+    bad = artifact.create(lying, art.image, [proj.release_signer()]).encode()
+    with pytest.raises(IntegrityError, match="file list does not match the image"):
+        artifact.verify(bad, proj.trust_root())
+
+
+def test_verified_files_ram_follows_the_largest_file_not_the_image(project: Path,
+                                                                  tmp_path: Path) -> None:
+    """A 256 KB app of 32 KB files boots in a heap that cannot hold the image."""
+    data = project / "app" / "data"
+    data.mkdir(exist_ok=True)
+    for i in range(8):
+        (data / f"part{i}.bin").write_bytes(os.urandom(32 * 1024))
+    main = ("from mpseal_guard import confirm\ndef main():\n    n = 0\n"
+            "    for i in range(8):\n        with open('/rom/data/part%d.bin' % i, 'rb') as f:\n"
+            "            n += len(f.read())\n    print('read', n)\n    confirm()\n")
+    blob = release(project, "1.0", 1, main, profile="field")
+    board = VirtualBoard.create(tmp_path / "b", flash_size=2 * 1024 * 1024)
+    board.set_firmware("no-vfsrom")
+    board.install_guard(Project.load(project).trust_root(), "field")
+    code = board.command("codemem").replies()[-1]
+    assert isinstance(code, int)
+    board.install(blob, Project.load(project).trust_root(), profile="field")
+    heap = f"{(code + 224 * 1024) // 1024}K"  # code + 224 KB: the 256 KB image does not fit
+    report = board.boot(heapsize=heap)
+    assert "read 262144" in report.output, report.output
+    assert any(ln.endswith("(mount: verified-files)") for ln in report.guard_lines)
