@@ -244,8 +244,9 @@ def test_intact_state_copy_parses() -> None:
 
     body = b'{"seq":3,"committed":"a","trial":null,"tries":0,"counter":1,"unlocks":0}'
     raw = body + b"\n" + hashlib.sha256(body).hexdigest().encode()
+    # written by a guard before the fail count: it reads as 0 failed boots
     assert ds.parse_state(raw) == {"seq": 3, "committed": "a", "trial": None, "tries": 0,
-                                   "counter": 1, "unlocks": 0}
+                                   "counter": 1, "unlocks": 0, "fails": 0}
 
 
 def test_device_text_is_cleaned_before_it_is_shown() -> None:

@@ -28,7 +28,7 @@ LOG_LINES = 60
 READ_LINE = 96  # bytes per line printed by mpa_read
 MODULES_MAX = 400
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_./]{0,63}\Z")
-_STATE_FIELDS = ("seq", "committed", "trial", "tries", "counter", "unlocks")
+_STATE_FIELDS = ("seq", "committed", "trial", "tries", "counter", "unlocks", "fails")
 _ANNOUNCED = re.compile(r"\[mpseal\] lockdown (dev|field|sealed):")
 _GUARD_LINE = re.compile(r"\[mpseal\] (.*)")
 
@@ -149,9 +149,12 @@ def parse_state(data: bytes) -> dict[str, object] | None:
         doc = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         return None
-    if not isinstance(doc, dict) or set(doc) != set(_STATE_FIELDS):
+    if not isinstance(doc, dict):
         return None
-    for key in ("seq", "tries", "counter", "unlocks"):
+    doc = {"fails": 0, **doc}
+    if set(doc) != set(_STATE_FIELDS):
+        return None
+    for key in ("seq", "tries", "counter", "unlocks", "fails"):
         if type(doc[key]) is not int or doc[key] < 0:
             return None
     for key in ("committed", "trial"):

@@ -1,6 +1,4 @@
-# /main.py of a board with the mpseal boot guard: even if the guard cannot be loaded
-# (flash error, damaged or missing file), the board stays locked and says why.
-# Only a device.json naming the dev profile lets the error reach the REPL.
+# main.py: boot through the guard; locked idle even if it cannot be loaded
 try:
     import mpseal_guard
 except BaseException as e:
