@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from release_support import release
 
-from mpseal.build.project import Project
 from mpseal.device.sim import VirtualBoard
 from mpseal.device.vm import find_micropython, runtime_dir
 from mpseal.errors import FormatError
 from mpseal.formats import artifact, manifest, romfs
+from mpseal.packaging.project import Project
 
 # An app of several modules, a package, and data files read as text and as bytes.
 MULTI_MAIN = """\
@@ -118,7 +118,7 @@ def run_vm(script: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "probe.py"
     path.write_text(f"import sys\nsys.path.insert(0, {str(runtime_dir())!r})\n" + script)
     return subprocess.run([str(find_micropython()), str(path)], capture_output=True, text=True,
-                          timeout=60, cwd=tmp_path)
+                          timeout=60, cwd=tmp_path, check=False)
 
 
 def test_verified_files_refuses_a_file_altered_in_the_slot(project: Path, tmp_path: Path) -> None:
@@ -126,7 +126,7 @@ def test_verified_files_refuses_a_file_altered_in_the_slot(project: Path, tmp_pa
     art = artifact.decode(multi_app(project))
     man = art.manifest
     slot = bytearray(art.encode())
-    name, size, off, _ = next(f for f in man.files if f[0] == "helper.mpy")
+    _, size, off, _ = next(f for f in man.files if f[0] == "helper.mpy")
     slot[art.image_offset + off + size - 1] ^= 0x01
     (tmp_path / "slot.bin").write_bytes(bytes(slot))
     files = json.dumps([list(f) for f in man.files])
@@ -212,7 +212,7 @@ def test_a_manifest_whose_file_list_lies_about_the_image_is_refused_on_the_host(
     proj = Project.load(project)
     art = artifact.decode(multi_app(project))
     man = art.manifest
-    name, size, off, sha = man.files[0]
+    name, size, off, _ = man.files[0]
     lying = man.__class__(**{**man.__dict__, "files": ((name, size, off, "0" * 64),
                                                        *man.files[1:])})
     bad = artifact.create(lying, art.image, [proj.release_signer()]).encode()

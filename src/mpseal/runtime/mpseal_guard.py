@@ -118,10 +118,11 @@ def config():
 
         cfg = dict(DEFAULTS)
         try:
-            with open(CONFIG) as f:
-                raw = f.read(2049)
-            if len(raw) > 2048:
+            size = os.stat(CONFIG)[6]  # read what is there: a small heap has no 2 KB to spare
+            if size > 2048:
                 raise ValueError("larger than 2048 bytes")
+            with open(CONFIG) as f:
+                raw = f.read(size)
             doc = json.loads(raw)
             if not isinstance(doc, dict):
                 raise ValueError("not a JSON object")
@@ -149,7 +150,7 @@ def _verify(slot, root, min_counter, into=None):
     cfg = config()
     try:
         return rel_mod.verify_file(slot_path(slot), root, cfg["board"], min_counter,
-                                   cfg["max_image"], into)
+                                   cfg["max_image"], into, _mount_kind == "verified-files")
     except OSError as e:  # the flash failed under the read: this slot cannot be trusted now
         raise Refused("flash read failed: %s" % e)
 

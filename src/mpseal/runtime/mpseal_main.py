@@ -1,14 +1,20 @@
-# main.py: boot through the guard; locked idle even if it cannot be loaded
 try:
     import mpseal_guard
 except BaseException as e:
-    import mpseal_port as p
-
+    w = "[mpseal] locked idle: cannot load the guard: %r" % (e,)
     try:
-        dev = '"profile": "dev"' in open("/mpseal/device.json").read(2048)
-    except OSError:
-        dev = False
-    if dev:
+        d = '"profile": "dev"' in open("/mpseal/device.json").read(2048)
+    except BaseException:
+        d = 0
+    if d:
         raise
-    p.idle("cannot load the guard: %s: %s" % (type(e).__name__, e))
+    import sys, time
+    print(w)
+    if sys.platform == "linux":
+        sys.exit(18)
+    while 1:
+        try:
+            time.sleep(60)
+        except BaseException:
+            pass
 mpseal_guard.boot()

@@ -93,14 +93,15 @@ def verify_root_update(old_root, data):
 
 
 class Release:
-    # What the guard needs to know of a verified artifact.
-    def __init__(self, man, offset, size):
+    # What the guard needs to know of a verified artifact (the file list only on request:
+    # the verified-files mount needs it, staging does not).
+    def __init__(self, man, offset, size, files=False):
         self.app = man["app"]
         self.version = man["version"]
         self.counter = man["counter"]
         self.entry = man["entry"]
         self.sha256 = man["image"]["sha256"]
-        self.files = man.get("files")  # [[path, size, offset, sha256], ...]: mpseal_appfs
+        self.files = man.get("files") if files else None  # [[path, size, offset, sha256], ...]
         self.offset = offset
         self.size = size
 
@@ -132,14 +133,14 @@ def read_head(f):
     return (nsig, off, ilen), manifest, sigs
 
 
-def check_manifest(root, head, manifest, sigs, board, min_counter, max_image):
+def check_manifest(root, head, manifest, sigs, board, min_counter, max_image, files=False):
     nsig, off, ilen = head
     check_threshold(root, "release", manifest, sigs, nsig, "manifest")
     try:
         man = json.loads(manifest)
         ok = (man["type"] == "mpseal-release" and man["spec"] == 1
               and man["image"]["format"] == "romfs" and len(man["image"]["sha256"]) == 64)
-        rel = Release(man, off, ilen)
+        rel = Release(man, off, ilen, files)
         size = man["image"]["size"]
         board_ok = man["board"] == board
     except (ValueError, KeyError, TypeError):
@@ -180,7 +181,7 @@ def hash_stream(f, size, out=None, into=None):
     return _hex(h.digest())
 
 
-def verify_file(path, root, board, min_counter, max_image, into=None):
+def verify_file(path, root, board, min_counter, max_image, into=None, files=False):
     """Fully verify the artifact stored at `path`; return its Release.
 
     With `into` (a buffer at least as large as the image) the image is read into
@@ -192,7 +193,7 @@ def verify_file(path, root, board, min_counter, max_image, into=None):
         raise Refused("slot is empty")
     try:
         head, manifest, sigs = read_head(f)
-        rel = check_manifest(root, head, manifest, sigs, board, min_counter, max_image)
+        rel = check_manifest(root, head, manifest, sigs, board, min_counter, max_image, files)
         manifest = sigs = None
         if into is not None:
             if len(into) < rel.size:
