@@ -1,8 +1,8 @@
 """A key born on the device does mutual TLS: the device (MicroPython unix port, its real
 mbedTLS) makes its key and CSR with mpseal_csr, ``mpseal cert issue --csr`` issues its
 client certificate, and an OpenSSL server that requires a client certificate from the
-CA accepts the device, which presents ``mpseal_csr.tls_key()``. The key file is read only
-by the device."""
+CA accepts the device, whose TLS client loads the key file create_key wrote (SEC1 DER, as
+provisioning's device.key.der). The key file is read only by the device."""
 
 from __future__ import annotations
 
@@ -21,12 +21,9 @@ import sys
 sys.path.insert(0, sys.argv[1])
 import mpseal_csr
 d = sys.argv[2]
-mpseal_csr.create_key(d + "/device.key")
+mpseal_csr.create_key(d + "/device.key.der")
 with open(d + "/csr.der", "wb") as f:
-    f.write(mpseal_csr.csr([("O", "Acme"), ("CN", "device-born-1")], d + "/device.key"))
-# the device's TLS key, as its TLS client loads it (written here only for tls_client.py)
-with open(d + "/tls-key.der", "wb") as f:
-    f.write(mpseal_csr.tls_key(d + "/device.key"))
+    f.write(mpseal_csr.csr([("O", "Acme"), ("CN", "device-born-1")], d + "/device.key.der"))
 """
 
 
@@ -61,7 +58,7 @@ def test_device_born_key_does_mutual_tls_with_its_issued_certificate(tmp_path: P
     s_chain = tmp_path / "out" / "server.test-chain.pem"
     s_key = tmp_path / "out" / "server.test.key.pem"
     with python_server(s_chain, s_key, tmp_path / "ca" / "ca-chain.pem") as (port, server):
-        result = run_device(port, cert, dev / "tls-key.der", tmp_path / "anchor.der")
+        result = run_device(port, cert, dev / "device.key.der", tmp_path / "anchor.der")
     assert result.ok, result.line
     assert server.error is None
     assert server.peer_subject == "device-born-1"

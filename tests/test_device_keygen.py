@@ -46,8 +46,11 @@ def test_board_makes_its_key_and_a_csr_the_host_verifies(link: SerialTransport) 
     assert csr.subject.rfc4514_string() == "CN=sensor-0042,O=Acme Sensors"
     # the key file is on the board; its scalar is in nothing the host got
     key_file = link.read_file(KEY_PATH, 200)  # read here by the test only
-    assert len(key_file) == 101 and key_file[36:] == made.public_key
-    assert key_file[4:36] not in made.csr_der and key_file[4:36] not in made.public_key
+    key = serialization.load_der_private_key(key_file, None)  # SEC1 DER, as TLS loads it
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    assert key.public_key().public_bytes(*X962) == made.public_key
+    scalar = key.private_numbers().private_value.to_bytes(32, "big")
+    assert scalar not in made.csr_der and scalar not in made.public_key
 
     # a second run is refused (it would replace the key) ...
     with pytest.raises(PolicyError, match="already has a device key"):

@@ -71,6 +71,7 @@ try:
 except ValueError:
     print("SECOND", "refused")
 print("DEVPUB", h(dev), h(mpseal_csr.public_key(KEY_PATH)))
+print("TLSKEY", "-", "-", h(mpseal_csr.tls_key(KEY_PATH)))
 print("CSR", h(mpseal_csr.csr([("C", "DE"), ("O", "Acme Sensors"), ("CN", "sensor-0042")],
                              KEY_PATH, dns=("sensor-0042.fleet.example",))))
 print("CSRMIN", h(mpseal_csr.csr([("CN", "x")], KEY_PATH)))
@@ -233,6 +234,10 @@ def test_signature_failing_its_self_check_is_not_released(device: Run) -> None:
 
 def test_device_key_file_is_never_overwritten(device: Run) -> None:
     assert device.rows("SECOND") == [["refused"]]
+    ((_, _, key_hex),) = device.rows("TLSKEY")  # the file is SEC1 DER of the same key
+    key = serialization.load_der_private_key(bytes.fromhex(key_hex), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    assert key.public_key() == pubkey(device.rows("DEVPUB")[0][0])
     ((made, read),) = device.rows("DEVPUB")
     assert made == read
 

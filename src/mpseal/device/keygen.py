@@ -5,8 +5,9 @@
 1. The signing modules go to ``/lib`` compiled for the board (``p256_sign``,
    ``mpseal_csr``, and the guard's ``p256`` modules if the board lacks them); files
    already there byte for byte are not rewritten.
-2. The board creates its key (``mpseal_csr.create_key``: ``os.urandom``, written to
-   ``/mpseal/device.key`` atomically). A board that already has one is refused unless
+2. The board creates its key (``mpseal_csr.create_key``: ``os.urandom``, written
+   atomically as SEC1 DER to ``/mpseal/id/device.key.der``, where provisioning keeps the
+   key the board's TLS loads). A board that already has one is refused unless
    ``reuse=True`` (then the request is for the key it has): a second key would orphan the
    certificate of the first.
 3. The board builds and signs the PKCS#10 request; the host checks it with
@@ -37,7 +38,7 @@ from mpseal.errors import BadDataError, PolicyError, UsageError
 from mpseal.formats.boards import get_board
 from mpseal.packaging.mpycross import CompileOptions, Compiler, Module
 
-KEY_PATH = "/mpseal/device.key"
+KEY_PATH = "/mpseal/id/device.key.der"  # provisioning's KEY (fleet/provision.py)
 SIGN_MODULES = ("p256_sign", "mpseal_csr")
 VERIFIER = ("/lib/p256.mpy", "/lib/p256_fast.mpy", "/lib/p256_thumb.mpy")
 SUBJECT_OIDS = {"CN": NameOID.COMMON_NAME, "O": NameOID.ORGANIZATION_NAME,
@@ -95,7 +96,9 @@ def device_csr(transport: Transport, board: str, subject: list[tuple[str, str]],
         if have.get(path) != (len(blob), hashlib.sha256(blob).digest()):
             transport.write_file(path, blob, progress)
     created = key_path not in have
-    make = "mpseal_csr.create_key(K)\n" if created else ""
+    folder = key_path.rsplit("/", 1)[0]
+    make = ("import os\ntry:\n    os.mkdir({f!r})\nexcept OSError:\n    pass\n"
+            "mpseal_csr.create_key(K)\n").format(f=folder) if created else ""
     out = transport.exec(
         "import mpseal_csr\nfrom binascii import hexlify\n"
         f"K = {key_path!r}\n{make}"

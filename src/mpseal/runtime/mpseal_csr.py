@@ -1,7 +1,9 @@
 # The device's own key and its certificate request (PKCS#10), made on the device.
 #
 #   create_key(path=KEY_PATH) -> pub       a new P-256 key from os.urandom, written to
-#                                          `path` (atomically: temp file, then rename);
+#                                          `path` (atomically: temp file, then rename) as
+#                                          SEC1 ECPrivateKey DER, the file the board's TLS
+#                                          loads (provisioning's device.key.der);
 #                                          refuses if a key is already there
 #   public_key(path=KEY_PATH) -> pub       65-byte SEC1 point
 #   csr(subject, path=KEY_PATH, dns=()) -> DER bytes of a CertificationRequest signed by
@@ -9,7 +11,7 @@
 #                                          "CN", "O", "OU", "C", "serialNumber"; dns: names
 #                                          for a subjectAltName extension request
 #   sign(digest, path=KEY_PATH) -> sig     r||s over a 32-byte digest (p256_sign.sign)
-#   tls_key(path=KEY_PATH) -> DER          the key as SEC1 ECPrivateKey DER, for the board's
+#   tls_key(path=KEY_PATH) -> DER          the key file's bytes, checked, for the board's
 #                                          own TLS: ctx.load_cert_chain(cert_der, tls_key())
 #                                          (in RAM on the board only; never send it anywhere)
 #
@@ -22,8 +24,7 @@ import os
 
 import p256_sign
 
-KEY_PATH = "/mpseal/device.key"
-_MAGIC = b"MPK1"  # file: magic, 32-byte scalar, 65-byte public key
+KEY_PATH = "/mpseal/id/device.key.der"  # where provisioning keeps the device's TLS key
 
 _OIDS = {
     "CN": b"\x55\x04\x03", "C": b"\x55\x04\x06", "O": b"\x55\x04\x0a",
@@ -47,12 +48,19 @@ def _tlv(tag, body):
     return head + body
 
 
+def _sec1(priv, pub):
+    # RFC 5915 ECPrivateKey: version 1, d, [0] prime256v1, [1] public point (121 bytes)
+    return _tlv(0x30, b"\x02\x01\x01" + _tlv(0x04, priv) + _tlv(0xA0, _tlv(0x06, _PRIME256V1))
+                + _tlv(0xA1, _tlv(0x03, b"\x00" + pub)))
+
+
 def _read(path):
+    # (d, pub) of a key file this module wrote; anything else is refused
     with open(path, "rb") as f:
-        data = f.read()
-    if len(data) != 101 or data[:4] != _MAGIC:
-        raise ValueError("not a device key file: " + path)
-    return data[4:36], data[36:101]
+        data = f.read(200)
+    if len(data) != 121 or data != _sec1(data[7:39], data[56:121]):
+        raise ValueError("not a device-born P-256 key file: " + path)
+    return data[7:39], data[56:121]
 
 
 def create_key(path=KEY_PATH):
@@ -65,7 +73,7 @@ def create_key(path=KEY_PATH):
     priv, pub = p256_sign.generate()
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
-        f.write(_MAGIC + priv + pub)
+        f.write(_sec1(priv, pub))
     os.rename(tmp, path)
     if _read(path)[1] != pub:
         raise OSError("key file did not read back")
@@ -83,8 +91,7 @@ def sign(digest, path=KEY_PATH):
 
 def tls_key(path=KEY_PATH):
     priv, pub = _read(path)
-    return _tlv(0x30, b"\x02\x01\x01" + _tlv(0x04, priv) + _tlv(0xA0, _tlv(0x06, _PRIME256V1))
-                + _tlv(0xA1, _tlv(0x03, b"\x00" + pub)))
+    return _sec1(priv, pub)
 
 
 def _name(subject):
