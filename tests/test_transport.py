@@ -276,3 +276,20 @@ def test_helper_execs_fit_a_small_heap_and_check_their_length() -> None:
     assert all(len(e) < 700 for e in execs)
     assert all("raise SyntaxError" in e for e in execs)
     assert not any("#" in e.split("\n")[0] for e in execs)  # comments are not sent
+
+
+def test_out_of_ram_on_the_board_says_to_soft_reset_it(microbit_pty) -> None:
+    """After `audit` the micro:bit's heap was too fragmented for the next command; the
+    MemoryError came with no hint (issue 12). Real firmware: the micro:bit in QEMU."""
+    from serial_boards import MicrobitBoard
+
+    board = MicrobitBoard(microbit_pty)
+    try:
+        t = board.connect()
+        with pytest.raises(DeviceError) as info:
+            t.exec("x = bytearray(64 * 1024)")
+        assert info.value.exc_type == "MemoryError"
+        assert "soft-reset it (Ctrl-D at its REPL" in str(info.value)
+        assert "\n" not in str(info.value)
+    finally:
+        board.close()
