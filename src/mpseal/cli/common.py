@@ -74,6 +74,9 @@ def run_command(cli: click.Group) -> None:
         _fail("aborted", "aborted", 130)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    except click.exceptions.NoArgsIsHelpError as e:  # `mpseal sim`: its help, not an error
+        click.echo(e.ctx.get_help() if e.ctx is not None else e.format_message())
+        sys.exit(0)
     except click.ClickException as e:
         # Click's own "Usage: ... Try ... Error: ..." is three lines; the promise is one.
         hint = ""

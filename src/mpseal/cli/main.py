@@ -1,79 +1,59 @@
-"""The ``mpseal`` command: parse, call the layer below, print. Nothing else lives here."""
+"""The ``mpseal`` command's entry point.
+
+``mpseal --help`` and ``--version`` are answered from text kept in
+``help_text.py`` without importing click or any command: start-up a person does not
+notice (tests/test_cli_startup.py checks the text is exactly what click renders and
+the time against ``mpremote --help``). Everything else goes through click.
+"""
 
 from __future__ import annotations
 
-import importlib
-
-import click
-
-from mpseal import __version__
-from mpseal.cli.common import run_command
-
-# Command name -> the module that defines it (in its COMMANDS list). A module is
-# imported only when one of its commands runs, so `mpseal build` stays quick.
-LAZY_COMMANDS = {
-    "init": "mpseal.cli.project_cmds",
-    "build": "mpseal.cli.project_cmds",
-    "inspect": "mpseal.cli.project_cmds",
-    "verify": "mpseal.cli.project_cmds",
-    "unlock-token": "mpseal.cli.project_cmds",
-    "sim": "mpseal.cli.sim_cmds",
-    "ca": "mpseal.cli.pki_cmds",
-    "cert": "mpseal.cli.pki_cmds",
-    "lockdown": "mpseal.cli.lockdown_cmds",
-    "keys": "mpseal.cli.keys_cmds",
-    "audit": "mpseal.cli.audit_cmds",
-    "inspect-device": "mpseal.cli.audit_cmds",
-    "probe": "mpseal.cli.device_cmds",
-    "install": "mpseal.cli.device_cmds",
-}
-# Every module with commands. One not named above is imported to look a name up.
-COMMAND_MODULES = [
-    "mpseal.cli.project_cmds",
-    "mpseal.cli.sim_cmds",
-    "mpseal.cli.pki_cmds",
-    "mpseal.cli.lockdown_cmds",
-    "mpseal.cli.server_cmds",
-    "mpseal.cli.keys_cmds",
-    "mpseal.cli.fleet_cmds",
-    "mpseal.cli.audit_cmds",
-    "mpseal.cli.device_cmds",
-]
-
-
-def _commands_of(module: str) -> dict[str, click.Command]:
-    return {c.name: c for c in importlib.import_module(module).COMMANDS if c.name}
-
-
-class LazyGroup(click.Group):
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        names = set(LAZY_COMMANDS)
-        for module in COMMAND_MODULES:
-            if module not in LAZY_COMMANDS.values():
-                names |= set(_commands_of(module))
-        return sorted(names)
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        module = LAZY_COMMANDS.get(cmd_name)
-        if module is not None:
-            return _commands_of(module).get(cmd_name)
-        for module in COMMAND_MODULES:
-            if module not in LAZY_COMMANDS.values():
-                found = _commands_of(module).get(cmd_name)
-                if found is not None:
-                    return found
-        return None
-
-
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="mpseal")
-def cli() -> None:
-    """Package, sign, lock down, provision and update MicroPython products.
-
-    Every protection names the threat tier it stops (see docs/threats.md);
-    nothing here protects against an attacker with a lab (T4).
-    """
+import sys
 
 
 def main() -> None:
+    args = sys.argv[1:]
+    if args in ([], ["--help"], ["-h"]):
+        from mpseal.cli.help_text import HELP
+
+        sys.stdout.write(HELP)
+        return
+    if args == ["--version"]:
+        from mpseal import __version__
+
+        sys.stdout.write(f"mpseal, version {__version__}\n")
+        return
+    from mpseal.cli.common import run_command
+    from mpseal.cli.group import cli
+
     run_command(cli)
+
+
+def render_help() -> str:
+    """What click prints for ``mpseal --help`` (80 columns): the source of help_text.py."""
+    import os
+
+    from mpseal.cli.group import cli
+
+    before = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "80"  # click caps its width at 80 columns anyway
+    try:
+        with cli.make_context("mpseal", ["x"], resilient_parsing=True) as ctx:
+            return cli.get_help(ctx) + "\n"
+    finally:
+        if before is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = before
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--write-help"]:  # python -m mpseal.cli.main --write-help
+        from pathlib import Path
+
+        lines = "".join(f"    {line!r}\n" for line in render_help().splitlines(keepends=True))
+        Path(__file__).with_name("help_text.py").write_text(
+            '"""``mpseal --help``, kept as text (python -m mpseal.cli.main --write-help)."""\n\n'
+            f"HELP = (\n{lines})\n")
+    else:
+        main()
