@@ -172,7 +172,15 @@ class PicoBoard:
         finally:
             self.pico.stop()
 
-    def _follow(self, max_boots: int, run_for: float | None, timeout: float) -> BootReport:
+    def follow_one_boot(self, run_for: float | None = 10.0,
+                        timeout: float = 600.0) -> BootReport:
+        """Follow the powered board's current boot only: outcome "cut" (power lost by
+        ``cut_after``), "reset" (the chip reset: the next boot is not followed), or as
+        :meth:`boot`."""
+        return self._follow(1, run_for, timeout, one=True)
+
+    def _follow(self, max_boots: int, run_for: float | None, timeout: float,
+                one: bool = False) -> BootReport:
         deadline = time.monotonic() + timeout
         still: tuple[int, int] | None = None  # (cycles, nanos) when last seen changing
         still_since = time.monotonic()
@@ -182,6 +190,10 @@ class PicoBoard:
             boots = len(segments)
             codes = [EXIT_RESET] * (boots - 1)
             current = _text(segments[-1])
+            if self.pico.cut is not None:
+                return BootReport(boots, "cut", text, codes)
+            if one and boots > 1:
+                return BootReport(1, "reset", _text(segments[0]), [EXIT_RESET])
             if boots > 1 and _settled(_text(segments[-2])):
                 return BootReport(boots - 1, "running", _text(b"".join(segments[:-1])), codes)
             if IDLE_LINE in current:

@@ -10,10 +10,14 @@ image. Each step restarts from the flash as it was before that step.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mpseal.device.sim import INCOMING_PATH, VirtualBoard
+from mpseal.device.picoboard import PicoBoard
+from mpseal.device.serialboard import SerialTransport
+from mpseal.device.sim import INCOMING_PATH, MAX_BOOTS, VirtualBoard
+from mpseal.errors import MpsealError
 
 MAX_WRITES_PER_STEP = 2000
 
@@ -102,4 +106,101 @@ def _reboot_and_check(board: VirtualBoard, step: str, n: int, torn: bool, versio
     elif not isinstance(counter, int) or counter < min_counter:
         why = f"security counter {counter} dropped below {min_counter}"
     return CutPoint(step, n, torn, version, counter if isinstance(counter, int) else -1,
+                    not why, why)
+
+
+# --------------------------------------------------------------------------- the virtual Pico
+
+PICO_STEPS = ("stage", "trial boot", "committed boot")
+
+
+def check_update_pico(board: PicoBoard, new_blob: bytes, versions: set[str], min_counter: int,
+                      progress: Callable[[CutPoint], None] | None = None,
+                      max_writes: int = MAX_WRITES_PER_STEP) -> PowerCutReport:
+    """The same check on a virtual Pico (stock firmware, real littlefs, rp2040js).
+
+    Power is lost at every flash operation (each erase and each program counts one)
+    of: the guard staging ``new_blob`` (asked over the REPL, so the board must have
+    the dev profile and run a committed release), the trial boot, and the first
+    committed boot. After each cut the board is powered on without cuts and must boot
+    an allowed version with a counter not below ``min_counter``. There are no torn
+    writes here: an operation is done whole or not at all (docs/virtual-pico.md).
+    """
+    from mpseal.device.guard_install import INCOMING
+
+    report = PowerCutReport()
+    with board.session() as transport:
+        transport.write_file(INCOMING, new_blob)
+    for name in PICO_STEPS:
+        before = board.flash.read_bytes()
+        completed_at = None
+        for n in range(1, max_writes + 1):
+            board.flash.write_bytes(before)
+            if not _pico_step(board, name, cut=n):
+                completed_at = n - 1
+                break
+            point = _reboot_and_check_pico(board, name, n, versions, min_counter)
+            report.points.append(point)
+            if progress:
+                progress(point)
+        report.writes_per_step[name] = completed_at if completed_at is not None else -1
+        board.flash.write_bytes(before)
+        _pico_step(board, name, cut=0)
+    return report
+
+
+def _pico_step(board: PicoBoard, step: str, cut: int) -> bool:
+    """Run one step with power lost at its ``cut``-th flash write; True if it was lost."""
+    pico = board.pico
+    try:
+        if step == "stage":
+            from mpseal.device.guard_install import INCOMING, STAGE, STAGE_TIMEOUT
+
+            pico.start()
+            board.settle()
+            transport = SerialTransport(pico.path)
+            try:
+                transport.capabilities()  # its helper loads before the cut is armed
+                if cut:
+                    pico.arm_cut(cut)
+                done = threading.Event()
+
+                def stage() -> None:
+                    try:
+                        transport.exec(STAGE.format(path=INCOMING), timeout=STAGE_TIMEOUT)
+                    except MpsealError:
+                        pass
+                    finally:
+                        done.set()
+
+                threading.Thread(target=stage, daemon=True).start()
+                while not done.wait(0.2) and pico.cut is None:
+                    pass
+                lost = pico.cut is not None
+            finally:
+                pico.stop()  # the line closes: a stage still waiting ends
+                transport.close()
+            return lost
+        pico.start(cut_after=cut)
+        report = board.follow_one_boot()
+        return report.outcome == "cut"
+    finally:
+        pico.stop()
+
+
+def _reboot_and_check_pico(board: PicoBoard, step: str, n: int, versions: set[str],
+                           min_counter: int) -> CutPoint:
+    boot = board.boot(max_boots=MAX_BOOTS)
+    ran = boot.ran()
+    version = ran[-1][1] if ran else ""
+    state = board.status().get("state") or {}
+    counter = state.get("counter", -1) if isinstance(state, dict) else -1
+    why = ""
+    if boot.outcome not in ("running", "returned") or not ran:
+        why = f"board did not boot an image ({boot.outcome}): {boot.guard_lines[-1:]}"
+    elif version not in versions:
+        why = f"ran version {version}, not one of {sorted(versions)}"
+    elif not isinstance(counter, int) or counter < min_counter:
+        why = f"security counter {counter} dropped below {min_counter}"
+    return CutPoint(step, n, False, version, counter if isinstance(counter, int) else -1,
                     not why, why)
