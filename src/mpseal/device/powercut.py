@@ -168,8 +168,8 @@ def _pico_step(board: PicoBoard, step: str, cut: int) -> bool:
                 def stage() -> None:
                     try:
                         transport.exec(STAGE.format(path=INCOMING), timeout=STAGE_TIMEOUT)
-                    except MpsealError:
-                        pass
+                    except (MpsealError, OSError, TypeError, ValueError):
+                        pass  # the line went down with the power: pyserial fails as it can
                     finally:
                         done.set()
 
