@@ -27,7 +27,8 @@ class TtlCache(Generic[V]):
         self.max_entries = max_entries
         self._data: dict[Hashable, tuple[float, V]] = {}
         self._loading: dict[Hashable, asyncio.Future[V]] = {}
-        self._generation = 0  # bumped by invalidate: a load begun before is not cached
+        self._generation = 0  # bumped by invalidate(): a load begun before is not cached
+        self._dropped: set[Hashable] = set()  # invalidate(key) while that key was loading
 
     async def get(self, key: Hashable, load: Callable[[], Awaitable[V]]) -> V:
         hit = self._data.get(key)
@@ -51,11 +52,12 @@ class TtlCache(Generic[V]):
             raise
         else:
             fut.set_result(value)
-            if generation == self._generation:
+            if generation == self._generation and key not in self._dropped:
                 self._put(key, value, self._clock())
             return value
         finally:
             del self._loading[key]
+            self._dropped.discard(key)
 
     def _put(self, key: Hashable, value: V, now: float) -> None:
         if len(self._data) >= self.max_entries:
@@ -66,8 +68,11 @@ class TtlCache(Generic[V]):
         self._data[key] = (now + self.ttl, value)
 
     def invalidate(self, key: Hashable | None = None) -> None:
-        self._generation += 1
+        """Drop one key (a load of it under way is not cached) or everything."""
         if key is None:
+            self._generation += 1
             self._data.clear()
         else:
             self._data.pop(key, None)
+            if key in self._loading:
+                self._dropped.add(key)
