@@ -386,6 +386,8 @@ class Registry:
                         n += self._import_batch(s, batch, state)
                         batch = []
                 n += self._import_batch(s, batch, state)
+                s.add(Event(device_id=None, kind="imported",
+                            detail=json.dumps({"devices": n, "state": state})))
             return n
         try:
             with self.engine.begin() as conn:
@@ -419,9 +421,10 @@ class Registry:
                             "'device', i.subject, i.serial, i.fingerprint, i.not_after, "
                             "'valid', now() FROM import_rows i JOIN devices d "
                             "ON d.hardware_id = i.hardware_id")
-                cur.execute("INSERT INTO events (device_id, kind, detail, at) SELECT d.id, "
-                            "'imported', '{}', now() FROM import_rows i JOIN devices d "
-                            "ON d.hardware_id = i.hardware_id")
+                # One event for the import (not a million rows in the log).
+                cur.execute("INSERT INTO events (device_id, kind, detail, at) VALUES "
+                            "(NULL, 'imported', %s, now())",
+                            (json.dumps({"devices": n, "state": state}),))
                 return n
         except SAIntegrityError as e:
             raise UsageError(f"registry conflict: {_first_line(e.orig or e)}; nothing was "
@@ -457,8 +460,6 @@ class Registry:
             {"device_id": ids[r.hardware_id], "role": "device", "subject": r.subject,
              "serial": r.serial, "fingerprint": r.fingerprint, "not_after": r.not_after,
              "status": "valid", "created_at": now} for r in batch])
-        s.execute(insert(Event), [{"device_id": ids[r.hardware_id], "kind": "imported",
-                                   "detail": "{}", "at": now} for r in batch])
         return len(batch)
 
     def activate(self, hardware_ids: Sequence[str] | None = None) -> int:
