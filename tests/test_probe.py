@@ -85,6 +85,19 @@ def test_the_guards_choice_vfsrom_from_ram_and_a_partition_wins() -> None:
     assert decide(no_parts, RELEASE).mount == VFSROM_RAM
 
 
+def test_mount_names_are_the_guards_own() -> None:
+    """The decision names the mount the way the guard logs it (mpseal_guard.MOUNTS)."""
+    import ast
+
+    from mpseal.device.probe import MOUNT_PATHS
+    from mpseal.device.vm import runtime_dir
+
+    tree = ast.parse((runtime_dir() / "mpseal_guard.py").read_text())
+    mounts = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+                  and any(isinstance(t, ast.Name) and t.id == "MOUNTS" for t in n.targets))
+    assert set(MOUNT_PATHS) == set(mounts) - {"auto"}
+
+
 def test_every_missing_feature_is_named() -> None:
     bare = replace(PICO, sha256=False, json=False, rename=False, mounts=(), flash=None,
                    aes_cbc=False, ssl=False, unique_id=None)
@@ -305,3 +318,38 @@ def test_probe_a_virtual_pico_folder_with_sim(tmp_path: Path) -> None:
     assert board["vfsrom"] is False and board["rom"] is None and board["root_fs"] == "VfsLfs2"
     assert board["unique_id"] == "machine" and board["mem_free"] > 200 * 1024
 
+
+def test_install_an_rp2_release_on_a_virtual_pico_which_boots_it(tmp_path: Path) -> None:
+    """Stock RPI_PICO v1.28.0 in rp2040js: no VfsRom, so the guard serves verified files.
+
+    `mpseal install --reset` on its USB serial port: probed, guard written, staged by the
+    board's own guard, reset; the board then boots the release and prints its output."""
+    from mpseal.device.pico import VirtualPico
+
+    proj = tmp_path / "picoapp"
+    assert run_mpseal("init", proj, "--board", "rp2", "--name", "picoapp").returncode == 0
+    res = run_mpseal("build", "-C", proj)
+    assert res.returncode == 0, res.stderr
+    art = proj / "dist" / "picoapp-1.0.0.mpseal"
+    pico = VirtualPico.create(tmp_path / "pico")
+    try:
+        path = pico.start()
+        pico.wait_repl(30)
+        probe = run_mpseal("probe", "--port", path, "--artifact", art, "--json", timeout=300)
+        assert probe.returncode == 0, probe.stderr
+        out = json.loads(probe.stdout)
+        assert out["board"]["mpy"] == {"version": "6.3", "arch": "armv6m"}
+        assert out["board"]["vfsrom"] is False and out["release"]["mount"] == VERIFIED_FILES
+        res = run_mpseal("install", "--port", path, art, "-C", proj, "--reset", "--json",
+                         timeout=600)
+        assert res.returncode == 0, res.stderr
+        done = json.loads(res.stdout)
+        assert done["slot"] == "a" and done["reset"] is True and done["mount"] == VERIFIED_FILES
+        assert pico.wait_output(b"committed picoapp 1.0.0", 120), \
+            pico.output.decode("utf-8", "replace")[-600:]
+        log = pico.output.decode("utf-8", "replace")
+        # the guard mounted it the way the probe said it would, and the app ran
+        assert f"picoapp 1.0.0 (counter 1) from slot a on trial (mount: {VERIFIED_FILES})" in log
+        assert "sum of squares below 1000: 332833500" in log
+    finally:
+        pico.stop()
