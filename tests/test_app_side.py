@@ -66,3 +66,22 @@ def test_update_confirmed_by_the_template_app_is_counted_by_the_server(project: 
                                        env=env).stdout)
         counts = {r["version"]: r["counts"] for r in listed}
         assert counts["1.1.0"]["updated"] == 1 and counts["1.1.0"]["in_progress"] == 0, counts
+
+
+def test_a_device_provisioned_for_a_channel_follows_that_channel(project: Path) -> None:
+    assert run_mpseal("build", cwd=project).returncode == 0
+    assert run_mpseal("ca", "init", "ca", cwd=project).returncode == 0
+    assert run_mpseal("sim", "create", "--sim", "sim/b", cwd=project).returncode == 0
+    with project_server(project) as url:
+        env = {"MPSEAL_SERVER": url, "MPSEAL_ADMIN_TOKEN": ADMIN_TOKEN}
+        (project / "device.toml").write_text(f'server = "{url}"\n')
+        res = run_mpseal("provision", "--sim", "sim/b", "--config", "device.toml",
+                         "--channel", "beta", cwd=project)
+        assert res.returncode == 0, res.stderr
+        for args in (["release", "publish", "dist/hello-1.0.0.mpseal", "--channel", "beta"],
+                     ["release", "promote", "1.0.0", "--percent", "100"]):
+            res = run_mpseal(*args, cwd=project, env=env)
+            assert res.returncode == 0, res.stderr
+        res = run_mpseal("sim", "update", "--sim", "sim/b", cwd=project)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert res.stdout.startswith("staged:")

@@ -297,10 +297,12 @@ def check_once(now=None):
     board, app = guard.config()["board"], cfg.get("app", "")
     seen = meta.load_seen()
     st = _running()
-    offer = _json(cfg, "POST", "/v1/device/check", {
-        "hardware_id": cfg["hardware_id"], "board": board, "app": app,
-        "version": _running_version(st), "counter": st.get("counter", 0),
-        "timestamp_version": seen.get("version", 0)})
+    ask = {"hardware_id": cfg["hardware_id"], "board": board, "app": app,
+           "version": _running_version(st), "counter": st.get("counter", 0),
+           "timestamp_version": seen.get("version", 0)}
+    if cfg.get("channel"):  # written by `mpseal provision --channel` (default: stable)
+        ask["channel"] = cfg["channel"]
+    offer = _json(cfg, "POST", "/v1/device/check", ask)
     if not offer.get("update"):
         return "none"
     # Newer trust roots first (TUF order): they verify themselves, each step signed by
