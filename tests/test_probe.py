@@ -75,8 +75,11 @@ def test_no_vfsrom_uses_the_verified_files_mount() -> None:
 def test_the_guards_choice_vfsrom_from_ram_and_a_partition_wins() -> None:
     """As mpseal_guard.mount_plan chooses: partition, else VfsRom over RAM, else files."""
     assert decide(replace(PICO, vfsrom=True), RELEASE).mount == VFSROM_RAM
+    # too little heap for the image: the guard's auto mode serves verified files instead
     small = decide(replace(PICO, vfsrom=True, mem_free=RELEASE.image_size), RELEASE)
-    assert not small.ok and "free heap for the vfsrom-ram mount" in small.missing[0]
+    assert small.ok and small.mount == VERIFIED_FILES and "too little heap" in small.notes[0]
+    starved = decide(replace(PICO, mem_free=RELEASE.largest_file), RELEASE)
+    assert not starved.ok and "free heap for the verified-files mount" in starved.missing[0]
     rom = replace(PICO, vfsrom=True, rom=RomPartition(1, 256 * 1024, True))
     assert decide(rom, RELEASE).mount == ROMFS_PARTITION
     tiny = decide(replace(rom, rom=RomPartition(1, 32 * 1024, True)), RELEASE)

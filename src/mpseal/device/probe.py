@@ -18,7 +18,8 @@ module predicts that pick, then checks the board has what it needs:
 - ``romfs-partition``: ``vfs.rom_ioctl`` has a partition (it must hold the image);
   the verified image is mirrored there (stm32/esp32 through ``rom_ioctl(3|4|5)``,
   rp2 through the ``rp2.Flash`` block device ``rom_ioctl(2, 0)`` hands back).
-- ``vfsrom-ram``: ``vfs.VfsRom`` exists (the heap must hold the whole image).
+- ``vfsrom-ram``: ``vfs.VfsRom`` exists and the heap holds the whole image (where it
+  does not, the guard falls to verified files).
 - ``verified-files``: neither: the guard's filesystem in Python serves each file
   after checking its signed hash, from RAM; it needs RAM for the largest file,
   ``hashlib``, a writable filesystem and free flash (no ``VfsRom`` at all).
@@ -414,7 +415,9 @@ def _feature_missing(facts: BoardFacts, needs: Needs) -> list[str]:
 
 def mount_plan(facts: BoardFacts) -> str:
     """The guard's own choice (``mount_plan`` in mpseal_guard.py, "auto"): a ROMFS
-    partition where there is one, else VfsRom over RAM where VfsRom exists, else files."""
+    partition where there is one, else VfsRom over RAM where VfsRom exists, else files.
+    (At boot the guard also falls from VfsRom over RAM to files when the image's RAM
+    block cannot be had: :func:`decide` predicts that from the free heap.)"""
     rom = facts.rom
     if facts.vfsrom and rom is not None and rom.count > 0 and rom.size > 0:
         return ROMFS_PARTITION
@@ -436,6 +439,11 @@ def decide(facts: BoardFacts, needs: Needs, replaced: tuple[int, ...] = ()) -> D
                      "as on littlefs")
     mount = mount_plan(facts)
     heap = GUARD_HEAP_WIDE if facts.arch in _WIDE else GUARD_HEAP
+    if mount == VFSROM_RAM and facts.mem_free < needs.image_size + heap:
+        # the guard's auto mode: no RAM block for the image -> verified files instead
+        mount = VERIFIED_FILES
+        notes.append(f"too little heap to hold the {_kib(needs.image_size)} image in RAM: "
+                     "the guard serves verified files instead")
     ram = {ROMFS_PARTITION: heap, VFSROM_RAM: needs.image_size + heap,
            VERIFIED_FILES: needs.largest_file + heap}[mount]
     if mount == ROMFS_PARTITION and facts.rom is not None and facts.rom.size < needs.image_size:
