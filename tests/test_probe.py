@@ -231,6 +231,25 @@ def test_install_refuses_a_release_for_another_arch_and_writes_nothing(
     assert flash_digest(vboard) == before  # not one byte of the flash changed
 
 
+def test_a_board_locked_by_the_field_profile_says_how_to_open_it(project: Path, built: Path,
+                                                                 vboard: VirtualBoard) -> None:
+    link = on_pty(vboard)
+    try:
+        res = run_mpseal("install", "--port", link.path, built, "-C", project,
+                         "--profile", "field")
+        assert res.returncode == 0, res.stderr
+    finally:
+        link.close()
+    powered = SimLink(vboard.flash, boot=True)  # power on: the guard runs, Ctrl-C is off
+    try:
+        res = run_mpseal("probe", "--port", powered.path)
+    finally:
+        powered.close()
+    assert res.returncode == 4
+    line = res.stderr.strip()
+    assert "\n" not in line and "field or sealed profile" in line and "unlock-token" in line
+
+
 def test_install_refuses_to_replace_another_trust_root(project: Path, built: Path,
                                                        tmp_path: Path,
                                                        vboard: VirtualBoard) -> None:

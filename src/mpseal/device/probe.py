@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, replace
 
 from mpseal.device import vm
 from mpseal.device.serialboard import helper_execs
-from mpseal.device.transport import DeviceError, Transport
+from mpseal.device.transport import DeviceError, LinkError, Transport
 from mpseal.errors import FormatError, PolicyError
 from mpseal.formats import artifact as artifact_mod
 from mpseal.formats import romfs
@@ -267,7 +267,14 @@ def _run_helper(transport: Transport, code: str, timeout: float) -> str:
 
 def probe_board(transport: Transport) -> BoardFacts:
     """Read what the board's firmware has. Writes nothing to the board."""
-    return parse_facts(_literal(_run_helper(transport, "mpp_probe()", 20), "probe reply"))
+    try:
+        return parse_facts(_literal(_run_helper(transport, "mpp_probe()", 20), "probe reply"))
+    except LinkError as e:
+        if "raw REPL" not in str(e):
+            raise
+        raise LinkError(f"{e} (a board whose guard runs the field or sealed profile ignores "
+                        "Ctrl-C and keeps its REPL closed: open it once with a service "
+                        "unlock token, 'mpseal unlock-token', or reflash it)") from None
 
 
 def file_digests(transport: Transport, paths: list[str],
