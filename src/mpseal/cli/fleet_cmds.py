@@ -102,6 +102,10 @@ def _connect(target: str) -> Iterator[Any]:
 @click.option("--days", type=click.IntRange(1, 20 * 365), default=5 * 365, show_default=True,
               help="Device certificate validity.")
 @click.option("--no-guard", is_flag=True, help="Identity only (old firmware, flat filesystem).")
+@click.option("--keygen", type=click.Choice(["host", "device"]), default="host",
+              show_default=True,
+              help="Who makes the device's key: this host, or the device itself (it sends a "
+                   "CSR; the private key never leaves it).")
 @click.option("--force", is_flag=True, help="Re-issue even for fully provisioned devices.")
 @click.option("-j", "--jobs", type=click.IntRange(1, 64), default=4, show_default=True)
 @_db_option
@@ -109,8 +113,8 @@ def _connect(target: str) -> Iterator[Any]:
 def provision(ports: tuple[str, ...], sims: tuple[Path, ...], project_dir: Path,
               ca_dir: Path | None, anchor: Path | None, secrets_file: Path | None,
               config_file: Path | None, artifact: Path | None, group: str, channel: str,
-              days: int,
-              no_guard: bool, force: bool, jobs: int, db_url: str | None, as_json: bool) -> None:
+              days: int, no_guard: bool, keygen: str, force: bool, jobs: int,
+              db_url: str | None, as_json: bool) -> None:
     """Give each device its own key, certificate, sealed secrets, trust root and guard.
 
     Resumable and idempotent: run it again on the same boards and fully provisioned
@@ -135,7 +139,7 @@ def provision(ports: tuple[str, ...], sims: tuple[Path, ...], project_dir: Path,
         artifact=(read_limited(artifact, DEFAULT_LIMITS.artifact_max_length, "artifact")
                   if artifact else None),
         cert_days=days, group=group, guard=not no_guard, app=project.config.name,
-        channel=channel)
+        channel=channel, keygen=keygen)
     lock = threading.Lock()
 
     def say(target: str, text: str) -> None:

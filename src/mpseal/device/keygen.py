@@ -16,8 +16,7 @@
 Only the public key and the request cross the line: nothing here reads the key file.
 What protects that file on the board is its lockdown (T0) and, where the chip has it,
 flash protection (T3); signing on the board is not constant-time (see
-docs/certificates.md). ``mpseal provision --keygen device`` is to call this; it is not
-wired into provisioning yet.
+docs/certificates.md). ``mpseal provision --keygen device`` calls this.
 """
 
 from __future__ import annotations

@@ -23,10 +23,19 @@ Threat tiers: unique keys limit a leak to one device, which can be revoked (T1/T
 at the server). Sealed secrets stop T0 (copied files); see crypto/secretbox.py.
 The private key travels from this host to the device once, over the factory's
 cable: a host that is compromised during provisioning leaks the keys it makes.
+
+With ``keygen="device"`` (``--keygen device``) the device makes its own key instead
+(device/keygen.py: os.urandom, RFC 6979 signing in MicroPython) and sends a CSR; the
+host checks it and issues the certificate for its public key, so no private key ever
+exists on the host. The order becomes: the old marker and key file are removed, the
+device makes a fresh key and CSR, then ``issue`` records the certificate before it is
+written: a device may then hold a key the registry does not know, but never a
+certificate for one. Signing on the device is not constant-time (docs/certificates.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -34,19 +43,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from secrets import token_urlsafe
 
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from mpseal.crypto import secretbox
 from mpseal.device.guard_install import guard_files, stage_artifact
 from mpseal.device.install import SLOT_FILES, check
+from mpseal.device.keygen import device_csr
 from mpseal.device.probe import needs_for
-from mpseal.device.transport import Transport
+from mpseal.device.transport import DeviceError, Transport
 from mpseal.errors import BadDataError, MpsealError, UsageError
 from mpseal.fleet.registry import CertRecord, Identity, Registry, token_hash
 from mpseal.pki.ca import IssuingCa
 from mpseal.pki.certs import LeafRequest, generate_key, issue, key_pem_der
 
-STEPS = ("read-id", "issue", "write", "mark", "stage", "activate")
+STEPS = ("read-id", "issue", "write", "mark", "stage", "activate")  # + "keygen" (device)
 ID_DIR = "/mpseal/id"
 MARKER = f"{ID_DIR}/provisioned.json"
 CERT = f"{ID_DIR}/device.der"
@@ -90,6 +101,7 @@ class ProvisionPlan:
     device_token: bool = True  # a random bearer token per device, sealed with its secrets
     app: str = ""  # the app the device runs: its update checks name it (config.json "app")
     channel: str = "stable"  # the release channel it follows (config.json "channel")
+    keygen: str = "host"  # "device": the device makes its key, the host only sees a CSR
 
 
 @dataclass(frozen=True)
@@ -109,16 +121,19 @@ class DeviceResult:
     bytes_written: int = 0
 
 
-def issue_identity(ca: IssuingCa, hardware_id: str, days: int) -> IssuedIdentity:
-    key = generate_key()
-    cert = issue(ca, LeafRequest(name=hardware_id, role="client", days=days), key.public_key())
+def issue_identity(ca: IssuingCa, hardware_id: str, days: int,
+                   device_public_key: ec.EllipticCurvePublicKey | None = None) -> IssuedIdentity:
+    """A certificate for a new host-made key, or for the key the device made (no key_der)."""
+    key = generate_key() if device_public_key is None else None
+    public = device_public_key if key is None else key.public_key()
+    cert = issue(ca, LeafRequest(name=hardware_id, role="client", days=days), public)
     cert_der = cert.public_bytes(Encoding.DER)
     record = CertRecord(
         role="device", subject=cert.subject.rfc4514_string()[:255],
         serial=format(cert.serial_number, "x"),
         fingerprint=hashlib.sha256(cert_der).hexdigest(),
         not_after=cert.not_valid_after_utc)
-    return IssuedIdentity(hardware_id, key_pem_der(key)[1], cert_der, record)
+    return IssuedIdentity(hardware_id, key_pem_der(key)[1] if key else b"", cert_der, record)
 
 
 def _secret_fingerprints(secrets: dict[str, str]) -> tuple[tuple[str, str], ...]:
@@ -133,7 +148,8 @@ def device_files(plan: ProvisionPlan, ident: IssuedIdentity,
     if plan.guard:
         files.update(guard_files(plan.board, plan.profile, plan.trust_root))
     files[CERT] = ident.cert_der
-    files[KEY] = ident.key_der
+    if ident.key_der:  # a device-made key is on the device already, and stays there
+        files[KEY] = ident.key_der
     files[CA_CERT] = plan.ca.cert.public_bytes(Encoding.DER)
     if plan.server_anchor:
         files[ANCHOR] = plan.server_anchor
@@ -266,7 +282,21 @@ def provision_device(transport: Transport, plan: ProvisionPlan, registry: Regist
             # A new --config/--anchor/--artifact/...: redone cleanly, as after --force.
             step(hw, "changed " + ",".join(changed))
 
-    ident = issue_identity(plan.ca, hw, plan.cert_days)
+    device_key = None
+    if plan.keygen == "device":
+        if flat:
+            raise UsageError(f"device {hw} has a flat filesystem (old firmware): it cannot "
+                             "make its own key; provision it with --keygen host")
+        if marker is not None:  # an older identity: invalid from now on
+            transport.remove(device_path(MARKER, flat))
+            marker = None
+        with contextlib.suppress(DeviceError):  # a re-run gets a fresh key, as on the host
+            transport.remove(KEY)
+        made = device_csr(transport, plan.board, [("CN", hw)])
+        device_key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(),
+                                                                  made.public_key)
+        step(hw, "keygen")
+    ident = issue_identity(plan.ca, hw, plan.cert_days, device_key)
     secrets = dict(plan.secrets)
     if plan.device_token:  # for servers the device reaches without its client certificate
         secrets[TOKEN_SECRET] = token_urlsafe(24)
