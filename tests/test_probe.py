@@ -186,6 +186,7 @@ def test_probe_the_virtual_board_on_a_pty(vboard: VirtualBoard) -> None:
 
 def test_install_on_the_virtual_board_then_it_boots(project: Path, built: Path,
                                                     vboard: VirtualBoard) -> None:
+    vboard.put(b"print('my own main.py')\n", "/main.py")  # as mpremote cp would leave it
     link = on_pty(vboard)
     try:
         res = run_mpseal("install", "--port", link.path, built, "-C", project, "--json")
@@ -193,6 +194,7 @@ def test_install_on_the_virtual_board_then_it_boots(project: Path, built: Path,
         first = json.loads(res.stdout)
         assert first["mount"] == VFSROM_RAM and first["slot"] == "a"
         assert "/lib/mpseal_guard.mpy" in first["written"] and "/main.py" in first["written"]
+        assert first["replaced"] == ["/main.py"]  # said, not silently overwritten
         # Again: the guard is current, only the release is staged (and --reset boots it).
         res = run_mpseal("install", "--port", link.path, built, "-C", project, "--json",
                          "--reset")

@@ -141,6 +141,9 @@ def install(artifact: Path, port: str | None, sim_dir: Path | None, project_dir:
         markup=False)
     for note in result.decision.notes:
         out_console.print(f"note: {note}", markup=False)
+    if "/main.py" in result.replaced:
+        out_console.print("note: the board's own /main.py was replaced: it now starts the "
+                          "guard, which runs the release", markup=False)
     out_console.print("The board was reset: it boots the release on trial." if result.reset else
                       "It boots on trial at the next reset (--reset does that).", markup=False)
 

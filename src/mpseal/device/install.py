@@ -63,6 +63,7 @@ class InstallResult:
     facts: BoardFacts
     decision: Decision
     written: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)  # written over a different file
     unchanged: list[str] = field(default_factory=list)
     reset: bool = False
 
@@ -70,7 +71,7 @@ class InstallResult:
         return {"app": self.app, "version": self.version, "counter": self.counter,
                 "slot": self.slot, "mount": self.decision.mount,
                 "notes": list(self.decision.notes), "written": self.written,
-                "unchanged": self.unchanged, "reset": self.reset,
+                "replaced": self.replaced, "unchanged": self.unchanged, "reset": self.reset,
                 "board": self.facts.to_dict()}
 
 
@@ -112,6 +113,8 @@ def install(transport: Transport, data: bytes, root: TrustRoot, *, profile: str,
         else:
             transport.write_file(path, blob, progress)
             result.written.append(path)
+            if path in have:
+                result.replaced.append(path)
     step("guard")
 
     result.slot = stage_artifact(transport, data, progress)
