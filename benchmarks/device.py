@@ -20,7 +20,9 @@ after import; the guard's boot (power-on to the app's ``main``) for a 64 KB and 
 app and its peak heap. The modules are compiled by the real mpy-cross for the RP2040
 (armv6m) and the same .mpy bytes go to both emulators. The MPS2 has no os.urandom: key
 generation there draws from a SHA-256 test source (one hash per call; on the Pico the
-real os.urandom). A figure that cannot be measured prints as "n/a (why)", never a guess.
+real os.urandom). The heap p256 needs is found on the M3 by bisection: the smallest free
+heap (a ballast bytearray takes the rest) in which a fresh board imports p256 and
+verifies once. A figure that cannot be measured prints as "n/a (why)", never a guess.
 """
 
 from __future__ import annotations
@@ -132,7 +134,50 @@ def qemu(files: dict[str, bytes], args: dict[str, str]) -> dict[str, object]:
             if label == "fast":
                 for name in ("keygen", "sign", "sign_nocheck"):
                     res[name] = board.instructions("", STATEMENTS[name])
+    verifier = {k: v for k, v in files.items() if k != "p256_sign.mpy"}
+    for label, mods in (("pure", {"p256.mpy": files["p256.mpy"]}), ("fast", verifier)):
+        try:
+            res[f"room_{label}"] = qemu_room(mods, args)
+        except Exception as e:  # noqa: BLE001 - printed as n/a with the reason
+            res[f"room_{label}"] = f"n/a ({type(e).__name__}: {str(e)[-80:]})"
     return res
+
+
+PROBE = """
+import gc
+gc.collect()
+_b = []  # ballast in chunks (the free heap is not one block): `room` bytes stay free
+for _n in (16384, 4096, 1024, 256, 64, 16):
+    while gc.mem_free() - _n - 16 > {room}:
+        try:
+            _b.append(bytearray(_n))
+        except MemoryError:
+            break
+try:
+    import p256
+    from binascii import unhexlify
+    ok = p256.verify(unhexlify({pub!r}), unhexlify({dig!r}), unhexlify({sig!r}))
+    print("FITS" if ok else "WRONG")
+except MemoryError:
+    print("MEMORY")
+"""
+
+
+def qemu_room(files: dict[str, bytes], args: dict[str, str]) -> int:
+    """Smallest free heap (to 256 bytes) in which p256 imports and verifies once."""
+    lo, hi = 1024, 96 * 1024  # MEMORY at lo (checked below), FITS at hi
+    def fits(room: int) -> bool:
+        with Mps2(timeout=600) as board:
+            board.put(files)
+            out = board.exec(PROBE.format(room=room, **args)).strip()
+        assert out in ("FITS", "MEMORY"), out
+        return out == "FITS"
+    if fits(lo) or not fits(hi):
+        raise RuntimeError("heap probe out of its range")
+    while hi - lo > 256:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    return hi
 
 
 # --- the virtual Pico ------------------------------------------------------------------
@@ -213,6 +258,9 @@ def report(pic: dict[str, object], qem: dict[str, object]) -> list[str]:
     lines.append(f"{'heap held by p256 after import':<38} "
                  f"{_bytes(pic, 'heap_pure')} pure, {_bytes(pic, 'heap_fast')} fast (RP2040); "
                  f"{_bytes(qem, 'heap_pure')} pure, {_bytes(qem, 'heap_fast')} fast (M3)")
+    lines.append(f"{'heap to import p256 and verify once':<38} "
+                 f"{_bytes(qem, 'room_pure')} pure, {_bytes(qem, 'room_fast')} fast (M3: "
+                 "smallest free heap that works, found by bisection)")
     boot_why = "n/a (the guard's boot timing helper is not on main yet)"
     lines += [f"{'guard boot to main, 64 KB app':<38} {boot_why}   goal <= {GOAL_BOOT_MS} ms",
               f"{'guard boot to main, 200 KB app':<38} {boot_why}",
@@ -223,7 +271,7 @@ def report(pic: dict[str, object], qem: dict[str, object]) -> list[str]:
 
 def _bytes(src: dict[str, object], key: str) -> str:
     v = src.get(key)
-    return f"{v / 1024:.1f} KB" if isinstance(v, int) else "n/a"
+    return f"{v / 1024:.1f} KB" if isinstance(v, int) else str(v or "n/a")
 
 
 def _verdict(v: object, goal: int) -> str:
