@@ -681,3 +681,33 @@ def test_guard_ships_the_assembly_only_to_thumb_boards() -> None:
         files = compiled_guard(board)
         assert "/lib/p256.mpy" in files and "/lib/p256_thumb.mpy" not in files
         assert "/lib/p256_fast.mpy" not in files
+
+
+def test_thumb_field_arithmetic_edge_values_on_cortex_m() -> None:
+    """p256_thumb.run's mul, sqr, add, sub against Python integers, on the Cortex-M3 in
+    QEMU (armv6m .mpy), for inputs anywhere below 2^256 (not only below p): the values
+    where carries and the final fold go furthest (p, 2^256 - 1, powers at the reduction's
+    word boundaries) and random ones."""
+    rng = random.Random(2561)
+    edge = [0, 1, 2, P - 1, P, P + 1, 2**256 - 1, 2**256 - 2, 2**255, 2**224, 2**192,
+            2**96, 2**32 - 1, (2**256 - 1) // 3, 2**256 - P]
+    pairs = [(a, b) for a in edge for b in edge]
+    pairs += [(rng.getrandbits(256), rng.getrandbits(256)) for _ in range(200)]
+    with Mps2() as board:
+        board.put({"p256_thumb.mpy": rp2_modules()["p256_thumb.mpy"]})
+        board.exec("import p256_thumb\nws = bytearray(352)\n"
+                   "PROG = bytes((0, 3, 9, 10,  1, 4, 9, 0,  2, 5, 9, 10,  3, 6, 9, 10))\n")
+        for i in range(0, len(pairs), 25):
+            chunk = pairs[i:i + 25]
+            rows = [(a.to_bytes(32, "little") + b.to_bytes(32, "little")).hex()
+                    for a, b in chunk]
+            out = board.exec(f"R = {rows!r}\nfor r in R:\n"
+                             "    ws[288:352] = bytes.fromhex(r)\n"
+                             "    p256_thumb.run(ws, PROG, 4)\n"
+                             "    print(ws[96:224].hex())\n").split()
+            assert len(out) == len(chunk)
+            for (a, b), got in zip(chunk, out, strict=True):
+                res = [int.from_bytes(bytes.fromhex(got[64 * k:64 * k + 64]), "little")
+                       for k in range(4)]
+                assert [r % P for r in res] == [a * b % P, a * a % P, (a + b) % P,
+                                                (a - b) % P], (hex(a), hex(b))
