@@ -112,6 +112,7 @@ def test_direct_sbom_says_what_the_cyclonedx_library_says(monkeypatch) -> None:
                     tools={"mpseal": "0.1.0", "mpy-cross": "MicroPython v1.29.0"},
                     files=files,
                     packages=(Package("micropython-SSD1306_x", "0.1.0", "pypi"),
+                              Package("unpinned", None, "pypi"),
                               Package("sensor_kit", "2.3.0", "mip")))
     for epoch in (None, "1700000000"):
         if epoch:

@@ -144,8 +144,9 @@ def make(inp: SbomInput) -> bytes:
     depends: dict[str, list[str]] = {"app": []}
     for pkg in sorted(inp.packages, key=lambda p: (p.source, p.name)):
         comp: dict[str, object] = {"bom-ref": f"pkg:{pkg.source}:{pkg.name}", "type": "library",
-                                   "group": pkg.source, "name": pkg.name,
-                                   "version": pkg.version}
+                                   "group": pkg.source, "name": pkg.name}
+        if pkg.version is not None:
+            comp["version"] = pkg.version
         if pkg.source == "pypi":
             comp["purl"] = _purl(pkg.name, pkg.version)
         components.append(comp)
@@ -173,11 +174,12 @@ def make(inp: SbomInput) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode() + b"\n"
 
 
-def _purl(name: str, version: str) -> str:
+def _purl(name: str, version: str | None) -> str:
     """A pkg:pypi package URL (the packageurl spec's quoting for these characters)."""
     from urllib.parse import quote
 
-    return f"pkg:pypi/{quote(name.lower().replace('_', '-'), safe='.-')}@{quote(version, safe='.+-!')}"
+    purl = f"pkg:pypi/{quote(name.lower().replace('_', '-'), safe='.-')}"
+    return purl if version is None else f"{purl}@{quote(version, safe='.+-!')}"
 
 
 def make_with_library(inp: SbomInput) -> bytes:
