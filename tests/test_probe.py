@@ -9,6 +9,7 @@ checked on the board itself: the file list (QEMU boards) or the flash image's by
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import random
@@ -152,6 +153,27 @@ def test_hostile_probe_replies_raise_only_format_error() -> None:
     for bad_top in (None, [], "x", 3):
         with pytest.raises(FormatError):
             parse_facts(bad_top)
+
+
+def test_the_device_probe_runs_in_the_vm_and_its_reply_parses(tmp_path: Path) -> None:
+    """runtime/mpseal_probe.py run straight in the MicroPython VM (vm.run): one literal per
+    call, parsed by the host's strict parser; file digests are the files' SHA-256."""
+    from mpseal.device import vm
+
+    data = b"some bytes the probe hashes\n" * 40
+    target = tmp_path / "blob.bin"
+    target.write_bytes(data)
+    driver = tmp_path / "drive.py"
+    driver.write_text((vm.runtime_dir() / "mpseal_probe.py").read_text()
+                      + f"\nmpp_probe()\nmpp_files([{str(target)!r}, '/no/such/file'], True)\n")
+    res = vm.run(driver, [])
+    assert res.returncode == 0, res.stderr
+    facts_line, files_line = res.stdout.strip().splitlines()
+    facts = parse_facts(ast.literal_eval(facts_line))
+    assert facts.mpy == MpyAbi(6, 3, "x64") and facts.sha256 and facts.vfsrom
+    assert facts.root_fs == "VfsPosix" and not facts.writable_fs  # the host's own files: not a board
+    files = ast.literal_eval(files_line)
+    assert files == {str(target): (len(data), hashlib.sha256(data).digest())}
 
 
 # -- real firmware -------------------------------------------------------------------
