@@ -387,6 +387,18 @@ class VirtualPico:
                     return False
                 self._cond.wait(min(left, 0.5))
 
+    def wait_news(self, seen: int, timeout: float) -> int:
+        """Wait up to ``timeout`` for output or events beyond ``seen`` (a value this
+        returned before; 0 at first); returns the new value."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                now = len(self._output) + len(self._events)
+                left = deadline - time.monotonic()
+                if now != seen or left <= 0 or self._exited:
+                    return now
+                self._cond.wait(left)
+
     def wait_off(self, timeout: float = 60.0) -> bool:
         """Wait for the power cut set by ``cut_after``; True if it happened."""
         deadline = time.monotonic() + timeout

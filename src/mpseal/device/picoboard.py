@@ -110,6 +110,7 @@ class PicoBoard:
         """Wait until the powered board is at its REPL, locked idle, or quietly running."""
         deadline = time.monotonic() + timeout
         last_len, last_cycles, quiet_since = -1, -1, time.monotonic()
+        seen = 0
         while time.monotonic() < deadline:
             out = self.pico.output
             if out.rstrip().endswith(REPL_PROMPT.rstrip()) or IDLE_LINE.encode() in out:
@@ -124,7 +125,7 @@ class PicoBoard:
             elif time.monotonic() - quiet_since >= SETTLE_QUIET:
                 return
             last_len, last_cycles = len(out), cycles
-            time.sleep(0.5)
+            seen = self.pico.wait_news(seen, 0.5)
 
     @contextlib.contextmanager
     def session(self, *, limits: Limits = DEFAULT_LIMITS,
@@ -184,6 +185,7 @@ class PicoBoard:
         deadline = time.monotonic() + timeout
         still: tuple[int, int] | None = None  # (cycles, nanos) when last seen changing
         still_since = time.monotonic()
+        seen = 0
         while True:
             segments = self.pico.boot_outputs()
             text = _text(self.pico.output)
@@ -217,7 +219,7 @@ class PicoBoard:
             if time.monotonic() > deadline:
                 return BootReport(boots, "running" if _settled(current) else "limit", text,
                                   [*codes, POWERED_OFF])
-            time.sleep(0.3)
+            seen = self.pico.wait_news(seen, 0.3)
 
 
 def open_sim(folder: Path | str) -> VirtualBoard | PicoBoard:

@@ -160,7 +160,7 @@ def _pico_step(board: PicoBoard, step: str, cut: int) -> bool:
             board.settle()
             transport = SerialTransport(pico.path)
             try:
-                transport.capabilities()  # its helper loads before the cut is armed
+                transport.exec("pass")  # in the raw REPL before the cut is armed
                 if cut:
                     pico.arm_cut(cut)
                 done = threading.Event()
