@@ -102,6 +102,16 @@ def test_mount_names_are_the_guards_own() -> None:
     assert set(MOUNT_PATHS) == set(mounts) - {"auto"}
 
 
+def test_a_forced_mount_needs_what_that_path_needs() -> None:
+    """device.json "mount" forces a path; the guard then takes no other (no fallback)."""
+    d = decide(PICO, RELEASE, mount=ROMFS_PARTITION)
+    assert not d.ok and "for the forced romfs-partition mount" in d.missing[0]
+    assert "vfs.VfsRom for the forced vfsrom-ram" in decide(PICO, RELEASE, mount=VFSROM_RAM).missing[0]
+    ram = replace(PICO, vfsrom=True, mem_free=RELEASE.image_size)  # auto would fall to files
+    assert "free heap for the vfsrom-ram mount" in decide(ram, RELEASE, mount=VFSROM_RAM).missing[0]
+    assert decide(replace(PICO, vfsrom=True), RELEASE, mount=VERIFIED_FILES).mount == VERIFIED_FILES
+
+
 def test_every_missing_feature_is_named() -> None:
     bare = replace(PICO, sha256=False, json=False, rename=False, mounts=(), flash=None,
                    aes_cbc=False, ssl=False, unique_id=None)
@@ -230,6 +240,28 @@ def test_install_on_the_virtual_board_then_it_boots(project: Path, built: Path,
     assert report.ran()[-1][:2] == ("hello", "1.0.0")
     assert "Hello from a sealed MicroPython app!" in report.output
     assert not [name for name, _, _ in vboard.listdir("/mpseal") if "incoming" in name]
+
+
+def test_install_forcing_verified_files_on_the_virtual_board(project: Path, built: Path,
+                                                             vboard: VirtualBoard) -> None:
+    """The stock-firmware mount (no VfsRom) exercised on a board that has VfsRom; a forced
+    path the firmware lacks is refused before anything is written."""
+    before = flash_digest(vboard)
+    link = on_pty(vboard)
+    try:
+        res = run_mpseal("install", "--port", link.path, built, "-C", project,
+                         "--mount", "romfs-partition")
+        assert res.returncode == 3 and "for the forced romfs-partition mount" in res.stderr
+        assert flash_digest(vboard) == before
+        res = run_mpseal("install", "--port", link.path, built, "-C", project,
+                         "--mount", "verified-files", "--json")
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout)["mount"] == VERIFIED_FILES
+    finally:
+        link.close()
+    report = vboard.boot()
+    assert f"hello 1.0.0 (counter 1) from slot a on trial (mount: {VERIFIED_FILES})" in report.output
+    assert "sum of squares below 1000: 332833500" in report.output
 
 
 def test_install_refuses_a_release_for_another_arch_and_writes_nothing(

@@ -28,6 +28,15 @@ def _board_options(f: Any) -> Any:
                         "socket://host:port).")(f)
 
 
+def _mount_option(f: Any) -> Any:
+    from mpseal.device.probe import MOUNT_PATHS
+
+    return click.option("--mount", type=click.Choice(["auto", *MOUNT_PATHS]), default="auto",
+                        show_default=True, help="Force the guard's mount path in device.json "
+                        "(e.g. verified-files, the stock-firmware path, on a board with "
+                        "VfsRom); auto: the guard's own choice.")(f)
+
+
 def _facts_lines(facts: Any) -> list[str]:
     mpy = f".mpy {facts.mpy.text}, arch {facts.mpy.arch}" if facts.mpy else "no .mpy version"
     rom = ("no vfs.rom_ioctl" if facts.rom is None else
@@ -54,8 +63,10 @@ def _facts_lines(facts: Any) -> list[str]:
 @_board_options
 @click.option("--artifact", type=click.Path(dir_okay=False, path_type=Path),
               help="Also say whether the board can run this release, and how it mounts it.")
+@_mount_option
 @click.option("--json", "as_json", is_flag=True)
-def probe(port: str | None, sim_dir: Path | None, artifact: Path | None, as_json: bool) -> None:
+def probe(port: str | None, sim_dir: Path | None, artifact: Path | None, mount: str,
+          as_json: bool) -> None:
     """Show what the board's firmware has (nothing is written to the board).
 
     With --artifact: exit 3 and name what is missing if the board cannot run it.
@@ -74,9 +85,9 @@ def probe(port: str | None, sim_dir: Path | None, artifact: Path | None, as_json
             from mpseal.formats import artifact as artifact_mod
 
             man = artifact_mod.decode(blob).manifest
-            files = guard_files(man.board, "field", b"")
+            files = guard_files(man.board, "field", b"", mount)
             _, decision = check(transport, needs_for(man.board, blob, files),
-                                [*files, *SLOT_FILES])
+                                [*files, *SLOT_FILES], mount)
     if as_json:
         emit_json({"port": target, "board": facts.to_dict(),
                    **({"release": decision.to_dict()} if decision else {})})
@@ -97,12 +108,14 @@ def probe(port: str | None, sim_dir: Path | None, artifact: Path | None, as_json
               default=".", help="Project whose trust root and lockdown profile the board gets.")
 @click.option("--profile", type=click.Choice(["dev", "field", "sealed"]),
               help="Lockdown profile for the board (default: the project's).")
+@_mount_option
 @click.option("--replace-root", is_flag=True,
               help="Replace a different trust root already on the board.")
 @click.option("--reset", is_flag=True, help="Reset the board afterwards: it boots the release.")
 @click.option("--json", "as_json", is_flag=True)
 def install(artifact: Path, port: str | None, sim_dir: Path | None, project_dir: Path,
-            profile: str | None, replace_root: bool, reset: bool, as_json: bool) -> None:
+            profile: str | None, mount: str, replace_root: bool, reset: bool,
+            as_json: bool) -> None:
     """Install a release on a board: the guard if needed, trust root, config, and the
     release staged through the guard (it boots on trial at the next reset).
 
@@ -129,7 +142,7 @@ def install(artifact: Path, port: str | None, sim_dir: Path | None, project_dir:
                 bar.update(task, completed=done, total=total)
 
         result = do_install(transport, blob, root, profile=profile or project.config.profile,
-                            replace_root=replace_root, reset=reset, on_step=say,
+                            mount=mount, replace_root=replace_root, reset=reset, on_step=say,
                             progress=progress)
     if as_json:
         emit_json({"port": target, "installed": str(artifact), **result.to_dict()})

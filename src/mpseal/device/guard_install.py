@@ -49,9 +49,14 @@ STAGE = (
 
 
 def device_config(board: str, profile: str, max_tries: int = 3,
-                  max_image: int = 4 * 1024 * 1024) -> bytes:
-    return json.dumps({"board": board, "profile": profile, "max_tries": max_tries,
-                       "max_image": max_image}, sort_keys=True).encode()
+                  max_image: int = 4 * 1024 * 1024, mount: str = "auto") -> bytes:
+    """/mpseal/device.json; ``mount`` forces one of the guard's mount paths ("auto": its
+    own choice by feature detection, and then the key is left out)."""
+    cfg: dict[str, object] = {"board": board, "profile": profile, "max_tries": max_tries,
+                              "max_image": max_image}
+    if mount != "auto":
+        cfg["mount"] = mount
+    return json.dumps(cfg, sort_keys=True).encode()
 
 
 def compiled_guard(board: str) -> dict[str, bytes]:
@@ -70,11 +75,12 @@ def _compiled_guard(board: str) -> dict[str, bytes]:
     return {f"/lib/{name[:-3]}.mpy": data for name, data in out.items()}
 
 
-def guard_files(board: str, profile: str, trust_root: bytes) -> dict[str, bytes]:
+def guard_files(board: str, profile: str, trust_root: bytes,
+                mount: str = "auto") -> dict[str, bytes]:
     """Device path -> bytes for everything the guard needs, main.py included."""
     files = compiled_guard(board)
     files["/main.py"] = MAIN_SHIM
-    files[DEVICE_CONFIG] = device_config(board, profile)
+    files[DEVICE_CONFIG] = device_config(board, profile, mount=mount)
     files[TRUST_ROOT] = trust_root
     return files
 

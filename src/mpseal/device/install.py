@@ -75,18 +75,19 @@ class InstallResult:
                 "board": self.facts.to_dict()}
 
 
-def check(transport: Transport, needs: Needs, paths: list[str]) -> tuple[BoardFacts, Decision]:
+def check(transport: Transport, needs: Needs, paths: list[str],
+          mount: str = "auto") -> tuple[BoardFacts, Decision]:
     """Probe the board and decide; raise :class:`UnfitBoardError` if it cannot run ``needs``."""
     facts = probe_board(transport)
     replaced = file_digests(transport, paths, digest=False) if facts.writable_fs else {}
-    decision = decide(facts, needs, tuple(size for size, _ in replaced.values()))
+    decision = decide(facts, needs, tuple(size for size, _ in replaced.values()), mount)
     if not decision.ok:
         raise refusal(facts, needs, decision)
     return facts, decision
 
 
 def install(transport: Transport, data: bytes, root: TrustRoot, *, profile: str,
-            replace_root: bool = False, reset: bool = False,
+            mount: str = "auto", replace_root: bool = False, reset: bool = False,
             on_step: StepHook | None = None, progress: Progress | None = None) -> InstallResult:
     def step(name: str) -> None:
         if on_step:
@@ -94,9 +95,9 @@ def install(transport: Transport, data: bytes, root: TrustRoot, *, profile: str,
 
     man = artifact_mod.verify(data, root).manifest
     step("verify")
-    files = guard_files(man.board, profile, root.raw)
+    files = guard_files(man.board, profile, root.raw, mount)
     needs = needs_for(man.board, data, files)
-    facts, decision = check(transport, needs, [*files, *SLOT_FILES])
+    facts, decision = check(transport, needs, [*files, *SLOT_FILES], mount)
     step("probe")
 
     have = file_digests(transport, list(files))

@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, replace
 from mpseal.device import vm
 from mpseal.device.serialboard import helper_execs
 from mpseal.device.transport import DeviceError, LinkError, Transport
-from mpseal.errors import FormatError, PolicyError
+from mpseal.errors import FormatError, PolicyError, UsageError
 from mpseal.formats import artifact as artifact_mod
 from mpseal.formats import romfs
 from mpseal.formats.boards import get_board
@@ -420,6 +420,17 @@ def _feature_missing(facts: BoardFacts, needs: Needs) -> list[str]:
     return [name for have, name in wants if not have]
 
 
+def _forced_missing(facts: BoardFacts, mount: str) -> list[str]:
+    """What the firmware lacks for a mount path forced in device.json (as the guard says)."""
+    has_partition = facts.rom is not None and facts.rom.count > 0 and facts.rom.size > 0
+    if mount == ROMFS_PARTITION and not (facts.vfsrom and has_partition):
+        return ["a ROMFS partition (vfs.VfsRom and vfs.rom_ioctl) for the forced "
+                "romfs-partition mount"]
+    if mount == VFSROM_RAM and not facts.vfsrom:
+        return ["vfs.VfsRom for the forced vfsrom-ram mount"]
+    return []
+
+
 def mount_plan(facts: BoardFacts) -> str:
     """The guard's own choice (``mount_plan`` in mpseal_guard.py, "auto"): a ROMFS
     partition where there is one, else VfsRom over RAM where VfsRom exists, else files.
@@ -431,12 +442,16 @@ def mount_plan(facts: BoardFacts) -> str:
     return VFSROM_RAM if facts.vfsrom else VERIFIED_FILES
 
 
-def decide(facts: BoardFacts, needs: Needs, replaced: tuple[int, ...] = ()) -> Decision:
+def decide(facts: BoardFacts, needs: Needs, replaced: tuple[int, ...] = (),
+           mount: str = "auto") -> Decision:
     """Can the board described by ``facts`` run the release described by ``needs``?
 
     ``replaced``: sizes of the files on the board the install replaces (old slots, an
-    older guard, a left-over staging file): their flash counts as free. Pure: no I/O.
+    older guard, a left-over staging file): their flash counts as free. ``mount``: a
+    mount path device.json forces ("auto": the guard's own choice). Pure: no I/O.
     """
+    if mount != "auto" and mount not in MOUNT_PATHS:
+        raise UsageError(f"unknown mount path {mount!r}; one of: auto, {', '.join(MOUNT_PATHS)}")
     missing = _code_missing(facts, needs) + _feature_missing(facts, needs)
     notes = []
     if not needs.guard:
@@ -444,9 +459,13 @@ def decide(facts: BoardFacts, needs: Needs, replaced: tuple[int, ...] = ()) -> D
     if facts.writable_fs and facts.root_fs == "VfsFat":
         notes.append("the filesystem is FAT: slot and state writes are not power-cut safe "
                      "as on littlefs")
-    mount = mount_plan(facts)
+    forced = mount != "auto"
+    if forced:
+        missing += _forced_missing(facts, mount)
+    else:
+        mount = mount_plan(facts)
     heap = GUARD_HEAP_WIDE if facts.arch in _WIDE else GUARD_HEAP
-    if mount == VFSROM_RAM and facts.mem_free < needs.image_size + heap:
+    if mount == VFSROM_RAM and facts.mem_free < needs.image_size + heap and not forced:
         # the guard's auto mode: no RAM block for the image -> verified files instead
         mount = VERIFIED_FILES
         notes.append(f"too little heap to hold the {_kib(needs.image_size)} image in RAM: "
