@@ -397,6 +397,23 @@ def test_probe_a_virtual_pico_folder_with_sim(tmp_path: Path) -> None:
     assert board["unique_id"] == "machine" and board["mem_free"] > 200 * 1024
 
 
+def test_probe_the_romfs_pico_finds_its_partition_as_a_block_device(tmp_path: Path) -> None:
+    """RPI_PICO_ROMFS: VfsRom and a 256 KiB partition that rom_ioctl(2, 0) hands back as an
+    rp2.Flash block device; the guard mounts from it (romfs-partition)."""
+    sim = tmp_path / "pico"
+    assert run_mpseal("sim", "create", "--board", "rp2", "--romfs", "--sim", sim).returncode == 0
+    rp2 = tmp_path / "rp2app"
+    assert run_mpseal("init", rp2, "--board", "rp2", "--name", "rp2app").returncode == 0
+    assert run_mpseal("build", "-C", rp2).returncode == 0
+    res = run_mpseal("probe", "--sim", sim, "--artifact", rp2 / "dist" / "rp2app-1.0.0.mpseal",
+                     "--json", timeout=300)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["board"]["vfsrom"] is True
+    assert out["board"]["rom"] == {"count": 1, "size": 256 * 1024, "block_device": True}
+    assert out["release"]["mount"] == ROMFS_PARTITION
+
+
 def test_install_an_rp2_release_on_a_virtual_pico_which_boots_it(tmp_path: Path) -> None:
     """Stock RPI_PICO v1.28.0 in rp2040js: no VfsRom, so the guard serves verified files.
 
