@@ -103,3 +103,15 @@ def test_tables_are_not_cut_in_a_pipe(built: Path) -> None:
                           env=env, check=False, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr
     assert long_name.replace(".py", ".mpy") in proc.stdout
+
+
+def test_sim_boot_when_the_board_runs_out_of_ram_is_a_failure(built: Path) -> None:
+    """The guard failing (MemoryError in a small heap) printed a traceback and exited 0."""
+    project = built.parent.parent
+    assert run_mpseal("sim", "create", cwd=project).returncode == 0
+    assert run_mpseal("sim", "install", built, cwd=project).returncode == 0
+    for heap in ("40K", "64K"):  # the guard cannot load / the guard fails while booting
+        res = run_mpseal("sim", "boot", "--heapsize", heap, cwd=project)
+        assert res.returncode in (3, 4), (res.stdout, res.stderr)
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("mpseal: ") and "MemoryError" in lines[0]

@@ -106,7 +106,10 @@ def _boot(sim_dir: Path, heapsize: str | None, max_boots: int, as_json: bool,
         off = " (still running: powered off)" if report.exit_codes[-1:] == [POWERED_OFF] else ""
         out_console.print(f"[dim]-- {report.boots} boot(s), {report.outcome}{off}[/]")
     if report.outcome == "idle":
-        raise PolicyError("the board has no valid image to run (locked idle); "
+        why = [ln[len("locked idle: "):] for ln in report.guard_lines
+               if ln.startswith("locked idle: ")]
+        raise PolicyError(f"the board is locked idle: {why[-1]}" if why else
+                          "the board has no valid image to run (locked idle); "
                           "'mpseal sim status' shows why")
     if report.crashes():
         raise TransportError(f"the app crashed on the board: {report.crashes()[-1]}")
