@@ -6,10 +6,12 @@ three and rich draws its progress bars and hides the cursor exactly as it would 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import re
 import select
+import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -110,9 +112,13 @@ def run_in_pty(argv: list[str], cwd: Path | None = None, env: dict[str, str] | N
         rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
     finally:
         os.close(master)
+        # Whatever the command left running in its session (a server, an emulator
+        # started with '&') goes with it: the session is its own process group.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+        proc.wait()
     return PtyRun(rc, b"".join(chunks).decode("utf-8", "replace"))
 
 
