@@ -414,11 +414,14 @@ def test_probe_the_romfs_pico_finds_its_partition_as_a_block_device(tmp_path: Pa
     assert out["release"]["mount"] == ROMFS_PARTITION
 
 
-def test_install_an_rp2_release_on_a_virtual_pico_which_boots_it(tmp_path: Path) -> None:
-    """Stock RPI_PICO v1.28.0 in rp2040js: no VfsRom, so the guard serves verified files.
+@pytest.mark.parametrize(("romfs", "mount"), [(False, VERIFIED_FILES), (True, ROMFS_PARTITION)])
+def test_install_an_rp2_release_on_a_virtual_pico_which_boots_it(tmp_path: Path, romfs: bool,
+                                                                 mount: str) -> None:
+    """Stock RPI_PICO v1.28.0 in rp2040js (no VfsRom: the guard serves verified files) and
+    the RPI_PICO_ROMFS build (a ROMFS partition: the guard mirrors the image there).
 
     `mpseal install --reset` on its USB serial port: probed, guard written, staged by the
-    board's own guard, reset; the board then boots the release and prints its output."""
+    board's own guard, reset; the board then boots the release, mounted as predicted."""
     from mpseal.device.pico import VirtualPico
 
     proj = tmp_path / "picoapp"
@@ -426,7 +429,7 @@ def test_install_an_rp2_release_on_a_virtual_pico_which_boots_it(tmp_path: Path)
     res = run_mpseal("build", "-C", proj)
     assert res.returncode == 0, res.stderr
     art = proj / "dist" / "picoapp-1.0.0.mpseal"
-    pico = VirtualPico.create(tmp_path / "pico")
+    pico = VirtualPico.create(tmp_path / "pico", romfs=romfs)
     try:
         path = pico.start()
         pico.wait_repl(30)
@@ -434,17 +437,17 @@ def test_install_an_rp2_release_on_a_virtual_pico_which_boots_it(tmp_path: Path)
         assert probe.returncode == 0, probe.stderr
         out = json.loads(probe.stdout)
         assert out["board"]["mpy"] == {"version": "6.3", "arch": "armv6m"}
-        assert out["board"]["vfsrom"] is False and out["release"]["mount"] == VERIFIED_FILES
+        assert out["board"]["vfsrom"] is romfs and out["release"]["mount"] == mount
         res = run_mpseal("install", "--port", path, art, "-C", proj, "--reset", "--json",
                          timeout=600)
         assert res.returncode == 0, res.stderr
         done = json.loads(res.stdout)
-        assert done["slot"] == "a" and done["reset"] is True and done["mount"] == VERIFIED_FILES
+        assert done["slot"] == "a" and done["reset"] is True and done["mount"] == mount
         assert pico.wait_output(b"committed picoapp 1.0.0", 120), \
             pico.output.decode("utf-8", "replace")[-600:]
         log = pico.output.decode("utf-8", "replace")
         # the guard mounted it the way the probe said it would, and the app ran
-        assert f"picoapp 1.0.0 (counter 1) from slot a on trial (mount: {VERIFIED_FILES})" in log
+        assert f"picoapp 1.0.0 (counter 1) from slot a on trial (mount: {mount})" in log
         assert "sum of squares below 1000: 332833500" in log
     finally:
         pico.stop()
