@@ -227,6 +227,7 @@ def test_install_on_the_virtual_board_then_it_boots(project: Path, built: Path,
         assert first["mount"] == VFSROM_RAM and first["slot"] == "a"
         assert "/lib/mpseal_guard.mpy" in first["written"] and "/main.py" in first["written"]
         assert first["replaced"] == ["/main.py"]  # said, not silently overwritten
+        assert first["written"][-1] == "/main.py"  # last: never a main.py before its guard
         # Again: the guard is current, only the release is staged (and --reset boots it).
         res = run_mpseal("install", "--port", link.path, built, "-C", project, "--json",
                          "--reset")

@@ -44,6 +44,7 @@ from mpseal.formats.trustroot import TrustRoot
 
 SLOT_FILES = ("/mpseal/slot-a.mpseal", "/mpseal/slot-b.mpseal", "/mpseal/incoming.mpseal",
               "/mpseal/slot-a.mpseal.tmp", "/mpseal/slot-b.mpseal.tmp")
+MAIN = "/main.py"
 RESET = "import mpseal_port\nmpseal_port.reset()"
 RESET_TIMEOUT = 3.0
 
@@ -108,7 +109,9 @@ def install(transport: Transport, data: bytes, root: TrustRoot, *, profile: str,
             "the board trusts another trust root than this project's (set up for another "
             "product, or before a root rotation); pass --replace-root to replace it")
     result = InstallResult(man.app, man.version, man.counter, "", facts, decision)
-    for path, blob in files.items():
+    # main.py last: until the guard's modules, config and trust root are all in place, a
+    # reset runs whatever the board ran before (or the old guard), not a half-installed one
+    for path, blob in sorted(files.items(), key=lambda item: item[0] == MAIN):
         if have.get(path) == (len(blob), hashlib.sha256(blob).digest()):
             result.unchanged.append(path)
         else:
