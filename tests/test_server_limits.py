@@ -1,7 +1,8 @@
 """Limits against abusive clients (issue 11, point 7), on the real ``mpseal serve`` process:
 endless headers and half-open connections leave its memory bounded and other clients served.
 
-Threat tier (docs/threats.md): anyone who can reach the server's port (no credentials).
+Threat tier T1 (docs/threats.md: the network): anyone who can reach the server's port,
+no credentials needed. Availability only; nothing here is about what a device installs.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@ PostgreSQL: counters kept as reports arrive (no recount), only devices a release
 to can halt it, a halt needs a share of the cohort, per-device report rate limits, no
 release ids in answers, event retention on 64-bit keys.
 
-Threat tier (docs/threats.md): a device credential in an attacker's hands (extracted from
-one or a few devices). These tests show what such credentials can no longer do to a rollout.
+Threat tier T2 (docs/threats.md: a leaked device key, limited to one revocable device):
+credentials extracted from one or a few devices. These tests show what such credentials can
+no longer do to a rollout of other devices.
 """
 
 from __future__ import annotations

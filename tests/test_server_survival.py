@@ -177,13 +177,13 @@ def test_restart_under_load_loses_no_acknowledged_report(pg_url: str, keys: Keys
                 time.sleep(0.02)
 
     threads = [threading.Thread(target=device, args=(hw,)) for hw in hws]
-    with serve(pg_url, keys, tmp_path, "--workers", "2", "--report-rate", "600",
+    with serve(pg_url, keys, tmp_path, "--report-rate", "600",
                "--report-burst", "600", port=port):
         for t in threads:
             t.start()
         time.sleep(1.5)
     before = len(acked)  # SIGTERM'd mid-load; the same port again
-    with serve(pg_url, keys, tmp_path, "--workers", "2", "--report-rate", "600",
+    with serve(pg_url, keys, tmp_path, "--report-rate", "600",
                "--report-burst", "600", port=port):
         time.sleep(1.5)
         stop.set()

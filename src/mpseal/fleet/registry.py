@@ -425,6 +425,9 @@ class Registry:
                 cur.execute("INSERT INTO events (device_id, kind, detail, at) VALUES "
                             "(NULL, 'imported', %s, now())",
                             (json.dumps({"devices": n, "state": state}),))
+                # Fresh statistics: the planner would otherwise plan for the empty tables.
+                cur.execute("ANALYZE devices")
+                cur.execute("ANALYZE certificates")
                 return n
         except SAIntegrityError as e:
             raise UsageError(f"registry conflict: {_first_line(e.orig or e)}; nothing was "

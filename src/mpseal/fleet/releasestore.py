@@ -168,12 +168,13 @@ _BY_FINGERPRINT = (select(Certificate.fingerprint, *_COLUMNS, Certificate.not_af
 
 _DU = cast(Table, DeviceUpdate.__table__)
 # The report path on PostgreSQL (see ReleaseStore._record_reports_pg).
-_PG_EVENTS = ("INSERT INTO events (device_id, kind, detail, at) SELECT d, k, x, %s "
-              "FROM unnest(%s::integer[], %s::text[], %s::text[]) AS v(d, k, x)")
-_PG_STATUS = ("INSERT INTO device_status (device_id, last_report_at, last_event) "
-              "SELECT d, %s, e FROM unnest(%s::integer[], %s::text[]) AS v(d, e) "
-              "ON CONFLICT (device_id) DO UPDATE SET last_report_at = excluded.last_report_at, "
-              "last_event = excluded.last_event")
+_PG_EVENTS_AND_STATUS = (
+    "WITH e AS (INSERT INTO events (device_id, kind, detail, at) SELECT d, k, x, %s "
+    "FROM unnest(%s::integer[], %s::text[], %s::text[]) AS v(d, k, x)) "
+    "INSERT INTO device_status (device_id, last_report_at, last_event) "
+    "SELECT d, %s, e FROM unnest(%s::integer[], %s::text[]) AS v(d, e) "
+    "ON CONFLICT (device_id) DO UPDATE SET last_report_at = excluded.last_report_at, "
+    "last_event = excluded.last_event")
 _PG_INSERT_UPDATES = (
     "INSERT INTO device_updates (device_id, release_id, state, reason, first_at, updated_at) "
     "SELECT d, r, st, why, %s, %s FROM unnest(%s::integer[], %s::integer[], %s::text[], "
@@ -193,15 +194,15 @@ _PG_CHECKINS = (
     "%s::timestamptz[]) ORDER BY 1 ON CONFLICT (device_id) DO UPDATE SET app = excluded.app, "
     "version = excluded.version, counter = excluded.counter, channel = excluded.channel, "
     "last_check_at = excluded.last_check_at")
-# The two below are built from the constant UPDATE_STATES, no input: no injection.
-_PG_COUNTS = (
-    "INSERT INTO release_counts (release_id, shard, " + ", ".join(UPDATE_STATES) + ") "  # noqa: S608
+# Built from the constant UPDATE_STATES, no input: no injection.
+_PG_COUNTS_AND_STATS = (
+    "WITH up AS (INSERT INTO release_counts (release_id, shard, "  # noqa: S608
+    + ", ".join(UPDATE_STATES) + ") "
     "SELECT * FROM unnest(%s::integer[], %s::integer[], "
     + ", ".join("%s::bigint[]" for _ in UPDATE_STATES) + ") ORDER BY 1, 2 "
     "ON CONFLICT (release_id, shard) DO UPDATE SET "
-    + ", ".join(f"{st} = release_counts.{st} + excluded.{st}" for st in UPDATE_STATES))
-_PG_STATS = (
-    "SELECT r.id, r.cohort_size, r.halt_min_attempts, r.halt_max_failure_ratio, "  # noqa: S608
+    + ", ".join(f"{st} = release_counts.{st} + excluded.{st}" for st in UPDATE_STATES)
+    + ") SELECT r.id, r.cohort_size, r.halt_min_attempts, r.halt_max_failure_ratio, "
     "r.halt_min_cohort_share, "
     + ", ".join(f"COALESCE(SUM(c.{st}), 0)" for st in UPDATE_STATES)
     + " FROM releases r LEFT JOIN release_counts c ON c.release_id = r.id "
@@ -537,14 +538,12 @@ class ReleaseStore:
         keys = sorted(final)
         with self.registry.session() as s:
             c = s.connection()
-            c.exec_driver_sql(_PG_EVENTS, (now, [r.device_id for r in reports],
-                                           [f"update-{r.event}" for r in reports],
-                                           [json.dumps({"version": r.version,
-                                                        "reason": r.reason[:200],
-                                                        "release": r.release_id})
-                                            for r in reports]))
             devs = sorted(last)
-            c.exec_driver_sql(_PG_STATUS, (now, devs, [last[d].event for d in devs]))
+            c.exec_driver_sql(_PG_EVENTS_AND_STATUS, (
+                now, [r.device_id for r in reports], [f"update-{r.event}" for r in reports],
+                [json.dumps({"version": r.version, "reason": r.reason[:200],
+                             "release": r.release_id}) for r in reports],
+                now, devs, [last[d].event for d in devs]))
             if not keys:
                 return {}
             ds, rs = [k[0] for k in keys], [k[1] for k in keys]
@@ -574,14 +573,22 @@ class ReleaseStore:
                         if st in UPDATE_STATES:
                             bump(d, rid, st, -1)
                         bump(d, rid, new, 1)
-            if deltas:
-                items = sorted(deltas.items())
-                c.exec_driver_sql(_PG_COUNTS, (
-                    [k[0] for k, _ in items], [k[1] for k, _ in items],
-                    *([d[st] for _, d in items] for st in UPDATE_STATES)))
+            items = sorted(deltas.items())
+            added: dict[int, dict[str, int]] = {}
+            for (rid, _), delta in items:
+                total = added.setdefault(rid, dict.fromkeys(UPDATE_STATES, 0))
+                for st in UPDATE_STATES:
+                    total[st] += delta[st]
             out: dict[int, tuple[ReleaseStats, PolicyOverrides]] = {}
-            for row in c.exec_driver_sql(_PG_STATS, (sorted({k[1] for k in keys}),)):
-                n = dict(zip(UPDATE_STATES, (int(v) for v in row[5:]), strict=True))
+            # One statement: add to the counters and read each release's sums (as they were
+            # before this statement: this batch's changes are added here).
+            for row in c.exec_driver_sql(_PG_COUNTS_AND_STATS, (
+                    [k[0] for k, _ in items], [k[1] for k, _ in items],
+                    *([delta[st] for _, delta in items] for st in UPDATE_STATES),
+                    sorted({k[1] for k in keys}))):
+                plus = added.get(int(row[0]), {})
+                n = {st: int(v) + plus.get(st, 0)
+                     for st, v in zip(UPDATE_STATES, row[5:], strict=True)}
                 out[int(row[0])] = (
                     ReleaseStats(attempts=sum(n.values()), updated=n["confirmed"],
                                  refused=n["refused"], rolled_back=n["rolled_back"],

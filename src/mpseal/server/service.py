@@ -40,6 +40,9 @@ from mpseal.server.roots import RootStore
 from mpseal.server.timestamps import CurrentTimestamp, TimestampService
 
 log = logging.getLogger("mpseal.server")
+# Reports wait up to this long for others to share their transaction: a report is a few
+# round trips to the database whether it is stored alone or with a hundred others.
+REPORT_LINGER_SECONDS = 0.05
 T = TypeVar("T")
 
 
@@ -63,7 +66,7 @@ class UpdateServer:
         self.releases: TtlCache[list[ReleaseView]] = TtlCache(ttl, n, stale_on=stale)
         self.current_ts: TtlCache[CurrentTimestamp | None] = TtlCache(ttl, 1024, stale_on=stale)
         self._reports: WriteBatcher[Report, dict[int, tuple[ReleaseStats, PolicyOverrides]]] = (
-            WriteBatcher(self._store_reports))
+            WriteBatcher(self._store_reports, linger=REPORT_LINGER_SECONDS))
         self._checkins: dict[int, Checkin] = {}
         self._buckets: dict[int, tuple[float, float]] = {}  # device id -> (tokens, at)
         self._halted: set[int] = set()
