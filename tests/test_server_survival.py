@@ -140,6 +140,8 @@ def test_database_down_and_a_worker_killed_the_server_comes_back_by_itself(
                             and workers[0] not in children(proc.pid))
             assert proc.poll() is None
             assert wait_for(lambda: httpx.get(f"{url}/healthz").json()["database"] == "down")
+            logs = "".join(p.read_text() for p in tmp_path.glob("serve-*.log"))
+            assert f"Child process [{workers[0]}] died" in logs
             pg.start()
             assert wait_for(lambda: all(
                 httpx.post(f"{url}/v1/device/check", json=check_body("dev-00001"),

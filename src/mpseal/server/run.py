@@ -185,7 +185,7 @@ def uvicorn_kwargs(options: RunOptions) -> dict[str, Any]:
     protocol = functools.partial(TlsHttpToolsProtocol, limits=options.limits)
     kw: dict[str, Any] = {"host": options.host, "port": options.port, "http": protocol,
                           "loop": "uvloop", "lifespan": "on", "access_log": options.access_log,
-                          "log_level": "warning", "backlog": options.backlog,
+                          "log_level": "info", "backlog": options.backlog,
                           "server_header": False,
                           "timeout_keep_alive": options.keep_alive_timeout,
                           "proxy_headers": False}
