@@ -243,6 +243,40 @@ def test_install_on_the_virtual_board_then_it_boots(project: Path, built: Path,
     assert not [name for name, _, _ in vboard.listdir("/mpseal") if "incoming" in name]
 
 
+def test_install_cut_off_midway_is_simply_run_again(project: Path, built: Path,
+                                                   tmp_path: Path) -> None:
+    """The cable goes (the VM dies) part-way through the guard's files; a second install
+    on the powered-up board finishes, and the board boots the release."""
+    from serial_boards import VirtualBoardOnPty
+
+    from mpseal.device.install import install
+    from mpseal.packaging.project import Project
+
+    proj = Project.load(project)
+    board = VirtualBoardOnPty(tmp_path / "cut")
+    try:
+        t = board.connect()
+        real_write, written = t.write_file, []
+
+        def cutting_write(path: str, data: bytes, progress: object = None) -> None:
+            if len(written) == 4:
+                board.cut(t)
+            written.append(path)
+            real_write(path, data, progress)  # type: ignore[arg-type]
+
+        t.write_file = cutting_write  # type: ignore[method-assign]
+        with pytest.raises(Exception) as info:
+            install(t, built.read_bytes(), proj.trust_root(), profile="dev")
+        assert "mpseal" in type(info.value).__module__  # an mpseal error, not a crash
+        t2 = board.connect()  # power back: a new VM on the same flash
+        done = install(t2, built.read_bytes(), proj.trust_root(), profile="dev")
+        assert done.slot == "a" and "/main.py" in done.written
+    finally:
+        board.close()
+    report = board.board.boot()
+    assert report.ran()[-1][:2] == ("hello", "1.0.0")
+
+
 def test_install_forcing_verified_files_on_the_virtual_board(project: Path, built: Path,
                                                              vboard: VirtualBoard) -> None:
     """The stock-firmware mount (no VfsRom) exercised on a board that has VfsRom; a forced
