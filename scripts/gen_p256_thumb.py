@@ -26,7 +26,9 @@ HEADER = '''\
 #   run(ws, prog, n)   n operations of prog on the 32-byte slots of ws (bytearray):
 #                      slot k is ws[32k:32k+32]; slots 7 and 8 are scratch for products.
 #   prog: 4 bytes per operation (opcode, d, a, b): slot d = slot a OP slot b (mod p),
-#   OP: 0 mul, 1 sqr (b unused), 2 add, 3 sub. d may equal a or b.
+#   OP: 0 mul, 1 sqr (b unused), 2 add, 3 sub; 4 iszero: the first word of slot d = 1
+#   if slot a = 0 mod p, else 0; 5 sqrn: slot d = slot a ^ (2 ^ b), b >= 1 a count.
+#   d may equal a or b.
 #
 # One call runs a whole point doubling or addition: calling into MicroPython costs ~700
 # instructions, more than an addition mod p. mul/sqr/add/sub are subroutines (bl) of run.
@@ -147,7 +149,25 @@ def gen_add(sub: bool) -> list[str]:
     return lines
 
 
-OPS = ("mul", "sqr", "add", "sub")  # opcodes 0..3 of run()
+OPS = ("mul", "sqr", "add", "sub", "iszero", "sqrn")  # opcodes 0..5 of run()
+
+
+def gen_iszero() -> list[str]:
+    """r0 = d, r1 = a: the first word of slot d = 1 if slot a = 0 (mod p), else 0.
+
+    A slot holds any value below 2^256, so it is 0 mod p exactly when it is 0 or p;
+    p's words, low first: ffffffff ffffffff ffffffff 0 0 0 1 ffffffff."""
+    lines = ["ldr(r4, [r1, 0])", "mvn(r5, r4)"]
+    for j in range(1, 8):
+        lines += [f"ldr(r6, [r1, {4 * j}])", "orr(r4, r6)"]
+        if j in (1, 2, 7):
+            lines.append("mvn(r6, r6)")
+        elif j == 6:
+            lines += ["mov(r7, 1)", "eor(r6, r7)"]
+        lines.append("orr(r5, r6)")
+    lines += ["mov(r6, 0)", "cmp(r4, 0)", "bne(z_not0)", "mov(r6, 1)", "label(z_not0)",
+              "cmp(r5, 0)", "bne(z_notp)", "mov(r6, 1)", "label(z_notp)", "str(r6, [r0, 0])"]
+    return lines
 
 
 def gen_run() -> list[str]:
@@ -157,6 +177,7 @@ def gen_run() -> list[str]:
     being ws[32 k: 32 k + 32]; slots 7-8 are the products' scratch. One call from Python
     runs a whole point doubling or addition: a Python call costs ~700 instructions, more
     than an addition mod p. The routines are subroutines (bl); r8-r10 hold ws, prog, n.
+    Opcode 4 (iszero) writes a flag word; opcode 5 (sqrn) squares b >= 1 times.
     """
     # Routines first, each ending in bx(lr); bl reaches the runner at the end. The runner
     # calls a product routine then `reduce`, then `fold` (shared: smaller code).
@@ -164,7 +185,7 @@ def gen_run() -> list[str]:
     for name, body in (("mul", gen_mul()), ("sqr", gen_sqr()), ("add", gen_add(False)),
                        ("sub", gen_add(True))):
         lines += [f"label({name})"] + body + ["bx(lr)"]
-    lines += ["label(reduce)"]
+    lines += ["label(iszero)"] + gen_iszero() + ["bx(lr)", "label(reduce)"]
     reduce(lines)
     lines += ["bx(lr)", "label(fold_all)"]
     fold("r1", "r0", lines)
@@ -176,7 +197,7 @@ def gen_run() -> list[str]:
         "label(loop)",
         "mov(r7, r9)",
         "ldrb(r4, [r7, 0])", "ldrb(r0, [r7, 1])", "ldrb(r1, [r7, 2])", "ldrb(r2, [r7, 3])",
-        "add(r7, r7, 4)", "mov(r9, r7)",
+        "add(r7, r7, 4)", "mov(r9, r7)", "mov(r6, r2)",  # r6: b as a count (sqrn)
         "mov(r3, r8)",
         "lsl(r0, r0, 5)", "add(r0, r0, r3)",
         "lsl(r1, r1, 5)", "add(r1, r1, r3)",
@@ -189,8 +210,17 @@ def gen_run() -> list[str]:
         "label(not_sqr)",
         "cmp(r4, 2)", "bne(not_add)", "bl(add)", "b(fold_it)",
         "label(not_add)",
-        "bl(sub)",
+        "cmp(r4, 3)", "bne(not_sub)", "bl(sub)", "b(fold_it)",
+        "label(not_sub)",
+        "cmp(r4, 4)", "bne(not_iszero)", "bl(iszero)", "b(next)",
+        "label(not_iszero)",  # 5: slot d = slot a ^ (2 ^ b)
+        "push({r0, r6})", "mov(r2, r3)", "bl(sqr)", "bl(reduce)", "bl(fold_all)",
+        "label(again)",
+        "pop({r0, r6})", "sub(r6, r6, 1)", "beq(next)", "push({r0, r6})",
+        "mov(r1, r0)", "mov(r2, r8)", "add(r2, 224)", "bl(sqr)", "bl(reduce)",
+        "bl(fold_all)", "b(again)",
         "label(fold_it)", "bl(fold_all)",
+        "label(next)",
         "mov(r7, r10)", "sub(r7, r7, 1)", "mov(r10, r7)", "bne(loop)",
         "pop({r4, r5, r6})", "mov(r8, r4)", "mov(r9, r5)", "mov(r10, r6)",
     ]

@@ -5,6 +5,7 @@
 #   chain(q_fe, a, b, n) -> (X, Y, Z)   as p256._chain, integers mod p; Z = 0: infinity
 #   odd_multiples(x, y) -> [x1, y1, x3, y3, ..]   as p256._odd_multiples
 #   table(ints) -> [x, y, -y, ..]        32-byte little-endian strings for chain()
+#   inv(a) -> 1 / a mod p                 for an integer 0 < a < p (Fermat, on _INV)
 
 import p256
 import p256_thumb
@@ -22,8 +23,20 @@ _DBL = bytes((
     3, 1, 5, 0,  0, 1, 4, 1,  1, 3, 3, 0,  2, 3, 3, 3,  2, 3, 3, 3,  2, 3, 3, 3,
     3, 1, 1, 3,  # Y = m (s - X) - 8 t^2
 ))
-_ADD1 = bytes((  # h = x Z^2 - X (slot 4), u = y Z^3 - Y (slot 5)
+_ADD1 = bytes((  # h = x Z^2 - X (slot 4), u = y Z^3 - Y (slot 5); flags: h, u = 0 mod p
     1, 3, 2, 0,  0, 4, 9, 3,  3, 4, 4, 0,  0, 5, 10, 3,  0, 5, 5, 2,  3, 5, 5, 1,
+    4, 11, 4, 0,  4, 12, 5, 0,  # ws[352]: h = 0, ws[384]: u = 0
+))
+# 1 / a = a^(p - 2) for a in slot 13, into slot 22 (255 squarings, 13 products): slots
+# 14..21 hold a^(2^k - 1) for k = 2, 4, 8, 16, 24, 28, 30, 32; p - 2 in binary is
+# 32 ones, 31 zeros, a one, 96 zeros, 94 ones, a zero, a one.
+_INV = bytes((
+    5, 14, 13, 1,  0, 14, 14, 13,  5, 15, 14, 2,  0, 15, 15, 14,  5, 16, 15, 4,
+    0, 16, 16, 15,  5, 17, 16, 8,  0, 17, 17, 16,  5, 18, 17, 8,  0, 18, 18, 16,
+    5, 19, 18, 4,  0, 19, 19, 15,  5, 20, 19, 2,  0, 20, 20, 14,  5, 21, 20, 2,
+    0, 21, 21, 14,  5, 22, 21, 32,  0, 22, 22, 13,  5, 22, 22, 128,  0, 22, 22, 21,
+    5, 22, 22, 32,  0, 22, 22, 21,  5, 22, 22, 30,  0, 22, 22, 20,  5, 22, 22, 2,
+    0, 22, 22, 13,
 ))
 _ADD2 = bytes((
     1, 3, 4, 0,  0, 6, 4, 3,  0, 3, 0, 3,  # zz = h^2, t = h zz, v = X zz
@@ -35,14 +48,19 @@ _ONE = b"\x01" + bytes(31)
 
 
 def _self_test():
-    # a product and a difference against Python integers
-    ws = bytearray(352)
+    # each operation once against Python integers
+    ws = bytearray(416)
     ws[288:352] = bytes(range(1, 65))
-    p256_thumb.run(ws, bytes((0, 3, 9, 10,  3, 4, 9, 10)), 2)
+    ws[352:384] = _P.to_bytes(32, "little")
+    p256_thumb.run(ws, bytes((0, 3, 9, 10,  3, 4, 9, 10,  5, 5, 9, 3,  4, 6, 11, 0,
+                              2, 11, 9, 10,  4, 12, 11, 0)), 6)
     x = int.from_bytes(ws[288:320], "little")
     y = int.from_bytes(ws[320:352], "little")
     return (int.from_bytes(ws[96:128], "little") % _P == x * y % _P
-            and int.from_bytes(ws[128:160], "little") % _P == (x - y) % _P)
+            and int.from_bytes(ws[128:160], "little") % _P == (x - y) % _P
+            and int.from_bytes(ws[160:192], "little") % _P == pow(x, 8, _P)
+            and int.from_bytes(ws[352:384], "little") % _P == (x + y) % _P
+            and ws[192] == 1 and ws[384] == 0)
 
 
 if not _self_test():
@@ -75,7 +93,7 @@ def odd_multiples(x, y):
     # as _odd_multiples, on p256_thumb: [x1, y1, x3, y3, ..] as integers
     P = _P
     run = p256_thumb.run
-    ws = bytearray(352)
+    ws = bytearray(736)  # slots 0-10 as the chain's, 13-22 for _INV
     ws[0:32] = _fe(x)
     ws[32:64] = _fe(y)
     ws[64:96] = _ONE
@@ -91,7 +109,7 @@ def odd_multiples(x, y):
     ws[320:352] = y2
     pts = [bytes(ws[0:96])]
     for _ in range(7):  # 3Q .. 15Q (p256._WQ = 5)
-        run(ws, _ADD1, 6)
+        run(ws, _ADD1, 6)  # without the zero tests: kQ = +-2Q for odd k < 16 cannot be
         run(ws, _ADD2, 12)
         pts.append(bytes(ws[0:96]))
     # One inversion for all Z (Montgomery's trick); (X, Y, Z) here is (X, Y, Z lam) there.
@@ -100,8 +118,9 @@ def odd_multiples(x, y):
     for pt in pts:
         prefix.append(acc)
         acc = _fmul(ws, acc, pt[64:96])
-    acc = int.from_bytes(_fmul(ws, acc, lam), "little") % P
-    inv = _fe(p256._inv(acc, P))  # 1 / (lam Z0 Z1 ..)
+    ws[416:448] = _fmul(ws, acc, lam)
+    run(ws, _INV, 26)
+    inv = bytes(ws[704:736])  # 1 / (lam Z0 Z1 ..)
     out = [0] * (2 * len(pts))
     for i in range(len(pts) - 1, -1, -1):
         pt = pts[i]
@@ -113,11 +132,18 @@ def odd_multiples(x, y):
     return out
 
 
+def inv(a):
+    ws = bytearray(736)
+    ws[416:448] = _fe(a)
+    p256_thumb.run(ws, _INV, 26)
+    return int.from_bytes(ws[704:736], "little") % _P
+
+
 def chain(q_fe, a, b, n):
     # (X, Y, Z) as integers mod p of the sum over the digits, as _chain, on p256_thumb
     run = p256_thumb.run
     P = _P
-    ws = bytearray(352)
+    ws = bytearray(416)  # slots 11, 12: _ADD1's zero flags
     digits = (a, b)
     tables = (table(p256._G_ODD), q_fe)  # G's table made per call: 2.5 KB not kept
     inf = True
@@ -143,9 +169,9 @@ def chain(q_fe, a, b, n):
                 continue
             ws[288:320] = tab[j]
             ws[320:352] = y
-            run(ws, _ADD1, 6)
-            if not int.from_bytes(ws[128:160], "little") % P:  # h = 0: same x
-                if int.from_bytes(ws[160:192], "little") % P:
+            run(ws, _ADD1, 8)
+            if ws[352]:  # h = 0: same x
+                if not ws[384]:
                     inf = True  # adding -R to R
                 else:  # adding R to R
                     X, Y, Z = p256._double(int.from_bytes(ws[0:32], "little"),

@@ -59,7 +59,7 @@ def _base_mul(k):
     if not Z:
         raise ValueError("k G is the point at infinity")
     P = _P
-    zi = p256._inv(Z, P)
+    zi = p256._F.inv(Z) if p256._F else p256._inv(Z, P)
     zz = zi * zi % P
     return X * zz % P, Y * zz % P * zi % P
 
