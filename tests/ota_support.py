@@ -31,7 +31,7 @@ from mpseal.fleet.rollout import HaltPolicy
 from mpseal.packaging.project import Project
 from mpseal.pki.ca import CaOptions, init_ca, load_issuing_ca
 from mpseal.pki.certs import LeafRequest, generate_key, issue, key_pem_der
-from mpseal.server.config import ServerConfig, admin_token_hash
+from mpseal.server.config import ServerConfig, ServerLimits, admin_token_hash
 from mpseal.server.run import RunOptions
 
 APP = """\
@@ -44,7 +44,8 @@ def main():
     mpseal_ota.report_boot()
 """
 
-Answer = Callable[[str, dict[str, str]], tuple[int, bytes] | None]
+# A rule answers (status, body) or (status, body, extra headers), or None to forward.
+Answer = Callable[[str, dict[str, str]], tuple | None]
 
 
 class Mirror(http.server.ThreadingHTTPServer):
@@ -64,6 +65,15 @@ class Mirror(http.server.ThreadingHTTPServer):
         self.trickle: dict[str, float] = {}  # path -> bytes per second
         self.seen: list[str] = []
         self.ranges: list[tuple[str, str | None]] = []  # (path, Range header) of every GET
+        # path -> writes the whole answer itself on the handler's wfile (raw bytes)
+        self.raw: dict[str, Callable[[http.server.BaseHTTPRequestHandler], None]] = {}
+        self.upstream_answers: list[tuple[str, int, bytes]] = []  # (path, status, body)
+        self.requests: list[tuple[str, bytes | None]] = []  # (path, body) of every request
+        self.connections = 0  # TLS connections accepted (keep-alive: one per round)
+
+    def process_request(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
+        self.connections += 1
+        super().process_request(request, client_address)
 
     @property
     def url(self) -> str:
@@ -84,20 +94,30 @@ class _MirrorHandler(http.server.BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else None
         self.server.seen.append(f"{self.command} {self.path}")
+        self.server.requests.append((self.path, body))
         if self.command == "GET":
             self.server.ranges.append((self.path, self.headers.get("Range")))
+        raw = self.server.raw.get(self.path)
+        if raw is not None:
+            self.close_connection = True
+            raw(self)
+            return
         rule = self.server.rules.get(self.path)
         answered = rule(self.path, dict(self.headers)) if rule else None
+        extra: dict[str, str] = {}
         if answered is not None:
-            status, data = answered
+            status, data = answered[0], answered[1]
+            extra = answered[2] if len(answered) > 2 else {}
         else:
             headers = {k: v for k, v in self.headers.items()
                        if k.lower() in ("authorization", "range", "content-type")}
             r = self.server.client.request(self.command, self.path, content=body, headers=headers)
             status, data = r.status_code, r.content
+            self.server.upstream_answers.append((self.path, status, data))
         self.send_response(status)
         self.send_header("Content-Length", str(len(data)))
-        self.send_header("Connection", "close")
+        for k, v in extra.items():
+            self.send_header(k, v)
         self.end_headers()
         rate = self.server.trickle.get(self.path)
         if rate:
@@ -139,9 +159,9 @@ class World:
         return release(self.project, version, counter,
                        APP.format(version="{version}", health=health))
 
-    def publish(self, blob: bytes, **promote: object) -> int:
+    def publish(self, blob: bytes, channel: str = "stable", **promote: object) -> int:
         with self.admin() as admin:
-            r = admin.post("/v1/admin/releases", content=blob)
+            r = admin.post(f"/v1/admin/releases?channel={channel}", content=blob)
             assert r.status_code == 201, r.text
             rid = r.json()["release"]["id"]
             r = admin.post(f"/v1/admin/releases/{rid}/promote", json=promote or {"percent": 100})
@@ -149,7 +169,8 @@ class World:
         return int(rid)
 
     def board(self, first: bytes, group: str = "default",
-              hardware_id: str | None = None) -> VirtualBoard:
+              hardware_id: str | None = None,
+              config: dict[str, object] | None = None) -> VirtualBoard:
         """A new virtual board, provisioned (guard, identity, token) to update via the mirror,
         running ``first`` committed; ``hardware_id`` replaces its random one."""
         board = VirtualBoard.create(self.tmp / f"board{len(self.boards)}")
@@ -161,7 +182,7 @@ class World:
             board="unix", profile="field", trust_root=proj.trust_root().raw,
             ca=load_issuing_ca(self.ca_dir),
             server_anchor=(self.ca_dir / "root.der").read_bytes(),
-            config={"server": self.mirror.url, "app": proj.config.name},
+            config={"server": self.mirror.url, "app": proj.config.name, **(config or {})},
             artifact=first, group=group)
         transport, link = connect(board)
         try:
@@ -203,6 +224,8 @@ def ota_world(tmp: Path, db_url: str, project: Path) -> Iterator[World]:
         database_url=db_url, artifacts_dir=tmp / "artifacts", roots_dir=proj.roots_dir,
         timestamp_signer=proj.timestamp_signer(), admin_token_hashes=(
             admin_token_hash(ADMIN_TOKEN),), cache_seconds=0.1, maintenance_seconds=3600,
+        # Tests run many rounds per device in seconds: no report rate limit in the way.
+        limits=ServerLimits(report_rate_per_minute=60_000.0, report_burst=10_000),
         halt_policy=HaltPolicy(min_attempts=2, max_failure_ratio=0.2,
                                trial_window_seconds=3600))
     Registry.open(db_url)

@@ -164,6 +164,7 @@ def test_hostile_names_in_metadata(world: World, device) -> None:
         t["path"] = bad
         now = int(time.time())
         payload = jsondoc.dumps({"type": "mpseal-timestamp", "spec": 1, "version": 10**6,
+                                 "channel": "stable",
                                  "issued": now, "expires": now + 3600,
                                  "root_version": world.proj.trust_root().version,
                                  "targets": [t]})

@@ -163,9 +163,9 @@ def test_pause_and_resume(db_url: str, keys: Keys, tmp_path: Path) -> None:
         assert offered(dev, fleet, hws) == set(hws)
         assert admin.post(f"/v1/admin/releases/{rid}/pause").json()["release"]["state"] == "paused"
         assert offered(dev, fleet, hws) == set()
-        # Paused stays in the timestamp: devices already downloading may finish.
+        # Paused leaves the signed timestamp: a mirror cannot offer it either.
         ts = parse_timestamp(dev.get("/v1/timestamp/stable.mpst",
                                      headers=fleet.headers(hws[0])).content, keys.trust_root)
-        assert [t.version for t in ts.targets] == ["1.1.0"]
+        assert [t.version for t in ts.targets] == []
         assert admin.post(f"/v1/admin/releases/{rid}/resume").json()["release"]["state"] == "active"
         assert offered(dev, fleet, hws) == set(hws)

@@ -6,8 +6,8 @@ The server loads the views, this module decides (the split of python-tuf's
 
 A signed timestamp names at most one target per (app, board) in a channel
 (docs/updates.md), so per channel, app and board one release is **current**: the
-newest one that was promoted and is not halted. Parallel tracks (beta, stable) are
-channels.
+newest one that was promoted and is active (not paused, not halted). Parallel
+tracks (beta, stable) are channels, and each channel's timestamp names its channel.
 
 Who is offered the current release (state ``active`` only; ``paused`` and ``halted``
 ones are offered to no one): a **pinned** device, a device in one of its **groups**,
@@ -85,13 +85,15 @@ def in_rollout(release: ReleaseView, device: DeviceView) -> bool:
 
 
 def current_releases(releases: Iterable[ReleaseView]) -> list[ReleaseView]:
-    """Per (app, board): the newest promoted release that is not halted, newest first.
+    """Per (app, board): the newest promoted release that is active, newest first.
 
-    These, and only these, are the targets of the channel's signed timestamp.
+    These, and only these, are the targets of the channel's signed timestamp: a paused
+    or halted release leaves it at once, so a mirror that rewrites the check reply
+    cannot offer it (devices install only what the signed timestamp names).
     """
     best: dict[tuple[str, str], ReleaseView] = {}
     for r in releases:
-        if r.state == "halted" or not r.promoted:
+        if r.state != "active" or not r.promoted:
             continue
         key = (r.app, r.board)
         if key not in best or r.id > best[key].id:

@@ -59,23 +59,22 @@ class TrustRoot:
         """Check a threshold of ``role_name``'s keys signed ``payload``; return their keyids."""
         role = self.role(role_name)
         good: list[str] = []
-        bad: list[str] = []
         for entry in entries:
             if entry.keyid not in role.keyids or entry.keyid in good:
                 continue
             try:
                 self.keys[entry.keyid].verify(entry.signature, payload)
             except SignatureError:
-                bad.append(entry.keyid)
-                continue
+                # As the device does (runtime/mpseal_release.check_threshold): a signature
+                # by one of the role's keys that does not verify refuses the whole
+                # document, even if others reach the threshold ([bad, good] is refused).
+                raise SignatureError(
+                    f"{what} signature by {role_name} key {entry.keyid[:16]} does not verify: "
+                    f"the {what} was altered after signing"
+                ) from None
             good.append(entry.keyid)
         if len(good) >= role.threshold:
             return good
-        if bad:
-            raise SignatureError(
-                f"{what} signature by {role_name} key {bad[0][:16]} does not verify: "
-                f"the {what} was altered after signing"
-            )
         if not entries:
             raise SignatureError(f"{what} is not signed")
         if not good:

@@ -3,19 +3,22 @@
 An envelope (magic ``MPST``, see envelope.py) whose payload is UTF-8 JSON with
 sorted keys and no spaces (docs/updates.md is the contract):
 
-    {"type": "mpseal-timestamp", "spec": 1, "version": 42,
+    {"type": "mpseal-timestamp", "spec": 1, "version": 42, "channel": "stable",
      "issued": 1795000000, "expires": 1795086400, "root_version": 3,
      "targets": [{"app": "hello", "board": "esp32", "version": "1.2.0", "counter": 4,
                   "manifest_sha256": "<64 hex>", "size": 123456,
                   "path": "artifacts/<sha256 of the file>.mpseal"}]}
 
 signed by a threshold of the trust root's ``timestamp`` role. At most one
-target per (app, board): a channel is a separate timestamp file.
+target per (app, board): a channel is a separate timestamp file, and names itself
+(``channel``), so a mirror cannot move a device onto another channel's timestamp.
 
 Threat tier T1: a device that accepts only a fresh timestamp naming the exact
 manifest stops freeze (expiry), replay (monotonic version) and mix-and-match
-(manifest SHA-256 per board). T2: the timestamp key is online; a thief can only
-freeze devices until ``expires`` or re-offer releases the release key signed.
+(manifest SHA-256 per board). T2: the timestamp key is online; a thief can freeze
+devices (a huge ``version`` or ``issued``) only until the trust root rotates the
+timestamp key (devices then forget what the old key made them remember), and can
+only re-offer releases the release key signed for the device's own app and board.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ DOC_TYPE = "mpseal-timestamp"
 ROLE = "timestamp"
 VERSION_MAX = 2**53 - 1  # exact in every JSON reader
 TIME_MAX = 2**40  # unix seconds: year ~36800
+MAX_SKEW = 86400  # a timestamp issued further ahead of the clock is refused (as on the device)
 
 
 def check_target_path(path: object, limits: Limits = DEFAULT_LIMITS) -> str:
@@ -112,10 +116,12 @@ class Timestamp:
     expires: int
     root_version: int
     targets: tuple[Target, ...] = ()
+    channel: str = "stable"
 
     def payload(self) -> bytes:
         return jsondoc.dumps({
-            "type": DOC_TYPE, "spec": 1, "version": self.version, "issued": self.issued,
+            "type": DOC_TYPE, "spec": 1, "version": self.version, "channel": self.channel,
+            "issued": self.issued,
             "expires": self.expires, "root_version": self.root_version,
             "targets": [t.to_dict() for t in self.targets],
         })
@@ -153,7 +159,7 @@ def sign_timestamp(ts: Timestamp, signers: Sequence[Signer],
 
 
 def parse_timestamp(data: bytes, root: TrustRoot, now: int | None = None, min_version: int = 0,
-                    limits: Limits = DEFAULT_LIMITS) -> Timestamp:
+                    limits: Limits = DEFAULT_LIMITS, channel: str | None = None) -> Timestamp:
     """Everything a device checks, on the host.
 
     In order: size and structure, a threshold of ``root``'s timestamp role over
@@ -173,7 +179,12 @@ def parse_timestamp(data: bytes, root: TrustRoot, now: int | None = None, min_ve
     if ts.root_version > root.version:
         raise PolicyError(f"timestamp names trust root {ts.root_version}, newer than this one "
                           f"({root.version}): update the trust root first")
+    if channel is not None and ts.channel != channel:
+        raise PolicyError(f"timestamp is for channel {ts.channel}, not {channel}")
     now = int(time.time()) if now is None else now
+    if ts.issued > now + MAX_SKEW:
+        raise PolicyError(f"timestamp version {ts.version} is issued {ts.issued - now} s in the "
+                          "future: refused")
     if ts.expires < now:
         raise PolicyError(f"timestamp version {ts.version} expired at {ts.expires} (now {now}): "
                           "a frozen or stale server; refused")
@@ -188,6 +199,9 @@ def _parse_payload(payload: bytes, limits: Limits) -> Timestamp:
     if f.req_str("type") != DOC_TYPE:
         raise FormatError("timestamp payload is not of type mpseal-timestamp")
     f.int("spec", 1, 1)
+    channel = f.req_str("channel", 32)
+    if not names.CHANNEL.fullmatch(channel):
+        raise FormatError(f"timestamp channel {channel!r} is not 1-32 of a-z 0-9 _ -")
     issued = f.int("issued", 0, TIME_MAX)
     expires = f.int("expires", 0, TIME_MAX)
     if expires < issued:
@@ -203,7 +217,8 @@ def _parse_payload(payload: bytes, limits: Limits) -> Timestamp:
         seen.add((t.app, t.board))
         targets.append(t)
     return Timestamp(version=f.int("version", 1, VERSION_MAX), issued=issued, expires=expires,
-                     root_version=f.int("root_version", 1, 2**31), targets=tuple(targets))
+                     root_version=f.int("root_version", 1, 2**31), targets=tuple(targets),
+                     channel=channel)
 
 
 def _parse_target(f: jsondoc.Fields, limits: Limits) -> Target:

@@ -22,7 +22,6 @@
 import hashlib
 import json
 import os
-import struct
 import time
 
 import mpseal_release as rel_mod
@@ -30,17 +29,22 @@ from mpseal_release import Refused
 
 DIR = "/mpseal"
 TRUST = DIR + "/trust-root.mpsr"
-META = DIR + "/meta.json"  # {"version": highest timestamp version seen, "issued": its issued}
-MAX_TS = 8192
-MAX_TARGETS = 64
-MAX_PATH = 128
+# {"version": highest timestamp version seen, "issued": the clock floor, "role": the
+# timestamp role they were seen under}; a new timestamp role (key rotation) starts afresh.
+META = DIR + "/meta.json"
+# Limits: each equals a field of the host's mpseal/limits.py (tests/test_limits.py).
+MAX_TS = 8192  # timestamp_max_length
+MAX_TARGETS = 64  # timestamp_max_targets
+MAX_PATH = 128  # target_path_max_length
 MAX_META = 256
-MAX_SIZE = 16 * 1024 * 1024 + 128 * 1024  # an artifact file
+MAX_SIZE = 4 * 1024 * 1024 + 64 * 1024  # artifact_max_length: an artifact file
+MAX_SKEW = 86400  # a timestamp issued more than this ahead of a set clock is refused
+MAX_CLOCK_STEP = 366 * 86400  # the most one timestamp may move the clock floor
+CLOCK_SANE = 1735689600  # 2025-01-01: a clock below this was never set
 # Ports whose clock counts from 2000-01-01 (time.gmtime(0) is in 2000) add this.
 _gmtime = getattr(time, "gmtime", None) or time.localtime
 EPOCH_OFFSET = 946684800 if _gmtime(0)[0] == 2000 else 0
 _PATH_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789._-"
-_HEX = "0123456789abcdef"
 
 
 class NeedRoots(Refused):
@@ -78,15 +82,31 @@ def installed_root():
     return rel_mod.load_root(read_small(TRUST, rel_mod.MAX_ROOT, "trust root"))[0]
 
 
-def load_seen():
-    """The newest timestamp accepted so far; a missing or damaged record counts as none."""
+def role_id(root):
+    """Names the trust root's timestamp role (its keys and threshold)."""
+    r = root["roles"].get("timestamp") or {}
+    try:
+        text = "%s:%s" % (r.get("threshold"), ",".join(sorted(r.get("keyids") or ())))
+    except TypeError:
+        text = "?"
+    return rel_mod._hex(hashlib.sha256(text.encode()).digest()[:8])
+
+
+def load_seen(root=None):
+    """The newest timestamp accepted so far under the installed trust root's timestamp role;
+    a missing or damaged record, or one kept under other timestamp keys, counts as none.
+
+    As TUF does on a timestamp key rotation: a version (or clock floor) that a stolen,
+    now retired, key pushed up is forgotten once a new trust root replaces that key."""
     seen = {"version": 0, "issued": 0}
     try:
         d = json.loads(read_small(META, MAX_META, "meta"))
+        if d.get("role") != role_id(root or installed_root()):
+            return seen
         for k in seen:
             if type(d[k]) is int and d[k] > 0:
                 seen[k] = d[k]
-    except (Refused, OSError, ValueError, KeyError, TypeError):
+    except (Refused, OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
     return seen
 
@@ -105,22 +125,25 @@ def safe_path(p, what="path"):
     return p
 
 
-def _int(v, lo, hi):
-    return type(v) is int and lo <= v <= hi
+_int = rel_mod._int
+_LOWER = "abcdefghijklmnopqrstuvwxyz0123456789"
+_CHANNEL_REST = _LOWER + "_-"
 
 
-def _text(v, n):
-    return isinstance(v, str) and 0 < len(v) <= n
+def check_channel(c):
+    if not rel_mod.is_name(c, 32, _LOWER, _CHANNEL_REST):
+        raise Refused("channel is not 1-32 of a-z 0-9 _ -")
+    return c
 
 
 def _check_target(t):
     if not isinstance(t, dict):
         raise Refused("timestamp target is not an object")
-    h = t.get("manifest_sha256")
-    ok = (_text(t.get("app"), 64) and _text(t.get("board"), 32) and _text(t.get("version"), 32)
+    ok = (rel_mod.is_name(t.get("app"), 64) and rel_mod.is_name(t.get("board"), 32)
+          and rel_mod.is_version(t.get("version"))
           and _int(t.get("counter"), 0, 0x7FFFFFFF) and _int(t.get("size"), 1, MAX_SIZE)
-          and isinstance(h, str) and len(h) == 64)
-    if not ok or [c for c in h if c not in _HEX]:
+          and rel_mod.is_hex(t.get("manifest_sha256"), 32))
+    if not ok:
         raise Refused("timestamp target is malformed")
     safe_path(t.get("path"), "timestamp target path")
 
@@ -136,29 +159,23 @@ def _check_role(root, role):
         raise Refused("trust root has no usable %s role" % role)
 
 
-def verify_timestamp(data, root, now=None, seen=None, held_back=0):
+def verify_timestamp(data, root, now=None, seen=None, channel=None, held_back=0):
     """Check a timestamp envelope (bytes); return its payload as a dict. Stores nothing.
 
+    `channel`: the device's own; a timestamp signed for another channel is refused.
     `held_back`: the newest root this device refused to take because its running release
     would not verify under it; a timestamp naming up to that root is judged by the root
     installed (signed by its timestamp role), as if the newer root did not exist yet."""
-    if len(data) > MAX_TS:
-        raise Refused("timestamp is larger than %d bytes" % MAX_TS)
-    if len(data) < 12 or data[:4] != b"MPST":
-        raise Refused("not an mpseal timestamp")
-    ver, nsig, res, plen = struct.unpack("<BBHI", data[4:12])
-    if ver != 1 or res or nsig > rel_mod.MAX_SIGS or 12 + plen + nsig * rel_mod.ENTRY_LEN != len(data):
-        raise Refused("timestamp is damaged")
-    mv = memoryview(data)  # slices of it copy nothing
+    payload, sigs, nsig = rel_mod.envelope(data, b"MPST", "timestamp", MAX_TS)
     _check_role(root, "timestamp")
-    rel_mod.check_threshold(root, "timestamp", mv[12 : 12 + plen], mv[12 + plen :], nsig,
-                            "timestamp")
+    rel_mod.check_threshold(root, "timestamp", payload, sigs, nsig, "timestamp")
     try:
-        ts = json.loads(mv[12 : 12 + plen])
+        ts = json.loads(payload)
     except ValueError:
         raise Refused("timestamp payload is not JSON")
-    mv = None
-    if not isinstance(ts, dict) or ts.get("type") != "mpseal-timestamp" or ts.get("spec") != 1:
+    payload = sigs = None
+    if not isinstance(ts, dict) or ts.get("type") != "mpseal-timestamp" or not _int(
+            ts.get("spec"), 1, 1):
         raise Refused("timestamp payload is not an mpseal timestamp")
     for k, lo, hi in (("version", 1, (1 << 53) - 1), ("issued", 0, 1 << 40),
                       ("expires", 0, 1 << 40), ("root_version", 1, 1 << 31)):
@@ -167,6 +184,9 @@ def verify_timestamp(data, root, now=None, seen=None, held_back=0):
     targets = ts.get("targets")
     if not isinstance(targets, list) or len(targets) > MAX_TARGETS:
         raise Refused("timestamp targets are malformed or more than %d" % MAX_TARGETS)
+    if ts["expires"] < ts["issued"]:
+        raise Refused("timestamp expires before it was issued")
+    check_channel(ts.get("channel"))
     names = []
     for t in targets:
         _check_target(t)
@@ -179,9 +199,16 @@ def verify_timestamp(data, root, now=None, seen=None, held_back=0):
                       % (ts["root_version"], root["version"]))
         e.version = ts["root_version"]
         raise e
+    if channel is not None and ts["channel"] != channel:
+        raise Refused("timestamp is for channel %s; this device follows %s"
+                      % (ts["channel"], channel))
     seen = seen or {"version": 0, "issued": 0}
+    clock = unix_time() if now is None else now
+    if clock >= CLOCK_SANE and ts["issued"] > clock + MAX_SKEW:
+        raise Refused("timestamp version %d is issued %d s in the future: refused"
+                      % (ts["version"], ts["issued"] - clock))
     # A clock that was never set reads 2000 or so: the newest `issued` seen is a floor.
-    now = max(unix_time() if now is None else now, seen["issued"])
+    now = max(clock, seen["issued"])
     if ts["expires"] < now:
         raise Refused("timestamp version %d expired: a frozen or stale server" % ts["version"])
     if ts["version"] < seen["version"]:
@@ -190,13 +217,22 @@ def verify_timestamp(data, root, now=None, seen=None, held_back=0):
     return ts
 
 
-def accept_timestamp(data, now=None, held_back=0):
+def clock_floor(issued, seen_issued, clock):
+    """The clock floor after accepting a timestamp issued at `issued`: it never goes
+    back, and one timestamp moves it at most MAX_CLOCK_STEP past what the device knew."""
+    base = max(clock, seen_issued, CLOCK_SANE)
+    return max(seen_issued, min(issued, base + MAX_CLOCK_STEP))
+
+
+def accept_timestamp(data, now=None, channel=None, held_back=0):
     """Verify `data` against the installed trust root; remember it as the newest seen."""
-    seen = load_seen()
-    ts = verify_timestamp(data, installed_root(), now, seen, held_back)
-    if ts["version"] > seen["version"] or ts["issued"] > seen["issued"]:
-        seen = {"version": max(ts["version"], seen["version"]),
-                "issued": max(ts["issued"], seen["issued"])}
+    root = installed_root()
+    seen = load_seen(root)
+    ts = verify_timestamp(data, root, now, seen, channel, held_back)
+    floor = clock_floor(ts["issued"], seen["issued"], unix_time() if now is None else now)
+    if ts["version"] > seen["version"] or floor > seen["issued"] or seen["version"] == 0:
+        seen = {"version": max(ts["version"], seen["version"]), "issued": floor,
+                "role": role_id(root)}
         write_atomic(META, json.dumps(seen))
     return ts
 

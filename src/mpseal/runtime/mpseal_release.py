@@ -15,7 +15,8 @@ MAGIC = b"\x89MPSEAL\n"
 HEADER = "<8sHHIB3sII4s"
 HEADER_LEN = 32
 ENTRY_LEN = 96
-MAX_MANIFEST = 16384
+MAX_MANIFEST = 16384  # limits.py: manifest_max_length (tests/test_limits.py)
+MAX_IMAGE = 4 * 1024 * 1024  # limits.py: image_max_length
 MAX_SIGS = 8
 MAX_ROOT = 16384
 CHUNK = 512
@@ -29,33 +30,95 @@ def _hex(b):
     return "".join("%02x" % x for x in b)
 
 
+_NAME_FIRST = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_"
+_NAME_REST = _NAME_FIRST + ".-"
+_VER_FIRST = _NAME_FIRST[:-1]
+_VER_REST = _VER_FIRST + ".+-"
+_MOD_FIRST = _NAME_FIRST[:52] + "_"
+_MOD_REST = _NAME_FIRST
+ROLES = ("root", "release", "timestamp")
+
+
+def envelope(data, magic, what, max_len):
+    """The one parser of signed envelopes on the device (trust root MPSR, timestamp MPST,
+    unlock token MPSU): -> (payload, signature block, count), memoryviews of `data`.
+    Same checks as the host's formats/envelope.py."""
+    if len(data) > max_len:
+        raise Refused("%s is larger than %d bytes" % (what, max_len))
+    if len(data) < 12 or data[:4] != magic:
+        raise Refused("not an mpseal %s" % what)
+    ver, nsig, res, plen = struct.unpack("<BBHI", data[4:12])
+    if ver != 1 or res or nsig > MAX_SIGS or 12 + plen + nsig * ENTRY_LEN != len(data):
+        raise Refused("%s is damaged" % what)
+    mv = memoryview(data)
+    return mv[12 : 12 + plen], mv[12 + plen :], nsig
+
+
+def _only(v, chars):
+    return v.strip(chars) == ""  # allocates nothing when it holds (the guard's heap is small)
+
+
+def is_hex(v, nbytes):
+    """Exactly `nbytes` bytes of lowercase hex (as the host's jsondoc.Fields.hex)."""
+    if not isinstance(v, str) or len(v) != 2 * nbytes:
+        return False
+    try:
+        return len(bytes.fromhex(v)) == nbytes and v.lower() == v
+    except ValueError:
+        return False
+
+
+def is_name(v, n, first=_NAME_FIRST, rest=_NAME_REST):
+    """As the host's regexes: one of `first`, then up to n-1 of `rest`."""
+    return isinstance(v, str) and 0 < len(v) <= n and v[0] in first and _only(v, rest)
+
+
+def is_version(v):
+    return is_name(v, 32, _VER_FIRST, _VER_REST)
+
+
+def _int(v, lo, hi):
+    return type(v) is int and lo <= v <= hi
+
+
 def load_root(data):
     """Parse a trust root envelope -> {"keys": {keyid: pub65}, "roles": {...}}.
 
     The root's own signatures are checked when it is installed or rotated, not
-    on every boot (see mpseal_guard.install_root)."""
-    if len(data) < 12 or len(data) > MAX_ROOT or data[:4] != b"MPSR":
-        raise Refused("trust root is missing or damaged")
-    ver, nsig, _, plen = struct.unpack("<BBHI", data[4:12])
-    if ver != 1 or 12 + plen + nsig * ENTRY_LEN != len(data):
-        raise Refused("trust root is damaged")
-    payload = bytes(data[12 : 12 + plen])
+    on every boot (see mpseal_guard.install_root); the structure is checked as
+    strictly as the host does (formats/trustroot.py)."""
+    payload, sigblock, nsig = envelope(data, b"MPSR", "trust root", MAX_ROOT)
+    payload = bytes(payload)
     try:
         doc = json.loads(payload)
+        ok = (doc["type"] == "mpseal-root" and doc["spec"] == 1 and type(doc["spec"]) is int
+              and _int(doc["version"], 1, 1 << 31))
         keys = {}
         for kid, k in doc["keys"].items():
+            if k["keytype"] != "ecdsa-p256" or not is_hex(k["public"], 65) or not is_hex(kid, 32):
+                raise Refused("trust root key %s is malformed" % kid[:16])
             pub = bytes.fromhex(k["public"])
             if hashlib.sha256(pub).digest() != bytes.fromhex(kid):
                 raise Refused("trust root key id does not match its key")
             keys[kid] = pub
         roles = doc["roles"]
+        for name, r in roles.items():
+            ids = r["keyids"]
+            if (name not in ROLES or type(ids) is not list or not 1 <= len(ids) <= MAX_SIGS
+                    or not _int(r["threshold"], 1, len(ids))):
+                raise Refused("trust root role %s is malformed" % name)
+            for k in ids:
+                if not isinstance(k, str) or k not in keys:
+                    raise Refused("trust root role %s names keys it does not define" % name)
         for name in ("root", "release"):
-            if not roles[name]["keyids"] or roles[name]["threshold"] < 1:
+            if name not in roles:
                 raise Refused("trust root role %s is empty" % name)
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError):
         raise Refused("trust root payload is malformed")
-    root = {"version": doc.get("version", 0), "keys": keys, "roles": roles}
-    return root, payload, data[12 + plen :], nsig
+    if not ok:
+        raise Refused("trust root payload is not an mpseal root")
+    root = {"version": doc["version"], "keys": keys, "roles": roles}
+    return root, payload, sigblock, nsig
 
 
 def check_threshold(root, role, payload, sigblock, nsig, what):
@@ -133,29 +196,77 @@ def read_head(f):
     return (nsig, off, ilen), manifest, sigs
 
 
-def check_manifest(root, head, manifest, sigs, board, min_counter, max_image, files=False):
-    nsig, off, ilen = head
-    check_threshold(root, "release", manifest, sigs, nsig, "manifest")
+MAX_FILES = 4096
+MAX_FILE_NAME = 120
+
+
+def _file_ok(item, image_size):
+    """[path, size, offset, sha256] inside the image (formats/manifest.py parse_files)."""
+    if (type(item) is not list or len(item) != 4 or not _int(item[1], 0, image_size)
+            or not _int(item[2], 0, image_size) or item[1] + item[2] > image_size
+            or not is_hex(item[3], 32)):
+        return False
+    name = item[0]
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_FILE_NAME:
+        return False
+    for seg in name.split("/"):
+        if seg in ("", ".", "..") or not is_name(seg, MAX_FILE_NAME):
+            return False
+    return True
+
+
+def parse_manifest(manifest, max_image=MAX_IMAGE, full=True):
+    """The signed manifest bytes -> dict, as strictly as the host's formats/manifest.py.
+
+    The guard (full=False) skips the entries of `files`, a list for people that nothing
+    on the device reads: its heap is small. The update client checks them all."""
     try:
         man = json.loads(manifest)
-        ok = (man["type"] == "mpseal-release" and man["spec"] == 1
-              and man["image"]["format"] == "romfs" and len(man["image"]["sha256"]) == 64)
-        rel = Release(man, off, ilen, files)
-        size = man["image"]["size"]
-        board_ok = man["board"] == board
-    except (ValueError, KeyError, TypeError):
+        mpy, image = man["mpy"], man["image"]
+        ok = (man["type"] == "mpseal-release" and _int(man["spec"], 1, 1)
+              and is_name(man["app"], 64) and is_version(man["version"])
+              and _int(man["counter"], 0, 0x7FFFFFFF)
+              and isinstance(man["board"], str) and len(man["board"]) <= 32
+              and isinstance(man["port"], str) and len(man["port"]) <= 32
+              and isinstance(mpy["version"], str) and len(mpy["version"]) <= 8
+              and isinstance(mpy["arch"], str) and len(mpy["arch"]) <= 16
+              and image["format"] == "romfs" and is_hex(image["sha256"], 32)
+              and _int(image["size"], 0, max_image)
+              and is_name(man["entry"], 64, _MOD_FIRST, _MOD_REST)
+              and type(man["files"]) is list and len(man["files"]) <= MAX_FILES
+              and type(man["build"]) is dict)
+        if ok and full:
+            names = set()
+            for item in man["files"]:
+                if not _file_ok(item, image["size"]) or item[0] in names:
+                    ok = False
+                    break
+                names.add(item[0])
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError):
         raise Refused("manifest is malformed")
-    man = None
     if not ok:
         raise Refused("manifest is not an mpseal release")
+    return man
+
+
+def check_manifest(root, head, manifest, sigs, board, min_counter, max_image, files=False,
+                   app=None):
+    nsig, off, ilen = head
+    check_threshold(root, "release", manifest, sigs, nsig, "manifest")
+    man = parse_manifest(manifest, full=False)
+    rel = Release(man, off, ilen, files)
+    size = man["image"]["size"]
+    board_ok = man["board"] == board
+    man = None
     if size != ilen or ilen > max_image:
         raise Refused("image size %d does not match the manifest or the slot" % ilen)
     if not board_ok:
         raise Refused("artifact is for another board")
-    if type(rel.counter) is not int or rel.counter < min_counter:
+    if app and rel.app != app:
+        raise Refused("artifact is release %s of app %s; this device runs %s: another product "
+                      "refused" % (rel.version, rel.app, app))
+    if rel.counter < min_counter:
         raise Refused("security counter %s is below %d: rollback refused" % (rel.counter, min_counter))
-    if not isinstance(rel.entry, str) or not rel.entry or "/" in rel.entry or "." in rel.entry:
-        raise Refused("manifest entry is not a module name")
     return rel
 
 
@@ -181,7 +292,7 @@ def hash_stream(f, size, out=None, into=None):
     return _hex(h.digest())
 
 
-def verify_file(path, root, board, min_counter, max_image, into=None, files=False):
+def verify_file(path, root, board, min_counter, max_image, into=None, files=False, app=None):
     """Fully verify the artifact stored at `path`; return its Release.
 
     With `into` (a buffer at least as large as the image) the image is read into
@@ -193,7 +304,8 @@ def verify_file(path, root, board, min_counter, max_image, into=None, files=Fals
         raise Refused("slot is empty")
     try:
         head, manifest, sigs = read_head(f)
-        rel = check_manifest(root, head, manifest, sigs, board, min_counter, max_image, files)
+        rel = check_manifest(root, head, manifest, sigs, board, min_counter, max_image, files,
+                             app)
         manifest = sigs = None
         if into is not None:
             if len(into) < rel.size:
@@ -208,7 +320,7 @@ def verify_file(path, root, board, min_counter, max_image, into=None, files=Fals
         f.close()
 
 
-def copy_verified(src, dst_path, root, board, min_counter, max_image):
+def copy_verified(src, dst_path, root, board, min_counter, max_image, app=None):
     """Stream artifact file object `src` to `dst_path`, verifying on the way.
 
     The signature and manifest are checked before any image byte is written; the
@@ -218,7 +330,8 @@ def copy_verified(src, dst_path, root, board, min_counter, max_image):
     out = open(dst_path, "wb")
     try:
         head, manifest, sigs = read_head(src)
-        rel = check_manifest(root, head, manifest, sigs, board, min_counter, max_image)
+        rel = check_manifest(root, head, manifest, sigs, board, min_counter, max_image,
+                             app=app)
         _, off, _ = head
         # Re-create the exact header bytes (with the check) from what was read.
         hdr = bytearray(struct.pack(HEADER, MAGIC, 1, HEADER_LEN, len(manifest),

@@ -9,7 +9,7 @@
 #   micropython simboard.py FLASH.img stage ARTIFACT    (hand an artifact to the boot guard)
 #   micropython simboard.py FLASH.img status            (the guard's state and slots)
 #   micropython simboard.py FLASH.img ota               (one round of the update client)
-#   micropython simboard.py FLASH.img ota poll LO HI    (poll, back-off LO..HI s, until staged)
+#   micropython simboard.py FLASH.img ota poll LO HI [EVERY]  (poll, back-off LO..HI s, until staged)
 #   micropython simboard.py FLASH.img meta timestamp FILE APP [NOW]   (mpseal_meta: accept a
 #                                       timestamp, pick APP's target for this board)
 #   micropython simboard.py FLASH.img meta roots FILE...               (apply a root chain)
@@ -228,16 +228,16 @@ def main(argv):
         mpseal_guard._load_state(mpseal_guard.trust_root())
         if args and args[0] == "poll":  # poll with back-off until an update is staged
             lo, hi = int(args[1]), int(args[2])
-            mpseal_ota.poll_forever(reset=False, backoff=(lo, hi))
+            every = int(args[3]) if len(args) > 3 else None
+            mpseal_ota.poll_forever(reset=False, backoff=(lo, hi), interval=every)
             reply({"result": "staged"})
             return
         try:
             reply({"result": mpseal_ota.check_once()})
         except mpseal_release.Refused as e:
-            mpseal_guard.log("update refused: %s" % e)
-            mpseal_ota.report(mpseal_ota._config(), "refused", reason=str(e))
+            mpseal_guard.log("update refused: %s" % e)  # check_once queued the report
             reply({"refused": str(e)})
-        except (OSError, ValueError, KeyError) as e:
+        except Exception as e:  # noqa: as poll_forever: whatever the server sent
             mpseal_guard.log("update check failed: %s" % e)
             reply({"failed": "%s: %s" % (type(e).__name__, e)})
     elif cmd in ("stage", "status"):

@@ -79,8 +79,9 @@ class TimestampService:
                                                                      infos.values())]
         # Not which key signs: servers with different timestamp keys (all in the root's
         # timestamp role) agree on what a timestamp says and do not re-sign each other's.
+        # "channel": timestamps name their channel (older ones are signed again).
         digest = hashlib.sha256(json.dumps(
-            [[t.to_dict() for t in targets], root.version],
+            [[t.to_dict() for t in targets], root.version, "channel", channel],
             sort_keys=True).encode()).hexdigest()
         return targets, digest
 
@@ -119,7 +120,7 @@ class TimestampService:
         keep = list(targets)
         while True:
             ts = Timestamp(version=version, issued=now, expires=now + self.expiry,
-                           root_version=root.version, targets=tuple(keep))
+                           root_version=root.version, targets=tuple(keep), channel=channel)
             try:
                 return sign_timestamp(ts, [self.signer])
             except UsageError:
@@ -140,9 +141,9 @@ class TimestampService:
                 or rec.root_version != root.version):  # a new trust root: name it at once
             rec = self.refresh(channel)
         try:
-            ts = parse_timestamp(rec.data, root, now=rec.issued)
-        except MpsealError:  # signed under an older root or key: sign again
+            ts = parse_timestamp(rec.data, root, now=rec.issued, channel=channel)
+        except MpsealError:  # signed under an older root or key, or for no channel: again
             rec = self.refresh(channel)
-            ts = parse_timestamp(rec.data, root, now=rec.issued)
+            ts = parse_timestamp(rec.data, root, now=rec.issued, channel=channel)
         return CurrentTimestamp(channel, ts.version, ts.expires, ts.root_version, rec.data,
                                 {t.manifest_sha256: t.to_dict() for t in ts.targets})
