@@ -43,6 +43,7 @@ log = logging.getLogger("mpseal.server")
 # Reports wait up to this long for others to share their transaction: a report is a few
 # round trips to the database whether it is stored alone or with a hundred others.
 REPORT_LINGER_SECONDS = 0.05
+INVENTORY_REFRESH_SECONDS = 60.0
 T = TypeVar("T")
 
 
@@ -68,6 +69,7 @@ class UpdateServer:
         self._reports: WriteBatcher[Report, dict[int, tuple[ReleaseStats, PolicyOverrides]]] = (
             WriteBatcher(self._store_reports, linger=REPORT_LINGER_SECONDS))
         self._checkins: dict[int, Checkin] = {}
+        self._written: dict[int, tuple[tuple[str, str, int, str], float]] = {}
         self._buckets: dict[int, tuple[float, float]] = {}  # device id -> (tokens, at)
         self._halted: set[int] = set()
         self._limiter: anyio.CapacityLimiter | None = None
@@ -177,7 +179,15 @@ class UpdateServer:
 
     def note_checkin(self, device_id: int, app: str, version: str, counter: int,
                      channel: str) -> None:
-        """Remember a check for the inventory (written every ``inventory_seconds``)."""
+        """Remember a check for the inventory (written every ``inventory_seconds``). A
+        device that says the same as when this process last wrote its row, less than
+        ``INVENTORY_REFRESH_SECONDS`` ago, is not written again: its last check-in is
+        exact to that (a fleet polling every few seconds costs no write per check)."""
+        said = (app, version, counter, channel)
+        now = time.monotonic()
+        seen = self._written.get(device_id)
+        if seen is not None and seen[0] == said and now - seen[1] < INVENTORY_REFRESH_SECONDS:
+            return
         if (len(self._checkins) >= self.config.limits.cache_entries_max
                 and device_id not in self._checkins):
             return  # the next check after the flush records it
@@ -189,6 +199,11 @@ class UpdateServer:
         try:
             for i in range(0, len(items), 5000):
                 await self.run(self.store.record_checkins, items[i:i + 5000])
+                now = time.monotonic()
+                if len(self._written) > self.config.limits.cache_entries_max:
+                    self._written.clear()
+                for c in items[i:i + 5000]:
+                    self._written[c.device_id] = ((c.app, c.version, c.counter, c.channel), now)
         except TransportError:
             for c in items:  # keep them for the next round (newer ones win)
                 if len(self._checkins) < self.config.limits.cache_entries_max:
