@@ -16,6 +16,7 @@ import gc
 import logging
 import time
 from collections.abc import Callable, Hashable
+from datetime import UTC, datetime
 from functools import partial
 from typing import TypeVar
 
@@ -23,7 +24,6 @@ import anyio
 from anyio import to_thread
 
 from mpseal.errors import TransportError
-from mpseal.fleet.models import utcnow
 from mpseal.fleet.registry import Registry
 from mpseal.fleet.releases import FAILED_EVENTS
 from mpseal.fleet.releasestore import (
@@ -68,7 +68,8 @@ class UpdateServer:
         self.current_ts: TtlCache[CurrentTimestamp | None] = TtlCache(ttl, 1024, stale_on=stale)
         self._reports: WriteBatcher[Report, dict[int, tuple[ReleaseStats, PolicyOverrides]]] = (
             WriteBatcher(self._store_reports, linger=REPORT_LINGER_SECONDS))
-        self._checkins: dict[int, Checkin] = {}
+        # device id -> ((app, version, counter, channel), unix time): to write / written
+        self._checkins: dict[int, tuple[tuple[str, str, int, str], float]] = {}
         self._written: dict[int, tuple[tuple[str, str, int, str], float]] = {}
         self._buckets: dict[int, tuple[float, float]] = {}  # device id -> (tokens, at)
         self._halted: set[int] = set()
@@ -184,30 +185,30 @@ class UpdateServer:
         ``INVENTORY_REFRESH_SECONDS`` ago, is not written again: its last check-in is
         exact to that (a fleet polling every few seconds costs no write per check)."""
         said = (app, version, counter, channel)
-        now = time.monotonic()
+        now = time.time()
         seen = self._written.get(device_id)
         if seen is not None and seen[0] == said and now - seen[1] < INVENTORY_REFRESH_SECONDS:
             return
         if (len(self._checkins) >= self.config.limits.cache_entries_max
                 and device_id not in self._checkins):
             return  # the next check after the flush records it
-        self._checkins[device_id] = Checkin(device_id, app, version, counter, channel, utcnow())
+        self._checkins[device_id] = (said, now)
 
     async def flush_checkins(self) -> None:
         pending, self._checkins = self._checkins, {}
-        items = list(pending.values())
+        items = [Checkin(d, *said, datetime.fromtimestamp(at, UTC))
+                 for d, (said, at) in pending.items()]
         try:
             for i in range(0, len(items), 5000):
                 await self.run(self.store.record_checkins, items[i:i + 5000])
-                now = time.monotonic()
                 if len(self._written) > self.config.limits.cache_entries_max:
                     self._written.clear()
-                for c in items[i:i + 5000]:
-                    self._written[c.device_id] = ((c.app, c.version, c.counter, c.channel), now)
+                for d in list(pending)[i:i + 5000]:
+                    self._written[d] = pending[d]
         except TransportError:
-            for c in items:  # keep them for the next round (newer ones win)
+            for d, entry in pending.items():  # keep them for the next round (newer ones win)
                 if len(self._checkins) < self.config.limits.cache_entries_max:
-                    self._checkins.setdefault(c.device_id, c)
+                    self._checkins.setdefault(d, entry)
             raise
 
     # -- changes -----------------------------------------------------------------------
