@@ -51,22 +51,25 @@ def _commands_of(module: str) -> dict[str, click.Command]:
 
 
 class LazyGroup(click.Group):
+    """Commands named in LAZY_COMMANDS import only their module. A command missing from
+    that table still works (every module is searched), only slower to find."""
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         names = set(LAZY_COMMANDS)
         for module in COMMAND_MODULES:
-            if module not in LAZY_COMMANDS.values():
-                names |= set(_commands_of(module))
+            names |= set(_commands_of(module))
         return sorted(names)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         module = LAZY_COMMANDS.get(cmd_name)
         if module is not None:
-            return _commands_of(module).get(cmd_name)
+            found = _commands_of(module).get(cmd_name)
+            if found is not None:
+                return found
         for module in COMMAND_MODULES:
-            if module not in LAZY_COMMANDS.values():
-                found = _commands_of(module).get(cmd_name)
-                if found is not None:
-                    return found
+            found = _commands_of(module).get(cmd_name)
+            if found is not None:
+                return found
         return None
 
 
