@@ -393,6 +393,9 @@ class Registry:
             with self.engine.begin() as conn:
                 raw: Any = conn.connection.dbapi_connection
                 cur = raw.cursor()
+                # Room for the hash joins and the duplicate check over a million rows in
+                # memory (the default 4 MB spills them to disk): this transaction only.
+                cur.execute("SET LOCAL work_mem = '256MB'")
                 cur.execute("CREATE TEMP TABLE import_rows (hardware_id text, board text, "
                             "group_name text, token_hash text, subject text, serial text, "
                             "fingerprint text, not_after timestamptz) ON COMMIT DROP")
