@@ -23,8 +23,9 @@ HEADER = '''\
 # Field elements are 32-byte buffers (bytearray), little-endian, any value below 2^256
 # (not necessarily below p: callers reduce with int.from_bytes(x, "little") % p).
 #
-#   run(ws, prog, n)   n operations of prog on the 32-byte slots of ws (bytearray):
-#                      slot k is ws[32k:32k+32]; slots 7 and 8 are scratch for products.
+#   run(ws, prog, n, reps)  n operations of prog, reps >= 1 times over, on the 32-byte
+#                      slots of ws (bytearray): slot k is ws[32k:32k+32]; slots 7 and 8
+#                      are scratch for products.
 #   prog: 4 bytes per operation (opcode, d, a, b): slot d = slot a OP slot b (mod p),
 #   OP: 0 mul, 1 sqr (b unused), 2 add, 3 sub; 4 iszero: the first word of slot d = 1
 #   if slot a = 0 mod p, else 0; 5 sqrn: slot d = slot a ^ (2 ^ b), b >= 1 a count.
@@ -171,12 +172,14 @@ def gen_iszero() -> list[str]:
 
 
 def gen_run() -> list[str]:
-    """run(ws, prog, n): n operations of prog on 32-byte slots of the buffer ws.
+    """run(ws, prog, n, reps): n operations of prog on 32-byte slots of the buffer ws,
+    the whole program reps >= 1 times (a run of point doublings in one call).
 
     prog: 4 bytes per operation, (opcode, d, a, b): slot d = slot a OP slot b, slot k
     being ws[32 k: 32 k + 32]; slots 7-8 are the products' scratch. One call from Python
     runs a whole point doubling or addition: a Python call costs ~700 instructions, more
-    than an addition mod p. The routines are subroutines (bl); r8-r10 hold ws, prog, n.
+    than an addition mod p. The routines are subroutines (bl); r8-r11 hold ws, prog, the
+    operations left and prog's start; r12 reps << 16 | n.
     Opcode 4 (iszero) writes a flag word; opcode 5 (sqrn) squares b >= 1 times.
     """
     # Routines first, each ending in bx(lr); bl reaches the runner at the end. The runner
@@ -192,8 +195,9 @@ def gen_run() -> list[str]:
     lines += [
         "bx(lr)",
         "label(entry)",
-        "mov(r4, r8)", "mov(r5, r9)", "mov(r6, r10)", "push({r4, r5, r6})",
-        "mov(r8, r0)", "mov(r9, r1)", "mov(r10, r2)",
+        "mov(r4, r8)", "mov(r5, r9)", "mov(r6, r10)", "mov(r7, r11)", "push({r4, r5, r6, r7})",
+        "mov(r8, r0)", "mov(r9, r1)", "mov(r10, r2)", "mov(r11, r1)",
+        "lsl(r3, r3, 16)", "orr(r3, r2)", "mov(r12, r3)",  # r12: reps << 16 | n
         "label(loop)",
         "mov(r7, r9)",
         "ldrb(r4, [r7, 0])", "ldrb(r0, [r7, 1])", "ldrb(r1, [r7, 2])", "ldrb(r2, [r7, 3])",
@@ -222,7 +226,12 @@ def gen_run() -> list[str]:
         "label(fold_it)", "bl(fold_all)",
         "label(next)",
         "mov(r7, r10)", "sub(r7, r7, 1)", "mov(r10, r7)", "bne(loop)",
-        "pop({r4, r5, r6})", "mov(r8, r4)", "mov(r9, r5)", "mov(r10, r6)",
+        # the program once more while reps last: prog and n from the start
+        "mov(r7, r12)", "lsr(r6, r7, 16)", "sub(r6, r6, 1)", "beq(all_done)",
+        "lsl(r6, r6, 16)", "lsl(r5, r7, 16)", "lsr(r5, r5, 16)", "orr(r6, r5)",
+        "mov(r12, r6)", "mov(r10, r5)", "mov(r9, r11)", "b(loop)",
+        "label(all_done)",
+        "pop({r4, r5, r6, r7})", "mov(r8, r4)", "mov(r9, r5)", "mov(r10, r6)", "mov(r11, r7)",
     ]
     return lines
 
@@ -234,7 +243,7 @@ def function(name: str, args: str, body: list[str]) -> str:
 
 def render() -> str:
     return (HEADER + "\nimport micropython\n"
-            + function("run", "r0, r1, r2", gen_run()))
+            + function("run", "r0, r1, r2, r3", gen_run()))
 
 
 def main() -> int:

@@ -703,7 +703,7 @@ def test_thumb_field_arithmetic_edge_values_on_cortex_m() -> None:
                     for a, b in chunk]
             out = board.exec(f"R = {rows!r}\nfor r in R:\n"
                              "    ws[288:352] = bytes.fromhex(r)\n"
-                             "    p256_thumb.run(ws, PROG, 4)\n"
+                             "    p256_thumb.run(ws, PROG, 4, 1)\n"
                              "    print(ws[96:224].hex())\n").split()
             assert len(out) == len(chunk)
             for (a, b), got in zip(chunk, out, strict=True):
@@ -711,3 +711,34 @@ def test_thumb_field_arithmetic_edge_values_on_cortex_m() -> None:
                        for k in range(4)]
                 assert [r % P for r in res] == [a * b % P, a * a % P, (a + b) % P,
                                                 (a - b) % P], (hex(a), hex(b))
+        # reps: a program run over and over in one call (the chain's runs of doublings)
+        x = rng.getrandbits(256)
+        got = board.exec(f"ws[288:320] = bytes.fromhex({x.to_bytes(32, 'little').hex()!r})\n"
+                         "p256_thumb.run(ws, bytes((1, 9, 9, 0)), 1, 37)\n"
+                         "print(ws[288:320].hex())\n").strip()
+        assert int.from_bytes(bytes.fromhex(got), "little") % P == pow(x, 2**37, P)
+
+
+def test_naf_digits_are_the_width_w_naf_of_the_scalar() -> None:
+    """p256._naf (read from bytes) against the textbook recoding, and its value."""
+    mod = p256_module()
+    rng = random.Random(5)
+
+    def textbook(k: int, w: int) -> list[int]:
+        out = []
+        while k:
+            d = 0
+            if k & 1:
+                d = k % (1 << w)
+                d -= (1 << w) if d > (1 << (w - 1)) else 0
+            out.append(d)
+            k = (k - d) >> 1
+        return out
+
+    for k in [1, 2, 3, N - 1, N - 32, 2**256 - 1, 2**255] + [rng.getrandbits(256)
+                                                             for _ in range(300)]:
+        for w in (mod._WG, mod._WQ):
+            got = [d - 256 if d > 127 else d for d in mod._naf(k, w)]
+            want = textbook(k, w)
+            assert got[:len(want)] == want and not any(got[len(want):])
+            assert sum(d << i for i, d in enumerate(got)) == k

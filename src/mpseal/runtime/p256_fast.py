@@ -2,7 +2,8 @@
 # p256_thumb.run (Thumb-1 field arithmetic). Imported by p256 only; importing it fails
 # (and p256 uses Python integers) where p256_thumb cannot load or fails the self-test.
 #
-#   chain(q_fe, a, b, n) -> (X, Y, Z)   as p256._chain, integers mod p; Z = 0: infinity
+#   chain(q_fe, a, b, n, pa, pb) -> (X, Y, Z)   as p256._chain, integers mod p (Z = 0:
+#                                        infinity); pa, pb: positions of nonzero digits
 #   odd_multiples(x, y) -> [x1, y1, x3, y3, ..]   as p256._odd_multiples
 #   table(ints) -> [x, y, -y, ..]        32-byte little-endian strings for chain()
 #   inv(a) -> 1 / a mod p                 for an integer 0 < a < p (Fermat, on _INV)
@@ -53,7 +54,7 @@ def _self_test():
     ws[288:352] = bytes(range(1, 65))
     ws[352:384] = _P.to_bytes(32, "little")
     p256_thumb.run(ws, bytes((0, 3, 9, 10,  3, 4, 9, 10,  5, 5, 9, 3,  4, 6, 11, 0,
-                              2, 11, 9, 10,  4, 12, 11, 0)), 6)
+                              2, 11, 9, 10,  4, 12, 11, 0)), 6, 1)
     x = int.from_bytes(ws[288:320], "little")
     y = int.from_bytes(ws[320:352], "little")
     return (int.from_bytes(ws[96:128], "little") % _P == x * y % _P
@@ -85,7 +86,7 @@ def _fmul(ws, a, b):
     # a * b mod p (32-byte strings in, out), through the workspace ws
     ws[288:320] = a
     ws[320:352] = b
-    p256_thumb.run(ws, b"\x00\x03\x09\x0a", 1)
+    p256_thumb.run(ws, b"\x00\x03\x09\x0a", 1, 1)
     return bytes(ws[96:128])
 
 
@@ -97,20 +98,20 @@ def odd_multiples(x, y):
     ws[0:32] = _fe(x)
     ws[32:64] = _fe(y)
     ws[64:96] = _ONE
-    run(ws, _DBL, 22)  # 2Q = (X2, Y2, lam)
+    run(ws, _DBL, 22, 1)  # 2Q = (X2, Y2, lam)
     x2 = bytes(ws[0:32])
     y2 = bytes(ws[32:64])
     lam = bytes(ws[64:96])
     ws[288:320] = _fe(x)
     ws[320:352] = _fe(y)
-    run(ws, bytes((1, 3, 2, 0,  0, 0, 9, 3,  0, 1, 10, 3,  0, 1, 1, 2)), 4)  # Q on the
+    run(ws, bytes((1, 3, 2, 0,  0, 0, 9, 3,  0, 1, 10, 3,  0, 1, 1, 2)), 4, 1)  # Q on the
     ws[64:96] = _ONE  # isomorphic curve where 2Q is affine: (x lam^2, y lam^3, 1)
     ws[288:320] = x2
     ws[320:352] = y2
     pts = [bytes(ws[0:96])]
     for _ in range(7):  # 3Q .. 15Q (p256._WQ = 5)
-        run(ws, _ADD1, 6)  # without the zero tests: kQ = +-2Q for odd k < 16 cannot be
-        run(ws, _ADD2, 12)
+        run(ws, _ADD1, 6, 1)  # without the zero tests: kQ = +-2Q for odd k < 16 cannot be
+        run(ws, _ADD2, 12, 1)
         pts.append(bytes(ws[0:96]))
     # One inversion for all Z (Montgomery's trick); (X, Y, Z) here is (X, Y, Z lam) there.
     acc = _ONE
@@ -119,7 +120,7 @@ def odd_multiples(x, y):
         prefix.append(acc)
         acc = _fmul(ws, acc, pt[64:96])
     ws[416:448] = _fmul(ws, acc, lam)
-    run(ws, _INV, 26)
+    run(ws, _INV, 26, 1)
     inv = bytes(ws[704:736])  # 1 / (lam Z0 Z1 ..)
     out = [0] * (2 * len(pts))
     for i in range(len(pts) - 1, -1, -1):
@@ -135,21 +136,25 @@ def odd_multiples(x, y):
 def inv(a):
     ws = bytearray(736)
     ws[416:448] = _fe(a)
-    p256_thumb.run(ws, _INV, 26)
+    p256_thumb.run(ws, _INV, 26, 1)
     return int.from_bytes(ws[704:736], "little") % _P
 
 
-def chain(q_fe, a, b, n):
-    # (X, Y, Z) as integers mod p of the sum over the digits, as _chain, on p256_thumb
+def chain(q_fe, a, b, n, pa, pb):
+    # (X, Y, Z) as integers mod p of the sum over the digits, as p256._chain, on
+    # p256_thumb; pa, pb: the positions of a's and b's nonzero digits (p256._naf). The
+    # doublings between two of them run in one call.
     run = p256_thumb.run
     P = _P
     ws = bytearray(416)  # slots 11, 12: _ADD1's zero flags
     digits = (a, b)
     tables = (table(p256._G_ODD), q_fe)  # G's table made per call: 2.5 KB not kept
     inf = True
-    for i in range(n - 1, -1, -1):
+    prev = 0
+    for i in sorted(set(pa + pb), reverse=True):
         if not inf:
-            run(ws, _DBL, 22)
+            run(ws, _DBL, 22, prev - i)
+        prev = i
         for k in range(2):
             d = digits[k][i]
             if not d:
@@ -169,7 +174,7 @@ def chain(q_fe, a, b, n):
                 continue
             ws[288:320] = tab[j]
             ws[320:352] = y
-            run(ws, _ADD1, 8)
+            run(ws, _ADD1, 8, 1)
             if ws[352]:  # h = 0: same x
                 if not ws[384]:
                     inf = True  # adding -R to R
@@ -181,8 +186,10 @@ def chain(q_fe, a, b, n):
                     ws[32:64] = _fe(Y % P)
                     ws[64:96] = _fe(Z % P)
                 continue
-            run(ws, _ADD2, 12)
+            run(ws, _ADD2, 12, 1)
     if inf:
         return 0, 1, 0
+    if prev:
+        run(ws, _DBL, 22, prev)
     return (int.from_bytes(ws[0:32], "little") % P, int.from_bytes(ws[32:64], "little") % P,
             int.from_bytes(ws[64:96], "little") % P)

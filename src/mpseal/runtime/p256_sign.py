@@ -52,10 +52,14 @@ def _base_mul(k):
     # p256 has it). Not constant-time: the digits of k decide which additions run.
     if not 0 < k < _N:
         raise ValueError("scalar out of range")
-    a = p256._naf(k, 6)  # p256._WG: G's table
+    pa = []
+    a = p256._naf(k, 6, pa)  # p256._WG: G's table
     n = len(a)
     b = bytes(n)  # no multiples of a key: only G's table is used
-    X, Y, Z = p256._F.chain(None, a, b, n) if p256._F else p256._chain(None, a, b, n)
+    if p256._F:
+        X, Y, Z = p256._F.chain(None, a, b, n, pa, [])
+    else:
+        X, Y, Z = p256._chain(None, a, b, n)
     if not Z:
         raise ValueError("k G is the point at infinity")
     P = _P

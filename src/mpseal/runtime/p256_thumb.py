@@ -4,8 +4,9 @@
 # Field elements are 32-byte buffers (bytearray), little-endian, any value below 2^256
 # (not necessarily below p: callers reduce with int.from_bytes(x, "little") % p).
 #
-#   run(ws, prog, n)   n operations of prog on the 32-byte slots of ws (bytearray):
-#                      slot k is ws[32k:32k+32]; slots 7 and 8 are scratch for products.
+#   run(ws, prog, n, reps)  n operations of prog, reps >= 1 times over, on the 32-byte
+#                      slots of ws (bytearray): slot k is ws[32k:32k+32]; slots 7 and 8
+#                      are scratch for products.
 #   prog: 4 bytes per operation (opcode, d, a, b): slot d = slot a OP slot b (mod p),
 #   OP: 0 mul, 1 sqr (b unused), 2 add, 3 sub; 4 iszero: the first word of slot d = 1
 #   if slot a = 0 mod p, else 0; 5 sqrn: slot d = slot a ^ (2 ^ b), b >= 1 a count.
@@ -24,7 +25,7 @@ import micropython
 
 
 @micropython.asm_thumb
-def run(r0, r1, r2):
+def run(r0, r1, r2, r3):
     bl(entry)
     label(mul)
     push({r0})
@@ -2915,10 +2916,15 @@ def run(r0, r1, r2):
     mov(r4, r8)
     mov(r5, r9)
     mov(r6, r10)
-    push({r4, r5, r6})
+    mov(r7, r11)
+    push({r4, r5, r6, r7})
     mov(r8, r0)
     mov(r9, r1)
     mov(r10, r2)
+    mov(r11, r1)
+    lsl(r3, r3, 16)
+    orr(r3, r2)
+    mov(r12, r3)
     label(loop)
     mov(r7, r9)
     ldrb(r4, [r7, 0])
@@ -2988,7 +2994,21 @@ def run(r0, r1, r2):
     sub(r7, r7, 1)
     mov(r10, r7)
     bne(loop)
-    pop({r4, r5, r6})
+    mov(r7, r12)
+    lsr(r6, r7, 16)
+    sub(r6, r6, 1)
+    beq(all_done)
+    lsl(r6, r6, 16)
+    lsl(r5, r7, 16)
+    lsr(r5, r5, 16)
+    orr(r6, r5)
+    mov(r12, r6)
+    mov(r10, r5)
+    mov(r9, r11)
+    b(loop)
+    label(all_done)
+    pop({r4, r5, r6, r7})
     mov(r8, r4)
     mov(r9, r5)
     mov(r10, r6)
+    mov(r11, r7)
