@@ -1,0 +1,49 @@
+"""Power cuts on the virtual Pico: the stock RPI_PICO firmware's own littlefs, cut at
+every flash write (each erase and each program) of stage -> trial boot -> committed boot.
+
+Threat tier: T0 (no attacker: the power fails). After every cut the board, powered on
+again, boots a validly signed release (the old or the new one) and its security counter
+never goes down. Slow (one power-on and one reboot per write), so it runs once.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from conftest import run_mpseal
+
+from mpseal.device.picoboard import PicoBoard
+from mpseal.device.powercut import check_update_pico
+
+
+@pytest.mark.slow
+def test_power_cut_at_every_write_of_an_update_on_the_virtual_pico(tmp_path: Path) -> None:
+    project = tmp_path / "proj"
+    assert run_mpseal("init", project, "--board", "rp2", "--name", "hello").returncode == 0
+    assert run_mpseal("build", "-C", project).returncode == 0
+    sim = tmp_path / "pico"
+    assert run_mpseal("sim", "create", "--board", "rp2", "--sim", sim).returncode == 0
+    res = run_mpseal("sim", "install", project / "dist" / "hello-1.0.0.mpseal", "-C", project,
+                     "--sim", sim, timeout=600)
+    assert res.returncode == 0, res.stderr
+    res = run_mpseal("sim", "boot", "--sim", sim, timeout=600)
+    assert res.returncode == 0 and "committed hello 1.0.0" in res.stdout, res.stdout[-800:]
+    toml = project / "mpseal.toml"
+    text = re.sub(r'(?m)^version = "1.0.0"', 'version = "1.1.0"', toml.read_text())
+    toml.write_text(re.sub(r"(?m)^security_counter = 1\b", "security_counter = 2", text))
+    assert run_mpseal("build", "-C", project).returncode == 0
+    new = (project / "dist" / "hello-1.1.0.mpseal").read_bytes()
+
+    report = check_update_pico(PicoBoard(sim), new, {"1.0.0", "1.1.0"}, min_counter=1)
+
+    assert all(n > 0 for n in report.writes_per_step.values()), report.writes_per_step
+    assert report.tried == sum(report.writes_per_step.values())
+    assert report.survived == report.tried, report.failures()[:3]
+    # The update itself went through: the board now runs 1.1.0, committed.
+    status = PicoBoard(sim).status()
+    assert status["state"]["committed"] == "b" and status["state"]["trial"] is None
+    assert status["state"]["counter"] == 2
+    print(f"virtual Pico power cuts: {report.tried} points tried, {report.survived} survived "
+          f"({report.writes_per_step})")
