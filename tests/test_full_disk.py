@@ -97,7 +97,7 @@ def test_ca_init_on_a_full_disk_leaves_no_half_ca(tmp_path: Path, leave: int) ->
     assert leave or run.returncode == 4
 
 
-@pytest.mark.parametrize("leave", [0, 8, 16])
+@pytest.mark.parametrize("leave", [0, 4, 8, 12, 16, 24])
 def test_build_on_a_full_disk_is_one_line(tmp_path: Path, project: Path, leave: int) -> None:
     setup = f"cp -a {shlex.quote(str(project))} p"
     run = on_full_disk(tmp_path, leave, [MPSEAL, "build", "-C", "p"], setup=setup)

@@ -117,7 +117,11 @@ def build(project: Project, signer: Signer, progress: Callable[[str], None] | No
     fits = budget.check(cfg, len(blob))  # before anything is written
     out = project.artifact_path()
     write_atomic(sbom_path(out), sbom_bytes)
-    write_atomic(out, blob)
+    try:
+        write_atomic(out, blob)
+    except BaseException:  # (a full disk) no SBOM without the artifact it describes
+        sbom_path(out).unlink(missing_ok=True)
+        raise
     stages["package"] = time.perf_counter() - t
     result = BuildResult(
         path=out,
