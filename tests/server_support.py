@@ -7,9 +7,10 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -137,11 +138,18 @@ class Running:
 
 
 @contextmanager
-def running_server(config: ServerConfig, options: RunOptions | None = None) -> Iterator[Running]:
-    """The real server: uvicorn with the production protocol and loop, in a thread."""
+def running_server(config: ServerConfig, options: RunOptions | None = None,
+                   ssl_setup: Callable[[ssl.SSLContext], None] | None = None) -> Iterator[Running]:
+    """The real server: uvicorn with the production protocol and loop, in a thread.
+    ``ssl_setup`` may change uvicorn's TLS context before it serves (tests only)."""
     port = free_port()
     opts = replace(options or RunOptions(), host=HOST, port=port)
-    server = uvicorn.Server(uvicorn.Config(create_app(config), **uvicorn_kwargs(opts)))
+    uconfig = uvicorn.Config(create_app(config), **uvicorn_kwargs(opts))
+    if ssl_setup is not None:
+        uconfig.load()
+        assert uconfig.ssl is not None
+        ssl_setup(uconfig.ssl)
+    server = uvicorn.Server(uconfig)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

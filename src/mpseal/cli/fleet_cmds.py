@@ -225,6 +225,38 @@ def revoke(hardware_id: str, reason: str, project_dir: Path, db_url: str | None)
                       "told: its TLS stack has no CRL; the server refuses it.", markup=False)
 
 
+@registry.command()
+@click.option("-C", "--project", "project_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=".")
+@click.option("--within-days", type=click.FloatRange(0, 3650), default=10.0, show_default=True,
+              help="Certificates that end within this many days (10: a third of 30).")
+@click.option("--lapsed-days", type=click.FloatRange(0, 3650), default=365.0,
+              show_default=True, help="And those that ended at most this many days ago.")
+@click.option("--limit", type=click.IntRange(1, 5000), default=1000, show_default=True)
+@_db_option
+@click.option("--json", "as_json", is_flag=True)
+def expiry(project_dir: Path, within_days: float, lapsed_days: float, limit: int,
+           db_url: str | None, as_json: bool) -> None:
+    """Active devices whose newest certificate lapses soon, missed its renewal, or expired."""
+    import datetime as dt
+
+    from mpseal.fleet.certstore import expiry as lapsing
+
+    now = dt.datetime.now(dt.UTC)
+    rows, total = lapsing(_registry(project_dir, db_url), now, dt.timedelta(days=within_days),
+                          dt.timedelta(days=lapsed_days), limit)
+    if as_json:
+        click.echo(json.dumps({"now": now.isoformat(), "total": total,
+                               "certificates": [r.to_dict() for r in rows]}, indent=2))
+        return
+    for r in rows:
+        out_console.print(f"{r.hardware_id:20} {r.state:16} {r.not_after:%Y-%m-%d %H:%M} "
+                          f"{r.serial}", markup=False)
+    out_console.print(f"{total} device(s) with a certificate ending before "
+                      f"{now + dt.timedelta(days=within_days):%Y-%m-%d}"
+                      + (f" ({len(rows)} shown)" if len(rows) < total else ""), markup=False)
+
+
 @registry.command(name="import")
 @click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]),

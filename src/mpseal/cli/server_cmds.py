@@ -78,6 +78,11 @@ def _project(folder: Path) -> Any:
               show_default=True, help="Size limit of a request line and its headers (431).")
 @click.option("--max-headers", type=click.IntRange(8, 1000), default=64, show_default=True,
               help="How many headers a request may have (431).")
+@click.option("--renewal-ca", type=click.Path(file_okay=False, path_type=Path),
+              help="CA folder (mpseal ca init) whose issuing CA renews device certificates "
+                   "online (POST /v1/device/reenroll). Without it issuance stays offline.")
+@click.option("--renewal-days", type=click.IntRange(1, 3650), default=30, show_default=True,
+              help="Lifetime of a certificate issued online (devices renew at two thirds).")
 def serve(project_dir: Path, db_url: str | None, host: str, port: int, workers: int,
           artifacts: Path | None, artifact_base_url: str | None, roots: Path | None,
           trust_root: Path | None, timestamp_key: Path | None, timestamp_expiry: int,
@@ -86,7 +91,8 @@ def serve(project_dir: Path, db_url: str | None, host: str, port: int, workers: 
           halt_min_attempts: int, halt_max_failure_ratio: float, halt_min_cohort_share: float,
           trial_window: int, report_rate: float, report_burst: int,
           event_retention_days: float, max_connections: int, header_timeout: float,
-          keep_alive_timeout: float, max_header_bytes: int, max_headers: int) -> None:
+          keep_alive_timeout: float, max_header_bytes: int, max_headers: int,
+          renewal_ca: Path | None = None, renewal_days: int = 30) -> None:
     """Run the update server (device API and admin API) with uvicorn."""
     from mpseal.fleet.registry import default_url
     from mpseal.server.config import ServerSettings, admin_token_hash
@@ -113,9 +119,11 @@ def serve(project_dir: Path, db_url: str | None, host: str, port: int, workers: 
         halt_max_failure_ratio=halt_max_failure_ratio,
         halt_min_cohort_share=halt_min_cohort_share, trial_window_seconds=trial_window,
         report_rate_per_minute=report_rate, report_burst=report_burst,
-        event_retention_days=event_retention_days)
+        event_retention_days=event_retention_days,
+        renewal_ca_dir=str(renewal_ca) if renewal_ca else None, renewal_days=renewal_days)
     passphrase = None
-    if b"ENCRYPTED" in Path(key_path).read_bytes()[:4096]:
+    if b"ENCRYPTED" in Path(key_path).read_bytes()[:4096] or (
+            renewal_ca and b"ENCRYPTED" in (renewal_ca / "issuing-key.pem").read_bytes()[:4096]):
         passphrase = passphrase_from_env_or_prompt("timestamp")
     scheme = "https" if tls_cert else "http"
     options = RunOptions(host=host, port=port, workers=workers, tls_cert=tls_cert,

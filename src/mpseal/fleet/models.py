@@ -50,8 +50,13 @@ class Certificate(Base):
     not_after: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     status: Mapped[str] = mapped_column(String(16), default="valid")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # 0004
+    issued_via: Mapped[str | None] = mapped_column(String(16))  # provision | renewal (0004)
 
     device: Mapped[Device | None] = relationship(back_populates="certificates")
+
+    __table_args__ = (Index("ix_certificates_not_after", "not_after"),
+                      Index("ix_certificates_device_not_after", "device_id", "not_after"))
 
 
 class Secret(Base):

@@ -14,7 +14,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from mpseal.errors import MpsealError
-from mpseal.server import admin_api, device_api
+from mpseal.server import admin_api, device_api, enroll
 from mpseal.server.config import ServerConfig, ServerSettings
 from mpseal.server.http import ApiError, handle_error
 from mpseal.server.openapi import spec
@@ -88,7 +88,7 @@ def create_app(config: ServerConfig) -> DeviceFastPath:
     routes = [Route("/openapi.json", openapi, methods=["GET"]),
               Route("/healthz", health, methods=["GET"]),
               Route("/readyz", ready, methods=["GET"]),
-              *device_api.ROUTES, *admin_api.ROUTES]
+              *device_api.ROUTES, *admin_api.ROUTES, *enroll.ROUTES]
     handlers: dict[Any, Any] = {HTTPException: handle_error, ApiError: handle_error,
                                 MpsealError: handle_error, Exception: handle_error}
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)

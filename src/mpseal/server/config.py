@@ -10,8 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mpseal.crypto.keys import PrivateKeySigner, Signer
 from mpseal.errors import ConfigError
@@ -19,7 +22,11 @@ from mpseal.fleet.rollout import HaltPolicy
 from mpseal.fsutil import read_private_key
 from mpseal.limits import DEFAULT_LIMITS
 
+if TYPE_CHECKING:
+    from mpseal.pki.online import CaSource
+
 DEFAULT_CHANNEL = "stable"
+RENEWAL_DAYS = 30  # lifetime of a certificate issued online; devices renew at two thirds
 SETTINGS_ENV = "MPSEAL_SERVER_SETTINGS"
 KEY_FILE_LIMIT = 16 * 1024
 
@@ -57,6 +64,11 @@ class ServerConfig:
     inventory_seconds: float = 5.0  # the inventory (last check-in) is written this often
     health_seconds: float = 2.0  # how often the database is pinged
     retry_after_seconds: int = 10  # told to clients in a 503 while the database is down
+    # Online renewal (POST /v1/device/reenroll): None keeps issuance offline (batch only).
+    renewal_ca: CaSource | None = None
+    renewal_days: int = RENEWAL_DAYS
+    renewals_per_hour: int = 3  # per device: a device asking more often is refused (429)
+    clock: Callable[[], datetime] | None = None  # the server's now (tests move it); None: UTC
 
     @property
     def refresh_before(self) -> int:
@@ -91,6 +103,8 @@ class ServerSettings:
     report_rate_per_minute: float = 10.0
     report_burst: int = 20
     event_retention_days: float = 90.0
+    renewal_ca_dir: str | None = None  # a CA folder: online renewal on (else offline only)
+    renewal_days: int = RENEWAL_DAYS
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
@@ -124,4 +138,13 @@ class ServerSettings:
                                    self.trial_window_seconds, self.halt_min_cohort_share),
             limits=ServerLimits(report_rate_per_minute=self.report_rate_per_minute,
                                 report_burst=self.report_burst),
-            event_retention_days=self.event_retention_days)
+            event_retention_days=self.event_retention_days,
+            renewal_ca=self._renewal_ca(passphrase), renewal_days=self.renewal_days)
+
+    def _renewal_ca(self, passphrase: bytes | None) -> CaSource | None:
+        if not self.renewal_ca_dir:
+            return None
+        from mpseal.pki.online import FolderCa
+
+        return FolderCa(Path(self.renewal_ca_dir), (lambda _role: passphrase)
+                        if passphrase else None)

@@ -1,0 +1,113 @@
+"""Device certificates over their lifetime: renewals recorded per device, and the fleet's
+expiry (which certificates lapse soon, which devices missed their renewal).
+
+Every certificate a device ever held stays a row of ``certificates`` (serial, fingerprint,
+validity, ``issued_via``): the registry knows every serial per device. The expiry report
+reads only certificates that end before a horizon (``ix_certificates_not_after``) and
+drops those a newer certificate of the same device outlives
+(``ix_certificates_device_not_after``): its cost follows the number of lapsing
+certificates, not the fleet's size.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+
+from mpseal.fleet.models import Certificate, Device, Event
+from mpseal.fleet.registry import CertRecord, Registry
+
+RENEW_FRACTION = 2 / 3  # a device renews once this share of its certificate's life is past
+EXPIRY_PAGE_MAX = 5000
+
+
+@dataclass(frozen=True)
+class Lapsing:
+    hardware_id: str
+    state: str  # expired | renewal_overdue | expiring
+    serial: str
+    not_after: datetime
+    not_before: datetime | None
+    issued_via: str | None
+
+    def to_dict(self) -> dict[str, object]:
+        return {"hardware_id": self.hardware_id, "state": self.state, "serial": self.serial,
+                "not_after": self.not_after.isoformat(),
+                "not_before": self.not_before.isoformat() if self.not_before else None,
+                "issued_via": self.issued_via}
+
+
+def _aware(t: datetime) -> datetime:
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def renewal_point(not_before: datetime, not_after: datetime) -> datetime:
+    return not_before + (not_after - not_before) * RENEW_FRACTION
+
+
+def device_state(reg: Registry, device_id: int) -> tuple[str, str] | None:
+    """(hardware id, state) of a device, or None."""
+    with reg.session() as s:
+        d = s.get(Device, device_id)
+        return None if d is None else (d.hardware_id, d.state)
+
+
+def record_renewal(reg: Registry, device_id: int, record: CertRecord, not_before: datetime,
+                   old_fingerprint: str) -> None:
+    """A certificate issued online: a new row (the old certificate stays valid until it
+    expires: the device proves the new one before it drops the old) and an event."""
+    with reg.session() as s:
+        s.add(Certificate(device_id=device_id, role=record.role, subject=record.subject,
+                          serial=record.serial, fingerprint=record.fingerprint,
+                          not_after=record.not_after, not_before=not_before,
+                          issued_via="renewal"))
+        s.add(Event(device_id=device_id, kind="renewed", detail=json.dumps(
+            {"serial": record.serial, "fingerprint": record.fingerprint,
+             "not_after": record.not_after.isoformat(), "previous": old_fingerprint})))
+
+
+def log_refusal(reg: Registry, device_id: int | None, reason: str) -> None:
+    with reg.session() as s:
+        s.add(Event(device_id=device_id, kind="renewal_refused",
+                    detail=json.dumps({"reason": reason[:200]})))
+
+
+def certificate(reg: Registry, fingerprint: str) -> Certificate | None:
+    with reg.session() as s:
+        row = s.scalars(sa.select(Certificate).where(Certificate.fingerprint == fingerprint)
+                        ).first()
+        if row is not None:
+            s.expunge(row)
+        return row
+
+
+def expiry(reg: Registry, now: datetime, within: timedelta, lapsed_for: timedelta,
+           limit: int = 1000) -> tuple[list[Lapsing], int]:
+    """Active devices whose last issued valid certificate ends before ``now + within`` (and not
+    before ``now - lapsed_for``), soonest first, at most ``limit``; and how many in all."""
+    c, newer = Certificate, sa.orm.aliased(Certificate)
+    outlived = sa.exists().where(newer.device_id == c.device_id, newer.status == "valid",
+                                 newer.id > c.id)
+    where = (c.role == "device", c.status == "valid", c.not_after < now + within,
+             c.not_after >= now - lapsed_for, Device.state == "active", ~outlived)
+    base = sa.select(Device.hardware_id, c.serial, c.not_after, c.not_before,
+                     c.issued_via).join(Device, Device.id == c.device_id).where(*where)
+    with reg.session() as s:
+        rows = s.execute(base.order_by(c.not_after).limit(limit)).all()
+        total = s.scalar(sa.select(sa.func.count()).select_from(
+            sa.select(c.id).join(Device, Device.id == c.device_id).where(*where).subquery()))
+    out = []
+    for hw, serial, not_after, not_before, via in rows:
+        end = _aware(not_after)
+        start = _aware(not_before) if not_before is not None else None
+        if end <= now:
+            state = "expired"
+        elif start is not None and now >= renewal_point(start, end):
+            state = "renewal_overdue"
+        else:
+            state = "expiring"
+        out.append(Lapsing(hw, state, serial, end, start, via))
+    return out, int(total or 0)
