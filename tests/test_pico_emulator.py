@@ -242,3 +242,27 @@ def test_flash_writes_take_the_chips_typical_time(tmp_path: Path) -> None:
             expect_ns += ((o + size - 1) // 256 - o // 256 + 1) * 0.4e6
     assert ops and got[True].writes == got[False].writes == len(ops)
     assert got[True].cycles - got[False].cycles == round(expect_ns / 8)
+
+
+def test_romfs_image_partition_is_written_through_rp2_flash(tmp_path: Path) -> None:
+    """The RPI_PICO_ROMFS build: vfs.rom_ioctl(2, 0) is an rp2.Flash over the 256 KiB
+    partition; rom_ioctl(3|4|5) answer -22 (EINVAL); writeblocks reaches the chip and the
+    memory-mapped view reads it back, after a power cycle too."""
+    board = VirtualPico.create(tmp_path / "romfs", romfs=True)
+    try:
+        board.start()
+        board.wait_repl(30)
+        with SerialTransport(board.path) as link:
+            got = link.eval("(lambda v, d: (len(memoryview(d)), v.rom_ioctl(3, 0, 4096), "
+                            "d.ioctl(6, 0), d.writeblocks(0, b'mpseal-romfs' * 400)))"
+                            "(__import__('vfs'), __import__('vfs').rom_ioctl(2, 0))")
+            assert got == (262144, -22, 0, None)
+            assert link.eval("bytes(memoryview(__import__('vfs').rom_ioctl(2, 0))[:12])") == \
+                b"mpseal-romfs"
+        board.power_cycle()
+        board.wait_repl(30)
+        with SerialTransport(board.path) as link:
+            assert link.eval("bytes(memoryview(__import__('vfs').rom_ioctl(2, 0))[4788:4804])") \
+                == b"mpseal-romfs" + b"\xff" * 4
+    finally:
+        board.stop()
