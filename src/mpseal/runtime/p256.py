@@ -105,16 +105,15 @@ def _naf(k, w, pos=None):
     # digit or zero costs a big-integer operation each (~4x slower on the device).
     # v = (k >> i) + c (mod 2^w): c is the carry a negative digit leaves. pos, a list,
     # gets the positions of the nonzero digits.
-    out = bytearray()
     full = 1 << w
     half = full >> 1
     mask = full - 1
-    zeros = bytes(w - 1)
     kb = k.to_bytes(36, "little")
     n = 32  # bits to read: up to k's top byte (MicroPython has no int.bit_length)
     while n and not kb[n - 1]:
         n -= 1
     n *= 8
+    out = bytearray(n + w + 1)  # zeros, one allocation (growing it needs twice the heap)
     i = 0
     c = 0
     while i < n or c:
@@ -125,11 +124,9 @@ def _naf(k, w, pos=None):
             c = 1 if d < 0 else 0
             if pos is not None:
                 pos.append(i)
-            out.append(d & 0xFF)
-            out.extend(zeros)  # after a nonzero digit come w - 1 zeros
-            i += w
+            out[i] = d & 0xFF
+            i += w  # after a nonzero digit come w - 1 zeros
         else:  # v even: the carry, if any, stays
-            out.append(0)
             i += 1
     return out
 
