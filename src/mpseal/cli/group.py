@@ -31,6 +31,7 @@ LAZY_COMMANDS = {
     "inventory": "mpseal.cli.server_cmds",
     "provision": "mpseal.cli.fleet_cmds",
     "registry": "mpseal.cli.fleet_cmds",
+    "audit-log": "mpseal.cli.auditlog_cmds",
 }
 # Every module with commands. One not named above is imported to look a name up.
 COMMAND_MODULES = [
@@ -43,6 +44,7 @@ COMMAND_MODULES = [
     "mpseal.cli.fleet_cmds",
     "mpseal.cli.audit_cmds",
     "mpseal.cli.device_cmds",
+    "mpseal.cli.auditlog_cmds",
 ]
 
 

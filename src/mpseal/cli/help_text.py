@@ -14,6 +14,7 @@ HELP = (
     '\n'
     'Commands:\n'
     '  audit           Find which interfaces of a live device are open, by...\n'
+    '  audit-log       The log of admin actions kept by `mpseal serve` (who,...\n'
     '  build           Compile the app with mpy-cross, pack a ROMFS image,...\n'
     "  ca              Your product's own CA: an offline root and an issuing...\n"
     '  cert            Device and server certificates, trust anchors, and what...\n'

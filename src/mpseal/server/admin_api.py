@@ -27,7 +27,7 @@ from mpseal.formats.names import APP_NAME as APP
 from mpseal.formats.names import CHANNEL, GROUP, HARDWARE_ID, VERSION
 from mpseal.formats.updatemeta import Target
 from mpseal.fsutil import write_atomic
-from mpseal.server import auth
+from mpseal.server import actions, auth
 from mpseal.server.http import (
     ApiError,
     checked,
@@ -68,6 +68,7 @@ async def publish(request: Request) -> Response:
         raise ApiError(400, "the request body must be the artifact file")
     info = await server.run(_publish_blocking, server, blob, channel)
     await server.changed(channel)
+    await actions.published(server, actions.actor(request), info)
     return json_ok({"release": info.to_dict()}, status=201)
 
 
@@ -120,7 +121,7 @@ async def set_policy(request: Request) -> Response:
     overrides = PolicyOverrides(_optional_number(f, "min_attempts", 1, 10**9, integer=True),
                                 _optional_number(f, "max_failure_ratio", 0, 1),
                                 _optional_number(f, "min_cohort_share", 0, 1))
-    updated = await server.run(server.store.set_policy, info.view.id, overrides)
+    updated = await actions.set_policy(server, actions.actor(request), info, overrides)
     return json_ok({"release": updated.to_dict()})
 
 
@@ -144,17 +145,15 @@ async def promote(request: Request) -> Response:
         group = checked(f.req_str("group", 64), GROUP, "group")
     else:
         pin = checked(f.req_str("pin", 64), HARDWARE_ID, "pin")
-    updated = await server.run(lambda: server.store.promote(info.view.id, percent=percent,
-                                                            group=group, pin=pin))
-    await server.changed(info.view.channel)
+    updated = await actions.promote(server, actions.actor(request), info, percent=percent,
+                                    group=group, pin=pin)
     return json_ok({"release": updated.to_dict()})
 
 
 async def _set_state(request: Request, state: str) -> Response:
     server = _server(request)
     info = await _release(server, request)
-    updated = await server.run(server.store.set_state, info.view.id, state)
-    await server.changed(info.view.channel)
+    updated = await actions.set_state(server, actions.actor(request), info, state)
     return json_ok({"release": updated.to_dict()})
 
 
@@ -174,8 +173,7 @@ async def revoke_device(request: Request) -> Response:
     reason = f.str("reason", 200, optional=True) or ""
     if await server.run(server.registry.find_device, hw) is None:
         raise ApiError(404, f"no device {hw} in the registry")
-    n = await server.run(server.registry.revoke_device, hw, reason)
-    server.devices.invalidate()  # this process at once; the others within cache_seconds
+    n = await actions.revoke(server, actions.actor(request), hw, reason)
     return json_ok({"hardware_id": hw, "state": "revoked", "certificates_revoked": n})
 
 
@@ -255,8 +253,7 @@ async def set_group(request: Request) -> Response:
     group = checked(f.req_str("group", 64), GROUP, "group")
     if await server.run(server.registry.find_device, hw) is None:
         raise ApiError(404, f"no device {hw} in the registry")
-    old = await server.run(server.registry.set_group, hw, group)
-    server.devices.invalidate()  # this process at once; the others within cache_seconds
+    old = await actions.set_group(server, actions.actor(request), hw, group)
     return json_ok({"hardware_id": hw, "group": group, "previous_group": old})
 
 

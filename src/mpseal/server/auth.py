@@ -86,3 +86,4 @@ def admin(server: UpdateServer, request: Request) -> None:
         ok |= hmac.compare_digest(digest, expected)
     if not ok:
         raise ApiError(401, "this admin token is not accepted", _BEARER)
+    request.state.admin_id = "token:" + digest[:16]  # the audit log's who (never the token)

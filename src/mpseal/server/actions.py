@@ -1,0 +1,90 @@
+"""Admin actions as one piece of service code, called by the admin API (and so the CLI)
+and by the console: each does the change, tells the server, and appends the audit row.
+
+Who acted is ``request.state.admin_id``, set by ``auth.admin`` (an admin token) or by
+the console's session (made from one): a token id, never the token.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+
+from mpseal.fleet.auditlog import AuditLog
+from mpseal.fleet.releasestore import ReleaseInfo
+from mpseal.server.service import UpdateServer
+
+
+def actor(request: Request) -> str:
+    return str(getattr(request.state, "admin_id", "") or "unknown")
+
+
+def audit_log(server: UpdateServer) -> AuditLog:
+    log: AuditLog | None = getattr(server, "_audit_log", None)
+    if log is None:
+        log = AuditLog(server.registry)
+        server._audit_log = log  # type: ignore[attr-defined]
+    return log
+
+
+async def record(server: UpdateServer, who: str, action: str, target: str,
+                 detail: dict[str, Any] | None = None) -> None:
+    await server.run(audit_log(server).append, who, action, target, detail or {})
+
+
+def _release_target(info: ReleaseInfo) -> str:
+    v = info.view
+    return f"release {v.id} ({v.app} {v.version} {v.board} {v.channel})"
+
+
+async def published(server: UpdateServer, who: str, info: ReleaseInfo) -> None:
+    await record(server, who, "publish", _release_target(info),
+                 {"file_sha256": info.file_sha256, "size": info.size})
+
+
+async def promote(server: UpdateServer, who: str, info: ReleaseInfo, *,
+                  percent: float | None = None, group: str | None = None,
+                  pin: str | None = None) -> ReleaseInfo:
+    updated = await server.run(lambda: server.store.promote(info.view.id, percent=percent,
+                                                            group=group, pin=pin))
+    await server.changed(info.view.channel)
+    given = {k: v for k, v in (("percent", percent), ("group", group), ("pin", pin))
+             if v is not None}
+    await record(server, who, "promote", _release_target(info), given)
+    return updated
+
+
+async def set_state(server: UpdateServer, who: str, info: ReleaseInfo, state: str
+                    ) -> ReleaseInfo:
+    updated = await server.run(server.store.set_state, info.view.id, state)
+    await server.changed(info.view.channel)
+    await record(server, who, "pause" if state == "paused" else "resume",
+                 _release_target(info), {"from": info.view.state, "to": updated.view.state,
+                                         "halt_reason": info.halt_reason})
+    return updated
+
+
+async def set_policy(server: UpdateServer, who: str, info: ReleaseInfo, overrides: Any
+                     ) -> ReleaseInfo:
+    updated = await server.run(server.store.set_policy, info.view.id, overrides)
+    await record(server, who, "policy", _release_target(info),
+                 {"min_attempts": overrides.min_attempts,
+                  "max_failure_ratio": overrides.max_failure_ratio,
+                  "min_cohort_share": overrides.min_cohort_share})
+    return updated
+
+
+async def revoke(server: UpdateServer, who: str, hardware_id: str, reason: str) -> int:
+    n = await server.run(server.registry.revoke_device, hardware_id, reason)
+    server.devices.invalidate()  # this process at once; the others within cache_seconds
+    await record(server, who, "revoke", f"device {hardware_id}",
+                 {"reason": reason, "certificates_revoked": n})
+    return n
+
+
+async def set_group(server: UpdateServer, who: str, hardware_id: str, group: str) -> str:
+    old = await server.run(server.registry.set_group, hardware_id, group)
+    server.devices.invalidate()
+    await record(server, who, "group", f"device {hardware_id}", {"from": old, "to": group})
+    return old
