@@ -142,6 +142,7 @@ class World:
     tmp: Path
     boards: list[VirtualBoard] = field(default_factory=list)
     clients: list[httpx.Client] = field(default_factory=list)
+    server_ssl: ssl.SSLContext | None = None  # the server's TLS context (renewal worlds)
 
     @property
     def proj(self) -> Project:
@@ -170,7 +171,7 @@ class World:
 
     def board(self, first: bytes, group: str = "default",
               hardware_id: str | None = None,
-              config: dict[str, object] | None = None) -> VirtualBoard:
+              config: dict[str, object] | None = None, keygen: str = "host") -> VirtualBoard:
         """A new virtual board, provisioned (guard, identity, token) to update via the mirror,
         running ``first`` committed; ``hardware_id`` replaces its random one."""
         board = VirtualBoard.create(self.tmp / f"board{len(self.boards)}")
@@ -183,7 +184,7 @@ class World:
             ca=load_issuing_ca(self.ca_dir),
             server_anchor=(self.ca_dir / "root.der").read_bytes(),
             config={"server": self.mirror.url, "app": proj.config.name, **(config or {})},
-            artifact=first, group=group)
+            artifact=first, group=group, keygen=keygen)
         transport, link = connect(board)
         try:
             provision_device(transport, plan, Registry.open(self.db_url))
@@ -194,8 +195,9 @@ class World:
         assert report.ran(), report.output
         return board
 
-    def ota(self, board: VirtualBoard) -> dict[str, object]:
-        res = board.command("ota", timeout=120)
+    def ota(self, board: VirtualBoard, clock: int = 0) -> dict[str, object]:
+        """One update round; ``clock``: the board's clock moved on by so many seconds."""
+        res = board.command("ota", *(("clock", str(clock)) if clock else ()), timeout=300)
         replies = res.replies()
         assert replies, res.stdout + res.stderr
         return replies[-1]  # type: ignore[return-value]
@@ -212,8 +214,16 @@ def _server_cert(ca_dir: Path, out: Path) -> tuple[Path, Path]:
     return cert_pem, key_pem
 
 
+NO_CHECK_TIME = 0x200000  # X509_V_FLAG_NO_CHECK_TIME
+
+
 @contextmanager
-def ota_world(tmp: Path, db_url: str, project: Path) -> Iterator[World]:
+def ota_world(tmp: Path, db_url: str, project: Path, renewal: bool = False,
+              clock: Callable[[], object] | None = None) -> Iterator[World]:
+    """``renewal``: the server asks devices for their certificate (mutual TLS, client CA
+    ca-chain.pem) and renews them online from the CA folder; ``clock`` is its now. As the
+    clock moves, the server's OpenSSL does not judge client certificates' dates against
+    the machine's (the application checks them on ``clock``: the registry's not_after)."""
     ca_dir = tmp / "ca"
     init_ca(ca_dir, CaOptions(name="ota test fleet"))
     cert, key = _server_cert(ca_dir, tmp)
@@ -228,12 +238,28 @@ def ota_world(tmp: Path, db_url: str, project: Path) -> Iterator[World]:
         limits=ServerLimits(report_rate_per_minute=60_000.0, report_burst=10_000),
         halt_policy=HaltPolicy(min_attempts=2, max_failure_ratio=0.2,
                                trial_window_seconds=3600))
+    options = RunOptions(tls_cert=cert, tls_key=key)
+    contexts: list[ssl.SSLContext] = []
+    if renewal:
+        from dataclasses import replace
+
+        from mpseal.pki.online import FolderCa
+
+        config = replace(config, renewal_ca=FolderCa(ca_dir), clock=clock,  # type: ignore[arg-type]
+                         renewals_per_hour=10_000)
+        options = replace(options, client_ca=ca_dir / "ca-chain.pem")
+
+    def ssl_setup(ctx: ssl.SSLContext) -> None:
+        ctx.verify_flags |= NO_CHECK_TIME  # type: ignore[assignment]
+        contexts.append(ctx)
+
     Registry.open(db_url)
-    with running_server(config, RunOptions(tls_cert=cert, tls_key=key)) as server:
+    with running_server(config, options, ssl_setup if renewal else None) as server:
         mirror = Mirror(server.url, cert, key, ca_dir / "root.pem")
         thread = threading.Thread(target=mirror.serve_forever, daemon=True)
         thread.start()
-        world = World(project, ca_dir, db_url, server.url, mirror, tmp)
+        world = World(project, ca_dir, db_url, server.url, mirror, tmp,
+                      server_ssl=contexts[0] if contexts else None)
         try:
             yield world
         finally:

@@ -15,7 +15,8 @@
 # can make the device install what the guard and the timestamp would not accept.
 #
 # TLS (mbedTLS): CERT_REQUIRED, server_hostname, the pinned anchor
-# /mpseal/id/server-anchor.der, and the device's own certificate for mutual TLS.
+# /mpseal/id/server-anchor.der, and the device's own certificate for mutual TLS (the
+# pair mpseal_renew names: renewed at two thirds of its life, before the round).
 # Every read has a limit; every request and every round a total deadline (slow
 # retrieval, slowloris); every reply is type-checked, and poll_forever survives
 # anything a server sends (it logs why). Threat tier: T1 (network, mirror, CDN).
@@ -110,7 +111,15 @@ def _connect(cfg):
             if anchor is None:
                 raise Refused("no server trust anchor on this device")
             ctx.load_verify_locations(cadata=anchor)
-            cert, key = _read(ID + "device.der"), _read(ID + "device.key.der")
+            ident = cfg.get("_identity")
+            if ident is None:  # the pair identity.json names (mpseal_renew), else provisioning's
+                try:
+                    import mpseal_renew
+
+                    ident = mpseal_renew.current()
+                except ImportError:
+                    ident = (ID + "device.der", ID + "device.key.der")
+            cert, key = _read(ident[0]), _read(ident[1])
             if cert and key:
                 ctx.load_cert_chain(cert, key)
             s = ctx.wrap_socket(s, server_hostname=cfg["_host"])
@@ -229,7 +238,7 @@ class Http:
         return got
 
     def request(self, method, path, body=None, sink=None, offset=0, limit=MAX_JSON,
-                seconds=None):
+                seconds=None, ctype="application/json"):
         """One exchange; returns (status, body bytes, or bytes written to `sink`)."""
         if any(c in path for c in " \r\n") or not path.startswith("/"):
             raise Refused("refusing to request a hostile path")
@@ -242,7 +251,7 @@ class Http:
         if offset:
             head += "Range: bytes=%d-\r\n" % offset
         if body is not None:
-            head += "Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body)
+            head += "Content-Type: %s\r\nContent-Length: %d\r\n" % (ctype, len(body))
         msg = head.encode() + b"\r\n" + (body or b"")
         for attempt in (0, 1):
             reused = self.s is not None
@@ -584,6 +593,21 @@ def _round(http, cfg, now):
     return "staged"
 
 
+def _renew(http, cfg):
+    """Renew the device's certificate first if two thirds of its life are past
+    (mpseal_renew). A failure is logged and never stops the update round: the current
+    certificate works until it expires."""
+    if not cfg["_tls"]:
+        return
+    try:
+        import mpseal_renew
+
+        if mpseal_renew.maybe_renew(http, cfg) == "renewed":
+            guard.log("certificate renewed: %s" % mpseal_renew.current()[0])
+    except Exception as e:  # noqa: whatever the server sent
+        guard.log("certificate renewal failed: %s: %s" % (type(e).__name__, e))
+
+
 def check_once(now=None):
     """One update round on one connection. Returns "none" or "staged" (then reset into
     the trial); raises Refused (queued as a `refused` report) or OSError."""
@@ -593,6 +617,7 @@ def check_once(now=None):
     _ensure_clock()
     http = Http(cfg)
     try:
+        _renew(http, cfg)
         try:
             result = _round(http, cfg, now)
         except Refused as e:

@@ -10,6 +10,8 @@
 #   micropython simboard.py FLASH.img status            (the guard's state and slots)
 #   micropython simboard.py FLASH.img ota               (one round of the update client)
 #   micropython simboard.py FLASH.img ota poll LO HI [EVERY]  (poll, back-off LO..HI s, until staged)
+#   micropython simboard.py FLASH.img ota clock SECONDS [...]  (the board's clock moved on by
+#                                       SECONDS for the certificate renewal's decision)
 #   micropython simboard.py FLASH.img meta timestamp FILE APP [NOW]   (mpseal_meta: accept a
 #                                       timestamp, pick APP's target for this board)
 #   micropython simboard.py FLASH.img meta roots FILE...               (apply a root chain)
@@ -226,6 +228,11 @@ def main(argv):
         import mpseal_release
 
         mpseal_guard._load_state(mpseal_guard.trust_root())
+        if args and args[0] == "clock":  # ota clock SECONDS ...: the board's clock moved on
+            import mpseal_renew
+
+            mpseal_renew.clock_offset = int(args[1])
+            args = args[2:]
         if args and args[0] == "poll":  # poll with back-off until an update is staged
             lo, hi = int(args[1]), int(args[2])
             every = int(args[3]) if len(args) > 3 else None
