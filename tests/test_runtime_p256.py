@@ -742,3 +742,14 @@ def test_naf_digits_are_the_width_w_naf_of_the_scalar() -> None:
             want = textbook(k, w)
             assert got[:len(want)] == want and not any(got[len(want):])
             assert sum(d << i for i, d in enumerate(got)) == k
+
+
+def test_frozen_firmware_of_a_thumb_board_gets_the_assembly_path() -> None:
+    from mpseal.lockdown.buildfiles import plan_files
+    from mpseal.lockdown.plan import build_plan
+
+    rp2 = plan_files(build_plan("rp2"))
+    assert {"frozen/p256.py", "frozen/p256_fast.py", "frozen/p256_thumb.py"} <= set(rp2)
+    esp = plan_files(build_plan("esp32"))
+    assert "frozen/p256.py" in esp and "frozen/p256_thumb.py" not in esp
+    assert "frozen/p256_fast.py" not in esp

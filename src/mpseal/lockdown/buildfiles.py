@@ -35,12 +35,21 @@ _PORT_MANIFEST = {
 }
 
 
-def guard_modules() -> dict[str, bytes]:
-    """The guard's MicroPython files shipped in mpseal.runtime (not the virtual-board ones)."""
+def guard_modules(board: str | None = None) -> dict[str, bytes]:
+    """The guard's MicroPython files shipped in mpseal.runtime (not the virtual-board ones).
+
+    For a board whose native code is Thumb, also p256's assembly path (p256_fast,
+    p256_thumb): frozen, the firmware's own mpy-cross compiles it for the port. Other
+    ports cannot compile Thumb assembly; p256 uses Python integers there."""
+    from mpseal.device.guard_install import THUMB_ARCHS, THUMB_ONLY
+    from mpseal.formats.boards import get_board
+
+    thumb = board is not None and get_board(board).arch in THUMB_ARCHS
     out = {}
     for entry in resources.files("mpseal.runtime").iterdir():
         name = entry.name
-        if name.endswith(".py") and (name.startswith("mpseal_") or name == "p256.py"):
+        if name.endswith(".py") and (name.startswith("mpseal_") or name == "p256.py"
+                                     or (thumb and name[:-3] in THUMB_ONLY)):
             out[name] = entry.read_bytes()
     return dict(sorted(out.items()))
 
@@ -155,7 +164,7 @@ def plan_files(plan: Plan) -> dict[str, bytes]:
         files["sdkconfig.mpseal"] = render_sdkconfig(plan).encode()
     files["frozen/boot.py"] = FROZEN_BOOT
     files["frozen/main.py"] = FROZEN_MAIN
-    for name, data in guard_modules().items():
+    for name, data in guard_modules(plan.board).items():
         files[f"frozen/{name}"] = data
     return files
 
