@@ -15,7 +15,7 @@ from starlette.responses import FileResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from mpseal.errors import FormatError
-from mpseal.fleet.releases import REPORT_EVENTS
+from mpseal.fleet.releases import FAILED_EVENTS, REPORT_EVENTS
 from mpseal.fleet.releasestore import Report
 from mpseal.fleet.rollout import DeviceView, Running, choose, in_rollout
 from mpseal.formats import jsondoc
@@ -176,7 +176,8 @@ async def report(request: Request) -> Response:
                        {"Retry-After": str(max(1, round(wait)))})
     release_id = await _offered_release(server, dev, channel, app, board, version)
     await server.report(Report(dev.id, event, version, reason, release_id, app, channel))
-    server.devices.invalidate(auth.credential(request))  # its failed releases may have changed
+    if event in FAILED_EVENTS:  # its failed releases changed: not offered that one again
+        server.devices.invalidate(auth.credential(request))
     return json_ok({"recorded": True})
 
 
