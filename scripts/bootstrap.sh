@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(openssl qemu-system-arm firmware-microbit-micropython postgresql valgrind)
+APT_PACKAGES=(openssl qemu-system-arm firmware-microbit-micropython postgresql valgrind chromium)
 
 need_apt=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -14,7 +14,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from mpseal.errors import MpsealError
-from mpseal.server import admin_api, device_api, enroll
+from mpseal.server import admin_api, console, device_api, device_logs, enroll
 from mpseal.server.config import ServerConfig, ServerSettings
 from mpseal.server.http import ApiError, handle_error
 from mpseal.server.openapi import spec
@@ -80,15 +80,18 @@ def create_app(config: ServerConfig) -> DeviceFastPath:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await server.start()
+        console_task = console.start(server)
         try:
             yield
         finally:
+            console_task.cancel()
             await server.stop()
 
     routes = [Route("/openapi.json", openapi, methods=["GET"]),
               Route("/healthz", health, methods=["GET"]),
               Route("/readyz", ready, methods=["GET"]),
-              *device_api.ROUTES, *admin_api.ROUTES, *enroll.ROUTES]
+              *device_api.ROUTES, *admin_api.ROUTES, *enroll.ROUTES,
+              *device_logs.ROUTES, *console.ROUTES]
     handlers: dict[Any, Any] = {HTTPException: handle_error, ApiError: handle_error,
                                 MpsealError: handle_error, Exception: handle_error}
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
