@@ -27,7 +27,8 @@ from mpseal.packaging.mpycross import CompileOptions, Compiler, Module
 # Device-side modules of the guard, shipped from mpseal/runtime/.
 GUARD_MODULES = ("mpseal_guard", "mpseal_release", "mpseal_state", "mpseal_port",
                  "mpseal_lockdown", "mpseal_appfs", "mpseal_romfs", "mpseal_meta",
-                 "mpseal_secrets", "mpseal_ota", "mpseal_renew", "p256", "p256_fast", "p256_thumb")
+                 "mpseal_secrets", "mpseal_ota", "mpseal_renew", "mpseal_logs", "p256", "p256_fast",
+                 "p256_thumb")
 # Modules only for boards whose native code is ARM Thumb (the inline assembler's target).
 THUMB_ONLY = ("p256_fast", "p256_thumb")
 THUMB_ARCHS = ("armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp")

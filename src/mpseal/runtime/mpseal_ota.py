@@ -627,7 +627,10 @@ def check_once(now=None):
             _retry_after = http.retry_after
             try:
                 flush(http)
-            except Exception:  # noqa: reports wait for the next round
+                import mpseal_logs  # the guard's and the app's log lines, bounded batches
+
+                mpseal_logs.flush(http)
+            except Exception:  # noqa: reports and logs wait for the next round
                 pass
         return result
     finally:
