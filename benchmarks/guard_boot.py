@@ -1,0 +1,188 @@
+"""The guard's boot on the virtual Pico (stock RPI_PICO v1.28.0 in rp2040js): time from
+power-on to the app's ``main`` and the heap it needs, for an app image of a given size.
+
+    .venv/bin/python benchmarks/guard_boot.py [--kb 64 200] [--no-heap] [--json]
+
+``measure(app_kb, workdir)`` is what benchmarks/device.py calls. What it measures, on
+the second boot of a committed release (the first is the trial that commits it):
+
+  main_us       the RP2040 timer (time.ticks_us(), running since the chip's reset) read
+                first thing in the app's main(): boot ROM, firmware start, littlefs mount,
+                the guard (signature verify, image hash, log line, mount) and the import
+                of the app's main module. Emulated time at 125 MHz, flash erase/program
+                times included at the datasheet's typical figures (docs/virtual-pico.md).
+  cycles        the emulator's cycle counter when the board printed that line (read after
+                it appeared, so a little high: an upper bound).
+  held          gc.mem_alloc() after gc.collect() in main(): what stays allocated (the
+                guard's and the app's code and state).
+  peak          the heap the boot needs at its worst: the board's free heap at power-on
+                minus the largest ballast (a bytearray held by boot.py, before main.py)
+                with which the boot still reaches main(), found by bisection (4 KB steps).
+  transient     peak - held: what the boot needs on top of what stays.
+
+The app is main.py plus data files of random bytes up to ``app_kb`` KB of image (data
+files are not imported, so the app's own heap is its main module only); the mount path
+is the one the guard picks on that firmware (verified-files on stock RPI_PICO).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from mpseal.device.picoboard import PicoBoard  # noqa: E402
+from mpseal.packaging.package import build  # noqa: E402
+from mpseal.packaging.project import Project  # noqa: E402
+
+CPU_HZ = 125_000_000
+MARK = re.compile(rb"MPSEAL-BENCH main_us=(\d+) alloc=(\d+) free=(\d+) mount=(\S+)")
+BENCH_MAIN = """\
+import time
+def main():
+    t = time.ticks_us()
+    import gc
+    from mpseal_guard import confirm, status
+    gc.collect()
+    print("MPSEAL-BENCH main_us=%d alloc=%d free=%d mount=%s"
+          % (t, gc.mem_alloc(), gc.mem_free(), status()["mount"]))
+    confirm()
+"""
+BALLAST = ("try:\n    _mpseal_ballast = bytearray({n})\n"
+           "except MemoryError:\n    print('MemoryError: no room for the ballast')\n")
+FREE_AT_START = "import gc\ngc.collect()\nprint('FREE', gc.mem_free())\n"
+
+
+def _app(folder: Path, app_kb: int) -> bytes:
+    res = subprocess.run([str(Path(sys.executable).parent / "mpseal"), "init", str(folder),
+                          "--board", "rp2", "--name", "bench"], capture_output=True, text=True, check=False,
+                         env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    if res.returncode != 0:
+        raise RuntimeError(res.stderr.strip())
+    app = folder / "app"
+    (app / "main.py").write_text(BENCH_MAIN)
+    for extra in ("greet.py",):
+        (app / extra).unlink(missing_ok=True)
+    data = app / "data"
+    data.mkdir(exist_ok=True)
+    for f in data.iterdir():
+        f.unlink()
+    proj = Project.load(folder)
+    blob = build(proj, proj.release_signer()).path.read_bytes()
+    # Fill with 16 KB data files up to the size asked for (the image's size, not the file's).
+    i = 0
+    while len(blob) < app_kb * 1024:
+        need = app_kb * 1024 - len(blob)
+        (data / f"blob{i}.bin").write_bytes(os.urandom(min(16 * 1024, max(need - 256, 64))))
+        i += 1
+        blob = build(proj, proj.release_signer()).path.read_bytes()
+    return blob
+
+
+def _boot_to_main(board: PicoBoard, timeout: float = 300.0) -> dict[str, int | str]:
+    pico = board.pico
+    pico.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = MARK.search(pico.output)
+            if m:
+                cycles = pico.counters().cycles
+                return {"main_us": int(m[1]), "held": int(m[2]), "free_at_main": int(m[3]),
+                        "mount": m[4].decode(), "cycles": cycles}
+            if b"locked idle" in pico.output or b"MemoryError" in pico.output:
+                return {"failed": pico.output.decode(errors="replace")[-300:]}
+            time.sleep(0.05)
+        return {"failed": "timeout"}
+    finally:
+        pico.stop()
+
+
+def _set_boot_py(board: PicoBoard, text: str) -> None:
+    with board.session() as link:
+        link.write_file("/boot.py", text.encode())
+        # A boot that fails for want of heap counts as a failed boot of the committed
+        # image; the bisection must not run into the guard's max_fails limit.
+        link.write_file("/mpseal/device.json", json.dumps(
+            {"board": "rp2", "profile": "dev", "max_tries": 3, "max_image": 4194304,
+             "max_fails": 1000}).encode())
+
+
+def _free_at_start(board: PicoBoard) -> int:
+    _set_boot_py(board, FREE_AT_START)
+    pico = board.pico
+    pico.start()
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            m = re.search(rb"FREE (\d+)", pico.output)
+            if m:
+                return int(m[1])
+            time.sleep(0.05)
+        raise RuntimeError("the board did not print its free heap")
+    finally:
+        pico.stop()
+
+
+def measure(app_kb: int, workdir: Path, heap: bool = True) -> dict[str, object]:
+    """Boot figures of the guard on the virtual Pico for an app image of ``app_kb`` KB."""
+    blob = _app(workdir / f"app{app_kb}", app_kb)
+    proj = Project.load(workdir / f"app{app_kb}")
+    board = PicoBoard.create(workdir / f"pico{app_kb}")
+    board.install(blob, proj.trust_root(), profile="dev")
+    first = _boot_to_main(board)  # the trial boot: verify, run, confirm (commit)
+    if "failed" in first:
+        return {"app_bytes": len(blob), "failed": first["failed"]}
+    out: dict[str, object] = {"app_bytes": len(blob), **_boot_to_main(board)}
+    if heap and "failed" not in out:
+        free0 = _free_at_start(board)
+        lo, hi = 0, free0  # lo: a ballast that boots; hi: one that does not
+        while hi - lo > 4096:
+            mid = (lo + hi) // 2 // 1024 * 1024
+            _set_boot_py(board, BALLAST.format(n=mid))
+            ok = "failed" not in _boot_to_main(board)
+            lo, hi = (mid, hi) if ok else (lo, mid)
+        _set_boot_py(board, "")
+        out["free_at_start"] = free0
+        out["peak"] = free0 - lo
+        out["transient"] = out["peak"] - int(out["held"])  # type: ignore[call-overload]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--kb", type=int, nargs="+", default=[64, 200])
+    ap.add_argument("--no-heap", action="store_true")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="mpseal-bench-") as tmp:
+        for kb in args.kb:
+            results[kb] = measure(kb, Path(tmp), heap=not args.no_heap)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    for kb, r in results.items():
+        if "failed" in r:
+            print(f"{kb} KB app: failed: {r['failed']}")
+            continue
+        line = (f"{kb} KB app ({r['app_bytes']} B, mount {r['mount']}): power-on to main "
+                f"{int(r['main_us']) / 1000:.1f} ms emulated at 125 MHz "
+                f"({int(r['cycles']) / 1e6:.1f} M cycles, upper bound)")
+        if "peak" in r:
+            line += (f"; heap: peak {int(r['peak']) // 1024} KB, held at main "
+                     f"{int(r['held']) // 1024} KB, transient {int(r['transient']) // 1024} KB")
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

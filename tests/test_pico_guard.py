@@ -1,0 +1,200 @@
+"""The boot guard on the stock MicroPython v1.28.0 RPI_PICO firmware (no vfs.VfsRom) in the
+virtual Pico: an app of several modules, one @micropython.native, mounted through the
+verified-files filesystem; update, revert, refusals; the RPI_PICO_ROMFS build's partition
+written through rp2's block device; a total boot on the real firmware's serial line.
+
+One board is shared by the scenario tests of this module (each step needs the last).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import run_mpseal
+from release_support import release
+
+from mpseal.device.guard_install import stage_artifact
+from mpseal.device.picoboard import PicoBoard
+from mpseal.device.powercut import check_update_pico
+from mpseal.errors import BadDataError
+from mpseal.formats import artifact
+from mpseal.packaging.project import Project
+
+RAW_REPL_BANNER = "raw REPL; CTRL-B to exit"
+
+APP_MAIN = """\
+import helper
+from pkg import tool
+from mpseal_guard import confirm, status
+def main():
+    print("running {version}", helper.NAME, tool.double(21), status()["mount"])
+    confirm()
+"""
+
+CRASHING_MAIN = """\
+def main():
+    raise RuntimeError("health check failed")
+"""
+
+
+def add_modules(project: Path) -> None:
+    app = project / "app"
+    (app / "helper.py").write_text("NAME = 'helper'\n")
+    (app / "pkg").mkdir(exist_ok=True)
+    (app / "pkg" / "__init__.py").write_text("")
+    (app / "pkg" / "tool.py").write_text(
+        "import micropython\n\n\n@micropython.native\ndef double(x):\n    return 2 * x\n")
+
+
+@pytest.fixture(scope="module")
+def rp2_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("rp2g") / "proj"
+    assert run_mpseal("init", folder, "--board", "rp2", "--name", "hello").returncode == 0
+    add_modules(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pico(rp2_project: Path) -> PicoBoard:
+    board = PicoBoard.create(rp2_project / "sim" / "pico")
+    blob = release(rp2_project, "1.0", 1, APP_MAIN, profile="dev")
+    board.install(blob, Project.load(rp2_project).trust_root(), profile="dev")
+    return board
+
+
+def root(project: Path):
+    return Project.load(project).trust_root()
+
+
+def no_repl(text: str) -> None:
+    assert ">>> " not in text and RAW_REPL_BANNER not in text, text
+
+
+def test_native_multi_module_app_boots_verified_on_stock_rpi_pico(rp2_project: Path,
+                                                                  pico: PicoBoard) -> None:
+    blob = release(rp2_project, "1.0", 1, APP_MAIN, profile="dev")
+    man = artifact.decode(blob).manifest
+    assert man.arch == "armv6m" and "pkg/tool.mpy" in {f[0] for f in man.files}
+    report = pico.boot()
+    assert report.ran()[:1] == [("hello", "1.0", 1)], report.output
+    assert "booting hello 1.0 (counter 1) from slot a on trial (mount: verified-files)" \
+        in report.guard_lines
+    assert "running 1.0 helper 42 verified-files" in report.output
+    assert "committed hello 1.0 (counter 1) in slot a" in report.guard_lines
+    assert "AttributeError" not in report.output
+    assert pico.status()["state"]["counter"] == 1
+
+
+def test_update_trial_confirm_commit_on_the_pico(rp2_project: Path, pico: PicoBoard) -> None:
+    staged = pico.install(release(rp2_project, "2.0", 2, APP_MAIN, profile="dev"),
+                          root(rp2_project))
+    assert staged["slot"] == "b"
+    report = pico.boot()
+    assert "booting hello 2.0 (counter 2) from slot b on trial (mount: verified-files)" \
+        in report.guard_lines, report.output
+    assert "running 2.0 helper 42 verified-files" in report.output
+    assert "committed hello 2.0 (counter 2) in slot b" in report.guard_lines
+    state = pico.status()["state"]
+    assert state["committed"] == "b" and state["counter"] == 2 and state["trial"] is None
+
+
+def test_crashing_release_is_reverted_on_the_pico(rp2_project: Path, pico: PicoBoard) -> None:
+    pico.install(release(rp2_project, "3.0", 3, CRASHING_MAIN, profile="dev"), root(rp2_project))
+    report = pico.boot()
+    assert any("trial of slot a reverted: app crashed: RuntimeError: health check failed" in ln
+               for ln in report.guard_lines), report.output
+    report = pico.boot()  # dev profile: the REPL followed; the next boot runs the last good one
+    assert report.ran()[-1] == ("hello", "2.0", 2), report.output
+    state = pico.status()["state"]
+    assert state["committed"] == "b" and state["counter"] == 2
+
+
+def test_tampered_and_rolled_back_releases_are_refused_on_the_pico(rp2_project: Path,
+                                                                   pico: PicoBoard) -> None:
+    """Sent straight to the board's guard (no host check on the way)."""
+    bad = bytearray(release(rp2_project, "4.0", 4, APP_MAIN, profile="dev"))
+    bad[-3] ^= 0x40
+    old = release(rp2_project, "1.5", 1, APP_MAIN, profile="dev")
+    with pico.session() as link:
+        with pytest.raises(BadDataError, match="image hash does not match the signed manifest"):
+            stage_artifact(link, bytes(bad))
+        with pytest.raises(BadDataError, match="security counter 1 is below 2: rollback refused"):
+            stage_artifact(link, old)
+    assert pico.boot().ran()[-1] == ("hello", "2.0", 2)
+    state = pico.status()["state"]
+    assert state["counter"] == 2 and state["trial"] is None
+
+
+def test_romfs_partition_written_through_rp2_block_device(tmp_path: Path) -> None:
+    """RPI_PICO_ROMFS: rom_ioctl(3|4|5) answer -22 there; the guard writes the partition
+    through the rp2.Flash block device and mounts it with VfsRom."""
+    project = tmp_path / "proj"
+    assert run_mpseal("init", project, "--board", "rp2", "--name", "hello").returncode == 0
+    add_modules(project)
+    board = PicoBoard.create(tmp_path / "pico", romfs=True)
+    board.install(release(project, "1.0", 1, APP_MAIN, profile="dev"), root(project))
+    report = board.boot()
+    assert "copying slot a to the ROMFS partition (block device)" in report.guard_lines, \
+        report.output
+    assert "running 1.0 helper 42 romfs-partition" in report.output
+    report = board.boot()  # mirrored once: the next boot only re-hashes it
+    assert not any("copying" in ln for ln in report.guard_lines)
+    assert "running 1.0 helper 42 romfs-partition" in report.output
+
+
+def locked_board(project: Path, folder: Path, config: bytes) -> PicoBoard:
+    """A Pico whose guard ran release 1.0 (dev profile, so its REPL could be reached once),
+    then given ``config`` as its device.json."""
+    board = PicoBoard.create(folder)
+    board.install(release(project, "1.0", 1, APP_MAIN, profile="dev"), root(project))
+    with board.session() as link:  # the trial boot ran and returned to the REPL (dev)
+        link.write_file("/mpseal/device.json", config)
+    return board
+
+
+def test_damaged_config_on_the_pico_idles_locked_without_a_repl(rp2_project: Path,
+                                                                tmp_path: Path) -> None:
+    """On the stock firmware: a damaged device.json ends in locked idle with the reason on
+    the USB serial line, and no REPL prompt appears there."""
+    board = locked_board(rp2_project, tmp_path / "pico", b'{"board": "rp2", "profile": "fie')
+    report = board.boot()
+    assert report.outcome == "idle", report.output
+    assert "locked idle: no usable device config: /mpseal/device.json is damaged" in report.output
+    no_repl(report.output)
+
+
+def test_forced_vfsrom_on_stock_rpi_pico_is_reported_as_missing(rp2_project: Path,
+                                                                tmp_path: Path) -> None:
+    cfg = json.dumps({"board": "rp2", "profile": "field", "max_tries": 3,
+                      "max_image": 4194304, "mount": "vfsrom-ram"}).encode()
+    board = locked_board(rp2_project, tmp_path / "pico", cfg)
+    report = board.boot()
+    assert report.outcome == "idle", report.output
+    assert ("locked idle: firmware lacks a feature the guard needs: firmware has no vfs.VfsRom"
+            in report.output)
+    assert "app crashed" not in report.output and "AttributeError" not in report.output
+    no_repl(report.output)
+
+
+def test_power_cut_at_every_flash_write_of_an_update_on_the_pico(tmp_path: Path,
+                                                                 capsys) -> None:
+    """Stock RPI_PICO, its real littlefs: power lost at every flash operation (erase or
+    program) of stage -> trial boot (confirm, commit) -> committed boot; after each cut
+    the board boots a validly signed release, old or new, and the counter never drops."""
+    project = tmp_path / "proj"
+    assert run_mpseal("init", project, "--board", "rp2", "--name", "hello").returncode == 0
+    board = PicoBoard.create(tmp_path / "pico")
+    board.install(release(project, "1.0", 1, profile="dev"), root(project))
+    assert board.boot().ran() == [("hello", "1.0", 1)]
+    new = release(project, "2.0", 2, profile="dev")
+    report = check_update_pico(board, new, {"1.0", "2.0"}, min_counter=1)
+    with capsys.disabled():
+        print(f"\nvirtual Pico power-cut test: {report.tried} cut points tried, "
+              f"{report.survived} survived (writes per step: {report.writes_per_step})")
+    assert not report.failures(), report.failures()[:5]
+    assert all(n > 0 for n in report.writes_per_step.values()), report.writes_per_step
+    assert report.tried == sum(report.writes_per_step.values())
+    assert board.boot().ran()[-1] == ("hello", "2.0", 2)
+    assert board.status()["state"]["counter"] == 2
