@@ -45,7 +45,7 @@ from mpseal.packaging.package import build  # noqa: E402
 from mpseal.packaging.project import Project  # noqa: E402
 
 CPU_HZ = 125_000_000
-MARK = re.compile(rb"MPSEAL-BENCH main_us=(\d+) alloc=(\d+) free=(\d+) mount=(\S+)")
+MARK = re.compile(rb"MPSEAL-BENCH main_us=(\d+) alloc=(\d+) free=(\d+) mount=(\S+) free0=(-?\d+)")
 BENCH_MAIN = """\
 import time
 def main():
@@ -53,13 +53,18 @@ def main():
     import gc
     from mpseal_guard import confirm, status
     gc.collect()
-    print("MPSEAL-BENCH main_us=%d alloc=%d free=%d mount=%s"
-          % (t, gc.mem_alloc(), gc.mem_free(), status()["mount"]))
+    try:
+        import __main__
+        f0 = getattr(__main__, "_mpseal_free0", -1)
+    except ImportError:
+        f0 = -1
+    print("MPSEAL-BENCH main_us=%d alloc=%d free=%d mount=%s free0=%d"
+          % (t, gc.mem_alloc(), gc.mem_free(), status()["mount"], f0))
     confirm()
 """
 BALLAST = ("try:\n    _mpseal_ballast = bytearray({n})\n"
            "except MemoryError:\n    print('MemoryError: no room for the ballast')\n")
-FREE_AT_START = "import gc\ngc.collect()\nprint('FREE', gc.mem_free())\n"
+FREE_AT_START = "import gc\ngc.collect()\n_mpseal_free0 = gc.mem_free()\n"
 
 
 def _app(folder: Path, app_kb: int) -> bytes:
@@ -76,10 +81,11 @@ def _app(folder: Path, app_kb: int) -> bytes:
     data.mkdir(exist_ok=True)
     for f in data.iterdir():
         f.unlink()
+    (data / "blob0.bin").write_bytes(os.urandom(64))
     proj = Project.load(folder)
     blob = build(proj, proj.release_signer()).path.read_bytes()
     # Fill with 16 KB data files up to the size asked for (the image's size, not the file's).
-    i = 0
+    i = 1
     while len(blob) < app_kb * 1024:
         need = app_kb * 1024 - len(blob)
         (data / f"blob{i}.bin").write_bytes(os.urandom(min(16 * 1024, max(need - 256, 64))))
@@ -98,7 +104,7 @@ def _boot_to_main(board: PicoBoard, timeout: float = 300.0) -> dict[str, int | s
             if m:
                 cycles = pico.counters().cycles
                 return {"main_us": int(m[1]), "held": int(m[2]), "free_at_main": int(m[3]),
-                        "mount": m[4].decode(), "cycles": cycles}
+                        "mount": m[4].decode(), "cycles": cycles, "free0": int(m[5])}
             if b"locked idle" in pico.output or b"MemoryError" in pico.output:
                 return {"failed": pico.output.decode(errors="replace")[-300:]}
             time.sleep(0.05)
@@ -109,6 +115,7 @@ def _boot_to_main(board: PicoBoard, timeout: float = 300.0) -> dict[str, int | s
 
 def _set_boot_py(board: PicoBoard, text: str) -> None:
     with board.session() as link:
+        link.exec("_mpseal_ballast = None\nimport gc\ngc.collect()\n")  # the REPL's globals
         link.write_file("/boot.py", text.encode())
         # A boot that fails for want of heap counts as a failed boot of the committed
         # image; the bisection must not run into the guard's max_fails limit.
@@ -118,19 +125,13 @@ def _set_boot_py(board: PicoBoard, text: str) -> None:
 
 
 def _free_at_start(board: PicoBoard) -> int:
+    """gc.mem_free() in boot.py, before main.py: the heap the guard and the app start with
+    (boot.py's own output may be lost before USB connects, so main() prints it)."""
     _set_boot_py(board, FREE_AT_START)
-    pico = board.pico
-    pico.start()
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            m = re.search(rb"FREE (\d+)", pico.output)
-            if m:
-                return int(m[1])
-            time.sleep(0.05)
-        raise RuntimeError("the board did not print its free heap")
-    finally:
-        pico.stop()
+    got = _boot_to_main(board)
+    if "failed" in got or int(got["free0"]) < 0:
+        raise RuntimeError(f"the board did not report its free heap: {got}")
+    return int(got["free0"])
 
 
 def measure(app_kb: int, workdir: Path, heap: bool = True) -> dict[str, object]:

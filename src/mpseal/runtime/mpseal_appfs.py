@@ -4,8 +4,9 @@
 # The directory is the SIGNED manifest's file list ([path, size, offset, sha256]),
 # never parsed from flash. open() reads the whole file from the slot into RAM,
 # checks it against its signed SHA-256 and only then hands out a stream over those
-# RAM bytes (io.BytesIO/StringIO of a bytes object share its buffer, no copy): what the importer or the app reads is exactly what was checked, and
-# RAM use follows the largest file, not the image. A file whose bytes do not match
+# RAM bytes (io.BytesIO/StringIO of a bytes object share its buffer, no copy): what
+# the importer or the app reads is exactly what was checked, and RAM use follows the
+# largest file, not the image. A file whose bytes do not match
 # raises Refused (the guard reports it; nothing of it is served).
 #
 # The VFS protocol (as `mpremote mount` serves one): mount, umount, ilistdir,

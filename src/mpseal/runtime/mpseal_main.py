@@ -8,7 +8,8 @@ except BaseException as e:
         d = 0
     if d:
         raise
-    import sys, time
+    import sys
+    import time
     print(w)
     if sys.platform == "linux":
         sys.exit(18)
