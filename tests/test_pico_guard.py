@@ -2,6 +2,7 @@
 virtual Pico: an app of several modules, one @micropython.native, mounted through the
 verified-files filesystem; update, revert, refusals; the RPI_PICO_ROMFS build's partition
 written through rp2's block device; a total boot on the real firmware's serial line.
+(The power-cut test on the same firmware is tests/test_pico_powercut.py.)
 
 One board is shared by the scenario tests of this module (each step needs the last).
 """
@@ -17,7 +18,6 @@ from release_support import release
 
 from mpseal.device.guard_install import stage_artifact
 from mpseal.device.picoboard import PicoBoard
-from mpseal.device.powercut import check_update_pico
 from mpseal.errors import BadDataError
 from mpseal.formats import artifact
 from mpseal.packaging.project import Project
@@ -177,24 +177,3 @@ def test_forced_vfsrom_on_stock_rpi_pico_is_reported_as_missing(rp2_project: Pat
     assert "app crashed" not in report.output and "AttributeError" not in report.output
     no_repl(report.output)
 
-
-def test_power_cut_at_every_flash_write_of_an_update_on_the_pico(tmp_path: Path,
-                                                                 capsys) -> None:
-    """Stock RPI_PICO, its real littlefs: power lost at every flash operation (erase or
-    program) of stage -> trial boot (confirm, commit) -> committed boot; after each cut
-    the board boots a validly signed release, old or new, and the counter never drops."""
-    project = tmp_path / "proj"
-    assert run_mpseal("init", project, "--board", "rp2", "--name", "hello").returncode == 0
-    board = PicoBoard.create(tmp_path / "pico")
-    board.install(release(project, "1.0", 1, profile="dev"), root(project))
-    assert board.boot().ran() == [("hello", "1.0", 1)]
-    new = release(project, "2.0", 2, profile="dev")
-    report = check_update_pico(board, new, {"1.0", "2.0"}, min_counter=1)
-    with capsys.disabled():
-        print(f"\nvirtual Pico power-cut test: {report.tried} cut points tried, "
-              f"{report.survived} survived (writes per step: {report.writes_per_step})")
-    assert not report.failures(), report.failures()[:5]
-    assert all(n > 0 for n in report.writes_per_step.values()), report.writes_per_step
-    assert report.tried == sum(report.writes_per_step.values())
-    assert board.boot().ran()[-1] == ("hello", "2.0", 2)
-    assert board.status()["state"]["counter"] == 2
