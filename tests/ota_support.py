@@ -142,7 +142,7 @@ class World:
     tmp: Path
     boards: list[VirtualBoard] = field(default_factory=list)
     clients: list[httpx.Client] = field(default_factory=list)
-    server_ssl: ssl.SSLContext | None = None  # the server's TLS context (renewal worlds)
+    server_ssl: ssl.SSLContext | None = None  # the server's live TLS context
 
     @property
     def proj(self) -> Project:
@@ -250,11 +250,12 @@ def ota_world(tmp: Path, db_url: str, project: Path, renewal: bool = False,
         options = replace(options, client_ca=ca_dir / "ca-chain.pem")
 
     def ssl_setup(ctx: ssl.SSLContext) -> None:
-        ctx.verify_flags |= NO_CHECK_TIME  # type: ignore[assignment]
+        if renewal:
+            ctx.verify_flags |= NO_CHECK_TIME  # type: ignore[assignment]
         contexts.append(ctx)
 
     Registry.open(db_url)
-    with running_server(config, options, ssl_setup if renewal else None) as server:
+    with running_server(config, options, ssl_setup) as server:
         mirror = Mirror(server.url, cert, key, ca_dir / "root.pem")
         thread = threading.Thread(target=mirror.serve_forever, daemon=True)
         thread.start()

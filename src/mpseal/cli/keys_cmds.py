@@ -72,6 +72,39 @@ def _new_passphrase(encrypt: bool) -> bytes | None:
     return passphrase
 
 
+@keys.command()
+@PROJECT_OPTION
+@click.option("--tls-anchor", "anchor_files", multiple=True, required=True,
+              type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="A certificate (PEM or DER) the device's TLS pins for the update server; "
+                   "repeat for several (tried in order, at most 4).")
+@JSON_OPTION
+def anchor(project_dir: Path, anchor_files: tuple[Path, ...], as_json: bool) -> None:
+    """Name the update server's TLS anchors in a new trust root (signed by the root keys):
+    the fleet follows a server certificate change without reflashing."""
+    import hashlib
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from mpseal.pki.files import read_certs
+
+    ders = []
+    for path in anchor_files:
+        certs = read_certs(path, "TLS anchor")
+        if len(certs) != 1:
+            raise UsageError(f"{path}: one certificate per --tls-anchor, not {len(certs)}")
+        ders.append(certs[0].public_bytes(Encoding.DER))
+    change = keys_mod.set_tls_anchors(Project.load(project_dir), ders,
+                                      passphrase=passphrase_from_env_or_prompt)
+    if as_json:
+        emit_json({**change.summary(), "tls_anchors": [
+            hashlib.sha256(d).hexdigest() for d in change.root.tls_anchors]})
+        return
+    out_console.print(f"Trust root {change.old_version} -> {change.root.version}: "
+                      f"{len(ders)} TLS anchor(s); kept as {change.root_file}; devices step to "
+                      "it through the update server", markup=False)
+
+
 def _report(change: keys_mod.KeyChange, as_json: bool, encrypted: bool) -> None:
     if as_json:
         emit_json(change.summary())

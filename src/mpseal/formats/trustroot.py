@@ -25,6 +25,8 @@ MAGIC = b"MPSR"
 DOC_TYPE = "mpseal-root"
 ROLES = ("root", "release", "timestamp")
 REQUIRED_ROLES = ("root", "release")
+TLS_ANCHORS_MAX = 4  # server anchors a root may name (tried in order by the device)
+TLS_ANCHOR_MAX_BYTES = 2048  # one DER certificate
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,9 @@ class TrustRoot:
     keys: dict[str, PublicKey]
     roles: dict[str, Role]
     raw: bytes = field(default=b"", compare=False, repr=False)  # the signed envelope as stored
+    # DER certificates the device's TLS pins for the update server, in the order it tries
+    # them (runtime/mpseal_ota.py); none: the device keeps its provisioned anchor file.
+    tls_anchors: tuple[bytes, ...] = ()
 
     def role(self, name: str) -> Role:
         try:
@@ -51,8 +56,11 @@ class TrustRoot:
         roles = {
             n: {"keyids": list(r.keyids), "threshold": r.threshold} for n, r in self.roles.items()
         }
-        return jsondoc.dumps({"type": DOC_TYPE, "spec": 1, "version": self.version,
-                              "keys": keys, "roles": roles})
+        doc: dict[str, object] = {"type": DOC_TYPE, "spec": 1, "version": self.version,
+                                  "keys": keys, "roles": roles}
+        if self.tls_anchors:  # only then: roots without anchors keep their exact bytes
+            doc["tls_anchors"] = [a.hex() for a in self.tls_anchors]
+        return jsondoc.dumps(doc)
 
     def verify(self, role_name: str, payload: bytes, entries: list[SignatureEntry],
                what: str) -> list[str]:
@@ -87,8 +95,26 @@ class TrustRoot:
         )
 
 
+def check_tls_anchor(der: bytes) -> bytes:
+    """One DER certificate (its outer SEQUENCE spans exactly the bytes), of bounded size:
+    the same structural check the device makes (runtime/mpseal_release.py)."""
+    if not 2 <= len(der) <= TLS_ANCHOR_MAX_BYTES or der[0] != 0x30:
+        raise FormatError(f"a TLS anchor must be one DER certificate of at most "
+                          f"{TLS_ANCHOR_MAX_BYTES} bytes")
+    n, i = der[1], 2
+    if n & 0x80:
+        k = n & 0x7F
+        if k not in (1, 2) or len(der) < 2 + k:
+            raise FormatError("a TLS anchor's DER length is malformed")
+        n, i = int.from_bytes(der[2:2 + k], "big"), 2 + k
+    if i + n != len(der):
+        raise FormatError("a TLS anchor is not exactly one DER certificate")
+    return der
+
+
 def build(version: int, role_keys: dict[str, list[PublicKey]],
-          thresholds: dict[str, int] | None = None) -> TrustRoot:
+          thresholds: dict[str, int] | None = None,
+          tls_anchors: Sequence[bytes] = ()) -> TrustRoot:
     thresholds = thresholds or {}
     keys: dict[str, PublicKey] = {}
     roles: dict[str, Role] = {}
@@ -104,7 +130,10 @@ def build(version: int, role_keys: dict[str, list[PublicKey]],
     for name in REQUIRED_ROLES:
         if name not in roles:
             raise UsageError(f"a trust root needs a {name!r} role")
-    return TrustRoot(version, keys, roles)
+    if len(tls_anchors) > TLS_ANCHORS_MAX:
+        raise UsageError(f"a trust root names at most {TLS_ANCHORS_MAX} TLS anchors")
+    anchors = tuple(check_tls_anchor(bytes(a)) for a in tls_anchors)
+    return TrustRoot(version, keys, roles, tls_anchors=anchors)
 
 
 def sign(root: TrustRoot, signers: list[Signer]) -> bytes:
@@ -193,6 +222,16 @@ def _parse(data: bytes, limits: Limits) -> tuple[TrustRoot, envelope.Envelope]:
     for name in REQUIRED_ROLES:
         if name not in roles:
             raise FormatError(f"trust root has no {name!r} role")
-    root = TrustRoot(version, keys, roles, raw=bytes(data))
+    anchors: list[bytes] = []
+    if "tls_anchors" in f.keys():
+        listed = f.list("tls_anchors", TLS_ANCHORS_MAX)
+        for a in listed:
+            if (not isinstance(a, str) or not a or len(a) % 2
+                    or len(a) > 2 * TLS_ANCHOR_MAX_BYTES or not set(a) <= set("0123456789abcdef")):
+                raise FormatError("trust root tls_anchors entry is not lowercase hex DER")
+            anchors.append(check_tls_anchor(bytes.fromhex(a)))
+        if not anchors:
+            raise FormatError("trust root tls_anchors is empty")
+    root = TrustRoot(version, keys, roles, raw=bytes(data), tls_anchors=tuple(anchors))
     root.verify("root", env.payload, env.signatures, "trust root")
     return root, env

@@ -273,7 +273,7 @@ def _rebuild(old: TrustRoot, role: str, keyids: Sequence[str], threshold: int,
     thresholds = {name: r.threshold for name, r in old.roles.items()}
     role_keys[role] = [pool[k] for k in keyids]
     thresholds[role] = threshold
-    return trustroot.build(old.version + 1, role_keys, thresholds)
+    return trustroot.build(old.version + 1, role_keys, thresholds, old.tls_anchors)
 
 
 @dataclass(frozen=True)
@@ -374,3 +374,23 @@ def _promote(project: Project, role: str, preferred: Path | None) -> Path | None
             _move(path, main)
             return main if path == preferred else preferred
     return preferred
+
+
+def set_tls_anchors(project: Project, anchors: Sequence[bytes], *,
+                    passphrase: PassphraseSource = no_passphrase,
+                    extra_signers: Sequence[Signer] = ()) -> KeyChange:
+    """A new trust root naming ``anchors`` (DER certificates, tried in order) as the update
+    server's TLS anchors; its keys and roles unchanged. Devices take it through the update
+    server like any root step, then pin these anchors instead of their provisioned file.
+
+    To move a fleet to a server certificate under another anchor: name [old, new] here,
+    wait until the fleet has this root, switch the server's certificate, then name [new]."""
+    passphrase = _asking_once(passphrase)
+    old = project.trust_root()
+    if list(old.tls_anchors) == [bytes(a) for a in anchors]:
+        raise UsageError("the trust root already names exactly these TLS anchors")
+    role_keys = {name: [old.keys[k] for k in r.keyids] for name, r in old.roles.items()}
+    thresholds = {name: r.threshold for name, r in old.roles.items()}
+    new = trustroot.build(old.version + 1, role_keys, thresholds, tuple(anchors))
+    change = _publish(project, old, new, "root", passphrase, extra_signers, None, None)
+    return KeyChange("anchor", "root", old.version, change.root, change.root_file)

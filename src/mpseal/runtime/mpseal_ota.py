@@ -14,8 +14,8 @@
 # reports -> reset into a trial boot. The server only ever suggests; nothing it says
 # can make the device install what the guard and the timestamp would not accept.
 #
-# TLS (mbedTLS): CERT_REQUIRED, server_hostname, the pinned anchor
-# /mpseal/id/server-anchor.der, and the device's own certificate for mutual TLS (the
+# TLS (mbedTLS): CERT_REQUIRED, server_hostname, the pinned anchor (the ones the newest
+# verified trust root names, else /mpseal/id/server-anchor.der), and the device's own certificate for mutual TLS (the
 # pair mpseal_renew names: renewed at two thirds of its life, before the round).
 # Every read has a limit; every request and every round a total deadline (slow
 # retrieval, slowloris); every reply is type-checked, and poll_forever survives
@@ -96,7 +96,48 @@ def _read(path):
         return None
 
 
+def _anchors():
+    """The server's TLS anchors: those the newest verified trust root names (a root
+    rotation moves the fleet to a new server anchor), else the provisioned file."""
+    try:
+        listed = meta.installed_root().get("tls_anchors")
+    except Exception:  # noqa: no readable root: the provisioned anchor
+        listed = None
+    if listed:
+        return listed
+    anchor = _read(ID + "server-anchor.der")
+    if anchor is None:
+        raise Refused("no server trust anchor on this device")
+    return [anchor]
+
+
+_anchor_ok = 0  # index of the anchor the last handshake succeeded with: tried first
+
+
 def _connect(cfg):
+    """A connection to the server; over TLS, each anchor tried in turn (the one that
+    worked last first): during a server anchor change the root names old and new."""
+    global _anchor_ok
+    anchors = _anchors() if cfg["_tls"] else [None]
+    first = _anchor_ok if _anchor_ok < len(anchors) else 0
+    order = [first] + [i for i in range(len(anchors)) if i != first]
+    for n, i in enumerate(order):
+        try:
+            s = _connect_with(cfg, anchors[i])
+            _anchor_ok = i
+            return s
+        except (OSError, ValueError) as e:
+            # a handshake refused (wrong anchor); a refused connection is no anchor's fault
+            if n == len(order) - 1 or not _tls_failure(e):
+                raise
+
+
+def _tls_failure(e):
+    a = e.args[0] if e.args else 0
+    return isinstance(e, ValueError) or (type(a) is int and a < 0) or "MBEDTLS" in str(e)
+
+
+def _connect_with(cfg, anchor):
     ai = socket.getaddrinfo(cfg["_host"], cfg["_port"], 0, socket.SOCK_STREAM)[0]
     s = socket.socket(ai[0], socket.SOCK_STREAM, ai[2])
     s.settimeout(TIMEOUT)
@@ -107,9 +148,6 @@ def _connect(cfg):
 
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             ctx.verify_mode = ssl.CERT_REQUIRED
-            anchor = _read(ID + "server-anchor.der")
-            if anchor is None:
-                raise Refused("no server trust anchor on this device")
             ctx.load_verify_locations(cadata=anchor)
             ident = cfg.get("_identity")
             if ident is None:  # the pair identity.json names (mpseal_renew), else provisioning's
@@ -519,15 +557,16 @@ def _round(http, cfg, now):
         "version": running, "counter": counter, "timestamp_version": seen["version"]})
     if not isinstance(offer, dict) or offer.get("update") not in (True, False, None):
         raise Refused("server's check reply is not an update offer")
-    if not offer.get("update"):
-        return "none"
     # Newer trust roots first (TUF order): they verify themselves, each step signed by
     # the old and the new root keys, so asking for them is safe whatever the server says.
+    # Taken with or without an update: a root may move the server's TLS anchor.
     want = offer.get("root_version", 0)
     if type(want) is not int:
         raise Refused("server's check reply names a malformed trust root version")
     if want > root["version"]:
         _fetch_roots(http, want)
+    if not offer.get("update"):
+        return "none"
     # The device reads its own channel's timestamp; the timestamp is signed for it.
     path = "timestamp/%s.mpst" % channel
     if meta.safe_path(offer.get("timestamp", path), "timestamp path") != path:

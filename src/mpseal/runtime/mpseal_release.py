@@ -113,12 +113,39 @@ def load_root(data):
         for name in ("root", "release"):
             if name not in roles:
                 raise Refused("trust root role %s is empty" % name)
+        anchors = _anchors(doc)
     except (ValueError, KeyError, TypeError, AttributeError, IndexError):
         raise Refused("trust root payload is malformed")
     if not ok:
         raise Refused("trust root payload is not an mpseal root")
-    root = {"version": doc["version"], "keys": keys, "roles": roles}
+    root = {"version": doc["version"], "keys": keys, "roles": roles, "tls_anchors": anchors}
     return root, payload, sigblock, nsig
+
+
+def _anchors(doc):
+    # The update server's TLS anchors (DER certificates, tried in order), as strictly as
+    # the host's formats/trustroot.py: at most 4, lowercase hex, one DER SEQUENCE each.
+    if "tls_anchors" not in doc:
+        return []
+    listed = doc["tls_anchors"]
+    if type(listed) is not list or not 1 <= len(listed) <= 4:
+        raise Refused("trust root tls_anchors is malformed")
+    out = []
+    for a in listed:
+        if (not isinstance(a, str) or not a or len(a) % 2 or len(a) > 4096
+                or not _only(a, "0123456789abcdef")):
+            raise Refused("trust root tls_anchors entry is not lowercase hex DER")
+        der = bytes.fromhex(a)
+        n, i = der[1] if len(der) > 1 else 0, 2
+        if n & 0x80:
+            k = n & 0x7F
+            if k not in (1, 2) or len(der) < 2 + k:
+                raise Refused("trust root tls_anchors entry is not one DER certificate")
+            n, i = int.from_bytes(der[2 : 2 + k], "big"), 2 + k
+        if der[0] != 0x30 or i + n != len(der):
+            raise Refused("trust root tls_anchors entry is not one DER certificate")
+        out.append(der)
+    return out
 
 
 def check_threshold(root, role, payload, sigblock, nsig, what):

@@ -15,6 +15,7 @@
 #   micropython simboard.py FLASH.img meta timestamp FILE APP [NOW]   (mpseal_meta: accept a
 #                                       timestamp, pick APP's target for this board)
 #   micropython simboard.py FLASH.img meta roots FILE...               (apply a root chain)
+#   micropython simboard.py FLASH.img meta anchors      (the installed root's server TLS anchors)
 #
 # Power-cut testing: FLASH.img may be followed by `--cut N` (and `--tear`): the
 # flash loses power at its N-th block write (simflash.py). `--host-guard` loads the
@@ -128,6 +129,11 @@ def meta_command(args):
             return {"version": ts["version"], "target": target, "seen": mpseal_meta.load_seen()}
         if args[0] == "roots":
             return {"root_version": mpseal_meta.apply_root_chain(args[1:])["version"]}
+        if args[0] == "anchors":  # the server TLS anchors the installed root names (hex DER)
+            import binascii
+
+            return [binascii.hexlify(a).decode()
+                    for a in mpseal_meta.installed_root()["tls_anchors"]]
     except mpseal_meta.NeedRoots as e:
         return {"refused": str(e), "need_roots": e.version}
     except Refused as e:
