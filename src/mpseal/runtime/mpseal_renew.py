@@ -110,7 +110,14 @@ def validity(der):
 
 
 def now():
-    return meta.unix_time() + clock_offset
+    """The device's clock, never below the newest signed timestamp it verified (a board
+    whose RTC was never set still knows roughly when it is)."""
+    t = meta.unix_time()
+    try:
+        t = max(t, meta.load_seen()["issued"])
+    except Exception:  # noqa: no timestamp seen yet
+        pass
+    return t + clock_offset
 
 
 def due(at=None):

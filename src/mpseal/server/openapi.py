@@ -270,6 +270,37 @@ def _paths() -> dict[str, Any]:
     }
 
 
+def _renewal_paths() -> dict[str, Any]:
+    """Online renewal (server/enroll.py; docs/certificates.md)."""
+    der = {"schema": {"type": "string", "format": "binary"}}
+    return {
+        "/v1/device/reenroll": {"post": {
+            "summary": "A new certificate for a key the device made (EST simplereenroll); "
+                       "needs the device's current certificate (mutual TLS)",
+            "security": DEVICE, "tags": ["device"],
+            "requestBody": {"required": True, "content": {"application/pkcs10": der}},
+            "responses": {"200": {"description": "The certificate (DER)",
+                                  "content": {"application/pkix-cert": der}},
+                          **_errors(400, 401, 403, 404, 413, 429)}}},
+        "/v1/device/certificate": {"get": {
+            "summary": "The certificate this connection presented (a renewal's proof)",
+            "security": DEVICE, "tags": ["device"],
+            "responses": {"200": _json({"type": "object", "properties": {
+                "hardware_id": HWID, "fingerprint": HEX64}}, "Seen"),
+                **_errors(401, 403)}}},
+        "/v1/admin/certificates/expiry": {"get": {
+            "summary": "Active devices whose last certificate lapses soon, is past its "
+                       "renewal point, or expired; soonest first",
+            "security": ADMIN, "tags": ["admin"],
+            "parameters": [{"name": n, "in": "query", "schema": {"type": "number",
+                                                                  "minimum": lo}}
+                           for n, lo in (("within_days", 0), ("lapsed_days", 0),
+                                         ("limit", 1))],
+            "responses": {"200": _json({"type": "object"}, "Lapsing certificates"),
+                          **_errors(400, 401)}}},
+    }
+
+
 def spec() -> dict[str, Any]:
     responses = {f"E{code}": _json(_ref("Error"), text) for code, text in (
         (400, "Bad request: a one-line reason"), (401, "No or wrong credentials"),
@@ -281,7 +312,7 @@ def spec() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "mpseal update server", "version": __version__,
                  "description": "Device API (docs/updates.md) and admin API of 'mpseal serve'."},
-        "paths": _paths(),
+        "paths": {**_paths(), **_renewal_paths()},
         "components": {
             "schemas": _schemas(),
             "responses": responses,
