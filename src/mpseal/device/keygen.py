@@ -96,8 +96,8 @@ def device_csr(transport: Transport, board: str, subject: list[tuple[str, str]],
             transport.write_file(path, blob, progress)
     created = key_path not in have
     folder = key_path.rsplit("/", 1)[0]
-    make = ("import os\ntry:\n    os.mkdir({f!r})\nexcept OSError:\n    pass\n"
-            "mpseal_csr.create_key(K)\n").format(f=folder) if created else ""
+    make = (f"import os\ntry:\n    os.mkdir({folder!r})\nexcept OSError:\n    pass\n"
+            "mpseal_csr.create_key(K)\n") if created else ""
     out = transport.exec(
         "import mpseal_csr\nfrom binascii import hexlify\n"
         f"K = {key_path!r}\n{make}"

@@ -124,8 +124,11 @@ class DeviceResult:
 def issue_identity(ca: IssuingCa, hardware_id: str, days: int,
                    device_public_key: ec.EllipticCurvePublicKey | None = None) -> IssuedIdentity:
     """A certificate for a new host-made key, or for the key the device made (no key_der)."""
-    key = generate_key() if device_public_key is None else None
-    public = device_public_key if key is None else key.public_key()
+    if device_public_key is None:
+        key = generate_key()
+        public = key.public_key()
+    else:
+        key, public = None, device_public_key
     cert = issue(ca, LeafRequest(name=hardware_id, role="client", days=days), public)
     cert_der = cert.public_bytes(Encoding.DER)
     record = CertRecord(

@@ -277,25 +277,4 @@ def main(argv):
         raise SystemExit("simboard: unknown command " + cmd)
 
 
-def record_usage():
-    # Test instrumentation, off unless scripts/check sets MPSEAL_RUNTIME_USAGE_FILE: append
-    # the runtime modules this run loaded to that host file (the unix port has no settrace).
-    path = os.getenv("MPSEAL_RUNTIME_USAGE_FILE")
-    if not path:
-        return
-    try:
-        names = [n for n in sys.modules if n.startswith("mpseal_") or n.startswith("p256")]
-        vfs.mount(vfs.VfsPosix("/"), "/_host")  # the host's files, hidden by a mounted flash
-        try:
-            with open("/_host" + path, "a") as f:
-                f.write(" ".join(names) + "\n")
-        finally:
-            vfs.umount("/_host")
-    except Exception:  # never change how the run ends
-        pass
-
-
-try:
-    main(sys.argv)
-finally:
-    record_usage()
+main(sys.argv)
