@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -21,6 +22,7 @@ from server_support import (
 
 from mpseal.fleet.auditlog import AuditLog
 from mpseal.fleet.registry import Registry
+from mpseal.server.config import admin_token_hash
 
 
 def _actions(db_url: str, tmp: Path) -> None:
@@ -45,7 +47,9 @@ def test_every_admin_action_is_recorded_with_the_token_id(db_url: str, tmp_path:
                                                           mpseal) -> None:
     _actions(db_url, tmp_path)
     log = AuditLog(Registry.open(db_url))
-    entries = list(reversed(log.page()))
+    everything = list(reversed(log.page()))
+    assert everything[0].action == "config" and everything[0].actor == "server"
+    entries = everything[1:]
     assert [e.action for e in entries] == ["publish", "promote", "pause", "resume", "revoke"]
     token_id = "token:" + hashlib.sha256(ADMIN_TOKEN.encode()).hexdigest()[:16]
     assert {e.actor for e in entries} == {token_id}
@@ -58,7 +62,26 @@ def test_every_admin_action_is_recorded_with_the_token_id(db_url: str, tmp_path:
     res = mpseal("audit-log", "verify", "--db", db_url, "--json")
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
-    assert out["rows"] == 5 and out["head"] == entries[-1].hash
+    assert out["rows"] == 6 and out["head"] == entries[-1].hash
+
+
+def test_key_and_ca_changes_seen_by_the_server_are_recorded(tmp_path: Path) -> None:
+    db_url = f"sqlite:///{tmp_path / 'mpseal.db'}"
+    keys = make_keys(tmp_path / "keys")
+    with running_server(config_for(db_url, keys, tmp_path)):
+        pass
+    with running_server(config_for(db_url, keys, tmp_path)):
+        pass  # nothing changed: no new row
+    second = admin_token_hash("another-admin-token-" + "x" * 20)
+    cfg = config_for(db_url, keys, tmp_path)
+    with running_server(replace(cfg, admin_token_hashes=(*cfg.admin_token_hashes, second))):
+        pass
+    entries = [e for e in reversed(AuditLog(Registry.open(db_url)).page())
+               if e.action == "config"]
+    assert len(entries) == 2, [e.detail for e in entries]
+    assert entries[0].detail["trust_root_version"] == 1
+    assert entries[1].detail["changed"] == ["admin_tokens"]
+    assert "token:" + second[:16] in entries[1].detail["admin_tokens"]  # type: ignore[operator]
 
 
 def test_audit_log_edited_row_detected(db_url: str, mpseal) -> None:

@@ -90,7 +90,8 @@ def test_console_post_without_csrf_token_is_refused(world) -> None:
         r = c.post("/console/releases/1/promote", data={"percent": "50", "csrf": csrf},
                    headers={"Origin": "https://evil.example"})
         assert r.status_code == 403
-        assert [e.action for e in AuditLog(Registry.open(db_url)).page()] == ["publish"]
+        assert [e.action for e in AuditLog(Registry.open(db_url)).page()] == ["publish",
+                                                                              "config"]
         r = c.post("/console/releases/1/promote", data={"percent": "50", "csrf": csrf})
         assert r.status_code == 303
         entries = AuditLog(Registry.open(db_url)).page()

@@ -125,6 +125,13 @@ class AuditLog:
                 q = q.where(AuditRow.id < before)
             return [_entry(r) for r in s.scalars(q)]
 
+    def last(self, action: str) -> Entry | None:
+        """The newest row of this action (the ``config`` rows: see server/actions.py)."""
+        with self.registry.session() as s:
+            r = s.scalar(select(AuditRow).where(AuditRow.action == action)
+                         .order_by(AuditRow.id.desc()).limit(1))
+            return None if r is None else _entry(r)
+
     def count(self) -> int:
         with self.registry.session() as s:
             return int(s.scalar(select(func.count()).select_from(AuditRow)) or 0)

@@ -7,6 +7,7 @@ the console's session (made from one): a token id, never the token.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from starlette.requests import Request
@@ -36,6 +37,41 @@ async def record(server: UpdateServer, who: str, action: str, target: str,
 def _release_target(info: ReleaseInfo) -> str:
     v = info.view
     return f"release {v.id} ({v.app} {v.version} {v.board} {v.channel})"
+
+
+def config_state(server: UpdateServer) -> dict[str, Any]:
+    """The keys and CAs this server works with, by fingerprint: which admin tokens it
+    accepts (their ids), its newest trust root, its timestamp key, its renewal CA."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    state: dict[str, Any] = {
+        "admin_tokens": sorted("token:" + h[:16] for h in server.config.admin_token_hashes),
+        "trust_root_version": server.roots.newest().version,
+        "timestamp_key": server.config.timestamp_signer.public_key.keyid,
+        "renewal_ca": None}
+    ca = server.config.renewal_ca
+    if ca is not None:
+        der = ca.get().cert.public_bytes(Encoding.DER)
+        state["renewal_ca"] = hashlib.sha256(der).hexdigest()[:32]
+    return state
+
+
+async def note_config(server: UpdateServer) -> bool:
+    """A ``config`` row (actor ``server``) when the keys or CAs differ from the last one
+    recorded: trust-root adoption, a new timestamp key or renewal CA, admin tokens added
+    or taken away. True if one was written."""
+    now = await server.run(config_state, server)
+    last = await server.run(audit_log(server).last, "config")
+    before = last.detail if last is not None else {}
+    changed = sorted(k for k in now if before.get(k) != now[k])
+    if not changed:
+        return False
+    await record(server, "server", "config", "keys and CAs", {**now, "changed": changed})
+    return True
+
+
+async def halted(server: UpdateServer, info: ReleaseInfo, reason: str) -> None:
+    await record(server, "server", "halt", _release_target(info), {"reason": reason})
 
 
 async def published(server: UpdateServer, who: str, info: ReleaseInfo) -> None:

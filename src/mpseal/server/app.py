@@ -80,7 +80,7 @@ def create_app(config: ServerConfig) -> DeviceFastPath:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await server.start()
-        console_task = console.start(server)
+        console_task = await console.start(server)
         try:
             yield
         finally:

@@ -509,13 +509,16 @@ async def sample_now(server: UpdateServer) -> None:
 
 
 async def console_loop(server: UpdateServer) -> None:
-    """Sample the rollouts every SAMPLE_MIN_GAP s; drop device log lines past retention."""
+    """Sample the rollouts every SAMPLE_MIN_GAP s; drop device log lines past retention;
+    write a ``config`` audit row when the server's keys or CAs changed."""
     rounds = 0
     while True:
         await asyncio.sleep(consoledata.SAMPLE_MIN_GAP)
         if not server.schema_ready or server.db_up is False:
             continue
         try:
+            if rounds % 12 == 0:
+                await actions.note_config(server)
             await sample_now(server)
             rounds += 1
             if rounds % 60 == 1:
@@ -525,8 +528,15 @@ async def console_loop(server: UpdateServer) -> None:
             log.exception("console sampling failed")
 
 
-def start(server: UpdateServer) -> asyncio.Task[None]:
+async def start(server: UpdateServer) -> asyncio.Task[None]:
+    """At start: the session secret, and a ``config`` audit row if the keys or CAs
+    changed (when the database answers; else the loop does it later)."""
     _secret()
+    if server.schema_ready and server.db_up:
+        try:
+            await actions.note_config(server)
+        except Exception:
+            log.exception("recording the server's keys in the audit log failed")
     return asyncio.create_task(console_loop(server))
 
 

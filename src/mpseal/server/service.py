@@ -231,6 +231,9 @@ class UpdateServer:
         info = await self.run(self.store.get, release_id)
         log.warning("release %d (%s %s) halted: %s", release_id, info.view.app,
                     info.view.version, reason)
+        from mpseal.server import actions  # the audit log (actions imports this module)
+
+        await actions.halted(self, info, reason)
         await self.changed(info.view.channel)
         return True
 
