@@ -15,9 +15,10 @@ the second boot of a committed release (the first is the trial that commits it):
                 it appeared, so a little high: an upper bound).
   held          gc.mem_alloc() after gc.collect() in main(): what stays allocated (the
                 guard's and the app's code and state).
-  peak          the heap the boot needs at its worst: the board's free heap at power-on
-                minus the largest ballast (a bytearray held by boot.py, before main.py)
-                with which the boot still reaches main(), found by bisection (4 KB steps).
+  peak          the heap the boot needs at its worst: the board's free heap in boot.py
+                (before main.py) minus the largest ballast (a bytearray boot.py holds)
+                with which the boot still reaches main(), found by bisection (4 KB steps;
+                the flash image is put back before every try).
   transient     peak - held: what the boot needs on top of what stays.
 
 The app is main.py plus data files of random bytes up to ``app_kb`` KB of image (data
@@ -124,16 +125,6 @@ def _set_boot_py(board: PicoBoard, text: str) -> None:
              "max_fails": 1000}).encode())
 
 
-def _free_at_start(board: PicoBoard) -> int:
-    """gc.mem_free() in boot.py, before main.py: the heap the guard and the app start with
-    (boot.py's own output may be lost before USB connects, so main() prints it)."""
-    _set_boot_py(board, FREE_AT_START)
-    got = _boot_to_main(board)
-    if "failed" in got or int(got["free0"]) < 0:
-        raise RuntimeError(f"the board did not report its free heap: {got}")
-    return int(got["free0"])
-
-
 def measure(app_kb: int, workdir: Path, heap: bool = True) -> dict[str, object]:
     """Boot figures of the guard on the virtual Pico for an app image of ``app_kb`` KB."""
     blob = _app(workdir / f"app{app_kb}", app_kb)
@@ -145,14 +136,26 @@ def measure(app_kb: int, workdir: Path, heap: bool = True) -> dict[str, object]:
         return {"app_bytes": len(blob), "failed": first["failed"]}
     out: dict[str, object] = {"app_bytes": len(blob), **_boot_to_main(board)}
     if heap and "failed" not in out:
-        free0 = _free_at_start(board)
+        # Every trial starts from this flash image: a boot that ran out of heap may leave
+        # the board locked (that is the guard's job), so the host puts the flash back.
+        _set_boot_py(board, "")
+        clean = board.pico.flash.read_bytes()
+
+        def boots_with(text: str) -> dict[str, int | str]:
+            board.pico.flash.write_bytes(clean)
+            _set_boot_py(board, text)
+            return _boot_to_main(board)
+
+        got = boots_with(FREE_AT_START)
+        free0 = int(got.get("free0", -1))
+        if free0 < 0:
+            raise RuntimeError(f"the board did not report its free heap: {got}")
         lo, hi = 0, free0  # lo: a ballast that boots; hi: one that does not
         while hi - lo > 4096:
             mid = (lo + hi) // 2 // 1024 * 1024
-            _set_boot_py(board, BALLAST.format(n=mid))
-            ok = "failed" not in _boot_to_main(board)
+            ok = "failed" not in boots_with(BALLAST.format(n=mid))
             lo, hi = (mid, hi) if ok else (lo, mid)
-        _set_boot_py(board, "")
+        board.pico.flash.write_bytes(clean)
         out["free_at_start"] = free0
         out["peak"] = free0 - lo
         out["transient"] = out["peak"] - int(out["held"])  # type: ignore[call-overload]

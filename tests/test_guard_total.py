@@ -63,6 +63,7 @@ def test_damaged_device_config_means_locked_idle_with_the_reason(board: VirtualB
     assert report.outcome == "idle" and report.exit_codes == [18]
     assert "locked idle: no usable device config: /mpseal/device.json is damaged" in report.output
     no_repl(report.output)
+    assert any("locked idle: no usable device config" in ln for ln in board.status()["log"])
     board.put(json.dumps({"board": "unix", "profile": "field", "mount": "floppy"}).encode(),
               "/mpseal/device.json")
     report = board.boot()

@@ -71,9 +71,9 @@ def slot_path(slot):
     return DIR + "/slot-" + slot + ".mpseal"
 
 
-def log(msg):
-    line = "[mpseal] " + msg
-    print(line)
+def log(msg, echo=True):
+    if echo:
+        print("[mpseal] " + msg)
     try:
         try:
             if os.stat(LOG)[6] > LOG_MAX:
@@ -446,20 +446,26 @@ def boot():
         _stop(e)
 
 
+def _idle(why):
+    """Locked idle, the reason printed (by port.idle, again every minute) and logged."""
+    log("locked idle: " + why, False)  # port.idle prints it
+    port.idle(why)
+
+
 def _stop(e):
     if isinstance(e, Missing):
         why = "firmware lacks a feature the guard needs: %s" % e
     else:
         why = "guard failed: %s: %s" % (type(e).__name__, e)
-    log(why)
     try:
         dev = config()["profile"] == "dev" and _config_error is None
     except BaseException:  # noqa: even the config cannot be read now: stay locked
         dev = False
     if dev:
+        log(why)
         sys.print_exception(e)
         return
-    port.idle(why)
+    _idle(why)
 
 
 def _boot():
@@ -468,7 +474,7 @@ def _boot():
 
     config()
     if _config_error:
-        port.idle("no usable device config: %s" % _config_error)
+        _idle("no usable device config: %s" % _config_error)
         return
     _need("hashlib", "sha256")
     _reserve_image_buffer()
@@ -476,7 +482,7 @@ def _boot():
         root = trust_root()
     except (OSError, Refused) as e:
         mpseal_lockdown.apply("sealed")
-        port.idle("no usable trust root: %s" % e)
+        _idle("no usable trust root: %s" % e)
         return
     _load_state(root)
     _cleanup()
@@ -503,7 +509,7 @@ def _boot():
                 _end(profile)
                 return
     if _state.fails >= config()["max_fails"]:
-        port.idle("the committed image failed %d boots in a row; not starting it again (see %s)"
+        _idle("the committed image failed %d boots in a row; not starting it again (see %s)"
                   % (_state.fails, LOG))
         return
     for slot in (_state.committed, _other(_state.committed or "b")):
@@ -521,7 +527,7 @@ def _boot():
         _run_guarded(slot, r, False)
         _end(profile)
         return
-    port.idle("no valid image to boot (see %s)" % LOG)
+    _idle("no valid image to boot (see %s)" % LOG)
 
 
 def _end(profile):
