@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from ota_support import World, guard_log, ota_world
+from pico_exec import pico_with
 
 from mpseal.device.vm import find_micropython, runtime_dir
 from mpseal.fleet import devicelogs
@@ -50,9 +51,8 @@ def test_guard_log_reaches_the_server_with_the_report_round(world: World) -> Non
 
 
 VM_SCRIPT = r"""
-import json, os, sys
+import json, os
 import mpseal_logs as L
-d = sys.argv[1]
 L.SOURCES = (("guard", d + "/log.txt"), ("app", d + "/app-log.txt"))
 L.CURSOR = d + "/logs-sent.json"
 out = []
@@ -82,16 +82,35 @@ print(json.dumps(out))
 """
 
 
-def test_log_batches_are_bounded_and_follow_rotation_on_the_vm(tmp_path: Path) -> None:
-    script = tmp_path / "logs_run.py"
-    script.write_text(VM_SCRIPT)
-    res = subprocess.run([str(find_micropython()), str(script), str(tmp_path)], capture_output=True,
-                         text=True, timeout=60,
-                         env={"MICROPYPATH": str(runtime_dir())})
-    assert res.returncode == 0, res.stdout + res.stderr
-    *lines, sizes = res.stdout.splitlines()
+def _check_batches(output: str) -> None:
+    *lines, sizes = output.splitlines()
     sent = [json.loads(x) for x in lines]
     guard = [t for s, t in sent if s == "guard"]
     assert guard == [f"{i} boot {i}" for i in range(46)] + ["46 new file"]
     assert [t for s, t in sent if s == "app"] == ["x" * 200]
     assert max(json.loads(sizes)) == 20  # LINES per batch
+
+
+def test_log_batches_are_bounded_and_follow_rotation_on_the_vm(tmp_path: Path) -> None:
+    script = tmp_path / "logs_run.py"
+    script.write_text(f"d = {str(tmp_path)!r}\n" + VM_SCRIPT)
+    res = subprocess.run([str(find_micropython()), str(script)], capture_output=True,
+                         text=True, timeout=60, env={"MICROPYPATH": str(runtime_dir())})
+    assert res.returncode == 0, res.stdout + res.stderr
+    _check_batches(res.stdout)
+
+
+def test_log_batches_on_the_virtual_pico_match_the_vm(tmp_path: Path) -> None:
+    """The same module and script on stock RPI_PICO firmware (rp2040js, littlefs): the
+    same lines in the same batches as on the unix VM (the Pico has no network here)."""
+    script = tmp_path / "logs_run.py"
+    script.write_text(f"d = {str(tmp_path)!r}\n" + VM_SCRIPT)
+    vm = subprocess.run([str(find_micropython()), str(script)], capture_output=True,
+                        text=True, timeout=60, env={"MICROPYPATH": str(runtime_dir())})
+    assert vm.returncode == 0, vm.stderr
+    module = (runtime_dir() / "mpseal_logs.py").read_bytes()
+    with pico_with({"mpseal_logs.py": module}) as link:
+        out = link.exec("import os\nos.mkdir('/lt')\nd = '/lt'\n" + VM_SCRIPT, timeout=120)
+    out = out.replace("\r\n", "\n")
+    _check_batches(out)
+    assert out.strip() == vm.stdout.strip()

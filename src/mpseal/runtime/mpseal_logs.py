@@ -11,13 +11,11 @@
 #
 # A cursor is, per log, the file's first line (which names its generation) and the byte
 # offset sent up to; a rotation is followed into log.txt.1. Only whole lines are sent.
-# Runs on stock MicroPython; imports nothing from the host. Threat tier: T1 (what the
+# Runs on stock MicroPython (json and os only); imports nothing from the host. Threat tier: T1 (what the
 # server receives is bounded; nothing it answers can crash the device).
 
 import json
 import os
-
-import mpseal_meta as meta
 
 DIR = "/mpseal"
 SOURCES = (("guard", DIR + "/log.txt"), ("app", DIR + "/app-log.txt"))
@@ -62,7 +60,10 @@ def _head(path):
 
 def _load():
     try:
-        c = json.loads(meta.read_small(CURSOR, 1024, "log cursor"))
+        if _size(CURSOR) > 1024:
+            return {}
+        with open(CURSOR) as f:
+            c = json.loads(f.read())
         if isinstance(c, dict):
             return c
     except Exception:  # noqa: a damaged cursor: start again (lines may be sent twice)
@@ -71,8 +72,10 @@ def _load():
 
 
 def commit(cursor):
-    try:
-        meta.write_atomic(CURSOR, json.dumps(cursor))
+    try:  # littlefs: a rename over the old file is atomic (old or new after a power cut)
+        with open(CURSOR + ".tmp", "w") as f:
+            f.write(json.dumps(cursor))
+        os.rename(CURSOR + ".tmp", CURSOR)
     except OSError:
         pass
 
