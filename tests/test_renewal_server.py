@@ -194,6 +194,9 @@ def test_expiry_report_lists_lapsing_and_overdue(env: Env, tmp_path: Path) -> No
         r = c.get("/v1/admin/certificates/expiry")
         got = {x["hardware_id"]: x["state"] for x in r.json()["certificates"]}
         assert got == {"dev-a": "expired", "dev-b": "expired", "dev-c": "expired"}
+        assert r.json()["more"] is False
+        page = c.get("/v1/admin/certificates/expiry", params={"limit": 2}).json()
+        assert len(page["certificates"]) == 2 and page["more"] is True
         assert c.get("/v1/admin/certificates/expiry",
                      headers={"Authorization": "Bearer nope"}).status_code == 401
         assert c.get("/v1/admin/certificates/expiry",

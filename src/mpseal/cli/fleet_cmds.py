@@ -243,18 +243,18 @@ def expiry(project_dir: Path, within_days: float, lapsed_days: float, limit: int
     from mpseal.fleet.certstore import expiry as lapsing
 
     now = dt.datetime.now(dt.UTC)
-    rows, total = lapsing(_registry(project_dir, db_url), now, dt.timedelta(days=within_days),
-                          dt.timedelta(days=lapsed_days), limit)
+    rows, more = lapsing(_registry(project_dir, db_url), now, dt.timedelta(days=within_days),
+                         dt.timedelta(days=lapsed_days), limit)
     if as_json:
-        click.echo(json.dumps({"now": now.isoformat(), "total": total,
+        click.echo(json.dumps({"now": now.isoformat(), "more": more,
                                "certificates": [r.to_dict() for r in rows]}, indent=2))
         return
     for r in rows:
         out_console.print(f"{r.hardware_id:20} {r.state:16} {r.not_after:%Y-%m-%d %H:%M} "
                           f"{r.serial}", markup=False)
-    out_console.print(f"{total} device(s) with a certificate ending before "
-                      f"{now + dt.timedelta(days=within_days):%Y-%m-%d}"
-                      + (f" ({len(rows)} shown)" if len(rows) < total else ""), markup=False)
+    out_console.print(f"{len(rows)}{'+ (more: raise --limit)' if more else ''} device(s) "
+                      "with a certificate ending before "
+                      f"{now + dt.timedelta(days=within_days):%Y-%m-%d}", markup=False)
 
 
 @registry.command(name="import")

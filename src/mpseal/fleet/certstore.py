@@ -85,22 +85,22 @@ def certificate(reg: Registry, fingerprint: str) -> Certificate | None:
 
 
 def expiry(reg: Registry, now: datetime, within: timedelta, lapsed_for: timedelta,
-           limit: int = 1000) -> tuple[list[Lapsing], int]:
-    """Active devices whose last issued valid certificate ends before ``now + within`` (and not
-    before ``now - lapsed_for``), soonest first, at most ``limit``; and how many in all."""
+           limit: int = 1000) -> tuple[list[Lapsing], bool]:
+    """Active devices whose last issued valid certificate ends before ``now + within`` (and
+    not before ``now - lapsed_for``), soonest first, at most ``limit``; and whether there
+    are more (no COUNT: it would visit every lapsing certificate)."""
     c, newer = Certificate, sa.orm.aliased(Certificate)
-    outlived = sa.exists().where(newer.device_id == c.device_id, newer.status == "valid",
-                                 newer.id > c.id)
-    where = (c.role == "device", c.status == "valid", c.not_after < now + within,
-             c.not_after >= now - lapsed_for, Device.state == "active", ~outlived)
-    base = sa.select(Device.hardware_id, c.serial, c.not_after, c.not_before,
-                     c.issued_via).join(Device, Device.id == c.device_id).where(*where)
+    superseded = sa.exists().where(newer.device_id == c.device_id, newer.status == "valid",
+                                   newer.id > c.id)
+    query = (sa.select(Device.hardware_id, c.serial, c.not_after, c.not_before, c.issued_via)
+             .join(Device, Device.id == c.device_id)
+             .where(c.role == "device", c.status == "valid", c.not_after < now + within,
+                    c.not_after >= now - lapsed_for, Device.state == "active", ~superseded)
+             .order_by(c.not_after).limit(limit + 1))
     with reg.session() as s:
-        rows = s.execute(base.order_by(c.not_after).limit(limit)).all()
-        total = s.scalar(sa.select(sa.func.count()).select_from(
-            sa.select(c.id).join(Device, Device.id == c.device_id).where(*where).subquery()))
+        rows = s.execute(query).all()
     out = []
-    for hw, serial, not_after, not_before, via in rows:
+    for hw, serial, not_after, not_before, via in rows[:limit]:
         end = _aware(not_after)
         start = _aware(not_before) if not_before is not None else None
         if end <= now:
@@ -110,4 +110,4 @@ def expiry(reg: Registry, now: datetime, within: timedelta, lapsed_for: timedelt
         else:
             state = "expiring"
         out.append(Lapsing(hw, state, serial, end, start, via))
-    return out, int(total or 0)
+    return out, len(rows) > limit

@@ -167,12 +167,12 @@ async def expiry(request: Request) -> Response:
     lapsed = _number(request, "lapsed_days", 365, 0, 3650)
     limit = int(_number(request, "limit", 1000, 1, certstore.EXPIRY_PAGE_MAX))
     now = server_now(server)
-    rows, total = await server.run(certstore.expiry, server.registry, now,
-                                   timedelta(days=within), timedelta(days=lapsed), limit)
+    rows, more = await server.run(certstore.expiry, server.registry, now,
+                                  timedelta(days=within), timedelta(days=lapsed), limit)
     counts: dict[str, int] = {}
     for r in rows:
         counts[r.state] = counts.get(r.state, 0) + 1
-    return json_ok({"now": now.isoformat(), "within_days": within, "total": total,
+    return json_ok({"now": now.isoformat(), "within_days": within, "more": more,
                     "counts": counts, "certificates": [r.to_dict() for r in rows]})
 
 
