@@ -221,3 +221,11 @@ def test_renewal_off_without_a_renewal_ca(tmp_path: Path, db_url: str) -> None:
             r = c.post("/v1/device/reenroll", content=csr_for("dev-a")[0])
     assert r.status_code == 404
     assert "offline" in r.json()["error"]
+
+
+def test_serve_with_a_folder_that_is_no_ca_is_a_one_line_error(project: Path,
+                                                               tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    res = run_mpseal("serve", "-C", project, "--port", "1", "--renewal-ca", tmp_path / "empty")
+    assert res.returncode == 2, res.stderr
+    assert "no issuing-key.pem" in res.stderr and len(res.stderr.strip().splitlines()) == 1

@@ -78,7 +78,7 @@ def _project(folder: Path) -> Any:
               show_default=True, help="Size limit of a request line and its headers (431).")
 @click.option("--max-headers", type=click.IntRange(8, 1000), default=64, show_default=True,
               help="How many headers a request may have (431).")
-@click.option("--renewal-ca", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--renewal-ca", type=click.Path(file_okay=False, exists=True, path_type=Path),
               help="CA folder (mpseal ca init) whose issuing CA renews device certificates "
                    "online (POST /v1/device/reenroll). Without it issuance stays offline.")
 @click.option("--renewal-days", type=click.IntRange(1, 3650), default=30, show_default=True,
@@ -122,8 +122,12 @@ def serve(project_dir: Path, db_url: str | None, host: str, port: int, workers: 
         event_retention_days=event_retention_days,
         renewal_ca_dir=str(renewal_ca) if renewal_ca else None, renewal_days=renewal_days)
     passphrase = None
+    issuing_key = renewal_ca / "issuing-key.pem" if renewal_ca else None
+    if issuing_key is not None and not issuing_key.is_file():
+        raise ConfigError(f"--renewal-ca {renewal_ca}: no issuing-key.pem (a folder made by "
+                          "'mpseal ca init')")
     if b"ENCRYPTED" in Path(key_path).read_bytes()[:4096] or (
-            renewal_ca and b"ENCRYPTED" in (renewal_ca / "issuing-key.pem").read_bytes()[:4096]):
+            issuing_key is not None and b"ENCRYPTED" in issuing_key.read_bytes()[:4096]):
         passphrase = passphrase_from_env_or_prompt("timestamp")
     scheme = "https" if tls_cert else "http"
     options = RunOptions(host=host, port=port, workers=workers, tls_cert=tls_cert,
