@@ -5,10 +5,12 @@ Append-only and hash-chained: each row's ``hash`` is SHA-256 over the previous r
 hash and the row's own fields, and ``prev_hash`` is unique, so two writers (threads or
 server processes) cannot both extend the same head: the loser retries on the new head.
 ``verify`` walks the chain and names the first row that was edited, or the gap a deleted
-row left. Threat tier (DESIGN.md): an operator or intruder with write access to the
-database who edits or deletes rows *inside* the chain is detected; one who rewrites the
-whole chain from some row on, or deletes its newest rows, is detected only against a head
-recorded elsewhere (``verify(expect_head=...)``, printed by ``mpseal audit-log verify``).
+row left. Threat tier (DESIGN.md): T2, a compromised server or its database: an edit or
+deletion *inside* the chain is detected; a chain rewritten from some row on, or its newest
+rows deleted, is detected only against a head recorded elsewhere
+(``verify(expect_head=...)``, ``mpseal audit-log verify --head``). The hashes are not
+signed: whoever can write the database can rebuild a consistent chain, so keep the head
+outside it (a ticket, a log shipper) if that matters.
 
 Who: an admin token is recorded as its id (the first 16 hex digits of the SHA-256 of
 the token, the hash ``serve`` is configured with), never the token.
