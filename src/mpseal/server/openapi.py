@@ -119,6 +119,14 @@ def _schemas() -> dict[str, Any]:
                                          "channel": CHANNEL}},
         "ReportResponse": {"type": "object", "required": ["recorded"],
                            "properties": {"recorded": {"const": True}}},
+        "LogUpload": {"type": "object", "required": ["lines"], "properties": {
+            "hardware_id": HWID,
+            "lines": {"type": "array", "maxItems": 50, "items": {
+                "type": "array", "minItems": 2, "maxItems": 2,
+                "prefixItems": [{"type": "string", "enum": ["guard", "app"]},
+                                {"type": "string"}]}}}},
+        "LogResponse": {"type": "object", "required": ["recorded"],
+                        "properties": {"recorded": {"type": "integer", "minimum": 0}}},
         "HaltPolicy": policy,
         "Device": device,
         "DevicePage": {"type": "object", "properties": {
@@ -160,6 +168,14 @@ def _paths() -> dict[str, Any]:
             "requestBody": {"required": True, "content": {"application/json": {
                 "schema": _ref("ReportRequest")}}},
             "responses": {"200": _json(_ref("ReportResponse"), "Stored (only then answered)"),
+                          **_errors(400, 401, 403, 413, 429, 503)}}},
+        "/v1/device/logs": {"post": {
+            "summary": "Hand over log lines (the guard's and the app's; at most 50 lines, "
+                       "16 KB, 6 batches a minute; each line kept as 200 printable characters)",
+            "security": DEVICE, "tags": ["device"],
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": _ref("LogUpload")}}},
+            "responses": {"200": _json(_ref("LogResponse"), "Stored (only then answered)"),
                           **_errors(400, 401, 403, 413, 429, 503)}}},
         "/v1/timestamp/{channel}.mpst": {"get": {
             "summary": "The channel's signed timestamp", "security": DEVICE, "tags": ["device"],
