@@ -84,7 +84,8 @@ def test_native_multi_module_app_boots_verified_on_stock_rpi_pico(rp2_project: P
     assert "running 1.0 helper 42 verified-files" in report.output
     assert "committed hello 1.0 (counter 1) in slot a" in report.guard_lines
     assert "AttributeError" not in report.output
-    assert pico.status()["state"]["counter"] == 1
+    status = pico.status()
+    assert status["state"]["counter"] == 1 and status["mount"] == "verified-files"
 
 
 def test_update_trial_confirm_commit_on_the_pico(rp2_project: Path, pico: PicoBoard) -> None:

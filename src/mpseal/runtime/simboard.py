@@ -107,7 +107,13 @@ def guard_status():
             log = f.read().splitlines()[-20:]
     except OSError:
         log = []
-    return {"state": st and st.to_dict(), "damaged": damaged, "slots": slots, "log": log}
+    mount = None  # the mount path of the last boot, from its "booting ... (mount: X)" line
+    for line in log:
+        i = line.find("(mount: ")
+        if i >= 0:
+            mount = line[i + 8 : -1]
+    return {"state": st and st.to_dict(), "damaged": damaged, "slots": slots, "log": log,
+            "mount": mount}
 
 
 def meta_command(args):
