@@ -34,10 +34,11 @@ def no_repl(text: str) -> None:
     assert ">>> " not in text and RAW_REPL_BANNER not in text, text
 
 
-def serial_output(board: VirtualBoard, seconds: float = 4.0, firmware: str = "") -> str:
+def serial_output(board: VirtualBoard, seconds: float = 4.0, firmware: str = "",
+                  eio: int = 0) -> str:
     """Power the board on with its serial line open; poke the line as someone wanting a
     REPL would (Ctrl-C, Enter, Ctrl-A for the raw REPL); return all the line carried."""
-    link = SimLink(board.flash, board.info.heapsize, boot=True, firmware=firmware)
+    link = SimLink(board.flash, board.info.heapsize, boot=True, firmware=firmware, eio=eio)
     out = bytearray()
     fd = os.open(link.path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
     try:
@@ -102,6 +103,11 @@ def test_flash_error_at_any_point_of_the_boot_ends_defined(board: VirtualBoard) 
     assert any("guard failed: OSError" in r or "flash read failed" in r for r in reasons), reasons
     # The board itself is unharmed: with the flash working again, it boots normally.
     assert board.boot().ran()[-1][1] == "1.0"
+    # On the serial line: a flash failing under the guard gives the reason, never a REPL.
+    n = next(k for k, v in sorted(outcomes.items()) if v == "idle")
+    text = serial_output(board, eio=n)
+    assert "[mpseal] locked idle: " in text, (n, text)
+    no_repl(text)
 
 
 def test_missing_hashlib_is_reported_as_missing_not_as_a_crash(board: VirtualBoard) -> None:

@@ -52,8 +52,9 @@ class SimLink:
 
     def __init__(self, flash: Path, heapsize: str | None = None,
                  timeout: float = START_TIMEOUT, *, boot: bool = False,
-                 firmware: str = "") -> None:
+                 firmware: str = "", eio: int = 0) -> None:
         self._firmware = firmware  # runtime/simfirmware.py SPEC, boot mode
+        self._eio = eio  # boot mode: the flash fails (EIO) from that block operation on
         self._ready = threading.Event()
         self._lock = threading.Lock()
         self.to_board = 0  # bytes relayed from the host to the VM (what a UART would carry)
@@ -102,6 +103,7 @@ class SimLink:
             cmd += ["-X", f"heapsize={self._heapsize}"]
         script = str(vm.runtime_dir() / "simrepl.py")
         firmware = ["--firmware", self._firmware] if self._firmware else []
+        firmware += ["--eio", str(self._eio)] if self._eio and mode == "boot" else []
         cmd += ([script, str(self._flash), "boot", *firmware] if mode == "boot"
                 else ["-i", script, str(self._flash)])
         self._mode = mode

@@ -13,9 +13,10 @@
 # would next: 17 (the guard reset the board) boots again, 18 (locked idle) stays
 # silent, anything else (main.py returned or raised) starts the REPL.
 #
-#   micropython simrepl.py FLASH.img boot --firmware SPEC
+#   micropython simrepl.py FLASH.img boot [--firmware SPEC] [--eio N]
 #
-# boots with the firmware shaped by simfirmware.py (e.g. no-vfsrom).
+# boots with the firmware shaped by simfirmware.py (e.g. no-vfsrom), or with a flash
+# that fails with OSError(EIO) from its N-th block operation on (simflash.py).
 
 import os
 import sys
@@ -23,12 +24,18 @@ import sys
 import simflash
 import vfs
 
-if sys.argv[3:4] == ["--firmware"]:
-    import simfirmware
+_opts = sys.argv[3:]
+_eio = 0
+while _opts[:1] in (["--firmware"], ["--eio"]):
+    if _opts[0] == "--firmware":
+        import simfirmware
 
-    simfirmware.install(sys.argv[4], sys.argv[1])
-    del simfirmware
-flash = vfs.VfsLfs2(simflash.FlashBlockDev(sys.argv[1]))  # before the host's files vanish
+        simfirmware.install(_opts[1], sys.argv[1])
+        del simfirmware
+    else:
+        _eio = int(_opts[1])
+    _opts = _opts[2:]
+flash = vfs.VfsLfs2(simflash.FlashBlockDev(sys.argv[1], eio_after=_eio))  # before the host's files vanish
 vfs.umount("/")
 vfs.mount(flash, "/")
 os.chdir("/")
@@ -47,4 +54,4 @@ if sys.argv[2:3] == ["boot"]:
             sys.print_exception(e)
             if name == "main.py":
                 sys.exit(1)
-del os, sys, vfs, simflash, flash
+del os, sys, vfs, simflash, flash, _opts, _eio
