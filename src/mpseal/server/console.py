@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import logging
 import os
 import secrets
@@ -73,7 +74,13 @@ def _fmt_time(dt: datetime | None) -> str:
     return dt.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _plain(value: object) -> str:
+    """A detail value as text: strings as they are, the rest as JSON (null, lists)."""
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
 templates.env.filters["t"] = _fmt_time
+templates.env.filters["plain"] = _plain
 
 
 # -- sessions --------------------------------------------------------------------------
@@ -409,10 +416,10 @@ async def device_revoke(request: Request) -> Response:
 async def certificates_page(request: Request, server: UpdateServer, sess: Session) -> Response:
     now = datetime.now(UTC)
     timeline = await server.run(consoledata.expiry_timeline, server.registry, now)
-    soonest, total = await server.run(expiry, server.registry, now, timedelta(days=30),
-                                      timedelta(days=3650), PAGE)
+    soonest, more = await server.run(expiry, server.registry, now, timedelta(days=30),
+                                     timedelta(days=3650), PAGE)
     return _page(request, "certificates.html", sess, timeline=timeline,
-                 bars=bars_svg(timeline), soonest=soonest, total=total, now=now)
+                 bars=bars_svg(timeline), soonest=soonest, more=more, now=now)
 
 
 async def audit_page(request: Request, server: UpdateServer, sess: Session) -> Response:
