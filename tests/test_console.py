@@ -134,3 +134,19 @@ def test_device_log_keeps_the_newest_lines(tmp_path: Path, monkeypatch) -> None:
         devicelogs.append(reg, 1, [("app", f"line {i}-{j}") for j in range(10)])
     kept = devicelogs.recent(reg, 1, 1000)
     assert len(kept) == 30 and kept[-1].line == "line 9-9" and kept[0].line == "line 7-0"
+
+
+def test_console_session_holds_across_the_workers_of_mpseal_serve(project: Path) -> None:
+    """`mpseal serve --workers 2`: a session made by one worker is good on the other (each
+    request on a new connection, so both workers answer some)."""
+    from serve_support import project_server
+
+    with project_server(project, "--workers", "2") as url:
+        with httpx.Client(base_url=url) as c:
+            r = c.post("/console/login", data={"token": ADMIN_TOKEN})
+            assert r.status_code == 303
+            cookie = c.cookies.get("mpseal_console")
+        assert cookie
+        for _ in range(16):
+            with httpx.Client(base_url=url, cookies={"mpseal_console": cookie}) as fresh:
+                assert fresh.get("/console/audit").status_code == 200

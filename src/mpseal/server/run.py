@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import resource
+import secrets
 import ssl
 import time
 from collections.abc import Callable
@@ -258,6 +259,8 @@ def serve(settings: ServerSettings, options: RunOptions, passphrase: bytes | Non
         **{**settings.__dict__, "migrate": not migrated}).to_env()
     if passphrase is not None:
         os.environ["MPSEAL_PASSPHRASE"] = passphrase.decode()
+    # one console secret for every worker: a session made by one is good on the others
+    os.environ.setdefault("MPSEAL_CONSOLE_SECRET", secrets.token_hex(32))
     uvicorn.run("mpseal.server.app:create_app_from_env", factory=True, workers=options.workers,
                 **kw)
 
