@@ -113,6 +113,11 @@ def _boot(sim_dir: Path, heapsize: str | None, max_boots: int, as_json: bool,
                           "'mpseal sim status' shows why")
     if report.crashes():
         raise TransportError(f"the app crashed on the board: {report.crashes()[-1]}")
+    if report.outcome == "crashed":  # main.py itself raised: the guard never took over
+        last = [ln.strip() for ln in report.output.splitlines() if ln.strip()
+                and not ln.startswith(("[mpseal] ", " ", "Traceback"))]
+        raise TransportError("the board crashed before its guard ran: "
+                             + (last[-1][:200] if last else "no message"))
     broken = [ln for ln in report.guard_lines if ln.startswith("guard failed")]
     if broken:  # the guard itself stopped (e.g. out of RAM): not a good boot
         raise TransportError(f"the board's boot guard failed: {broken[-1][len('guard failed: '):]}")
