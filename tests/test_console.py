@@ -150,3 +150,30 @@ def test_console_session_holds_across_the_workers_of_mpseal_serve(project: Path)
         for _ in range(16):
             with httpx.Client(base_url=url, cookies={"mpseal_console": cookie}) as fresh:
                 assert fresh.get("/console/audit").status_code == 200
+
+
+def test_fleet_overview_counts(tmp_path: Path) -> None:
+    """Devices by state, by version and by last check-in, from one pass over the inventory."""
+    from datetime import UTC, datetime, timedelta
+
+    import sqlalchemy as sa
+
+    from mpseal.fleet import consoledata
+
+    db_url = f"sqlite:///{tmp_path / 'mpseal.db'}"
+    register(db_url, 6)
+    reg = Registry.open(db_url)
+    now = datetime.now(UTC)
+    ages = {1: timedelta(minutes=30), 2: timedelta(hours=2), 3: timedelta(days=3),
+            4: timedelta(days=10), 5: timedelta(days=40)}
+    with reg.engine.begin() as conn:
+        for d, age in ages.items():
+            conn.execute(sa.text("INSERT INTO device_status (device_id, app, version, "
+                                 "last_check_at) VALUES (:d, 'hello', :v, :t)"),
+                         {"d": d, "v": "1.0.0" if d < 4 else "2.0.0", "t": now - age})
+        conn.execute(sa.text("UPDATE devices SET state = 'revoked' WHERE id = 6"))
+    o = consoledata.fleet_overview(reg, now)
+    assert o["total"] == 6 and o["by_state"] == {"active": 5, "revoked": 1}
+    assert o["by_version"] == [("hello", "1.0.0", 3), ("hello", "2.0.0", 2)]
+    assert o["seen"] == [("1 hour", 1), ("1 day", 2), ("7 days", 3), ("30 days", 4)]
+    assert o["never_seen"] == 1

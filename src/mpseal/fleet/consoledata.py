@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, String, func, select
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, String, case, func, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from mpseal.fleet.models import Base, BigId, Certificate, Device, DeviceStatus, Event
@@ -122,13 +122,12 @@ def fleet_overview(reg: Registry, now: datetime | None = None) -> dict[str, obje
             select(DeviceStatus.app, DeviceStatus.version, func.count())
             .group_by(DeviceStatus.app, DeviceStatus.version)
             .order_by(func.count().desc()).limit(50)).all()]
-        seen = []
-        for label, secs in LAST_SEEN:
-            n = s.scalar(select(func.count()).select_from(DeviceStatus).where(
-                DeviceStatus.last_check_at >= now - timedelta(seconds=secs)))
-            seen.append((label, int(n or 0)))
-        reported = int(s.scalar(select(func.count()).select_from(DeviceStatus).where(
-            DeviceStatus.last_check_at.is_not(None))) or 0)
+        # one pass over the inventory for every bucket (not one range scan each)
+        buckets = [func.sum(case((DeviceStatus.last_check_at >= now - timedelta(seconds=secs),
+                                  1), else_=0)) for _, secs in LAST_SEEN]
+        row = s.execute(select(*buckets, func.count(DeviceStatus.last_check_at))).one()
+        seen = [(label, int(n or 0)) for (label, _), n in zip(LAST_SEEN, row[:-1], strict=True)]
+        reported = int(row[-1] or 0)
     total = sum(int(v) for v in by_state.values())
     return {"total": total, "by_state": {k: int(v) for k, v in sorted(by_state.items())},
             "by_version": by_version, "seen": seen, "never_seen": total - reported}
