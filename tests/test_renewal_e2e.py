@@ -167,3 +167,24 @@ def test_power_cut_at_every_write_of_a_renewal(world: World, clock: Clock) -> No
     else:
         pytest.fail("the renewal round never finished")
     assert cuts >= 10, cuts  # the renewal's writes were all cut at least once
+
+
+def test_board_whose_certificate_expired_recovers(world: World, clock: Clock) -> None:
+    """Off longer than its certificate lived: the board connects with its bearer token only,
+    signs the server's challenge with its expired key, and gets a new certificate."""
+    board = world.board(world.release("1.0.0", 1), config={"server": world.server_url},
+                        keygen="device")
+    life = identity(board)[1]
+    day = ((life.not_valid_after_utc - life.not_valid_before_utc) * 2 / 3).days + 1
+    assert round_at(world, clock, board, day) == {"result": "none"}
+    assert identity(board)[0]["n"] == 1  # a 30-day certificate now
+    day += 45  # off for 45 days: expired 15 days ago
+    assert round_at(world, clock, board, day) == {"result": "none"}, guard_log(board)[-3:]
+    ptr, cert = identity(board)
+    assert ptr["n"] == 2 and any("certificate recovered" in ln for ln in guard_log(board))
+    assert cert.not_valid_after_utc > datetime.now(UTC) + timedelta(days=day + 29)
+    assert [e.kind for e in Registry.open(world.db_url).events(board.hardware_id)
+            if e.kind in ("renewed", "recovered")] == ["renewed", "recovered"]
+    # and the recovered certificate works for mutual TLS
+    assert round_at(world, clock, board, day) == {"result": "none"}
+    assert identity(board)[0]["n"] == 2

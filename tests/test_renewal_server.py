@@ -229,3 +229,99 @@ def test_serve_with_a_folder_that_is_no_ca_is_a_one_line_error(project: Path,
     res = run_mpseal("serve", "-C", project, "--port", "1", "--renewal-ca", tmp_path / "empty")
     assert res.returncode == 2, res.stderr
     assert "no issuing-key.pem" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+# -- recovery of a device whose certificate expired (bearer token + old key) --------------
+
+
+@dataclass
+class Expiring:
+    hw: str
+    token: str
+    key: ec.EllipticCurvePrivateKey
+    der: bytes
+
+
+def device_with_token(env: Env, hw: str, days: int = 30) -> Expiring:
+    from mpseal.fleet.registry import token_hash
+
+    ident = issue_identity(load_issuing_ca(env.ca_dir), hw, days)
+    token = f"tok-{hw}-secret-token"
+    reg = Registry.open(env.db_url)
+    reg.record_identities([Identity(hardware_id=hw, board="unix", cert=ident.record,
+                                    token_hash=token_hash(token))])
+    reg.activate([hw])
+    key = serialization.load_der_private_key(ident.key_der, None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    return Expiring(hw, token, key, ident.cert_der)
+
+
+def recovery_body(env: Env, c: httpx.Client, dev: Expiring,
+                  signer: ec.EllipticCurvePrivateKey | None = None,
+                  challenge: str | None = None) -> dict[str, str]:
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    if challenge is None:
+        r = c.post("/v1/device/recover/challenge")
+        assert r.status_code == 200, r.text
+        challenge = r.json()["challenge"]
+    csr = csr_for(dev.hw)[0]
+    sig = (signer or dev.key).sign(challenge.encode() + csr, ec.ECDSA(hashes.SHA256()))
+    r_, s_ = decode_dss_signature(sig)
+    return {"certificate": dev.der.hex(), "csr": csr.hex(), "challenge": challenge,
+            "signature": (r_.to_bytes(32, "big") + s_.to_bytes(32, "big")).hex()}
+
+
+def token_client(env: Env, dev: Expiring) -> httpx.Client:
+    return env.client(headers={"Authorization": f"Bearer {dev.token}"})
+
+
+def test_expired_device_recovers_with_token_and_old_key(env: Env) -> None:
+    dev = device_with_token(env, "dev-x")
+    env.clock.offset = timedelta(days=40)  # its 30-day certificate expired 10 days ago
+    with token_client(env, dev) as c:
+        r = c.post("/v1/device/recover", json=recovery_body(env, c, dev))
+    assert r.status_code == 200, r.text
+    new = x509.load_der_x509_certificate(r.content)
+    assert new.not_valid_before_utc > datetime.now(UTC) + timedelta(days=39)
+    reg = Registry.open(env.db_url)
+    assert sorted(c.issued_via or "" for c in reg.certificates("dev-x")) == ["", "recovery"]
+    assert any(e.kind == "recovered" for e in reg.events("dev-x"))
+
+
+def test_recovery_with_a_stolen_token_but_not_the_old_key_refused(env: Env) -> None:
+    dev = device_with_token(env, "dev-x")
+    env.clock.offset = timedelta(days=40)
+    thief = ec.generate_private_key(ec.SECP256R1())
+    with token_client(env, dev) as c:
+        r = c.post("/v1/device/recover", json=recovery_body(env, c, dev, signer=thief))
+    assert r.status_code == 403
+    assert "not signed by the expired certificate's key" in r.json()["error"]
+    assert len(Registry.open(env.db_url).certificates("dev-x")) == 1
+
+
+def test_recovery_challenge_replay_refused(env: Env) -> None:
+    dev = device_with_token(env, "dev-x")
+    env.clock.offset = timedelta(days=40)
+    with token_client(env, dev) as c:
+        body = recovery_body(env, c, dev)
+        assert c.post("/v1/device/recover", json=body).status_code == 200
+        # the same challenge again (and its certificate is no longer the last one)
+        again = recovery_body(env, c, dev, challenge=body["challenge"])
+        r = c.post("/v1/device/recover", json=again)
+    assert r.status_code == 403
+
+
+def test_recovery_refused_while_valid_too_late_or_revoked(env: Env) -> None:
+    dev = device_with_token(env, "dev-x")
+    with token_client(env, dev) as c:
+        r = c.post("/v1/device/recover", json=recovery_body(env, c, dev))
+        assert r.status_code == 409 and "reenroll" in r.json()["error"]  # not expired
+        env.clock.offset = timedelta(days=30 + 91)  # expired more than 90 days ago
+        r = c.post("/v1/device/recover", json=recovery_body(env, c, dev))
+        assert r.status_code == 403 and "re-provision" in r.json()["error"]
+        env.clock.offset = timedelta(days=40)
+        Registry.open(env.db_url).revoke_device("dev-x", "stolen")
+        r = c.post("/v1/device/recover/challenge")
+        assert r.status_code == 403
+    assert len(Registry.open(env.db_url).certificates("dev-x")) == 1

@@ -56,15 +56,16 @@ def device_state(reg: Registry, device_id: int) -> tuple[str, str] | None:
 
 
 def record_renewal(reg: Registry, device_id: int, record: CertRecord, not_before: datetime,
-                   old_fingerprint: str) -> None:
+                   old_fingerprint: str, via: str = "renewal") -> None:
     """A certificate issued online: a new row (the old certificate stays valid until it
     expires: the device proves the new one before it drops the old) and an event."""
     with reg.session() as s:
         s.add(Certificate(device_id=device_id, role=record.role, subject=record.subject,
                           serial=record.serial, fingerprint=record.fingerprint,
                           not_after=record.not_after, not_before=not_before,
-                          issued_via="renewal"))
-        s.add(Event(device_id=device_id, kind="renewed", detail=json.dumps(
+                          issued_via=via))
+        s.add(Event(device_id=device_id, kind={"renewal": "renewed", "recovery": "recovered"}[via],
+                    detail=json.dumps(
             {"serial": record.serial, "fingerprint": record.fingerprint,
              "not_after": record.not_after.isoformat(), "previous": old_fingerprint})))
 
@@ -111,3 +112,43 @@ def expiry(reg: Registry, now: datetime, within: timedelta, lapsed_for: timedelt
             state = "expiring"
         out.append(Lapsing(hw, state, serial, end, start, via))
     return out, len(rows) > limit
+
+
+# -- recovery of a device whose certificate expired (server/enroll.py) --------------------
+
+
+def new_challenge(reg: Registry, device_id: int, text: str) -> None:
+    with reg.session() as s:
+        s.add(Event(device_id=device_id, kind="recover_challenge",
+                    detail=json.dumps({"challenge": text})))
+
+
+def take_challenge(reg: Registry, device_id: int, text: str, since: datetime) -> bool:
+    """Was ``text`` this device's latest challenge, issued after ``since`` and not used yet?
+    Marks it used (an event) in the same transaction."""
+    with reg.session() as s:
+        last = s.execute(sa.select(Event.kind, Event.detail).where(
+            Event.device_id == device_id, Event.kind.in_(("recover_challenge", "recover_used")),
+            Event.at >= since).order_by(Event.id.desc()).limit(1)).first()
+        if last is None or last.kind != "recover_challenge" or json.loads(
+                last.detail).get("challenge") != text:
+            return False
+        s.add(Event(device_id=device_id, kind="recover_used", detail="{}"))
+        return True
+
+
+def last_certificate(reg: Registry, device_id: int) -> Certificate | None:
+    """The device's last issued certificate (any status)."""
+    with reg.session() as s:
+        row = s.scalars(sa.select(Certificate).where(Certificate.device_id == device_id)
+                        .order_by(Certificate.id.desc()).limit(1)).first()
+        if row is not None:
+            s.expunge(row)
+        return row
+
+
+def issued_since(reg: Registry, device_id: int, via: str, since: datetime) -> int:
+    with reg.session() as s:
+        return int(s.scalar(sa.select(sa.func.count()).select_from(Certificate).where(
+            Certificate.device_id == device_id, Certificate.issued_via == via,
+            Certificate.created_at >= since)) or 0)

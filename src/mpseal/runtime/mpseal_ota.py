@@ -137,6 +137,17 @@ def _tls_failure(e):
     return isinstance(e, ValueError) or (type(a) is int and a < 0) or "MBEDTLS" in str(e)
 
 
+def _identity():
+    """The pair identity.json names (mpseal_renew), else provisioning's; None once its
+    certificate expired by this clock (the server's TLS would refuse the handshake: the
+    bearer token still works, and mpseal_renew recovers)."""
+    try:
+        import mpseal_renew
+    except ImportError:
+        return (ID + "device.der", ID + "device.key.der")
+    return None if mpseal_renew.expired() else mpseal_renew.current()
+
+
 def _connect_with(cfg, anchor):
     ai = socket.getaddrinfo(cfg["_host"], cfg["_port"], 0, socket.SOCK_STREAM)[0]
     s = socket.socket(ai[0], socket.SOCK_STREAM, ai[2])
@@ -149,15 +160,8 @@ def _connect_with(cfg, anchor):
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             ctx.verify_mode = ssl.CERT_REQUIRED
             ctx.load_verify_locations(cadata=anchor)
-            ident = cfg.get("_identity")
-            if ident is None:  # the pair identity.json names (mpseal_renew), else provisioning's
-                try:
-                    import mpseal_renew
-
-                    ident = mpseal_renew.current()
-                except ImportError:
-                    ident = (ID + "device.der", ID + "device.key.der")
-            cert, key = _read(ident[0]), _read(ident[1])
+            ident = cfg.get("_identity") or _identity()
+            cert, key = (_read(ident[0]), _read(ident[1])) if ident else (None, None)
             if cert and key:
                 ctx.load_cert_chain(cert, key)
             s = ctx.wrap_socket(s, server_hostname=cfg["_host"])
@@ -641,8 +645,9 @@ def _renew(http, cfg):
     try:
         import mpseal_renew
 
-        if mpseal_renew.maybe_renew(http, cfg) == "renewed":
-            guard.log("certificate renewed: %s" % mpseal_renew.current()[0])
+        done = mpseal_renew.maybe_renew(http, cfg)
+        if done in ("renewed", "recovered"):
+            guard.log("certificate %s: %s" % (done, mpseal_renew.current()[0]))
     except Exception as e:  # noqa: whatever the server sent
         guard.log("certificate renewal failed: %s: %s" % (type(e).__name__, e))
 

@@ -7,7 +7,9 @@
 #                                           past, by this clock (NTP / the signed
 #                                           timestamp's floor, as mpseal_ota keeps it)
 #   renew(http, cfg) -> new cert path       one renewal on mpseal_ota.Http `http`
-#   maybe_renew(http, cfg, now) -> "renewed" | "not due" | "no key support"
+#   maybe_renew(http, cfg, now) -> "renewed" | "recovered" | "not due" | "no key support"
+#   expired(now) -> bool                    past notAfter: the device connects with its
+#                                           bearer token only and recovers (recover())
 #
 # The swap, safe against a power cut at any write (littlefs renames are atomic):
 #   1. leftovers of an interrupted renewal are removed (never the current pair);
@@ -155,23 +157,73 @@ def _hex(b):
     return binascii.hexlify(b).decode()
 
 
-def renew(http, cfg):
-    import hashlib
+def expired(at=None):
+    """Has the current certificate expired by this clock? (Then the server's TLS refuses
+    it: the device connects with its bearer token only, and recovers.)"""
+    cert, _ = current()
+    try:
+        na = validity(meta.read_small(cert, MAX_CERT, "certificate"))[1]
+    except Exception:  # noqa: no certificate: nothing expired
+        return False
+    return (now() if at is None else at) >= na
 
-    import mpseal_csr
-    import mpseal_ota
 
+def _next():
     ptr = _pointer()
     old = (ID + ptr["cert"], ID + ptr["key"])
     _cleanup(old)
     n = ptr["n"] + 1
-    cert_path, key_path = ID + "device-%d.der" % n, ID + "device-%d.key.der" % n
+    return old, n, ID + "device-%d.der" % n, ID + "device-%d.key.der" % n
+
+
+def renew(http, cfg):
+    import mpseal_csr
+
+    old, n, cert_path, key_path = _next()
     pub = mpseal_csr.create_key(key_path)
     body = mpseal_csr.csr([("CN", cfg["hardware_id"])], key_path)
     status, der = http.request("POST", "/v1/device/reenroll", body, limit=MAX_CERT,
                                ctype="application/pkcs10")
     if status != 200:
         raise OSError("renewal answered %d" % status)
+    return _install(cfg, old, n, pub, der)
+
+
+def recover(http, cfg):
+    """A certificate that expired (the device was off too long): the bearer token AND a
+    signature of a fresh server challenge by the expired certificate's key get a new one
+    (POST /v1/device/recover; docs/certificates.md). Only for keys born on the device."""
+    import hashlib
+
+    import mpseal_csr
+
+    if not cfg.get("_token"):
+        raise OSError("the certificate expired and this device has no bearer token to recover")
+    old, n, cert_path, key_path = _next()
+    status, data = http.request("POST", "/v1/device/recover/challenge", b"{}")
+    try:
+        challenge = json.loads(data)["challenge"] if status == 200 else None
+    except (ValueError, KeyError, TypeError):
+        challenge = None
+    if not isinstance(challenge, str) or not 0 < len(challenge) <= 200:
+        raise OSError("recovery challenge answered %d" % status)
+    pub = mpseal_csr.create_key(key_path)
+    csr = mpseal_csr.csr([("CN", cfg["hardware_id"])], key_path)
+    sig = mpseal_csr.sign(hashlib.sha256(challenge.encode() + csr).digest(), old[1])
+    body = json.dumps({"certificate": _hex(meta.read_small(old[0], MAX_CERT, "certificate")),
+                       "csr": _hex(csr), "challenge": challenge, "signature": _hex(sig)})
+    status, der = http.request("POST", "/v1/device/recover", body.encode(), limit=MAX_CERT)
+    if status != 200:
+        raise OSError("recovery answered %d" % status)
+    return _install(cfg, old, n, pub, der)
+
+
+def _install(cfg, old, n, pub, der):
+    import hashlib
+
+    import mpseal_ota
+
+    cert_path, key_path = ID + "device-%d.der" % n, ID + "device-%d.key.der" % n
     if pub not in der:
         raise meta.Refused("the server's certificate is not for the key made here")
     validity(der)  # it parses as a certificate
@@ -204,11 +256,15 @@ def maybe_renew(http, cfg, at=None):
         _cleanup(current())
     except OSError:
         pass
-    if not due(at):
+    gone = expired(at)
+    if not gone and not due(at):
         return "not due"
     try:
         import mpseal_csr  # noqa: F401 - on boards provisioned with --keygen device
     except ImportError:
         return "no key support"
+    if gone:
+        recover(http, cfg)
+        return "recovered"
     renew(http, cfg)
     return "renewed"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from cryptography import x509
@@ -36,7 +37,7 @@ from mpseal.fleet.registry import CertRecord
 from mpseal.pki.ca import CLOCK_SKEW
 from mpseal.pki.certs import LeafRequest, issue
 from mpseal.server import auth
-from mpseal.server.http import ApiError, json_ok, read_body
+from mpseal.server.http import ApiError, json_ok, read_body, read_json
 from mpseal.server.service import UpdateServer
 
 CSR_MAX = 4096
@@ -87,7 +88,7 @@ def _parse_csr(body: bytes, hardware_id: str) -> ec.EllipticCurvePublicKey:
 
 
 def _issue(server: UpdateServer, device_id: int, hardware_id: str, body: bytes,
-           old_fingerprint: str) -> bytes:
+           old_fingerprint: str, via: str = "renewal") -> bytes:
     source = server.config.renewal_ca
     assert source is not None
     try:
@@ -95,7 +96,8 @@ def _issue(server: UpdateServer, device_id: int, hardware_id: str, body: bytes,
     except ApiError as e:
         certstore.log_refusal(server.registry, device_id, e.message)
         raise
-    if _renewals_last_hour(server, device_id) >= server.config.renewals_per_hour:
+    if via == "renewal" and _renewals_last_hour(server, device_id) >= \
+            server.config.renewals_per_hour:
         certstore.log_refusal(server.registry, device_id, "too many renewals")
         raise ApiError(429, "too many renewals from this device in the last hour",
                        {"Retry-After": "3600"})
@@ -110,7 +112,7 @@ def _issue(server: UpdateServer, device_id: int, hardware_id: str, body: bytes,
                         fingerprint=hashlib.sha256(der).hexdigest(),
                         not_after=cert.not_valid_after_utc)
     certstore.record_renewal(server.registry, device_id, record, cert.not_valid_before_utc,
-                             old_fingerprint)
+                             old_fingerprint, via)
     return der
 
 
@@ -176,7 +178,101 @@ async def expiry(request: Request) -> Response:
                     "counts": counts, "certificates": [r.to_dict() for r in rows]})
 
 
+# -- recovery of a device whose certificate expired ---------------------------------------
+
+RECOVERY_WINDOW = timedelta(days=90)  # a certificate expired longer ago cannot recover
+CHALLENGE_SECONDS = 300
+RECOVERY_BODY_MAX = 12 * 1024
+
+
+def _token_device_id(request: Request) -> str:
+    if auth.client_cert_fingerprint(request) is not None:
+        raise ApiError(409, "this connection presented a certificate: renew with "
+                            "/v1/device/reenroll")
+    kind, value = auth.credential(request)
+    if kind != "token":
+        raise ApiError(401, "recovery needs the device's bearer token")
+    return value
+
+
+async def recover_challenge(request: Request) -> Response:
+    """A one-time challenge for this device (bearer token), good for 5 minutes."""
+    import os
+
+    server = _server(request)
+    if server.config.renewal_ca is None:
+        raise ApiError(404, "online renewal is off on this server (certificates are issued "
+                            "offline)")
+    _token_device_id(request)
+    dev = await auth.device(server, request)
+    now = server_now(server)
+    text = f"mpseal-recover:{dev.hardware_id}:{int(now.timestamp())}:{os.urandom(16).hex()}"
+    await server.run(certstore.new_challenge, server.registry, dev.id, text)
+    return json_ok({"challenge": text})
+
+
+def _recover(server: UpdateServer, device_id: int, hardware_id: str, f: Any) -> bytes:
+    def refuse(status: int, reason: str) -> ApiError:
+        certstore.log_refusal(server.registry, device_id, "recovery: " + reason)
+        return ApiError(status, reason)
+
+    try:
+        old_der = bytes.fromhex(f.req_str("certificate", 4096))
+        csr = bytes.fromhex(f.req_str("csr", 4096))
+        signature = bytes.fromhex(f.hex("signature", 64))
+        challenge = f.req_str("challenge", 200)
+    except ValueError:
+        raise ApiError(400, "certificate, csr and signature must be hex") from None
+    now = server_now(server)
+    last = certstore.last_certificate(server.registry, device_id)
+    if last is None or last.fingerprint != hashlib.sha256(old_der).hexdigest():
+        raise refuse(403, "that is not this device's last certificate")
+    if last.status != "valid":
+        raise refuse(403, "that certificate is revoked")
+    end = certstore._aware(last.not_after)
+    if end > now:
+        raise refuse(409, "that certificate has not expired: renew with /v1/device/reenroll")
+    if now - end > RECOVERY_WINDOW:
+        raise refuse(403, f"that certificate expired more than {RECOVERY_WINDOW.days} days "
+                          "ago: re-provision the device")
+    if certstore.issued_since(server.registry, device_id, "recovery",
+                              datetime.now(UTC) - timedelta(days=1)):
+        raise refuse(429, "one recovery per device per day")
+    if not certstore.take_challenge(server.registry, device_id, challenge,
+                                    datetime.now(UTC) - timedelta(seconds=CHALLENGE_SECONDS)):
+        raise refuse(403, "the challenge is unknown, used or older than 5 minutes")
+    try:
+        old_key = x509.load_der_x509_certificate(old_der).public_key()
+        assert isinstance(old_key, ec.EllipticCurvePublicKey)
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+        old_key.verify(encode_dss_signature(int.from_bytes(signature[:32], "big"),
+                                            int.from_bytes(signature[32:], "big")),
+                       challenge.encode() + csr, ec.ECDSA(hashes.SHA256()))
+    except Exception:  # noqa: BLE001 - any failure is the same refusal
+        raise refuse(403, "the challenge is not signed by the expired certificate's key") \
+            from None
+    return _issue(server, device_id, hardware_id, csr, last.fingerprint, "recovery")
+
+
+async def recover(request: Request) -> Response:
+    """A device whose certificate expired (so mutual TLS fails) gets a new one: its bearer
+    token AND a signature of a fresh server challenge by its expired certificate's key."""
+    server = _server(request)
+    if server.config.renewal_ca is None:
+        raise ApiError(404, "online renewal is off on this server (certificates are issued "
+                            "offline)")
+    _token_device_id(request)
+    dev = await auth.device(server, request)
+    f = await read_json(request, RECOVERY_BODY_MAX, "recovery request")
+    der = await server.run(_recover, server, dev.id, dev.hardware_id, f)
+    return Response(der, media_type="application/pkix-cert", headers=NO_STORE)
+
+
 ROUTES = [
+    Route("/v1/device/recover/challenge", recover_challenge, methods=["POST"]),
+    Route("/v1/device/recover", recover, methods=["POST"]),
     Route("/v1/device/reenroll", reenroll, methods=["POST"]),
     Route("/v1/device/certificate", whoami, methods=["GET"]),
     Route("/v1/admin/certificates/expiry", expiry, methods=["GET"]),

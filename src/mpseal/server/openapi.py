@@ -304,6 +304,26 @@ def _renewal_paths() -> dict[str, Any]:
             "responses": {"200": _json({"type": "object", "properties": {
                 "hardware_id": HWID, "fingerprint": HEX64}}, "Seen"),
                 **_errors(401, 403)}}},
+        "/v1/device/recover/challenge": {"post": {
+            "summary": "A one-time challenge for a device whose certificate expired "
+                       "(bearer token, no client certificate)",
+            "security": DEVICE, "tags": ["device"],
+            "responses": {"200": _json({"type": "object", "properties": {
+                "challenge": {"type": "string"}}}, "Good for 5 minutes"),
+                **_errors(401, 403, 404)}}},
+        "/v1/device/recover": {"post": {
+            "summary": "A new certificate for a device whose certificate expired: its last "
+                       "certificate, a CSR, and the challenge signed by the expired key",
+            "security": DEVICE, "tags": ["device"],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["certificate", "csr", "challenge",
+                                               "signature"],
+                "properties": {"certificate": {"type": "string"}, "csr": {"type": "string"},
+                               "challenge": {"type": "string"},
+                               "signature": {"type": "string"}}}}}},
+            "responses": {"200": {"description": "The certificate (DER)",
+                                  "content": {"application/pkix-cert": der}},
+                          **_errors(400, 401, 403, 404, 409, 413, 429)}}},
         "/v1/admin/certificates/expiry": {"get": {
             "summary": "Active devices whose last certificate lapses soon, is past its "
                        "renewal point, or expired; soonest first",
