@@ -1,7 +1,8 @@
 """Certificates that renew themselves, end to end: virtual boards running the real device
 client (MicroPython unix VM) against the real server with mutual TLS; keys born on the
 boards; the boards' and the server's clocks moved forward past two renewals; the issuing
-CA rotated; a revoked device's renewal refused; the others still updating."""
+CA rotated; the server anchor rotated through the trust root; a revoked device's renewal
+refused; the others still updating."""
 
 from __future__ import annotations
 
@@ -122,6 +123,30 @@ def test_fleet_renews_rotates_and_revokes_while_updating(world: World, clock: Cl
         assert round_at(world, clock, b, day) == {"result": "none"}, guard_log(b)[-3:]
         ptr, cert = identity(b)
         assert ptr["n"] == 3 and issued_by(cert, new_ca) and not issued_by(cert, old_ca)
+
+    # Rotate the server anchor: trust root 2 names the old and the new anchor, every board
+    # takes it; the server moves to a certificate under the new anchor; root 3 names only
+    # the new one. No board is reflashed.
+    from test_server_anchor import _server_cert_under
+
+    from mpseal.packaging.keys import set_tls_anchors
+    from mpseal.pki.ca import CaOptions, init_ca
+
+    a_root = (world.ca_dir / "root.der").read_bytes()
+    b_dir = world.tmp / "ca-b"
+    init_ca(b_dir, CaOptions(name="the new server CA"))
+    b_root = (b_dir / "root.der").read_bytes()
+    set_tls_anchors(world.proj, [a_root, b_root])
+    for b in boards:
+        assert round_at(world, clock, b, day) == {"result": "none"}, guard_log(b)[-3:]
+    world.server_ssl.load_cert_chain(*map(str, _server_cert_under(b_dir, world.tmp)))
+    both = world.ca_dir / "root.pem"  # the admin client trusts both server CAs
+    both.write_bytes(both.read_bytes() + (b_dir / "root.pem").read_bytes())
+    set_tls_anchors(world.proj, [b_root])
+    for b in boards:
+        assert round_at(world, clock, b, day) == {"result": "none"}, guard_log(b)[-3:]
+        assert b.command("meta", "anchors").replies()[-1] == [b_root.hex()]
+        assert b.get("/mpseal/id/server-anchor.der") == a_root  # never reflashed
 
     # Revoke one device: its renewal (and its updates) refused; the other carries on.
     bad, good = boards
