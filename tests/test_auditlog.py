@@ -120,3 +120,17 @@ def test_audit_log_concurrent_writers_keep_one_chain(db_url: str) -> None:
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(lambda i: log.append("token:x", "pause", f"release {i}"), range(40)))
     assert log.verify().rows == 40
+
+
+def test_offline_registry_commands_are_recorded_as_the_local_user(tmp_path: Path,
+                                                                    mpseal) -> None:
+    """`mpseal registry revoke/activate` write the database directly (no server sees them):
+    they append their own rows, naming the OS user and host."""
+    db_url = f"sqlite:///{tmp_path / 'mpseal.db'}"
+    register(db_url, 2)
+    res = mpseal("registry", "revoke", "dev-00001", "--db", db_url, "--reason", "stolen")
+    assert res.returncode == 0, res.stderr
+    entries = AuditLog(Registry.open(db_url)).page()
+    assert entries[0].action == "revoke" and entries[0].target == "device dev-00001"
+    assert entries[0].actor.startswith("local:") and entries[0].detail["reason"] == "stolen"
+    assert mpseal("audit-log", "verify", "--db", db_url).returncode == 0

@@ -220,7 +220,12 @@ def list_devices(project_dir: Path, state: str | None, db_url: str | None, as_js
 @_db_option
 def revoke(hardware_id: str, reason: str, project_dir: Path, db_url: str | None) -> None:
     """Revoke a device and all its certificates (the update server refuses it from then on)."""
-    n = _registry(project_dir, db_url).revoke_device(hardware_id, reason)
+    from mpseal.fleet.auditlog import record_local
+
+    reg = _registry(project_dir, db_url)
+    n = reg.revoke_device(hardware_id, reason)
+    record_local(reg, "revoke", f"device {hardware_id}",
+                 {"reason": reason, "certificates_revoked": n})
     out_console.print(f"Revoked {hardware_id} and {n} certificate(s). The device itself is not "
                       "told: its TLS stack has no CRL; the server refuses it.", markup=False)
 
@@ -288,6 +293,9 @@ def import_cmd(file: Path, fmt: str | None, board: str | None, group: str, activ
     except UnicodeDecodeError:
         raise BadDataError(f"{file} is not UTF-8 text") from None
     seconds = time.monotonic() - started
+    from mpseal.fleet.auditlog import record_local
+
+    record_local(reg, "import", f"{n} devices from {file.name}", {"activate": activate})
     if as_json:
         emit_json({"imported": n, "state": "active" if activate else "provisioning",
                    "seconds": round(seconds, 3)})
@@ -314,7 +322,12 @@ def activate(hardware_ids: tuple[str, ...], ids_file: Path | None, all_: bool,
         ids += [x.strip() for x in ids_file.read_text().splitlines() if x.strip()]
     if all_ == bool(ids):
         raise UsageError("give hardware ids (or --file), or --all")
-    n = _registry(project_dir, db_url).activate(None if all_ else ids)
+    from mpseal.fleet.auditlog import record_local
+
+    reg = _registry(project_dir, db_url)
+    n = reg.activate(None if all_ else ids)
+    record_local(reg, "activate", "every device provisioning" if all_ else f"{len(ids)} devices",
+                 {"activated": n})
     out_console.print(f"Activated {n} device(s)", markup=False)
 
 

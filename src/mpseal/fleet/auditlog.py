@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -48,6 +49,24 @@ class AuditRow(Base):
     detail: Mapped[str] = mapped_column(Text)  # canonical JSON
     prev_hash: Mapped[str] = mapped_column(String(64), unique=True)
     hash: Mapped[str] = mapped_column(String(64))
+
+
+def local_actor() -> str:
+    """Who ran an offline command on the database (``mpseal registry ...``): the OS user."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid{os.getuid()}"
+    return f"local:{user}@{socket.gethostname()}"[:ACTOR_MAX]
+
+
+def record_local(reg: Registry, action: str, target: str,
+                 detail: dict[str, object] | None = None) -> None:
+    """An audit row for an offline admin command (the server does not see those)."""
+    AuditLog(reg).append(local_actor(), action, target, detail)
 
 
 def token_id(token_sha256_hex: str) -> str:
