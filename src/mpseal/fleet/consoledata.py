@@ -118,16 +118,18 @@ def fleet_overview(reg: Registry, now: datetime | None = None) -> dict[str, obje
     with reg.session() as s:
         by_state = dict(s.execute(select(Device.state, func.count())
                                   .group_by(Device.state)).all())
-        by_version = [(a, v, int(n)) for a, v, n in s.execute(
-            select(DeviceStatus.app, DeviceStatus.version, func.count())
-            .group_by(DeviceStatus.app, DeviceStatus.version)
-            .order_by(func.count().desc()).limit(50)).all()]
-        # one pass over the inventory for every bucket (not one range scan each)
+        # one pass over the inventory: per running version, its count and its last-seen
+        # buckets (summed over the versions below)
         buckets = [func.sum(case((DeviceStatus.last_check_at >= now - timedelta(seconds=secs),
                                   1), else_=0)) for _, secs in LAST_SEEN]
-        row = s.execute(select(*buckets, func.count(DeviceStatus.last_check_at))).one()
-        seen = [(label, int(n or 0)) for (label, _), n in zip(LAST_SEEN, row[:-1], strict=True)]
-        reported = int(row[-1] or 0)
+        rows = s.execute(select(DeviceStatus.app, DeviceStatus.version, func.count(),
+                                func.count(DeviceStatus.last_check_at), *buckets)
+                         .group_by(DeviceStatus.app, DeviceStatus.version)).all()
+        by_version = sorted(((a, v, int(n)) for a, v, n, *_ in rows),
+                            key=lambda r: (-r[2], r[0] or "", r[1] or ""))[:50]
+        reported = sum(int(r[3] or 0) for r in rows)
+        seen = [(label, sum(int(r[4 + i] or 0) for r in rows))
+                for i, (label, _) in enumerate(LAST_SEEN)]
     total = sum(int(v) for v in by_state.values())
     return {"total": total, "by_state": {k: int(v) for k, v in sorted(by_state.items())},
             "by_version": by_version, "seen": seen, "never_seen": total - reported}
