@@ -319,3 +319,40 @@ def test_safe_path_returns_a_plain_path_and_refuses_the_rest(tmp_path: Path) -> 
         "print('MPSEAL:' + repr(out))\n")
     got = vm.run(driver, [str(vm.runtime_dir())]).replies()
     assert got == [["timestamp/stable.mpst"] + ["path is not a plain relative path"] * 6]
+
+
+def test_clock_freeze_attack_with_stolen_timestamp_key_is_bounded_and_reset_by_rotation(
+        board: VirtualBoard, keys: Keys) -> None:
+    """A stolen timestamp key signs `issued` near the end of time. A device whose clock is
+    set refuses it; one whose clock was never set takes it, but its clock floor moves at
+    most a year past what it knew, and a rotated timestamp key forgets it altogether."""
+    far = Timestamp(2**53 - 1, 2**40 - 10, 2**40, 1, (target(),))
+    refused(offer(board, sign_timestamp(far, keys.timestamp), now=NOW), "in the future")
+    unset = 946_684_800  # a clock that reads 2000
+    reply = offer(board, sign_timestamp(far, keys.timestamp), now=unset)
+    assert reply["seen"]["issued"] <= 1_735_689_600 + 366 * DAY  # 2025-01-01 + a year
+    # A fresh timestamp from the real server is not "expired" by that floor...
+    fresh = Timestamp(2**53 - 1, NOW - 60, NOW + DAY, 1, (target(),))
+    assert offer(board, sign_timestamp(fresh, keys.timestamp), now=unset)["version"] == 2**53 - 1
+    # ...but the version is frozen at 2**53-1 until the timestamp key rotates (root 2).
+    refused(offer(board, sign_timestamp(stamp(version=7), keys.timestamp), now=NOW), "replay")
+    ts2 = PrivateKeySigner.generate()
+    board.put(next_root(keys.trust, [keys.root], timestamp=[ts2]), "/r/2")
+    assert meta(board, "roots", "/r/2") == {"root_version": 2}
+    assert offer(board, sign_timestamp(stamp(version=7, root_version=2), [ts2]))["seen"] == {
+        "version": 7, "issued": NOW - 60}
+
+
+def test_timestamp_issued_after_it_expires_refused(board: VirtualBoard, keys: Keys) -> None:
+    """The host refuses to sign or accept one; the device refuses it too (issue 10.10)."""
+    payload = jsondoc.loads(stamp().payload(), "t") | {"issued": NOW + 10, "expires": NOW + 5}
+    raw = envelope.seal(MAGIC, jsondoc.dumps(payload), keys.timestamp).encode()
+    refused(offer(board, raw, now=NOW), "expires before it was issued")
+
+
+def test_mirror_serves_another_channels_timestamp_refused(board: VirtualBoard,
+                                                         keys: Keys) -> None:
+    beta = Timestamp(5, NOW - 60, NOW + DAY, 1, (target(),), channel="beta")
+    board.put(sign_timestamp(beta, keys.timestamp), INCOMING)
+    res = board.command("meta", "timestamp", INCOMING, "hello", str(NOW), "stable")
+    refused(res.replies()[-1], "timestamp is for channel beta; this device follows stable")

@@ -12,7 +12,7 @@
 #   micropython simboard.py FLASH.img ota poll LO HI [EVERY]  (poll, back-off LO..HI s, until staged)
 #   micropython simboard.py FLASH.img ota clock SECONDS [...]  (the board's clock moved on by
 #                                       SECONDS for the certificate renewal's decision)
-#   micropython simboard.py FLASH.img meta timestamp FILE APP [NOW]   (mpseal_meta: accept a
+#   micropython simboard.py FLASH.img meta timestamp FILE APP [NOW [CHANNEL]]  (mpseal_meta: accept a
 #                                       timestamp, pick APP's target for this board)
 #   micropython simboard.py FLASH.img meta roots FILE...               (apply a root chain)
 #   micropython simboard.py FLASH.img meta anchors      (the installed root's server TLS anchors)
@@ -127,7 +127,8 @@ def meta_command(args):
         if args[0] == "timestamp":
             data = mpseal_meta.read_small(args[1], mpseal_meta.MAX_TS, "timestamp")
             now = int(args[3]) if len(args) > 3 else None
-            ts = mpseal_meta.accept_timestamp(data, now)
+            channel = args[4] if len(args) > 4 else None
+            ts = mpseal_meta.accept_timestamp(data, now, channel)
             data = None
             with open("/mpseal/device.json") as f:
                 board = json.loads(f.read(2048))["board"]
