@@ -298,3 +298,36 @@ def test_server_retry_after_is_honoured(world: World, device) -> None:
     res = device.command("ota", "poll", "1", "2", "3600", timeout=120)
     assert res.replies()[-1] == {"result": "staged"}, res.stdout + res.stderr
     assert len(calls) == 2 and calls[1] - calls[0] >= 4.9  # not the 1-2 s back-off
+
+
+# -- 2 and 7: what a T0 owner with write access to the filesystem can do ------------------
+
+
+def test_cross_product_artifact_copied_onto_the_filesystem_refused(world: World,
+                                                                   device) -> None:
+    """The guard itself refuses another product's release (same release key), whoever
+    hands it over: here a user copying the file and staging it."""
+    device.put(other_product(world, "9.0.0", 50), "/mpseal/incoming.mpseal")
+    res = device.command("stage", "/mpseal/incoming.mpseal")
+    assert "another product refused" in str(res.replies()[-1].get("refused")), res.stdout
+    assert runs(device) == "1.0.0"
+
+
+def test_device_json_edited_to_dev_does_not_open_the_repl(world: World, device) -> None:
+    """device.json is not signed: it may make the profile stricter, never looser than the
+    signed profile of the release (this one: field)."""
+    cfg = json.loads(device.get("/mpseal/device.json"))
+    device.put(json.dumps(cfg | {"profile": "dev"}).encode(), "/mpseal/device.json")
+    report = device.boot()
+    assert [r[1] for r in report.ran()] == ["1.0.0"], report.output
+    assert not any("REPL" in ln for ln in report.guard_lines), report.guard_lines
+    assert any("lockdown field" in ln for ln in report.guard_lines), report.guard_lines
+
+
+def test_module_on_the_flash_root_does_not_shadow_the_guards(world: World, device) -> None:
+    """'' (the flash's root) is first on sys.path at power-up: a /p256.py would be imported
+    by the guard in place of its own, unless the path is set before any import."""
+    device.put(b"print('SHADOWED')\nraise SystemExit(0)\n", "/p256.py")
+    report = device.boot()
+    assert "SHADOWED" not in report.output
+    assert [r[1] for r in report.ran()] == ["1.0.0"], report.output

@@ -104,7 +104,9 @@ def build(project: Project, signer: Signer, progress: Callable[[str], None] | No
         image_size=len(image),
         entry=cfg.entry,
         files=romfs.entries(image),
+        # "profile": signed, the loosest lockdown the guard runs this release under
         build={"opt": cfg.opt, "source_lines": cfg.source_lines, "tool": f"mpseal {__version__}",
+               "profile": cfg.profile,
                "sbom": hashlib.sha256(sbom_bytes).hexdigest()},
     )
     art = artifact.create(manifest, image, [signer])

@@ -146,11 +146,30 @@ def trust_root():
     return rel_mod.load_root(data)[0]
 
 
+def app():
+    """This device's product, as provisioning wrote it (device.json, else config.json):
+    a release of another app is refused, even one signed by the same release key."""
+    cfg = config()
+    if "app" not in cfg:
+        a = None
+        try:
+            import json
+
+            with open(DIR + "/config.json") as f:
+                a = json.loads(f.read(4096)).get("app")
+        except (OSError, ValueError, AttributeError):
+            pass
+        cfg["app"] = a
+    a = cfg["app"]
+    return a if isinstance(a, str) and a else None
+
+
 def _verify(slot, root, min_counter, into=None):
     cfg = config()
     try:
         return rel_mod.verify_file(slot_path(slot), root, cfg["board"], min_counter,
-                                   cfg["max_image"], into, _mount_kind == "verified-files")
+                                   cfg["max_image"], into, _mount_kind == "verified-files",
+                                   app())
     except OSError as e:  # the flash failed under the read: this slot cannot be trusted now
         raise Refused("flash read failed: %s" % e)
 
@@ -208,7 +227,7 @@ def stage(src):
     try:
         cfg = config()
         r = rel_mod.copy_verified(f, slot_path(slot) + ".tmp", root, cfg["board"],
-                                  _state.counter, cfg["max_image"])
+                                  _state.counter, cfg["max_image"], app())
     except Refused as e:
         log("stage refused: %s" % e)  # kept: the warranty check reads these
         raise
@@ -364,7 +383,7 @@ def _run_guarded(slot, r, trial):
         why = "refused: " + str(e)
     except BaseException as e:  # noqa: the app must never fall through to the REPL
         why = "app crashed: %s: %s" % (type(e).__name__, e)
-        if config()["profile"] == "dev":
+        if _profile == "dev":
             sys.print_exception(e)
     if trial and _state.trial == slot:
         _revert(why)
@@ -401,14 +420,11 @@ def _unlock(root):
         except OSError:
             pass
         try:
-            if len(data) < 12 or data[:4] != b"MPSU":
-                raise Refused("not an unlock token")
-            _, nsig, _, plen = struct.unpack("<BBHI", data[4:12])
-            payload = data[12 : 12 + plen]
-            if 12 + plen + nsig * rel_mod.ENTRY_LEN != len(data):
-                raise Refused("unlock token is damaged")
-            rel_mod.check_threshold(root, "root", payload, data[12 + plen :], nsig, "unlock token")
+            payload, sigs, nsig = rel_mod.envelope(data, b"MPSU", "unlock token", 2048)
+            rel_mod.check_threshold(root, "root", payload, sigs, nsig, "unlock token")
             tok = json.loads(payload)
+            if not isinstance(tok, dict):
+                raise Refused("unlock token is not an mpseal unlock token")
             if tok.get("type") != "mpseal-unlock" or tok.get("device") != port.unique_id():
                 raise Refused("unlock token is for another device")
             n = tok.get("n")
@@ -434,8 +450,7 @@ def boot():
     try:
         import micropython
 
-        if config()["profile"] != "dev":
-            micropython.kbd_intr(-1)  # at once; the full profile follows below
+        micropython.kbd_intr(-1)  # at once: `dev` is allowed only once signed data says so
     except BaseException:  # noqa: a firmware without kbd_intr still boots locked below
         pass
     try:
@@ -458,7 +473,7 @@ def _stop(e):
     else:
         why = "guard failed: %s: %s" % (type(e).__name__, e)
     try:
-        dev = config()["profile"] == "dev" and _config_error is None
+        dev = _profile == "dev" and _config_error is None
     except BaseException:  # noqa: even the config cannot be read now: stay locked
         dev = False
     if dev:
@@ -486,13 +501,12 @@ def _boot():
         return
     _load_state(root)
     _cleanup()
-    profile = _unlock(root) or config()["profile"]
-    config()["profile"] = profile
-    if profile == "dev":
-        micropython.kbd_intr(3)
-    done = mpseal_lockdown.apply(profile)
-    if done:
-        log("lockdown %s: %s" % (profile, ", ".join(done)))
+    mpseal_lockdown.mount_sd()  # an unlock token may be on the card (/sd/mpseal-unlock.tok)
+    global _token_profile
+    _token_profile = _unlock(root)
+    # Until a release verifies, no more than `field`: device.json is not signed.
+    profile = _token_profile or _stricter(config()["profile"], "field")
+    _apply_profile(profile)
     if _state.trial:
         slot = _state.trial
         if _state.tries >= config()["max_tries"]:
@@ -505,6 +519,7 @@ def _boot():
             except Refused as e:
                 _revert(str(e))
             else:
+                profile = _allowed(r)
                 _run_guarded(slot, r, True)
                 _end(profile)
                 return
@@ -524,10 +539,47 @@ def _boot():
             log("falling back to slot %s" % slot)
             _state.committed = slot
             _save()
+        profile = _allowed(r)
         _run_guarded(slot, r, False)
         _end(profile)
         return
     _idle("no valid image to boot (see %s)" % LOG)
+
+
+_ORDER = ("dev", "field", "sealed")
+_profile = "sealed"  # the profile applied now
+_token_profile = None  # granted by a service unlock token for this boot
+
+
+def _stricter(a, b):
+    return a if _ORDER.index(a) > _ORDER.index(b) else b
+
+
+def _apply_profile(profile):
+    global _profile
+    _profile = profile
+    if profile == "dev":
+        import micropython
+
+        micropython.kbd_intr(3)
+    done = _lockdown(profile)
+    if done:
+        log("lockdown %s: %s" % (profile, ", ".join(done)))
+
+
+def _lockdown(profile):
+    import mpseal_lockdown
+
+    return mpseal_lockdown.apply(profile)
+
+
+def _allowed(r):
+    """The profile to run release `r` under: an unlock token's, else the stricter of
+    device.json (unsigned: it can only tighten) and the release's signed profile."""
+    profile = _token_profile or _stricter(config()["profile"], r.profile)
+    if profile != _profile:
+        _apply_profile(profile)
+    return profile
 
 
 def _end(profile):

@@ -1,3 +1,8 @@
+import sys
+# Before any import: '' (the flash's root) first on the path would let a /p256.py or
+# /mpseal_release.py shadow the guard's own modules (the guard's are in /lib or frozen).
+while "" in sys.path:
+    sys.path.remove("")
 try:
     import mpseal_guard
 except BaseException as e:

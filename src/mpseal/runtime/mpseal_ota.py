@@ -607,7 +607,7 @@ def _round(http, cfg, now):
         os.remove(PART)
         raise Refused("downloaded manifest is not the one the timestamp names (mix-and-match)")
     try:
-        other = meta.rel_mod.parse_manifest(man)["app"]
+        other = meta.check_files(meta.rel_mod.parse_manifest(man))["app"]
     except Refused:
         other = None
     man = None
