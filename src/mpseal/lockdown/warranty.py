@@ -327,7 +327,7 @@ def _firmware_evidence(facts: dict[str, object], failed: str, official: Official
 def _guard_evidence(probes: DeviceProbes, guard: ds.GuardInfo,
                     official: Official) -> list[Evidence]:
     out = []
-    shim, why = ds.read_file(probes, "/main.py", 512)
+    shim, why = ds.read_file(probes, "/main.py", 1024)
     if shim is None:
         out.append(Evidence("main.py", Mark.UNKNOWN, f"/main.py: {why}"))
     elif shim.strip() == MAIN_SHIM.strip():

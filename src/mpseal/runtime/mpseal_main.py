@@ -1,7 +1,5 @@
 import sys
-# Before any import: '' (the flash's root) first on the path would let a /p256.py or
-# /mpseal_release.py shadow the guard's own modules (the guard's are in /lib or frozen).
-while "" in sys.path:
+while "" in sys.path:  # first: no /p256.py may shadow the guard's
     sys.path.remove("")
 try:
     import mpseal_guard
@@ -13,7 +11,6 @@ except BaseException as e:
         d = 0
     if d:
         raise
-    import sys
     import time
     print(w)
     if sys.platform == "linux":
