@@ -14,6 +14,7 @@ from mpseal.errors import ConfigError, MpsealError
 from mpseal.formats import artifact, romfs
 from mpseal.formats.manifest import Manifest
 from mpseal.fsutil import write_atomic
+from mpseal.limits import DEFAULT_LIMITS
 from mpseal.packaging import budget, sbom, uptodate
 from mpseal.packaging.budget import Budget
 from mpseal.packaging.mpycross import CompileOptions, Compiler
@@ -109,6 +110,12 @@ def build(project: Project, signer: Signer, progress: Callable[[str], None] | No
                "profile": cfg.profile,
                "sbom": hashlib.sha256(sbom_bytes).hexdigest()},
     )
+    mlen = len(manifest.encode())
+    if len(image) > DEFAULT_LIMITS.image_max_length or mlen > DEFAULT_LIMITS.manifest_max_length:
+        raise ConfigError(
+            f"the image is {len(image)} bytes and its manifest {mlen}; devices accept at most "
+            f"{DEFAULT_LIMITS.image_max_length} and {DEFAULT_LIMITS.manifest_max_length} "
+            "(mpseal/limits.py, the same limits the device's runtime enforces)")
     art = artifact.create(manifest, image, [signer])
     blob = art.encode()
     # Check the artifact as a device would before anyone can ship it.

@@ -407,8 +407,6 @@ def _unlock(root):
     """A service unlock token: signed by the offline root role, for this device, used once.
 
     Returns the profile it grants for this boot, or None."""
-    import json
-
     for path in UNLOCK_FILES:
         try:
             with open(path, "rb") as f:
@@ -420,18 +418,8 @@ def _unlock(root):
         except OSError:
             pass
         try:
-            payload, sigs, nsig = rel_mod.envelope(data, b"MPSU", "unlock token", 2048)
-            rel_mod.check_threshold(root, "root", payload, sigs, nsig, "unlock token")
-            tok = json.loads(payload)
-            if not isinstance(tok, dict):
-                raise Refused("unlock token is not an mpseal unlock token")
-            if tok.get("type") != "mpseal-unlock" or tok.get("device") != port.unique_id():
-                raise Refused("unlock token is for another device")
-            n = tok.get("n")
-            if type(n) is not int or n <= _state.unlocks:
-                raise Refused("unlock token was already used")
-            if tok.get("profile") not in ("dev", "field"):
-                raise Refused("unlock token names no usable profile")
+            tok = rel_mod.check_unlock(root, data, port.unique_id(), _state.unlocks)
+            n = tok["n"]
         except (Refused, ValueError, AttributeError) as e:
             log("unlock refused: %s" % e)
             continue

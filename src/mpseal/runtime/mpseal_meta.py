@@ -237,7 +237,6 @@ def accept_timestamp(data, now=None, channel=None, held_back=0):
     return ts
 
 
-MAX_FILES = 4096
 MAX_FILE_NAME = 120
 
 

@@ -17,7 +17,8 @@ HEADER_LEN = 32
 ENTRY_LEN = 96
 MAX_MANIFEST = 16384  # limits.py: manifest_max_length (tests/test_limits.py)
 MAX_IMAGE = 4 * 1024 * 1024  # limits.py: image_max_length
-MAX_SIGS = 8
+MAX_SIGS = 8  # limits.py: signatures_max_count
+MAX_FILES = 4096  # limits.py: files_max_count
 MAX_ROOT = 16384
 CHUNK = 512
 
@@ -172,6 +173,33 @@ def check_threshold(root, role, payload, sigblock, nsig, what):
     raise Refused("%s has %d of %d %s signatures" % (what, len(good), r["threshold"], role))
 
 
+MAX_UNLOCK = 2048
+
+
+def check_unlock(root, data, device, used):
+    """A service unlock token (MPSU, signed by the root role) for `device`, numbered above
+    `used` -> its payload; as the host's formats/unlocktoken.py."""
+    payload, sigs, nsig = envelope(data, b"MPSU", "unlock token", MAX_UNLOCK)
+    check_threshold(root, "root", payload, sigs, nsig, "unlock token")
+    try:
+        tok = json.loads(payload)
+        ok = tok["type"] == "mpseal-unlock" and isinstance(tok["device"], str)
+        n, profile = tok["n"], tok["profile"]
+    except (ValueError, KeyError, TypeError):
+        raise Refused("unlock token is malformed")
+    if not ok or len(tok["device"]) > 64:
+        raise Refused("unlock token is malformed")
+    if tok["device"] != device:
+        raise Refused("unlock token is for another device")
+    if not _int(n, 0, 0x7FFFFFFF):
+        raise Refused("unlock token is malformed")
+    if n <= used:
+        raise Refused("unlock token was already used")
+    if profile not in ("dev", "field"):
+        raise Refused("unlock token names no usable profile")
+    return tok
+
+
 def verify_root_update(old_root, data):
     """A new trust root must be signed by a threshold of the OLD root role and of its own."""
     new_root, payload, sigblock, nsig = load_root(data)
@@ -243,7 +271,7 @@ def parse_manifest(manifest, max_image=MAX_IMAGE):
               and image["format"] == "romfs" and is_hex(image["sha256"], 32)
               and _int(image["size"], 0, max_image)
               and is_name(man["entry"], 64, _MOD_FIRST, _MOD_REST)
-              and type(man["files"]) is list and len(man["files"]) <= 4096
+              and type(man["files"]) is list and len(man["files"]) <= MAX_FILES
               and type(man["build"]) is dict)
     except (ValueError, KeyError, TypeError, AttributeError, IndexError):
         raise Refused("manifest is malformed")
