@@ -331,3 +331,36 @@ def test_module_on_the_flash_root_does_not_shadow_the_guards(world: World, devic
     report = device.boot()
     assert "SHADOWED" not in report.output
     assert [r[1] for r in report.ran()] == ["1.0.0"], report.output
+
+
+# -- 8. sealed secrets: the key material is not on the medium that holds them ---------------
+
+
+def test_filesystem_dump_does_not_hold_the_key_to_the_sealed_secrets(world: World,
+                                                                     device) -> None:
+    """A copy of the whole filesystem (the attacker of docs/provisioning.md: a flash dump, a
+    copied SD card or USB drive) holds no hardware id, so it cannot open secrets.bin. The
+    virtual board keeps its stand-in for the chip's machine.unique_id() in /mpseal/sim-id:
+    that one file plays the silicon and is left out of the dump."""
+    from mpseal.crypto import secretbox
+    from mpseal.errors import MpsealError
+
+    def walk(folder: str) -> list[str]:
+        out = []
+        for name, is_dir, _ in device.listdir(folder):
+            path = f"{folder.rstrip('/')}/{name}"
+            out += walk(path) if is_dir else [path]
+        return out
+
+    dump = {p: device.get(p) for p in walk("/") if p != "/mpseal/sim-id"}
+    assert "/mpseal/secrets.bin" in dump and "/mpseal/config.json" in dump
+    hw = device.hardware_id
+    assert not [p for p, data in dump.items() if hw.encode() in data or
+                hw.upper().encode() in data or bytes.fromhex(hw) in data]
+    # Nothing in the dump that looks like an id opens the secrets (and the real id does).
+    candidates = {w for data in dump.values() for w in data.replace(b'"', b" ").split()
+                  if 8 <= len(w) <= 64}
+    for c in candidates:
+        with pytest.raises(MpsealError):
+            secretbox.open_(dump["/mpseal/secrets.bin"], c.decode("latin-1"))
+    assert json.loads(secretbox.open_(dump["/mpseal/secrets.bin"], hw))["device_token"]

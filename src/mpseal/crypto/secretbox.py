@@ -10,12 +10,16 @@ The hardware id is the device's ``machine.unique_id()`` (hex). The device opens
 the file with ``runtime/mpseal_secrets.py`` (``cryptolib`` AES-CBC, HMAC written
 with ``hashlib``).
 
-Threat tier, honestly: this stops T0 — a copy of the files (an SD card or a
-filesystem dump read on a PC, or files moved to another board) does not reveal
-Wi-Fi passwords or tokens without the device's hardware id, and tampering is
-detected. It does NOT stop anyone who can run code on the device or learn its
-id (on ESP32 the id is the Wi-Fi MAC address, which is broadcast), nor T3: for
-that, ESP32 flash/NVS encryption or an RP2350's OTP keys are needed.
+Threat tier, honestly: this stops T0 with a copy of the storage — a filesystem
+dump, an SD card or USB drive read on a PC, or the files moved to another board:
+the hardware id is read from the chip at run time and provisioning writes it
+nowhere on the filesystem (not in config.json, the provisioning marker or the
+certificate's name; tests/test_ota_attacks.py checks a dump), so the copy does
+not open, and tampering is detected. It does NOT stop anyone who can run code on
+the device (they call machine.unique_id()), anyone who learns the id some other
+way (on ESP32 it is the Wi-Fi MAC address, which is broadcast; the fleet
+registry holds it), nor T3: for that, ESP32 flash/NVS encryption or an RP2350's
+OTP keys are needed.
 """
 
 from __future__ import annotations

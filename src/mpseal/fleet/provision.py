@@ -39,6 +39,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
+import secrets as secrets_mod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from secrets import token_urlsafe
@@ -129,7 +130,11 @@ def issue_identity(ca: IssuingCa, hardware_id: str, days: int,
         public = key.public_key()
     else:
         key, public = None, device_public_key
-    cert = issue(ca, LeafRequest(name=hardware_id, role="client", days=days), public)
+    # The name is not the hardware id: the certificate sits on the device's filesystem, and
+    # the id is the key to its sealed secrets (docs/provisioning.md). The registry maps the
+    # certificate's fingerprint to the device.
+    name = "mpseal-device-" + secrets_mod.token_hex(8)
+    cert = issue(ca, LeafRequest(name=name, role="client", days=days), public)
     cert_der = cert.public_bytes(Encoding.DER)
     record = CertRecord(
         role="device", subject=cert.subject.rfc4514_string()[:255],
@@ -161,8 +166,11 @@ def device_files(plan: ProvisionPlan, ident: IssuedIdentity,
     settings: dict[str, object] = {"channel": plan.channel}
     if plan.app:
         settings["app"] = plan.app
-    files[CONFIG] = json.dumps({**settings, **plan.config, "hardware_id": ident.hardware_id,
-                                "board": plan.board}, sort_keys=True).encode()
+    # Never the hardware id: it opens the sealed secrets beside this file; the device reads
+    # it from the chip at run time (machine.unique_id()).
+    config = {k: v for k, v in plan.config.items() if k != "hardware_id"}
+    files[CONFIG] = json.dumps({**settings, **config, "board": plan.board},
+                               sort_keys=True).encode()
     if secrets:
         files[SECRETS] = secretbox.seal(json.dumps(secrets, sort_keys=True).encode(),
                                         ident.hardware_id)
@@ -216,8 +224,19 @@ def _settings_changed(registry: Registry, hardware_id: str, wanted: dict[str, st
 
 
 def marker_bytes(ident: IssuedIdentity) -> bytes:
-    return json.dumps({"hardware_id": ident.hardware_id,
-                       "fingerprint": ident.record.fingerprint}, sort_keys=True).encode()
+    # The certificate's fingerprint only: the registry says whose it is (no hardware id
+    # on the filesystem that holds the sealed secrets).
+    return json.dumps({"fingerprint": ident.record.fingerprint}, sort_keys=True).encode()
+
+
+def _certificate_of(registry: Registry, fingerprint: str, device_id: int) -> bool:
+    from sqlalchemy import select
+
+    from mpseal.fleet.models import Certificate
+
+    with registry.session() as s:
+        cert = s.scalar(select(Certificate).where(Certificate.fingerprint == fingerprint.lower()))
+        return cert is not None and cert.device_id == device_id
 
 
 def read_hardware_id(transport: Transport) -> str:
@@ -278,7 +297,7 @@ def provision_device(transport: Transport, plan: ProvisionPlan, registry: Regist
     wanted = settings_digests(plan)
     if not force and known is not None and known.state == "active" and marker:
         fp = str(marker.get("fingerprint", ""))
-        if marker.get("hardware_id") == hw and registry.is_allowed(fingerprint=fp):
+        if _certificate_of(registry, fp, known.id) and registry.is_allowed(fingerprint=fp):
             changed = _settings_changed(registry, hw, wanted)
             if not changed:
                 return DeviceResult(hw, "skipped", fp, done)

@@ -1,7 +1,8 @@
 # Device secrets at rest (MicroPython): open /mpseal/secrets.bin, made by the host
 # for this device only (src/mpseal/crypto/secretbox.py has the format and says
-# plainly what it protects: a copied file is useless without this device's id;
-# code running on the device can still read the secrets).
+# plainly what it protects: a copy of the storage does not open, since the key is
+# machine.unique_id(), read from the chip, never stored; code running on the device
+# can still read the secrets).
 #
 #   import mpseal_secrets; cfg = mpseal_secrets.load(); cfg["wifi_password"]
 
