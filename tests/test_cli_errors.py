@@ -115,3 +115,13 @@ def test_sim_boot_when_the_board_runs_out_of_ram_is_a_failure(built: Path) -> No
         assert res.returncode in (3, 4), (res.stdout, res.stderr)
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("mpseal: ") and "MemoryError" in lines[0]
+
+
+def test_serve_refuses_an_artifact_redirect_devices_would_not_follow(project: Path) -> None:
+    """Issue 10.10: the device client keeps one pinned connection per round and does not
+    follow a redirect to a CDN, so `serve` says so at start instead of failing devices."""
+    res = run_mpseal("serve", "--port", "1", "--artifact-base-url", "https://cdn.example/fw/",
+                     cwd=project, timeout=30)
+    line = one_line(res, 2)
+    assert "serving" not in res.stderr and "--artifact-base-url" in line
+    assert "does not follow redirects" in line

@@ -39,7 +39,8 @@ def _project(folder: Path) -> Any:
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Server processes sharing the port and the database.")
 @click.option("--artifacts", type=PATH, help="Artifact folder (default: <project>/server/artifacts).")
-@click.option("--artifact-base-url", help="Redirect downloads here (a CDN; artifacts are signed).")
+@click.option("--artifact-base-url", help="Refused: devices do not follow redirects; put a CDN "
+              "in front of the whole server instead.")
 @click.option("--roots", type=PATH, help="Trust roots folder <N>.mpsr (default: the project's).")
 @click.option("--trust-root", type=PATH, help="Trust root file if the roots folder is empty.")
 @click.option("--timestamp-key", type=PATH, help="Timestamp signing key (default: the project's).")

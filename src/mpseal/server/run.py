@@ -237,6 +237,12 @@ def serve(settings: ServerSettings, options: RunOptions, passphrase: bytes | Non
     from mpseal.server.roots import RootStore
     from mpseal.server.timestamps import check_timestamp_key
 
+    if settings.artifact_base_url:
+        raise ConfigError(
+            "--artifact-base-url: the device client does not follow redirects (it keeps one "
+            "pinned TLS connection to this server for a whole update round); put the CDN in "
+            "front of the whole server instead: artifacts are served with immutable cache "
+            "headers")
     kw = uvicorn_kwargs(options)
     config = settings.load(passphrase)  # fails here, once, on a bad key or trust root
     check_timestamp_key(RootStore(config.roots_dir, config.trust_root_file).newest(),
