@@ -281,8 +281,11 @@ def test_one_tls_connection_per_update_round(world: World, device) -> None:
     world.publish(world.release("2.0.0", 2))
     before, seen = world.mirror.connections, len(world.mirror.seen)
     assert world.ota(device) == {"result": "staged"}
-    asked = [s.split(" ")[1].split("/")[2] for s in world.mirror.seen[seen:]]
-    assert asked == ["device", "timestamp", "artifacts", "device"], world.mirror.seen[seen:]
+    asked = [s.split(" ")[1] for s in world.mirror.seen[seen:]]
+    assert [a.split("/")[2] for a in asked[:4]] == ["device", "timestamp", "artifacts",
+                                                     "device"], asked
+    assert asked[0] == "/v1/device/check" and asked[3] == "/v1/device/report", asked
+    assert set(asked[4:]) <= {"/v1/device/logs", "/v1/device/report"}, asked  # then logs
     assert world.mirror.connections - before == 1
 
 
