@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import struct
 from collections.abc import Callable
 from pathlib import Path
 
