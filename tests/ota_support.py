@@ -68,6 +68,7 @@ class Mirror(http.server.ThreadingHTTPServer):
         # path -> writes the whole answer itself on the handler's wfile (raw bytes)
         self.raw: dict[str, Callable[[http.server.BaseHTTPRequestHandler], None]] = {}
         self.upstream_answers: list[tuple[str, int, bytes]] = []  # (path, status, body)
+        self.rewrite: dict[str, Callable[[bytes], bytes]] = {}  # path -> edits the real answer
         self.requests: list[tuple[str, bytes | None]] = []  # (path, body) of every request
         self.connections = 0  # TLS connections accepted (keep-alive: one per round)
 
@@ -114,6 +115,8 @@ class _MirrorHandler(http.server.BaseHTTPRequestHandler):
             r = self.server.client.request(self.command, self.path, content=body, headers=headers)
             status, data = r.status_code, r.content
             self.server.upstream_answers.append((self.path, status, data))
+            if self.path in self.server.rewrite:
+                data = self.server.rewrite[self.path](data)
         self.send_response(status)
         self.send_header("Content-Length", str(len(data)))
         for k, v in extra.items():

@@ -25,6 +25,11 @@ class Limits:
     files_max_count: int = 4096  # mpseal_meta.MAX_FILES
     config_max_length: int = 256 * 1024
     device_reply_max_length: int = 1024 * 1024
+    # delta files (formats/delta.py, runtime/mpseal_delta.py: the same numbers)
+    delta_max_ops: int = 65536
+    delta_max_op: int = 1024 * 1024
+    delta_wbits_min: int = 9
+    delta_wbits_max: int = 12
 
 
 DEFAULT_LIMITS = Limits()

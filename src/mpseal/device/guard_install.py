@@ -28,7 +28,7 @@ from mpseal.packaging.mpycross import CompileOptions, Compiler, Module
 GUARD_MODULES = ("mpseal_guard", "mpseal_release", "mpseal_state", "mpseal_port",
                  "mpseal_lockdown", "mpseal_appfs", "mpseal_romfs", "mpseal_meta",
                  "mpseal_secrets", "mpseal_ota", "mpseal_renew", "mpseal_logs", "p256", "p256_fast",
-                 "p256_thumb")
+                 "p256_thumb", "mpseal_delta")
 # Modules only for boards whose native code is ARM Thumb (the inline assembler's target).
 THUMB_ONLY = ("p256_fast", "p256_thumb")
 THUMB_ARCHS = ("armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp")

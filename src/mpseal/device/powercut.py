@@ -20,6 +20,7 @@ from mpseal.device.sim import INCOMING_PATH, MAX_BOOTS, VirtualBoard
 from mpseal.errors import MpsealError
 
 MAX_WRITES_PER_STEP = 2000
+DELTA_PATH = "/mpseal/incoming.mpsd"
 
 
 @dataclass
@@ -56,16 +57,23 @@ def _lost_power(res_stdout: str, res_stderr: str) -> bool:
 
 def check_update(board: VirtualBoard, new_blob: bytes, versions: set[str], min_counter: int,
                  tear: bool = False, progress: Callable[[CutPoint], None] | None = None,
-                 heapsize: str | None = None) -> PowerCutReport:
+                 heapsize: str | None = None, delta: bytes | None = None) -> PowerCutReport:
     """Cut power at every write of stage -> trial -> committed boot of ``new_blob``.
 
     ``board`` must already run a committed release; ``versions`` are the
     versions allowed to run after a cut (old and new); the committed counter
-    must never drop below ``min_counter``.
+    must never drop below ``min_counter``. With ``delta`` (formats/delta.py, from the
+    running release to ``new_blob``) the stage step rebuilds the release from it instead
+    (mpseal_delta: apply into a file, per-file check, the guard's stage).
     """
     report = PowerCutReport()
-    board.put(new_blob, INCOMING_PATH)
-    steps = [("stage", ("stage", INCOMING_PATH)), ("trial boot", ("boot",)),
+    if delta is None:
+        board.put(new_blob, INCOMING_PATH)
+        stage: tuple[str, ...] = ("stage", INCOMING_PATH)
+    else:
+        board.put(delta, DELTA_PATH)
+        stage = ("delta-stage", DELTA_PATH)
+    steps = [("stage", stage), ("trial boot", ("boot",)),
              ("committed boot", ("boot",))]
     for name, cmd in steps:
         before = board.flash.read_bytes()

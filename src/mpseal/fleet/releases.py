@@ -160,3 +160,19 @@ class Counter(Base):
 
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     value: Mapped[int] = mapped_column(BigInteger)
+
+
+class ReleaseDelta(Base):
+    """A delta (formats/delta.py) that rebuilds a release from an older one devices run,
+    made at publish time; its bytes are an ArtifactBlob named by their SHA-256 (0006)."""
+
+    __tablename__ = "release_deltas"
+    __table_args__ = (UniqueConstraint("release_id", "from_version", name="uq_release_delta"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id", ondelete="CASCADE"),
+                                            index=True)
+    from_version: Mapped[str] = mapped_column(String(32))
+    from_file_sha256: Mapped[str] = mapped_column(String(64))
+    delta_sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)

@@ -49,6 +49,7 @@ from mpseal.fleet.releases import (
     DeviceUpdate,
     Release,
     ReleaseCount,
+    ReleaseDelta,
     ReleasePin,
     SignedTimestamp,
     StoredRoot,
@@ -68,6 +69,22 @@ class NewRelease:
     file_sha256: str
     size: int
     channel: str
+    deltas: tuple[NewDelta, ...] = ()
+
+
+@dataclass(frozen=True)
+class NewDelta:
+    """A delta that rebuilds the new release from the artifact ``from_file_sha256``."""
+
+    from_version: str
+    from_file_sha256: str
+    delta_sha256: str
+    size: int
+
+
+# Deltas are made at publish time from at most this many releases devices run (the ones
+# most devices run first).
+MAX_DELTA_BASES = 8
 
 
 @dataclass(frozen=True)
@@ -102,6 +119,7 @@ class ReleaseInfo:
                 "size": self.size, "state": v.state, "percent": v.percent,
                 "groups": sorted(v.groups), "pins": sorted(v.pins),
                 "halt_reason": self.halt_reason, "created_at": _aware(self.created_at).isoformat(),
+                "deltas": [{"from": f, "sha256": h, "size": n} for f, h, n in v.deltas],
                 "counts": {"attempts": s.attempts, "updated": s.updated, "failed": s.failed,
                            "refused": s.refused, "rolled_back": s.rolled_back,
                            "trial_timeouts": s.trial_timeouts, "in_progress": s.in_progress,
@@ -245,13 +263,52 @@ class ReleaseStore:
                           groups="[]", created_at=now, updated_at=now)
             s.add(rel)
             s.flush()
-            return _info(rel, frozenset())
+            for d in new.deltas:
+                s.add(ReleaseDelta(release_id=rel.id, from_version=d.from_version,
+                                   from_file_sha256=d.from_file_sha256,
+                                   delta_sha256=d.delta_sha256, size=d.size))
+            s.flush()
+            return _info(rel, frozenset(), deltas=self._deltas(s, [rel.id]).get(rel.id, ()))
+
+    def field_artifacts(self, app: str, board: str, exclude_version: str) -> list[tuple[str, str]]:
+        """(version, artifact SHA-256) of the releases of ``app`` for ``board`` that devices
+        run now (the inventory: their last check), most devices first, at most
+        MAX_DELTA_BASES: what a new release gets deltas from."""
+        with self.registry.session() as s:
+            n = func.count(DeviceStatus.device_id)
+            running = list(s.execute(
+                select(DeviceStatus.version, n).join(Device, Device.id == DeviceStatus.device_id)
+                .where(DeviceStatus.app == app, Device.board == board,
+                       DeviceStatus.version.is_not(None), DeviceStatus.version != exclude_version)
+                .group_by(DeviceStatus.version).order_by(n.desc(), DeviceStatus.version)))
+            out = []
+            for version, _count in running:
+                sha = s.scalar(select(Release.file_sha256).where(
+                    Release.app == app, Release.board == board, Release.version == version)
+                    .order_by(Release.id.desc()).limit(1))
+                if sha is not None:
+                    out.append((str(version), str(sha)))
+                if len(out) >= MAX_DELTA_BASES:
+                    break
+            return out
+
+    @staticmethod
+    def _deltas(s: Session, ids: Sequence[int]) -> dict[int, tuple[tuple[str, str, int], ...]]:
+        out: dict[int, list[tuple[str, str, int]]] = {}
+        if ids:
+            for rid, f, h, n in s.execute(
+                    select(ReleaseDelta.release_id, ReleaseDelta.from_version,
+                           ReleaseDelta.delta_sha256, ReleaseDelta.size)
+                    .where(ReleaseDelta.release_id.in_(list(ids))).order_by(ReleaseDelta.id)):
+                out.setdefault(int(rid), []).append((str(f), str(h), int(n)))
+        return {k: tuple(v) for k, v in out.items()}
 
     def get(self, release_id: int) -> ReleaseInfo:
         with self.registry.session() as s:
             rel = self._release(s, release_id)
             return _info(rel, self._pins(s, [rel.id]).get(rel.id, frozenset()),
-                         self._stats(s, [rel]).get(rel.id))
+                         self._stats(s, [rel]).get(rel.id),
+                         self._deltas(s, [rel.id]).get(rel.id, ()))
 
     def releases(self, channel: str | None = None, stats: bool = True) -> list[ReleaseInfo]:
         """Every release, oldest first, with its per-device counts (unless ``stats`` is off)."""
@@ -263,7 +320,9 @@ class ReleaseStore:
             ids = [r.id for r in rels]
             pins = self._pins(s, ids)
             counts = self._stats(s, rels) if stats else {}
-            return [_info(r, pins.get(r.id, frozenset()), counts.get(r.id)) for r in rels]
+            deltas = self._deltas(s, ids)
+            return [_info(r, pins.get(r.id, frozenset()), counts.get(r.id), deltas.get(r.id, ()))
+                    for r in rels]
 
     def views(self, channel: str, app: str | None = None,
               board: str | None = None) -> list[ReleaseView]:
@@ -276,7 +335,8 @@ class ReleaseStore:
                 q = q.where(Release.board == board)
             rels = list(s.scalars(q))
             pins = self._pins(s, [r.id for r in rels])
-            return [_view(r, pins.get(r.id, frozenset())) for r in rels]
+            deltas = self._deltas(s, [r.id for r in rels])
+            return [_view(r, pins.get(r.id, frozenset()), deltas.get(r.id, ())) for r in rels]
 
     def channels(self) -> list[str]:
         with self.registry.session() as s:
@@ -736,10 +796,12 @@ class ReleaseStore:
             return None
 
 
-def _view(r: Release, pins: frozenset[str]) -> ReleaseView:
+def _view(r: Release, pins: frozenset[str],
+          deltas: tuple[tuple[str, str, int], ...] = ()) -> ReleaseView:
     return ReleaseView(id=r.id, app=r.app, board=r.board, channel=r.channel, version=r.version,
                        counter=int(r.counter), manifest_sha256=r.manifest_sha256, state=r.state,
-                       percent=float(r.percent), groups=frozenset(json.loads(r.groups)), pins=pins)
+                       percent=float(r.percent), groups=frozenset(json.loads(r.groups)), pins=pins,
+                       deltas=deltas)
 
 
 def _overrides(r: Release) -> PolicyOverrides:
@@ -747,8 +809,9 @@ def _overrides(r: Release) -> PolicyOverrides:
                            r.halt_min_cohort_share)
 
 
-def _info(r: Release, pins: frozenset[str], stats: ReleaseStats | None = None) -> ReleaseInfo:
-    return ReleaseInfo(_view(r, pins), r.file_sha256, int(r.size), r.halt_reason, r.created_at,
+def _info(r: Release, pins: frozenset[str], stats: ReleaseStats | None = None,
+          deltas: tuple[tuple[str, str, int], ...] = ()) -> ReleaseInfo:
+    return ReleaseInfo(_view(r, pins, deltas), r.file_sha256, int(r.size), r.halt_reason, r.created_at,
                        stats or ReleaseStats(cohort=int(r.cohort_size or 0)), _overrides(r))
 
 

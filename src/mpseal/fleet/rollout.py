@@ -44,6 +44,11 @@ class ReleaseView:
     percent: float = 0.0
     groups: frozenset[str] = frozenset()
     pins: frozenset[str] = frozenset()
+    # (from_version, delta SHA-256, size): the deltas made at publish time (formats/delta.py)
+    deltas: tuple[tuple[str, str, int], ...] = ()
+
+    def delta_from(self, version: str) -> tuple[str, str, int] | None:
+        return next((d for d in self.deltas if d[0] == version), None)
 
     @property
     def promoted(self) -> bool:

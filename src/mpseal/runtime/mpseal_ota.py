@@ -32,6 +32,8 @@ from mpseal_release import Refused
 CONFIG = "/mpseal/config.json"
 ID = "/mpseal/id/"
 PART = "/mpseal/download.part"
+DPART = "/mpseal/delta.part"  # a delta being downloaded (resumed like PART)
+DNEW = "/mpseal/delta.new"  # the artifact a delta rebuilds (written anew each time)
 STAGED = "/mpseal/ota-staged"  # {"version": last release staged, "booted": reported}
 QUEUE = "/mpseal/reports.json"  # reports not yet acknowledged by the server
 MAX_HEADER_LINE = 1024
@@ -489,23 +491,23 @@ def newer(a, b):
     return _vkey(a) > _vkey(b)
 
 
-def _download(http, target):
+def _download(http, target, part=PART):
     size = target["size"]
     try:
-        have = os.stat(PART)[6]
+        have = os.stat(part)[6]
     except OSError:
         have = 0
     if have > size:
-        os.remove(PART)
+        os.remove(part)
         have = 0
     if have < size:
         allowance = (size - have) // MIN_RATE + 30
         http.extend(allowance)
-        with open(PART, "ab") as f:
+        with open(part, "ab") as f:
             status, got = http.request("GET", "/v1/" + target["path"], sink=f, offset=have,
                                        limit=size - have, seconds=allowance)
         if status not in (200, 206) or (status == 200 and have):
-            os.remove(PART)  # the server ignored the range: start again next round
+            os.remove(part)  # the server ignored the range: start again next round
             raise OSError("download answered %d" % status)
         have += got
     if have != size:
@@ -601,40 +603,89 @@ def _round(http, cfg, now):
     if target["counter"] == counter and not newer(target["version"], running):
         raise Refused("release %s has the running release's security counter and is not newer "
                       "than %s: downgrade refused" % (target["version"], running))
-    _download(http, target)
-    with open(PART, "rb") as f:
-        man = _manifest_of(f)
-    if man is None or not meta.manifest_matches(target, man):
-        os.remove(PART)
-        raise Refused("downloaded manifest is not the one the timestamp names (mix-and-match)")
-    try:
-        other = meta.check_files(meta.rel_mod.parse_manifest(man))["app"]
-    except Refused:
-        other = None
-    man = None
-    if other != app:
-        os.remove(PART)
-        raise Refused("the release is for app %s; this device runs %s: another product refused"
-                      % (other, app))
-    if _held is not None:
-        # A held-back root (see _fetch_roots): take only a release that runs under it as
-        # well, so that the next round can install that root. Never a way around it.
+    r = None
+    if offer.get("delta") is not None:
         try:
-            meta.rel_mod.verify_file(PART, _held, board, 0, guard.config()["max_image"])
-        except Refused as e:
-            os.remove(PART)
-            raise Refused("the offered release would not run under trust root %d, which this "
-                          "device takes next (%s)" % (_held["version"], e))
-    try:
-        r = guard.stage(PART)
-    finally:
-        try:
-            os.remove(PART)
-        except OSError:
-            pass
+            r = _via_delta(http, target, offer["delta"], app, st)
+        except (Refused, OSError, ValueError, TypeError, KeyError) as e:
+            # A damaged, tampered or mismatched delta: the full artifact, in this round.
+            # Logged, not reported as a refusal: that would count against the release.
+            guard.log("delta refused, fetching the full release: %s" % e)
+        finally:
+            _remove(DPART, DNEW)
+    if r is None:
+        _download(http, target)
+        r = _stage_file(PART, target, app, board)
     meta.write_atomic(STAGED, json.dumps({"version": r.version, "booted": False}))
     queue(cfg, "staged", r.version)
     return "staged"
+
+
+def _remove(*paths):
+    for p in paths:
+        try:
+            os.remove(p)
+        except OSError:
+            pass
+
+
+def _stage_file(path, target, app, board, per_file=False):
+    """Check the artifact at `path` against the timestamp's target and this device's app,
+    then have the guard verify and stage it; `path` is removed in every case."""
+    try:
+        with open(path, "rb") as f:
+            man = _manifest_of(f)
+        if man is None or not meta.manifest_matches(target, man):
+            raise Refused("downloaded manifest is not the one the timestamp names (mix-and-match)")
+        try:
+            other = meta.check_files(meta.rel_mod.parse_manifest(man))["app"]
+        except Refused:
+            other = None
+        man = None
+        if other != app:
+            raise Refused("the release is for app %s; this device runs %s: another product "
+                          "refused" % (other, app))
+        if _held is not None:
+            # A held-back root (see _fetch_roots): take only a release that runs under it
+            # as well, so that the next round can install that root. Never a way around it.
+            try:
+                meta.rel_mod.verify_file(path, _held, board, 0, guard.config()["max_image"])
+            except Refused as e:
+                raise Refused("the offered release would not run under trust root %d, which "
+                              "this device takes next (%s)" % (_held["version"], e))
+        if per_file:
+            import mpseal_delta
+
+            mpseal_delta.check_files(path)
+        return guard.stage(path)
+    finally:
+        _remove(path)
+
+
+def _via_delta(http, target, d, app, st):
+    """The release rebuilt from the slot this device runs and the delta the server offers
+    (docs/updates.md, "Delta updates"). None if no delta applies here; Refused if the
+    delta is damaged or does not rebuild exactly the signed release."""
+    if (not isinstance(d, dict) or type(d.get("size")) is not int
+            or not 0 < d["size"] <= target["size"] + 4096):
+        raise Refused("server's delta offer is malformed")
+    path = meta.safe_path(d.get("path"), "delta path")
+    if not path.startswith("deltas/"):
+        raise Refused("server's delta offer names a path outside deltas/")
+    src = guard._running[0] if guard._running else st.get("committed")
+    committed = st.get("committed")
+    dest = ("b" if committed == "a" else "a") if committed else "a"
+    if not src or src == dest:
+        return None  # the slot to write is the one to read: the full artifact
+    _remove(PART, DNEW)  # room on the flash: a stale full download is not needed
+    _download(http, {"size": d["size"], "path": path}, DPART)
+    import mpseal_delta
+
+    mpseal_delta.apply(DPART, guard.slot_path(src), DNEW)
+    _remove(DPART)
+    r = _stage_file(DNEW, target, app, guard.config()["board"], per_file=True)
+    guard.log("release %s rebuilt from a %d-byte delta" % (r.version, d["size"]))
+    return r
 
 
 def _renew(http, cfg):

@@ -260,6 +260,29 @@ def main(argv):
         except Exception as e:  # noqa: as poll_forever: whatever the server sent
             mpseal_guard.log("update check failed: %s" % e)
             reply({"failed": "%s: %s" % (type(e).__name__, e)})
+    elif cmd in ("delta-apply", "delta-stage"):
+        # delta-apply DELTA SRC OUT: rebuild OUT from SRC (mpseal_delta.apply, parity tests);
+        # delta-stage DELTA: rebuild the release from the committed slot, check its files
+        # and stage it, as the update client does after the download (power-cut tests).
+        mount_flash(bdev, "/")
+        import mpseal_delta
+        import mpseal_guard
+        import mpseal_release
+
+        try:
+            if cmd == "delta-apply":
+                reply({"ok": mpseal_delta.apply(args[0], args[1], args[2])})
+                return
+            mpseal_guard._load_state(mpseal_guard.trust_root())
+            out = "/mpseal/delta.new"
+            mpseal_delta.apply(args[0], mpseal_guard.slot_path(mpseal_guard._state.committed),
+                               out)
+            mpseal_delta.check_files(out)
+            r = mpseal_guard.stage(out)
+            os.remove(out)
+            reply({"version": r.version, "slot": mpseal_guard._state.trial})
+        except mpseal_release.Refused as e:
+            reply({"refused": str(e)})
     elif cmd in ("stage", "status"):
         mount_flash(bdev, "/")
         import mpseal_guard

@@ -17,12 +17,13 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from mpseal.errors import UsageError
+from mpseal.errors import BadDataError, TransportError, UsageError
 from mpseal.fleet.models import DEVICE_STATES
 from mpseal.fleet.registry import INVENTORY_PAGE_MAX, InventoryFilter
 from mpseal.fleet.releases import UPDATE_STATES
-from mpseal.fleet.releasestore import NewRelease, PolicyOverrides, ReleaseInfo
+from mpseal.fleet.releasestore import NewDelta, NewRelease, PolicyOverrides, ReleaseInfo
 from mpseal.formats import artifact as artifact_mod
+from mpseal.formats import delta as delta_mod
 from mpseal.formats.names import APP_NAME as APP
 from mpseal.formats.names import CHANNEL, GROUP, HARDWARE_ID, VERSION
 from mpseal.formats.updatemeta import Target
@@ -53,10 +54,35 @@ def _publish_blocking(server: UpdateServer, blob: bytes, channel: str) -> Releas
     if not path.exists():
         write_atomic(path, blob)
     server.store.put_artifact(file_sha, blob)  # where every server reaches it
+    deltas = _make_deltas(server, target, blob)
     return server.store.publish(NewRelease(
         app=target.app, board=target.board, version=target.version, counter=target.counter,
         manifest_sha256=target.manifest_sha256, file_sha256=file_sha, size=len(blob),
-        channel=channel))
+        channel=channel, deltas=tuple(deltas)))
+
+
+def _make_deltas(server: UpdateServer, target: Target, blob: bytes) -> list[NewDelta]:
+    """Deltas to the new release from each release devices run now (the inventory), stored
+    like artifacts (named by their SHA-256). One that would not be smaller is not made."""
+    out = []
+    for version, old_sha in server.store.field_artifacts(target.app, target.board,
+                                                         target.version):
+        old = server.store.artifact(old_sha)
+        if old is None:
+            continue
+        try:
+            data = delta_mod.make(old, blob)
+        except BadDataError:
+            continue
+        if len(data) >= len(blob):
+            continue
+        sha = hashlib.sha256(data).hexdigest()
+        path = Path(server.config.artifacts_dir) / f"{sha}.mpsd"
+        if not path.exists():
+            write_atomic(path, data)
+        server.store.put_artifact(sha, data)
+        out.append(NewDelta(version, old_sha, sha, len(data)))
+    return out
 
 
 async def publish(request: Request) -> Response:
@@ -66,6 +92,10 @@ async def publish(request: Request) -> Response:
     blob = await read_body(request, server.config.limits.artifact_upload_max)
     if not blob:
         raise ApiError(400, "the request body must be the artifact file")
+    try:  # the inventory this process holds, written first: deltas follow what devices run
+        await server.flush_checkins()
+    except TransportError:
+        pass
     info = await server.run(_publish_blocking, server, blob, channel)
     await server.changed(channel)
     await actions.published(server, actions.actor(request), info)

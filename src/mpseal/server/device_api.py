@@ -32,6 +32,7 @@ from mpseal.server.roots import ROOT_NAME
 from mpseal.server.service import UpdateServer
 
 ARTIFACT_NAME = re.compile(rf"({SHA256_HEX.pattern})\.mpseal")
+DELTA_NAME = re.compile(rf"({SHA256_HEX.pattern})\.mpsd")
 TIMESTAMP_NAME = re.compile(rf"({CHANNEL.pattern})\.mpst")  # one timestamp per channel
 REASON_MAX = 200
 NO_STORE = {"Cache-Control": "no-store"}
@@ -79,6 +80,10 @@ async def check(request: Request) -> Response:
     if chosen is not None:
         answer["update"] = True
         answer["target"] = ts.targets[chosen.manifest_sha256]
+        delta = chosen.delta_from(running.version)
+        if delta is not None:  # a hint: the device rebuilds and checks the signed release
+            answer["delta"] = {"path": f"deltas/{delta[1]}.mpsd", "size": delta[2],
+                               "from": delta[0]}
     return json_ok(answer)
 
 
@@ -107,9 +112,9 @@ async def root(request: Request) -> Response:
 
 
 def _cache_artifact(server: UpdateServer, name: str, path: Path) -> bool:
-    """Fetch an artifact another server published from the database into this server's
-    folder (a cache: the database is where every server finds it)."""
-    data = server.store.artifact(name.removesuffix(".mpseal"))
+    """Fetch an artifact (or delta) another server published from the database into this
+    server's folder (a cache: the database is where every server finds it)."""
+    data = server.store.artifact(name.split(".")[0])
     if data is None:
         return False
     if not path.is_file():
@@ -130,6 +135,19 @@ async def artifact(request: Request) -> Response:
     path = Path(server.config.artifacts_dir) / name
     if not path.is_file() and not await server.run(_cache_artifact, server, name, path):
         raise ApiError(404, f"no artifact {name}")
+    return FileResponse(path, media_type="application/octet-stream", headers=IMMUTABLE)
+
+
+async def delta(request: Request) -> Response:
+    """A delta file (formats/delta.py), with HTTP Range (resume); named by its SHA-256."""
+    server = _server(request)
+    await auth.device(server, request)
+    name = request.path_params["name"]
+    if not DELTA_NAME.fullmatch(name):
+        raise ApiError(400, "a delta is named <64 hex digits>.mpsd")
+    path = Path(server.config.artifacts_dir) / name
+    if not path.is_file() and not await server.run(_cache_artifact, server, name, path):
+        raise ApiError(404, f"no delta {name}")
     return FileResponse(path, media_type="application/octet-stream", headers=IMMUTABLE)
 
 
@@ -187,4 +205,5 @@ ROUTES = [
     Route("/v1/timestamp/{name}", timestamp, methods=["GET"]),
     Route("/v1/roots/{name}", root, methods=["GET"]),
     Route("/v1/artifacts/{name}", artifact, methods=["GET", "HEAD"]),
+    Route("/v1/deltas/{name}", delta, methods=["GET", "HEAD"]),
 ]

@@ -92,7 +92,9 @@ def _schemas() -> dict[str, Any]:
         "pins": {"type": "array", "items": HWID},
         "halt_reason": {"type": ["string", "null"]},
         "created_at": {"type": "string", "format": "date-time"}, "counts": _ref("Counts"),
-        "halt_policy": _ref("HaltPolicy")}}
+        "halt_policy": _ref("HaltPolicy"),
+        "deltas": {"type": "array", "items": {"type": "object", "properties": {
+            "from": VERSION, "sha256": HEX64, "size": {"type": "integer"}}}}}}
     return {
         "Error": {"type": "object", "required": ["error"],
                   "properties": {"error": {"type": "string", "maxLength": 300}}},
@@ -105,10 +107,18 @@ def _schemas() -> dict[str, Any]:
         "CheckResponse": {"type": "object", "required": ["update", "timestamp", "root_version"],
                           "properties": {"update": {"type": "boolean"},
                                          "target": _ref("Target"),
+                                         "delta": _ref("DeltaOffer"),
                                          "timestamp": {"type": "string",
                                                        "example": "timestamp/stable.mpst"},
                                          "root_version": {"type": "integer", "minimum": 1}}},
         "Target": target,
+        "DeltaOffer": {"type": "object", "required": ["path", "size", "from"],
+                       "description": "A delta (docs/formats.md) from the running version; "
+                                      "the device falls back to the target's full artifact",
+                       "properties": {"path": {"type": "string",
+                                               "pattern": "^deltas/[0-9a-f]{64}[.]mpsd$"},
+                                      "size": {"type": "integer", "minimum": 1},
+                                      "from": VERSION}},
         "ReportRequest": {"type": "object", "required": ["hardware_id", "event"],
                           "properties": {"hardware_id": HWID,
                                          "event": {"type": "string", "enum": EVENTS},
@@ -196,6 +206,15 @@ def _paths() -> dict[str, Any]:
                             "schema": {"type": "string", "example": "bytes=1024-"}}],
             "responses": {"200": _binary("The whole file"), "206": _binary("The range asked"),
                           "302": {"description": "Served by the configured CDN"},
+                          "416": {"description": "Range not satisfiable"},
+                          **_errors(400, 401, 403, 404)}}},
+        "/v1/deltas/{sha256}.mpsd": {"get": {
+            "summary": "A delta made at publish time; HTTP Range resumes a download",
+            "security": DEVICE, "tags": ["device"],
+            "parameters": [_path_param("sha256", HEX64, "SHA-256 of the delta file"),
+                           {"name": "Range", "in": "header", "required": False,
+                            "schema": {"type": "string", "example": "bytes=1024-"}}],
+            "responses": {"200": _binary("The whole file"), "206": _binary("The range asked"),
                           "416": {"description": "Range not satisfiable"},
                           **_errors(400, 401, 403, 404)}}},
         "/v1/admin/releases": {

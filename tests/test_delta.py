@@ -1,0 +1,141 @@
+"""Delta files (formats/delta.py on the host, runtime/mpseal_delta.py on the device): the
+same bytes give the same answer on both sides, under the same limits; a delta rebuilds a
+real release exactly; power lost at every write of a delta apply on the virtual board
+leaves a bootable, validly signed image."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import pytest
+from release_support import release
+
+from mpseal.device.powercut import check_update
+from mpseal.device.sim import VirtualBoard
+from mpseal.device.vm import runtime_dir
+from mpseal.errors import BadDataError
+from mpseal.formats import delta
+from mpseal.limits import DEFAULT_LIMITS
+from mpseal.packaging.project import Project
+
+BIG = """\
+from mpseal_guard import confirm
+TABLE = {table!r}
+LIMIT = {limit}
+def main():
+    print("running {{version}}")
+    confirm()
+"""
+
+
+def app(limit: int = 10) -> str:
+    return BIG.format(table=[f"entry number {i}" for i in range(200)], limit=limit)
+
+
+def test_device_limits_are_the_hosts() -> None:
+    src = (runtime_dir() / "mpseal_delta.py").read_text()
+    consts = dict(re.findall(r"^([A-Z_]+) = ([0-9* +]+)", src, re.M))
+    lim = DEFAULT_LIMITS
+    assert eval(consts["MAX_OPS"]) == lim.delta_max_ops
+    assert eval(consts["MAX_OP"]) == lim.delta_max_op
+    assert eval(consts["WBITS_MIN"]) == lim.delta_wbits_min
+    assert eval(consts["WBITS_MAX"]) == lim.delta_wbits_max
+    assert eval(consts["MAX_ARTIFACT"]) == lim.artifact_max_length
+    assert delta.HEADER_LENGTH == int(consts["HEADER_LEN"])
+
+
+def test_a_delta_rebuilds_the_new_release_exactly(project: Path) -> None:
+    v1 = release(project, "1.0.0", 1, app(10))
+    v2 = release(project, "1.0.1", 1, app(11))  # one constant changed
+    d = delta.make(v1, v2)
+    assert delta.apply(v1, d) == v2
+    assert len(d) < len(v2) // 4, (len(d), len(v2))
+    with pytest.raises(BadDataError, match="another source"):
+        delta.apply(v2, d)
+
+
+def _reheader(d: bytes, **change: int) -> bytes:
+    """The delta with header fields changed and its check recomputed."""
+    f = list(delta.HEADER.unpack_from(d))
+    names = ["magic", "version", "wbits", "reserved", "ops", "lit", "src_len", "new_len"]
+    for k, v in change.items():
+        f[names.index(k)] = v
+    head = bytearray(delta.HEADER.pack(*f))
+    head[88:92] = hashlib.sha256(head[:88]).digest()[:4]
+    return bytes(head) + d[delta.HEADER_LENGTH:]
+
+
+def _op(d: bytes, i: int, kind: int, a: int, n: int) -> bytes:
+    at = delta.HEADER_LENGTH + i * delta.OP_LENGTH
+    return d[:at] + delta.OP.pack(kind, a, n) + d[at + delta.OP_LENGTH:]
+
+
+def hostile_deltas(old: bytes, new: bytes) -> dict[str, bytes]:
+    d = delta.make(old, new)
+    head = delta.parse_header(d)
+    lit_at = delta.HEADER_LENGTH + head.ops * delta.OP_LENGTH
+    first = delta.OP.unpack_from(d, delta.HEADER_LENGTH)
+    return {
+        "valid": d,
+        "wrong magic": b"XPSD" + d[4:],
+        "damaged header": d[:20] + bytes([d[20] ^ 1]) + d[21:],
+        "window too large": _reheader(d, wbits=15),
+        "too many ops": _reheader(d, ops=DEFAULT_LIMITS.delta_max_ops + 1),
+        "truncated": d[:-1],
+        "bytes after the stream": d + b"\0",
+        "copy beyond the source": _op(d, 0, delta.COPY, len(old), 1),
+        "zero-length op": _op(d, 0, first[0], first[1], 0),
+        "op over the per-op bound": _op(d, 0, delta.COPY, 0, DEFAULT_LIMITS.delta_max_op + 1),
+        "unknown op": _op(d, 0, 7, 0, first[2]),
+        "literal stream damaged": d[:lit_at] + bytes(b ^ 0x55 for b in d[lit_at:]),
+        "ops longer than the artifact": _reheader(d, new_len=head.new_length - 1),
+        "another source": _reheader(d, src_len=len(old) + 1),
+    }
+
+
+def test_host_and_device_refuse_the_same_hostile_deltas(project: Path, tmp_path: Path) -> None:
+    """Every crafted delta is fed to both parsers; both accept only the valid one, and the
+    device's rebuild is byte for byte the new release."""
+    old = release(project, "1.0.0", 1, app(10))
+    new = release(project, "1.0.1", 1, app(11))
+    cases = hostile_deltas(old, new)
+    board = VirtualBoard.create(tmp_path / "board")
+    board.install_guard(Project.load(project).trust_root(), "dev")
+    files = {"/src.mpseal": old}
+    files.update({f"/d{i}.mpsd": d for i, d in enumerate(cases.values())})
+    board.put_many(files)
+    for i, (name, d) in enumerate(cases.items()):
+        try:
+            host = delta.apply(old, d) == new
+        except BadDataError:
+            host = False
+        res = board.command("delta-apply", f"/d{i}.mpsd", "/src.mpseal", "/out")
+        reply = res.replies()[-1]
+        assert isinstance(reply, dict), (name, res.stdout, res.stderr)
+        device = "ok" in reply
+        assert host == device == (name == "valid"), (name, host, reply)
+        if device:
+            assert board.get("/out") == new
+
+
+def test_power_cut_at_every_write_of_a_delta_apply(project: Path, tmp_path: Path) -> None:
+    """Stage by delta -> trial boot -> committed boot, power lost at every block write of
+    each (torn writes too): the board always boots a validly signed release, old or new,
+    and its security counter never drops."""
+    root = Project.load(project).trust_root()
+    v1 = release(project, "1.0.0", 1, app(10))
+    v2 = release(project, "1.0.1", 2, app(11))
+    board = VirtualBoard.create(tmp_path / "board")
+    board.install(v1, root)
+    assert board.boot().ran()
+    report = check_update(board, v2, {"1.0.0", "1.0.1"}, 1, tear=True,
+                          delta=delta.make(v1, v2))
+    assert report.failures() == []
+    assert report.writes_per_step["stage"] > 5, report.writes_per_step
+    assert report.tried >= 2 * sum(report.writes_per_step.values())
+    print(f"delta power cut: {report.survived}/{report.tried} survived, "
+          f"writes per step {report.writes_per_step}")
+    assert board.boot().ran()[-1][1] == "1.0.1"
+
