@@ -29,7 +29,7 @@ MAX_OPS = 65536  # limits.py: delta_max_ops
 MAX_OP = 1024 * 1024  # limits.py: delta_max_op
 WBITS_MIN = 9  # limits.py: delta_wbits_min
 WBITS_MAX = 12  # limits.py: delta_wbits_max
-MAX_ARTIFACT = 16 * 1024 * 1024 + 128 * 1024  # limits.py: artifact_max_length
+MAX_ARTIFACT = 4 * 1024 * 1024 + 64 * 1024  # limits.py: artifact_max_length
 CHUNK = 1024
 
 
