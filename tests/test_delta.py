@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import zlib
 from pathlib import Path
 
 import pytest
@@ -67,16 +68,28 @@ def _reheader(d: bytes, **change: int) -> bytes:
     return bytes(head) + d[delta.HEADER_LENGTH:]
 
 
-def _op(d: bytes, i: int, kind: int, a: int, n: int) -> bytes:
-    at = delta.HEADER_LENGTH + i * delta.OP_LENGTH
-    return d[:at] + delta.OP.pack(kind, a, n) + d[at + delta.OP_LENGTH:]
+def _restream(d: bytes, edit) -> bytes:  # type: ignore[no-untyped-def]
+    """The delta with its inflated stream edited (ops and literals), recompressed."""
+    head = delta.parse_header(d)
+    plain = bytearray(zlib.decompress(d[delta.HEADER_LENGTH:], -head.wbits))
+    plain = edit(plain)
+    c = zlib.compressobj(9, zlib.DEFLATED, -head.wbits)
+    stream = c.compress(bytes(plain)) + c.flush()
+    return _reheader(d[:delta.HEADER_LENGTH] + stream, lit=len(stream))
+
+
+def _first_op(kind: int, a: int, n: int):  # type: ignore[no-untyped-def]
+    def edit(plain: bytearray) -> bytearray:
+        plain[:delta.OP_LENGTH] = delta.OP.pack(kind, a, n)
+        return plain
+    return edit
 
 
 def hostile_deltas(old: bytes, new: bytes) -> dict[str, bytes]:
     d = delta.make(old, new)
     head = delta.parse_header(d)
-    lit_at = delta.HEADER_LENGTH + head.ops * delta.OP_LENGTH
-    first = delta.OP.unpack_from(d, delta.HEADER_LENGTH)
+    plain = zlib.decompress(d[delta.HEADER_LENGTH:], -head.wbits)
+    first = delta.OP.unpack_from(plain)
     return {
         "valid": d,
         "wrong magic": b"XPSD" + d[4:],
@@ -85,14 +98,28 @@ def hostile_deltas(old: bytes, new: bytes) -> dict[str, bytes]:
         "too many ops": _reheader(d, ops=DEFAULT_LIMITS.delta_max_ops + 1),
         "truncated": d[:-1],
         "bytes after the stream": d + b"\0",
-        "copy beyond the source": _op(d, 0, delta.COPY, len(old), 1),
-        "zero-length op": _op(d, 0, first[0], first[1], 0),
-        "op over the per-op bound": _op(d, 0, delta.COPY, 0, DEFAULT_LIMITS.delta_max_op + 1),
-        "unknown op": _op(d, 0, 7, 0, first[2]),
-        "literal stream damaged": d[:lit_at] + bytes(b ^ 0x55 for b in d[lit_at:]),
+        "copy beyond the source": _restream(d, _first_op(delta.COPY, len(old), 1)),
+        "zero-length op": _restream(d, _first_op(first[0], first[1], 0)),
+        "op over the per-op bound": _restream(
+            d, _first_op(delta.COPY, 0, DEFAULT_LIMITS.delta_max_op + 1)),
+        "unknown op": _restream(d, _first_op(7, 0, first[2])),
+        "stream damaged": d[:-40] + bytes(b ^ 0x55 for b in d[-40:]),
+        "stream cut inside the ops": _restream(d, lambda p: p[:4]),
+        "stream with bytes after the ops": _restream(d, lambda p: p + b"x"),
         "ops longer than the artifact": _reheader(d, new_len=head.new_length - 1),
+        "fewer ops than the header says": _reheader(d, ops=head.ops + 1),
         "another source": _reheader(d, src_len=len(old) + 1),
     }
+
+
+def test_make_ends_on_short_matches_that_reach_back() -> None:
+    """Regression: a 16-byte match extended backwards but still too short for a copy must
+    not move the scan back (make() looped for ever on real code: benchmarks/delta.py)."""
+    x = bytes(range(100, 116))
+    old = b"AAAA" + x + bytes(range(200, 256))
+    new = b"zzzzzzzzAAAA" + x + b"qqqqqqqqqqqq"
+    d = delta.make(old, new)
+    assert delta.apply(old, d) == new
 
 
 def test_host_and_device_refuse_the_same_hostile_deltas(project: Path, tmp_path: Path) -> None:

@@ -6,18 +6,18 @@
       5   1  wbits: the literal stream's deflate window, 2**wbits bytes (9..12)
       6   2  reserved, zero
       8   4  op count (1..limits.delta_max_ops)
-      12  4  literal stream length (compressed bytes)
+      12  4  stream length (compressed bytes)
       16  4  source artifact length
       20  4  new artifact length
       24  32 SHA-256 of the source artifact (the whole slot file)
       56  32 SHA-256 of the new artifact
       88  4  header check: first 4 bytes of SHA-256 of bytes 0..87
-    ops: count x 9 bytes: kind (u8: 0 COPY, 1 LITERAL), a (u32), n (u32)
+    stream: raw deflate (no zlib header), window 2**wbits, inflating to exactly `count`
+      ops, each 9 bytes: kind (u8: 0 COPY, 1 LITERAL), a (u32), n (u32)
       COPY    n bytes of the source artifact from offset a (a + n <= source length)
-      LITERAL the next n bytes of the literal stream (a = 0)
-      every n is 1..limits.delta_max_op; the n add up to the new artifact length
-    literal stream: raw deflate (no zlib header), window 2**wbits, inflating to exactly
-      the sum of the LITERAL lengths; nothing follows it.
+      LITERAL the n bytes that follow the op in the stream (a = 0)
+      every n is 1..limits.delta_max_op; the n add up to the new artifact length;
+      nothing follows the stream.
 
 Nothing in a delta is trusted: the rebuilt artifact is checked against the signed
 manifest (signature, image hash, per-file hashes) before it can be staged. The device
@@ -42,7 +42,7 @@ OP_LENGTH = OP.size  # 9
 COPY, LITERAL = 0, 1
 WBITS = 12  # what `make` writes: a 4 KiB window on the device
 BLOCK = 16  # bytes hashed to find a match
-MIN_MATCH = 24  # a copy op costs 9 bytes: shorter matches go in the literal stream
+MIN_MATCH = 32  # a copy op costs 9 bytes and breaks the deflate context: shorter ones stay literal
 
 
 @dataclass(frozen=True)
@@ -72,32 +72,23 @@ def parse_header(data: bytes, limits: Limits = DEFAULT_LIMITS) -> DeltaHeader:
             or src_len > limits.artifact_max_length or new_len > limits.artifact_max_length
             or not 0 < new_len):
         raise FormatError("delta header field out of range")
-    if len(data) != HEADER_LENGTH + ops * OP_LENGTH + lit:
+    if len(data) != HEADER_LENGTH + lit:
         raise FormatError("delta length does not match its header")
     return DeltaHeader(wbits, ops, lit, src_len, new_len, src_sha.hex(), new_sha.hex())
 
 
-def parse_ops(data: bytes, head: DeltaHeader,
-              limits: Limits = DEFAULT_LIMITS) -> list[tuple[int, int, int]]:
-    """Every op, checked; the literal total is returned as the last op's running sum."""
-    ops = []
-    total = 0
-    for i in range(head.ops):
-        kind, a, n = OP.unpack_from(data, HEADER_LENGTH + i * OP_LENGTH)
-        if not 1 <= n <= limits.delta_max_op:
-            raise FormatError(f"delta op {i} has a length out of range")
-        if kind == COPY:
-            if a + n > head.source_length:
-                raise FormatError(f"delta op {i} copies beyond the source")
-        elif kind != LITERAL or a != 0:
-            raise FormatError(f"delta op {i} is malformed")
-        total += n
-        if total > head.new_length:
-            raise FormatError("delta ops build more than the new artifact's length")
-        ops.append((kind, a, n))
-    if total != head.new_length:
-        raise FormatError("delta ops do not build the new artifact's length")
-    return ops
+def check_op(i: int, kind: int, a: int, n: int, head: DeltaHeader, built: int,
+             limits: Limits = DEFAULT_LIMITS) -> None:
+    """One op, with `built` bytes of the new artifact before it (the device's rules too)."""
+    if not 1 <= n <= limits.delta_max_op:
+        raise FormatError(f"delta op {i} has a length out of range")
+    if kind == COPY:
+        if a + n > head.source_length:
+            raise FormatError(f"delta op {i} copies beyond the source")
+    elif kind != LITERAL or a != 0:
+        raise FormatError(f"delta op {i} is malformed")
+    if built + n > head.new_length:
+        raise FormatError("delta ops build more than the new artifact's length")
 
 
 def apply(source: bytes, data: bytes, limits: Limits = DEFAULT_LIMITS) -> bytes:
@@ -105,23 +96,33 @@ def apply(source: bytes, data: bytes, limits: Limits = DEFAULT_LIMITS) -> bytes:
     head = parse_header(data, limits)
     if len(source) != head.source_length or hashlib.sha256(source).hexdigest() != head.source_sha256:
         raise IntegrityError("delta was made against another source artifact")
-    ops = parse_ops(data, head, limits)
-    want = sum(n for k, _, n in ops if k == LITERAL)
+    most = head.ops * OP_LENGTH + head.new_length  # what a valid stream inflates to, at most
     d = zlib.decompressobj(-head.wbits)
     try:
-        lits = d.decompress(data[HEADER_LENGTH + head.ops * OP_LENGTH:], want + 1)
+        stream = d.decompress(data[HEADER_LENGTH:], most + 1)
     except zlib.error as e:
-        raise FormatError(f"delta literal stream is damaged: {e}") from None
-    if len(lits) != want or not d.eof or d.unused_data or d.unconsumed_tail:
-        raise FormatError("delta literal stream does not hold the literal bytes exactly")
+        raise FormatError(f"delta stream is damaged: {e}") from None
+    if len(stream) > most or not d.eof or d.unused_data or d.unconsumed_tail:
+        raise FormatError("delta stream is not one whole deflate stream of the ops")
     out = bytearray()
     pos = 0
-    for kind, a, n in ops:
+    for i in range(head.ops):
+        if pos + OP_LENGTH > len(stream):
+            raise FormatError("delta stream ends inside its ops")
+        kind, a, n = OP.unpack_from(stream, pos)
+        pos += OP_LENGTH
+        check_op(i, kind, a, n, head, len(out), limits)
         if kind == COPY:
             out += source[a:a + n]
         else:
-            out += lits[pos:pos + n]
+            if pos + n > len(stream):
+                raise FormatError("delta stream ends inside a literal")
+            out += stream[pos:pos + n]
             pos += n
+    if pos != len(stream):
+        raise FormatError("delta stream has bytes after its ops")
+    if len(out) != head.new_length:
+        raise FormatError("delta ops do not build the new artifact's length")
     if hashlib.sha256(out).hexdigest() != head.new_sha256:
         raise IntegrityError("rebuilt artifact does not match the delta's hash")
     return bytes(out)
@@ -149,11 +150,13 @@ def _ops(old: bytes, new: bytes, max_op: int) -> list[tuple[int, int, int]]:
                 k += 1
             else:
                 break
-        while j > lit_start and i > 0 and new[j - 1] == old[i - 1]:
-            j, i, k = j - 1, i - 1, k + 1
-        if k < MIN_MATCH:
+        back = 0
+        while j - back > lit_start and i - back > 0 and new[j - back - 1] == old[i - back - 1]:
+            back += 1
+        if k + back < MIN_MATCH:
             j += 1
             continue
+        j, i, k = j - back, i - back, k + back
         if j > lit_start:
             ops.append((LITERAL, lit_start, j - lit_start))
         ops.append((COPY, i, k))
@@ -176,15 +179,18 @@ def make(old: bytes, new: bytes, wbits: int = WBITS, limits: Limits = DEFAULT_LI
     ops = _ops(old, new, limits.delta_max_op)
     if len(ops) > limits.delta_max_ops:
         raise FormatError(f"a delta would need {len(ops)} ops (limit {limits.delta_max_ops})")
+    plain = bytearray()
+    for k, a, n in ops:
+        plain += OP.pack(k, a if k == COPY else 0, n)
+        if k == LITERAL:
+            plain += new[a:a + n]
     comp = zlib.compressobj(9, zlib.DEFLATED, -wbits, 9)
-    lits = b"".join(comp.compress(new[a:a + n]) for k, a, n in ops if k == LITERAL)
-    lits += comp.flush()
-    table = b"".join(OP.pack(k, a if k == COPY else 0, n) for k, a, n in ops)
-    head = bytearray(HEADER.pack(MAGIC, 1, wbits, 0, len(ops), len(lits), len(old), len(new),
+    stream = comp.compress(bytes(plain)) + comp.flush()
+    head = bytearray(HEADER.pack(MAGIC, 1, wbits, 0, len(ops), len(stream), len(old), len(new),
                                  hashlib.sha256(old).digest(), hashlib.sha256(new).digest(),
                                  b"\0" * 4))
     head[88:92] = hashlib.sha256(head[:88]).digest()[:4]
-    data = bytes(head) + table + lits
+    data = bytes(head) + stream
     if apply(old, data, limits) != new:  # never publish a delta that does not rebuild
         raise IntegrityError("delta does not rebuild the new artifact")
     return data

@@ -67,31 +67,19 @@ def parse_header(head, delta_size):
     if (res or not WBITS_MIN <= wbits <= WBITS_MAX or not 1 <= ops <= MAX_OPS
             or src_len > MAX_ARTIFACT or new_len > MAX_ARTIFACT or not new_len):
         raise Refused("delta header field out of range")
-    if delta_size != HEADER_LEN + ops * OP_LEN + lit:
+    if delta_size != HEADER_LEN + lit:
         raise Refused("delta length does not match its header")
     return wbits, ops, lit, src_len, new_len, src_sha, new_sha
 
 
-def check_ops(f, ops, src_len, new_len):
-    """Read and check every op of open delta `f` (at the op table): one op in RAM."""
-    total = lits = 0
-    for i in range(ops):
-        kind, a, n = struct.unpack(OP, f.read(OP_LEN))
-        if not 1 <= n <= MAX_OP:
-            raise Refused("delta op %d has a length out of range" % i)
-        if kind == COPY:
-            if a + n > src_len:
-                raise Refused("delta op %d copies beyond the source" % i)
-        elif kind != LITERAL or a != 0:
-            raise Refused("delta op %d is malformed" % i)
-        else:
-            lits += n
-        total += n
-        if total > new_len:
-            raise Refused("delta ops build more than the new artifact's length")
-    if total != new_len:
-        raise Refused("delta ops do not build the new artifact's length")
-    return lits
+def _read_full(src, mv):
+    got = 0
+    while got < len(mv):
+        k = src.readinto(mv[got:])
+        if not k:
+            break
+        got += k
+    return got
 
 
 def apply(delta_path, source_path, out_path):
@@ -104,8 +92,9 @@ def apply(delta_path, source_path, out_path):
         raise Refused("this firmware has no deflate module: no delta updates")
     buf = bytearray(CHUNK)
     mv = memoryview(buf)
+    opb = bytearray(OP_LEN)
     fd = open(delta_path, "rb")
-    fo = fs = fl = None
+    fo = fs = None
     try:
         wbits, ops, lit, src_len, new_len, src_sha, new_sha = parse_header(
             fd.read(HEADER_LEN), _size(delta_path))
@@ -114,32 +103,40 @@ def apply(delta_path, source_path, out_path):
         fs = open(source_path, "rb")
         if _sha_file(fs, src_len, buf) != src_sha:
             raise Refused("delta was made for another release than the one this device runs")
-        want = check_ops(fd, ops, src_len, new_len)
-        fd.seek(HEADER_LEN)
-        fl = open(delta_path, "rb")
-        fl.seek(HEADER_LEN + ops * OP_LEN)
-        inf = deflate.DeflateIO(fl, deflate.RAW, wbits)
+        inf = deflate.DeflateIO(fd, deflate.RAW, wbits)
         fo = open(out_path, "wb")
         h = hashlib.sha256()
-        got = 0
-        for _ in range(ops):
-            kind, a, n = struct.unpack(OP, fd.read(OP_LEN))
+        built = 0
+        for i in range(ops):
+            if _read_full(inf, memoryview(opb)) != OP_LEN:
+                raise Refused("delta stream ends inside its ops")
+            kind, a, n = struct.unpack(OP, opb)
+            if not 1 <= n <= MAX_OP:
+                raise Refused("delta op %d has a length out of range" % i)
             if kind == COPY:
+                if a + n > src_len:
+                    raise Refused("delta op %d copies beyond the source" % i)
                 fs.seek(a)
-            src = fs if kind == COPY else inf
+                src = fs
+            elif kind != LITERAL or a != 0:
+                raise Refused("delta op %d is malformed" % i)
+            else:
+                src = inf
+            if built + n > new_len:
+                raise Refused("delta ops build more than the new artifact's length")
+            built += n
             while n:
                 chunk = mv[: min(n, CHUNK)]
-                k = src.readinto(chunk)
-                if not k:
-                    raise Refused("delta literal stream is truncated")
-                chunk = chunk[:k]
+                k = _read_full(src, chunk)
+                if k != len(chunk):
+                    raise Refused("delta stream ends inside a literal")
                 h.update(chunk)
                 fo.write(chunk)
                 n -= k
-                if kind == LITERAL:
-                    got += k
-        if got != want or inf.read(1):
-            raise Refused("delta literal stream does not hold the literal bytes exactly")
+        if inf.read(1):
+            raise Refused("delta stream has bytes after its ops")
+        if built != new_len:
+            raise Refused("delta ops do not build the new artifact's length")
         fo.close()
         fo = None
         if h.digest() != new_sha:
@@ -156,7 +153,7 @@ def apply(delta_path, source_path, out_path):
             raise Refused("delta is damaged: %s" % e)
         raise
     finally:
-        for f in (fd, fs, fl):
+        for f in (fd, fs):
             if f is not None:
                 f.close()
 
