@@ -99,6 +99,7 @@ def hostile_deltas(old: bytes, new: bytes) -> dict[str, bytes]:
         "truncated": d[:-1],
         "bytes after the stream": d + b"\0",
         "copy beyond the source": _restream(d, _first_op(delta.COPY, len(old), 1)),
+        "copy before the source": _restream(d, _first_op(delta.COPY, -1, 1)),
         "zero-length op": _restream(d, _first_op(first[0], first[1], 0)),
         "op over the per-op bound": _restream(
             d, _first_op(delta.COPY, 0, DEFAULT_LIMITS.delta_max_op + 1)),
@@ -166,3 +167,39 @@ def test_power_cut_at_every_write_of_a_delta_apply(project: Path, tmp_path: Path
           f"writes per step {report.writes_per_step}")
     assert board.boot().ran()[-1][1] == "1.0.1"
 
+
+
+def test_the_stock_pico_firmware_rebuilds_a_release_from_a_delta(project: Path) -> None:
+    """Stock RPI_PICO v1.28.0 (rp2040js) has deflate.DeflateIO: mpseal_delta rebuilds the
+    release byte for byte there, and refuses a damaged delta."""
+    from pico_exec import pico_with
+
+    old = release(project, "1.0.0", 1, app(10))
+    new = release(project, "1.0.1", 1, app(11))
+    d = delta.make(old, new)
+    bad = d[:-40] + bytes(b ^ 0x55 for b in d[-40:])
+    rt = runtime_dir()
+    files = {f"{m}.py": (rt / f"{m}.py").read_bytes() for m in ("mpseal_delta", "mpseal_release",
+                                                                 "p256")}
+    with pico_with(files) as link:
+        for name, data in (("/src", old), ("/d", d), ("/bad", bad)):
+            link.write_file(name, data)
+        out = link.exec(
+            "import mpseal_delta, hashlib\n"
+            "print(mpseal_delta.apply('/d', '/src', '/out'))\n"
+            "h = hashlib.sha256()\n"
+            "f = open('/out', 'rb')\n"
+            "while True:\n"
+            "    b = f.read(512)\n"
+            "    if not b:\n"
+            "        break\n"
+            "    h.update(b)\n"
+            "print(''.join('%02x' % x for x in h.digest()))\n"
+            "try:\n"
+            "    mpseal_delta.apply('/bad', '/src', '/out2')\n"
+            "except mpseal_delta.Refused as e:\n"
+            "    print('refused', e)\n", timeout=300)
+    lines = out.split()
+    assert lines[0] == str(len(new))
+    assert lines[1] == hashlib.sha256(new).hexdigest()
+    assert "refused" in lines[2:]

@@ -13,8 +13,9 @@
       56  32 SHA-256 of the new artifact
       88  4  header check: first 4 bytes of SHA-256 of bytes 0..87
     stream: raw deflate (no zlib header), window 2**wbits, inflating to exactly `count`
-      ops, each 9 bytes: kind (u8: 0 COPY, 1 LITERAL), a (u32), n (u32)
-      COPY    n bytes of the source artifact from offset a (a + n <= source length)
+      ops, each 9 bytes: kind (u8: 0 COPY, 1 LITERAL), a (i32), n (u32)
+      COPY    n bytes of the source artifact from offset e + a, where e is where the
+              previous COPY ended (0 at first): 0 <= e + a, e + a + n <= source length
       LITERAL the n bytes that follow the op in the stream (a = 0)
       every n is 1..limits.delta_max_op; the n add up to the new artifact length;
       nothing follows the stream.
@@ -37,7 +38,7 @@ from mpseal.limits import DEFAULT_LIMITS, Limits
 MAGIC = b"MPSD"
 HEADER = struct.Struct("<4sBBHIIII32s32s4s")
 HEADER_LENGTH = HEADER.size  # 92
-OP = struct.Struct("<BII")
+OP = struct.Struct("<BiI")
 OP_LENGTH = OP.size  # 9
 COPY, LITERAL = 0, 1
 WBITS = 12  # what `make` writes: a 4 KiB window on the device
@@ -79,11 +80,12 @@ def parse_header(data: bytes, limits: Limits = DEFAULT_LIMITS) -> DeltaHeader:
 
 def check_op(i: int, kind: int, a: int, n: int, head: DeltaHeader, built: int,
              limits: Limits = DEFAULT_LIMITS) -> None:
-    """One op, with `built` bytes of the new artifact before it (the device's rules too)."""
+    """One op (a COPY's `a` made absolute), with `built` bytes of the new artifact before
+    it (the device's rules too)."""
     if not 1 <= n <= limits.delta_max_op:
         raise FormatError(f"delta op {i} has a length out of range")
     if kind == COPY:
-        if a + n > head.source_length:
+        if a < 0 or a + n > head.source_length:
             raise FormatError(f"delta op {i} copies beyond the source")
     elif kind != LITERAL or a != 0:
         raise FormatError(f"delta op {i} is malformed")
@@ -105,15 +107,18 @@ def apply(source: bytes, data: bytes, limits: Limits = DEFAULT_LIMITS) -> bytes:
     if len(stream) > most or not d.eof or d.unused_data or d.unconsumed_tail:
         raise FormatError("delta stream is not one whole deflate stream of the ops")
     out = bytearray()
-    pos = 0
+    pos = end = 0
     for i in range(head.ops):
         if pos + OP_LENGTH > len(stream):
             raise FormatError("delta stream ends inside its ops")
         kind, a, n = OP.unpack_from(stream, pos)
         pos += OP_LENGTH
+        if kind == COPY:
+            a += end
         check_op(i, kind, a, n, head, len(out), limits)
         if kind == COPY:
             out += source[a:a + n]
+            end = a + n
         else:
             if pos + n > len(stream):
                 raise FormatError("delta stream ends inside a literal")
@@ -180,9 +185,12 @@ def make(old: bytes, new: bytes, wbits: int = WBITS, limits: Limits = DEFAULT_LI
     if len(ops) > limits.delta_max_ops:
         raise FormatError(f"a delta would need {len(ops)} ops (limit {limits.delta_max_ops})")
     plain = bytearray()
+    end = 0  # copies are relative to where the last one ended: a shifted run compresses
     for k, a, n in ops:
-        plain += OP.pack(k, a if k == COPY else 0, n)
-        if k == LITERAL:
+        plain += OP.pack(k, a - end if k == COPY else 0, n)
+        if k == COPY:
+            end = a + n
+        else:
             plain += new[a:a + n]
     comp = zlib.compressobj(9, zlib.DEFLATED, -wbits, 9)
     stream = comp.compress(bytes(plain)) + comp.flush()

@@ -21,7 +21,7 @@ from mpseal_release import Refused, _hex, parse_manifest, read_head
 MAGIC = b"MPSD"
 HEADER = "<4sBBHIIII32s32s4s"
 HEADER_LEN = 92
-OP = "<BII"
+OP = "<BiI"  # a COPY's offset is relative to where the previous COPY ended
 OP_LEN = 9
 COPY = 0
 LITERAL = 1
@@ -106,7 +106,7 @@ def apply(delta_path, source_path, out_path):
         inf = deflate.DeflateIO(fd, deflate.RAW, wbits)
         fo = open(out_path, "wb")
         h = hashlib.sha256()
-        built = 0
+        built = end = 0
         for i in range(ops):
             if _read_full(inf, memoryview(opb)) != OP_LEN:
                 raise Refused("delta stream ends inside its ops")
@@ -114,9 +114,11 @@ def apply(delta_path, source_path, out_path):
             if not 1 <= n <= MAX_OP:
                 raise Refused("delta op %d has a length out of range" % i)
             if kind == COPY:
-                if a + n > src_len:
+                a += end
+                if a < 0 or a + n > src_len:
                     raise Refused("delta op %d copies beyond the source" % i)
                 fs.seek(a)
+                end = a + n
                 src = fs
             elif kind != LITERAL or a != 0:
                 raise Refused("delta op %d is malformed" % i)
