@@ -122,3 +122,29 @@ def test_direct_sbom_says_what_the_cyclonedx_library_says(monkeypatch) -> None:
         ours, reference = make(inp), make_with_library(inp)
         assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(ours.decode()) is None
         assert _canonical(json.loads(ours)) == _canonical(json.loads(reference))
+
+
+def test_release_publish_stores_the_sbom_and_the_admin_api_serves_it(project: Path,
+                                                                      tmp_path: Path) -> None:
+    """`release publish` uploads dist/<app>-<version>.cdx.json with the artifact; the server
+    keeps only the SBOM whose SHA-256 the signed manifest names, and serves it back."""
+    from ota_support import ota_world
+    from release_support import release
+    from server_support import ADMIN_TOKEN
+
+    from mpseal.server.client import AdminClient
+
+    with ota_world(tmp_path, f"sqlite:///{tmp_path / 'fleet.db'}", project) as world:
+        release(project, "1.0.0", 1)
+        art = project / "dist" / "hello-1.0.0.mpseal"
+        sbom = art.with_suffix(".cdx.json")
+        assert sbom.is_file()
+        with AdminClient(world.server_url, ADMIN_TOKEN, ca=world.ca_dir / "root.pem") as client:
+            rel = client.publish(art, "stable")
+            assert rel["sbom"] is True
+            assert client.sbom(rel["id"]) == sbom.read_bytes()
+        with world.admin() as admin:  # an SBOM the release key did not vouch for: refused
+            edited = sbom.read_bytes().replace(b"hello", b"hellx", 1)
+            r = admin.put(f"/v1/admin/releases/{rel['id']}/sbom", content=edited)
+            assert r.status_code == 400 and "build.sbom" in r.json()["error"]
+            assert admin.get(f"/v1/admin/releases/{rel['id']}/sbom").content == sbom.read_bytes()

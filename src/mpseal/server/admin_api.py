@@ -127,6 +127,44 @@ async def get_release(request: Request) -> Response:
     return json_ok({"release": info.to_dict()})
 
 
+SBOM_MAX = 4 * 1024 * 1024
+
+
+def _sbom_sha256(server: UpdateServer, info: ReleaseInfo) -> str:
+    """The SBOM hash the release's signed manifest names (build.sbom), else 404."""
+    blob = server.store.artifact(info.file_sha256)
+    if blob is None:
+        raise ApiError(404, "the release's artifact is not stored on this server")
+    sha = artifact_mod.decode(blob).manifest.build.get("sbom")
+    if not isinstance(sha, str) or len(sha) != 64:
+        raise ApiError(404, f"release {info.view.id} was built without an SBOM")
+    return sha
+
+
+async def put_sbom(request: Request) -> Response:
+    """Store the release's CycloneDX SBOM: only the bytes whose SHA-256 the signed
+    manifest names (so the SBOM served is the one the release key vouched for)."""
+    server = _server(request)
+    info = await _release(server, request)
+    body = await read_body(request, SBOM_MAX)
+    want = await server.run(_sbom_sha256, server, info)
+    if hashlib.sha256(body).hexdigest() != want:
+        raise ApiError(400, "this SBOM is not the one the release's signed manifest names "
+                            "(build.sbom)")
+    await server.run(server.store.put_artifact, want, body)
+    return json_ok({"sbom": want}, status=201)
+
+
+async def get_sbom(request: Request) -> Response:
+    server = _server(request)
+    info = await _release(server, request)
+    sha = await server.run(_sbom_sha256, server, info)
+    data = await server.run(server.store.artifact, sha)
+    if data is None:
+        raise ApiError(404, f"no SBOM was uploaded for release {info.view.id}")
+    return Response(data, media_type="application/vnd.cyclonedx+json")
+
+
 def _optional_number(f: Any, name: str, low: float, high: float, integer: bool = False
                      ) -> Any:
     value = f.raw().get(name)
@@ -292,6 +330,8 @@ ROUTES = [
     Route("/v1/admin/releases", list_releases, methods=["GET"]),
     Route("/v1/admin/releases/{release_id}", get_release, methods=["GET"]),
     Route("/v1/admin/releases/{release_id}/promote", promote, methods=["POST"]),
+    Route("/v1/admin/releases/{release_id}/sbom", put_sbom, methods=["PUT"]),
+    Route("/v1/admin/releases/{release_id}/sbom", get_sbom, methods=["GET"]),
     Route("/v1/admin/releases/{release_id}/pause", pause, methods=["POST"]),
     Route("/v1/admin/releases/{release_id}/resume", resume, methods=["POST"]),
     Route("/v1/admin/releases/{release_id}/policy", set_policy, methods=["POST"]),

@@ -75,10 +75,29 @@ class AdminClient:
         return cast(dict[str, Any], body)
 
     def publish(self, path: Path, channel: str) -> dict[str, Any]:
+        """Upload the artifact, then its SBOM if `mpseal build` wrote one beside it."""
         blob = read_limited(path, DEFAULT_LIMITS.artifact_max_length, "artifact")
-        return _obj(self._call("POST", "/v1/admin/releases", params={"channel": channel},
-                               content=blob,
-                               headers={"Content-Type": "application/octet-stream"})["release"])
+        rel = _obj(self._call("POST", "/v1/admin/releases", params={"channel": channel},
+                              content=blob,
+                              headers={"Content-Type": "application/octet-stream"})["release"])
+        sbom = path.with_suffix(".cdx.json")
+        if sbom.is_file():
+            data = read_limited(sbom, 4 * 1024 * 1024, "SBOM")
+            self._call("PUT", f"/v1/admin/releases/{rel['id']}/sbom", content=data,
+                       headers={"Content-Type": "application/vnd.cyclonedx+json"})
+            rel["sbom"] = True
+        return rel
+
+    def sbom(self, release_id: int) -> bytes:
+        """The release's SBOM as the server stores it."""
+        try:
+            resp = self._http.get(f"/v1/admin/releases/{release_id}/sbom")
+        except httpx.HTTPError as e:
+            raise TransportError(f"cannot reach the update server: {e}") from None
+        if resp.status_code != 200:
+            raise UsageError(f"no SBOM for release {release_id}: HTTP {resp.status_code} "
+                             f"{resp.text[:200]}")
+        return resp.content
 
     def releases(self, channel: str | None = None) -> list[dict[str, Any]]:
         params = {"channel": channel} if channel else {}

@@ -237,6 +237,19 @@ def _paths() -> dict[str, Any]:
             "parameters": [RELEASE_ID],
             "responses": {"200": _json(_ref("ReleaseEnvelope"), "The release"),
                           **_errors(400, 401, 404)}}},
+        "/v1/admin/releases/{release_id}/sbom": {
+            "put": {"summary": "Store the release's CycloneDX SBOM (only the one whose SHA-256 "
+                               "the signed manifest names in build.sbom)",
+                    "security": ADMIN, "tags": ["admin"], "parameters": [RELEASE_ID],
+                    "requestBody": {"required": True, "content": {
+                        "application/vnd.cyclonedx+json": {"schema": {"type": "object"}}}},
+                    "responses": {"201": _json({"type": "object", "properties": {
+                        "sbom": HEX64}}, "Stored"), **_errors(400, 401, 404, 413)}},
+            "get": {"summary": "The release's CycloneDX SBOM", "security": ADMIN,
+                    "tags": ["admin"], "parameters": [RELEASE_ID],
+                    "responses": {"200": {"description": "CycloneDX 1.6 JSON", "content": {
+                        "application/vnd.cyclonedx+json": {"schema": {"type": "object"}}}},
+                        **_errors(400, 401, 404)}}},
         "/v1/admin/releases/{release_id}/promote": {"post": {
             "summary": "Widen a rollout: percent, a device group, or one pinned device",
             "security": ADMIN, "tags": ["admin"], "parameters": [RELEASE_ID],
