@@ -203,3 +203,40 @@ def test_the_stock_pico_firmware_rebuilds_a_release_from_a_delta(project: Path) 
     assert lines[0] == str(len(new))
     assert lines[1] == hashlib.sha256(new).hexdigest()
     assert "refused" in lines[2:]
+
+
+@pytest.mark.slow
+def test_power_cut_at_every_write_of_a_delta_apply_on_the_virtual_pico(tmp_path: Path) -> None:
+    """The same on stock RPI_PICO firmware (rp2040js, its own littlefs): power lost at every
+    flash erase and program of rebuild + stage by delta -> trial boot -> committed boot."""
+    from conftest import run_mpseal
+
+    from mpseal.device.picoboard import PicoBoard
+    from mpseal.device.powercut import check_update_pico
+
+    project = tmp_path / "proj"
+    assert run_mpseal("init", project, "--board", "rp2", "--name", "hello").returncode == 0
+    assert run_mpseal("build", "-C", project).returncode == 0
+    old = (project / "dist" / "hello-1.0.0.mpseal").read_bytes()
+    sim = tmp_path / "pico"
+    assert run_mpseal("sim", "create", "--board", "rp2", "--sim", sim).returncode == 0
+    res = run_mpseal("sim", "install", project / "dist" / "hello-1.0.0.mpseal", "-C", project,
+                     "--sim", sim, timeout=600)
+    assert res.returncode == 0, res.stderr
+    res = run_mpseal("sim", "boot", "--sim", sim, timeout=600)
+    assert res.returncode == 0 and "committed hello 1.0.0" in res.stdout, res.stdout[-800:]
+    toml = project / "mpseal.toml"
+    text = re.sub(r'(?m)^version = "1.0.0"', 'version = "1.1.0"', toml.read_text())
+    toml.write_text(re.sub(r"(?m)^security_counter = 1\b", "security_counter = 2", text))
+    assert run_mpseal("build", "-C", project).returncode == 0
+    new = (project / "dist" / "hello-1.1.0.mpseal").read_bytes()
+
+    report = check_update_pico(PicoBoard(sim), new, {"1.0.0", "1.1.0"}, min_counter=1,
+                               delta=delta.make(old, new))
+
+    assert all(n > 0 for n in report.writes_per_step.values()), report.writes_per_step
+    assert report.survived == report.tried, report.failures()[:3]
+    status = PicoBoard(sim).status()
+    assert status["state"]["committed"] == "b" and status["state"]["counter"] == 2
+    print(f"virtual Pico delta power cuts: {report.tried} points tried, {report.survived} "
+          f"survived ({report.writes_per_step})")

@@ -122,9 +122,26 @@ def _reboot_and_check(board: VirtualBoard, step: str, n: int, torn: bool, versio
 PICO_STEPS = ("stage", "trial boot", "committed boot")
 
 
+# The update client's delta path on a board, over the REPL (mpseal_ota._via_delta after
+# the download): rebuild from the committed slot, check every file, stage.
+DELTA_STAGE = (
+    "import os, mpseal_guard, mpseal_delta\n"
+    "try:\n"
+    " mpseal_guard._load_state(mpseal_guard.trust_root())\n"
+    " _o = '/mpseal/delta.new'\n"
+    " mpseal_delta.apply({path!r}, mpseal_guard.slot_path(mpseal_guard._state.committed), _o)\n"
+    " mpseal_delta.check_files(_o)\n"
+    " _r = mpseal_guard.stage(_o)\n"
+    " os.remove(_o)\n"
+    " print(repr(('STAGED', _r.version, mpseal_guard._state.trial)))\n"
+    "except Exception as e:\n"
+    " print(repr(('REFUSED', str(e)[:160])))\n")
+
+
 def check_update_pico(board: PicoBoard, new_blob: bytes, versions: set[str], min_counter: int,
                       progress: Callable[[CutPoint], None] | None = None,
-                      max_writes: int = MAX_WRITES_PER_STEP) -> PowerCutReport:
+                      max_writes: int = MAX_WRITES_PER_STEP,
+                      delta: bytes | None = None) -> PowerCutReport:
     """The same check on a virtual Pico (stock firmware, real littlefs, rp2040js).
 
     Power is lost at every flash operation (each erase and each program counts one)
@@ -132,19 +149,22 @@ def check_update_pico(board: PicoBoard, new_blob: bytes, versions: set[str], min
     the dev profile and run a committed release), the trial boot, and the first
     committed boot. After each cut the board is powered on without cuts and must boot
     an allowed version with a counter not below ``min_counter``. There are no torn
-    writes here: an operation is done whole or not at all (docs/virtual-pico.md).
+    writes here: an operation is done whole or not at all (docs/virtual-pico.md). With
+    ``delta`` the stage step rebuilds the release from it (DELTA_STAGE).
     """
-    from mpseal.device.guard_install import INCOMING
+    from mpseal.device.guard_install import INCOMING, STAGE
 
     report = PowerCutReport()
+    code = STAGE.format(path=INCOMING) if delta is None else DELTA_STAGE.format(path=DELTA_PATH)
     with board.session() as transport:
-        transport.write_file(INCOMING, new_blob)
+        transport.write_file(INCOMING if delta is None else DELTA_PATH,
+                             new_blob if delta is None else delta)
     for name in PICO_STEPS:
         before = board.flash.read_bytes()
         completed_at = None
         for n in range(1, max_writes + 1):
             board.flash.write_bytes(before)
-            if not _pico_step(board, name, cut=n):
+            if not _pico_step(board, name, cut=n, code=code):
                 completed_at = n - 1
                 break
             point = _reboot_and_check_pico(board, name, n, versions, min_counter)
@@ -153,16 +173,19 @@ def check_update_pico(board: PicoBoard, new_blob: bytes, versions: set[str], min
                 progress(point)
         report.writes_per_step[name] = completed_at if completed_at is not None else -1
         board.flash.write_bytes(before)
-        _pico_step(board, name, cut=0)
+        _pico_step(board, name, cut=0, code=code)
     return report
 
 
-def _pico_step(board: PicoBoard, step: str, cut: int) -> bool:
-    """Run one step with power lost at its ``cut``-th flash write; True if it was lost."""
+def _pico_step(board: PicoBoard, step: str, cut: int, code: str | None = None) -> bool:
+    """Run one step with power lost at its ``cut``-th flash write; True if it was lost.
+    ``code``: what the stage step runs (default: the guard's stage of INCOMING)."""
     pico = board.pico
     try:
         if step == "stage":
             from mpseal.device.guard_install import INCOMING, STAGE, STAGE_TIMEOUT
+
+            code = code or STAGE.format(path=INCOMING)
 
             pico.start()
             board.settle()
@@ -175,7 +198,7 @@ def _pico_step(board: PicoBoard, step: str, cut: int) -> bool:
 
                 def stage() -> None:
                     try:
-                        transport.exec(STAGE.format(path=INCOMING), timeout=STAGE_TIMEOUT)
+                        transport.exec(code, timeout=STAGE_TIMEOUT)
                     except (MpsealError, OSError, TypeError, ValueError):
                         pass  # the line went down with the power: pyserial fails as it can
                     finally:
