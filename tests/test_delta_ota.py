@@ -32,6 +32,13 @@ def world(project: Path, tmp_path: Path):
         yield w
 
 
+@pytest.fixture
+def any_db_world(project: Path, tmp_path: Path, db_url: str):
+    """The fleet test on SQLite and on a real PostgreSQL (the inventory query, the deltas)."""
+    with ota_world(tmp_path, db_url, project) as w:
+        yield w
+
+
 def build(world: World, version: str, counter: int, limit: int) -> bytes:
     from release_support import release
 
@@ -61,7 +68,8 @@ def updated_by_delta(world: World, board, version: str) -> None:
     assert any(ln.startswith(f"committed hello {version}") for ln in report.guard_lines)
 
 
-def test_fleet_updated_by_deltas_from_two_base_releases(world: World) -> None:
+def test_fleet_updated_by_deltas_from_two_base_releases(any_db_world: World) -> None:
+    world = any_db_world
     v1 = build(world, "1.0.0", 1, 10)
     world.publish(v1)
     a, b = world.board(v1), world.board(v1)
