@@ -41,8 +41,11 @@ def main():
 
 
 def prepare(folder: Path, image_kb: int) -> VirtualBoard:
-    subprocess.run([str(BIN / "mpseal"), "init", str(folder / "proj"), "--board", "unix",
-                    "--name", "bench"], check=True, capture_output=True)
+    subprocess.run(
+        [str(BIN / "mpseal"), "init", str(folder / "proj"), "--board", "unix", "--name", "bench"],
+        check=True,
+        capture_output=True,
+    )
     proj_dir = folder / "proj"
     cfg = proj_dir / "mpseal.toml"
     cfg.write_text(cfg.read_text().replace('profile = "dev"', 'profile = "field"'))
@@ -59,9 +62,18 @@ def prepare(folder: Path, image_kb: int) -> VirtualBoard:
 
 
 def time_boot(board: VirtualBoard, mode: str) -> float:
-    res = subprocess.run([str(find_micropython()), str(HERE / "device" / "boot_timer.py"),
-                          str(runtime_dir()), str(board.flash), mode],
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [
+            str(find_micropython()),
+            str(HERE / "device" / "boot_timer.py"),
+            str(runtime_dir()),
+            str(board.flash),
+            mode,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     t0 = re.search(r"^T0 (\d+)$", res.stdout, re.M)
     t1 = re.search(r"^T (\d+)$", res.stdout, re.M)
     if not (t0 and t1):
@@ -73,8 +85,9 @@ def instruction_count() -> dict[str, object] | None:
     script = HERE / "p256_cost.py"
     if not script.is_file():
         return None
-    res = subprocess.run([sys.executable, str(script), "--json"], capture_output=True, text=True,
-                         timeout=600)
+    res = subprocess.run(
+        [sys.executable, str(script), "--json"], capture_output=True, text=True, timeout=600
+    )
     if res.returncode != 0:
         return {"error": (res.stderr.strip().splitlines() or ["p256_cost.py failed"])[-1]}
     return json.loads(res.stdout)
@@ -95,20 +108,28 @@ def main() -> None:
                 guard.append(time_boot(board, "guard"))
                 bare.append(time_boot(board, "mount"))
             g, b = statistics.median(guard), statistics.median(bare)
-            results[f"{kb}K"] = {"guard_ms": round(g, 2), "mount_only_ms": round(b, 2),
-                                 "ratio": round(g / b, 2), "overhead_ms": round(g - b, 2)}
+            results[f"{kb}K"] = {
+                "guard_ms": round(g, 2),
+                "mount_only_ms": round(b, 2),
+                "ratio": round(g / b, 2),
+                "overhead_ms": round(g - b, 2),
+            }
             if not args.json:
-                print(f"{kb:>4} KB image: guard {g:7.2f} ms, bare mount {b:7.2f} ms, "
-                      f"ratio {g / b:5.2f}x, guard overhead {g - b:6.2f} ms "
-                      f"(medians of {args.rounds})")
+                print(
+                    f"{kb:>4} KB image: guard {g:7.2f} ms, bare mount {b:7.2f} ms, "
+                    f"ratio {g / b:5.2f}x, guard overhead {g - b:6.2f} ms "
+                    f"(medians of {args.rounds})"
+                )
     if not args.no_instructions:
         results["verify_instructions"] = instruction_count()
         cost = results["verify_instructions"]
         if not args.json and isinstance(cost, dict) and "instructions_per_verify" in cost:
             runs = cost["instructions_per_verify"]
             ms = cost["wall_clock"]["verify"]["median_ms"]
-            print(f"one P-256 signature verify in the VM: {runs[0]:,} instructions "
-                  f"(callgrind, runs: {', '.join(f'{r:,}' for r in runs)}), {ms} ms median")
+            print(
+                f"one P-256 signature verify in the VM: {runs[0]:,} instructions "
+                f"(callgrind, runs: {', '.join(f'{r:,}' for r in runs)}), {ms} ms median"
+            )
         elif not args.json:
             print(f"one P-256 signature verify in the VM: {cost}")
     if args.json:

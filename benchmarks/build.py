@@ -48,25 +48,71 @@ GOAL_NOCHANGE = 0.15
 # Adafruit CircuitPython libraries (MicroPython-compatible, mostly multi-module
 # packages) and Microdot, pinned so every run measures the same code.
 ADAFRUIT = {
-    "ads1x15": "3.0.5", "asyncio": "3.1.1", "azureiot": "3.0.5", "bitmap-font": "2.5.1",
-    "ble": "10.1.5", "ble-adafruit": "1.4.16", "ble-broadcastnet": "0.12.18",
-    "ble-file-transfer": "4.0.14", "bno08x": "1.3.3", "busdevice": "5.2.17",
-    "circuitplayground": "5.3.12", "clue": "3.2.7", "connectionmanager": "3.1.8",
-    "crickit": "2.3.24", "datetime": "1.4.6", "display-button": "1.11.8",
-    "display-notification": "1.0.8", "display-shapes": "2.10.6", "display-text": "5.0.6",
-    "displayio-layout": "3.1.5", "epd": "2.20.0", "esp32spi": "11.1.4", "fancyled": "1.4.26",
-    "fona": "3.0.12", "framebuf": "1.6.12", "funhouse": "2.4.5", "gps": "4.0.0",
-    "hid": "6.1.10", "httpserver": "4.8.2", "icm20x": "2.1.10", "imageload": "1.24.8",
-    "itertools": "2.1.8", "json-stream": "0.9.5", "led-animation": "2.12.6",
-    "lis3dh": "5.2.10", "logging": "5.6.4", "lsm6ds": "4.6.3", "macropad": "2.4.7",
-    "magtag": "2.2.18", "matrixportal": "3.2.12", "mcp230xx": "2.6.2", "mcp3xxx": "1.5.2",
-    "midi": "1.6.0", "minimqtt": "8.1.0", "motor": "3.5.0", "motorkit": "1.6.21",
-    "ntp": "3.4.0", "pca9685": "3.4.22", "pn532": "2.4.9", "portalbase": "3.5.2",
-    "progressbar": "2.3.22", "pybadger": "4.0.10", "pyportal": "7.1.4",
-    "register": "1.13.0", "requests": "4.1.17", "rfm": "1.1.0", "rgb-display": "3.14.6",
-    "seesaw": "1.18.2", "servokit": "1.3.24", "simpleio": "3.0.20",
-    "templateengine": "2.0.9", "ticks": "1.1.7", "turtle": "3.1.11",
-    "usb-host-descriptors": "0.6.0", "wiznet5k": "7.4.5",
+    "ads1x15": "3.0.5",
+    "asyncio": "3.1.1",
+    "azureiot": "3.0.5",
+    "bitmap-font": "2.5.1",
+    "ble": "10.1.5",
+    "ble-adafruit": "1.4.16",
+    "ble-broadcastnet": "0.12.18",
+    "ble-file-transfer": "4.0.14",
+    "bno08x": "1.3.3",
+    "busdevice": "5.2.17",
+    "circuitplayground": "5.3.12",
+    "clue": "3.2.7",
+    "connectionmanager": "3.1.8",
+    "crickit": "2.3.24",
+    "datetime": "1.4.6",
+    "display-button": "1.11.8",
+    "display-notification": "1.0.8",
+    "display-shapes": "2.10.6",
+    "display-text": "5.0.6",
+    "displayio-layout": "3.1.5",
+    "epd": "2.20.0",
+    "esp32spi": "11.1.4",
+    "fancyled": "1.4.26",
+    "fona": "3.0.12",
+    "framebuf": "1.6.12",
+    "funhouse": "2.4.5",
+    "gps": "4.0.0",
+    "hid": "6.1.10",
+    "httpserver": "4.8.2",
+    "icm20x": "2.1.10",
+    "imageload": "1.24.8",
+    "itertools": "2.1.8",
+    "json-stream": "0.9.5",
+    "led-animation": "2.12.6",
+    "lis3dh": "5.2.10",
+    "logging": "5.6.4",
+    "lsm6ds": "4.6.3",
+    "macropad": "2.4.7",
+    "magtag": "2.2.18",
+    "matrixportal": "3.2.12",
+    "mcp230xx": "2.6.2",
+    "mcp3xxx": "1.5.2",
+    "midi": "1.6.0",
+    "minimqtt": "8.1.0",
+    "motor": "3.5.0",
+    "motorkit": "1.6.21",
+    "ntp": "3.4.0",
+    "pca9685": "3.4.22",
+    "pn532": "2.4.9",
+    "portalbase": "3.5.2",
+    "progressbar": "2.3.22",
+    "pybadger": "4.0.10",
+    "pyportal": "7.1.4",
+    "register": "1.13.0",
+    "requests": "4.1.17",
+    "rfm": "1.1.0",
+    "rgb-display": "3.14.6",
+    "seesaw": "1.18.2",
+    "servokit": "1.3.24",
+    "simpleio": "3.0.20",
+    "templateengine": "2.0.9",
+    "ticks": "1.1.7",
+    "turtle": "3.1.11",
+    "usb-host-descriptors": "0.6.0",
+    "wiznet5k": "7.4.5",
 }
 PACKAGES = [f"adafruit-circuitpython-{n}=={v}" for n, v in ADAFRUIT.items()] + ["microdot==2.7.0"]
 
@@ -74,14 +120,14 @@ SKIP_PARTS = {"docs", "doc", "examples", "example", "tests", "test", "__pycache_
 SKIP_FILES = {"setup.py", "conftest.py"}
 RESERVED = {"main.py", "greet.py"}  # the project's own entry module / template module
 
-ENTRY = '''\
+ENTRY = """\
 # Entry module of the build benchmark; the code base under test is the
 # third-party packages beside it.
 
 
 def main():
     print("mpseal build benchmark")
-'''
+"""
 
 
 class BenchError(Exception):
@@ -98,7 +144,9 @@ def tool(name: str) -> Path:
     if not path.is_file():
         found = shutil.which(name)
         if not found:
-            raise BenchError(f"{name} not found next to {sys.executable}; run with the project's .venv/bin/python")
+            raise BenchError(
+                f"{name} not found next to {sys.executable}; run with the project's .venv/bin/python"
+            )
         path = Path(found)
     return path
 
@@ -123,8 +171,9 @@ ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 def run(cmd: list[str], what: str, cwd: Path | None = None) -> tuple[float, str]:
     """Run a whole command, return (wall seconds, stdout); a failure is a BenchError."""
     t = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                          env=ENV)
+    proc = subprocess.run(
+        cmd, cwd=cwd, capture_output=True, text=True, stdin=subprocess.DEVNULL, env=ENV
+    )
     dt = time.perf_counter() - t
     if proc.returncode != 0:
         tail = (proc.stderr.strip() or proc.stdout.strip() or "no message").splitlines()[-1]
@@ -134,6 +183,7 @@ def run(cmd: list[str], what: str, cwd: Path | None = None) -> tuple[float, str]
 
 # --- the code base -----------------------------------------------------------------------------
 
+
 def wheel_name(spec: str) -> str:
     name, version = spec.split("==")
     return f"{re.sub(r'[-_.]+', '_', name).lower()}-{version}-"
@@ -141,8 +191,20 @@ def wheel_name(spec: str) -> str:
 
 def download(dists: Path) -> tuple[list[Path], float]:
     dists.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-           "--disable-pip-version-check", "--quiet", "--dest", str(dists), *PACKAGES]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary",
+        ":all:",
+        "--disable-pip-version-check",
+        "--quiet",
+        "--dest",
+        str(dists),
+        *PACKAGES,
+    ]
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     dt = time.perf_counter() - t
@@ -169,9 +231,14 @@ def extract(wheels: list[Path], tree: Path) -> dict[str, int]:
         with zipfile.ZipFile(wheel) as zf:
             for name in zf.namelist():
                 parts = name.split("/")
-                if (not name.endswith(".py") or parts[0].endswith((".dist-info", ".data"))
-                        or SKIP_PARTS.intersection(parts[:-1]) or parts[-1] in SKIP_FILES
-                        or name in RESERVED or any(p in ("", ".", "..") for p in parts)):
+                if (
+                    not name.endswith(".py")
+                    or parts[0].endswith((".dist-info", ".data"))
+                    or SKIP_PARTS.intersection(parts[:-1])
+                    or parts[-1] in SKIP_FILES
+                    or name in RESERVED
+                    or any(p in ("", ".", "..") for p in parts)
+                ):
                     continue
                 data = zf.read(name)
                 if name in owner:
@@ -193,8 +260,9 @@ def keep_compilable(tree: Path, scratch: Path) -> list[str]:
 
     def check(item: tuple[int, Path]) -> str | None:
         i, path = item
-        proc = subprocess.run([*binary, "-o", str(scratch / f"{i}.mpy"), str(path)],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [*binary, "-o", str(scratch / f"{i}.mpy"), str(path)], capture_output=True, text=True
+        )
         if proc.returncode == 0:
             return None
         path.unlink()
@@ -209,12 +277,15 @@ def keep_compilable(tree: Path, scratch: Path) -> list[str]:
 
 # --- the measurements --------------------------------------------------------------------------
 
+
 def mpseal_build(mpseal: Path, project: Path, cold: bool) -> tuple[float, dict]:
     if cold:
         shutil.rmtree(project / ".mpseal-cache", ignore_errors=True)
         shutil.rmtree(project / "dist", ignore_errors=True)
-    dt, out = run([str(mpseal), "build", "-C", str(project), "--json"],
-                  f"mpseal build ({'cold' if cold else 'no-change'})")
+    dt, out = run(
+        [str(mpseal), "build", "-C", str(project), "--json"],
+        f"mpseal build ({'cold' if cold else 'no-change'})",
+    )
     return dt, json.loads(out)
 
 
@@ -223,8 +294,9 @@ def mpremote_build(mpremote: Path, source: Path, work: Path, round_no: int) -> t
     shutil.copytree(source, src)  # pristine .py files, no .mpy beside them
     image = work / f"mpremote-{round_no}.img"
     try:
-        dt, out = run([str(mpremote), "romfs", "-o", str(image), "build", str(src)],
-                      "mpremote romfs build")
+        dt, out = run(
+            [str(mpremote), "romfs", "-o", str(image), "build", str(src)], "mpremote romfs build"
+        )
         if "not precompiled" in out or not image.is_file():
             raise BenchError("mpremote romfs build did not compile with mpy-cross")
         return dt, out.count("-> .mpy")
@@ -273,8 +345,12 @@ def median(xs: list[float]) -> float:
 
 def benchmark(rounds: int, work: Path) -> dict:
     mpseal, mpremote = tool("mpseal"), tool("mpremote")
-    result: dict = {"packages": len(PACKAGES), "cpus": os.cpu_count(), "rounds": rounds,
-                    "load_before": os.getloadavg()[0]}
+    result: dict = {
+        "packages": len(PACKAGES),
+        "cpus": os.cpu_count(),
+        "rounds": rounds,
+        "load_before": os.getloadavg()[0],
+    }
 
     log(f"downloading {len(PACKAGES)} pinned packages with pip into {CACHE / 'dists'} ...")
     wheels, result["download_seconds"] = download(CACHE / "dists")
@@ -287,18 +363,27 @@ def benchmark(rounds: int, work: Path) -> dict:
     # 400 modules make a ~700 KiB image: more than the virtual board's 2 MiB filesystem
     # holds for an A/B update, so the benchmark's board says it has room.
     config = project / "mpseal.toml"
-    config.write_text(config.read_text().replace('board = "unix"',
-                                                 'board = "unix"\nfilesystem_size = "16M"', 1))
+    config.write_text(
+        config.read_text().replace('board = "unix"', 'board = "unix"\nfilesystem_size = "16M"', 1)
+    )
     counts = extract(wheels, source)
     dropped = keep_compilable(source, work / "check")
     modules = sum(1 for _ in source.rglob("*.py"))
-    result.update(modules=modules, third_party_modules=modules - 1, dropped=len(dropped),
-                  dropped_examples=dropped[:5], **{k: v for k, v in counts.items() if k != "extracted"})
-    log(f"code base: {modules - 1} third-party modules from {len(wheels)} wheels "
-        f"(+ main.py), {len(dropped)} dropped by mpy-cross")
+    result.update(
+        modules=modules,
+        third_party_modules=modules - 1,
+        dropped=len(dropped),
+        dropped_examples=dropped[:5],
+        **{k: v for k, v in counts.items() if k != "extracted"},
+    )
+    log(
+        f"code base: {modules - 1} third-party modules from {len(wheels)} wheels "
+        f"(+ main.py), {len(dropped)} dropped by mpy-cross"
+    )
     if modules - 1 < MIN_MODULES:
-        raise BenchError(f"only {modules - 1} third-party modules compile; the benchmark needs "
-                         f">= {MIN_MODULES}")
+        raise BenchError(
+            f"only {modules - 1} third-party modules compile; the benchmark needs >= {MIN_MODULES}"
+        )
 
     times: dict[str, list[float]] = {"cold": [], "nochange": [], "mpremote": []}
     image = None
@@ -330,10 +415,15 @@ def benchmark(rounds: int, work: Path) -> dict:
 
     log("start-up, stage split and compiler floor ...")
     startup = {
-        "mpseal --help": median([run([str(mpseal), "--help"], "mpseal --help")[0] for _ in range(5)]),
-        "mpremote --help": median([run([str(mpremote), "--help"], "mpremote --help")[0]
-                                   for _ in range(5)]),
-        "python -c pass": median([run([sys.executable, "-c", "pass"], "python")[0] for _ in range(5)]),
+        "mpseal --help": median(
+            [run([str(mpseal), "--help"], "mpseal --help")[0] for _ in range(5)]
+        ),
+        "mpremote --help": median(
+            [run([str(mpremote), "--help"], "mpremote --help")[0] for _ in range(5)]
+        ),
+        "python -c pass": median(
+            [run([sys.executable, "-c", "pass"], "python")[0] for _ in range(5)]
+        ),
     }
     splits = [stage_split(project) for _ in range(3)]
     split = {k: median([s[k] for s in splits]) for k in splits[0]}
@@ -361,8 +451,7 @@ def report(r: dict) -> str:
     med, t = r["median_seconds"], r["times"]
 
     def row(label: str, key: str) -> str:
-        return (f"  {label:<30}{med[key]:7.3f} s   (min {min(t[key]):.3f}, "
-                f"max {max(t[key]):.3f})")
+        return f"  {label:<30}{med[key]:7.3f} s   (min {min(t[key]):.3f}, max {max(t[key]):.3f})"
 
     def ratio(label: str, value: float, goal: float) -> str:
         verdict = "PASS" if value <= goal else "MISS"
@@ -383,8 +472,7 @@ def report(r: dict) -> str:
         "  where mpseal's time goes:",
         f"    start-up: mpseal --help {s['mpseal --help']:.3f} s, mpremote --help "
         f"{s['mpremote --help']:.3f} s, python -c pass {s['python -c pass']:.3f} s",
-        ratio("mpseal --help / mpremote --help", s["mpseal --help"] / s["mpremote --help"],
-              1.0),
+        ratio("mpseal --help / mpremote --help", s["mpseal --help"] / s["mpremote --help"], 1.0),
         f"  {'mpseal --help':<30}{s['mpseal --help']:7.3f} s   goal <= {GOAL_STARTUP:.2f} s   "
         + ("PASS" if s["mpseal --help"] <= GOAL_STARTUP else "MISS"),
         f"    in-process cold build: import {sp['import']:.3f} s, then build {sp['build']:.3f} s = "
@@ -394,10 +482,14 @@ def report(r: dict) -> str:
         f"{r['compiler_sequential_seconds'] / (r['cpus'] or 1):.3f} s",
     ]
     if r["load_before"] > (r["cpus"] or 1) * 0.5:
-        lines.append(f"  note: the machine was busy before the run (1-min load "
-                     f"{r['load_before']:.1f} on {r['cpus']} CPUs): figures are noisy")
+        lines.append(
+            f"  note: the machine was busy before the run (1-min load "
+            f"{r['load_before']:.1f} on {r['cpus']} CPUs): figures are noisy"
+        )
     if r["dropped"]:
-        lines.append(f"  dropped (mpy-cross refused): {r['dropped']}, e.g. {r['dropped_examples'][0]}")
+        lines.append(
+            f"  dropped (mpy-cross refused): {r['dropped']}, e.g. {r['dropped_examples'][0]}"
+        )
     return "\n".join(lines)
 
 

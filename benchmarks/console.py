@@ -43,10 +43,16 @@ def fill(url: str, n: int) -> dict[str, float]:
 
     def rows():  # type: ignore[no-untyped-def]
         for i in range(n):
-            yield ImportRow(f"bench-{i:07d}", "esp32", f"g{i % 10}", os.urandom(32).hex(),
-                            os.urandom(8).hex(), until + timedelta(minutes=i % 100_000),
-                            f"CN=bench-{i:07d}",
-                            hashlib.sha256(f"tok-{i}".encode()).hexdigest())
+            yield ImportRow(
+                f"bench-{i:07d}",
+                "esp32",
+                f"g{i % 10}",
+                os.urandom(32).hex(),
+                os.urandom(8).hex(),
+                until + timedelta(minutes=i % 100_000),
+                f"CN=bench-{i:07d}",
+                hashlib.sha256(f"tok-{i}".encode()).hexdigest(),
+            )
 
     reg = Registry.open(url)
     t0 = time.perf_counter()
@@ -55,20 +61,24 @@ def fill(url: str, n: int) -> dict[str, float]:
     t0 = time.perf_counter()
     with reg.engine.begin() as conn:
         # versions: 70 % 1.0.0, 25 % 1.1.0, 5 % 2.0.0; last check-in spread over 30 days
-        conn.execute(sa.text(
-            "INSERT INTO device_status (device_id, app, version, counter, channel, "
-            "last_check_at, last_report_at, last_event) SELECT id, 'hello', "
-            "CASE WHEN id % 20 = 0 THEN '2.0.0' WHEN id % 4 = 0 THEN '1.1.0' ELSE '1.0.0' END,"
-            " 1, 'stable', now() - (id % 43200) * interval '1 minute', NULL, NULL "
-            "FROM devices"))
+        conn.execute(
+            sa.text(
+                "INSERT INTO device_status (device_id, app, version, counter, channel, "
+                "last_check_at, last_report_at, last_event) SELECT id, 'hello', "
+                "CASE WHEN id % 20 = 0 THEN '2.0.0' WHEN id % 4 = 0 THEN '1.1.0' ELSE '1.0.0' END,"
+                " 1, 'stable', now() - (id % 43200) * interval '1 minute', NULL, NULL "
+                "FROM devices"
+            )
+        )
         conn.execute(sa.text("ANALYZE"))
     took["inventory"] = time.perf_counter() - t0
     log = AuditLog(reg)
     for i in range(2000):
         log.append("token:0123456789abcdef", "promote", f"release {i}", {"percent": i % 100})
     for d in range(1, 201):
-        devicelogs.append(reg, d, [("guard", f"{j} booting hello 1.0.0 from slot a")
-                                   for j in range(50)])
+        devicelogs.append(
+            reg, d, [("guard", f"{j} booting hello 1.0.0 from slot a") for j in range(50)]
+        )
     reg.engine.dispose()
     return took
 
@@ -108,23 +118,28 @@ def main() -> int:
             store = ReleaseStore(reg)
             start = datetime.now(UTC) - timedelta(days=2)
             for k in range(consoledata.SAMPLES_PER_RELEASE):
-                consoledata.sample_releases(reg, store.releases(None),
-                                            now=start + timedelta(minutes=10 * k))
+                consoledata.sample_releases(
+                    reg, store.releases(None), now=start + timedelta(minutes=10 * k)
+                )
             store.close()
             reg.engine.dispose()
             with httpx.Client(base_url=srv.url, timeout=120) as c:
                 c.post("/console/login", data={"token": ADMIN_TOKEN})
                 mid = f"bench-{args.devices // 2:07d}"
-                pages = {"overview": "/console/", "devices": "/console/devices",
-                         "devices, deep page": f"/console/devices?after={args.devices // 2}",
-                         "devices version=2.0.0": "/console/devices?version=2.0.0",
-                         "devices silent 7 days": "/console/devices?silent_days=7",
-                         "device": f"/console/devices/{mid}",
-                         "device with log": "/console/devices/bench-0000001",
-                         "release": f"/console/releases/{rid}",
-                         "release live": f"/console/releases/{rid}/live",
-                         "certificates": "/console/certificates",
-                         "audit": "/console/audit", "audit verify": "/console/audit?verify=1"}
+                pages = {
+                    "overview": "/console/",
+                    "devices": "/console/devices",
+                    "devices, deep page": f"/console/devices?after={args.devices // 2}",
+                    "devices version=2.0.0": "/console/devices?version=2.0.0",
+                    "devices silent 7 days": "/console/devices?silent_days=7",
+                    "device": f"/console/devices/{mid}",
+                    "device with log": "/console/devices/bench-0000001",
+                    "release": f"/console/releases/{rid}",
+                    "release live": f"/console/releases/{rid}/live",
+                    "certificates": "/console/certificates",
+                    "audit": "/console/audit",
+                    "audit verify": "/console/audit?verify=1",
+                }
                 times: dict[str, dict[str, float]] = {}
                 for name, path in pages.items():
                     ms = []
@@ -134,15 +149,19 @@ def main() -> int:
                         ms.append((time.perf_counter() - t0) * 1000)
                         if resp.status_code != 200:
                             raise SystemExit(f"{path}: {resp.status_code} {resp.text[:200]}")
-                    times[name] = {"cold_ms": round(ms[0], 1),
-                                   "median_ms": round(statistics.median(ms), 1)}
+                    times[name] = {
+                        "cold_ms": round(ms[0], 1),
+                        "median_ms": round(statistics.median(ms), 1),
+                    }
                 out["pages"] = times
     if args.json:
         print(json.dumps(out, indent=2))
     else:
-        print(f"console pages, PostgreSQL, {args.devices:,} devices "
-              f"(setup: import {out['setup_s']['import']:.1f} s, "  # type: ignore[index]
-              f"inventory {out['setup_s']['inventory']:.1f} s)")  # type: ignore[index]
+        print(
+            f"console pages, PostgreSQL, {args.devices:,} devices "
+            f"(setup: import {out['setup_s']['import']:.1f} s, "  # type: ignore[index]
+            f"inventory {out['setup_s']['inventory']:.1f} s)"
+        )  # type: ignore[index]
         for name, t in out["pages"].items():  # type: ignore[attr-defined]
             print(f"  {name:<24} cold {t['cold_ms']:>8.1f} ms   median {t['median_ms']:>8.1f} ms")
     return 0

@@ -39,8 +39,20 @@ import build as bb  # the build benchmark's pinned code base
 
 GOAL_CONSTANT = 0.02
 GOAL_MODULE = 1.2
-MEDIUM = ("httpserver", "minimqtt", "requests", "connectionmanager", "display_text",
-          "led_animation", "logging", "datetime", "ticks", "register", "busdevice", "ntp")
+MEDIUM = (
+    "httpserver",
+    "minimqtt",
+    "requests",
+    "connectionmanager",
+    "display_text",
+    "led_animation",
+    "logging",
+    "datetime",
+    "ticks",
+    "register",
+    "busdevice",
+    "ntp",
+)
 CONSTANT = re.compile(rb"^[ \t]*([A-Za-z_][A-Za-z0-9_.]*) = (\d+)$", re.M)
 
 
@@ -74,8 +86,9 @@ def code_base(name: str, wheels: list[Path], work: Path) -> Path:
     (source / "greet.py").unlink(missing_ok=True)
     (source / "main.py").write_text(bb.ENTRY)
     cfg = project / "mpseal.toml"
-    cfg.write_text(cfg.read_text().replace('board = "unix"',
-                                           'board = "unix"\nfilesystem_size = "16M"', 1))
+    cfg.write_text(
+        cfg.read_text().replace('board = "unix"', 'board = "unix"\nfilesystem_size = "16M"', 1)
+    )
     bb.extract(wheels, source)
     bb.keep_compilable(source, work / f"check-{name}")
     return project
@@ -99,7 +112,9 @@ def measure(name: str, project: Path) -> dict:
         text = mod.read_bytes()
         m = CONSTANT.search(text)
         if m:
-            mod.write_bytes(text[:m.start(2)] + str(int(m.group(2)) + 1).encode() + text[m.end(2):])
+            mod.write_bytes(
+                text[: m.start(2)] + str(int(m.group(2)) + 1).encode() + text[m.end(2) :]
+            )
             break
     else:
         raise bb.BenchError(f"{name}: no module-level integer constant to change")
@@ -114,12 +129,19 @@ def measure(name: str, project: Path) -> dict:
     mpy = mpy_of(project, added)
     mod_z = len(zlib.compress(mpy, 9))
     return {
-        "code_base": name, "modules": len(modules) + 1, "artifact": len(v2),
+        "code_base": name,
+        "modules": len(modules) + 1,
+        "artifact": len(v2),
         "artifact_deflated": len(zlib.compress(v2, 9)),
-        "constant_module": str(mod.relative_to(source)), "constant": m.group(1).decode(),
-        "constant_delta": len(d_const), "constant_pct": 100 * len(d_const) / len(v2),
-        "module": str(added.relative_to(source)), "module_mpy": len(mpy),
-        "module_deflated": mod_z, "module_delta": len(d_mod), "module_ratio": len(d_mod) / mod_z,
+        "constant_module": str(mod.relative_to(source)),
+        "constant": m.group(1).decode(),
+        "constant_delta": len(d_const),
+        "constant_pct": 100 * len(d_const) / len(v2),
+        "module": str(added.relative_to(source)),
+        "module_mpy": len(mpy),
+        "module_deflated": mod_z,
+        "module_delta": len(d_mod),
+        "module_ratio": len(d_mod) / mod_z,
     }
 
 
@@ -154,10 +176,15 @@ def main() -> int:
         small = [w for w in wheels if w.name.startswith("microdot-")]
         rows = [measure("small (microdot)", code_base("small", small, work))]
         if not args.small:
-            medium = [w for w in wheels if w.name.startswith("microdot-") or any(
-                w.name.startswith(f"adafruit_circuitpython_{n}-") for n in MEDIUM)]
-            rows.append(measure(f"medium ({len(medium)} packages)",
-                                code_base("medium", medium, work)))
+            medium = [
+                w
+                for w in wheels
+                if w.name.startswith("microdot-")
+                or any(w.name.startswith(f"adafruit_circuitpython_{n}-") for n in MEDIUM)
+            ]
+            rows.append(
+                measure(f"medium ({len(medium)} packages)", code_base("medium", medium, work))
+            )
     except bb.BenchError as e:
         print(f"benchmark: {e}", file=sys.stderr)
         return 2

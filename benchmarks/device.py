@@ -88,19 +88,25 @@ STATEMENTS = {
 def inputs() -> dict[str, str]:
     key = ec.derive_private_key(PRIVATE_KEY, ec.SECP256R1())
     r, s = decode_dss_signature(key.sign(MESSAGE, ec.ECDSA(hashes.SHA256())))
-    pub = key.public_key().public_bytes(serialization.Encoding.X962,
-                                        serialization.PublicFormat.UncompressedPoint)
-    return {"pub": pub.hex(), "dig": hashlib.sha256(MESSAGE).hexdigest(),
-            "sig": (r.to_bytes(32, "big") + s.to_bytes(32, "big")).hex(),
-            "priv": PRIVATE_KEY.to_bytes(32, "big").hex()}
+    pub = key.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+    return {
+        "pub": pub.hex(),
+        "dig": hashlib.sha256(MESSAGE).hexdigest(),
+        "sig": (r.to_bytes(32, "big") + s.to_bytes(32, "big")).hex(),
+        "priv": PRIVATE_KEY.to_bytes(32, "big").hex(),
+    }
 
 
 def rp2_modules() -> dict[str, bytes]:
     board = get_board("rp2")
-    compiler = Compiler(CompileOptions(board.mpy, board.arch, opt=2, source_lines=False),
-                        cache_dir=None)
-    out = compiler.compile_all([Module(f"{m}.py", (runtime_dir() / f"{m}.py").read_bytes())
-                                for m in MODULES])
+    compiler = Compiler(
+        CompileOptions(board.mpy, board.arch, opt=2, source_lines=False), cache_dir=None
+    )
+    out = compiler.compile_all(
+        [Module(f"{m}.py", (runtime_dir() / f"{m}.py").read_bytes()) for m in MODULES]
+    )
     return {name[:-3] + ".mpy": data for name, data in out.items()}
 
 
@@ -121,6 +127,7 @@ def _heap(out: str) -> tuple[int, bool]:
 
 
 # --- QEMU MPS2-AN385 -------------------------------------------------------------------
+
 
 def qemu(files: dict[str, bytes], args: dict[str, str]) -> dict[str, object]:
     res: dict[str, object] = {}
@@ -168,12 +175,14 @@ except MemoryError:
 def qemu_room(files: dict[str, bytes], args: dict[str, str]) -> int:
     """Smallest free heap (to 256 bytes) in which p256 imports and verifies once."""
     lo, hi = 1024, 96 * 1024  # MEMORY at lo (checked below), FITS at hi
+
     def fits(room: int) -> bool:
         with Mps2(timeout=600) as board:
             board.put(files)
             out = board.exec(PROBE.format(room=room, **args)).strip()
         assert out in ("FITS", "MEMORY"), out
         return out == "FITS"
+
     if fits(lo) or not fits(hi):
         raise RuntimeError("heap probe out of its range")
     while hi - lo > 256:
@@ -183,6 +192,7 @@ def qemu_room(files: dict[str, bytes], args: dict[str, str]) -> int:
 
 
 # --- the virtual Pico ------------------------------------------------------------------
+
 
 def pico(files: dict[str, bytes], args: dict[str, str]) -> dict[str, object]:
     from mpseal.device.pico import VirtualPico
@@ -264,35 +274,46 @@ def boot_lines(res: dict[str, object]) -> list[str]:
             lines.append(f"{label:<38} {res.get('_why', 'n/a')}   {goal}")
             continue
         if "error" in r:
-            lines.append(f"{label:<38} n/a (guard_boot.measure raised "
-                         f"{str(r['error'])[-100:]!r})  {goal}")
+            lines.append(
+                f"{label:<38} n/a (guard_boot.measure raised {str(r['error'])[-100:]!r})  {goal}"
+            )
             continue
         if "failed" in r:
             lines.append(f"{label:<38} n/a (the boot failed: {str(r['failed'])[-100:]!r})  {goal}")
             continue
         ms = int(r["main_us"]) / 1000
         verdict = (" : " + ("met" if ms <= GOAL_BOOT_MS else "NOT met")) if goal else ""
-        lines.append(f"{label:<38} {_m(int(r['cycles'])):>12} {ms:7.1f} ms   {m3}   "
-                     f"{goal}{verdict}  (mount {r.get('mount')}; cycles read after the "
-                     "line appeared: an upper bound; ms from the board's timer)")
+        lines.append(
+            f"{label:<38} {_m(int(r['cycles'])):>12} {ms:7.1f} ms   {m3}   "
+            f"{goal}{verdict}  (mount {r.get('mount')}; cycles read after the "
+            "line appeared: an upper bound; ms from the board's timer)"
+        )
         if "peak" in r:
             peak = int(r["peak"])
-            lines.append(f"{'peak heap during boot, ' + str(kb) + ' KB app':<38} "
-                         f"{peak / 1024:.0f} KB (held at main {int(r['held']) / 1024:.0f} KB, "
-                         f"transient {int(r['transient']) / 1024:.0f} KB; 4 KB steps)   "
-                         f"{heap_goal}: " + ("met" if peak <= GOAL_HEAP else "NOT met")
-                         + " (the app's own is its main module only, so the whole peak is "
-                           "counted)")
+            lines.append(
+                f"{'peak heap during boot, ' + str(kb) + ' KB app':<38} "
+                f"{peak / 1024:.0f} KB (held at main {int(r['held']) / 1024:.0f} KB, "
+                f"transient {int(r['transient']) / 1024:.0f} KB; 4 KB steps)   "
+                f"{heap_goal}: "
+                + ("met" if peak <= GOAL_HEAP else "NOT met")
+                + " (the app's own is its main module only, so the whole peak is "
+                "counted)"
+            )
     if not any(line.startswith("peak heap") for line in lines):
         r = res.get(f"boot{BOOT_KB[-1]}")
-        why = (f"n/a (no 200 KB boot: {str(r.get('failed') or r.get('error'))[-60:]!r})"
-               if isinstance(r, dict) else str(res.get("_why", "n/a")))
-        lines.append(f"{'peak heap during boot, ' + str(BOOT_KB[-1]) + ' KB app':<38} "
-                     f"{why}   {heap_goal}")
+        why = (
+            f"n/a (no 200 KB boot: {str(r.get('failed') or r.get('error'))[-60:]!r})"
+            if isinstance(r, dict)
+            else str(res.get("_why", "n/a"))
+        )
+        lines.append(
+            f"{'peak heap during boot, ' + str(BOOT_KB[-1]) + ' KB app':<38} {why}   {heap_goal}"
+        )
     return lines
 
 
 # --- output ----------------------------------------------------------------------------
+
 
 def _m(n: object) -> str:
     return f"{n / 1e6:7.2f} M" if isinstance(n, int) else str(n)
@@ -302,30 +323,40 @@ def _ms(n: object) -> str:
     return f"{n / CPU_HZ * 1000:7.1f} ms" if isinstance(n, int) else ""
 
 
-def report(pic: dict[str, object], qem: dict[str, object],
-           boo: dict[str, object]) -> list[str]:
+def report(pic: dict[str, object], qem: dict[str, object], boo: dict[str, object]) -> list[str]:
     def row(label: str, key: str, goal: str = "") -> str:
         c, i = pic.get(key, pic.get("_why", "n/a")), qem.get(key, qem.get("_why", "n/a"))
         return f"{label:<38} {_m(c):>12} {_ms(c):>10}   {_m(i):>12}   {goal}"
 
-    lines = [f"{'':<38} {'RP2040 cycles':>12} {'@125 MHz':>10}   {'M3 instr.':>12}   goal",
-             row("P-256 verify, Python integers", "verify_pure"),
-             row("P-256 verify, p256_thumb (shipped)", "verify_fast",
-                 f"<= {GOAL_VERIFY / 1e6:.0f} M cycles on RP2040: "
-                 + _verdict(pic.get("verify_fast"), GOAL_VERIFY))]
+    lines = [
+        f"{'':<38} {'RP2040 cycles':>12} {'@125 MHz':>10}   {'M3 instr.':>12}   goal",
+        row("P-256 verify, Python integers", "verify_pure"),
+        row(
+            "P-256 verify, p256_thumb (shipped)",
+            "verify_fast",
+            f"<= {GOAL_VERIFY / 1e6:.0f} M cycles on RP2040: "
+            + _verdict(pic.get("verify_fast"), GOAL_VERIFY),
+        ),
+    ]
     for src, name in ((pic, "RP2040"), (qem, "M3")):
         a, b = src.get("verify_pure"), src.get("verify_fast")
         if isinstance(a, int) and isinstance(b, int):
             lines.append(f"  {name}: p256_thumb is {a / b:.1f}x faster than Python integers")
-    lines += [row("key generation (generate)", "keygen"),
-              row("one signature (sign, self-checked)", "sign"),
-              row("one signature (sign, check=False)", "sign_nocheck")]
-    lines.append(f"{'heap held by p256 after import':<38} "
-                 f"{_bytes(pic, 'heap_pure')} pure, {_bytes(pic, 'heap_fast')} fast (RP2040); "
-                 f"{_bytes(qem, 'heap_pure')} pure, {_bytes(qem, 'heap_fast')} fast (M3)")
-    lines.append(f"{'heap to import p256 and verify once':<38} "
-                 f"{_bytes(qem, 'room_pure')} pure, {_bytes(qem, 'room_fast')} fast (M3: "
-                 "smallest free heap that works, found by bisection)")
+    lines += [
+        row("key generation (generate)", "keygen"),
+        row("one signature (sign, self-checked)", "sign"),
+        row("one signature (sign, check=False)", "sign_nocheck"),
+    ]
+    lines.append(
+        f"{'heap held by p256 after import':<38} "
+        f"{_bytes(pic, 'heap_pure')} pure, {_bytes(pic, 'heap_fast')} fast (RP2040); "
+        f"{_bytes(qem, 'heap_pure')} pure, {_bytes(qem, 'heap_fast')} fast (M3)"
+    )
+    lines.append(
+        f"{'heap to import p256 and verify once':<38} "
+        f"{_bytes(qem, 'room_pure')} pure, {_bytes(qem, 'room_fast')} fast (M3: "
+        "smallest free heap that works, found by bisection)"
+    )
     lines += boot_lines(boo)
     return lines
 
@@ -358,15 +389,13 @@ def main() -> int:
     opts = ap.parse_args()
     files = rp2_modules()
     args = inputs()
-    pic = {"_why": "n/a (--no-pico)"} if opts.no_pico else _run("rp2040js",
-                                                               lambda: pico(files, args))
-    qem = {"_why": "n/a (--no-qemu)"} if opts.no_qemu else _run("qemu",
-                                                              lambda: qemu(files, args))
-    boo = {"_why": "n/a (--no-boot)"} if opts.no_boot or opts.no_pico else _run(
-        "guard boot", boot)
+    pic = (
+        {"_why": "n/a (--no-pico)"} if opts.no_pico else _run("rp2040js", lambda: pico(files, args))
+    )
+    qem = {"_why": "n/a (--no-qemu)"} if opts.no_qemu else _run("qemu", lambda: qemu(files, args))
+    boo = {"_why": "n/a (--no-boot)"} if opts.no_boot or opts.no_pico else _run("guard boot", boot)
     if opts.json:
-        print(json.dumps({"rp2040_cycles": pic, "m3_instructions": qem, "boot": boo},
-                         indent=2))
+        print(json.dumps({"rp2040_cycles": pic, "m3_instructions": qem, "boot": boo}, indent=2))
     else:
         print("\n".join(report(pic, qem, boo)))
     return 0

@@ -38,14 +38,16 @@ def fill(engine, n: int, renewed: float) -> float:  # type: ignore[no-untyped-de
         c.exec_driver_sql(
             "INSERT INTO devices (id, hardware_id, board, state, group_name, created_at, "  # noqa: S608 - n: an int
             "updated_at) SELECT i, 'dev-' || i, 'esp32', 'active', 'default', now(), now() "
-            f"FROM generate_series(1, {n}) i")
+            f"FROM generate_series(1, {n}) i"
+        )
         c.exec_driver_sql(
             "INSERT INTO certificates (id, device_id, role, subject, serial, fingerprint, "  # noqa: S608
             "not_after, not_before, status, created_at, issued_via) SELECT i, i, 'device', "
             "'CN=dev-' || i, md5('s' || i), md5('f' || i) || md5('g' || i), "
             f"now() + (i %% 365) * interval '1 day' + interval '1 hour', "
             "now() - interval '1 day', 'valid', now(), 'provision' "
-            f"FROM generate_series(1, {n}) i")
+            f"FROM generate_series(1, {n}) i"
+        )
         if every:
             c.exec_driver_sql(
                 "INSERT INTO certificates (id, device_id, role, subject, serial, fingerprint, "  # noqa: S608
@@ -57,7 +59,8 @@ def fill(engine, n: int, renewed: float) -> float:  # type: ignore[no-untyped-de
                 "now() + CASE WHEN i %% 100 = 0 THEN (i %% 10) ELSE 10 + (i %% 20) END "
                 "* interval '1 day' + interval '1 hour', "
                 "now() - interval '1 day', 'valid', now(), 'renewal' "
-                f"FROM generate_series(1, {n}) i WHERE i %% {every} = 0")
+                f"FROM generate_series(1, {n}) i WHERE i %% {every} = 0"
+            )
         c.exec_driver_sql("ANALYZE devices")
         c.exec_driver_sql("ANALYZE certificates")
     return time.perf_counter() - t0
@@ -113,25 +116,36 @@ def main() -> int:
             # The same answer: every device listed lapses by the naive query too, and the
             # expiries listed are the soonest ones (ties in any order).
             everyone = dict(naive_rows)  # type: ignore[arg-type]
-            soonest = sorted(t for _, t in naive_rows)[:len(rows)]  # type: ignore[misc]
-            same = (all(r.hardware_id in everyone for r in rows)
-                    and [r.not_after for r in rows] == soonest)
+            soonest = sorted(t for _, t in naive_rows)[: len(rows)]  # type: ignore[misc]
+            same = (
+                all(r.hardware_id in everyone for r in rows)
+                and [r.not_after for r in rows] == soonest
+            )
             reg.engine.dispose()
     except Exception as e:  # noqa: BLE001 - a one-line failure
         print(f"benchmark failed: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
-    result = {"devices": args.devices, "renewed_share": args.renewed, "fill_seconds":
-              round(fill_s, 1), "lapsing_within_days": args.within_days, "more": more,
-              "listed": len(rows), "report_ms": round(ours_ms, 1),
-              "naive_ms": round(naive_ms, 1), "speedup": round(naive_ms / ours_ms, 1),
-              "same_devices": same}
+    result = {
+        "devices": args.devices,
+        "renewed_share": args.renewed,
+        "fill_seconds": round(fill_s, 1),
+        "lapsing_within_days": args.within_days,
+        "more": more,
+        "listed": len(rows),
+        "report_ms": round(ours_ms, 1),
+        "naive_ms": round(naive_ms, 1),
+        "speedup": round(naive_ms / ours_ms, 1),
+        "same_devices": same,
+    }
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print(f"{args.devices:,} devices ({args.renewed:.0%} renewed), filled in {fill_s:.1f} s")
-        print(f"expiry report (first {len(rows)} lapsing within {args.within_days:g} days"
-              f"{', more' if more else ''}): {ours_ms:.1f} ms; naive GROUP BY: {naive_ms:.1f} ms; "
-              f"ratio {naive_ms / ours_ms:.1f}x; same devices: {same}")
+        print(
+            f"expiry report (first {len(rows)} lapsing within {args.within_days:g} days"
+            f"{', more' if more else ''}): {ours_ms:.1f} ms; naive GROUP BY: {naive_ms:.1f} ms; "
+            f"ratio {naive_ms / ours_ms:.1f}x; same devices: {same}"
+        )
     return 0
 
 

@@ -63,15 +63,29 @@ def main():
           % (t, gc.mem_alloc(), gc.mem_free(), status()["mount"], f0))
     confirm()
 """
-BALLAST = ("try:\n    _mpseal_ballast = bytearray({n})\n"
-           "except MemoryError:\n    print('MemoryError: no room for the ballast')\n")
+BALLAST = (
+    "try:\n    _mpseal_ballast = bytearray({n})\n"
+    "except MemoryError:\n    print('MemoryError: no room for the ballast')\n"
+)
 FREE_AT_START = "import gc\ngc.collect()\n_mpseal_free0 = gc.mem_free()\n"
 
 
 def _app(folder: Path, app_kb: int) -> bytes:
-    res = subprocess.run([str(Path(sys.executable).parent / "mpseal"), "init", str(folder),
-                          "--board", "rp2", "--name", "bench"], capture_output=True, text=True, check=False,
-                         env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    res = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "mpseal"),
+            "init",
+            str(folder),
+            "--board",
+            "rp2",
+            "--name",
+            "bench",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
     if res.returncode != 0:
         raise RuntimeError(res.stderr.strip())
     app = folder / "app"
@@ -104,8 +118,14 @@ def _boot_to_main(board: PicoBoard, timeout: float = 300.0) -> dict[str, int | s
             m = MARK.search(pico.output)
             if m:
                 cycles = pico.counters().cycles
-                return {"main_us": int(m[1]), "held": int(m[2]), "free_at_main": int(m[3]),
-                        "mount": m[4].decode(), "cycles": cycles, "free0": int(m[5])}
+                return {
+                    "main_us": int(m[1]),
+                    "held": int(m[2]),
+                    "free_at_main": int(m[3]),
+                    "mount": m[4].decode(),
+                    "cycles": cycles,
+                    "free0": int(m[5]),
+                }
             if b"locked idle" in pico.output or b"MemoryError" in pico.output:
                 return {"failed": pico.output.decode(errors="replace")[-300:]}
             time.sleep(0.05)
@@ -120,9 +140,18 @@ def _set_boot_py(board: PicoBoard, text: str) -> None:
         link.write_file("/boot.py", text.encode())
         # A boot that fails for want of heap counts as a failed boot of the committed
         # image; the bisection must not run into the guard's max_fails limit.
-        link.write_file("/mpseal/device.json", json.dumps(
-            {"board": "rp2", "profile": "dev", "max_tries": 3, "max_image": 4194304,
-             "max_fails": 1000}).encode())
+        link.write_file(
+            "/mpseal/device.json",
+            json.dumps(
+                {
+                    "board": "rp2",
+                    "profile": "dev",
+                    "max_tries": 3,
+                    "max_image": 4194304,
+                    "max_fails": 1000,
+                }
+            ).encode(),
+        )
 
 
 def measure(app_kb: int, workdir: Path, heap: bool = True) -> dict[str, object]:
@@ -179,12 +208,16 @@ def main() -> None:
         if "failed" in r:
             print(f"{kb} KB app: failed: {r['failed']}")
             continue
-        line = (f"{kb} KB app ({r['app_bytes']} B, mount {r['mount']}): power-on to main "
-                f"{int(r['main_us']) / 1000:.1f} ms emulated at 125 MHz "
-                f"({int(r['cycles']) / 1e6:.1f} M cycles, upper bound)")
+        line = (
+            f"{kb} KB app ({r['app_bytes']} B, mount {r['mount']}): power-on to main "
+            f"{int(r['main_us']) / 1000:.1f} ms emulated at 125 MHz "
+            f"({int(r['cycles']) / 1e6:.1f} M cycles, upper bound)"
+        )
         if "peak" in r:
-            line += (f"; heap: peak {int(r['peak']) // 1024} KB, held at main "
-                     f"{int(r['held']) // 1024} KB, transient {int(r['transient']) // 1024} KB")
+            line += (
+                f"; heap: peak {int(r['peak']) // 1024} KB, held at main "
+                f"{int(r['held']) // 1024} KB, transient {int(r['transient']) // 1024} KB"
+            )
         print(line)
 
 

@@ -85,8 +85,9 @@ def vector() -> tuple[bytes, bytes, bytes]:
     key = ec.derive_private_key(PRIVATE_KEY, ec.SECP256R1())
     der = key.sign(MESSAGE, ec.ECDSA(hashes.SHA256(), deterministic_signing=True))
     r, s = decode_dss_signature(der)
-    pub = key.public_key().public_bytes(serialization.Encoding.X962,
-                                        serialization.PublicFormat.UncompressedPoint)
+    pub = key.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
     return pub, hashlib.sha256(MESSAGE).digest(), r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
 
@@ -100,15 +101,27 @@ def vm_command() -> list[str]:
 
 def driver_args(folder: Path, module_dir: Path, mode: str, count: int) -> list[str]:
     pub, digest, sig = vector()
-    return [str(folder / "driver.py"), str(module_dir), pub.hex(), digest.hex(), sig.hex(),
-            mode, str(count)]
+    return [
+        str(folder / "driver.py"),
+        str(module_dir),
+        pub.hex(),
+        digest.hex(),
+        sig.hex(),
+        mode,
+        str(count),
+    ]
 
 
-def wall_clock(folder: Path, module_dir: Path, runs: int, heapsize: str | None = None
-               ) -> dict[str, dict[str, float]]:
+def wall_clock(
+    folder: Path, module_dir: Path, runs: int, heapsize: str | None = None
+) -> dict[str, dict[str, float]]:
     cmd = vm_command() + (["-X", f"heapsize={heapsize}"] if heapsize else [])
-    res = subprocess.run(cmd + driver_args(folder, module_dir, "time", runs),
-                         capture_output=True, text=True, timeout=TIMEOUT)
+    res = subprocess.run(
+        cmd + driver_args(folder, module_dir, "time", runs),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     if res.returncode != 0:
         raise SystemExit(f"VM run failed: {res.stderr.strip() or res.stdout.strip()}")
     out = {}
@@ -121,9 +134,15 @@ def wall_clock(folder: Path, module_dir: Path, runs: int, heapsize: str | None =
 
 def instructions(folder: Path, module_dir: Path, mode: str, count: int) -> int:
     env = {**os.environ, "PYTHONHASHSEED": "0"}
-    res = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
-                         + vm_command() + driver_args(folder, module_dir, mode, count),
-                         capture_output=True, text=True, timeout=TIMEOUT, env=env)
+    res = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+        + vm_command()
+        + driver_args(folder, module_dir, mode, count),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=env,
+    )
     if res.returncode != 0:
         raise SystemExit(f"valgrind run failed: {res.stderr.strip()[-500:]}")
     m = re.search(r"(?:Collected|I\s+refs)\s*:\s*([\d,]+)", res.stderr)
@@ -133,8 +152,7 @@ def instructions(folder: Path, module_dir: Path, mode: str, count: int) -> int:
 
 
 def per_verify(folder: Path, module_dir: Path, mode: str) -> int:
-    return (instructions(folder, module_dir, mode, 1)
-            - instructions(folder, module_dir, mode, 0))
+    return instructions(folder, module_dir, mode, 1) - instructions(folder, module_dir, mode, 0)
 
 
 def main() -> None:
@@ -150,31 +168,44 @@ def main() -> None:
         mpy_dir = folder / "mpy"
         mpy_dir.mkdir()
         mpy_cross = Path(find_micropython()).parent / "mpy-cross"
-        subprocess.run([str(mpy_cross), "-o", str(mpy_dir / "p256.mpy"),
-                        str(runtime_dir() / "p256.py")], check=True, timeout=60)
+        subprocess.run(
+            [str(mpy_cross), "-o", str(mpy_dir / "p256.mpy"), str(runtime_dir() / "p256.py")],
+            check=True,
+            timeout=60,
+        )
         results["wall_clock"] = wall_clock(folder, runtime_dir(), args.runs)
         results["wall_clock_32k_heap_mpy"] = wall_clock(folder, mpy_dir, args.runs, "32K")
         if not args.no_callgrind:
             if not shutil.which("valgrind"):
                 raise SystemExit("valgrind is not installed (apt-get install valgrind)")
             results["instructions_per_verify"] = [
-                per_verify(folder, runtime_dir(), "verify") for _ in range(2)]
+                per_verify(folder, runtime_dir(), "verify") for _ in range(2)
+            ]
             results["instructions_per_verify_cached_key"] = [
-                per_verify(folder, runtime_dir(), "key") for _ in range(2)]
+                per_verify(folder, runtime_dir(), "key") for _ in range(2)
+            ]
     if args.json:
         print(json.dumps(results, indent=2))
         return
     wc = results["wall_clock"]
     w32 = results["wall_clock_32k_heap_mpy"]
-    print(f"P-256 verify in the MicroPython VM ({find_micropython()}), "
-          f"median of {args.runs} in one process:")
-    print(f"  verify(pub, digest, sig)        {wc['verify']['median_ms']:6.2f} ms "
-          f"(min {wc['verify']['min_ms']:.2f})")
-    print(f"  PublicKey.verify, key built once {wc['key_verify']['median_ms']:5.2f} ms "
-          f"(min {wc['key_verify']['min_ms']:.2f})")
+    print(
+        f"P-256 verify in the MicroPython VM ({find_micropython()}), "
+        f"median of {args.runs} in one process:"
+    )
+    print(
+        f"  verify(pub, digest, sig)        {wc['verify']['median_ms']:6.2f} ms "
+        f"(min {wc['verify']['min_ms']:.2f})"
+    )
+    print(
+        f"  PublicKey.verify, key built once {wc['key_verify']['median_ms']:5.2f} ms "
+        f"(min {wc['key_verify']['min_ms']:.2f})"
+    )
     print(f"  PublicKey(pub)                  {wc['key_build']['median_ms']:6.2f} ms")
-    print(f"  verify, .mpy in a 32 KB heap    {w32['verify']['median_ms']:6.2f} ms "
-          f"(min {w32['verify']['min_ms']:.2f})")
+    print(
+        f"  verify, .mpy in a 32 KB heap    {w32['verify']['median_ms']:6.2f} ms "
+        f"(min {w32['verify']['min_ms']:.2f})"
+    )
     if "instructions_per_verify" in results:
         a, b = results["instructions_per_verify"]
         c, d = results["instructions_per_verify_cached_key"]

@@ -76,7 +76,11 @@ def pico(work: Path) -> Iterator[str]:
 
 
 BOARDS: dict[str, Callable[[Path], AbstractContextManager[str]]] = {
-    "virtual": virtual, "microbit": microbit, "mps2": mps2, "pico": pico}
+    "virtual": virtual,
+    "microbit": microbit,
+    "mps2": mps2,
+    "pico": pico,
+}
 
 
 def measure(name: str, work: Path) -> dict[str, Any]:
@@ -97,10 +101,14 @@ def measure(name: str, work: Path) -> dict[str, Any]:
             t0 = time.perf_counter()
             facts = probe_board(t)
             took = time.perf_counter() - t0
-            return {"board": name, "firmware": f"MicroPython {facts.version_text} on "
-                    f"{facts.platform}", "seconds": round(took, 3),
-                    "tx_bytes": t.wire.tx - tx0, "rx_bytes": t.wire.rx - rx0,
-                    "execs": execs}
+            return {
+                "board": name,
+                "firmware": f"MicroPython {facts.version_text} on {facts.platform}",
+                "seconds": round(took, 3),
+                "tx_bytes": t.wire.tx - tx0,
+                "rx_bytes": t.wire.rx - rx0,
+                "execs": execs,
+            }
         finally:
             t.close()
 
@@ -125,11 +133,12 @@ def main() -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'board':<9} {'firmware':<36} {'probe s':>8} {'tx B':>7} {'rx B':>6} "
-          f"{'execs':>6}")
+    print(f"{'board':<9} {'firmware':<36} {'probe s':>8} {'tx B':>7} {'rx B':>6} {'execs':>6}")
     for r in rows:
-        print(f"{r['board']:<9} {r['firmware']:<36} {r['seconds']:>8.2f} {r['tx_bytes']:>7} "
-              f"{r['rx_bytes']:>6} {r['execs']:>6}")
+        print(
+            f"{r['board']:<9} {r['firmware']:<36} {r['seconds']:>8.2f} {r['tx_bytes']:>7} "
+            f"{r['rx_bytes']:>6} {r['execs']:>6}"
+        )
     return 0
 
 

@@ -80,8 +80,12 @@ def payloads(size: int) -> dict[str, bytes]:
 def mpremote_cp(path: str, local: Path, name: str) -> tuple[bool, str]:
     exe = Path(sys.executable).parent / "mpremote"
     try:
-        res = subprocess.run([str(exe), "connect", path, "resume", "fs", "cp", str(local),
-                              f":{name}"], capture_output=True, text=True, timeout=300)
+        res = subprocess.run(
+            [str(exe), "connect", path, "resume", "fs", "cp", str(local), f":{name}"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     except subprocess.TimeoutExpired:
         return False, "timed out"
     last = (res.stderr.strip() or res.stdout.strip()).splitlines()[-1:] or [""]
@@ -167,18 +171,25 @@ def section_wire(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 def report_wire(r: dict[str, Any]) -> str:
-    lines = ["Wire bytes per payload byte, host -> board (lower is better)",
-             f"{'board':9} {'file':7} {'bytes':>6}  {'mpseal warm':>11} {'cold':>6}"
-             f"  {'mpremote per file':>17} {'cold':>6}  {'mpseal s':>8}"]
+    lines = [
+        "Wire bytes per payload byte, host -> board (lower is better)",
+        f"{'board':9} {'file':7} {'bytes':>6}  {'mpseal warm':>11} {'cold':>6}"
+        f"  {'mpremote per file':>17} {'cold':>6}  {'mpseal s':>8}",
+    ]
     for board in ("virtual", "microbit"):
         if board not in r:
             continue
         for kind in ("binary", "text"):
             row = r[board][kind]
-            mp = (f"{row['mpremote_per_file']:17.3f} {row['mpremote_cold']:6.3f}"
-                  if "mpremote_cold" in row else f"{'-':>17} {'-':>6}")
-            lines.append(f"{board:9} {kind:7} {row['size']:6d}  {row['mpseal_warm']:11.3f} "
-                         f"{row['mpseal_cold']:6.3f}  {mp}  {row['mpseal_seconds']:8.2f}")
+            mp = (
+                f"{row['mpremote_per_file']:17.3f} {row['mpremote_cold']:6.3f}"
+                if "mpremote_cold" in row
+                else f"{'-':>17} {'-':>6}"
+            )
+            lines.append(
+                f"{board:9} {kind:7} {row['size']:6d}  {row['mpseal_warm']:11.3f} "
+                f"{row['mpseal_cold']:6.3f}  {mp}  {row['mpseal_seconds']:8.2f}"
+            )
         if board == "microbit":
             lines.append(f"  mpremote fs cp on the micro:bit: {r[board]['mpremote']}")
     verdict = "met" if r["pass"] else "MISSED"
@@ -206,28 +217,40 @@ def section_identities(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     issue_s = 0.0
     for start in range(0, total, batch):
         t = time.perf_counter()
-        issued = [issue_identity(ca, os.urandom(8).hex(), 5 * 365)
-                  for _ in range(min(batch, total - start))]
+        issued = [
+            issue_identity(ca, os.urandom(8).hex(), 5 * 365)
+            for _ in range(min(batch, total - start))
+        ]
         issue_s += time.perf_counter() - t
-        registry.record_identities([Identity(i.hardware_id, "esp32", i.record, secrets=secrets)
-                                    for i in issued])
+        registry.record_identities(
+            [Identity(i.hardware_id, "esp32", i.record, secrets=secrets) for i in issued]
+        )
     elapsed = time.perf_counter() - t0
     rate = total / elapsed
-    return {"identities": total, "seconds": round(elapsed, 3), "per_second": round(rate, 1),
-            "issue_share": round(issue_s / elapsed, 3), "goal": GOAL_IDENTITIES,
-            "pass": rate >= GOAL_IDENTITIES}
+    return {
+        "identities": total,
+        "seconds": round(elapsed, 3),
+        "per_second": round(rate, 1),
+        "issue_share": round(issue_s / elapsed, 3),
+        "goal": GOAL_IDENTITIES,
+        "pass": rate >= GOAL_IDENTITIES,
+    }
 
 
 def report_identities(r: dict[str, Any]) -> str:
     verdict = "met" if r["pass"] else "MISSED"
-    return (f"Identities (key + certificate + registry rows, SQLite): {r['identities']} in "
-            f"{r['seconds']} s = {r['per_second']:.0f}/s "
-            f"({r['issue_share']:.0%} of it key and certificate)\n"
-            f"Goal: >= {r['goal']:.0f}/s: {verdict}")
+    return (
+        f"Identities (key + certificate + registry rows, SQLite): {r['identities']} in "
+        f"{r['seconds']} s = {r['per_second']:.0f}/s "
+        f"({r['issue_share']:.0%} of it key and certificate)\n"
+        f"Goal: >= {r['goal']:.0f}/s: {verdict}"
+    )
 
 
-SECTIONS: dict[str, tuple[Callable[[argparse.Namespace, Path], dict[str, Any]],
-                          Callable[[dict[str, Any]], str]]] = {
+SECTIONS: dict[
+    str,
+    tuple[Callable[[argparse.Namespace, Path], dict[str, Any]], Callable[[dict[str, Any]], str]],
+] = {
     "identities": (section_identities, report_identities),
     "wire": (section_wire, report_wire),
 }
@@ -235,8 +258,12 @@ SECTIONS: dict[str, tuple[Callable[[argparse.Namespace, Path], dict[str, Any]],
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--section", choices=sorted(SECTIONS), action="append",
-                    help="run only this section (repeatable; default: all)")
+    ap.add_argument(
+        "--section",
+        choices=sorted(SECTIONS),
+        action="append",
+        help="run only this section (repeatable; default: all)",
+    )
     ap.add_argument("--no-microbit", action="store_true", help="skip the QEMU micro:bit")
     ap.add_argument("--identities", type=int, default=5000, help="how many to issue")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")

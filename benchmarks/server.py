@@ -61,8 +61,15 @@ class _Client(asyncio.Protocol):
     """One keep-alive connection: send a request (a check or a report), parse the answer,
     send the next."""
 
-    def __init__(self, pick: Any, start: float, end: float, lat: dict[str, list[float]],
-                 stats: dict[str, Any], done: asyncio.Future[None]) -> None:
+    def __init__(
+        self,
+        pick: Any,
+        start: float,
+        end: float,
+        lat: dict[str, list[float]],
+        stats: dict[str, Any],
+        done: asyncio.Future[None],
+    ) -> None:
         self.pick, self.start, self.end = pick, start, end
         self.lat, self.stats, self.done = lat, stats, done
         self.buf = b""
@@ -102,11 +109,11 @@ def _answer(buf: bytes) -> tuple[bytes, bytes, bytes] | None:
     head = buf[:head_end]
     i = head.lower().find(b"content-length:")
     j = head.find(b"\r\n", i)
-    length = int(head[i + 15:j if j > 0 else len(head)]) if i >= 0 else 0
+    length = int(head[i + 15 : j if j > 0 else len(head)]) if i >= 0 else 0
     total = head_end + 4 + length
     if len(buf) < total:
         return None
-    return head, buf[head_end + 4:total], buf[total:]
+    return head, buf[head_end + 4 : total], buf[total:]
 
 
 def _record(c: Any, head: bytes, body: bytes, t1: float) -> None:
@@ -115,15 +122,23 @@ def _record(c: Any, head: bytes, body: bytes, t1: float) -> None:
     c.lat.setdefault(c.kind, []).append(t1 - c.t0)
     if head[9:12] != b"200":
         c.stats["errors"] += 1
-        c.stats.setdefault("first_error", (head[:12] + b" " + body[:200]).decode(
-            "ascii", "replace"))
+        c.stats.setdefault(
+            "first_error", (head[:12] + b" " + body[:200]).decode("ascii", "replace")
+        )
     elif b'"update":true' in body:
         c.stats["offered"] += 1
 
 
-async def _one_per_connection(host: str, port: int, pick: Any, ssl_ctx: Any, start: float,
-                              end: float, lat: dict[str, list[float]],
-                              stats: dict[str, Any]) -> None:
+async def _one_per_connection(
+    host: str,
+    port: int,
+    pick: Any,
+    ssl_ctx: Any,
+    start: float,
+    end: float,
+    lat: dict[str, list[float]],
+    stats: dict[str, Any],
+) -> None:
     """A new (TLS) connection for every request: handshake included in its latency."""
 
     class C:
@@ -137,8 +152,9 @@ async def _one_per_connection(host: str, port: int, pick: Any, ssl_ctx: Any, sta
             return
         c.kind, request = pick()
         try:
-            reader, writer = await asyncio.open_connection(host, port, ssl=ssl_ctx,
-                                                           server_hostname="127.0.0.1")
+            reader, writer = await asyncio.open_connection(
+                host, port, ssl=ssl_ctx, server_hostname="127.0.0.1"
+            )
         except OSError as e:
             stats["errors"] += 1
             stats.setdefault("first_error", str(e))
@@ -165,10 +181,13 @@ def _summary(lat: dict[str, list[float]], seconds: float) -> dict[str, Any]:
     for kind, values in lat.items():
         values.sort()
         n = len(values)
-        out[kind] = {"count": n, "rate": n / seconds,
-                     "p50_ms": values[n // 2] * 1000 if n else None,
-                     "p99_ms": values[min(n - 1, int(n * 0.99))] * 1000 if n else None,
-                     "max_ms": values[-1] * 1000 if n else None}
+        out[kind] = {
+            "count": n,
+            "rate": n / seconds,
+            "p50_ms": values[n // 2] * 1000 if n else None,
+            "p99_ms": values[min(n - 1, int(n * 0.99))] * 1000 if n else None,
+            "max_ms": values[-1] * 1000 if n else None,
+        }
     return out
 
 
@@ -196,16 +215,25 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
         if spec.get("client_cert"):
             ssl_ctx.load_cert_chain(spec["client_cert"], spec["client_key"])
     if spec.get("new_connections"):
-        await asyncio.gather(*(_one_per_connection(spec["host"], spec["port"], pick, ssl_ctx,
-                                                   start, end, lat, stats)
-                               for _ in range(spec["connections"])))
+        await asyncio.gather(
+            *(
+                _one_per_connection(
+                    spec["host"], spec["port"], pick, ssl_ctx, start, end, lat, stats
+                )
+                for _ in range(spec["connections"])
+            )
+        )
     else:
         dones = []
         for _ in range(spec["connections"]):
             done: asyncio.Future[None] = loop.create_future()
             await loop.create_connection(
-                lambda d=done: _Client(pick, start, end, lat, stats, d), spec["host"],
-                spec["port"], ssl=ssl_ctx, server_hostname="127.0.0.1" if ssl_ctx else None)
+                lambda d=done: _Client(pick, start, end, lat, stats, d),
+                spec["host"],
+                spec["port"],
+                ssl=ssl_ctx,
+                server_hostname="127.0.0.1" if ssl_ctx else None,
+            )
             dones.append(done)
         await asyncio.wait_for(asyncio.gather(*dones), WARMUP_SECONDS + spec["seconds"] + 60)
     return {"seconds": spec["seconds"], **_summary(lat, spec["seconds"]), **stats}
@@ -214,18 +242,44 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
 def _request(kind: str, spec: dict[str, Any], i: int) -> bytes:
     hw = f"bench-{i:07d}"
     if kind == "check":
-        body = json.dumps({"hardware_id": hw, "board": "esp32", "app": "hello",
-                           "version": "1.0.0", "counter": 1, "timestamp_version": 0})
+        body = json.dumps(
+            {
+                "hardware_id": hw,
+                "board": "esp32",
+                "app": "hello",
+                "version": "1.0.0",
+                "counter": 1,
+                "timestamp_version": 0,
+            }
+        )
         path = b"/v1/device/check"
     else:
-        body = json.dumps({"hardware_id": hw, "event": "rolled_back", "version": "1.1.0",
-                           "app": "hello", "board": "esp32", "reason": "benchmark"})
+        body = json.dumps(
+            {
+                "hardware_id": hw,
+                "event": "rolled_back",
+                "version": "1.1.0",
+                "app": "hello",
+                "board": "esp32",
+                "reason": "benchmark",
+            }
+        )
         path = b"/v1/device/report"
-    auth = b"" if spec.get("client_cert") else (
-        b"Authorization: Bearer " + token_of(i).encode() + b"\r\n")
-    return (b"POST " + path + b" HTTP/1.1\r\nHost: bench\r\n" + auth
-            + b"Content-Type: application/json\r\nContent-Length: "
-            + str(len(body)).encode() + b"\r\n\r\n" + body.encode())
+    auth = (
+        b""
+        if spec.get("client_cert")
+        else (b"Authorization: Bearer " + token_of(i).encode() + b"\r\n")
+    )
+    return (
+        b"POST "
+        + path
+        + b" HTTP/1.1\r\nHost: bench\r\n"
+        + auth
+        + b"Content-Type: application/json\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body.encode()
+    )
 
 
 def token_of(i: int) -> str:
@@ -254,14 +308,27 @@ def database(kind: str, folder: Path) -> Iterator[str]:
 
 
 @contextmanager
-def server(url: str, keys: Any, folder: Path, port: int, args: argparse.Namespace,
-           tls: dict[str, Path] | None) -> Iterator[None]:
+def server(
+    url: str,
+    keys: Any,
+    folder: Path,
+    port: int,
+    args: argparse.Namespace,
+    tls: dict[str, Path] | None,
+) -> Iterator[None]:
     with ExitStack() as stack:
         yield from _server(stack, url, keys, folder, port, args, tls)
 
 
-def _server(stack: ExitStack, url: str, keys: Any, folder: Path, port: int,
-            args: argparse.Namespace, tls: dict[str, Path] | None) -> Iterator[None]:
+def _server(
+    stack: ExitStack,
+    url: str,
+    keys: Any,
+    folder: Path,
+    port: int,
+    args: argparse.Namespace,
+    tls: dict[str, Path] | None,
+) -> Iterator[None]:
     import httpx
     from server_support import ADMIN_TOKEN
 
@@ -273,12 +340,33 @@ def _server(stack: ExitStack, url: str, keys: Any, folder: Path, port: int,
         if args.tls == "mtls":
             extra += ["--client-ca", str(tls["client_ca"])]
     proc = subprocess.Popen(
-        [str(MPSEAL), "serve", "--db", url, "--port", str(port), "--workers", str(args.workers),
-         "--roots", str(keys.roots_dir), "--timestamp-key", str(keys.folder / "timestamp.pem"),
-         "--artifacts", str(folder / "artifacts"), "--cache-seconds", str(args.cache_seconds),
-         "--max-connections", "4096", *extra],
-        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=log, start_new_session=True)
+        [
+            str(MPSEAL),
+            "serve",
+            "--db",
+            url,
+            "--port",
+            str(port),
+            "--workers",
+            str(args.workers),
+            "--roots",
+            str(keys.roots_dir),
+            "--timestamp-key",
+            str(keys.folder / "timestamp.pem"),
+            "--artifacts",
+            str(folder / "artifacts"),
+            "--cache-seconds",
+            str(args.cache_seconds),
+            "--max-connections",
+            "4096",
+            *extra,
+        ],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        start_new_session=True,
+    )
     scheme = "https" if tls else "http"
     verify: Any = str(tls["ca"]) if tls else True
     try:
@@ -287,8 +375,12 @@ def _server(stack: ExitStack, url: str, keys: Any, folder: Path, port: int,
             if proc.poll() is not None:
                 raise RuntimeError((folder / "server.log").read_text()[-2000:])
             try:
-                if httpx.get(f"{scheme}://127.0.0.1:{port}/readyz", timeout=1,
-                             verify=verify).status_code == 200:
+                if (
+                    httpx.get(
+                        f"{scheme}://127.0.0.1:{port}/readyz", timeout=1, verify=verify
+                    ).status_code
+                    == 200
+                ):
                     break
             except httpx.HTTPError:
                 pass
@@ -334,9 +426,16 @@ def register_fleet(url: str, n: int, client_fingerprint: str | None) -> float:
     def rows() -> Iterator[ImportRow]:
         for i in range(n):
             fp = client_fingerprint if i == 0 and client_fingerprint else os.urandom(32).hex()
-            yield ImportRow(f"bench-{i:07d}", "esp32", "default", fp, os.urandom(8).hex(),
-                            until, f"CN=bench-{i:07d}",
-                            hashlib.sha256(token_of(i).encode()).hexdigest())
+            yield ImportRow(
+                f"bench-{i:07d}",
+                "esp32",
+                "default",
+                fp,
+                os.urandom(8).hex(),
+                until,
+                f"CN=bench-{i:07d}",
+                hashlib.sha256(token_of(i).encode()).hexdigest(),
+            )
 
     reg = Registry.open(url)
     t0 = time.perf_counter()
@@ -357,8 +456,14 @@ def make_tls(folder: Path, client_fp_holder: dict[str, str]) -> dict[str, Path]:
     cert, key, _ = make_leaf(server_ca, "update-server", True, folder)
     ccert, ckey, fp = make_leaf(fleet_ca, "bench-0000000", False, folder)
     client_fp_holder["fp"] = fp
-    return {"cert": cert, "key": key, "ca": folder / "server-ca.pem",
-            "client_ca": folder / "fleet-ca.pem", "client_cert": ccert, "client_key": ckey}
+    return {
+        "cert": cert,
+        "key": key,
+        "ca": folder / "server-ca.pem",
+        "client_ca": folder / "fleet-ca.pem",
+        "client_cert": ccert,
+        "client_key": ckey,
+    }
 
 
 def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -367,8 +472,10 @@ def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
 
     from mpseal.fleet.rollout import cohort_bucket
 
-    with tempfile.TemporaryDirectory(prefix="mpseal-bench-") as tmp, \
-            database(kind, Path(tmp)) as url:
+    with (
+        tempfile.TemporaryDirectory(prefix="mpseal-bench-") as tmp,
+        database(kind, Path(tmp)) as url,
+    ):
         folder = Path(tmp)
         keys = make_keys(folder / "keys")
         holder: dict[str, str] = {}
@@ -380,69 +487,117 @@ def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         port = free_port()
         scheme = "https" if tls else "http"
         with server(url, keys, folder, port, args, tls):
-            admin = httpx.Client(base_url=f"{scheme}://127.0.0.1:{port}", timeout=120,
-                                 verify=str(tls["ca"]) if tls else True,
-                                 headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
-            rel = admin.post("/v1/admin/releases",
-                             content=make_artifact(keys.release, "1.1.0", 2)).json()["release"]
+            admin = httpx.Client(
+                base_url=f"{scheme}://127.0.0.1:{port}",
+                timeout=120,
+                verify=str(tls["ca"]) if tls else True,
+                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            )
+            rel = admin.post(
+                "/v1/admin/releases", content=make_artifact(keys.release, "1.1.0", 2)
+            ).json()["release"]
             t0 = time.perf_counter()
             admin.post(f"/v1/admin/releases/{rel['id']}/promote", json={"percent": 10})
             promote_seconds = time.perf_counter() - t0
             # The benchmark's failure reports must not halt the release (they all fail).
             admin.post(f"/v1/admin/releases/{rel['id']}/policy", json={"max_failure_ratio": 1})
             t0 = time.perf_counter()
-            page = admin.get("/v1/admin/devices", params={
-                "after": str(args.devices // 2), "limit": "1000"})
+            page = admin.get(
+                "/v1/admin/devices", params={"after": str(args.devices // 2), "limit": "1000"}
+            )
             inventory_ms = (time.perf_counter() - t0) * 1000
             assert page.status_code == 200, page.text
             rnd = random.Random(1)
             checkers = rnd.sample(range(args.devices), min(args.devices, 200_000))
-            cohort = [i for i in rnd.sample(range(args.devices), min(args.devices, 400_000))
-                      if cohort_bucket(rel["id"], f"bench-{i:07d}") < 10][:30_000]
+            cohort = [
+                i
+                for i in rnd.sample(range(args.devices), min(args.devices, 400_000))
+                if cohort_bucket(rel["id"], f"bench-{i:07d}") < 10
+            ][:30_000]
             time.sleep(1.0)
             busy_before = background_busy()
-            base = {"host": "127.0.0.1", "port": port, "connections": args.connections,
-                    "seconds": args.seconds, "check_devices": checkers,
-                    "report_devices": cohort,
-                    "ca": str(tls["ca"]) if tls else None}
-            phases = [("checks", {"report_share": 0.0}),
-                      ("checks+failures", {"report_share": args.failure_share}),
-                      ("reports", {"report_share": 1.0, "report_devices": cohort[:30_000]})]
+            base = {
+                "host": "127.0.0.1",
+                "port": port,
+                "connections": args.connections,
+                "seconds": args.seconds,
+                "check_devices": checkers,
+                "report_devices": cohort,
+                "ca": str(tls["ca"]) if tls else None,
+            }
+            phases = [
+                ("checks", {"report_share": 0.0}),
+                ("checks+failures", {"report_share": args.failure_share}),
+                ("reports", {"report_share": 1.0, "report_devices": cohort[:30_000]}),
+            ]
             if tls:
-                phases.append(("new connections", {
-                    "report_share": 0.0, "new_connections": True, "connections": 32,
-                    **({"client_cert": str(tls["client_cert"]),
-                        "client_key": str(tls["client_key"]), "check_devices": [0]}
-                       if args.tls == "mtls" else {})}))
+                phases.append(
+                    (
+                        "new connections",
+                        {
+                            "report_share": 0.0,
+                            "new_connections": True,
+                            "connections": 32,
+                            **(
+                                {
+                                    "client_cert": str(tls["client_cert"]),
+                                    "client_key": str(tls["client_key"]),
+                                    "check_devices": [0],
+                                }
+                                if args.tls == "mtls"
+                                else {}
+                            ),
+                        },
+                    )
+                )
             results: dict[str, Any] = {}
             for name, over in phases:
                 spec = folder / "load.json"
                 spec.write_text(json.dumps({**base, **over}))
-                out = subprocess.run([sys.executable, __file__, "--loadgen", str(spec)],
-                                     capture_output=True, text=True, check=False,
-                                     timeout=args.seconds + WARMUP_SECONDS + 180)
+                out = subprocess.run(
+                    [sys.executable, __file__, "--loadgen", str(spec)],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                    timeout=args.seconds + WARMUP_SECONDS + 180,
+                )
                 if out.returncode != 0:
                     raise RuntimeError(out.stderr[-2000:])
                 results[name] = json.loads(out.stdout)
             counts = admin.get(f"/v1/admin/releases/{rel['id']}").json()["release"]["counts"]
-    return {"db": kind, "devices": args.devices, "connections": args.connections,
-            "workers": args.workers, "tls": args.tls, "failure_share": args.failure_share,
-            "background_busy": round(busy_before, 3),
-            "register_seconds": round(register_seconds, 1),
-            "promote_seconds": round(promote_seconds, 2),
-            "inventory_page_ms": round(inventory_ms, 1), "release_counts": counts,
-            "phases": results}
+    return {
+        "db": kind,
+        "devices": args.devices,
+        "connections": args.connections,
+        "workers": args.workers,
+        "tls": args.tls,
+        "failure_share": args.failure_share,
+        "background_busy": round(busy_before, 3),
+        "register_seconds": round(register_seconds, 1),
+        "promote_seconds": round(promote_seconds, 2),
+        "inventory_page_ms": round(inventory_ms, 1),
+        "release_counts": counts,
+        "phases": results,
+    }
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="postgresql")
     ap.add_argument("--devices", type=int, default=1_000_000)
-    ap.add_argument("--failure-share", type=float, default=0.05,
-                    help="Share of requests that are failure reports in the mixed phase.")
-    ap.add_argument("--tls", choices=["none", "tls", "mtls"], default="none",
-                    help="Serve over TLS (mtls: the new-connection phase with a client "
-                         "certificate); adds a phase with a new connection per check.")
+    ap.add_argument(
+        "--failure-share",
+        type=float,
+        default=0.05,
+        help="Share of requests that are failure reports in the mixed phase.",
+    )
+    ap.add_argument(
+        "--tls",
+        choices=["none", "tls", "mtls"],
+        default="none",
+        help="Serve over TLS (mtls: the new-connection phase with a client "
+        "certificate); adds a phase with a new connection per check.",
+    )
     ap.add_argument("--connections", type=int, default=128)
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--workers", type=int, default=2)
@@ -471,38 +626,59 @@ def main() -> int:
         mixed = ph["checks+failures"]["check"]
         reports = ph["reports"]["report"]
         ratio = mixed["rate"] / plain["rate"]
-        missed |= (ratio < GOAL_MIXED_RATIO or reports["rate"] < GOAL_REPORTS
-                   or plain["rate"] < GOAL_RATE or plain["p99_ms"] >= GOAL_P99_MS)
+        missed |= (
+            ratio < GOAL_MIXED_RATIO
+            or reports["rate"] < GOAL_REPORTS
+            or plain["rate"] < GOAL_RATE
+            or plain["p99_ms"] >= GOAL_P99_MS
+        )
         if args.json:
             continue
-        print(f"{r['db']}: {r['devices']:,} devices (bulk import {r['register_seconds']} s), "
-              f"{r['connections']} connections, {r['workers']} worker(s), transport "
-              f"{r['tls']}; {args.seconds:g} s per phase after {WARMUP_SECONDS:g} s warm-up; "
-              f"machine {r['background_busy']:.0%} busy before")
+        print(
+            f"{r['db']}: {r['devices']:,} devices (bulk import {r['register_seconds']} s), "
+            f"{r['connections']} connections, {r['workers']} worker(s), transport "
+            f"{r['tls']}; {args.seconds:g} s per phase after {WARMUP_SECONDS:g} s warm-up; "
+            f"machine {r['background_busy']:.0%} busy before"
+        )
         print(f"  {'phase':<42}{'per s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
-        rows = [("checks, keep-alive, 0 % reports", plain, ph["checks"]),
-                (f"checks, keep-alive, {args.failure_share:.0%} failure reports", mixed,
-                 ph["checks+failures"]),
-                ("  (its failure reports)", ph["checks+failures"].get("report"),
-                 ph["checks+failures"]),
-                ("failure reports alone", reports, ph["reports"])]
+        rows = [
+            ("checks, keep-alive, 0 % reports", plain, ph["checks"]),
+            (
+                f"checks, keep-alive, {args.failure_share:.0%} failure reports",
+                mixed,
+                ph["checks+failures"],
+            ),
+            ("  (its failure reports)", ph["checks+failures"].get("report"), ph["checks+failures"]),
+            ("failure reports alone", reports, ph["reports"]),
+        ]
         if "new connections" in ph:
-            rows.append((f"checks, new {r['tls'].upper()} connection each",
-                         ph["new connections"]["check"], ph["new connections"]))
+            rows.append(
+                (
+                    f"checks, new {r['tls'].upper()} connection each",
+                    ph["new connections"]["check"],
+                    ph["new connections"],
+                )
+            )
         for name, m, whole in rows:
             if m:
-                print(f"  {name:<42}{m['rate']:>9,.0f}{m['p50_ms']:>9.1f}{m['p99_ms']:>9.1f}"
-                      f"{whole['errors']:>8}")
+                print(
+                    f"  {name:<42}{m['rate']:>9,.0f}{m['p50_ms']:>9.1f}{m['p99_ms']:>9.1f}"
+                    f"{whole['errors']:>8}"
+                )
             for key in ("first_error",):
                 if whole.get(key) and m is not None and name.startswith(("checks", "failure")):
                     print(f"    first error: {whole[key]}")
-        print(f"  checks with {args.failure_share:.0%} failure reports / without: {ratio:.0%} "
-              f"(goal >= {GOAL_MIXED_RATIO:.0%}); reports {reports['rate']:,.0f}/s (goal >= "
-              f"{GOAL_REPORTS:,}); keep-alive checks goal >= {GOAL_RATE:,}/s, p99 < "
-              f"{GOAL_P99_MS:g} ms")
-        print(f"  promote to 10 % (cohort count) {r['promote_seconds']} s; an inventory page "
-              f"half-way through {r['inventory_page_ms']} ms; release counts "
-              f"{r['release_counts']}")
+        print(
+            f"  checks with {args.failure_share:.0%} failure reports / without: {ratio:.0%} "
+            f"(goal >= {GOAL_MIXED_RATIO:.0%}); reports {reports['rate']:,.0f}/s (goal >= "
+            f"{GOAL_REPORTS:,}); keep-alive checks goal >= {GOAL_RATE:,}/s, p99 < "
+            f"{GOAL_P99_MS:g} ms"
+        )
+        print(
+            f"  promote to 10 % (cohort count) {r['promote_seconds']} s; an inventory page "
+            f"half-way through {r['inventory_page_ms']} ms; release counts "
+            f"{r['release_counts']}"
+        )
     return 1 if args.strict and missed else 0
 
 

@@ -21,14 +21,24 @@ class Run:
     stderr: str
 
 
-def run_mpseal(*args: str | os.PathLike[str], cwd: Path | None = None,
-               env: dict[str, str] | None = None, timeout: float = 120) -> Run:
+def run_mpseal(
+    *args: str | os.PathLike[str],
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+) -> Run:
     """Run the installed ``mpseal`` console script exactly as a user would."""
     full_env = {k: v for k, v in os.environ.items() if k != "MPSEAL_PASSPHRASE"}
     full_env.update({"COLUMNS": "200", **(env or {})})
-    proc = subprocess.run([str(MPSEAL), *map(str, args)], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [str(MPSEAL), *map(str, args)],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
     return Run(proc.returncode, proc.stdout, proc.stderr)
 
 
@@ -110,4 +120,3 @@ def db_url(request, tmp_path: Path) -> str:
         conn.execute(sa.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
     engine.dispose()
     return url
-

@@ -13,8 +13,13 @@ class Keys:
         self.root = PrivateKeySigner.generate()
         self.release = PrivateKeySigner.generate()
         self.timestamp = [PrivateKeySigner.generate() for _ in range(timestamp_keys)]
-        doc = trustroot.build(1, {"root": [self.root.public_key],
-                                  "release": [self.release.public_key],
-                                  "timestamp": [k.public_key for k in self.timestamp]},
-                              {"timestamp": threshold})
+        doc = trustroot.build(
+            1,
+            {
+                "root": [self.root.public_key],
+                "release": [self.release.public_key],
+                "timestamp": [k.public_key for k in self.timestamp],
+            },
+            {"timestamp": threshold},
+        )
         self.trust = trustroot.parse(trustroot.sign(doc, [self.root]))

@@ -59,8 +59,9 @@ class Mirror(http.server.ThreadingHTTPServer):
         ctx.load_cert_chain(cert, key)
         self.socket = ctx.wrap_socket(self.socket, server_side=True)
         self.upstream = upstream
-        self.client = httpx.Client(base_url=upstream, timeout=30,
-                                   verify=ssl.create_default_context(cafile=str(ca_pem)))
+        self.client = httpx.Client(
+            base_url=upstream, timeout=30, verify=ssl.create_default_context(cafile=str(ca_pem))
+        )
         self.rules: dict[str, Answer] = {}
         self.trickle: dict[str, float] = {}  # path -> bytes per second
         self.seen: list[str] = []
@@ -110,8 +111,11 @@ class _MirrorHandler(http.server.BaseHTTPRequestHandler):
             status, data = answered[0], answered[1]
             extra = answered[2] if len(answered) > 2 else {}
         else:
-            headers = {k: v for k, v in self.headers.items()
-                       if k.lower() in ("authorization", "range", "content-type")}
+            headers = {
+                k: v
+                for k, v in self.headers.items()
+                if k.lower() in ("authorization", "range", "content-type")
+            }
             r = self.server.client.request(self.command, self.path, content=body, headers=headers)
             status, data = r.status_code, r.content
             self.server.upstream_answers.append((self.path, status, data))
@@ -152,16 +156,20 @@ class World:
         return Project.load(self.project)
 
     def admin(self) -> httpx.Client:
-        client = httpx.Client(base_url=self.server_url, timeout=30,
-                              verify=ssl.create_default_context(cafile=str(self.ca_dir / "root.pem")),
-                              headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        client = httpx.Client(
+            base_url=self.server_url,
+            timeout=30,
+            verify=ssl.create_default_context(cafile=str(self.ca_dir / "root.pem")),
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        )
         self.clients.append(client)  # closed at teardown: an open keep-alive delays shutdown
         return client
 
     def release(self, version: str, counter: int, health: str = "pass") -> bytes:
         """Build ``version``; its main() runs ``health`` before confirming the trial."""
-        return release(self.project, version, counter,
-                       APP.format(version="{version}", health=health))
+        return release(
+            self.project, version, counter, APP.format(version="{version}", health=health)
+        )
 
     def publish(self, blob: bytes, channel: str = "stable", **promote: object) -> int:
         with self.admin() as admin:
@@ -172,9 +180,14 @@ class World:
             assert r.status_code == 200, r.text
         return int(rid)
 
-    def board(self, first: bytes, group: str = "default",
-              hardware_id: str | None = None,
-              config: dict[str, object] | None = None, keygen: str = "host") -> VirtualBoard:
+    def board(
+        self,
+        first: bytes,
+        group: str = "default",
+        hardware_id: str | None = None,
+        config: dict[str, object] | None = None,
+        keygen: str = "host",
+    ) -> VirtualBoard:
         """A new virtual board, provisioned (guard, identity, token) to update via the mirror,
         running ``first`` committed; ``hardware_id`` replaces its random one."""
         board = VirtualBoard.create(self.tmp / f"board{len(self.boards)}")
@@ -183,11 +196,16 @@ class World:
         self.boards.append(board)
         proj = self.proj
         plan = ProvisionPlan(
-            board="unix", profile="field", trust_root=proj.trust_root().raw,
+            board="unix",
+            profile="field",
+            trust_root=proj.trust_root().raw,
             ca=load_issuing_ca(self.ca_dir),
             server_anchor=(self.ca_dir / "root.der").read_bytes(),
             config={"server": self.mirror.url, "app": proj.config.name, **(config or {})},
-            artifact=first, group=group, keygen=keygen)
+            artifact=first,
+            group=group,
+            keygen=keygen,
+        )
         transport, link = connect(board)
         try:
             provision_device(transport, plan, Registry.open(self.db_url))
@@ -209,8 +227,9 @@ class World:
 def _server_cert(ca_dir: Path, out: Path) -> tuple[Path, Path]:
     ca = load_issuing_ca(ca_dir)
     key = generate_key()
-    cert = issue(ca, LeafRequest(name="127.0.0.1", role="server", sans=("IP:127.0.0.1",)),
-                 key.public_key())
+    cert = issue(
+        ca, LeafRequest(name="127.0.0.1", role="server", sans=("IP:127.0.0.1",)), key.public_key()
+    )
     cert_pem, key_pem = out / "server.pem", out / "server-key.pem"
     cert_pem.write_bytes(cert.public_bytes(Encoding.PEM) + ca.cert.public_bytes(Encoding.PEM))
     key_pem.write_bytes(key_pem_der(key)[0])
@@ -221,8 +240,13 @@ NO_CHECK_TIME = 0x200000  # X509_V_FLAG_NO_CHECK_TIME
 
 
 @contextmanager
-def ota_world(tmp: Path, db_url: str, project: Path, renewal: bool = False,
-              clock: Callable[[], object] | None = None) -> Iterator[World]:
+def ota_world(
+    tmp: Path,
+    db_url: str,
+    project: Path,
+    renewal: bool = False,
+    clock: Callable[[], object] | None = None,
+) -> Iterator[World]:
     """``renewal``: the server asks devices for their certificate (mutual TLS, client CA
     ca-chain.pem) and renews them online from the CA folder; ``clock`` is its now. As the
     clock moves, the server's OpenSSL does not judge client certificates' dates against
@@ -234,13 +258,17 @@ def ota_world(tmp: Path, db_url: str, project: Path, renewal: bool = False,
     cfg.write_text(cfg.read_text().replace('profile = "dev"', 'profile = "field"'))
     proj = Project.load(project)
     config = ServerConfig(
-        database_url=db_url, artifacts_dir=tmp / "artifacts", roots_dir=proj.roots_dir,
-        timestamp_signer=proj.timestamp_signer(), admin_token_hashes=(
-            admin_token_hash(ADMIN_TOKEN),), cache_seconds=0.1, maintenance_seconds=3600,
+        database_url=db_url,
+        artifacts_dir=tmp / "artifacts",
+        roots_dir=proj.roots_dir,
+        timestamp_signer=proj.timestamp_signer(),
+        admin_token_hashes=(admin_token_hash(ADMIN_TOKEN),),
+        cache_seconds=0.1,
+        maintenance_seconds=3600,
         # Tests run many rounds per device in seconds: no report rate limit in the way.
         limits=ServerLimits(report_rate_per_minute=60_000.0, report_burst=10_000),
-        halt_policy=HaltPolicy(min_attempts=2, max_failure_ratio=0.2,
-                               trial_window_seconds=3600))
+        halt_policy=HaltPolicy(min_attempts=2, max_failure_ratio=0.2, trial_window_seconds=3600),
+    )
     options = RunOptions(tls_cert=cert, tls_key=key)
     contexts: list[ssl.SSLContext] = []
     if renewal:
@@ -248,8 +276,12 @@ def ota_world(tmp: Path, db_url: str, project: Path, renewal: bool = False,
 
         from mpseal.pki.online import FolderCa
 
-        config = replace(config, renewal_ca=FolderCa(ca_dir), clock=clock,  # type: ignore[arg-type]
-                         renewals_per_hour=10_000)
+        config = replace(
+            config,
+            renewal_ca=FolderCa(ca_dir),
+            clock=clock,  # type: ignore[arg-type]
+            renewals_per_hour=10_000,
+        )
         options = replace(options, client_ca=ca_dir / "ca-chain.pem")
 
     def ssl_setup(ctx: ssl.SSLContext) -> None:
@@ -262,8 +294,15 @@ def ota_world(tmp: Path, db_url: str, project: Path, renewal: bool = False,
         mirror = Mirror(server.url, cert, key, ca_dir / "root.pem")
         thread = threading.Thread(target=mirror.serve_forever, daemon=True)
         thread.start()
-        world = World(project, ca_dir, db_url, server.url, mirror, tmp,
-                      server_ssl=contexts[0] if contexts else None)
+        world = World(
+            project,
+            ca_dir,
+            db_url,
+            server.url,
+            mirror,
+            tmp,
+            server_ssl=contexts[0] if contexts else None,
+        )
         try:
             yield world
         finally:
@@ -278,18 +317,34 @@ def guard_log(board: VirtualBoard) -> list[str]:
 
 
 def offer_json(target: dict[str, object], root_version: int = 1) -> bytes:
-    return json.dumps({"update": True, "target": target, "timestamp": "timestamp/stable.mpst",
-                       "root_version": root_version}).encode()
+    return json.dumps(
+        {
+            "update": True,
+            "target": target,
+            "timestamp": "timestamp/stable.mpst",
+            "root_version": root_version,
+        }
+    ).encode()
 
 
-def stolen_timestamp(world: World, targets: tuple, version: int = 10**6,
-                     expires_in: int = 3600, issued: int | None = None) -> bytes:
+def stolen_timestamp(
+    world: World,
+    targets: tuple,
+    version: int = 10**6,
+    expires_in: int = 3600,
+    issued: int | None = None,
+) -> bytes:
     """A timestamp signed with the server's (stolen) online key."""
     from mpseal.formats.updatemeta import Timestamp, sign_timestamp
 
     now = int(time.time()) if issued is None else issued
-    ts = Timestamp(version=version, issued=now, expires=now + expires_in,
-                   root_version=world.proj.trust_root().version, targets=targets)
+    ts = Timestamp(
+        version=version,
+        issued=now,
+        expires=now + expires_in,
+        root_version=world.proj.trust_root().version,
+        targets=targets,
+    )
     return sign_timestamp(ts, [world.proj.timestamp_signer()])
 
 

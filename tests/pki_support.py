@@ -44,12 +44,25 @@ class DeviceResult:
         return "" if self.ok else self.line.split()[1]
 
 
-def run_device(port: int, cert: Path | str, key: Path | str, anchor: Path,
-               hostname: str = "server.test") -> DeviceResult:
+def run_device(
+    port: int, cert: Path | str, key: Path | str, anchor: Path, hostname: str = "server.test"
+) -> DeviceResult:
     """The device connects to 127.0.0.1:port, verifying the server by ``anchor``."""
-    proc = subprocess.run([str(MICROPYTHON), str(DEVICE_CLIENT), HOST, str(port), str(cert),
-                           str(key), str(anchor), hostname],
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [
+            str(MICROPYTHON),
+            str(DEVICE_CLIENT),
+            HOST,
+            str(port),
+            str(cert),
+            str(key),
+            str(anchor),
+            hostname,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     line = (proc.stdout.strip().splitlines() or [proc.stderr.strip()])[-1]
     assert line.startswith(("OK", "FAIL")), (proc.stdout, proc.stderr)
     assert (proc.returncode == 0) == line.startswith("OK"), line
@@ -66,8 +79,9 @@ class ServerResult:
 
 
 @contextmanager
-def python_server(chain_pem: Path, key_pem: Path, client_ca: Path) -> Iterator[
-        tuple[int, ServerResult]]:
+def python_server(
+    chain_pem: Path, key_pem: Path, client_ca: Path
+) -> Iterator[tuple[int, ServerResult]]:
     """An OpenSSL server (Python ``ssl``) that requires and verifies a client certificate."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(chain_pem, key_pem)
@@ -87,8 +101,9 @@ def python_server(chain_pem: Path, key_pem: Path, client_ca: Path) -> Iterator[
                 peer = tls.getpeercert()
                 result.version = tls.version()
                 result.peer_subject = dict(x[0] for x in peer["subject"])["commonName"]
-                chain = getattr(tls, "get_unverified_chain", None) or \
-                    tls._sslobj.get_unverified_chain  # type: ignore[union-attr]  # < 3.13
+                chain = (
+                    getattr(tls, "get_unverified_chain", None) or tls._sslobj.get_unverified_chain
+                )  # type: ignore[union-attr]  # < 3.13
                 result.peer_chain_length = len(chain())
                 tls.recv(256)
                 tls.sendall(b"hello device\n")
@@ -110,14 +125,36 @@ def python_server(chain_pem: Path, key_pem: Path, client_ca: Path) -> Iterator[
 
 
 @contextmanager
-def openssl_server(cert_pem: Path, key_pem: Path, chain_pem: Path,
-                   client_ca: Path) -> Iterator[tuple[int, subprocess.Popen[str]]]:
+def openssl_server(
+    cert_pem: Path, key_pem: Path, chain_pem: Path, client_ca: Path
+) -> Iterator[tuple[int, subprocess.Popen[str]]]:
     """``openssl s_server -Verify 1``: a client certificate is required; one connection."""
     proc = subprocess.Popen(
-        [OPENSSL, "s_server", "-accept", f"{HOST}:0", "-cert", str(cert_pem), "-key",
-         str(key_pem), "-cert_chain", str(chain_pem), "-CAfile", str(client_ca), "-Verify", "1",
-         "-naccept", "1", "-rev", "-verify_return_error"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
+        [
+            OPENSSL,
+            "s_server",
+            "-accept",
+            f"{HOST}:0",
+            "-cert",
+            str(cert_pem),
+            "-key",
+            str(key_pem),
+            "-cert_chain",
+            str(chain_pem),
+            "-CAfile",
+            str(client_ca),
+            "-Verify",
+            "1",
+            "-naccept",
+            "1",
+            "-rev",
+            "-verify_return_error",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         port = None
         deadline = time.monotonic() + 15
@@ -147,36 +184,58 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def ca_cert(subject: str, key: Any, issuer: x509.Certificate | None = None,
-            issuer_key: Any = None,
-            extra: tuple[tuple[x509.ExtensionType, bool], ...] = (),
-            algorithm: hashes.HashAlgorithm | None = SHA256) -> x509.Certificate:
-    b = (x509.CertificateBuilder().subject_name(name(subject))
-         .issuer_name(issuer.subject if issuer else name(subject))
-         .public_key(key.public_key()).serial_number(x509.random_serial_number())
-         .not_valid_before(now() - dt.timedelta(hours=1))
-         .not_valid_after(now() + dt.timedelta(days=365))
-         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-         .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-                        critical=True))
+def ca_cert(
+    subject: str,
+    key: Any,
+    issuer: x509.Certificate | None = None,
+    issuer_key: Any = None,
+    extra: tuple[tuple[x509.ExtensionType, bool], ...] = (),
+    algorithm: hashes.HashAlgorithm | None = SHA256,
+) -> x509.Certificate:
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(name(subject))
+        .issuer_name(issuer.subject if issuer else name(subject))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now() - dt.timedelta(hours=1))
+        .not_valid_after(now() + dt.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+    )
     for ext, critical in extra:
         b = b.add_extension(ext, critical=critical)
     return b.sign(issuer_key or key, algorithm)  # type: ignore[arg-type]
 
 
-def leaf_cert(subject: str, public_key: object, issuer: x509.Certificate, issuer_key: object,
-              eku: x509.ObjectIdentifier = ExtendedKeyUsageOID.SERVER_AUTH,
-              sans: tuple[str, ...] = ("server.test",), days: int = 30,
-              algorithm: hashes.HashAlgorithm | None = SHA256) -> x509.Certificate:
-    b = (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(issuer.subject)
-         .public_key(public_key).serial_number(x509.random_serial_number())  # type: ignore[arg-type]
-         .not_valid_before(now() - dt.timedelta(hours=1))
-         .not_valid_after(now() + dt.timedelta(days=days))
-         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-         .add_extension(x509.ExtendedKeyUsage([eku]), critical=False))
+def leaf_cert(
+    subject: str,
+    public_key: object,
+    issuer: x509.Certificate,
+    issuer_key: object,
+    eku: x509.ObjectIdentifier = ExtendedKeyUsageOID.SERVER_AUTH,
+    sans: tuple[str, ...] = ("server.test",),
+    days: int = 30,
+    algorithm: hashes.HashAlgorithm | None = SHA256,
+) -> x509.Certificate:
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(name(subject))
+        .issuer_name(issuer.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())  # type: ignore[arg-type]
+        .not_valid_before(now() - dt.timedelta(hours=1))
+        .not_valid_after(now() + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
+    )
     if sans:
-        b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName(s) for s in sans]),
-                            critical=False)
+        b = b.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(s) for s in sans]), critical=False
+        )
     return b.sign(issuer_key, algorithm)  # type: ignore[arg-type]
 
 
@@ -189,10 +248,16 @@ def der(cert: x509.Certificate) -> bytes:
 
 
 def key_pem(key: object) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM,  # type: ignore[attr-defined]
-                             serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM,  # type: ignore[attr-defined]
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
 
 
 def key_der(key: object) -> bytes:
-    return key.private_bytes(serialization.Encoding.DER,  # type: ignore[attr-defined]
-                             serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.DER,  # type: ignore[attr-defined]
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )

@@ -23,8 +23,10 @@ from typing import Self
 def _bindir() -> Path:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not found:
-        raise RuntimeError("PostgreSQL server binaries are missing: apt-get install postgresql "
-                           "(scripts/bootstrap.sh does this)")
+        raise RuntimeError(
+            "PostgreSQL server binaries are missing: apt-get install postgresql "
+            "(scripts/bootstrap.sh does this)"
+        )
     return Path(found[-1]).parent
 
 
@@ -47,27 +49,61 @@ def postgres_server() -> Iterator[str]:
     if os.geteuid() == 0:
         shutil.chown(folder, "postgres", "postgres")
     port = _free_port()
-    subprocess.run(_as_postgres([str(bindir / "initdb"), "-D", str(data), "-A", "trust",
-                                 "-U", "postgres", "--no-sync"]),
-                   check=True, capture_output=True)
+    subprocess.run(
+        _as_postgres(
+            [str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"]
+        ),
+        check=True,
+        capture_output=True,
+    )
     log = folder / "server.log"
-    subprocess.run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w",
-                                 "-o", f"-h 127.0.0.1 -p {port} -k {folder} -c fsync=off "
-                                       "-c max_connections=200", "start"]),
-                   check=True, capture_output=True)
+    subprocess.run(
+        _as_postgres(
+            [
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(log),
+                "-w",
+                "-o",
+                f"-h 127.0.0.1 -p {port} -k {folder} -c fsync=off -c max_connections=200",
+                "start",
+            ]
+        ),
+        check=True,
+        capture_output=True,
+    )
     try:
         for _ in range(50):
-            if subprocess.run(_as_postgres([str(bindir / "createdb"), "-h", "127.0.0.1", "-p",
-                                            str(port), "-U", "postgres", "mpseal"]),
-                              capture_output=True).returncode == 0:
+            if (
+                subprocess.run(
+                    _as_postgres(
+                        [
+                            str(bindir / "createdb"),
+                            "-h",
+                            "127.0.0.1",
+                            "-p",
+                            str(port),
+                            "-U",
+                            "postgres",
+                            "mpseal",
+                        ]
+                    ),
+                    capture_output=True,
+                ).returncode
+                == 0
+            ):
                 break
             time.sleep(0.2)
         else:
             raise RuntimeError(f"PostgreSQL did not start: {log.read_text()[-500:]}")
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/mpseal"
     finally:
-        subprocess.run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate",
-                                     "stop"]), capture_output=True)
+        subprocess.run(
+            _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
+            capture_output=True,
+        )
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -85,28 +121,77 @@ class PostgresServer:
         self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/mpseal"
 
     def __enter__(self) -> Self:
-        subprocess.run(_as_postgres([str(self.bindir / "initdb"), "-D", str(self.data), "-A",
-                                     "trust", "-U", "postgres", "--no-sync"]),
-                       check=True, capture_output=True)
+        subprocess.run(
+            _as_postgres(
+                [
+                    str(self.bindir / "initdb"),
+                    "-D",
+                    str(self.data),
+                    "-A",
+                    "trust",
+                    "-U",
+                    "postgres",
+                    "--no-sync",
+                ]
+            ),
+            check=True,
+            capture_output=True,
+        )
         self.start()
         for _ in range(50):
-            if subprocess.run(_as_postgres([str(self.bindir / "createdb"), "-h", "127.0.0.1",
-                                            "-p", str(self.port), "-U", "postgres", "mpseal"]),
-                              check=False, capture_output=True).returncode == 0:
+            if (
+                subprocess.run(
+                    _as_postgres(
+                        [
+                            str(self.bindir / "createdb"),
+                            "-h",
+                            "127.0.0.1",
+                            "-p",
+                            str(self.port),
+                            "-U",
+                            "postgres",
+                            "mpseal",
+                        ]
+                    ),
+                    check=False,
+                    capture_output=True,
+                ).returncode
+                == 0
+            ):
                 return self
             time.sleep(0.2)
         raise RuntimeError("PostgreSQL did not start")
 
     def start(self) -> None:
-        subprocess.run(_as_postgres([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l",
-                                     str(self.folder / "server.log"), "-w", "-o",
-                                     (f"-h 127.0.0.1 -p {self.port} -k {self.folder} "
-                                      "-c fsync=off -c max_connections=100"), "start"]),
-                       check=True, capture_output=True)
+        subprocess.run(
+            _as_postgres(
+                [
+                    str(self.bindir / "pg_ctl"),
+                    "-D",
+                    str(self.data),
+                    "-l",
+                    str(self.folder / "server.log"),
+                    "-w",
+                    "-o",
+                    (
+                        f"-h 127.0.0.1 -p {self.port} -k {self.folder} "
+                        "-c fsync=off -c max_connections=100"
+                    ),
+                    "start",
+                ]
+            ),
+            check=True,
+            capture_output=True,
+        )
 
     def stop(self) -> None:
-        subprocess.run(_as_postgres([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m",
-                                     "immediate", "stop"]), check=False, capture_output=True)
+        subprocess.run(
+            _as_postgres(
+                [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"]
+            ),
+            check=False,
+            capture_output=True,
+        )
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

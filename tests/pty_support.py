@@ -32,11 +32,11 @@ def screen_text(raw: str) -> str:
     row, col = 0, 0
     pos = 0
     for m in _ESCAPE.finditer(raw + "\r"):
-        text = raw[pos:m.start()]
+        text = raw[pos : m.start()]
         pos = m.end()
         if text:
             line = lines[row]
-            lines[row] = line[:col].ljust(col) + text + line[col + len(text):]
+            lines[row] = line[:col].ljust(col) + text + line[col + len(text) :]
             col += len(text)
         tok = m.group(0)
         if tok == "\n":
@@ -68,19 +68,33 @@ class PtyRun:
         return self.raw.rfind("\x1b[?25l") > self.raw.rfind("\x1b[?25h")
 
 
-def run_in_pty(argv: list[str], cwd: Path | None = None, env: dict[str, str] | None = None,
-               timeout: float = 120, columns: int = 120) -> PtyRun:
+def run_in_pty(
+    argv: list[str],
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    columns: int = 120,
+) -> PtyRun:
     master, slave = pty.openpty()
     import fcntl
     import struct
     import termios
 
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
-    full_env = {k: v for k, v in os.environ.items()
-                if k not in ("MPSEAL_PASSPHRASE", "COLUMNS", "NO_COLOR")}
+    full_env = {
+        k: v for k, v in os.environ.items() if k not in ("MPSEAL_PASSPHRASE", "COLUMNS", "NO_COLOR")
+    }
     full_env.update({"TERM": "xterm-256color", **(env or {})})
-    proc = subprocess.Popen(argv, cwd=cwd, env=full_env, stdin=slave, stdout=slave,
-                            stderr=slave, start_new_session=True, close_fds=True)
+    proc = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=full_env,
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        start_new_session=True,
+        close_fds=True,
+    )
     os.close(slave)
     chunks: list[bytes] = []
     deadline = time.monotonic() + timeout
@@ -122,6 +136,10 @@ def run_in_pty(argv: list[str], cwd: Path | None = None, env: dict[str, str] | N
     return PtyRun(rc, b"".join(chunks).decode("utf-8", "replace"))
 
 
-def mpseal_in_pty(*args: str | os.PathLike[str], cwd: Path | None = None,
-                  env: dict[str, str] | None = None, timeout: float = 120) -> PtyRun:
+def mpseal_in_pty(
+    *args: str | os.PathLike[str],
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+) -> PtyRun:
     return run_in_pty([str(MPSEAL), *map(str, args)], cwd=cwd, env=env, timeout=timeout)

@@ -93,9 +93,25 @@ class Mps2:
         if not qemu or not ELF.is_file():
             raise QemuError(f"need qemu-system-arm and {ELF}")
         self.proc = subprocess.Popen(
-            [qemu, "-M", "mps2-an385", "-kernel", str(ELF), "-nographic", "-monitor", "none",
-             "-serial", "stdio", "-semihosting", "-icount", "shift=0"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            [
+                qemu,
+                "-M",
+                "mps2-an385",
+                "-kernel",
+                str(ELF),
+                "-nographic",
+                "-monitor",
+                "none",
+                "-serial",
+                "stdio",
+                "-semihosting",
+                "-icount",
+                "shift=0",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
         self._until(b">>> ", 30)
         self._write(b"\x01")
         self._until(b"raw REPL; CTRL-B to exit\r\n>", 10)
@@ -127,7 +143,7 @@ class Mps2:
                     raise QemuError(f"QEMU ended; got {self.buf[-300:]!r}")
                 self.buf += chunk
         i = self.buf.index(marker)
-        out, self.buf = self.buf[:i], self.buf[i + len(marker):]
+        out, self.buf = self.buf[:i], self.buf[i + len(marker) :]
         return out
 
     def exec(self, code: str, timeout: float | None = None) -> str:
@@ -145,16 +161,20 @@ class Mps2:
         for name, data in files.items():
             self.exec(f"_ramfs.f[{name!r}] = bytearray()")
             for i in range(0, len(data), 2048):
-                chunk = base64.b64encode(data[i:i + 2048]).decode()
-                self.exec(f"_ramfs.f[{name!r}].extend(__import__('binascii').a2b_base64("
-                          f"{chunk!r}))")
+                chunk = base64.b64encode(data[i : i + 2048]).decode()
+                self.exec(
+                    f"_ramfs.f[{name!r}].extend(__import__('binascii').a2b_base64({chunk!r}))"
+                )
             self.exec(f"_ramfs.f[{name!r}] = bytes(_ramfs.f[{name!r}])")
 
     def instructions(self, setup: str, stmt: str, timeout: float | None = None) -> int:
         """Instructions (exact to +-1000) that ``stmt`` takes, after ``setup`` ran."""
-        out = self.exec(setup + "\nimport time as _t, gc as _gc\n_gc.collect()\n"
-                        "_a = _t.ticks_us()\n" + stmt + "\n"
-                        "print('TICKS', _t.ticks_diff(_t.ticks_us(), _a))\n", timeout)
+        out = self.exec(
+            setup + "\nimport time as _t, gc as _gc\n_gc.collect()\n"
+            "_a = _t.ticks_us()\n" + stmt + "\n"
+            "print('TICKS', _t.ticks_diff(_t.ticks_us(), _a))\n",
+            timeout,
+        )
         for line in out.splitlines():
             if line.startswith("TICKS "):
                 return int(line.split()[1]) * 1000

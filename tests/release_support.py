@@ -28,8 +28,14 @@ def main():
 """
 
 
-def release(project: Path, version: str, counter: int, main: str = RETURNING_MAIN,
-            profile: str | None = None, board: str | None = None) -> bytes:
+def release(
+    project: Path,
+    version: str,
+    counter: int,
+    main: str = RETURNING_MAIN,
+    profile: str | None = None,
+    board: str | None = None,
+) -> bytes:
     """Set the project's version/counter/main.py (and profile, board), build, return the
     artifact. ``main`` may name ``{version}``."""
     cfg = project / "mpseal.toml"
@@ -46,8 +52,9 @@ def release(project: Path, version: str, counter: int, main: str = RETURNING_MAI
     return build(proj, proj.release_signer()).path.read_bytes()
 
 
-def board_running(project: Path, folder: Path, profile: str = "dev",
-                  main: str = RETURNING_MAIN) -> VirtualBoard:
+def board_running(
+    project: Path, folder: Path, profile: str = "dev", main: str = RETURNING_MAIN
+) -> VirtualBoard:
     """A virtual board whose guard (``profile``) runs release 1.0.0 (counter 1), committed."""
     blob = release(project, "1.0.0", 1, main, profile=profile)
     board = VirtualBoard.create(folder, flash_size=1024 * 1024)

@@ -25,21 +25,23 @@ from mpseal.device.sim import VirtualBoard
 from mpseal.device.simlink import SimLink, connect
 
 MICROBIT_HEX = Path("/usr/share/firmware-microbit-micropython/firmware.hex")
-INSTALL_HINT = ("install the Debian packages qemu-system-arm and firmware-microbit-micropython "
-                "(scripts/bootstrap.sh does, as root)")
+INSTALL_HINT = (
+    "install the Debian packages qemu-system-arm and firmware-microbit-micropython "
+    "(scripts/bootstrap.sh does, as root)"
+)
 PTY_LINE = re.compile(rb"char device redirected to (/dev/pts/\d+)")
 BOOT_TIMEOUT = 20.0
 
 
-def _read_until(fd: int, pattern: re.Pattern[bytes] | bytes, timeout: float,
-                what: str) -> bytes:
+def _read_until(fd: int, pattern: re.Pattern[bytes] | bytes, timeout: float, what: str) -> bytes:
     data = b""
     deadline = time.monotonic() + timeout
     while not (pattern.search(data) if isinstance(pattern, re.Pattern) else pattern in data):
         left = deadline - time.monotonic()
         if left <= 0:
-            pytest.fail(f"{what}: nothing matching {pattern!r} within {timeout:.0f}s; got "
-                        f"{data[-300:]!r}")
+            pytest.fail(
+                f"{what}: nothing matching {pattern!r} within {timeout:.0f}s; got {data[-300:]!r}"
+            )
         ready, _, _ = select.select([fd], [], [], left)
         if ready:
             chunk = os.read(fd, 4096)
@@ -56,14 +58,28 @@ def qemu_microbit() -> Iterator[str]:
     if not qemu or not MICROBIT_HEX.is_file():
         pytest.fail(f"the micro:bit in QEMU is missing: {INSTALL_HINT}")
     proc = subprocess.Popen(
-        [qemu, "-M", "microbit", "-device", f"loader,file={MICROBIT_HEX}",
-         "-nographic", "-serial", "pty", "-monitor", "none"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        [
+            qemu,
+            "-M",
+            "microbit",
+            "-device",
+            f"loader,file={MICROBIT_HEX}",
+            "-nographic",
+            "-serial",
+            "pty",
+            "-monitor",
+            "none",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     hold = -1
     try:
         assert proc.stdout is not None
-        found = PTY_LINE.search(_read_until(proc.stdout.fileno(), PTY_LINE, BOOT_TIMEOUT,
-                                            "QEMU did not print its pty"))
+        found = PTY_LINE.search(
+            _read_until(proc.stdout.fileno(), PTY_LINE, BOOT_TIMEOUT, "QEMU did not print its pty")
+        )
         assert found
         pts = found.group(1).decode()
         # Held open for the whole test: QEMU keeps the line up while the transport
@@ -93,14 +109,30 @@ def qemu_mps2_an385() -> Iterator[str]:
     if not qemu or not elf.is_file():
         pytest.fail(f"QEMU or the stock MPS2-AN385 image ({elf}) is missing")
     proc = subprocess.Popen(
-        [qemu, "-M", "mps2-an385", "-kernel", str(elf), "-semihosting", "-display", "none",
-         "-serial", "pty", "-monitor", "none"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        [
+            qemu,
+            "-M",
+            "mps2-an385",
+            "-kernel",
+            str(elf),
+            "-semihosting",
+            "-display",
+            "none",
+            "-serial",
+            "pty",
+            "-monitor",
+            "none",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     hold = -1
     try:
         assert proc.stdout is not None
-        found = PTY_LINE.search(_read_until(proc.stdout.fileno(), PTY_LINE, BOOT_TIMEOUT,
-                                            "QEMU did not print its pty"))
+        found = PTY_LINE.search(
+            _read_until(proc.stdout.fileno(), PTY_LINE, BOOT_TIMEOUT, "QEMU did not print its pty")
+        )
         assert found
         pts = found.group(1).decode()
         hold = os.open(pts, os.O_RDWR | os.O_NOCTTY)  # keeps the line up between connections

@@ -21,10 +21,15 @@ def project_server(project: Path, *extra: str) -> Iterator[str]:
     port = free_port()
     env = {**os.environ, "MPSEAL_ADMIN_TOKEN": ADMIN_TOKEN}
     env.pop("MPSEAL_PASSPHRASE", None)
-    proc = subprocess.Popen([str(MPSEAL), "serve", "--port", str(port), "--cache-seconds", "0",
-                             *extra], cwd=project, env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [str(MPSEAL), "serve", "--port", str(port), "--cache-seconds", "0", *extra],
+        cwd=project,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30

@@ -57,11 +57,20 @@ class Keys:
 
 
 def make_keys(folder: Path) -> Keys:
-    keys = Keys(PrivateKeySigner.generate(), PrivateKeySigner.generate(),
-                PrivateKeySigner.generate(), folder)
-    root = trustroot.build(1, {"root": [keys.root.public_key],
-                               "release": [keys.release.public_key],
-                               "timestamp": [keys.timestamp.public_key]})
+    keys = Keys(
+        PrivateKeySigner.generate(),
+        PrivateKeySigner.generate(),
+        PrivateKeySigner.generate(),
+        folder,
+    )
+    root = trustroot.build(
+        1,
+        {
+            "root": [keys.root.public_key],
+            "release": [keys.release.public_key],
+            "timestamp": [keys.timestamp.public_key],
+        },
+    )
     keys.roots_dir.mkdir(parents=True, exist_ok=True)
     (keys.roots_dir / "1.mpsr").write_bytes(trustroot.sign(root, [keys.root]))
     (folder / "timestamp.pem").write_bytes(keys.timestamp.to_pem())
@@ -69,14 +78,28 @@ def make_keys(folder: Path) -> Keys:
     return keys
 
 
-def make_artifact(signer: PrivateKeySigner, version: str = "1.0.0", counter: int = 1,
-                  board: str = "esp32", app: str = "hello", size: int = 4096) -> bytes:
+def make_artifact(
+    signer: PrivateKeySigner,
+    version: str = "1.0.0",
+    counter: int = 1,
+    board: str = "esp32",
+    app: str = "hello",
+    size: int = 4096,
+) -> bytes:
     """A signed artifact (the image is random bytes: the server checks signatures and hashes,
     the device mounts the ROMFS)."""
     image = os.urandom(size)
-    man = Manifest(app=app, version=version, counter=counter, board=board, port="esp32",
-                   mpy_version="6.3", arch="xtensawin",
-                   image_sha256=hashlib.sha256(image).hexdigest(), image_size=len(image))
+    man = Manifest(
+        app=app,
+        version=version,
+        counter=counter,
+        board=board,
+        port="esp32",
+        mpy_version="6.3",
+        arch="xtensawin",
+        image_sha256=hashlib.sha256(image).hexdigest(),
+        image_size=len(image),
+    )
     return artifact.create(man, image, [signer]).encode()
 
 
@@ -91,8 +114,14 @@ class Fleet:
         return {"Authorization": f"Bearer {self.tokens[hw]}"}
 
 
-def register(url: str, n: int, prefix: str = "dev", groups: dict[str, str] | None = None,
-             board: str = "esp32", fingerprints: dict[str, str] | None = None) -> Fleet:
+def register(
+    url: str,
+    n: int,
+    prefix: str = "dev",
+    groups: dict[str, str] | None = None,
+    board: str = "esp32",
+    fingerprints: dict[str, str] | None = None,
+) -> Fleet:
     """Register ``n`` active devices (hardware ids ``<prefix>-<i>``) in the database at ``url``."""
     reg = Registry.open(url)
     fleet = Fleet()
@@ -101,29 +130,46 @@ def register(url: str, n: int, prefix: str = "dev", groups: dict[str, str] | Non
         hw = f"{prefix}-{i:05d}"
         token = f"tok-{hw}-{os.urandom(8).hex()}"
         fp = (fingerprints or {}).get(hw) or os.urandom(32).hex()
-        idents.append(Identity(
-            hardware_id=hw, board=board, group=(groups or {}).get(hw, "default"),
-            cert=CertRecord("device", f"CN={hw}", os.urandom(16).hex(), fp,
-                            datetime.now(UTC) + timedelta(days=365)),
-            token_hash=token_hash(token)))
+        idents.append(
+            Identity(
+                hardware_id=hw,
+                board=board,
+                group=(groups or {}).get(hw, "default"),
+                cert=CertRecord(
+                    "device",
+                    f"CN={hw}",
+                    os.urandom(16).hex(),
+                    fp,
+                    datetime.now(UTC) + timedelta(days=365),
+                ),
+                token_hash=token_hash(token),
+            )
+        )
         fleet.tokens[hw] = token
         fleet.fingerprints[hw] = fp
     for start in range(0, len(idents), 2000):
-        reg.record_identities(idents[start:start + 2000])
+        reg.record_identities(idents[start : start + 2000])
     with reg.engine.begin() as conn:
-        conn.execute(sa.update(Device).where(Device.hardware_id.in_(list(fleet.tokens)))
-                     .values(state="active"))
+        conn.execute(
+            sa.update(Device)
+            .where(Device.hardware_id.in_(list(fleet.tokens)))
+            .values(state="active")
+        )
     reg.engine.dispose()
     return fleet
 
 
 def config_for(db_url: str, keys: Keys, tmp: Path, **overrides: object) -> ServerConfig:
-    cfg = ServerConfig(database_url=db_url, artifacts_dir=tmp / "artifacts",
-                       roots_dir=keys.roots_dir, timestamp_signer=keys.timestamp,
-                       admin_token_hashes=(admin_token_hash(ADMIN_TOKEN),),
-                       cache_seconds=0.2, maintenance_seconds=3600,
-                       halt_policy=HaltPolicy(min_attempts=5, max_failure_ratio=0.2,
-                                              trial_window_seconds=3600))
+    cfg = ServerConfig(
+        database_url=db_url,
+        artifacts_dir=tmp / "artifacts",
+        roots_dir=keys.roots_dir,
+        timestamp_signer=keys.timestamp,
+        admin_token_hashes=(admin_token_hash(ADMIN_TOKEN),),
+        cache_seconds=0.2,
+        maintenance_seconds=3600,
+        halt_policy=HaltPolicy(min_attempts=5, max_failure_ratio=0.2, trial_window_seconds=3600),
+    )
     return replace(cfg, **overrides)  # type: ignore[arg-type]
 
 
@@ -133,13 +179,17 @@ class Running:
     server: uvicorn.Server
 
     def admin(self, **kw: object) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30,
-                            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, **kw)  # type: ignore[arg-type]
+        return httpx.Client(
+            base_url=self.url, timeout=30, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, **kw
+        )  # type: ignore[arg-type]
 
 
 @contextmanager
-def running_server(config: ServerConfig, options: RunOptions | None = None,
-                   ssl_setup: Callable[[ssl.SSLContext], None] | None = None) -> Iterator[Running]:
+def running_server(
+    config: ServerConfig,
+    options: RunOptions | None = None,
+    ssl_setup: Callable[[ssl.SSLContext], None] | None = None,
+) -> Iterator[Running]:
     """The real server: uvicorn with the production protocol and loop, in a thread.
     ``ssl_setup`` may change uvicorn's TLS context before it serves (tests only)."""
     port = free_port()

@@ -44,16 +44,26 @@ def test_update_confirmed_by_the_template_app_is_counted_by_the_server(project: 
         env = {"MPSEAL_SERVER": url, "MPSEAL_ADMIN_TOKEN": ADMIN_TOKEN}
         # device.toml names only the server: provision adds app, board and channel.
         (project / "device.toml").write_text(f'server = "{url}"\n')
-        res = run_mpseal("provision", "--sim", "sim/a", "--config", "device.toml",
-                         "--artifact", "dist/hello-1.0.0.mpseal", cwd=project)
+        res = run_mpseal(
+            "provision",
+            "--sim",
+            "sim/a",
+            "--config",
+            "device.toml",
+            "--artifact",
+            "dist/hello-1.0.0.mpseal",
+            cwd=project,
+        )
         assert res.returncode == 0, res.stderr
         assert run_mpseal("sim", "boot", "--sim", "sim/a", cwd=project).returncode == 0
 
         _set(project, 'version = "1.0.0"', 'version = "1.1.0"')
         _set(project, "security_counter = 1", "security_counter = 2")
         assert run_mpseal("build", cwd=project).returncode == 0
-        for args in (["release", "publish", "dist/hello-1.1.0.mpseal"],
-                     ["release", "promote", "1.1.0", "--percent", "100"]):
+        for args in (
+            ["release", "publish", "dist/hello-1.1.0.mpseal"],
+            ["release", "promote", "1.1.0", "--percent", "100"],
+        ):
             res = run_mpseal(*args, cwd=project, env=env)
             assert res.returncode == 0, res.stderr
         res = run_mpseal("sim", "update", "--sim", "sim/a", cwd=project)
@@ -62,8 +72,7 @@ def test_update_confirmed_by_the_template_app_is_counted_by_the_server(project: 
         res = run_mpseal("sim", "boot", "--sim", "sim/a", cwd=project)
         assert res.returncode == 0, res.stderr
         assert "committed hello 1.1.0" in res.stdout
-        listed = json.loads(run_mpseal("release", "list", "--json", cwd=project,
-                                       env=env).stdout)
+        listed = json.loads(run_mpseal("release", "list", "--json", cwd=project, env=env).stdout)
         counts = {r["version"]: r["counts"] for r in listed}
         assert counts["1.1.0"]["updated"] == 1 and counts["1.1.0"]["in_progress"] == 0, counts
 
@@ -75,11 +84,21 @@ def test_a_device_provisioned_for_a_channel_follows_that_channel(project: Path) 
     with project_server(project) as url:
         env = {"MPSEAL_SERVER": url, "MPSEAL_ADMIN_TOKEN": ADMIN_TOKEN}
         (project / "device.toml").write_text(f'server = "{url}"\n')
-        res = run_mpseal("provision", "--sim", "sim/b", "--config", "device.toml",
-                         "--channel", "beta", cwd=project)
+        res = run_mpseal(
+            "provision",
+            "--sim",
+            "sim/b",
+            "--config",
+            "device.toml",
+            "--channel",
+            "beta",
+            cwd=project,
+        )
         assert res.returncode == 0, res.stderr
-        for args in (["release", "publish", "dist/hello-1.0.0.mpseal", "--channel", "beta"],
-                     ["release", "promote", "1.0.0", "--percent", "100"]):
+        for args in (
+            ["release", "publish", "dist/hello-1.0.0.mpseal", "--channel", "beta"],
+            ["release", "promote", "1.0.0", "--percent", "100"],
+        ):
             res = run_mpseal(*args, cwd=project, env=env)
             assert res.returncode == 0, res.stderr
         res = run_mpseal("sim", "update", "--sim", "sim/b", cwd=project)

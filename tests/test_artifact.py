@@ -94,18 +94,22 @@ def with_field(blob: bytes, offset: int, fmt: str, value: int) -> bytes:
     return bytes(bad)
 
 
-@pytest.mark.parametrize(("offset", "fmt", "value", "message"), [
-    (10, "<H", 64, "header length field is 64"),
-    (12, "<I", 10**9, "manifest length .* exceeds"),
-    (16, "<B", 0, "signature count 0"),
-    (16, "<B", 200, "signature count 200"),
-    (17, "<B", 1, "reserved"),
-    (20, "<I", 4096, "image offset 4096 is not where"),
-    (24, "<I", 2**31, "image length .* exceeds"),
-    (24, "<I", 1, "unexpected bytes after the image"),
-])
-def test_hostile_header_fields_are_refused_before_reading_them(sample, offset, fmt, value,
-                                                               message) -> None:
+@pytest.mark.parametrize(
+    ("offset", "fmt", "value", "message"),
+    [
+        (10, "<H", 64, "header length field is 64"),
+        (12, "<I", 10**9, "manifest length .* exceeds"),
+        (16, "<B", 0, "signature count 0"),
+        (16, "<B", 200, "signature count 200"),
+        (17, "<B", 1, "reserved"),
+        (20, "<I", 4096, "image offset 4096 is not where"),
+        (24, "<I", 2**31, "image length .* exceeds"),
+        (24, "<I", 1, "unexpected bytes after the image"),
+    ],
+)
+def test_hostile_header_fields_are_refused_before_reading_them(
+    sample, offset, fmt, value, message
+) -> None:
     blob, root, _ = sample
     with pytest.raises(FormatError, match=message):
         artifact.verify(with_field(blob, offset, fmt, value), root)
@@ -175,9 +179,13 @@ def test_random_bytes_raise_only_mpseal_errors(name: str, data: bytes) -> None:
         pass
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1,
-                      max_size=8), cut=st.integers(0, 10**6))
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=8),
+    cut=st.integers(0, 10**6),
+)
 def test_mutated_artifacts_raise_only_mpseal_errors(sample, edits, cut) -> None:
     blob, root, _ = sample
     bad = bytearray(blob)
@@ -190,9 +198,12 @@ def test_mutated_artifacts_raise_only_mpseal_errors(sample, edits, cut) -> None:
         pass
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1,
-                      max_size=4))
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=4)
+)
 def test_mutated_images_read_cleanly(sample, edits) -> None:
     blob, _, _ = sample
     image = bytearray(artifact.decode(blob).image)
@@ -205,9 +216,16 @@ def test_mutated_images_read_cleanly(sample, edits) -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.dictionaries(
-    st.lists(st.from_regex(r"[a-z_][a-z0-9_.-]{0,11}", fullmatch=True), min_size=1, max_size=3)
-    .map("/".join), st.binary(max_size=300), min_size=1, max_size=12))
+@given(
+    st.dictionaries(
+        st.lists(
+            st.from_regex(r"[a-z_][a-z0-9_.-]{0,11}", fullmatch=True), min_size=1, max_size=3
+        ).map("/".join),
+        st.binary(max_size=300),
+        min_size=1,
+        max_size=12,
+    )
+)
 def test_romfs_writer_matches_mpremote_and_reads_back(files: dict[str, bytes]) -> None:
     from mpremote.romfs import VfsRomWriter
 
@@ -221,7 +239,7 @@ def test_romfs_writer_matches_mpremote_and_reads_back(files: dict[str, bytes]) -
     ref = VfsRomWriter()
 
     def emit(node: dict, prefix: str) -> None:
-        names = sorted({p[len(prefix):].split("/")[0] for p in files if p.startswith(prefix)})
+        names = sorted({p[len(prefix) :].split("/")[0] for p in files if p.startswith(prefix)})
         for name in names:
             path = prefix + name
             if path in files:

@@ -76,8 +76,9 @@ def test_microbit_open_repl_ctrl_c_mem32_and_writable_main_py(microbit_pty: str)
     assert f["raw-repl"]["status"] == "open"
     # machine.mem32, a writable main.py, the compiler, no sys.path (imports from the FS).
     assert f["memx"]["status"] == "open"
-    assert {"kind": "device", "probe": probes.AP_MEM32.code, "result": "True"} in \
-        f["memx"]["evidence"]
+    assert {"kind": "device", "probe": probes.AP_MEM32.code, "result": "True"} in f["memx"][
+        "evidence"
+    ]
     assert f["writable-boot"]["status"] == "open"
     assert f["writable-boot"]["evidence"][0]["result"] == "'writable'"
     assert f["compiler"]["status"] == "open"
@@ -87,8 +88,10 @@ def test_microbit_open_repl_ctrl_c_mem32_and_writable_main_py(microbit_pty: str)
     # Unknown where only the chip can tell (T3); each with a lever and its reversibility.
     assert f["jtag-swd"]["status"] == "unknown" and f["jtag-swd"]["tier"] == "T3"
     assert any(c["irreversible"] for c in f["jtag-swd"]["close"])
-    assert any(c["kind"] == "firmware" and "MICROPY_PY_MACHINE_MEMX=(0)" in c["options"]
-               for c in f["memx"]["close"])
+    assert any(
+        c["kind"] == "firmware" and "MICROPY_PY_MACHINE_MEMX=(0)" in c["options"]
+        for c in f["memx"]["close"]
+    )
     # The audit wrote next to main.py and cleaned up; main.py itself is untouched.
     t = SerialTransport(microbit_pty)
     try:  # small evals: the heap of a micro:bit is fragmented by now
@@ -101,8 +104,7 @@ def test_microbit_open_repl_ctrl_c_mem32_and_writable_main_py(microbit_pty: str)
 # -- the virtual board: dev, then sealed ------------------------------------------------
 
 
-def test_virtual_board_before_and_after_the_sealed_profile(project: Path,
-                                                           tmp_path: Path) -> None:
+def test_virtual_board_before_and_after_the_sealed_profile(project: Path, tmp_path: Path) -> None:
     board = board_running(project, tmp_path / "board", profile="dev")
 
     code, before = audit_json("--sim", tmp_path / "board")
@@ -139,16 +141,24 @@ def test_virtual_board_before_and_after_the_sealed_profile(project: Path,
     assert after["summary"]["open"] == 0
 
 
-def test_table_on_a_tty_says_what_is_open_and_how_to_close_it(project: Path,
-                                                             tmp_path: Path) -> None:
+def test_table_on_a_tty_says_what_is_open_and_how_to_close_it(
+    project: Path, tmp_path: Path
+) -> None:
     board_running(project, tmp_path / "board", profile="dev")
     res = run_mpseal("audit", "--sim", tmp_path / "board")
     assert res.returncode == 13, res.stderr
     out = res.stdout
     assert "Audit of sim" in out and "board unix" in out
     assert "mpseal guard: profile dev" in out
-    for text in ("repl-uart", "T0", "open", "runtime rt-no-return (field/sealed; reversible)",
-                 "eval('6 * 7')", "-> 42", "(exit 13)"):
+    for text in (
+        "repl-uart",
+        "T0",
+        "open",
+        "runtime rt-no-return (field/sealed; reversible)",
+        "eval('6 * 7')",
+        "-> 42",
+        "(exit 13)",
+    ):
         assert text in out, text
 
 
@@ -188,42 +198,74 @@ def test_a_port_that_cannot_be_opened_is_a_transport_failure(tmp_path: Path) -> 
 # -- exit codes by the worst finding ----------------------------------------------------
 
 
-def report_with(open_tiers: list[Tier], reachable: bool = True,
-                fail_on: Tier = Tier.T3) -> audit.AuditReport:
+def report_with(
+    open_tiers: list[Tier], reachable: bool = True, fail_on: Tier = Tier.T3
+) -> audit.AuditReport:
     console = ConsoleCheck("prompt" if reachable else "none", "banner" if reachable else "none")
     base = itf.INTERFACES_BY_ID["compiler"]
-    found = tuple(audit.Finding(Interface(f"x{n}", "x", base.boards, tier, "", (), ""),
-                                Seen.OPEN, "", (), ()) for n, tier in enumerate(open_tiers))
-    return audit.AuditReport("p", "unix", "test", "uart", console, {}, (), ds.GuardInfo(False),
-                             found, audit.AuditOptions(fail_on=fail_on))
+    found = tuple(
+        audit.Finding(Interface(f"x{n}", "x", base.boards, tier, "", (), ""), Seen.OPEN, "", (), ())
+        for n, tier in enumerate(open_tiers)
+    )
+    return audit.AuditReport(
+        "p",
+        "unix",
+        "test",
+        "uart",
+        console,
+        {},
+        (),
+        ds.GuardInfo(False),
+        found,
+        audit.AuditOptions(fail_on=fail_on),
+    )
 
 
-@pytest.mark.parametrize("tiers, reachable, fail_on, code", [
-    ([], True, Tier.T3, 0),
-    ([], False, Tier.T3, 1),
-    ([Tier.T3], True, Tier.T3, 10),
-    ([Tier.T3, Tier.T2], True, Tier.T3, 11),
-    ([Tier.T3, Tier.T1], True, Tier.T3, 12),
-    ([Tier.T1, Tier.T0, Tier.T3], True, Tier.T3, 13),
-    ([Tier.T3, Tier.T1], True, Tier.T0, 0),  # only T0 holes fail
-    ([Tier.T3, Tier.T1], True, Tier.T1, 12),
-])
+@pytest.mark.parametrize(
+    "tiers, reachable, fail_on, code",
+    [
+        ([], True, Tier.T3, 0),
+        ([], False, Tier.T3, 1),
+        ([Tier.T3], True, Tier.T3, 10),
+        ([Tier.T3, Tier.T2], True, Tier.T3, 11),
+        ([Tier.T3, Tier.T1], True, Tier.T3, 12),
+        ([Tier.T1, Tier.T0, Tier.T3], True, Tier.T3, 13),
+        ([Tier.T3, Tier.T1], True, Tier.T0, 0),  # only T0 holes fail
+        ([Tier.T3, Tier.T1], True, Tier.T1, 12),
+    ],
+)
 def test_exit_code_is_the_weakest_attacker_who_gets_in(tiers, reachable, fail_on, code) -> None:
     assert report_with(tiers, reachable, fail_on).exit_code == code
 
 
-@pytest.mark.parametrize("facts, board", [
-    ({"platform": "esp32", "uname": ("esp32", "esp32", "1.24", "v1.24",
-                                     "Generic ESP32S3 module with ESP32S3")}, "esp32s3"),
-    ({"platform": "esp32", "uname": ("esp32", "esp32", "1.24", "v1.24", "ESP32 module")}, "esp32"),
-    ({"platform": "rp2", "impl": ("micropython", (1, 24, 0), "Raspberry Pi Pico 2 with RP2350",
-                                  None, None)}, "rp2350"),
-    ({"platform": "rp2", "uname": ("rp2", "rp2", "1.24", "v", "Pico with RP2040")}, "rp2"),
-    ({"platform": "pyboard"}, "stm32"),
-    ({"platform": "linux"}, "unix"),
-    ({"platform": "microbit"}, None),
-    ({}, None),
-])
+@pytest.mark.parametrize(
+    "facts, board",
+    [
+        (
+            {
+                "platform": "esp32",
+                "uname": ("esp32", "esp32", "1.24", "v1.24", "Generic ESP32S3 module with ESP32S3"),
+            },
+            "esp32s3",
+        ),
+        (
+            {"platform": "esp32", "uname": ("esp32", "esp32", "1.24", "v1.24", "ESP32 module")},
+            "esp32",
+        ),
+        (
+            {
+                "platform": "rp2",
+                "impl": ("micropython", (1, 24, 0), "Raspberry Pi Pico 2 with RP2350", None, None),
+            },
+            "rp2350",
+        ),
+        ({"platform": "rp2", "uname": ("rp2", "rp2", "1.24", "v", "Pico with RP2040")}, "rp2"),
+        ({"platform": "pyboard"}, "stm32"),
+        ({"platform": "linux"}, "unix"),
+        ({"platform": "microbit"}, None),
+        ({}, None),
+    ],
+)
 def test_board_from_what_the_firmware_says(facts: dict, board: str | None) -> None:
     assert audit.board_from_facts(facts) == board
 
@@ -231,10 +273,17 @@ def test_board_from_what_the_firmware_says(facts: dict, board: str | None) -> No
 # -- hostile replies ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("raw", [
-    b"", b"\xff" * 2000, b"{}\n" + b"0" * 64, b'{"seq": -1}\nabc',
-    b'{"seq":1,"committed":"../a","trial":null,"tries":0,"counter":0,"unlocks":0}\n' + b"0" * 64,
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"\xff" * 2000,
+        b"{}\n" + b"0" * 64,
+        b'{"seq": -1}\nabc',
+        b'{"seq":1,"committed":"../a","trial":null,"tries":0,"counter":0,"unlocks":0}\n'
+        + b"0" * 64,
+    ],
+)
 def test_state_copies_that_are_not_intact_are_refused(raw: bytes) -> None:
     assert ds.parse_state(raw) is None
 
@@ -245,14 +294,23 @@ def test_intact_state_copy_parses() -> None:
     body = b'{"seq":3,"committed":"a","trial":null,"tries":0,"counter":1,"unlocks":0}'
     raw = body + b"\n" + hashlib.sha256(body).hexdigest().encode()
     # written by a guard before the fail count: it reads as 0 failed boots
-    assert ds.parse_state(raw) == {"seq": 3, "committed": "a", "trial": None, "tries": 0,
-                                   "counter": 1, "unlocks": 0, "fails": 0}
+    assert ds.parse_state(raw) == {
+        "seq": 3,
+        "committed": "a",
+        "trial": None,
+        "tries": 0,
+        "counter": 1,
+        "unlocks": 0,
+        "fails": 0,
+    }
 
 
 def test_device_text_is_cleaned_before_it_is_shown() -> None:
     assert ds.log_lines(b"1 ok\n2 \x1b[31mred\x07\n") == ["1 ok", "2 ?[31mred?"]
     assert ds.parse_config(b'{"profile": "\\u001b[2Jx", "board": "unix"}') == {
-        "profile": "?[2Jx", "board": "unix"}
+        "profile": "?[2Jx",
+        "board": "unix",
+    }
     assert ds.parse_config(b"[1, 2]") is None and ds.parse_config(b"x" * 5000) is None
 
 
@@ -278,8 +336,10 @@ def test_every_audit_probe_is_runnable_and_judges_both_ways() -> None:
             if not probe.secret:
                 assert probe.open_if or probe.otherwise == Seen.OPEN, i.id
                 assert probe.closed_if, i.id
-                assert probe.judge("raises OSError") == Seen.UNKNOWN or \
-                    "raises OSError" in probe.open_if + probe.closed_if
+                assert (
+                    probe.judge("raises OSError") == Seen.UNKNOWN
+                    or "raises OSError" in probe.open_if + probe.closed_if
+                )
     # Interfaces inside the chip have no probe: the audit says unknown, never closed.
     assert not itf.INTERFACES_BY_ID["rom-download"].audit
     assert probes.AP_MEM32.judge("True") == Seen.OPEN

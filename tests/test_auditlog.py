@@ -32,19 +32,25 @@ def _actions(db_url: str, tmp: Path) -> None:
         r = admin.post("/v1/admin/releases", content=make_artifact(keys.release, "1.1.0", 2))
         assert r.status_code == 201, r.text
         rid = r.json()["release"]["id"]
-        assert admin.post(f"/v1/admin/releases/{rid}/promote",
-                          json={"percent": 10}).status_code == 200
+        assert (
+            admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 10}).status_code == 200
+        )
         assert admin.post(f"/v1/admin/releases/{rid}/pause").status_code == 200
         assert admin.post(f"/v1/admin/releases/{rid}/resume").status_code == 200
-        assert admin.post("/v1/admin/devices/dev-00001/revoke",
-                          json={"reason": "stolen"}).status_code == 200
+        assert (
+            admin.post("/v1/admin/devices/dev-00001/revoke", json={"reason": "stolen"}).status_code
+            == 200
+        )
         # a refused request leaves no row
-        assert admin.post(f"/v1/admin/releases/{rid}/promote",
-                          json={"percent": 200}).status_code == 400
+        assert (
+            admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 200}).status_code
+            == 400
+        )
 
 
-def test_every_admin_action_is_recorded_with_the_token_id(db_url: str, tmp_path: Path,
-                                                          mpseal) -> None:
+def test_every_admin_action_is_recorded_with_the_token_id(
+    db_url: str, tmp_path: Path, mpseal
+) -> None:
     _actions(db_url, tmp_path)
     log = AuditLog(Registry.open(db_url))
     everything = list(reversed(log.page()))
@@ -56,8 +62,9 @@ def test_every_admin_action_is_recorded_with_the_token_id(db_url: str, tmp_path:
     assert entries[1].detail == {"percent": 10.0}
     assert entries[4].target == "device dev-00001" and entries[4].detail["reason"] == "stolen"
     with Registry.open(db_url).engine.connect() as conn:
-        dump = json.dumps([list(r) for r in conn.execute(sa.text("SELECT * FROM audit_log"))],
-                          default=str)
+        dump = json.dumps(
+            [list(r) for r in conn.execute(sa.text("SELECT * FROM audit_log"))], default=str
+        )
     assert ADMIN_TOKEN not in dump  # the token itself is never stored
     res = mpseal("audit-log", "verify", "--db", db_url, "--json")
     assert res.returncode == 0, res.stderr
@@ -76,8 +83,7 @@ def test_key_and_ca_changes_seen_by_the_server_are_recorded(tmp_path: Path) -> N
     cfg = config_for(db_url, keys, tmp_path)
     with running_server(replace(cfg, admin_token_hashes=(*cfg.admin_token_hashes, second))):
         pass
-    entries = [e for e in reversed(AuditLog(Registry.open(db_url)).page())
-               if e.action == "config"]
+    entries = [e for e in reversed(AuditLog(Registry.open(db_url)).page()) if e.action == "config"]
     assert len(entries) == 2, [e.detail for e in entries]
     assert entries[0].detail["trust_root_version"] == 1
     assert entries[1].detail["changed"] == ["admin_tokens"]
@@ -89,8 +95,9 @@ def test_audit_log_edited_row_detected(db_url: str, mpseal) -> None:
     for i in range(4):
         log.append("token:abc", "promote", f"release {i}", {"percent": i})
     with log.registry.engine.begin() as conn:  # the intruder makes row 2 say 50 %
-        conn.execute(sa.text("UPDATE audit_log SET detail = :d WHERE id = 2"),
-                     {"d": '{"percent":50}'})
+        conn.execute(
+            sa.text("UPDATE audit_log SET detail = :d WHERE id = 2"), {"d": '{"percent":50}'}
+        )
     res = mpseal("audit-log", "verify", "--db", db_url)
     assert res.returncode == 3
     assert "row 2 was edited" in res.stderr
@@ -122,8 +129,7 @@ def test_audit_log_concurrent_writers_keep_one_chain(db_url: str) -> None:
     assert log.verify().rows == 40
 
 
-def test_offline_registry_commands_are_recorded_as_the_local_user(tmp_path: Path,
-                                                                    mpseal) -> None:
+def test_offline_registry_commands_are_recorded_as_the_local_user(tmp_path: Path, mpseal) -> None:
     """`mpseal registry revoke/activate` write the database directly (no server sees them):
     they append their own rows, naming the OS user and host."""
     db_url = f"sqlite:///{tmp_path / 'mpseal.db'}"

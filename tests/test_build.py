@@ -54,8 +54,14 @@ def test_runs_in_a_small_heap(built: Path) -> None:
 def test_no_byte_of_the_artifact_holds_a_host_path(built: Path) -> None:
     blob = built.read_bytes()
     project = built.parents[1]
-    for needle in {str(project), str(project.parent), str(Path.home()), "/tmp/", project.name,
-                   str(Path(__file__).parents[1])}:
+    for needle in {
+        str(project),
+        str(project.parent),
+        str(Path.home()),
+        "/tmp/",
+        project.name,
+        str(Path(__file__).parents[1]),
+    }:
         assert needle.encode() not in blob, needle
     # Source names are module-relative.
     files = {f.path: f.data for f in romfs.read(artifact.decode(blob).image)}
@@ -93,7 +99,8 @@ def test_optimisation_and_line_numbers_follow_the_config(project: Path) -> None:
     (app / "main.py").write_text(
         "def main():\n    assert False, 'asserts are stripped at -O2'\n"
         "    print('debug' if __debug__ else 'optimised')\n"
-        "    raise ValueError('boom')\n")
+        "    raise ValueError('boom')\n"
+    )
     res = run_mpseal("build", "-C", project)
     assert res.returncode == 0, res.stderr
     art = project / "dist/hello-1.0.0.mpseal"
@@ -135,7 +142,8 @@ def test_data_files_and_subpackages_are_packed(project: Path) -> None:
         "from lib import util\n"
         "def main():\n"
         "    print(util.twice(21))\n"
-        "    print(len(open('/rom/data/blob.bin', 'rb').read()))\n")
+        "    print(len(open('/rom/data/blob.bin', 'rb').read()))\n"
+    )
     res = run_mpseal("build", "-C", project)
     assert res.returncode == 0, res.stderr
     out = run_on_sim(project, project / "dist/hello-1.0.0.mpseal")

@@ -59,8 +59,9 @@ def test_build_json_summary(project: Path) -> None:
     assert Path(summary["artifact"]).is_file()
 
 
-def test_build_refuses_a_release_key_the_trust_root_does_not_name(project: Path,
-                                                                  tmp_path: Path) -> None:
+def test_build_refuses_a_release_key_the_trust_root_does_not_name(
+    project: Path, tmp_path: Path
+) -> None:
     other = tmp_path / "other"
     assert run_mpseal("init", other, "--board", "unix").returncode == 0
     (project / "keys/release.pem").write_bytes((other / "keys/release.pem").read_bytes())
@@ -75,7 +76,8 @@ def test_bad_config_is_one_line(project: Path) -> None:
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [
         "mpseal: config error: unknown board 'pdp11'; choose one of: esp32, esp32s3, openmv, "
-        "rp2, rp2350, stm32, unix"]
+        "rp2, rp2350, stm32, unix"
+    ]
     cfg.write_text("[app\n")
     res = run_mpseal("build", "-C", project)
     assert res.returncode == 2 and "not valid TOML" in res.stderr
@@ -109,7 +111,8 @@ def test_sim_install_host_check_refuses_another_boards_artifact(tmp_path: Path) 
 
 
 def test_sim_install_host_check_refuses_a_tampered_artifact_and_keeps_the_installed_one(
-        built: Path, tmp_path: Path) -> None:
+    built: Path, tmp_path: Path
+) -> None:
     """The host's pre-check answers; the guard's own refusal is
     tests/test_guard.py::test_refuses_tampered_image."""
     project = built.parents[1]

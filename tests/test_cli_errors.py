@@ -25,20 +25,41 @@ def one_line(res: Run, code: int) -> str:
 
 def _self_signed(folder: Path, name: str) -> tuple[Path, Path]:
     cert, key = folder / f"{name}.pem", folder / f"{name}-key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "2", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 
 @pytest.mark.parametrize("case", ["mismatched", "missing", "cert-as-key"])
-def test_serve_with_a_bad_tls_key_is_one_line_before_serving(project: Path, tmp_path: Path,
-                                                            case: str) -> None:
+def test_serve_with_a_bad_tls_key_is_one_line_before_serving(
+    project: Path, tmp_path: Path, case: str
+) -> None:
     cert, _ = _self_signed(tmp_path, "server")
     _, other_key = _self_signed(tmp_path, "other")
     key = {"mismatched": other_key, "missing": tmp_path / "nope.pem", "cert-as-key": cert}[case]
-    res = run_mpseal("serve", "--port", "1", "--tls-cert", cert, "--tls-key", key,
-                     cwd=project, timeout=30)
+    res = run_mpseal(
+        "serve", "--port", "1", "--tls-cert", cert, "--tls-key", key, cwd=project, timeout=30
+    )
     line = one_line(res, 2)
     assert "serving" not in res.stderr and "--tls-key" in line
 
@@ -83,8 +104,17 @@ def test_sim_status_is_readable(built: Path) -> None:
 
 
 def test_lockdown_plan_echoes_the_out_folder_given(tmp_path: Path) -> None:
-    res = run_mpseal("lockdown", "plan", "--board", "esp32", "--keep", "ota,uart-logs",
-                     "--out", "hardening/", cwd=tmp_path)
+    res = run_mpseal(
+        "lockdown",
+        "plan",
+        "--board",
+        "esp32",
+        "--keep",
+        "ota,uart-logs",
+        "--out",
+        "hardening/",
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     assert "--out hardening/" in res.stdout and "--out lockdown/" not in res.stdout
     assert "FROZEN_MANIFEST=$PWD/hardening/manifest.py" in res.stdout
@@ -99,8 +129,14 @@ def test_tables_are_not_cut_in_a_pipe(built: Path) -> None:
     (project / "app" / long_name).write_text("X = 1\n")
     assert run_mpseal("build", cwd=project).returncode == 0
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
-    proc = subprocess.run([str(MPSEAL), "inspect", str(built)], capture_output=True, text=True,
-                          env=env, check=False, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [str(MPSEAL), "inspect", str(built)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == 0, proc.stderr
     assert long_name.replace(".py", ".mpy") in proc.stdout
 
@@ -120,8 +156,15 @@ def test_sim_boot_when_the_board_runs_out_of_ram_is_a_failure(built: Path) -> No
 def test_serve_refuses_an_artifact_redirect_devices_would_not_follow(project: Path) -> None:
     """Issue 10.10: the device client keeps one pinned connection per round and does not
     follow a redirect to a CDN, so `serve` says so at start instead of failing devices."""
-    res = run_mpseal("serve", "--port", "1", "--artifact-base-url", "https://cdn.example/fw/",
-                     cwd=project, timeout=30)
+    res = run_mpseal(
+        "serve",
+        "--port",
+        "1",
+        "--artifact-base-url",
+        "https://cdn.example/fw/",
+        cwd=project,
+        timeout=30,
+    )
     line = one_line(res, 2)
     assert "serving" not in res.stderr and "--artifact-base-url" in line
     assert "does not follow redirects" in line

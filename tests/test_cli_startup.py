@@ -29,13 +29,21 @@ def test_every_command_is_found_without_importing_the_others() -> None:
 
 
 def test_help_imports_neither_click_nor_any_command() -> None:
-    res = subprocess.run([sys.executable, "-X", "importtime", str(MPSEAL), "--help"],
-                         capture_output=True, text=True, check=False)
+    res = subprocess.run(
+        [sys.executable, "-X", "importtime", str(MPSEAL), "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert res.returncode == 0 and res.stdout == HELP
     imported = {ln.rsplit("|", 1)[-1].strip() for ln in res.stderr.splitlines()}
     assert not {m for m in imported if m.split(".")[0] in ("click", "rich", "cryptography")}
-    assert not {m for m in imported if m.startswith("mpseal.") and m not in (
-        "mpseal.cli", "mpseal.cli.main", "mpseal.cli.help_text")}, imported
+    assert not {
+        m
+        for m in imported
+        if m.startswith("mpseal.")
+        and m not in ("mpseal.cli", "mpseal.cli.main", "mpseal.cli.help_text")
+    }, imported
 
 
 def _median_seconds(argv: list[str], n: int = 7) -> float:
@@ -51,6 +59,8 @@ def test_help_starts_no_slower_than_mpremote() -> None:
     """Measured in one run, interleaved: the ratio holds on a busy machine too."""
     mpseal = _median_seconds([str(MPSEAL), "--help"])
     mpremote = _median_seconds([str(BIN / "mpremote"), "--help"])
-    print(f"mpseal --help {mpseal * 1000:.0f} ms, mpremote --help {mpremote * 1000:.0f} ms, "
-          f"ratio {mpseal / mpremote:.2f}")
+    print(
+        f"mpseal --help {mpseal * 1000:.0f} ms, mpremote --help {mpremote * 1000:.0f} ms, "
+        f"ratio {mpseal / mpremote:.2f}"
+    )
     assert mpseal <= mpremote * 1.1

@@ -22,13 +22,22 @@ from mpseal.fleet import devicelogs
 from mpseal.fleet.auditlog import AuditLog
 from mpseal.fleet.registry import Registry
 
-PAGES = ["/console/", "/console/devices", "/console/devices/dev-00000", "/console/releases/1",
-         "/console/certificates", "/console/audit"]
+PAGES = [
+    "/console/",
+    "/console/devices",
+    "/console/devices/dev-00000",
+    "/console/releases/1",
+    "/console/certificates",
+    "/console/audit",
+]
 
 
 def _login(client: httpx.Client) -> str:
-    r = client.post("/console/login", data={"token": ADMIN_TOKEN, "next": "/console/"},
-                    headers={"Origin": str(client.base_url).rstrip("/")})
+    r = client.post(
+        "/console/login",
+        data={"token": ADMIN_TOKEN, "next": "/console/"},
+        headers={"Origin": str(client.base_url).rstrip("/")},
+    )
     assert r.status_code == 303 and r.headers["location"] == "/console/"
     page = client.get("/console/")
     assert page.status_code == 200
@@ -73,8 +82,11 @@ def test_console_session_cookie_flags_and_pages(world) -> None:
             page = c.get(path)
             assert page.status_code == 200, (path, page.text[:300])
             assert "script-src 'self'" in page.headers["content-security-policy"]
-            assert "//" not in re.sub(r"https?://127\.0\.0\.1:\d+", "",
-                                      " ".join(re.findall(r'(?:src|href)="([^"]+)"', page.text)))
+            assert "//" not in re.sub(
+                r"https?://127\.0\.0\.1:\d+",
+                "",
+                " ".join(re.findall(r'(?:src|href)="([^"]+)"', page.text)),
+            )
         assert c.get("/console/static/htmx.min.js").status_code == 200
 
 
@@ -87,11 +99,13 @@ def test_console_post_without_csrf_token_is_refused(world) -> None:
         r = c.post("/console/releases/1/promote", data={"percent": "50", "csrf": "0" * 40})
         assert r.status_code == 403
         # the right token from another site's page: refused by its Origin
-        r = c.post("/console/releases/1/promote", data={"percent": "50", "csrf": csrf},
-                   headers={"Origin": "https://evil.example"})
+        r = c.post(
+            "/console/releases/1/promote",
+            data={"percent": "50", "csrf": csrf},
+            headers={"Origin": "https://evil.example"},
+        )
         assert r.status_code == 403
-        assert [e.action for e in AuditLog(Registry.open(db_url)).page()] == ["publish",
-                                                                              "config"]
+        assert [e.action for e in AuditLog(Registry.open(db_url)).page()] == ["publish", "config"]
         r = c.post("/console/releases/1/promote", data={"percent": "50", "csrf": csrf})
         assert r.status_code == 303
         entries = AuditLog(Registry.open(db_url)).page()
@@ -103,17 +117,26 @@ def test_device_log_upload_bounded_and_rate_limited(world) -> None:
     srv, fleet, db_url = world
     hw = "dev-00003"
     with httpx.Client(base_url=srv.url, headers=fleet.headers(hw)) as c:
-        r = c.post("/v1/device/logs", json={"hardware_id": hw, "lines": [
-            ["guard", "staged hello 1.1.0 (counter 2) in slot b for a trial boot"],
-            ["app", "<script>alert(1)</script>\x1b[31m" + "x" * 500]]})
+        r = c.post(
+            "/v1/device/logs",
+            json={
+                "hardware_id": hw,
+                "lines": [
+                    ["guard", "staged hello 1.1.0 (counter 2) in slot b for a trial boot"],
+                    ["app", "<script>alert(1)</script>\x1b[31m" + "x" * 500],
+                ],
+            },
+        )
         assert r.status_code == 200 and r.json() == {"recorded": 2}
         too_many = [["app", "l"]] * (devicelogs.LINES_MAX + 1)
         assert c.post("/v1/device/logs", json={"lines": too_many}).status_code == 400
         assert c.post("/v1/device/logs", json={"lines": [["kernel", "x"]]}).status_code == 400
         other = c.post("/v1/device/logs", json={"hardware_id": "dev-00004", "lines": []})
         assert other.status_code == 403
-        codes = [c.post("/v1/device/logs", json={"lines": [["app", f"n{i}"]]}).status_code
-                 for i in range(devicelogs.BATCH_BURST + 2)]
+        codes = [
+            c.post("/v1/device/logs", json={"lines": [["app", f"n{i}"]]}).status_code
+            for i in range(devicelogs.BATCH_BURST + 2)
+        ]
         assert 429 in codes
     lines = devicelogs.recent(Registry.open(db_url), 4)
     assert lines[0].line.startswith("staged hello 1.1.0")
@@ -164,13 +187,22 @@ def test_fleet_overview_counts(tmp_path: Path) -> None:
     register(db_url, 6)
     reg = Registry.open(db_url)
     now = datetime.now(UTC)
-    ages = {1: timedelta(minutes=30), 2: timedelta(hours=2), 3: timedelta(days=3),
-            4: timedelta(days=10), 5: timedelta(days=40)}
+    ages = {
+        1: timedelta(minutes=30),
+        2: timedelta(hours=2),
+        3: timedelta(days=3),
+        4: timedelta(days=10),
+        5: timedelta(days=40),
+    }
     with reg.engine.begin() as conn:
         for d, age in ages.items():
-            conn.execute(sa.text("INSERT INTO device_status (device_id, app, version, "
-                                 "last_check_at) VALUES (:d, 'hello', :v, :t)"),
-                         {"d": d, "v": "1.0.0" if d < 4 else "2.0.0", "t": now - age})
+            conn.execute(
+                sa.text(
+                    "INSERT INTO device_status (device_id, app, version, "
+                    "last_check_at) VALUES (:d, 'hello', :v, :t)"
+                ),
+                {"d": d, "v": "1.0.0" if d < 4 else "2.0.0", "t": now - age},
+            )
         conn.execute(sa.text("UPDATE devices SET state = 'revoked' WHERE id = 6"))
     o = consoledata.fleet_overview(reg, now)
     assert o["total"] == 6 and o["by_state"] == {"active": 5, "revoked": 1}

@@ -51,24 +51,42 @@ class SimFleet:
         self.offered: list[str] = []
 
     def _post(self, hw: str, path: str, body: dict[str, object]) -> httpx.Response:
-        return self.http.post(path, json={"hardware_id": hw, **body},
-                              headers=self.fleet.headers(hw))
+        return self.http.post(
+            path, json={"hardware_id": hw, **body}, headers=self.fleet.headers(hw)
+        )
 
     def check_all(self) -> None:
         for hw in self.fleet.tokens:
-            r = self._post(hw, "/v1/device/check", {"app": "hello", "board": "unix",
-                                                    "version": "1.0.0", "counter": 1,
-                                                    "channel": "stable", "timestamp_version": 0})
+            r = self._post(
+                hw,
+                "/v1/device/check",
+                {
+                    "app": "hello",
+                    "board": "unix",
+                    "version": "1.0.0",
+                    "counter": 1,
+                    "channel": "stable",
+                    "timestamp_version": 0,
+                },
+            )
             assert r.status_code == 200, r.text
             if r.json()["update"] and hw not in self.offered:
                 self.offered.append(hw)
 
     def report(self, hw: str, *events: str, version: str = "2.0.0") -> None:
         for event in events:
-            r = self._post(hw, "/v1/device/report", {
-                "event": event, "version": version, "app": "hello", "board": "unix",
-                "channel": "stable",
-                "reason": "health check failed" if event == "rolled_back" else ""})
+            r = self._post(
+                hw,
+                "/v1/device/report",
+                {
+                    "event": event,
+                    "version": version,
+                    "app": "hello",
+                    "board": "unix",
+                    "channel": "stable",
+                    "reason": "health check failed" if event == "rolled_back" else "",
+                },
+            )
             assert r.status_code == 200, r.text
 
 
@@ -77,9 +95,13 @@ def lapse_soon(db_url: str, days: dict[str, int]) -> None:
     engine = Registry.open(db_url).engine
     with engine.begin() as conn:
         for hw, d in days.items():
-            conn.execute(sa.text("UPDATE certificates SET not_after = :t WHERE device_id = "
-                                 "(SELECT id FROM devices WHERE hardware_id = :hw)"),
-                         {"t": datetime.now(UTC) + timedelta(days=d), "hw": hw})
+            conn.execute(
+                sa.text(
+                    "UPDATE certificates SET not_after = :t WHERE device_id = "
+                    "(SELECT id FROM devices WHERE hardware_id = :hw)"
+                ),
+                {"t": datetime.now(UTC) + timedelta(days=d), "hw": hw},
+            )
     engine.dispose()
 
 
@@ -112,8 +134,7 @@ def test_console_rollout_halt_resume_device_log_revoke_audit(world: World) -> No
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        ctx = browser.new_context(ignore_https_errors=True,
-                                  viewport={"width": 1280, "height": 900})
+        ctx = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 900})
         page = ctx.new_page()
         url = world.server_url
         _login(page, url)

@@ -65,30 +65,31 @@ def _reheader(d: bytes, **change: int) -> bytes:
         f[names.index(k)] = v
     head = bytearray(delta.HEADER.pack(*f))
     head[88:92] = hashlib.sha256(head[:88]).digest()[:4]
-    return bytes(head) + d[delta.HEADER_LENGTH:]
+    return bytes(head) + d[delta.HEADER_LENGTH :]
 
 
 def _restream(d: bytes, edit) -> bytes:  # type: ignore[no-untyped-def]
     """The delta with its inflated stream edited (ops and literals), recompressed."""
     head = delta.parse_header(d)
-    plain = bytearray(zlib.decompress(d[delta.HEADER_LENGTH:], -head.wbits))
+    plain = bytearray(zlib.decompress(d[delta.HEADER_LENGTH :], -head.wbits))
     plain = edit(plain)
     c = zlib.compressobj(9, zlib.DEFLATED, -head.wbits)
     stream = c.compress(bytes(plain)) + c.flush()
-    return _reheader(d[:delta.HEADER_LENGTH] + stream, lit=len(stream))
+    return _reheader(d[: delta.HEADER_LENGTH] + stream, lit=len(stream))
 
 
 def _first_op(kind: int, a: int, n: int):  # type: ignore[no-untyped-def]
     def edit(plain: bytearray) -> bytearray:
-        plain[:delta.OP_LENGTH] = delta.OP.pack(kind, a, n)
+        plain[: delta.OP_LENGTH] = delta.OP.pack(kind, a, n)
         return plain
+
     return edit
 
 
 def hostile_deltas(old: bytes, new: bytes) -> dict[str, bytes]:
     d = delta.make(old, new)
     head = delta.parse_header(d)
-    plain = zlib.decompress(d[delta.HEADER_LENGTH:], -head.wbits)
+    plain = zlib.decompress(d[delta.HEADER_LENGTH :], -head.wbits)
     first = delta.OP.unpack_from(plain)
     return {
         "valid": d,
@@ -102,7 +103,8 @@ def hostile_deltas(old: bytes, new: bytes) -> dict[str, bytes]:
         "copy before the source": _restream(d, _first_op(delta.COPY, -1, 1)),
         "zero-length op": _restream(d, _first_op(first[0], first[1], 0)),
         "op over the per-op bound": _restream(
-            d, _first_op(delta.COPY, 0, DEFAULT_LIMITS.delta_max_op + 1)),
+            d, _first_op(delta.COPY, 0, DEFAULT_LIMITS.delta_max_op + 1)
+        ),
         "unknown op": _restream(d, _first_op(7, 0, first[2])),
         "stream damaged": d[:-40] + bytes(b ^ 0x55 for b in d[-40:]),
         "stream cut inside the ops": _restream(d, lambda p: p[:4]),
@@ -158,15 +160,15 @@ def test_power_cut_at_every_write_of_a_delta_apply(project: Path, tmp_path: Path
     board = VirtualBoard.create(tmp_path / "board")
     board.install(v1, root)
     assert board.boot().ran()
-    report = check_update(board, v2, {"1.0.0", "1.0.1"}, 1, tear=True,
-                          delta=delta.make(v1, v2))
+    report = check_update(board, v2, {"1.0.0", "1.0.1"}, 1, tear=True, delta=delta.make(v1, v2))
     assert report.failures() == []
     assert report.writes_per_step["stage"] > 5, report.writes_per_step
     assert report.tried >= 2 * sum(report.writes_per_step.values())
-    print(f"delta power cut: {report.survived}/{report.tried} survived, "
-          f"writes per step {report.writes_per_step}")
+    print(
+        f"delta power cut: {report.survived}/{report.tried} survived, "
+        f"writes per step {report.writes_per_step}"
+    )
     assert board.boot().ran()[-1][1] == "1.0.1"
-
 
 
 def test_the_stock_pico_firmware_rebuilds_a_release_from_a_delta(project: Path) -> None:
@@ -179,8 +181,9 @@ def test_the_stock_pico_firmware_rebuilds_a_release_from_a_delta(project: Path) 
     d = delta.make(old, new)
     bad = d[:-40] + bytes(b ^ 0x55 for b in d[-40:])
     rt = runtime_dir()
-    files = {f"{m}.py": (rt / f"{m}.py").read_bytes() for m in ("mpseal_delta", "mpseal_release",
-                                                                 "p256")}
+    files = {
+        f"{m}.py": (rt / f"{m}.py").read_bytes() for m in ("mpseal_delta", "mpseal_release", "p256")
+    }
     with pico_with(files) as link:
         for name, data in (("/src", old), ("/d", d), ("/bad", bad)):
             link.write_file(name, data)
@@ -198,7 +201,9 @@ def test_the_stock_pico_firmware_rebuilds_a_release_from_a_delta(project: Path) 
             "try:\n"
             "    mpseal_delta.apply('/bad', '/src', '/out2')\n"
             "except mpseal_delta.Refused as e:\n"
-            "    print('refused', e)\n", timeout=300)
+            "    print('refused', e)\n",
+            timeout=300,
+        )
     lines = out.split()
     assert lines[0] == str(len(new))
     assert lines[1] == hashlib.sha256(new).hexdigest()
@@ -220,8 +225,16 @@ def test_power_cut_at_every_write_of_a_delta_apply_on_the_virtual_pico(tmp_path:
     old = (project / "dist" / "hello-1.0.0.mpseal").read_bytes()
     sim = tmp_path / "pico"
     assert run_mpseal("sim", "create", "--board", "rp2", "--sim", sim).returncode == 0
-    res = run_mpseal("sim", "install", project / "dist" / "hello-1.0.0.mpseal", "-C", project,
-                     "--sim", sim, timeout=600)
+    res = run_mpseal(
+        "sim",
+        "install",
+        project / "dist" / "hello-1.0.0.mpseal",
+        "-C",
+        project,
+        "--sim",
+        sim,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr
     res = run_mpseal("sim", "boot", "--sim", sim, timeout=600)
     assert res.returncode == 0 and "committed hello 1.0.0" in res.stdout, res.stdout[-800:]
@@ -231,12 +244,15 @@ def test_power_cut_at_every_write_of_a_delta_apply_on_the_virtual_pico(tmp_path:
     assert run_mpseal("build", "-C", project).returncode == 0
     new = (project / "dist" / "hello-1.1.0.mpseal").read_bytes()
 
-    report = check_update_pico(PicoBoard(sim), new, {"1.0.0", "1.1.0"}, min_counter=1,
-                               delta=delta.make(old, new))
+    report = check_update_pico(
+        PicoBoard(sim), new, {"1.0.0", "1.1.0"}, min_counter=1, delta=delta.make(old, new)
+    )
 
     assert all(n > 0 for n in report.writes_per_step.values()), report.writes_per_step
     assert report.survived == report.tried, report.failures()[:3]
     status = PicoBoard(sim).status()
     assert status["state"]["committed"] == "b" and status["state"]["counter"] == 2
-    print(f"virtual Pico delta power cuts: {report.tried} points tried, {report.survived} "
-          f"survived ({report.writes_per_step})")
+    print(
+        f"virtual Pico delta power cuts: {report.tried} points tried, {report.survived} "
+        f"survived ({report.writes_per_step})"
+    )

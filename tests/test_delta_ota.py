@@ -100,8 +100,9 @@ def full_fallback(world: World, board, version: str, reason: str) -> None:
     mark = len(world.mirror.seen)
     assert world.ota(board) == {"result": "staged"}
     assert len(gets(world, mark, "artifacts/")) == 1, world.mirror.seen[mark:]
-    assert any("delta refused, fetching the full release" in ln and reason in ln
-               for ln in guard_log(board)), guard_log(board)[-4:]
+    assert any(
+        "delta refused, fetching the full release" in ln and reason in ln for ln in guard_log(board)
+    ), guard_log(board)[-4:]
     assert [r[1] for r in board.boot().ran()] == [version]
 
 
@@ -121,7 +122,8 @@ def test_delta_tampered_in_transit_is_refused_with_full_artifact_fallback(world:
 
 
 def test_delta_for_another_signed_release_is_refused_with_full_fallback(
-        world: World, tmp_path: Path) -> None:
+    world: World, tmp_path: Path
+) -> None:
     """A mirror serves a well-formed delta that rebuilds another validly signed release
     (mix-and-match): the timestamp names another manifest, so it is refused."""
     v1 = build(world, "1.0.0", 1, 10)

@@ -33,24 +33,63 @@ def ok(res) -> None:  # type: ignore[no-untyped-def]
 
 def test_device_born_key_does_mutual_tls_with_its_issued_certificate(tmp_path: Path) -> None:
     ok(run_mpseal("ca", "init", tmp_path / "ca", "--org", "Acme"))
-    ok(run_mpseal("cert", "issue", "server.test", "--ca", tmp_path / "ca", "--role", "server",
-                  "--san", "DNS:server.test", "--out", tmp_path / "out"))
-    res = run_mpseal("cert", "anchor", tmp_path / "out/server.test-chain.pem", "--ca-bundle",
-                     tmp_path / "ca/root.pem", "--out", tmp_path / "anchor.der", "--json")
+    ok(
+        run_mpseal(
+            "cert",
+            "issue",
+            "server.test",
+            "--ca",
+            tmp_path / "ca",
+            "--role",
+            "server",
+            "--san",
+            "DNS:server.test",
+            "--out",
+            tmp_path / "out",
+        )
+    )
+    res = run_mpseal(
+        "cert",
+        "anchor",
+        tmp_path / "out/server.test-chain.pem",
+        "--ca-bundle",
+        tmp_path / "ca/root.pem",
+        "--out",
+        tmp_path / "anchor.der",
+        "--json",
+    )
     ok(res)
     assert json.loads(res.stdout)["mode"] == "root"
 
     dev = tmp_path / "device"
     dev.mkdir()
     (tmp_path / "make.py").write_text(DEVICE)
-    proc = subprocess.run([str(find_micropython()), str(tmp_path / "make.py"), str(runtime_dir()),
-                           str(dev)], capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [str(find_micropython()), str(tmp_path / "make.py"), str(runtime_dir()), str(dev)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr + proc.stdout
     csr = x509.load_der_x509_csr((dev / "csr.der").read_bytes())
     assert csr.is_signature_valid
 
-    ok(run_mpseal("cert", "issue", "device-born-1", "--ca", tmp_path / "ca", "--role", "client",
-                  "--csr", dev / "csr.der", "--out", tmp_path / "out"))
+    ok(
+        run_mpseal(
+            "cert",
+            "issue",
+            "device-born-1",
+            "--ca",
+            tmp_path / "ca",
+            "--role",
+            "client",
+            "--csr",
+            dev / "csr.der",
+            "--out",
+            tmp_path / "out",
+        )
+    )
     cert = tmp_path / "out" / "device-born-1.der"
     assert x509.load_der_x509_certificate(cert.read_bytes()).public_key() == csr.public_key()
     assert not (tmp_path / "out" / "device-born-1.key.der").exists()  # no key on the host

@@ -31,8 +31,10 @@ def link() -> Iterator[SerialTransport]:
         try:
             board.wait_repl(60)
             with SerialTransport(board.path) as t:
-                t.exec("import os\nfor d in ('/lib', '/mpseal'):\n"
-                       "    try:\n        os.mkdir(d)\n    except OSError:\n        pass\n")
+                t.exec(
+                    "import os\nfor d in ('/lib', '/mpseal'):\n"
+                    "    try:\n        os.mkdir(d)\n    except OSError:\n        pass\n"
+                )
                 yield t
         finally:
             board.stop()
@@ -65,8 +67,12 @@ def test_csr_for_another_key_or_subject_is_refused_by_the_host() -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     other = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "sensor-0042")])
-    der = (x509.CertificateSigningRequestBuilder().subject_name(name)
-           .sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER))
+    der = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(name)
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.DER)
+    )
     pub = key.public_key().public_bytes(*X962)
     check_csr(der, pub, [("CN", "sensor-0042")], ())
     with pytest.raises(BadDataError, match="another key"):
@@ -81,11 +87,19 @@ def test_csr_for_another_key_or_subject_is_refused_by_the_host() -> None:
         check_csr(bytes(bad), pub, [("CN", "sensor-0042")], ())
 
 
-@pytest.mark.parametrize("subject,dns", [
-    ([], ()), ([("XX", "a")], ()), ([("CN", "")], ()), ([("CN", "a\nb")], ()),
-    ([("C", "Germany")], ()), ([("CN", "a")], ("bad name",)),
-])
+@pytest.mark.parametrize(
+    "subject,dns",
+    [
+        ([], ()),
+        ([("XX", "a")], ()),
+        ([("CN", "")], ()),
+        ([("CN", "a\nb")], ()),
+        ([("C", "Germany")], ()),
+        ([("CN", "a")], ("bad name",)),
+    ],
+)
 def test_bad_subject_is_a_usage_error_before_the_board_is_touched(
-        subject: list[tuple[str, str]], dns: tuple[str, ...]) -> None:
+    subject: list[tuple[str, str]], dns: tuple[str, ...]
+) -> None:
     with pytest.raises(UsageError):
         check_subject(subject, dns)

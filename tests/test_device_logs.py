@@ -94,8 +94,13 @@ def _check_batches(output: str) -> None:
 def test_log_batches_are_bounded_and_follow_rotation_on_the_vm(tmp_path: Path) -> None:
     script = tmp_path / "logs_run.py"
     script.write_text(f"d = {str(tmp_path)!r}\n" + VM_SCRIPT)
-    res = subprocess.run([str(find_micropython()), str(script)], capture_output=True,
-                         text=True, timeout=60, env={"MICROPYPATH": str(runtime_dir())})
+    res = subprocess.run(
+        [str(find_micropython()), str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"MICROPYPATH": str(runtime_dir())},
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     _check_batches(res.stdout)
 
@@ -105,8 +110,13 @@ def test_log_batches_on_the_virtual_pico_match_the_vm(tmp_path: Path) -> None:
     same lines in the same batches as on the unix VM (the Pico has no network here)."""
     script = tmp_path / "logs_run.py"
     script.write_text(f"d = {str(tmp_path)!r}\n" + VM_SCRIPT)
-    vm = subprocess.run([str(find_micropython()), str(script)], capture_output=True,
-                        text=True, timeout=60, env={"MICROPYPATH": str(runtime_dir())})
+    vm = subprocess.run(
+        [str(find_micropython()), str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"MICROPYPATH": str(runtime_dir())},
+    )
     assert vm.returncode == 0, vm.stderr
     module = (runtime_dir() / "mpseal_logs.py").read_bytes()
     with pico_with({"mpseal_logs.py": module}) as link:

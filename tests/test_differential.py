@@ -80,9 +80,14 @@ class Fleet:
         self.rel = [g(), g()]
         self.ts = [g(), g()]
         self.stranger = g()
-        doc = trustroot.build(1, {"root": [self.root.public_key],
-                                  "release": [k.public_key for k in self.rel],
-                                  "timestamp": [k.public_key for k in self.ts]})
+        doc = trustroot.build(
+            1,
+            {
+                "root": [self.root.public_key],
+                "release": [k.public_key for k in self.rel],
+                "timestamp": [k.public_key for k in self.ts],
+            },
+        )
         self.trust = trustroot.parse(trustroot.sign(doc, [self.root]))
 
 
@@ -108,17 +113,29 @@ FILES = [list(e) for e in romfs.entries(IMAGE)]
 
 
 def manifest_doc() -> dict:
-    return {"type": "mpseal-release", "spec": 1, "app": "hello", "version": "1.0.0",
-            "counter": 1, "board": "unix", "port": "unix",
-            "mpy": {"version": "6.3", "arch": "x64"},
-            "image": {"format": "romfs", "sha256": hashlib.sha256(IMAGE).hexdigest(),
-                      "size": len(IMAGE)},
-            "entry": "main", "files": FILES,
-            "build": {"opt": 2, "profile": "field"}}
+    return {
+        "type": "mpseal-release",
+        "spec": 1,
+        "app": "hello",
+        "version": "1.0.0",
+        "counter": 1,
+        "board": "unix",
+        "port": "unix",
+        "mpy": {"version": "6.3", "arch": "x64"},
+        "image": {
+            "format": "romfs",
+            "sha256": hashlib.sha256(IMAGE).hexdigest(),
+            "size": len(IMAGE),
+        },
+        "entry": "main",
+        "files": FILES,
+        "build": {"opt": 2, "profile": "field"},
+    }
 
 
-def artifact(doc: dict, sigs: Callable[[bytes], list[SignatureEntry]],
-             image: bytes = IMAGE) -> bytes:
+def artifact(
+    doc: dict, sigs: Callable[[bytes], list[SignatureEntry]], image: bytes = IMAGE
+) -> bytes:
     mbytes = jsondoc.dumps(doc)
     return art_mod.Artifact(mbytes, sigs(mbytes), image).encode()
 
@@ -126,19 +143,30 @@ def artifact(doc: dict, sigs: Callable[[bytes], list[SignatureEntry]],
 def artifacts(f: Fleet) -> dict[str, bytes]:
     good = lambda m: sigs_of(f.rel[:1], m)  # noqa: E731
     valid = artifact(manifest_doc(), good)
-    out = {"valid": valid,
-           "two-good-sigs": artifact(manifest_doc(), lambda m: sigs_of(f.rel, m)),
-           "good-then-unknown": artifact(manifest_doc(), lambda m: sigs_of([f.rel[0],
-                                                                            f.stranger], m)),
-           "bad-then-good": artifact(manifest_doc(), lambda m: [bad_sig(f.rel[0], m)]
-                                     + sigs_of(f.rel[1:], m)),
-           "unknown-only": artifact(manifest_doc(), lambda m: sigs_of([f.stranger], m)),
-           "timestamp-key": artifact(manifest_doc(), lambda m: sigs_of(f.ts[:1], m)),
-           "truncated": valid[:-1], "extra-byte": valid + b"\0"}
+    out = {
+        "valid": valid,
+        "two-good-sigs": artifact(manifest_doc(), lambda m: sigs_of(f.rel, m)),
+        "good-then-unknown": artifact(manifest_doc(), lambda m: sigs_of([f.rel[0], f.stranger], m)),
+        "bad-then-good": artifact(
+            manifest_doc(), lambda m: [bad_sig(f.rel[0], m)] + sigs_of(f.rel[1:], m)
+        ),
+        "unknown-only": artifact(manifest_doc(), lambda m: sigs_of([f.stranger], m)),
+        "timestamp-key": artifact(manifest_doc(), lambda m: sigs_of(f.ts[:1], m)),
+        "truncated": valid[:-1],
+        "extra-byte": valid + b"\0",
+    }
     mlen = int.from_bytes(valid[12:16], "little")
-    for at, what in ((0, "magic"), (8, "format"), (12, "mlen"), (17, "reserved"),
-                     (28, "check"), (40, "manifest"), (32 + mlen + 40, "signature"),
-                     (len(valid) - len(IMAGE) - 1, "padding"), (len(valid) - 5, "image")):
+    for at, what in (
+        (0, "magic"),
+        (8, "format"),
+        (12, "mlen"),
+        (17, "reserved"),
+        (28, "check"),
+        (40, "manifest"),
+        (32 + mlen + 40, "signature"),
+        (len(valid) - len(IMAGE) - 1, "padding"),
+        (len(valid) - 5, "image"),
+    ):
         out[f"flip-{what}"] = flip(valid, at)
     # A header with non-zero reserved bytes and a correct check.
     head = bytearray(valid[:32])
@@ -158,22 +186,31 @@ def artifacts(f: Fleet) -> dict[str, bytes]:
 
     sha = hashlib.sha256(b"x").hexdigest()
     for name, doc in {
-        "spec-2": changed(spec=2), "spec-true": changed(spec=True),
-        "type": changed(type="mpseal-root"), "app-bad": changed(app="bad name"),
-        "app-empty": changed(app=""), "version-bad": changed(version="-1"),
-        "counter-negative": changed(counter=-1), "counter-bool": changed(counter=True),
-        "counter-huge": changed(counter=2**31), "board-other": changed(board="esp32"),
-        "entry-digit": changed(entry="1main"), "entry-dotted": changed(entry="a.b"),
+        "spec-2": changed(spec=2),
+        "spec-true": changed(spec=True),
+        "type": changed(type="mpseal-root"),
+        "app-bad": changed(app="bad name"),
+        "app-empty": changed(app=""),
+        "version-bad": changed(version="-1"),
+        "counter-negative": changed(counter=-1),
+        "counter-bool": changed(counter=True),
+        "counter-huge": changed(counter=2**31),
+        "board-other": changed(board="esp32"),
+        "entry-digit": changed(entry="1main"),
+        "entry-dotted": changed(entry="a.b"),
         "format-fat": changed(**{"image.format": "fat"}),
         "sha-upper": changed(**{"image.sha256": hashlib.sha256(IMAGE).hexdigest().upper()}),
         "size-off": changed(**{"image.size": len(IMAGE) + 1}),
-        "files-text": changed(files="x"), "files-pairs": changed(files=[["main.mpy", 100]]),
+        "files-text": changed(files="x"),
+        "files-pairs": changed(files=[["main.mpy", 100]]),
         "files-dotdot": changed(files=[["../x.mpy", 1, 0, sha]]),
         "files-twice": changed(files=[["a.mpy", 1, 0, sha], ["a.mpy", 1, 1, sha]]),
         "files-outside": changed(files=[["a.mpy", 1000, 100, sha]]),
         "files-sha-short": changed(files=[["a.mpy", 1, 0, "ab"]]),
-        "build-text": changed(build="x"), "mpy-missing": changed(mpy=None),
-        "port-long": changed(port="p" * 33), "extra-field": changed(extra=[1, 2]),
+        "build-text": changed(build="x"),
+        "mpy-missing": changed(mpy=None),
+        "port-long": changed(port="p" * 33),
+        "extra-field": changed(extra=[1, 2]),
         "manifest-16000": changed(build={"pad": "p" * 15200}),
         "manifest-17000": changed(build={"pad": "p" * 16400}),
     }.items():
@@ -197,27 +234,44 @@ def roots(f: Fleet) -> dict[str, bytes]:
 
     valid = signed(base)
     kid = next(iter(keys))
-    out = {"valid": valid, "truncated": valid[:-1], "flip-payload": flip(valid, 20),
-           "flip-signature": flip(valid, len(valid) - 10),
-           "reserved": valid[:6] + b"\x01" + valid[7:],
-           "version-3": signed({**base, "version": 3}), "version-1": signed({**base, "version": 1}),
-           "by-release-key": signed(base, (f.rel[0],)),
-           "bad-then-good": envelope.Envelope(trustroot.MAGIC, jsondoc.dumps(base),
-                                              [bad_sig(f.root, jsondoc.dumps(base))]
-                                              + sigs_of([f.root], jsondoc.dumps(base))).encode()}
+    out = {
+        "valid": valid,
+        "truncated": valid[:-1],
+        "flip-payload": flip(valid, 20),
+        "flip-signature": flip(valid, len(valid) - 10),
+        "reserved": valid[:6] + b"\x01" + valid[7:],
+        "version-3": signed({**base, "version": 3}),
+        "version-1": signed({**base, "version": 1}),
+        "by-release-key": signed(base, (f.rel[0],)),
+        "bad-then-good": envelope.Envelope(
+            trustroot.MAGIC,
+            jsondoc.dumps(base),
+            [bad_sig(f.root, jsondoc.dumps(base))] + sigs_of([f.root], jsondoc.dumps(base)),
+        ).encode(),
+    }
     for name, doc in {
-        "threshold-0": {**base, "roles": {**roles, "release": {**roles["release"], "threshold": 0}}},
-        "threshold-3": {**base, "roles": {**roles, "release": {**roles["release"], "threshold": 3}}},
-        "keyid-unknown": {**base, "roles": {**roles, "release": {"keyids": ["ab" * 32],
-                                                                 "threshold": 1}}},
+        "threshold-0": {
+            **base,
+            "roles": {**roles, "release": {**roles["release"], "threshold": 0}},
+        },
+        "threshold-3": {
+            **base,
+            "roles": {**roles, "release": {**roles["release"], "threshold": 3}},
+        },
+        "keyid-unknown": {
+            **base,
+            "roles": {**roles, "release": {"keyids": ["ab" * 32], "threshold": 1}},
+        },
         "keyids-empty": {**base, "roles": {**roles, "release": {"keyids": [], "threshold": 1}}},
         "role-unknown": {**base, "roles": {**roles, "admin": roles["release"]}},
         "no-release": {**base, "roles": {k: v for k, v in roles.items() if k != "release"}},
         "no-timestamp": {**base, "roles": {k: v for k, v in roles.items() if k != "timestamp"}},
         "keytype": {**base, "keys": {**keys, kid: {**keys[kid], "keytype": "rsa"}}},
         "kid-mismatch": {**base, "keys": {("cd" * 32): keys[kid], **keys}},
-        "type": {**base, "type": "mpseal-timestamp"}, "spec-2": {**base, "spec": 2},
-        "version-text": {**base, "version": "2"}, "keys-list": {**base, "keys": []},
+        "type": {**base, "type": "mpseal-timestamp"},
+        "spec-2": {**base, "spec": 2},
+        "version-text": {**base, "version": "2"},
+        "keys-list": {**base, "keys": []},
     }.items():
         out[f"payload-{name}"] = signed(doc)
     return out
@@ -228,10 +282,25 @@ def roots(f: Fleet) -> dict[str, bytes]:
 
 def timestamps(f: Fleet) -> dict[str, bytes]:
     sha = "ab" * 32
-    target = {"app": "hello", "board": "unix", "version": "2.0", "counter": 3,
-              "manifest_sha256": sha, "size": 4096, "path": "artifacts/a.mpseal"}
-    base = {"type": "mpseal-timestamp", "spec": 1, "version": 5, "channel": "stable",
-            "issued": NOW - 60, "expires": NOW + 3600, "root_version": 1, "targets": [target]}
+    target = {
+        "app": "hello",
+        "board": "unix",
+        "version": "2.0",
+        "counter": 3,
+        "manifest_sha256": sha,
+        "size": 4096,
+        "path": "artifacts/a.mpseal",
+    }
+    base = {
+        "type": "mpseal-timestamp",
+        "spec": 1,
+        "version": 5,
+        "channel": "stable",
+        "issued": NOW - 60,
+        "expires": NOW + 3600,
+        "root_version": 1,
+        "targets": [target],
+    }
 
     def signed(doc: dict, sigs: Callable[[bytes], list[SignatureEntry]] | None = None) -> bytes:
         payload = jsondoc.dumps(doc)
@@ -242,26 +311,39 @@ def timestamps(f: Fleet) -> dict[str, bytes]:
         return {**base, "targets": [{**target, **kv}]}
 
     valid = signed(base)
-    out = {"valid": valid, "truncated": valid[:-1], "flip-payload": flip(valid, 30),
-           "reserved": valid[:7] + b"\x01" + valid[8:],
-           "bad-then-good": signed(base, lambda p: [bad_sig(f.ts[0], p)] + sigs_of(f.ts[1:], p)),
-           "good-then-unknown": signed(base, lambda p: sigs_of([f.ts[0], f.stranger], p)),
-           "unsigned": signed(base, lambda p: []),
-           "by-release-key": signed(base, lambda p: sigs_of(f.rel[:1], p))}
+    out = {
+        "valid": valid,
+        "truncated": valid[:-1],
+        "flip-payload": flip(valid, 30),
+        "reserved": valid[:7] + b"\x01" + valid[8:],
+        "bad-then-good": signed(base, lambda p: [bad_sig(f.ts[0], p)] + sigs_of(f.ts[1:], p)),
+        "good-then-unknown": signed(base, lambda p: sigs_of([f.ts[0], f.stranger], p)),
+        "unsigned": signed(base, lambda p: []),
+        "by-release-key": signed(base, lambda p: sigs_of(f.rel[:1], p)),
+    }
     for name, doc in {
-        "expired": {**base, "expires": NOW - 1}, "issued-after-expires": {**base, "issued": NOW + 9,
-                                                                          "expires": NOW + 8},
+        "expired": {**base, "expires": NOW - 1},
+        "issued-after-expires": {**base, "issued": NOW + 9, "expires": NOW + 8},
         "issued-future": {**base, "issued": NOW + 2 * 86400, "expires": NOW + 3 * 86400},
-        "channel-beta": {**base, "channel": "beta"}, "channel-bad": {**base, "channel": "Beta"},
+        "channel-beta": {**base, "channel": "beta"},
+        "channel-bad": {**base, "channel": "Beta"},
         "channel-missing": {k: v for k, v in base.items() if k != "channel"},
-        "version-0": {**base, "version": 0}, "version-2^53": {**base, "version": 2**53},
-        "version-bool": {**base, "version": True}, "spec-bool": {**base, "spec": True},
-        "root-2": {**base, "root_version": 2}, "targets-dict": {**base, "targets": {}},
+        "version-0": {**base, "version": 0},
+        "version-2^53": {**base, "version": 2**53},
+        "version-bool": {**base, "version": True},
+        "spec-bool": {**base, "spec": True},
+        "root-2": {**base, "root_version": 2},
+        "targets-dict": {**base, "targets": {}},
         "no-targets": {**base, "targets": []},
-        "board-bad": t(board="b@d"), "app-empty": t(app=""), "version-bad": t(version="-x"),
-        "size-0": t(size=0), "size-huge": t(size=64 * 1024 * 1024),
-        "sha-upper": t(manifest_sha256=sha.upper()), "path-dotdot": t(path="../x"),
-        "path-upper": t(path="A.mpseal"), "counter-bool": t(counter=True),
+        "board-bad": t(board="b@d"),
+        "app-empty": t(app=""),
+        "version-bad": t(version="-x"),
+        "size-0": t(size=0),
+        "size-huge": t(size=64 * 1024 * 1024),
+        "sha-upper": t(manifest_sha256=sha.upper()),
+        "path-dotdot": t(path="../x"),
+        "path-upper": t(path="A.mpseal"),
+        "counter-bool": t(counter=True),
         "twice": {**base, "targets": [target, target]},
         "type": {**base, "type": "mpseal-root"},
     }.items():
@@ -281,11 +363,19 @@ def secrets() -> dict[str, bytes]:
     body = b"MPSS\x01\0\0\0" + salt + iv + enc.update(b"x" * 15 + b"\x11") + enc.finalize()
     bad_pad = body + hmac.new(mac_key, body, hashlib.sha256).digest()
     big = secretbox.seal(b"x" * 3900, HWID)
-    return {"valid": valid, "other-device": secretbox.seal(b"{}", "0000000000000000"),
-            "flip-mac": flip(valid, len(valid) - 1), "flip-ciphertext": flip(valid, 45),
-            "flip-magic": flip(valid, 0), "version-2": valid[:4] + b"\x02" + valid[5:],
-            "truncated": valid[:-1], "bad-padding": bad_pad, "largest": big,
-            "oversized": big + bytes(4096 - len(big) + 1), "tiny": valid[:60]}
+    return {
+        "valid": valid,
+        "other-device": secretbox.seal(b"{}", "0000000000000000"),
+        "flip-mac": flip(valid, len(valid) - 1),
+        "flip-ciphertext": flip(valid, 45),
+        "flip-magic": flip(valid, 0),
+        "version-2": valid[:4] + b"\x02" + valid[5:],
+        "truncated": valid[:-1],
+        "bad-padding": bad_pad,
+        "largest": big,
+        "oversized": big + bytes(4096 - len(big) + 1),
+        "tiny": valid[:60],
+    }
 
 
 # -- unlock tokens ------------------------------------------------------------------------------
@@ -295,18 +385,27 @@ def unlocks(f: Fleet) -> dict[str, bytes]:
     base = {"type": "mpseal-unlock", "device": HWID, "n": USED + 1, "profile": "dev"}
 
     def signed(doc: dict, signers=None) -> bytes:
-        return envelope.seal(unlocktoken.MAGIC, jsondoc.dumps(doc),
-                             list(signers or [f.root])).encode()
+        return envelope.seal(
+            unlocktoken.MAGIC, jsondoc.dumps(doc), list(signers or [f.root])
+        ).encode()
 
     valid = signed(base)
-    return {"valid": valid, "field": signed({**base, "profile": "field"}),
-            "used": signed({**base, "n": USED}), "other-device": signed({**base, "device": "ab"}),
-            "sealed": signed({**base, "profile": "sealed"}), "type": signed({**base, "type": "x"}),
-            "n-bool": signed({**base, "n": True}), "n-text": signed({**base, "n": "3"}),
-            "by-release-key": signed(base, [f.rel[0]]), "flip": flip(valid, len(valid) - 3),
-            "reserved": valid[:6] + b"\x01" + valid[7:], "truncated": valid[:-1],
-            "device-long": signed({**base, "device": "a" * 65}),
-            "oversized": signed({**base, "pad": "p" * 2100})}
+    return {
+        "valid": valid,
+        "field": signed({**base, "profile": "field"}),
+        "used": signed({**base, "n": USED}),
+        "other-device": signed({**base, "device": "ab"}),
+        "sealed": signed({**base, "profile": "sealed"}),
+        "type": signed({**base, "type": "x"}),
+        "n-bool": signed({**base, "n": True}),
+        "n-text": signed({**base, "n": "3"}),
+        "by-release-key": signed(base, [f.rel[0]]),
+        "flip": flip(valid, len(valid) - 3),
+        "reserved": valid[:6] + b"\x01" + valid[7:],
+        "truncated": valid[:-1],
+        "device-long": signed({**base, "device": "a" * 65}),
+        "oversized": signed({**base, "pad": "p" * 2100}),
+    }
 
 
 # -- both sides ---------------------------------------------------------------------------------
@@ -337,9 +436,13 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, Fleet]
     folder = tmp_path_factory.mktemp("corpus")
     (folder / "root.mpsr").write_bytes(f.trust.raw)
     items: dict[str, tuple[str, bytes]] = {}
-    for kind, group in (("artifact", artifacts(f)), ("root", roots(f)),
-                        ("timestamp", timestamps(f)), ("secrets", secrets()),
-                        ("unlock", unlocks(f))):
+    for kind, group in (
+        ("artifact", artifacts(f)),
+        ("root", roots(f)),
+        ("timestamp", timestamps(f)),
+        ("secrets", secrets()),
+        ("unlock", unlocks(f)),
+    ):
         for name, data in group.items():
             items[f"{kind}-{name}"] = (kind, data)
     for name, (_, data) in items.items():
@@ -351,8 +454,9 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, Fleet]
 def test_host_and_device_give_the_same_verdict_on_every_item(corpus) -> None:
     folder, items, f = corpus
     script = folder.parent / "runner.py"
-    script.write_text(RUNNER % {"runtime": str(vm.runtime_dir()), "now": NOW, "hwid": HWID,
-                                "used": USED})
+    script.write_text(
+        RUNNER % {"runtime": str(vm.runtime_dir()), "now": NOW, "hwid": HWID, "used": USED}
+    )
     res = vm.run(script, [str(folder)], timeout=600)
     assert res.replies(), res.stdout[-2000:] + res.stderr[-2000:]
     device = dict(res.replies()[-1])  # type: ignore[arg-type]
@@ -367,8 +471,10 @@ def test_host_and_device_give_the_same_verdict_on_every_item(corpus) -> None:
     assert host["artifact-valid"] == host["root-valid"] == host["timestamp-valid"] == "ok"
     assert host["artifact-bad-then-good"] == "refused"  # one rule on both sides
     with capsys_disabled():
-        print(f"\ndifferential corpus: {len(items)} items, "
-              f"{sum(v == 'ok' for v in host.values())} accepted, same verdict on both sides")
+        print(
+            f"\ndifferential corpus: {len(items)} items, "
+            f"{sum(v == 'ok' for v in host.values())} accepted, same verdict on both sides"
+        )
 
 
 def capsys_disabled():  # print the corpus size even under -q

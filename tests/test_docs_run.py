@@ -32,8 +32,13 @@ from conftest import BIN
 from pty_support import run_in_pty
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = ["README.md", "docs/provisioning.md", "docs/audit.md", "docs/certificates.md",
-         "docs/updates.md"]
+PAGES = [
+    "README.md",
+    "docs/provisioning.md",
+    "docs/audit.md",
+    "docs/certificates.md",
+    "docs/updates.md",
+]
 DIRECTIVE = re.compile(r"<!--\s*docs-run:\s*(skip|exit\s+(\d+))\b(.*?)-->", re.S)
 FENCE = re.compile(r"^```(\S*)\s*$")
 DONE = "__DOCS_RUN_DONE__"
@@ -63,10 +68,10 @@ def blocks(page: str) -> list[Block]:
         while j < len(lines) and not FENCE.match(lines[j]):
             j += 1
         if lang == "sh":
-            before = "\n".join(lines[max(0, start - 3):start])
+            before = "\n".join(lines[max(0, start - 3) : start])
             found = list(DIRECTIVE.finditer(before))
             d = found[-1] if found else None
-            block = Block(page, start + 1, "\n".join(lines[start + 1:j]))
+            block = Block(page, start + 1, "\n".join(lines[start + 1 : j]))
             if d is not None and d.group(1) == "skip":
                 block.skip = d.group(3).strip() or "no reason given"
             elif d is not None:
@@ -97,8 +102,11 @@ def free_port() -> int:
 
 
 def script_for(page: str, port: int) -> str:
-    parts = ["set -u", "trap 'kill $(jobs -p) 2>/dev/null; wait' EXIT",
-             f"export PATH={shlex.quote(str(BIN))}:$PATH"]
+    parts = [
+        "set -u",
+        "trap 'kill $(jobs -p) 2>/dev/null; wait' EXIT",
+        f"export PATH={shlex.quote(str(BIN))}:$PATH",
+    ]
     for b in blocks(page):
         if b.skip:
             continue
@@ -107,8 +115,10 @@ def script_for(page: str, port: int) -> str:
             where = shlex.quote(f"{b.page}:{b.line}: {cmd.strip()[:120]}")
             want = b.exit if n == len(cmds) - 1 else 0
             parts.append(cmd)
-            parts.append(f'__rc=$?; if [ $__rc -ne {want} ]; then echo; echo "{FAIL} exit '
-                         f'$__rc (expected {want}) at "{where}; exit 1; fi')
+            parts.append(
+                f'__rc=$?; if [ $__rc -ne {want} ]; then echo; echo "{FAIL} exit '
+                f'$__rc (expected {want}) at "{where}; exit 1; fi'
+            )
             if re.match(r"\s*mpseal serve\b.*&\s*(#.*)?$", cmd):
                 parts.append(_wait_for_server(port, where))
     parts.append(f"echo {DONE}")
@@ -116,11 +126,15 @@ def script_for(page: str, port: int) -> str:
 
 
 def _wait_for_server(port: int, where: str) -> str:
-    probe = ("import socket,sys\ntry:\n socket.create_connection(('127.0.0.1', "
-             f"{port}), 0.5).close()\nexcept OSError:\n sys.exit(1)")
-    return (f"for __i in $(seq 150); do python3 -c {shlex.quote(probe)} && break; "
-            f"sleep 0.2; done; python3 -c {shlex.quote(probe)} || "
-            f'{{ echo "{FAIL} the server did not start at "{where}; exit 1; }}')
+    probe = (
+        "import socket,sys\ntry:\n socket.create_connection(('127.0.0.1', "
+        f"{port}), 0.5).close()\nexcept OSError:\n sys.exit(1)"
+    )
+    return (
+        f"for __i in $(seq 150); do python3 -c {shlex.quote(probe)} && break; "
+        f"sleep 0.2; done; python3 -c {shlex.quote(probe)} || "
+        f'{{ echo "{FAIL} the server did not start at "{where}; exit 1; }}'
+    )
 
 
 def test_skipped_blocks_are_few_and_say_why() -> None:
@@ -138,8 +152,11 @@ def test_page_runs_as_written(page: str, tmp_path: Path) -> None:
     folder.mkdir()
     script = folder.parent / "docs-run.sh"
     script.write_text(script_for(page, free_port()))
-    env = {"HOME": str(tmp_path), "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
-           "MPSEAL_PASSPHRASE": ""}
+    env = {
+        "HOME": str(tmp_path),
+        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+        "MPSEAL_PASSPHRASE": "",
+    }
     env.pop("MPSEAL_PASSPHRASE")
     res = run_in_pty(["bash", str(script)], cwd=folder, env=env, timeout=240)
     text = res.text

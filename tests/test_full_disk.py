@@ -29,8 +29,15 @@ class FullDiskRun:
     rerun: int  # the same command again once space is freed (-1: not asked)
 
 
-def on_full_disk(tmp_path: Path, leave_kib: int, command: list[str], *, setup: str = "",
-                 rerun: bool = False, size: str = "4m") -> FullDiskRun:
+def on_full_disk(
+    tmp_path: Path,
+    leave_kib: int,
+    command: list[str],
+    *,
+    setup: str = "",
+    rerun: bool = False,
+    size: str = "4m",
+) -> FullDiskRun:
     disk = tmp_path / f"disk{leave_kib}"
     disk.mkdir()
     err = tmp_path / f"err{leave_kib}"
@@ -51,8 +58,14 @@ if [ {int(rerun)} = 1 ]; then {cmd} >/dev/null 2>&1; echo "rerun=$?"; fi
 """
     env = {**os.environ, "COLUMNS": "200"}
     env.pop("MPSEAL_PASSPHRASE", None)
-    proc = subprocess.run(["unshare", "--mount", "--map-root-user", "bash", "-c", script],
-                          check=False, capture_output=True, text=True, timeout=120, env=env)
+    proc = subprocess.run(
+        ["unshare", "--mount", "--map-root-user", "bash", "-c", script],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     rc = int(lines[0].removeprefix("rc="))
@@ -77,8 +90,9 @@ def _needs_unshare() -> None:
 
 @pytest.mark.parametrize("leave", LEVELS_KIB)
 def test_init_on_a_full_disk_leaves_no_half_project(tmp_path: Path, leave: int) -> None:
-    run = on_full_disk(tmp_path, leave, [MPSEAL, "init", "p", "--board", "esp32"], rerun=True,
-                       size="256k")
+    run = on_full_disk(
+        tmp_path, leave, [MPSEAL, "init", "p", "--board", "esp32"], rerun=True, size="256k"
+    )
     if run.returncode != 0:
         assert_one_line_exit_4(run)
         assert run.files == [], run.files  # nothing that init would then refuse
@@ -88,8 +102,7 @@ def test_init_on_a_full_disk_leaves_no_half_project(tmp_path: Path, leave: int) 
 
 @pytest.mark.parametrize("leave", LEVELS_KIB)
 def test_ca_init_on_a_full_disk_leaves_no_half_ca(tmp_path: Path, leave: int) -> None:
-    run = on_full_disk(tmp_path, leave, [MPSEAL, "ca", "init", "ca"], rerun=True,
-                       size="256k")
+    run = on_full_disk(tmp_path, leave, [MPSEAL, "ca", "init", "ca"], rerun=True, size="256k")
     if run.returncode != 0:
         assert_one_line_exit_4(run)
         assert run.files == [], run.files

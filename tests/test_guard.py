@@ -18,11 +18,16 @@ from mpseal.formats import envelope, jsondoc
 from mpseal.packaging.project import Project
 
 
-def set_release(project: Path, version: str, counter: int, main: str | None = None,
-                board: str | None = None, profile: str | None = None) -> bytes:
+def set_release(
+    project: Path,
+    version: str,
+    counter: int,
+    main: str | None = None,
+    board: str | None = None,
+    profile: str | None = None,
+) -> bytes:
     """Rewrite the project's version/counter (and main.py), build, return the artifact."""
-    return release(project, version, counter, main or RETURNING_MAIN, profile=profile,
-                   board=board)
+    return release(project, version, counter, main or RETURNING_MAIN, profile=profile, board=board)
 
 
 @pytest.fixture
@@ -156,16 +161,17 @@ def test_crashing_trial_is_reverted(device) -> None:
     board.install(set_release(project, "2.0", 2, main=bad), root_of(project))
     report = board.boot()
     assert [r[1] for r in report.ran()] == ["2.0", "1.0"]
-    assert any("trial of slot b reverted: app crashed: RuntimeError: health check failed" in ln
-               for ln in report.guard_lines)
+    assert any(
+        "trial of slot b reverted: app crashed: RuntimeError: health check failed" in ln
+        for ln in report.guard_lines
+    )
     state = committed(board)
     assert state["committed"] == "a" and state["counter"] == 1 and state["trial"] is None
 
 
 def test_trial_that_returns_without_confirming_is_reverted(device) -> None:
     board, project = device
-    board.install(set_release(project, "2.0", 2, main="def main():\n    pass\n"),
-                  root_of(project))
+    board.install(set_release(project, "2.0", 2, main="def main():\n    pass\n"), root_of(project))
     report = board.boot()
     assert [r[1] for r in report.ran()] == ["2.0", "1.0"]
     assert any("reverted: app returned" in ln for ln in report.guard_lines)
@@ -185,8 +191,10 @@ def test_trial_that_hangs_is_reverted_after_max_tries(device) -> None:
 
 def test_field_profile_never_falls_through_to_the_repl(device) -> None:
     board, project = device
-    probe = ("import sys\nfrom mpseal_guard import confirm\n"
-             "def main():\n    print('path', repr(sys.path))\n    confirm()\n")
+    probe = (
+        "import sys\nfrom mpseal_guard import confirm\n"
+        "def main():\n    print('path', repr(sys.path))\n    confirm()\n"
+    )
     board.install(set_release(project, "2.0", 2, main=probe), root_of(project))
     report = board.boot()
     assert report.exit_codes == [17]  # a reset, not the REPL
@@ -205,8 +213,9 @@ def test_dev_profile_returns_to_the_repl(project: Path, tmp_path: Path) -> None:
 
 
 def unlock_token(signer: PrivateKeySigner, device_id: str, n: int) -> bytes:
-    payload = jsondoc.dumps({"type": "mpseal-unlock", "device": device_id, "n": n,
-                             "profile": "dev"})
+    payload = jsondoc.dumps(
+        {"type": "mpseal-unlock", "device": device_id, "n": n, "profile": "dev"}
+    )
     return envelope.seal(b"MPSU", payload, [signer]).encode()
 
 
@@ -217,8 +226,14 @@ def test_service_unlock_token_is_signed_bound_and_single_use(device) -> None:
     root_key = PrivateKeySigner.from_pem(pem)
     release_key = Project.load(project).release_signer()
     cases = [
-        (unlock_token(release_key, "sim-0001", 1), "unlock refused: unlock token is signed by an unknown key"),
-        (unlock_token(root_key, "sim-9999", 1), "unlock refused: unlock token is for another device"),
+        (
+            unlock_token(release_key, "sim-0001", 1),
+            "unlock refused: unlock token is signed by an unknown key",
+        ),
+        (
+            unlock_token(root_key, "sim-9999", 1),
+            "unlock refused: unlock token is for another device",
+        ),
     ]
     for token, message in cases:
         board.put(token, "/mpseal/unlock.tok")
@@ -242,8 +257,10 @@ def test_power_cut_at_every_write_of_an_update_cycle(device, capsys) -> None:
     blob = set_release(project, "2.0", 2)
     report = check_update(board, blob, {"1.0", "2.0"}, min_counter=1, tear=True)
     with capsys.disabled():
-        print(f"\npower-cut test: {report.tried} cut points tried, {report.survived} survived "
-              f"(writes per step: {report.writes_per_step})")
+        print(
+            f"\npower-cut test: {report.tried} cut points tried, {report.survived} survived "
+            f"(writes per step: {report.writes_per_step})"
+        )
     assert report.tried >= 100
     assert not report.failures(), report.failures()[:5]
     assert all(n > 5 for n in report.writes_per_step.values())
@@ -251,8 +268,7 @@ def test_power_cut_at_every_write_of_an_update_cycle(device, capsys) -> None:
     assert runs(board) == "2.0" and committed(board)["counter"] == 2
 
 
-def test_guard_verifies_a_256k_image_in_32k_of_working_heap(project: Path,
-                                                            tmp_path: Path) -> None:
+def test_guard_verifies_a_256k_image_in_32k_of_working_heap(project: Path, tmp_path: Path) -> None:
     """Staging and verification stream the image: their RAM does not grow with it.
 
     On a small device the guard is frozen into firmware, so its code costs no
@@ -279,8 +295,9 @@ def test_guard_verifies_a_256k_image_in_32k_of_working_heap(project: Path,
     assert report.ran() == [("hello", "1.0", 1)], report.output
 
 
-def test_sealed_profile_reports_each_lever_and_what_the_port_lacks(project: Path,
-                                                                   tmp_path: Path) -> None:
+def test_sealed_profile_reports_each_lever_and_what_the_port_lacks(
+    project: Path, tmp_path: Path
+) -> None:
     blob = set_release(project, "1.0", 1, profile="sealed")
     board = VirtualBoard.create(tmp_path / "b")
     board.install(blob, root_of(project), profile="sealed")
@@ -299,8 +316,7 @@ def test_a_refused_stage_is_in_the_boot_log(device) -> None:
     blob[-3] ^= 0x40
     with pytest.raises(PolicyError):
         board.install(bytes(blob), root_of(project), check_on_host=False)
-    assert any("stage refused: image hash does not match" in ln
-               for ln in board.status()["log"])
+    assert any("stage refused: image hash does not match" in ln for ln in board.status()["log"])
 
 
 def test_unlock_token_from_the_cli_opens_that_board_once(project: Path, tmp_path: Path) -> None:

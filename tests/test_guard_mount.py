@@ -36,8 +36,13 @@ def main():
 """
 
 
-def multi_app(project: Path, version: str = "1.0", counter: int = 1,
-              profile: str = "field", greeting: str = "hello\nworld\n") -> bytes:
+def multi_app(
+    project: Path,
+    version: str = "1.0",
+    counter: int = 1,
+    profile: str = "field",
+    greeting: str = "hello\nworld\n",
+) -> bytes:
     app = project / "app"
     (app / "helper.py").write_text("NAME = 'helper'\n")
     (app / "pkg").mkdir(exist_ok=True)
@@ -56,8 +61,9 @@ def board_with(project: Path, folder: Path, firmware: str, blob: bytes) -> Virtu
     return board
 
 
-def test_app_boots_from_verified_files_where_firmware_has_no_vfsrom(project: Path,
-                                                                    tmp_path: Path) -> None:
+def test_app_boots_from_verified_files_where_firmware_has_no_vfsrom(
+    project: Path, tmp_path: Path
+) -> None:
     board = board_with(project, tmp_path / "b", "no-vfsrom", multi_app(project))
     report = board.boot()
     assert report.ran() == [("hello", "1.0", 1)], report.output
@@ -83,10 +89,12 @@ def test_device_json_can_force_the_verified_files_mount(project: Path, tmp_path:
     assert "app helper 42" in report.output
 
 
-@pytest.mark.parametrize("firmware,kind", [("romfs-stm32", "rom_ioctl"),
-                                           ("romfs-rp2", "block device")])
-def test_romfs_partition_is_written_with_the_ports_protocol(project: Path, tmp_path: Path,
-                                                            firmware: str, kind: str) -> None:
+@pytest.mark.parametrize(
+    "firmware,kind", [("romfs-stm32", "rom_ioctl"), ("romfs-rp2", "block device")]
+)
+def test_romfs_partition_is_written_with_the_ports_protocol(
+    project: Path, tmp_path: Path, firmware: str, kind: str
+) -> None:
     board = board_with(project, tmp_path / "b", firmware, multi_app(project))
     report = board.boot()
     assert f"copying slot a to the ROMFS partition ({kind})" in report.guard_lines, report.output
@@ -107,8 +115,7 @@ def test_romfs_partition_is_written_with_the_ports_protocol(project: Path, tmp_p
     assert f"copying slot a to the ROMFS partition ({kind})" in report.guard_lines
     assert (tmp_path / "b" / "flash.img.rom").read_bytes()[: len(image)] == image
     # An update is mirrored too.
-    board.install(multi_app(project, "2.0", 2, greeting="hi\n"),
-                  Project.load(project).trust_root())
+    board.install(multi_app(project, "2.0", 2, greeting="hi\n"), Project.load(project).trust_root())
     report = board.boot()
     assert [r[1] for r in report.ran()][:1] == ["2.0"]
     assert f"copying slot b to the ROMFS partition ({kind})" in report.guard_lines
@@ -117,8 +124,14 @@ def test_romfs_partition_is_written_with_the_ports_protocol(project: Path, tmp_p
 def run_vm(script: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "probe.py"
     path.write_text(f"import sys\nsys.path.insert(0, {str(runtime_dir())!r})\n" + script)
-    return subprocess.run([str(find_micropython()), str(path)], capture_output=True, text=True,
-                          timeout=60, cwd=tmp_path, check=False)
+    return subprocess.run(
+        [str(find_micropython()), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        check=False,
+    )
 
 
 def test_verified_files_refuses_a_file_altered_in_the_slot(project: Path, tmp_path: Path) -> None:
@@ -130,7 +143,8 @@ def test_verified_files_refuses_a_file_altered_in_the_slot(project: Path, tmp_pa
     slot[art.image_offset + off + size - 1] ^= 0x01
     (tmp_path / "slot.bin").write_bytes(bytes(slot))
     files = json.dumps([list(f) for f in man.files])
-    res = run_vm(f"""
+    res = run_vm(
+        f"""
 import mpseal_appfs, vfs, json
 from mpseal_release import Refused
 fs = mpseal_appfs.AppFS("slot.bin", {art.image_offset}, json.loads({files!r}), {man.image_size})
@@ -145,7 +159,9 @@ try:
     open("/app/new.txt", "w")
 except OSError as e:
     print("write:", e.errno)
-""", tmp_path)
+""",
+        tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     assert "['hello', 'world']" in res.stdout
     assert "['data', 'greet.mpy', 'helper.mpy', 'main.mpy', 'pkg']" in res.stdout
@@ -177,7 +193,8 @@ def test_host_and_device_accept_the_same_manifest_file_lists(tmp_path: Path) -> 
         except FormatError:
             host = False
         assert host == ok, name
-    res = run_vm(f"""
+    res = run_vm(
+        f"""
 import mpseal_appfs, json
 from mpseal_release import Refused
 for name, (files, ok) in json.loads({json.dumps(MANIFEST_FILE_LISTS)!r}).items():
@@ -186,10 +203,15 @@ for name, (files, ok) in json.loads({json.dumps(MANIFEST_FILE_LISTS)!r}).items()
         print("DEVICE", name, True)
     except Refused:
         print("DEVICE", name, False)
-""", tmp_path)
+""",
+        tmp_path,
+    )
     assert res.returncode == 0, res.stderr
-    device = {ln[7:].rsplit(" ", 1)[0]: ln.endswith("True")
-              for ln in res.stdout.splitlines() if ln.startswith("DEVICE ")}
+    device = {
+        ln[7:].rsplit(" ", 1)[0]: ln.endswith("True")
+        for ln in res.stdout.splitlines()
+        if ln.startswith("DEVICE ")
+    }
     assert device == {k: v[1] for k, v in MANIFEST_FILE_LISTS.items()}
 
 
@@ -197,8 +219,14 @@ def test_build_lists_every_file_with_its_offset_and_hash(project: Path) -> None:
     blob = multi_app(project)
     art = artifact.decode(blob)
     files = art.manifest.files
-    assert {f[0] for f in files} >= {"main.mpy", "helper.mpy", "pkg/__init__.mpy", "pkg/tool.mpy",
-                                     "data/greeting.txt", "data/blob.bin"}
+    assert {f[0] for f in files} >= {
+        "main.mpy",
+        "helper.mpy",
+        "pkg/__init__.mpy",
+        "pkg/tool.mpy",
+        "data/greeting.txt",
+        "data/blob.bin",
+    }
     for name, size, off, sha in files:
         data = art.image[off : off + size]
         assert hashlib.sha256(data).hexdigest() == sha, name
@@ -206,30 +234,35 @@ def test_build_lists_every_file_with_its_offset_and_hash(project: Path) -> None:
 
 
 def test_a_manifest_whose_file_list_lies_about_the_image_is_refused_on_the_host(
-        project: Path) -> None:
+    project: Path,
+) -> None:
     from mpseal.errors import IntegrityError
 
     proj = Project.load(project)
     art = artifact.decode(multi_app(project))
     man = art.manifest
     name, size, off, _ = man.files[0]
-    lying = man.__class__(**{**man.__dict__, "files": ((name, size, off, "0" * 64),
-                                                       *man.files[1:])})
+    lying = man.__class__(
+        **{**man.__dict__, "files": ((name, size, off, "0" * 64), *man.files[1:])}
+    )
     bad = artifact.create(lying, art.image, [proj.release_signer()]).encode()
     with pytest.raises(IntegrityError, match="file list does not match the image"):
         artifact.verify(bad, proj.trust_root())
 
 
-def test_verified_files_ram_follows_the_largest_file_not_the_image(project: Path,
-                                                                  tmp_path: Path) -> None:
+def test_verified_files_ram_follows_the_largest_file_not_the_image(
+    project: Path, tmp_path: Path
+) -> None:
     """A 256 KB app of 32 KB files boots in a heap that cannot hold the image."""
     data = project / "app" / "data"
     data.mkdir(exist_ok=True)
     for i in range(8):
         (data / f"part{i}.bin").write_bytes(os.urandom(32 * 1024))
-    main = ("from mpseal_guard import confirm\ndef main():\n    n = 0\n"
-            "    for i in range(8):\n        with open('/rom/data/part%d.bin' % i, 'rb') as f:\n"
-            "            n += len(f.read())\n    print('read', n)\n    confirm()\n")
+    main = (
+        "from mpseal_guard import confirm\ndef main():\n    n = 0\n"
+        "    for i in range(8):\n        with open('/rom/data/part%d.bin' % i, 'rb') as f:\n"
+        "            n += len(f.read())\n    print('read', n)\n    confirm()\n"
+    )
     blob = release(project, "1.0", 1, main, profile="field")
     board = VirtualBoard.create(tmp_path / "b", flash_size=2 * 1024 * 1024)
     board.set_firmware("no-vfsrom")

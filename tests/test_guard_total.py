@@ -34,8 +34,9 @@ def no_repl(text: str) -> None:
     assert ">>> " not in text and RAW_REPL_BANNER not in text, text
 
 
-def serial_output(board: VirtualBoard, seconds: float = 4.0, firmware: str = "",
-                  eio: int = 0) -> str:
+def serial_output(
+    board: VirtualBoard, seconds: float = 4.0, firmware: str = "", eio: int = 0
+) -> str:
     """Power the board on with its serial line open; poke the line as someone wanting a
     REPL would (Ctrl-C, Enter, Ctrl-A for the raw REPL); return all the line carried."""
     link = SimLink(board.flash, board.info.heapsize, boot=True, firmware=firmware, eio=eio)
@@ -65,8 +66,10 @@ def test_damaged_device_config_means_locked_idle_with_the_reason(board: VirtualB
     assert "locked idle: no usable device config: /mpseal/device.json is damaged" in report.output
     no_repl(report.output)
     assert any("locked idle: no usable device config" in ln for ln in board.status()["log"])
-    board.put(json.dumps({"board": "unix", "profile": "field", "mount": "floppy"}).encode(),
-              "/mpseal/device.json")
+    board.put(
+        json.dumps({"board": "unix", "profile": "field", "mount": "floppy"}).encode(),
+        "/mpseal/device.json",
+    )
     report = board.boot()
     assert report.outcome == "idle" and "mount 'floppy' is not one of" in report.output
 
@@ -82,7 +85,7 @@ def test_flash_error_at_any_point_of_the_boot_ends_defined(board: VirtualBoard) 
     """OSError(EIO) from the flash from its N-th block operation on (a boot takes some
     thousands), for N across the whole boot: loading the guard, reading the state, the
     trust root, the slot: the board runs the app or idles saying why; never the REPL."""
-    points = sorted({int(1.4 ** k) for k in range(1, 28)} | set(range(3000, 12000, 300)))
+    points = sorted({int(1.4**k) for k in range(1, 28)} | set(range(3000, 12000, 300)))
     outcomes: dict[int, str] = {}
     reasons: set[str] = set()
     for n in points:
@@ -97,8 +100,11 @@ def test_flash_error_at_any_point_of_the_boot_ends_defined(board: VirtualBoard) 
         assert "Traceback" not in text, (n, text)
         no_repl(text)
         outcomes[n] = "idle" if res.returncode == 18 else "reset"
-        reasons.update(ln.split(": ", 1)[-1][:40] for ln in res.stdout.splitlines()
-                       if "locked idle" in ln or "refused: flash read failed" in ln)
+        reasons.update(
+            ln.split(": ", 1)[-1][:40]
+            for ln in res.stdout.splitlines()
+            if "locked idle" in ln or "refused: flash read failed" in ln
+        )
     assert "idle" in outcomes.values() and "reset" in outcomes.values(), outcomes
     assert any("guard failed: OSError" in r or "flash read failed" in r for r in reasons), reasons
     # The board itself is unharmed: with the flash working again, it boots normally.
@@ -114,8 +120,9 @@ def test_missing_hashlib_is_reported_as_missing_not_as_a_crash(board: VirtualBoa
     board.set_firmware("no-sha256")
     report = board.boot()
     assert report.outcome == "idle"
-    assert ("locked idle: firmware lacks a feature the guard needs: "
-            "firmware has no hashlib.sha256") in report.output
+    assert (
+        "locked idle: firmware lacks a feature the guard needs: firmware has no hashlib.sha256"
+    ) in report.output
     assert "app crashed" not in report.output
     no_repl(report.output)
     text = serial_output(board, firmware="no-sha256")
@@ -124,7 +131,8 @@ def test_missing_hashlib_is_reported_as_missing_not_as_a_crash(board: VirtualBoa
 
 
 def test_forced_vfsrom_mount_on_firmware_without_it_is_reported_as_missing(
-        board: VirtualBoard) -> None:
+    board: VirtualBoard,
+) -> None:
     cfg = json.loads(board.get("/mpseal/device.json"))
     board.put(json.dumps({**cfg, "mount": "vfsrom-ram"}).encode(), "/mpseal/device.json")
     board.set_firmware("no-vfsrom")
@@ -146,8 +154,11 @@ def main():
 
 
 def test_a_committed_image_that_crashes_at_every_boot_stops_in_locked_idle(
-        project: Path, board: VirtualBoard) -> None:
-    board.install(release(project, "2.0", 2, CRASH_AFTER_CONFIRM), Project.load(project).trust_root())
+    project: Path, board: VirtualBoard
+) -> None:
+    board.install(
+        release(project, "2.0", 2, CRASH_AFTER_CONFIRM), Project.load(project).trust_root()
+    )
     codes: list[int] = []
     output = ""
     for _ in range(10):
@@ -158,8 +169,9 @@ def test_a_committed_image_that_crashes_at_every_boot_stops_in_locked_idle(
             break
     # trial boot (confirm commits; the crash counts 1), then 4 more crashes, then idle
     assert codes == [17] * 5 + [18], codes
-    assert ("locked idle: the committed image failed 5 boots in a row; not starting it again"
-            in output)
+    assert (
+        "locked idle: the committed image failed 5 boots in a row; not starting it again" in output
+    )
     no_repl(output)
     assert board.status()["state"]["fails"] == 5
     # A new release clears the count: the board runs again.

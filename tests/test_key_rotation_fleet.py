@@ -38,8 +38,9 @@ def _release(project: Path, env: dict[str, str], version: str, counter: int) -> 
     text = (project / "mpseal.toml").read_text()
     import re
 
-    (project / "mpseal.toml").write_text(re.sub(r'version = "[^"]+"', f'version = "{version}"',
-                                                text, count=1))
+    (project / "mpseal.toml").write_text(
+        re.sub(r'version = "[^"]+"', f'version = "{version}"', text, count=1)
+    )
     _ok("build", project=project)
     _ok("release", "publish", f"dist/hello-{version}.mpseal", project=project, env=env)
     _ok("release", "promote", version, "--percent", "100", project=project, env=env)
@@ -57,8 +58,7 @@ def _update_all(project: Path) -> list[str]:
 
 
 def _release_keys(project: Path) -> list[str]:
-    return json.loads(_ok("keys", "list", "--json", project=project))["roles"]["release"][
-        "keyids"]
+    return json.loads(_ok("keys", "list", "--json", project=project))["roles"]["release"]["keyids"]
 
 
 def _root_version(project: Path, sim: str) -> int:
@@ -77,8 +77,15 @@ def test_release_key_rotation_a_fleet_survives(project: Path) -> None:
     with project_server(project) as url:
         env = {"MPSEAL_SERVER": url, "MPSEAL_ADMIN_TOKEN": ADMIN_TOKEN}
         (project / "device.toml").write_text(f'server = "{url}"\n')
-        _ok("provision", *[a for s in BOARDS for a in ("--sim", s)], "--config", "device.toml",
-            "--artifact", "dist/hello-1.0.0.mpseal", project=project)
+        _ok(
+            "provision",
+            *[a for s in BOARDS for a in ("--sim", s)],
+            "--config",
+            "device.toml",
+            "--artifact",
+            "dist/hello-1.0.0.mpseal",
+            project=project,
+        )
         for sim in BOARDS:
             _ok("sim", "boot", "--sim", sim, project=project)
 
@@ -108,8 +115,16 @@ def test_old_key_revoked_too_early_the_fleet_holds_the_root_back(project: Path) 
     with project_server(project) as url:
         env = {"MPSEAL_SERVER": url, "MPSEAL_ADMIN_TOKEN": ADMIN_TOKEN}
         (project / "device.toml").write_text(f'server = "{url}"\n')
-        _ok("provision", "--sim", BOARDS[0], "--config", "device.toml", "--artifact",
-            "dist/hello-1.0.0.mpseal", project=project)
+        _ok(
+            "provision",
+            "--sim",
+            BOARDS[0],
+            "--config",
+            "device.toml",
+            "--artifact",
+            "dist/hello-1.0.0.mpseal",
+            project=project,
+        )
         _ok("sim", "boot", "--sim", BOARDS[0], project=project)
         old_key = _release_keys(project)[0]
         _ok("keys", "rotate", "--role", "release", project=project)

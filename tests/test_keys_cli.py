@@ -41,7 +41,8 @@ def chain(project: Path) -> trustroot.TrustRoot:
     assert versions == list(range(1, len(versions) + 1))
     first = trustroot.parse((roots / "1.mpsr").read_bytes())
     newest = trustroot.verify_root_chain(
-        first, [(roots / f"{v}.mpsr").read_bytes() for v in versions[1:]])
+        first, [(roots / f"{v}.mpsr").read_bytes() for v in versions[1:]]
+    )
     assert newest.raw == (project / "keys" / "trust-root.mpsr").read_bytes()
     return newest
 
@@ -113,7 +114,9 @@ def test_rotate_root_key_fast_forward_chain(project: Path) -> None:
     first = trustroot.parse((project / "keys/roots/1.mpsr").read_bytes())
     old_root = first.roles["root"].keyids[0]
     out = keys_json(project, "rotate", "--role", "root")
-    assert out["removed"] == [old_root] and out["key_file"] == str(project / "keys/offline/root.pem")
+    assert out["removed"] == [old_root] and out["key_file"] == str(
+        project / "keys/offline/root.pem"
+    )
     assert (project / f"keys/offline/retired/root-{old_root[:16]}.pem").is_file()
     keys_json(project, "rotate", "--role", "timestamp")
     keys_json(project, "rotate", "--role", "root")
@@ -136,7 +139,9 @@ def test_revoke(project: Path) -> None:
     root = chain(project)
     assert old_release not in root.keys and len(root.roles["release"].keyids) == 1
     # The remaining key moved to the main path, so builds keep working.
-    assert Project.load(project).release_signer().public_key.keyid == root.roles["release"].keyids[0]
+    assert (
+        Project.load(project).release_signer().public_key.keyid == root.roles["release"].keyids[0]
+    )
     assert (project / f"keys/retired/release-{old_release[:16]}.pem").is_file()
     assert run_mpseal("build", "-C", project).returncode == 0
 
@@ -147,14 +152,22 @@ def test_revoke_refusals_are_one_line_and_change_nothing(project: Path) -> None:
     root = chain(project)
     release = root.roles["release"].keyids[0]
     root_key = root.roles["root"].keyids[0]
-    one_line_error(keys(project, "revoke", "--role", "release", release), 2,
-                   "is the only release key")
-    one_line_error(keys(project, "revoke", "--role", "root", root_key), 2,
-                   "would keep 1 keys but needs 2 signatures; give --threshold 1")
-    one_line_error(keys(project, "revoke", "--role", "root", "0123456789ab"), 2,
-                   "the root role has no key 0123456789ab")
-    one_line_error(keys(project, "revoke", "--role", "root", "abc"), 2,
-                   "must be at least 8 hex digits")
+    one_line_error(
+        keys(project, "revoke", "--role", "release", release), 2, "is the only release key"
+    )
+    one_line_error(
+        keys(project, "revoke", "--role", "root", root_key),
+        2,
+        "would keep 1 keys but needs 2 signatures; give --threshold 1",
+    )
+    one_line_error(
+        keys(project, "revoke", "--role", "root", "0123456789ab"),
+        2,
+        "the root role has no key 0123456789ab",
+    )
+    one_line_error(
+        keys(project, "revoke", "--role", "root", "abc"), 2, "must be at least 8 hex digits"
+    )
     assert snapshot(project) == before
     out = keys_json(project, "revoke", "--role", "root", root_key, "--threshold", "1")
     assert out["version"] == 3 and chain(project).roles["root"].threshold == 1
@@ -173,12 +186,16 @@ def test_add_an_existing_public_key(project: Path, tmp_path: Path) -> None:
     with pytest.raises(SignatureError, match="threshold is 2"):
         parse_timestamp(sign_timestamp(Timestamp(1, NOW, NOW + 60, 2), both[:1]), root, now=NOW)
     before = snapshot(project)
-    one_line_error(keys(project, "add", "--role", "release", "--public", pem), 2,
-                   "already the timestamp role's key")
+    one_line_error(
+        keys(project, "add", "--role", "release", "--public", pem),
+        2,
+        "already the timestamp role's key",
+    )
     bad = tmp_path / "bad.pem"
     bad.write_text("-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----\n")
-    one_line_error(keys(project, "add", "--role", "release", "--public", bad), 3,
-                   "not a PEM public key")
+    one_line_error(
+        keys(project, "add", "--role", "release", "--public", bad), 3, "not a PEM public key"
+    )
     assert snapshot(project) == before
 
 
@@ -186,15 +203,20 @@ def test_refuses_to_overwrite_an_interrupted_change(project: Path) -> None:
     """roots/2.mpsr exists but the trust root is still 1: never overwrite either."""
     (project / "keys/roots/2.mpsr").write_bytes(b"left by an interrupted change")
     before = snapshot(project)
-    one_line_error(keys(project, "rotate", "--role", "timestamp"), 2,
-                   "2.mpsr already exists but the trust root is version 1")
+    one_line_error(
+        keys(project, "rotate", "--role", "timestamp"),
+        2,
+        "2.mpsr already exists but the trust root is version 1",
+    )
     assert snapshot(project) == before
 
 
 def test_refuses_a_kept_root_that_differs(project: Path) -> None:
     (project / "keys/roots/1.mpsr").write_bytes(b"changed by hand")
     before = snapshot(project)
-    one_line_error(keys(project, "add", "--role", "release"), 2, "differs from the project's trust root")
+    one_line_error(
+        keys(project, "add", "--role", "release"), 2, "differs from the project's trust root"
+    )
     assert snapshot(project) == before
 
 
@@ -203,8 +225,9 @@ def test_an_old_project_gets_its_timestamp_role_and_key(project: Path) -> None:
     proj = Project.load(project)
     root = proj.trust_root()
     rootkey = proj.load_signer(proj.config.root_key, "root", lambda _: None)
-    doc = trustroot.build(1, {n: [root.keys[k] for k in r.keyids]
-                              for n, r in root.roles.items() if n != "timestamp"})
+    doc = trustroot.build(
+        1, {n: [root.keys[k] for k in r.keyids] for n, r in root.roles.items() if n != "timestamp"}
+    )
     (project / "keys/trust-root.mpsr").write_bytes(trustroot.sign(doc, [rootkey]))
     for p in (project / "keys/roots").iterdir():
         p.unlink()
@@ -223,8 +246,11 @@ def test_passphrase_protected_keys(tmp_path: Path) -> None:
     assert b"ENCRYPTED" in (folder / "keys/timestamp.pem").read_bytes()
     before = snapshot(folder)
     one_line_error(keys(folder, "rotate", "--role", "timestamp"), 2, "MPSEAL_PASSPHRASE")
-    one_line_error(keys(folder, "rotate", "--role", "timestamp",
-                        env={"MPSEAL_PASSPHRASE": "wrong"}), 2, "wrong passphrase")
+    one_line_error(
+        keys(folder, "rotate", "--role", "timestamp", env={"MPSEAL_PASSPHRASE": "wrong"}),
+        2,
+        "wrong passphrase",
+    )
     assert snapshot(folder) == before
     res = keys(folder, "rotate", "--role", "timestamp", "--encrypt-key", env=env)
     assert res.returncode == 0, res.stderr

@@ -10,11 +10,31 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "mpseal"
 
-HOST_PACKAGES = ["formats", "crypto", "packaging", "device", "pki", "lockdown", "fleet", "cli", "server"]
+HOST_PACKAGES = [
+    "formats",
+    "crypto",
+    "packaging",
+    "device",
+    "pki",
+    "lockdown",
+    "fleet",
+    "cli",
+    "server",
+]
 # package -> mpseal packages and third-party modules it must never import
 FORBIDDEN = {
     "formats": {"packaging", "device", "pki", "lockdown", "fleet", "cli", "server", "runtime"},
-    "crypto": {"formats", "packaging", "device", "pki", "lockdown", "fleet", "cli", "server", "runtime"},
+    "crypto": {
+        "formats",
+        "packaging",
+        "device",
+        "pki",
+        "lockdown",
+        "fleet",
+        "cli",
+        "server",
+        "runtime",
+    },
     "packaging": {"device", "pki", "lockdown", "fleet", "cli", "server"},
     "device": {"cli", "server", "fleet"},
     "pki": {"cli", "server", "fleet"},
@@ -72,11 +92,48 @@ def test_pure_layers_do_no_io(package: str) -> None:
 
 def test_runtime_imports_nothing_from_the_host() -> None:
     """Device code imports only MicroPython modules and its own siblings."""
-    allowed = {"vfs", "os", "sys", "struct", "json", "hashlib", "micropython", "machine", "gc",
-               "time", "io", "errno", "binascii", "cryptolib", "ssl", "socket", "select",
-               "asyncio", "random", "array", "collections", "uctypes", "network", "pyb",
-               "esp", "esp32", "rp2", "ntptime", "ubinascii", "uos", "utime", "ustruct",
-               "uhashlib", "ujson", "uerrno", "uio", "usocket", "ussl", "tls", "deflate"}
+    allowed = {
+        "vfs",
+        "os",
+        "sys",
+        "struct",
+        "json",
+        "hashlib",
+        "micropython",
+        "machine",
+        "gc",
+        "time",
+        "io",
+        "errno",
+        "binascii",
+        "cryptolib",
+        "ssl",
+        "socket",
+        "select",
+        "asyncio",
+        "random",
+        "array",
+        "collections",
+        "uctypes",
+        "network",
+        "pyb",
+        "esp",
+        "esp32",
+        "rp2",
+        "ntptime",
+        "ubinascii",
+        "uos",
+        "utime",
+        "ustruct",
+        "uhashlib",
+        "ujson",
+        "uerrno",
+        "uio",
+        "usocket",
+        "ussl",
+        "tls",
+        "deflate",
+    }
     siblings = {p.stem for p in (SRC / "runtime").glob("*.py")}
     bad = []
     for path in files_of("runtime"):
@@ -91,8 +148,10 @@ def test_architecture_doc_lists_the_packages_and_their_layers() -> None:
     """docs/architecture.md stays true: one row per package that exists, and each row's
     "may import" column is exactly what FORBIDDEN allows."""
     doc = (SRC.parents[1] / "docs" / "architecture.md").read_text()
-    rows = {m.group(1): m.group(2) for m in
-            re.finditer(r"^\| `([a-z_]+)/` \|[^|]*\| ([^|]*) \|$", doc, re.MULTILINE)}
+    rows = {
+        m.group(1): m.group(2)
+        for m in re.finditer(r"^\| `([a-z_]+)/` \|[^|]*\| ([^|]*) \|$", doc, re.MULTILINE)
+    }
     packages = {p.name for p in SRC.iterdir() if (p / "__init__.py").exists()} | {"runtime"}
     assert set(rows) == packages, "docs/architecture.md: add or remove package rows"
     everyone = set(packages) - {"runtime"}
@@ -101,5 +160,7 @@ def test_architecture_doc_lists_the_packages_and_their_layers() -> None:
             continue  # "everything" / "nothing": checked by the tests above
         allowed = everyone - FORBIDDEN.get(package, set()) - {package}
         listed = {name.strip() for name in column.split(",")}
-        assert listed == allowed, f"{package}: doc says {sorted(listed)}, layers allow {sorted(allowed)}"
+        assert listed == allowed, (
+            f"{package}: doc says {sorted(listed)}, layers allow {sorted(allowed)}"
+        )
     assert rows["cli"] == "everything" and rows["crypto"] == rows["runtime"] == "nothing"

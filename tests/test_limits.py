@@ -21,11 +21,15 @@ def constants(module: str) -> dict[str, object]:
     out: dict[str, object] = {}
     tree = ast.parse((runtime_dir() / f"{module}.py").read_text())
     for node in tree.body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(
-                node.targets[0], ast.Name):
+        if (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+        ):
             try:
-                out[node.targets[0].id] = eval(compile(ast.Expression(node.value), module,
-                                                       "eval"), {"__builtins__": {}})
+                out[node.targets[0].id] = eval(
+                    compile(ast.Expression(node.value), module, "eval"), {"__builtins__": {}}
+                )
             except Exception:  # noqa: BLE001 - names, calls: not a constant
                 continue
     return out

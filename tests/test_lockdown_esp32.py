@@ -45,11 +45,19 @@ def key(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_image_fixture_is_a_real_esp_app_image(tmp_path: Path) -> None:
     img = tmp_path / "app.bin"
     img.write_bytes(app_image("esp32s3"))
-    proc = subprocess.run([sys.executable, "-m", "esptool", "--chip", "esp32s3", "image-info",
-                           str(img)], capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "esptool", "--chip", "esp32s3", "image-info", str(img)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if proc.returncode != 0:  # esptool 4.x spells it image_info
-        proc = subprocess.run([sys.executable, "-m", "esptool", "--chip", "esp32s3",
-                               "image_info", str(img)], capture_output=True, text=True, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-m", "esptool", "--chip", "esp32s3", "image_info", str(img)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
     assert proc.returncode == 0, proc.stderr
     assert "Checksum" in proc.stdout and "(valid)" in proc.stdout
 
@@ -83,9 +91,20 @@ def test_round_trip_sign_then_verify_and_tampering_is_refused(key: Path, tmp_pat
     res = run_mpseal("lockdown", "esp32-verify", out, "--key", key)
     assert res.returncode == 0, res.stderr
     # espsecure itself agrees (not only mpseal's wrapper):
-    proc = subprocess.run([*esp.espsecure_command(), esp._cmd("verify-signature"), "--version",
-                           "2", "--keyfile", str(key), str(out)],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [
+            *esp.espsecure_command(),
+            esp._cmd("verify-signature"),
+            "--version",
+            "2",
+            "--keyfile",
+            str(key),
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
     for offset in (0, 100, len(signed) - 4096 - 1, len(signed) - 4096 + 40):
@@ -113,7 +132,8 @@ def test_signature_by_another_key_is_refused(key: Path, tmp_path: Path) -> None:
 
 
 def test_sign_refuses_wrong_chip_merged_image_signed_image_and_garbage(
-        key: Path, tmp_path: Path) -> None:
+    key: Path, tmp_path: Path
+) -> None:
     s3 = app_image("esp32s3")
     with pytest.raises(FormatError, match="chip id 9, not esp32"):
         esp.check_image(s3, "esp32")
@@ -136,8 +156,9 @@ def test_sign_refuses_wrong_chip_merged_image_signed_image_and_garbage(
         esp.sign_image(once, key, tmp_path / "twice.bin", "esp32")
     with pytest.raises(UsageError, match="already exists"):
         esp.sign_image(fw, key, once, "esp32")
-    res = run_mpseal("lockdown", "esp32-sign", tmp_path / "nope.bin", "--key", key,
-                     "-o", tmp_path / "x.bin")
+    res = run_mpseal(
+        "lockdown", "esp32-sign", tmp_path / "nope.bin", "--key", key, "-o", tmp_path / "x.bin"
+    )
     assert res.returncode == 2 and "not found" in res.stderr
 
 
@@ -146,10 +167,16 @@ def test_import_checks_what_the_chip_accepts(tmp_path: Path) -> None:
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
     def pem(k: object, password: bytes | None = None) -> bytes:
-        enc = (serialization.BestAvailableEncryption(password) if password
-               else serialization.NoEncryption())
-        return k.private_bytes(serialization.Encoding.PEM,  # type: ignore[attr-defined]
-                               serialization.PrivateFormat.PKCS8, enc)
+        enc = (
+            serialization.BestAvailableEncryption(password)
+            if password
+            else serialization.NoEncryption()
+        )
+        return k.private_bytes(
+            serialization.Encoding.PEM,  # type: ignore[attr-defined]
+            serialization.PrivateFormat.PKCS8,
+            enc,
+        )
 
     rsa2048 = tmp_path / "rsa2048.pem"
     rsa2048.write_bytes(pem(rsa.generate_private_key(65537, 2048)))
@@ -168,8 +195,16 @@ def test_import_checks_what_the_chip_accepts(tmp_path: Path) -> None:
         esp.import_key(tmp_path / "c.pem", locked, "esp32")
     assert not any((tmp_path / n).exists() for n in ("a.pem", "b.pem", "c.pem"))
 
-    res = run_mpseal("lockdown", "esp32-key", tmp_path / "imported.pem", "--import", good,
-                     "--board", "esp32s3", "--json")
+    res = run_mpseal(
+        "lockdown",
+        "esp32-key",
+        tmp_path / "imported.pem",
+        "--import",
+        good,
+        "--board",
+        "esp32s3",
+        "--json",
+    )
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["scheme"] == "rsa3072"
     assert (tmp_path / "imported.pem").read_bytes() == good.read_bytes()

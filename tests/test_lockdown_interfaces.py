@@ -30,9 +30,25 @@ def test_ids_are_unique_and_boards_known() -> None:
 
 
 def test_every_port_has_the_interfaces_the_issue_names() -> None:
-    wanted = {"repl-usb", "repl-uart", "raw-repl", "webrepl", "usb-msc", "safe-boot", "sd-boot",
-              "memx", "compiler", "sys-path", "writable-boot", "ctrl-c", "rom-download",
-              "jtag-swd", "stm32-dfu", "rp2-bootsel", "flash-readout"}
+    wanted = {
+        "repl-usb",
+        "repl-uart",
+        "raw-repl",
+        "webrepl",
+        "usb-msc",
+        "safe-boot",
+        "sd-boot",
+        "memx",
+        "compiler",
+        "sys-path",
+        "writable-boot",
+        "ctrl-c",
+        "rom-download",
+        "jtag-swd",
+        "stm32-dfu",
+        "rp2-bootsel",
+        "flash-readout",
+    }
     assert wanted <= set(itf.INTERFACES_BY_ID)
     assert "rom-download" in {i.id for i in itf.interfaces_for("esp32s3")}
     assert "stm32-dfu" in {i.id for i in itf.interfaces_for("openmv")}
@@ -51,18 +67,26 @@ def test_hardware_levers_are_the_only_ones_against_t3() -> None:
 
 def test_every_irreversible_lever_is_hardware() -> None:
     irreversible = {lv.id for lv in itf.LEVERS.values() if lv.reversible == Reversible.NO}
-    assert irreversible == {lv.id for lv in itf.LEVERS.values()
-                            if lv.kind == Kind.HARDWARE and lv.reversible == Reversible.NO}
+    assert irreversible == {
+        lv.id
+        for lv in itf.LEVERS.values()
+        if lv.kind == Kind.HARDWARE and lv.reversible == Reversible.NO
+    }
     assert itf.LEVERS["hw-stm32-rdp1"].reversible == Reversible.ERASE
     assert itf.LEVERS["hw-stm32-rdp2"].reversible == Reversible.NO
 
 
-@pytest.mark.parametrize("board, holes", [
-    ("rp2", {"jtag-swd", "rp2-bootsel", "flash-readout", "unsigned-firmware"}),
-    ("rp2350", {"flash-readout"}),
-    ("esp32", set()), ("esp32s3", set()), ("stm32", set()),
-    ("unix", {"sim-host"}),
-])
+@pytest.mark.parametrize(
+    "board, holes",
+    [
+        ("rp2", {"jtag-swd", "rp2-bootsel", "flash-readout", "unsigned-firmware"}),
+        ("rp2350", {"flash-readout"}),
+        ("esp32", set()),
+        ("esp32s3", set()),
+        ("stm32", set()),
+        ("unix", {"sim-host"}),
+    ],
+)
 def test_open_on_says_plainly_what_a_chip_cannot_close(board: str, holes: set[str]) -> None:
     assert {i.id for i in itf.open_on(board)} == holes
 
@@ -112,13 +136,16 @@ def test_probes_are_usable_by_the_audit() -> None:
             ast.parse(probe.code, mode="eval")  # one expression, sent through repr() later
 
 
-@pytest.mark.parametrize("password, ok", [
-    ("Xk7q2Lm9Z", True),
-    ("Xk7q2Lm9", False),  # 8 characters
-    ("Xk7q2Lm9Za", False),  # 10: WebREPL refuses it
-    ("aaaaaaaaa", False),
-    ("admin1234", False),
-    ("Xk7q2Lm9!", False),
-])
+@pytest.mark.parametrize(
+    "password, ok",
+    [
+        ("Xk7q2Lm9Z", True),
+        ("Xk7q2Lm9", False),  # 8 characters
+        ("Xk7q2Lm9Za", False),  # 10: WebREPL refuses it
+        ("aaaaaaaaa", False),
+        ("admin1234", False),
+        ("Xk7q2Lm9!", False),
+    ],
+)
 def test_webrepl_password_strength(password: str, ok: bool) -> None:
     assert (itf.webrepl_password_problems(password) == []) is ok

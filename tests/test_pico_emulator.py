@@ -63,8 +63,10 @@ def test_boots_to_repl_banner_on_usb_serial(tmp_path: Path) -> None:
 def test_raw_repl_and_raw_paste_through_mpseal_transport(link: SerialTransport) -> None:
     caps = link.capabilities()
     assert caps.raw_paste
-    assert link.exec("import sys; print(sys.implementation._machine)").strip() == \
-        "Raspberry Pi Pico with RP2040"
+    assert (
+        link.exec("import sys; print(sys.implementation._machine)").strip()
+        == "Raspberry Pi Pico with RP2040"
+    )
     data = bytes(range(256)) * 40  # 10 KB through raw-paste
     link.write_file("/blob.bin", data)
     assert link.read_file("/blob.bin", 20000) == data
@@ -86,8 +88,10 @@ def test_machine_reset_restarts_the_chip_and_keeps_flash(pico: VirtualPico) -> N
         pico.wait_repl(20)
     with SerialTransport(pico.path) as link:
         assert link.exec("print(open('/reset.txt').read())").strip() == "before reset"
-        assert link.eval("__import__('machine').reset_cause() == "
-                         "__import__('machine').WDT_RESET") is True
+        assert (
+            link.eval("__import__('machine').reset_cause() == __import__('machine').WDT_RESET")
+            is True
+        )
 
 
 def test_watchdog_timeout_resets_the_chip(pico: VirtualPico) -> None:
@@ -107,8 +111,10 @@ def test_power_cycle_keeps_files_and_reports_power_on(pico: VirtualPico) -> None
     assert pico.counters().resets == 0
     with SerialTransport(pico.path) as link:
         assert link.exec("print(open('/power.txt').read())").strip() == "survives"
-        assert link.eval("__import__('machine').reset_cause() == "
-                         "__import__('machine').PWRON_RESET") is True
+        assert (
+            link.eval("__import__('machine').reset_cause() == __import__('machine').PWRON_RESET")
+            is True
+        )
 
 
 def test_two_boards_have_distinct_unique_ids(pico: VirtualPico, tmp_path: Path) -> None:
@@ -130,9 +136,23 @@ def test_mpremote_talks_to_it(pico: VirtualPico, tmp_path: Path) -> None:
     src = tmp_path / "m.txt"
     src.write_bytes(b"from mpremote")
     mpremote = _mpremote()
-    res = subprocess.run([mpremote, "connect", pico.path, "fs", "cp", str(src), ":m.txt",
-                          "+", "exec", "print(open('m.txt').read())"],
-                         check=False, capture_output=True, timeout=60)
+    res = subprocess.run(
+        [
+            mpremote,
+            "connect",
+            pico.path,
+            "fs",
+            "cp",
+            str(src),
+            ":m.txt",
+            "+",
+            "exec",
+            "print(open('m.txt').read())",
+        ],
+        check=False,
+        capture_output=True,
+        timeout=60,
+    )
     assert res.returncode == 0, res.stderr.decode()
     assert b"from mpremote" in res.stdout
 
@@ -141,9 +161,11 @@ def test_cycle_counter_counts_emulated_cycles(pico: VirtualPico) -> None:
     with SerialTransport(pico.path) as link:
         link.exec("def spin(n):\n for i in range(n): pass\nspin(10)")
         c0 = pico.counters()
-        us = link.eval("(lambda t: (spin(100000), __import__('time').ticks_diff("
-                       "__import__('time').ticks_us(), t))[1])(__import__('time').ticks_us())",
-                       timeout=60)
+        us = link.eval(
+            "(lambda t: (spin(100000), __import__('time').ticks_diff("
+            "__import__('time').ticks_us(), t))[1])(__import__('time').ticks_us())",
+            timeout=60,
+        )
         c1 = pico.counters()
     assert isinstance(us, int)
     on_device = us * CPU_HZ // 1_000_000
@@ -170,10 +192,10 @@ def _replay(image: bytes, ops: list[str]) -> bytes:
         kind, off, n, *rest = op.split()
         o, n_ = int(off), int(n)
         if kind == "E":
-            flash[o:o + n_] = b"\xff" * n_
+            flash[o : o + n_] = b"\xff" * n_
         else:
             data = bytes.fromhex(rest[0])
-            flash[o:o + n_] = bytes(a & b for a, b in zip(flash[o:o + n_], data, strict=True))
+            flash[o : o + n_] = bytes(a & b for a, b in zip(flash[o : o + n_], data, strict=True))
     return bytes(flash)
 
 
@@ -199,7 +221,7 @@ def test_power_cut_at_write_n_leaves_exactly_n_minus_1_writes(tmp_path: Path) ->
             assert board.wait_off(30), f"no power cut at write {n}"
             assert board.cut is not None and board.cut["writes"] == n - 1
             board.power_off()
-            assert board.flash.read_bytes() == _replay(before, ops[:n - 1]), f"cut at {n}"
+            assert board.flash.read_bytes() == _replay(before, ops[: n - 1]), f"cut at {n}"
         # After the last cut the board boots again and littlefs mounts.
         board.start()
         assert board.wait_output(b"WRITER DONE", 30)
@@ -253,16 +275,22 @@ def test_romfs_image_partition_is_written_through_rp2_flash(tmp_path: Path) -> N
         board.start()
         board.wait_repl(30)
         with SerialTransport(board.path) as link:
-            got = link.eval("(lambda v, d: (len(memoryview(d)), v.rom_ioctl(3, 0, 4096), "
-                            "d.ioctl(6, 0), d.writeblocks(0, b'mpseal-romfs' * 400)))"
-                            "(__import__('vfs'), __import__('vfs').rom_ioctl(2, 0))")
+            got = link.eval(
+                "(lambda v, d: (len(memoryview(d)), v.rom_ioctl(3, 0, 4096), "
+                "d.ioctl(6, 0), d.writeblocks(0, b'mpseal-romfs' * 400)))"
+                "(__import__('vfs'), __import__('vfs').rom_ioctl(2, 0))"
+            )
             assert got == (262144, -22, 0, None)
-            assert link.eval("bytes(memoryview(__import__('vfs').rom_ioctl(2, 0))[:12])") == \
-                b"mpseal-romfs"
+            assert (
+                link.eval("bytes(memoryview(__import__('vfs').rom_ioctl(2, 0))[:12])")
+                == b"mpseal-romfs"
+            )
         board.power_cycle()
         board.wait_repl(30)
         with SerialTransport(board.path) as link:
-            assert link.eval("bytes(memoryview(__import__('vfs').rom_ioctl(2, 0))[4788:4804])") \
+            assert (
+                link.eval("bytes(memoryview(__import__('vfs').rom_ioctl(2, 0))[4788:4804])")
                 == b"mpseal-romfs" + b"\xff" * 4
+            )
     finally:
         board.stop()

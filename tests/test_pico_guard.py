@@ -45,7 +45,8 @@ def add_modules(project: Path) -> None:
     (app / "pkg").mkdir(exist_ok=True)
     (app / "pkg" / "__init__.py").write_text("")
     (app / "pkg" / "tool.py").write_text(
-        "import micropython\n\n\n@micropython.native\ndef double(x):\n    return 2 * x\n")
+        "import micropython\n\n\n@micropython.native\ndef double(x):\n    return 2 * x\n"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -72,15 +73,18 @@ def no_repl(text: str) -> None:
     assert ">>> " not in text and RAW_REPL_BANNER not in text, text
 
 
-def test_native_multi_module_app_boots_verified_on_stock_rpi_pico(rp2_project: Path,
-                                                                  pico: PicoBoard) -> None:
+def test_native_multi_module_app_boots_verified_on_stock_rpi_pico(
+    rp2_project: Path, pico: PicoBoard
+) -> None:
     blob = release(rp2_project, "1.0", 1, APP_MAIN, profile="dev")
     man = artifact.decode(blob).manifest
     assert man.arch == "armv6m" and "pkg/tool.mpy" in {f[0] for f in man.files}
     report = pico.boot()
     assert report.ran()[:1] == [("hello", "1.0", 1)], report.output
-    assert "booting hello 1.0 (counter 1) from slot a on trial (mount: verified-files)" \
+    assert (
+        "booting hello 1.0 (counter 1) from slot a on trial (mount: verified-files)"
         in report.guard_lines
+    )
     assert "running 1.0 helper 42 verified-files" in report.output
     assert "committed hello 1.0 (counter 1) in slot a" in report.guard_lines
     assert "AttributeError" not in report.output
@@ -89,12 +93,15 @@ def test_native_multi_module_app_boots_verified_on_stock_rpi_pico(rp2_project: P
 
 
 def test_update_trial_confirm_commit_on_the_pico(rp2_project: Path, pico: PicoBoard) -> None:
-    staged = pico.install(release(rp2_project, "2.0", 2, APP_MAIN, profile="dev"),
-                          root(rp2_project))
+    staged = pico.install(
+        release(rp2_project, "2.0", 2, APP_MAIN, profile="dev"), root(rp2_project)
+    )
     assert staged["slot"] == "b"
     report = pico.boot()
-    assert "booting hello 2.0 (counter 2) from slot b on trial (mount: verified-files)" \
-        in report.guard_lines, report.output
+    assert (
+        "booting hello 2.0 (counter 2) from slot b on trial (mount: verified-files)"
+        in report.guard_lines
+    ), report.output
     assert "running 2.0 helper 42 verified-files" in report.output
     assert "committed hello 2.0 (counter 2) in slot b" in report.guard_lines
     state = pico.status()["state"]
@@ -104,16 +111,19 @@ def test_update_trial_confirm_commit_on_the_pico(rp2_project: Path, pico: PicoBo
 def test_crashing_release_is_reverted_on_the_pico(rp2_project: Path, pico: PicoBoard) -> None:
     pico.install(release(rp2_project, "3.0", 3, CRASHING_MAIN, profile="dev"), root(rp2_project))
     report = pico.boot()
-    assert any("trial of slot a reverted: app crashed: RuntimeError: health check failed" in ln
-               for ln in report.guard_lines), report.output
+    assert any(
+        "trial of slot a reverted: app crashed: RuntimeError: health check failed" in ln
+        for ln in report.guard_lines
+    ), report.output
     report = pico.boot()  # dev profile: the REPL followed; the next boot runs the last good one
     assert report.ran()[-1] == ("hello", "2.0", 2), report.output
     state = pico.status()["state"]
     assert state["committed"] == "b" and state["counter"] == 2
 
 
-def test_tampered_and_rolled_back_releases_are_refused_on_the_pico(rp2_project: Path,
-                                                                   pico: PicoBoard) -> None:
+def test_tampered_and_rolled_back_releases_are_refused_on_the_pico(
+    rp2_project: Path, pico: PicoBoard
+) -> None:
     """Sent straight to the board's guard (no host check on the way)."""
     bad = bytearray(release(rp2_project, "4.0", 4, APP_MAIN, profile="dev"))
     bad[-3] ^= 0x40
@@ -137,8 +147,9 @@ def test_romfs_partition_written_through_rp2_block_device(tmp_path: Path) -> Non
     board = PicoBoard.create(tmp_path / "pico", romfs=True)
     board.install(release(project, "1.0", 1, APP_MAIN, profile="dev"), root(project))
     report = board.boot()
-    assert "copying slot a to the ROMFS partition (block device)" in report.guard_lines, \
+    assert "copying slot a to the ROMFS partition (block device)" in report.guard_lines, (
         report.output
+    )
     assert "running 1.0 helper 42 romfs-partition" in report.output
     report = board.boot()  # mirrored once: the next boot only re-hashes it
     assert not any("copying" in ln for ln in report.guard_lines)
@@ -155,8 +166,9 @@ def locked_board(project: Path, folder: Path, config: bytes) -> PicoBoard:
     return board
 
 
-def test_damaged_config_on_the_pico_idles_locked_without_a_repl(rp2_project: Path,
-                                                                tmp_path: Path) -> None:
+def test_damaged_config_on_the_pico_idles_locked_without_a_repl(
+    rp2_project: Path, tmp_path: Path
+) -> None:
     """On the stock firmware: a damaged device.json ends in locked idle with the reason on
     the USB serial line, and no REPL prompt appears there."""
     board = locked_board(rp2_project, tmp_path / "pico", b'{"board": "rp2", "profile": "fie')
@@ -165,20 +177,31 @@ def test_damaged_config_on_the_pico_idles_locked_without_a_repl(rp2_project: Pat
     assert "locked idle: no usable device config" in report.output
     no_repl(report.output)
     # the whole reason, as the guard logged it
-    assert any("locked idle: no usable device config: /mpseal/device.json is damaged" in ln
-               for ln in board.status()["log"])
+    assert any(
+        "locked idle: no usable device config: /mpseal/device.json is damaged" in ln
+        for ln in board.status()["log"]
+    )
 
 
-def test_forced_vfsrom_on_stock_rpi_pico_is_reported_as_missing(rp2_project: Path,
-                                                                tmp_path: Path) -> None:
-    cfg = json.dumps({"board": "rp2", "profile": "field", "max_tries": 3,
-                      "max_image": 4194304, "mount": "vfsrom-ram"}).encode()
+def test_forced_vfsrom_on_stock_rpi_pico_is_reported_as_missing(
+    rp2_project: Path, tmp_path: Path
+) -> None:
+    cfg = json.dumps(
+        {
+            "board": "rp2",
+            "profile": "field",
+            "max_tries": 3,
+            "max_image": 4194304,
+            "mount": "vfsrom-ram",
+        }
+    ).encode()
     board = locked_board(rp2_project, tmp_path / "pico", cfg)
     report = board.boot()
     assert report.outcome == "idle", report.output
     assert "locked idle: firmware lacks a feature the guard needs" in report.output
-    assert any("firmware lacks a feature the guard needs: firmware has no vfs.VfsRom" in ln
-               for ln in board.status()["log"])
+    assert any(
+        "firmware lacks a feature the guard needs: firmware has no vfs.VfsRom" in ln
+        for ln in board.status()["log"]
+    )
     assert "app crashed" not in report.output and "AttributeError" not in report.output
     no_repl(report.output)
-

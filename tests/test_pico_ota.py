@@ -82,15 +82,22 @@ def script() -> str:
 
 def parse(text: str) -> dict:
     line = next(ln for ln in text.splitlines() if ln.startswith("MPSEAL:"))
-    return ast.literal_eval(line[len("MPSEAL:"):])
+    return ast.literal_eval(line[len("MPSEAL:") :])
 
 
 def test_hostile_replies_and_header_deadline_on_stock_rpi_pico(tmp_path) -> None:
     # The unix VM, with the runtime sources (the network test bed's own client).
     runner = tmp_path / "runner.py"
     runner.write_text(f"import sys\nsys.path.insert(0, {str(vm.runtime_dir())!r})\n" + script())
-    unix = parse(subprocess.run([str(vm.find_micropython()), str(runner)], capture_output=True,
-                                text=True, timeout=120, check=True).stdout)
+    unix = parse(
+        subprocess.run(
+            [str(vm.find_micropython()), str(runner)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout
+    )
     # The Pico, with the guard's modules compiled for it, as `mpseal provision` installs them.
     files = {k.rsplit("/", 1)[1]: v for k, v in compiled_guard("rp2").items()}
     with pico_with(files) as link:
@@ -100,6 +107,16 @@ def test_hostile_replies_and_header_deadline_on_stock_rpi_pico(tmp_path) -> None
     assert pico["busy"][0] == "not json retry=7"  # Retry-After read from a 503
     assert pico["drip-headers"][0].startswith("refused: server missed the deadline")
     assert pico["drip-headers"][1] <= 3  # the 2 s deadline, plus the last 0.4 s read
-    for name in ("json-list", "no-space", "not-json", "no-length", "chunked",
-                 "bad-length", "too-big", "long-line", "many-headers", "header-no-colon"):
+    for name in (
+        "json-list",
+        "no-space",
+        "not-json",
+        "no-length",
+        "chunked",
+        "bad-length",
+        "too-big",
+        "long-line",
+        "many-headers",
+        "header-no-colon",
+    ):
         assert not pico[name][0].startswith("ok"), (name, pico[name])

@@ -25,8 +25,16 @@ def test_power_cut_at_every_write_of_an_update_on_the_virtual_pico(tmp_path: Pat
     assert run_mpseal("build", "-C", project).returncode == 0
     sim = tmp_path / "pico"
     assert run_mpseal("sim", "create", "--board", "rp2", "--sim", sim).returncode == 0
-    res = run_mpseal("sim", "install", project / "dist" / "hello-1.0.0.mpseal", "-C", project,
-                     "--sim", sim, timeout=600)
+    res = run_mpseal(
+        "sim",
+        "install",
+        project / "dist" / "hello-1.0.0.mpseal",
+        "-C",
+        project,
+        "--sim",
+        sim,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr
     res = run_mpseal("sim", "boot", "--sim", sim, timeout=600)
     assert res.returncode == 0 and "committed hello 1.0.0" in res.stdout, res.stdout[-800:]
@@ -45,5 +53,7 @@ def test_power_cut_at_every_write_of_an_update_on_the_virtual_pico(tmp_path: Pat
     status = PicoBoard(sim).status()
     assert status["state"]["committed"] == "b" and status["state"]["trial"] is None
     assert status["state"]["counter"] == 2
-    print(f"virtual Pico power cuts: {report.tried} points tried, {report.survived} survived "
-          f"({report.writes_per_step})")
+    print(
+        f"virtual Pico power cuts: {report.tried} points tried, {report.survived} survived "
+        f"({report.writes_per_step})"
+    )

@@ -96,17 +96,26 @@ def test_encrypted_ca_keys(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="wrong passphrase"):
         ca_mod.load_issuing_ca(tmp_path / "enc", lambda role: b"wrong")
     asked: list[str] = []
-    loaded = ca_mod.load_issuing_ca(tmp_path / "enc",
-                                    lambda role: asked.append(role) or b"s3cret passphrase")
+    loaded = ca_mod.load_issuing_ca(
+        tmp_path / "enc", lambda role: asked.append(role) or b"s3cret passphrase"
+    )
     assert asked == ["issuing CA"] and loaded.cert.subject.rfc4514_string()
 
 
-@pytest.mark.parametrize("role,eku", [("server", ExtendedKeyUsageOID.SERVER_AUTH),
-                                      ("client", ExtendedKeyUsageOID.CLIENT_AUTH)])
+@pytest.mark.parametrize(
+    "role,eku",
+    [("server", ExtendedKeyUsageOID.SERVER_AUTH), ("client", ExtendedKeyUsageOID.CLIENT_AUTH)],
+)
 def test_leaf_profile(issuing: ca_mod.IssuingCa, role: str, eku: x509.ObjectIdentifier) -> None:
     key = certs.generate_key()
-    req = certs.LeafRequest("node-7.example.com", role, ("DNS:node-7.example.com",  # type: ignore[arg-type]
-                                                         "IP:192.0.2.7"))
+    req = certs.LeafRequest(
+        "node-7.example.com",
+        role,
+        (
+            "DNS:node-7.example.com",  # type: ignore[arg-type]
+            "IP:192.0.2.7",
+        ),
+    )
     cert = certs.issue(issuing, req, key.public_key())
     assert ext(cert, x509.BasicConstraints).value.ca is False
     ku = ext(cert, x509.KeyUsage)
@@ -118,25 +127,39 @@ def test_leaf_profile(issuing: ca_mod.IssuingCa, role: str, eku: x509.ObjectIden
     cert.verify_directly_issued_by(issuing.cert)
     days = (cert.not_valid_after_utc - cert.not_valid_before_utc).days
     assert days == certs.DEFAULT_DAYS[role]
-    errors = [f for f in lint_bytes(cert.public_bytes(serialization.Encoding.DER), "leaf",
-                                    LintOptions(role=role, hostname="node-7.example.com",  # type: ignore[arg-type]
-                                                issuer=issuing.cert))
-              if f.severity == "error"]
+    errors = [
+        f
+        for f in lint_bytes(
+            cert.public_bytes(serialization.Encoding.DER),
+            "leaf",
+            LintOptions(
+                role=role,
+                hostname="node-7.example.com",  # type: ignore[arg-type]
+                issuer=issuing.cert,
+            ),
+        )
+        if f.severity == "error"
+    ]
     assert errors == []
 
 
 def test_leaf_never_outlives_the_issuing_ca(issuing: ca_mod.IssuingCa) -> None:
     with pytest.raises(UsageError, match="must not outlive"):
-        certs.issue(issuing, certs.LeafRequest("x", "client", days=40 * 365),
-                    certs.generate_key().public_key())
+        certs.issue(
+            issuing,
+            certs.LeafRequest("x", "client", days=40 * 365),
+            certs.generate_key().public_key(),
+        )
 
 
-@pytest.mark.parametrize("san", ["DNS:bad name", "IP:999.1.1.1", "DNS:a..b", "../etc",
-                                 "DNS:ö.example"])
+@pytest.mark.parametrize(
+    "san", ["DNS:bad name", "IP:999.1.1.1", "DNS:a..b", "../etc", "DNS:ö.example"]
+)
 def test_hostile_names_are_refused(issuing: ca_mod.IssuingCa, san: str) -> None:
     with pytest.raises(UsageError):
-        certs.issue(issuing, certs.LeafRequest("ok", "server", (san,)),
-                    certs.generate_key().public_key())
+        certs.issue(
+            issuing, certs.LeafRequest("ok", "server", (san,)), certs.generate_key().public_key()
+        )
 
 
 @pytest.mark.parametrize("stem", ["../x", "/abs", ".hidden", "a/b", "ö", ""])
@@ -147,8 +170,11 @@ def test_hostile_file_stems_are_refused(tmp_path: Path, stem: str) -> None:
 
 def test_keys_the_device_cannot_use_are_refused(issuing: ca_mod.IssuingCa) -> None:
     with pytest.raises(UsageError, match="Ed25519"):
-        certs.issue(issuing, certs.LeafRequest("x", "client"),
-                    ed25519.Ed25519PrivateKey.generate().public_key())
+        certs.issue(
+            issuing,
+            certs.LeafRequest("x", "client"),
+            ed25519.Ed25519PrivateKey.generate().public_key(),
+        )
 
 
 # --- the CertSigner protocol: an HSM stand-in ------------------------------------------------
@@ -189,16 +215,18 @@ def test_a_signer_that_lies_is_caught() -> None:
     liar = Liar()
     name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "x")])
     with pytest.raises(SignatureError):
-        sign_certificate(ca_mod.ca_builder(name, name, liar.public_key, liar.public_key, 9, 0),
-                         liar)
+        sign_certificate(
+            ca_mod.ca_builder(name, name, liar.public_key, liar.public_key, 9, 0), liar
+        )
 
 
 def test_any_mpseal_signer_is_a_cert_signer() -> None:
     signer = SignerCertSigner(PrivateKeySigner.generate())
     assert isinstance(signer, CertSigner)
     name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "y")])
-    cert = sign_certificate(ca_mod.ca_builder(name, name, signer.public_key, signer.public_key,
-                                              9, 0), signer)
+    cert = sign_certificate(
+        ca_mod.ca_builder(name, name, signer.public_key, signer.public_key, 9, 0), signer
+    )
     cert.verify_directly_issued_by(cert)
 
 
@@ -211,8 +239,9 @@ def test_csr_flow_keeps_the_key_with_its_owner(issuing: ca_mod.IssuingCa, tmp_pa
     certs.write_csr(paths, certs.make_csr("api.example.com", (), "Acme", key), key)
     assert mode(paths["key_pem"]) == 0o600 and mode(paths["key_der"]) == 0o600
     csr = certs.read_csr(paths["csr_pem"])
-    assert csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value \
-        .get_values_for_type(x509.DNSName) == ["api.example.com"]
+    assert csr.extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    ).value.get_values_for_type(x509.DNSName) == ["api.example.com"]
     cert = certs.issue(issuing, certs.LeafRequest("api.example.com", "server"), csr.public_key())
     assert cert.public_key() == key.public_key()
 
@@ -234,19 +263,24 @@ def test_a_forged_csr_is_refused(tmp_path: Path) -> None:
 # --- PEM -> DER ------------------------------------------------------------------------------
 
 
-def test_pem_to_der_one_file_per_certificate_and_key(issuing: ca_mod.IssuingCa,
-                                                       tmp_path: Path) -> None:
+def test_pem_to_der_one_file_per_certificate_and_key(
+    issuing: ca_mod.IssuingCa, tmp_path: Path
+) -> None:
     key = certs.generate_key()
     leaf = certs.issue(issuing, certs.LeafRequest("dev-1", "client"), key.public_key())
     bundle = tmp_path / "bundle.pem"
     bundle.write_bytes(certs.key_pem_der(key)[0] + pem(leaf, issuing.cert))
     out = certs.pem_to_der(bundle, tmp_path / "out")
     kinds = {o.path.name: o.kind for o in out}
-    assert kinds == {"bundle.key.der": "private key", "bundle-1.der": "certificate",
-                     "bundle-2.der": "certificate"}
+    assert kinds == {
+        "bundle.key.der": "private key",
+        "bundle-1.der": "certificate",
+        "bundle-2.der": "certificate",
+    }
     assert mode(tmp_path / "out/bundle.key.der") == 0o600
     assert (tmp_path / "out/bundle-1.der").read_bytes() == leaf.public_bytes(
-        serialization.Encoding.DER)
+        serialization.Encoding.DER
+    )
     # Again: the same key is "unchanged"; a different key is never overwritten.
     again = certs.pem_to_der(bundle, tmp_path / "out")
     assert [o.written for o in again if o.kind == "private key"] == [False]
@@ -271,8 +305,8 @@ def test_pem_to_der_refuses_der_and_ed25519(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="not PEM"):
         certs.pem_to_der(tmp_path / "c.der", tmp_path)
     ed = ed25519.Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption())
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     (tmp_path / "ed.pem").write_bytes(ed)
     with pytest.raises(UsageError, match="Ed25519"):
         certs.pem_to_der(tmp_path / "ed.pem", tmp_path)
@@ -305,8 +339,13 @@ def test_anchor_choice(issuing: ca_mod.IssuingCa) -> None:
 def test_anchor_expiry_is_checked() -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     root = ca_cert("short root", key)  # one year
-    leaf = leaf_cert("s.example", ec.generate_private_key(ec.SECP256R1()).public_key(), root, key,
-                     sans=("s.example",))
+    leaf = leaf_cert(
+        "s.example",
+        ec.generate_private_key(ec.SECP256R1()).public_key(),
+        root,
+        key,
+        sans=("s.example",),
+    )
     choice = anchor.choose_anchor([leaf, root], "root", "f")
     assert any("expires" in w for w in choice.warnings)
     later = dt.datetime.now(UTC) + dt.timedelta(days=400)
@@ -314,10 +353,17 @@ def test_anchor_expiry_is_checked() -> None:
         anchor.choose_anchor([leaf, root], "root", "f", now=later)
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("example.com:443", ("example.com", 443)), ("127.0.0.1:8443", ("127.0.0.1", 8443)),
-    ("[::1]:443", ("::1", 443)), ("example.com", None), ("a b:1", None), ("x:99999", "error"),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("example.com:443", ("example.com", 443)),
+        ("127.0.0.1:8443", ("127.0.0.1", 8443)),
+        ("[::1]:443", ("::1", 443)),
+        ("example.com", None),
+        ("a b:1", None),
+        ("x:99999", "error"),
+    ],
+)
 def test_hostport(text: str, expected: object) -> None:
     if expected == "error":
         with pytest.raises(UsageError):
@@ -329,13 +375,15 @@ def test_hostport(text: str, expected: object) -> None:
 # --- expiry ----------------------------------------------------------------------------------
 
 
-def test_expiry_lists_soonest_first_and_merges_copies(ca_dir: Path, issuing: ca_mod.IssuingCa,
-                                                      tmp_path: Path) -> None:
+def test_expiry_lists_soonest_first_and_merges_copies(
+    ca_dir: Path, issuing: ca_mod.IssuingCa, tmp_path: Path
+) -> None:
     key = certs.generate_key()
     leaf = certs.issue(issuing, certs.LeafRequest("dev", "client", days=30), key.public_key())
     certs.write_leaf(certs.leaf_paths(tmp_path, "dev"), leaf, issuing, key, force=False)
-    (tmp_path / "junk.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\nAAAA\n"
-                                        b"-----END CERTIFICATE-----\n")
+    (tmp_path / "junk.pem").write_bytes(
+        b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+    )
     report = expiry.scan([tmp_path, ca_dir])
     subjects = [e.subject for e in report.entries]
     assert subjects[0] == "CN=dev"

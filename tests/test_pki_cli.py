@@ -47,16 +47,18 @@ def test_ca_init_refuses_to_overwrite(ca: Path) -> None:
 
 
 def test_issue_writes_keys_0600_and_refuses_to_overwrite_them(ca: Path, tmp_path: Path) -> None:
-    res = run_mpseal("cert", "issue", "device-9", "--ca", ca, "--role", "client", "--out",
-                     tmp_path, "--json")
+    res = run_mpseal(
+        "cert", "issue", "device-9", "--ca", ca, "--role", "client", "--out", tmp_path, "--json"
+    )
     assert res.returncode == 0, res.stderr
     files = {k: Path(v) for k, v in json.loads(res.stdout)["files"].items()}
     assert mode(files["key_pem"]) == 0o600 and mode(files["key_der"]) == 0o600
     assert mode(files["cert_der"]) == 0o644
     before = snapshot(tmp_path)
     for extra in ([], ["--force"]):  # --force replaces certificates, never keys
-        res = run_mpseal("cert", "issue", "device-9", "--ca", ca, "--role", "client", "--out",
-                         tmp_path, *extra)
+        res = run_mpseal(
+            "cert", "issue", "device-9", "--ca", ca, "--role", "client", "--out", tmp_path, *extra
+        )
         one_line_error(res, 2, "device-9.key.pem already exists")
         assert snapshot(tmp_path) == before
 
@@ -66,19 +68,53 @@ def test_issue_from_a_csr(ca: Path, tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert mode(tmp_path / "api.example.com.key.pem") == 0o600
     key_before = (tmp_path / "api.example.com.key.pem").read_bytes()
-    res = run_mpseal("cert", "issue", "api.example.com", "--ca", ca, "--role", "server",
-                     "--csr", tmp_path / "api.example.com.csr.pem", "--out", tmp_path)
+    res = run_mpseal(
+        "cert",
+        "issue",
+        "api.example.com",
+        "--ca",
+        ca,
+        "--role",
+        "server",
+        "--csr",
+        tmp_path / "api.example.com.csr.pem",
+        "--out",
+        tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "api.example.com.key.pem").read_bytes() == key_before
     csr = x509.load_pem_x509_csr((tmp_path / "api.example.com.csr.pem").read_bytes())
     cert = x509.load_der_x509_certificate((tmp_path / "api.example.com.der").read_bytes())
     assert cert.public_key() == csr.public_key()
     # Renewal from the same CSR: refused unless --force, which replaces only certificates.
-    res = run_mpseal("cert", "issue", "api.example.com", "--ca", ca, "--role", "server",
-                     "--csr", tmp_path / "api.example.com.csr.pem", "--out", tmp_path)
+    res = run_mpseal(
+        "cert",
+        "issue",
+        "api.example.com",
+        "--ca",
+        ca,
+        "--role",
+        "server",
+        "--csr",
+        tmp_path / "api.example.com.csr.pem",
+        "--out",
+        tmp_path,
+    )
     one_line_error(res, 2, "already exists")
-    res = run_mpseal("cert", "issue", "api.example.com", "--ca", ca, "--role", "server",
-                     "--csr", tmp_path / "api.example.com.csr.pem", "--out", tmp_path, "--force")
+    res = run_mpseal(
+        "cert",
+        "issue",
+        "api.example.com",
+        "--ca",
+        ca,
+        "--role",
+        "server",
+        "--csr",
+        tmp_path / "api.example.com.csr.pem",
+        "--out",
+        tmp_path,
+        "--force",
+    )
     assert res.returncode == 0, res.stderr
 
 
@@ -87,32 +123,51 @@ def test_encrypted_ca(tmp_path: Path) -> None:
     res = run_mpseal("ca", "init", tmp_path / "ca", "--encrypt-keys", env=env)
     assert res.returncode == 0, res.stderr
     assert b"ENCRYPTED" in (tmp_path / "ca/offline/root-key.pem").read_bytes()
-    args = ("cert", "issue", "d1", "--ca", tmp_path / "ca", "--role", "client", "--out",
-            tmp_path / "out")
+    args = (
+        "cert",
+        "issue",
+        "d1",
+        "--ca",
+        tmp_path / "ca",
+        "--role",
+        "client",
+        "--out",
+        tmp_path / "out",
+    )
     one_line_error(run_mpseal(*args), 2, "MPSEAL_PASSPHRASE")
     one_line_error(run_mpseal(*args, env={"MPSEAL_PASSPHRASE": "nope"}), 2, "wrong passphrase")
     assert not (tmp_path / "out").exists()
     assert run_mpseal(*args, env=env).returncode == 0
 
 
-@pytest.mark.parametrize("args,code,words", [
-    (["cert", "lint", "/nonexistent/x.der"], 2, ["not found"]),
-    (["cert", "lint", "{f}", "--device-clock", "yesterday"], 2, ["--device-clock"]),
-    (["cert", "issue", "x", "--ca", "{ca}", "--role", "server", "--san", "DNS:bad name"], 2,
-     ["not a host name"]),
-    (["cert", "issue", "x", "--ca", "{tmp}", "--role", "client"], 2, ["not an mpseal CA"]),
-    (["cert", "issue", "x", "--ca", "{ca}", "--role", "server", "--csr", "{f}"], 3,
-     ["not a certificate signing request"]),
-    (["cert", "issue", "../x", "--ca", "{ca}", "--role", "client"], 2, ["file name"]),
-    (["cert", "anchor", "no-such-thing"], 2, ["neither a file nor host:port"]),
-    (["cert", "anchor", "127.0.0.1:1"], 4, ["cannot fetch"]),
-    (["cert", "anchor", "{f}"], 3, ["not an X.509 certificate"]),
-    (["cert", "der", "{f}"], 2, ["not PEM"]),
-    (["cert", "lint", "{f}", "--issuer", "{f}"], 3, ["not an X.509"]),
-    (["cert", "expiry", "/nonexistent"], 2, ["not a folder"]),
-])
-def test_bad_input_is_one_line_and_non_zero(ca: Path, tmp_path: Path, args: list[str], code: int,
-                                            words: list[str]) -> None:
+@pytest.mark.parametrize(
+    "args,code,words",
+    [
+        (["cert", "lint", "/nonexistent/x.der"], 2, ["not found"]),
+        (["cert", "lint", "{f}", "--device-clock", "yesterday"], 2, ["--device-clock"]),
+        (
+            ["cert", "issue", "x", "--ca", "{ca}", "--role", "server", "--san", "DNS:bad name"],
+            2,
+            ["not a host name"],
+        ),
+        (["cert", "issue", "x", "--ca", "{tmp}", "--role", "client"], 2, ["not an mpseal CA"]),
+        (
+            ["cert", "issue", "x", "--ca", "{ca}", "--role", "server", "--csr", "{f}"],
+            3,
+            ["not a certificate signing request"],
+        ),
+        (["cert", "issue", "../x", "--ca", "{ca}", "--role", "client"], 2, ["file name"]),
+        (["cert", "anchor", "no-such-thing"], 2, ["neither a file nor host:port"]),
+        (["cert", "anchor", "127.0.0.1:1"], 4, ["cannot fetch"]),
+        (["cert", "anchor", "{f}"], 3, ["not an X.509 certificate"]),
+        (["cert", "der", "{f}"], 2, ["not PEM"]),
+        (["cert", "lint", "{f}", "--issuer", "{f}"], 3, ["not an X.509"]),
+        (["cert", "expiry", "/nonexistent"], 2, ["not a folder"]),
+    ],
+)
+def test_bad_input_is_one_line_and_non_zero(
+    ca: Path, tmp_path: Path, args: list[str], code: int, words: list[str]
+) -> None:
     junk = tmp_path / "junk.bin"
     junk.write_bytes(os.urandom(300))
     filled = [a.format(ca=ca, f=junk, tmp=tmp_path) for a in args]
@@ -126,13 +181,15 @@ def test_lint_human_and_json(ca: Path, tmp_path: Path) -> None:
     assert res.returncode == 3 and "Traceback" not in res.stderr
     assert "not-a-certificate" in res.stdout and "pem-not-der" in res.stdout
     assert "mpseal cert der" in res.stdout  # the fix is printed
-    res = run_mpseal("cert", "lint", ca / "root.der", "--role", "ca", "--device-clock",
-                     "2030-01-01", "--json")
+    res = run_mpseal(
+        "cert", "lint", ca / "root.der", "--role", "ca", "--device-clock", "2030-01-01", "--json"
+    )
     assert res.returncode == 0, res.stdout
     report = json.loads(res.stdout)
     assert report["ok"] is True and report["counts"]["error"] == 0
-    res = run_mpseal("cert", "lint", ca / "root.der", "--role", "ca", "--device-clock",
-                     "2000-01-01", "--json")
+    res = run_mpseal(
+        "cert", "lint", ca / "root.der", "--role", "ca", "--device-clock", "2000-01-01", "--json"
+    )
     assert res.returncode == 3
     codes = {f["code"] for f in json.loads(res.stdout)["findings"]}
     assert "device-clock-before-validity" in codes

@@ -33,10 +33,36 @@ def _free_udp_port() -> int:
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("dtls")
     assert run_mpseal("ca", "init", root / "ca", "--org", "Acme").returncode == 0
-    assert run_mpseal("cert", "issue", "server.test", "--ca", root / "ca", "--role", "server",
-                      "--san", "DNS:server.test", "--out", root / "out").returncode == 0
-    assert run_mpseal("cert", "issue", "device-1", "--ca", root / "ca", "--role", "client",
-                      "--out", root / "out").returncode == 0
+    assert (
+        run_mpseal(
+            "cert",
+            "issue",
+            "server.test",
+            "--ca",
+            root / "ca",
+            "--role",
+            "server",
+            "--san",
+            "DNS:server.test",
+            "--out",
+            root / "out",
+        ).returncode
+        == 0
+    )
+    assert (
+        run_mpseal(
+            "cert",
+            "issue",
+            "device-1",
+            "--ca",
+            root / "ca",
+            "--role",
+            "client",
+            "--out",
+            root / "out",
+        ).returncode
+        == 0
+    )
     other = root / "other"
     assert run_mpseal("ca", "init", other, "--org", "Other").returncode == 0
     return root
@@ -47,11 +73,28 @@ def dtls_server(pki: Path) -> Iterator[tuple[int, subprocess.Popen[str]]]:
     """``openssl s_server`` over DTLS 1.2 that requires a client certificate."""
     port = _free_udp_port()
     proc = subprocess.Popen(
-        [OPENSSL, "s_server", "-dtls1_2", "-accept", f"{HOST}:{port}",
-         "-cert", str(pki / "out/server.test-chain.pem"),
-         "-key", str(pki / "out/server.test.key.pem"),
-         "-Verify", "1", "-CAfile", str(pki / "ca/ca-chain.pem"), "-naccept", "1"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            OPENSSL,
+            "s_server",
+            "-dtls1_2",
+            "-accept",
+            f"{HOST}:{port}",
+            "-cert",
+            str(pki / "out/server.test-chain.pem"),
+            "-key",
+            str(pki / "out/server.test.key.pem"),
+            "-Verify",
+            "1",
+            "-CAfile",
+            str(pki / "ca/ca-chain.pem"),
+            "-naccept",
+            "1",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         time.sleep(0.3)  # UDP: nothing to connect to; give it time to bind
         yield port, proc
@@ -60,9 +103,21 @@ def dtls_server(pki: Path) -> Iterator[tuple[int, subprocess.Popen[str]]]:
 
 
 def device(port: int, pki: Path, anchor: Path, hostname: str = "server.test") -> str:
-    proc = subprocess.run([str(MICROPYTHON), str(DTLS_CLIENT), HOST, str(port),
-                           str(pki / "out/device-1.der"), str(pki / "out/device-1.key.der"),
-                           str(anchor), hostname], capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [
+            str(MICROPYTHON),
+            str(DTLS_CLIENT),
+            HOST,
+            str(port),
+            str(pki / "out/device-1.der"),
+            str(pki / "out/device-1.key.der"),
+            str(anchor),
+            hostname,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     return (proc.stdout.strip().splitlines() or [proc.stderr.strip()])[-1]
 
 

@@ -47,11 +47,15 @@ def warnings_(data: bytes, **kw: object) -> set[str]:
 def build(**kw: object) -> bytes:
     """A leaf signed by ROOT with the given changes."""
     key = kw.pop("key", LEAF_KEY)
-    b = (x509.CertificateBuilder().subject_name(name(str(kw.pop("cn", "server.test"))))
-         .issuer_name(ROOT.subject).public_key(key.public_key())  # type: ignore[attr-defined]
-         .serial_number(x509.random_serial_number())
-         .not_valid_before(kw.pop("start", dt.datetime.now(UTC) - dt.timedelta(hours=1)))  # type: ignore[arg-type]
-         .not_valid_after(kw.pop("end", dt.datetime.now(UTC) + dt.timedelta(days=90))))  # type: ignore[arg-type]
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(name(str(kw.pop("cn", "server.test"))))
+        .issuer_name(ROOT.subject)
+        .public_key(key.public_key())  # type: ignore[attr-defined]
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(kw.pop("start", dt.datetime.now(UTC) - dt.timedelta(hours=1)))  # type: ignore[arg-type]
+        .not_valid_after(kw.pop("end", dt.datetime.now(UTC) + dt.timedelta(days=90)))
+    )  # type: ignore[arg-type]
     for ext, critical in kw.pop("exts", ()):  # type: ignore[attr-defined]
         b = b.add_extension(ext, critical=critical)
     return der(b.sign(kw.pop("signer", ROOT_KEY), kw.pop("hash", hashes.SHA256())))  # type: ignore[arg-type]
@@ -61,16 +65,29 @@ SAN = (x509.SubjectAlternativeName([x509.DNSName("server.test")]), False)
 
 
 def ku(**on: bool) -> tuple[x509.KeyUsage, bool]:
-    fields = {"digital_signature": False, "content_commitment": False, "key_encipherment": False,
-                  "data_encipherment": False, "key_agreement": False, "key_cert_sign": False,
-                  "crl_sign": False, "encipher_only": False, "decipher_only": False}
+    fields = {
+        "digital_signature": False,
+        "content_commitment": False,
+        "key_encipherment": False,
+        "data_encipherment": False,
+        "key_agreement": False,
+        "key_cert_sign": False,
+        "crl_sign": False,
+        "encipher_only": False,
+        "decipher_only": False,
+    }
     fields.update(on)
     return x509.KeyUsage(**fields), True
 
 
 def test_a_good_server_certificate_has_no_errors_or_warnings() -> None:
-    findings = lint(LEAF_DER, role="server", hostname="server.test", issuer=ROOT,
-                    device_clock=dt.datetime.now(UTC))
+    findings = lint(
+        LEAF_DER,
+        role="server",
+        hostname="server.test",
+        issuer=ROOT,
+        device_clock=dt.datetime.now(UTC),
+    )
     assert [f for f in findings if f.severity != "info"] == []
 
 
@@ -80,11 +97,14 @@ def test_p521_is_a_warning() -> None:
     assert "key-curve" not in errors(data, role="server")
 
 
-@pytest.mark.parametrize("key,code", [
-    (ec.generate_private_key(ec.BrainpoolP256R1()), "key-curve"),
-    (ec.generate_private_key(ec.SECP256K1()), "key-curve"),
-    (rsa.generate_private_key(65537, 1024), "rsa-key-size"),
-])
+@pytest.mark.parametrize(
+    "key,code",
+    [
+        (ec.generate_private_key(ec.BrainpoolP256R1()), "key-curve"),
+        (ec.generate_private_key(ec.SECP256K1()), "key-curve"),
+        (rsa.generate_private_key(65537, 1024), "rsa-key-size"),
+    ],
+)
 def test_keys_the_device_cannot_use(key: object, code: str) -> None:
     assert code in errors(build(key=key, exts=[SAN]), role="server")
 
@@ -97,8 +117,7 @@ def test_p384_and_rsa2048_are_fine() -> None:
 
 def test_sha224_signature_is_an_error() -> None:
     # (cryptography no longer signs with SHA-1; SHA-224 is below mbedTLS's profile too.)
-    assert "weak-signature-hash" in errors(build(hash=hashes.SHA224(), exts=[SAN]),
-                                           role="server")
+    assert "weak-signature-hash" in errors(build(hash=hashes.SHA224(), exts=[SAN]), role="server")
     self_signed = ca_cert("old root", ROOT_KEY, algorithm=hashes.SHA224())
     found = [f for f in lint(der(self_signed), role="ca") if f.code == "weak-signature-hash"]
     assert found and found[0].severity == "info"  # an anchor's own signature is not checked
@@ -109,8 +128,9 @@ def test_usage_for_the_role() -> None:
     assert "ext-key-usage" in errors(build(exts=[server_only]), role="client")
     assert "ext-key-usage" not in errors(build(exts=[server_only, SAN]), role="server")
     assert "key-usage" in errors(build(exts=[SAN, ku(key_agreement=True)]), role="server")
-    assert "key-usage" not in errors(build(exts=[SAN, ku(digital_signature=True,
-                                                          key_agreement=True)]), role="server")
+    assert "key-usage" not in errors(
+        build(exts=[SAN, ku(digital_signature=True, key_agreement=True)]), role="server"
+    )
     assert "basic-constraints" in errors(LEAF_DER, role="ca")
 
 
@@ -130,11 +150,9 @@ def test_names() -> None:
     assert not hostname_matches(cert, "a.example.com.")  # mbedTLS: a trailing dot never matches
     assert not hostname_matches(cert, "example.com")
     assert not hostname_matches(cert, "a.b.example.com")
-    ip = (x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("10.0.0.1"))]),
-          False)
+    ip = (x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("10.0.0.1"))]), False)
     assert "hostname-mismatch" in errors(build(exts=[ip]), role="server", hostname="10.0.0.2")
-    assert "hostname-mismatch" not in errors(build(exts=[ip]), role="server",
-                                             hostname="10.0.0.1")
+    assert "hostname-mismatch" not in errors(build(exts=[ip]), role="server", hostname="10.0.0.1")
 
 
 def test_time_host_clock_and_device_clock() -> None:
@@ -154,9 +172,11 @@ def test_time_host_clock_and_device_clock() -> None:
     assert "clock-unset" not in warnings_(LEAF_DER, role="client")
     # An explicit device date.
     assert "device-clock-before-validity" in errors(
-        LEAF_DER, role="server", device_clock=dt.datetime(2021, 1, 1, tzinfo=UTC))
+        LEAF_DER, role="server", device_clock=dt.datetime(2021, 1, 1, tzinfo=UTC)
+    )
     assert "device-clock-after-validity" in errors(
-        LEAF_DER, role="server", device_clock=now + dt.timedelta(days=400))
+        LEAF_DER, role="server", device_clock=now + dt.timedelta(days=400)
+    )
     # A certificate valid from 2020 is fine for rp2's unset clock but not for the ESP32's.
     early = build(exts=[SAN], start=dt.datetime(2020, 6, 1, tzinfo=UTC))
     found = [f for f in lint(early, role="server") if f.code == "clock-unset"]
@@ -186,7 +206,7 @@ def test_strict_der() -> None:
     derlib.check_strict(LEAF_DER)
     # Same certificate, outer length in a non-minimal long form: BER, not DER.
     tlv = derlib.top(LEAF_DER)
-    body = LEAF_DER[tlv.content_start:]
+    body = LEAF_DER[tlv.content_start :]
     n = len(body)
     ber = b"\x30\x83" + n.to_bytes(3, "big") + body
     assert derlib.reencode(ber) == LEAF_DER
@@ -228,8 +248,11 @@ def test_random_bytes_give_a_clean_finding(data: bytes) -> None:
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, len(LEAF_DER) - 1), st.integers(0, 255)),
-                min_size=1, max_size=6))
+@given(
+    st.lists(
+        st.tuples(st.integers(0, len(LEAF_DER) - 1), st.integers(0, 255)), min_size=1, max_size=6
+    )
+)
 def test_mutated_certificates_never_raise(edits: list[tuple[int, int]]) -> None:
     data = bytearray(LEAF_DER)
     for pos, value in edits:
@@ -238,14 +261,15 @@ def test_mutated_certificates_never_raise(edits: list[tuple[int, int]]) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.integers(0, len(LEAF_DER) - 1), st.integers(0, 12), st.binary(max_size=12),
-       st.booleans())
-def test_spliced_certificates_never_raise(pos: int, cut: int, insert: bytes,
-                                          as_pem: bool) -> None:
-    data = LEAF_DER[:pos] + insert + LEAF_DER[pos + cut:]
+@given(st.integers(0, len(LEAF_DER) - 1), st.integers(0, 12), st.binary(max_size=12), st.booleans())
+def test_spliced_certificates_never_raise(pos: int, cut: int, insert: bytes, as_pem: bool) -> None:
+    data = LEAF_DER[:pos] + insert + LEAF_DER[pos + cut :]
     if as_pem:
-        data = (b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(data)
-                + b"-----END CERTIFICATE-----\n")
+        data = (
+            b"-----BEGIN CERTIFICATE-----\n"
+            + base64.encodebytes(data)
+            + b"-----END CERTIFICATE-----\n"
+        )
     _never_raises(data)
 
 
@@ -256,28 +280,49 @@ def test_truncated_certificates_give_a_clean_finding(n: int) -> None:
     assert "not-a-certificate" in {f.code for f in findings}
 
 
-@pytest.mark.parametrize("data", [
-    b"",
-    b"\x30" * 5000,
-    b"\x30\x84\xff\xff\xff\xff",
-    b"\x30\x81\x00",
-    b"\x30\x80" * 100 + b"\x00\x00" * 100,
-    b"\x30\x02" * 4000,
-    b"-----BEGIN CERTIFICATE-----\n!!!not base64!!!\n-----END CERTIFICATE-----\n",
-    b"-----BEGIN CERTIFICATE-----\nMIIB\n",
-    b"-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n",
-    b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
-    b"-----BEGIN CERTIFICATE-----\n" * 3000,
-    "-----BEGIN CERTIFICATE-----\nö\n-----END CERTIFICATE-----\n".encode(),
-    LEAF_DER + b"\x00",
-    LEAF_DER + LEAF_DER,
-], ids=["empty", "nested-opens", "huge-length", "zero-long-length", "indefinite",
-        "deep-nesting", "bad-base64", "no-end", "empty-block", "key-not-cert", "many-begins",
-        "non-ascii", "trailing-byte", "two-der-certs"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\x30" * 5000,
+        b"\x30\x84\xff\xff\xff\xff",
+        b"\x30\x81\x00",
+        b"\x30\x80" * 100 + b"\x00\x00" * 100,
+        b"\x30\x02" * 4000,
+        b"-----BEGIN CERTIFICATE-----\n!!!not base64!!!\n-----END CERTIFICATE-----\n",
+        b"-----BEGIN CERTIFICATE-----\nMIIB\n",
+        b"-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n",
+        b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        b"-----BEGIN CERTIFICATE-----\n" * 3000,
+        "-----BEGIN CERTIFICATE-----\nö\n-----END CERTIFICATE-----\n".encode(),
+        LEAF_DER + b"\x00",
+        LEAF_DER + LEAF_DER,
+    ],
+    ids=[
+        "empty",
+        "nested-opens",
+        "huge-length",
+        "zero-long-length",
+        "indefinite",
+        "deep-nesting",
+        "bad-base64",
+        "no-end",
+        "empty-block",
+        "key-not-cert",
+        "many-begins",
+        "non-ascii",
+        "trailing-byte",
+        "two-der-certs",
+    ],
+)
 def test_hostile_files(data: bytes) -> None:
     findings = _never_raises(data)
     assert {f.code for f in findings if f.severity == "error"} & {
-        "not-a-certificate", "not-strict-der", "pem-not-der", "der-trailing-data"}
+        "not-a-certificate",
+        "not-strict-der",
+        "pem-not-der",
+        "der-trailing-data",
+    }
 
 
 def test_a_der_file_with_two_certificates() -> None:

@@ -50,16 +50,19 @@ def test_rotated_issuing_ca_keeps_old_devices_and_anchors_working(tmp_path: Path
 
     anchor = ca / "root.der"  # what devices were provisioned with, unchanged
     for device in (tmp_path / "old/device-old", tmp_path / "new/device-new"):
-        with python_server(tmp_path / "new/server.test-chain.pem",
-                           tmp_path / "new/server.test.key.pem", ca / "ca-chain.pem") as (
-                port, server):
+        with python_server(
+            tmp_path / "new/server.test-chain.pem",
+            tmp_path / "new/server.test.key.pem",
+            ca / "ca-chain.pem",
+        ) as (port, server):
             result = run_device(port, f"{device}.der", f"{device}.key.der", anchor)
         assert result.ok, (device.name, result.line)
         assert server.peer_subject == device.name  # type: ignore[attr-defined]
 
 
 def test_a_server_with_only_the_new_chain_refuses_old_devices_until_it_keeps_retired(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """Why ca-chain.pem keeps retired issuing CAs: without them old devices are locked out."""
     ca = tmp_path / "ca"
     ok(run_mpseal("ca", "init", ca))
@@ -68,15 +71,21 @@ def test_a_server_with_only_the_new_chain_refuses_old_devices_until_it_keeps_ret
     issue(ca, "server.test", "server", tmp_path / "new")
     new_only = tmp_path / "new-only.pem"
     new_only.write_bytes((ca / "issuing.pem").read_bytes() + (ca / "root.pem").read_bytes())
-    with python_server(tmp_path / "new/server.test-chain.pem",
-                       tmp_path / "new/server.test.key.pem", new_only) as (port, _):
-        result = run_device(port, tmp_path / "old/device-old.der",
-                            tmp_path / "old/device-old.key.der", ca / "root.der")
+    with python_server(
+        tmp_path / "new/server.test-chain.pem", tmp_path / "new/server.test.key.pem", new_only
+    ) as (port, _):
+        result = run_device(
+            port,
+            tmp_path / "old/device-old.der",
+            tmp_path / "old/device-old.key.der",
+            ca / "root.der",
+        )
     assert not result.ok
 
 
 def test_interrupted_rotation_is_finished_by_running_it_again(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ca = tmp_path / "ca"
     ca_mod.init_ca(ca, ca_mod.CaOptions())
     real_replace = ca_mod.os.replace

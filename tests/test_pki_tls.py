@@ -52,8 +52,11 @@ class Fleet:
 
     @property
     def server(self) -> tuple[Path, Path, Path]:
-        return (self.out / "server.test.pem", self.out / "server.test.key.pem",
-                self.out / "server.test-chain.pem")
+        return (
+            self.out / "server.test.pem",
+            self.out / "server.test.key.pem",
+            self.out / "server.test-chain.pem",
+        )
 
     @property
     def device(self) -> tuple[Path, Path]:
@@ -73,12 +76,46 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
     """A CA, a server and a device certificate, and an anchor: all made by the mpseal CLI."""
     root = tmp_path_factory.mktemp("fleet")
     ok(run_mpseal("ca", "init", root / "ca", "--org", "Acme"))
-    ok(run_mpseal("cert", "issue", "server.test", "--ca", root / "ca", "--role", "server",
-                  "--san", "DNS:server.test", "--san", "IP:127.0.0.1", "--out", root / "out"))
-    ok(run_mpseal("cert", "issue", "device-1", "--ca", root / "ca", "--role", "client",
-                  "--out", root / "out"))
-    res = run_mpseal("cert", "anchor", root / "out/server.test-chain.pem", "--ca-bundle",
-                     root / "ca/root.pem", "--out", root / "anchor.der", "--json")
+    ok(
+        run_mpseal(
+            "cert",
+            "issue",
+            "server.test",
+            "--ca",
+            root / "ca",
+            "--role",
+            "server",
+            "--san",
+            "DNS:server.test",
+            "--san",
+            "IP:127.0.0.1",
+            "--out",
+            root / "out",
+        )
+    )
+    ok(
+        run_mpseal(
+            "cert",
+            "issue",
+            "device-1",
+            "--ca",
+            root / "ca",
+            "--role",
+            "client",
+            "--out",
+            root / "out",
+        )
+    )
+    res = run_mpseal(
+        "cert",
+        "anchor",
+        root / "out/server.test-chain.pem",
+        "--ca-bundle",
+        root / "ca/root.pem",
+        "--out",
+        root / "anchor.der",
+        "--json",
+    )
     ok(res)
     assert json.loads(res.stdout)["mode"] == "root"
     return Fleet(root, root / "ca", root / "out", root / "anchor.der")
@@ -89,10 +126,15 @@ def lint_codes(data: bytes, **kw: object) -> set[str]:
     return {f.code for f in findings if f.severity == "error"}
 
 
-def device_against_python_server(fleet: Fleet, chain: Path | None = None,
-                                 key: Path | None = None, cert: Path | None = None,
-                                 dkey: Path | None = None, anchor: Path | None = None,
-                                 hostname: str = "server.test") -> tuple[DeviceResult, object]:
+def device_against_python_server(
+    fleet: Fleet,
+    chain: Path | None = None,
+    key: Path | None = None,
+    cert: Path | None = None,
+    dkey: Path | None = None,
+    anchor: Path | None = None,
+    hostname: str = "server.test",
+) -> tuple[DeviceResult, object]:
     _s_cert, s_key, s_chain = fleet.server
     d_cert, d_key = fleet.device
     with python_server(chain or s_chain, key or s_key, fleet.client_ca) as (port, server):
@@ -107,10 +149,19 @@ def test_the_anchor_is_the_root_and_lint_finds_nothing_wrong(fleet: Fleet) -> No
     assert fleet.anchor.read_bytes() == (fleet.ca / "root.der").read_bytes()
     d_cert, _ = fleet.device
     assert lint_codes(d_cert.read_bytes(), role="client") == set()
-    assert lint_codes(fleet.anchor.read_bytes(), role="ca",
-                      device_clock=dt.datetime.now(dt.UTC)) == set()
-    assert lint_codes(fleet.server[2].read_bytes(), role="server", hostname="server.test",
-                      issuer=x509.load_der_x509_certificate(fleet.anchor.read_bytes())) == set()
+    assert (
+        lint_codes(fleet.anchor.read_bytes(), role="ca", device_clock=dt.datetime.now(dt.UTC))
+        == set()
+    )
+    assert (
+        lint_codes(
+            fleet.server[2].read_bytes(),
+            role="server",
+            hostname="server.test",
+            issuer=x509.load_der_x509_certificate(fleet.anchor.read_bytes()),
+        )
+        == set()
+    )
 
 
 def test_mutual_tls_device_and_python_ssl_server(fleet: Fleet) -> None:
@@ -146,8 +197,9 @@ def test_one_certificate_per_file_on_the_device(fleet: Fleet, tmp_path: Path) ->
         result, _ = device_against_python_server(fleet, anchor=tmp_path / "two.der")
         assert result.ok is works, result.line
     d_cert, _ = fleet.device
-    (tmp_path / "chain.der").write_bytes(d_cert.read_bytes() + (fleet.ca / "issuing.der")
-                                         .read_bytes())
+    (tmp_path / "chain.der").write_bytes(
+        d_cert.read_bytes() + (fleet.ca / "issuing.der").read_bytes()
+    )
     assert "der-trailing-data" in lint_codes((tmp_path / "chain.der").read_bytes(), role="client")
     result, server = device_against_python_server(fleet, cert=tmp_path / "chain.der")
     assert result.ok, result.line
@@ -195,8 +247,16 @@ def test_anchor_from_host_port_then_handshake(fleet: Fleet) -> None:
     port, thread, listener = _plain_tls_server(s_chain, s_key)
     out = fleet.root / "anchor-net.der"
     try:
-        res = run_mpseal("cert", "anchor", f"127.0.0.1:{port}", "--ca-bundle",
-                         fleet.ca / "root.pem", "--out", out, "--json")
+        res = run_mpseal(
+            "cert",
+            "anchor",
+            f"127.0.0.1:{port}",
+            "--ca-bundle",
+            fleet.ca / "root.pem",
+            "--out",
+            out,
+            "--json",
+        )
     finally:
         thread.join(20)
         listener.close()
@@ -209,8 +269,9 @@ def test_anchor_from_host_port_then_handshake(fleet: Fleet) -> None:
 
 
 def test_pin_leaf_refused_for_a_ca_issued_leaf_and_the_device_agrees(fleet: Fleet) -> None:
-    res = run_mpseal("cert", "anchor", fleet.server[2], "--pin-leaf",
-                     "--out", fleet.root / "pin.der")
+    res = run_mpseal(
+        "cert", "anchor", fleet.server[2], "--pin-leaf", "--out", fleet.root / "pin.der"
+    )
     assert res.returncode == 2 and "self-signed" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     # What the refusal protects against: mbedTLS does not trust a pinned CA-issued leaf.
@@ -223,20 +284,29 @@ def test_pin_leaf_refused_for_a_ca_issued_leaf_and_the_device_agrees(fleet: Flee
 def test_pin_leaf_works_for_a_self_signed_server(fleet: Fleet, tmp_path: Path) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     start = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
-    cert = (x509.CertificateBuilder().subject_name(name("server.test"))
-            .issuer_name(name("server.test")).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start).not_valid_after(start + dt.timedelta(days=30))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("server.test")]), False)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name("server.test"))
+        .issuer_name(name("server.test"))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("server.test")]), False)
+        .sign(key, hashes.SHA256())
+    )
     (tmp_path / "self.pem").write_bytes(pem(cert))
     (tmp_path / "self.key.pem").write_bytes(key_pem(key))
-    res = run_mpseal("cert", "anchor", tmp_path / "self.pem", "--pin-leaf",
-                     "--out", tmp_path / "pin.der")
+    res = run_mpseal(
+        "cert", "anchor", tmp_path / "self.pem", "--pin-leaf", "--out", tmp_path / "pin.der"
+    )
     ok(res)
-    result, _ = device_against_python_server(fleet, chain=tmp_path / "self.pem",
-                                             key=tmp_path / "self.key.pem",
-                                             anchor=tmp_path / "pin.der")
+    result, _ = device_against_python_server(
+        fleet,
+        chain=tmp_path / "self.pem",
+        key=tmp_path / "self.key.pem",
+        anchor=tmp_path / "pin.der",
+    )
     assert result.ok, result.line
 
 
@@ -249,13 +319,15 @@ def _issuing(fleet: Fleet) -> ca_mod.IssuingCa:
 
 def _root_key(fleet: Fleet) -> ec.EllipticCurvePrivateKey:
     key = serialization.load_pem_private_key(
-        (fleet.ca / ca_mod.ROOT_KEY).read_bytes(), password=None)
+        (fleet.ca / ca_mod.ROOT_KEY).read_bytes(), password=None
+    )
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     return key
 
 
-def _write_server(tmp: Path, leaf: x509.Certificate, key: object,
-                  *intermediates: x509.Certificate) -> tuple[Path, Path]:
+def _write_server(
+    tmp: Path, leaf: x509.Certificate, key: object, *intermediates: x509.Certificate
+) -> tuple[Path, Path]:
     (tmp / "chain.pem").write_bytes(pem(leaf, *intermediates))
     (tmp / "key.pem").write_bytes(key_pem(key))
     return tmp / "chain.pem", tmp / "key.pem"
@@ -277,15 +349,23 @@ def test_pem_given_to_the_device(fleet: Fleet) -> None:
 def test_ed25519_certificate(fleet: Fleet, tmp_path: Path) -> None:
     issuing = _issuing(fleet)
     issuing_key = serialization.load_pem_private_key(
-        (fleet.ca / ca_mod.ISSUING_KEY).read_bytes(), password=None)
+        (fleet.ca / ca_mod.ISSUING_KEY).read_bytes(), password=None
+    )
     key = ed25519.Ed25519PrivateKey.generate()
-    cert = leaf_cert("device-ed", key.public_key(), issuing.cert, issuing_key,
-                     eku=ExtendedKeyUsageOID.CLIENT_AUTH, sans=())
+    cert = leaf_cert(
+        "device-ed",
+        key.public_key(),
+        issuing.cert,
+        issuing_key,
+        eku=ExtendedKeyUsageOID.CLIENT_AUTH,
+        sans=(),
+    )
     (tmp_path / "ed.der").write_bytes(der(cert))
     (tmp_path / "ed.key.der").write_bytes(key_der(key))
     assert "key-type" in lint_codes(der(cert), role="client")
-    result, _ = device_against_python_server(fleet, cert=tmp_path / "ed.der",
-                                             dkey=tmp_path / "ed.key.der")
+    result, _ = device_against_python_server(
+        fleet, cert=tmp_path / "ed.der", dkey=tmp_path / "ed.key.der"
+    )
     assert not result.ok and result.stage == "load_cert_chain", result.line
     # The certificate alone is refused too (with a P-256 key that mbedTLS can load).
     result, _ = device_against_python_server(fleet, cert=tmp_path / "ed.der")
@@ -319,8 +399,9 @@ def test_server_from_the_wrong_ca(fleet: Fleet, tmp_path: Path) -> None:
     leaf = certs.issue(other_ca, certs.LeafRequest("server.test", "server"), key.public_key())
     chain, skey = _write_server(tmp_path, leaf, key, other_ca.cert)
     anchor = x509.load_der_x509_certificate(fleet.anchor.read_bytes())
-    assert "issuer-mismatch" in lint_codes(chain.read_bytes(), role="server",
-                                           hostname="server.test", issuer=anchor)
+    assert "issuer-mismatch" in lint_codes(
+        chain.read_bytes(), role="server", hostname="server.test", issuer=anchor
+    )
     result, _server = device_against_python_server(fleet, chain=chain, key=skey)
     assert not result.ok and result.stage == "handshake", result.line
     assert "not correctly signed by the trusted CA" in result.line
@@ -337,66 +418,87 @@ def test_hostname_mismatch(fleet: Fleet) -> None:
 
 def test_critical_name_constraints(fleet: Fleet, tmp_path: Path) -> None:
     root = x509.load_pem_x509_certificate((fleet.ca / "root.pem").read_bytes())
-    nc = x509.NameConstraints(permitted_subtrees=[x509.DNSName("server.test")],
-                              excluded_subtrees=None)
+    nc = x509.NameConstraints(
+        permitted_subtrees=[x509.DNSName("server.test")], excluded_subtrees=None
+    )
     inter_key = ec.generate_private_key(ec.SECP256R1())
-    inter = ca_cert("constrained issuing", inter_key, root, _root_key(fleet),
-                    extra=((nc, True),))
+    inter = ca_cert("constrained issuing", inter_key, root, _root_key(fleet), extra=((nc, True),))
     key = ec.generate_private_key(ec.SECP256R1())
     leaf = leaf_cert("server.test", key.public_key(), inter, inter_key)
     chain, skey = _write_server(tmp_path, leaf, key, inter)
     assert "name-constraints" in lint_codes(der(inter), role="ca")
-    assert "name-constraints" in lint_codes(chain.read_bytes(), role="server",
-                                            hostname="server.test")
+    assert "name-constraints" in lint_codes(
+        chain.read_bytes(), role="server", hostname="server.test"
+    )
     result, _ = device_against_python_server(fleet, chain=chain, key=skey)
     assert not result.ok and result.stage == "handshake", result.line
 
 
-NC = x509.NameConstraints(permitted_subtrees=[x509.DNSName("server.test")],
-                          excluded_subtrees=None)
+NC = x509.NameConstraints(permitted_subtrees=[x509.DNSName("server.test")], excluded_subtrees=None)
 PC = x509.PolicyConstraints(require_explicit_policy=0, inhibit_policy_mapping=None)
-ODD_POLICY = x509.CertificatePolicies([x509.PolicyInformation(x509.ObjectIdentifier("1.2.3.4"),
-                                                              None)])
-ANY_POLICY = x509.CertificatePolicies([x509.PolicyInformation(
-    x509.ObjectIdentifier("2.5.29.32.0"), None)])
+ODD_POLICY = x509.CertificatePolicies(
+    [x509.PolicyInformation(x509.ObjectIdentifier("1.2.3.4"), None)]
+)
+ANY_POLICY = x509.CertificatePolicies(
+    [x509.PolicyInformation(x509.ObjectIdentifier("2.5.29.32.0"), None)]
+)
 UNKNOWN = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.55555.1"), b"\x05\x00")
 
 
-@pytest.mark.parametrize("ext,critical,code", [
-    (NC, True, "name-constraints"),
-    (NC, False, None),
-    (PC, True, "policy-constraints"),
-    (PC, False, None),
-    (ODD_POLICY, True, "critical-certificate-policies"),
-    (ANY_POLICY, True, None),
-    (UNKNOWN, True, "critical-extension-unknown"),
-    (UNKNOWN, False, None),
-], ids=["nc-critical", "nc", "pc-critical", "pc", "policy-critical", "anypolicy-critical",
-        "unknown-critical", "unknown"])
-def test_intermediate_extensions_lint_and_device_agree(fleet: Fleet, tmp_path: Path,
-                                                        ext: x509.ExtensionType, critical: bool,
-                                                        code: str | None) -> None:
+@pytest.mark.parametrize(
+    "ext,critical,code",
+    [
+        (NC, True, "name-constraints"),
+        (NC, False, None),
+        (PC, True, "policy-constraints"),
+        (PC, False, None),
+        (ODD_POLICY, True, "critical-certificate-policies"),
+        (ANY_POLICY, True, None),
+        (UNKNOWN, True, "critical-extension-unknown"),
+        (UNKNOWN, False, None),
+    ],
+    ids=[
+        "nc-critical",
+        "nc",
+        "pc-critical",
+        "pc",
+        "policy-critical",
+        "anypolicy-critical",
+        "unknown-critical",
+        "unknown",
+    ],
+)
+def test_intermediate_extensions_lint_and_device_agree(
+    fleet: Fleet, tmp_path: Path, ext: x509.ExtensionType, critical: bool, code: str | None
+) -> None:
     root = x509.load_pem_x509_certificate((fleet.ca / "root.pem").read_bytes())
     inter_key = ec.generate_private_key(ec.SECP256R1())
-    inter = ca_cert("issuing with extension", inter_key, root, _root_key(fleet),
-                    extra=((ext, critical),))
+    inter = ca_cert(
+        "issuing with extension", inter_key, root, _root_key(fleet), extra=((ext, critical),)
+    )
     key = ec.generate_private_key(ec.SECP256R1())
-    chain, skey = _write_server(tmp_path, leaf_cert("server.test", key.public_key(), inter,
-                                                    inter_key), key, inter)
+    chain, skey = _write_server(
+        tmp_path, leaf_cert("server.test", key.public_key(), inter, inter_key), key, inter
+    )
     errors = lint_codes(chain.read_bytes(), role="server", hostname="server.test")
     result, _ = device_against_python_server(fleet, chain=chain, key=skey)
     assert errors == ({code} if code else set())
     assert result.ok is (code is None), result.line
 
 
-@pytest.mark.parametrize("curve,works", [
-    (ec.SECP384R1(), True),
-    (ec.SECP521R1(), True),  # lint: a warning, not an error
-    (ec.SECP256K1(), False),
-    (ec.BrainpoolP256R1(), False),
-], ids=["p384", "p521", "secp256k1", "brainpoolP256r1"])
-def test_server_key_curves_lint_and_device_agree(fleet: Fleet, tmp_path: Path,
-                                                  curve: ec.EllipticCurve, works: bool) -> None:
+@pytest.mark.parametrize(
+    "curve,works",
+    [
+        (ec.SECP384R1(), True),
+        (ec.SECP521R1(), True),  # lint: a warning, not an error
+        (ec.SECP256K1(), False),
+        (ec.BrainpoolP256R1(), False),
+    ],
+    ids=["p384", "p521", "secp256k1", "brainpoolP256r1"],
+)
+def test_server_key_curves_lint_and_device_agree(
+    fleet: Fleet, tmp_path: Path, curve: ec.EllipticCurve, works: bool
+) -> None:
     root = x509.load_pem_x509_certificate((fleet.ca / "root.pem").read_bytes())
     key = ec.generate_private_key(curve)
     leaf = leaf_cert("server.test", key.public_key(), root, _root_key(fleet))
@@ -409,8 +511,9 @@ def test_server_key_curves_lint_and_device_agree(fleet: Fleet, tmp_path: Path,
 def test_weak_signature_hash(fleet: Fleet, tmp_path: Path) -> None:
     root = x509.load_pem_x509_certificate((fleet.ca / "root.pem").read_bytes())
     key = ec.generate_private_key(ec.SECP256R1())
-    leaf = leaf_cert("server.test", key.public_key(), root, _root_key(fleet),
-                     algorithm=hashes.SHA224())
+    leaf = leaf_cert(
+        "server.test", key.public_key(), root, _root_key(fleet), algorithm=hashes.SHA224()
+    )
     chain, skey = _write_server(tmp_path, leaf, key)
     assert "weak-signature-hash" in lint_codes(der(leaf), role="server")
     result, _ = device_against_python_server(fleet, chain=chain, key=skey)
@@ -420,7 +523,7 @@ def test_weak_signature_hash(fleet: Fleet, tmp_path: Path) -> None:
 def _padded_name(length: int) -> str:
     """A host name of exactly ``length`` characters, in labels of at most 60."""
     body = "a" * (length - len(".test"))
-    return ".".join(body[i:i + 60] for i in range(0, len(body), 61)) + ".test"
+    return ".".join(body[i : i + 60] for i in range(0, len(body), 61)) + ".test"
 
 
 def _client_cert_of_size(fleet: Fleet, size: int) -> tuple[bytes, bytes]:
@@ -439,14 +542,16 @@ def _client_cert_of_size(fleet: Fleet, size: int) -> tuple[bytes, bytes]:
 
 
 @pytest.mark.parametrize("size,fits", [(4086, True), (4087, False)])
-def test_client_certificate_must_fit_the_4k_record(fleet: Fleet, tmp_path: Path, size: int,
-                                                   fits: bool) -> None:
+def test_client_certificate_must_fit_the_4k_record(
+    fleet: Fleet, tmp_path: Path, size: int, fits: bool
+) -> None:
     cert, key = _client_cert_of_size(fleet, size)
     (tmp_path / "big.der").write_bytes(cert)
     (tmp_path / "big.key.der").write_bytes(key)
     predicted = "cert-message-too-large" in lint_codes(cert, role="client")
-    result, _ = device_against_python_server(fleet, cert=tmp_path / "big.der",
-                                             dkey=tmp_path / "big.key.der")
+    result, _ = device_against_python_server(
+        fleet, cert=tmp_path / "big.der", dkey=tmp_path / "big.key.der"
+    )
     assert predicted is not fits
     assert result.ok is fits, result.line
     if not fits:

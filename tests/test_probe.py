@@ -42,14 +42,35 @@ from mpseal.errors import FormatError
 # -- the decision, on facts ------------------------------------------------------------
 
 PICO = BoardFacts(  # stock RPI_PICO v1.28.0, as the firmware notes describe it
-    version=(1, 28, 0), platform="rp2", machine="Raspberry Pi Pico with RP2040",
-    mpy=MpyAbi(6, 3, "armv6m"), sha256=True, aes_cbc=True, ssl=False, json=True,
-    unique_id="machine", rename=True, vfs=True, vfsrom=False, rom=None,
-    mounts=(("/", "VfsLfs2"),), flash=Flash(4096, 352, 340), mem_free=241 * 1024,
-    mem_alloc=8 * 1024)
-RELEASE = Needs(app="app", version="1.0.0", mpy_version="6.3", arch="armv6m", native=True,
-                image_size=60 * 1024, artifact_size=61 * 1024, largest_file=12 * 1024,
-                extra_files=(4000,) * 10)
+    version=(1, 28, 0),
+    platform="rp2",
+    machine="Raspberry Pi Pico with RP2040",
+    mpy=MpyAbi(6, 3, "armv6m"),
+    sha256=True,
+    aes_cbc=True,
+    ssl=False,
+    json=True,
+    unique_id="machine",
+    rename=True,
+    vfs=True,
+    vfsrom=False,
+    rom=None,
+    mounts=(("/", "VfsLfs2"),),
+    flash=Flash(4096, 352, 340),
+    mem_free=241 * 1024,
+    mem_alloc=8 * 1024,
+)
+RELEASE = Needs(
+    app="app",
+    version="1.0.0",
+    mpy_version="6.3",
+    arch="armv6m",
+    native=True,
+    image_size=60 * 1024,
+    artifact_size=61 * 1024,
+    largest_file=12 * 1024,
+    extra_files=(4000,) * 10,
+)
 
 
 def test_mpy_word_decoded_as_micropython_encodes_it() -> None:
@@ -97,8 +118,12 @@ def test_mount_names_are_the_guards_own() -> None:
     from mpseal.device.vm import runtime_dir
 
     tree = ast.parse((runtime_dir() / "mpseal_guard.py").read_text())
-    mounts = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
-                  and any(isinstance(t, ast.Name) and t.id == "MOUNTS" for t in n.targets))
+    mounts = next(
+        ast.literal_eval(n.value)
+        for n in tree.body
+        if isinstance(n, ast.Assign)
+        and any(isinstance(t, ast.Name) and t.id == "MOUNTS" for t in n.targets)
+    )
     assert set(MOUNT_PATHS) == set(mounts) - {"auto"}
 
 
@@ -106,20 +131,38 @@ def test_a_forced_mount_needs_what_that_path_needs() -> None:
     """device.json "mount" forces a path; the guard then takes no other (no fallback)."""
     d = decide(PICO, RELEASE, mount=ROMFS_PARTITION)
     assert not d.ok and "for the forced romfs-partition mount" in d.missing[0]
-    assert "vfs.VfsRom for the forced vfsrom-ram" in decide(PICO, RELEASE, mount=VFSROM_RAM).missing[0]
+    assert (
+        "vfs.VfsRom for the forced vfsrom-ram" in decide(PICO, RELEASE, mount=VFSROM_RAM).missing[0]
+    )
     ram = replace(PICO, vfsrom=True, mem_free=RELEASE.image_size)  # auto would fall to files
     assert "free heap for the vfsrom-ram mount" in decide(ram, RELEASE, mount=VFSROM_RAM).missing[0]
     assert decide(replace(PICO, vfsrom=True), RELEASE, mount=VERIFIED_FILES).mount == VERIFIED_FILES
 
 
 def test_every_missing_feature_is_named() -> None:
-    bare = replace(PICO, sha256=False, json=False, rename=False, mounts=(), flash=None,
-                   aes_cbc=False, ssl=False, unique_id=None)
+    bare = replace(
+        PICO,
+        sha256=False,
+        json=False,
+        rename=False,
+        mounts=(),
+        flash=None,
+        aes_cbc=False,
+        ssl=False,
+        unique_id=None,
+    )
     d = decide(bare, replace(RELEASE, secrets=True, tls=True, identity=True))
     assert not d.ok and d.mount is None
     text = "; ".join(d.missing)
-    for name in ("hashlib.sha256", "json", "os.rename", "a writable filesystem",
-                 "cryptolib AES-CBC", "ssl.SSLContext", "machine.unique_id"):
+    for name in (
+        "hashlib.sha256",
+        "json",
+        "os.rename",
+        "a writable filesystem",
+        "cryptolib AES-CBC",
+        "ssl.SSLContext",
+        "machine.unique_id",
+    ):
         assert name in text
 
 
@@ -146,11 +189,18 @@ def test_mpy_version_and_arch_against_the_release() -> None:
 
 def test_hostile_probe_replies_raise_only_format_error() -> None:
     """Endless or malformed data from the board: a bounded parse, one error type."""
-    good = {"version": (1, 28, 0), "platform": "rp2", "mpy": 0x1006, "mem_free": 1,
-            "mounts": [("/", "VfsLfs2")], "statvfs": (4096, 10, 5, 0), "rom": (1, 2, True)}
+    good = {
+        "version": (1, 28, 0),
+        "platform": "rp2",
+        "mpy": 0x1006,
+        "mem_free": 1,
+        "mounts": [("/", "VfsLfs2")],
+        "statvfs": (4096, 10, 5, 0),
+        "rom": (1, 2, True),
+    }
     assert parse_facts(good).root_fs == "VfsLfs2"
     rng = random.Random(9)
-    junk = [None, -1, 2 ** 70, "x" * 10000, (), [], {}, ("a",), [1, 2], True, b"\x00", 1.5]
+    junk = [None, -1, 2**70, "x" * 10000, (), [], {}, ("a",), [1, 2], True, b"\x00", 1.5]
     for _ in range(400):
         bad = dict(good)
         for key in rng.sample(sorted(good) + ["unique_id"], rng.randint(1, 3)):
@@ -174,14 +224,18 @@ def test_the_device_probe_runs_in_the_vm_and_its_reply_parses(tmp_path: Path) ->
     target = tmp_path / "blob.bin"
     target.write_bytes(data)
     driver = tmp_path / "drive.py"
-    driver.write_text((vm.runtime_dir() / "mpseal_probe.py").read_text()
-                      + f"\nmpp_probe()\nmpp_files([{str(target)!r}, '/no/such/file'], True)\n")
+    driver.write_text(
+        (vm.runtime_dir() / "mpseal_probe.py").read_text()
+        + f"\nmpp_probe()\nmpp_files([{str(target)!r}, '/no/such/file'], True)\n"
+    )
     res = vm.run(driver, [])
     assert res.returncode == 0, res.stderr
     facts_line, files_line = res.stdout.strip().splitlines()
     facts = parse_facts(ast.literal_eval(facts_line))
     assert facts.mpy == MpyAbi(6, 3, "x64") and facts.sha256 and facts.vfsrom
-    assert facts.root_fs == "VfsPosix" and not facts.writable_fs  # the host's own files: not a board
+    assert (
+        facts.root_fs == "VfsPosix" and not facts.writable_fs
+    )  # the host's own files: not a board
     files = ast.literal_eval(files_line)
     assert files == {str(target): (len(data), hashlib.sha256(data).digest())}
 
@@ -216,8 +270,9 @@ def test_probe_the_virtual_board_on_a_pty(vboard: VirtualBoard) -> None:
     assert board["flash"]["block"] == 4096 and board["flash"]["blocks"] == 128
 
 
-def test_install_on_the_virtual_board_then_it_boots(project: Path, built: Path,
-                                                    vboard: VirtualBoard) -> None:
+def test_install_on_the_virtual_board_then_it_boots(
+    project: Path, built: Path, vboard: VirtualBoard
+) -> None:
     vboard.put(b"print('my own main.py')\n", "/main.py")  # as mpremote cp would leave it
     link = on_pty(vboard)
     try:
@@ -229,8 +284,7 @@ def test_install_on_the_virtual_board_then_it_boots(project: Path, built: Path,
         assert first["replaced"] == ["/main.py"]  # said, not silently overwritten
         assert first["written"][-1] == "/main.py"  # last: never a main.py before its guard
         # Again: the guard is current, only the release is staged (and --reset boots it).
-        res = run_mpseal("install", "--port", link.path, built, "-C", project, "--json",
-                         "--reset")
+        res = run_mpseal("install", "--port", link.path, built, "-C", project, "--json", "--reset")
         assert res.returncode == 0, res.stderr
         again = json.loads(res.stdout)
         assert again["written"] == [] and again["reset"] is True
@@ -243,8 +297,9 @@ def test_install_on_the_virtual_board_then_it_boots(project: Path, built: Path,
     assert not [name for name, _, _ in vboard.listdir("/mpseal") if "incoming" in name]
 
 
-def test_install_cut_off_midway_is_simply_run_again(project: Path, built: Path,
-                                                   tmp_path: Path) -> None:
+def test_install_cut_off_midway_is_simply_run_again(
+    project: Path, built: Path, tmp_path: Path
+) -> None:
     """The cable goes (the VM dies) part-way through the guard's files; a second install
     on the powered-up board finishes, and the board boots the release."""
     from serial_boards import VirtualBoardOnPty
@@ -277,30 +332,44 @@ def test_install_cut_off_midway_is_simply_run_again(project: Path, built: Path,
     assert report.ran()[-1][:2] == ("hello", "1.0.0")
 
 
-def test_install_forcing_verified_files_on_the_virtual_board(project: Path, built: Path,
-                                                             vboard: VirtualBoard) -> None:
+def test_install_forcing_verified_files_on_the_virtual_board(
+    project: Path, built: Path, vboard: VirtualBoard
+) -> None:
     """The stock-firmware mount (no VfsRom) exercised on a board that has VfsRom; a forced
     path the firmware lacks is refused before anything is written."""
     before = flash_digest(vboard)
     link = on_pty(vboard)
     try:
-        res = run_mpseal("install", "--port", link.path, built, "-C", project,
-                         "--mount", "romfs-partition")
+        res = run_mpseal(
+            "install", "--port", link.path, built, "-C", project, "--mount", "romfs-partition"
+        )
         assert res.returncode == 3 and "for the forced romfs-partition mount" in res.stderr
         assert flash_digest(vboard) == before
-        res = run_mpseal("install", "--port", link.path, built, "-C", project,
-                         "--mount", "verified-files", "--json")
+        res = run_mpseal(
+            "install",
+            "--port",
+            link.path,
+            built,
+            "-C",
+            project,
+            "--mount",
+            "verified-files",
+            "--json",
+        )
         assert res.returncode == 0, res.stderr
         assert json.loads(res.stdout)["mount"] == VERIFIED_FILES
     finally:
         link.close()
     report = vboard.boot()
-    assert f"hello 1.0.0 (counter 1) from slot a on trial (mount: {VERIFIED_FILES})" in report.output
+    assert (
+        f"hello 1.0.0 (counter 1) from slot a on trial (mount: {VERIFIED_FILES})" in report.output
+    )
     assert "sum of squares below 1000: 332833500" in report.output
 
 
 def test_install_refuses_a_release_for_another_arch_and_writes_nothing(
-        tmp_path: Path, vboard: VirtualBoard) -> None:
+    tmp_path: Path, vboard: VirtualBoard
+) -> None:
     """An esp32 (xtensawin) release with @native code, offered to an x64 board."""
     proj = tmp_path / "espapp"
     assert run_mpseal("init", proj, "--board", "esp32", "--name", "espapp").returncode == 0
@@ -322,12 +391,12 @@ def test_install_refuses_a_release_for_another_arch_and_writes_nothing(
     assert flash_digest(vboard) == before  # not one byte of the flash changed
 
 
-def test_a_board_locked_by_the_field_profile_says_how_to_open_it(project: Path, built: Path,
-                                                                 vboard: VirtualBoard) -> None:
+def test_a_board_locked_by_the_field_profile_says_how_to_open_it(
+    project: Path, built: Path, vboard: VirtualBoard
+) -> None:
     link = on_pty(vboard)
     try:
-        res = run_mpseal("install", "--port", link.path, built, "-C", project,
-                         "--profile", "field")
+        res = run_mpseal("install", "--port", link.path, built, "-C", project, "--profile", "field")
         assert res.returncode == 0, res.stderr
     finally:
         link.close()
@@ -341,9 +410,9 @@ def test_a_board_locked_by_the_field_profile_says_how_to_open_it(project: Path, 
     assert "\n" not in line and "field or sealed profile" in line and "unlock-token" in line
 
 
-def test_install_refuses_to_replace_another_trust_root(project: Path, built: Path,
-                                                       tmp_path: Path,
-                                                       vboard: VirtualBoard) -> None:
+def test_install_refuses_to_replace_another_trust_root(
+    project: Path, built: Path, tmp_path: Path, vboard: VirtualBoard
+) -> None:
     other = tmp_path / "other"
     assert run_mpseal("init", other, "--board", "unix", "--name", "other").returncode == 0
     assert run_mpseal("build", "-C", other).returncode == 0
@@ -367,8 +436,9 @@ def _device_files(pts: str) -> object:
         t.close()
 
 
-def test_microbit_is_refused_with_what_it_lacks_and_nothing_written(project: Path,
-                                                                   built: Path) -> None:
+def test_microbit_is_refused_with_what_it_lacks_and_nothing_written(
+    project: Path, built: Path
+) -> None:
     """MicroPython 1.9.2: no .mpy 6, no hashlib, no vfs, a flat filesystem."""
     assert run_mpseal("ca", "init", project / "ca").returncode == 0
     with qemu_microbit() as pts:
@@ -376,8 +446,9 @@ def test_microbit_is_refused_with_what_it_lacks_and_nothing_written(project: Pat
         res = run_mpseal("install", "--port", pts, built, "-C", project, timeout=180)
         after = _device_files(pts)
         probe = run_mpseal("probe", "--port", pts, "--json", timeout=180)
-        prov = run_mpseal("provision", "--port", pts, "-C", project, "--artifact", built,
-                          "--json", timeout=180)
+        prov = run_mpseal(
+            "provision", "--port", pts, "-C", project, "--artifact", built, "--json", timeout=180
+        )
         after_provision = _device_files(pts)
     # provision refuses it the same way, before a key is issued or a byte written
     assert prov.returncode == 3
@@ -389,16 +460,21 @@ def test_microbit_is_refused_with_what_it_lacks_and_nothing_written(project: Pat
     assert res.returncode == 3, res.stderr
     line = res.stderr.strip()
     assert "\n" not in line and "MicroPython 1.9.2 on microbit cannot run hello 1.0.0" in line
-    for name in (".mpy 6.3 (MicroPython >= 1.23", "hashlib.sha256", "vfs.mount",
-                 "a writable filesystem"):
+    for name in (
+        ".mpy 6.3 (MicroPython >= 1.23",
+        "hashlib.sha256",
+        "vfs.mount",
+        "a writable filesystem",
+    ):
         assert name in line
     assert after == before
     facts = json.loads(probe.stdout)["board"]
     assert facts["mpy"] is None and facts["unique_id"] == "machine"
 
 
-def test_mps2_an385_stock_firmware_is_refused_without_a_filesystem(project: Path,
-                                                                   tmp_path: Path) -> None:
+def test_mps2_an385_stock_firmware_is_refused_without_a_filesystem(
+    project: Path, tmp_path: Path
+) -> None:
     """Stock v1.28.0 on a Cortex-M3: VfsRom yes, but no writable filesystem to keep slots on.
 
     The release is built for rp2 (armv6m: Thumb code a Cortex-M3 loads), so only the filesystem
@@ -440,8 +516,15 @@ def test_probe_the_romfs_pico_finds_its_partition_as_a_block_device(tmp_path: Pa
     rp2 = tmp_path / "rp2app"
     assert run_mpseal("init", rp2, "--board", "rp2", "--name", "rp2app").returncode == 0
     assert run_mpseal("build", "-C", rp2).returncode == 0
-    res = run_mpseal("probe", "--sim", sim, "--artifact", rp2 / "dist" / "rp2app-1.0.0.mpseal",
-                     "--json", timeout=300)
+    res = run_mpseal(
+        "probe",
+        "--sim",
+        sim,
+        "--artifact",
+        rp2 / "dist" / "rp2app-1.0.0.mpseal",
+        "--json",
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert out["board"]["vfsrom"] is True
@@ -450,8 +533,9 @@ def test_probe_the_romfs_pico_finds_its_partition_as_a_block_device(tmp_path: Pa
 
 
 @pytest.mark.parametrize(("romfs", "mount"), [(False, VERIFIED_FILES), (True, ROMFS_PARTITION)])
-def test_install_an_rp2_release_on_a_virtual_pico_which_boots_it(tmp_path: Path, romfs: bool,
-                                                                 mount: str) -> None:
+def test_install_an_rp2_release_on_a_virtual_pico_which_boots_it(
+    tmp_path: Path, romfs: bool, mount: str
+) -> None:
     """Stock RPI_PICO v1.28.0 in rp2040js (no VfsRom: the guard serves verified files) and
     the RPI_PICO_ROMFS build (a ROMFS partition: the guard mirrors the image there).
 
@@ -473,13 +557,15 @@ def test_install_an_rp2_release_on_a_virtual_pico_which_boots_it(tmp_path: Path,
         out = json.loads(probe.stdout)
         assert out["board"]["mpy"] == {"version": "6.3", "arch": "armv6m"}
         assert out["board"]["vfsrom"] is romfs and out["release"]["mount"] == mount
-        res = run_mpseal("install", "--port", path, art, "-C", proj, "--reset", "--json",
-                         timeout=600)
+        res = run_mpseal(
+            "install", "--port", path, art, "-C", proj, "--reset", "--json", timeout=600
+        )
         assert res.returncode == 0, res.stderr
         done = json.loads(res.stdout)
         assert done["slot"] == "a" and done["reset"] is True and done["mount"] == mount
-        assert pico.wait_output(b"committed picoapp 1.0.0", 120), \
-            pico.output.decode("utf-8", "replace")[-600:]
+        assert pico.wait_output(b"committed picoapp 1.0.0", 120), pico.output.decode(
+            "utf-8", "replace"
+        )[-600:]
         log = pico.output.decode("utf-8", "replace")
         # the guard mounted it the way the probe said it would, and the app ran
         assert f"picoapp 1.0.0 (counter 1) from slot a on trial (mount: {mount})" in log

@@ -41,9 +41,14 @@ def factory(project: Path, tmp_path: Path):
     registry = Registry.open(f"sqlite:///{tmp_path / 'fleet.db'}")
 
     def plan(**kw: object) -> ProvisionPlan:
-        base = {"board": "unix", "profile": "field", "trust_root": proj.trust_root().raw,
-                    "ca": load_issuing_ca(tmp_path / "ca"), "config": {"server": "https://u.test"},
-                    "secrets": SECRETS_IN}
+        base = {
+            "board": "unix",
+            "profile": "field",
+            "trust_root": proj.trust_root().raw,
+            "ca": load_issuing_ca(tmp_path / "ca"),
+            "config": {"server": "https://u.test"},
+            "secrets": SECRETS_IN,
+        }
         base.update(kw)
         return ProvisionPlan(**base)  # type: ignore[arg-type]
 
@@ -58,9 +63,15 @@ def device_identity_is_known(transport, registry: Registry, hw: str, flat: bool 
     valid = [c for c in registry.certificates(hw) if c.status == "valid"]
     import hashlib
 
-    assert [c.fingerprint for c in valid] == [hashlib.sha256(
-        cert.public_bytes(__import__("cryptography.hazmat.primitives.serialization",
-                                     fromlist=["Encoding"]).Encoding.DER)).hexdigest()]
+    assert [c.fingerprint for c in valid] == [
+        hashlib.sha256(
+            cert.public_bytes(
+                __import__(
+                    "cryptography.hazmat.primitives.serialization", fromlist=["Encoding"]
+                ).Encoding.DER
+            )
+        ).hexdigest()
+    ]
 
 
 APP_USING_SECRETS = """\
@@ -105,8 +116,9 @@ def test_provision_the_virtual_board_end_to_end(factory, project: Path, tmp_path
 
 
 @pytest.mark.parametrize("stop_at", STEPS)
-def test_interrupted_provisioning_is_cleanly_redone(factory, built: Path, tmp_path: Path,
-                                                    stop_at: str) -> None:
+def test_interrupted_provisioning_is_cleanly_redone(
+    factory, built: Path, tmp_path: Path, stop_at: str
+) -> None:
     """Stopped right after each step; run again, the device ends fully provisioned."""
     plan, registry = factory
     artifact = built.read_bytes()
@@ -174,6 +186,7 @@ def test_provision_microbit_firmware_in_qemu_interrupted_after_each_step(factory
             assert first.outcome == "provisioned"
             hw = first.hardware_id
             for stop_at in ("read-id", "issue", "write", "mark", "activate"):
+
                 def hook(_hw: str, step: str, stop_at: str = stop_at) -> None:
                     if step == stop_at:
                         raise Interrupted(step)

@@ -8,8 +8,9 @@ from pathlib import Path
 from conftest import run_mpseal
 
 
-def test_provision_three_virtual_boards_in_parallel_then_again(project: Path,
-                                                               tmp_path: Path) -> None:
+def test_provision_three_virtual_boards_in_parallel_then_again(
+    project: Path, tmp_path: Path
+) -> None:
     assert run_mpseal("ca", "init", project / "ca").returncode == 0
     sims = []
     for i in range(3):
@@ -18,8 +19,9 @@ def test_provision_three_virtual_boards_in_parallel_then_again(project: Path,
         sims += ["--sim", sim]
     secrets = tmp_path / "secrets.toml"
     secrets.write_text('wifi_ssid = "line-3"\nwifi_password = "pw"\n')
-    res = run_mpseal("provision", "-C", project, *sims, "--secrets", secrets, "-j", "3",
-                     "--json", timeout=300)
+    res = run_mpseal(
+        "provision", "-C", project, *sims, "--secrets", secrets, "-j", "3", "--json", timeout=300
+    )
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert out["provisioned"] == 3 and out["failed"] == 0
@@ -34,8 +36,9 @@ def test_provision_three_virtual_boards_in_parallel_then_again(project: Path,
     victim = sorted(ids)[0]
     res = run_mpseal("registry", "revoke", victim, "-C", project, "--reason", "stolen")
     assert res.returncode == 0 and "the server refuses it" in res.stdout
-    listed = json.loads(run_mpseal("registry", "list", "-C", project, "--state", "revoked",
-                                   "--json").stdout)
+    listed = json.loads(
+        run_mpseal("registry", "list", "-C", project, "--state", "revoked", "--json").stdout
+    )
     assert [d["hardware_id"] for d in listed] == [victim]
     # A revoked device is never provisioned again; the others still skip; exit is non-zero.
     res = run_mpseal("provision", "-C", project, *sims, "--json", timeout=300)

@@ -31,8 +31,9 @@ def test_device_made_key_gets_its_certificate(project: Path, tmp_path: Path) -> 
     assert run_mpseal("ca", "init", project / "ca").returncode == 0
     sim = tmp_path / "sim"
     assert run_mpseal("sim", "create", "--sim", sim).returncode == 0
-    res = run_mpseal("provision", "-C", project, "--sim", sim, "--keygen", "device", "--json",
-                     timeout=300)
+    res = run_mpseal(
+        "provision", "-C", project, "--sim", sim, "--keygen", "device", "--json", timeout=300
+    )
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert out["provisioned"] == 1
@@ -52,8 +53,18 @@ def test_device_made_key_gets_its_certificate(project: Path, tmp_path: Path) -> 
             assert key.private_numbers().private_value.to_bytes(32, "big") not in f.read_bytes()
 
     # --force: a fresh key made by the device, a new certificate, the old one superseded
-    res = run_mpseal("provision", "-C", project, "--sim", sim, "--keygen", "device",
-                     "--force", "--json", timeout=300)
+    res = run_mpseal(
+        "provision",
+        "-C",
+        project,
+        "--sim",
+        sim,
+        "--keygen",
+        "device",
+        "--force",
+        "--json",
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     cert2_der, key2_der = device_files(sim)
     assert key2_der != key_der and cert2_der != cert_der

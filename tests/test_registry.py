@@ -15,11 +15,18 @@ from mpseal.fleet.registry import CertRecord, Identity, Registry, token_hash
 
 def ident(hw: str | None = None, days: int = 365, token: str | None = None) -> Identity:
     return Identity(
-        hardware_id=hw or os.urandom(8).hex(), board="esp32",
-        cert=CertRecord("device", "CN=dev", os.urandom(16).hex(), os.urandom(32).hex(),
-                        datetime.now(UTC) + timedelta(days=days)),
+        hardware_id=hw or os.urandom(8).hex(),
+        board="esp32",
+        cert=CertRecord(
+            "device",
+            "CN=dev",
+            os.urandom(16).hex(),
+            os.urandom(32).hex(),
+            datetime.now(UTC) + timedelta(days=days),
+        ),
         secrets=(("wifi", "ab" * 32), ("api", "cd" * 32)),
-        token_hash=token_hash(token) if token else None)
+        token_hash=token_hash(token) if token else None,
+    )
 
 
 def test_migrations_create_the_schema_and_are_idempotent(db_url: str) -> None:
@@ -27,7 +34,8 @@ def test_migrations_create_the_schema_and_are_idempotent(db_url: str) -> None:
     Registry.open(db_url)  # already at head: nothing to do, nothing breaks
     insp = sa.inspect(sa.create_engine(db_url))
     assert {"devices", "certificates", "secrets", "events", "alembic_version"} <= set(
-        insp.get_table_names())
+        insp.get_table_names()
+    )
 
 
 def test_identities_are_recorded_all_or_nothing(db_url: str) -> None:
@@ -130,6 +138,7 @@ def test_registry_import_is_all_or_nothing_and_activates_in_bulk(db_url: str, tm
     _import_file(tmp_path / "x.csv", 2, start=2999)  # imp-0002999 exists already
     import csv
     import json
+
     rows = list(csv.DictReader((tmp_path / "x.csv").open()))
     again.write_text("".join(json.dumps(r) + "\n" for r in rows))
     res = run_mpseal("registry", "import", again, "--db", db_url)

@@ -40,8 +40,9 @@ def clock() -> Clock:
 
 @pytest.fixture
 def world(project: Path, tmp_path: Path, clock: Clock):
-    with ota_world(tmp_path, f"sqlite:///{tmp_path / 'fleet.db'}", project, renewal=True,
-                   clock=clock) as w:
+    with ota_world(
+        tmp_path, f"sqlite:///{tmp_path / 'fleet.db'}", project, renewal=True, clock=clock
+    ) as w:
         yield w
 
 
@@ -65,8 +66,11 @@ def round_at(world: World, clock: Clock, board: VirtualBoard, days: int) -> dict
 
 def issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     try:
-        ca.public_key().verify(cert.signature, cert.tbs_certificate_bytes,  # type: ignore[call-arg,union-attr]
-                               ec.ECDSA(hashes.SHA256()))
+        ca.public_key().verify(
+            cert.signature,
+            cert.tbs_certificate_bytes,  # type: ignore[call-arg,union-attr]
+            ec.ECDSA(hashes.SHA256()),
+        )
         return True
     except Exception:  # noqa: BLE001
         return False
@@ -74,8 +78,9 @@ def issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
 
 def test_fleet_renews_rotates_and_revokes_while_updating(world: World, clock: Clock) -> None:
     v1 = world.release("1.0.0", 1)
-    boards = [world.board(v1, config={"server": world.server_url}, keygen="device")
-              for _ in range(2)]
+    boards = [
+        world.board(v1, config={"server": world.server_url}, keygen="device") for _ in range(2)
+    ]
     reg = Registry.open(world.db_url)
     first = {b.hardware_id: identity(b)[1] for b in boards}
     for b in boards:
@@ -96,9 +101,12 @@ def test_fleet_renews_rotates_and_revokes_while_updating(world: World, clock: Cl
             assert cert.not_valid_before_utc > datetime.now(UTC) + timedelta(days=day - 1)
             # only the current pair is left on the board: the old key is gone
             assert [f for f in files(b) if f.startswith("device")] == [
-                f"device-{step + 1}.der", f"device-{step + 1}.key.der"], files(b)
-            seen[b.hardware_id].append(hashlib.sha256(
-                b.get("/mpseal/id/" + str(ptr["cert"]))).hexdigest())
+                f"device-{step + 1}.der",
+                f"device-{step + 1}.key.der",
+            ], files(b)
+            seen[b.hardware_id].append(
+                hashlib.sha256(b.get("/mpseal/id/" + str(ptr["cert"]))).hexdigest()
+            )
             assert any("certificate renewed" in ln for ln in guard_log(b))
     for b in boards:  # every serial recorded per device
         recorded = {c.fingerprint for c in reg.certificates(b.hardware_id)}
@@ -163,15 +171,15 @@ def test_fleet_renews_rotates_and_revokes_while_updating(world: World, clock: Cl
     assert [r[1] for r in good.boot().ran()] == ["1.2.0"]
 
 
-
 @pytest.mark.parametrize("tear", [False, True], ids=["cut", "torn"])
 def test_power_cut_at_every_write_of_a_renewal(world: World, clock: Clock, tear: bool) -> None:
     """The flash loses power at write N of a renewal round (``torn``: that write stops
     half-way), for every N: the board then
     still does mutual TLS with a pair that works (old or new), and the next round
     finishes the renewal, leaving only the current pair on the board."""
-    board = world.board(world.release("1.0.0", 1), config={"server": world.server_url},
-                        keygen="device")
+    board = world.board(
+        world.release("1.0.0", 1), config={"server": world.server_url}, keygen="device"
+    )
     life = identity(board)[1]
     day = ((life.not_valid_after_utc - life.not_valid_before_utc) * 2 / 3).days + 1
     clock.offset = timedelta(days=day)
@@ -190,19 +198,24 @@ def test_power_cut_at_every_write_of_a_renewal(world: World, clock: Clock, tear:
         assert ptr["n"] == 1, (n, guard_log(board)[-3:])
         assert cert.not_valid_after_utc - cert.not_valid_before_utc == timedelta(days=30)
         assert [f for f in files(board) if f.startswith("device")] == [
-            "device-1.der", "device-1.key.der"], (n, files(board))
+            "device-1.der",
+            "device-1.key.der",
+        ], (n, files(board))
     else:
         pytest.fail("the renewal round never finished")
     assert cuts >= 10, cuts  # the renewal's writes were all cut at least once
-    print(f"renewal power-cut test: {cuts} cut points tried, {cuts} survived; the whole "
-          f"round took {n - 1} block writes")
+    print(
+        f"renewal power-cut test: {cuts} cut points tried, {cuts} survived; the whole "
+        f"round took {n - 1} block writes"
+    )
 
 
 def test_board_whose_certificate_expired_recovers(world: World, clock: Clock) -> None:
     """Off longer than its certificate lived: the board connects with its bearer token only,
     signs the server's challenge with its expired key, and gets a new certificate."""
-    board = world.board(world.release("1.0.0", 1), config={"server": world.server_url},
-                        keygen="device")
+    board = world.board(
+        world.release("1.0.0", 1), config={"server": world.server_url}, keygen="device"
+    )
     life = identity(board)[1]
     day = ((life.not_valid_after_utc - life.not_valid_before_utc) * 2 / 3).days + 1
     assert round_at(world, clock, board, day) == {"result": "none"}
@@ -212,8 +225,11 @@ def test_board_whose_certificate_expired_recovers(world: World, clock: Clock) ->
     ptr, cert = identity(board)
     assert ptr["n"] == 2 and any("certificate recovered" in ln for ln in guard_log(board))
     assert cert.not_valid_after_utc > datetime.now(UTC) + timedelta(days=day + 29)
-    assert [e.kind for e in Registry.open(world.db_url).events(board.hardware_id)
-            if e.kind in ("renewed", "recovered")] == ["renewed", "recovered"]
+    assert [
+        e.kind
+        for e in Registry.open(world.db_url).events(board.hardware_id)
+        if e.kind in ("renewed", "recovered")
+    ] == ["renewed", "recovered"]
     # and the recovered certificate works for mutual TLS
     assert round_at(world, clock, board, day) == {"result": "none"}
     assert identity(board)[0]["n"] == 2

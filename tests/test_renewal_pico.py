@@ -29,34 +29,44 @@ def link() -> Iterator[SerialTransport]:
         try:
             board.wait_repl(60)
             with SerialTransport(board.path) as t:
-                t.exec("import os\nfor d in ('/lib', '/mpseal', '/mpseal/id'):\n"
-                       "    try:\n        os.mkdir(d)\n    except OSError:\n        pass\n")
+                t.exec(
+                    "import os\nfor d in ('/lib', '/mpseal', '/mpseal/id'):\n"
+                    "    try:\n        os.mkdir(d)\n    except OSError:\n        pass\n"
+                )
                 for path, data in compiled_guard("rp2").items():
-                    if path.endswith(("mpseal_renew.mpy", "mpseal_meta.mpy",
-                                      "mpseal_release.mpy", "mpseal_guard.mpy",
-                                      "mpseal_state.mpy", "mpseal_port.mpy")):
+                    if path.endswith(
+                        (
+                            "mpseal_renew.mpy",
+                            "mpseal_meta.mpy",
+                            "mpseal_release.mpy",
+                            "mpseal_guard.mpy",
+                            "mpseal_state.mpy",
+                            "mpseal_port.mpy",
+                        )
+                    ):
                         t.write_file(path, data)
                 yield t
         finally:
             board.stop()
 
 
-def test_renewal_key_csr_and_decision_on_the_pico(link: SerialTransport,
-                                                  tmp_path: Path) -> None:
+def test_renewal_key_csr_and_decision_on_the_pico(link: SerialTransport, tmp_path: Path) -> None:
     made = device_csr(link, "rp2", [("CN", "pico-0001")])  # the renewal's CSR subject
     csr = x509.load_der_x509_csr(made.csr_der)
     assert csr.is_signature_valid
     init_ca(tmp_path / "ca", CaOptions(name="pico renewal"))
-    ident = issue_identity(load_issuing_ca(tmp_path / "ca"), "pico-0001", 30,
-                           csr.public_key())  # type: ignore[arg-type]
+    ident = issue_identity(load_issuing_ca(tmp_path / "ca"), "pico-0001", 30, csr.public_key())  # type: ignore[arg-type]
     link.write_file("/mpseal/id/device.der", ident.cert_der)
     cert = x509.load_der_x509_certificate(ident.cert_der)
     nb, na = int(cert.not_valid_before_utc.timestamp()), int(cert.not_valid_after_utc.timestamp())
-    assert link.eval("__import__('mpseal_renew').validity("
-                     "open('/mpseal/id/device.der','rb').read())") == (nb, na)
+    assert link.eval(
+        "__import__('mpseal_renew').validity(open('/mpseal/id/device.der','rb').read())"
+    ) == (nb, na)
     point = nb + (na - nb) * 2 // 3
     assert link.eval(f"__import__('mpseal_renew').due({point - 1})") is False
     assert link.eval(f"__import__('mpseal_renew').due({point})") is True
     assert link.eval(f"__import__('mpseal_renew').expired({na})") is True
-    assert cert.public_key().public_bytes(Encoding.X962,
-                                          PublicFormat.UncompressedPoint) == made.public_key
+    assert (
+        cert.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+        == made.public_key
+    )

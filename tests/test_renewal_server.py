@@ -68,16 +68,23 @@ def device(env: Env, hw: str) -> tuple[Path, Path]:
 def write_pair(tmp: Path, stem: str, cert: x509.Certificate, key: object) -> tuple[Path, Path]:
     c, k = tmp / f"{stem}.pem", tmp / f"{stem}-key.pem"
     c.write_bytes(cert.public_bytes(Encoding.PEM))
-    k.write_bytes(key.private_bytes(Encoding.PEM, serialization.PrivateFormat.PKCS8,  # type: ignore[attr-defined]
-                                    serialization.NoEncryption()))
+    k.write_bytes(
+        key.private_bytes(
+            Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,  # type: ignore[attr-defined]
+            serialization.NoEncryption(),
+        )
+    )
     return c, k
 
 
 def csr_for(cn: str, key: ec.EllipticCurvePrivateKey | None = None) -> tuple[bytes, object]:
     key = key or ec.generate_private_key(ec.SECP256R1())
-    req = (x509.CertificateSigningRequestBuilder()
-           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-           .sign(key, hashes.SHA256()))
+    req = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .sign(key, hashes.SHA256())
+    )
     return req.public_bytes(Encoding.DER), key
 
 
@@ -88,8 +95,12 @@ def env(tmp_path: Path, db_url: str) -> Iterator[Env]:
     cert, key = _server_cert(ca_dir, tmp_path)
     keys = make_keys(tmp_path / "keys")
     clock = Clock()
-    config = replace(config_for(db_url, keys, tmp_path), cache_seconds=0.0,
-                     renewal_ca=FixedCa(load_issuing_ca(ca_dir)), clock=clock)
+    config = replace(
+        config_for(db_url, keys, tmp_path),
+        cache_seconds=0.0,
+        renewal_ca=FixedCa(load_issuing_ca(ca_dir)),
+        clock=clock,
+    )
     Registry.open(db_url)
     opts = RunOptions(tls_cert=cert, tls_key=key, client_ca=ca_dir / "ca-chain.pem")
 
@@ -105,8 +116,9 @@ def test_device_renews_with_its_current_certificate(env: Env) -> None:
     env.clock.offset = timedelta(days=250)  # the server's now, moved on
     body, key = csr_for("dev-a")
     with env.client(pair) as c:
-        r = c.post("/v1/device/reenroll", content=body,
-                   headers={"Content-Type": "application/pkcs10"})
+        r = c.post(
+            "/v1/device/reenroll", content=body, headers={"Content-Type": "application/pkcs10"}
+        )
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "application/pkix-cert"
     new = x509.load_der_x509_certificate(r.content)
@@ -115,9 +127,11 @@ def test_device_renews_with_its_current_certificate(env: Env) -> None:
     life = new.not_valid_after_utc - new.not_valid_before_utc
     assert life == timedelta(days=30)  # short lifetime by default
     assert abs(new.not_valid_before_utc - (env.clock() - timedelta(minutes=5))) < timedelta(
-        minutes=1)  # from the server's clock
+        minutes=1
+    )  # from the server's clock
     load_issuing_ca(env.ca_dir).cert.public_key().verify(  # type: ignore[union-attr]
-        new.signature, new.tbs_certificate_bytes, ec.ECDSA(hashes.SHA256()))
+        new.signature, new.tbs_certificate_bytes, ec.ECDSA(hashes.SHA256())
+    )
     # every serial recorded per device, the renewal as such
     certs = Registry.open(env.db_url).certificates("dev-a")
     assert {c.serial for c in certs} >= {format(new.serial_number, "x")}
@@ -171,8 +185,9 @@ def test_forged_csr_signature_refused(env: Env) -> None:
 def test_renewal_flood_limited(env: Env) -> None:
     pair = device(env, "dev-a")
     with env.client(pair) as c:
-        codes = [c.post("/v1/device/reenroll", content=csr_for("dev-a")[0]).status_code
-                 for _ in range(5)]
+        codes = [
+            c.post("/v1/device/reenroll", content=csr_for("dev-a")[0]).status_code for _ in range(5)
+        ]
     assert codes == [200, 200, 200, 429, 429]
 
 
@@ -189,7 +204,8 @@ def test_expiry_report_lists_lapsing_and_overdue(env: Env, tmp_path: Path) -> No
         env.clock.offset = timedelta(days=21)  # past two thirds of dev-a's 30 days
         r = c.get("/v1/admin/certificates/expiry")
         assert [(x["hardware_id"], x["state"]) for x in r.json()["certificates"]] == [
-            ("dev-a", "renewal_overdue")]
+            ("dev-a", "renewal_overdue")
+        ]
         env.clock.offset = timedelta(days=380)  # everyone lapsed (within 365 days)
         r = c.get("/v1/admin/certificates/expiry")
         got = {x["hardware_id"]: x["state"] for x in r.json()["certificates"]}
@@ -197,10 +213,15 @@ def test_expiry_report_lists_lapsing_and_overdue(env: Env, tmp_path: Path) -> No
         assert r.json()["more"] is False
         page = c.get("/v1/admin/certificates/expiry", params={"limit": 2}).json()
         assert len(page["certificates"]) == 2 and page["more"] is True
-        assert c.get("/v1/admin/certificates/expiry",
-                     headers={"Authorization": "Bearer nope"}).status_code == 401
-        assert c.get("/v1/admin/certificates/expiry",
-                     params={"within_days": "x"}).status_code == 400
+        assert (
+            c.get(
+                "/v1/admin/certificates/expiry", headers={"Authorization": "Bearer nope"}
+            ).status_code
+            == 401
+        )
+        assert (
+            c.get("/v1/admin/certificates/expiry", params={"within_days": "x"}).status_code == 400
+        )
     res = run_mpseal("registry", "expiry", "--db", env.db_url, "--within-days", "31", "--json")
     assert res.returncode == 0, res.stderr
     assert [x["hardware_id"] for x in json.loads(res.stdout)["certificates"]] == ["dev-a"]
@@ -214,8 +235,9 @@ def test_renewal_off_without_a_renewal_ca(tmp_path: Path, db_url: str) -> None:
     Registry.open(db_url)
     env = Env("", ca_dir, db_url, tmp_path, Clock())
     pair = device(env, "dev-a")
-    with running_server(config, RunOptions(tls_cert=cert, tls_key=key,
-                                           client_ca=ca_dir / "ca-chain.pem")) as server:
+    with running_server(
+        config, RunOptions(tls_cert=cert, tls_key=key, client_ca=ca_dir / "ca-chain.pem")
+    ) as server:
         env.url = server.url
         with env.client(pair) as c:
             r = c.post("/v1/device/reenroll", content=csr_for("dev-a")[0])
@@ -223,8 +245,9 @@ def test_renewal_off_without_a_renewal_ca(tmp_path: Path, db_url: str) -> None:
     assert "offline" in r.json()["error"]
 
 
-def test_serve_with_a_folder_that_is_no_ca_is_a_one_line_error(project: Path,
-                                                               tmp_path: Path) -> None:
+def test_serve_with_a_folder_that_is_no_ca_is_a_one_line_error(
+    project: Path, tmp_path: Path
+) -> None:
     (tmp_path / "empty").mkdir()
     res = run_mpseal("serve", "-C", project, "--port", "1", "--renewal-ca", tmp_path / "empty")
     assert res.returncode == 2, res.stderr
@@ -248,17 +271,22 @@ def device_with_token(env: Env, hw: str, days: int = 30) -> Expiring:
     ident = issue_identity(load_issuing_ca(env.ca_dir), hw, days)
     token = f"tok-{hw}-secret-token"
     reg = Registry.open(env.db_url)
-    reg.record_identities([Identity(hardware_id=hw, board="unix", cert=ident.record,
-                                    token_hash=token_hash(token))])
+    reg.record_identities(
+        [Identity(hardware_id=hw, board="unix", cert=ident.record, token_hash=token_hash(token))]
+    )
     reg.activate([hw])
     key = serialization.load_der_private_key(ident.key_der, None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     return Expiring(hw, token, key, ident.cert_der)
 
 
-def recovery_body(env: Env, c: httpx.Client, dev: Expiring,
-                  signer: ec.EllipticCurvePrivateKey | None = None,
-                  challenge: str | None = None) -> dict[str, str]:
+def recovery_body(
+    env: Env,
+    c: httpx.Client,
+    dev: Expiring,
+    signer: ec.EllipticCurvePrivateKey | None = None,
+    challenge: str | None = None,
+) -> dict[str, str]:
     from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
     if challenge is None:
@@ -268,8 +296,12 @@ def recovery_body(env: Env, c: httpx.Client, dev: Expiring,
     csr = csr_for(dev.hw)[0]
     sig = (signer or dev.key).sign(challenge.encode() + csr, ec.ECDSA(hashes.SHA256()))
     r_, s_ = decode_dss_signature(sig)
-    return {"certificate": dev.der.hex(), "csr": csr.hex(), "challenge": challenge,
-            "signature": (r_.to_bytes(32, "big") + s_.to_bytes(32, "big")).hex()}
+    return {
+        "certificate": dev.der.hex(),
+        "csr": csr.hex(),
+        "challenge": challenge,
+        "signature": (r_.to_bytes(32, "big") + s_.to_bytes(32, "big")).hex(),
+    }
 
 
 def token_client(env: Env, dev: Expiring) -> httpx.Client:

@@ -20,8 +20,16 @@ from mpseal.fleet.rollout import (
     in_rollout,
 )
 
-REL = ReleaseView(id=7, app="hello", board="esp32", channel="stable", version="1.2.0",
-                  counter=4, manifest_sha256="a" * 64, percent=100.0)
+REL = ReleaseView(
+    id=7,
+    app="hello",
+    board="esp32",
+    channel="stable",
+    version="1.2.0",
+    counter=4,
+    manifest_sha256="a" * 64,
+    percent=100.0,
+)
 DEV = DeviceView(id=1, hardware_id="hw-1", group="default")
 RUN = Running(app="hello", board="esp32", version="1.1.0", counter=3)
 OFFERED = {"a" * 64}
@@ -98,9 +106,11 @@ def test_halt_needs_enough_attempts_and_a_failure_share_above_the_limit() -> Non
     policy = HaltPolicy(min_attempts=5, max_failure_ratio=0.2)
     assert halt_reason(ReleaseStats(attempts=4, rolled_back=4), policy) is None  # too few
     assert halt_reason(ReleaseStats(attempts=5, updated=4, refused=1), policy) is None  # 20%
-    reason = halt_reason(ReleaseStats(attempts=5, updated=3, rolled_back=1, trial_timeouts=1),
-                         policy)
-    assert reason == ("2 of 5 devices failed (1 rolled back, 1 trial not confirmed), "
-                      "above the 20% limit")
+    reason = halt_reason(
+        ReleaseStats(attempts=5, updated=3, rolled_back=1, trial_timeouts=1), policy
+    )
+    assert reason == (
+        "2 of 5 devices failed (1 rolled back, 1 trial not confirmed), above the 20% limit"
+    )
     stats = ReleaseStats(attempts=10, updated=2, refused=1, rolled_back=1, trial_timeouts=1)
     assert (stats.failed, stats.in_progress) == (3, 5)

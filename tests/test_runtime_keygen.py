@@ -34,10 +34,14 @@ MODULES = ("p256", "p256_fast", "p256_thumb", "p256_sign", "mpseal_csr")
 # RFC 6979 A.2.5: P-256, SHA-256
 RFC_PRIV = 0xC9AFA9D845BA75166B5C215767B1D6934E50C3DB36E89B127B8A622B120F6721
 RFC_SIGS = {
-    b"sample": (0xEFD48B2AACB6A8FD1140DD9CD45E81D69D2C877B56AAF991C34D0EA84EAF3716,
-                0xF7CB1C942D657C41D436C7A1B6E29F65F3E900DBB9AFF4064DC4AB2F843ACDA8),
-    b"test": (0xF1ABB023518351CD71D881567B1EA663ED3EFCF6C5132B354F28D3B0B7D38367,
-              0x019F4113742A2B14BD25926B49C649155F267E60D3814B4C0CC84250E46F0083),
+    b"sample": (
+        0xEFD48B2AACB6A8FD1140DD9CD45E81D69D2C877B56AAF991C34D0EA84EAF3716,
+        0xF7CB1C942D657C41D436C7A1B6E29F65F3E900DBB9AFF4064DC4AB2F843ACDA8,
+    ),
+    b"test": (
+        0xF1ABB023518351CD71D881567B1EA663ED3EFCF6C5132B354F28D3B0B7D38367,
+        0x019F4113742A2B14BD25926B49C649155F267E60D3814B4C0CC84250E46F0083,
+    ),
 }
 KEYS = 6
 
@@ -91,27 +95,36 @@ class Run:
 
 
 def script(key_path: str) -> str:
-    return f"KEY_PATH = {key_path!r}\n" + DEVICE_SCRIPT % {
-        "rfc": f"{RFC_PRIV:064x}", "keys": KEYS}
+    return f"KEY_PATH = {key_path!r}\n" + DEVICE_SCRIPT % {"rfc": f"{RFC_PRIV:064x}", "keys": KEYS}
 
 
 def run_unix(tmp: Path) -> list[list[str]]:
     (tmp / "keys").mkdir()
     drv = tmp / "drv.py"
-    drv.write_text(f"import sys\nsys.path.insert(0, {str(runtime_dir())!r})\n"
-                   + script(str(tmp / "keys" / "device.key")))
-    proc = subprocess.run([str(find_micropython()), str(drv)], capture_output=True, text=True,
-                          timeout=600, stdin=subprocess.DEVNULL, check=False)
+    drv.write_text(
+        f"import sys\nsys.path.insert(0, {str(runtime_dir())!r})\n"
+        + script(str(tmp / "keys" / "device.key"))
+    )
+    proc = subprocess.run(
+        [str(find_micropython()), str(drv)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr + proc.stdout
     return [ln.split() for ln in proc.stdout.splitlines()]
 
 
 def rp2_mpy() -> dict[str, bytes]:
     board = get_board("rp2")
-    compiler = Compiler(CompileOptions(board.mpy, board.arch, opt=2, source_lines=False),
-                        cache_dir=None)
-    out = compiler.compile_all([Module(f"{m}.py", (runtime_dir() / f"{m}.py").read_bytes())
-                                for m in MODULES])
+    compiler = Compiler(
+        CompileOptions(board.mpy, board.arch, opt=2, source_lines=False), cache_dir=None
+    )
+    out = compiler.compile_all(
+        [Module(f"{m}.py", (runtime_dir() / f"{m}.py").read_bytes()) for m in MODULES]
+    )
     return {name[:-3] + ".mpy": data for name, data in out.items()}
 
 
@@ -150,8 +163,9 @@ def run_pico() -> list[list[str]]:
     return [ln.split() for ln in out.splitlines()]
 
 
-@pytest.fixture(scope="module", params=["unix-vm-python-ints", "cortex-m-thumb-asm",
-                                        "rp2040-thumb-asm"])
+@pytest.fixture(
+    scope="module", params=["unix-vm-python-ints", "cortex-m-thumb-asm", "rp2040-thumb-asm"]
+)
 def device(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Run:
     if request.param == "rp2040-thumb-asm":
         run = Run(request.param, run_pico())
@@ -176,8 +190,11 @@ def verify_raw(pub: ec.EllipticCurvePublicKey, digest: bytes, sig: bytes) -> Non
 
 
 def test_public_key_of_a_known_scalar_matches_openssl(device: Run) -> None:
-    want = ec.derive_private_key(RFC_PRIV, ec.SECP256R1()).public_key().public_bytes(
-        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    want = (
+        ec.derive_private_key(RFC_PRIV, ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    )
     assert device.rows("RFCPUB") == [[want.hex()]]
 
 
@@ -213,8 +230,9 @@ def test_added_entropy_gives_a_fresh_nonce_for_the_same_digest(device: Run) -> N
 
 def test_der_signature_is_what_openssl_reads(device: Run) -> None:
     ((der_hex, pub_hex, d_hex),) = device.rows("DER")
-    pubkey(pub_hex).verify(bytes.fromhex(der_hex), bytes.fromhex(d_hex),
-                           ec.ECDSA(Prehashed(hashes.SHA256())))
+    pubkey(pub_hex).verify(
+        bytes.fromhex(der_hex), bytes.fromhex(d_hex), ec.ECDSA(Prehashed(hashes.SHA256()))
+    )
 
 
 def test_tampered_device_signature_is_rejected_by_openssl(device: Run) -> None:
@@ -255,9 +273,13 @@ def test_csr_made_on_the_device_is_valid_for_openssl(device: Run) -> None:
     san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["sensor-0042.fleet.example"]
     # and openssl's own parser agrees
-    proc = subprocess.run(["openssl", "req", "-inform", "DER", "-noout", "-verify"],
-                          input=csr.public_bytes(serialization.Encoding.DER),
-                          capture_output=True, timeout=30, check=False)
+    proc = subprocess.run(
+        ["openssl", "req", "-inform", "DER", "-noout", "-verify"],
+        input=csr.public_bytes(serialization.Encoding.DER),
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     minimal = x509.load_der_x509_csr(bytes.fromhex(device.rows("CSRMIN")[0][0]))
     assert minimal.is_signature_valid and len(minimal.extensions) == 0

@@ -45,10 +45,16 @@ def target(board: str = "unix", app: str = "hello", path: str = "artifacts/a.mps
     return Target(app, board, "2.0", 3, "ab" * 32, 4096, path)
 
 
-def stamp(version: int = 5, expires: int = NOW + DAY, root_version: int = 1,
-          issued: int = NOW - 60) -> Timestamp:
-    return Timestamp(version, issued, expires, root_version,
-                     (target(), target(board="esp32"), target(app="other")))
+def stamp(
+    version: int = 5, expires: int = NOW + DAY, root_version: int = 1, issued: int = NOW - 60
+) -> Timestamp:
+    return Timestamp(
+        version,
+        issued,
+        expires,
+        root_version,
+        (target(), target(board="esp32"), target(app="other")),
+    )
 
 
 def meta(board: VirtualBoard, *args: str) -> dict:
@@ -73,7 +79,9 @@ def test_valid_timestamp_accepted_and_target_picked(board: VirtualBoard, keys: K
     reply = offer(board, sign_timestamp(stamp(), keys.timestamp))
     assert reply["version"] == 5 and reply["seen"] == {"version": 5, "issued": NOW - 60}
     assert reply["target"] == target().to_dict()  # this board (unix) and app only
-    assert offer(board, sign_timestamp(stamp(version=6), keys.timestamp), app="none")["target"] is None
+    assert (
+        offer(board, sign_timestamp(stamp(version=6), keys.timestamp), app="none")["target"] is None
+    )
     stored = ast.literal_eval(board.get("/mpseal/meta.json").decode().replace("null", "None"))
     assert stored.pop("role") and stored == {"version": 6, "issued": NOW - 60}
 
@@ -87,8 +95,9 @@ def test_new_timestamp_expired_freeze_attack(board: VirtualBoard, keys: Keys) ->
     assert offer(board, raw, now=NOW)["version"] == 5
 
 
-def test_clock_never_set_is_raised_to_the_newest_issued_seen(board: VirtualBoard,
-                                                             keys: Keys) -> None:
+def test_clock_never_set_is_raised_to_the_newest_issued_seen(
+    board: VirtualBoard, keys: Keys
+) -> None:
     """A device whose clock reads 2000 still refuses a timestamp that expired before one it saw."""
     assert offer(board, sign_timestamp(stamp(version=5), keys.timestamp), now=NOW)["version"] == 5
     stale = Timestamp(6, NOW - 3 * DAY, NOW - 2 * DAY, 1, (target(),))
@@ -97,26 +106,33 @@ def test_clock_never_set_is_raised_to_the_newest_issued_seen(board: VirtualBoard
 
 def test_replayed_older_timestamp_refused(board: VirtualBoard, keys: Keys) -> None:
     assert offer(board, sign_timestamp(stamp(version=5), keys.timestamp))["version"] == 5
-    refused(offer(board, sign_timestamp(stamp(version=4), keys.timestamp)),
-            "timestamp version 4 is older than 5 already seen: replay refused")
+    refused(
+        offer(board, sign_timestamp(stamp(version=4), keys.timestamp)),
+        "timestamp version 4 is older than 5 already seen: replay refused",
+    )
     assert offer(board, sign_timestamp(stamp(version=5), keys.timestamp))["version"] == 5
 
 
 @pytest.mark.parametrize("who", ["release", "stranger"])
 def test_timestamp_by_wrong_key_refused(board: VirtualBoard, keys: Keys, who: str) -> None:
     signer = keys.release if who == "release" else PrivateKeySigner.generate()
-    refused(offer(board, sign_timestamp(stamp(), [signer])), "timestamp is signed by an unknown key")
+    refused(
+        offer(board, sign_timestamp(stamp(), [signer])), "timestamp is signed by an unknown key"
+    )
     raw = sign_timestamp(stamp(), keys.timestamp).replace(b'"version":5', b'"version":9')
     refused(offer(board, raw), "does not verify")
     assert board.command("meta", "timestamp", "/nothing", "hello").replies()[-1] == {
-        "refused": "timestamp is missing"}
+        "refused": "timestamp is missing"
+    }
 
 
 def test_below_threshold_refused(tmp_path: Path) -> None:
     two = Keys(timestamp_keys=2, threshold=2)
     board = make_board(tmp_path, two.trust)
-    refused(offer(board, sign_timestamp(stamp(), two.timestamp[:1])),
-            "timestamp has 1 of 2 timestamp signatures")
+    refused(
+        offer(board, sign_timestamp(stamp(), two.timestamp[:1])),
+        "timestamp has 1 of 2 timestamp signatures",
+    )
     assert offer(board, sign_timestamp(stamp(), two.timestamp))["version"] == 5
 
 
@@ -124,8 +140,19 @@ def signed_payload(doc: dict, signers: list) -> bytes:
     return envelope.seal(MAGIC, jsondoc.dumps(doc), signers).encode()
 
 
-@pytest.mark.parametrize("path", ["../slot-a.mpseal", "/mpseal/trust-root.mpsr", "a\\b",
-                                  "artifacts/\u00f6.mpseal", "a//b", "./a", "", "A.mpseal"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "../slot-a.mpseal",
+        "/mpseal/trust-root.mpsr",
+        "a\\b",
+        "artifacts/\u00f6.mpseal",
+        "a//b",
+        "./a",
+        "",
+        "A.mpseal",
+    ],
+)
 def test_hostile_target_path_refused(board: VirtualBoard, keys: Keys, path: str) -> None:
     doc = jsondoc.loads(stamp().payload(), "t")
     doc["targets"][1]["path"] = path
@@ -134,10 +161,12 @@ def test_hostile_target_path_refused(board: VirtualBoard, keys: Keys, path: str)
 
 def test_malformed_signed_payloads_refused(board: VirtualBoard, keys: Keys) -> None:
     doc = jsondoc.loads(stamp().payload(), "t")
-    for field, value, reason in [("expires", "soon", "field expires is malformed"),
-                                 ("version", True, "field version is malformed"),
-                                 ("targets", {}, "targets are malformed"),
-                                 ("type", "mpseal-root", "not an mpseal timestamp")]:
+    for field, value, reason in [
+        ("expires", "soon", "field expires is malformed"),
+        ("version", True, "field version is malformed"),
+        ("targets", {}, "targets are malformed"),
+        ("type", "mpseal-root", "not an mpseal timestamp"),
+    ]:
         bad = dict(doc, **{field: value})
         refused(offer(board, signed_payload(bad, keys.timestamp)), reason)
     twice = dict(doc, targets=doc["targets"][:1] * 2)
@@ -169,25 +198,32 @@ def test_fast_forward_through_two_rotations(board: VirtualBoard, keys: Keys) -> 
     assert trustroot.verify_root_chain(keys.trust, [v2, v3]).version == 3  # the host agrees
     # Signed by the old timestamp key, a timestamp naming root 3 sends the device for roots.
     reply = offer(board, sign_timestamp(stamp(root_version=3), keys.timestamp))
-    assert reply == {"refused": "timestamp needs trust root 3, this device has 1: fetch the new "
-                                "roots", "need_roots": 3}
+    assert reply == {
+        "refused": "timestamp needs trust root 3, this device has 1: fetch the new roots",
+        "need_roots": 3,
+    }
     new_stamp = sign_timestamp(stamp(root_version=3), [ts2])
     refused(offer(board, new_stamp), "unknown key")  # the new key is not known yet
     board.put_many({"/mpseal/roots/2.mpsr": v2, "/mpseal/roots/3.mpsr": v3})
     assert meta(board, "roots", "/mpseal/roots/2.mpsr", "/mpseal/roots/3.mpsr") == {
-        "root_version": 3}
+        "root_version": 3
+    }
     assert board.get(TRUST) == v3
     assert offer(board, new_stamp)["version"] == 5
     # The first timestamp key is out: a thief of it can sign nothing more.
-    refused(offer(board, sign_timestamp(stamp(version=7, root_version=3), keys.timestamp)),
-            "unknown key")
+    refused(
+        offer(board, sign_timestamp(stamp(version=7, root_version=3), keys.timestamp)),
+        "unknown key",
+    )
 
 
 def test_rotation_not_signed_by_the_old_root_refused(board: VirtualBoard, keys: Keys) -> None:
     thief = PrivateKeySigner.generate()
     forged = next_root(keys.trust, [thief], root=[thief], timestamp=[thief])
     board.put(forged, "/mpseal/roots/2.mpsr")
-    refused(meta(board, "roots", "/mpseal/roots/2.mpsr"), "new trust root is signed by an unknown key")
+    refused(
+        meta(board, "roots", "/mpseal/roots/2.mpsr"), "new trust root is signed by an unknown key"
+    )
     assert board.get(TRUST) == keys.trust.raw
     refused(offer(board, sign_timestamp(stamp(root_version=1), [thief])), "unknown key")
 
@@ -197,8 +233,15 @@ def test_rotation_refusals_keep_the_last_good_root(board: VirtualBoard, keys: Ke
     v2 = next_root(keys.trust, [keys.root])
     skipped = next_root(trustroot.parse(v2), [keys.root], version=4)
     not_self_signed = next_root(trustroot.parse(v2), [keys.root], root=[new_root])
-    board.put_many({"/r/1": keys.trust.raw, "/r/2": v2, "/r/4": skipped, "/r/3": not_self_signed,
-                    "/r/big": v2 + b"\0" * 16384})
+    board.put_many(
+        {
+            "/r/1": keys.trust.raw,
+            "/r/2": v2,
+            "/r/4": skipped,
+            "/r/3": not_self_signed,
+            "/r/big": v2 + b"\0" * 16384,
+        }
+    )
     refused(meta(board, "roots", "/r/2", "/r/4"), "trust root 4 does not follow 2")
     assert board.get(TRUST) == v2  # step 2 verified and stays installed
     refused(meta(board, "roots", "/r/3"), "new trust root is signed by an unknown key")
@@ -223,13 +266,16 @@ def test_a_port_with_the_2000_epoch_reports_unix_time(tmp_path: Path) -> None:
         "T.time = staticmethod(T.time)\n"
         "sys.modules['time'] = T\n"
         "import mpseal_meta\n"
-        "print('MPSEAL:' + repr(mpseal_meta.unix_time()))\n")
+        "print('MPSEAL:' + repr(mpseal_meta.unix_time()))\n"
+    )
     res = vm.run(driver, [str(vm.runtime_dir())])
     assert res.replies() == [946_684_900], res.stderr
     # And the unix port itself counts from 1970.
     plain = tmp_path / "plain.py"
-    plain.write_text("import sys\nsys.path.append(sys.argv[1])\nimport mpseal_meta\n"
-                     "print('MPSEAL:' + repr(mpseal_meta.unix_time()))\n")
+    plain.write_text(
+        "import sys\nsys.path.append(sys.argv[1])\nimport mpseal_meta\n"
+        "print('MPSEAL:' + repr(mpseal_meta.unix_time()))\n"
+    )
     got = vm.run(plain, [str(vm.runtime_dir())]).replies()[0]
     assert abs(got - time.time()) < 60
 
@@ -241,7 +287,8 @@ def test_manifest_match_helper(tmp_path: Path) -> None:
         "import sys\nsys.path.append(sys.argv[1])\nimport mpseal_meta\n"
         f"t = {{'manifest_sha256': {hashlib.sha256(manifest).hexdigest()!r}}}\n"
         f"print('MPSEAL:' + repr((mpseal_meta.manifest_matches(t, {manifest!r}),"
-        " mpseal_meta.manifest_matches(t, b'{}'))))\n")
+        " mpseal_meta.manifest_matches(t, b'{}'))))\n"
+    )
     assert vm.run(driver, [str(vm.runtime_dir())]).replies() == [(True, False)]
 
 
@@ -258,8 +305,9 @@ def test_largest_timestamp_verifies_in_a_bounded_heap(board: VirtualBoard, keys:
     code = board.command("codemem").replies()[-1]
     assert isinstance(code, int) and 0 < code < 64 * 1024
     board.put(raw, INCOMING)
-    res = board.command("meta", "timestamp", INCOMING, "app3", str(NOW),
-                        heapsize=f"{(code + 48 * 1024) // 1024}K")
+    res = board.command(
+        "meta", "timestamp", INCOMING, "app3", str(NOW), heapsize=f"{(code + 48 * 1024) // 1024}K"
+    )
     assert res.replies() and res.replies()[-1]["target"]["app"] == "app3", res.stdout
 
 
@@ -281,13 +329,15 @@ def cut_everywhere(board: VirtualBoard, step: tuple[str, ...], check) -> int:
     raise AssertionError(f"meta {step[0]} did not finish within 200 flash writes")
 
 
-def test_power_cut_during_rotation_and_timestamp_leaves_old_or_new(board: VirtualBoard,
-                                                                   keys: Keys) -> None:
+def test_power_cut_during_rotation_and_timestamp_leaves_old_or_new(
+    board: VirtualBoard, keys: Keys
+) -> None:
     """Lose power at every flash write of a root rotation, then of accepting a timestamp:
     each file is the old or the new one, never damaged, and a retry completes."""
     v2 = next_root(keys.trust, [keys.root])
-    board.put_many({"/r/2": v2, INCOMING: sign_timestamp(stamp(version=7, root_version=2),
-                                                         keys.timestamp)})
+    board.put_many(
+        {"/r/2": v2, INCOMING: sign_timestamp(stamp(version=7, root_version=2), keys.timestamp)}
+    )
 
     def root_is_old_or_new() -> None:
         assert board.get(TRUST) in (keys.trust.raw, v2)
@@ -300,10 +350,12 @@ def test_power_cut_during_rotation_and_timestamp_leaves_old_or_new(board: Virtua
 
     assert cut_everywhere(board, ("roots", "/r/2"), root_is_old_or_new) > 0
     assert board.get(TRUST) == v2
-    assert cut_everywhere(board, ("timestamp", INCOMING, "hello", str(NOW)),
-                          seen_is_none_or_new) > 0
+    assert (
+        cut_everywhere(board, ("timestamp", INCOMING, "hello", str(NOW)), seen_is_none_or_new) > 0
+    )
     assert offer(board, sign_timestamp(stamp(version=6, root_version=2), keys.timestamp))[
-        "refused"].endswith("replay refused")
+        "refused"
+    ].endswith("replay refused")
 
 
 def test_safe_path_returns_a_plain_path_and_refuses_the_rest(tmp_path: Path) -> None:
@@ -316,13 +368,15 @@ def test_safe_path_returns_a_plain_path_and_refuses_the_rest(tmp_path: Path) -> 
         "        out.append(mpseal_meta.safe_path(p))\n"
         "    except mpseal_meta.Refused as e:\n"
         "        out.append(str(e))\n"
-        "print('MPSEAL:' + repr(out))\n")
+        "print('MPSEAL:' + repr(out))\n"
+    )
     got = vm.run(driver, [str(vm.runtime_dir())]).replies()
     assert got == [["timestamp/stable.mpst"] + ["path is not a plain relative path"] * 6]
 
 
 def test_clock_freeze_attack_with_stolen_timestamp_key_is_bounded_and_reset_by_rotation(
-        board: VirtualBoard, keys: Keys) -> None:
+    board: VirtualBoard, keys: Keys
+) -> None:
     """A stolen timestamp key signs `issued` near the end of time. A device whose clock is
     set refuses it; one whose clock was never set takes it, but its clock floor moves at
     most a year past what it knew, and a rotated timestamp key forgets it altogether."""
@@ -340,7 +394,9 @@ def test_clock_freeze_attack_with_stolen_timestamp_key_is_bounded_and_reset_by_r
     board.put(next_root(keys.trust, [keys.root], timestamp=[ts2]), "/r/2")
     assert meta(board, "roots", "/r/2") == {"root_version": 2}
     assert offer(board, sign_timestamp(stamp(version=7, root_version=2), [ts2]))["seen"] == {
-        "version": 7, "issued": NOW - 60}
+        "version": 7,
+        "issued": NOW - 60,
+    }
 
 
 def test_timestamp_issued_after_it_expires_refused(board: VirtualBoard, keys: Keys) -> None:
@@ -350,8 +406,7 @@ def test_timestamp_issued_after_it_expires_refused(board: VirtualBoard, keys: Ke
     refused(offer(board, raw, now=NOW), "expires before it was issued")
 
 
-def test_mirror_serves_another_channels_timestamp_refused(board: VirtualBoard,
-                                                         keys: Keys) -> None:
+def test_mirror_serves_another_channels_timestamp_refused(board: VirtualBoard, keys: Keys) -> None:
     beta = Timestamp(5, NOW - 60, NOW + DAY, 1, (target(),), channel="beta")
     board.put(sign_timestamp(beta, keys.timestamp), INCOMING)
     res = board.command("meta", "timestamp", INCOMING, "hello", str(NOW), "stable")

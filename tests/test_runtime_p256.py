@@ -45,8 +45,10 @@ from mpseal.device.vm import find_micropython, runtime_dir
 P = 0xFFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFF
 N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 B = 0x5AC635D8AA3A93E7B3EBBD55769886BC651D06B0CC53B0F63BCE3C3E27D2604B
-G = (0x6B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C296,
-     0x4FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5)
+G = (
+    0x6B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C296,
+    0x4FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5,
+)
 SOURCE = runtime_dir() / "p256.py"
 VM_TIMEOUT = 300
 
@@ -69,6 +71,7 @@ print("VERDICTS:" + "".join(out))
 
 
 # --- reference arithmetic (plain Python, affine; None is the point at infinity) ----------
+
 
 def ec_add(p1, p2):
     if p1 is None:
@@ -113,6 +116,7 @@ def point_with_small_y(start: int):
     Solves x^3 - 3x + b - y^2 = 0 for x: the root is the gcd of that cubic and x^p - x
     when the gcd has degree 1 (polynomials mod p, lowest coefficient first).
     """
+
     def trim(a):
         a = list(a)
         while a and a[-1] == 0:
@@ -166,6 +170,7 @@ def encode_sig(r: int, s: int) -> bytes:
 
 # --- vectors -----------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Vector:
     case: str
@@ -202,9 +207,17 @@ class Signed:
     r: int
     s: int
 
-    def vector(self, case: str, kind: str = "digest", *, pub: bytes | None = None,
-               msg: bytes | None = None, r: int | None = None, s: int | None = None,
-               sig: bytes | None = None) -> Vector:
+    def vector(
+        self,
+        case: str,
+        kind: str = "digest",
+        *,
+        pub: bytes | None = None,
+        msg: bytes | None = None,
+        r: int | None = None,
+        s: int | None = None,
+        sig: bytes | None = None,
+    ) -> Vector:
         msg = self.msg if msg is None else msg
         data = hashlib.sha256(msg).digest() if kind == "digest" else msg
         if sig is None:
@@ -215,8 +228,9 @@ class Signed:
 def sign(rng: random.Random, msg: bytes) -> Signed:
     key = ec.derive_private_key(rng.randrange(1, N), ec.SECP256R1())
     r, s = decode_dss_signature(key.sign(msg, ec.ECDSA(hashes.SHA256())))
-    pub = key.public_key().public_bytes(serialization.Encoding.X962,
-                                        serialization.PublicFormat.UncompressedPoint)
+    pub = key.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
     return Signed(pub, msg, r, s)
 
 
@@ -273,14 +287,22 @@ def edge_cases(rng: random.Random) -> list[Vector]:
         q = ec_mul(rng.randrange(1, N), G)
         u2 = rng.randrange(1, N)
         _, r, s = signature_for(q, N, u2)  # u1 = n is u1 = 0
-        out.append(Vector("u1_zero", "digest", encode_point(q),
-                          e.to_bytes(32, "big"), encode_sig(r, s)))
+        out.append(
+            Vector("u1_zero", "digest", encode_point(q), e.to_bytes(32, "big"), encode_sig(r, s))
+        )
 
     # u1*G + u2*Q is the point at infinity: e = -r*d, for any s.
     d = rng.randrange(1, N)
     r = rng.randrange(1, N)
-    out.append(Vector("sum_is_infinity", "digest", encode_point(ec_mul(d, G)),
-                      (-r * d % N).to_bytes(32, "big"), encode_sig(r, rng.randrange(1, N))))
+    out.append(
+        Vector(
+            "sum_is_infinity",
+            "digest",
+            encode_point(ec_mul(d, G)),
+            (-r * d % N).to_bytes(32, "big"),
+            encode_sig(r, rng.randrange(1, N)),
+        )
+    )
 
     # x(R) >= n, so r = x(R) - n: valid, and the unreduced x(R) as r is out of range.
     # R = u1*G + u2*Q is a point with such an x, and Q = (R - u1*G) / u2.
@@ -292,8 +314,7 @@ def edge_cases(rng: random.Random) -> list[Vector]:
     digest, r, s = signature_for(q, u1, u2)
     assert r == x - N
     out.append(Vector("x_above_n_reduced", "digest", encode_point(q), digest, encode_sig(r, s)))
-    out.append(Vector("x_above_n_unreduced", "digest", encode_point(q), digest,
-                      encode_sig(x, s)))
+    out.append(Vector("x_above_n_unreduced", "digest", encode_point(q), digest, encode_sig(x, s)))
 
     # Public key = G, and additions that meet their exceptional cases.
     digest, r, s = signature_for(G, 1, 1)  # G + G: the addition must double
@@ -306,8 +327,15 @@ def edge_cases(rng: random.Random) -> list[Vector]:
     out.append(Vector("add_meets_infinity", "digest", gpub, digest, encode_sig(r, s)))
     r = rng.randrange(1, N)  # u1 = n - 17, u2 = 17: the sum is infinity, at the last add
     s = r * pow(17, -1, N) % N
-    out.append(Vector("add_ends_at_infinity", "digest", gpub,
-                      ((N - 17) * s % N).to_bytes(32, "big"), encode_sig(r, s)))
+    out.append(
+        Vector(
+            "add_ends_at_infinity",
+            "digest",
+            gpub,
+            ((N - 17) * s % N).to_bytes(32, "big"),
+            encode_sig(r, s),
+        )
+    )
     for _ in range(3):
         u = rng.randrange(1, N)
         digest, r, s = signature_for(G, u, u)  # equal tables for G and Q
@@ -385,14 +413,15 @@ def make_vectors(seed: int) -> list[Vector]:
     for sg in signed[:3]:  # digests of the wrong size and special values
         good = sg.vector("valid", "digest")
         vectors.append(Vector("digest_truncated", "digest", sg.pub, good.data[:31], good.sig))
-        vectors.append(Vector("digest_extended", "digest", sg.pub, good.data + b"\x00",
-                              good.sig))
+        vectors.append(Vector("digest_extended", "digest", sg.pub, good.data + b"\x00", good.sig))
         vectors.append(Vector("digest_empty", "digest", sg.pub, b"", good.sig))
-        vectors.append(Vector("digest_zero_prefixed", "digest", sg.pub, b"\x00" + good.data,
-                              good.sig))  # same integer, wrong length
+        vectors.append(
+            Vector("digest_zero_prefixed", "digest", sg.pub, b"\x00" + good.data, good.sig)
+        )  # same integer, wrong length
     key = ec.derive_private_key(rng.randrange(1, N), ec.SECP256R1())
-    pub = key.public_key().public_bytes(serialization.Encoding.X962,
-                                        serialization.PublicFormat.UncompressedPoint)
+    pub = key.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
     for digest in (b"\xff" * 32, N.to_bytes(32, "big"), (N + 1).to_bytes(32, "big"), bytes(32)):
         r, s = decode_dss_signature(key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256()))))
         vectors.append(Vector("digest_special", "digest", pub, digest, encode_sig(r, s)))
@@ -400,23 +429,29 @@ def make_vectors(seed: int) -> list[Vector]:
     return vectors
 
 
-def run_vm(vectors: list[Vector], folder: Path, module_dir: Path,
-           heapsize: str | None = None) -> str:
+def run_vm(
+    vectors: list[Vector], folder: Path, module_dir: Path, heapsize: str | None = None
+) -> str:
     driver = folder / "driver.py"
     driver.write_text(DRIVER)
     vec_file = folder / "vectors.json"
-    vec_file.write_text(json.dumps([[v.kind, v.pub.hex(), v.data.hex(), v.sig.hex()]
-                                    for v in vectors]))
+    vec_file.write_text(
+        json.dumps([[v.kind, v.pub.hex(), v.data.hex(), v.sig.hex()] for v in vectors])
+    )
     cmd = [str(find_micropython())]
     if heapsize:
         cmd += ["-X", f"heapsize={heapsize}"]
-    proc = subprocess.run(cmd + [str(driver), str(module_dir), str(vec_file)],
-                          capture_output=True, text=True, timeout=VM_TIMEOUT,
-                          stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        cmd + [str(driver), str(module_dir), str(vec_file)],
+        capture_output=True,
+        text=True,
+        timeout=VM_TIMEOUT,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == 0, proc.stderr + proc.stdout
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("VERDICTS:")]
     assert len(lines) == 1, proc.stdout
-    verdicts = lines[0][len("VERDICTS:"):]
+    verdicts = lines[0][len("VERDICTS:") :]
     assert len(verdicts) == len(vectors), proc.stdout
     return verdicts
 
@@ -431,8 +466,7 @@ class Outcome:
 def rp2_modules() -> dict[str, bytes]:
     """p256 and p256_thumb as the guard ships them to an RP2040 (armv6m .mpy)."""
     files = compiled_guard("rp2")
-    return {name: files[f"/lib/{name}"]
-            for name in ("p256.mpy", "p256_fast.mpy", "p256_thumb.mpy")}
+    return {name: files[f"/lib/{name}"] for name in ("p256.mpy", "p256_fast.mpy", "p256_thumb.mpy")}
 
 
 def run_mps2(vectors: list[Vector]) -> str:
@@ -479,19 +513,21 @@ def run_batches(vectors: list[Vector], execute: Callable[[str, float], str]) -> 
             "    res = fn(h(pub), h(data), h(sig))\n"
             "    out.append('1' if res is True else '0' if res is False else '?')\n"
             "print('VERDICTS:' + ''.join(out))\n"
-            "del V, out\nimport gc\ngc.collect()\n", VM_TIMEOUT)
+            "del V, out\nimport gc\ngc.collect()\n",
+            VM_TIMEOUT,
+        )
         line = [ln for ln in got.splitlines() if ln.startswith("VERDICTS:")]
         assert len(line) == 1, got
-        out.append(line[0][len("VERDICTS:"):])
+        out.append(line[0][len("VERDICTS:") :])
     verdicts = "".join(out)
     assert len(verdicts) == len(vectors)
     return verdicts
 
 
-@pytest.fixture(scope="module", params=["unix-vm-python-ints", "cortex-m-thumb-asm",
-                                        "rp2040-thumb-asm"])
-def outcome(request: pytest.FixtureRequest,
-            tmp_path_factory: pytest.TempPathFactory) -> Outcome:
+@pytest.fixture(
+    scope="module", params=["unix-vm-python-ints", "cortex-m-thumb-asm", "rp2040-thumb-asm"]
+)
+def outcome(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Outcome:
     seed = int(os.environ.get("MPSEAL_P256_SEED", random.SystemRandom().randrange(2**32)))
     print(f"p256 vectors seed: {seed} (set MPSEAL_P256_SEED to replay)")
     vectors = make_vectors(seed)
@@ -507,8 +543,11 @@ def outcome(request: pytest.FixtureRequest,
 
 
 def verdicts_of(outcome: Outcome, prefix: str) -> list[tuple[Vector, str, str]]:
-    got = [(v, d, e) for v, d, e in zip(outcome.vectors, outcome.device, outcome.expected, strict=True)
-           if v.case.startswith(prefix)]
+    got = [
+        (v, d, e)
+        for v, d, e in zip(outcome.vectors, outcome.device, outcome.expected, strict=True)
+        if v.case.startswith(prefix)
+    ]
     assert got, f"no vectors for {prefix}"
     return got
 
@@ -530,60 +569,104 @@ def test_high_s_is_accepted_like_openssl(outcome: Outcome) -> None:
     assert_agree(outcome, "high_s", "1")
 
 
-@pytest.mark.parametrize("case", [
-    "modified_message", "modified_r", "modified_s", "swapped_r_s", "wrong_key", "r_s_one",
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "modified_message",
+        "modified_r",
+        "modified_s",
+        "swapped_r_s",
+        "wrong_key",
+        "r_s_one",
+    ],
+)
 def test_forgery_attempt_is_rejected(outcome: Outcome, case: str) -> None:
     assert_agree(outcome, case, "0")
 
 
-@pytest.mark.parametrize("case", [
-    "r_zero", "s_zero", "r_is_n", "s_is_n", "r_above_n", "s_n_plus_small", "r_s_max",
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "r_zero",
+        "s_zero",
+        "r_is_n",
+        "s_is_n",
+        "r_above_n",
+        "s_n_plus_small",
+        "r_s_max",
+    ],
+)
 def test_out_of_range_r_or_s_is_rejected(outcome: Outcome, case: str) -> None:
     """r, s must lie in [1, n-1]; without the check r = s = 0 would verify anything."""
     assert_agree(outcome, case, "0")
 
 
-@pytest.mark.parametrize("case", [
-    "key_not_on_curve", "key_x_flipped", "key_prefix_", "key_compressed", "key_truncated",
-    "key_extended", "key_all_zero", "key_infinity_byte", "key_empty", "key_y_is_p",
-    "key_xy_max", "key_x_not_reduced", "key_y_not_reduced",
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "key_not_on_curve",
+        "key_x_flipped",
+        "key_prefix_",
+        "key_compressed",
+        "key_truncated",
+        "key_extended",
+        "key_all_zero",
+        "key_infinity_byte",
+        "key_empty",
+        "key_y_is_p",
+        "key_xy_max",
+        "key_x_not_reduced",
+        "key_y_not_reduced",
+    ],
+)
 def test_bad_public_key_is_rejected(outcome: Outcome, case: str) -> None:
     """Invalid-curve and encoding attacks: only a canonical 0x04||X||Y point on P-256."""
     assert_agree(outcome, case, "0")
 
 
-@pytest.mark.parametrize("case", [
-    "sig_truncated", "sig_extended", "sig_empty", "sig_der",
-    "digest_truncated", "digest_extended", "digest_empty", "digest_zero_prefixed",
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "sig_truncated",
+        "sig_extended",
+        "sig_empty",
+        "sig_der",
+        "digest_truncated",
+        "digest_extended",
+        "digest_empty",
+        "digest_zero_prefixed",
+    ],
+)
 def test_wrong_length_input_is_rejected(outcome: Outcome, case: str) -> None:
     assert_agree(outcome, case, "0")
 
 
-@pytest.mark.parametrize("case,want", [
-    ("digest_special", "1"),  # digest >= n, = n (u1 = 0), = 0
-    ("u1_zero", "1"),
-    ("sum_is_infinity", "0"),
-    ("x_above_n_reduced", "1"),  # x(R) in [n, p): r = x(R) - n must verify
-    ("x_above_n_unreduced", "0"),
-    ("add_meets_double", "1"),
-    ("add_meets_infinity", "1"),
-    ("add_ends_at_infinity", "0"),
-    ("key_is_g", "1"),
-    ("small_x_key", "1"),
-    ("small_y_key", "1"),
-])
-def test_edge_case_of_the_verification_equation(outcome: Outcome, case: str,
-                                                want: str) -> None:
+@pytest.mark.parametrize(
+    "case,want",
+    [
+        ("digest_special", "1"),  # digest >= n, = n (u1 = 0), = 0
+        ("u1_zero", "1"),
+        ("sum_is_infinity", "0"),
+        ("x_above_n_reduced", "1"),  # x(R) in [n, p): r = x(R) - n must verify
+        ("x_above_n_unreduced", "0"),
+        ("add_meets_double", "1"),
+        ("add_meets_infinity", "1"),
+        ("add_ends_at_infinity", "0"),
+        ("key_is_g", "1"),
+        ("small_x_key", "1"),
+        ("small_y_key", "1"),
+    ],
+)
+def test_edge_case_of_the_verification_equation(outcome: Outcome, case: str, want: str) -> None:
     assert_agree(outcome, case, want)
 
 
 def test_every_vector_agrees_with_openssl(outcome: Outcome) -> None:
-    wrong = [v.case for v, d, e in zip(outcome.vectors, outcome.device, outcome.expected, strict=True)
-             if d != e]
+    wrong = [
+        v.case
+        for v, d, e in zip(outcome.vectors, outcome.device, outcome.expected, strict=True)
+        if d != e
+    ]
     assert not wrong, f"device disagrees with OpenSSL on: {sorted(set(wrong))}"
     assert "?" not in outcome.device
 
@@ -634,17 +717,36 @@ def test_api_types_and_key_reuse(tmp_path: Path) -> None:
     script = tmp_path / "api.py"
     script.write_text(API_SCRIPT)
     proc = subprocess.run(
-        [str(find_micropython()), str(script), str(SOURCE.parent), sg.pub.hex(), digest.hex(),
-         encode_sig(sg.r, sg.s).hex(), sg.msg.hex()],
-        capture_output=True, text=True, timeout=VM_TIMEOUT, stdin=subprocess.DEVNULL)
+        [
+            str(find_micropython()),
+            str(script),
+            str(SOURCE.parent),
+            sg.pub.hex(),
+            digest.hex(),
+            encode_sig(sg.r, sg.s).hex(),
+            sg.msg.hex(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=VM_TIMEOUT,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == 0, proc.stderr
     got = dict(ln[4:].split("=", 1) for ln in proc.stdout.splitlines() if ln.startswith("API:"))
     assert got == {
-        "bytes": "True", "bytearray": "True", "memoryview": "True", "message": "True",
-        "check_good": "True", "check_bad": "False", "check_none": "False",
-        "key_twice": "[True, True]", "key_message": "True", "key_other_digest": "False",
+        "bytes": "True",
+        "bytearray": "True",
+        "memoryview": "True",
+        "message": "True",
+        "check_good": "True",
+        "check_bad": "False",
+        "check_none": "False",
+        "key_twice": "[True, True]",
+        "key_message": "True",
+        "key_other_digest": "False",
         "none_args": "[False, False, False, False]",
-        "wrong_types": "[False, False, False, False]", "bad_key": "'ValueError'",
+        "wrong_types": "[False, False, False, False]",
+        "bad_key": "'ValueError'",
     }
 
 
@@ -653,8 +755,9 @@ def test_verifies_in_a_32k_heap_as_compiled_mpy(tmp_path: Path) -> None:
     mpy_cross = Path(find_micropython()).parent / "mpy-cross"
     module_dir = tmp_path / "lib"
     module_dir.mkdir()
-    subprocess.run([str(mpy_cross), "-o", str(module_dir / "p256.mpy"), str(SOURCE)],
-                   check=True, timeout=60)
+    subprocess.run(
+        [str(mpy_cross), "-o", str(module_dir / "p256.mpy"), str(SOURCE)], check=True, timeout=60
+    )
     rng = random.Random(32)
     vectors = []
     for i in range(4):
@@ -667,9 +770,12 @@ def test_verifies_in_a_32k_heap_as_compiled_mpy(tmp_path: Path) -> None:
 
 def test_thumb_module_is_what_the_generator_writes() -> None:
     root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable,
-                           str(root / "scripts" / "gen_p256_thumb.py"), "--check"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, str(root / "scripts" / "gen_p256_thumb.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -689,33 +795,57 @@ def test_thumb_field_arithmetic_edge_values_on_cortex_m() -> None:
     where carries and the final fold go furthest (p, 2^256 - 1, powers at the reduction's
     word boundaries) and random ones."""
     rng = random.Random(2561)
-    edge = [0, 1, 2, P - 1, P, P + 1, 2**256 - 1, 2**256 - 2, 2**255, 2**224, 2**192,
-            2**96, 2**32 - 1, (2**256 - 1) // 3, 2**256 - P]
+    edge = [
+        0,
+        1,
+        2,
+        P - 1,
+        P,
+        P + 1,
+        2**256 - 1,
+        2**256 - 2,
+        2**255,
+        2**224,
+        2**192,
+        2**96,
+        2**32 - 1,
+        (2**256 - 1) // 3,
+        2**256 - P,
+    ]
     pairs = [(a, b) for a in edge for b in edge]
     pairs += [(rng.getrandbits(256), rng.getrandbits(256)) for _ in range(200)]
     with Mps2() as board:
         board.put({"p256_thumb.mpy": rp2_modules()["p256_thumb.mpy"]})
-        board.exec("import p256_thumb\nws = bytearray(352)\n"
-                   "PROG = bytes((0, 3, 9, 10,  1, 4, 9, 0,  2, 5, 9, 10,  3, 6, 9, 10))\n")
+        board.exec(
+            "import p256_thumb\nws = bytearray(352)\n"
+            "PROG = bytes((0, 3, 9, 10,  1, 4, 9, 0,  2, 5, 9, 10,  3, 6, 9, 10))\n"
+        )
         for i in range(0, len(pairs), 25):
-            chunk = pairs[i:i + 25]
-            rows = [(a.to_bytes(32, "little") + b.to_bytes(32, "little")).hex()
-                    for a, b in chunk]
-            out = board.exec(f"R = {rows!r}\nfor r in R:\n"
-                             "    ws[288:352] = bytes.fromhex(r)\n"
-                             "    p256_thumb.run(ws, PROG, 4, 1)\n"
-                             "    print(ws[96:224].hex())\n").split()
+            chunk = pairs[i : i + 25]
+            rows = [(a.to_bytes(32, "little") + b.to_bytes(32, "little")).hex() for a, b in chunk]
+            out = board.exec(
+                f"R = {rows!r}\nfor r in R:\n"
+                "    ws[288:352] = bytes.fromhex(r)\n"
+                "    p256_thumb.run(ws, PROG, 4, 1)\n"
+                "    print(ws[96:224].hex())\n"
+            ).split()
             assert len(out) == len(chunk)
             for (a, b), got in zip(chunk, out, strict=True):
-                res = [int.from_bytes(bytes.fromhex(got[64 * k:64 * k + 64]), "little")
-                       for k in range(4)]
-                assert [r % P for r in res] == [a * b % P, a * a % P, (a + b) % P,
-                                                (a - b) % P], (hex(a), hex(b))
+                res = [
+                    int.from_bytes(bytes.fromhex(got[64 * k : 64 * k + 64]), "little")
+                    for k in range(4)
+                ]
+                assert [r % P for r in res] == [a * b % P, a * a % P, (a + b) % P, (a - b) % P], (
+                    hex(a),
+                    hex(b),
+                )
         # reps: a program run over and over in one call (the chain's runs of doublings)
         x = rng.getrandbits(256)
-        got = board.exec(f"ws[288:320] = bytes.fromhex({x.to_bytes(32, 'little').hex()!r})\n"
-                         "p256_thumb.run(ws, bytes((1, 9, 9, 0)), 1, 37)\n"
-                         "print(ws[288:320].hex())\n").strip()
+        got = board.exec(
+            f"ws[288:320] = bytes.fromhex({x.to_bytes(32, 'little').hex()!r})\n"
+            "p256_thumb.run(ws, bytes((1, 9, 9, 0)), 1, 37)\n"
+            "print(ws[288:320].hex())\n"
+        ).strip()
         assert int.from_bytes(bytes.fromhex(got), "little") % P == pow(x, 2**37, P)
 
 
@@ -735,12 +865,13 @@ def test_naf_digits_are_the_width_w_naf_of_the_scalar() -> None:
             k = (k - d) >> 1
         return out
 
-    for k in [1, 2, 3, N - 1, N - 32, 2**256 - 1, 2**255] + [rng.getrandbits(256)
-                                                             for _ in range(300)]:
+    for k in [1, 2, 3, N - 1, N - 32, 2**256 - 1, 2**255] + [
+        rng.getrandbits(256) for _ in range(300)
+    ]:
         for w in (mod._WG, mod._WQ):
             got = [d - 256 if d > 127 else d for d in mod._naf(k, w)]
             want = textbook(k, w)
-            assert got[:len(want)] == want and not any(got[len(want):])
+            assert got[: len(want)] == want and not any(got[len(want) :])
             assert sum(d << i for i, d in enumerate(got)) == k
 
 

@@ -36,8 +36,9 @@ def test_sbom_is_valid_cyclonedx_and_lists_every_file_of_the_image(built: Path) 
     files = {c["name"]: c for c in doc["components"] if c["type"] == "file"}
     assert set(files) == set(image)
     for name, content in image.items():
-        assert files[name]["hashes"] == [{"alg": "SHA-256",
-                                          "content": hashlib.sha256(content).hexdigest()}]
+        assert files[name]["hashes"] == [
+            {"alg": "SHA-256", "content": hashlib.sha256(content).hexdigest()}
+        ]
     app = doc["metadata"]["component"]
     manifest = parse_manifest(art.manifest_bytes)
     assert (app["name"], app["version"]) == (manifest.app, manifest.version)
@@ -63,8 +64,9 @@ def test_same_sources_give_the_same_sbom(project: Path, tmp_path: Path) -> None:
 
 
 def test_packages_from_requirements_and_mip_manifests(project: Path) -> None:
-    (project / "requirements.txt").write_text("micropython-ssd1306==0.1.0  # display\n"
-                                              "# a comment\nunpinned\n")
+    (project / "requirements.txt").write_text(
+        "micropython-ssd1306==0.1.0  # display\n# a comment\nunpinned\n"
+    )
     (project / "package.json").write_text(json.dumps({"deps": [["aioble", "0.4.1"]]}))
     lib = project / "app" / "lib" / "sensorkit"
     lib.mkdir(parents=True)
@@ -103,17 +105,27 @@ def test_direct_sbom_says_what_the_cyclonedx_library_says(monkeypatch) -> None:
     start-up and cold build); the library's object model stays the reference."""
     from mpseal.packaging.sbom import Package, SbomInput, make, make_with_library
 
-    files = {f"lib/sensor_kit/m{i}.mpy": (b"M\x06" + bytes([i]), b"x = %d\n" % i)
-             for i in range(5)}
+    files = {f"lib/sensor_kit/m{i}.mpy": (b"M\x06" + bytes([i]), b"x = %d\n" % i) for i in range(5)}
     files |= {"main.mpy": (b"M\x06main", b"print(1)\n"), "data/a.txt": (b"abc", b"abc")}
-    inp = SbomInput(app="hello", version="1.2.3", board="esp32", port="esp32",
-                    mpy_version="6.3", arch="xtensawin", image_sha256="ab" * 32, opt=2,
-                    source_lines=False, config_sha256="cd" * 32,
-                    tools={"mpseal": "0.1.0", "mpy-cross": "MicroPython v1.29.0"},
-                    files=files,
-                    packages=(Package("micropython-SSD1306_x", "0.1.0", "pypi"),
-                              Package("unpinned", None, "pypi"),
-                              Package("sensor_kit", "2.3.0", "mip")))
+    inp = SbomInput(
+        app="hello",
+        version="1.2.3",
+        board="esp32",
+        port="esp32",
+        mpy_version="6.3",
+        arch="xtensawin",
+        image_sha256="ab" * 32,
+        opt=2,
+        source_lines=False,
+        config_sha256="cd" * 32,
+        tools={"mpseal": "0.1.0", "mpy-cross": "MicroPython v1.29.0"},
+        files=files,
+        packages=(
+            Package("micropython-SSD1306_x", "0.1.0", "pypi"),
+            Package("unpinned", None, "pypi"),
+            Package("sensor_kit", "2.3.0", "mip"),
+        ),
+    )
     for epoch in (None, "1700000000"):
         if epoch:
             monkeypatch.setenv("SOURCE_DATE_EPOCH", epoch)
@@ -124,8 +136,9 @@ def test_direct_sbom_says_what_the_cyclonedx_library_says(monkeypatch) -> None:
         assert _canonical(json.loads(ours)) == _canonical(json.loads(reference))
 
 
-def test_release_publish_stores_the_sbom_and_the_admin_api_serves_it(project: Path,
-                                                                      tmp_path: Path) -> None:
+def test_release_publish_stores_the_sbom_and_the_admin_api_serves_it(
+    project: Path, tmp_path: Path
+) -> None:
     """`release publish` uploads dist/<app>-<version>.cdx.json with the artifact; the server
     keeps only the SBOM whose SHA-256 the signed manifest names, and serves it back."""
     from ota_support import ota_world

@@ -21,8 +21,12 @@ SECRETS = {"wifi_ssid": "factory", "wifi_password": "hunter2-ö", "api_token": "
 def open_on_device(tmp_path: Path, sealed: bytes, hardware_id: str) -> str:
     f = tmp_path / "secrets.bin"
     f.write_bytes(sealed)
-    res = subprocess.run([str(find_micropython()), str(PROBE), str(runtime_dir()), str(f),
-                          hardware_id], capture_output=True, text=True, timeout=30)
+    res = subprocess.run(
+        [str(find_micropython()), str(PROBE), str(runtime_dir()), str(f), hardware_id],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert res.returncode == 0, res.stderr
     return res.stdout.strip()
 

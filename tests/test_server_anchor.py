@@ -23,9 +23,11 @@ from mpseal.pki.certs import LeafRequest, generate_key, issue, key_pem_der
 
 def _root_with(keys: Keys, anchors: list[str]) -> bytes:
     """Trust root 2 whose payload names ``anchors`` as given (hex strings, even bad ones)."""
-    doc = json.loads(trustroot.build(2, {
-        n: [keys.trust.keys[k] for k in r.keyids] for n, r in keys.trust.roles.items()}
-    ).payload())
+    doc = json.loads(
+        trustroot.build(
+            2, {n: [keys.trust.keys[k] for k in r.keyids] for n, r in keys.trust.roles.items()}
+        ).payload()
+    )
     doc["tls_anchors"] = anchors
     return envelope.seal(trustroot.MAGIC, jsondoc.dumps(doc), [keys.root]).encode()
 
@@ -45,8 +47,9 @@ def test_host_and_device_read_the_same_anchors(tmp_path: Path) -> None:
     assert b"tls_anchors" not in keys.trust.raw
 
 
-@pytest.mark.parametrize("bad", [["zz"], ["3000ff"], ["30"], [], ["AB" * 8], ["3003020101"] * 5,
-                                 [7]])
+@pytest.mark.parametrize(
+    "bad", [["zz"], ["3000ff"], ["30"], [], ["AB" * 8], ["3003020101"] * 5, [7]]
+)
 def test_malformed_anchor_refused_by_host_and_device(tmp_path: Path, bad: list) -> None:
     keys = Keys()
     data = _root_with(keys, bad)
@@ -67,16 +70,18 @@ def world(project: Path, tmp_path: Path):
 def _server_cert_under(ca_dir: Path, out: Path) -> tuple[Path, Path]:
     ca = load_issuing_ca(ca_dir)
     key = generate_key()
-    cert = issue(ca, LeafRequest(name="127.0.0.1", role="server", sans=("IP:127.0.0.1",)),
-                 key.public_key())
+    cert = issue(
+        ca, LeafRequest(name="127.0.0.1", role="server", sans=("IP:127.0.0.1",)), key.public_key()
+    )
     c, k = out / "server-b.pem", out / "server-b-key.pem"
     c.write_bytes(cert.public_bytes(Encoding.PEM) + ca.cert.public_bytes(Encoding.PEM))
     k.write_bytes(key_pem_der(key)[0])
     return c, k
 
 
-def test_fleet_follows_a_server_anchor_change_without_reflashing(world: World,
-                                                                  tmp_path: Path) -> None:
+def test_fleet_follows_a_server_anchor_change_without_reflashing(
+    world: World, tmp_path: Path
+) -> None:
     a_root = (world.ca_dir / "root.der").read_bytes()
     direct = {"server": world.server_url}
     v1 = world.release("1.0.0", 1)
@@ -115,8 +120,9 @@ def test_fleet_follows_a_server_anchor_change_without_reflashing(world: World,
     assert [r[1] for r in follower.boot().ran()] == ["1.2.0"]
 
 
-def test_keys_anchor_cli_and_later_rotations_keep_the_anchors(project: Path,
-                                                             tmp_path: Path) -> None:
+def test_keys_anchor_cli_and_later_rotations_keep_the_anchors(
+    project: Path, tmp_path: Path
+) -> None:
     import hashlib
 
     from conftest import run_mpseal
@@ -125,15 +131,17 @@ def test_keys_anchor_cli_and_later_rotations_keep_the_anchors(project: Path,
 
     ca = init_ca(tmp_path / "ca", CaOptions(name="anchor cli"))
     der = ca.root.public_bytes(Encoding.DER)
-    res = run_mpseal("keys", "anchor", "-C", project, "--tls-anchor", tmp_path / "ca" / "root.pem",
-                     "--json")
+    res = run_mpseal(
+        "keys", "anchor", "-C", project, "--tls-anchor", tmp_path / "ca" / "root.pem", "--json"
+    )
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert out["version"] == 2 and out["tls_anchors"] == [hashlib.sha256(der).hexdigest()]
     assert Project.load(project).trust_root().tls_anchors == (der,)
     # a chain file is not one anchor: usage error, nothing written
-    res = run_mpseal("keys", "anchor", "-C", project, "--tls-anchor",
-                     tmp_path / "ca" / "ca-chain.pem")
+    res = run_mpseal(
+        "keys", "anchor", "-C", project, "--tls-anchor", tmp_path / "ca" / "ca-chain.pem"
+    )
     assert res.returncode == 2 and "one certificate" in res.stderr
     assert Project.load(project).trust_root().version == 2
     # a key rotation carries the anchors into the next root

@@ -35,8 +35,15 @@ def keys(tmp_path: Path) -> Keys:
 
 
 def check_body(hw: str, version: str = "1.0.0", counter: int = 1, **kw: object) -> dict:
-    return {"hardware_id": hw, "board": "esp32", "app": "hello", "version": version,
-            "counter": counter, "timestamp_version": 0, **kw}
+    return {
+        "hardware_id": hw,
+        "board": "esp32",
+        "app": "hello",
+        "version": version,
+        "counter": counter,
+        "timestamp_version": 0,
+        **kw,
+    }
 
 
 def assert_one_line_error(resp: httpx.Response, status: int) -> str:
@@ -47,11 +54,15 @@ def assert_one_line_error(resp: httpx.Response, status: int) -> str:
     return body["error"]
 
 
-def test_publish_promote_check_download_resume_report(db_url: str, keys: Keys,
-                                                      tmp_path: Path) -> None:
+def test_publish_promote_check_download_resume_report(
+    db_url: str, keys: Keys, tmp_path: Path
+) -> None:
     fleet = register(db_url, 3)
-    with running_server(config_for(db_url, keys, tmp_path)) as srv, srv.admin() as admin, \
-            httpx.Client(base_url=srv.url, timeout=30) as dev:
+    with (
+        running_server(config_for(db_url, keys, tmp_path)) as srv,
+        srv.admin() as admin,
+        httpx.Client(base_url=srv.url, timeout=30) as dev,
+    ):
         blob = make_artifact(keys.release, "1.1.0", counter=2, size=200_000)
         rel = admin.post("/v1/admin/releases", content=blob).json()["release"]
         assert (rel["state"], rel["percent"], rel["size"]) == ("active", 0.0, len(blob))
@@ -70,9 +81,12 @@ def test_publish_promote_check_download_resume_report(db_url: str, keys: Keys,
         raw = dev.get("/v1/timestamp/stable.mpst", headers=h).content
         ts = parse_timestamp(raw, keys.trust_root)
         assert [t.to_dict() for t in ts.targets] == [target] and ts.version > first.get(
-            "timestamp_version", 0)
-        assert dev.get("/v1/roots/1.mpsr", headers=h).content == (
-            keys.roots_dir / "1.mpsr").read_bytes()
+            "timestamp_version", 0
+        )
+        assert (
+            dev.get("/v1/roots/1.mpsr", headers=h).content
+            == (keys.roots_dir / "1.mpsr").read_bytes()
+        )
 
         # A download cut after 77,777 bytes resumes with Range and completes the file.
         url = "/v1/" + target["path"]
@@ -86,9 +100,17 @@ def test_publish_promote_check_download_resume_report(db_url: str, keys: Keys,
         assert blob[:cut] + rest.content == blob
 
         for event in ("downloaded", "staged", "booted", "confirmed"):
-            r = dev.post("/v1/device/report", headers=h, json={
-                "hardware_id": hw, "event": event, "version": "1.1.0", "app": "hello",
-                "board": "esp32"})
+            r = dev.post(
+                "/v1/device/report",
+                headers=h,
+                json={
+                    "hardware_id": hw,
+                    "event": event,
+                    "version": "1.1.0",
+                    "app": "hello",
+                    "board": "esp32",
+                },
+            )
             assert r.json() == {"recorded": True}  # names no release
         listed = admin.get("/v1/admin/releases").json()["releases"]
         assert listed[0]["counts"]["updated"] == 1 and listed[0]["counts"]["attempts"] == 1
@@ -97,8 +119,9 @@ def test_publish_promote_check_download_resume_report(db_url: str, keys: Keys,
         assert again["update"] is False
 
 
-def test_publish_refuses_tampered_and_foreign_artifacts(db_url: str, keys: Keys,
-                                                        tmp_path: Path) -> None:
+def test_publish_refuses_tampered_and_foreign_artifacts(
+    db_url: str, keys: Keys, tmp_path: Path
+) -> None:
     cfg = config_for(db_url, keys, tmp_path)
     with running_server(cfg) as srv, srv.admin() as admin:
         good = make_artifact(keys.release, "1.0.1")
@@ -116,33 +139,50 @@ def test_publish_refuses_tampered_and_foreign_artifacts(db_url: str, keys: Keys,
         # The same version again is a conflict, not a second release.
         assert_one_line_error(admin.post("/v1/admin/releases", content=good), 409)
         assert [p.name for p in cfg.artifacts_dir.iterdir()] == [
-            f"{hashlib.sha256(good).hexdigest()}.mpseal"]
+            f"{hashlib.sha256(good).hexdigest()}.mpseal"
+        ]
 
 
 def test_revoked_device_is_refused_on_every_call(db_url: str, keys: Keys, tmp_path: Path) -> None:
     fleet = register(db_url, 2)
-    with running_server(config_for(db_url, keys, tmp_path)) as srv, srv.admin() as admin, \
-            httpx.Client(base_url=srv.url) as dev:
+    with (
+        running_server(config_for(db_url, keys, tmp_path)) as srv,
+        srv.admin() as admin,
+        httpx.Client(base_url=srv.url) as dev,
+    ):
         blob = make_artifact(keys.release, "1.1.0", 2)
         rid = admin.post("/v1/admin/releases", content=blob).json()["release"]["id"]
         admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 100})
         leaked, good = "dev-00000", "dev-00001"
-        assert dev.post("/v1/device/check", json=check_body(leaked),
-                        headers=fleet.headers(leaked)).status_code == 200
+        assert (
+            dev.post(
+                "/v1/device/check", json=check_body(leaked), headers=fleet.headers(leaked)
+            ).status_code
+            == 200
+        )
         r = admin.post(f"/v1/admin/devices/{leaked}/revoke", json={"reason": "token leaked"})
         assert r.json() == {"hardware_id": leaked, "state": "revoked", "certificates_revoked": 1}
         h = fleet.headers(leaked)
         path = f"/v1/artifacts/{hashlib.sha256(blob).hexdigest()}.mpseal"
-        for resp in (dev.post("/v1/device/check", json=check_body(leaked), headers=h),
-                     dev.post("/v1/device/report", headers=h, json={
-                         "hardware_id": leaked, "event": "booted", "version": "1.1.0"}),
-                     dev.get("/v1/timestamp/stable.mpst", headers=h),
-                     dev.get("/v1/roots/1.mpsr", headers=h),
-                     dev.get(path, headers=h)):
+        for resp in (
+            dev.post("/v1/device/check", json=check_body(leaked), headers=h),
+            dev.post(
+                "/v1/device/report",
+                headers=h,
+                json={"hardware_id": leaked, "event": "booted", "version": "1.1.0"},
+            ),
+            dev.get("/v1/timestamp/stable.mpst", headers=h),
+            dev.get("/v1/roots/1.mpsr", headers=h),
+            dev.get(path, headers=h),
+        ):
             assert_one_line_error(resp, 403)
         # Everyone else is unaffected.
-        assert dev.post("/v1/device/check", json=check_body(good),
-                        headers=fleet.headers(good)).json()["update"] is True
+        assert (
+            dev.post("/v1/device/check", json=check_body(good), headers=fleet.headers(good)).json()[
+                "update"
+            ]
+            is True
+        )
         assert_one_line_error(admin.post("/v1/admin/devices/no-such-device/revoke"), 404)
 
 
@@ -151,9 +191,12 @@ def test_admin_api_needs_the_admin_token(tmp_path: Path, keys: Keys) -> None:
     fleet = register(url, 1)
     with running_server(config_for(url, keys, tmp_path)) as srv:
         blob = make_artifact(keys.release)
-        for headers in ({}, {"Authorization": "Bearer wrong"},
-                        {"Authorization": f"Basic {ADMIN_TOKEN}"},
-                        fleet.headers("dev-00000")):  # a device token is not an admin token
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": f"Basic {ADMIN_TOKEN}"},
+            fleet.headers("dev-00000"),
+        ):  # a device token is not an admin token
             with httpx.Client(base_url=srv.url, headers=headers) as c:
                 assert_one_line_error(c.get("/v1/admin/releases"), 401)
                 assert_one_line_error(c.post("/v1/admin/releases", content=blob), 401)
@@ -183,47 +226,88 @@ def test_hostile_requests_get_a_clean_4xx(db_url: str, keys: Keys, tmp_path: Pat
         hw = "dev-00000"
         h = fleet.headers(hw)
         post = dev.post
-        assert_one_line_error(post("/v1/device/check", headers=h,
-                                   content=b"{" + b" " * 10_000 + b"}"), 413)
+        assert_one_line_error(
+            post("/v1/device/check", headers=h, content=b"{" + b" " * 10_000 + b"}"), 413
+        )
         assert_one_line_error(post("/v1/device/check", headers=h, content=b"\xff\xfe{"), 400)
         assert_one_line_error(post("/v1/device/check", headers=h, content=b"[1, 2]"), 400)
         assert_one_line_error(post("/v1/device/check", headers=h, content=b"[" * 3000), 400)
         assert_one_line_error(post("/v1/device/check", headers=h, content=b""), 400)
-        for bad in ({"counter": "1"}, {"counter": True}, {"counter": -1}, {"board": "../x"},
-                    {"app": "a b"}, {"version": "1.0\n"}, {"timestamp_version": 1.5},
-                    {"channel": "../../etc"}, {"hardware_id": "x" * 65}):
-            msg = assert_one_line_error(post("/v1/device/check", headers=h,
-                                             json={**check_body(hw), **bad}), 400)
+        for bad in (
+            {"counter": "1"},
+            {"counter": True},
+            {"counter": -1},
+            {"board": "../x"},
+            {"app": "a b"},
+            {"version": "1.0\n"},
+            {"timestamp_version": 1.5},
+            {"channel": "../../etc"},
+            {"hardware_id": "x" * 65},
+        ):
+            msg = assert_one_line_error(
+                post("/v1/device/check", headers=h, json={**check_body(hw), **bad}), 400
+            )
             assert msg
         body = check_body(hw)
         del body["counter"]
         assert_one_line_error(post("/v1/device/check", headers=h, json=body), 400)
         # Another device's hardware id with my token; an unknown token; no credentials.
-        assert_one_line_error(post("/v1/device/check", headers=h,
-                                   json=check_body("dev-00001")), 403)
-        assert_one_line_error(post("/v1/device/check", json=check_body(hw),
-                                   headers={"Authorization": "Bearer nobody"}), 403)
+        assert_one_line_error(
+            post("/v1/device/check", headers=h, json=check_body("dev-00001")), 403
+        )
+        assert_one_line_error(
+            post(
+                "/v1/device/check", json=check_body(hw), headers={"Authorization": "Bearer nobody"}
+            ),
+            403,
+        )
         assert_one_line_error(post("/v1/device/check", json=check_body(hw)), 401)
-        status, _ = raw_request(srv.url, b"POST /v1/device/check HTTP/1.1\r\nHost: x\r\n"
-                                b"Content-Length: abc\r\nConnection: close\r\n\r\n{}")
+        status, _ = raw_request(
+            srv.url,
+            b"POST /v1/device/check HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Length: abc\r\nConnection: close\r\n\r\n{}",
+        )
         assert status == 400  # refused by the HTTP parser itself
-        assert_one_line_error(post("/v1/device/report", headers=h, json={
-            "hardware_id": hw, "event": "exploded", "version": "1.0.0"}), 400)
-        assert_one_line_error(post("/v1/device/check", headers=h,
-                                   json=check_body(hw, channel="nosuch")), 404)
+        assert_one_line_error(
+            post(
+                "/v1/device/report",
+                headers=h,
+                json={"hardware_id": hw, "event": "exploded", "version": "1.0.0"},
+            ),
+            400,
+        )
+        assert_one_line_error(
+            post("/v1/device/check", headers=h, json=check_body(hw, channel="nosuch")), 404
+        )
         # Names that try to leave the artifact folder never become paths.
-        for name in ("..%2Fsecret.mpseal", "..%2F..%2Fsecret.mpseal", "%2e%2e%2fsecret.mpseal",
-                     "ABC.mpseal", "x" * 64 + ".mpseal", "secret.mpseal"):
+        for name in (
+            "..%2Fsecret.mpseal",
+            "..%2F..%2Fsecret.mpseal",
+            "%2e%2e%2fsecret.mpseal",
+            "ABC.mpseal",
+            "x" * 64 + ".mpseal",
+            "secret.mpseal",
+        ):
             r = dev.get(f"/v1/artifacts/{name}", headers=h)
             assert 400 <= r.status_code < 500 and b"outside" not in r.content, name
-        for raw_path in (b"/v1/artifacts/../../secret.mpseal", b"/v1/artifacts/..%2f..%2fsecret",
-                         b"/v1/roots/../../keys/timestamp.pem", b"/v1/timestamp/..%2f..%2fx"):
-            status, body_bytes = raw_request(srv.url, b"GET " + raw_path + b" HTTP/1.1\r\n"
-                                             b"Host: x\r\nAuthorization: Bearer "
-                                             + fleet.tokens[hw].encode()
-                                             + b"\r\nConnection: close\r\n\r\n")
-            assert 400 <= status < 500 and b"outside" not in body_bytes and b"PRIVATE" not in \
-                body_bytes, raw_path
+        for raw_path in (
+            b"/v1/artifacts/../../secret.mpseal",
+            b"/v1/artifacts/..%2f..%2fsecret",
+            b"/v1/roots/../../keys/timestamp.pem",
+            b"/v1/timestamp/..%2f..%2fx",
+        ):
+            status, body_bytes = raw_request(
+                srv.url,
+                b"GET " + raw_path + b" HTTP/1.1\r\n"
+                b"Host: x\r\nAuthorization: Bearer "
+                + fleet.tokens[hw].encode()
+                + b"\r\nConnection: close\r\n\r\n",
+            )
+            assert (
+                400 <= status < 500
+                and b"outside" not in body_bytes
+                and b"PRIVATE" not in body_bytes
+            ), raw_path
             assert "error" in json.loads(body_bytes)
         assert_one_line_error(dev.get("/v1/roots/0.mpsr", headers=h), 400)
         assert_one_line_error(dev.get("/v1/roots/7.mpsr", headers=h), 404)
@@ -234,8 +318,9 @@ def test_hostile_requests_get_a_clean_4xx(db_url: str, keys: Keys, tmp_path: Pat
         with srv.admin() as admin:
             big = b"\0" * (cfg.limits.artifact_upload_max + 1)
             assert_one_line_error(admin.post("/v1/admin/releases", content=big), 413)
-            assert_one_line_error(admin.post("/v1/admin/releases/1/promote",
-                                             json={"percent": 10}), 404)
+            assert_one_line_error(
+                admin.post("/v1/admin/releases/1/promote", json={"percent": 10}), 404
+            )
             assert_one_line_error(admin.post("/v1/admin/releases/abc/pause"), 400)
 
 
@@ -245,10 +330,16 @@ def test_openapi_is_served_and_docs_copy_matches(tmp_path: Path, keys: Keys) -> 
         served = httpx.get(f"{srv.url}/openapi.json").json()
     assert served == json.loads(render())
     assert (DOCS / "openapi.json").read_text() == render(), (
-        "docs/openapi.json is stale: python -m mpseal.server.openapi > docs/openapi.json")
+        "docs/openapi.json is stale: python -m mpseal.server.openapi > docs/openapi.json"
+    )
     paths = set(served["paths"])
-    assert {"/v1/device/check", "/v1/device/report", "/v1/timestamp/{channel}.mpst",
-            "/v1/roots/{version}.mpsr", "/v1/artifacts/{sha256}.mpseal"} <= paths
+    assert {
+        "/v1/device/check",
+        "/v1/device/report",
+        "/v1/timestamp/{channel}.mpst",
+        "/v1/roots/{version}.mpsr",
+        "/v1/artifacts/{sha256}.mpseal",
+    } <= paths
 
 
 def test_downloads_can_be_redirected_to_a_cdn(tmp_path: Path, keys: Keys) -> None:
@@ -272,17 +363,25 @@ def test_a_new_trust_root_is_served_and_named_at_once(tmp_path: Path, keys: Keys
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     fleet = register(url, 1)
     h = fleet.headers("dev-00000")
-    with running_server(config_for(url, keys, tmp_path)) as srv, \
-            httpx.Client(base_url=srv.url) as dev:
+    with (
+        running_server(config_for(url, keys, tmp_path)) as srv,
+        httpx.Client(base_url=srv.url) as dev,
+    ):
         assert dev.get("/v1/roots/2.mpsr", headers=h).status_code == 404
         old = keys.trust_root
         new = trustroot.TrustRoot(2, old.keys, old.roles)
         (keys.roots_dir / "2.mpsr").write_bytes(trustroot.sign_update(old, new, [keys.root]))
-        assert dev.get("/v1/roots/2.mpsr", headers=h).content == (
-            keys.roots_dir / "2.mpsr").read_bytes()
+        assert (
+            dev.get("/v1/roots/2.mpsr", headers=h).content
+            == (keys.roots_dir / "2.mpsr").read_bytes()
+        )
         time.sleep(0.3)  # the server's caches (0.2 s in these tests)
         answer = dev.post("/v1/device/check", json=check_body("dev-00000"), headers=h).json()
         assert answer["root_version"] == 2
         raw = dev.get("/v1/timestamp/stable.mpst", headers=h).content
-        assert parse_timestamp(raw, trustroot.parse((keys.roots_dir / "2.mpsr").read_bytes())
-                               ).root_version == 2
+        assert (
+            parse_timestamp(
+                raw, trustroot.parse((keys.roots_dir / "2.mpsr").read_bytes())
+            ).root_version
+            == 2
+        )

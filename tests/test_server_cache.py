@@ -38,6 +38,7 @@ def test_concurrent_misses_share_one_load_and_an_entry_lives_exactly_ttl() -> No
 
 def test_invalidate_wins_over_a_load_in_flight() -> None:
     """A revocation during a lookup must not be undone by the lookup's stale answer."""
+
     async def go() -> None:
         cache: TtlCache[str] = TtlCache(ttl=60)
         gate = asyncio.Event()
@@ -64,8 +65,10 @@ def test_cache_size_is_bounded() -> None:
     async def go() -> None:
         cache: TtlCache[int] = TtlCache(ttl=60, max_entries=100)
         for i in range(1000):
+
             async def load(i: int = i) -> int:
                 return i
+
             await cache.get(i, load)
         assert len(cache._data) <= 100
 

@@ -33,9 +33,18 @@ def keys(tmp_path: Path) -> Keys:
 
 
 def check(dev: httpx.Client, fleet, hw: str, version: str, counter: int = 1) -> dict:  # type: ignore[no-untyped-def]
-    r = dev.post("/v1/device/check", headers=fleet.headers(hw), json={
-        "hardware_id": hw, "board": "esp32", "app": "hello", "version": version,
-        "counter": counter, "timestamp_version": 0})
+    r = dev.post(
+        "/v1/device/check",
+        headers=fleet.headers(hw),
+        json={
+            "hardware_id": hw,
+            "board": "esp32",
+            "app": "hello",
+            "version": version,
+            "counter": counter,
+            "timestamp_version": 0,
+        },
+    )
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -46,15 +55,19 @@ def cli(url: str, *args: str) -> list[dict]:  # type: ignore[type-arg]
     return [json.loads(line) for line in res.stdout.splitlines() if line.strip()]
 
 
-def test_inventory_records_checkins_and_reports_and_filters(db_url: str, keys: Keys,
-                                                           tmp_path: Path) -> None:
+def test_inventory_records_checkins_and_reports_and_filters(
+    db_url: str, keys: Keys, tmp_path: Path
+) -> None:
     fleet = register(db_url, 30)
     hws = sorted(fleet.tokens)
     engine = sa.create_engine(db_url)
     with engine.begin() as conn:  # one certificate about to expire
         dev_id = conn.scalar(sa.select(Device.id).where(Device.hardware_id == hws[3]))
-        conn.execute(sa.update(Certificate).where(Certificate.device_id == dev_id)
-                     .values(not_after=datetime.now(UTC) + timedelta(days=5)))
+        conn.execute(
+            sa.update(Certificate)
+            .where(Certificate.device_id == dev_id)
+            .values(not_after=datetime.now(UTC) + timedelta(days=5))
+        )
     engine.dispose()
     cfg = config_for(db_url, keys, tmp_path, cache_seconds=0.0, inventory_seconds=0.2)
     with running_server(cfg) as srv, srv.admin() as admin, httpx.Client(base_url=srv.url) as dev:
@@ -62,8 +75,11 @@ def test_inventory_records_checkins_and_reports_and_filters(db_url: str, keys: K
             check(dev, fleet, hw, "1.0.0")
         for hw in hws[10:15]:
             check(dev, fleet, hw, "1.1.0", 2)
-        dev.post("/v1/device/report", headers=fleet.headers(hws[12]), json={
-            "hardware_id": hws[12], "event": "rolled_back", "version": "1.2.0"})
+        dev.post(
+            "/v1/device/report",
+            headers=fleet.headers(hws[12]),
+            json={"hardware_id": hws[12], "event": "rolled_back", "version": "1.2.0"},
+        )
         time.sleep(0.8)  # the inventory is written every 0.2 s
 
         def listed(**params: str) -> list[dict]:  # type: ignore[type-arg]
@@ -74,10 +90,13 @@ def test_inventory_records_checkins_and_reports_and_filters(db_url: str, keys: K
         one = {d["hardware_id"]: d for d in listed(limit="100")}
         assert len(one) == 30
         d = one[hws[11]]
-        assert (d["app"], d["version"], d["counter"], d["channel"]) == ("hello", "1.1.0", 2,
-                                                                       "stable")
-        assert datetime.fromisoformat(d["last_check_at"]) > datetime.now(UTC) - timedelta(
-            minutes=1)
+        assert (d["app"], d["version"], d["counter"], d["channel"]) == (
+            "hello",
+            "1.1.0",
+            2,
+            "stable",
+        )
+        assert datetime.fromisoformat(d["last_check_at"]) > datetime.now(UTC) - timedelta(minutes=1)
         assert one[hws[12]]["last_event"] == "rolled_back"
         assert one[hws[20]]["last_check_at"] is None
         assert {d["hardware_id"] for d in listed(version="1.0.0")} == set(hws[:10])
@@ -86,8 +105,10 @@ def test_inventory_records_checkins_and_reports_and_filters(db_url: str, keys: K
         assert [d["hardware_id"] for d in listed(expiring_before=soon)] == [hws[3]]
         now = datetime.now(UTC).isoformat()
         assert {d["hardware_id"] for d in listed(seen_before=now)} == set(hws)
-        assert {d["hardware_id"] for d in listed(
-            seen_before=(datetime.now(UTC) - timedelta(hours=1)).isoformat())} == set(hws[15:])
+        assert {
+            d["hardware_id"]
+            for d in listed(seen_before=(datetime.now(UTC) - timedelta(hours=1)).isoformat())
+        } == set(hws[15:])
         assert admin.get("/v1/admin/devices", params={"state": "lost"}).status_code == 400
         assert admin.get("/v1/admin/devices", params={"colour": "x"}).status_code == 400
 
@@ -95,8 +116,7 @@ def test_inventory_records_checkins_and_reports_and_filters(db_url: str, keys: K
         seen: list[str] = []
         after = 0
         while True:
-            body = admin.get("/v1/admin/devices",
-                             params={"limit": "7", "after": str(after)}).json()
+            body = admin.get("/v1/admin/devices", params={"limit": "7", "after": str(after)}).json()
             seen += [d["hardware_id"] for d in body["devices"]]
             if body["next"] is None:
                 break
@@ -106,19 +126,37 @@ def test_inventory_records_checkins_and_reports_and_filters(db_url: str, keys: K
         assert [json.loads(x)["hardware_id"] for x in lines.splitlines()] == hws[10:15]
 
         # The CLI: filters, JSON lines, and moving a device to a group it is then offered.
-        assert [d["hardware_id"] for d in cli(srv.url, "inventory", "list", "--version",
-                                              "1.0.0", "--limit", "4")] == hws[:4]
-        assert [d["hardware_id"] for d in cli(srv.url, "inventory", "list",
-                                              "--expiring-within", "10")] == [hws[3]]
-        rid = admin.post("/v1/admin/releases", content=make_artifact(
-            keys.release, "1.5.0", 2)).json()["release"]["id"]
+        assert [
+            d["hardware_id"]
+            for d in cli(srv.url, "inventory", "list", "--version", "1.0.0", "--limit", "4")
+        ] == hws[:4]
+        assert [
+            d["hardware_id"] for d in cli(srv.url, "inventory", "list", "--expiring-within", "10")
+        ] == [hws[3]]
+        rid = admin.post(
+            "/v1/admin/releases", content=make_artifact(keys.release, "1.5.0", 2)
+        ).json()["release"]["id"]
         admin.post(f"/v1/admin/releases/{rid}/promote", json={"group": "beta"})
         assert check(dev, fleet, hws[25], "1.0.0")["update"] is False
-        res = run_mpseal("device", "group", hws[25], "beta", "--server", srv.url,
-                         env={"MPSEAL_ADMIN_TOKEN": ADMIN_TOKEN})
+        res = run_mpseal(
+            "device",
+            "group",
+            hws[25],
+            "beta",
+            "--server",
+            srv.url,
+            env={"MPSEAL_ADMIN_TOKEN": ADMIN_TOKEN},
+        )
         assert res.returncode == 0 and "default -> beta" in res.stdout, res.stderr
         assert check(dev, fleet, hws[25], "1.0.0")["update"] is True
         assert [d["hardware_id"] for d in listed(group="beta")] == [hws[25]]
-        res = run_mpseal("device", "group", "no-such", "beta", "--server", srv.url,
-                         env={"MPSEAL_ADMIN_TOKEN": ADMIN_TOKEN})
+        res = run_mpseal(
+            "device",
+            "group",
+            "no-such",
+            "beta",
+            "--server",
+            srv.url,
+            env={"MPSEAL_ADMIN_TOKEN": ADMIN_TOKEN},
+        )
         assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1

@@ -15,8 +15,11 @@ from mpseal.server.run import RunOptions
 
 
 def _request(conn: ssl.SSLSocket, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
-    head = (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
-            + ("Content-Type: application/json\r\n" if body else "") + "\r\n").encode()
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
+        + ("Content-Type: application/json\r\n" if body else "")
+        + "\r\n"
+    ).encode()
     conn.sendall(head + body)
     buf = b""
     while b"\r\n\r\n" not in buf:
@@ -52,18 +55,33 @@ def test_one_tls_connection_serves_a_whole_update_round(tmp_path: Path) -> None:
     with running_server(config_for(db, keys, tmp_path, cache_seconds=0.0), options) as srv:
         ctx = ssl.create_default_context(cafile=str(folder / "server-ca.pem"))
         with srv.admin(verify=ctx) as admin:
-            rid = admin.post("/v1/admin/releases", content=make_artifact(
-                keys.release, "1.1.0", 2, size=50_000)).json()["release"]["id"]
+            rid = admin.post(
+                "/v1/admin/releases", content=make_artifact(keys.release, "1.1.0", 2, size=50_000)
+            ).json()["release"]["id"]
             admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 100})
         dev_ctx = ssl.create_default_context(cafile=str(folder / "server-ca.pem"))
         dev_ctx.load_cert_chain(str(dev_cert), str(dev_key))
         port = int(srv.url.rsplit(":", 1)[1])
-        with socket.create_connection(("127.0.0.1", port)) as raw, \
-                dev_ctx.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+        with (
+            socket.create_connection(("127.0.0.1", port)) as raw,
+            dev_ctx.wrap_socket(raw, server_hostname="127.0.0.1") as conn,
+        ):
             hw = "dev-00000"
-            status, body = _request(conn, "POST", "/v1/device/check", json.dumps({
-                "hardware_id": hw, "board": "esp32", "app": "hello", "version": "1.0.0",
-                "counter": 1, "timestamp_version": 0}).encode())
+            status, body = _request(
+                conn,
+                "POST",
+                "/v1/device/check",
+                json.dumps(
+                    {
+                        "hardware_id": hw,
+                        "board": "esp32",
+                        "app": "hello",
+                        "version": "1.0.0",
+                        "counter": 1,
+                        "timestamp_version": 0,
+                    }
+                ).encode(),
+            )
             answer = json.loads(body)
             assert status == 200 and answer["update"] is True
             assert _request(conn, "GET", "/v1/timestamp/stable.mpst")[0] == 200
@@ -71,8 +89,19 @@ def test_one_tls_connection_serves_a_whole_update_round(tmp_path: Path) -> None:
             status, blob = _request(conn, "GET", "/v1/" + answer["target"]["path"])
             assert status == 200 and len(blob) == answer["target"]["size"]
             for event in ("downloaded", "staged"):
-                status, body = _request(conn, "POST", "/v1/device/report", json.dumps({
-                    "hardware_id": hw, "event": event, "version": "1.1.0", "app": "hello",
-                    "board": "esp32"}).encode())
+                status, body = _request(
+                    conn,
+                    "POST",
+                    "/v1/device/report",
+                    json.dumps(
+                        {
+                            "hardware_id": hw,
+                            "event": event,
+                            "version": "1.1.0",
+                            "app": "hello",
+                            "board": "esp32",
+                        }
+                    ).encode(),
+                )
                 assert status == 200 and json.loads(body) == {"recorded": True}
             assert not conn.session_reused  # one handshake, never a second one

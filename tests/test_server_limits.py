@@ -80,15 +80,16 @@ def test_attack_endless_headers_memory_stays_bounded(keys: Keys, tmp_path: Path)
         assert peak - before < 40 * 1024, (before, peak)  # KiB: under 40 MB of growth
 
 
-def test_attack_half_open_connections_do_not_lock_out_clients(keys: Keys,
-                                                              tmp_path: Path) -> None:
+def test_attack_half_open_connections_do_not_lock_out_clients(keys: Keys, tmp_path: Path) -> None:
     """1,100 connections that never send a byte: past the connection limit the oldest idle
     ones are closed to make room, the rest after the header timeout; a real client is
     served throughout and memory stays bounded."""
     db = f"sqlite:///{tmp_path / 'mpseal.db'}"
     register(db, 1)
-    with serve(db, keys, tmp_path, "--max-connections", "300",
-               "--header-timeout", "3") as (url, proc):
+    with serve(db, keys, tmp_path, "--max-connections", "300", "--header-timeout", "3") as (
+        url,
+        proc,
+    ):
         port = port_of(url)
         before = rss_kib(proc.pid)
         idle = []

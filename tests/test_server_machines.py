@@ -19,17 +19,23 @@ from mpseal.formats import trustroot
 from mpseal.formats.updatemeta import parse_timestamp
 
 
-def test_two_servers_with_separate_folders_against_one_postgresql(pg_url: str,
-                                                                  tmp_path: Path) -> None:
+def test_two_servers_with_separate_folders_against_one_postgresql(
+    pg_url: str, tmp_path: Path
+) -> None:
     engine = sa.create_engine(pg_url)
     with engine.begin() as conn:
         conn.execute(sa.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
     engine.dispose()
     keys = make_keys(tmp_path / "keys")
     root1 = keys.trust_root
-    root2 = trustroot.build(2, {"root": [keys.root.public_key],
-                                "release": [keys.release.public_key],
-                                "timestamp": [keys.timestamp.public_key]})
+    root2 = trustroot.build(
+        2,
+        {
+            "root": [keys.root.public_key],
+            "release": [keys.release.public_key],
+            "timestamp": [keys.timestamp.public_key],
+        },
+    )
     (keys.roots_dir / "2.mpsr").write_bytes(trustroot.sign_update(root1, root2, [keys.root]))
     only_one = tmp_path / "b-roots"  # machine B was never given root 2
     only_one.mkdir()
@@ -43,13 +49,27 @@ def test_two_servers_with_separate_folders_against_one_postgresql(pg_url: str,
     with serve(pg_url, keys, a_dir) as (a, _):
         with serve(pg_url, _with_roots(keys, only_one), b_dir) as (b, _):
             blob = make_artifact(keys.release, "1.1.0", 2, size=20_000)
-            rid = httpx.post(f"{a}/v1/admin/releases", content=blob,
-                             headers=admin).json()["release"]["id"]
-            assert httpx.post(f"{a}/v1/admin/releases/{rid}/promote", json={"percent": 100},
-                              headers=admin).status_code == 200
-            answer = httpx.post(f"{b}/v1/device/check", headers=h, json={
-                "hardware_id": "dev-00001", "board": "esp32", "app": "hello",
-                "version": "1.0.0", "counter": 1, "timestamp_version": 0}).json()
+            rid = httpx.post(f"{a}/v1/admin/releases", content=blob, headers=admin).json()[
+                "release"
+            ]["id"]
+            assert (
+                httpx.post(
+                    f"{a}/v1/admin/releases/{rid}/promote", json={"percent": 100}, headers=admin
+                ).status_code
+                == 200
+            )
+            answer = httpx.post(
+                f"{b}/v1/device/check",
+                headers=h,
+                json={
+                    "hardware_id": "dev-00001",
+                    "board": "esp32",
+                    "app": "hello",
+                    "version": "1.0.0",
+                    "counter": 1,
+                    "timestamp_version": 0,
+                },
+            ).json()
             assert answer["update"] is True and answer["root_version"] == 2
             got = httpx.get(f"{b}/v1/{answer['target']['path']}", headers=h)
             assert got.status_code == 200 and got.content == blob  # never on B's disk
@@ -63,8 +83,9 @@ def test_two_servers_with_separate_folders_against_one_postgresql(pg_url: str,
             # serve and refresh it (they used to re-sign each other's every half second).
             def version(url: str) -> int:
                 raw = httpx.get(f"{url}/v1/timestamp/stable.mpst", headers=h).content
-                return parse_timestamp(raw, trustroot.parse(
-                    (keys.roots_dir / "2.mpsr").read_bytes())).version
+                return parse_timestamp(
+                    raw, trustroot.parse((keys.roots_dir / "2.mpsr").read_bytes())
+                ).version
 
             first = {version(a), version(b)}
             assert len(first) == 1

@@ -37,11 +37,27 @@ def serve(db_url: str, keys: Keys, artifacts: Path, *extra: str) -> Iterator[str
     port = free_port()
     env = {**os.environ, "MPSEAL_ADMIN_TOKEN": ADMIN_TOKEN}
     proc = subprocess.Popen(
-        [str(MPSEAL), "serve", "--db", db_url, "--port", str(port), "--roots",
-         str(keys.roots_dir), "--timestamp-key", str(keys.folder / "timestamp.pem"),
-         "--artifacts", str(artifacts), *(extra or ("--cache-seconds", "0"))],
-        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        start_new_session=True)
+        [
+            str(MPSEAL),
+            "serve",
+            "--db",
+            db_url,
+            "--port",
+            str(port),
+            "--roots",
+            str(keys.roots_dir),
+            "--timestamp-key",
+            str(keys.folder / "timestamp.pem"),
+            "--artifacts",
+            str(artifacts),
+            *(extra or ("--cache-seconds", "0")),
+        ],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -72,8 +88,9 @@ def cli(*args: str) -> dict | list:
     return json.loads(res.stdout)
 
 
-def test_two_server_processes_on_one_database_agree(db_url: str, keys: Keys,
-                                                    tmp_path: Path) -> None:
+def test_two_server_processes_on_one_database_agree(
+    db_url: str, keys: Keys, tmp_path: Path
+) -> None:
     fleet = register(db_url, 20)
     h = fleet.headers("dev-00000")
     auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -110,8 +127,12 @@ def test_two_server_processes_on_one_database_agree(db_url: str, keys: Keys,
                 blob = make_artifact(keys.release, "1.0.0", 1, app=f"app{n}x{i}")
                 r = httpx.post(f"{url}/v1/admin/releases", content=blob, headers=auth, timeout=30)
                 assert r.status_code == 201, r.text
-                r = httpx.post(f"{url}/v1/admin/releases/{r.json()['release']['id']}/promote",
-                               json={"percent": 100}, headers=auth, timeout=30)
+                r = httpx.post(
+                    f"{url}/v1/admin/releases/{r.json()['release']['id']}/promote",
+                    json={"percent": 100},
+                    headers=auth,
+                    timeout=30,
+                )
                 assert r.status_code == 200, r.text
                 out.append(version(url))
             return out
@@ -127,14 +148,23 @@ def test_two_server_processes_on_one_database_agree(db_url: str, keys: Keys,
 
 
 def test_revocation_reaches_every_server_process_within_the_cache_time(
-        db_url: str, keys: Keys, tmp_path: Path) -> None:
+    db_url: str, keys: Keys, tmp_path: Path
+) -> None:
     fleet = register(db_url, 2)
-    check = {"hardware_id": "dev-00000", "board": "esp32", "app": "hello", "version": "1.0.0",
-             "counter": 1, "timestamp_version": 0}
+    check = {
+        "hardware_id": "dev-00000",
+        "board": "esp32",
+        "app": "hello",
+        "version": "1.0.0",
+        "counter": 1,
+        "timestamp_version": 0,
+    }
     h = fleet.headers("dev-00000")
     with ExitStack() as stack:
-        a, b = (stack.enter_context(serve(db_url, keys, tmp_path / "artifacts",
-                                          "--cache-seconds", "1")) for _ in range(2))
+        a, b = (
+            stack.enter_context(serve(db_url, keys, tmp_path / "artifacts", "--cache-seconds", "1"))
+            for _ in range(2)
+        )
         for url in (a, b):  # both have the device cached as allowed
             assert httpx.post(f"{url}/v1/device/check", json=check, headers=h).status_code == 200
         cli("device", "revoke", "dev-00000", "--server", a)
@@ -153,57 +183,97 @@ def test_admin_cli_round_trip(keys: Keys, tmp_path: Path) -> None:
     tampered = tmp_path / "bad.mpseal"
     tampered.write_bytes(v1.read_bytes()[:-1] + b"\0")
     with serve(db, keys, tmp_path / "artifacts") as url:
-        res = run_mpseal("release", "publish", tampered, "--server", url,
-                         env={"MPSEAL_ADMIN_TOKEN": ADMIN_TOKEN})
+        res = run_mpseal(
+            "release", "publish", tampered, "--server", url, env={"MPSEAL_ADMIN_TOKEN": ADMIN_TOKEN}
+        )
         assert res.returncode == 3 and res.stderr.count("\n") == 1
         assert "refused" in res.stderr and "altered" in res.stderr
-        res = run_mpseal("release", "list", "--server", url,
-                         env={"MPSEAL_ADMIN_TOKEN": "wrong"})
+        res = run_mpseal("release", "list", "--server", url, env={"MPSEAL_ADMIN_TOKEN": "wrong"})
         assert res.returncode == 2 and "admin token" in res.stderr
-        res = run_mpseal("release", "list", "--server", "http://127.0.0.1:1",
-                         env={"MPSEAL_ADMIN_TOKEN": ADMIN_TOKEN})
+        res = run_mpseal(
+            "release",
+            "list",
+            "--server",
+            "http://127.0.0.1:1",
+            env={"MPSEAL_ADMIN_TOKEN": ADMIN_TOKEN},
+        )
         assert res.returncode == 4 and "cannot reach" in res.stderr
 
         rel = cli("release", "publish", str(v1), "--channel", "stable", "--server", url)
         assert (rel["version"], rel["state"], rel["percent"]) == ("1.1.0", "active", 0.0)
-        assert cli("release", "promote", "1.1.0", "--group", "default",
-                   "--server", url)["groups"] == ["default"]
-        assert cli("release", "promote", "1.1.0", "--pin", "dev-00001",
-                   "--server", url)["pins"] == ["dev-00001"]
+        assert cli("release", "promote", "1.1.0", "--group", "default", "--server", url)[
+            "groups"
+        ] == ["default"]
+        assert cli("release", "promote", "1.1.0", "--pin", "dev-00001", "--server", url)[
+            "pins"
+        ] == ["dev-00001"]
         assert cli("release", "pause", "1.1.0", "--server", url)["state"] == "paused"
         assert cli("release", "resume", "1.1.0", "--server", url)["state"] == "active"
-        res = run_mpseal("release", "promote", "9.9.9", "--percent", "5", "--server", url,
-                         env={"MPSEAL_ADMIN_TOKEN": ADMIN_TOKEN})
+        res = run_mpseal(
+            "release",
+            "promote",
+            "9.9.9",
+            "--percent",
+            "5",
+            "--server",
+            url,
+            env={"MPSEAL_ADMIN_TOKEN": ADMIN_TOKEN},
+        )
         assert res.returncode == 2 and "no release 9.9.9" in res.stderr
 
-        check = {"hardware_id": "dev-00002", "board": "esp32", "app": "hello",
-                 "version": "1.0.0", "counter": 1, "timestamp_version": 0}
+        check = {
+            "hardware_id": "dev-00002",
+            "board": "esp32",
+            "app": "hello",
+            "version": "1.0.0",
+            "counter": 1,
+            "timestamp_version": 0,
+        }
         h = fleet.headers("dev-00002")
         assert httpx.post(f"{url}/v1/device/check", json=check, headers=h).json()["update"]
-        httpx.post(f"{url}/v1/device/report", headers=h, json={
-            "hardware_id": "dev-00002", "event": "confirmed", "version": "1.1.0"})
+        httpx.post(
+            f"{url}/v1/device/report",
+            headers=h,
+            json={"hardware_id": "dev-00002", "event": "confirmed", "version": "1.1.0"},
+        )
         (row,) = cli("release", "list", "--server", url)
         assert row["counts"]["updated"] == 1
         revoked = cli("device", "revoke", "dev-00002", "--reason", "stolen", "--server", url)
-        assert revoked == {"hardware_id": "dev-00002", "state": "revoked",
-                           "certificates_revoked": 1}
+        assert revoked == {
+            "hardware_id": "dev-00002",
+            "state": "revoked",
+            "certificates_revoked": 1,
+        }
         assert httpx.post(f"{url}/v1/device/check", json=check, headers=h).status_code == 403
 
-        table = run_mpseal("release", "list", "--server", url,
-                           env={"MPSEAL_ADMIN_TOKEN": ADMIN_TOKEN})
+        table = run_mpseal(
+            "release", "list", "--server", url, env={"MPSEAL_ADMIN_TOKEN": ADMIN_TOKEN}
+        )
         assert table.returncode == 0 and "1.1.0" in table.stdout and "default" in table.stdout
 
 
-def test_serve_refuses_a_timestamp_key_devices_would_not_accept(keys: Keys,
-                                                                tmp_path: Path) -> None:
+def test_serve_refuses_a_timestamp_key_devices_would_not_accept(keys: Keys, tmp_path: Path) -> None:
     from mpseal.crypto.keys import PrivateKeySigner
 
     stray = tmp_path / "stray.pem"
     stray.write_bytes(PrivateKeySigner.generate().to_pem())
     stray.chmod(0o600)
-    res = run_mpseal("serve", "--db", f"sqlite:///{tmp_path / 'db.sqlite'}", "--port",
-                     str(free_port()), "--workers", "2", "--roots", keys.roots_dir,
-                     "--timestamp-key", stray, "--artifacts", tmp_path / "a", timeout=60)
+    res = run_mpseal(
+        "serve",
+        "--db",
+        f"sqlite:///{tmp_path / 'db.sqlite'}",
+        "--port",
+        str(free_port()),
+        "--workers",
+        "2",
+        "--roots",
+        keys.roots_dir,
+        "--timestamp-key",
+        stray,
+        "--artifacts",
+        tmp_path / "a",
+        timeout=60,
+    )
     assert res.returncode == 2
     assert "not in the timestamp role of trust root 1" in res.stderr
     assert "Traceback" not in res.stderr

@@ -34,10 +34,20 @@ def keys(tmp_path: Path) -> Keys:
     return make_keys(tmp_path / "keys")
 
 
-def send(dev: httpx.Client, fleet, hw: str, event: str, version: str = "1.1.0",  # type: ignore[no-untyped-def]
-         app: str = "hello", board: str = "esp32") -> httpx.Response:
-    return dev.post("/v1/device/report", headers=fleet.headers(hw), json={
-        "hardware_id": hw, "event": event, "version": version, "app": app, "board": board})
+def send(
+    dev: httpx.Client,
+    fleet,
+    hw: str,
+    event: str,
+    version: str = "1.1.0",  # type: ignore[no-untyped-def]
+    app: str = "hello",
+    board: str = "esp32",
+) -> httpx.Response:
+    return dev.post(
+        "/v1/device/report",
+        headers=fleet.headers(hw),
+        json={"hardware_id": hw, "event": event, "version": version, "app": app, "board": board},
+    )
 
 
 def publish(admin: httpx.Client, keys: Keys, version: str = "1.1.0", **kw: object) -> int:
@@ -54,27 +64,36 @@ def recount(url: str, rid: int) -> dict[str, int]:
     """The truth the counters must match: a full recount of the device states."""
     engine = sa.create_engine(url)
     with engine.connect() as conn:
-        rows = conn.execute(sa.select(DeviceUpdate.state, sa.func.count())
-                            .where(DeviceUpdate.release_id == rid).group_by(DeviceUpdate.state))
+        rows = conn.execute(
+            sa.select(DeviceUpdate.state, sa.func.count())
+            .where(DeviceUpdate.release_id == rid)
+            .group_by(DeviceUpdate.state)
+        )
         out = {state: int(n) for state, n in rows}
     engine.dispose()
     return out
 
 
-def test_counters_follow_every_state_change_without_recounting(db_url: str, keys: Keys,
-                                                               tmp_path: Path) -> None:
+def test_counters_follow_every_state_change_without_recounting(
+    db_url: str, keys: Keys, tmp_path: Path
+) -> None:
     """Each device moves between states (downloaded, staged, booted, rolled back, confirmed);
     the release's counts match a recount, and no report's SQL aggregates device_updates."""
     fleet = register(db_url, 40)
     hws = sorted(fleet.tokens)
-    cfg = config_for(db_url, keys, tmp_path, cache_seconds=0.0,
-                     halt_policy=HaltPolicy(min_attempts=1000))
+    cfg = config_for(
+        db_url, keys, tmp_path, cache_seconds=0.0, halt_policy=HaltPolicy(min_attempts=1000)
+    )
     with running_server(cfg) as srv, srv.admin() as admin, httpx.Client(base_url=srv.url) as dev:
         rid = publish(admin, keys)
         admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 100})
-        script = {0: ["downloaded"], 1: ["downloaded", "staged"],
-                  2: ["downloaded", "staged", "booted", "confirmed"],
-                  3: ["downloaded", "staged", "booted", "rolled_back"], 4: ["refused"]}
+        script = {
+            0: ["downloaded"],
+            1: ["downloaded", "staged"],
+            2: ["downloaded", "staged", "booted", "confirmed"],
+            3: ["downloaded", "staged", "booted", "rolled_back"],
+            4: ["refused"],
+        }
 
         def device(i: int) -> None:
             for event in script[i % 5]:
@@ -84,8 +103,13 @@ def test_counters_follow_every_state_change_without_recounting(db_url: str, keys
             list(pool.map(device, range(40)))
         counts = release(admin, rid)["counts"]
         truth = recount(db_url, rid)
-        assert truth == {"downloaded": 8, "staged": 8, "confirmed": 8, "rolled_back": 8,
-                         "refused": 8}
+        assert truth == {
+            "downloaded": 8,
+            "staged": 8,
+            "confirmed": 8,
+            "rolled_back": 8,
+            "refused": 8,
+        }
         assert counts["attempts"] == 40 and counts["updated"] == 8
         assert (counts["refused"], counts["rolled_back"], counts["in_progress"]) == (8, 8, 16)
 
@@ -93,8 +117,7 @@ def test_counters_follow_every_state_change_without_recounting(db_url: str, keys
     reg = Registry.open(db_url)
     store = ReleaseStore(reg)
     seen: list[str] = []
-    sa.event.listen(reg.engine, "before_cursor_execute",
-                    lambda *a: seen.append(str(a[2]).lower()))
+    sa.event.listen(reg.engine, "before_cursor_execute", lambda *a: seen.append(str(a[2]).lower()))
     dev_id = int(reg.find_device(hws[0]).id)  # type: ignore[union-attr]
     store.record_reports([Report(dev_id, "refused", "1.1.0", "bad", rid, "hello", "stable")])
     store.stats([rid])
@@ -105,17 +128,22 @@ def test_counters_follow_every_state_change_without_recounting(db_url: str, keys
     assert any("release_counts" in q and "sum(" in q for q in seen)
 
 
-def test_attack_reports_for_a_release_not_offered_do_not_halt_it(db_url: str, keys: Keys,
-                                                                  tmp_path: Path) -> None:
+def test_attack_reports_for_a_release_not_offered_do_not_halt_it(
+    db_url: str, keys: Keys, tmp_path: Path
+) -> None:
     """Credentials of devices outside the cohort, of another board, or naming another app
     send failure reports for a release: they are stored, they do not count, nothing halts."""
     fleet = register(db_url, 60)
     others = register(db_url, 5, prefix="c3", board="esp32c3")
     fleet.tokens.update(others.tokens)
     hws = sorted(t for t in fleet.tokens if t.startswith("dev-"))
-    cfg = config_for(db_url, keys, tmp_path, cache_seconds=0.0,
-                     halt_policy=HaltPolicy(min_attempts=3, max_failure_ratio=0.2,
-                                            min_cohort_share=0.0))
+    cfg = config_for(
+        db_url,
+        keys,
+        tmp_path,
+        cache_seconds=0.0,
+        halt_policy=HaltPolicy(min_attempts=3, max_failure_ratio=0.2, min_cohort_share=0.0),
+    )
     with running_server(cfg) as srv, srv.admin() as admin, httpx.Client(base_url=srv.url) as dev:
         rid = publish(admin, keys)
         admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 10})
@@ -140,20 +168,29 @@ def test_attack_reports_for_a_release_not_offered_do_not_halt_it(db_url: str, ke
         assert release(admin, rid)["state"] == "halted"
 
 
-def test_attack_a_few_devices_cannot_halt_a_rollout_to_many(db_url: str, keys: Keys,
-                                                             tmp_path: Path) -> None:
+def test_attack_a_few_devices_cannot_halt_a_rollout_to_many(
+    db_url: str, keys: Keys, tmp_path: Path
+) -> None:
     """A halt needs failures from the configured share of the cohort (here 2 % of 400
     devices: 8), so five devices that all report failures do not halt it; the release's
     own policy can be set through the admin API."""
     fleet = register(db_url, 400)
     hws = sorted(fleet.tokens)
-    cfg = config_for(db_url, keys, tmp_path, cache_seconds=0.0,
-                     halt_policy=HaltPolicy(min_attempts=5, max_failure_ratio=0.2,
-                                            min_cohort_share=0.02))
+    cfg = config_for(
+        db_url,
+        keys,
+        tmp_path,
+        cache_seconds=0.0,
+        halt_policy=HaltPolicy(min_attempts=5, max_failure_ratio=0.2, min_cohort_share=0.02),
+    )
     with running_server(cfg) as srv, srv.admin() as admin, httpx.Client(base_url=srv.url) as dev:
         rid = publish(admin, keys)
-        assert admin.post(f"/v1/admin/releases/{rid}/promote",
-                          json={"percent": 100}).json()["release"]["counts"]["cohort"] == 400
+        assert (
+            admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 100}).json()[
+                "release"
+            ]["counts"]["cohort"]
+            == 400
+        )
         for hw in hws[:5]:
             assert send(dev, fleet, hw, "rolled_back").status_code == 200
         rel = release(admin, rid)
@@ -170,20 +207,27 @@ def test_attack_a_few_devices_cannot_halt_a_rollout_to_many(db_url: str, keys: K
         # Per release: a stricter share for the next one.
         rid2 = publish(admin, keys, "1.2.0")
         r = admin.post(f"/v1/admin/releases/{rid2}/policy", json={"min_cohort_share": 0.5})
-        assert r.status_code == 200 and r.json()["release"]["halt_policy"]["min_cohort_share"] == 0.5
-        assert admin.post(f"/v1/admin/releases/{rid2}/policy",
-                          json={"min_attempts": -1}).status_code == 400
-        assert admin.post(f"/v1/admin/releases/{rid2}/policy",
-                          json={"halt": True}).status_code == 400
+        assert (
+            r.status_code == 200 and r.json()["release"]["halt_policy"]["min_cohort_share"] == 0.5
+        )
+        assert (
+            admin.post(f"/v1/admin/releases/{rid2}/policy", json={"min_attempts": -1}).status_code
+            == 400
+        )
+        assert (
+            admin.post(f"/v1/admin/releases/{rid2}/policy", json={"halt": True}).status_code == 400
+        )
 
 
-def test_attack_report_flood_from_one_credential_is_rate_limited(db_url: str, keys: Keys,
-                                                                  tmp_path: Path) -> None:
+def test_attack_report_flood_from_one_credential_is_rate_limited(
+    db_url: str, keys: Keys, tmp_path: Path
+) -> None:
     """One token sending reports as fast as it can: after the burst every report is a 429
     with Retry-After and is not stored, so the event log grows by the burst only."""
     fleet = register(db_url, 2)
-    cfg = config_for(db_url, keys, tmp_path,
-                     limits=ServerLimits(report_rate_per_minute=6, report_burst=10))
+    cfg = config_for(
+        db_url, keys, tmp_path, limits=ServerLimits(report_rate_per_minute=6, report_burst=10)
+    )
     with running_server(cfg) as srv, srv.admin() as admin, httpx.Client(base_url=srv.url) as dev:
         publish(admin, keys)
         statuses = [send(dev, fleet, "dev-00000", "downloaded").status_code for _ in range(200)]
@@ -196,33 +240,47 @@ def test_attack_report_flood_from_one_credential_is_rate_limited(db_url: str, ke
     reg.engine.dispose()
 
 
-def test_refusal_without_a_version_is_accepted_and_counts_nothing(db_url: str, keys: Keys,
-                                                                  tmp_path: Path) -> None:
+def test_refusal_without_a_version_is_accepted_and_counts_nothing(
+    db_url: str, keys: Keys, tmp_path: Path
+) -> None:
     fleet = register(db_url, 1)
     cfg = config_for(db_url, keys, tmp_path)
     with running_server(cfg) as srv, srv.admin() as admin, httpx.Client(base_url=srv.url) as dev:
         rid = publish(admin, keys)
         admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 100})
-        r = dev.post("/v1/device/report", headers=fleet.headers("dev-00000"), json={
-            "hardware_id": "dev-00000", "event": "refused", "version": "",
-            "reason": "timestamp signature invalid"})
+        r = dev.post(
+            "/v1/device/report",
+            headers=fleet.headers("dev-00000"),
+            json={
+                "hardware_id": "dev-00000",
+                "event": "refused",
+                "version": "",
+                "reason": "timestamp signature invalid",
+            },
+        )
         assert r.status_code == 200 and r.json() == {"recorded": True}
         assert send(dev, fleet, "dev-00000", "downloaded", version="").status_code == 400
         assert release(admin, rid)["counts"]["attempts"] == 0
 
 
-def test_events_past_retention_are_deleted_and_keys_are_64_bit(db_url: str, keys: Keys,
-                                                               tmp_path: Path) -> None:
+def test_events_past_retention_are_deleted_and_keys_are_64_bit(
+    db_url: str, keys: Keys, tmp_path: Path
+) -> None:
     fleet = register(db_url, 1)
     reg = Registry.open(db_url)
     dev_id = int(reg.find_device("dev-00000").id)  # type: ignore[union-attr]
     old = utcnow() - timedelta(days=40)
     with reg.engine.begin() as conn:
-        conn.execute(sa.insert(Event), [{"device_id": dev_id, "kind": "x", "detail": "{}",
-                                         "at": old} for i in range(25)])
+        conn.execute(
+            sa.insert(Event),
+            [{"device_id": dev_id, "kind": "x", "detail": "{}", "at": old} for i in range(25)],
+        )
         # Past 32 bits: a kept event there (SQLite), the sequence there (PostgreSQL).
-        conn.execute(sa.insert(Event).values(id=2**31 + 5, device_id=dev_id, kind="y",
-                                             detail="{}", at=utcnow()))
+        conn.execute(
+            sa.insert(Event).values(
+                id=2**31 + 5, device_id=dev_id, kind="y", detail="{}", at=utcnow()
+            )
+        )
         if conn.dialect.name == "postgresql":
             conn.execute(sa.text("SELECT setval('events_id_seq', 2147483653)"))
     cfg = config_for(db_url, keys, tmp_path, event_retention_days=30.0)
@@ -249,8 +307,7 @@ def test_report_batches_store_many_devices_in_one_transaction(db_url: str, n: in
     ids = [int(d.id) for d in reg.devices()]
     from mpseal.fleet.releasestore import NewRelease
 
-    rel = store.publish(NewRelease("hello", "esp32", "1.1.0", 2, "a" * 64, "b" * 64, 10,
-                                   "stable"))
+    rel = store.publish(NewRelease("hello", "esp32", "1.1.0", 2, "a" * 64, "b" * 64, 10, "stable"))
     rid = rel.view.id
     calls: list[int] = []
 
@@ -260,8 +317,13 @@ def test_report_batches_store_many_devices_in_one_transaction(db_url: str, n: in
 
     async def main() -> None:
         b: WriteBatcher[Report, object] = WriteBatcher(write)
-        await asyncio.gather(*(b.submit(Report(d, ev, "1.1.0", "", rid))
-                               for d in ids for ev in ("downloaded", "booted")))
+        await asyncio.gather(
+            *(
+                b.submit(Report(d, ev, "1.1.0", "", rid))
+                for d in ids
+                for ev in ("downloaded", "booted")
+            )
+        )
 
     asyncio.run(main())
     assert sum(calls) == 2 * n and len(calls) <= 2

@@ -21,8 +21,14 @@ def keys(tmp_path: Path) -> Keys:
 
 
 def body(hw: str, version: str = "1.0.0", counter: int = 1) -> dict[str, object]:
-    return {"hardware_id": hw, "board": "esp32", "app": "hello", "version": version,
-            "counter": counter, "timestamp_version": 0}
+    return {
+        "hardware_id": hw,
+        "board": "esp32",
+        "app": "hello",
+        "version": version,
+        "counter": counter,
+        "timestamp_version": 0,
+    }
 
 
 def offered(dev: httpx.Client, fleet, hws) -> set[str]:  # type: ignore[no-untyped-def]
@@ -36,8 +42,17 @@ def offered(dev: httpx.Client, fleet, hws) -> set[str]:  # type: ignore[no-untyp
 
 
 def report(dev: httpx.Client, fleet, hw: str, event: str, version: str = "1.1.0") -> dict:  # type: ignore[no-untyped-def]
-    r = dev.post("/v1/device/report", headers=fleet.headers(hw), json={
-        "hardware_id": hw, "event": event, "version": version, "app": "hello", "board": "esp32"})
+    r = dev.post(
+        "/v1/device/report",
+        headers=fleet.headers(hw),
+        json={
+            "hardware_id": hw,
+            "event": event,
+            "version": version,
+            "app": "hello",
+            "board": "esp32",
+        },
+    )
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -48,8 +63,9 @@ def test_cohort_groups_and_pins(db_url: str, keys: Keys, tmp_path: Path) -> None
     hws = sorted(fleet.tokens)
     cfg = config_for(db_url, keys, tmp_path, cache_seconds=0.0)
     with running_server(cfg) as srv, srv.admin() as admin, httpx.Client(base_url=srv.url) as dev:
-        rid = admin.post("/v1/admin/releases",
-                         content=make_artifact(keys.release, "1.1.0", 2)).json()["release"]["id"]
+        rid = admin.post(
+            "/v1/admin/releases", content=make_artifact(keys.release, "1.1.0", 2)
+        ).json()["release"]["id"]
         assert offered(dev, fleet, hws) == set()  # published, promoted to no one
 
         admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 10})
@@ -69,22 +85,34 @@ def test_cohort_groups_and_pins(db_url: str, keys: Keys, tmp_path: Path) -> None
         fifty = offered(dev, fleet, hws)
         assert ten <= fifty and 80 <= len(fifty - beta - {outsider}) <= 120
 
-        assert admin.post(f"/v1/admin/releases/{rid}/promote",
-                          json={"pin": "no-such-device"}).status_code == 409
-        assert admin.post(f"/v1/admin/releases/{rid}/promote",
-                          json={"percent": 10, "group": "x"}).status_code == 400
-        assert admin.post(f"/v1/admin/releases/{rid}/promote",
-                          json={"percent": 101}).status_code == 400
+        assert (
+            admin.post(
+                f"/v1/admin/releases/{rid}/promote", json={"pin": "no-such-device"}
+            ).status_code
+            == 409
+        )
+        assert (
+            admin.post(
+                f"/v1/admin/releases/{rid}/promote", json={"percent": 10, "group": "x"}
+            ).status_code
+            == 400
+        )
+        assert (
+            admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 101}).status_code
+            == 400
+        )
 
 
-def test_release_halts_itself_when_too_many_devices_fail(db_url: str, keys: Keys,
-                                                         tmp_path: Path) -> None:
+def test_release_halts_itself_when_too_many_devices_fail(
+    db_url: str, keys: Keys, tmp_path: Path
+) -> None:
     fleet = register(db_url, 8)
     hws = sorted(fleet.tokens)
     cfg = config_for(db_url, keys, tmp_path, cache_seconds=0.0)
     with running_server(cfg) as srv, srv.admin() as admin, httpx.Client(base_url=srv.url) as dev:
-        rid = admin.post("/v1/admin/releases",
-                         content=make_artifact(keys.release, "1.1.0", 2)).json()["release"]["id"]
+        rid = admin.post(
+            "/v1/admin/releases", content=make_artifact(keys.release, "1.1.0", 2)
+        ).json()["release"]["id"]
         admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 100})
         for hw in hws[:5]:
             report(dev, fleet, hw, "downloaded")
@@ -95,32 +123,40 @@ def test_release_halts_itself_when_too_many_devices_fail(db_url: str, keys: Keys
 
         rel = admin.get(f"/v1/admin/releases/{rid}").json()["release"]
         assert rel["state"] == "halted"
-        assert rel["halt_reason"] == ("2 of 5 devices failed (1 refused, 1 rolled back), "
-                                      "above the 20% limit")
+        assert rel["halt_reason"] == (
+            "2 of 5 devices failed (1 refused, 1 rolled back), above the 20% limit"
+        )
         assert rel["counts"]["failed"] == 2 and rel["counts"]["in_progress"] == 3
         # Offered to no one, gone from the signed timestamp, and it stays halted.
         assert offered(dev, fleet, hws) == set()
-        ts = parse_timestamp(dev.get("/v1/timestamp/stable.mpst",
-                                     headers=fleet.headers(hws[7])).content, keys.trust_root)
+        ts = parse_timestamp(
+            dev.get("/v1/timestamp/stable.mpst", headers=fleet.headers(hws[7])).content,
+            keys.trust_root,
+        )
         assert ts.targets == ()
         assert admin.post(f"/v1/admin/releases/{rid}/resume").status_code == 409
-        assert admin.post(f"/v1/admin/releases/{rid}/promote",
-                          json={"percent": 100}).status_code == 409
+        assert (
+            admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 100}).status_code
+            == 409
+        )
 
         # A fixed version is a new release: offered to everyone, those that failed 1.1.0 too.
-        fixed = admin.post("/v1/admin/releases", content=make_artifact(
-            keys.release, "1.1.1", 2)).json()["release"]["id"]
+        fixed = admin.post(
+            "/v1/admin/releases", content=make_artifact(keys.release, "1.1.1", 2)
+        ).json()["release"]["id"]
         admin.post(f"/v1/admin/releases/{fixed}/promote", json={"percent": 100})
         assert offered(dev, fleet, hws) == set(hws)
 
 
 def test_a_device_that_rolled_back_is_not_offered_the_same_release_again(
-        db_url: str, keys: Keys, tmp_path: Path) -> None:
+    db_url: str, keys: Keys, tmp_path: Path
+) -> None:
     fleet = register(db_url, 2)
     cfg = config_for(db_url, keys, tmp_path, cache_seconds=0.0)
     with running_server(cfg) as srv, srv.admin() as admin, httpx.Client(base_url=srv.url) as dev:
-        rid = admin.post("/v1/admin/releases",
-                         content=make_artifact(keys.release, "1.1.0", 2)).json()["release"]["id"]
+        rid = admin.post(
+            "/v1/admin/releases", content=make_artifact(keys.release, "1.1.0", 2)
+        ).json()["release"]["id"]
         admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 100})
         report(dev, fleet, "dev-00000", "rolled_back")
         assert offered(dev, fleet, ["dev-00000", "dev-00001"]) == {"dev-00001"}
@@ -129,12 +165,18 @@ def test_a_device_that_rolled_back_is_not_offered_the_same_release_again(
 def test_unconfirmed_trials_halt_the_release(db_url: str, keys: Keys, tmp_path: Path) -> None:
     fleet = register(db_url, 6)
     hws = sorted(fleet.tokens)
-    cfg = config_for(db_url, keys, tmp_path, cache_seconds=0.0, maintenance_seconds=0.3,
-                     halt_policy=HaltPolicy(min_attempts=5, max_failure_ratio=0.2,
-                                            trial_window_seconds=1))
+    cfg = config_for(
+        db_url,
+        keys,
+        tmp_path,
+        cache_seconds=0.0,
+        maintenance_seconds=0.3,
+        halt_policy=HaltPolicy(min_attempts=5, max_failure_ratio=0.2, trial_window_seconds=1),
+    )
     with running_server(cfg) as srv, srv.admin() as admin, httpx.Client(base_url=srv.url) as dev:
-        rid = admin.post("/v1/admin/releases",
-                         content=make_artifact(keys.release, "1.1.0", 2)).json()["release"]["id"]
+        rid = admin.post(
+            "/v1/admin/releases", content=make_artifact(keys.release, "1.1.0", 2)
+        ).json()["release"]["id"]
         admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 100})
         for hw in hws[:5]:
             report(dev, fleet, hw, "booted")  # trial boots, never confirmed
@@ -147,8 +189,11 @@ def test_unconfirmed_trials_halt_the_release(db_url: str, keys: Keys, tmp_path: 
             time.sleep(0.2)
         assert rel["state"] == "halted", rel
         # Halted as soon as enough trials were overdue (how many depends on timing).
-        assert re.fullmatch(r"[2-4] of [56] devices failed \([2-4] trial not confirmed\), "
-                            r"above the 20% limit", rel["halt_reason"]), rel["halt_reason"]
+        assert re.fullmatch(
+            r"[2-4] of [56] devices failed \([2-4] trial not confirmed\), "
+            r"above the 20% limit",
+            rel["halt_reason"],
+        ), rel["halt_reason"]
         assert offered(dev, fleet, hws[5:]) == set()
 
 
@@ -157,15 +202,18 @@ def test_pause_and_resume(db_url: str, keys: Keys, tmp_path: Path) -> None:
     hws = sorted(fleet.tokens)
     cfg = config_for(db_url, keys, tmp_path, cache_seconds=0.0)
     with running_server(cfg) as srv, srv.admin() as admin, httpx.Client(base_url=srv.url) as dev:
-        rid = admin.post("/v1/admin/releases",
-                         content=make_artifact(keys.release, "1.1.0", 2)).json()["release"]["id"]
+        rid = admin.post(
+            "/v1/admin/releases", content=make_artifact(keys.release, "1.1.0", 2)
+        ).json()["release"]["id"]
         admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 100})
         assert offered(dev, fleet, hws) == set(hws)
         assert admin.post(f"/v1/admin/releases/{rid}/pause").json()["release"]["state"] == "paused"
         assert offered(dev, fleet, hws) == set()
         # Paused leaves the signed timestamp: a mirror cannot offer it either.
-        ts = parse_timestamp(dev.get("/v1/timestamp/stable.mpst",
-                                     headers=fleet.headers(hws[0])).content, keys.trust_root)
+        ts = parse_timestamp(
+            dev.get("/v1/timestamp/stable.mpst", headers=fleet.headers(hws[0])).content,
+            keys.trust_root,
+        )
         assert [t.version for t in ts.targets] == []
         assert admin.post(f"/v1/admin/releases/{rid}/resume").json()["release"]["state"] == "active"
         assert offered(dev, fleet, hws) == set(hws)

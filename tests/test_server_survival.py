@@ -33,22 +33,48 @@ def keys(tmp_path: Path) -> Keys:
 
 
 def check_body(hw: str) -> dict[str, object]:
-    return {"hardware_id": hw, "board": "esp32", "app": "hello", "version": "1.0.0",
-            "counter": 1, "timestamp_version": 0}
+    return {
+        "hardware_id": hw,
+        "board": "esp32",
+        "app": "hello",
+        "version": "1.0.0",
+        "counter": 1,
+        "timestamp_version": 0,
+    }
 
 
 @contextmanager
-def serve(db_url: str, keys: Keys, folder: Path, *extra: str,
-          port: int | None = None) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def serve(
+    db_url: str, keys: Keys, folder: Path, *extra: str, port: int | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``mpseal serve`` in its own process group; waits for /healthz (not the database)."""
     port = port or free_port()
     env = {**os.environ, "MPSEAL_ADMIN_TOKEN": ADMIN_TOKEN}
     log = open(folder / f"serve-{port}-{time.monotonic_ns()}.log", "wb")
     proc = subprocess.Popen(
-        [str(MPSEAL), "serve", "--db", db_url, "--port", str(port), "--roots",
-         str(keys.roots_dir), "--timestamp-key", str(keys.folder / "timestamp.pem"),
-         "--artifacts", str(folder / "artifacts"), "--cache-seconds", "0.5", *extra],
-        env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        [
+            str(MPSEAL),
+            "serve",
+            "--db",
+            db_url,
+            "--port",
+            str(port),
+            "--roots",
+            str(keys.roots_dir),
+            "--timestamp-key",
+            str(keys.folder / "timestamp.pem"),
+            "--artifacts",
+            str(folder / "artifacts"),
+            "--cache-seconds",
+            "0.5",
+            *extra,
+        ],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -100,7 +126,8 @@ def children(pid: int) -> list[int]:
 
 
 def test_server_starts_while_the_database_is_down_and_recovers_by_itself(
-        keys: Keys, tmp_path: Path) -> None:
+    keys: Keys, tmp_path: Path
+) -> None:
     with PostgresServer() as pg:
         fleet = register(pg.url, 2)
         h = fleet.headers("dev-00000")
@@ -116,41 +143,56 @@ def test_server_starts_while_the_database_is_down_and_recovers_by_itself(
             pg.start()
             assert wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200)
             for _ in range(6):  # both workers answer
-                r = httpx.post(f"{url}/v1/device/check", json=check_body("dev-00000"),
-                               headers=h)
+                r = httpx.post(f"{url}/v1/device/check", json=check_body("dev-00000"), headers=h)
                 assert r.status_code == 200, r.text
         logs = "".join(p.read_text() for p in tmp_path.glob("serve-*.log"))
         assert "database unavailable" in logs or "starting without the database" in logs
 
 
 def test_database_down_and_a_worker_killed_the_server_comes_back_by_itself(
-        keys: Keys, tmp_path: Path) -> None:
+    keys: Keys, tmp_path: Path
+) -> None:
     with PostgresServer() as pg:
         fleet = register(pg.url, 2)
         h = fleet.headers("dev-00001")
         with serve(pg.url, keys, tmp_path, "--workers", "2") as (url, proc):
-            assert httpx.post(f"{url}/v1/device/check", json=check_body("dev-00001"),
-                              headers=h).status_code == 200
+            assert (
+                httpx.post(
+                    f"{url}/v1/device/check", json=check_body("dev-00001"), headers=h
+                ).status_code
+                == 200
+            )
             pg.stop()
             workers = children(proc.pid)
             assert len(workers) >= 2
             os.kill(workers[0], signal.SIGKILL)
             # The replacement starts without the database; the parent stays up.
-            assert wait_for(lambda: len(set(children(proc.pid)) - {workers[0]}) >= 2
-                            and workers[0] not in children(proc.pid))
+            assert wait_for(
+                lambda: (
+                    len(set(children(proc.pid)) - {workers[0]}) >= 2
+                    and workers[0] not in children(proc.pid)
+                )
+            )
             assert proc.poll() is None
             assert wait_for(lambda: httpx.get(f"{url}/healthz").json()["database"] == "down")
             logs = "".join(p.read_text() for p in tmp_path.glob("serve-*.log"))
             assert f"Child process [{workers[0]}] died" in logs
             pg.start()
-            assert wait_for(lambda: all(
-                httpx.post(f"{url}/v1/device/check", json=check_body("dev-00001"),
-                           headers=h).status_code == 200 for _ in range(6)))
+            assert wait_for(
+                lambda: all(
+                    httpx.post(
+                        f"{url}/v1/device/check", json=check_body("dev-00001"), headers=h
+                    ).status_code
+                    == 200
+                    for _ in range(6)
+                )
+            )
             assert proc.poll() is None
 
 
-def test_restart_under_load_loses_no_acknowledged_report(pg_url: str, keys: Keys,
-                                                         tmp_path: Path) -> None:
+def test_restart_under_load_loses_no_acknowledged_report(
+    pg_url: str, keys: Keys, tmp_path: Path
+) -> None:
     engine = sa.create_engine(pg_url)
     with engine.begin() as conn:
         conn.execute(sa.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
@@ -166,10 +208,16 @@ def test_restart_under_load_loses_no_acknowledged_report(pg_url: str, keys: Keys
             while not stop.is_set():
                 reason = f"r{i}"
                 try:
-                    r = c.post(f"http://127.0.0.1:{port}/v1/device/report",
-                               headers=fleet.headers(hw),
-                               json={"hardware_id": hw, "event": "downloaded",
-                                     "version": "1.0.0", "reason": reason})
+                    r = c.post(
+                        f"http://127.0.0.1:{port}/v1/device/report",
+                        headers=fleet.headers(hw),
+                        json={
+                            "hardware_id": hw,
+                            "event": "downloaded",
+                            "version": "1.0.0",
+                            "reason": reason,
+                        },
+                    )
                 except httpx.HTTPError:
                     time.sleep(0.05)
                     continue
@@ -179,23 +227,23 @@ def test_restart_under_load_loses_no_acknowledged_report(pg_url: str, keys: Keys
                 time.sleep(0.02)
 
     threads = [threading.Thread(target=device, args=(hw,)) for hw in hws]
-    with serve(pg_url, keys, tmp_path, "--report-rate", "600",
-               "--report-burst", "600", port=port):
+    with serve(pg_url, keys, tmp_path, "--report-rate", "600", "--report-burst", "600", port=port):
         for t in threads:
             t.start()
         time.sleep(1.5)
     before = len(acked)  # SIGTERM'd mid-load; the same port again
-    with serve(pg_url, keys, tmp_path, "--report-rate", "600",
-               "--report-burst", "600", port=port):
+    with serve(pg_url, keys, tmp_path, "--report-rate", "600", "--report-burst", "600", port=port):
         time.sleep(1.5)
         stop.set()
         for t in threads:
             t.join()
     assert before > 20 and len(acked) > before
     with engine.connect() as conn:
-        rows = conn.execute(sa.select(Device.hardware_id, Event.detail)
-                            .join(Device, Event.device_id == Device.id)
-                            .where(Event.kind == "update-downloaded"))
+        rows = conn.execute(
+            sa.select(Device.hardware_id, Event.detail)
+            .join(Device, Event.device_id == Device.id)
+            .where(Event.kind == "update-downloaded")
+        )
         stored = {(hw, json.loads(d)["reason"]) for hw, d in rows}
     engine.dispose()
     missing = [a for a in acked if a not in stored]

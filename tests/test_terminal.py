@@ -72,8 +72,9 @@ def test_provision_writes_app_board_channel_and_rerun_applies_a_new_config(proje
     assert "0 provisioned, 1 already done" in res.stderr + res.stdout
 
     (project / "device.toml").write_text('server = "https://10.0.0.2:8443"\n')
-    res = run_mpseal("provision", "--sim", "sim/a", "--config", "device.toml", "--channel",
-                     "beta", cwd=project)
+    res = run_mpseal(
+        "provision", "--sim", "sim/a", "--config", "device.toml", "--channel", "beta", cwd=project
+    )
     assert res.returncode == 0, res.stderr
     assert "changed channel,config" in res.stderr and "1 provisioned" in res.stderr + res.stdout
     cfg = json.loads(board.get("/mpseal/config.json"))

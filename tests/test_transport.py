@@ -22,8 +22,26 @@ from mpseal.device.serialboard import SerialTransport, helper_execs, helper_path
 from mpseal.device.transport import DeviceError, LinkError, Transport, check_path
 from mpseal.errors import FormatError, TransportError, UsageError
 
-HOSTILE_PATHS = ["../a", "a/../b", "/a/..", "./a", ".hidden", "a\nb", "a'b", 'a"b', "a\\b",
-                 "a//b", "", "/", "a/", "\x00", "ö", "a b", "-rf", "x" * 200]
+HOSTILE_PATHS = [
+    "../a",
+    "a/../b",
+    "/a/..",
+    "./a",
+    ".hidden",
+    "a\nb",
+    "a'b",
+    'a"b',
+    "a\\b",
+    "a//b",
+    "",
+    "/",
+    "a/",
+    "\x00",
+    "ö",
+    "a b",
+    "-rf",
+    "x" * 200,
+]
 
 
 def random_bytes(n: int, seed: int = 4) -> bytes:
@@ -47,8 +65,13 @@ def test_is_a_transport(serial_board: SerialBoard) -> None:
 def test_exec_and_eval(serial_board: SerialBoard) -> None:
     t = serial_board.connect()
     assert t.exec("print('hello', 6 * 7)").strip() == "hello 42"
-    assert t.eval("[1, 'a', b'\\x00\\xff', (2, None), {'k': True}]") == \
-        [1, "a", b"\x00\xff", (2, None), {"k": True}]
+    assert t.eval("[1, 'a', b'\\x00\\xff', (2, None), {'k': True}]") == [
+        1,
+        "a",
+        b"\x00\xff",
+        (2, None),
+        {"k": True},
+    ]
 
 
 def test_device_reply_that_is_not_a_literal_is_format_error(serial_board: SerialBoard) -> None:
@@ -77,8 +100,7 @@ def test_binary_round_trip_every_byte_value(serial_board: SerialBoard) -> None:
     assert "blob.bin" in names and "blob.bin.tmp" not in names
 
 
-def test_text_round_trip_costs_less_than_base64_where_it_can(
-        serial_board: SerialBoard) -> None:
+def test_text_round_trip_costs_less_than_base64_where_it_can(serial_board: SerialBoard) -> None:
     """Text (with quotes, backslashes, tabs, UTF-8) goes as a literal where that is shorter."""
     t = serial_board.connect()
     t.capabilities()
@@ -126,8 +148,11 @@ def test_hostile_paths_never_reach_the_device(serial_board: SerialBoard, path: s
     t = serial_board.connect()
     t.capabilities()
     before = t.wire.tx
-    for call in (lambda: t.write_file(path, b"x"), lambda: t.read_file(path, 10),
-                 lambda: t.remove(path)):
+    for call in (
+        lambda: t.write_file(path, b"x"),
+        lambda: t.read_file(path, 10),
+        lambda: t.remove(path),
+    ):
         with pytest.raises(UsageError):
             call()
     assert t.wire.tx == before
@@ -190,8 +215,7 @@ def test_capabilities_match_the_firmware(serial_board: SerialBoard) -> None:
         assert caps.atomic_write
 
 
-def test_nested_folders_are_created_where_the_firmware_has_them(
-        serial_board: SerialBoard) -> None:
+def test_nested_folders_are_created_where_the_firmware_has_them(serial_board: SerialBoard) -> None:
     t = serial_board.connect()
     der = b"\x30\x03\x02\x01\x00"
     if not t.capabilities().mkdir:  # the micro:bit: one flat folder
@@ -226,13 +250,16 @@ def test_bad_url_is_usage_error() -> None:
         SerialTransport("bogus-scheme://x")
 
 
-@pytest.mark.parametrize("exc", [
-    MpremoteTransportError("could not enter raw repl"),
-    serial.SerialException("device reports readiness to read but returned no data"),
-    serial.SerialTimeoutException("write timeout"),
-    OSError(5, "Input/output error"),
-    BrokenPipeError(32, "Broken pipe"),
-])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        MpremoteTransportError("could not enter raw repl"),
+        serial.SerialException("device reports readiness to read but returned no data"),
+        serial.SerialTimeoutException("write timeout"),
+        OSError(5, "Input/output error"),
+        BrokenPipeError(32, "Broken pipe"),
+    ],
+)
 def test_foreign_errors_are_translated_at_the_edge(exc: Exception) -> None:
     with pytest.raises(LinkError) as info, translated("talking to the board"):
         raise exc
@@ -264,8 +291,10 @@ def test_check_path_accepts(path: str) -> None:
 def test_device_error_parses_the_last_traceback_line() -> None:
     from mpseal.device.transport import device_error
 
-    err = device_error(b'Traceback (most recent call last):\r\n  File "<stdin>", line 1\r\n'
-                       b"OSError: [Errno 2] ENOENT\r\n")
+    err = device_error(
+        b'Traceback (most recent call last):\r\n  File "<stdin>", line 1\r\n'
+        b"OSError: [Errno 2] ENOENT\r\n"
+    )
     assert (err.exc_type, err.errno, err.line) == ("OSError", 2, "OSError: [Errno 2] ENOENT")
     hostile = device_error(b"Evil: \x1b[2J" + b"x" * 1000)
     assert "\x1b" not in str(hostile) and len(str(hostile)) < 260

@@ -43,14 +43,26 @@ def keys() -> Keys:
 
 
 def target(app: str = "hello", board: str = "esp32", path: str | None = None) -> Target:
-    return Target(app, board, "1.2.0", 4, SHA, 123_456,
-                  f"artifacts/{'cd' * 32}.mpseal" if path is None else path)
+    return Target(
+        app,
+        board,
+        "1.2.0",
+        4,
+        SHA,
+        123_456,
+        f"artifacts/{'cd' * 32}.mpseal" if path is None else path,
+    )
 
 
-def stamp(version: int = 42, targets: tuple[Target, ...] | None = None, expires: int = NOW + DAY,
-          root_version: int = 1) -> Timestamp:
-    return Timestamp(version, NOW - 60, expires, root_version,
-                     (target(),) if targets is None else targets)
+def stamp(
+    version: int = 42,
+    targets: tuple[Target, ...] | None = None,
+    expires: int = NOW + DAY,
+    root_version: int = 1,
+) -> Timestamp:
+    return Timestamp(
+        version, NOW - 60, expires, root_version, (target(),) if targets is None else targets
+    )
 
 
 def raw_envelope(payload: dict, signers: list) -> bytes:
@@ -69,8 +81,11 @@ def test_round_trip_and_target_lookup(keys: Keys) -> None:
 def test_sizes_stated_in_the_contract(keys: Keys) -> None:
     """docs/updates.md states the size of a timestamp with 1 and with 8 targets."""
     one = len(sign_timestamp(stamp(targets=(target(),)), keys.timestamp))
-    eight = len(sign_timestamp(
-        stamp(targets=tuple(target(app=f"app{i}") for i in range(8))), keys.timestamp))
+    eight = len(
+        sign_timestamp(
+            stamp(targets=tuple(target(app=f"app{i}") for i in range(8))), keys.timestamp
+        )
+    )
     text = DOCS.read_text()
     assert f"1 target: {one} bytes" in text and f"8 targets: {eight} bytes" in text
 
@@ -83,8 +98,9 @@ def test_unsigned_timestamp_refused(keys: Keys) -> None:
 
 @pytest.mark.parametrize("who", ["release", "stranger", "root"])
 def test_timestamp_by_another_key_refused(keys: Keys, who: str) -> None:
-    signer = {"release": keys.release, "root": keys.root,
-              "stranger": PrivateKeySigner.generate()}[who]
+    signer = {"release": keys.release, "root": keys.root, "stranger": PrivateKeySigner.generate()}[
+        who
+    ]
     with pytest.raises(SignatureError, match="signed by unknown key"):
         parse_timestamp(sign_timestamp(stamp(), [signer]), keys.trust, now=NOW)
 
@@ -157,9 +173,23 @@ def test_too_many_targets_refused(keys: Keys) -> None:
         parse_timestamp(raw, keys.trust, now=NOW, limits=roomy)
 
 
-HOSTILE_PATHS = ["../a.mpseal", "artifacts/../../etc/passwd", "/abs.mpseal", "a\\b.mpseal",
-                 "artifacts/\u00f6.mpseal", "", "a//b", "./a", "artifacts/", "A.mpseal",
-                 "a b", "a?x=1", "a%2e%2e/b", "http://evil/a", "a" * 129]
+HOSTILE_PATHS = [
+    "../a.mpseal",
+    "artifacts/../../etc/passwd",
+    "/abs.mpseal",
+    "a\\b.mpseal",
+    "artifacts/\u00f6.mpseal",
+    "",
+    "a//b",
+    "./a",
+    "artifacts/",
+    "A.mpseal",
+    "a b",
+    "a?x=1",
+    "a%2e%2e/b",
+    "http://evil/a",
+    "a" * 129,
+]
 
 
 @pytest.mark.parametrize("path", HOSTILE_PATHS)
@@ -172,15 +202,18 @@ def test_hostile_target_paths_refused(keys: Keys, path: str) -> None:
         parse_timestamp(raw, keys.trust, now=NOW)
 
 
-@pytest.mark.parametrize("field,value,message", [
-    ("type", "mpseal-root", "not of type mpseal-timestamp"),
-    ("spec", 2, "'spec' is out of range"),
-    ("version", 0, "'version' is out of range"),
-    ("version", True, "'version' has the wrong type"),
-    ("expires", "soon", "'expires' has the wrong type"),
-    ("targets", {}, "'targets' has the wrong type"),
-    ("issued", NOW + 2 * DAY, "expires before it was issued"),
-])
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("type", "mpseal-root", "not of type mpseal-timestamp"),
+        ("spec", 2, "'spec' is out of range"),
+        ("version", 0, "'version' is out of range"),
+        ("version", True, "'version' has the wrong type"),
+        ("expires", "soon", "'expires' has the wrong type"),
+        ("targets", {}, "'targets' has the wrong type"),
+        ("issued", NOW + 2 * DAY, "expires before it was issued"),
+    ],
+)
 def test_malformed_fields_refused(keys: Keys, field: str, value: object, message: str) -> None:
     doc = jsondoc.loads(stamp().payload(), "t")
     doc[field] = value
@@ -197,9 +230,17 @@ def test_two_targets_for_one_board_refused(keys: Keys) -> None:
 
 def make_artifact(keys: Keys, board: str = "unix") -> bytes:
     image = b"romfs image bytes" * 10
-    man = Manifest(app="hello", version="2.0", counter=3, board=board, port="unix",
-                   mpy_version="6.3", arch="x64", image_sha256=hashlib.sha256(image).hexdigest(),
-                   image_size=len(image))
+    man = Manifest(
+        app="hello",
+        version="2.0",
+        counter=3,
+        board=board,
+        port="unix",
+        mpy_version="6.3",
+        arch="x64",
+        image_sha256=hashlib.sha256(image).hexdigest(),
+        image_size=len(image),
+    )
     return artifact.create(man, image, [keys.release]).encode()
 
 
@@ -235,7 +276,7 @@ def test_fuzz_mutated_timestamps_raise_only_mpseal_errors(data: st.DataObject) -
     pos = data.draw(st.integers(0, len(good) - 1))
     kind = data.draw(st.sampled_from(["flip", "cut", "insert"]))
     if kind == "flip":
-        blob = good[:pos] + bytes([good[pos] ^ data.draw(st.integers(1, 255))]) + good[pos + 1:]
+        blob = good[:pos] + bytes([good[pos] ^ data.draw(st.integers(1, 255))]) + good[pos + 1 :]
     elif kind == "cut":
         blob = good[:pos]
     else:
@@ -245,11 +286,14 @@ def test_fuzz_mutated_timestamps_raise_only_mpseal_errors(data: st.DataObject) -
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
-                    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c,
-                                                                         max_size=3),
-                    max_leaves=12),
-       st.sampled_from(["version", "issued", "expires", "root_version", "targets", "type"]))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+        lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3),
+        max_leaves=12,
+    ),
+    st.sampled_from(["version", "issued", "expires", "root_version", "targets", "type"]),
+)
 def test_fuzz_signed_hostile_payloads_raise_only_mpseal_errors(value: object, field: str) -> None:
     """A thief of the timestamp key can sign anything: the parser still only refuses."""
     doc = jsondoc.loads(stamp().payload(), "t")
@@ -291,8 +335,9 @@ def test_root_rotation_not_signed_by_the_old_root_refused(keys: Keys) -> None:
     thief = PrivateKeySigner.generate()
     v2 = next_root(keys.trust, [thief], root=[thief])  # self-signed: valid on its own
     assert trustroot.parse(v2).version == 2
-    with pytest.raises(SignatureError, match="not signed by a threshold of the root keys of "
-                                             "version 1"):
+    with pytest.raises(
+        SignatureError, match="not signed by a threshold of the root keys of version 1"
+    ):
         trustroot.verify_root_chain(keys.trust, [v2])
 
 
@@ -302,8 +347,11 @@ def test_root_rotation_not_signed_by_the_new_root_refused(keys: Keys) -> None:
     with pytest.raises(SignatureError, match="unknown key"):
         trustroot.verify_root_chain(keys.trust, [v2])
     with pytest.raises(UsageError, match="cannot sign trust root 2"):
-        trustroot.sign_update(keys.trust, trustroot.parse(
-            next_root(keys.trust, [keys.root, new], root=[new])), [keys.root])
+        trustroot.sign_update(
+            keys.trust,
+            trustroot.parse(next_root(keys.trust, [keys.root, new], root=[new])),
+            [keys.root],
+        )
 
 
 @pytest.mark.parametrize("version", [1, 3])

@@ -14,8 +14,11 @@ from mpseal.errors import ConfigError, FormatError, StorageError, UsageError
 
 def storage_error(path: Path, e: OSError) -> StorageError:
     """An OSError from writing ``path`` as one line that says what to do."""
-    hint = {28: "; free some space and run it again", 30: " (read-only file system)",
-            13: "; check the folder's permissions"}.get(e.errno or 0, "")
+    hint = {
+        28: "; free some space and run it again",
+        30: " (read-only file system)",
+        13: "; check the folder's permissions",
+    }.get(e.errno or 0, "")
     return StorageError(f"cannot write {path}: {e.strerror or e}{hint}")
 
 
@@ -118,6 +121,7 @@ def read_private_key(path: Path, limit: int, what: str) -> bytes:
     except OSError as e:
         raise UsageError(f"{what} {path}: {e.strerror}") from None
     if os.name == "posix" and mode & 0o077:
-        raise ConfigError(f"{what} {path} is readable by others (mode {mode & 0o777:04o}); "
-                          f"run: chmod 600 {path}")
+        raise ConfigError(
+            f"{what} {path} is readable by others (mode {mode & 0o777:04o}); run: chmod 600 {path}"
+        )
     return read_limited(path, limit, what)

@@ -9,8 +9,9 @@ import click
 from mpseal.cli.common import emit_json, out_console
 from mpseal.cli.fleet_cmds import _db_option, _registry
 
-_PROJECT = click.option("-C", "--project", "project_dir",
-                        type=click.Path(file_okay=False, path_type=Path), default=".")
+_PROJECT = click.option(
+    "-C", "--project", "project_dir", type=click.Path(file_okay=False, path_type=Path), default="."
+)
 
 
 @click.group(name="audit-log")
@@ -21,11 +22,14 @@ def audit_log() -> None:
 @audit_log.command()
 @_PROJECT
 @_db_option
-@click.option("--head", "expect_head", help="The head hash recorded earlier: also detects "
-              "rows removed from the end or a rewritten chain.")
+@click.option(
+    "--head",
+    "expect_head",
+    help="The head hash recorded earlier: also detects "
+    "rows removed from the end or a rewritten chain.",
+)
 @click.option("--json", "as_json", is_flag=True)
-def verify(project_dir: Path, db_url: str | None, expect_head: str | None,
-           as_json: bool) -> None:
+def verify(project_dir: Path, db_url: str | None, expect_head: str | None, as_json: bool) -> None:
     """Check every row's hash and the chain; exit 3 naming the first row that does not fit."""
     from mpseal.fleet.auditlog import AuditLog
 
@@ -33,8 +37,9 @@ def verify(project_dir: Path, db_url: str | None, expect_head: str | None,
     if as_json:
         emit_json({"ok": True, "rows": result.rows, "head": result.head})
     else:
-        out_console.print(f"audit log verified: {result.rows} rows, head {result.head}",
-                          highlight=False)
+        out_console.print(
+            f"audit log verified: {result.rows} rows, head {result.head}", highlight=False
+        )
 
 
 @audit_log.command(name="list")
@@ -51,8 +56,12 @@ def list_entries(project_dir: Path, db_url: str | None, limit: int, as_json: boo
         emit_json({"entries": [e.to_dict() for e in entries]})
         return
     for e in entries:
-        out_console.print(f"{e.seq:>6} {e.to_dict()['at']} {e.actor} {e.action} {e.target} "
-                          f"{e.detail}", highlight=False, markup=False, soft_wrap=True)
+        out_console.print(
+            f"{e.seq:>6} {e.to_dict()['at']} {e.actor} {e.action} {e.target} {e.detail}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 COMMANDS = [audit_log]

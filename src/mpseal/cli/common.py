@@ -106,8 +106,9 @@ def _fail(kind: str, message: str, code: int) -> None:
     else:
         err_console.print(f"mpseal: {kind}: {line}", markup=False, soft_wrap=True)
     if _json_requested() and not _json_emitted:
-        click.echo(json.dumps({"error": line, "kind": kind, "exit_code": code}, indent=2,
-                              sort_keys=True))
+        click.echo(
+            json.dumps({"error": line, "kind": kind, "exit_code": code}, indent=2, sort_keys=True)
+        )
     sys.exit(code)
 
 
@@ -163,6 +164,12 @@ def progress_bar(label: str, enabled: bool) -> Iterator[Any]:
         TimeElapsedColumn,
     )
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=err_console.real(), transient=True) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console.real(),
+        transient=True,
+    ) as bar:
         yield bar

@@ -83,4 +83,3 @@ def cli() -> None:
     Every protection names the threat tier it stops (see docs/threats.md);
     nothing here protects against an attacker with a lab (T4).
     """
-

@@ -15,10 +15,16 @@ from mpseal.packaging import keys as keys_mod
 from mpseal.packaging.project import Project
 
 PROJECT_OPTION = click.option(
-    "-C", "--project", "project_dir", type=click.Path(file_okay=False, path_type=Path),
-    default=".", help="Project folder (default: here or a parent).")
-ROLE_OPTION = click.option("--role", type=click.Choice(ROLES), required=True,
-                           help="The role whose keys change.")
+    "-C",
+    "--project",
+    "project_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=".",
+    help="Project folder (default: here or a parent).",
+)
+ROLE_OPTION = click.option(
+    "--role", type=click.Choice(ROLES), required=True, help="The role whose keys change."
+)
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 
 
@@ -41,12 +47,22 @@ def list_keys(project_dir: Path, as_json: bool) -> None:
     root = project.trust_root()
     versions = keys_mod.root_versions(project)
     if as_json:
-        emit_json({"version": root.version, "roots": versions,
-                   "roles": {name: {"threshold": r.threshold, "keyids": list(r.keyids)}
-                             for name, r in root.roles.items()}})
+        emit_json(
+            {
+                "version": root.version,
+                "roots": versions,
+                "roles": {
+                    name: {"threshold": r.threshold, "keyids": list(r.keyids)}
+                    for name, r in root.roles.items()
+                },
+            }
+        )
         return
-    out_console.print(f"Trust root version {root.version} ({project.config.trust_root}); "
-                      f"kept versions: {', '.join(map(str, versions)) or 'none'}", markup=False)
+    out_console.print(
+        f"Trust root version {root.version} ({project.config.trust_root}); "
+        f"kept versions: {', '.join(map(str, versions)) or 'none'}",
+        markup=False,
+    )
     for name in ROLES:
         r = root.roles.get(name)
         if r is None:
@@ -74,10 +90,15 @@ def _new_passphrase(encrypt: bool) -> bytes | None:
 
 @keys.command()
 @PROJECT_OPTION
-@click.option("--tls-anchor", "anchor_files", multiple=True, required=True,
-              type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="A certificate (PEM or DER) the device's TLS pins for the update server; "
-                   "repeat for several (tried in order, at most 4).")
+@click.option(
+    "--tls-anchor",
+    "anchor_files",
+    multiple=True,
+    required=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="A certificate (PEM or DER) the device's TLS pins for the update server; "
+    "repeat for several (tried in order, at most 4).",
+)
 @JSON_OPTION
 def anchor(project_dir: Path, anchor_files: tuple[Path, ...], as_json: bool) -> None:
     """Name the update server's TLS anchors in a new trust root (signed by the root keys):
@@ -94,23 +115,33 @@ def anchor(project_dir: Path, anchor_files: tuple[Path, ...], as_json: bool) -> 
         if len(certs) != 1:
             raise UsageError(f"{path}: one certificate per --tls-anchor, not {len(certs)}")
         ders.append(certs[0].public_bytes(Encoding.DER))
-    change = keys_mod.set_tls_anchors(Project.load(project_dir), ders,
-                                      passphrase=passphrase_from_env_or_prompt)
+    change = keys_mod.set_tls_anchors(
+        Project.load(project_dir), ders, passphrase=passphrase_from_env_or_prompt
+    )
     if as_json:
-        emit_json({**change.summary(), "tls_anchors": [
-            hashlib.sha256(d).hexdigest() for d in change.root.tls_anchors]})
+        emit_json(
+            {
+                **change.summary(),
+                "tls_anchors": [hashlib.sha256(d).hexdigest() for d in change.root.tls_anchors],
+            }
+        )
         return
-    out_console.print(f"Trust root {change.old_version} -> {change.root.version}: "
-                      f"{len(ders)} TLS anchor(s); kept as {change.root_file}; devices step to "
-                      "it through the update server", markup=False)
+    out_console.print(
+        f"Trust root {change.old_version} -> {change.root.version}: "
+        f"{len(ders)} TLS anchor(s); kept as {change.root_file}; devices step to "
+        "it through the update server",
+        markup=False,
+    )
 
 
 def _report(change: keys_mod.KeyChange, as_json: bool, encrypted: bool) -> None:
     if as_json:
         emit_json(change.summary())
         return
-    out_console.print(f"Trust root {change.old_version} -> {change.root.version}: "
-                      f"{change.action} {change.role}", markup=False)
+    out_console.print(
+        f"Trust root {change.old_version} -> {change.root.version}: {change.action} {change.role}",
+        markup=False,
+    )
     for keyid in change.added:
         out_console.print(f"  added   {keyid[:16]}", markup=False)
     for keyid in change.removed:
@@ -118,56 +149,101 @@ def _report(change: keys_mod.KeyChange, as_json: bool, encrypted: bool) -> None:
     if change.key_file:
         out_console.print(f"  private key {change.key_file}", markup=False)
         if not encrypted:
-            out_console.print("  [yellow]the new key is not passphrase-protected "
-                              "(use --encrypt-key)[/]")
+            out_console.print(
+                "  [yellow]the new key is not passphrase-protected (use --encrypt-key)[/]"
+            )
     for path in change.retired:
         out_console.print(f"  retired {path}", markup=False)
-    out_console.print(f"  kept as {change.root_file}; devices step to it through the update "
-                      "server", markup=False)
+    out_console.print(
+        f"  kept as {change.root_file}; devices step to it through the update server", markup=False
+    )
     for keyid in change.retiring:
-        out_console.print(f"  still named {keyid[:16]} (old {change.role} key): devices running "
-                          "releases it signed keep booting", markup=False)
+        out_console.print(
+            f"  still named {keyid[:16]} (old {change.role} key): devices running "
+            "releases it signed keep booting",
+            markup=False,
+        )
     if change.retiring:
-        out_console.print("Next: build and publish a release (signed by the new key); once the "
-                          "fleet runs it ('mpseal release list'), retire the old key:\n"
-                          + "\n".join(f"  mpseal keys revoke --role {change.role} {k[:16]}"
-                                       for k in change.retiring), markup=False)
+        out_console.print(
+            "Next: build and publish a release (signed by the new key); once the "
+            "fleet runs it ('mpseal release list'), retire the old key:\n"
+            + "\n".join(
+                f"  mpseal keys revoke --role {change.role} {k[:16]}" for k in change.retiring
+            ),
+            markup=False,
+        )
 
 
 @keys.command()
 @PROJECT_OPTION
 @ROLE_OPTION
-@click.option("--threshold", type=click.IntRange(1, 8),
-              help="The role's new threshold (default: unchanged).")
-@click.option("--public", "public_pem", type=click.Path(dir_okay=False, path_type=Path),
-              help="Add this existing public key (PEM; an HSM's, say) instead of a new one.")
-@click.option("--encrypt-key", is_flag=True,
-              help="Protect the new private key with a passphrase ($MPSEAL_PASSPHRASE or a prompt).")
+@click.option(
+    "--threshold", type=click.IntRange(1, 8), help="The role's new threshold (default: unchanged)."
+)
+@click.option(
+    "--public",
+    "public_pem",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Add this existing public key (PEM; an HSM's, say) instead of a new one.",
+)
+@click.option(
+    "--encrypt-key",
+    is_flag=True,
+    help="Protect the new private key with a passphrase ($MPSEAL_PASSPHRASE or a prompt).",
+)
 @JSON_OPTION
-def add(project_dir: Path, role: str, threshold: int | None, public_pem: Path | None,
-        encrypt_key: bool, as_json: bool) -> None:
+def add(
+    project_dir: Path,
+    role: str,
+    threshold: int | None,
+    public_pem: Path | None,
+    encrypt_key: bool,
+    as_json: bool,
+) -> None:
     """Add a key to a role (a timestamp key goes to keys/timestamp.pem)."""
     project = Project.load(project_dir)
     public = _public_key(public_pem)
     new_pass = _new_passphrase(encrypt_key and public is None)
-    change = keys_mod.add_key(project, role, threshold=threshold, public=public,
-                              passphrase=passphrase_from_env_or_prompt, new_passphrase=new_pass)
+    change = keys_mod.add_key(
+        project,
+        role,
+        threshold=threshold,
+        public=public,
+        passphrase=passphrase_from_env_or_prompt,
+        new_passphrase=new_pass,
+    )
     _report(change, as_json, new_pass is not None)
 
 
 @keys.command()
 @PROJECT_OPTION
 @ROLE_OPTION
-@click.option("--public", "public_pem", type=click.Path(dir_okay=False, path_type=Path),
-              help="Rotate to this existing public key (PEM) instead of a new one.")
-@click.option("--encrypt-key", is_flag=True,
-              help="Protect the new private key with a passphrase ($MPSEAL_PASSPHRASE or a prompt).")
-@click.option("--immediate", is_flag=True,
-              help="Release role: drop the old key at once (devices must already run a "
-                   "release the new key signed, or they hold the new root back).")
+@click.option(
+    "--public",
+    "public_pem",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Rotate to this existing public key (PEM) instead of a new one.",
+)
+@click.option(
+    "--encrypt-key",
+    is_flag=True,
+    help="Protect the new private key with a passphrase ($MPSEAL_PASSPHRASE or a prompt).",
+)
+@click.option(
+    "--immediate",
+    is_flag=True,
+    help="Release role: drop the old key at once (devices must already run a "
+    "release the new key signed, or they hold the new root back).",
+)
 @JSON_OPTION
-def rotate(project_dir: Path, role: str, public_pem: Path | None, encrypt_key: bool,
-           immediate: bool, as_json: bool) -> None:
+def rotate(
+    project_dir: Path,
+    role: str,
+    public_pem: Path | None,
+    encrypt_key: bool,
+    immediate: bool,
+    as_json: bool,
+) -> None:
     """Replace a role's key(s) with one new key; the old private keys move to retired/.
 
     The release key rotates in the order a fleet survives: the new trust root names the
@@ -177,9 +253,14 @@ def rotate(project_dir: Path, role: str, public_pem: Path | None, encrypt_key: b
     project = Project.load(project_dir)
     public = _public_key(public_pem)
     new_pass = _new_passphrase(encrypt_key and public is None)
-    change = keys_mod.rotate_key(project, role, public=public,
-                                 passphrase=passphrase_from_env_or_prompt,
-                                 new_passphrase=new_pass, immediate=immediate)
+    change = keys_mod.rotate_key(
+        project,
+        role,
+        public=public,
+        passphrase=passphrase_from_env_or_prompt,
+        new_passphrase=new_pass,
+        immediate=immediate,
+    )
     _report(change, as_json, new_pass is not None)
 
 
@@ -187,15 +268,18 @@ def rotate(project_dir: Path, role: str, public_pem: Path | None, encrypt_key: b
 @PROJECT_OPTION
 @ROLE_OPTION
 @click.argument("keyid")
-@click.option("--threshold", type=click.IntRange(1, 8),
-              help="The role's new threshold, when fewer keys remain than it needs.")
+@click.option(
+    "--threshold",
+    type=click.IntRange(1, 8),
+    help="The role's new threshold, when fewer keys remain than it needs.",
+)
 @JSON_OPTION
-def revoke(project_dir: Path, role: str, keyid: str, threshold: int | None,
-           as_json: bool) -> None:
+def revoke(project_dir: Path, role: str, keyid: str, threshold: int | None, as_json: bool) -> None:
     """Remove key KEYID (8+ hex digits) from a role; its private key moves to retired/."""
     project = Project.load(project_dir)
-    change = keys_mod.revoke_key(project, role, keyid, threshold=threshold,
-                                 passphrase=passphrase_from_env_or_prompt)
+    change = keys_mod.revoke_key(
+        project, role, keyid, threshold=threshold, passphrase=passphrase_from_env_or_prompt
+    )
     _report(change, as_json, True)
 
 

@@ -27,10 +27,18 @@ def lockdown() -> None:
 
 @lockdown.command()
 @click.option("--board", required=True, help="Target board (see `mpseal init --help`).")
-@click.option("--keep", multiple=True, metavar="USE[,USE...]",
-              help="Uses the product keeps: " + ", ".join(KEEP_CHOICES) + ".")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Write the plan and the firmware build fragment into this folder.")
+@click.option(
+    "--keep",
+    multiple=True,
+    metavar="USE[,USE...]",
+    help="Uses the product keeps: " + ", ".join(KEEP_CHOICES) + ".",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write the plan and the firmware build fragment into this folder.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan(board: str, keep: tuple[str, ...], out_dir: Path | None, as_json: bool) -> None:
     """An ordered hardening plan: runtime profile, firmware build, hardware steps."""
@@ -55,8 +63,13 @@ def _as_typed(folder: Path) -> str:
 
 
 def _print_plan(p: Plan) -> None:
-    out_console.print(Text(f"Lockdown plan for {p.board}: profile {p.profile}, keep: "
-                           f"{', '.join(p.keep) or 'nothing'}", style="bold"))
+    out_console.print(
+        Text(
+            f"Lockdown plan for {p.board}: profile {p.profile}, keep: "
+            f"{', '.join(p.keep) or 'nothing'}",
+            style="bold",
+        )
+    )
     for n, step in enumerate(p.steps, 1):
         head = Text(f"\n{n:2}. [{step.phase.value}] {step.title}")
         if step.irreversible:
@@ -74,8 +87,9 @@ def _print_plan(p: Plan) -> None:
     if not p.left_open:
         out_console.print(Text("    nothing this plan knows of, up to T3 (T4 is out of scope)"))
     for o in p.left_open:
-        out_console.print(Text(f"    {o.interface.id} ({o.interface.tier.value}): {o.why}",
-                               style="yellow"))
+        out_console.print(
+            Text(f"    {o.interface.id} ({o.interface.tier.value}): {o.why}", style="yellow")
+        )
 
 
 def _indent(text: str) -> str:
@@ -89,11 +103,26 @@ def interfaces(board: str, as_json: bool) -> None:
     """Every interface of this board that can have a hole, and whether it can be closed."""
     items = itf.interfaces_for(board)
     if as_json:
-        emit_json([{"id": i.id, "title": i.title, "tier": i.tier.value,
+        emit_json(
+            [
+                {
+                    "id": i.id,
+                    "title": i.title,
+                    "tier": i.tier.value,
                     "closable": i.closable_on(board),
-                    "levers": [{"id": lv.id, "kind": lv.kind.value, "stops": lv.stops.value,
-                                "reversible": lv.reversible.value}
-                               for lv in i.levers_for(board)]} for i in items])
+                    "levers": [
+                        {
+                            "id": lv.id,
+                            "kind": lv.kind.value,
+                            "stops": lv.stops.value,
+                            "reversible": lv.reversible.value,
+                        }
+                        for lv in i.levers_for(board)
+                    ],
+                }
+                for i in items
+            ]
+        )
         return
     for i in items:
         state = "closable" if i.closable_on(board) else "CANNOT be closed on this board"
@@ -101,16 +130,23 @@ def interfaces(board: str, as_json: bool) -> None:
 
 
 @lockdown.command()
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              default=lockdown_docs.DOCS_DIR, show_default=True)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=lockdown_docs.DOCS_DIR,
+    show_default=True,
+)
 @click.option("--check", is_flag=True, help="Only check that the pages are up to date.")
 def docs(out_dir: Path, check: bool) -> None:
     """Generate docs/lockdown/<port>.md from the interface data."""
     if check:
         stale = lockdown_docs.stale_pages(out_dir)
         if stale:
-            raise ConfigError(f"{len(stale)} lockdown page(s) out of date, e.g. {stale[0]}; "
-                              "run: mpseal lockdown docs")
+            raise ConfigError(
+                f"{len(stale)} lockdown page(s) out of date, e.g. {stale[0]}; "
+                "run: mpseal lockdown docs"
+            )
         out_console.print("lockdown docs are up to date", markup=False)
         return
     written = lockdown_docs.write_docs(out_dir)
@@ -120,23 +156,40 @@ def docs(out_dir: Path, check: bool) -> None:
 @lockdown.command("esp32-key")
 @click.argument("key", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--board", default="esp32", show_default=True, help="esp32 or esp32s3.")
-@click.option("--scheme", help="rsa3072 or ecdsa256 (default: the chip's; ESP32/ESP32-S3 "
-                               "accept rsa3072 only).")
-@click.option("--import", "source", type=click.Path(dir_okay=False, path_type=Path),
-              help="Import this existing PEM key instead of generating one.")
+@click.option(
+    "--scheme",
+    help="rsa3072 or ecdsa256 (default: the chip's; ESP32/ESP32-S3 accept rsa3072 only).",
+)
+@click.option(
+    "--import",
+    "source",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Import this existing PEM key instead of generating one.",
+)
 @click.option("--json", "as_json", is_flag=True)
-def esp32_key(key: Path, board: str, scheme: str | None, source: Path | None,
-              as_json: bool) -> None:
+def esp32_key(
+    key: Path, board: str, scheme: str | None, source: Path | None, as_json: bool
+) -> None:
     """Generate (or import) the Secure Boot v2 signing key: 0600, never overwritten."""
     if source is not None and scheme is not None:
         raise ConfigError("--scheme applies to a generated key; an imported key has its own")
     info = esp.import_key(key, source, board) if source else esp.generate_key(key, board, scheme)
     if as_json:
-        emit_json({"key": str(info.path), "scheme": info.scheme, "board": board,
-                   "digest": info.digest.hex(), "digest_file": str(info.digest_path)})
+        emit_json(
+            {
+                "key": str(info.path),
+                "scheme": info.scheme,
+                "board": board,
+                "digest": info.digest.hex(),
+                "digest_file": str(info.digest_path),
+            }
+        )
         return
-    out_console.print(f"{'Imported' if source else 'Generated'} {info.scheme} Secure Boot v2 key "
-                      f"{info.path} (0600) for {board}", markup=False)
+    out_console.print(
+        f"{'Imported' if source else 'Generated'} {info.scheme} Secure Boot v2 key "
+        f"{info.path} (0600) for {board}",
+        markup=False,
+    )
     out_console.print(f"  public key digest {info.digest.hex()}", markup=False)
     out_console.print(f"  eFuse digest file {info.digest_path}", markup=False)
     out_console.print("Keep the key offline; losing it ends firmware updates.", markup=False)
@@ -148,17 +201,26 @@ def esp32_key(key: Path, board: str, scheme: str | None, source: Path | None,
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--board", help="esp32 or esp32s3 (default: read from the image header).")
 @click.option("--json", "as_json", is_flag=True)
-def esp32_sign(firmware: Path, key: Path, output: Path, board: str | None,
-               as_json: bool) -> None:
+def esp32_sign(firmware: Path, key: Path, output: Path, board: str | None, as_json: bool) -> None:
     """Sign an ESP app or bootloader image for Secure Boot v2 (through espsecure)."""
     res = esp.sign_image(firmware, key, output, board)
     if as_json:
-        emit_json({"input": str(firmware), "output": str(res.output), "board": res.board,
-                   "input_size": res.input_size, "signed_size": res.signed_size,
-                   "sha256": res.digest.hex()})
+        emit_json(
+            {
+                "input": str(firmware),
+                "output": str(res.output),
+                "board": res.board,
+                "input_size": res.input_size,
+                "signed_size": res.signed_size,
+                "sha256": res.digest.hex(),
+            }
+        )
         return
-    out_console.print(f"Signed {firmware} -> {res.output} ({res.input_size} -> "
-                      f"{res.signed_size} bytes, sha256 {res.digest.hex()[:16]})", markup=False)
+    out_console.print(
+        f"Signed {firmware} -> {res.output} ({res.input_size} -> "
+        f"{res.signed_size} bytes, sha256 {res.digest.hex()[:16]})",
+        markup=False,
+    )
 
 
 @lockdown.command("esp32-verify")

@@ -54,6 +54,7 @@ if __name__ == "__main__":
         lines = "".join(f"    {line!r}\n" for line in render_help().splitlines(keepends=True))
         Path(__file__).with_name("help_text.py").write_text(
             '"""``mpseal --help``, kept as text (python -m mpseal.cli.main --write-help)."""\n\n'
-            f"HELP = (\n{lines})\n")
+            f"HELP = (\n{lines})\n"
+        )
     else:
         main()

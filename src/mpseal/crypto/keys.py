@@ -60,7 +60,9 @@ class PublicKey:
         if not isinstance(key.curve, ec.SECP256R1):
             raise FormatError(f"key is on curve {key.curve.name}, mpseal signs with P-256 only")
         return cls(
-            key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+            key.public_bytes(
+                serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+            )
         )
 
     @classmethod
@@ -69,7 +71,9 @@ class PublicKey:
         try:
             key = serialization.load_pem_public_key(pem)
         except (ValueError, TypeError, UnsupportedAlgorithm):
-            raise FormatError("not a PEM public key (expected '-----BEGIN PUBLIC KEY-----')") from None
+            raise FormatError(
+                "not a PEM public key (expected '-----BEGIN PUBLIC KEY-----')"
+            ) from None
         if not isinstance(key, ec.EllipticCurvePublicKey):
             raise FormatError("the public key is not an EC key; mpseal signs with ECDSA P-256")
         return cls.from_crypto(key)
@@ -86,9 +90,7 @@ class PublicKey:
         if not (0 < r < _CURVE_ORDER and 0 < s < _CURVE_ORDER):
             raise SignatureError("signature value out of range")
         try:
-            self.to_crypto().verify(
-                encode_dss_signature(r, s), data, ec.ECDSA(hashes.SHA256())
-            )
+            self.to_crypto().verify(encode_dss_signature(r, s), data, ec.ECDSA(hashes.SHA256()))
         except InvalidSignature:
             raise SignatureError(f"signature by key {self.keyid[:16]} does not verify") from None
 

@@ -45,8 +45,9 @@ def _keys(hardware_id: str, salt: bytes) -> tuple[bytes, bytes]:
     return k, hashlib.sha256(b"mpseal-mac" + k).digest()
 
 
-def seal(plaintext: bytes, hardware_id: str, salt: bytes | None = None,
-         iv: bytes | None = None) -> bytes:
+def seal(
+    plaintext: bytes, hardware_id: str, salt: bytes | None = None, iv: bytes | None = None
+) -> bytes:
     if not hardware_id:
         raise UsageError("secrets need the device's hardware id")
     salt = salt or secrets.token_bytes(16)

@@ -87,8 +87,9 @@ class _Line:
             self.ser.write(data)
             self.ser.flush()
 
-    def read_for(self, seconds: float, until: bytes | None = None,
-                 quiet: float | None = None) -> bytes:
+    def read_for(
+        self, seconds: float, until: bytes | None = None, quiet: float | None = None
+    ) -> bytes:
         """Read for ``seconds``, or until ``until`` appears, or ``quiet`` seconds of silence."""
         got = bytearray()
         start = last = time.monotonic()
@@ -113,14 +114,16 @@ class _Line:
             pass
 
 
-def check_console(port: str, *, baudrate: int = 115200,
-                  timing: Timing = DEFAULT_TIMING) -> ConsoleCheck:
+def check_console(
+    port: str, *, baudrate: int = 115200, timing: Timing = DEFAULT_TIMING
+) -> ConsoleCheck:
     """Look for a REPL on ``port``; never raises for a board that does not answer."""
     line = _Line(port, baudrate)
     steps: list[Step] = []
 
-    def step(sent: bytes, seconds: float, until: bytes | None = None,
-             quiet: float | None = None) -> bytes:
+    def step(
+        sent: bytes, seconds: float, until: bytes | None = None, quiet: float | None = None
+    ) -> bytes:
         t0 = time.monotonic()
         if sent:
             line.send(sent)

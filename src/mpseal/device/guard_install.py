@@ -25,10 +25,24 @@ from mpseal.formats.boards import get_board
 from mpseal.packaging.mpycross import CompileOptions, Compiler, Module
 
 # Device-side modules of the guard, shipped from mpseal/runtime/.
-GUARD_MODULES = ("mpseal_guard", "mpseal_release", "mpseal_state", "mpseal_port",
-                 "mpseal_lockdown", "mpseal_appfs", "mpseal_romfs", "mpseal_meta",
-                 "mpseal_secrets", "mpseal_ota", "mpseal_renew", "mpseal_logs", "p256", "p256_fast",
-                 "p256_thumb", "mpseal_delta")
+GUARD_MODULES = (
+    "mpseal_guard",
+    "mpseal_release",
+    "mpseal_state",
+    "mpseal_port",
+    "mpseal_lockdown",
+    "mpseal_appfs",
+    "mpseal_romfs",
+    "mpseal_meta",
+    "mpseal_secrets",
+    "mpseal_ota",
+    "mpseal_renew",
+    "mpseal_logs",
+    "p256",
+    "p256_fast",
+    "p256_thumb",
+    "mpseal_delta",
+)
 # Modules only for boards whose native code is ARM Thumb (the inline assembler's target).
 THUMB_ONLY = ("p256_fast", "p256_thumb")
 THUMB_ARCHS = ("armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp")
@@ -46,15 +60,25 @@ STAGE = (
     " _r = mpseal_guard.stage({path!r})\n"
     " print(repr(('STAGED', _r.version, mpseal_guard._state.trial)))\n"
     "except Exception as e:\n"
-    " print(repr(('REFUSED', str(e)[:160])))\n")
+    " print(repr(('REFUSED', str(e)[:160])))\n"
+)
 
 
-def device_config(board: str, profile: str, max_tries: int = 3,
-                  max_image: int = 4 * 1024 * 1024, mount: str = "auto") -> bytes:
+def device_config(
+    board: str,
+    profile: str,
+    max_tries: int = 3,
+    max_image: int = 4 * 1024 * 1024,
+    mount: str = "auto",
+) -> bytes:
     """/mpseal/device.json; ``mount`` forces one of the guard's mount paths ("auto": its
     own choice by feature detection, and then the key is left out)."""
-    cfg: dict[str, object] = {"board": board, "profile": profile, "max_tries": max_tries,
-                              "max_image": max_image}
+    cfg: dict[str, object] = {
+        "board": board,
+        "profile": profile,
+        "max_tries": max_tries,
+        "max_image": max_image,
+    }
     if mount != "auto":
         cfg["mount"] = mount
     return json.dumps(cfg, sort_keys=True).encode()
@@ -76,8 +100,9 @@ def _compiled_guard(board: str) -> dict[str, bytes]:
     return {f"/lib/{name[:-3]}.mpy": data for name, data in out.items()}
 
 
-def guard_files(board: str, profile: str, trust_root: bytes,
-                mount: str = "auto") -> dict[str, bytes]:
+def guard_files(
+    board: str, profile: str, trust_root: bytes, mount: str = "auto"
+) -> dict[str, bytes]:
     """Device path -> bytes for everything the guard needs, main.py included."""
     files = compiled_guard(board)
     files["/main.py"] = MAIN_SHIM
@@ -104,8 +129,12 @@ def stage_artifact(transport: Transport, data: bytes, progress: Progress | None 
         reply = ast.literal_eval(lines[-1]) if lines else None
     except (ValueError, SyntaxError, MemoryError, RecursionError):
         reply = None
-    if not (isinstance(reply, tuple) and len(reply) == 3 and reply[0] == "STAGED"
-            and reply[2] in ("a", "b")):
+    if not (
+        isinstance(reply, tuple)
+        and len(reply) == 3
+        and reply[0] == "STAGED"
+        and reply[2] in ("a", "b")
+    ):
         if isinstance(reply, tuple) and len(reply) == 2 and reply[0] == "REFUSED":
             why = "".join(c if c.isprintable() else "?" for c in str(reply[1]))
             raise BadDataError(f"the board's guard refused the artifact: {why}")

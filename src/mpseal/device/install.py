@@ -42,8 +42,13 @@ from mpseal.errors import PolicyError
 from mpseal.formats import artifact as artifact_mod
 from mpseal.formats.trustroot import TrustRoot
 
-SLOT_FILES = ("/mpseal/slot-a.mpseal", "/mpseal/slot-b.mpseal", "/mpseal/incoming.mpseal",
-              "/mpseal/slot-a.mpseal.tmp", "/mpseal/slot-b.mpseal.tmp")
+SLOT_FILES = (
+    "/mpseal/slot-a.mpseal",
+    "/mpseal/slot-b.mpseal",
+    "/mpseal/incoming.mpseal",
+    "/mpseal/slot-a.mpseal.tmp",
+    "/mpseal/slot-b.mpseal.tmp",
+)
 MAIN = "/main.py"
 RESET = "import mpseal_port\nmpseal_port.reset()"
 RESET_TIMEOUT = 3.0
@@ -69,15 +74,24 @@ class InstallResult:
     reset: bool = False
 
     def to_dict(self) -> dict[str, object]:
-        return {"app": self.app, "version": self.version, "counter": self.counter,
-                "slot": self.slot, "mount": self.decision.mount,
-                "notes": list(self.decision.notes), "written": self.written,
-                "replaced": self.replaced, "unchanged": self.unchanged, "reset": self.reset,
-                "board": self.facts.to_dict()}
+        return {
+            "app": self.app,
+            "version": self.version,
+            "counter": self.counter,
+            "slot": self.slot,
+            "mount": self.decision.mount,
+            "notes": list(self.decision.notes),
+            "written": self.written,
+            "replaced": self.replaced,
+            "unchanged": self.unchanged,
+            "reset": self.reset,
+            "board": self.facts.to_dict(),
+        }
 
 
-def check(transport: Transport, needs: Needs, paths: list[str],
-          mount: str = "auto") -> tuple[BoardFacts, Decision]:
+def check(
+    transport: Transport, needs: Needs, paths: list[str], mount: str = "auto"
+) -> tuple[BoardFacts, Decision]:
     """Probe the board and decide; raise :class:`UnfitBoardError` if it cannot run ``needs``."""
     facts = probe_board(transport)
     replaced = file_digests(transport, paths, digest=False) if facts.writable_fs else {}
@@ -87,9 +101,18 @@ def check(transport: Transport, needs: Needs, paths: list[str],
     return facts, decision
 
 
-def install(transport: Transport, data: bytes, root: TrustRoot, *, profile: str,
-            mount: str = "auto", replace_root: bool = False, reset: bool = False,
-            on_step: StepHook | None = None, progress: Progress | None = None) -> InstallResult:
+def install(
+    transport: Transport,
+    data: bytes,
+    root: TrustRoot,
+    *,
+    profile: str,
+    mount: str = "auto",
+    replace_root: bool = False,
+    reset: bool = False,
+    on_step: StepHook | None = None,
+    progress: Progress | None = None,
+) -> InstallResult:
     def step(name: str) -> None:
         if on_step:
             on_step(name)
@@ -103,11 +126,15 @@ def install(transport: Transport, data: bytes, root: TrustRoot, *, profile: str,
 
     have = file_digests(transport, list(files))
     old_root = have.get(TRUST_ROOT)
-    if old_root is not None and old_root[1] != hashlib.sha256(root.raw).digest() \
-            and not replace_root:
+    if (
+        old_root is not None
+        and old_root[1] != hashlib.sha256(root.raw).digest()
+        and not replace_root
+    ):
         raise RootMismatchError(
             "the board trusts another trust root than this project's (set up for another "
-            "product, or before a root rotation); pass --replace-root to replace it")
+            "product, or before a root rotation); pass --replace-root to replace it"
+        )
     result = InstallResult(man.app, man.version, man.counter, "", facts, decision)
     # main.py last: until the guard's modules, config and trust root are all in place, a
     # reset runs whatever the board ran before (or the old guard), not a half-installed one

@@ -74,8 +74,10 @@ def firmware_dir(explicit: Path | str | None = None) -> Path:
         if not found.is_dir() and (repo.parent.parent / "shared" / "firmware").is_dir():
             found = repo.parent.parent / "shared" / "firmware"
     if not (found / BOOTROM).is_file():
-        raise ConfigError(f"no RP2040 firmware folder at {found} (it needs {BOOTROM}); "
-                          "set MPSEAL_FIRMWARE_DIR or pass --firmware-dir")
+        raise ConfigError(
+            f"no RP2040 firmware folder at {found} (it needs {BOOTROM}); "
+            "set MPSEAL_FIRMWARE_DIR or pass --firmware-dir"
+        )
     return found
 
 
@@ -89,8 +91,10 @@ def _node() -> str:
     if node is None:
         raise ToolError("the virtual Pico needs Node.js (node) on PATH; run scripts/bootstrap.sh")
     if not (BRIDGE_DIR / "node_modules" / "rp2040js" / "package.json").is_file():
-        raise ToolError(f"rp2040js is not installed in {BRIDGE_DIR}; run scripts/bootstrap.sh "
-                        "(it runs 'npm ci' there)")
+        raise ToolError(
+            f"rp2040js is not installed in {BRIDGE_DIR}; run scripts/bootstrap.sh "
+            "(it runs 'npm ci' there)"
+        )
     return node
 
 
@@ -148,8 +152,14 @@ class VirtualPico:
     # -- the board folder ------------------------------------------------------------
 
     @classmethod
-    def create(cls, folder: Path | str, *, romfs: bool = False,
-               firmware: Path | str | None = None, unique_id: bytes | None = None) -> VirtualPico:
+    def create(
+        cls,
+        folder: Path | str,
+        *,
+        romfs: bool = False,
+        firmware: Path | str | None = None,
+        unique_id: bytes | None = None,
+    ) -> VirtualPico:
         """A new board: erased 2 MiB flash, the stock image put on it, a random unique id."""
         folder = Path(folder)
         if (folder / "flash.img").exists() or (folder / "board.json").exists():
@@ -158,14 +168,17 @@ class VirtualPico:
         image = cls._image(firmware_dir(firmware), name)
         if unique_id is not None and len(unique_id) != 8:
             raise UsageError("a Pico's unique id is 8 bytes")
-        info = PicoInfo(name, (unique_id or secrets.token_bytes(8)).hex(),
-                        firmware_dir=str(Path(firmware).resolve()) if firmware else None)
+        info = PicoInfo(
+            name,
+            (unique_id or secrets.token_bytes(8)).hex(),
+            firmware_dir=str(Path(firmware).resolve()) if firmware else None,
+        )
         folder.mkdir(parents=True, exist_ok=True)
         flash = bytearray(b"\xff" * FLASH_SIZE)
         fw = image.read_bytes()
         if len(fw) > FLASH_SIZE:
             raise ConfigError(f"{image} is larger than the Pico's flash")
-        flash[:len(fw)] = fw
+        flash[: len(fw)] = fw
         created = [folder / "flash.img", folder / "board.json"]
         try:
             write_atomic(created[0], bytes(flash))
@@ -186,18 +199,25 @@ class VirtualPico:
     def _load_info(self) -> PicoInfo:
         path = self.folder / "board.json"
         if not path.is_file() or not self.flash.is_file():
-            raise UsageError(f"no virtual Pico in {self.folder}; run "
-                             "'mpseal sim create --board rp2' first")
+            raise UsageError(
+                f"no virtual Pico in {self.folder}; run 'mpseal sim create --board rp2' first"
+            )
         try:
             raw = json.loads(read_limited(path, 4096, "board.json"))
             fw_dir = raw.get("firmware_dir")
-            info = PicoInfo(str(raw["firmware"]), str(raw["unique_id"]),
-                            firmware_dir=str(fw_dir) if fw_dir else None)
+            info = PicoInfo(
+                str(raw["firmware"]),
+                str(raw["unique_id"]),
+                firmware_dir=str(fw_dir) if fw_dir else None,
+            )
             bytes.fromhex(info.unique_id)
         except (ValueError, KeyError, TypeError):
             raise ConfigError(f"{path} is damaged; re-create the virtual Pico") from None
-        if raw.get("emulator") != EMULATOR or info.firmware not in FIRMWARES \
-                or len(info.unique_id) != 16:
+        if (
+            raw.get("emulator") != EMULATOR
+            or info.firmware not in FIRMWARES
+            or len(info.unique_id) != 16
+        ):
             raise ConfigError(f"{path} is not a virtual Pico's board.json")
         if self.flash.stat().st_size != FLASH_SIZE:
             raise ConfigError(f"{self.flash} is not a 2 MiB flash image")
@@ -213,8 +233,9 @@ class VirtualPico:
 
     # -- power -----------------------------------------------------------------------
 
-    def start(self, *, cut_after: int = 0, trace: Path | None = None,
-              flash_timing: bool = True) -> str:
+    def start(
+        self, *, cut_after: int = 0, trace: Path | None = None, flash_timing: bool = True
+    ) -> str:
         """Power on; returns the pty path of the USB serial port.
 
         ``cut_after=N``: power is lost at the N-th flash write (erase or program) of
@@ -234,11 +255,20 @@ class VirtualPico:
             self._open_pty()
         ours, theirs = socket.socketpair()
         fw_dir = fw_dir.resolve()
-        cmd = [node, str(BRIDGE_DIR / "picobridge.mjs"),
-               "--bootrom", str(fw_dir / BOOTROM),
-               "--firmware", str(self._image(fw_dir, self.info.firmware)),
-               "--flash", str(self.flash), "--uid", self.info.unique_id,
-               "--control-fd", str(theirs.fileno())]
+        cmd = [
+            node,
+            str(BRIDGE_DIR / "picobridge.mjs"),
+            "--bootrom",
+            str(fw_dir / BOOTROM),
+            "--firmware",
+            str(self._image(fw_dir, self.info.firmware)),
+            "--flash",
+            str(self.flash),
+            "--uid",
+            self.info.unique_id,
+            "--control-fd",
+            str(theirs.fileno()),
+        ]
         if cut_after:
             cmd += ["--cut-after", str(cut_after)]
         if trace is not None:
@@ -254,9 +284,15 @@ class VirtualPico:
             self._marks = []
             self._exited = False
         try:
-            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, pass_fds=[theirs.fileno()],
-                                    cwd=BRIDGE_DIR, start_new_session=True)
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=[theirs.fileno()],
+                cwd=BRIDGE_DIR,
+                start_new_session=True,
+            )
         except OSError as e:
             ours.close()
             raise ToolError(f"cannot start the RP2040 emulator: {e.strerror}") from None
@@ -280,8 +316,9 @@ class VirtualPico:
         """Pull the plug: the emulator stops at once; the flash keeps every write done."""
         self._kill()
 
-    def power_cycle(self, *, cut_after: int = 0, trace: Path | None = None,
-                    flash_timing: bool = True) -> str:
+    def power_cycle(
+        self, *, cut_after: int = 0, trace: Path | None = None, flash_timing: bool = True
+    ) -> str:
         self._kill()
         return self.start(cut_after=cut_after, trace=trace, flash_timing=flash_timing)
 
@@ -370,8 +407,9 @@ class VirtualPico:
             data, marks = bytes(self._output), [0, *self._marks]
         return [data[a:b] for a, b in zip(marks, [*marks[1:], len(data)], strict=True)]
 
-    def wait_output(self, needle: bytes | str | re.Pattern[bytes], timeout: float = 30.0,
-                    start: int = 0) -> bool:
+    def wait_output(
+        self, needle: bytes | str | re.Pattern[bytes], timeout: float = 30.0, start: int = 0
+    ) -> bool:
         """Wait until the output (from byte ``start``) contains ``needle``."""
         if isinstance(needle, str):
             needle = needle.encode()
@@ -451,8 +489,14 @@ class VirtualPico:
     def counters(self, timeout: float = 10.0) -> Counters:
         """The emulated cycle counter, emulated time and flash writes since power-on."""
         r = self._request({"op": "counters"}, timeout)
-        return Counters(_num(r.get("cycles")), _num(r.get("nanos")), _num(r.get("writes")),
-                        _num(r.get("resets")), r.get("halted") is True, _num(r.get("run_ms")))
+        return Counters(
+            _num(r.get("cycles")),
+            _num(r.get("nanos")),
+            _num(r.get("writes")),
+            _num(r.get("resets")),
+            r.get("halted") is True,
+            _num(r.get("run_ms")),
+        )
 
     def wait_event(self, name: str, timeout: float, count: int = 1) -> bool:
         """Wait until the emulator has reported ``count`` events ``name`` ("reset",
@@ -508,7 +552,7 @@ class VirtualPico:
                         self.from_board += len(data)
                         with self._cond:
                             if len(self._output) < OUTPUT_KEEP:
-                                self._output += data[:OUTPUT_KEEP - len(self._output)]
+                                self._output += data[: OUTPUT_KEEP - len(self._output)]
                             self._cond.notify_all()
                         with contextlib.suppress(BlockingIOError):  # nobody reads: dropped
                             os.write(self._master, data)

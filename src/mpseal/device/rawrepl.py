@@ -76,8 +76,10 @@ def translated(what: str) -> Iterator[None]:
     try:
         yield
     except mp_transport.TransportError as e:
-        raise LinkError(f"{what}: {e}; check the cable and that no other program "
-                        "(mpremote, a terminal) holds the port") from None
+        raise LinkError(
+            f"{what}: {e}; check the cable and that no other program "
+            "(mpremote, a terminal) holds the port"
+        ) from None
     except serial.SerialException as e:
         raise LinkError(f"{what}: the serial line failed ({e}); reconnect") from None
     except OSError as e:
@@ -189,8 +191,14 @@ class RawRepl(MpremoteSerial):  # type: ignore[misc]
             self._send(code, deadline)
             return self._follow(deadline, out_max)
 
-    def exec_echoed(self, code: bytes, lines: list[bytes], timeout: float, out_max: int,
-                    progress: Callable[[int], None] | None = None) -> tuple[bytes, bytes]:
+    def exec_echoed(
+        self,
+        code: bytes,
+        lines: list[bytes],
+        timeout: float,
+        out_max: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> tuple[bytes, bytes]:
         """Run ``code``, which reads ``lines`` with input(); pace on input()'s echo.
 
         For firmware without raw-paste mode: never more than ``ECHO_WINDOW`` bytes are
@@ -207,7 +215,7 @@ class RawRepl(MpremoteSerial):  # type: ignore[misc]
             self._send(code, deadline)
             for i, line in enumerate(lines):
                 for at in range(0, len(line) + 1, ECHO_WINDOW):
-                    piece = (line + b"\r")[at:at + ECHO_WINDOW]
+                    piece = (line + b"\r")[at : at + ECHO_WINDOW]
                     self.serial.write(piece)
                     want = piece.replace(b"\r", b"\r\n")
                     echo = self._read_exact(len(want), deadline, "waiting for the echo")
@@ -224,8 +232,9 @@ class RawRepl(MpremoteSerial):  # type: ignore[misc]
         try:
             out, err = self._follow(deadline, out_max)
         except (LinkError, FormatError):
-            raise LinkError("the device's echo differs from what was sent: bytes were lost "
-                            "on the line; retry") from None
+            raise LinkError(
+                "the device's echo differs from what was sent: bytes were lost on the line; retry"
+            ) from None
         self.in_sync = False  # lines we sent after it ended may sit in the raw REPL
         if not err:
             raise LinkError("the device stopped reading before all data was sent; retry")
@@ -251,7 +260,7 @@ class RawRepl(MpremoteSerial):  # type: ignore[misc]
                 self._read_until(b">", deadline, 16, "falling back to the raw REPL")
             self.use_raw_paste = False
         for i in range(0, len(code), PACE_BYTES):
-            self.serial.write(code[i:i + PACE_BYTES])
+            self.serial.write(code[i : i + PACE_BYTES])
             self.serial.flush()  # on a pty: until the other side has taken the bytes
             time.sleep(PACE_SECONDS)
         self.serial.write(b"\x04")
@@ -273,7 +282,7 @@ class RawRepl(MpremoteSerial):  # type: ignore[misc]
                 else:
                     self.in_sync = False
                     raise LinkError(f"unexpected byte {flag!r} during raw-paste")
-            piece = code[i:i + remain]
+            piece = code[i : i + remain]
             self.serial.write(piece)
             remain -= len(piece)
             i += len(piece)

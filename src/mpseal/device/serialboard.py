@@ -71,8 +71,9 @@ def helper_execs(source: str, group: int = HELPER_GROUP) -> list[str]:
         if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
             continue  # a docstring
         lines = ast.unparse(node).splitlines()
-        blocks.append("\n".join(" " * ((len(ln) - len(ln.lstrip(" "))) // 4) + ln.lstrip(" ")
-                                for ln in lines))
+        blocks.append(
+            "\n".join(" " * ((len(ln) - len(ln.lstrip(" "))) // 4) + ln.lstrip(" ") for ln in lines)
+        )
     groups: list[str] = []
     for block in blocks:
         if groups and len(groups[-1]) + len(block) + 1 <= group:
@@ -81,8 +82,11 @@ def helper_execs(source: str, group: int = HELPER_GROUP) -> list[str]:
             groups.append(block)
     # Sent as a string whose length is checked before it runs: on a line that drops
     # bytes, a damaged definition must not load as different but valid code.
-    return [f"_mpx_src={g!r}\nif len(_mpx_src)!={len(g)}:raise SyntaxError('lost bytes')\n"
-            "exec(_mpx_src)\ndel _mpx_src" for g in groups]
+    return [
+        f"_mpx_src={g!r}\nif len(_mpx_src)!={len(g)}:raise SyntaxError('lost bytes')\n"
+        "exec(_mpx_src)\ndel _mpx_src"
+        for g in groups
+    ]
 
 
 def _helper_source() -> str:
@@ -92,8 +96,14 @@ def _helper_source() -> str:
 class SerialTransport:
     """A MicroPython board behind one serial line; see :class:`mpseal.device.transport.Transport`."""
 
-    def __init__(self, device: str, *, baudrate: int = 115200, limits: Limits = DEFAULT_LIMITS,
-                 on_close: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        device: str,
+        *,
+        baudrate: int = 115200,
+        limits: Limits = DEFAULT_LIMITS,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
         self.device = device
         self.limits = limits
         self._on_close = on_close
@@ -119,8 +129,9 @@ class SerialTransport:
             raise FormatError(f"{path} on the device is {size} bytes, over the {limit}-byte limit")
         n = 3 * 1024 if caps.mem_free > SMALL_HEAP else 96
         bound = 200 + 4 * size + 8 * (size // n + 2)  # repr() worst case, one line per chunk
-        out = self._call(call("mpx_read", path, n), f"reading {path}",
-                         out_max=bound, timeout=30.0 + size / 500)
+        out = self._call(
+            call("mpx_read", path, n), f"reading {path}", out_max=bound, timeout=30.0 + size / 500
+        )
         lines = [ln.strip() for ln in out.split(b"\n") if ln.strip()]
         if len(lines) < 2:
             raise FormatError(f"the device's reply for {path} is truncated")
@@ -143,16 +154,20 @@ class SerialTransport:
                 self._send_chunks(data, chunk, tmp, progress)
             else:
                 self._send_lines(data, chunk, tmp, progress)
-            stored = self._call_value("mpx_close()", f"writing {tmp}",
-                                      timeout=10.0 + len(data) / 500)
+            stored = self._call_value(
+                "mpx_close()", f"writing {tmp}", timeout=10.0 + len(data) / 500
+            )
             if stored != expect:
                 raise LinkError(f"{tmp} on the device is not what was sent; retry")
         except (DeviceError, LinkError):
             if not self._repl.closed:
                 self._cleanup(tmp)
             raise
-        final = self._call_value(call("mpx_commit", tmp, path), f"renaming {tmp} to {path}",
-                                 timeout=10.0 + len(data) / 250)
+        final = self._call_value(
+            call("mpx_commit", tmp, path),
+            f"renaming {tmp} to {path}",
+            timeout=10.0 + len(data) / 250,
+        )
         if final != expect:
             raise LinkError(f"{path} on the device is not what was sent after the rename; retry")
 
@@ -194,8 +209,12 @@ class SerialTransport:
         if self._caps is None:
             execs = helper_execs(_helper_source())
             ident = hashlib.sha256("\0".join(execs).encode()).hexdigest()[:16]
-            if self._call_value("print(repr(globals().get('mpx_id')))",
-                                "looking for the transfer helper") == ident:
+            if (
+                self._call_value(
+                    "print(repr(globals().get('mpx_id')))", "looking for the transfer helper"
+                )
+                == ident
+            ):
                 self._call("mpx_reset()", "resetting the transfer helper")
             else:
                 for code in execs:
@@ -234,20 +253,22 @@ class SerialTransport:
             return path
         flat = path.lstrip("/")
         if "/" in flat:
-            raise UsageError(f"{path!r}: the filesystem of this board ({caps.platform}) has no "
-                             "folders; use a plain file name")
+            raise UsageError(
+                f"{path!r}: the filesystem of this board ({caps.platform}) has no "
+                "folders; use a plain file name"
+            )
         return flat
 
-    def _run(self, code: str, timeout: float, what: str = "",
-             out_max: int | None = None) -> bytes:
+    def _run(self, code: str, timeout: float, what: str = "", out_max: int | None = None) -> bytes:
         limit = out_max if out_max is not None else self.limits.device_reply_max_length
         out, err = self._repl.exec_raw(code.encode(), timeout, limit)
         if err:
             raise device_error(err, what)
         return out
 
-    def _call(self, code: str, what: str, timeout: float = 10.0,
-              out_max: int | None = None) -> bytes:
+    def _call(
+        self, code: str, what: str, timeout: float = 10.0, out_max: int | None = None
+    ) -> bytes:
         """Run a call of the helper; send it again if it lost bytes on the way."""
         for attempt in range(RETRIES + 1):
             try:
@@ -266,8 +287,9 @@ class SerialTransport:
         try:
             return ast.literal_eval(text)
         except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
-            raise FormatError(f"the device's reply for {what} is not a literal: "
-                              f"{text[:60]!r}") from None
+            raise FormatError(
+                f"the device's reply for {what} is not a literal: {text[:60]!r}"
+            ) from None
 
     @staticmethod
     def _decode_line(line: bytes, caps: Capabilities) -> bytes:
@@ -292,26 +314,33 @@ class SerialTransport:
         is shorter (~1.05x for source code).
         """
         for off in range(0, len(data), chunk):
-            piece = data[off:off + chunk]
+            piece = data[off : off + chunk]
             encoded, literal = base64.b64encode(piece), repr(piece)
-            code = (f"mpx_w({encoded!r}, {len(piece)})" if len(encoded) + 3 < len(literal)
-                    else f"mpx_wr({literal}, {len(piece)})")
+            code = (
+                f"mpx_w({encoded!r}, {len(piece)})"
+                if len(encoded) + 3 < len(literal)
+                else f"mpx_wr({literal}, {len(piece)})"
+            )
             self._call(code, f"writing {tmp}", timeout=10.0 + chunk / 100)
             if progress:
                 progress(off + len(piece), len(data))
 
     def _send_lines(self, data: bytes, chunk: int, tmp: str, progress: Progress | None) -> None:
         """Plain raw REPL: one ``mpx_recv`` exec reads base64 lines, paced on their echo."""
-        lines = [base64.b64encode(data[off:off + chunk]) for off in range(0, len(data), chunk)]
+        lines = [base64.b64encode(data[off : off + chunk]) for off in range(0, len(data), chunk)]
         lines += HISTORY_FLUSH
 
         def line_done(i: int) -> None:
             if progress and i * chunk < len(data):
                 progress(min((i + 1) * chunk, len(data)), len(data))
 
-        _, err = self._repl.exec_echoed(f"mpx_recv({len(data)}, {len(HISTORY_FLUSH)})".encode(), lines,
-                                          30.0 + len(data) / 200,
-                                          self.limits.device_reply_max_length, line_done)
+        _, err = self._repl.exec_echoed(
+            f"mpx_recv({len(data)}, {len(HISTORY_FLUSH)})".encode(),
+            lines,
+            30.0 + len(data) / 200,
+            self.limits.device_reply_max_length,
+            line_done,
+        )
         if err:
             raise device_error(err, f"writing {tmp}")
 
@@ -322,14 +351,25 @@ class SerialTransport:
             pass  # the original error is the one worth reporting
 
     def _parse_caps(self, raw: object) -> Capabilities:
-        if not (isinstance(raw, tuple) and len(raw) == 7 and isinstance(raw[0], tuple)
-                and isinstance(raw[1], str) and isinstance(raw[6], int)):
+        if not (
+            isinstance(raw, tuple)
+            and len(raw) == 7
+            and isinstance(raw[0], tuple)
+            and isinstance(raw[1], str)
+            and isinstance(raw[6], int)
+        ):
             raise FormatError(f"the device's capabilities are malformed: {raw!r:.80}")
         version, platform, b64, sha, rename, mkdir, mem_free = raw
         return Capabilities(
-            version=tuple(v for v in version if isinstance(v, int)), platform=platform[:40],
-            binascii=b64 is True, hashlib=sha is True, rename=rename is True,
-            mkdir=mkdir is True, mem_free=mem_free, raw_paste=bool(self._repl.use_raw_paste))
+            version=tuple(v for v in version if isinstance(v, int)),
+            platform=platform[:40],
+            binascii=b64 is True,
+            hashlib=sha is True,
+            rename=rename is True,
+            mkdir=mkdir is True,
+            mem_free=mem_free,
+            raw_paste=bool(self._repl.use_raw_paste),
+        )
 
 
 def helper_path() -> Path:

@@ -47,8 +47,9 @@ class BootReport:
 
     @property
     def guard_lines(self) -> list[str]:
-        return [ln[len("[mpseal] "):] for ln in self.output.splitlines()
-                if ln.startswith("[mpseal] ")]
+        return [
+            ln[len("[mpseal] ") :] for ln in self.output.splitlines() if ln.startswith("[mpseal] ")
+        ]
 
     def crashes(self) -> list[str]:
         """The guard's reports of an app that crashed, in order."""
@@ -84,8 +85,13 @@ class VirtualBoard:
         self.info = self._load_info()
 
     @classmethod
-    def create(cls, folder: Path, board: str = "unix", flash_size: int = DEFAULT_FLASH,
-               heapsize: str | None = None) -> VirtualBoard:
+    def create(
+        cls,
+        folder: Path,
+        board: str = "unix",
+        flash_size: int = DEFAULT_FLASH,
+        heapsize: str | None = None,
+    ) -> VirtualBoard:
         get_board(board)
         if flash_size % BLOCK_SIZE or not 64 * 1024 <= flash_size <= 64 * 1024 * 1024:
             raise UsageError("flash size must be a multiple of 4 KiB between 64 KiB and 64 MiB")
@@ -114,8 +120,12 @@ class VirtualBoard:
             raise UsageError(f"no virtual board in {self.folder}; run 'mpseal sim create' first")
         try:
             raw = json.loads(read_limited(path, 4096, "board.json"))
-            return BoardInfo(str(raw["board"]), int(raw["flash_size"]), raw.get("heapsize"),
-                             str(raw.get("firmware", "")))
+            return BoardInfo(
+                str(raw["board"]),
+                int(raw["flash_size"]),
+                raw.get("heapsize"),
+                str(raw.get("firmware", "")),
+            )
         except (ValueError, KeyError, TypeError):
             raise ConfigError(f"{path} is damaged; re-create the virtual board") from None
 
@@ -124,17 +134,28 @@ class VirtualBoard:
         self.info = BoardInfo(self.info.board, self.info.flash_size, self.info.heapsize, firmware)
         write_atomic(self.folder / "board.json", json.dumps(asdict(self.info), indent=2).encode())
 
-    def command(self, *args: str, heapsize: str | None = None, cut: int = 0, tear: bool = False,
-                timeout: float = 120, power_off_after: float | None = None,
-                eio: int = 0) -> vm.VmResult:
+    def command(
+        self,
+        *args: str,
+        heapsize: str | None = None,
+        cut: int = 0,
+        tear: bool = False,
+        timeout: float = 120,
+        power_off_after: float | None = None,
+        eio: int = 0,
+    ) -> vm.VmResult:
         """One run of the VM on this board's flash; ``cut``: lose power at that block write;
         ``eio``: the flash fails (OSError EIO) from that block operation on."""
         power = (["--cut", str(cut)] if cut else []) + (["--tear"] if tear else [])
-        power += (["--eio", str(eio)] if eio else [])
-        power += (["--firmware", self.info.firmware] if self.info.firmware else [])
-        return vm.run(vm.runtime_dir() / "simboard.py", [str(self.flash), *power, *args],
-                      heapsize=heapsize or self.info.heapsize, timeout=timeout,
-                      power_off_after=power_off_after)
+        power += ["--eio", str(eio)] if eio else []
+        power += ["--firmware", self.info.firmware] if self.info.firmware else []
+        return vm.run(
+            vm.runtime_dir() / "simboard.py",
+            [str(self.flash), *power, *args],
+            heapsize=heapsize or self.info.heapsize,
+            timeout=timeout,
+            power_off_after=power_off_after,
+        )
 
     def _call(self, *args: str, heapsize: str | None = None) -> object:
         res = self.command(*args, heapsize=heapsize)
@@ -178,8 +199,9 @@ class VirtualBoard:
         """Put the boot guard, its config and the trust root on the flash."""
         self.put_many(guard_files(self.info.board, profile, root.raw))
 
-    def install(self, blob: bytes, root: TrustRoot, profile: str = "dev",
-                check_on_host: bool = True) -> dict[str, object]:
+    def install(
+        self, blob: bytes, root: TrustRoot, profile: str = "dev", check_on_host: bool = True
+    ) -> dict[str, object]:
         """Hand ``blob`` to the device's boot guard, which verifies and stages it.
 
         The host checks first too (a clear error without touching the board);
@@ -203,8 +225,14 @@ class VirtualBoard:
             raise FormatError("the guard's status reply is not a dict")
         return result
 
-    def boot(self, max_boots: int = MAX_BOOTS, heapsize: str | None = None,
-             timeout: float = 120, run_for: float | None = None, eio: int = 0) -> BootReport:
+    def boot(
+        self,
+        max_boots: int = MAX_BOOTS,
+        heapsize: str | None = None,
+        timeout: float = 120,
+        run_for: float | None = None,
+        eio: int = 0,
+    ) -> BootReport:
         """Power the board on and follow its resets until it settles.
 
         Settled: a committed image ran or was just committed, the guard idles,
@@ -217,8 +245,9 @@ class VirtualBoard:
         output: list[str] = []
         codes: list[int] = []
         for n in range(1, max_boots + 1):
-            res = self.command("boot", heapsize=heapsize, timeout=timeout,
-                               power_off_after=run_for, eio=eio)
+            res = self.command(
+                "boot", heapsize=heapsize, timeout=timeout, power_off_after=run_for, eio=eio
+            )
             output.append(res.app_output() + res.stderr)
             codes.append(res.returncode)
             if res.returncode == vm.POWERED_OFF:
@@ -228,9 +257,11 @@ class VirtualBoard:
             if res.returncode != EXIT_RESET:
                 outcome = "returned" if res.returncode == 0 else "crashed"
                 return BootReport(n, outcome, "".join(output), codes)
-            settled = any((ln.startswith("[mpseal] booting ") and "on trial" not in ln)
-                          or ln.startswith("[mpseal] committed ")
-                          for ln in res.stdout.splitlines())
+            settled = any(
+                (ln.startswith("[mpseal] booting ") and "on trial" not in ln)
+                or ln.startswith("[mpseal] committed ")
+                for ln in res.stdout.splitlines()
+            )
             if settled:
                 return BootReport(n, "running", "".join(output), codes)
         return BootReport(max_boots, "limit", "".join(output), codes)

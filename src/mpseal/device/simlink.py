@@ -50,9 +50,16 @@ POWER_ON_KEEP = 8192  # boot mode: bytes of the board's first output kept (power
 class SimLink:
     """A running virtual board and the pty path (:attr:`path`) to open it on."""
 
-    def __init__(self, flash: Path, heapsize: str | None = None,
-                 timeout: float = START_TIMEOUT, *, boot: bool = False,
-                 firmware: str = "", eio: int = 0) -> None:
+    def __init__(
+        self,
+        flash: Path,
+        heapsize: str | None = None,
+        timeout: float = START_TIMEOUT,
+        *,
+        boot: bool = False,
+        firmware: str = "",
+        eio: int = 0,
+    ) -> None:
         self._firmware = firmware  # runtime/simfirmware.py SPEC, boot mode
         self._eio = eio  # boot mode: the flash fails (EIO) from that block operation on
         self._ready = threading.Event()
@@ -104,13 +111,22 @@ class SimLink:
         script = str(vm.runtime_dir() / "simrepl.py")
         firmware = ["--firmware", self._firmware] if self._firmware else []
         firmware += ["--eio", str(self._eio)] if self._eio and mode == "boot" else []
-        cmd += ([script, str(self._flash), "boot", *firmware] if mode == "boot"
-                else ["-i", script, str(self._flash)])
+        cmd += (
+            [script, str(self._flash), "boot", *firmware]
+            if mode == "boot"
+            else ["-i", script, str(self._flash)]
+        )
         self._mode = mode
         try:
-            return subprocess.Popen(cmd, stdin=vm_slave, stdout=vm_slave, stderr=vm_slave,
-                                    cwd=vm.runtime_dir(), close_fds=True,
-                                    start_new_session=True)
+            return subprocess.Popen(
+                cmd,
+                stdin=vm_slave,
+                stdout=vm_slave,
+                stderr=vm_slave,
+                cwd=vm.runtime_dir(),
+                close_fds=True,
+                start_new_session=True,
+            )
         except OSError as e:
             raise ToolError(f"cannot start the MicroPython VM: {e.strerror}") from None
 
@@ -147,8 +163,9 @@ class SimLink:
                         return
                     if fd == vm_master:
                         self.from_board += len(data)
-                        if not self._ready.is_set() or (self.boot and
-                                                         len(self._seen) < POWER_ON_KEEP):
+                        if not self._ready.is_set() or (
+                            self.boot and len(self._seen) < POWER_ON_KEEP
+                        ):
                             self._seen += data
                             if BANNER in self._seen or self.boot:
                                 self._ready.set()
@@ -157,7 +174,7 @@ class SimLink:
                     view = memoryview(data)
                     while view:
                         try:
-                            view = view[os.write(peer[fd], view):]
+                            view = view[os.write(peer[fd], view) :]
                         except BlockingIOError:
                             break  # boot mode: nothing reads the board's input; it overflows
         except (OSError, ValueError):
@@ -220,8 +237,13 @@ class SimLink:
         return self.proc.poll() is None
 
 
-def connect(board: VirtualBoard, *, limits: Limits = DEFAULT_LIMITS,
-            timeout: float = START_TIMEOUT, boot: bool = False) -> tuple[SerialTransport, SimLink]:
+def connect(
+    board: VirtualBoard,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    timeout: float = START_TIMEOUT,
+    boot: bool = False,
+) -> tuple[SerialTransport, SimLink]:
     """Start ``board``'s VM and open the serial transport on it.
 
     ``boot=True`` powers the board on (boot.py, main.py) instead of starting at a bare

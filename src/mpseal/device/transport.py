@@ -51,8 +51,12 @@ class DeviceError(TransportError):
         where = f" while {what}" if what else ""
         # A small board (the micro:bit has ~8 KB of heap) is often left fragmented by an
         # earlier session (an audit, a REPL session): a soft reset frees its heap.
-        hint = ("; the board is out of RAM: soft-reset it (Ctrl-D at its REPL, or replug "
-                "it) and run the command again" if self.exc_type == "MemoryError" else "")
+        hint = (
+            "; the board is out of RAM: soft-reset it (Ctrl-D at its REPL, or replug "
+            "it) and run the command again"
+            if self.exc_type == "MemoryError"
+            else ""
+        )
         super().__init__(f"the device raised {line}{where}{hint}")
 
 

@@ -44,7 +44,7 @@ class VmResult:
         out = []
         for line in self.stdout.splitlines():
             if line.startswith(REPLY_PREFIX):
-                text = line[len(REPLY_PREFIX):]
+                text = line[len(REPLY_PREFIX) :]
                 if len(text) > MAX_REPLY:
                     raise FormatError("device reply is larger than the 1 MiB limit")
                 try:
@@ -54,15 +54,21 @@ class VmResult:
         return out
 
     def app_output(self) -> str:
-        return "".join(ln for ln in self.stdout.splitlines(keepends=True)
-                       if not ln.startswith(REPLY_PREFIX))
+        return "".join(
+            ln for ln in self.stdout.splitlines(keepends=True) if not ln.startswith(REPLY_PREFIX)
+        )
 
 
 POWERED_OFF = -1000  # VmResult.returncode: still running when power_off_after ran out
 
 
-def run(script: Path, args: list[str], heapsize: str | None = None,
-        timeout: float = 60, power_off_after: float | None = None) -> VmResult:
+def run(
+    script: Path,
+    args: list[str],
+    heapsize: str | None = None,
+    timeout: float = 60,
+    power_off_after: float | None = None,
+) -> VmResult:
     """Run ``script`` in the VM with ``args``; its output is returned, never streamed.
 
     ``power_off_after``: a board whose app runs for ever is switched off after that many
@@ -73,13 +79,20 @@ def run(script: Path, args: list[str], heapsize: str | None = None,
         cmd += ["-X", f"heapsize={heapsize}"]
     cmd += [str(script), *args]
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True,
-                              timeout=power_off_after or timeout,
-                              stdin=subprocess.DEVNULL, check=False)
+        done = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=power_off_after or timeout,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
     except subprocess.TimeoutExpired as e:
         if power_off_after:
+
             def text(b: bytes | str | None) -> str:
                 return b.decode("utf-8", "replace") if isinstance(b, bytes) else (b or "")
+
             return VmResult(POWERED_OFF, text(e.stdout), text(e.stderr))
         raise ToolError(f"the MicroPython VM did not finish within {timeout:.0f}s") from None
     except OSError as e:

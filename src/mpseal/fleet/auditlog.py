@@ -63,8 +63,9 @@ def local_actor() -> str:
     return f"local:{user}@{socket.gethostname()}"[:ACTOR_MAX]
 
 
-def record_local(reg: Registry, action: str, target: str,
-                 detail: dict[str, object] | None = None) -> None:
+def record_local(
+    reg: Registry, action: str, target: str, detail: dict[str, object] | None = None
+) -> None:
     """An audit row for an offline admin command (the server does not see those)."""
     AuditLog(reg).append(local_actor(), action, target, detail)
 
@@ -83,10 +84,14 @@ def _stamp(dt: datetime) -> str:
     return _aware(dt).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def row_hash(prev: str, seq: int, at: datetime, actor: str, action: str, target: str,
-             detail: str) -> str:
-    body = json.dumps([prev, seq, _stamp(at), actor, action, target, detail],
-                      separators=(",", ":"), ensure_ascii=True)
+def row_hash(
+    prev: str, seq: int, at: datetime, actor: str, action: str, target: str, detail: str
+) -> str:
+    body = json.dumps(
+        [prev, seq, _stamp(at), actor, action, target, detail],
+        separators=(",", ":"),
+        ensure_ascii=True,
+    )
     return hashlib.sha256(body.encode()).hexdigest()
 
 
@@ -101,9 +106,15 @@ class Entry:
     hash: str
 
     def to_dict(self) -> dict[str, object]:
-        return {"seq": self.seq, "at": _aware(self.at).isoformat(), "actor": self.actor,
-                "action": self.action, "target": self.target, "detail": self.detail,
-                "hash": self.hash}
+        return {
+            "seq": self.seq,
+            "at": _aware(self.at).isoformat(),
+            "actor": self.actor,
+            "action": self.action,
+            "target": self.target,
+            "detail": self.detail,
+            "hash": self.hash,
+        }
 
 
 @dataclass(frozen=True)
@@ -116,23 +127,41 @@ class AuditLog:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
 
-    def append(self, actor: str, action: str, target: str,
-               detail: dict[str, object] | None = None, at: datetime | None = None) -> Entry:
+    def append(
+        self,
+        actor: str,
+        action: str,
+        target: str,
+        detail: dict[str, object] | None = None,
+        at: datetime | None = None,
+    ) -> Entry:
         """Add one row at the head of the chain (retried if another writer got there)."""
-        text = json.dumps(detail or {}, sort_keys=True, separators=(",", ":"),
-                          ensure_ascii=True, default=str)[:DETAIL_MAX]
+        text = json.dumps(
+            detail or {}, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str
+        )[:DETAIL_MAX]
         actor, target = actor[:ACTOR_MAX], target[:TARGET_MAX]
         for _ in range(50):
             when = _aware(at or datetime.now(UTC))
             try:
                 with self.registry.session() as s:
-                    last = s.execute(select(AuditRow.id, AuditRow.hash)
-                                     .order_by(AuditRow.id.desc()).limit(1)).first()
+                    last = s.execute(
+                        select(AuditRow.id, AuditRow.hash).order_by(AuditRow.id.desc()).limit(1)
+                    ).first()
                     prev = last[1] if last else GENESIS
                     seq = (int(last[0]) if last else 0) + 1
                     h = row_hash(prev, seq, when, actor, action, target, text)
-                    s.add(AuditRow(id=seq, at=when, actor=actor, action=action, target=target,
-                                   detail=text, prev_hash=prev, hash=h))
+                    s.add(
+                        AuditRow(
+                            id=seq,
+                            at=when,
+                            actor=actor,
+                            action=action,
+                            target=target,
+                            detail=text,
+                            prev_hash=prev,
+                            hash=h,
+                        )
+                    )
                 return Entry(seq, when, actor, action, target, json.loads(text), h)
             except UsageError:  # unique prev_hash or id: another writer extended the chain
                 continue
@@ -149,8 +178,12 @@ class AuditLog:
     def last(self, action: str) -> Entry | None:
         """The newest row of this action (the ``config`` rows: see server/actions.py)."""
         with self.registry.session() as s:
-            r = s.scalar(select(AuditRow).where(AuditRow.action == action)
-                         .order_by(AuditRow.id.desc()).limit(1))
+            r = s.scalar(
+                select(AuditRow)
+                .where(AuditRow.action == action)
+                .order_by(AuditRow.id.desc())
+                .limit(1)
+            )
             return None if r is None else _entry(r)
 
     def count(self) -> int:
@@ -161,8 +194,14 @@ class AuditLog:
         after = 0
         while True:
             with self.registry.session() as s:
-                rows = list(s.scalars(select(AuditRow).where(AuditRow.id > after)
-                                      .order_by(AuditRow.id).limit(batch)))
+                rows = list(
+                    s.scalars(
+                        select(AuditRow)
+                        .where(AuditRow.id > after)
+                        .order_by(AuditRow.id)
+                        .limit(batch)
+                    )
+                )
             yield from rows
             if len(rows) < batch:
                 return
@@ -174,19 +213,25 @@ class AuditLog:
         for r in self._rows():
             seq += 1
             if r.id != seq:
-                raise IntegrityError(f"audit log: row {seq} is missing (next row is {r.id}): "
-                                     "a row was deleted")
+                raise IntegrityError(
+                    f"audit log: row {seq} is missing (next row is {r.id}): a row was deleted"
+                )
             if r.prev_hash != prev:
-                raise IntegrityError(f"audit log: row {r.id} does not follow row {seq - 1}: "
-                                     "a row was deleted or replaced")
+                raise IntegrityError(
+                    f"audit log: row {r.id} does not follow row {seq - 1}: "
+                    "a row was deleted or replaced"
+                )
             if row_hash(prev, r.id, r.at, r.actor, r.action, r.target, r.detail) != r.hash:
-                raise IntegrityError(f"audit log: row {r.id} was edited (its hash does not "
-                                     "match its content)")
+                raise IntegrityError(
+                    f"audit log: row {r.id} was edited (its hash does not match its content)"
+                )
             prev = r.hash
         if expect_head is not None and expect_head != prev:
-            raise IntegrityError(f"audit log: the head is {prev[:16]}.. after {seq} rows, not "
-                                 f"the expected {expect_head[:16]}..: rows were removed or "
-                                 "the chain was rewritten")
+            raise IntegrityError(
+                f"audit log: the head is {prev[:16]}.. after {seq} rows, not "
+                f"the expected {expect_head[:16]}..: rows were removed or "
+                "the chain was rewritten"
+            )
         return Verified(seq, prev)
 
 
@@ -195,5 +240,12 @@ def _entry(r: AuditRow) -> Entry:
         detail = json.loads(r.detail)
     except ValueError:
         detail = {"unparsed": r.detail}
-    return Entry(r.id, r.at, r.actor, r.action, r.target,
-                 detail if isinstance(detail, dict) else {"value": detail}, r.hash)
+    return Entry(
+        r.id,
+        r.at,
+        r.actor,
+        r.action,
+        r.target,
+        detail if isinstance(detail, dict) else {"value": detail},
+        r.hash,
+    )

@@ -34,10 +34,14 @@ class Lapsing:
     issued_via: str | None
 
     def to_dict(self) -> dict[str, object]:
-        return {"hardware_id": self.hardware_id, "state": self.state, "serial": self.serial,
-                "not_after": self.not_after.isoformat(),
-                "not_before": self.not_before.isoformat() if self.not_before else None,
-                "issued_via": self.issued_via}
+        return {
+            "hardware_id": self.hardware_id,
+            "state": self.state,
+            "serial": self.serial,
+            "not_after": self.not_after.isoformat(),
+            "not_before": self.not_before.isoformat() if self.not_before else None,
+            "issued_via": self.issued_via,
+        }
 
 
 def _aware(t: datetime) -> datetime:
@@ -55,49 +59,90 @@ def device_state(reg: Registry, device_id: int) -> tuple[str, str] | None:
         return None if d is None else (d.hardware_id, d.state)
 
 
-def record_renewal(reg: Registry, device_id: int, record: CertRecord, not_before: datetime,
-                   old_fingerprint: str, via: str = "renewal") -> None:
+def record_renewal(
+    reg: Registry,
+    device_id: int,
+    record: CertRecord,
+    not_before: datetime,
+    old_fingerprint: str,
+    via: str = "renewal",
+) -> None:
     """A certificate issued online: a new row (the old certificate stays valid until it
     expires: the device proves the new one before it drops the old) and an event."""
     with reg.session() as s:
-        s.add(Certificate(device_id=device_id, role=record.role, subject=record.subject,
-                          serial=record.serial, fingerprint=record.fingerprint,
-                          not_after=record.not_after, not_before=not_before,
-                          issued_via=via))
-        s.add(Event(device_id=device_id, kind={"renewal": "renewed", "recovery": "recovered"}[via],
-                    detail=json.dumps(
-            {"serial": record.serial, "fingerprint": record.fingerprint,
-             "not_after": record.not_after.isoformat(), "previous": old_fingerprint})))
+        s.add(
+            Certificate(
+                device_id=device_id,
+                role=record.role,
+                subject=record.subject,
+                serial=record.serial,
+                fingerprint=record.fingerprint,
+                not_after=record.not_after,
+                not_before=not_before,
+                issued_via=via,
+            )
+        )
+        s.add(
+            Event(
+                device_id=device_id,
+                kind={"renewal": "renewed", "recovery": "recovered"}[via],
+                detail=json.dumps(
+                    {
+                        "serial": record.serial,
+                        "fingerprint": record.fingerprint,
+                        "not_after": record.not_after.isoformat(),
+                        "previous": old_fingerprint,
+                    }
+                ),
+            )
+        )
 
 
 def log_refusal(reg: Registry, device_id: int | None, reason: str) -> None:
     with reg.session() as s:
-        s.add(Event(device_id=device_id, kind="renewal_refused",
-                    detail=json.dumps({"reason": reason[:200]})))
+        s.add(
+            Event(
+                device_id=device_id,
+                kind="renewal_refused",
+                detail=json.dumps({"reason": reason[:200]}),
+            )
+        )
 
 
 def certificate(reg: Registry, fingerprint: str) -> Certificate | None:
     with reg.session() as s:
-        row = s.scalars(sa.select(Certificate).where(Certificate.fingerprint == fingerprint)
-                        ).first()
+        row = s.scalars(
+            sa.select(Certificate).where(Certificate.fingerprint == fingerprint)
+        ).first()
         if row is not None:
             s.expunge(row)
         return row
 
 
-def expiry(reg: Registry, now: datetime, within: timedelta, lapsed_for: timedelta,
-           limit: int = 1000) -> tuple[list[Lapsing], bool]:
+def expiry(
+    reg: Registry, now: datetime, within: timedelta, lapsed_for: timedelta, limit: int = 1000
+) -> tuple[list[Lapsing], bool]:
     """Active devices whose last issued valid certificate ends before ``now + within`` (and
     not before ``now - lapsed_for``), soonest first, at most ``limit``; and whether there
     are more (no COUNT: it would visit every lapsing certificate)."""
     c, newer = Certificate, sa.orm.aliased(Certificate)
-    superseded = sa.exists().where(newer.device_id == c.device_id, newer.status == "valid",
-                                   newer.id > c.id)
-    query = (sa.select(Device.hardware_id, c.serial, c.not_after, c.not_before, c.issued_via)
-             .join(Device, Device.id == c.device_id)
-             .where(c.role == "device", c.status == "valid", c.not_after < now + within,
-                    c.not_after >= now - lapsed_for, Device.state == "active", ~superseded)
-             .order_by(c.not_after).limit(limit + 1))
+    superseded = sa.exists().where(
+        newer.device_id == c.device_id, newer.status == "valid", newer.id > c.id
+    )
+    query = (
+        sa.select(Device.hardware_id, c.serial, c.not_after, c.not_before, c.issued_via)
+        .join(Device, Device.id == c.device_id)
+        .where(
+            c.role == "device",
+            c.status == "valid",
+            c.not_after < now + within,
+            c.not_after >= now - lapsed_for,
+            Device.state == "active",
+            ~superseded,
+        )
+        .order_by(c.not_after)
+        .limit(limit + 1)
+    )
     with reg.session() as s:
         rows = s.execute(query).all()
     out = []
@@ -119,19 +164,34 @@ def expiry(reg: Registry, now: datetime, within: timedelta, lapsed_for: timedelt
 
 def new_challenge(reg: Registry, device_id: int, text: str) -> None:
     with reg.session() as s:
-        s.add(Event(device_id=device_id, kind="recover_challenge",
-                    detail=json.dumps({"challenge": text})))
+        s.add(
+            Event(
+                device_id=device_id,
+                kind="recover_challenge",
+                detail=json.dumps({"challenge": text}),
+            )
+        )
 
 
 def take_challenge(reg: Registry, device_id: int, text: str, since: datetime) -> bool:
     """Was ``text`` this device's latest challenge, issued after ``since`` and not used yet?
     Marks it used (an event) in the same transaction."""
     with reg.session() as s:
-        last = s.execute(sa.select(Event.kind, Event.detail).where(
-            Event.device_id == device_id, Event.kind.in_(("recover_challenge", "recover_used")),
-            Event.at >= since).order_by(Event.id.desc()).limit(1)).first()
-        if last is None or last.kind != "recover_challenge" or json.loads(
-                last.detail).get("challenge") != text:
+        last = s.execute(
+            sa.select(Event.kind, Event.detail)
+            .where(
+                Event.device_id == device_id,
+                Event.kind.in_(("recover_challenge", "recover_used")),
+                Event.at >= since,
+            )
+            .order_by(Event.id.desc())
+            .limit(1)
+        ).first()
+        if (
+            last is None
+            or last.kind != "recover_challenge"
+            or json.loads(last.detail).get("challenge") != text
+        ):
             return False
         s.add(Event(device_id=device_id, kind="recover_used", detail="{}"))
         return True
@@ -140,8 +200,12 @@ def take_challenge(reg: Registry, device_id: int, text: str, since: datetime) ->
 def last_certificate(reg: Registry, device_id: int) -> Certificate | None:
     """The device's last issued certificate (any status)."""
     with reg.session() as s:
-        row = s.scalars(sa.select(Certificate).where(Certificate.device_id == device_id)
-                        .order_by(Certificate.id.desc()).limit(1)).first()
+        row = s.scalars(
+            sa.select(Certificate)
+            .where(Certificate.device_id == device_id)
+            .order_by(Certificate.id.desc())
+            .limit(1)
+        ).first()
         if row is not None:
             s.expunge(row)
         return row
@@ -149,6 +213,15 @@ def last_certificate(reg: Registry, device_id: int) -> Certificate | None:
 
 def issued_since(reg: Registry, device_id: int, via: str, since: datetime) -> int:
     with reg.session() as s:
-        return int(s.scalar(sa.select(sa.func.count()).select_from(Certificate).where(
-            Certificate.device_id == device_id, Certificate.issued_via == via,
-            Certificate.created_at >= since)) or 0)
+        return int(
+            s.scalar(
+                sa.select(sa.func.count())
+                .select_from(Certificate)
+                .where(
+                    Certificate.device_id == device_id,
+                    Certificate.issued_via == via,
+                    Certificate.created_at >= since,
+                )
+            )
+            or 0
+        )

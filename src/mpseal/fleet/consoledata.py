@@ -20,8 +20,7 @@ from mpseal.fleet.releasestore import ReleaseInfo
 SAMPLE_MIN_GAP = 5.0  # seconds between two samples of a release, at least
 SAMPLES_PER_RELEASE = 300  # the gap grows so a release has about this many
 CHART_POINTS = 200
-LAST_SEEN = (("1 hour", 3600), ("1 day", 86400), ("7 days", 7 * 86400),
-             ("30 days", 30 * 86400))
+LAST_SEEN = (("1 hour", 3600), ("1 day", 86400), ("7 days", 7 * 86400), ("30 days", 30 * 86400))
 
 
 class ReleaseSample(Base):
@@ -51,12 +50,16 @@ def _aware(dt: datetime | None) -> datetime | None:
 
 def counts_of(info: ReleaseInfo) -> dict[str, int]:
     s = info.stats
-    return {"offered": s.cohort, "staged": s.in_progress, "confirmed": s.updated,
-            "rolled_back": s.rolled_back + s.trial_timeouts, "refused": s.refused}
+    return {
+        "offered": s.cohort,
+        "staged": s.in_progress,
+        "confirmed": s.updated,
+        "rolled_back": s.rolled_back + s.trial_timeouts,
+        "refused": s.refused,
+    }
 
 
-def sample_releases(reg: Registry, infos: list[ReleaseInfo], now: datetime | None = None
-                    ) -> int:
+def sample_releases(reg: Registry, infos: list[ReleaseInfo], now: datetime | None = None) -> int:
     """Write a sample for each promoted release whose counts or state changed since its
     last sample (and whose gap has passed); how many were written."""
     now = now or datetime.now(UTC)
@@ -65,20 +68,31 @@ def sample_releases(reg: Registry, infos: list[ReleaseInfo], now: datetime | Non
         return 0
     ids = [i.view.id for i in todo]
     with reg.session() as s:
-        last_ids = select(func.max(ReleaseSample.id)).where(
-            ReleaseSample.release_id.in_(ids)).group_by(ReleaseSample.release_id)
-        last = {r.release_id: r for r in s.scalars(
-            select(ReleaseSample).where(ReleaseSample.id.in_(last_ids)))}
-        first = dict(s.execute(select(ReleaseSample.release_id, func.min(ReleaseSample.at))
-                               .where(ReleaseSample.release_id.in_(ids))
-                               .group_by(ReleaseSample.release_id)).all())
+        last_ids = (
+            select(func.max(ReleaseSample.id))
+            .where(ReleaseSample.release_id.in_(ids))
+            .group_by(ReleaseSample.release_id)
+        )
+        last = {
+            r.release_id: r
+            for r in s.scalars(select(ReleaseSample).where(ReleaseSample.id.in_(last_ids)))
+        }
+        first = dict(
+            s.execute(
+                select(ReleaseSample.release_id, func.min(ReleaseSample.at))
+                .where(ReleaseSample.release_id.in_(ids))
+                .group_by(ReleaseSample.release_id)
+            ).all()
+        )
         n = 0
         for info in todo:
             c = counts_of(info)
             prev = last.get(info.view.id)
             if prev is not None:
-                same = (all(getattr(prev, k) == v for k, v in c.items())
-                        and prev.state == info.view.state)
+                same = (
+                    all(getattr(prev, k) == v for k, v in c.items())
+                    and prev.state == info.view.state
+                )
                 age = (now - _aware(first[info.view.id])).total_seconds()  # type: ignore[operator]
                 gap = max(SAMPLE_MIN_GAP, age / SAMPLES_PER_RELEASE)
                 if same or (now - _aware(prev.at)).total_seconds() < gap:  # type: ignore[operator]
@@ -99,48 +113,73 @@ def samples(reg: Registry, release_id: int, points: int = CHART_POINTS) -> list[
     """The release's samples, thinned to about ``points`` evenly spaced ones (the last
     one always kept)."""
     with reg.session() as s:
-        total = int(s.scalar(select(func.count()).where(
-            ReleaseSample.release_id == release_id)) or 0)
-        q = (select(ReleaseSample).where(ReleaseSample.release_id == release_id)
-             .order_by(ReleaseSample.at, ReleaseSample.id))
+        total = int(
+            s.scalar(select(func.count()).where(ReleaseSample.release_id == release_id)) or 0
+        )
+        q = (
+            select(ReleaseSample)
+            .where(ReleaseSample.release_id == release_id)
+            .order_by(ReleaseSample.at, ReleaseSample.id)
+        )
         rows = list(s.scalars(q))
     if total > points:
         step = total / points
         keep = {int(i * step) for i in range(points)} | {total - 1}
         rows = [r for i, r in enumerate(rows) if i in keep]
-    return [Sample(_aware(r.at), {k: int(getattr(r, k)) for k in SERIES}, r.state)  # type: ignore[arg-type]
-            for r in rows]
+    return [
+        Sample(_aware(r.at), {k: int(getattr(r, k)) for k in SERIES}, r.state)  # type: ignore[arg-type]
+        for r in rows
+    ]
 
 
 def fleet_overview(reg: Registry, now: datetime | None = None) -> dict[str, object]:
     """Devices by state, by running (app, version), and by when last seen."""
     now = now or datetime.now(UTC)
     with reg.session() as s:
-        by_state = dict(s.execute(select(Device.state, func.count())
-                                  .group_by(Device.state)).all())
+        by_state = dict(s.execute(select(Device.state, func.count()).group_by(Device.state)).all())
         # one pass over the inventory: per running version, its count and its last-seen
         # buckets (summed over the versions below)
-        buckets = [func.sum(case((DeviceStatus.last_check_at >= now - timedelta(seconds=secs),
-                                  1), else_=0)) for _, secs in LAST_SEEN]
-        rows = s.execute(select(DeviceStatus.app, DeviceStatus.version, func.count(),
-                                func.count(DeviceStatus.last_check_at), *buckets)
-                         .group_by(DeviceStatus.app, DeviceStatus.version)).all()
-        by_version = sorted(((a, v, int(n)) for a, v, n, *_ in rows),
-                            key=lambda r: (-r[2], r[0] or "", r[1] or ""))[:50]
+        buckets = [
+            func.sum(
+                case((DeviceStatus.last_check_at >= now - timedelta(seconds=secs), 1), else_=0)
+            )
+            for _, secs in LAST_SEEN
+        ]
+        rows = s.execute(
+            select(
+                DeviceStatus.app,
+                DeviceStatus.version,
+                func.count(),
+                func.count(DeviceStatus.last_check_at),
+                *buckets,
+            ).group_by(DeviceStatus.app, DeviceStatus.version)
+        ).all()
+        by_version = sorted(
+            ((a, v, int(n)) for a, v, n, *_ in rows), key=lambda r: (-r[2], r[0] or "", r[1] or "")
+        )[:50]
         reported = sum(int(r[3] or 0) for r in rows)
-        seen = [(label, sum(int(r[4 + i] or 0) for r in rows))
-                for i, (label, _) in enumerate(LAST_SEEN)]
+        seen = [
+            (label, sum(int(r[4 + i] or 0) for r in rows)) for i, (label, _) in enumerate(LAST_SEEN)
+        ]
     total = sum(int(v) for v in by_state.values())
-    return {"total": total, "by_state": {k: int(v) for k, v in sorted(by_state.items())},
-            "by_version": by_version, "seen": seen, "never_seen": total - reported}
+    return {
+        "total": total,
+        "by_state": {k: int(v) for k, v in sorted(by_state.items())},
+        "by_version": by_version,
+        "seen": seen,
+        "never_seen": total - reported,
+    }
 
 
 def device_history(reg: Registry, device_id: int, limit: int = 50) -> list[dict[str, object]]:
     """The device's update reports (what it ran and took), newest first."""
     with reg.session() as s:
-        rows = s.execute(select(Event.at, Event.kind, Event.detail)
-                         .where(Event.device_id == device_id)
-                         .order_by(Event.id.desc()).limit(limit)).all()
+        rows = s.execute(
+            select(Event.at, Event.kind, Event.detail)
+            .where(Event.device_id == device_id)
+            .order_by(Event.id.desc())
+            .limit(limit)
+        ).all()
     out = []
     for at, kind, detail in rows:
         try:
@@ -148,23 +187,39 @@ def device_history(reg: Registry, device_id: int, limit: int = 50) -> list[dict[
         except ValueError:
             d = {}
         d = d if isinstance(d, dict) else {}
-        out.append({"at": _aware(at), "kind": kind, "version": d.get("version") or "",
-                    "reason": d.get("reason") or ""})
+        out.append(
+            {
+                "at": _aware(at),
+                "kind": kind,
+                "version": d.get("version") or "",
+                "reason": d.get("reason") or "",
+            }
+        )
     return out
 
 
 def certificates_of(reg: Registry, device_id: int) -> list[dict[str, object]]:
     with reg.session() as s:
-        rows = s.execute(select(Certificate.serial, Certificate.not_after,
-                                Certificate.status, Certificate.issued_via)
-                         .where(Certificate.device_id == device_id)
-                         .order_by(Certificate.id.desc()).limit(20)).all()
-    return [{"serial": serial, "not_after": _aware(na), "status": st, "issued_via": via or ""}
-            for serial, na, st, via in rows]
+        rows = s.execute(
+            select(
+                Certificate.serial,
+                Certificate.not_after,
+                Certificate.status,
+                Certificate.issued_via,
+            )
+            .where(Certificate.device_id == device_id)
+            .order_by(Certificate.id.desc())
+            .limit(20)
+        ).all()
+    return [
+        {"serial": serial, "not_after": _aware(na), "status": st, "issued_via": via or ""}
+        for serial, na, st, via in rows
+    ]
 
 
-def expiry_timeline(reg: Registry, now: datetime | None = None, weeks: int = 12
-                    ) -> list[tuple[datetime, int]]:
+def expiry_timeline(
+    reg: Registry, now: datetime | None = None, weeks: int = 12
+) -> list[tuple[datetime, int]]:
     """Valid device certificates ending in each week from now (the first bucket also holds
     the ones already expired): one indexed range count per week."""
     now = now or datetime.now(UTC)
@@ -172,9 +227,15 @@ def expiry_timeline(reg: Registry, now: datetime | None = None, weeks: int = 12
     with reg.session() as s:
         for w in range(weeks):
             start, end = now + timedelta(weeks=w), now + timedelta(weeks=w + 1)
-            q = select(func.count()).select_from(Certificate).where(
-                Certificate.role == "device", Certificate.status == "valid",
-                Certificate.not_after < end)
+            q = (
+                select(func.count())
+                .select_from(Certificate)
+                .where(
+                    Certificate.role == "device",
+                    Certificate.status == "valid",
+                    Certificate.not_after < end,
+                )
+            )
             if w:
                 q = q.where(Certificate.not_after >= start)
             out.append((start, int(s.scalar(q) or 0)))

@@ -36,8 +36,10 @@ class DeviceLog(Base):
     source: Mapped[str] = mapped_column(String(8))
     line: Mapped[str] = mapped_column(Text)
 
-    __table_args__ = (Index("ix_device_logs_device", "device_id", "id"),
-                      Index("ix_device_logs_at", "at"))
+    __table_args__ = (
+        Index("ix_device_logs_device", "device_id", "id"),
+        Index("ix_device_logs_at", "at"),
+    )
 
 
 @dataclass(frozen=True)
@@ -52,40 +54,61 @@ def clean(text: str) -> str:
     return "".join(c if " " <= c <= "~" else "?" for c in text[:LINE_MAX]).rstrip()
 
 
-def append(reg: Registry, device_id: int, lines: Sequence[tuple[str, str]],
-           now: datetime | None = None) -> int:
+def append(
+    reg: Registry, device_id: int, lines: Sequence[tuple[str, str]], now: datetime | None = None
+) -> int:
     """Store a batch; drop the device's lines beyond the newest KEEP_PER_DEVICE."""
     at = now or datetime.now(UTC)
-    rows = [{"device_id": device_id, "at": at, "source": src, "line": clean(line)}
-            for src, line in lines[:LINES_MAX] if src in SOURCES]
+    rows = [
+        {"device_id": device_id, "at": at, "source": src, "line": clean(line)}
+        for src, line in lines[:LINES_MAX]
+        if src in SOURCES
+    ]
     if not rows:
         return 0
     with reg.session() as s:
         s.execute(insert(DeviceLog), rows)
-        edge = s.scalar(select(DeviceLog.id).where(DeviceLog.device_id == device_id)
-                        .order_by(DeviceLog.id.desc()).offset(KEEP_PER_DEVICE).limit(1))
+        edge = s.scalar(
+            select(DeviceLog.id)
+            .where(DeviceLog.device_id == device_id)
+            .order_by(DeviceLog.id.desc())
+            .offset(KEEP_PER_DEVICE)
+            .limit(1)
+        )
         if edge is not None:
-            s.execute(delete(DeviceLog).where(DeviceLog.device_id == device_id,
-                                              DeviceLog.id <= edge))
+            s.execute(
+                delete(DeviceLog).where(DeviceLog.device_id == device_id, DeviceLog.id <= edge)
+            )
     return len(rows)
 
 
 def recent(reg: Registry, device_id: int, limit: int = 100) -> list[LogLine]:
     """The device's newest lines, oldest first."""
     with reg.session() as s:
-        rows = s.execute(select(DeviceLog.at, DeviceLog.source, DeviceLog.line)
-                         .where(DeviceLog.device_id == device_id)
-                         .order_by(DeviceLog.id.desc()).limit(limit)).all()
-    return [LogLine(at if at.tzinfo else at.replace(tzinfo=UTC), src, line)
-            for at, src, line in reversed(rows)]
+        rows = s.execute(
+            select(DeviceLog.at, DeviceLog.source, DeviceLog.line)
+            .where(DeviceLog.device_id == device_id)
+            .order_by(DeviceLog.id.desc())
+            .limit(limit)
+        ).all()
+    return [
+        LogLine(at if at.tzinfo else at.replace(tzinfo=UTC), src, line)
+        for at, src, line in reversed(rows)
+    ]
 
 
 def prune(reg: Registry, older_than_days: float, limit: int = 10_000) -> int:
     """Delete up to ``limit`` lines older than the retention; how many were deleted."""
     cutoff = datetime.now(UTC) - timedelta(days=older_than_days)
     with reg.session() as s:
-        ids = list(s.scalars(select(DeviceLog.id).where(DeviceLog.at < cutoff)
-                             .order_by(DeviceLog.id).limit(limit)))
+        ids = list(
+            s.scalars(
+                select(DeviceLog.id)
+                .where(DeviceLog.at < cutoff)
+                .order_by(DeviceLog.id)
+                .limit(limit)
+            )
+        )
         if ids:
             s.execute(delete(DeviceLog).where(DeviceLog.id.in_(ids)))
     return len(ids)

@@ -29,8 +29,9 @@ class Device(Base):
     group: Mapped[str] = mapped_column("group_name", String(64), default="default")
     token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)  # SHA-256 of its token
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
-                                                 onupdate=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
 
     certificates: Mapped[list[Certificate]] = relationship(back_populates="device")
     secrets: Mapped[list[Secret]] = relationship(back_populates="device")
@@ -55,8 +56,10 @@ class Certificate(Base):
 
     device: Mapped[Device | None] = relationship(back_populates="certificates")
 
-    __table_args__ = (Index("ix_certificates_not_after", "not_after"),
-                      Index("ix_certificates_device_not_after", "device_id", "not_after"))
+    __table_args__ = (
+        Index("ix_certificates_not_after", "not_after"),
+        Index("ix_certificates_device_not_after", "device_id", "not_after"),
+    )
 
 
 class Secret(Base):
@@ -100,8 +103,9 @@ class DeviceStatus(Base):
 
     __tablename__ = "device_status"
 
-    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"),
-                                           primary_key=True)
+    device_id: Mapped[int] = mapped_column(
+        ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
+    )
     app: Mapped[str | None] = mapped_column(String(64))
     version: Mapped[str | None] = mapped_column(String(32))
     counter: Mapped[int | None] = mapped_column(BigInteger)
@@ -110,5 +114,7 @@ class DeviceStatus(Base):
     last_report_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_event: Mapped[str | None] = mapped_column(String(16))
 
-    __table_args__ = (Index("ix_device_status_version", "version", "device_id"),
-                      Index("ix_device_status_last_check", "last_check_at"))
+    __table_args__ = (
+        Index("ix_device_status_version", "version", "device_id"),
+        Index("ix_device_status_last_check", "last_check_at"),
+    )

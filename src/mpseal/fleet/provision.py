@@ -122,8 +122,12 @@ class DeviceResult:
     bytes_written: int = 0
 
 
-def issue_identity(ca: IssuingCa, hardware_id: str, days: int,
-                   device_public_key: ec.EllipticCurvePublicKey | None = None) -> IssuedIdentity:
+def issue_identity(
+    ca: IssuingCa,
+    hardware_id: str,
+    days: int,
+    device_public_key: ec.EllipticCurvePublicKey | None = None,
+) -> IssuedIdentity:
     """A certificate for a new host-made key, or for the key the device made (no key_der)."""
     if device_public_key is None:
         key = generate_key()
@@ -137,20 +141,25 @@ def issue_identity(ca: IssuingCa, hardware_id: str, days: int,
     cert = issue(ca, LeafRequest(name=name, role="client", days=days), public)
     cert_der = cert.public_bytes(Encoding.DER)
     record = CertRecord(
-        role="device", subject=cert.subject.rfc4514_string()[:255],
+        role="device",
+        subject=cert.subject.rfc4514_string()[:255],
         serial=format(cert.serial_number, "x"),
         fingerprint=hashlib.sha256(cert_der).hexdigest(),
-        not_after=cert.not_valid_after_utc)
+        not_after=cert.not_valid_after_utc,
+    )
     return IssuedIdentity(hardware_id, key_pem_der(key)[1] if key else b"", cert_der, record)
 
 
 def _secret_fingerprints(secrets: dict[str, str]) -> tuple[tuple[str, str], ...]:
-    return tuple((name, hashlib.sha256(value.encode()).hexdigest())
-                 for name, value in sorted(secrets.items()))
+    return tuple(
+        (name, hashlib.sha256(value.encode()).hexdigest())
+        for name, value in sorted(secrets.items())
+    )
 
 
-def device_files(plan: ProvisionPlan, ident: IssuedIdentity,
-                 secrets: dict[str, str]) -> dict[str, bytes]:
+def device_files(
+    plan: ProvisionPlan, ident: IssuedIdentity, secrets: dict[str, str]
+) -> dict[str, bytes]:
     """Everything one device receives, by device path (the marker is written separately)."""
     files: dict[str, bytes] = {}
     if plan.guard:
@@ -169,11 +178,11 @@ def device_files(plan: ProvisionPlan, ident: IssuedIdentity,
     # Never the hardware id: it opens the sealed secrets beside this file; the device reads
     # it from the chip at run time (machine.unique_id()).
     config = {k: v for k, v in plan.config.items() if k != "hardware_id"}
-    files[CONFIG] = json.dumps({**settings, **config, "board": plan.board},
-                               sort_keys=True).encode()
+    files[CONFIG] = json.dumps({**settings, **config, "board": plan.board}, sort_keys=True).encode()
     if secrets:
-        files[SECRETS] = secretbox.seal(json.dumps(secrets, sort_keys=True).encode(),
-                                        ident.hardware_id)
+        files[SECRETS] = secretbox.seal(
+            json.dumps(secrets, sort_keys=True).encode(), ident.hardware_id
+        )
     return files
 
 
@@ -184,6 +193,7 @@ def settings_digests(plan: ProvisionPlan) -> dict[str, str]:
     A part a re-run does not give (no --config, --secrets, --anchor, --artifact) is not
     compared: running provision again to resume needs no repeat of every option.
     """
+
     def digest(value: object) -> str:
         if isinstance(value, bytes):
             return hashlib.sha256(value).hexdigest()
@@ -191,8 +201,11 @@ def settings_digests(plan: ProvisionPlan) -> dict[str, str]:
 
     parts: dict[str, object] = {
         "device": [plan.board, plan.profile, plan.guard, plan.app, plan.device_token],
-        "channel": plan.channel, "group": plan.group,
-        "trust_root": plan.trust_root, "ca": plan.ca.cert.public_bytes(Encoding.DER)}
+        "channel": plan.channel,
+        "group": plan.group,
+        "trust_root": plan.trust_root,
+        "ca": plan.ca.cert.public_bytes(Encoding.DER),
+    }
     if plan.config:
         parts["config"] = plan.config
     if plan.secrets:
@@ -268,15 +281,26 @@ def check_board(transport: Transport, plan: ProvisionPlan) -> None:
     spares the heap of the small boards this mode is for (the micro:bit's 8 KB)."""
     if not plan.guard and plan.artifact is None:
         return
-    files = (guard_files(plan.board, plan.profile, plan.trust_root) if plan.guard else {})
-    needs = needs_for(plan.board, plan.artifact, files, guard=plan.guard,
-                      secrets=plan.guard and bool(plan.secrets or plan.device_token),
-                      tls=plan.guard and "server" in plan.config, identity=True)
+    files = guard_files(plan.board, plan.profile, plan.trust_root) if plan.guard else {}
+    needs = needs_for(
+        plan.board,
+        plan.artifact,
+        files,
+        guard=plan.guard,
+        secrets=plan.guard and bool(plan.secrets or plan.device_token),
+        tls=plan.guard and "server" in plan.config,
+        identity=True,
+    )
     check(transport, needs, [*files, *SLOT_FILES])
 
 
-def provision_device(transport: Transport, plan: ProvisionPlan, registry: Registry,
-                     on_step: StepHook | None = None, force: bool = False) -> DeviceResult:
+def provision_device(
+    transport: Transport,
+    plan: ProvisionPlan,
+    registry: Registry,
+    on_step: StepHook | None = None,
+    force: bool = False,
+) -> DeviceResult:
     def step(hw: str, name: str) -> None:
         done.append(name)
         if on_step:
@@ -287,8 +311,10 @@ def provision_device(transport: Transport, plan: ProvisionPlan, registry: Regist
     hw = read_hardware_id(transport)
     flat = transport.exec(FLAT_PROBE).strip().endswith("False")
     if flat and (plan.guard or plan.artifact is not None):
-        raise UsageError(f"device {hw} has a flat filesystem (old firmware): it cannot run the "
-                         "boot guard; provision it with --no-guard and no artifact")
+        raise UsageError(
+            f"device {hw} has a flat filesystem (old firmware): it cannot run the "
+            "boot guard; provision it with --no-guard and no artifact"
+        )
     step(hw, "read-id")
     known = registry.find_device(hw)
     if known is not None and known.state == "revoked":
@@ -307,26 +333,35 @@ def provision_device(transport: Transport, plan: ProvisionPlan, registry: Regist
     device_key = None
     if plan.keygen == "device":
         if flat:
-            raise UsageError(f"device {hw} has a flat filesystem (old firmware): it cannot "
-                             "make its own key; provision it with --keygen host")
+            raise UsageError(
+                f"device {hw} has a flat filesystem (old firmware): it cannot "
+                "make its own key; provision it with --keygen host"
+            )
         if marker is not None:  # an older identity: invalid from now on
             transport.remove(device_path(MARKER, flat))
             marker = None
         with contextlib.suppress(DeviceError):  # a re-run gets a fresh key, as on the host
             transport.remove(KEY)
         made = device_csr(transport, plan.board, [("CN", hw)])
-        device_key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(),
-                                                                  made.public_key)
+        device_key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), made.public_key)
         step(hw, "keygen")
     ident = issue_identity(plan.ca, hw, plan.cert_days, device_key)
     secrets = dict(plan.secrets)
     if plan.device_token:  # for servers the device reaches without its client certificate
         secrets[TOKEN_SECRET] = token_urlsafe(24)
-    registry.record_identities([Identity(
-        hardware_id=hw, board=plan.board, cert=ident.record, group=plan.group,
-        secrets=_secret_fingerprints(secrets),
-        token_hash=token_hash(secrets[TOKEN_SECRET]) if plan.device_token else None)],
-        supersede=True)
+    registry.record_identities(
+        [
+            Identity(
+                hardware_id=hw,
+                board=plan.board,
+                cert=ident.record,
+                group=plan.group,
+                secrets=_secret_fingerprints(secrets),
+                token_hash=token_hash(secrets[TOKEN_SECRET]) if plan.device_token else None,
+            )
+        ],
+        supersede=True,
+    )
     step(hw, "issue")
 
     marker_path = device_path(MARKER, flat)
@@ -346,9 +381,15 @@ def provision_device(transport: Transport, plan: ProvisionPlan, registry: Regist
         stage_artifact(transport, plan.artifact)
         step(hw, "stage")
 
-    registry.mark_active(hw, {"fingerprint": ident.record.fingerprint,
-                              "at": dt.datetime.now(dt.UTC).isoformat(),
-                              "settings": {**_last_settings(registry, hw), **wanted}})
+    registry.mark_active(
+        hw,
+        {
+            "fingerprint": ident.record.fingerprint,
+            "at": dt.datetime.now(dt.UTC).isoformat(),
+            "settings": {**_last_settings(registry, hw), **wanted},
+        },
+    )
     step(hw, "activate")
-    return DeviceResult(hw, "provisioned", ident.record.fingerprint, done,
-                        sum(len(d) for d in files.values()))
+    return DeviceResult(
+        hw, "provisioned", ident.record.fingerprint, done, sum(len(d) for d in files.values())
+    )

@@ -81,8 +81,16 @@ class InventoryFilter:
     expiring_before: datetime | None = None  # newest valid certificate ends before
 
 
-IMPORT_FIELDS = ("hardware_id", "board", "group", "fingerprint", "serial", "not_after",
-                 "subject", "token_sha256")
+IMPORT_FIELDS = (
+    "hardware_id",
+    "board",
+    "group",
+    "fingerprint",
+    "serial",
+    "not_after",
+    "subject",
+    "token_sha256",
+)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _SERIAL = re.compile(r"[0-9a-f]{1,64}")
 
@@ -101,8 +109,9 @@ class ImportRow:
     token_hash: str | None = None  # SHA-256 of the device's bearer token, hex
 
 
-def parse_import(lines: Iterable[str], fmt: str, board: str | None = None,
-                 group: str = "default") -> Iterator[ImportRow]:
+def parse_import(
+    lines: Iterable[str], fmt: str, board: str | None = None, group: str = "default"
+) -> Iterator[ImportRow]:
     """Rows of a CSV (header line naming the columns) or JSON-lines file of identities,
     checked one by one; a bad one is a ``FormatError`` naming its line. Columns:
     hardware_id, fingerprint, serial, not_after (ISO 8601), and optionally board, group,
@@ -112,8 +121,10 @@ def parse_import(lines: Iterable[str], fmt: str, board: str | None = None,
 
     if fmt == "csv":
         records: Iterable[tuple[int, object]] = (
-            (n + 2, r) for n, r in enumerate(csv.DictReader(iter(lines))))
+            (n + 2, r) for n, r in enumerate(csv.DictReader(iter(lines)))
+        )
     elif fmt == "jsonl":
+
         def decoded() -> Iterator[tuple[int, object]]:
             for n, line in enumerate(lines, 1):
                 if line.strip():
@@ -121,6 +132,7 @@ def parse_import(lines: Iterable[str], fmt: str, board: str | None = None,
                         yield n, json.loads(line)
                     except ValueError:
                         raise FormatError(f"line {n}: not valid JSON") from None
+
         records = decoded()
     else:
         raise UsageError(f"import format must be csv or jsonl, not {fmt!r}")
@@ -128,8 +140,9 @@ def parse_import(lines: Iterable[str], fmt: str, board: str | None = None,
         if not isinstance(rec, dict):
             raise FormatError(f"line {n}: not an object of named fields")
 
-        def field(name: str, required: bool = True, rec: dict[str, Any] = rec,
-                  n: int = n) -> str | None:
+        def field(
+            name: str, required: bool = True, rec: dict[str, Any] = rec, n: int = n
+        ) -> str | None:
             value = rec.get(name)
             if value in (None, ""):
                 if required:
@@ -161,10 +174,16 @@ def parse_import(lines: Iterable[str], fmt: str, board: str | None = None,
         token = field("token_sha256", required=False)
         if token is not None and not _HEX64.fullmatch(token.lower()):
             raise FormatError(f"line {n}: token_sha256 must be a SHA-256 (hex)")
-        yield ImportRow(hw, b, g, fp, serial,
-                        not_after if not_after.tzinfo else not_after.replace(tzinfo=UTC),
-                        field("subject", required=False) or f"CN={hw}",
-                        token.lower() if token else None)
+        yield ImportRow(
+            hw,
+            b,
+            g,
+            fp,
+            serial,
+            not_after if not_after.tzinfo else not_after.replace(tzinfo=UTC),
+            field("subject", required=False) or f"CN={hw}",
+            token.lower() if token else None,
+        )
 
 
 def connect_args(url: object) -> dict[str, object]:
@@ -248,8 +267,11 @@ class Registry:
                 raise UsageError("the same hardware id appears twice in one batch")
             known: dict[str, tuple[int, str]] = {}
             for chunk in _chunks(hw_ids, 500):
-                for row in s.execute(select(Device.hardware_id, Device.id, Device.state)
-                                     .where(Device.hardware_id.in_(chunk))):
+                for row in s.execute(
+                    select(Device.hardware_id, Device.id, Device.state).where(
+                        Device.hardware_id.in_(chunk)
+                    )
+                ):
                     known[row.hardware_id] = (row.id, row.state)
             now = utcnow()
             revoked = [h for h, (_, state) in known.items() if state == "revoked"]
@@ -257,10 +279,21 @@ class Registry:
                 raise UsageError(f"device {revoked[0]} is revoked; it cannot be provisioned again")
             new = [i for i in identities if i.hardware_id not in known]
             if new:
-                rows = s.execute(insert(Device).returning(Device.hardware_id, Device.id), [
-                    {"hardware_id": i.hardware_id, "board": i.board, "group": i.group,
-                     "state": "provisioning", "token_hash": i.token_hash, "created_at": now,
-                     "updated_at": now} for i in new])
+                rows = s.execute(
+                    insert(Device).returning(Device.hardware_id, Device.id),
+                    [
+                        {
+                            "hardware_id": i.hardware_id,
+                            "board": i.board,
+                            "group": i.group,
+                            "state": "provisioning",
+                            "token_hash": i.token_hash,
+                            "created_at": now,
+                            "updated_at": now,
+                        }
+                        for i in new
+                    ],
+                )
                 for hw, dev_id in rows:
                     known[hw] = (dev_id, "provisioning")
             new_ids = {i.hardware_id for i in new}
@@ -269,32 +302,66 @@ class Registry:
                 # A re-issued device holds only the new identity, and is "provisioning"
                 # again until the new one is confirmed on the device (mark_active).
                 for chunk in _chunks(old_ids, 500):
-                    s.execute(update(Certificate).where(Certificate.device_id.in_(chunk))
-                              .values(status="revoked"))
-                    s.execute(update(Device).where(Device.id.in_(chunk))
-                              .values(state="provisioning", updated_at=now))
+                    s.execute(
+                        update(Certificate)
+                        .where(Certificate.device_id.in_(chunk))
+                        .values(status="revoked")
+                    )
+                    s.execute(
+                        update(Device)
+                        .where(Device.id.in_(chunk))
+                        .values(state="provisioning", updated_at=now)
+                    )
             for i in identities:
                 if i.hardware_id in new_ids or not i.token_hash:
                     continue
-                s.execute(update(Device).where(Device.hardware_id == i.hardware_id)
-                          .values(token_hash=i.token_hash, updated_at=now))
-            s.execute(insert(Certificate), [
-                {"device_id": known[i.hardware_id][0], "role": i.cert.role,
-                 "subject": i.cert.subject, "serial": i.cert.serial,
-                 "fingerprint": i.cert.fingerprint, "not_after": i.cert.not_after,
-                 "status": "valid", "created_at": now} for i in identities])
-            secrets = [(known[i.hardware_id][0], name, fp) for i in identities
-                       for name, fp in i.secrets]
+                s.execute(
+                    update(Device)
+                    .where(Device.hardware_id == i.hardware_id)
+                    .values(token_hash=i.token_hash, updated_at=now)
+                )
+            s.execute(
+                insert(Certificate),
+                [
+                    {
+                        "device_id": known[i.hardware_id][0],
+                        "role": i.cert.role,
+                        "subject": i.cert.subject,
+                        "serial": i.cert.serial,
+                        "fingerprint": i.cert.fingerprint,
+                        "not_after": i.cert.not_after,
+                        "status": "valid",
+                        "created_at": now,
+                    }
+                    for i in identities
+                ],
+            )
+            secrets = [
+                (known[i.hardware_id][0], name, fp) for i in identities for name, fp in i.secrets
+            ]
             if secrets:
                 ids = list({dev_id for dev_id, _, _ in secrets})
                 for chunk in _chunks(ids, 500):  # re-provisioning replaces a secret
                     s.execute(delete(Secret).where(Secret.device_id.in_(chunk)))
-                s.execute(insert(Secret), [
-                    {"device_id": d, "name": n, "fingerprint": fp, "created_at": now}
-                    for d, n, fp in secrets])
-            s.execute(insert(Event), [
-                {"device_id": known[i.hardware_id][0], "kind": "issued", "at": now,
-                 "detail": json.dumps({"serial": i.cert.serial})} for i in identities])
+                s.execute(
+                    insert(Secret),
+                    [
+                        {"device_id": d, "name": n, "fingerprint": fp, "created_at": now}
+                        for d, n, fp in secrets
+                    ],
+                )
+            s.execute(
+                insert(Event),
+                [
+                    {
+                        "device_id": known[i.hardware_id][0],
+                        "kind": "issued",
+                        "at": now,
+                        "detail": json.dumps({"serial": i.cert.serial}),
+                    }
+                    for i in identities
+                ],
+            )
 
     def mark_active(self, hardware_id: str, detail: dict[str, object] | None = None) -> None:
         with self.session() as s:
@@ -318,21 +385,39 @@ class Registry:
                 q = q.where(Device.state == state)
             return list(s.scalars(q))
 
-    def inventory(self, flt: InventoryFilter, after: int = 0,
-                  limit: int = 1000) -> list[dict[str, object]]:
+    def inventory(
+        self, flt: InventoryFilter, after: int = 0, limit: int = 1000
+    ) -> list[dict[str, object]]:
         """One page of the device inventory, by device id after ``after`` (keyset: each
         page costs the same at any depth). The cursor for the next page is the last "id"."""
         limit = max(1, min(limit, INVENTORY_PAGE_MAX))
-        expiry = (select(func.max(Certificate.not_after))
-                  .where(Certificate.device_id == Device.id, Certificate.status == "valid")
-                  .correlate(Device).scalar_subquery())
-        q = (select(Device.id, Device.hardware_id, Device.board, Device.state, Device.group,
-                    DeviceStatus.app, DeviceStatus.version, DeviceStatus.counter,
-                    DeviceStatus.channel, DeviceStatus.last_check_at,
-                    DeviceStatus.last_report_at, DeviceStatus.last_event,
-                    expiry.label("cert_expires"))
-             .outerjoin(DeviceStatus, DeviceStatus.device_id == Device.id)
-             .where(Device.id > after).order_by(Device.id).limit(limit))
+        expiry = (
+            select(func.max(Certificate.not_after))
+            .where(Certificate.device_id == Device.id, Certificate.status == "valid")
+            .correlate(Device)
+            .scalar_subquery()
+        )
+        q = (
+            select(
+                Device.id,
+                Device.hardware_id,
+                Device.board,
+                Device.state,
+                Device.group,
+                DeviceStatus.app,
+                DeviceStatus.version,
+                DeviceStatus.counter,
+                DeviceStatus.channel,
+                DeviceStatus.last_check_at,
+                DeviceStatus.last_report_at,
+                DeviceStatus.last_event,
+                expiry.label("cert_expires"),
+            )
+            .outerjoin(DeviceStatus, DeviceStatus.device_id == Device.id)
+            .where(Device.id > after)
+            .order_by(Device.id)
+            .limit(limit)
+        )
         if flt.state:
             q = q.where(Device.state == flt.state)
         if flt.group:
@@ -346,21 +431,36 @@ class Registry:
         if flt.seen_after:
             q = q.where(DeviceStatus.last_check_at >= flt.seen_after)
         if flt.seen_before:
-            q = q.where((DeviceStatus.last_check_at < flt.seen_before)
-                        | DeviceStatus.last_check_at.is_(None))
+            q = q.where(
+                (DeviceStatus.last_check_at < flt.seen_before)
+                | DeviceStatus.last_check_at.is_(None)
+            )
         if flt.expiring_before:
             q = q.where(expiry < flt.expiring_before)
         with self.session() as s:
             rows = s.execute(q).all()
-        return [{"id": int(r.id), "hardware_id": r.hardware_id, "board": r.board,
-                 "state": r.state, "group": r.group, "app": r.app, "version": r.version,
-                 "counter": r.counter, "channel": r.channel,
-                 "last_check_at": _iso(r.last_check_at),
-                 "last_report_at": _iso(r.last_report_at), "last_event": r.last_event,
-                 "cert_expires": _iso(r.cert_expires)} for r in rows]
+        return [
+            {
+                "id": int(r.id),
+                "hardware_id": r.hardware_id,
+                "board": r.board,
+                "state": r.state,
+                "group": r.group,
+                "app": r.app,
+                "version": r.version,
+                "counter": r.counter,
+                "channel": r.channel,
+                "last_check_at": _iso(r.last_check_at),
+                "last_report_at": _iso(r.last_report_at),
+                "last_event": r.last_event,
+                "cert_expires": _iso(r.cert_expires),
+            }
+            for r in rows
+        ]
 
-    def iter_inventory(self, flt: InventoryFilter,
-                       page: int = INVENTORY_PAGE_MAX) -> Iterator[dict[str, object]]:
+    def iter_inventory(
+        self, flt: InventoryFilter, page: int = INVENTORY_PAGE_MAX
+    ) -> Iterator[dict[str, object]]:
         """Every matching device, page by page (memory: one page)."""
         after = 0
         while True:
@@ -386,8 +486,13 @@ class Registry:
                         n += self._import_batch(s, batch, state)
                         batch = []
                 n += self._import_batch(s, batch, state)
-                s.add(Event(device_id=None, kind="imported",
-                            detail=json.dumps({"devices": n, "state": state})))
+                s.add(
+                    Event(
+                        device_id=None,
+                        kind="imported",
+                        detail=json.dumps({"devices": n, "state": state}),
+                    )
+                )
             return n
         try:
             with self.engine.begin() as conn:
@@ -396,52 +501,79 @@ class Registry:
                 # Room for the hash joins and the duplicate check over a million rows in
                 # memory (the default 4 MB spills them to disk): this transaction only.
                 cur.execute("SET LOCAL work_mem = '256MB'")
-                cur.execute("CREATE TEMP TABLE import_rows (hardware_id text, board text, "
-                            "group_name text, token_hash text, subject text, serial text, "
-                            "fingerprint text, not_after timestamptz) ON COMMIT DROP")
+                cur.execute(
+                    "CREATE TEMP TABLE import_rows (hardware_id text, board text, "
+                    "group_name text, token_hash text, subject text, serial text, "
+                    "fingerprint text, not_after timestamptz) ON COMMIT DROP"
+                )
                 n = 0
                 with cur.copy("COPY import_rows FROM STDIN") as copy:
                     for r in rows:
-                        copy.write_row((r.hardware_id, r.board, r.group, r.token_hash,
-                                        r.subject, r.serial, r.fingerprint, r.not_after))
+                        copy.write_row(
+                            (
+                                r.hardware_id,
+                                r.board,
+                                r.group,
+                                r.token_hash,
+                                r.subject,
+                                r.serial,
+                                r.fingerprint,
+                                r.not_after,
+                            )
+                        )
                         n += 1
                 cur.execute("ANALYZE import_rows")
                 for sql, what in (
-                        ("SELECT hardware_id FROM import_rows GROUP BY hardware_id "
-                         "HAVING count(*) > 1 LIMIT 1", "appears twice in the file"),
-                        ("SELECT i.hardware_id FROM import_rows i JOIN devices d "
-                         "ON d.hardware_id = i.hardware_id LIMIT 1", "is already registered")):
+                    (
+                        "SELECT hardware_id FROM import_rows GROUP BY hardware_id "
+                        "HAVING count(*) > 1 LIMIT 1",
+                        "appears twice in the file",
+                    ),
+                    (
+                        "SELECT i.hardware_id FROM import_rows i JOIN devices d "
+                        "ON d.hardware_id = i.hardware_id LIMIT 1",
+                        "is already registered",
+                    ),
+                ):
                     cur.execute(sql)
                     dup = cur.fetchone()
                     if dup:
                         raise UsageError(f"device {dup[0]} {what}; nothing was imported")
-                cur.execute("INSERT INTO devices (hardware_id, board, state, group_name, "
-                            "token_hash, created_at, updated_at) SELECT hardware_id, board, "
-                            "%s, group_name, token_hash, now(), now() FROM import_rows",
-                            (state,))
-                cur.execute("INSERT INTO certificates (device_id, role, subject, serial, "
-                            "fingerprint, not_after, status, created_at) SELECT d.id, "
-                            "'device', i.subject, i.serial, i.fingerprint, i.not_after, "
-                            "'valid', now() FROM import_rows i JOIN devices d "
-                            "ON d.hardware_id = i.hardware_id")
+                cur.execute(
+                    "INSERT INTO devices (hardware_id, board, state, group_name, "
+                    "token_hash, created_at, updated_at) SELECT hardware_id, board, "
+                    "%s, group_name, token_hash, now(), now() FROM import_rows",
+                    (state,),
+                )
+                cur.execute(
+                    "INSERT INTO certificates (device_id, role, subject, serial, "
+                    "fingerprint, not_after, status, created_at) SELECT d.id, "
+                    "'device', i.subject, i.serial, i.fingerprint, i.not_after, "
+                    "'valid', now() FROM import_rows i JOIN devices d "
+                    "ON d.hardware_id = i.hardware_id"
+                )
                 # One event for the import (not a million rows in the log).
-                cur.execute("INSERT INTO events (device_id, kind, detail, at) VALUES "
-                            "(NULL, 'imported', %s, now())",
-                            (json.dumps({"devices": n, "state": state}),))
+                cur.execute(
+                    "INSERT INTO events (device_id, kind, detail, at) VALUES "
+                    "(NULL, 'imported', %s, now())",
+                    (json.dumps({"devices": n, "state": state}),),
+                )
                 # Fresh statistics: the planner would otherwise plan for the empty tables.
                 cur.execute("ANALYZE devices")
                 cur.execute("ANALYZE certificates")
                 return n
         except SAIntegrityError as e:
-            raise UsageError(f"registry conflict: {_first_line(e.orig or e)}; nothing was "
-                             "imported") from None
+            raise UsageError(
+                f"registry conflict: {_first_line(e.orig or e)}; nothing was imported"
+            ) from None
         except SQLAlchemyError as e:
             raise TransportError(f"registry database error: {_first_line(e)}") from None
         except Exception as e:  # psycopg's own errors inside COPY
             if type(e).__module__.startswith("psycopg"):
                 if "unique" in str(e).lower() or "duplicate" in str(e).lower():
-                    raise UsageError(f"registry conflict: {_first_line(e)}; nothing was "
-                                     "imported") from None
+                    raise UsageError(
+                        f"registry conflict: {_first_line(e)}; nothing was imported"
+                    ) from None
                 raise TransportError(f"registry database error: {_first_line(e)}") from None
             raise
 
@@ -452,34 +584,58 @@ class Registry:
         now = utcnow()
         hws = [r.hardware_id for r in batch]
         if len(set(hws)) != len(hws):
-            raise UsageError("the same hardware id appears twice in the file; nothing was "
-                             "imported")
+            raise UsageError("the same hardware id appears twice in the file; nothing was imported")
         dup = s.scalar(select(Device.hardware_id).where(Device.hardware_id.in_(hws)).limit(1))
         if dup is not None:
             raise UsageError(f"device {dup} is already registered; nothing was imported")
-        rows = s.execute(insert(Device).returning(Device.hardware_id, Device.id), [
-            {"hardware_id": r.hardware_id, "board": r.board, "state": state, "group": r.group,
-             "token_hash": r.token_hash, "created_at": now, "updated_at": now}
-            for r in batch])
+        rows = s.execute(
+            insert(Device).returning(Device.hardware_id, Device.id),
+            [
+                {
+                    "hardware_id": r.hardware_id,
+                    "board": r.board,
+                    "state": state,
+                    "group": r.group,
+                    "token_hash": r.token_hash,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for r in batch
+            ],
+        )
         ids = {hw: dev_id for hw, dev_id in rows}  # noqa: C416 - Row objects, not pairs
-        s.execute(insert(Certificate), [
-            {"device_id": ids[r.hardware_id], "role": "device", "subject": r.subject,
-             "serial": r.serial, "fingerprint": r.fingerprint, "not_after": r.not_after,
-             "status": "valid", "created_at": now} for r in batch])
+        s.execute(
+            insert(Certificate),
+            [
+                {
+                    "device_id": ids[r.hardware_id],
+                    "role": "device",
+                    "subject": r.subject,
+                    "serial": r.serial,
+                    "fingerprint": r.fingerprint,
+                    "not_after": r.not_after,
+                    "status": "valid",
+                    "created_at": now,
+                }
+                for r in batch
+            ],
+        )
         return len(batch)
 
     def activate(self, hardware_ids: Sequence[str] | None = None) -> int:
         """Bulk activation: these devices (None: every one still provisioning) become
         active; returns how many did."""
         with self.session() as s:
-            q = update(Device).where(Device.state == "provisioning").values(
-                state="active", updated_at=utcnow())
+            q = (
+                update(Device)
+                .where(Device.state == "provisioning")
+                .values(state="active", updated_at=utcnow())
+            )
             if hardware_ids is None:
                 return int(s.execute(q).rowcount or 0)  # type: ignore[attr-defined]
             n = 0
             for chunk in _chunks(list(hardware_ids), 1000):
-                n += int(s.execute(q.where(Device.hardware_id.in_(chunk)))
-                         .rowcount or 0)  # type: ignore[attr-defined]
+                n += int(s.execute(q.where(Device.hardware_id.in_(chunk))).rowcount or 0)  # type: ignore[attr-defined]
             return n
 
     def set_group(self, hardware_id: str, group: str) -> str:
@@ -488,8 +644,9 @@ class Registry:
             dev = self._device(s, hardware_id)
             old = dev.group
             dev.group = group
-            s.add(Event(device_id=dev.id, kind="group",
-                        detail=json.dumps({"from": old, "to": group})))
+            s.add(
+                Event(device_id=dev.id, kind="group", detail=json.dumps({"from": old, "to": group}))
+            )
             return old
 
     def certificates(self, hardware_id: str | None = None) -> list[Certificate]:
@@ -534,20 +691,29 @@ class Registry:
     def revoke_certificate(self, fingerprint_or_serial: str, reason: str = "") -> None:
         key = fingerprint_or_serial.lower()
         with self.session() as s:
-            cert = s.scalar(select(Certificate).where(
-                (Certificate.fingerprint == key) | (Certificate.serial == key)))
+            cert = s.scalar(
+                select(Certificate).where(
+                    (Certificate.fingerprint == key) | (Certificate.serial == key)
+                )
+            )
             if cert is None:
                 raise UsageError(f"no certificate {fingerprint_or_serial} in the registry")
             cert.status = "revoked"
-            s.add(Event(device_id=cert.device_id, kind="cert-revoked",
-                        detail=json.dumps({"serial": cert.serial, "reason": reason})))
+            s.add(
+                Event(
+                    device_id=cert.device_id,
+                    kind="cert-revoked",
+                    detail=json.dumps({"serial": cert.serial, "reason": reason}),
+                )
+            )
 
     def is_allowed(self, *, fingerprint: str | None = None, token: str | None = None) -> bool:
         """May this certificate (SHA-256 of its DER) or device token talk to the server?"""
         with self.session() as s:
             if fingerprint:
-                cert = s.scalar(select(Certificate).where(
-                    Certificate.fingerprint == fingerprint.lower()))
+                cert = s.scalar(
+                    select(Certificate).where(Certificate.fingerprint == fingerprint.lower())
+                )
                 if cert is None or cert.status != "valid" or _aware(cert.not_after) < utcnow():
                     return False
                 dev = cert.device

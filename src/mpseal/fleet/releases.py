@@ -47,7 +47,9 @@ class Release(Base):
     version: Mapped[str] = mapped_column(String(32))
     counter: Mapped[int] = mapped_column(BigInteger)
     manifest_sha256: Mapped[str] = mapped_column(String(64))
-    file_sha256: Mapped[str] = mapped_column(String(64))  # the artifact file: artifacts/<this>.mpseal
+    file_sha256: Mapped[str] = mapped_column(
+        String(64)
+    )  # the artifact file: artifacts/<this>.mpseal
     size: Mapped[int] = mapped_column(BigInteger)
     channel: Mapped[str] = mapped_column(String(32))
     state: Mapped[str] = mapped_column(String(16), default="active")
@@ -89,15 +91,18 @@ class DeviceUpdate(Base):
     __tablename__ = "device_updates"
 
     device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"), primary_key=True)
-    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id", ondelete="CASCADE"),
-                                            primary_key=True)
+    release_id: Mapped[int] = mapped_column(
+        ForeignKey("releases.id", ondelete="CASCADE"), primary_key=True
+    )
     state: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str] = mapped_column(String(200), default="")
     first_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
-    __table_args__ = (Index("ix_device_updates_release_state", "release_id", "state"),
-                      Index("ix_device_updates_state_updated", "state", "updated_at"))
+    __table_args__ = (
+        Index("ix_device_updates_release_state", "release_id", "state"),
+        Index("ix_device_updates_state_updated", "state", "updated_at"),
+    )
 
 
 class ReleaseCount(Base):
@@ -106,8 +111,9 @@ class ReleaseCount(Base):
 
     __tablename__ = "release_counts"
 
-    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id", ondelete="CASCADE"),
-                                            primary_key=True)
+    release_id: Mapped[int] = mapped_column(
+        ForeignKey("releases.id", ondelete="CASCADE"), primary_key=True
+    )
     shard: Mapped[int] = mapped_column(Integer, primary_key=True)
     downloaded: Mapped[int] = mapped_column(BigInteger, default=0)
     staged: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -149,7 +155,9 @@ class SignedTimestamp(Base):
     issued: Mapped[int] = mapped_column(BigInteger)  # unix seconds
     expires: Mapped[int] = mapped_column(BigInteger)
     root_version: Mapped[int] = mapped_column(Integer)
-    targets_digest: Mapped[str] = mapped_column(String(64))  # SHA-256 of what was signed, minus times
+    targets_digest: Mapped[str] = mapped_column(
+        String(64)
+    )  # SHA-256 of what was signed, minus times
     data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
@@ -170,8 +178,9 @@ class ReleaseDelta(Base):
     __table_args__ = (UniqueConstraint("release_id", "from_version", name="uq_release_delta"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id", ondelete="CASCADE"),
-                                            index=True)
+    release_id: Mapped[int] = mapped_column(
+        ForeignKey("releases.id", ondelete="CASCADE"), index=True
+    )
     from_version: Mapped[str] = mapped_column(String(32))
     from_file_sha256: Mapped[str] = mapped_column(String(64))
     delta_sha256: Mapped[str] = mapped_column(String(64))

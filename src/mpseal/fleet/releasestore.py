@@ -96,8 +96,9 @@ class PolicyOverrides:
     min_cohort_share: float | None = None
 
     def apply(self, policy: HaltPolicy) -> HaltPolicy:
-        return policy.with_overrides(self.min_attempts, self.max_failure_ratio,
-                                     self.min_cohort_share)
+        return policy.with_overrides(
+            self.min_attempts, self.max_failure_ratio, self.min_cohort_share
+        )
 
 
 @dataclass(frozen=True)
@@ -113,20 +114,39 @@ class ReleaseInfo:
     def to_dict(self) -> dict[str, object]:
         v = self.view
         s = self.stats
-        return {"id": v.id, "app": v.app, "board": v.board, "channel": v.channel,
-                "version": v.version, "counter": v.counter,
-                "manifest_sha256": v.manifest_sha256, "file_sha256": self.file_sha256,
-                "size": self.size, "state": v.state, "percent": v.percent,
-                "groups": sorted(v.groups), "pins": sorted(v.pins),
-                "halt_reason": self.halt_reason, "created_at": _aware(self.created_at).isoformat(),
-                "deltas": [{"from": f, "sha256": h, "size": n} for f, h, n in v.deltas],
-                "counts": {"attempts": s.attempts, "updated": s.updated, "failed": s.failed,
-                           "refused": s.refused, "rolled_back": s.rolled_back,
-                           "trial_timeouts": s.trial_timeouts, "in_progress": s.in_progress,
-                           "cohort": s.cohort},
-                "halt_policy": {"min_attempts": self.overrides.min_attempts,
-                                "max_failure_ratio": self.overrides.max_failure_ratio,
-                                "min_cohort_share": self.overrides.min_cohort_share}}
+        return {
+            "id": v.id,
+            "app": v.app,
+            "board": v.board,
+            "channel": v.channel,
+            "version": v.version,
+            "counter": v.counter,
+            "manifest_sha256": v.manifest_sha256,
+            "file_sha256": self.file_sha256,
+            "size": self.size,
+            "state": v.state,
+            "percent": v.percent,
+            "groups": sorted(v.groups),
+            "pins": sorted(v.pins),
+            "halt_reason": self.halt_reason,
+            "created_at": _aware(self.created_at).isoformat(),
+            "deltas": [{"from": f, "sha256": h, "size": n} for f, h, n in v.deltas],
+            "counts": {
+                "attempts": s.attempts,
+                "updated": s.updated,
+                "failed": s.failed,
+                "refused": s.refused,
+                "rolled_back": s.rolled_back,
+                "trial_timeouts": s.trial_timeouts,
+                "in_progress": s.in_progress,
+                "cohort": s.cohort,
+            },
+            "halt_policy": {
+                "min_attempts": self.overrides.min_attempts,
+                "max_failure_ratio": self.overrides.max_failure_ratio,
+                "min_cohort_share": self.overrides.min_cohort_share,
+            },
+        }
 
 
 @dataclass(frozen=True)
@@ -154,6 +174,7 @@ class Checkin:
     channel: str
     at: datetime
 
+
 @dataclass(frozen=True)
 class TimestampRecord:
     channel: str
@@ -172,16 +193,29 @@ class _Lost(Exception):
 # The hot lookups, built once (their compiled form is cached): devices by token hash or by
 # certificate fingerprint, each with the releases it refused or rolled back.
 _FAILED = and_(DeviceUpdate.device_id == Device.id, DeviceUpdate.state.in_(FAILED_EVENTS))
-_COLUMNS = (Device.id, Device.hardware_id, Device.group.label("group"), DeviceUpdate.release_id,
-            Device.board)
-_BY_TOKEN = (select(Device.token_hash, *_COLUMNS).outerjoin(DeviceUpdate, _FAILED)
-             .where(Device.token_hash.in_(bindparam("keys", expanding=True)),
-                    Device.state == "active"))
-_BY_FINGERPRINT = (select(Certificate.fingerprint, *_COLUMNS, Certificate.not_after)
-                   .select_from(Certificate).join(Device, Certificate.device_id == Device.id)
-                   .outerjoin(DeviceUpdate, _FAILED)
-                   .where(Certificate.fingerprint.in_(bindparam("keys", expanding=True)),
-                          Certificate.status == "valid", Device.state == "active"))
+_COLUMNS = (
+    Device.id,
+    Device.hardware_id,
+    Device.group.label("group"),
+    DeviceUpdate.release_id,
+    Device.board,
+)
+_BY_TOKEN = (
+    select(Device.token_hash, *_COLUMNS)
+    .outerjoin(DeviceUpdate, _FAILED)
+    .where(Device.token_hash.in_(bindparam("keys", expanding=True)), Device.state == "active")
+)
+_BY_FINGERPRINT = (
+    select(Certificate.fingerprint, *_COLUMNS, Certificate.not_after)
+    .select_from(Certificate)
+    .join(Device, Certificate.device_id == Device.id)
+    .outerjoin(DeviceUpdate, _FAILED)
+    .where(
+        Certificate.fingerprint.in_(bindparam("keys", expanding=True)),
+        Certificate.status == "valid",
+        Device.state == "active",
+    )
+)
 
 
 _DU = cast(Table, DeviceUpdate.__table__)
@@ -192,39 +226,47 @@ _PG_EVENTS_AND_STATUS = (
     "INSERT INTO device_status (device_id, last_report_at, last_event) "
     "SELECT d, %s, e FROM unnest(%s::integer[], %s::text[]) AS v(d, e) "
     "ON CONFLICT (device_id) DO UPDATE SET last_report_at = excluded.last_report_at, "
-    "last_event = excluded.last_event")
+    "last_event = excluded.last_event"
+)
 _PG_INSERT_UPDATES = (
     "INSERT INTO device_updates (device_id, release_id, state, reason, first_at, updated_at) "
     "SELECT d, r, st, why, %s, %s FROM unnest(%s::integer[], %s::integer[], %s::text[], "
     "%s::text[]) AS v(d, r, st, why) ORDER BY d, r "
-    "ON CONFLICT (device_id, release_id) DO NOTHING RETURNING device_id, release_id")
+    "ON CONFLICT (device_id, release_id) DO NOTHING RETURNING device_id, release_id"
+)
 _PG_LOCK_UPDATES = (
     "SELECT du.device_id, du.release_id, du.state FROM device_updates du "
     "JOIN unnest(%s::integer[], %s::integer[]) AS v(d, r) "
-    "ON du.device_id = v.d AND du.release_id = v.r ORDER BY 1, 2 FOR UPDATE OF du")
+    "ON du.device_id = v.d AND du.release_id = v.r ORDER BY 1, 2 FOR UPDATE OF du"
+)
 _PG_UPDATE_UPDATES = (
     "UPDATE device_updates du SET state = v.st, reason = v.why, updated_at = %s "
     "FROM unnest(%s::integer[], %s::integer[], %s::text[], %s::text[]) AS v(d, r, st, why) "
-    "WHERE du.device_id = v.d AND du.release_id = v.r")
+    "WHERE du.device_id = v.d AND du.release_id = v.r"
+)
 _PG_CHECKINS = (
     "INSERT INTO device_status (device_id, app, version, counter, channel, last_check_at) "
     "SELECT * FROM unnest(%s::integer[], %s::text[], %s::text[], %s::bigint[], %s::text[], "
     "%s::timestamptz[]) ORDER BY 1 ON CONFLICT (device_id) DO UPDATE SET app = excluded.app, "
     "version = excluded.version, counter = excluded.counter, channel = excluded.channel, "
-    "last_check_at = excluded.last_check_at")
+    "last_check_at = excluded.last_check_at"
+)
 # Built from the constant UPDATE_STATES, no input: no injection.
 _PG_COUNTS_AND_STATS = (
     "WITH up AS (INSERT INTO release_counts (release_id, shard, "  # noqa: S608
-    + ", ".join(UPDATE_STATES) + ") "
+    + ", ".join(UPDATE_STATES)
+    + ") "
     "SELECT * FROM unnest(%s::integer[], %s::integer[], "
-    + ", ".join("%s::bigint[]" for _ in UPDATE_STATES) + ") ORDER BY 1, 2 "
+    + ", ".join("%s::bigint[]" for _ in UPDATE_STATES)
+    + ") ORDER BY 1, 2 "
     "ON CONFLICT (release_id, shard) DO UPDATE SET "
     + ", ".join(f"{st} = release_counts.{st} + excluded.{st}" for st in UPDATE_STATES)
     + ") SELECT r.id, r.cohort_size, r.halt_min_attempts, r.halt_max_failure_ratio, "
     "r.halt_min_cohort_share, "
     + ", ".join(f"COALESCE(SUM(c.{st}), 0)" for st in UPDATE_STATES)
     + " FROM releases r LEFT JOIN release_counts c ON c.release_id = r.id "
-    "WHERE r.id = ANY(%s::integer[]) GROUP BY r.id")
+    "WHERE r.id = ANY(%s::integer[]) GROUP BY r.id"
+)
 
 
 class ReleaseStore:
@@ -233,10 +275,15 @@ class ReleaseStore:
         # The hot device lookup: single statements in autocommit (no BEGIN/ROLLBACK round
         # trips), no ping before each use. A connection the database dropped fails one
         # lookup (a 503), and SQLAlchemy replaces the pool's connections.
-        self._read_engine = create_engine(registry.engine.url, pool_size=read_pool_size,
-                                          max_overflow=read_pool_size, pool_pre_ping=False,
-                                          pool_recycle=600, isolation_level="AUTOCOMMIT",
-                                          connect_args=connect_args(registry.engine.url))
+        self._read_engine = create_engine(
+            registry.engine.url,
+            pool_size=read_pool_size,
+            max_overflow=read_pool_size,
+            pool_pre_ping=False,
+            pool_recycle=600,
+            isolation_level="AUTOCOMMIT",
+            connect_args=connect_args(registry.engine.url),
+        )
 
     def close(self) -> None:
         self._read_engine.dispose()
@@ -251,22 +298,46 @@ class ReleaseStore:
     def publish(self, new: NewRelease) -> ReleaseInfo:
         now = utcnow()
         with self.registry.session() as s:
-            dup = s.scalar(select(Release.id).where(
-                Release.channel == new.channel, Release.app == new.app,
-                Release.board == new.board, Release.version == new.version))
+            dup = s.scalar(
+                select(Release.id).where(
+                    Release.channel == new.channel,
+                    Release.app == new.app,
+                    Release.board == new.board,
+                    Release.version == new.version,
+                )
+            )
             if dup is not None:
-                raise UsageError(f"{new.app} {new.version} for {new.board} is already published "
-                                 f"in channel {new.channel} (release {dup}); publish a new version")
-            rel = Release(app=new.app, board=new.board, version=new.version, counter=new.counter,
-                          manifest_sha256=new.manifest_sha256, file_sha256=new.file_sha256,
-                          size=new.size, channel=new.channel, state="active", percent=0.0,
-                          groups="[]", created_at=now, updated_at=now)
+                raise UsageError(
+                    f"{new.app} {new.version} for {new.board} is already published "
+                    f"in channel {new.channel} (release {dup}); publish a new version"
+                )
+            rel = Release(
+                app=new.app,
+                board=new.board,
+                version=new.version,
+                counter=new.counter,
+                manifest_sha256=new.manifest_sha256,
+                file_sha256=new.file_sha256,
+                size=new.size,
+                channel=new.channel,
+                state="active",
+                percent=0.0,
+                groups="[]",
+                created_at=now,
+                updated_at=now,
+            )
             s.add(rel)
             s.flush()
             for d in new.deltas:
-                s.add(ReleaseDelta(release_id=rel.id, from_version=d.from_version,
-                                   from_file_sha256=d.from_file_sha256,
-                                   delta_sha256=d.delta_sha256, size=d.size))
+                s.add(
+                    ReleaseDelta(
+                        release_id=rel.id,
+                        from_version=d.from_version,
+                        from_file_sha256=d.from_file_sha256,
+                        delta_sha256=d.delta_sha256,
+                        size=d.size,
+                    )
+                )
             s.flush()
             return _info(rel, frozenset(), deltas=self._deltas(s, [rel.id]).get(rel.id, ()))
 
@@ -276,16 +347,28 @@ class ReleaseStore:
         MAX_DELTA_BASES: what a new release gets deltas from."""
         with self.registry.session() as s:
             n = func.count(DeviceStatus.device_id)
-            running = list(s.execute(
-                select(DeviceStatus.version, n).join(Device, Device.id == DeviceStatus.device_id)
-                .where(DeviceStatus.app == app, Device.board == board,
-                       DeviceStatus.version.is_not(None), DeviceStatus.version != exclude_version)
-                .group_by(DeviceStatus.version).order_by(n.desc(), DeviceStatus.version)))
+            running = list(
+                s.execute(
+                    select(DeviceStatus.version, n)
+                    .join(Device, Device.id == DeviceStatus.device_id)
+                    .where(
+                        DeviceStatus.app == app,
+                        Device.board == board,
+                        DeviceStatus.version.is_not(None),
+                        DeviceStatus.version != exclude_version,
+                    )
+                    .group_by(DeviceStatus.version)
+                    .order_by(n.desc(), DeviceStatus.version)
+                )
+            )
             out = []
             for version, _count in running:
-                sha = s.scalar(select(Release.file_sha256).where(
-                    Release.app == app, Release.board == board, Release.version == version)
-                    .order_by(Release.id.desc()).limit(1))
+                sha = s.scalar(
+                    select(Release.file_sha256)
+                    .where(Release.app == app, Release.board == board, Release.version == version)
+                    .order_by(Release.id.desc())
+                    .limit(1)
+                )
                 if sha is not None:
                     out.append((str(version), str(sha)))
                 if len(out) >= MAX_DELTA_BASES:
@@ -297,18 +380,27 @@ class ReleaseStore:
         out: dict[int, list[tuple[str, str, int]]] = {}
         if ids:
             for rid, f, h, n in s.execute(
-                    select(ReleaseDelta.release_id, ReleaseDelta.from_version,
-                           ReleaseDelta.delta_sha256, ReleaseDelta.size)
-                    .where(ReleaseDelta.release_id.in_(list(ids))).order_by(ReleaseDelta.id)):
+                select(
+                    ReleaseDelta.release_id,
+                    ReleaseDelta.from_version,
+                    ReleaseDelta.delta_sha256,
+                    ReleaseDelta.size,
+                )
+                .where(ReleaseDelta.release_id.in_(list(ids)))
+                .order_by(ReleaseDelta.id)
+            ):
                 out.setdefault(int(rid), []).append((str(f), str(h), int(n)))
         return {k: tuple(v) for k, v in out.items()}
 
     def get(self, release_id: int) -> ReleaseInfo:
         with self.registry.session() as s:
             rel = self._release(s, release_id)
-            return _info(rel, self._pins(s, [rel.id]).get(rel.id, frozenset()),
-                         self._stats(s, [rel]).get(rel.id),
-                         self._deltas(s, [rel.id]).get(rel.id, ()))
+            return _info(
+                rel,
+                self._pins(s, [rel.id]).get(rel.id, frozenset()),
+                self._stats(s, [rel]).get(rel.id),
+                self._deltas(s, [rel.id]).get(rel.id, ()),
+            )
 
     def releases(self, channel: str | None = None, stats: bool = True) -> list[ReleaseInfo]:
         """Every release, oldest first, with its per-device counts (unless ``stats`` is off)."""
@@ -321,11 +413,14 @@ class ReleaseStore:
             pins = self._pins(s, ids)
             counts = self._stats(s, rels) if stats else {}
             deltas = self._deltas(s, ids)
-            return [_info(r, pins.get(r.id, frozenset()), counts.get(r.id), deltas.get(r.id, ()))
-                    for r in rels]
+            return [
+                _info(r, pins.get(r.id, frozenset()), counts.get(r.id), deltas.get(r.id, ()))
+                for r in rels
+            ]
 
-    def views(self, channel: str, app: str | None = None,
-              board: str | None = None) -> list[ReleaseView]:
+    def views(
+        self, channel: str, app: str | None = None, board: str | None = None
+    ) -> list[ReleaseView]:
         """The releases of a channel (optionally one app and board), any state, with pins."""
         with self.registry.session() as s:
             q = select(Release).where(Release.channel == channel)
@@ -342,16 +437,24 @@ class ReleaseStore:
         with self.registry.session() as s:
             return sorted(s.scalars(select(Release.channel).distinct()))
 
-    def promote(self, release_id: int, *, percent: float | None = None,
-                group: str | None = None, pin: str | None = None) -> ReleaseInfo:
+    def promote(
+        self,
+        release_id: int,
+        *,
+        percent: float | None = None,
+        group: str | None = None,
+        pin: str | None = None,
+    ) -> ReleaseInfo:
         """Widen a rollout: set the percentage, add a device group, or pin one device."""
         if sum(x is not None for x in (percent, group, pin)) != 1:
             raise UsageError("promote takes exactly one of percent, group or pin")
         with self.registry.session() as s:
             rel = self._release(s, release_id)
             if rel.state == "halted":
-                raise UsageError(f"release {rel.id} ({rel.version}) is halted: {rel.halt_reason}; "
-                                 "publish a fixed version instead")
+                raise UsageError(
+                    f"release {rel.id} ({rel.version}) is halted: {rel.halt_reason}; "
+                    "publish a fixed version instead"
+                )
             if percent is not None:
                 if not 0 <= percent <= 100:
                     raise UsageError(f"percent must be 0..100, not {percent}")
@@ -374,23 +477,38 @@ class ReleaseStore:
         mine = and_(Device.board == rel.board, Device.state == "active")
         n = 0.0
         if rel.percent > 0:
-            n += (s.scalar(select(func.count()).select_from(Device).where(mine)) or 0) \
-                * rel.percent / 100.0
+            n += (
+                (s.scalar(select(func.count()).select_from(Device).where(mine)) or 0)
+                * rel.percent
+                / 100.0
+            )
         groups = json.loads(rel.groups)
         if groups and rel.percent < 100:
-            n += (s.scalar(select(func.count()).select_from(Device)
-                           .where(mine, Device.group.in_(groups))) or 0) * (1 - rel.percent / 100)
-        n += s.scalar(select(func.count()).select_from(ReleasePin)
-                      .where(ReleasePin.release_id == rel.id)) or 0
+            n += (
+                s.scalar(
+                    select(func.count()).select_from(Device).where(mine, Device.group.in_(groups))
+                )
+                or 0
+            ) * (1 - rel.percent / 100)
+        n += (
+            s.scalar(
+                select(func.count()).select_from(ReleasePin).where(ReleasePin.release_id == rel.id)
+            )
+            or 0
+        )
         return round(n)
 
     def _pin(self, s: Session, rel: Release, hardware_id: str) -> None:
         if s.scalar(select(Device.id).where(Device.hardware_id == hardware_id)) is None:
             raise UsageError(f"no device {hardware_id} in the registry; cannot pin it")
-        siblings = select(Release.id).where(Release.channel == rel.channel,
-                                            Release.app == rel.app, Release.board == rel.board)
-        for old in s.scalars(select(ReleasePin).where(ReleasePin.hardware_id == hardware_id,
-                                                      ReleasePin.release_id.in_(siblings))):
+        siblings = select(Release.id).where(
+            Release.channel == rel.channel, Release.app == rel.app, Release.board == rel.board
+        )
+        for old in s.scalars(
+            select(ReleasePin).where(
+                ReleasePin.hardware_id == hardware_id, ReleasePin.release_id.in_(siblings)
+            )
+        ):
             s.delete(old)  # one pin per device, app, board and channel
         s.flush()
         s.add(ReleasePin(release_id=rel.id, hardware_id=hardware_id, created_at=utcnow()))
@@ -402,8 +520,10 @@ class ReleaseStore:
         with self.registry.session() as s:
             rel = self._release(s, release_id)
             if rel.state == "halted":
-                raise UsageError(f"release {rel.id} ({rel.version}) is halted: {rel.halt_reason}; "
-                                 "it cannot be resumed, publish a fixed version")
+                raise UsageError(
+                    f"release {rel.id} ({rel.version}) is halted: {rel.halt_reason}; "
+                    "it cannot be resumed, publish a fixed version"
+                )
             rel.state = state
             rel.updated_at = utcnow()
             s.flush()
@@ -412,9 +532,11 @@ class ReleaseStore:
     def halt(self, release_id: int, reason: str) -> bool:
         """Halt a release; False if it already was (several processes may decide at once)."""
         with self.registry.session() as s:
-            res = s.execute(update(Release)
-                            .where(Release.id == release_id, Release.state != "halted")
-                            .values(state="halted", halt_reason=reason[:500], updated_at=utcnow()))
+            res = s.execute(
+                update(Release)
+                .where(Release.id == release_id, Release.state != "halted")
+                .values(state="halted", halt_reason=reason[:500], updated_at=utcnow())
+            )
             return bool(res.rowcount)  # type: ignore[attr-defined]
 
     def stats(self, release_ids: Sequence[int]) -> dict[int, ReleaseStats]:
@@ -431,8 +553,11 @@ class ReleaseStore:
             rel.halt_min_cohort_share = overrides.min_cohort_share
             rel.updated_at = utcnow()
             s.flush()
-            return _info(rel, self._pins(s, [rel.id]).get(rel.id, frozenset()),
-                         self._stats(s, [rel]).get(rel.id))
+            return _info(
+                rel,
+                self._pins(s, [rel.id]).get(rel.id, frozenset()),
+                self._stats(s, [rel]).get(rel.id),
+            )
 
     @staticmethod
     def _release(s: Session, release_id: int) -> Release:
@@ -445,8 +570,11 @@ class ReleaseStore:
     def _pins(s: Session, ids: Sequence[int]) -> dict[int, frozenset[str]]:
         out: dict[int, set[str]] = {}
         if ids:
-            for rid, hw in s.execute(select(ReleasePin.release_id, ReleasePin.hardware_id)
-                                     .where(ReleasePin.release_id.in_(list(ids)))):
+            for rid, hw in s.execute(
+                select(ReleasePin.release_id, ReleasePin.hardware_id).where(
+                    ReleasePin.release_id.in_(list(ids))
+                )
+            ):
                 out.setdefault(rid, set()).add(hw)
         return {k: frozenset(v) for k, v in out.items()}
 
@@ -455,25 +583,33 @@ class ReleaseStore:
         if not rels:
             return {}
         cols = [func.sum(getattr(ReleaseCount, st)) for st in UPDATE_STATES]
-        rows = s.execute(select(ReleaseCount.release_id, *cols)
-                         .where(ReleaseCount.release_id.in_([r.id for r in rels]))
-                         .group_by(ReleaseCount.release_id))
-        counts = {int(row[0]): dict(zip(UPDATE_STATES, (int(v or 0) for v in row[1:]),
-                                        strict=True)) for row in rows}
+        rows = s.execute(
+            select(ReleaseCount.release_id, *cols)
+            .where(ReleaseCount.release_id.in_([r.id for r in rels]))
+            .group_by(ReleaseCount.release_id)
+        )
+        counts = {
+            int(row[0]): dict(zip(UPDATE_STATES, (int(v or 0) for v in row[1:]), strict=True))
+            for row in rows
+        }
         out = {}
         for r in rels:
             c = counts.get(r.id, {})
-            out[r.id] = ReleaseStats(attempts=sum(c.values()), updated=c.get("confirmed", 0),
-                                     refused=c.get("refused", 0),
-                                     rolled_back=c.get("rolled_back", 0),
-                                     trial_timeouts=c.get("timed_out", 0),
-                                     cohort=int(r.cohort_size or 0))
+            out[r.id] = ReleaseStats(
+                attempts=sum(c.values()),
+                updated=c.get("confirmed", 0),
+                refused=c.get("refused", 0),
+                rolled_back=c.get("rolled_back", 0),
+                trial_timeouts=c.get("timed_out", 0),
+                cohort=int(r.cohort_size or 0),
+            )
         return out
 
     # -- devices -------------------------------------------------------------------------
 
-    def device(self, *, token_hash: str | None = None,
-               fingerprint: str | None = None) -> DeviceView | None:
+    def device(
+        self, *, token_hash: str | None = None, fingerprint: str | None = None
+    ) -> DeviceView | None:
         """The active device with this token hash or certificate fingerprint, or None."""
         if token_hash:
             return self.devices(token_hashes=[token_hash]).get(("token", token_hash))
@@ -482,8 +618,9 @@ class ReleaseStore:
             return self.devices(fingerprints=[fp]).get(("cert", fp))
         return None
 
-    def devices(self, token_hashes: Sequence[str] = (),
-                fingerprints: Sequence[str] = ()) -> dict[tuple[str, str], DeviceView]:
+    def devices(
+        self, token_hashes: Sequence[str] = (), fingerprints: Sequence[str] = ()
+    ) -> dict[tuple[str, str], DeviceView]:
         """Many devices at once, keyed ("token", hash) or ("cert", fingerprint); one indexed
         query per kind (batched by the server when many devices check at the same time).
 
@@ -500,10 +637,16 @@ class ReleaseStore:
                 for cert_row in conn.execute(_BY_FINGERPRINT, {"keys": chunk}):
                     if _aware(cert_row.not_after) >= now:
                         found.setdefault(("cert", str(cert_row[0])), []).append(cert_row)
-        return {key: DeviceView(rows[0].id, rows[0].hardware_id, rows[0].group,
-                                frozenset(r.release_id for r in rows if r.release_id is not None),
-                                rows[0].board)
-                for key, rows in found.items()}
+        return {
+            key: DeviceView(
+                rows[0].id,
+                rows[0].hardware_id,
+                rows[0].group,
+                frozenset(r.release_id for r in rows if r.release_id is not None),
+                rows[0].board,
+            )
+            for key, rows in found.items()
+        }
 
     @contextmanager
     def _reading(self) -> Iterator[Connection]:
@@ -515,8 +658,9 @@ class ReleaseStore:
             line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise TransportError(f"registry database error: {line}") from None
 
-    def record_reports(self, reports: Sequence[Report]) -> dict[int, tuple[ReleaseStats,
-                                                                          PolicyOverrides]]:
+    def record_reports(
+        self, reports: Sequence[Report]
+    ) -> dict[int, tuple[ReleaseStats, PolicyOverrides]]:
         """Store reports from many devices in one transaction: an event each, the inventory,
         and for the ones that count, each device's state for the release and the release's
         counters (the change from the device's old state to its new one). Returns the
@@ -528,15 +672,32 @@ class ReleaseStore:
             return self._record_reports_pg(reports)
         now = utcnow()
         with self.registry.session() as s:
-            s.connection().execute(insert(cast(Table, Event.__table__)), [
-                {"device_id": r.device_id, "kind": f"update-{r.event}", "at": now,
-                 "detail": json.dumps({"version": r.version, "reason": r.reason[:200],
-                                       "release": r.release_id})}
-                for r in reports])
+            s.connection().execute(
+                insert(cast(Table, Event.__table__)),
+                [
+                    {
+                        "device_id": r.device_id,
+                        "kind": f"update-{r.event}",
+                        "at": now,
+                        "detail": json.dumps(
+                            {
+                                "version": r.version,
+                                "reason": r.reason[:200],
+                                "release": r.release_id,
+                            }
+                        ),
+                    }
+                    for r in reports
+                ],
+            )
             last: dict[int, Report] = {r.device_id: r for r in reports}
-            s.connection().execute(self._status_upsert(["last_report_at", "last_event"]),
-                [{"device_id": d, "last_report_at": now, "last_event": r.event}
-                 for d, r in sorted(last.items())])
+            s.connection().execute(
+                self._status_upsert(["last_report_at", "last_event"]),
+                [
+                    {"device_id": d, "last_report_at": now, "last_event": r.event}
+                    for d, r in sorted(last.items())
+                ],
+            )
             final: dict[tuple[int, int], Report] = {}
             for r in reports:
                 if r.release_id is not None:
@@ -545,34 +706,59 @@ class ReleaseStore:
                 return {}
             keys = sorted(final)
             ins = _insert_for(self.registry.engine.dialect.name)(_DU)
-            created = {(int(d), int(rid)) for d, rid in s.connection().execute(
-                ins.on_conflict_do_nothing(index_elements=["device_id", "release_id"])
-                .returning(_DU.c.device_id, _DU.c.release_id),
-                [{"device_id": d, "release_id": rid, "state": final[(d, rid)].event,
-                  "reason": final[(d, rid)].reason[:200], "first_at": now, "updated_at": now}
-                 for d, rid in keys])}
+            created = {
+                (int(d), int(rid))
+                for d, rid in s.connection().execute(
+                    ins.on_conflict_do_nothing(
+                        index_elements=["device_id", "release_id"]
+                    ).returning(_DU.c.device_id, _DU.c.release_id),
+                    [
+                        {
+                            "device_id": d,
+                            "release_id": rid,
+                            "state": final[(d, rid)].event,
+                            "reason": final[(d, rid)].reason[:200],
+                            "first_at": now,
+                            "updated_at": now,
+                        }
+                        for d, rid in keys
+                    ],
+                )
+            }
             deltas: dict[tuple[int, int], dict[str, int]] = {}
 
             def bump(device_id: int, release_id: int, state: str, by: int) -> None:
-                d = deltas.setdefault((release_id, device_id % COUNT_SHARDS),
-                                      dict.fromkeys(UPDATE_STATES, 0))
+                d = deltas.setdefault(
+                    (release_id, device_id % COUNT_SHARDS), dict.fromkeys(UPDATE_STATES, 0)
+                )
                 d[state] += by
 
             for d, rid in created:
                 bump(d, rid, final[(d, rid)].event, 1)
             rest = [k for k in keys if k not in created]
             if rest:
-                q = (select(DeviceUpdate.device_id, DeviceUpdate.release_id, DeviceUpdate.state)
-                     .where(tuple_(DeviceUpdate.device_id, DeviceUpdate.release_id).in_(rest))
-                     .order_by(DeviceUpdate.device_id, DeviceUpdate.release_id))
+                q = (
+                    select(DeviceUpdate.device_id, DeviceUpdate.release_id, DeviceUpdate.state)
+                    .where(tuple_(DeviceUpdate.device_id, DeviceUpdate.release_id).in_(rest))
+                    .order_by(DeviceUpdate.device_id, DeviceUpdate.release_id)
+                )
                 if self.registry.engine.dialect.name == "postgresql":
                     q = q.with_for_update()
                 old = {(int(d), int(rid)): st for d, rid, st in s.execute(q)}
-                s.connection().execute(update(_DU).where(
-                    _DU.c.device_id == bindparam("d"), _DU.c.release_id == bindparam("r"))
+                s.connection().execute(
+                    update(_DU)
+                    .where(_DU.c.device_id == bindparam("d"), _DU.c.release_id == bindparam("r"))
                     .values(state=bindparam("st"), reason=bindparam("why"), updated_at=now),
-                    [{"d": d, "r": rid, "st": final[(d, rid)].event,
-                      "why": final[(d, rid)].reason[:200]} for d, rid in rest])
+                    [
+                        {
+                            "d": d,
+                            "r": rid,
+                            "st": final[(d, rid)].event,
+                            "why": final[(d, rid)].reason[:200],
+                        }
+                        for d, rid in rest
+                    ],
+                )
                 for (d, rid), st in old.items():
                     new = final[(d, rid)].event
                     if st != new:
@@ -580,13 +766,15 @@ class ReleaseStore:
                             bump(d, rid, st, -1)
                         bump(d, rid, new, 1)
             self._add_counts(s, deltas)
-            rels = list(s.scalars(select(Release).where(
-                Release.id.in_(sorted({rid for _, rid in keys})))))
+            rels = list(
+                s.scalars(select(Release).where(Release.id.in_(sorted({rid for _, rid in keys}))))
+            )
             stats = self._stats(s, rels)
             return {r.id: (stats[r.id], _overrides(r)) for r in rels}
 
-    def _record_reports_pg(self, reports: Sequence[Report]
-                           ) -> dict[int, tuple[ReleaseStats, PolicyOverrides]]:
+    def _record_reports_pg(
+        self, reports: Sequence[Report]
+    ) -> dict[int, tuple[ReleaseStats, PolicyOverrides]]:
         """``record_reports`` on PostgreSQL: the same steps as fixed statements over arrays
         (``unnest``), one round trip each whatever the batch size, prepared once."""
         now = utcnow()
@@ -599,34 +787,64 @@ class ReleaseStore:
         with self.registry.session() as s:
             c = s.connection()
             devs = sorted(last)
-            c.exec_driver_sql(_PG_EVENTS_AND_STATUS, (
-                now, [r.device_id for r in reports], [f"update-{r.event}" for r in reports],
-                [json.dumps({"version": r.version, "reason": r.reason[:200],
-                             "release": r.release_id}) for r in reports],
-                now, devs, [last[d].event for d in devs]))
+            c.exec_driver_sql(
+                _PG_EVENTS_AND_STATUS,
+                (
+                    now,
+                    [r.device_id for r in reports],
+                    [f"update-{r.event}" for r in reports],
+                    [
+                        json.dumps(
+                            {
+                                "version": r.version,
+                                "reason": r.reason[:200],
+                                "release": r.release_id,
+                            }
+                        )
+                        for r in reports
+                    ],
+                    now,
+                    devs,
+                    [last[d].event for d in devs],
+                ),
+            )
             if not keys:
                 return {}
             ds, rs = [k[0] for k in keys], [k[1] for k in keys]
             states = [final[k].event for k in keys]
             whys = [final[k].reason[:200] for k in keys]
-            created = {(int(d), int(r)) for d, r in c.exec_driver_sql(
-                _PG_INSERT_UPDATES, (now, now, ds, rs, states, whys))}
+            created = {
+                (int(d), int(r))
+                for d, r in c.exec_driver_sql(_PG_INSERT_UPDATES, (now, now, ds, rs, states, whys))
+            }
             deltas: dict[tuple[int, int], dict[str, int]] = {}
 
             def bump(device_id: int, release_id: int, state: str, by: int) -> None:
-                d = deltas.setdefault((release_id, device_id % COUNT_SHARDS),
-                                      dict.fromkeys(UPDATE_STATES, 0))
+                d = deltas.setdefault(
+                    (release_id, device_id % COUNT_SHARDS), dict.fromkeys(UPDATE_STATES, 0)
+                )
                 d[state] += by
 
             for d, rid in created:
                 bump(d, rid, final[(d, rid)].event, 1)
             rest = [k for k in keys if k not in created]
             if rest:
-                old = {(int(d), int(r)): st for d, r, st in c.exec_driver_sql(
-                    _PG_LOCK_UPDATES, ([k[0] for k in rest], [k[1] for k in rest]))}
-                c.exec_driver_sql(_PG_UPDATE_UPDATES, (
-                    now, [k[0] for k in rest], [k[1] for k in rest],
-                    [final[k].event for k in rest], [final[k].reason[:200] for k in rest]))
+                old = {
+                    (int(d), int(r)): st
+                    for d, r, st in c.exec_driver_sql(
+                        _PG_LOCK_UPDATES, ([k[0] for k in rest], [k[1] for k in rest])
+                    )
+                }
+                c.exec_driver_sql(
+                    _PG_UPDATE_UPDATES,
+                    (
+                        now,
+                        [k[0] for k in rest],
+                        [k[1] for k in rest],
+                        [final[k].event for k in rest],
+                        [final[k].reason[:200] for k in rest],
+                    ),
+                )
                 for (d, rid), st in old.items():
                     new = final[(d, rid)].event
                     if st != new:
@@ -642,18 +860,31 @@ class ReleaseStore:
             out: dict[int, tuple[ReleaseStats, PolicyOverrides]] = {}
             # One statement: add to the counters and read each release's sums (as they were
             # before this statement: this batch's changes are added here).
-            for row in c.exec_driver_sql(_PG_COUNTS_AND_STATS, (
-                    [k[0] for k, _ in items], [k[1] for k, _ in items],
+            for row in c.exec_driver_sql(
+                _PG_COUNTS_AND_STATS,
+                (
+                    [k[0] for k, _ in items],
+                    [k[1] for k, _ in items],
                     *([delta[st] for _, delta in items] for st in UPDATE_STATES),
-                    sorted({k[1] for k in keys}))):
+                    sorted({k[1] for k in keys}),
+                ),
+            ):
                 plus = added.get(int(row[0]), {})
-                n = {st: int(v) + plus.get(st, 0)
-                     for st, v in zip(UPDATE_STATES, row[5:], strict=True)}
+                n = {
+                    st: int(v) + plus.get(st, 0)
+                    for st, v in zip(UPDATE_STATES, row[5:], strict=True)
+                }
                 out[int(row[0])] = (
-                    ReleaseStats(attempts=sum(n.values()), updated=n["confirmed"],
-                                 refused=n["refused"], rolled_back=n["rolled_back"],
-                                 trial_timeouts=n["timed_out"], cohort=int(row[1] or 0)),
-                    PolicyOverrides(row[2], row[3], row[4]))
+                    ReleaseStats(
+                        attempts=sum(n.values()),
+                        updated=n["confirmed"],
+                        refused=n["refused"],
+                        rolled_back=n["rolled_back"],
+                        trial_timeouts=n["timed_out"],
+                        cohort=int(row[1] or 0),
+                    ),
+                    PolicyOverrides(row[2], row[3], row[4]),
+                )
             return out
 
     def _add_counts(self, s: Session, deltas: dict[tuple[int, int], dict[str, int]]) -> None:
@@ -663,15 +894,21 @@ class ReleaseStore:
         stmt = _insert_for(self.registry.engine.dialect.name)(table)
         stmt = stmt.on_conflict_do_update(
             index_elements=["release_id", "shard"],
-            set_={st: table.c[st] + stmt.excluded[st] for st in UPDATE_STATES})
-        s.connection().execute(stmt, [{"release_id": rid, "shard": shard, **d}
-                         for (rid, shard), d in sorted(deltas.items())])
+            set_={st: table.c[st] + stmt.excluded[st] for st in UPDATE_STATES},
+        )
+        s.connection().execute(
+            stmt,
+            [
+                {"release_id": rid, "shard": shard, **d}
+                for (rid, shard), d in sorted(deltas.items())
+            ],
+        )
 
     def _status_upsert(self, columns: list[str]) -> Executable:
-        stmt = _insert_for(self.registry.engine.dialect.name)(
-            cast(Table, DeviceStatus.__table__))
+        stmt = _insert_for(self.registry.engine.dialect.name)(cast(Table, DeviceStatus.__table__))
         done: Executable = stmt.on_conflict_do_update(
-            index_elements=["device_id"], set_={c: stmt.excluded[c] for c in columns})
+            index_elements=["device_id"], set_={c: stmt.excluded[c] for c in columns}
+        )
         return done
 
     def record_checkins(self, checkins: Sequence[Checkin]) -> None:
@@ -681,34 +918,55 @@ class ReleaseStore:
         items = sorted(checkins, key=lambda c: c.device_id)
         with self.registry.session() as s:
             if self.registry.engine.dialect.name == "postgresql":
-                s.connection().exec_driver_sql(_PG_CHECKINS, (
-                    [c.device_id for c in items], [c.app for c in items],
-                    [c.version for c in items], [c.counter for c in items],
-                    [c.channel for c in items], [c.at for c in items]))
+                s.connection().exec_driver_sql(
+                    _PG_CHECKINS,
+                    (
+                        [c.device_id for c in items],
+                        [c.app for c in items],
+                        [c.version for c in items],
+                        [c.counter for c in items],
+                        [c.channel for c in items],
+                        [c.at for c in items],
+                    ),
+                )
                 return
-            s.connection().execute(self._status_upsert(["app", "version", "counter", "channel",
-                                                        "last_check_at"]),
-                      [{"device_id": c.device_id, "app": c.app, "version": c.version,
-                        "counter": c.counter, "channel": c.channel, "last_check_at": c.at}
-                       for c in items])
+            s.connection().execute(
+                self._status_upsert(["app", "version", "counter", "channel", "last_check_at"]),
+                [
+                    {
+                        "device_id": c.device_id,
+                        "app": c.app,
+                        "version": c.version,
+                        "counter": c.counter,
+                        "channel": c.channel,
+                        "last_check_at": c.at,
+                    }
+                    for c in items
+                ],
+            )
 
     def sweep_trials(self, window_seconds: int, limit: int = 5000) -> int:
         """Trials booted longer than ``window_seconds`` ago and never confirmed become
         ``timed_out`` (a failure in the release's counts); how many did now."""
         cutoff = utcnow() - timedelta(seconds=window_seconds)
         with self.registry.session() as s:
-            q = (select(DeviceUpdate.device_id, DeviceUpdate.release_id)
-                 .where(DeviceUpdate.state == "booted", DeviceUpdate.updated_at < cutoff)
-                 .order_by(DeviceUpdate.device_id, DeviceUpdate.release_id).limit(limit))
+            q = (
+                select(DeviceUpdate.device_id, DeviceUpdate.release_id)
+                .where(DeviceUpdate.state == "booted", DeviceUpdate.updated_at < cutoff)
+                .order_by(DeviceUpdate.device_id, DeviceUpdate.release_id)
+                .limit(limit)
+            )
             if self.registry.engine.dialect.name == "postgresql":
                 q = q.with_for_update(skip_locked=True)
             rows = [(int(d), int(r)) for d, r in s.execute(q)]
             if not rows:
                 return 0
-            s.connection().execute(update(_DU).where(
-                _DU.c.device_id == bindparam("d"), _DU.c.release_id == bindparam("r"))
+            s.connection().execute(
+                update(_DU)
+                .where(_DU.c.device_id == bindparam("d"), _DU.c.release_id == bindparam("r"))
                 .values(state="timed_out"),
-                [{"d": d, "r": r} for d, r in rows])
+                [{"d": d, "r": r} for d, r in rows],
+            )
             deltas: dict[tuple[int, int], dict[str, int]] = {}
             for d, r in rows:
                 dd = deltas.setdefault((r, d % COUNT_SHARDS), dict.fromkeys(UPDATE_STATES, 0))
@@ -722,8 +980,11 @@ class ReleaseStore:
         cutoff = utcnow() - timedelta(days=older_than_days)
         with self.registry.session() as s:
             ids = select(Event.id).where(Event.at < cutoff).order_by(Event.id).limit(limit)
-            res = s.execute(delete(Event).where(Event.id.in_(ids.scalar_subquery()))
-                            .execution_options(synchronize_session=False))
+            res = s.execute(
+                delete(Event)
+                .where(Event.id.in_(ids.scalar_subquery()))
+                .execution_options(synchronize_session=False)
+            )
             return int(res.rowcount or 0)  # type: ignore[attr-defined]
 
     # -- what every server process shares: artifacts and trust roots ------------------
@@ -731,28 +992,33 @@ class ReleaseStore:
     def put_artifact(self, file_sha256: str, data: bytes) -> None:
         with self.registry.session() as s:
             stmt = _insert_for(self.registry.engine.dialect.name)(ArtifactBlob)
-            s.execute(stmt.values(file_sha256=file_sha256, size=len(data), data=data,
-                                  created_at=utcnow())
-                      .on_conflict_do_nothing(index_elements=["file_sha256"]))
+            s.execute(
+                stmt.values(
+                    file_sha256=file_sha256, size=len(data), data=data, created_at=utcnow()
+                ).on_conflict_do_nothing(index_elements=["file_sha256"])
+            )
 
     def artifact(self, file_sha256: str) -> bytes | None:
         with self.registry.session() as s:
-            data = s.scalar(select(ArtifactBlob.data)
-                            .where(ArtifactBlob.file_sha256 == file_sha256))
+            data = s.scalar(
+                select(ArtifactBlob.data).where(ArtifactBlob.file_sha256 == file_sha256)
+            )
             return None if data is None else bytes(data)
 
     def share_roots(self, local: dict[int, bytes]) -> dict[int, bytes]:
         """Store the trust roots this process has that the database lacks; return every
         stored one (the caller verifies them before trusting any)."""
         with self.registry.session() as s:
-            known = {int(v): bytes(d) for v, d in s.execute(
-                select(StoredRoot.version, StoredRoot.data))}
+            known = {
+                int(v): bytes(d) for v, d in s.execute(select(StoredRoot.version, StoredRoot.data))
+            }
             new = {v: d for v, d in local.items() if v not in known}
             if new:
                 stmt = _insert_for(self.registry.engine.dialect.name)(StoredRoot)
-                s.execute(stmt.on_conflict_do_nothing(index_elements=["version"]),
-                          [{"version": v, "data": d, "created_at": utcnow()}
-                           for v, d in new.items()])
+                s.execute(
+                    stmt.on_conflict_do_nothing(index_elements=["version"]),
+                    [{"version": v, "data": d, "created_at": utcnow()} for v, d in new.items()],
+                )
                 known.update(new)
             return known
 
@@ -763,8 +1029,9 @@ class ReleaseStore:
             row = s.get(SignedTimestamp, channel)
             return None if row is None else _ts_record(row)
 
-    def replace_timestamp(self, channel: str, expected_version: int | None,
-                          make: Callable[[int], TimestampRecord]) -> TimestampRecord | None:
+    def replace_timestamp(
+        self, channel: str, expected_version: int | None, make: Callable[[int], TimestampRecord]
+    ) -> TimestampRecord | None:
         """Sign and store a new timestamp for ``channel`` if the stored one is still
         ``expected_version`` (None: there is none yet); None if another process won.
 
@@ -773,22 +1040,37 @@ class ReleaseStore:
         """
         try:
             with self.registry.session() as s:
-                version = s.execute(update(Counter).where(Counter.name == TIMESTAMP_COUNTER)
-                                    .values(value=Counter.value + 1)
-                                    .returning(Counter.value)).scalar_one()
+                version = s.execute(
+                    update(Counter)
+                    .where(Counter.name == TIMESTAMP_COUNTER)
+                    .values(value=Counter.value + 1)
+                    .returning(Counter.value)
+                ).scalar_one()
                 rec = make(int(version))
-                values = {"version": rec.version, "issued": rec.issued, "expires": rec.expires,
-                          "root_version": rec.root_version, "targets_digest": rec.targets_digest,
-                          "data": rec.data}
+                values = {
+                    "version": rec.version,
+                    "issued": rec.issued,
+                    "expires": rec.expires,
+                    "root_version": rec.root_version,
+                    "targets_digest": rec.targets_digest,
+                    "data": rec.data,
+                }
                 if expected_version is None:
                     stmt = _insert_for(self.registry.engine.dialect.name)(SignedTimestamp)
-                    res = s.execute(stmt.values(channel=channel, **values)
-                                    .on_conflict_do_nothing(index_elements=["channel"]))
+                    res = s.execute(
+                        stmt.values(channel=channel, **values).on_conflict_do_nothing(
+                            index_elements=["channel"]
+                        )
+                    )
                 else:
-                    res = s.execute(update(SignedTimestamp)
-                                    .where(SignedTimestamp.channel == channel,
-                                           SignedTimestamp.version == expected_version)
-                                    .values(**values))
+                    res = s.execute(
+                        update(SignedTimestamp)
+                        .where(
+                            SignedTimestamp.channel == channel,
+                            SignedTimestamp.version == expected_version,
+                        )
+                        .values(**values)
+                    )
                 if not res.rowcount:  # type: ignore[attr-defined]
                     raise _Lost
                 return rec
@@ -796,28 +1078,56 @@ class ReleaseStore:
             return None
 
 
-def _view(r: Release, pins: frozenset[str],
-          deltas: tuple[tuple[str, str, int], ...] = ()) -> ReleaseView:
-    return ReleaseView(id=r.id, app=r.app, board=r.board, channel=r.channel, version=r.version,
-                       counter=int(r.counter), manifest_sha256=r.manifest_sha256, state=r.state,
-                       percent=float(r.percent), groups=frozenset(json.loads(r.groups)), pins=pins,
-                       deltas=deltas)
+def _view(
+    r: Release, pins: frozenset[str], deltas: tuple[tuple[str, str, int], ...] = ()
+) -> ReleaseView:
+    return ReleaseView(
+        id=r.id,
+        app=r.app,
+        board=r.board,
+        channel=r.channel,
+        version=r.version,
+        counter=int(r.counter),
+        manifest_sha256=r.manifest_sha256,
+        state=r.state,
+        percent=float(r.percent),
+        groups=frozenset(json.loads(r.groups)),
+        pins=pins,
+        deltas=deltas,
+    )
 
 
 def _overrides(r: Release) -> PolicyOverrides:
-    return PolicyOverrides(r.halt_min_attempts, r.halt_max_failure_ratio,
-                           r.halt_min_cohort_share)
+    return PolicyOverrides(r.halt_min_attempts, r.halt_max_failure_ratio, r.halt_min_cohort_share)
 
 
-def _info(r: Release, pins: frozenset[str], stats: ReleaseStats | None = None,
-          deltas: tuple[tuple[str, str, int], ...] = ()) -> ReleaseInfo:
-    return ReleaseInfo(_view(r, pins, deltas), r.file_sha256, int(r.size), r.halt_reason, r.created_at,
-                       stats or ReleaseStats(cohort=int(r.cohort_size or 0)), _overrides(r))
+def _info(
+    r: Release,
+    pins: frozenset[str],
+    stats: ReleaseStats | None = None,
+    deltas: tuple[tuple[str, str, int], ...] = (),
+) -> ReleaseInfo:
+    return ReleaseInfo(
+        _view(r, pins, deltas),
+        r.file_sha256,
+        int(r.size),
+        r.halt_reason,
+        r.created_at,
+        stats or ReleaseStats(cohort=int(r.cohort_size or 0)),
+        _overrides(r),
+    )
 
 
 def _ts_record(row: SignedTimestamp) -> TimestampRecord:
-    return TimestampRecord(row.channel, int(row.version), int(row.issued), int(row.expires),
-                           int(row.root_version), row.targets_digest, bytes(row.data))
+    return TimestampRecord(
+        row.channel,
+        int(row.version),
+        int(row.issued),
+        int(row.expires),
+        int(row.root_version),
+        row.targets_digest,
+        bytes(row.data),
+    )
 
 
 def _insert_for(dialect: str) -> Callable:  # type: ignore[type-arg]

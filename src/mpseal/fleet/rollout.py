@@ -106,8 +106,9 @@ def current_releases(releases: Iterable[ReleaseView]) -> list[ReleaseView]:
     return sorted(best.values(), key=lambda r: r.id, reverse=True)
 
 
-def choose(releases: Iterable[ReleaseView], device: DeviceView, running: Running,
-           offered: Collection[str]) -> ReleaseView | None:
+def choose(
+    releases: Iterable[ReleaseView], device: DeviceView, running: Running, offered: Collection[str]
+) -> ReleaseView | None:
     """The release to offer ``device``, or None.
 
     ``releases`` are the channel's releases for the device's app and board (any state);
@@ -116,10 +117,15 @@ def choose(releases: Iterable[ReleaseView], device: DeviceView, running: Running
     mine = [r for r in releases if r.app == running.app and r.board == running.board]
     current = max((r.id for r in mine if r.version == running.version), default=None)
     for r in current_releases(mine):
-        if (r.state == "active" and r.counter >= running.counter
-                and r.version != running.version and r.manifest_sha256 in offered
-                and r.id not in device.failed and (current is None or r.id > current)
-                and in_rollout(r, device)):
+        if (
+            r.state == "active"
+            and r.counter >= running.counter
+            and r.version != running.version
+            and r.manifest_sha256 in offered
+            and r.id not in device.failed
+            and (current is None or r.id > current)
+            and in_rollout(r, device)
+        ):
             return r
     return None
 
@@ -141,15 +147,19 @@ class HaltPolicy:
     trial_window_seconds: int = 3600
     min_cohort_share: float = 0.001
 
-    def with_overrides(self, min_attempts: int | None = None,
-                       max_failure_ratio: float | None = None,
-                       min_cohort_share: float | None = None) -> HaltPolicy:
+    def with_overrides(
+        self,
+        min_attempts: int | None = None,
+        max_failure_ratio: float | None = None,
+        min_cohort_share: float | None = None,
+    ) -> HaltPolicy:
         """This policy with a release's own settings (None: the server's)."""
         return HaltPolicy(
             self.min_attempts if min_attempts is None else min_attempts,
             self.max_failure_ratio if max_failure_ratio is None else max_failure_ratio,
             self.trial_window_seconds,
-            self.min_cohort_share if min_cohort_share is None else min_cohort_share)
+            self.min_cohort_share if min_cohort_share is None else min_cohort_share,
+        )
 
 
 @dataclass(frozen=True)
@@ -178,9 +188,16 @@ def halt_reason(stats: ReleaseStats, policy: HaltPolicy) -> str | None:
         return None
     if stats.failed < policy.min_cohort_share * stats.cohort:
         return None
-    parts = [f"{n} {what}" for n, what in ((stats.refused, "refused"),
-                                           (stats.rolled_back, "rolled back"),
-                                           (stats.trial_timeouts, "trial not confirmed"))
-             if n]
-    return (f"{stats.failed} of {stats.attempts} devices failed ({', '.join(parts)}), "
-            f"above the {policy.max_failure_ratio:.0%} limit")
+    parts = [
+        f"{n} {what}"
+        for n, what in (
+            (stats.refused, "refused"),
+            (stats.rolled_back, "rolled back"),
+            (stats.trial_timeouts, "trial not confirmed"),
+        )
+        if n
+    ]
+    return (
+        f"{stats.failed} of {stats.attempts} devices failed ({', '.join(parts)}), "
+        f"above the {policy.max_failure_ratio:.0%} limit"
+    )

@@ -65,20 +65,34 @@ class Artifact:
 
     @property
     def image_offset(self) -> int:
-        end = HEADER_LENGTH + len(self.manifest_bytes) + len(self.signatures) * sigblock.ENTRY_LENGTH
+        end = (
+            HEADER_LENGTH + len(self.manifest_bytes) + len(self.signatures) * sigblock.ENTRY_LENGTH
+        )
         return -(-end // IMAGE_ALIGN) * IMAGE_ALIGN
 
     def encode(self) -> bytes:
         off = self.image_offset
-        head = HEADER.pack(MAGIC, FORMAT_VERSION, HEADER_LENGTH, len(self.manifest_bytes),
-                           len(self.signatures), _ZERO3, off, len(self.image), b"")
+        head = HEADER.pack(
+            MAGIC,
+            FORMAT_VERSION,
+            HEADER_LENGTH,
+            len(self.manifest_bytes),
+            len(self.signatures),
+            _ZERO3,
+            off,
+            len(self.image),
+            b"",
+        )
         head = head[:_CHECKED] + header_check(head)
         body = head + self.manifest_bytes + sigblock.encode(self.signatures)
         return body + b"\0" * (off - len(body)) + self.image
 
 
 def create(manifest: Manifest, image: bytes, signers: list[Signer]) -> Artifact:
-    if hashlib.sha256(image).hexdigest() != manifest.image_sha256 or len(image) != manifest.image_size:
+    if (
+        hashlib.sha256(image).hexdigest() != manifest.image_sha256
+        or len(image) != manifest.image_size
+    ):
         raise IntegrityError("the manifest does not describe this image")
     mbytes = manifest.encode()
     return Artifact(mbytes, sigblock.sign_all(signers, mbytes), image)
@@ -94,7 +108,9 @@ def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Artifact:
     if magic != MAGIC:
         raise FormatError("wrong magic bytes: this is not an mpseal artifact")
     if version != FORMAT_VERSION:
-        raise FormatError(f"artifact format version {version} is not supported (this mpseal reads 1)")
+        raise FormatError(
+            f"artifact format version {version} is not supported (this mpseal reads 1)"
+        )
     if check != header_check(data):
         raise FormatError("artifact header is damaged (its check bytes do not match)")
     if hlen != HEADER_LENGTH:
@@ -102,7 +118,9 @@ def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Artifact:
     if res1 != _ZERO3:
         raise FormatError("artifact header has non-zero reserved bytes")
     if mlen > limits.manifest_max_length:
-        raise FormatError(f"manifest length {mlen} exceeds the {limits.manifest_max_length}-byte limit")
+        raise FormatError(
+            f"manifest length {mlen} exceeds the {limits.manifest_max_length}-byte limit"
+        )
     if not 1 <= count <= limits.signatures_max_count:
         raise FormatError(f"signature count {count} is outside 1..{limits.signatures_max_count}")
     if ilen > limits.image_max_length:
@@ -128,8 +146,13 @@ class VerifiedRelease:
     artifact: Artifact
 
 
-def verify(data: bytes, root: TrustRoot, board: str | None = None,
-           min_counter: int = 0, limits: Limits = DEFAULT_LIMITS) -> VerifiedRelease:
+def verify(
+    data: bytes,
+    root: TrustRoot,
+    board: str | None = None,
+    min_counter: int = 0,
+    limits: Limits = DEFAULT_LIMITS,
+) -> VerifiedRelease:
     """Everything a device checks, on the host: structure, signature, hash, size, board, counter.
 
     The signature is checked before the manifest is trusted; the image hash after.
@@ -142,7 +165,9 @@ def verify(data: bytes, root: TrustRoot, board: str | None = None,
             f"image is {len(art.image)} bytes but the signed manifest says {man.image_size}"
         )
     if hashlib.sha256(art.image).hexdigest() != man.image_sha256:
-        raise IntegrityError("image SHA-256 does not match the signed manifest: the image was altered")
+        raise IntegrityError(
+            "image SHA-256 does not match the signed manifest: the image was altered"
+        )
     if man.files and man.files != romfs.entries(art.image):
         raise IntegrityError("the manifest's file list does not match the image")
     if board is not None and man.board != board:

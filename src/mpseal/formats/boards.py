@@ -29,17 +29,42 @@ BOARDS: dict[str, Board] = {
     for b in (
         # ESP32_GENERIC's 4 MiB partition table: vfs 0x200000 bytes (larger flash: set
         # [build] filesystem_size). RPI_PICO: MICROPY_HW_FLASH_STORAGE_BYTES = 1408 KiB.
-        Board("esp32", "esp32", "xtensawin", romfs_partition=True, description="ESP32 (Xtensa LX6)",
-              filesystem=2048 * 1024),
-        Board("esp32s3", "esp32", "xtensawin", romfs_partition=True, description="ESP32-S3 (LX7)",
-              filesystem=2048 * 1024),
-        Board("rp2", "rp2", "armv6m", romfs_partition=True, description="RP2040 (Cortex-M0+)",
-              filesystem=1408 * 1024),
+        Board(
+            "esp32",
+            "esp32",
+            "xtensawin",
+            romfs_partition=True,
+            description="ESP32 (Xtensa LX6)",
+            filesystem=2048 * 1024,
+        ),
+        Board(
+            "esp32s3",
+            "esp32",
+            "xtensawin",
+            romfs_partition=True,
+            description="ESP32-S3 (LX7)",
+            filesystem=2048 * 1024,
+        ),
+        Board(
+            "rp2",
+            "rp2",
+            "armv6m",
+            romfs_partition=True,
+            description="RP2040 (Cortex-M0+)",
+            filesystem=1408 * 1024,
+        ),
         Board("rp2350", "rp2", "armv7emsp", romfs_partition=True, description="RP2350 (M33)"),
-        Board("stm32", "stm32", "armv7emsp", romfs_partition=True, description="STM32F4/F7 (pyboard)"),
+        Board(
+            "stm32", "stm32", "armv7emsp", romfs_partition=True, description="STM32F4/F7 (pyboard)"
+        ),
         Board("openmv", "stm32", "armv7emdp", romfs_partition=True, description="OpenMV (STM32H7)"),
-        Board("unix", "unix", "x64", description="MicroPython unix port: the virtual board",
-              filesystem=2048 * 1024),  # `mpseal sim create`'s default flash
+        Board(
+            "unix",
+            "unix",
+            "x64",
+            description="MicroPython unix port: the virtual board",
+            filesystem=2048 * 1024,
+        ),  # `mpseal sim create`'s default flash
     )
 }
 

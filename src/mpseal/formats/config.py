@@ -1,29 +1,29 @@
 """``mpseal.toml``: the product project's configuration, parsed and checked.
 
-    [app]
-    name = "hello"              # artifact name: dist/<name>-<version>.mpseal
-    version = "1.0.0"
-    security_counter = 1        # anti-rollback: devices refuse a lower one once committed
-    entry = "main"              # module the device imports; its main() is called if present
+[app]
+name = "hello"              # artifact name: dist/<name>-<version>.mpseal
+version = "1.0.0"
+security_counter = 1        # anti-rollback: devices refuse a lower one once committed
+entry = "main"              # module the device imports; its main() is called if present
 
-    [build]
-    board = "esp32"             # sets the port, .mpy version and -march; a list builds several
-    source = "app"              # folder of .py modules (and data files), relative to the project
-    data = ["**/*.json"]        # globs (relative to source) copied verbatim into the image
-    opt = 2                     # mpy-cross -O level 0..3 (2 drops asserts and __debug__ code)
-    source_lines = false        # keep line numbers in tracebacks (leaks more to a reader)
-    # mpy_version = "6.3"       # override the board's .mpy version
-    # arch = "xtensawin"        # override the board's native arch
-    # filesystem_size = "2M"    # the device's filesystem (one size, or a table per board)
+[build]
+board = "esp32"             # sets the port, .mpy version and -march; a list builds several
+source = "app"              # folder of .py modules (and data files), relative to the project
+data = ["**/*.json"]        # globs (relative to source) copied verbatim into the image
+opt = 2                     # mpy-cross -O level 0..3 (2 drops asserts and __debug__ code)
+source_lines = false        # keep line numbers in tracebacks (leaks more to a reader)
+# mpy_version = "6.3"       # override the board's .mpy version
+# arch = "xtensawin"        # override the board's native arch
+# filesystem_size = "2M"    # the device's filesystem (one size, or a table per board)
 
-    [keys]
-    release = "keys/release.pem"      # online-ish: signs builds
-    root = "keys/offline/root.pem"    # offline: signs the trust root; keep it off the build host
-    timestamp = "keys/timestamp.pem"  # online: the update server signs timestamps with it
-    trust_root = "keys/trust-root.mpsr"   # every version is also kept in keys/roots/<N>.mpsr
+[keys]
+release = "keys/release.pem"      # online-ish: signs builds
+root = "keys/offline/root.pem"    # offline: signs the trust root; keep it off the build host
+timestamp = "keys/timestamp.pem"  # online: the update server signs timestamps with it
+trust_root = "keys/trust-root.mpsr"   # every version is also kept in keys/roots/<N>.mpsr
 
-    [lockdown]
-    profile = "dev"             # dev | field | sealed
+[lockdown]
+profile = "dev"             # dev | field | sealed
 """
 
 from __future__ import annotations
@@ -45,19 +45,35 @@ CONFIG_NAME = "mpseal.toml"
 # Every key mpseal.toml may hold, with its type in words. Anything else is a mistake
 # (a misspelled key would otherwise be ignored and its default used without a word).
 SCHEMA: dict[str, dict[str, str]] = {
-    "app": {"name": "text", "version": "text", "security_counter": "whole number",
-            "entry": "text"},
-    "build": {"board": "board name or list of board names", "source": "text",
-              "data": "list of texts", "opt": "whole number", "source_lines": "true or false",
-              "mpy_version": "text", "arch": "text",
-              "filesystem_size": "size (e.g. \"2M\") or table of sizes per board"},
+    "app": {"name": "text", "version": "text", "security_counter": "whole number", "entry": "text"},
+    "build": {
+        "board": "board name or list of board names",
+        "source": "text",
+        "data": "list of texts",
+        "opt": "whole number",
+        "source_lines": "true or false",
+        "mpy_version": "text",
+        "arch": "text",
+        "filesystem_size": 'size (e.g. "2M") or table of sizes per board',
+    },
     "keys": {"release": "text", "root": "text", "timestamp": "text", "trust_root": "text"},
     "lockdown": {"profile": "text"},
 }
-_WORDS = {str: "text in quotes", int: "a whole number", bool: "true or false", list: "a list",
-          dict: "a table"}
-_TOML_TYPE = {str: "text", int: "a whole number", float: "a decimal number", bool: "true/false",
-              list: "a list", dict: "a table"}
+_WORDS = {
+    str: "text in quotes",
+    int: "a whole number",
+    bool: "true or false",
+    list: "a list",
+    dict: "a table",
+}
+_TOML_TYPE = {
+    str: "text",
+    int: "a whole number",
+    float: "a decimal number",
+    bool: "true/false",
+    list: "a list",
+    dict: "a table",
+}
 
 
 @dataclass(frozen=True)
@@ -86,9 +102,12 @@ class ProjectConfig:
     def for_board(self, name: str) -> ProjectConfig:
         """The same project built for another board: its port, -march and .mpy version."""
         board = get_board(name)
-        return replace(self, board=board,
-                       arch=self.arch if self.arch_set else board.arch,
-                       mpy_version=self.mpy_version if self.mpy_set else board.mpy)
+        return replace(
+            self,
+            board=board,
+            arch=self.arch if self.arch_set else board.arch,
+            mpy_version=self.mpy_version if self.mpy_set else board.mpy,
+        )
 
 
 def _suggest(word: str, choices: list[str]) -> str:
@@ -99,15 +118,20 @@ def _suggest(word: str, choices: list[str]) -> str:
 def _check_keys(doc: dict[str, object]) -> None:
     for name, value in doc.items():
         if name not in SCHEMA:
-            raise ConfigError(f"{CONFIG_NAME}: unknown table [{name}]"
-                              + _suggest(name, list(SCHEMA)))
+            raise ConfigError(
+                f"{CONFIG_NAME}: unknown table [{name}]" + _suggest(name, list(SCHEMA))
+            )
         if not isinstance(value, dict):
-            raise ConfigError(f"{CONFIG_NAME}: [{name}] must be a table, not "
-                              f"{_TOML_TYPE.get(type(value), type(value).__name__)}")
+            raise ConfigError(
+                f"{CONFIG_NAME}: [{name}] must be a table, not "
+                f"{_TOML_TYPE.get(type(value), type(value).__name__)}"
+            )
         for key in value:
             if key not in SCHEMA[name]:
-                raise ConfigError(f"{CONFIG_NAME}: unknown key {key!r} in [{name}]"
-                                  + _suggest(key, list(SCHEMA[name])))
+                raise ConfigError(
+                    f"{CONFIG_NAME}: unknown key {key!r} in [{name}]"
+                    + _suggest(key, list(SCHEMA[name]))
+                )
 
 
 def _table(doc: dict[str, object], name: str) -> dict[str, object]:
@@ -126,8 +150,9 @@ def _get(table: dict[str, object], section: str, key: str, kind: type[T], defaul
         raise ConfigError(f"{CONFIG_NAME}: [{section}] {key} is required")
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         got = _TOML_TYPE.get(type(value), type(value).__name__)
-        raise ConfigError(f"{CONFIG_NAME}: [{section}] {key} must be {_WORDS[kind]}, not {got} "
-                          f"({value!r})")
+        raise ConfigError(
+            f"{CONFIG_NAME}: [{section}] {key} must be {_WORDS[kind]}, not {got} ({value!r})"
+        )
     return value
 
 
@@ -140,10 +165,11 @@ def parse_size(value: object, where: str) -> int:
         return value
     m = _SIZE.match(value) if isinstance(value, str) else None
     if m is None or int(m.group(1)) <= 0:
-        raise ConfigError(f"{CONFIG_NAME}: {where} must be a size such as \"2M\", \"1408K\" or "
-                          f"a whole number of bytes, not {value!r}")
-    return int(m.group(1)) * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[
-        m.group(2).upper()]
+        raise ConfigError(
+            f'{CONFIG_NAME}: {where} must be a size such as "2M", "1408K" or '
+            f"a whole number of bytes, not {value!r}"
+        )
+    return int(m.group(1)) * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[m.group(2).upper()]
 
 
 def _boards(build: dict[str, object]) -> tuple[Board, ...]:
@@ -152,8 +178,10 @@ def _boards(build: dict[str, object]) -> tuple[Board, ...]:
         raise ConfigError(f"{CONFIG_NAME}: [build] board is required")
     names = [raw] if isinstance(raw, str) else raw
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise ConfigError(f"{CONFIG_NAME}: [build] board must be a board name in quotes or a "
-                          f"list of them, not {raw!r}")
+        raise ConfigError(
+            f"{CONFIG_NAME}: [build] board must be a board name in quotes or a "
+            f"list of them, not {raw!r}"
+        )
     if len(set(names)) != len(names):
         raise ConfigError(f"{CONFIG_NAME}: [build] board lists a board twice")
     return tuple(get_board(str(n)) for n in names)
@@ -184,8 +212,9 @@ def parse(text: str) -> ProjectConfig:
     board = boards[0]
     data = _get(build, "build", "data", list, [])
     if not all(isinstance(d, str) for d in data):
-        raise ConfigError(f"{CONFIG_NAME}: [build] data must be a list of globs in quotes, "
-                          "e.g. [\"data/*\"]")
+        raise ConfigError(
+            f'{CONFIG_NAME}: [build] data must be a list of globs in quotes, e.g. ["data/*"]'
+        )
     opt = _get(build, "build", "opt", int, 2)
     if not 0 <= opt <= 3:
         raise ConfigError(f"{CONFIG_NAME}: [build] opt must be 0..3")

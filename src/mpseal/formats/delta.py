@@ -60,26 +60,38 @@ class DeltaHeader:
 def parse_header(data: bytes, limits: Limits = DEFAULT_LIMITS) -> DeltaHeader:
     if len(data) < HEADER_LENGTH:
         raise FormatError("delta is truncated")
-    (magic, version, wbits, reserved, ops, lit, src_len, new_len, src_sha, new_sha,
-     check) = HEADER.unpack_from(data)
+    (magic, version, wbits, reserved, ops, lit, src_len, new_len, src_sha, new_sha, check) = (
+        HEADER.unpack_from(data)
+    )
     if magic != MAGIC:
         raise FormatError("not an mpseal delta (wrong magic)")
     if version != 1:
         raise FormatError(f"delta format version {version} is not supported")
     if hashlib.sha256(data[:88]).digest()[:4] != check:
         raise FormatError("delta header is damaged")
-    if (reserved or not limits.delta_wbits_min <= wbits <= limits.delta_wbits_max
-            or not 1 <= ops <= limits.delta_max_ops
-            or src_len > limits.artifact_max_length or new_len > limits.artifact_max_length
-            or not 0 < new_len):
+    if (
+        reserved
+        or not limits.delta_wbits_min <= wbits <= limits.delta_wbits_max
+        or not 1 <= ops <= limits.delta_max_ops
+        or src_len > limits.artifact_max_length
+        or new_len > limits.artifact_max_length
+        or not 0 < new_len
+    ):
         raise FormatError("delta header field out of range")
     if len(data) != HEADER_LENGTH + lit:
         raise FormatError("delta length does not match its header")
     return DeltaHeader(wbits, ops, lit, src_len, new_len, src_sha.hex(), new_sha.hex())
 
 
-def check_op(i: int, kind: int, a: int, n: int, head: DeltaHeader, built: int,
-             limits: Limits = DEFAULT_LIMITS) -> None:
+def check_op(
+    i: int,
+    kind: int,
+    a: int,
+    n: int,
+    head: DeltaHeader,
+    built: int,
+    limits: Limits = DEFAULT_LIMITS,
+) -> None:
     """One op (a COPY's `a` made absolute), with `built` bytes of the new artifact before
     it (the device's rules too)."""
     if not 1 <= n <= limits.delta_max_op:
@@ -96,7 +108,10 @@ def check_op(i: int, kind: int, a: int, n: int, head: DeltaHeader, built: int,
 def apply(source: bytes, data: bytes, limits: Limits = DEFAULT_LIMITS) -> bytes:
     """Rebuild the new artifact; FormatError/IntegrityError on anything wrong."""
     head = parse_header(data, limits)
-    if len(source) != head.source_length or hashlib.sha256(source).hexdigest() != head.source_sha256:
+    if (
+        len(source) != head.source_length
+        or hashlib.sha256(source).hexdigest() != head.source_sha256
+    ):
         raise IntegrityError("delta was made against another source artifact")
     most = head.ops * OP_LENGTH + head.new_length  # what a valid stream inflates to, at most
     d = zlib.decompressobj(-head.wbits)
@@ -117,12 +132,12 @@ def apply(source: bytes, data: bytes, limits: Limits = DEFAULT_LIMITS) -> bytes:
             a += end
         check_op(i, kind, a, n, head, len(out), limits)
         if kind == COPY:
-            out += source[a:a + n]
+            out += source[a : a + n]
             end = a + n
         else:
             if pos + n > len(stream):
                 raise FormatError("delta stream ends inside a literal")
-            out += stream[pos:pos + n]
+            out += stream[pos : pos + n]
             pos += n
     if pos != len(stream):
         raise FormatError("delta stream has bytes after its ops")
@@ -136,20 +151,20 @@ def apply(source: bytes, data: bytes, limits: Limits = DEFAULT_LIMITS) -> bytes:
 def _ops(old: bytes, new: bytes, max_op: int) -> list[tuple[int, int, int]]:
     index: dict[bytes, int] = {}
     for i in range(len(old) - BLOCK, -1, -1):  # the first occurrence wins
-        index[old[i:i + BLOCK]] = i
+        index[old[i : i + BLOCK]] = i
     ops: list[tuple[int, int, int]] = []  # (kind, source offset, length)
     lit_start = j = 0
     expect = -1  # where the last copy ended in the source: tried first
     while j <= len(new) - BLOCK:
-        key = new[j:j + BLOCK]
-        i = expect if expect >= 0 and old[expect:expect + BLOCK] == key else index.get(key, -1)
+        key = new[j : j + BLOCK]
+        i = expect if expect >= 0 and old[expect : expect + BLOCK] == key else index.get(key, -1)
         if i < 0:
             j += 1
             continue
         k = BLOCK
         while j + k < len(new) and i + k < len(old):
             step = min(256, len(new) - j - k, len(old) - i - k)
-            if new[j + k:j + k + step] == old[i + k:i + k + step]:
+            if new[j + k : j + k + step] == old[i + k : i + k + step]:
                 k += step
             elif new[j + k] == old[i + k]:
                 k += 1
@@ -191,12 +206,24 @@ def make(old: bytes, new: bytes, wbits: int = WBITS, limits: Limits = DEFAULT_LI
         if k == COPY:
             end = a + n
         else:
-            plain += new[a:a + n]
+            plain += new[a : a + n]
     comp = zlib.compressobj(9, zlib.DEFLATED, -wbits, 9)
     stream = comp.compress(bytes(plain)) + comp.flush()
-    head = bytearray(HEADER.pack(MAGIC, 1, wbits, 0, len(ops), len(stream), len(old), len(new),
-                                 hashlib.sha256(old).digest(), hashlib.sha256(new).digest(),
-                                 b"\0" * 4))
+    head = bytearray(
+        HEADER.pack(
+            MAGIC,
+            1,
+            wbits,
+            0,
+            len(ops),
+            len(stream),
+            len(old),
+            len(new),
+            hashlib.sha256(old).digest(),
+            hashlib.sha256(new).digest(),
+            b"\0" * 4,
+        )
+    )
     head[88:92] = hashlib.sha256(head[:88]).digest()[:4]
     data = bytes(head) + stream
     if apply(old, data, limits) != new:  # never publish a delta that does not rebuild

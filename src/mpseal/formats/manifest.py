@@ -131,17 +131,23 @@ def _count(value: object, hi: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= hi
 
 
-def parse_files(items: list[object], image_size: int,
-                limits: Limits = DEFAULT_LIMITS) -> tuple[FileEntry, ...]:
+def parse_files(
+    items: list[object], image_size: int, limits: Limits = DEFAULT_LIMITS
+) -> tuple[FileEntry, ...]:
     """The ``files`` list: each ``[path, size, offset, sha256]`` inside the image, no path twice.
 
     runtime/mpseal_appfs.py makes the same checks on the device."""
     files: list[FileEntry] = []
     seen: set[str] = set()
     for item in items:
-        if (not isinstance(item, list) or len(item) != 4 or not _count(item[1], image_size)
-                or not _count(item[2], image_size) or not isinstance(item[3], str)
-                or not _SHA256.fullmatch(item[3])):
+        if (
+            not isinstance(item, list)
+            or len(item) != 4
+            or not _count(item[1], image_size)
+            or not _count(item[2], image_size)
+            or not isinstance(item[3], str)
+            or not _SHA256.fullmatch(item[3])
+        ):
             raise FormatError("manifest file list entry is not [path, size, offset, sha256]")
         name = check_file_name(item[0], limits)
         if item[2] + item[1] > image_size:

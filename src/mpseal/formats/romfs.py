@@ -132,8 +132,11 @@ def read(image: bytes) -> list[RomFile]:
 
 def entries(image: bytes) -> tuple[tuple[str, int, int, str], ...]:
     """The manifest's ``files`` list of ``image``: (path, size, offset, sha256 hex), sorted."""
-    return tuple(sorted((f.path, len(f.data), f.offset, hashlib.sha256(f.data).hexdigest())
-                        for f in read(image)))
+    return tuple(
+        sorted(
+            (f.path, len(f.data), f.offset, hashlib.sha256(f.data).hexdigest()) for f in read(image)
+        )
+    )
 
 
 def _walk(buf: bytes, pos: int, end: int, prefix: str, depth: int, out: list[RomFile]) -> None:

@@ -56,14 +56,20 @@ class TrustRoot:
         roles = {
             n: {"keyids": list(r.keyids), "threshold": r.threshold} for n, r in self.roles.items()
         }
-        doc: dict[str, object] = {"type": DOC_TYPE, "spec": 1, "version": self.version,
-                                  "keys": keys, "roles": roles}
+        doc: dict[str, object] = {
+            "type": DOC_TYPE,
+            "spec": 1,
+            "version": self.version,
+            "keys": keys,
+            "roles": roles,
+        }
         if self.tls_anchors:  # only then: roots without anchors keep their exact bytes
             doc["tls_anchors"] = [a.hex() for a in self.tls_anchors]
         return jsondoc.dumps(doc)
 
-    def verify(self, role_name: str, payload: bytes, entries: list[SignatureEntry],
-               what: str) -> list[str]:
+    def verify(
+        self, role_name: str, payload: bytes, entries: list[SignatureEntry], what: str
+    ) -> list[str]:
         """Check a threshold of ``role_name``'s keys signed ``payload``; return their keyids."""
         role = self.role(role_name)
         good: list[str] = []
@@ -99,22 +105,26 @@ def check_tls_anchor(der: bytes) -> bytes:
     """One DER certificate (its outer SEQUENCE spans exactly the bytes), of bounded size:
     the same structural check the device makes (runtime/mpseal_release.py)."""
     if not 2 <= len(der) <= TLS_ANCHOR_MAX_BYTES or der[0] != 0x30:
-        raise FormatError(f"a TLS anchor must be one DER certificate of at most "
-                          f"{TLS_ANCHOR_MAX_BYTES} bytes")
+        raise FormatError(
+            f"a TLS anchor must be one DER certificate of at most {TLS_ANCHOR_MAX_BYTES} bytes"
+        )
     n, i = der[1], 2
     if n & 0x80:
         k = n & 0x7F
         if k not in (1, 2) or len(der) < 2 + k:
             raise FormatError("a TLS anchor's DER length is malformed")
-        n, i = int.from_bytes(der[2:2 + k], "big"), 2 + k
+        n, i = int.from_bytes(der[2 : 2 + k], "big"), 2 + k
     if i + n != len(der):
         raise FormatError("a TLS anchor is not exactly one DER certificate")
     return der
 
 
-def build(version: int, role_keys: dict[str, list[PublicKey]],
-          thresholds: dict[str, int] | None = None,
-          tls_anchors: Sequence[bytes] = ()) -> TrustRoot:
+def build(
+    version: int,
+    role_keys: dict[str, list[PublicKey]],
+    thresholds: dict[str, int] | None = None,
+    tls_anchors: Sequence[bytes] = (),
+) -> TrustRoot:
     thresholds = thresholds or {}
     keys: dict[str, PublicKey] = {}
     roles: dict[str, Role] = {}
@@ -151,8 +161,9 @@ def parse(data: bytes, limits: Limits = DEFAULT_LIMITS) -> TrustRoot:
     return _parse(data, limits)[0]
 
 
-def verify_root_chain(old_root: TrustRoot, new_roots: Sequence[bytes],
-                      limits: Limits = DEFAULT_LIMITS) -> TrustRoot:
+def verify_root_chain(
+    old_root: TrustRoot, new_roots: Sequence[bytes], limits: Limits = DEFAULT_LIMITS
+) -> TrustRoot:
     """Step from ``old_root`` through ``new_roots`` (versions N+1, N+2, ...); return the last.
 
     Each step must be signed by a threshold of the previous root role and of its
@@ -164,13 +175,17 @@ def verify_root_chain(old_root: TrustRoot, new_roots: Sequence[bytes],
     for data in new_roots:
         new, env = _parse(data, limits)
         if new.version != current.version + 1:
-            raise PolicyError(f"trust root version {new.version} does not follow "
-                              f"{current.version}: only version {current.version + 1} may")
+            raise PolicyError(
+                f"trust root version {new.version} does not follow "
+                f"{current.version}: only version {current.version + 1} may"
+            )
         try:
             current.verify("root", env.payload, env.signatures, "new trust root")
         except SignatureError as e:
-            raise SignatureError(f"trust root {new.version} is not signed by a threshold of the "
-                                 f"root keys of version {current.version}: {e}") from None
+            raise SignatureError(
+                f"trust root {new.version} is not signed by a threshold of the "
+                f"root keys of version {current.version}: {e}"
+            ) from None
         current = new
     return current
 
@@ -181,8 +196,10 @@ def sign_update(old_root: TrustRoot, new_root: TrustRoot, signers: Sequence[Sign
     Returns the file bytes, proven to verify as the next step after ``old_root``.
     """
     if new_root.version != old_root.version + 1:
-        raise UsageError(f"the next trust root after version {old_root.version} is "
-                         f"{old_root.version + 1}, not {new_root.version}")
+        raise UsageError(
+            f"the next trust root after version {old_root.version} is "
+            f"{old_root.version + 1}, not {new_root.version}"
+        )
     raw = envelope.seal(MAGIC, new_root.payload(), list(signers)).encode()
     try:
         verify_root_chain(old_root, [raw])
@@ -192,8 +209,9 @@ def sign_update(old_root: TrustRoot, new_root: TrustRoot, signers: Sequence[Sign
 
 
 def _parse(data: bytes, limits: Limits) -> tuple[TrustRoot, envelope.Envelope]:
-    env = envelope.decode(data, MAGIC, "trust root", limits.root_max_length,
-                          limits.signatures_max_count)
+    env = envelope.decode(
+        data, MAGIC, "trust root", limits.root_max_length, limits.signatures_max_count
+    )
     f = jsondoc.Fields(jsondoc.loads(env.payload, "trust root"), "trust root")
     if f.req_str("type") != DOC_TYPE:
         raise FormatError("trust root payload is not of type mpseal-root")
@@ -226,8 +244,13 @@ def _parse(data: bytes, limits: Limits) -> tuple[TrustRoot, envelope.Envelope]:
     if "tls_anchors" in f.keys():
         listed = f.list("tls_anchors", TLS_ANCHORS_MAX)
         for a in listed:
-            if (not isinstance(a, str) or not a or len(a) % 2
-                    or len(a) > 2 * TLS_ANCHOR_MAX_BYTES or not set(a) <= set("0123456789abcdef")):
+            if (
+                not isinstance(a, str)
+                or not a
+                or len(a) % 2
+                or len(a) > 2 * TLS_ANCHOR_MAX_BYTES
+                or not set(a) <= set("0123456789abcdef")
+            ):
                 raise FormatError("trust root tls_anchors entry is not lowercase hex DER")
             anchors.append(check_tls_anchor(bytes.fromhex(a)))
         if not anchors:

@@ -31,8 +31,9 @@ class UnlockToken:
     profile: str
 
 
-def parse(data: bytes, root: TrustRoot, device: str, used: int,
-          limits: Limits = DEFAULT_LIMITS) -> UnlockToken:
+def parse(
+    data: bytes, root: TrustRoot, device: str, used: int, limits: Limits = DEFAULT_LIMITS
+) -> UnlockToken:
     """The token, if it is signed by ``root``'s root role, for ``device`` and above ``used``."""
     if len(data) > MAX_LENGTH:
         raise FormatError(f"unlock token is larger than {MAX_LENGTH} bytes")

@@ -79,9 +79,13 @@ class Target:
     path: str  # where the server serves it, relative to /v1/
 
     @classmethod
-    def for_artifact(cls, blob: bytes, path: str | None = None,
-                     root: TrustRoot | None = None,
-                     limits: Limits = DEFAULT_LIMITS) -> Target:
+    def for_artifact(
+        cls,
+        blob: bytes,
+        path: str | None = None,
+        root: TrustRoot | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> Target:
         """The target naming artifact file ``blob``.
 
         ``path`` defaults to ``artifacts/<SHA-256 of the file>.mpseal``. With ``root``
@@ -95,14 +99,26 @@ class Target:
         man = manifest.parse(art.manifest_bytes, limits)
         if path is None:
             path = f"artifacts/{hashlib.sha256(blob).hexdigest()}.mpseal"
-        return cls(app=man.app, board=man.board, version=man.version, counter=man.counter,
-                   manifest_sha256=hashlib.sha256(art.manifest_bytes).hexdigest(),
-                   size=len(blob), path=check_target_path(path, limits))
+        return cls(
+            app=man.app,
+            board=man.board,
+            version=man.version,
+            counter=man.counter,
+            manifest_sha256=hashlib.sha256(art.manifest_bytes).hexdigest(),
+            size=len(blob),
+            path=check_target_path(path, limits),
+        )
 
     def to_dict(self) -> dict[str, object]:
-        return {"app": self.app, "board": self.board, "version": self.version,
-                "counter": self.counter, "manifest_sha256": self.manifest_sha256,
-                "size": self.size, "path": self.path}
+        return {
+            "app": self.app,
+            "board": self.board,
+            "version": self.version,
+            "counter": self.counter,
+            "manifest_sha256": self.manifest_sha256,
+            "size": self.size,
+            "path": self.path,
+        }
 
     def matches_manifest(self, manifest_bytes: bytes) -> bool:
         """True if ``manifest_bytes`` are exactly the manifest this target names."""
@@ -119,12 +135,18 @@ class Timestamp:
     channel: str = "stable"
 
     def payload(self) -> bytes:
-        return jsondoc.dumps({
-            "type": DOC_TYPE, "spec": 1, "version": self.version, "channel": self.channel,
-            "issued": self.issued,
-            "expires": self.expires, "root_version": self.root_version,
-            "targets": [t.to_dict() for t in self.targets],
-        })
+        return jsondoc.dumps(
+            {
+                "type": DOC_TYPE,
+                "spec": 1,
+                "version": self.version,
+                "channel": self.channel,
+                "issued": self.issued,
+                "expires": self.expires,
+                "root_version": self.root_version,
+                "targets": [t.to_dict() for t in self.targets],
+            }
+        )
 
     def target(self, app: str, board: str) -> Target | None:
         """The release offered for ``app`` on ``board``, if any."""
@@ -134,8 +156,9 @@ class Timestamp:
         return None
 
 
-def sign_timestamp(ts: Timestamp, signers: Sequence[Signer],
-                   limits: Limits = DEFAULT_LIMITS) -> bytes:
+def sign_timestamp(
+    ts: Timestamp, signers: Sequence[Signer], limits: Limits = DEFAULT_LIMITS
+) -> bytes:
     """Seal ``ts`` with the timestamp-role ``signers``; returns the ``.mpst`` file bytes.
 
     Refuses (``UsageError``) a timestamp devices would refuse for its shape: over
@@ -144,8 +167,10 @@ def sign_timestamp(ts: Timestamp, signers: Sequence[Signer],
     if not signers:
         raise UsageError("a timestamp needs at least one timestamp-role signer")
     if len(ts.targets) > limits.timestamp_max_targets:
-        raise UsageError(f"a timestamp names at most {limits.timestamp_max_targets} targets, "
-                         f"not {len(ts.targets)}")
+        raise UsageError(
+            f"a timestamp names at most {limits.timestamp_max_targets} targets, "
+            f"not {len(ts.targets)}"
+        )
     payload = ts.payload()
     try:
         _parse_payload(payload, limits)
@@ -153,13 +178,21 @@ def sign_timestamp(ts: Timestamp, signers: Sequence[Signer],
         raise UsageError(f"cannot sign this timestamp: {e}") from None
     raw = envelope.seal(MAGIC, payload, list(signers)).encode()
     if len(raw) > limits.timestamp_max_length:
-        raise UsageError(f"the signed timestamp is {len(raw)} bytes, over the "
-                         f"{limits.timestamp_max_length}-byte limit devices accept")
+        raise UsageError(
+            f"the signed timestamp is {len(raw)} bytes, over the "
+            f"{limits.timestamp_max_length}-byte limit devices accept"
+        )
     return raw
 
 
-def parse_timestamp(data: bytes, root: TrustRoot, now: int | None = None, min_version: int = 0,
-                    limits: Limits = DEFAULT_LIMITS, channel: str | None = None) -> Timestamp:
+def parse_timestamp(
+    data: bytes,
+    root: TrustRoot,
+    now: int | None = None,
+    min_version: int = 0,
+    limits: Limits = DEFAULT_LIMITS,
+    channel: str | None = None,
+) -> Timestamp:
     """Everything a device checks, on the host.
 
     In order: size and structure, a threshold of ``root``'s timestamp role over
@@ -169,28 +202,38 @@ def parse_timestamp(data: bytes, root: TrustRoot, now: int | None = None, min_ve
     """
     if len(data) > limits.timestamp_max_length:
         raise FormatError(f"timestamp is larger than the {limits.timestamp_max_length}-byte limit")
-    env = envelope.decode(data, MAGIC, "timestamp", limits.timestamp_max_length,
-                          limits.signatures_max_count)
+    env = envelope.decode(
+        data, MAGIC, "timestamp", limits.timestamp_max_length, limits.signatures_max_count
+    )
     if ROLE not in root.roles:
-        raise SignatureError("the trust root has no timestamp role, so no timestamp can verify; "
-                             "add one with 'mpseal keys add --role timestamp'")
+        raise SignatureError(
+            "the trust root has no timestamp role, so no timestamp can verify; "
+            "add one with 'mpseal keys add --role timestamp'"
+        )
     root.verify(ROLE, env.payload, env.signatures, "timestamp")
     ts = _parse_payload(env.payload, limits)
     if ts.root_version > root.version:
-        raise PolicyError(f"timestamp names trust root {ts.root_version}, newer than this one "
-                          f"({root.version}): update the trust root first")
+        raise PolicyError(
+            f"timestamp names trust root {ts.root_version}, newer than this one "
+            f"({root.version}): update the trust root first"
+        )
     if channel is not None and ts.channel != channel:
         raise PolicyError(f"timestamp is for channel {ts.channel}, not {channel}")
     now = int(time.time()) if now is None else now
     if ts.issued > now + MAX_SKEW:
-        raise PolicyError(f"timestamp version {ts.version} is issued {ts.issued - now} s in the "
-                          "future: refused")
+        raise PolicyError(
+            f"timestamp version {ts.version} is issued {ts.issued - now} s in the future: refused"
+        )
     if ts.expires < now:
-        raise PolicyError(f"timestamp version {ts.version} expired at {ts.expires} (now {now}): "
-                          "a frozen or stale server; refused")
+        raise PolicyError(
+            f"timestamp version {ts.version} expired at {ts.expires} (now {now}): "
+            "a frozen or stale server; refused"
+        )
     if ts.version < min_version:
-        raise PolicyError(f"timestamp version {ts.version} is older than {min_version} "
-                          "already seen: replay refused")
+        raise PolicyError(
+            f"timestamp version {ts.version} is older than {min_version} "
+            "already seen: replay refused"
+        )
     return ts
 
 
@@ -216,9 +259,14 @@ def _parse_payload(payload: bytes, limits: Limits) -> Timestamp:
             raise FormatError(f"timestamp names app {t.app!r} on board {t.board!r} twice")
         seen.add((t.app, t.board))
         targets.append(t)
-    return Timestamp(version=f.int("version", 1, VERSION_MAX), issued=issued, expires=expires,
-                     root_version=f.int("root_version", 1, 2**31), targets=tuple(targets),
-                     channel=channel)
+    return Timestamp(
+        version=f.int("version", 1, VERSION_MAX),
+        issued=issued,
+        expires=expires,
+        root_version=f.int("root_version", 1, 2**31),
+        targets=tuple(targets),
+        channel=channel,
+    )
 
 
 def _parse_target(f: jsondoc.Fields, limits: Limits) -> Target:

@@ -58,8 +58,10 @@ EXIT_UNREACHABLE = 1
 EXIT_OPEN = {Tier.T3: 10, Tier.T2: 11, Tier.T1: 12, Tier.T0: 13}
 USB_LINE_BOARDS = frozenset({"esp32s3", "rp2", "rp2350", "stm32", "openmv"})
 REPL_IDS = ("repl-usb", "repl-uart")
-UNREACHABLE = ("REPL unreachable on this line: expected after lockdown (the field/sealed "
-               "profile ignores Ctrl-C and never returns to the REPL)")
+UNREACHABLE = (
+    "REPL unreachable on this line: expected after lockdown (the field/sealed "
+    "profile ignores Ctrl-C and never returns to the REPL)"
+)
 NO_REPL = "not probed: no REPL to run it in (expected after lockdown)"
 _TIERS = list(Tier)
 
@@ -101,19 +103,29 @@ class Finding:
 
     def to_dict(self) -> dict[str, object]:
         return {
-            "id": self.interface.id, "title": self.interface.title,
-            "tier": self.tier.value, "status": self.status.value, "kept": self.kept,
-            "reason": self.reason, "evidence": [e.to_dict() for e in self.evidence],
+            "id": self.interface.id,
+            "title": self.interface.title,
+            "tier": self.tier.value,
+            "status": self.status.value,
+            "kept": self.kept,
+            "reason": self.reason,
+            "evidence": [e.to_dict() for e in self.evidence],
             "close": [lever_dict(lv) for lv in self.levers],
         }
 
 
 def lever_dict(lv: Lever) -> dict[str, object]:
-    return {"lever": lv.id, "kind": lv.kind.value, "action": lv.action, "stops": lv.stops.value,
-            "reversible": lv.reversible.value, "irreversible": lv.reversible == Reversible.NO,
-            "profiles": [p for p in PROFILES if p in lv.profiles],
-            "options": [f"{o.name}={o.value}" for o in lv.options],
-            "check": lv.check.how}
+    return {
+        "lever": lv.id,
+        "kind": lv.kind.value,
+        "action": lv.action,
+        "stops": lv.stops.value,
+        "reversible": lv.reversible.value,
+        "irreversible": lv.reversible == Reversible.NO,
+        "profiles": [p for p in PROFILES if p in lv.profiles],
+        "options": [f"{o.name}={o.value}" for o in lv.options],
+        "check": lv.check.how,
+    }
 
 
 @dataclass(frozen=True)
@@ -138,12 +150,16 @@ class AuditReport:
     @property
     def announced_profile(self) -> str | None:
         return ds.announced_profile(self.console.output) or ds.announced_profile(
-            "\n".join(f"[mpseal] {ln}" for ln in self.power_on).encode())
+            "\n".join(f"[mpseal] {ln}" for ln in self.power_on).encode()
+        )
 
     def failing(self) -> list[Finding]:
         limit = _TIERS.index(self.options.fail_on)
-        return [f for f in self.findings if f.status == Seen.OPEN and not f.kept
-                and _TIERS.index(f.tier) <= limit]
+        return [
+            f
+            for f in self.findings
+            if f.status == Seen.OPEN and not f.kept and _TIERS.index(f.tier) <= limit
+        ]
 
     @property
     def worst(self) -> Tier | None:
@@ -161,11 +177,13 @@ class AuditReport:
         worst = self.worst
         if worst is not None:
             n = len(self.failing())
-            return (f"{n} interface(s) open; the weakest attacker who gets in: {worst.value} "
-                    f"({TIER_ATTACKER[worst]})")
+            return (
+                f"{n} interface(s) open; the weakest attacker who gets in: {worst.value} "
+                f"({TIER_ATTACKER[worst]})"
+            )
         if not self.reachable:
             seen = self.announced_profile
-            why = (f"; the guard announced the {seen} profile at boot" if seen else "")
+            why = f"; the guard announced the {seen} profile at boot" if seen else ""
             return f"{UNREACHABLE}{why}. Nothing open was seen from outside."
         return "nothing open that the audit can see (unknowns need a host or manual check)"
 
@@ -177,22 +195,34 @@ class AuditReport:
 
     def to_dict(self) -> dict[str, object]:
         return {
-            "port": self.port, "board": self.board, "board_source": self.board_source,
-            "line": self.line, "reachable": self.reachable,
-            "console": {"prompt": self.console.prompt, "raw_repl": self.console.raw,
-                        "steps": [{"sent": repr(s.sent), "seen": clean(repr(s.seen), 400),
-                                   "seconds": s.seconds} for s in self.console.steps]},
+            "port": self.port,
+            "board": self.board,
+            "board_source": self.board_source,
+            "line": self.line,
+            "reachable": self.reachable,
+            "console": {
+                "prompt": self.console.prompt,
+                "raw_repl": self.console.raw,
+                "steps": [
+                    {"sent": repr(s.sent), "seen": clean(repr(s.seen), 400), "seconds": s.seconds}
+                    for s in self.console.steps
+                ],
+            },
             "power_on": list(self.power_on),
             "announced_profile": self.announced_profile,
             "device": {**self.facts, "fingerprint": ds.fingerprint(self.facts)}
-            if self.facts else {},
+            if self.facts
+            else {},
             "modules": list(self.modules),
             "guard": self.guard.to_dict(),
             "findings": [f.to_dict() for f in self.findings],
-            "summary": {**self.counts(), "failing": len(self.failing()),
-                        "worst_open_tier": self.worst.value if self.worst else None,
-                        "fail_on": self.options.fail_on.value,
-                        "keep": list(self.options.keep)},
+            "summary": {
+                **self.counts(),
+                "failing": len(self.failing()),
+                "worst_open_tier": self.worst.value if self.worst else None,
+                "fail_on": self.options.fail_on.value,
+                "keep": list(self.options.keep),
+            },
             "verdict": self.verdict(),
             "notes": list(self.notes),
             "exit_code": self.exit_code,
@@ -202,9 +232,14 @@ class AuditReport:
 # --------------------------------------------------------------------------- running
 
 
-def audit_port(port: str, options: AuditOptions = AuditOptions(), *,
-               connect: Connect | None = None, power_on: Iterable[str] = (),
-               board_hint: tuple[str, str] | None = None) -> AuditReport:
+def audit_port(
+    port: str,
+    options: AuditOptions = AuditOptions(),
+    *,
+    connect: Connect | None = None,
+    power_on: Iterable[str] = (),
+    board_hint: tuple[str, str] | None = None,
+) -> AuditReport:
     """Audit the board on ``port`` (a serial device, a pty, ``socket://``).
 
     ``board_hint`` (board, why) is used when neither the options nor the device say.
@@ -237,29 +272,52 @@ def audit_port(port: str, options: AuditOptions = AuditOptions(), *,
             transport.close()
     board, source = _board(options, facts, guard, board_hint)
     line = options.line or ("usb" if board in USB_LINE_BOARDS else "uart")
-    findings = tuple(_finding(i, board, line, console, outcomes, guard, options, port)
-                     for i in _interfaces(board))
-    return AuditReport(port, board, source, line, console, facts, modules, guard, findings,
-                       options, tuple(power_on), tuple(notes))
+    findings = tuple(
+        _finding(i, board, line, console, outcomes, guard, options, port)
+        for i in _interfaces(board)
+    )
+    return AuditReport(
+        port,
+        board,
+        source,
+        line,
+        console,
+        facts,
+        modules,
+        guard,
+        findings,
+        options,
+        tuple(power_on),
+        tuple(notes),
+    )
 
 
-def audit_sim(board: VirtualBoard | PicoBoard,
-              options: AuditOptions = AuditOptions()) -> AuditReport:
+def audit_sim(
+    board: VirtualBoard | PicoBoard, options: AuditOptions = AuditOptions()
+) -> AuditReport:
     """Power the virtual board on (its boot sequence runs, as on a board) and audit it."""
     if isinstance(board, PicoBoard):
         board.pico.start()
         try:
             board.settle()
             lines = ds.console_guard_lines(board.pico.output)
-            return audit_port(board.pico.path, options, power_on=lines,
-                              board_hint=("rp2", "the virtual Pico (stock RPI_PICO in rp2040js)"))
+            return audit_port(
+                board.pico.path,
+                options,
+                power_on=lines,
+                board_hint=("rp2", "the virtual Pico (stock RPI_PICO in rp2040js)"),
+            )
         finally:
             board.pico.stop()
     link = SimLink(board.flash, board.info.heapsize, boot=True)
     try:
         lines = ds.console_guard_lines(link.power_on_output)
-        return audit_port(link.path, options, power_on=lines,
-                          board_hint=("unix", "the virtual board (the unix port's VM)"))
+        return audit_port(
+            link.path,
+            options,
+            power_on=lines,
+            board_hint=("unix", "the virtual board (the unix port's VM)"),
+        )
     finally:
         link.close()
 
@@ -295,8 +353,12 @@ def _secret_summary(value: object) -> str:
 # --------------------------------------------------------------------------- the board
 
 
-def _board(options: AuditOptions, facts: dict[str, object], guard: ds.GuardInfo,
-           hint: tuple[str, str] | None = None) -> tuple[str | None, str]:
+def _board(
+    options: AuditOptions,
+    facts: dict[str, object],
+    guard: ds.GuardInfo,
+    hint: tuple[str, str] | None = None,
+) -> tuple[str | None, str]:
     if options.board:
         return options.board, "--board"
     found = board_from_facts(facts)
@@ -343,9 +405,16 @@ def _levers(i: Interface, board: str | None) -> tuple[Lever, ...]:
 # --------------------------------------------------------------------------- judging
 
 
-def _finding(i: Interface, board: str | None, line: str, console: ConsoleCheck,
-             outcomes: dict[int, tuple[str, str]], guard: ds.GuardInfo,
-             options: AuditOptions, port: str) -> Finding:
+def _finding(
+    i: Interface,
+    board: str | None,
+    line: str,
+    console: ConsoleCheck,
+    outcomes: dict[int, tuple[str, str]],
+    guard: ds.GuardInfo,
+    options: AuditOptions,
+    port: str,
+) -> Finding:
     levers = _levers(i, board)
     kept = bool(i.kept_by & set(options.keep))
     if not i.audit:
@@ -363,13 +432,24 @@ def _finding(i: Interface, board: str | None, line: str, console: ConsoleCheck,
             token, shown = outcomes.get(id(probe), ("failed", "not run"))
             evidence.append(Evidence(probe.kind.value, probe.code, shown))
         verdicts.append(probe.judge(token))
-    status = (Seen.OPEN if Seen.OPEN in verdicts else
-              Seen.CLOSED if Seen.CLOSED in verdicts else Seen.UNKNOWN)
+    status = (
+        Seen.OPEN
+        if Seen.OPEN in verdicts
+        else Seen.CLOSED
+        if Seen.CLOSED in verdicts
+        else Seen.UNKNOWN
+    )
     if i.id in REPL_IDS and i.id != f"repl-{line}":
         # The REPL answered (or not) on the audited line; this is the other one.
         status = Seen.UNKNOWN
-        return Finding(i, status, f"not the audited line (the audit reached the {line} REPL); "
-                       "audit that line too", tuple(evidence), levers, kept)
+        return Finding(
+            i,
+            status,
+            f"not the audited line (the audit reached the {line} REPL); audit that line too",
+            tuple(evidence),
+            levers,
+            kept,
+        )
     return Finding(i, status, _reason(i, status, console, guard), tuple(evidence), levers, kept)
 
 
@@ -381,8 +461,11 @@ def _console_token(probe: Probe, console: ConsoleCheck) -> str:
 
 def _console_result(probe: Probe, console: ConsoleCheck) -> str:
     if probe is AP_RAW_REPL:
-        return {"banner": "b'raw REPL; CTRL-B to exit'", "no banner": "no raw REPL banner",
-                "none": "not tried: no prompt"}[console.raw]
+        return {
+            "banner": "b'raw REPL; CTRL-B to exit'",
+            "no banner": "no raw REPL banner",
+            "none": "not tried: no prompt",
+        }[console.raw]
     last = []
     for s in console.steps:
         if s.sent == b"\x01":
@@ -400,13 +483,16 @@ def _reason(i: Interface, status: Seen, console: ConsoleCheck, guard: ds.GuardIn
         if i.id == "ctrl-c":
             if console.prompt == "interrupted":
                 return "Ctrl-C stopped the running program and the prompt followed"
-            return ("nothing was running to interrupt (the REPL was waiting); audit again while "
-                    "the app runs")
+            return (
+                "nothing was running to interrupt (the REPL was waiting); audit again while "
+                "the app runs"
+            )
         if i.id == "app-exit":
-            return {"prompt": "the REPL was waiting: main.py had ended (or there is none)",
-                    "interrupted": "after Ctrl-C ended the program, the REPL followed",
-                    "raw": "a raw REPL was open: the line had been handed to the REPL"}.get(
-                        console.prompt, "")
+            return {
+                "prompt": "the REPL was waiting: main.py had ended (or there is none)",
+                "interrupted": "after Ctrl-C ended the program, the REPL followed",
+                "raw": "a raw REPL was open: the line had been handed to the REPL",
+            }.get(console.prompt, "")
         if i.id == "raw-repl" and status == Seen.OPEN:
             return "Ctrl-A at the prompt gave the raw REPL (mpremote, Thonny, rshell get in)"
         if status == Seen.OPEN:
@@ -421,8 +507,10 @@ def _reason(i: Interface, status: Seen, console: ConsoleCheck, guard: ds.GuardIn
 
 def _not_visible(i: Interface) -> str:
     if i.tier in (Tier.T3, Tier.T4):
-        return (f"not visible from MicroPython ({i.tier.value}: needs the chip's fuses, OTP or "
-                "option bytes): run the host checks")
+        return (
+            f"not visible from MicroPython ({i.tier.value}: needs the chip's fuses, OTP or "
+            "option bytes): run the host checks"
+        )
     return "no probe can see it from the device: check it by hand"
 
 
@@ -433,8 +521,13 @@ def _host_checks(levers: tuple[Lever, ...], port: str) -> tuple[Evidence, ...]:
         if probe is None or probe.kind not in (ProbeKind.HOST, ProbeKind.MANUAL):
             continue
         code = probe.code.replace("{port}", port) if probe.kind == ProbeKind.HOST else probe.code
-        out.append(Evidence(probe.kind.value, code,
-                            f"not run by the audit; {lv.id} took effect when: {probe.closed_when}"))
+        out.append(
+            Evidence(
+                probe.kind.value,
+                code,
+                f"not run by the audit; {lv.id} took effect when: {probe.closed_when}",
+            )
+        )
     return tuple(out)
 
 

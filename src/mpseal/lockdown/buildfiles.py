@@ -1,11 +1,11 @@
 """The files of a lockdown plan: firmware build fragment, frozen boot files, the plan itself.
 
-    manifest.py               frozen manifest: the port's own modules + frozen/
-    frozen/boot.py, main.py   frozen boot files (they win over /boot.py and /main.py)
-    frozen/mpseal_*.py        the boot guard, copied from mpseal's runtime/
-    mpconfigboard_mpseal.h    build options, #included at the end of mpconfigboard.h
-    sdkconfig.mpseal          ESP-IDF options (esp32 boards)
-    plan.md, plan.json        the plan, for people and for scripts
+manifest.py               frozen manifest: the port's own modules + frozen/
+frozen/boot.py, main.py   frozen boot files (they win over /boot.py and /main.py)
+frozen/mpseal_*.py        the boot guard, copied from mpseal's runtime/
+mpconfigboard_mpseal.h    build options, #included at the end of mpconfigboard.h
+sdkconfig.mpseal          ESP-IDF options (esp32 boards)
+plan.md, plan.json        the plan, for people and for scripts
 """
 
 from __future__ import annotations
@@ -23,14 +23,17 @@ from mpseal.lockdown.plan import Plan, Step
 
 # Frozen main.py: Ctrl-C off before anything else is imported, then the guard. The guard
 # itself (src/mpseal/runtime/mpseal_guard.py) applies the rest of the profile.
-FROZEN_MAIN = (b"import micropython\nmicropython.kbd_intr(-1)\n"
-               b"import mpseal_guard\nmpseal_guard.boot()\n")
+FROZEN_MAIN = (
+    b"import micropython\nmicropython.kbd_intr(-1)\nimport mpseal_guard\nmpseal_guard.boot()\n"
+)
 # Frozen boot.py: empty on purpose; it exists so that no /boot.py on the filesystem runs.
 FROZEN_BOOT = b"# Frozen by mpseal lockdown plan: shadows any /boot.py on the filesystem.\n"
 
 _PORT_MANIFEST = {
-    "esp32": "$(PORT_DIR)/boards/manifest.py", "esp32s3": "$(PORT_DIR)/boards/manifest.py",
-    "rp2": "$(PORT_DIR)/boards/manifest.py", "rp2350": "$(PORT_DIR)/boards/manifest.py",
+    "esp32": "$(PORT_DIR)/boards/manifest.py",
+    "esp32s3": "$(PORT_DIR)/boards/manifest.py",
+    "rp2": "$(PORT_DIR)/boards/manifest.py",
+    "rp2350": "$(PORT_DIR)/boards/manifest.py",
     "stm32": "$(PORT_DIR)/boards/manifest.py",
 }
 
@@ -48,22 +51,27 @@ def guard_modules(board: str | None = None) -> dict[str, bytes]:
     out = {}
     for entry in resources.files("mpseal.runtime").iterdir():
         name = entry.name
-        if name.endswith(".py") and (name.startswith("mpseal_") or name == "p256.py"
-                                     or (thumb and name[:-3] in THUMB_ONLY)):
+        if name.endswith(".py") and (
+            name.startswith("mpseal_") or name == "p256.py" or (thumb and name[:-3] in THUMB_ONLY)
+        ):
             out[name] = entry.read_bytes()
     return dict(sorted(out.items()))
 
 
 def render_manifest(plan: Plan) -> str:
     lines = [
-        (f"# Frozen manifest from `mpseal lockdown plan --board {plan.board}` "
-        f"(profile {plan.profile}, keep: {', '.join(plan.keep) or 'nothing'})."),
+        (
+            f"# Frozen manifest from `mpseal lockdown plan --board {plan.board}` "
+            f"(profile {plan.profile}, keep: {', '.join(plan.keep) or 'nothing'})."
+        ),
         "# Build with FROZEN_MANIFEST=<path to this file>; paths below are relative to it.",
     ]
     base = _PORT_MANIFEST.get(plan.board)
     if base:
-        lines += ["# The port's own frozen modules (filesystem setup in _boot.py, drivers).",
-                  f'include("{base}")']
+        lines += [
+            "# The port's own frozen modules (filesystem setup in _boot.py, drivers).",
+            f'include("{base}")',
+        ]
     else:
         lines += ["# OpenMV: add the freeze() line below to the board's own frozen manifest."]
     lines += [
@@ -79,8 +87,10 @@ def render_manifest(plan: Plan) -> str:
 
 def render_header(plan: Plan) -> str:
     lines = [
-        (f"// Build options from `mpseal lockdown plan --board {plan.board}` "
-        f"(keep: {', '.join(plan.keep) or 'nothing'})."),
+        (
+            f"// Build options from `mpseal lockdown plan --board {plan.board}` "
+            f"(keep: {', '.join(plan.keep) or 'nothing'})."
+        ),
         '// #include "mpconfigboard_mpseal.h" at the END of the board\'s mpconfigboard.h.',
         f"// Each option closes an interface of docs/lockdown/{BOARDS[plan.board].port}.md.",
     ]
@@ -107,8 +117,10 @@ def render_header(plan: Plan) -> str:
 def render_sdkconfig(plan: Plan) -> str:
     lines = [
         f"# ESP-IDF options from `mpseal lockdown plan --board {plan.board}`.",
-        ("# list(APPEND SDKCONFIG_DEFAULTS ${MICROPY_BOARD_DIR}/sdkconfig.mpseal) in the "
-        "board's mpconfigboard.cmake."),
+        (
+            "# list(APPEND SDKCONFIG_DEFAULTS ${MICROPY_BOARD_DIR}/sdkconfig.mpseal) in the "
+            "board's mpconfigboard.cmake."
+        ),
     ]
     for _lever, opt in itf.build_options(plan.board, plan.keep):
         if opt.file != "sdkconfig":
@@ -123,18 +135,21 @@ def render_sdkconfig(plan: Plan) -> str:
 
 def render_text(plan: Plan) -> str:
     """The plan as plain text (Markdown), for plan.md and for the terminal."""
-    out = [f"# Lockdown plan for {plan.board}",
-           "",
-           f"Profile: **{plan.profile}**. Kept: {', '.join(plan.keep) or 'nothing'}.",
-           ""]
+    out = [
+        f"# Lockdown plan for {plan.board}",
+        "",
+        f"Profile: **{plan.profile}**. Kept: {', '.join(plan.keep) or 'nothing'}.",
+        "",
+    ]
     for n, step in enumerate(plan.steps, 1):
         out += _render_step(n, step)
     out += ["## Left open", ""]
     if not plan.left_open:
         out.append("Nothing this plan knows of, up to T3. T4 (a lab) is out of scope.")
     for o in plan.left_open:
-        out.append(f"- **{o.interface.id}** ({o.interface.tier.value}, "
-                   f"{o.interface.title}): {o.why}")
+        out.append(
+            f"- **{o.interface.id}** ({o.interface.tier.value}, {o.interface.title}): {o.why}"
+        )
     return "\n".join(out) + "\n"
 
 

@@ -36,8 +36,12 @@ _GUARD_LINE = re.compile(r"\[mpseal\] (.*)")
 def read_file(probes: DeviceProbes, path: str, n: int, off: int = 0) -> tuple[bytes | None, str]:
     """Up to ``n`` bytes of ``path`` from ``off`` (from the end if negative); (None, why) if
     it cannot be read."""
-    out = probes.lines("mpa_read", f"mpa_read({path!r}, {off}, {n})",
-                       max_lines=n // READ_LINE + 2, timeout=10.0 + n / 2000)
+    out = probes.lines(
+        "mpa_read",
+        f"mpa_read({path!r}, {off}, {n})",
+        max_lines=n // READ_LINE + 2,
+        timeout=10.0 + n / 2000,
+    )
     if not out.ok:
         return None, out.text()
     assert isinstance(out.value, list)
@@ -118,10 +122,16 @@ class GuardInfo:
         return b if isinstance(b, str) else None
 
     def to_dict(self) -> dict[str, object]:
-        return {"installed": self.installed, "config": self.config, "profile": self.profile,
-                "state": self.state, "damaged_state_copies": self.damaged,
-                "log": list(self.log), "files": [list(f) for f in self.files],
-                "notes": list(self.notes)}
+        return {
+            "installed": self.installed,
+            "config": self.config,
+            "profile": self.profile,
+            "state": self.state,
+            "damaged_state_copies": self.damaged,
+            "log": list(self.log),
+            "files": [list(f) for f in self.files],
+            "notes": list(self.notes),
+        }
 
 
 def parse_config(data: bytes) -> dict[str, object] | None:
@@ -133,9 +143,10 @@ def parse_config(data: bytes) -> dict[str, object] | None:
         return None
     if not isinstance(doc, dict):
         return None
-    return {clean(str(k), 40): (v if isinstance(v, (int, bool)) or v is None
-                                else clean(str(v), 80))
-            for k, v in list(doc.items())[:16]}
+    return {
+        clean(str(k), 40): (v if isinstance(v, (int, bool)) or v is None else clean(str(v), 80))
+        for k, v in list(doc.items())[:16]
+    }
 
 
 def parse_state(data: bytes) -> dict[str, object] | None:
@@ -181,8 +192,11 @@ def read_guard(probes: DeviceProbes) -> GuardInfo:
         return GuardInfo(False, notes=(f"listing {GUARD_DIR}: {listing.text()}",))
     if not isinstance(listing.value, list):
         return GuardInfo(False)
-    files = tuple((clean(str(e[0]), 60), e[1]) for e in listing.value
-                  if isinstance(e, tuple) and len(e) == 2 and isinstance(e[1], int))
+    files = tuple(
+        (clean(str(e[0]), 60), e[1])
+        for e in listing.value
+        if isinstance(e, tuple) and len(e) == 2 and isinstance(e[1], int)
+    )
     notes = []
     config = None
     raw, why = read_file(probes, DEVICE_CONFIG, CONFIG_MAX + 1)

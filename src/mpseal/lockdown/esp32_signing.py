@@ -43,10 +43,12 @@ PARTITION_TABLE_MAGIC = b"\xaa\x50"
 
 # Secure Boot v2 schemes per chip (ESP-IDF Kconfig / soc_caps: RSA on ESP32 v3.0+ and ESP32-S3;
 # ECDSA only on later chips such as the ESP32-C2/C6/H2, which mpseal does not target).
-CHIP_SCHEMES: Mapping[str, tuple[str, ...]] = MappingProxyType({
-    "esp32": ("rsa3072",),
-    "esp32s3": ("rsa3072",),
-})
+CHIP_SCHEMES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "esp32": ("rsa3072",),
+        "esp32s3": ("rsa3072",),
+    }
+)
 SCHEMES = ("rsa3072", "ecdsa256")
 # chip_id in the extended image header (esptool targets: IMAGE_CHIP_ID)
 CHIP_IMAGE_ID: Mapping[str, int] = MappingProxyType({"esp32": 0, "esp32s3": 9})
@@ -73,6 +75,7 @@ class SignResult:
 
 # --------------------------------------------------------------------------- the tool
 
+
 def espsecure_command() -> list[str]:
     """How to run espsecure: this interpreter's module if installed, else the console script."""
     if importlib.util.find_spec("espsecure") is not None:
@@ -98,11 +101,19 @@ def _cmd(name: str) -> str:
 def _run(args: Sequence[str]) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "NO_COLOR": "1", "TERM": "dumb", "COLUMNS": "200"}
     try:
-        return subprocess.run([*espsecure_command(), *args], capture_output=True, text=True,
-                              check=False, timeout=TOOL_TIMEOUT, env=env, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            [*espsecure_command(), *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=TOOL_TIMEOUT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
     except FileNotFoundError:
-        raise ToolError("espsecure is not installed; install it with: "
-                        "pip install 'esptool>=4.8'") from None
+        raise ToolError(
+            "espsecure is not installed; install it with: pip install 'esptool>=4.8'"
+        ) from None
     except subprocess.TimeoutExpired:
         raise ToolError(f"espsecure did not finish within {TOOL_TIMEOUT:.0f} s") from None
 
@@ -123,15 +134,19 @@ def _clean(line: str) -> str:
 
 # --------------------------------------------------------------------------- keys
 
+
 def _check_scheme(board: str, scheme: str) -> None:
     if board not in CHIP_SCHEMES:
-        raise ConfigError(f"board {board!r} has no ESP Secure Boot v2; "
-                          f"choose one of: {', '.join(CHIP_SCHEMES)}")
+        raise ConfigError(
+            f"board {board!r} has no ESP Secure Boot v2; choose one of: {', '.join(CHIP_SCHEMES)}"
+        )
     if scheme not in SCHEMES:
         raise ConfigError(f"unknown scheme {scheme!r}; choose one of: {', '.join(SCHEMES)}")
     if scheme not in CHIP_SCHEMES[board]:
-        raise UsageError(f"{board} Secure Boot v2 accepts {', '.join(CHIP_SCHEMES[board])} "
-                         f"keys only, not {scheme}")
+        raise UsageError(
+            f"{board} Secure Boot v2 accepts {', '.join(CHIP_SCHEMES[board])} "
+            f"keys only, not {scheme}"
+        )
 
 
 def key_scheme(pem: bytes, what: str = "key") -> str:
@@ -140,8 +155,10 @@ def key_scheme(pem: bytes, what: str = "key") -> str:
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
     if b"ENCRYPTED" in pem:
-        raise UsageError(f"{what} is passphrase-protected; espsecure cannot use it (sign with "
-                         "an HSM via espsecure --hsm, or store the key unencrypted offline)")
+        raise UsageError(
+            f"{what} is passphrase-protected; espsecure cannot use it (sign with "
+            "an HSM via espsecure --hsm, or store the key unencrypted offline)"
+        )
     try:
         key = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError):
@@ -172,8 +189,9 @@ def public_key_digest(key_path: Path) -> bytes:
     """SHA-256 digest of the public key, exactly as espsecure computes it for the eFuse."""
     with tempfile.TemporaryDirectory(prefix="mpseal-esp-") as tmp:
         out = Path(tmp) / "digest.bin"
-        proc = _run([_cmd("digest-sbv2-public-key"), "--keyfile", str(key_path),
-                     "--output", str(out)])
+        proc = _run(
+            [_cmd("digest-sbv2-public-key"), "--keyfile", str(key_path), "--output", str(out)]
+        )
         if proc.returncode != 0 or not out.is_file():
             raise ToolError(f"espsecure could not digest the public key: {_last_line(proc)}")
         digest = out.read_bytes()
@@ -193,8 +211,9 @@ def generate_key(path: Path, board: str, scheme: str | None = None) -> KeyInfo:
     _refuse_existing(path)
     with tempfile.TemporaryDirectory(prefix="mpseal-esp-") as tmp:  # 0700: private
         tmp_key = Path(tmp) / "key.pem"
-        proc = _run([_cmd("generate-signing-key"), "--version", "2", "--scheme", scheme,
-                     str(tmp_key)])
+        proc = _run(
+            [_cmd("generate-signing-key"), "--version", "2", "--scheme", scheme, str(tmp_key)]
+        )
         if proc.returncode != 0 or not tmp_key.is_file():
             raise ToolError(f"espsecure could not generate the key: {_last_line(proc)}")
         pem = tmp_key.read_bytes()
@@ -233,6 +252,7 @@ def load_key(path: Path, board: str) -> bytes:
 
 # --------------------------------------------------------------------------- images
 
+
 def image_board(data: bytes) -> str:
     """The board an ESP image header names (chip id), or FormatError."""
     if len(data) < 24:
@@ -243,24 +263,30 @@ def image_board(data: bytes) -> str:
     for board, cid in CHIP_IMAGE_ID.items():
         if cid == chip_id:
             return board
-    raise FormatError(f"ESP image for chip id {chip_id}: not a board mpseal signs for "
-                      f"({', '.join(CHIP_IMAGE_ID)})")
+    raise FormatError(
+        f"ESP image for chip id {chip_id}: not a board mpseal signs for "
+        f"({', '.join(CHIP_IMAGE_ID)})"
+    )
 
 
 def check_image(data: bytes, board: str) -> None:
     """An ESP app or bootloader image for ``board``, unsigned, not a merged flash image."""
     if board not in CHIP_IMAGE_ID:
-        raise ConfigError(f"board {board!r} is not an ESP32 board; "
-                          f"choose one of: {', '.join(CHIP_IMAGE_ID)}")
+        raise ConfigError(
+            f"board {board!r} is not an ESP32 board; choose one of: {', '.join(CHIP_IMAGE_ID)}"
+        )
     if len(data) < 24 or data[0] != ESP_IMAGE_MAGIC:
         image_board(data)  # raises the precise FormatError
     (chip_id,) = struct.unpack_from("<H", data, 12)
     if chip_id != CHIP_IMAGE_ID[board]:
-        raise FormatError(f"image is built for chip id {chip_id}, not {board} "
-                          f"(chip id {CHIP_IMAGE_ID[board]})")
+        raise FormatError(
+            f"image is built for chip id {chip_id}, not {board} (chip id {CHIP_IMAGE_ID[board]})"
+        )
     if _looks_merged(data, board):
-        raise UsageError("this is a merged flash image (bootloader + partition table + app); "
-                         "sign the bootloader and the app image separately")
+        raise UsageError(
+            "this is a merged flash image (bootloader + partition table + app); "
+            "sign the bootloader and the app image separately"
+        )
     if is_signed(data):
         raise UsageError("image already carries a Secure Boot v2 signature block")
 
@@ -269,15 +295,17 @@ def _looks_merged(data: bytes, board: str) -> bool:
     """A partition table where a merged image has it (0x8000 in flash), followed by a second
     entry or its MD5 record: a plain app image almost never matches both by chance."""
     at = 0x8000 - BOOTLOADER_OFFSET[board]
-    first, second = data[at:at + 2], data[at + 32:at + 34]
-    return (first == PARTITION_TABLE_MAGIC and data[at + 2:at + 3] in (b"\x00", b"\x01")
-            and second in (PARTITION_TABLE_MAGIC, b"\xeb\xeb"))
+    first, second = data[at : at + 2], data[at + 32 : at + 34]
+    return (
+        first == PARTITION_TABLE_MAGIC
+        and data[at + 2 : at + 3] in (b"\x00", b"\x01")
+        and second in (PARTITION_TABLE_MAGIC, b"\xeb\xeb")
+    )
 
 
 def is_signed(data: bytes) -> bool:
     """A sector-aligned image whose last sector starts with a signature block."""
-    return (len(data) >= 2 * SECTOR and len(data) % SECTOR == 0
-            and data[-SECTOR] == SIG_BLOCK_MAGIC)
+    return len(data) >= 2 * SECTOR and len(data) % SECTOR == 0 and data[-SECTOR] == SIG_BLOCK_MAGIC
 
 
 def sign_image(firmware: Path, key: Path, output: Path, board: str | None = None) -> SignResult:
@@ -294,12 +322,22 @@ def sign_image(firmware: Path, key: Path, output: Path, board: str | None = None
     with tempfile.TemporaryDirectory(prefix=".mpseal-sign-", dir=output.parent) as tmp:
         tmp_in, tmp_out = Path(tmp) / "in.bin", Path(tmp) / "out.bin"
         tmp_in.write_bytes(data)  # sign exactly the bytes checked above
-        proc = _run([_cmd("sign-data"), "--version", "2", "--keyfile", str(key),
-                     "--output", str(tmp_out), str(tmp_in)])
+        proc = _run(
+            [
+                _cmd("sign-data"),
+                "--version",
+                "2",
+                "--keyfile",
+                str(key),
+                "--output",
+                str(tmp_out),
+                str(tmp_in),
+            ]
+        )
         if proc.returncode != 0 or not tmp_out.is_file():
             raise ToolError(f"espsecure could not sign {firmware}: {_last_line(proc)}")
         signed = tmp_out.read_bytes()
-        if not is_signed(signed) or signed[:len(data)] != data:
+        if not is_signed(signed) or signed[: len(data)] != data:
             raise ToolError("espsecure produced an image mpseal does not recognise as signed")
         write_atomic(output, signed, exclusive=True)
     return SignResult(output, board, len(data), len(signed), hashlib.sha256(signed).digest())

@@ -91,42 +91,61 @@ _CODE_EXEC_LEVERS = (RT_NO_RETURN, RT_KBD_INTR, FW_FROZEN_BOOT, FW_COMPILER_OFF)
 
 INTERFACES: tuple[Interface, ...] = (
     Interface(
-        "repl-usb", "REPL over USB serial (CDC)",
-        ESP32S3 | RP | STM, Tier.T0,
+        "repl-usb",
+        "REPL over USB serial (CDC)",
+        ESP32S3 | RP | STM,
+        Tier.T0,
         "A Python prompt on the USB port: read, change or delete every file, call any "
         "function (flash reads included), stop the app.",
-        (RT_NO_RETURN, RT_KBD_INTR, RT_USB_BUILTIN_NONE, RT_STM32_USB, RT_DUPTERM,
-         FW_USB_CDC_OFF, FW_COMPILER_OFF),
+        (
+            RT_NO_RETURN,
+            RT_KBD_INTR,
+            RT_USB_BUILTIN_NONE,
+            RT_STM32_USB,
+            RT_DUPTERM,
+            FW_USB_CDC_OFF,
+            FW_COMPILER_OFF,
+        ),
         "Stock firmware has no authenticated REPL: whoever reaches the prompt owns the "
         "device. The run-time levers leave a short window at reset, before the first line "
         "of main.py runs.",
         kept_by=frozenset({"repl-service"}),
         board_notes={
             "esp32s3": "ESP32_GENERIC_S3 uses TinyUSB CDC on the USB-OTG pins "
-                       "(MICROPY_HW_USB_CDC); other boards use the USB Serial/JTAG peripheral.",
+            "(MICROPY_HW_USB_CDC); other boards use the USB Serial/JTAG peripheral.",
             "openmv": "OpenMV IDE talks to the camera over this same USB serial port "
-                      "(see openmv-ide).",
+            "(see openmv-ide).",
         },
         audit=(AP_PROMPT,),
     ),
     Interface(
-        "repl-uart", "REPL over UART",
-        ALL, Tier.T0,
+        "repl-uart",
+        "REPL over UART",
+        ALL,
+        Tier.T0,
         "A Python prompt on a UART header (or the USB-UART bridge of a dev board): the same "
         "full control as the USB REPL.",
-        (RT_NO_RETURN, RT_KBD_INTR, RT_STM32_REPL_UART, RT_DUPTERM, RT_UART_LOGS,
-         FW_UART_REPL_OFF, FW_COMPILER_OFF, DS_NO_HEADER),
+        (
+            RT_NO_RETURN,
+            RT_KBD_INTR,
+            RT_STM32_REPL_UART,
+            RT_DUPTERM,
+            RT_UART_LOGS,
+            FW_UART_REPL_OFF,
+            FW_COMPILER_OFF,
+            DS_NO_HEADER,
+        ),
         "The ESP32's UART0 REPL is compiled into the port (not a dupterm stream): no "
         "run-time switch detaches it, only the firmware option does. The ROM and the ESP-IDF "
         "bootloader print boot messages on UART0 whatever MicroPython does.",
         kept_by=frozenset({"repl-service"}),
         board_notes={
             "esp32": "The USB port of most ESP32 dev boards is a USB-UART bridge to UART0: "
-                     "this is the ESP32's only REPL.",
+            "this is the ESP32's only REPL.",
             "esp32s3": "ESP32_GENERIC_S3 enables the UART0 REPL (MICROPY_HW_ENABLE_UART_REPL 1) "
-                       "besides USB.",
+            "besides USB.",
             "rp2": "Off by default (MICROPY_HW_ENABLE_UART_REPL 0); boot code can attach a "
-                   "UART with os.dupterm.",
+            "UART with os.dupterm.",
             "rp2350": "As rp2.",
             "stm32": "Board-dependent: MICROPY_HW_UART_REPL in mpconfigboard.h.",
             "unix": "The console (stdin) is the REPL; the virtual board's pty plays the UART.",
@@ -134,8 +153,10 @@ INTERFACES: tuple[Interface, ...] = (
         audit=(AP_PROMPT,),
     ),
     Interface(
-        "raw-repl", "Raw REPL and raw-paste mode (what mpremote, Thonny and rshell use)",
-        ALL, Tier.T0,
+        "raw-repl",
+        "Raw REPL and raw-paste mode (what mpremote, Thonny and rshell use)",
+        ALL,
+        Tier.T0,
         "Ctrl-A at the prompt (Ctrl-A Ctrl-E for raw-paste) runs any code sent to it: "
         "`mpremote cp`, `fs`, `mount` and `run` copy files in and out and execute scripts. "
         "A soft reset in raw mode also skips main.py.",
@@ -146,8 +167,10 @@ INTERFACES: tuple[Interface, ...] = (
         audit=(AP_RAW_REPL,),
     ),
     Interface(
-        "ctrl-c", "Ctrl-C (KeyboardInterrupt) on a REPL stream",
-        ALL, Tier.T0,
+        "ctrl-c",
+        "Ctrl-C (KeyboardInterrupt) on a REPL stream",
+        ALL,
+        Tier.T0,
         "0x03 on any REPL stream raises KeyboardInterrupt inside the running app; if nothing "
         "catches it, main.py ends and the prompt appears.",
         (RT_KBD_INTR, RT_NO_RETURN, FW_FROZEN_BOOT),
@@ -157,13 +180,15 @@ INTERFACES: tuple[Interface, ...] = (
         "REPL streams closes that window.",
         board_notes={
             "stm32": "MICROPY_BOARD_FROZEN_BOOT_FILE runs a frozen file before boot.py with "
-                     "Ctrl-C off (not used by this plan: USB is not up yet at that point).",
+            "Ctrl-C off (not used by this plan: USB is not up yet at that point).",
         },
         audit=(AP_CTRL_C,),
     ),
     Interface(
-        "app-exit", "The REPL after main.py returns or raises",
-        ALL, Tier.T0,
+        "app-exit",
+        "The REPL after main.py returns or raises",
+        ALL,
+        Tier.T0,
         "Whenever main.py returns or raises, MicroPython starts the REPL on every stream.",
         (RT_NO_RETURN, FW_COMPILER_OFF),
         "None once the guard never returns; a crash in the guard itself (a bug) ends in a "
@@ -171,8 +196,10 @@ INTERFACES: tuple[Interface, ...] = (
         audit=(AP_APP_EXIT,),
     ),
     Interface(
-        "webrepl", "WebREPL (REPL and file transfer over the network)",
-        ESP | RP | STM32, Tier.T1,
+        "webrepl",
+        "WebREPL (REPL and file transfer over the network)",
+        ESP | RP | STM32,
+        Tier.T1,
         "REPL and file get/put over Wi-Fi or Ethernet (TCP 8266, WebSocket without TLS): the "
         "password crosses the network in clear, is at most 9 characters, and is stored in "
         "clear in webrepl_cfg.py; there is no lockout after wrong guesses.",
@@ -188,8 +215,10 @@ INTERFACES: tuple[Interface, ...] = (
         audit=(AP_WEBREPL, AP_WEBREPL_PASS),
     ),
     Interface(
-        "usb-msc", "USB mass storage (the filesystem as a USB drive)",
-        RP | STM, Tier.T0,
+        "usb-msc",
+        "USB mass storage (the filesystem as a USB drive)",
+        RP | STM,
+        Tier.T0,
         "The internal filesystem (or the SD card) appears as a drive on a PC: copy every file "
         "off, drop a new main.py on it.",
         (RT_USB_BUILTIN_NONE, RT_STM32_USB, FW_USB_MSC_OFF),
@@ -199,15 +228,17 @@ INTERFACES: tuple[Interface, ...] = (
             "rp2": "Only boards built with MICROPY_HW_USB_MSC (e.g. ARDUINO_NANO_RP2040_CONNECT).",
             "rp2350": "As rp2.",
             "stm32": "On by default wherever USB is (MICROPY_HW_USB_MSC follows "
-                     "MICROPY_HW_ENABLE_USB).",
+            "MICROPY_HW_ENABLE_USB).",
             "openmv": "OpenMV cams show their flash (or SD card) as a drive; the IDE saves "
-                      "main.py there.",
+            "main.py there.",
         },
         audit=(AP_USB_MODE,),
     ),
     Interface(
-        "safe-boot", "Safe-boot / boot-mode switch (MICROPY_HW_HAS_SWITCH)",
-        STM32, Tier.T0,
+        "safe-boot",
+        "Safe-boot / boot-mode switch (MICROPY_HW_HAS_SWITCH)",
+        STM32,
+        Tier.T0,
         "Holding USR at reset selects safe mode (boot.py and main.py skipped: straight to the "
         "REPL) or a filesystem reset (the flash is reformatted: the app is gone).",
         (FW_SWITCH_OFF, DS_NO_BUTTON),
@@ -216,8 +247,10 @@ INTERFACES: tuple[Interface, ...] = (
         audit=(AP_SWITCH,),
     ),
     Interface(
-        "sd-boot", "SD card auto-mount and main.py on the SD card",
-        STM, Tier.T0,
+        "sd-boot",
+        "SD card auto-mount and main.py on the SD card",
+        STM,
+        Tier.T0,
         "At boot an inserted SD card is mounted at /sd, becomes the current directory and "
         "comes first on sys.path: its boot.py and main.py run instead of the ones in flash "
         "(MICROPY_HW_SDCARD_MOUNT_AT_BOOT).",
@@ -231,8 +264,10 @@ INTERFACES: tuple[Interface, ...] = (
         audit=(AP_SD,),
     ),
     Interface(
-        "sys-path", "'' first on sys.path (a file shadows frozen and /rom modules)",
-        ALL, Tier.T0,
+        "sys-path",
+        "'' first on sys.path (a file shadows frozen and /rom modules)",
+        ALL,
+        Tier.T0,
         "sys.path starts with '' (the current directory): a .py or .mpy file of the same name "
         "dropped onto the filesystem wins over the frozen module or the verified /rom one.",
         (RT_SYS_PATH, FW_FROZEN_BOOT, FW_COMPILER_OFF),
@@ -241,8 +276,10 @@ INTERFACES: tuple[Interface, ...] = (
         audit=(AP_SYS_PATH,),
     ),
     Interface(
-        "writable-boot", "Writable boot.py / main.py (and the guard's own files)",
-        HW, Tier.T0,
+        "writable-boot",
+        "Writable boot.py / main.py (and the guard's own files)",
+        HW,
+        Tier.T0,
         "boot.py, main.py and an unfrozen guard are ordinary files: anyone who reaches the "
         "REPL, mpremote or the USB drive once replaces them, and the change survives resets.",
         (FW_FROZEN_BOOT, RT_GUARD_VERIFIES),
@@ -251,8 +288,10 @@ INTERFACES: tuple[Interface, ...] = (
         audit=(AP_WRITABLE,),
     ),
     Interface(
-        "memx", "machine.mem8/16/32 and uctypes (raw memory access)",
-        HW, Tier.T0,
+        "memx",
+        "machine.mem8/16/32 and uctypes (raw memory access)",
+        HW,
+        Tier.T0,
         "Read and write any address: RAM (keys in the heap), peripheral registers, "
         "memory-mapped flash (the ESP32 cache decrypts encrypted flash on the fly).",
         (FW_MEMX_OFF, *_CODE_EXEC_LEVERS),
@@ -261,8 +300,10 @@ INTERFACES: tuple[Interface, ...] = (
         audit=(AP_MEM32, AP_UCTYPES),
     ),
     Interface(
-        "compiler", "The compiler: exec, eval, compile and .py files",
-        ALL, Tier.T0,
+        "compiler",
+        "The compiler: exec, eval, compile and .py files",
+        ALL,
+        Tier.T0,
         "Any text becomes code: the REPL, exec()/eval() in the app, a .py file on the "
         "filesystem or the SD card.",
         (FW_COMPILER_OFF, RT_SYS_PATH, RT_GUARD_VERIFIES),
@@ -271,8 +312,10 @@ INTERFACES: tuple[Interface, ...] = (
         audit=(AP_COMPILER,),
     ),
     Interface(
-        "flash-api", "Flash read APIs (esp.flash_read, esp32.Partition, rp2.Flash, pyb.Flash)",
-        HW, Tier.T0,
+        "flash-api",
+        "Flash read APIs (esp.flash_read, esp32.Partition, rp2.Flash, pyb.Flash)",
+        HW,
+        Tier.T0,
         "Whoever runs Python code reads the raw flash: every file, the guard's state and any "
         "key stored there (esp32.Partition decrypts partitions marked encrypted).",
         _CODE_EXEC_LEVERS,
@@ -281,8 +324,10 @@ INTERFACES: tuple[Interface, ...] = (
         audit=(AP_FLASH_API,),
     ),
     Interface(
-        "rom-download", "ESP ROM serial download mode (esptool)",
-        ESP, Tier.T3,
+        "rom-download",
+        "ESP ROM serial download mode (esptool)",
+        ESP,
+        Tier.T3,
         "GPIO0 low at reset (or machine.bootloader() where the board supports it) starts the "
         "ROM bootloader: esptool read-flash copies the whole flash, write-flash replaces the "
         "firmware, the ROM loads code into RAM.",
@@ -291,14 +336,16 @@ INTERFACES: tuple[Interface, ...] = (
         kept_by=frozenset({"serial-flash"}),
         board_notes={
             "esp32": "Kept (serial-flash): release-mode flash encryption still bars the ROM "
-                     "from decrypting (DISABLE_DL_DECRYPT/ENCRYPT/CACHE): reads give ciphertext.",
+            "from decrypting (DISABLE_DL_DECRYPT/ENCRYPT/CACHE): reads give ciphertext.",
             "esp32s3": "Kept (serial-flash): secure download mode allows writing signed, "
-                       "encrypted images but no reads.",
+            "encrypted images but no reads.",
         },
     ),
     Interface(
-        "jtag-swd", "JTAG / SWD debug port",
-        HW, Tier.T3,
+        "jtag-swd",
+        "JTAG / SWD debug port",
+        HW,
+        Tier.T3,
         "A debugger halts the CPU and reads or writes RAM, registers and flash (decrypted "
         "flash too, through the ESP32 cache).",
         (HW_ESP_JTAG_OFF, HW_STM32_RDP1, HW_STM32_RDP2, HW_RP2350_DEBUG_OFF, DS_NO_HEADER),
@@ -312,8 +359,10 @@ INTERFACES: tuple[Interface, ...] = (
         },
     ),
     Interface(
-        "stm32-dfu", "STM32 system bootloader (USB DFU, USART) and OpenMV's bootloader",
-        STM, Tier.T3,
+        "stm32-dfu",
+        "STM32 system bootloader (USB DFU, USART) and OpenMV's bootloader",
+        STM,
+        Tier.T3,
         "BOOT0 high at reset (or machine.bootloader() from the REPL) starts the ROM "
         "bootloader: dfu-util -U reads the flash at RDP 0, -D writes any firmware.",
         (HW_STM32_RDP1, HW_STM32_RDP2, DS_NO_BUTTON),
@@ -323,14 +372,16 @@ INTERFACES: tuple[Interface, ...] = (
         partial=frozenset({"hw-stm32-rdp1"}),
         board_notes={
             "openmv": "OpenMV cams also carry OpenMV's own bootloader in flash for IDE "
-                      "firmware updates; RDP does not restrict code running on the chip.",
+            "firmware updates; RDP does not restrict code running on the chip.",
         },
         unsure="OpenMV: what OpenMV's own bootloader allows besides writing a new firmware "
-               "was not checked.",
+        "was not checked.",
     ),
     Interface(
-        "rp2-bootsel", "RP2040/RP2350 USB boot ROM (BOOTSEL, picotool)",
-        RP, Tier.T3,
+        "rp2-bootsel",
+        "RP2040/RP2350 USB boot ROM (BOOTSEL, picotool)",
+        RP,
+        Tier.T3,
         "BOOTSEL held (or QSPI_SS pulled low) at reset, or machine.bootloader(): a UF2 drive "
         "takes any firmware, `picotool save -a` copies the whole flash, `picotool load -x` "
         "runs anything.",
@@ -341,8 +392,10 @@ INTERFACES: tuple[Interface, ...] = (
         kept_by=frozenset({"serial-flash"}),
     ),
     Interface(
-        "flash-readout", "Flash read directly (clip, programmer, or through the chip)",
-        HW, Tier.T3,
+        "flash-readout",
+        "Flash read directly (clip, programmer, or through the chip)",
+        HW,
+        Tier.T3,
         "ESP32 and RP2040/RP2350 keep firmware and filesystem in an external SPI flash chip "
         "that a clip reads in seconds; STM32 flash is internal and read through SWD or DFU.",
         (HW_ESP_FE, HW_STM32_RDP1, HW_STM32_RDP2),
@@ -351,13 +404,15 @@ INTERFACES: tuple[Interface, ...] = (
         "partitions not marked 'encrypted' stay readable.",
         board_notes={
             "rp2350": "The RP2350's encrypted boot decrypts a signed image into SRAM; it is not "
-                      "a fit for MicroPython's firmware, which runs in place from flash.",
+            "a fit for MicroPython's firmware, which runs in place from flash.",
         },
         unsure="RP2350 encrypted boot for MicroPython: not evaluated by mpseal.",
     ),
     Interface(
-        "unsigned-firmware", "A modified firmware flashed in place of yours",
-        HW, Tier.T3,
+        "unsigned-firmware",
+        "A modified firmware flashed in place of yours",
+        HW,
+        Tier.T3,
         "A firmware that skips the guard, dumps the secrets or fakes the warranty state "
         "runs like yours.",
         (HW_ESP_SB, FW_ESP_SECURE, HW_RP2350_SB, HW_STM32_RDP1, HW_STM32_RDP2),
@@ -367,8 +422,10 @@ INTERFACES: tuple[Interface, ...] = (
         partial=frozenset({"hw-stm32-rdp1", "fw-esp-secure"}),
     ),
     Interface(
-        "openmv-ide", "OpenMV IDE USB debug protocol",
-        OPENMV, Tier.T0,
+        "openmv-ide",
+        "OpenMV IDE USB debug protocol",
+        OPENMV,
+        Tier.T0,
         "On the USB serial port OpenMV IDE's protocol stops the running script, uploads and "
         "runs any script, grabs camera frames and resets into the bootloader.",
         (FW_COMPILER_OFF, FW_USB_CDC_OFF),
@@ -377,8 +434,10 @@ INTERFACES: tuple[Interface, ...] = (
         unsure="A build option that removes OpenMV's debug protocol alone was not found.",
     ),
     Interface(
-        "sim-host", "The virtual board's flash is a file on the host",
-        UNIX, Tier.T0,
+        "sim-host",
+        "The virtual board's flash is a file on the host",
+        UNIX,
+        Tier.T0,
         "Whoever uses the host computer reads and changes the virtual flash image directly.",
         (),
         "The virtual board exercises the software locks (guard, profiles, signatures); it "
@@ -402,6 +461,7 @@ LEVERS: Mapping[str, Lever] = MappingProxyType(_all_levers())
 
 # --------------------------------------------------------------------------- queries
 
+
 def check_board(board: str) -> str:
     if board not in BOARDS:
         raise ConfigError(f"unknown board {board!r}; choose one of: {', '.join(sorted(BOARDS))}")
@@ -415,8 +475,9 @@ def interfaces_for(board: str) -> tuple[Interface, ...]:
 
 def levers_for(board: str, *, kind: Kind | None = None) -> tuple[Lever, ...]:
     check_board(board)
-    return tuple(lv for lv in LEVERS.values()
-                 if lv.applies_to(board) and (kind is None or lv.kind == kind))
+    return tuple(
+        lv for lv in LEVERS.values() if lv.applies_to(board) and (kind is None or lv.kind == kind)
+    )
 
 
 def open_on(board: str, keep: Iterable[str] = ()) -> tuple[Interface, ...]:

@@ -38,13 +38,15 @@ class Tier(StrEnum):
     T4 = "T4"
 
 
-TIER_ATTACKER: Mapping[Tier, str] = MappingProxyType({
-    Tier.T0: "curious owner: USB drive, REPL, SD card in a PC",
-    Tier.T1: "the network: MITM, malicious mirror, replayed updates",
-    Tier.T2: "a stolen online server key",
-    Tier.T3: "physical access with tools (esptool read-flash, SWD, DFU, BOOTSEL)",
-    Tier.T4: "a lab (glitching, decapping): out of scope",
-})
+TIER_ATTACKER: Mapping[Tier, str] = MappingProxyType(
+    {
+        Tier.T0: "curious owner: USB drive, REPL, SD card in a PC",
+        Tier.T1: "the network: MITM, malicious mirror, replayed updates",
+        Tier.T2: "a stolen online server key",
+        Tier.T3: "physical access with tools (esptool read-flash, SWD, DFU, BOOTSEL)",
+        Tier.T4: "a lab (glitching, decapping): out of scope",
+    }
+)
 
 
 class Kind(StrEnum):

@@ -32,9 +32,11 @@ SMALL_HEAP = 32 * 1024  # below this much free heap, helpers are deleted after e
 # Frees what mpseal's own helpers (the transfer helper mpx_*, these probes mpa_*) left in
 # the REPL's globals on this boot: on a micro:bit they hold most of its 8 KB of heap.
 # Nothing else is touched; the transport loads its helper again when it needs it.
-FREE_OWN_HELPERS = ("for _k in [k for k in globals() if k[:4] in ('mpx_', 'mpa_')]:\n"
-                    " del globals()[_k]\n"
-                    "__import__('gc').collect()")
+FREE_OWN_HELPERS = (
+    "for _k in [k for k in globals() if k[:4] in ('mpx_', 'mpa_')]:\n"
+    " del globals()[_k]\n"
+    "__import__('gc').collect()"
+)
 TEXT_MAX = 240
 
 
@@ -119,8 +121,9 @@ class DeviceProbes:
             if self.small_heap:
                 self._forget(helper)
 
-    def lines(self, helper: str, statement: str, *, max_lines: int,
-              timeout: float | None = None) -> Outcome:
+    def lines(
+        self, helper: str, statement: str, *, max_lines: int, timeout: float | None = None
+    ) -> Outcome:
         """Run ``statement`` (which prints one literal per line); the value is their list."""
         defined = self._define(helper)
         if defined is not None:

@@ -96,9 +96,12 @@ class Official:
     expect_firmware: str | None = None  # a fingerprint the firmware must report
 
 
-def official_set(roots: list[TrustRoot], artifacts: list[tuple[str, bytes]],
-                 board: str | None = None, expect_firmware: str | None = None) -> tuple[
-                     Official, list[str]]:
+def official_set(
+    roots: list[TrustRoot],
+    artifacts: list[tuple[str, bytes]],
+    board: str | None = None,
+    expect_firmware: str | None = None,
+) -> tuple[Official, list[str]]:
     """The official set from the project's roots and ``dist/*.mpseal`` (name, bytes); the
     second value lists the artifacts left out and why."""
     if not roots:
@@ -112,8 +115,9 @@ def official_set(roots: list[TrustRoot], artifacts: list[tuple[str, bytes]],
             skipped.append(f"{name}: {e}")
             continue
         m = rel.manifest
-        releases.append(OfficialRelease(name, rel.artifact.manifest_bytes, m.app, m.version,
-                                        m.counter))
+        releases.append(
+            OfficialRelease(name, rel.artifact.manifest_bytes, m.app, m.version, m.counter)
+        )
     return Official(tuple(roots), tuple(releases), board, expect_firmware), skipped
 
 
@@ -145,12 +149,21 @@ class SlotReport:
     problem: str = ""  # the artifact could not be read or parsed
 
     def to_dict(self) -> dict[str, object]:
-        return {"slot": self.slot, "present": self.present, "running": self.running,
-                "app": self.app, "version": self.version, "counter": self.counter,
-                "board": self.board, "keyids": list(self.keyids),
-                "signed_by_us": self.signed_by_us, "signature": self.signature,
-                "official_file": self.official_file, "image": self.image,
-                "problem": self.problem}
+        return {
+            "slot": self.slot,
+            "present": self.present,
+            "running": self.running,
+            "app": self.app,
+            "version": self.version,
+            "counter": self.counter,
+            "board": self.board,
+            "keyids": list(self.keyids),
+            "signed_by_us": self.signed_by_us,
+            "signature": self.signature,
+            "official_file": self.official_file,
+            "image": self.image,
+            "problem": self.problem,
+        }
 
 
 @dataclass(frozen=True)
@@ -186,28 +199,39 @@ class WarrantyReport:
     def summary(self) -> str:
         v = self.verdict
         running = next((s for s in self.slots if s.running), None)
-        what = (f"{running.app} {running.version} (counter {running.counter})"
-                if running and running.app else "")
+        what = (
+            f"{running.app} {running.version} (counter {running.counter})"
+            if running and running.app
+            else ""
+        )
         if v == Verdict.OFFICIAL:
             return f"official: {what} signed by our release key, our trust root, guard intact"
         if v == Verdict.ATTEMPT:
-            return (f"official release running ({what}); tampering attempt recorded: the guard "
-                    "refused something (see the evidence)")
+            return (
+                f"official release running ({what}); tampering attempt recorded: the guard "
+                "refused something (see the evidence)"
+            )
         if v == Verdict.MODIFIED:
             return "modified: not as shipped (see the evidence marked 'modified')"
         if not self.reachable:
-            return ("unknown: the REPL is closed (expected on a locked device); give it a "
-                    "service unlock token to inspect it (docs/warranty.md)")
+            return (
+                "unknown: the REPL is closed (expected on a locked device); give it a "
+                "service unlock token to inspect it (docs/warranty.md)"
+            )
         return "unknown: something could not be checked (see the evidence marked 'unknown')"
 
     def to_dict(self) -> dict[str, object]:
         return {
-            "port": self.port, "reachable": self.reachable,
-            "verdict": self.verdict.value, "summary": self.summary(),
+            "port": self.port,
+            "reachable": self.reachable,
+            "verdict": self.verdict.value,
+            "summary": self.summary(),
             "exit_code": self.exit_code,
             "device": {**self.facts, "fingerprint": ds.fingerprint(self.facts)}
-            if self.facts else {},
-            "trust_root": self.trust_root, "guard": self.guard.to_dict(),
+            if self.facts
+            else {},
+            "trust_root": self.trust_root,
+            "guard": self.guard.to_dict(),
             "slots": [s.to_dict() for s in self.slots],
             "evidence": [e.to_dict() for e in self.evidence],
             "power_on": list(self.power_on),
@@ -215,30 +239,43 @@ class WarrantyReport:
         }
 
 
-CANNOT_PROVE = ("Everything here is reported by the device's own firmware. Without Secure "
-                "Boot (T3: ESP32 Secure Boot v2, RP2350 OTP secure boot) a modified firmware "
-                "can answer exactly as an official one would, and a firmware flashed and "
-                "replaced by the original again leaves no trace here.")
+CANNOT_PROVE = (
+    "Everything here is reported by the device's own firmware. Without Secure "
+    "Boot (T3: ESP32 Secure Boot v2, RP2350 OTP secure boot) a modified firmware "
+    "can answer exactly as an official one would, and a firmware flashed and "
+    "replaced by the original again leaves no trace here."
+)
 
 
 # --------------------------------------------------------------------------- running
 
 
-def inspect_port(port: str, official: Official, *, timing: Timing = DEFAULT_TIMING,
-                 power_on: tuple[str, ...] = (), limits: Limits = DEFAULT_LIMITS) -> WarrantyReport:
+def inspect_port(
+    port: str,
+    official: Official,
+    *,
+    timing: Timing = DEFAULT_TIMING,
+    power_on: tuple[str, ...] = (),
+    limits: Limits = DEFAULT_LIMITS,
+) -> WarrantyReport:
     console = check_console(port, timing=timing)
     evidence: list[Evidence] = []
     if not console.reachable:
         # What the guard printed is all there is (the log itself is read when reachable).
         lines = list(power_on) + ds.console_guard_lines(console.output)
         evidence += _log_evidence(lines, "console")
-        evidence.append(Evidence(
-            "REPL", Mark.UNKNOWN,
-            "no prompt on this line: expected on a device locked by the field/sealed profile. "
-            "A service unlock token (signed by the offline root key, bound to this device's "
-            "id) opens it for one boot; then inspect again."))
-        return WarrantyReport(port, console, {}, ds.GuardInfo(False), "not read", (),
-                              tuple(evidence), power_on)
+        evidence.append(
+            Evidence(
+                "REPL",
+                Mark.UNKNOWN,
+                "no prompt on this line: expected on a device locked by the field/sealed profile. "
+                "A service unlock token (signed by the offline root key, bound to this device's "
+                "id) opens it for one boot; then inspect again.",
+            )
+        )
+        return WarrantyReport(
+            port, console, {}, ds.GuardInfo(False), "not read", (), tuple(evidence), power_on
+        )
     transport: Transport = SerialTransport(port, limits=limits)
     probes = DeviceProbes(transport)
     try:
@@ -249,8 +286,9 @@ def inspect_port(port: str, official: Official, *, timing: Timing = DEFAULT_TIMI
         transport.close()
 
 
-def inspect_sim(board: VirtualBoard | PicoBoard, official: Official, *,
-                timing: Timing = DEFAULT_TIMING) -> WarrantyReport:
+def inspect_sim(
+    board: VirtualBoard | PicoBoard, official: Official, *, timing: Timing = DEFAULT_TIMING
+) -> WarrantyReport:
     """Power the virtual board on (its boot sequence runs) and inspect it."""
     if isinstance(board, PicoBoard):
         board.pico.start()
@@ -268,40 +306,59 @@ def inspect_sim(board: VirtualBoard | PicoBoard, official: Official, *,
         link.close()
 
 
-def _inspect(port: str, console: ConsoleCheck, probes: DeviceProbes, official: Official,
-             evidence: list[Evidence], limits: Limits,
-             power_on: tuple[str, ...]) -> WarrantyReport:
+def _inspect(
+    port: str,
+    console: ConsoleCheck,
+    probes: DeviceProbes,
+    official: Official,
+    evidence: list[Evidence],
+    limits: Limits,
+    power_on: tuple[str, ...],
+) -> WarrantyReport:
     facts, out = ds.read_facts(probes)
     evidence.append(_firmware_evidence(facts, out.text(), official))
     guard = ds.read_guard(probes)
     if not guard.installed:
-        evidence.append(Evidence("guard", Mark.UNKNOWN,
-                                 "no /mpseal folder: the mpseal guard is not installed"))
-        return WarrantyReport(port, console, facts, guard, "not installed", (), tuple(evidence),
-                              power_on)
+        evidence.append(
+            Evidence("guard", Mark.UNKNOWN, "no /mpseal folder: the mpseal guard is not installed")
+        )
+        return WarrantyReport(
+            port, console, facts, guard, "not installed", (), tuple(evidence), power_on
+        )
     evidence += _guard_evidence(probes, guard, official)
     root_text, device_root, root_ev = _trust_root_evidence(probes, official, limits)
     evidence.append(root_ev)
     state = guard.state or {}
     running = state.get("trial") or state.get("committed")
     if not guard.state:
-        evidence.append(Evidence("boot state", Mark.UNKNOWN,
-                                 "no intact boot state: which slot runs is not known"))
-    slots = tuple(_slot(probes, s, s == running, official, device_root, limits)
-                  for s in ("a", "b"))
+        evidence.append(
+            Evidence(
+                "boot state", Mark.UNKNOWN, "no intact boot state: which slot runs is not known"
+            )
+        )
+    slots = tuple(_slot(probes, s, s == running, official, device_root, limits) for s in ("a", "b"))
     evidence += _slot_evidence(slots, running)
     if guard.damaged:
-        evidence.append(Evidence("boot state", Mark.INFO,
-                                 f"{guard.damaged} damaged state copy (edited outside the "
-                                 "guard, or flash damage); the guard used the other"))
+        evidence.append(
+            Evidence(
+                "boot state",
+                Mark.INFO,
+                f"{guard.damaged} damaged state copy (edited outside the "
+                "guard, or flash damage); the guard used the other",
+            )
+        )
     if guard.state:
-        evidence.append(Evidence("boot state", Mark.INFO,
-                                 f"committed slot {state.get('committed')}, security counter "
-                                 f"{state.get('counter')}, service unlocks used "
-                                 f"{state.get('unlocks')}"))
+        evidence.append(
+            Evidence(
+                "boot state",
+                Mark.INFO,
+                f"committed slot {state.get('committed')}, security counter "
+                f"{state.get('counter')}, service unlocks used "
+                f"{state.get('unlocks')}",
+            )
+        )
     evidence += _log_evidence(list(guard.log), "guard log")
-    return WarrantyReport(port, console, facts, guard, root_text, slots, tuple(evidence),
-                          power_on)
+    return WarrantyReport(port, console, facts, guard, root_text, slots, tuple(evidence), power_on)
 
 
 # --------------------------------------------------------------------------- evidence
@@ -309,38 +366,52 @@ def _inspect(port: str, console: ConsoleCheck, probes: DeviceProbes, official: O
 
 def _firmware_evidence(facts: dict[str, object], failed: str, official: Official) -> Evidence:
     if not facts:
-        return Evidence("firmware", Mark.UNKNOWN, f"the firmware's facts could not be read: "
-                        f"{failed}")
+        return Evidence(
+            "firmware", Mark.UNKNOWN, f"the firmware's facts could not be read: {failed}"
+        )
     fp = ds.fingerprint(facts)
     impl = facts.get("impl") or facts.get("version")
     uname = f", uname {facts['uname']}" if facts.get("uname") else ""
     desc = clean(f"{facts.get('platform')}, {impl}{uname}", 300)
     if official.expect_firmware and fp != official.expect_firmware:
-        return Evidence("firmware", Mark.MODIFIED,
-                        f"fingerprint {fp[:16]} is not the expected "
-                        f"{official.expect_firmware[:16]}: {desc}")
+        return Evidence(
+            "firmware",
+            Mark.MODIFIED,
+            f"fingerprint {fp[:16]} is not the expected {official.expect_firmware[:16]}: {desc}",
+        )
     mark = Mark.OK if official.expect_firmware else Mark.INFO
-    return Evidence("firmware", mark, f"{desc}; fingerprint {fp[:16]} (what the firmware says "
-                    "about itself; without Secure Boot it can say anything)")
+    return Evidence(
+        "firmware",
+        mark,
+        f"{desc}; fingerprint {fp[:16]} (what the firmware says "
+        "about itself; without Secure Boot it can say anything)",
+    )
 
 
-def _guard_evidence(probes: DeviceProbes, guard: ds.GuardInfo,
-                    official: Official) -> list[Evidence]:
+def _guard_evidence(
+    probes: DeviceProbes, guard: ds.GuardInfo, official: Official
+) -> list[Evidence]:
     out = []
     shim, why = ds.read_file(probes, "/main.py", 1024)
     if shim is None:
         out.append(Evidence("main.py", Mark.UNKNOWN, f"/main.py: {why}"))
     elif shim.strip() == MAIN_SHIM.strip():
-        out.append(Evidence("main.py", Mark.OK, "the guard's shim: every boot goes through "
-                            "the guard"))
+        out.append(
+            Evidence("main.py", Mark.OK, "the guard's shim: every boot goes through the guard")
+        )
     else:
-        out.append(Evidence("main.py", Mark.MODIFIED,
-                            f"/main.py is not the guard's shim ({len(shim)} bytes): the guard "
-                            "may be bypassed"))
+        out.append(
+            Evidence(
+                "main.py",
+                Mark.MODIFIED,
+                f"/main.py is not the guard's shim ({len(shim)} bytes): the guard may be bypassed",
+            )
+        )
     board = guard.board or official.board
     if not board:
-        out.append(Evidence("guard", Mark.UNKNOWN, "no board in device.json to compile the "
-                            "guard for"))
+        out.append(
+            Evidence("guard", Mark.UNKNOWN, "no board in device.json to compile the guard for")
+        )
         return out
     try:
         expected = compiled_guard(board)
@@ -358,46 +429,81 @@ def _guard_evidence(probes: DeviceProbes, guard: ds.GuardInfo,
         if not (got.ok and got.value == (1, want)):
             differ.append(name if got.ok else f"{name} ({got.text()})")
     if differ:
-        out.append(Evidence("guard", Mark.UNKNOWN,
-                            "differs from the guard this mpseal installs for "
-                            f"{board}: {', '.join(differ)} (installed by another mpseal "
-                            "version, or modified)"))
+        out.append(
+            Evidence(
+                "guard",
+                Mark.UNKNOWN,
+                "differs from the guard this mpseal installs for "
+                f"{board}: {', '.join(differ)} (installed by another mpseal "
+                "version, or modified)",
+            )
+        )
     else:
-        out.append(Evidence("guard", Mark.OK, f"/lib/{{{','.join(GUARD_MODULES)}}}.mpy are "
-                            f"byte for byte the guard this mpseal compiles for {board}"))
+        out.append(
+            Evidence(
+                "guard",
+                Mark.OK,
+                f"/lib/{{{','.join(GUARD_MODULES)}}}.mpy are "
+                f"byte for byte the guard this mpseal compiles for {board}",
+            )
+        )
     profile = guard.profile or "field (the guard's default)"
     out.append(Evidence("profile", Mark.INFO, f"lockdown profile {profile}"))
     return out
 
 
-def _trust_root_evidence(probes: DeviceProbes, official: Official,
-                         limits: Limits) -> tuple[str, TrustRoot | None, Evidence]:
+def _trust_root_evidence(
+    probes: DeviceProbes, official: Official, limits: Limits
+) -> tuple[str, TrustRoot | None, Evidence]:
     data, why = ds.read_file(probes, TRUST_ROOT, limits.root_max_length + 1)
     if data is None:
         return "unreadable", None, Evidence("trust root", Mark.UNKNOWN, f"{TRUST_ROOT}: {why}")
     for i, root in enumerate(official.roots):
         if data == root.raw:
             older = "" if i == 0 else " (an older version: not yet rotated)"
-            return (f"ours, version {root.version}", root,
-                    Evidence("trust root", Mark.OK,
-                             f"ours, version {root.version}{older}: same bytes as the project's"))
+            return (
+                f"ours, version {root.version}",
+                root,
+                Evidence(
+                    "trust root",
+                    Mark.OK,
+                    f"ours, version {root.version}{older}: same bytes as the project's",
+                ),
+            )
     try:
         foreign = trustroot.parse(data, limits)
     except BadDataError as e:
-        return "damaged", None, Evidence("trust root", Mark.MODIFIED,
-                                         f"not a valid trust root ({e}); the guard cannot boot")
+        return (
+            "damaged",
+            None,
+            Evidence(
+                "trust root", Mark.MODIFIED, f"not a valid trust root ({e}); the guard cannot boot"
+            ),
+        )
     release = foreign.roles.get("release")
     keys = ", ".join(k[:16] for k in (release.keyids if release else ()))
     ours = {k for r in official.roots for k in r.keys}
     shared = "" if not set(foreign.keys) & ours else " (it shares some keys with ours)"
-    return (f"NOT ours (version {foreign.version})", foreign,
-            Evidence("trust root", Mark.MODIFIED,
-                     f"replaced: a valid trust root that is not ours (version {foreign.version}, "
-                     f"release keys {keys}){shared}: the device trusts someone else's builds"))
+    return (
+        f"NOT ours (version {foreign.version})",
+        foreign,
+        Evidence(
+            "trust root",
+            Mark.MODIFIED,
+            f"replaced: a valid trust root that is not ours (version {foreign.version}, "
+            f"release keys {keys}){shared}: the device trusts someone else's builds",
+        ),
+    )
 
 
-def _slot(probes: DeviceProbes, slot: str, running: bool, official: Official,
-          device_root: TrustRoot | None, limits: Limits) -> SlotReport:
+def _slot(
+    probes: DeviceProbes,
+    slot: str,
+    running: bool,
+    official: Official,
+    device_root: TrustRoot | None,
+    limits: Limits,
+) -> SlotReport:
     path = f"/mpseal/slot-{slot}.mpseal"
     head, why = ds.read_file(probes, path, artifact.HEADER_LENGTH)
     if head is None:
@@ -412,9 +518,9 @@ def _slot(probes: DeviceProbes, slot: str, running: bool, official: Official,
     body, why = ds.read_file(probes, path, sig_end)
     if body is None or len(body) != sig_end:
         return SlotReport(slot, True, running, problem=f"artifact head truncated ({why})")
-    mbytes = body[artifact.HEADER_LENGTH:artifact.HEADER_LENGTH + mlen]
+    mbytes = body[artifact.HEADER_LENGTH : artifact.HEADER_LENGTH + mlen]
     try:
-        sigs = sigblock.decode(body[artifact.HEADER_LENGTH + mlen:sig_end], count)
+        sigs = sigblock.decode(body[artifact.HEADER_LENGTH + mlen : sig_end], count)
         man = manifest.parse(mbytes, limits)
     except BadDataError as e:
         return SlotReport(slot, True, running, problem=str(e))
@@ -427,8 +533,9 @@ def _slot(probes: DeviceProbes, slot: str, running: bool, official: Official,
         except SignatureError:
             signature += "; the device's trust root refuses it too"
     official_file = next((r.name for r in official.releases if r.manifest_bytes == mbytes), None)
-    digest = probes.call("mpa_sha", f"mpa_sha({path!r}, {off}, {ilen + 1})",
-                         timeout=10.0 + ilen / 50_000)
+    digest = probes.call(
+        "mpa_sha", f"mpa_sha({path!r}, {off}, {ilen + 1})", timeout=10.0 + ilen / 50_000
+    )
     if not digest.ok or digest.value is None:
         image = f"not checked ({digest.text()})"
     elif not (isinstance(digest.value, tuple) and len(digest.value) == 2):
@@ -441,8 +548,20 @@ def _slot(probes: DeviceProbes, slot: str, running: bool, official: Official,
         image = "altered: its SHA-256 does not match the signed manifest"
     else:
         image = "intact"
-    return SlotReport(slot, True, running, man.app, man.version, man.counter, man.board,
-                      keyids, signed, signature, official_file, image)
+    return SlotReport(
+        slot,
+        True,
+        running,
+        man.app,
+        man.version,
+        man.counter,
+        man.board,
+        keyids,
+        signed,
+        signature,
+        official_file,
+        image,
+    )
 
 
 def _header(head: bytes, limits: Limits) -> tuple[int, int, int, int]:
@@ -466,8 +585,9 @@ def _header(head: bytes, limits: Limits) -> tuple[int, int, int, int]:
     return mlen, count, off, ilen
 
 
-def _signed_by_us(mbytes: bytes, sigs: list[sigblock.SignatureEntry],
-                  official: Official) -> tuple[bool, str]:
+def _signed_by_us(
+    mbytes: bytes, sigs: list[sigblock.SignatureEntry], official: Official
+) -> tuple[bool, str]:
     first: str | None = None
     for i, root in enumerate(official.roots):
         try:
@@ -486,8 +606,9 @@ def _slot_evidence(slots: tuple[SlotReport, ...], running: object) -> list[Evide
         what = f"slot {s.slot}" + (" (running)" if s.running else "")
         if not s.present:
             if s.running:
-                out.append(Evidence(what, Mark.MODIFIED, "the boot state names this slot but "
-                                    "it is empty"))
+                out.append(
+                    Evidence(what, Mark.MODIFIED, "the boot state names this slot but it is empty")
+                )
             continue
         name = f"{s.app} {s.version} (counter {s.counter})" if s.app else "its artifact"
         if s.problem:
@@ -502,8 +623,11 @@ def _slot_evidence(slots: tuple[SlotReport, ...], running: object) -> list[Evide
         if s.image.startswith("not checked"):
             out.append(Evidence(what, Mark.UNKNOWN, f"{name}: {s.signature}; image {s.image}"))
             continue
-        where = (f"the official release {s.official_file}" if s.official_file else
-                 "signed by us but not among dist/*.mpseal (an older or unpublished build)")
+        where = (
+            f"the official release {s.official_file}"
+            if s.official_file
+            else "signed by us but not among dist/*.mpseal (an older or unpublished build)"
+        )
         out.append(Evidence(what, Mark.OK, f"{name}: {s.signature}; image intact; {where}"))
     if running is None:
         out.append(Evidence("running release", Mark.UNKNOWN, "no slot is committed"))
@@ -511,8 +635,18 @@ def _slot_evidence(slots: tuple[SlotReport, ...], running: object) -> list[Evide
 
 
 _REFUSED = re.compile(r"slot [ab] refused: |unlock refused: ")
-_VERIFY_WORDS = ("signature", "signed", "hash", "truncated", "another board", "rollback",
-                 "damaged", "not an mpseal", "magic", "manifest")
+_VERIFY_WORDS = (
+    "signature",
+    "signed",
+    "hash",
+    "truncated",
+    "another board",
+    "rollback",
+    "damaged",
+    "not an mpseal",
+    "magic",
+    "manifest",
+)
 _REVERTED = re.compile(r"trial of slot [ab] reverted: (.*)")
 _HISTORY = re.compile(r"(booting|staged|committed|falling back|service unlock) ")
 

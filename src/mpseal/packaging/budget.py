@@ -33,8 +33,13 @@ class Budget:
         return max(0, (self.filesystem - RESERVED) // UPDATE_COPIES)
 
     def to_dict(self) -> dict[str, object]:
-        return {"board": self.board, "filesystem": self.filesystem, "needed": self.needed,
-                "per_release": self.per_release, "source": self.source}
+        return {
+            "board": self.board,
+            "filesystem": self.filesystem,
+            "needed": self.needed,
+            "per_release": self.per_release,
+            "source": self.source,
+        }
 
 
 def check(cfg: ProjectConfig, artifact_size: int) -> Budget:
@@ -52,15 +57,18 @@ def check(cfg: ProjectConfig, artifact_size: int) -> Budget:
         fs, source = board.filesystem, f"stock {board.name} firmware"
     budget = Budget(board.name, fs, UPDATE_COPIES * artifact_size + RESERVED, source)
     if artifact_size > GUARD_MAX_IMAGE:
-        raise ConfigError(f"the {board.name} build is {_kib(artifact_size)}: the boot guard "
-                          f"accepts at most {_kib(GUARD_MAX_IMAGE)}; make the app smaller")
+        raise ConfigError(
+            f"the {board.name} build is {_kib(artifact_size)}: the boot guard "
+            f"accepts at most {_kib(GUARD_MAX_IMAGE)}; make the app smaller"
+        )
     if fs is not None and budget.needed > fs:
         raise ConfigError(
             f"the {board.name} build ({_kib(artifact_size)}) does not fit: an update needs "  # noqa: S608 - a message
             f"{UPDATE_COPIES} copies plus {_kib(RESERVED)} = {_kib(budget.needed)} of the "
             f"{_kib(fs)} filesystem ({source}); at most {_kib(budget.per_release or 0)} per "
             "release. Make the app smaller, or set [build] filesystem_size if the device's "
-            "filesystem is larger")
+            "filesystem is larger"
+        )
     return budget
 
 

@@ -50,15 +50,20 @@ class InitResult:
     timestamp_keyid: str
 
 
-def init_project(folder: Path, board_name: str, name: str | None = None,
-                 passphrase: bytes | None = None) -> InitResult:
+def init_project(
+    folder: Path, board_name: str, name: str | None = None, passphrase: bytes | None = None
+) -> InitResult:
     board = get_board(board_name)
     folder = Path(folder)
     name = name or _default_name(folder)
     config_path = folder / CONFIG_NAME
-    key_paths = [folder / "keys/offline/root.pem", folder / "keys/release.pem",
-                 folder / "keys/timestamp.pem", folder / "keys/trust-root.mpsr",
-                 folder / "keys/roots/1.mpsr"]
+    key_paths = [
+        folder / "keys/offline/root.pem",
+        folder / "keys/release.pem",
+        folder / "keys/timestamp.pem",
+        folder / "keys/trust-root.mpsr",
+        folder / "keys/roots/1.mpsr",
+    ]
     for path in [config_path, *key_paths]:
         if path.exists():
             raise UsageError(f"{path} already exists; refusing to overwrite a project or its keys")
@@ -66,13 +71,20 @@ def init_project(folder: Path, board_name: str, name: str | None = None,
     root = PrivateKeySigner.generate()
     release = PrivateKeySigner.generate()
     timestamp = PrivateKeySigner.generate()
-    troot = trustroot.build(1, {"root": [root.public_key], "release": [release.public_key],
-                                "timestamp": [timestamp.public_key]})
+    troot = trustroot.build(
+        1,
+        {
+            "root": [root.public_key],
+            "release": [release.public_key],
+            "timestamp": [timestamp.public_key],
+        },
+    )
     root_blob = trustroot.sign(troot, [root])
 
     # A full disk or Ctrl-C half-way leaves nothing behind: init can simply be run again.
-    with all_or_nothing(folder / "keys/offline", folder / "keys/roots",
-                        folder / "app/data") as written:
+    with all_or_nothing(
+        folder / "keys/offline", folder / "keys/roots", folder / "app/data"
+    ) as written:
         # Keys first, each refusing to replace a file that appeared meanwhile.
         for path, signer in zip(key_paths[:3], (root, release, timestamp), strict=True):
             write_atomic(path, signer.to_pem(passphrase), mode=KEY_MODE, exclusive=True)
@@ -84,19 +96,30 @@ def init_project(folder: Path, board_name: str, name: str | None = None,
 
         template = resources.files("mpseal.packaging") / "template"
         _copy_template(template, folder, written)
-        write_atomic(config_path, CONFIG_TEMPLATE.format(
-            name=name, board=board.name, description=board.description, mpy=board.mpy,
-            arch=board.arch).encode())
+        write_atomic(
+            config_path,
+            CONFIG_TEMPLATE.format(
+                name=name,
+                board=board.name,
+                description=board.description,
+                mpy=board.mpy,
+                arch=board.arch,
+            ).encode(),
+        )
         written.append(config_path)
         # Private keys, build outputs, virtual boards and the local registry stay out of
         # git; the trust roots (public) are meant to be committed.
         gitignore = folder / ".gitignore"
         if not gitignore.exists():
             written.append(gitignore)
-        write_atomic(gitignore, b"/dist/\n/.mpseal-cache/\n/sim/\n/mpseal.db*\n"
-                     b"/keys/*.pem\n/keys/offline/\n/keys/retired/\n/ca/offline/\n/ca/*key*\n")
-    return InitResult(folder, written, root.public_key.keyid, release.public_key.keyid,
-                      timestamp.public_key.keyid)
+        write_atomic(
+            gitignore,
+            b"/dist/\n/.mpseal-cache/\n/sim/\n/mpseal.db*\n"
+            b"/keys/*.pem\n/keys/offline/\n/keys/retired/\n/ca/offline/\n/ca/*key*\n",
+        )
+    return InitResult(
+        folder, written, root.public_key.keyid, release.public_key.keyid, timestamp.public_key.keyid
+    )
 
 
 def _copy_template(src: resources.abc.Traversable, dest: Path, out: list[Path]) -> None:

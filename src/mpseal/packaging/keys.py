@@ -63,14 +63,21 @@ class KeyChange:
     retiring: tuple[str, ...] = ()  # keyids still named, to revoke once devices moved on
 
     def summary(self) -> dict[str, object]:
-        return {"action": self.action, "role": self.role, "old_version": self.old_version,
-                "version": self.root.version, "root_file": str(self.root_file),
-                "added": list(self.added), "removed": list(self.removed),
-                "key_file": str(self.key_file) if self.key_file else None,
-                "retired": [str(p) for p in self.retired],
-                "retiring": list(self.retiring),
-                "threshold": self.root.roles[self.role].threshold
-                if self.role in self.root.roles else None}
+        return {
+            "action": self.action,
+            "role": self.role,
+            "old_version": self.old_version,
+            "version": self.root.version,
+            "root_file": str(self.root_file),
+            "added": list(self.added),
+            "removed": list(self.removed),
+            "key_file": str(self.key_file) if self.key_file else None,
+            "retired": [str(p) for p in self.retired],
+            "retiring": list(self.retiring),
+            "threshold": self.root.roles[self.role].threshold
+            if self.role in self.root.roles
+            else None,
+        }
 
 
 def default_key_path(project: Project, role: str) -> Path:
@@ -97,15 +104,21 @@ def archive_root(project: Project, root: TrustRoot | None = None) -> Path:
     if path.is_file():
         kept = read_limited(path, DEFAULT_LIMITS.root_max_length, "kept trust root")
         if kept != root.raw:
-            raise ConfigError(f"{path} differs from the project's trust root of the same version; "
-                              "one of them was changed by hand: restore the right one")
+            raise ConfigError(
+                f"{path} differs from the project's trust root of the same version; "
+                "one of them was changed by hand: restore the right one"
+            )
         return path
     write_atomic(path, root.raw, exclusive=True)
     return path
 
 
-def role_signers(project: Project, role: str, passphrase: PassphraseSource = no_passphrase,
-                 root: TrustRoot | None = None) -> list[Signer]:
+def role_signers(
+    project: Project,
+    role: str,
+    passphrase: PassphraseSource = no_passphrase,
+    root: TrustRoot | None = None,
+) -> list[Signer]:
     """Private keys of the trust root's ``role`` the project holds, a threshold of them.
 
     The update server signs timestamps with ``role_signers(project, "timestamp", ...)``.
@@ -122,8 +135,9 @@ def role_signers(project: Project, role: str, passphrase: PassphraseSource = no_
     return chosen
 
 
-def key_files(project: Project, role: str,
-              passphrase: PassphraseSource = no_passphrase) -> list[KeyFile]:
+def key_files(
+    project: Project, role: str, passphrase: PassphraseSource = no_passphrase
+) -> list[KeyFile]:
     """Every private key file of ``role`` in the project: the main one and ``<name>-*.pem``."""
     main = default_key_path(project, role)
     paths = [main] if main.is_file() else []
@@ -135,10 +149,16 @@ def key_files(project: Project, role: str,
     return out
 
 
-def add_key(project: Project, role: str, *, threshold: int | None = None,
-            public: PublicKey | None = None, passphrase: PassphraseSource = no_passphrase,
-            new_passphrase: bytes | None = None,
-            extra_signers: Sequence[Signer] = ()) -> KeyChange:
+def add_key(
+    project: Project,
+    role: str,
+    *,
+    threshold: int | None = None,
+    public: PublicKey | None = None,
+    passphrase: PassphraseSource = no_passphrase,
+    new_passphrase: bytes | None = None,
+    extra_signers: Sequence[Signer] = (),
+) -> KeyChange:
     """Add a key to ``role``: a new one generated here, or ``public`` (an HSM's, say).
 
     ``threshold`` sets the role's new threshold (default: unchanged, 1 for a new role).
@@ -151,19 +171,28 @@ def add_key(project: Project, role: str, *, threshold: int | None = None,
     key = public or signer.public_key  # type: ignore[union-attr]
     _check_new_key(old, role, key)
     if len(current) >= DEFAULT_LIMITS.signatures_max_count:
-        raise UsageError(f"role {role!r} already has {len(current)} keys, the limit; "
-                         "revoke one first")
+        raise UsageError(
+            f"role {role!r} already has {len(current)} keys, the limit; revoke one first"
+        )
     t = threshold if threshold is not None else (old.roles[role].threshold if current else 1)
     new = _rebuild(old, role, [*current, key.keyid], t, extra={key.keyid: key})
     change = _publish(project, old, new, role, passphrase, extra_signers, signer, new_passphrase)
     key_file = _promote(project, role, change.key_file)
-    return KeyChange("add", role, old.version, change.root, change.root_file, (key.keyid,), (),
-                     key_file, ())
+    return KeyChange(
+        "add", role, old.version, change.root, change.root_file, (key.keyid,), (), key_file, ()
+    )
 
 
-def rotate_key(project: Project, role: str, *, public: PublicKey | None = None,
-               passphrase: PassphraseSource = no_passphrase, new_passphrase: bytes | None = None,
-               extra_signers: Sequence[Signer] = (), immediate: bool = False) -> KeyChange:
+def rotate_key(
+    project: Project,
+    role: str,
+    *,
+    public: PublicKey | None = None,
+    passphrase: PassphraseSource = no_passphrase,
+    new_passphrase: bytes | None = None,
+    extra_signers: Sequence[Signer] = (),
+    immediate: bool = False,
+) -> KeyChange:
     """Replace ``role``'s keys by one new key (generated here, or ``public``).
 
     The release role rotates in the order a fleet survives (unless ``immediate``): the
@@ -183,22 +212,39 @@ def rotate_key(project: Project, role: str, *, public: PublicKey | None = None,
     _check_new_key(old, role, key)
     staged = role == "release" and not immediate and bool(old_ids)
     if staged and old.roles[role].threshold != 1:
-        raise UsageError(f"the release role needs {old.roles[role].threshold} signatures: "
-                         "rotate its keys one at a time ('mpseal keys add', a release signed "
-                         "by the new set, then 'mpseal keys revoke'), or give --immediate")
+        raise UsageError(
+            f"the release role needs {old.roles[role].threshold} signatures: "
+            "rotate its keys one at a time ('mpseal keys add', a release signed "
+            "by the new set, then 'mpseal keys revoke'), or give --immediate"
+        )
     keyids = [*old_ids, key.keyid] if staged else [key.keyid]
     new = _rebuild(old, role, keyids, 1, extra={key.keyid: key})
     change = _publish(project, old, new, role, passphrase, extra_signers, signer, new_passphrase)
     retired = _retire(project, role, [kf for kf in held if kf.keyid in old_ids])
     key_file = _promote(project, role, change.key_file)
-    return KeyChange("rotate", role, old.version, change.root, change.root_file, (key.keyid,),
-                     () if staged else old_ids, key_file, retired,
-                     retiring=old_ids if staged else ())
+    return KeyChange(
+        "rotate",
+        role,
+        old.version,
+        change.root,
+        change.root_file,
+        (key.keyid,),
+        () if staged else old_ids,
+        key_file,
+        retired,
+        retiring=old_ids if staged else (),
+    )
 
 
-def revoke_key(project: Project, role: str, keyid: str, *, threshold: int | None = None,
-               passphrase: PassphraseSource = no_passphrase,
-               extra_signers: Sequence[Signer] = ()) -> KeyChange:
+def revoke_key(
+    project: Project,
+    role: str,
+    keyid: str,
+    *,
+    threshold: int | None = None,
+    passphrase: PassphraseSource = no_passphrase,
+    extra_signers: Sequence[Signer] = (),
+) -> KeyChange:
     """Remove key ``keyid`` (or a unique prefix of 8+ hex digits) from ``role``."""
     passphrase = _asking_once(passphrase)
     old = project.trust_root()
@@ -207,8 +253,10 @@ def revoke_key(project: Project, role: str, keyid: str, *, threshold: int | None
     full = _resolve_keyid(r.keyids, keyid, role)
     remaining = [k for k in r.keyids if k != full]
     if not remaining:
-        raise UsageError(f"{full[:16]} is the only {role} key: revoking it leaves nobody to sign; "
-                         f"use 'mpseal keys rotate --role {role}'")
+        raise UsageError(
+            f"{full[:16]} is the only {role} key: revoking it leaves nobody to sign; "
+            f"use 'mpseal keys rotate --role {role}'"
+        )
     if threshold is None:
         if r.threshold > len(remaining):
             raise UsageError(
@@ -221,8 +269,9 @@ def revoke_key(project: Project, role: str, keyid: str, *, threshold: int | None
     change = _publish(project, old, new, role, passphrase, extra_signers, None, None)
     retired = _retire(project, role, [kf for kf in held if kf.keyid == full])
     _promote(project, role, None)
-    return KeyChange("revoke", role, old.version, change.root, change.root_file, (), (full,),
-                     None, retired)
+    return KeyChange(
+        "revoke", role, old.version, change.root, change.root_file, (), (full,), None, retired
+    )
 
 
 # -- internals ----------------------------------------------------------------------------
@@ -250,14 +299,18 @@ def _check_new_key(root: TrustRoot, role: str, key: PublicKey) -> None:
         if key.keyid in r.keyids:
             if name == role:
                 raise UsageError(f"key {key.keyid[:16]} is already a {role} key")
-            raise UsageError(f"key {key.keyid[:16]} is already the {name} role's key; every role "
-                             "needs its own key (a stolen online key must not sign for another)")
+            raise UsageError(
+                f"key {key.keyid[:16]} is already the {name} role's key; every role "
+                "needs its own key (a stolen online key must not sign for another)"
+            )
 
 
 def _resolve_keyid(keyids: Sequence[str], text: str, role: str) -> str:
     text = text.lower()
     if len(text) < 8 or any(c not in "0123456789abcdef" for c in text):
-        raise UsageError(f"key id {text[:20]!r} must be at least 8 hex digits (see 'mpseal keys list')")
+        raise UsageError(
+            f"key id {text[:20]!r} must be at least 8 hex digits (see 'mpseal keys list')"
+        )
     found = [k for k in keyids if k.startswith(text)]
     if not found:
         raise UsageError(f"the {role} role has no key {text[:16]} (see 'mpseal keys list')")
@@ -266,8 +319,13 @@ def _resolve_keyid(keyids: Sequence[str], text: str, role: str) -> str:
     return found[0]
 
 
-def _rebuild(old: TrustRoot, role: str, keyids: Sequence[str], threshold: int,
-             extra: dict[str, PublicKey] | None = None) -> TrustRoot:
+def _rebuild(
+    old: TrustRoot,
+    role: str,
+    keyids: Sequence[str],
+    threshold: int,
+    extra: dict[str, PublicKey] | None = None,
+) -> TrustRoot:
     pool = {**old.keys, **(extra or {})}
     role_keys = {name: [pool[k] for k in r.keyids] for name, r in old.roles.items()}
     thresholds = {name: r.threshold for name, r in old.roles.items()}
@@ -283,12 +341,20 @@ class _Published:
     key_file: Path | None
 
 
-def _publish(project: Project, old: TrustRoot, new: TrustRoot, role: str,
-             passphrase: PassphraseSource, extra_signers: Sequence[Signer],
-             new_signer: PrivateKeySigner | None, new_passphrase: bytes | None) -> _Published:
+def _publish(
+    project: Project,
+    old: TrustRoot,
+    new: TrustRoot,
+    role: str,
+    passphrase: PassphraseSource,
+    extra_signers: Sequence[Signer],
+    new_signer: PrivateKeySigner | None,
+    new_passphrase: bytes | None,
+) -> _Published:
     """Sign ``new`` as the step after ``old`` and write key, archived root and trust root."""
-    available: dict[str, Signer] = {kf.keyid: kf.signer
-                                    for kf in key_files(project, "root", passphrase)}
+    available: dict[str, Signer] = {
+        kf.keyid: kf.signer for kf in key_files(project, "root", passphrase)
+    }
     for s in extra_signers:
         available[s.public_key.keyid] = s
     if new_signer is not None and role == "root":
@@ -311,8 +377,9 @@ def _publish(project: Project, old: TrustRoot, new: TrustRoot, role: str,
     return _Published(project.trust_root(), root_file, key_file)
 
 
-def _root_signers(project: Project, old: TrustRoot, new: TrustRoot,
-                  available: dict[str, Signer]) -> list[Signer]:
+def _root_signers(
+    project: Project, old: TrustRoot, new: TrustRoot, available: dict[str, Signer]
+) -> list[Signer]:
     """A threshold of the old root role and of the new one, as few signatures as will do."""
     chosen: list[str] = []
     both = set(new.role("root").keyids)
@@ -376,9 +443,13 @@ def _promote(project: Project, role: str, preferred: Path | None) -> Path | None
     return preferred
 
 
-def set_tls_anchors(project: Project, anchors: Sequence[bytes], *,
-                    passphrase: PassphraseSource = no_passphrase,
-                    extra_signers: Sequence[Signer] = ()) -> KeyChange:
+def set_tls_anchors(
+    project: Project,
+    anchors: Sequence[bytes],
+    *,
+    passphrase: PassphraseSource = no_passphrase,
+    extra_signers: Sequence[Signer] = (),
+) -> KeyChange:
     """A new trust root naming ``anchors`` (DER certificates, tried in order) as the update
     server's TLS anchors; its keys and roles unchanged. Devices take it through the update
     server like any root step, then pin these anchors instead of their provisioned file.

@@ -136,8 +136,12 @@ class Compiler:
     def version(self) -> str:
         """What the compiler says it is (``MicroPython v1.29.0 ...; mpy-cross emitting mpy v6.3``)."""
         try:
-            proc = subprocess.run([str(self.binary), "--version"], capture_output=True,
-                                  timeout=COMPILE_TIMEOUT, check=False)
+            proc = subprocess.run(
+                [str(self.binary), "--version"],
+                capture_output=True,
+                timeout=COMPILE_TIMEOUT,
+                check=False,
+            )
         except (OSError, subprocess.TimeoutExpired) as e:
             raise ToolError(f"cannot run mpy-cross ({self.binary}): {e}") from None
         return proc.stdout.decode("utf-8", "replace").strip()[:200] or "unknown"
@@ -152,8 +156,9 @@ class Compiler:
     def _compile(self, module: Module) -> bytes:
         cmd = [str(self.binary), *self.options.args(), "-s", module.name, "-"]
         try:
-            proc = subprocess.run(cmd, input=module.source, capture_output=True,
-                                  timeout=COMPILE_TIMEOUT, check=False)
+            proc = subprocess.run(
+                cmd, input=module.source, capture_output=True, timeout=COMPILE_TIMEOUT, check=False
+            )
         except subprocess.TimeoutExpired:
             raise ToolError(f"mpy-cross took over {COMPILE_TIMEOUT}s on {module.name}") from None
         except OSError as e:
@@ -165,8 +170,9 @@ class Compiler:
             raise CompileError(f"{module.name} does not compile: {last} ({where})".strip())
         return proc.stdout
 
-    def compile_all(self, modules: Iterable[Module],
-                    progress: Callable[[str], None] | None = None) -> dict[str, bytes]:
+    def compile_all(
+        self, modules: Iterable[Module], progress: Callable[[str], None] | None = None
+    ) -> dict[str, bytes]:
         """Compile every module; returns module name -> .mpy bytes, in input order."""
         modules = list(modules)
         if len({m.name for m in modules}) != len(modules):
@@ -197,5 +203,7 @@ class Compiler:
                     out[m.name] = data
             self.misses += len(todo)
         if self.cache_dir is not None and (todo or len(pack) != len(modules)):
-            _write_pack(self.cache_dir / PACK, {k: out[m.name] for m, k in zip(modules, keys, strict=True)})
+            _write_pack(
+                self.cache_dir / PACK, {k: out[m.name] for m, k in zip(modules, keys, strict=True)}
+            )
         return {m.name: out[m.name] for m in modules}

@@ -61,8 +61,13 @@ class BuildResult:
         }
 
 
-def build(project: Project, signer: Signer, progress: Callable[[str], None] | None = None,
-          on_total: Callable[[int], None] | None = None, jobs: int | None = None) -> BuildResult:
+def build(
+    project: Project,
+    signer: Signer,
+    progress: Callable[[str], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+    jobs: int | None = None,
+) -> BuildResult:
     cfg = project.config
     t0 = time.perf_counter()
     stages: dict[str, float] = {}
@@ -106,16 +111,21 @@ def build(project: Project, signer: Signer, progress: Callable[[str], None] | No
         entry=cfg.entry,
         files=romfs.entries(image),
         # "profile": signed, the loosest lockdown the guard runs this release under
-        build={"opt": cfg.opt, "source_lines": cfg.source_lines, "tool": f"mpseal {__version__}",
-               "profile": cfg.profile,
-               "sbom": hashlib.sha256(sbom_bytes).hexdigest()},
+        build={
+            "opt": cfg.opt,
+            "source_lines": cfg.source_lines,
+            "tool": f"mpseal {__version__}",
+            "profile": cfg.profile,
+            "sbom": hashlib.sha256(sbom_bytes).hexdigest(),
+        },
     )
     mlen = len(manifest.encode())
     if len(image) > DEFAULT_LIMITS.image_max_length or mlen > DEFAULT_LIMITS.manifest_max_length:
         raise ConfigError(
             f"the image is {len(image)} bytes and its manifest {mlen}; devices accept at most "
             f"{DEFAULT_LIMITS.image_max_length} and {DEFAULT_LIMITS.manifest_max_length} "
-            "(mpseal/limits.py, the same limits the device's runtime enforces)")
+            "(mpseal/limits.py, the same limits the device's runtime enforces)"
+        )
     art = artifact.create(manifest, image, [signer])
     blob = art.encode()
     # Check the artifact as a device would before anyone can ship it.
@@ -155,19 +165,32 @@ def sbom_path(artifact_path: Path) -> Path:
     return artifact_path.with_suffix(".cdx.json")
 
 
-def _sbom(project: Project, sources: Sources, files: dict[str, bytes], image_sha256: str,
-          compiler: Compiler) -> bytes:
+def _sbom(
+    project: Project,
+    sources: Sources,
+    files: dict[str, bytes],
+    image_sha256: str,
+    compiler: Compiler,
+) -> bytes:
     cfg = project.config
     source_of = {m.name[:-3] + ".mpy": m.source for m in sources.modules}
     source_of.update(sources.data)
     config_path = project.root / "mpseal.toml"
     inp = sbom.SbomInput(
-        app=cfg.name, version=cfg.version, board=cfg.board.name, port=cfg.board.port,
-        mpy_version=cfg.mpy_version, arch=cfg.arch, image_sha256=image_sha256, opt=cfg.opt,
+        app=cfg.name,
+        version=cfg.version,
+        board=cfg.board.name,
+        port=cfg.board.port,
+        mpy_version=cfg.mpy_version,
+        arch=cfg.arch,
+        image_sha256=image_sha256,
+        opt=cfg.opt,
         source_lines=cfg.source_lines,
         config_sha256=hashlib.sha256(config_path.read_bytes()).hexdigest()
-        if config_path.is_file() else "",
+        if config_path.is_file()
+        else "",
         tools={"mpseal": __version__, "mpy-cross": compiler.version()},
         files={name: (data, source_of.get(name)) for name, data in files.items()},
-        packages=sbom.find_packages(project.root, project.source_dir))
+        packages=sbom.find_packages(project.root, project.source_dir),
+    )
     return sbom.make(inp)

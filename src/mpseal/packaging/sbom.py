@@ -72,8 +72,11 @@ def find_packages(project_root: Path, source_dir: Path) -> tuple[Package, ...]:
     found: dict[str, Package] = {}
     req = project_root / "requirements.txt"
     if req.is_file():
-        for line in read_limited(req, MAX_PACKAGE_FILE, "requirements.txt").decode(
-                "utf-8", "replace").splitlines():
+        for line in (
+            read_limited(req, MAX_PACKAGE_FILE, "requirements.txt")
+            .decode("utf-8", "replace")
+            .splitlines()
+        ):
             m = _PIN.match(line.strip())
             if m:
                 found[_norm(m.group(1))] = Package(m.group(1), m.group(2), "pypi")
@@ -91,8 +94,9 @@ def find_packages(project_root: Path, source_dir: Path) -> tuple[Package, ...]:
         if path.parent != project_root:
             name = path.parent.name
             version = doc.get("version")
-            found[_norm(name)] = Package(name, version if isinstance(version, str) else None,
-                                         "mip", f"lib/{name}")
+            found[_norm(name)] = Package(
+                name, version if isinstance(version, str) else None, "mip", f"lib/{name}"
+            )
         for dep in doc.get("deps", []):
             if isinstance(dep, list) and dep and isinstance(dep[0], str):
                 version = dep[1] if len(dep) > 1 and isinstance(dep[1], str) else None
@@ -120,6 +124,7 @@ def make(inp: SbomInput) -> bytes:
     compiling it. tests/test_sbom.py checks this against the library's own output
     (make_with_library) and its schema validator.
     """
+
     def sha(hexdigest: str) -> list[dict[str, str]]:
         return [{"alg": "SHA-256", "content": hexdigest}]
 
@@ -127,24 +132,47 @@ def make(inp: SbomInput) -> bytes:
         return [{"name": n, "value": v} for n, v in sorted(pairs)]
 
     app: dict[str, object] = {
-        "bom-ref": "app", "type": "firmware", "name": inp.app, "version": inp.version,
+        "bom-ref": "app",
+        "type": "firmware",
+        "name": inp.app,
+        "version": inp.version,
         "hashes": sha(inp.image_sha256),
-        "properties": props([(f"mpseal:{k}", str(v)) for k, v in (
-            ("board", inp.board), ("port", inp.port), ("mpy.version", inp.mpy_version),
-            ("mpy.arch", inp.arch), ("build.opt", inp.opt),
-            ("build.source_lines", str(inp.source_lines).lower()),
-            ("build.config_sha256", inp.config_sha256))])}
-    metadata: dict[str, object] = {"component": app, "tools": {"components": [
-        {"bom-ref": f"tool:{name}", "type": "application", "name": name, "version": version}
-        for name, version in sorted(inp.tools.items())]}}
+        "properties": props(
+            [
+                (f"mpseal:{k}", str(v))
+                for k, v in (
+                    ("board", inp.board),
+                    ("port", inp.port),
+                    ("mpy.version", inp.mpy_version),
+                    ("mpy.arch", inp.arch),
+                    ("build.opt", inp.opt),
+                    ("build.source_lines", str(inp.source_lines).lower()),
+                    ("build.config_sha256", inp.config_sha256),
+                )
+            ]
+        ),
+    }
+    metadata: dict[str, object] = {
+        "component": app,
+        "tools": {
+            "components": [
+                {"bom-ref": f"tool:{name}", "type": "application", "name": name, "version": version}
+                for name, version in sorted(inp.tools.items())
+            ]
+        },
+    }
     epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
     if epoch.isdigit():
         metadata["timestamp"] = dt.datetime.fromtimestamp(int(epoch), dt.UTC).isoformat()
     components: list[dict[str, object]] = []
     depends: dict[str, list[str]] = {"app": []}
     for pkg in sorted(inp.packages, key=lambda p: (p.source, p.name)):
-        comp: dict[str, object] = {"bom-ref": f"pkg:{pkg.source}:{pkg.name}", "type": "library",
-                                   "group": pkg.source, "name": pkg.name}
+        comp: dict[str, object] = {
+            "bom-ref": f"pkg:{pkg.source}:{pkg.name}",
+            "type": "library",
+            "group": pkg.source,
+            "name": pkg.name,
+        }
         if pkg.version is not None:
             comp["version"] = pkg.version
         if pkg.source == "pypi":
@@ -155,22 +183,38 @@ def make(inp: SbomInput) -> bytes:
     for name in sorted(inp.files):
         data, source = inp.files[name]
         ref = f"file:{name}"
-        comp = {"bom-ref": ref, "type": "file", "name": name,
-                "hashes": sha(hashlib.sha256(data).hexdigest())}
+        comp = {
+            "bom-ref": ref,
+            "type": "file",
+            "name": name,
+            "hashes": sha(hashlib.sha256(data).hexdigest()),
+        }
         if source is not None and source != data:
-            comp["properties"] = props([("mpseal:sha256.source",
-                                         hashlib.sha256(source).hexdigest())])
+            comp["properties"] = props(
+                [("mpseal:sha256.source", hashlib.sha256(source).hexdigest())]
+            )
         components.append(comp)
         owner = _owner(name, inp.packages)
         depends[f"pkg:{owner.source}:{owner.name}" if owner else "app"].append(ref)
         depends[ref] = []
-    serial = uuid.uuid5(uuid.NAMESPACE_URL, "mpseal:" + "/".join(
-        (inp.app, inp.version, inp.board, inp.image_sha256, inp.config_sha256)))
-    doc = {"$schema": "http://cyclonedx.org/schema/bom-1.6.schema.json",
-           "bomFormat": "CycloneDX", "specVersion": SPEC, "serialNumber": serial.urn,
-           "version": 1, "metadata": metadata, "components": components,
-           "dependencies": [{"ref": ref, "dependsOn": sorted(deps)} if deps else {"ref": ref}
-                            for ref, deps in sorted(depends.items())]}
+    serial = uuid.uuid5(
+        uuid.NAMESPACE_URL,
+        "mpseal:"
+        + "/".join((inp.app, inp.version, inp.board, inp.image_sha256, inp.config_sha256)),
+    )
+    doc = {
+        "$schema": "http://cyclonedx.org/schema/bom-1.6.schema.json",
+        "bomFormat": "CycloneDX",
+        "specVersion": SPEC,
+        "serialNumber": serial.urn,
+        "version": 1,
+        "metadata": metadata,
+        "components": components,
+        "dependencies": [
+            {"ref": ref, "dependsOn": sorted(deps)} if deps else {"ref": ref}
+            for ref, deps in sorted(depends.items())
+        ],
+    }
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode() + b"\n"
 
 
@@ -194,40 +238,74 @@ def make_with_library(inp: SbomInput) -> bytes:
         return HashType(alg=HashAlgorithm.SHA_256, content=hashlib.sha256(data).hexdigest())
 
     app = Component(
-        name=inp.app, version=inp.version, type=ComponentType.FIRMWARE, bom_ref="app",
+        name=inp.app,
+        version=inp.version,
+        type=ComponentType.FIRMWARE,
+        bom_ref="app",
         hashes=[HashType(alg=HashAlgorithm.SHA_256, content=inp.image_sha256)],
-        properties=[Property(name=f"mpseal:{k}", value=str(v)) for k, v in (
-            ("board", inp.board), ("port", inp.port), ("mpy.version", inp.mpy_version),
-            ("mpy.arch", inp.arch), ("build.opt", inp.opt),
-            ("build.source_lines", str(inp.source_lines).lower()),
-            ("build.config_sha256", inp.config_sha256))])
-    bom = Bom(serial_number=uuid.uuid5(uuid.NAMESPACE_URL, "mpseal:" + "/".join(
-        (inp.app, inp.version, inp.board, inp.image_sha256, inp.config_sha256))))
+        properties=[
+            Property(name=f"mpseal:{k}", value=str(v))
+            for k, v in (
+                ("board", inp.board),
+                ("port", inp.port),
+                ("mpy.version", inp.mpy_version),
+                ("mpy.arch", inp.arch),
+                ("build.opt", inp.opt),
+                ("build.source_lines", str(inp.source_lines).lower()),
+                ("build.config_sha256", inp.config_sha256),
+            )
+        ],
+    )
+    bom = Bom(
+        serial_number=uuid.uuid5(
+            uuid.NAMESPACE_URL,
+            "mpseal:"
+            + "/".join((inp.app, inp.version, inp.board, inp.image_sha256, inp.config_sha256)),
+        )
+    )
     bom.metadata.component = app
     epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
-    bom.metadata.timestamp = (dt.datetime.fromtimestamp(int(epoch), dt.UTC)
-                              if epoch.isdigit() else None)  # type: ignore[assignment]
+    bom.metadata.timestamp = (
+        dt.datetime.fromtimestamp(int(epoch), dt.UTC) if epoch.isdigit() else None
+    )  # type: ignore[assignment]
     # (cyclonedx types it as datetime; None leaves the time out, as a reproducible build wants)
     for name, version in sorted(inp.tools.items()):
         bom.metadata.tools.components.add(
-            Component(name=name, version=version, type=ComponentType.APPLICATION,
-                      bom_ref=f"tool:{name}"))
+            Component(
+                name=name, version=version, type=ComponentType.APPLICATION, bom_ref=f"tool:{name}"
+            )
+        )
     packages = {}
     for pkg in inp.packages:
-        purl = PackageURL("pypi", name=pkg.name, version=pkg.version) \
-            if pkg.source == "pypi" else None
-        comp = Component(name=pkg.name, version=pkg.version, type=ComponentType.LIBRARY,
-                         group=pkg.source, purl=purl, bom_ref=f"pkg:{pkg.source}:{pkg.name}")
+        purl = (
+            PackageURL("pypi", name=pkg.name, version=pkg.version) if pkg.source == "pypi" else None
+        )
+        comp = Component(
+            name=pkg.name,
+            version=pkg.version,
+            type=ComponentType.LIBRARY,
+            group=pkg.source,
+            purl=purl,
+            bom_ref=f"pkg:{pkg.source}:{pkg.name}",
+        )
         packages[pkg.name] = comp
         bom.components.add(comp)
     owned: dict[str, list[Component]] = {}
     for name in sorted(inp.files):
         data, source = inp.files[name]
         hashes = [sha(data)]
-        props = [Property(name="mpseal:sha256.source", value=hashlib.sha256(source).hexdigest())
-                 ] if source is not None and source != data else []
-        comp = Component(name=name, type=ComponentType.FILE, hashes=hashes, properties=props,
-                         bom_ref=f"file:{name}")
+        props = (
+            [Property(name="mpseal:sha256.source", value=hashlib.sha256(source).hexdigest())]
+            if source is not None and source != data
+            else []
+        )
+        comp = Component(
+            name=name,
+            type=ComponentType.FILE,
+            hashes=hashes,
+            properties=props,
+            bom_ref=f"file:{name}",
+        )
         bom.components.add(comp)
         owner = _owner(name, inp.packages)
         owned.setdefault(owner.name if owner else "", []).append(comp)

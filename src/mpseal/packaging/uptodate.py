@@ -63,9 +63,17 @@ def record(project: Project, inputs: str, blob: bytes, summary: dict[str, Any]) 
     """Remember this build. A record that cannot be written (disk full) is no error: the
     old record names another artifact hash, so the next build is simply done again."""
     try:
-        write_atomic(record_path(project), json.dumps({
-            "inputs": inputs, "artifact_sha256": hashlib.sha256(blob).hexdigest(),
-            "summary": summary}, sort_keys=True).encode())
+        write_atomic(
+            record_path(project),
+            json.dumps(
+                {
+                    "inputs": inputs,
+                    "artifact_sha256": hashlib.sha256(blob).hexdigest(),
+                    "summary": summary,
+                },
+                sort_keys=True,
+            ).encode(),
+        )
     except StorageError:
         pass
 

@@ -44,15 +44,15 @@ _HOSTPORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]{1,253}):([0-9]{1,5})"
 
 TRADEOFFS: dict[AnchorMode, str] = {
     "root": "Trusts every certificate the root's CA issues for the name the device checks. "
-            "Survives renewals of the server certificate and changes of intermediate; breaks "
-            "only when the root expires or the server moves to another CA. With a public CA, "
-            "anyone that CA validates for your host name can stand in for the server.",
+    "Survives renewals of the server certificate and changes of intermediate; breaks "
+    "only when the root expires or the server moves to another CA. With a public CA, "
+    "anyone that CA validates for your host name can stand in for the server.",
     "intermediate": "Trusts only certificates from this intermediate: narrower than the root. "
-                    "Breaks when the CA issues from another intermediate; public CAs rotate "
-                    "intermediates (Let's Encrypt uses several) without notice, so ship an "
-                    "update path that does not depend on this connection.",
+    "Breaks when the CA issues from another intermediate; public CAs rotate "
+    "intermediates (Let's Encrypt uses several) without notice, so ship an "
+    "update path that does not depend on this connection.",
     "leaf": "Trusts exactly this self-signed server certificate: the narrowest. Breaks at the "
-            "server's next certificate or key change; the device must be updated first.",
+    "server's next certificate or key change; the device must be updated first.",
 }
 
 
@@ -96,19 +96,23 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def fetch_chain(host: str, port: int, timeout: float = 10.0,
-                limits: PkiLimits = DEFAULT_PKI_LIMITS) -> list[x509.Certificate]:
+def fetch_chain(
+    host: str, port: int, timeout: float = 10.0, limits: PkiLimits = DEFAULT_PKI_LIMITS
+) -> list[x509.Certificate]:
     """The certificates the server sends, unverified (see the module docstring)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     try:
-        with socket.create_connection((host, port), timeout=timeout) as raw, \
-                ctx.wrap_socket(raw, server_hostname=None if _is_ip(host) else host) as tls:
+        with (
+            socket.create_connection((host, port), timeout=timeout) as raw,
+            ctx.wrap_socket(raw, server_hostname=None if _is_ip(host) else host) as tls,
+        ):
             ders = _unverified_chain(tls)
     except (OSError, ssl.SSLError) as e:
-        raise TransportError(f"cannot fetch the certificate chain from {host}:{port}: {e}") \
-            from None
+        raise TransportError(
+            f"cannot fetch the certificate chain from {host}:{port}: {e}"
+        ) from None
     if not ders:
         raise FormatError(f"{host}:{port} sent no certificate")
     if len(ders) > limits.chain_max_count:
@@ -170,22 +174,32 @@ def _named(cert: x509.Certificate, name: x509.Name) -> bool:
         return False
 
 
-def choose_anchor(chain: list[x509.Certificate], mode: AnchorMode, source: str,
-                  bundle: list[x509.Certificate] | None = None, hostname: str | None = None,
-                  now: dt.datetime | None = None) -> Anchor:
+def choose_anchor(
+    chain: list[x509.Certificate],
+    mode: AnchorMode,
+    source: str,
+    bundle: list[x509.Certificate] | None = None,
+    hostname: str | None = None,
+    now: dt.datetime | None = None,
+) -> Anchor:
     now = now or dt.datetime.now(dt.UTC)
     warnings: list[str] = []
     for child, parent in itertools.pairwise(chain):
         if not issued_by(child, parent):
-            warnings.append(f"the chain is out of order or broken at {child.subject.rfc4514_string()}"
-                            "; the device will fail to verify it")
+            warnings.append(
+                f"the chain is out of order or broken at {child.subject.rfc4514_string()}"
+                "; the device will fail to verify it"
+            )
     leaf = chain[0]
     if mode == "leaf":
         if not self_signed(leaf):
-            raise UsageError("--pin-leaf needs a self-signed server certificate: mbedTLS trusts "
-                             "an end-entity certificate as an anchor only if it is self-issued. "
-                             "This one is issued by " + leaf.issuer.rfc4514_string()
-                             + "; use --intermediate or the root instead")
+            raise UsageError(
+                "--pin-leaf needs a self-signed server certificate: mbedTLS trusts "
+                "an end-entity certificate as an anchor only if it is self-issued. "
+                "This one is issued by "
+                + leaf.issuer.rfc4514_string()
+                + "; use --intermediate or the root instead"
+            )
         anchor = leaf
     elif mode == "intermediate":
         if len(chain) < 2 or self_signed(chain[1]):
@@ -198,25 +212,38 @@ def choose_anchor(chain: list[x509.Certificate], mode: AnchorMode, source: str,
         else:
             root = find_root(top, bundle or [])
             if root is None:
-                raise UsageError(f"the chain from {source} ends at a certificate issued by "
-                                 f"{top.issuer.rfc4514_string()}, which is neither in the chain "
-                                 "nor in the CA bundle; give --ca-bundle with that root, or use "
-                                 "--intermediate")
+                raise UsageError(
+                    f"the chain from {source} ends at a certificate issued by "
+                    f"{top.issuer.rfc4514_string()}, which is neither in the chain "
+                    "nor in the CA bundle; give --ca-bundle with that root, or use "
+                    "--intermediate"
+                )
             anchor = root
     end = anchor.not_valid_after_utc
     if end < now:
-        raise UsageError(f"the {mode} anchor expired on {end:%Y-%m-%d}; the device would reject "
-                         "every connection")
+        raise UsageError(
+            f"the {mode} anchor expired on {end:%Y-%m-%d}; the device would reject every connection"
+        )
     if end - now < SHORT_LIFE:
-        warnings.append(f"the anchor expires {end:%Y-%m-%d}, in {(end - now).days} days: devices "
-                        "need a new anchor before then")
+        warnings.append(
+            f"the anchor expires {end:%Y-%m-%d}, in {(end - now).days} days: devices "
+            "need a new anchor before then"
+        )
     if hostname is not None and not _names(leaf, hostname):
-        warnings.append(f"the server's certificate does not name {hostname!r}; the device will "
-                        "refuse it with that server_hostname")
-    findings = [f for f in lint_cert(anchor, "server" if mode == "leaf" else "ca", "anchor",
-                                     LintOptions(hostname=hostname if mode == "leaf" else None,
-                                                 device_clock=now, now=now))
-                if f.severity == "error"]
+        warnings.append(
+            f"the server's certificate does not name {hostname!r}; the device will "
+            "refuse it with that server_hostname"
+        )
+    findings = [
+        f
+        for f in lint_cert(
+            anchor,
+            "server" if mode == "leaf" else "ca",
+            "anchor",
+            LintOptions(hostname=hostname if mode == "leaf" else None, device_clock=now, now=now),
+        )
+        if f.severity == "error"
+    ]
     return Anchor(anchor, mode, chain, source, warnings, findings)
 
 

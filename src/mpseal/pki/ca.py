@@ -81,39 +81,69 @@ def make_name(common_name: str, organization: str | None = None) -> x509.Name:
     return x509.Name(attrs)
 
 
-def ca_builder(subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey,
-               issuer_key: ec.EllipticCurvePublicKey, days: int, path_length: int,
-               not_after_cap: dt.datetime | None = None) -> x509.CertificateBuilder:
+def ca_builder(
+    subject: x509.Name,
+    issuer: x509.Name,
+    public_key: ec.EllipticCurvePublicKey,
+    issuer_key: ec.EllipticCurvePublicKey,
+    days: int,
+    path_length: int,
+    not_after_cap: dt.datetime | None = None,
+) -> x509.CertificateBuilder:
     start = now() - CLOCK_SKEW
     end = start + dt.timedelta(days=days)
     if not_after_cap is not None and end > not_after_cap:
-        raise UsageError(f"the CA would outlive its issuer (which expires {not_after_cap:%Y-%m-%d})"
-                         "; give fewer days")
+        raise UsageError(
+            f"the CA would outlive its issuer (which expires {not_after_cap:%Y-%m-%d})"
+            "; give fewer days"
+        )
     return (
         x509.CertificateBuilder()
-        .subject_name(subject).issuer_name(issuer).public_key(public_key)
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(start).not_valid_after(end)
+        .not_valid_before(start)
+        .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
-                                     key_encipherment=False, data_encipherment=False,
-                                     key_agreement=False, key_cert_sign=True, crl_sign=True,
-                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key),
-                       critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key), critical=False
+        )
     )
 
 
 def init_ca(folder: Path, options: CaOptions, passphrase: bytes | None = None) -> CaInitResult:
     """Create the root and issuing CA in ``folder``; refuses if any of their files exists."""
     folder = Path(folder)
-    names = [ROOT_KEY, "root.pem", "root.der", ISSUING_KEY, "issuing.pem", "issuing.der",
-             "ca-chain.pem"]
+    names = [
+        ROOT_KEY,
+        "root.pem",
+        "root.der",
+        ISSUING_KEY,
+        "issuing.pem",
+        "issuing.der",
+        "ca-chain.pem",
+    ]
     for existing in (folder / n for n in names):
         if existing.exists():
-            raise UsageError(f"{existing} already exists; refusing to overwrite a CA "
-                             "(choose another folder)")
+            raise UsageError(
+                f"{existing} already exists; refusing to overwrite a CA (choose another folder)"
+            )
     if options.issuing_days > options.root_days:
         raise UsageError("the issuing CA cannot outlive the root; lower --issuing-days")
     root_key, issuing_key = PrivateKeySigner.generate(), PrivateKeySigner.generate()
@@ -122,19 +152,31 @@ def init_ca(folder: Path, options: CaOptions, passphrase: bytes | None = None) -
     root_name = make_name(f"{options.name} root CA"[:64], org)
     root_pub = root_key.public_key.to_crypto()
     root = sign_certificate(
-        ca_builder(root_name, root_name, root_pub, root_pub, options.root_days, 1), root_signer)
+        ca_builder(root_name, root_name, root_pub, root_pub, options.root_days, 1), root_signer
+    )
     issuing_pub = issuing_key.public_key.to_crypto()
     issuing = sign_certificate(
-        ca_builder(make_name(f"{options.name} issuing CA"[:64], org), root_name, issuing_pub,
-                   root_pub, options.issuing_days, 0, root.not_valid_after_utc), root_signer)
+        ca_builder(
+            make_name(f"{options.name} issuing CA"[:64], org),
+            root_name,
+            issuing_pub,
+            root_pub,
+            options.issuing_days,
+            0,
+            root.not_valid_after_utc,
+        ),
+        root_signer,
+    )
     pem = {c: c.public_bytes(Encoding.PEM) for c in (root, issuing)}
-    outputs = [(ROOT_KEY, root_key.to_pem(passphrase), write_key),
-               (ISSUING_KEY, issuing_key.to_pem(passphrase), write_key),
-               ("root.pem", pem[root], write_public),
-               ("root.der", root.public_bytes(Encoding.DER), write_public),
-               ("issuing.pem", pem[issuing], write_public),
-               ("issuing.der", issuing.public_bytes(Encoding.DER), write_public),
-               ("ca-chain.pem", pem[issuing] + pem[root], write_public)]
+    outputs = [
+        (ROOT_KEY, root_key.to_pem(passphrase), write_key),
+        (ISSUING_KEY, issuing_key.to_pem(passphrase), write_key),
+        ("root.pem", pem[root], write_public),
+        ("root.der", root.public_bytes(Encoding.DER), write_public),
+        ("issuing.pem", pem[issuing], write_public),
+        ("issuing.der", issuing.public_bytes(Encoding.DER), write_public),
+        ("ca-chain.pem", pem[issuing] + pem[root], write_public),
+    ]
     # A full disk half-way leaves no half-made CA behind.
     with all_or_nothing(folder / "offline") as written:
         try:
@@ -152,19 +194,22 @@ def load_issuing_ca(folder: Path, passphrase: PassphraseCallback | None = None) 
     """The issuing CA of ``folder``, checked: its key matches its certificate, the root signed it."""
     folder = Path(folder)
     if not (folder / "issuing.pem").exists():
-        raise ConfigError(f"{folder} is not an mpseal CA folder (no issuing.pem); "
-                          "run 'mpseal ca init' first")
+        raise ConfigError(
+            f"{folder} is not an mpseal CA folder (no issuing.pem); run 'mpseal ca init' first"
+        )
     issuing = read_certs(folder / "issuing.pem", "issuing CA certificate")[0]
     root = read_certs(folder / "root.pem", "root CA certificate")[0]
     signer = load_file_signer(folder / ISSUING_KEY, "issuing CA", passphrase)
     cert_key = issuing.public_key()
     if not isinstance(cert_key, ec.EllipticCurvePublicKey):
-        raise ConfigError(f"{folder / 'issuing.pem'} does not hold an EC key; mpseal CAs are "
-                          "ECDSA P-256")
+        raise ConfigError(
+            f"{folder / 'issuing.pem'} does not hold an EC key; mpseal CAs are ECDSA P-256"
+        )
     if signer.public_key.public_numbers() != cert_key.public_numbers():
         if (folder / ("issuing.pem" + NEXT)).exists():
-            raise ConfigError(f"an 'mpseal ca rotate' of {folder} was interrupted; run it "
-                              "again to finish it")
+            raise ConfigError(
+                f"an 'mpseal ca rotate' of {folder} was interrupted; run it again to finish it"
+            )
         raise ConfigError(f"{folder / ISSUING_KEY} does not belong to {folder / 'issuing.pem'}")
     try:
         issuing.verify_directly_issued_by(root)
@@ -195,8 +240,9 @@ def _retired_certs(folder: Path, at: dt.datetime) -> list[x509.Certificate]:
     return found
 
 
-def rotate_issuing_ca(folder: Path, days: int | None = None,
-                      passphrase: PassphraseCallback | None = None) -> RotateResult:
+def rotate_issuing_ca(
+    folder: Path, days: int | None = None, passphrase: PassphraseCallback | None = None
+) -> RotateResult:
     """A new issuing CA under the same root; the old one is retired, not forgotten.
 
     Devices anchor on the root, so they accept servers from either issuing CA at once.
@@ -210,16 +256,17 @@ def rotate_issuing_ca(folder: Path, days: int | None = None,
     running it again (``load_issuing_ca`` says so meanwhile)."""
     folder = Path(folder)
     if not (folder / ROOT_KEY).exists():
-        raise ConfigError(f"the root key {folder / ROOT_KEY} is not here: bring it back from "
-                          "offline storage for the rotation, then remove it again")
+        raise ConfigError(
+            f"the root key {folder / ROOT_KEY} is not here: bring it back from "
+            "offline storage for the rotation, then remove it again"
+        )
     root = read_certs(folder / "root.pem", "root CA certificate")[0]
     root_signer = load_file_signer(folder / ROOT_KEY, "root CA", passphrase)
     if root_signer.public_key != root.public_key():
         raise ConfigError(f"{folder / ROOT_KEY} does not belong to {folder / 'root.pem'}")
     old = read_certs(folder / "issuing.pem", "issuing CA certificate")[0]
     next_key, next_cert = folder / (ISSUING_KEY + NEXT), folder / ("issuing.pem" + NEXT)
-    staged = read_certs(next_cert, "new issuing CA certificate")[0] \
-        if next_cert.exists() else None
+    staged = read_certs(next_cert, "new issuing CA certificate")[0] if next_cert.exists() else None
     if staged is not None and (next_key.exists() or _key_matches(folder, staged, passphrase)):
         new = staged  # an interrupted rotation: finish it
     else:
@@ -231,22 +278,36 @@ def rotate_issuing_ca(folder: Path, days: int | None = None,
         root_pub = root.public_key()
         assert isinstance(root_pub, ec.EllipticCurvePublicKey)
         new = sign_certificate(
-            ca_builder(old.subject, root.subject, new_pub, root_pub, issuing_days, 0,
-                       root.not_valid_after_utc), root_signer)
+            ca_builder(
+                old.subject,
+                root.subject,
+                new_pub,
+                root_pub,
+                issuing_days,
+                0,
+                root.not_valid_after_utc,
+            ),
+            root_signer,
+        )
         encrypted = is_encrypted_pem(read_limited(folder / ISSUING_KEY, 64 * 1024, "issuing key"))
         if encrypted and passphrase is None:
-            raise ConfigError("the issuing key is passphrase-protected, so the new one will be "
-                              "too: set MPSEAL_PASSPHRASE")
-        write_key(next_key, key.to_pem(passphrase("issuing CA") if passphrase and encrypted
-                                       else None))
+            raise ConfigError(
+                "the issuing key is passphrase-protected, so the new one will be "
+                "too: set MPSEAL_PASSPHRASE"
+            )
+        write_key(
+            next_key, key.to_pem(passphrase("issuing CA") if passphrase and encrypted else None)
+        )
         write_public(next_cert, new.public_bytes(Encoding.PEM))
     if old.serial_number != new.serial_number:
-        write_public(folder / RETIRED / f"issuing-{old.serial_number:x}.pem",
-                     old.public_bytes(Encoding.PEM))
+        write_public(
+            folder / RETIRED / f"issuing-{old.serial_number:x}.pem", old.public_bytes(Encoding.PEM)
+        )
     at = now()
     chain = [new] + [c for c in _retired_certs(folder, at) if c.serial_number != new.serial_number]
-    write_public(folder / "ca-chain.pem",
-                 b"".join(c.public_bytes(Encoding.PEM) for c in [*chain, root]))
+    write_public(
+        folder / "ca-chain.pem", b"".join(c.public_bytes(Encoding.PEM) for c in [*chain, root])
+    )
     write_public(folder / "issuing.der", new.public_bytes(Encoding.DER))
     if next_key.exists():
         os.replace(next_key, folder / ISSUING_KEY)  # the old key is gone from here on
@@ -254,9 +315,9 @@ def rotate_issuing_ca(folder: Path, days: int | None = None,
     return RotateResult(folder, old, new, [*chain, root])
 
 
-
-def _key_matches(folder: Path, cert: x509.Certificate,
-                 passphrase: PassphraseCallback | None) -> bool:
+def _key_matches(
+    folder: Path, cert: x509.Certificate, passphrase: PassphraseCallback | None
+) -> bool:
     try:
         signer = load_file_signer(folder / ISSUING_KEY, "issuing CA", passphrase)
     except ConfigError:

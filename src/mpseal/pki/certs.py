@@ -44,8 +44,10 @@ from mpseal.pki.signer import PassphraseCallback, is_encrypted_pem, sign_certifi
 
 Role = Literal["server", "client"]
 DEFAULT_DAYS: dict[str, int] = {"server": 397, "client": 5 * 365}
-_HOSTNAME = re.compile(r"(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
-                       r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_HOSTNAME = re.compile(
+    r"(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+    r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+)
 PRIVATE_KEY_LABELS = ("PRIVATE KEY", "EC PRIVATE KEY", "RSA PRIVATE KEY", "ENCRYPTED PRIVATE KEY")
 
 
@@ -78,8 +80,9 @@ def parse_san(text: str) -> x509.GeneralName:
             if kind == "IP":
                 raise UsageError(f"{value!r} is not an IP address") from None
     if len(value) > 253 or not _HOSTNAME.fullmatch(value):
-        raise UsageError(f"{value!r} is not a host name (letters, digits, '-', '.', "
-                         "an optional leading '*.')")
+        raise UsageError(
+            f"{value!r} is not a host name (letters, digits, '-', '.', an optional leading '*.')"
+        )
     return x509.DNSName(value.lower())
 
 
@@ -96,8 +99,9 @@ def check_device_key(key: object, what: str) -> None:
         raise UsageError(f"{what}: {problem[2]}")
 
 
-def leaf_builder(ca: IssuingCa, req: LeafRequest,
-                 public_key: CertificatePublicKeyTypes) -> x509.CertificateBuilder:
+def leaf_builder(
+    ca: IssuingCa, req: LeafRequest, public_key: CertificatePublicKeyTypes
+) -> x509.CertificateBuilder:
     days = req.days if req.days is not None else DEFAULT_DAYS[req.role]
     if days < 1:
         raise UsageError("validity must be at least one day")
@@ -106,27 +110,48 @@ def leaf_builder(ca: IssuingCa, req: LeafRequest,
     ca_end = ca.cert.not_valid_after_utc
     if end > ca_end:
         left = (ca_end - start).days
-        raise UsageError(f"the issuing CA expires {ca_end:%Y-%m-%d}; a certificate must not "
-                         f"outlive it: give --days {left} or less, or rotate the issuing CA")
+        raise UsageError(
+            f"the issuing CA expires {ca_end:%Y-%m-%d}; a certificate must not "
+            f"outlive it: give --days {left} or less, or rotate the issuing CA"
+        )
     is_ec = isinstance(public_key, ec.EllipticCurvePublicKey)
     builder = (
         x509.CertificateBuilder()
         .subject_name(make_name(req.name, req.organization))
-        .issuer_name(ca.cert.subject).public_key(public_key)
+        .issuer_name(ca.cert.subject)
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(start).not_valid_after(end)
+        .not_valid_before(start)
+        .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
-                                     key_encipherment=not is_ec, data_encipherment=False,
-                                     key_agreement=False, key_cert_sign=False, crl_sign=False,
-                                     encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH
-                                              if req.role == "server"
-                                              else ExtendedKeyUsageOID.CLIENT_AUTH]),
-                       critical=False)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=not is_ec,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [
+                    ExtendedKeyUsageOID.SERVER_AUTH
+                    if req.role == "server"
+                    else ExtendedKeyUsageOID.CLIENT_AUTH
+                ]
+            ),
+            critical=False,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.signer.public_key),
-                       critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.signer.public_key), critical=False
+        )
     )
     sans = subject_alt_names(req)
     if sans:
@@ -134,8 +159,9 @@ def leaf_builder(ca: IssuingCa, req: LeafRequest,
     return builder
 
 
-def issue(ca: IssuingCa, req: LeafRequest,
-          public_key: CertificatePublicKeyTypes) -> x509.Certificate:
+def issue(
+    ca: IssuingCa, req: LeafRequest, public_key: CertificatePublicKeyTypes
+) -> x509.Certificate:
     check_device_key(public_key, "the certificate's key")
     return sign_certificate(leaf_builder(ca, req, public_key), ca.signer)
 
@@ -146,16 +172,17 @@ def generate_key() -> ec.EllipticCurvePrivateKey:
 
 def key_pem_der(key: ec.EllipticCurvePrivateKey) -> tuple[bytes, bytes]:
     fmt, none = serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    return (key.private_bytes(serialization.Encoding.PEM, fmt, none),
-            key.private_bytes(serialization.Encoding.DER, fmt, none))
+    return (
+        key.private_bytes(serialization.Encoding.PEM, fmt, none),
+        key.private_bytes(serialization.Encoding.DER, fmt, none),
+    )
 
 
 def read_csr(path: Path) -> x509.CertificateSigningRequest:
     """A CSR from a file, with its self-signature checked (the requester holds the key)."""
     data = read_limited(path, DEFAULT_PKI_LIMITS.cert_max_length, "CSR")
     try:
-        csr = (x509.load_pem_x509_csr(data) if looks_like_pem(data)
-               else x509.load_der_x509_csr(data))
+        csr = x509.load_pem_x509_csr(data) if looks_like_pem(data) else x509.load_der_x509_csr(data)
         valid = csr.is_signature_valid
     except ValueError as e:
         raise FormatError(f"{path} is not a certificate signing request: {e}") from None
@@ -164,8 +191,9 @@ def read_csr(path: Path) -> x509.CertificateSigningRequest:
     return csr
 
 
-def make_csr(name: str, sans: tuple[str, ...], organization: str | None,
-             key: ec.EllipticCurvePrivateKey) -> x509.CertificateSigningRequest:
+def make_csr(
+    name: str, sans: tuple[str, ...], organization: str | None, key: ec.EllipticCurvePrivateKey
+) -> x509.CertificateSigningRequest:
     names = [parse_san(s) for s in sans]
     if not names and _HOSTNAME.fullmatch(name):
         names = [parse_san(name)]
@@ -177,20 +205,32 @@ def make_csr(name: str, sans: tuple[str, ...], organization: str | None,
 
 def leaf_paths(out: Path, stem: str) -> dict[str, Path]:
     stem = safe_stem(stem)
-    return {"cert_pem": out / f"{stem}.pem", "cert_der": out / f"{stem}.der",
-            "chain_pem": out / f"{stem}-chain.pem", "key_pem": out / f"{stem}.key.pem",
-            "key_der": out / f"{stem}.key.der", "csr_pem": out / f"{stem}.csr.pem"}
+    return {
+        "cert_pem": out / f"{stem}.pem",
+        "cert_der": out / f"{stem}.der",
+        "chain_pem": out / f"{stem}-chain.pem",
+        "key_pem": out / f"{stem}.key.pem",
+        "key_der": out / f"{stem}.key.der",
+        "csr_pem": out / f"{stem}.csr.pem",
+    }
 
 
 def refuse_existing(paths: list[Path]) -> None:
     for p in paths:
         if p.exists():
-            raise UsageError(f"{p} already exists; refusing to overwrite it (move it away, "
-                             "or choose another --file-stem)")
+            raise UsageError(
+                f"{p} already exists; refusing to overwrite it (move it away, "
+                "or choose another --file-stem)"
+            )
 
 
-def write_leaf(paths: dict[str, Path], cert: x509.Certificate, ca: IssuingCa,
-               key: ec.EllipticCurvePrivateKey | None, force: bool) -> dict[str, Path]:
+def write_leaf(
+    paths: dict[str, Path],
+    cert: x509.Certificate,
+    ca: IssuingCa,
+    key: ec.EllipticCurvePrivateKey | None,
+    force: bool,
+) -> dict[str, Path]:
     """Write cert (PEM, DER), chain (leaf + issuing CA) and, if generated here, the key."""
     cert_kinds = ["cert_pem", "cert_der", "chain_pem"]
     key_kinds = ["key_pem", "key_der"] if key is not None else []
@@ -206,8 +246,9 @@ def write_leaf(paths: dict[str, Path], cert: x509.Certificate, ca: IssuingCa,
     return {k: paths[k] for k in key_kinds + cert_kinds}
 
 
-def write_csr(paths: dict[str, Path], csr: x509.CertificateSigningRequest,
-              key: ec.EllipticCurvePrivateKey) -> dict[str, Path]:
+def write_csr(
+    paths: dict[str, Path], csr: x509.CertificateSigningRequest, key: ec.EllipticCurvePrivateKey
+) -> dict[str, Path]:
     kinds = ["key_pem", "key_der", "csr_pem"]
     refuse_existing([paths[k] for k in kinds])
     key_pem, key_der = key_pem_der(key)
@@ -228,8 +269,9 @@ class DerOutput:
     written: bool  # False: an identical key file was already there
 
 
-def load_private_key(block: PemBlock, passphrase: PassphraseCallback | None,
-                     what: str) -> PrivateKeyTypes:
+def load_private_key(
+    block: PemBlock, passphrase: PassphraseCallback | None, what: str
+) -> PrivateKeyTypes:
     secret = None
     if is_encrypted_pem(block.text):
         if passphrase is None:
@@ -238,8 +280,7 @@ def load_private_key(block: PemBlock, passphrase: PassphraseCallback | None,
     try:
         return serialization.load_pem_private_key(block.text, password=secret)
     except TypeError:
-        raise ConfigError(f"{what}: a passphrase was given but the key is not encrypted") \
-            from None
+        raise ConfigError(f"{what}: a passphrase was given but the key is not encrypted") from None
     except ValueError:
         raise ConfigError(f"cannot load {what}: wrong passphrase or not a private key") from None
     except UnsupportedAlgorithm:
@@ -247,12 +288,14 @@ def load_private_key(block: PemBlock, passphrase: PassphraseCallback | None,
 
 
 def _key_der(key: PrivateKeyTypes) -> bytes:
-    return key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
-def pem_to_der(src: Path, out: Path,
-               passphrase: PassphraseCallback | None = None) -> list[DerOutput]:
+def pem_to_der(
+    src: Path, out: Path, passphrase: PassphraseCallback | None = None
+) -> list[DerOutput]:
     """One DER file per certificate (``stem.der`` or ``stem-1.der``...) and per private key.
 
     Private keys come out unencrypted (the device's mbedTLS gets no passphrase), 0600,

@@ -21,8 +21,20 @@ BOOLEAN = 0x01
 INTEGER = 0x02
 BIT_STRING = 0x03
 OCTET_STRING = 0x04
-_PRIMITIVE_ONLY = {BOOLEAN, INTEGER, BIT_STRING, OCTET_STRING, 0x05, 0x06, 0x0C, 0x13, 0x16,
-                   0x17, 0x18, 0x1E}
+_PRIMITIVE_ONLY = {
+    BOOLEAN,
+    INTEGER,
+    BIT_STRING,
+    OCTET_STRING,
+    0x05,
+    0x06,
+    0x0C,
+    0x13,
+    0x16,
+    0x17,
+    0x18,
+    0x1E,
+}
 
 
 @dataclass(frozen=True)
@@ -72,7 +84,7 @@ def read_tlv(data: bytes, pos: int, end: int) -> Tlv:
             raise FormatError(f"length of {count} bytes at offset {pos} is not plausible")
         if pos + 2 + count > end:
             raise FormatError(f"truncated length at offset {pos}")
-        length = int.from_bytes(data[pos + 2:pos + 2 + count], "big")
+        length = int.from_bytes(data[pos + 2 : pos + 2 + count], "big")
         header = 2 + count
     if pos + header + length > end:
         raise FormatError(f"element at offset {pos} claims {length} bytes, beyond its container")
@@ -110,7 +122,7 @@ class _Walker:
             raise FormatError(f"more than {self.limits.max_elements} DER elements")
         if depth > self.limits.max_depth:
             raise FormatError(f"DER nested deeper than {self.limits.max_depth} levels")
-        content = self.data[tlv.content_start:tlv.end]
+        content = self.data[tlv.content_start : tlv.end]
         if tlv.tag & 0x20:
             if (tlv.tag & 0xDF) in _PRIMITIVE_ONLY and tlv.tag & 0xC0 == 0:
                 raise FormatError(f"constructed string at offset {tlv.start} (BER, not DER)")
@@ -145,7 +157,11 @@ def check_strict(data: bytes, limits: DerLimits = DEFAULT_DER_LIMITS) -> None:
     """Raise ``FormatError`` unless ``data`` is exactly its own canonical DER encoding."""
     canonical = reencode(data, limits)
     if canonical != data:
-        at = next((i for i, (a, b) in enumerate(zip(data, canonical, strict=False)) if a != b),
-                  min(len(data), len(canonical)))
-        raise FormatError(f"not strict DER: re-encoding differs from byte {at} on "
-                          "(non-minimal length, integer or boolean, or unsorted SET)")
+        at = next(
+            (i for i, (a, b) in enumerate(zip(data, canonical, strict=False)) if a != b),
+            min(len(data), len(canonical)),
+        )
+        raise FormatError(
+            f"not strict DER: re-encoding differs from byte {at} on "
+            "(non-minimal length, integer or boolean, or unsorted SET)"
+        )

@@ -69,12 +69,14 @@ def firmware(spec: str) -> Firmware:
     except ValueError:
         parts = ()
     if not 2 <= len(parts) <= 3:
-        raise ValueError(f"firmware {spec!r} is not a MicroPython version like 1.28 or "
-                         "1.29.0, nor 'esp32'")
+        raise ValueError(
+            f"firmware {spec!r} is not a MicroPython version like 1.28 or 1.29.0, nor 'esp32'"
+        )
     version = (parts + (0,))[:3]
     pem = version > PEM_SINCE or (version == PEM_SINCE and not suffix)
-    return Firmware(f"MicroPython {'.'.join(map(str, version))}{'-' + suffix if suffix else ''}",
-                    pem=pem)
+    return Firmware(
+        f"MicroPython {'.'.join(map(str, version))}{'-' + suffix if suffix else ''}", pem=pem
+    )
 
 
 def certificate_message_length(ders: list[bytes]) -> int:
@@ -87,18 +89,33 @@ def key_problem(key: object) -> tuple[str, str, str] | None:
     if isinstance(key, (ec.EllipticCurvePublicKey, ec.EllipticCurvePrivateKey)):
         name = key.curve.name
         if name == "secp521r1":
-            return ("warning", "key-curve", "EC curve P-521: MicroPython's own mbedTLS build "
-                    "accepts it (checked on the unix port), but it is several times slower than "
-                    "P-256 on a microcontroller and not in every vendor configuration")
+            return (
+                "warning",
+                "key-curve",
+                "EC curve P-521: MicroPython's own mbedTLS build "
+                "accepts it (checked on the unix port), but it is several times slower than "
+                "P-256 on a microcontroller and not in every vendor configuration",
+            )
         if name not in GOOD_CURVES:
-            return ("error", "key-curve", f"EC curve {name}: the device's mbedTLS offers only "
-                    "the NIST curves in TLS 1.2 (the handshake fails with no shared cipher)")
+            return (
+                "error",
+                "key-curve",
+                f"EC curve {name}: the device's mbedTLS offers only "
+                "the NIST curves in TLS 1.2 (the handshake fails with no shared cipher)",
+            )
         return None
     if isinstance(key, (rsa.RSAPublicKey, rsa.RSAPrivateKey)):
         if key.key_size < RSA_MIN_BITS:
-            return ("error", "rsa-key-size", f"RSA-{key.key_size}: mbedTLS's default profile "
-                    "refuses RSA below 2048 bits")
+            return (
+                "error",
+                "rsa-key-size",
+                f"RSA-{key.key_size}: mbedTLS's default profile refuses RSA below 2048 bits",
+            )
         return None
     kind = type(key).__name__.replace("PublicKey", "").replace("PrivateKey", "").lstrip("_")
-    return ("error", "key-type", f"{kind or 'this'} key: the device's mbedTLS cannot use it "
-            "(no Ed25519, Ed448, DSA or X25519)")
+    return (
+        "error",
+        "key-type",
+        f"{kind or 'this'} key: the device's mbedTLS cannot use it "
+        "(no Ed25519, Ed448, DSA or X25519)",
+    )

@@ -37,10 +37,17 @@ class ExpiryEntry:
         return (self.not_after - now).days
 
     def to_dict(self, now: dt.datetime) -> dict[str, object]:
-        return {"subject": self.subject, "issuer": self.issuer, "is_ca": self.is_ca,
-                "not_before": self.not_before.isoformat(), "not_after": self.not_after.isoformat(),
-                "days_left": self.days_left(now), "expired": self.not_after < now,
-                "sha256": self.sha256, "files": self.files}
+        return {
+            "subject": self.subject,
+            "issuer": self.issuer,
+            "is_ca": self.is_ca,
+            "not_before": self.not_before.isoformat(),
+            "not_after": self.not_after.isoformat(),
+            "days_left": self.days_left(now),
+            "expired": self.not_after < now,
+            "sha256": self.sha256,
+            "files": self.files,
+        }
 
 
 @dataclass
@@ -60,8 +67,10 @@ def _files(folders: list[Path], limits: PkiLimits) -> list[Path]:
                 if name.lower().endswith(SUFFIXES):
                     found.append(Path(top) / name)
                     if len(found) > limits.scan_files_max_count:
-                        raise UsageError(f"more than {limits.scan_files_max_count} certificate "
-                                         "files; point at a smaller folder")
+                        raise UsageError(
+                            f"more than {limits.scan_files_max_count} certificate "
+                            "files; point at a smaller folder"
+                        )
     return found
 
 
@@ -94,9 +103,14 @@ def scan(folders: list[Path], limits: PkiLimits = DEFAULT_PKI_LIMITS) -> ExpiryR
             if entry is None:
                 c = blob.cert
                 try:
-                    entry = ExpiryEntry(c.subject.rfc4514_string(), c.issuer.rfc4514_string(),
-                                        c.not_valid_before_utc, c.not_valid_after_utc,
-                                        _is_ca(c), digest)
+                    entry = ExpiryEntry(
+                        c.subject.rfc4514_string(),
+                        c.issuer.rfc4514_string(),
+                        c.not_valid_before_utc,
+                        c.not_valid_after_utc,
+                        _is_ca(c),
+                        digest,
+                    )
                 except ValueError as e:
                     skipped.append((str(path), f"unreadable certificate: {e}"))
                     continue

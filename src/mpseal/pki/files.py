@@ -66,7 +66,7 @@ def pem_blocks(data: bytes, limits: PkiLimits = DEFAULT_PKI_LIMITS) -> list[PemB
         end = data.find(_END, m.end())
         if end < 0 or not data.startswith(_END + label + b"-----", end):
             raise FormatError(f"PEM block {label.decode()} has no matching END line")
-        body = data[m.end():end]
+        body = data[m.end() : end]
         if b"\n\n" in body and b":" in body.split(b"\n\n", 1)[0]:
             body = body.split(b"\n\n", 1)[1]  # RFC 1421 headers (legacy encrypted keys)
         try:
@@ -115,14 +115,16 @@ def load_cert(raw: bytes, what: str) -> x509.Certificate:
 def cert_blobs(data: bytes, limits: PkiLimits = DEFAULT_PKI_LIMITS) -> list[CertBlob]:
     """The certificates in a PEM (one or many blocks) or DER (exactly one) file's bytes."""
     if looks_like_pem(data):
-        blocks = [b for b in pem_blocks(data, limits) if b.label in ("CERTIFICATE",
-                                                                      "TRUSTED CERTIFICATE")]
+        blocks = [
+            b for b in pem_blocks(data, limits) if b.label in ("CERTIFICATE", "TRUSTED CERTIFICATE")
+        ]
         return [CertBlob(b.der, True, *parse_cert(b.der)) for b in blocks]
     return [CertBlob(data, False, *parse_cert(data))]
 
 
-def read_certs(path: Path, what: str = "certificate file",
-               limits: PkiLimits = DEFAULT_PKI_LIMITS) -> list[x509.Certificate]:
+def read_certs(
+    path: Path, what: str = "certificate file", limits: PkiLimits = DEFAULT_PKI_LIMITS
+) -> list[x509.Certificate]:
     """All certificates of a PEM or DER file; any unparsable one is a ``FormatError``."""
     data = read_limited(path, limits.cert_file_max_length, what)
     blobs = cert_blobs(data, limits)
@@ -135,8 +137,10 @@ def safe_stem(name: str) -> str:
     """A file-name stem from a user-given name: letters, digits, ``.-_`` only, no leading dot."""
     stem = name.replace("*", "wildcard")
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}", stem):
-        raise UsageError(f"{name!r} cannot be a file name; give --file-stem with letters, "
-                         "digits, '.', '-', '_' only")
+        raise UsageError(
+            f"{name!r} cannot be a file name; give --file-stem with letters, "
+            "digits, '.', '-', '_' only"
+        )
     return stem
 
 

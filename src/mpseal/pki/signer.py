@@ -65,22 +65,26 @@ class SignerCertSigner:
 
     def sign_tbs(self, tbs: bytes) -> bytes:
         raw = self._signer.sign(tbs)
-        return encode_dss_signature(int.from_bytes(raw[:32], "big"),
-                                    int.from_bytes(raw[32:], "big"))
+        return encode_dss_signature(
+            int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")
+        )
 
 
 def is_encrypted_pem(pem: bytes) -> bool:
     return b"ENCRYPTED" in pem.split(b"\n", 2)[0] or b"Proc-Type: 4,ENCRYPTED" in pem
 
 
-def load_file_signer(path: Path, role: str,
-                     passphrase: PassphraseCallback | None = None) -> SignerCertSigner:
+def load_file_signer(
+    path: Path, role: str, passphrase: PassphraseCallback | None = None
+) -> SignerCertSigner:
     """The file implementation: a PEM P-256 key, asking for a passphrase only if it has one."""
     pem = read_private_key(path, KEY_FILE_MAX, f"{role} key")
     secret = None
     if is_encrypted_pem(pem):
         if passphrase is None:
-            raise ConfigError(f"the {role} key {path} is passphrase-protected; set MPSEAL_PASSPHRASE")
+            raise ConfigError(
+                f"the {role} key {path} is passphrase-protected; set MPSEAL_PASSPHRASE"
+            )
         secret = passphrase(role)
     return SignerCertSigner(PrivateKeySigner.from_pem(pem, secret))
 
@@ -94,10 +98,15 @@ class _ForwardingKey(ec.EllipticCurvePrivateKey):
     def __init__(self, signer: CertSigner) -> None:
         self._signer = signer
 
-    def sign(self, data: Buffer, signature_algorithm: ec.EllipticCurveSignatureAlgorithm,
-             ) -> bytes:
-        if not (isinstance(signature_algorithm, ec.ECDSA)
-                and isinstance(signature_algorithm.algorithm, hashes.SHA256)):
+    def sign(
+        self,
+        data: Buffer,
+        signature_algorithm: ec.EllipticCurveSignatureAlgorithm,
+    ) -> bytes:
+        if not (
+            isinstance(signature_algorithm, ec.ECDSA)
+            and isinstance(signature_algorithm.algorithm, hashes.SHA256)
+        ):
             raise SignatureError("a CA signer signs ECDSA with SHA-256 only")
         return self._signer.sign_tbs(bytes(data))
 
@@ -118,8 +127,12 @@ class _ForwardingKey(ec.EllipticCurvePrivateKey):
     def private_numbers(self) -> ec.EllipticCurvePrivateNumbers:
         raise SignatureError("a CA signer never hands out its private key")
 
-    def private_bytes(self, encoding: Encoding, format: PrivateFormat,
-                      encryption_algorithm: KeySerializationEncryption) -> bytes:
+    def private_bytes(
+        self,
+        encoding: Encoding,
+        format: PrivateFormat,
+        encryption_algorithm: KeySerializationEncryption,
+    ) -> bytes:
         raise SignatureError("a CA signer never hands out its private key")
 
     def __copy__(self) -> _ForwardingKey:
@@ -133,9 +146,12 @@ def sign_certificate(builder: x509.CertificateBuilder, signer: CertSigner) -> x5
     """Sign ``builder`` with ``signer`` (ECDSA P-256/SHA-256) and check the result."""
     cert = builder.sign(_ForwardingKey(signer), hashes.SHA256())
     try:
-        signer.public_key.verify(cert.signature, cert.tbs_certificate_bytes,
-                                 ec.ECDSA(hashes.SHA256()))
+        signer.public_key.verify(
+            cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(hashes.SHA256())
+        )
     except InvalidSignature:
-        raise SignatureError("the CA signer returned a signature that does not verify with "
-                             "its own public key; check the HSM key and mechanism") from None
+        raise SignatureError(
+            "the CA signer returned a signature that does not verify with "
+            "its own public key; check the HSM key and mechanism"
+        ) from None
     return cert

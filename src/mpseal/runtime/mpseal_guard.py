@@ -32,7 +32,6 @@
 # itself unless the lockdown profile closes the REPL; T3 needs Secure Boot.
 
 import os
-import struct
 import sys
 import time
 
@@ -82,7 +81,7 @@ def log(msg, echo=True):
             pass
         with open(LOG, "a") as f:
             f.write("%d %s\n" % (_state.seq if _state else 0, msg))
-    except Exception:  # noqa: a full, read-only or failing flash must not stop the boot
+    except Exception:  # why: a full, read-only or failing flash must not stop the boot
         pass
 
 
@@ -381,7 +380,7 @@ def _run_guarded(slot, r, trial):
         raise  # the firmware's fault, not the image's: boot() stops and says so
     except Refused as e:
         why = "refused: " + str(e)
-    except BaseException as e:  # noqa: the app must never fall through to the REPL
+    except BaseException as e:  # why: the app must never fall through to the REPL
         why = "app crashed: %s: %s" % (type(e).__name__, e)
         if _profile == "dev":
             sys.print_exception(e)
@@ -439,13 +438,13 @@ def boot():
         import micropython
 
         micropython.kbd_intr(-1)  # at once: `dev` is allowed only once signed data says so
-    except BaseException:  # noqa: a firmware without kbd_intr still boots locked below
+    except BaseException:  # why: a firmware without kbd_intr still boots locked below
         pass
     try:
         _boot()
     except SystemExit:
         raise  # the virtual board's reset and idle
-    except BaseException as e:  # noqa: nothing may reach the REPL outside dev
+    except BaseException as e:  # why: nothing may reach the REPL outside dev
         _stop(e)
 
 
@@ -462,7 +461,7 @@ def _stop(e):
         why = "guard failed: %s: %s" % (type(e).__name__, e)
     try:
         dev = _profile == "dev" and _config_error is None
-    except BaseException:  # noqa: even the config cannot be read now: stay locked
+    except BaseException:  # why: even the config cannot be read now: stay locked
         dev = False
     if dev:
         log(why)
@@ -472,7 +471,6 @@ def _stop(e):
 
 
 def _boot():
-    import micropython
     import mpseal_lockdown
 
     config()

@@ -39,7 +39,7 @@ def app(msg):
             pass
         with open(path, "a") as f:
             f.write(str(msg)[:LINE_MAX].replace("\n", " ") + "\n")
-    except Exception:  # noqa: logging never stops the app
+    except Exception:  # why: logging never stops the app
         pass
 
 
@@ -66,7 +66,7 @@ def _load():
             c = json.loads(f.read())
         if isinstance(c, dict):
             return c
-    except Exception:  # noqa: a damaged cursor: start again (lines may be sent twice)
+    except Exception:  # why: a damaged cursor: start again (lines may be sent twice)
         pass
     return {}
 

@@ -84,7 +84,7 @@ def _config():
         import mpseal_secrets
 
         cfg["_token"] = mpseal_secrets.load().get("device_token")
-    except Exception:  # noqa: no secrets (or none for this device): no token
+    except Exception:  # why: no secrets (or none for this device): no token
         cfg["_token"] = None
     return cfg
 
@@ -102,7 +102,7 @@ def _anchors():
     rotation moves the fleet to a new server anchor), else the provisioned file."""
     try:
         listed = meta.installed_root().get("tls_anchors")
-    except Exception:  # noqa: no readable root: the provisioned anchor
+    except Exception:  # why: no readable root: the provisioned anchor
         listed = None
     if listed:
         return listed
@@ -191,7 +191,7 @@ class Http:
         if self.s is not None:
             try:
                 self.s.close()
-            except Exception:  # noqa: closing a broken socket
+            except Exception:  # why: closing a broken socket
                 pass
         self.s = None
         self.buf = b""
@@ -427,7 +427,7 @@ def _ensure_clock():
         import ntptime
 
         ntptime.settime()
-    except Exception:  # noqa: no NTP here: the handshake may fail until the clock is set
+    except Exception:  # why: no NTP here: the handshake may fail until the clock is set
         pass
 
 
@@ -700,7 +700,7 @@ def _renew(http, cfg):
         done = mpseal_renew.maybe_renew(http, cfg)
         if done in ("renewed", "recovered"):
             guard.log("certificate %s: %s" % (done, mpseal_renew.current()[0]))
-    except Exception as e:  # noqa: whatever the server sent
+    except Exception as e:  # why: whatever the server sent
         guard.log("certificate renewal failed: %s: %s" % (type(e).__name__, e))
 
 
@@ -726,7 +726,7 @@ def check_once(now=None):
                 import mpseal_logs  # the guard's and the app's log lines, bounded batches
 
                 mpseal_logs.flush(http)
-            except Exception:  # noqa: reports and logs wait for the next round
+            except Exception:  # why: reports and logs wait for the next round
                 pass
         return result
     finally:
@@ -776,7 +776,7 @@ def report_boot():
     http = Http(cfg)
     try:
         flush(http)
-    except Exception:  # noqa: the queue waits for the next round
+    except Exception:  # why: the queue waits for the next round
         pass
     finally:
         http.close()
@@ -809,7 +809,7 @@ def poll_forever(reset=True, backoff=BACKOFF, interval=None):
             wait = _jitter(every * 3 // 4, every * 5 // 4)
         except Refused as e:
             guard.log("update refused: %s" % e)
-        except Exception as e:  # noqa: whatever a server sends, the loop goes on
+        except Exception as e:  # why: whatever a server sends, the loop goes on
             guard.log("update check failed: %s: %s" % (type(e).__name__, e))
         if wait is None:
             delay = min(delay * 2, backoff[1])

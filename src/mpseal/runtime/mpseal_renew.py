@@ -43,7 +43,7 @@ def _pointer():
         if (isinstance(d, dict) and type(d.get("n")) is int and d.get("cert") == "device-%d.der"
                 % d["n"] and d.get("key") == "device-%d.key.der" % d["n"]):
             return d
-    except Exception:  # noqa: no pointer (never renewed) or a damaged one: the default
+    except Exception:  # why: no pointer (never renewed) or a damaged one: the default
         pass
     return {"cert": DEFAULT[0], "key": DEFAULT[1], "n": 0}
 
@@ -117,7 +117,7 @@ def now():
     t = meta.unix_time()
     try:
         t = max(t, meta.load_seen()["issued"])
-    except Exception:  # noqa: no timestamp seen yet
+    except Exception:  # why: no timestamp seen yet
         pass
     return t + clock_offset
 
@@ -126,7 +126,7 @@ def due(at=None):
     cert, _ = current()
     try:
         nb, na = validity(meta.read_small(cert, MAX_CERT, "certificate"))
-    except Exception:  # noqa: no certificate, or one we cannot read: nothing to renew
+    except Exception:  # why: no certificate, or one we cannot read: nothing to renew
         return False
     at = now() if at is None else at
     return at >= nb + (na - nb) * RENEW_NUM // RENEW_DEN
@@ -163,7 +163,7 @@ def expired(at=None):
     cert, _ = current()
     try:
         na = validity(meta.read_small(cert, MAX_CERT, "certificate"))[1]
-    except Exception:  # noqa: no certificate: nothing expired
+    except Exception:  # why: no certificate: nothing expired
         return False
     return (now() if at is None else at) >= na
 

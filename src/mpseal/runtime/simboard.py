@@ -257,7 +257,7 @@ def main(argv):
         except mpseal_release.Refused as e:
             mpseal_guard.log("update refused: %s" % e)  # check_once queued the report
             reply({"refused": str(e)})
-        except Exception as e:  # noqa: as poll_forever: whatever the server sent
+        except Exception as e:  # why: as poll_forever: whatever the server sent
             mpseal_guard.log("update check failed: %s" % e)
             reply({"failed": "%s: %s" % (type(e).__name__, e)})
     elif cmd in ("delta-apply", "delta-stage"):

@@ -29,8 +29,9 @@ def audit_log(server: UpdateServer) -> AuditLog:
     return log
 
 
-async def record(server: UpdateServer, who: str, action: str, target: str,
-                 detail: dict[str, Any] | None = None) -> None:
+async def record(
+    server: UpdateServer, who: str, action: str, target: str, detail: dict[str, Any] | None = None
+) -> None:
     await server.run(audit_log(server).append, who, action, target, detail or {})
 
 
@@ -48,7 +49,8 @@ def config_state(server: UpdateServer) -> dict[str, Any]:
         "admin_tokens": sorted("token:" + h[:16] for h in server.config.admin_token_hashes),
         "trust_root_version": server.roots.newest().version,
         "timestamp_key": server.config.timestamp_signer.public_key.keyid,
-        "renewal_ca": None}
+        "renewal_ca": None,
+    }
     ca = server.config.renewal_ca
     if ca is not None:
         der = ca.get().cert.public_bytes(Encoding.DER)
@@ -75,47 +77,76 @@ async def halted(server: UpdateServer, info: ReleaseInfo, reason: str) -> None:
 
 
 async def published(server: UpdateServer, who: str, info: ReleaseInfo) -> None:
-    await record(server, who, "publish", _release_target(info),
-                 {"file_sha256": info.file_sha256, "size": info.size})
+    await record(
+        server,
+        who,
+        "publish",
+        _release_target(info),
+        {"file_sha256": info.file_sha256, "size": info.size},
+    )
 
 
-async def promote(server: UpdateServer, who: str, info: ReleaseInfo, *,
-                  percent: float | None = None, group: str | None = None,
-                  pin: str | None = None) -> ReleaseInfo:
-    updated = await server.run(lambda: server.store.promote(info.view.id, percent=percent,
-                                                            group=group, pin=pin))
+async def promote(
+    server: UpdateServer,
+    who: str,
+    info: ReleaseInfo,
+    *,
+    percent: float | None = None,
+    group: str | None = None,
+    pin: str | None = None,
+) -> ReleaseInfo:
+    updated = await server.run(
+        lambda: server.store.promote(info.view.id, percent=percent, group=group, pin=pin)
+    )
     await server.changed(info.view.channel)
-    given = {k: v for k, v in (("percent", percent), ("group", group), ("pin", pin))
-             if v is not None}
+    given = {
+        k: v for k, v in (("percent", percent), ("group", group), ("pin", pin)) if v is not None
+    }
     await record(server, who, "promote", _release_target(info), given)
     return updated
 
 
-async def set_state(server: UpdateServer, who: str, info: ReleaseInfo, state: str
-                    ) -> ReleaseInfo:
+async def set_state(server: UpdateServer, who: str, info: ReleaseInfo, state: str) -> ReleaseInfo:
     updated = await server.run(server.store.set_state, info.view.id, state)
     await server.changed(info.view.channel)
-    await record(server, who, "pause" if state == "paused" else "resume",
-                 _release_target(info), {"from": info.view.state, "to": updated.view.state,
-                                         "halt_reason": info.halt_reason})
+    await record(
+        server,
+        who,
+        "pause" if state == "paused" else "resume",
+        _release_target(info),
+        {"from": info.view.state, "to": updated.view.state, "halt_reason": info.halt_reason},
+    )
     return updated
 
 
-async def set_policy(server: UpdateServer, who: str, info: ReleaseInfo, overrides: Any
-                     ) -> ReleaseInfo:
+async def set_policy(
+    server: UpdateServer, who: str, info: ReleaseInfo, overrides: Any
+) -> ReleaseInfo:
     updated = await server.run(server.store.set_policy, info.view.id, overrides)
-    await record(server, who, "policy", _release_target(info),
-                 {"min_attempts": overrides.min_attempts,
-                  "max_failure_ratio": overrides.max_failure_ratio,
-                  "min_cohort_share": overrides.min_cohort_share})
+    await record(
+        server,
+        who,
+        "policy",
+        _release_target(info),
+        {
+            "min_attempts": overrides.min_attempts,
+            "max_failure_ratio": overrides.max_failure_ratio,
+            "min_cohort_share": overrides.min_cohort_share,
+        },
+    )
     return updated
 
 
 async def revoke(server: UpdateServer, who: str, hardware_id: str, reason: str) -> int:
     n = await server.run(server.registry.revoke_device, hardware_id, reason)
     server.devices.invalidate()  # this process at once; the others within cache_seconds
-    await record(server, who, "revoke", f"device {hardware_id}",
-                 {"reason": reason, "certificates_revoked": n})
+    await record(
+        server,
+        who,
+        "revoke",
+        f"device {hardware_id}",
+        {"reason": reason, "certificates_revoked": n},
+    )
     return n
 
 

@@ -55,18 +55,26 @@ def _publish_blocking(server: UpdateServer, blob: bytes, channel: str) -> Releas
         write_atomic(path, blob)
     server.store.put_artifact(file_sha, blob)  # where every server reaches it
     deltas = _make_deltas(server, target, blob)
-    return server.store.publish(NewRelease(
-        app=target.app, board=target.board, version=target.version, counter=target.counter,
-        manifest_sha256=target.manifest_sha256, file_sha256=file_sha, size=len(blob),
-        channel=channel, deltas=tuple(deltas)))
+    return server.store.publish(
+        NewRelease(
+            app=target.app,
+            board=target.board,
+            version=target.version,
+            counter=target.counter,
+            manifest_sha256=target.manifest_sha256,
+            file_sha256=file_sha,
+            size=len(blob),
+            channel=channel,
+            deltas=tuple(deltas),
+        )
+    )
 
 
 def _make_deltas(server: UpdateServer, target: Target, blob: bytes) -> list[NewDelta]:
     """Deltas to the new release from each release devices run now (the inventory), stored
     like artifacts (named by their SHA-256). One that would not be smaller is not made."""
     out = []
-    for version, old_sha in server.store.field_artifacts(target.app, target.board,
-                                                         target.version):
+    for version, old_sha in server.store.field_artifacts(target.app, target.board, target.version):
         old = server.store.artifact(old_sha)
         if old is None:
             continue
@@ -87,8 +95,9 @@ def _make_deltas(server: UpdateServer, target: Target, blob: bytes) -> list[NewD
 
 async def publish(request: Request) -> Response:
     server = _server(request)
-    channel = checked(request.query_params.get("channel", server.config.default_channel),
-                      CHANNEL, "channel")
+    channel = checked(
+        request.query_params.get("channel", server.config.default_channel), CHANNEL, "channel"
+    )
     blob = await read_body(request, server.config.limits.artifact_upload_max)
     if not blob:
         raise ApiError(400, "the request body must be the artifact file")
@@ -149,8 +158,9 @@ async def put_sbom(request: Request) -> Response:
     body = await read_body(request, SBOM_MAX)
     want = await server.run(_sbom_sha256, server, info)
     if hashlib.sha256(body).hexdigest() != want:
-        raise ApiError(400, "this SBOM is not the one the release's signed manifest names "
-                            "(build.sbom)")
+        raise ApiError(
+            400, "this SBOM is not the one the release's signed manifest names (build.sbom)"
+        )
     await server.run(server.store.put_artifact, want, body)
     return json_ok({"sbom": want}, status=201)
 
@@ -165,15 +175,20 @@ async def get_sbom(request: Request) -> Response:
     return Response(data, media_type="application/vnd.cyclonedx+json")
 
 
-def _optional_number(f: Any, name: str, low: float, high: float, integer: bool = False
-                     ) -> Any:
+def _optional_number(f: Any, name: str, low: float, high: float, integer: bool = False) -> Any:
     value = f.raw().get(name)
     if value is None:
         return None
-    if (not isinstance(value, (int, float)) or isinstance(value, bool)
-            or (integer and not isinstance(value, int)) or not low <= value <= high):
-        raise ApiError(400, f"{name} must be {'an integer' if integer else 'a number'} "
-                            f"{low:g}..{high:g} or null")
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or (integer and not isinstance(value, int))
+        or not low <= value <= high
+    ):
+        raise ApiError(
+            400,
+            f"{name} must be {'an integer' if integer else 'a number'} {low:g}..{high:g} or null",
+        )
     return int(value) if integer else float(value)
 
 
@@ -186,9 +201,11 @@ async def set_policy(request: Request) -> Response:
     unknown: set[str] = set(f.keys()) - known
     if unknown:
         raise ApiError(400, f"unknown policy field {min(unknown)!r}")
-    overrides = PolicyOverrides(_optional_number(f, "min_attempts", 1, 10**9, integer=True),
-                                _optional_number(f, "max_failure_ratio", 0, 1),
-                                _optional_number(f, "min_cohort_share", 0, 1))
+    overrides = PolicyOverrides(
+        _optional_number(f, "min_attempts", 1, 10**9, integer=True),
+        _optional_number(f, "max_failure_ratio", 0, 1),
+        _optional_number(f, "min_cohort_share", 0, 1),
+    )
     updated = await actions.set_policy(server, actions.actor(request), info, overrides)
     return json_ok({"release": updated.to_dict()})
 
@@ -213,8 +230,9 @@ async def promote(request: Request) -> Response:
         group = checked(f.req_str("group", 64), GROUP, "group")
     else:
         pin = checked(f.req_str("pin", 64), HARDWARE_ID, "pin")
-    updated = await actions.promote(server, actions.actor(request), info, percent=percent,
-                                    group=group, pin=pin)
+    updated = await actions.promote(
+        server, actions.actor(request), info, percent=percent, group=group, pin=pin
+    )
     return json_ok({"release": updated.to_dict()})
 
 
@@ -236,8 +254,9 @@ async def resume(request: Request) -> Response:
 async def revoke_device(request: Request) -> Response:
     server = _server(request)
     hw = checked(request.path_params["hardware_id"], HARDWARE_ID, "hardware id")
-    f = await read_json(request, server.config.limits.json_body_max, "revoke request",
-                        allow_empty=True)
+    f = await read_json(
+        request, server.config.limits.json_body_max, "revoke request", allow_empty=True
+    )
     reason = f.str("reason", 200, optional=True) or ""
     if await server.run(server.registry.find_device, hw) is None:
         raise ApiError(404, f"no device {hw} in the registry")
@@ -247,8 +266,18 @@ async def revoke_device(request: Request) -> Response:
 
 def _inventory_filter(request: Request) -> InventoryFilter:
     q = request.query_params
-    unknown = set(q.keys()) - {"state", "group", "app", "version", "event", "seen_after",
-                               "seen_before", "expiring_before", "after", "limit"}
+    unknown = set(q.keys()) - {
+        "state",
+        "group",
+        "app",
+        "version",
+        "event",
+        "seen_after",
+        "seen_before",
+        "expiring_before",
+        "after",
+        "limit",
+    }
     if unknown:
         raise ApiError(400, f"unknown filter {min(unknown)!r}")
 
@@ -268,11 +297,18 @@ def _inventory_filter(request: Request) -> InventoryFilter:
     event = q.get("event")
     if event is not None and event not in UPDATE_STATES:
         raise ApiError(400, f"event must be one of {', '.join(UPDATE_STATES)}")
-    opt = {name: checked(q[name], pattern, name) if name in q else None
-           for name, pattern in (("group", GROUP), ("app", APP), ("version", VERSION))}
-    return InventoryFilter(state=state, event=event, seen_after=when("seen_after"),
-                           seen_before=when("seen_before"),
-                           expiring_before=when("expiring_before"), **opt)
+    opt = {
+        name: checked(q[name], pattern, name) if name in q else None
+        for name, pattern in (("group", GROUP), ("app", APP), ("version", VERSION))
+    }
+    return InventoryFilter(
+        state=state,
+        event=event,
+        seen_after=when("seen_after"),
+        seen_before=when("seen_before"),
+        expiring_before=when("expiring_before"),
+        **opt,
+    )
 
 
 def _int_param(request: Request, name: str, default: int, high: int) -> int:
@@ -305,8 +341,7 @@ async def export_devices(request: Request) -> Response:
         while True:
             rows = await server.run(server.registry.inventory, flt, after, INVENTORY_PAGE_MAX)
             if rows:
-                yield b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n"
-                               for r in rows)
+                yield b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in rows)
             if len(rows) < INVENTORY_PAGE_MAX:
                 return
             after = int(rows[-1]["id"])  # type: ignore[call-overload]

@@ -29,8 +29,9 @@ async def health(request: Request) -> Response:
     """Liveness: this process answers (200 also while the database is down), and what it
     knows of the database."""
     server: UpdateServer = request.app.state.server
-    return JSONResponse({"ok": True, "database": _db_state(server),
-                         "schema_ready": server.schema_ready})
+    return JSONResponse(
+        {"ok": True, "database": _db_state(server), "schema_ready": server.schema_ready}
+    )
 
 
 async def ready(request: Request) -> Response:
@@ -38,10 +39,11 @@ async def ready(request: Request) -> Response:
     server: UpdateServer = request.app.state.server
     up = await server.ping()
     ok = up and server.schema_ready
-    return JSONResponse({"ready": ok, "database": _db_state(server),
-                         "schema_ready": server.schema_ready},
-                        status_code=200 if ok else 503,
-                        headers=None if ok else {"Retry-After": "5"})
+    return JSONResponse(
+        {"ready": ok, "database": _db_state(server), "schema_ready": server.schema_ready},
+        status_code=200 if ok else 503,
+        headers=None if ok else {"Retry-After": "5"},
+    )
 
 
 def _db_state(server: UpdateServer) -> str:
@@ -56,12 +58,15 @@ class DeviceFastPath:
     def __init__(self, app: Starlette) -> None:
         self.app = app
         self.state = app.state
-        self.routes = {("POST", "/v1/device/check"): device_api.check,
-                       ("POST", "/v1/device/report"): device_api.report}
+        self.routes = {
+            ("POST", "/v1/device/check"): device_api.check,
+            ("POST", "/v1/device/report"): device_api.report,
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        handler = (self.routes.get((scope["method"], scope["path"]))
-                   if scope["type"] == "http" else None)  # lifespan has no method
+        handler = (
+            self.routes.get((scope["method"], scope["path"])) if scope["type"] == "http" else None
+        )  # lifespan has no method
         if handler is None:
             await self.app(scope, receive, send)
             return
@@ -87,13 +92,22 @@ def create_app(config: ServerConfig) -> DeviceFastPath:
             console_task.cancel()
             await server.stop()
 
-    routes = [Route("/openapi.json", openapi, methods=["GET"]),
-              Route("/healthz", health, methods=["GET"]),
-              Route("/readyz", ready, methods=["GET"]),
-              *device_api.ROUTES, *admin_api.ROUTES, *enroll.ROUTES,
-              *device_logs.ROUTES, *console.ROUTES]
-    handlers: dict[Any, Any] = {HTTPException: handle_error, ApiError: handle_error,
-                                MpsealError: handle_error, Exception: handle_error}
+    routes = [
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/healthz", health, methods=["GET"]),
+        Route("/readyz", ready, methods=["GET"]),
+        *device_api.ROUTES,
+        *admin_api.ROUTES,
+        *enroll.ROUTES,
+        *device_logs.ROUTES,
+        *console.ROUTES,
+    ]
+    handlers: dict[Any, Any] = {
+        HTTPException: handle_error,
+        ApiError: handle_error,
+        MpsealError: handle_error,
+        Exception: handle_error,
+    }
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
     app.state.server = server
     return DeviceFastPath(app)

@@ -79,8 +79,13 @@ class WriteBatcher(Generic[T, R]):
     gather into the next one, and a batch holds at most ``max_batch`` items.
     """
 
-    def __init__(self, store: Callable[[list[T]], Awaitable[R]], max_inflight: int = 2,
-                 max_batch: int = 500, linger: float = 0.0) -> None:
+    def __init__(
+        self,
+        store: Callable[[list[T]], Awaitable[R]],
+        max_inflight: int = 2,
+        max_batch: int = 500,
+        linger: float = 0.0,
+    ) -> None:
         self._store = store
         self._max_inflight = max_inflight
         self._max_batch = max_batch
@@ -107,8 +112,8 @@ class WriteBatcher(Generic[T, R]):
 
     def _flush(self) -> None:
         self._scheduled = False
-        batch = self._pending[:self._max_batch]
-        self._pending = self._pending[self._max_batch:]
+        batch = self._pending[: self._max_batch]
+        self._pending = self._pending[self._max_batch :]
         if batch:
             self._inflight += 1
             task = asyncio.ensure_future(self._run(batch))

@@ -18,9 +18,13 @@ V = TypeVar("V")
 
 
 class TtlCache(Generic[V]):
-    def __init__(self, ttl: float, max_entries: int = 100_000,
-                 clock: Callable[[], float] = time.monotonic,
-                 stale_on: tuple[type[BaseException], ...] = ()) -> None:
+    def __init__(
+        self,
+        ttl: float,
+        max_entries: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+        stale_on: tuple[type[BaseException], ...] = (),
+    ) -> None:
         self.ttl = ttl
         self._clock = clock  # a test passes its own, so expiry needs no real waiting
         self.stale_on = stale_on
@@ -63,7 +67,7 @@ class TtlCache(Generic[V]):
         if len(self._data) >= self.max_entries:
             self._data = {k: v for k, v in self._data.items() if v[0] > now}
             if len(self._data) >= self.max_entries:
-                keep = list(self._data.items())[len(self._data) // 2:]
+                keep = list(self._data.items())[len(self._data) // 2 :]
                 self._data = dict(keep)
         self._data[key] = (now + self.ttl, value)
 

@@ -31,16 +31,26 @@ class ReleaseRef:
 
 
 class AdminClient:
-    def __init__(self, server: str, token: str, ca: Path | None = None,
-                 timeout: float = 60.0, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        server: str,
+        token: str,
+        ca: Path | None = None,
+        timeout: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         if not server.startswith(("http://", "https://")):
             raise UsageError(f"--server must be an http:// or https:// URL, not {server!r}")
         if not token:
             raise UsageError("no admin token: set MPSEAL_ADMIN_TOKEN")
         verify: Any = str(ca) if ca else True
-        self._http = httpx.Client(base_url=server.rstrip("/"), timeout=timeout, verify=verify,
-                                  headers={"Authorization": f"Bearer {token}"},
-                                  transport=transport)
+        self._http = httpx.Client(
+            base_url=server.rstrip("/"),
+            timeout=timeout,
+            verify=verify,
+            headers={"Authorization": f"Bearer {token}"},
+            transport=transport,
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -77,14 +87,24 @@ class AdminClient:
     def publish(self, path: Path, channel: str) -> dict[str, Any]:
         """Upload the artifact, then its SBOM if `mpseal build` wrote one beside it."""
         blob = read_limited(path, DEFAULT_LIMITS.artifact_max_length, "artifact")
-        rel = _obj(self._call("POST", "/v1/admin/releases", params={"channel": channel},
-                              content=blob,
-                              headers={"Content-Type": "application/octet-stream"})["release"])
+        rel = _obj(
+            self._call(
+                "POST",
+                "/v1/admin/releases",
+                params={"channel": channel},
+                content=blob,
+                headers={"Content-Type": "application/octet-stream"},
+            )["release"]
+        )
         sbom = path.with_suffix(".cdx.json")
         if sbom.is_file():
             data = read_limited(sbom, 4 * 1024 * 1024, "SBOM")
-            self._call("PUT", f"/v1/admin/releases/{rel['id']}/sbom", content=data,
-                       headers={"Content-Type": "application/vnd.cyclonedx+json"})
+            self._call(
+                "PUT",
+                f"/v1/admin/releases/{rel['id']}/sbom",
+                content=data,
+                headers={"Content-Type": "application/vnd.cyclonedx+json"},
+            )
             rel["sbom"] = True
         return rel
 
@@ -95,8 +115,9 @@ class AdminClient:
         except httpx.HTTPError as e:
             raise TransportError(f"cannot reach the update server: {e}") from None
         if resp.status_code != 200:
-            raise UsageError(f"no SBOM for release {release_id}: HTTP {resp.status_code} "
-                             f"{resp.text[:200]}")
+            raise UsageError(
+                f"no SBOM for release {release_id}: HTTP {resp.status_code} {resp.text[:200]}"
+            )
         return resp.content
 
     def releases(self, channel: str | None = None) -> list[dict[str, Any]]:
@@ -105,20 +126,27 @@ class AdminClient:
 
     def resolve(self, ref: ReleaseRef) -> dict[str, Any]:
         """The one release matching a version (and app, board, channel if given)."""
-        found = [r for r in self.releases(ref.channel) if r["version"] == ref.version
-                 and (ref.app is None or r["app"] == ref.app)
-                 and (ref.board is None or r["board"] == ref.board)]
+        found = [
+            r
+            for r in self.releases(ref.channel)
+            if r["version"] == ref.version
+            and (ref.app is None or r["app"] == ref.app)
+            and (ref.board is None or r["board"] == ref.board)
+        ]
         if not found:
             raise UsageError(f"no release {ref.version} on the server")
         if len(found) > 1:
             names = ", ".join(f"{r['app']}/{r['board']}/{r['channel']}" for r in found)
-            raise UsageError(f"version {ref.version} matches several releases ({names}); "
-                             "narrow it with --app, --board or --channel")
+            raise UsageError(
+                f"version {ref.version} matches several releases ({names}); "
+                "narrow it with --app, --board or --channel"
+            )
         return found[0]
 
     def promote(self, release_id: int, **change: object) -> dict[str, Any]:
-        return _obj(self._call("POST", f"/v1/admin/releases/{release_id}/promote",
-                               json=change)["release"])
+        return _obj(
+            self._call("POST", f"/v1/admin/releases/{release_id}/promote", json=change)["release"]
+        )
 
     def set_state(self, release_id: int, action: str) -> dict[str, Any]:
         if action not in ("pause", "resume"):
@@ -126,15 +154,19 @@ class AdminClient:
         return _obj(self._call("POST", f"/v1/admin/releases/{release_id}/{action}")["release"])
 
     def set_policy(self, release_id: int, policy: dict[str, object]) -> dict[str, Any]:
-        return _obj(self._call("POST", f"/v1/admin/releases/{release_id}/policy",
-                               json=policy)["release"])
+        return _obj(
+            self._call("POST", f"/v1/admin/releases/{release_id}/policy", json=policy)["release"]
+        )
 
     def inventory(self, filters: dict[str, str], page: int = 1000) -> Iterator[dict[str, Any]]:
         """Every device matching ``filters``, fetched page by page (keyset cursor)."""
         after = 0
         while True:
-            body = self._call("GET", "/v1/admin/devices",
-                              params={**filters, "after": str(after), "limit": str(page)})
+            body = self._call(
+                "GET",
+                "/v1/admin/devices",
+                params={**filters, "after": str(after), "limit": str(page)},
+            )
             rows = body.get("devices")
             if not isinstance(rows, list):
                 raise TransportError("the update server's answer is not what was expected")
@@ -145,12 +177,16 @@ class AdminClient:
             after = int(nxt)
 
     def set_group(self, hardware_id: str, group: str) -> dict[str, Any]:
-        return self._call("POST", f"/v1/admin/devices/{quote(hardware_id, safe='')}/group",
-                          json={"group": group})
+        return self._call(
+            "POST", f"/v1/admin/devices/{quote(hardware_id, safe='')}/group", json={"group": group}
+        )
 
     def revoke(self, hardware_id: str, reason: str) -> dict[str, Any]:
-        return self._call("POST", f"/v1/admin/devices/{quote(hardware_id, safe='')}/revoke",
-                          json={"reason": reason})
+        return self._call(
+            "POST",
+            f"/v1/admin/devices/{quote(hardware_id, safe='')}/revoke",
+            json={"reason": reason},
+        )
 
 
 def _obj(value: object) -> dict[str, Any]:

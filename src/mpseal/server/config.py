@@ -127,24 +127,36 @@ class ServerSettings:
         pem = read_private_key(Path(self.timestamp_key), KEY_FILE_LIMIT, "timestamp key")
         signer = PrivateKeySigner.from_pem(pem, passphrase if b"ENCRYPTED" in pem else None)
         return ServerConfig(
-            database_url=self.database_url, artifacts_dir=Path(self.artifacts_dir),
-            roots_dir=Path(self.roots_dir), timestamp_signer=signer,
+            database_url=self.database_url,
+            artifacts_dir=Path(self.artifacts_dir),
+            roots_dir=Path(self.roots_dir),
+            timestamp_signer=signer,
             trust_root_file=Path(self.trust_root_file) if self.trust_root_file else None,
-            admin_token_hashes=self.admin_token_hashes, artifact_base_url=self.artifact_base_url,
+            admin_token_hashes=self.admin_token_hashes,
+            artifact_base_url=self.artifact_base_url,
             timestamp_expiry_seconds=self.timestamp_expiry_seconds,
-            cache_seconds=self.cache_seconds, maintenance_seconds=self.maintenance_seconds,
+            cache_seconds=self.cache_seconds,
+            maintenance_seconds=self.maintenance_seconds,
             migrate=self.migrate,
-            halt_policy=HaltPolicy(self.halt_min_attempts, self.halt_max_failure_ratio,
-                                   self.trial_window_seconds, self.halt_min_cohort_share),
-            limits=ServerLimits(report_rate_per_minute=self.report_rate_per_minute,
-                                report_burst=self.report_burst),
+            halt_policy=HaltPolicy(
+                self.halt_min_attempts,
+                self.halt_max_failure_ratio,
+                self.trial_window_seconds,
+                self.halt_min_cohort_share,
+            ),
+            limits=ServerLimits(
+                report_rate_per_minute=self.report_rate_per_minute, report_burst=self.report_burst
+            ),
             event_retention_days=self.event_retention_days,
-            renewal_ca=self._renewal_ca(passphrase), renewal_days=self.renewal_days)
+            renewal_ca=self._renewal_ca(passphrase),
+            renewal_days=self.renewal_days,
+        )
 
     def _renewal_ca(self, passphrase: bytes | None) -> CaSource | None:
         if not self.renewal_ca_dir:
             return None
         from mpseal.pki.online import FolderCa
 
-        return FolderCa(Path(self.renewal_ca_dir), (lambda _role: passphrase)
-                        if passphrase else None)
+        return FolderCa(
+            Path(self.renewal_ca_dir), (lambda _role: passphrase) if passphrase else None
+        )

@@ -58,12 +58,16 @@ templates = Jinja2Templates(directory=str(HERE / "templates"))
 # Scripts and styles from this server only (no inline script runs, even if a device's
 # log line slipped markup through); no framing; nothing cached. Referrer-Policy
 # same-origin, not no-referrer: with no-referrer Chromium sends "Origin: null" on POST.
-HEADERS = {"Content-Security-Policy": "default-src 'self'; script-src 'self'; "
-                                      "style-src 'self'; img-src 'self' data:; "
-                                      "frame-ancestors 'none'; form-action 'self'; "
-                                      "base-uri 'none'",
-           "X-Frame-Options": "DENY", "Cache-Control": "no-store",
-           "Referrer-Policy": "same-origin", "X-Content-Type-Options": "nosniff"}
+HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; "
+    "style-src 'self'; img-src 'self' data:; "
+    "frame-ancestors 'none'; form-action 'self'; "
+    "base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "same-origin",
+    "X-Content-Type-Options": "nosniff",
+}
 
 
 def _fmt_time(dt: datetime | None) -> str:
@@ -95,8 +99,7 @@ def _secret() -> bytes:
 
 
 def _key(token_sha256: str) -> bytes:
-    return hmac.new(_secret(), b"console session:" + token_sha256.encode(),
-                    hashlib.sha256).digest()
+    return hmac.new(_secret(), b"console session:" + token_sha256.encode(), hashlib.sha256).digest()
 
 
 def _mac(key: bytes, text: str) -> str:
@@ -104,8 +107,9 @@ def _mac(key: bytes, text: str) -> str:
 
 
 def new_session(token_sha256: str, now: float | None = None) -> str:
-    body = f"{token_sha256[:16]}.{int((now or time.time()) + SESSION_SECONDS)}." \
-           f"{secrets.token_hex(12)}"
+    body = (
+        f"{token_sha256[:16]}.{int((now or time.time()) + SESSION_SECONDS)}.{secrets.token_hex(12)}"
+    )
     return f"{body}.{_mac(_key(token_sha256), body)}"
 
 
@@ -191,8 +195,7 @@ async def _checked_post(request: Request) -> tuple[UpdateServer, Session, dict[s
     return server, sess, form
 
 
-def _page(request: Request, name: str, sess: Session, code: int = 200,
-          **ctx: Any) -> Response:
+def _page(request: Request, name: str, sess: Session, code: int = 200, **ctx: Any) -> Response:
     ctx.update(csrf=sess.csrf, admin_id=sess.admin_id, path=request.url.path)
     resp = templates.TemplateResponse(request, name, ctx, status_code=code)
     resp.headers.update(HEADERS)
@@ -222,16 +225,22 @@ def guarded(handler: Any) -> Any:
             sess = session_of(server, request)
             if sess is None:
                 return _login_redirect(request)
-            return _page(request, "error.html", sess, code=404 if isinstance(
-                e, LookupError) else 400, message=str(e))
+            return _page(
+                request,
+                "error.html",
+                sess,
+                code=404 if isinstance(e, LookupError) else 400,
+                message=str(e),
+            )
 
     run.__name__ = handler.__name__
     return run
 
 
 def _esc(text: str) -> str:
-    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-            .replace('"', "&quot;"))
+    return (
+        text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+    )
 
 
 # -- login -----------------------------------------------------------------------------
@@ -244,9 +253,12 @@ def _next(raw: str | None) -> str:
 
 
 async def login_form(request: Request) -> Response:
-    return templates.TemplateResponse(request, "login.html",
-                                      {"next": _next(request.query_params.get("next")),
-                                       "error": None}, headers=HEADERS)
+    return templates.TemplateResponse(
+        request,
+        "login.html",
+        {"next": _next(request.query_params.get("next")), "error": None},
+        headers=HEADERS,
+    )
 
 
 async def login(request: Request) -> Response:
@@ -256,21 +268,32 @@ async def login(request: Request) -> Response:
     digest = _token_ok(server, form.get("token", "").strip()) if _same_origin(request) else None
     if digest is None:
         await asyncio.sleep(0.5)  # a guess costs time
-        return templates.TemplateResponse(request, "login.html",
-                                          {"next": nxt, "error": "This admin token is not "
-                                                                 "accepted."}, status_code=401,
-                                          headers=HEADERS)
+        return templates.TemplateResponse(
+            request,
+            "login.html",
+            {"next": nxt, "error": "This admin token is not accepted."},
+            status_code=401,
+            headers=HEADERS,
+        )
     resp = RedirectResponse(nxt, status_code=303)
-    resp.set_cookie(COOKIE, new_session(digest), max_age=SESSION_SECONDS, path="/console",
-                    httponly=True, samesite="strict", secure=_secure(request))
+    resp.set_cookie(
+        COOKIE,
+        new_session(digest),
+        max_age=SESSION_SECONDS,
+        path="/console",
+        httponly=True,
+        samesite="strict",
+        secure=_secure(request),
+    )
     return resp
 
 
 async def logout(request: Request) -> Response:
     await _checked_post(request)
     resp = RedirectResponse("/console/login", status_code=303)
-    resp.delete_cookie(COOKIE, path="/console", httponly=True, samesite="strict",
-                       secure=_secure(request))
+    resp.delete_cookie(
+        COOKIE, path="/console", httponly=True, samesite="strict", secure=_secure(request)
+    )
     return resp
 
 
@@ -305,8 +328,11 @@ async def _release(server: UpdateServer, raw: str) -> ReleaseInfo:
 
 async def _release_ctx(server: UpdateServer, info: ReleaseInfo) -> dict[str, Any]:
     samples = await server.run(consoledata.samples, server.registry, info.view.id)
-    return {"r": info, "counts": consoledata.counts_of(info),
-            "chart": chart_svg(samples, consoledata.counts_of(info), info.view.state)}
+    return {
+        "r": info,
+        "counts": consoledata.counts_of(info),
+        "chart": chart_svg(samples, consoledata.counts_of(info), info.view.state),
+    }
 
 
 async def release_page(request: Request, server: UpdateServer, sess: Session) -> Response:
@@ -361,8 +387,12 @@ def _device_filter(request: Request) -> tuple[InventoryFilter, dict[str, str]]:
             raise UsageError("silent_days must be a number of days")
         given["silent_days"] = seen
         seen_before = datetime.now(UTC) - timedelta(days=int(seen))
-    return InventoryFilter(state=given.get("state"), group=given.get("group"),
-                           version=given.get("version"), seen_before=seen_before), given
+    return InventoryFilter(
+        state=given.get("state"),
+        group=given.get("group"),
+        version=given.get("version"),
+        seen_before=seen_before,
+    ), given
 
 
 async def devices_page(request: Request, server: UpdateServer, sess: Session) -> Response:
@@ -371,8 +401,7 @@ async def devices_page(request: Request, server: UpdateServer, sess: Session) ->
     after = int(raw) if raw.isdigit() and len(raw) < 19 else 0
     rows = await server.run(server.registry.inventory, flt, after, PAGE)
     nxt = rows[-1]["id"] if len(rows) == PAGE else None
-    return _page(request, "devices.html", sess, rows=rows, given=given, next=nxt,
-                 after=after)
+    return _page(request, "devices.html", sess, rows=rows, given=given, next=nxt, after=after)
 
 
 async def _device(server: UpdateServer, hw: str) -> Any:
@@ -387,10 +416,13 @@ async def _device(server: UpdateServer, hw: str) -> Any:
 async def _device_ctx(server: UpdateServer, hw: str) -> dict[str, Any]:
     dev = await _device(server, hw)
     status = await server.run(server.registry.inventory, InventoryFilter(), dev.id - 1, 1)
-    return {"d": dev, "status": status[0] if status and status[0]["id"] == dev.id else {},
-            "certs": await server.run(consoledata.certificates_of, server.registry, dev.id),
-            "history": await server.run(consoledata.device_history, server.registry, dev.id),
-            "logs": await server.run(devicelogs.recent, server.registry, dev.id, 200)}
+    return {
+        "d": dev,
+        "status": status[0] if status and status[0]["id"] == dev.id else {},
+        "certs": await server.run(consoledata.certificates_of, server.registry, dev.id),
+        "history": await server.run(consoledata.device_history, server.registry, dev.id),
+        "logs": await server.run(devicelogs.recent, server.registry, dev.id, 200),
+    }
 
 
 async def device_page(request: Request, server: UpdateServer, sess: Session) -> Response:
@@ -408,18 +440,31 @@ async def device_revoke(request: Request) -> Response:
     dev = await _device(server, request.path_params["hardware_id"])
     if form.get("confirm") != dev.hardware_id:
         raise UsageError("type the device's hardware id to confirm the revocation")
-    await actions.revoke(server, sess.admin_id, dev.hardware_id,
-                         devicelogs.clean(form.get("reason", "")) or "revoked in the console")
+    await actions.revoke(
+        server,
+        sess.admin_id,
+        dev.hardware_id,
+        devicelogs.clean(form.get("reason", "")) or "revoked in the console",
+    )
     return RedirectResponse(f"/console/devices/{dev.hardware_id}", status_code=303)
 
 
 async def certificates_page(request: Request, server: UpdateServer, sess: Session) -> Response:
     now = datetime.now(UTC)
     timeline = await server.run(consoledata.expiry_timeline, server.registry, now)
-    soonest, more = await server.run(expiry, server.registry, now, timedelta(days=30),
-                                     timedelta(days=3650), PAGE)
-    return _page(request, "certificates.html", sess, timeline=timeline,
-                 bars=bars_svg(timeline), soonest=soonest, more=more, now=now)
+    soonest, more = await server.run(
+        expiry, server.registry, now, timedelta(days=30), timedelta(days=3650), PAGE
+    )
+    return _page(
+        request,
+        "certificates.html",
+        sess,
+        timeline=timeline,
+        bars=bars_svg(timeline),
+        soonest=soonest,
+        more=more,
+        now=now,
+    )
 
 
 async def audit_page(request: Request, server: UpdateServer, sess: Session) -> Response:
@@ -434,16 +479,27 @@ async def audit_page(request: Request, server: UpdateServer, sess: Session) -> R
         except Exception as e:  # noqa: BLE001 - shown as the verification's answer
             error = str(e)
     nxt = entries[-1].seq if len(entries) == PAGE else None
-    return _page(request, "audit.html", sess, entries=entries, verified=verified,
-                 error=error, next=nxt)
+    return _page(
+        request, "audit.html", sess, entries=entries, verified=verified, error=error, next=nxt
+    )
 
 
 # -- charts (inline SVG, drawn here) -----------------------------------------------------
 
-COLOURS = {"offered": "#6b7280", "staged": "#2563eb", "confirmed": "#15803d",
-           "rolled_back": "#b91c1c", "refused": "#c2410c"}
-LABELS = {"offered": "offered", "staged": "staged / in trial", "confirmed": "confirmed",
-          "rolled_back": "rolled back", "refused": "refused"}
+COLOURS = {
+    "offered": "#6b7280",
+    "staged": "#2563eb",
+    "confirmed": "#15803d",
+    "rolled_back": "#b91c1c",
+    "refused": "#c2410c",
+}
+LABELS = {
+    "offered": "offered",
+    "staged": "staged / in trial",
+    "confirmed": "confirmed",
+    "rolled_back": "rolled back",
+    "refused": "refused",
+}
 
 
 def chart_svg(samples: list[consoledata.Sample], now_counts: dict[str, int], state: str) -> str:
@@ -461,25 +517,28 @@ def chart_svg(samples: list[consoledata.Sample], now_counts: dict[str, int], sta
     def xy(at: datetime, v: int) -> str:
         return f"{left + (at - t0).total_seconds() * sx:.1f},{h - bottom - v * sy:.1f}"
 
-    parts = [f'<svg viewBox="0 0 {w} {h}" role="img" aria-labelledby="chart-title" '
-             f'class="chart" preserveAspectRatio="xMidYMid meet">',
-             '<title id="chart-title">Rollout over time: devices offered, staged, '
-             'confirmed, rolled back and refused</title>',
-             f'<line x1="{left}" y1="{h - bottom}" x2="{w - right}" y2="{h - bottom}" '
-             'stroke="#9ca3af"/>',
-             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{h - bottom}" stroke="#9ca3af"/>',
-             f'<text x="{left - 6}" y="{top + 10}" text-anchor="end" class="axis">'
-             f'{top_value}</text>',
-             f'<text x="{left - 6}" y="{h - bottom}" text-anchor="end" class="axis">0</text>',
-             f'<text x="{left}" y="{h - 8}" class="axis">{t0:%H:%M:%S}</text>',
-             f'<text x="{w - right}" y="{h - 8}" text-anchor="end" class="axis">'
-             f'{now:%H:%M:%S} UTC</text>']
+    parts = [
+        f'<svg viewBox="0 0 {w} {h}" role="img" aria-labelledby="chart-title" '
+        f'class="chart" preserveAspectRatio="xMidYMid meet">',
+        '<title id="chart-title">Rollout over time: devices offered, staged, '
+        "confirmed, rolled back and refused</title>",
+        f'<line x1="{left}" y1="{h - bottom}" x2="{w - right}" y2="{h - bottom}" '
+        'stroke="#9ca3af"/>',
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{h - bottom}" stroke="#9ca3af"/>',
+        f'<text x="{left - 6}" y="{top + 10}" text-anchor="end" class="axis">{top_value}</text>',
+        f'<text x="{left - 6}" y="{h - bottom}" text-anchor="end" class="axis">0</text>',
+        f'<text x="{left}" y="{h - 8}" class="axis">{t0:%H:%M:%S}</text>',
+        f'<text x="{w - right}" y="{h - 8}" text-anchor="end" class="axis">'
+        f"{now:%H:%M:%S} UTC</text>",
+    ]
     for key in consoledata.SERIES:
         path = " ".join(xy(at, c[key]) for at, c in points)
         dash = ' stroke-dasharray="6 4"' if key == "offered" else ""
-        parts.append(f'<polyline fill="none" stroke="{COLOURS[key]}" stroke-width="2.5"'
-                     f'{dash} points="{path}"><title>{LABELS[key]}: {now_counts[key]}'
-                     '</title></polyline>')
+        parts.append(
+            f'<polyline fill="none" stroke="{COLOURS[key]}" stroke-width="2.5"'
+            f'{dash} points="{path}"><title>{LABELS[key]}: {now_counts[key]}'
+            "</title></polyline>"
+        )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -489,20 +548,27 @@ def bars_svg(timeline: list[tuple[datetime, int]]) -> str:
     n = max(1, len(timeline))
     top_value = max(1, *(c for _, c in timeline)) if timeline else 1
     bw = w / n
-    parts = [f'<svg viewBox="0 0 {w} {h}" role="img" aria-labelledby="bars-title" '
-             'class="chart">', '<title id="bars-title">Device certificates ending in each '
-             'of the next weeks</title>']
+    parts = [
+        f'<svg viewBox="0 0 {w} {h}" role="img" aria-labelledby="bars-title" class="chart">',
+        '<title id="bars-title">Device certificates ending in each of the next weeks</title>',
+    ]
     for i, (start, count) in enumerate(timeline):
         bh = (h - top - bottom) * count / top_value
         x = i * bw + 4
         colour = "#b91c1c" if i == 0 else ("#c2410c" if i < 4 else "#2563eb")
-        parts.append(f'<rect x="{x:.1f}" y="{h - bottom - bh:.1f}" width="{bw - 8:.1f}" '
-                     f'height="{bh:.1f}" fill="{colour}"><title>week of {start:%Y-%m-%d}: '
-                     f'{count}</title></rect>')
-        parts.append(f'<text x="{x + (bw - 8) / 2:.1f}" y="{h - bottom - bh - 3:.1f}" '
-                     f'text-anchor="middle" class="axis">{count}</text>')
-        parts.append(f'<text x="{x + (bw - 8) / 2:.1f}" y="{h - 20}" text-anchor="middle" '
-                     f'class="axis">{start:%m-%d}</text>')
+        parts.append(
+            f'<rect x="{x:.1f}" y="{h - bottom - bh:.1f}" width="{bw - 8:.1f}" '
+            f'height="{bh:.1f}" fill="{colour}"><title>week of {start:%Y-%m-%d}: '
+            f"{count}</title></rect>"
+        )
+        parts.append(
+            f'<text x="{x + (bw - 8) / 2:.1f}" y="{h - bottom - bh - 3:.1f}" '
+            f'text-anchor="middle" class="axis">{count}</text>'
+        )
+        parts.append(
+            f'<text x="{x + (bw - 8) / 2:.1f}" y="{h - 20}" text-anchor="middle" '
+            f'class="axis">{start:%m-%d}</text>'
+        )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -529,8 +595,9 @@ async def console_loop(server: UpdateServer) -> None:
             await sample_now(server)
             rounds += 1
             if rounds % 60 == 1:
-                await server.run(devicelogs.prune, server.registry,
-                                 server.config.event_retention_days)
+                await server.run(
+                    devicelogs.prune, server.registry, server.config.event_retention_days
+                )
         except Exception:
             log.exception("console sampling failed")
 
@@ -559,8 +626,7 @@ ROUTES = [
     Route("/console/", guarded(overview), methods=["GET"]),
     Route("/console/releases/{release_id}", guarded(release_page), methods=["GET"]),
     Route("/console/releases/{release_id}/live", guarded(release_live), methods=["GET"]),
-    Route("/console/releases/{release_id}/{action}", guarded(release_action),
-          methods=["POST"]),
+    Route("/console/releases/{release_id}/{action}", guarded(release_action), methods=["POST"]),
     Route("/console/devices", guarded(devices_page), methods=["GET"]),
     Route("/console/devices/{hardware_id}", guarded(device_page), methods=["GET"]),
     Route("/console/devices/{hardware_id}/live", guarded(device_live), methods=["GET"]),

@@ -63,17 +63,22 @@ async def check(request: Request) -> Response:
     dev = await auth.device(server, request)
     f = await read_json(request, server.config.limits.json_body_max, "check request")
     _hardware_id(f, dev.hardware_id)
-    running = Running(app=checked(f.req_str("app", 64), APP_NAME, "app"),
-                      board=checked(f.req_str("board", 32), BOARD, "board"),
-                      version=checked(f.req_str("version", 32), VERSION, "version"),
-                      counter=f.int("counter", 0, 2**31 - 1))
+    running = Running(
+        app=checked(f.req_str("app", 64), APP_NAME, "app"),
+        board=checked(f.req_str("board", 32), BOARD, "board"),
+        version=checked(f.req_str("version", 32), VERSION, "version"),
+        counter=f.int("counter", 0, 2**31 - 1),
+    )
     f.int("timestamp_version", 0, 2**53 - 1)
     channel = _channel(f, server.config.default_channel)
     ts = await server.timestamp(channel)
     if ts is None:
         raise ApiError(404, f"no channel {channel!r} on this server")
-    answer: dict[str, object] = {"update": False, "timestamp": f"timestamp/{channel}.mpst",
-                                 "root_version": ts.root_version}
+    answer: dict[str, object] = {
+        "update": False,
+        "timestamp": f"timestamp/{channel}.mpst",
+        "root_version": ts.root_version,
+    }
     releases = await server.channel_releases(channel, running.app, running.board)
     chosen = choose(releases, dev, running, ts.targets)
     server.note_checkin(dev.id, running.app, running.version, running.counter, channel)
@@ -82,8 +87,11 @@ async def check(request: Request) -> Response:
         answer["target"] = ts.targets[chosen.manifest_sha256]
         delta = chosen.delta_from(running.version)
         if delta is not None:  # a hint: the device rebuilds and checks the signed release
-            answer["delta"] = {"path": f"deltas/{delta[1]}.mpsd", "size": delta[2],
-                               "from": delta[0]}
+            answer["delta"] = {
+                "path": f"deltas/{delta[1]}.mpsd",
+                "size": delta[2],
+                "from": delta[0],
+            }
     return json_ok(answer)
 
 
@@ -151,8 +159,14 @@ async def delta(request: Request) -> Response:
     return FileResponse(path, media_type="application/octet-stream", headers=IMMUTABLE)
 
 
-async def _offered_release(server: UpdateServer, dev: DeviceView, channel: str,
-                           app: str | None, board: str | None, version: str) -> int | None:
+async def _offered_release(
+    server: UpdateServer,
+    dev: DeviceView,
+    channel: str,
+    app: str | None,
+    board: str | None,
+    version: str,
+) -> int | None:
     """The release this report is about, if it was offered to this device: its app,
     board (the registered one) and channel, promoted, and the device in its rollout
     (pinned, in a group, or in the cohort). Else None: the report is kept, not counted."""
@@ -160,8 +174,11 @@ async def _offered_release(server: UpdateServer, dev: DeviceView, channel: str,
     if not version or not board or (dev.board and board != dev.board):
         return None
     # An older client names no app: the one release of that version for the board, if one.
-    found = [r for r in await server.channel_releases(channel, app or "", board)
-             if r.version == version and r.promoted]
+    found = [
+        r
+        for r in await server.channel_releases(channel, app or "", board)
+        if r.version == version and r.promoted
+    ]
     if len(found) != 1 or not in_rollout(found[0], dev):
         return None
     return found[0].id
@@ -190,8 +207,9 @@ async def report(request: Request) -> Response:
     channel = _channel(f, server.config.default_channel)
     wait = server.report_wait(dev.id)
     if wait > 0:
-        raise ApiError(429, "too many reports from this device",
-                       {"Retry-After": str(max(1, round(wait)))})
+        raise ApiError(
+            429, "too many reports from this device", {"Retry-After": str(max(1, round(wait)))}
+        )
     release_id = await _offered_release(server, dev, channel, app, board, version)
     await server.report(Report(dev.id, event, version, reason, release_id, app, channel))
     if event in FAILED_EVENTS:  # its failed releases changed: not offered that one again

@@ -50,18 +50,24 @@ async def upload(request: Request) -> Response:
         raise ApiError(403, "hardware_id is not this device's")
     lines = raw.get("lines")
     if not isinstance(lines, list) or len(lines) > devicelogs.LINES_MAX:
-        raise ApiError(400, f"lines must be a list of at most {devicelogs.LINES_MAX} "
-                            "[source, text] pairs")
+        raise ApiError(
+            400, f"lines must be a list of at most {devicelogs.LINES_MAX} [source, text] pairs"
+        )
     batch: list[tuple[str, str]] = []
     for item in lines:
-        if (not isinstance(item, list) or len(item) != 2 or item[0] not in devicelogs.SOURCES
-                or not isinstance(item[1], str)):
-            raise ApiError(400, "each line is [\"guard\" or \"app\", text]")
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or item[0] not in devicelogs.SOURCES
+            or not isinstance(item[1], str)
+        ):
+            raise ApiError(400, 'each line is ["guard" or "app", text]')
         batch.append((item[0], item[1]))
     wait = _wait(server, dev.id)
     if wait > 0:
-        raise ApiError(429, "too many log uploads from this device",
-                       {"Retry-After": str(max(1, round(wait)))})
+        raise ApiError(
+            429, "too many log uploads from this device", {"Retry-After": str(max(1, round(wait)))}
+        )
     n = await server.run(devicelogs.append, server.registry, dev.id, batch)
     return json_ok({"recorded": n})
 

@@ -57,9 +57,18 @@ def _server(request: Request) -> UpdateServer:
 def _renewals_last_hour(server: UpdateServer, device_id: int) -> int:
     since = datetime.now(UTC) - timedelta(hours=1)
     with server.registry.session() as s:
-        return int(s.scalar(sa.select(sa.func.count()).select_from(Certificate).where(
-            Certificate.device_id == device_id, Certificate.issued_via == "renewal",
-            Certificate.created_at >= since)) or 0)
+        return int(
+            s.scalar(
+                sa.select(sa.func.count())
+                .select_from(Certificate)
+                .where(
+                    Certificate.device_id == device_id,
+                    Certificate.issued_via == "renewal",
+                    Certificate.created_at >= since,
+                )
+            )
+            or 0
+        )
 
 
 def _refuse(server: UpdateServer, fingerprint: str, status: int, reason: str) -> ApiError:
@@ -82,13 +91,20 @@ def _parse_csr(body: bytes, hardware_id: str) -> ec.EllipticCurvePublicKey:
         raise ApiError(400, "the request's key is not P-256")
     attrs = [(a.oid, a.value) for a in csr.subject]
     if attrs != [(NameOID.COMMON_NAME, hardware_id)]:
-        raise ApiError(403, "the request's subject is not the authenticated device "
-                            f"(CN={hardware_id})")
+        raise ApiError(
+            403, f"the request's subject is not the authenticated device (CN={hardware_id})"
+        )
     return key
 
 
-def _issue(server: UpdateServer, device_id: int, hardware_id: str, body: bytes,
-           old_fingerprint: str, via: str = "renewal") -> bytes:
+def _issue(
+    server: UpdateServer,
+    device_id: int,
+    hardware_id: str,
+    body: bytes,
+    old_fingerprint: str,
+    via: str = "renewal",
+) -> bytes:
     source = server.config.renewal_ca
     assert source is not None
     try:
@@ -96,41 +112,60 @@ def _issue(server: UpdateServer, device_id: int, hardware_id: str, body: bytes,
     except ApiError as e:
         certstore.log_refusal(server.registry, device_id, e.message)
         raise
-    if via == "renewal" and _renewals_last_hour(server, device_id) >= \
-            server.config.renewals_per_hour:
+    if (
+        via == "renewal"
+        and _renewals_last_hour(server, device_id) >= server.config.renewals_per_hour
+    ):
         certstore.log_refusal(server.registry, device_id, "too many renewals")
-        raise ApiError(429, "too many renewals from this device in the last hour",
-                       {"Retry-After": "3600"})
+        raise ApiError(
+            429, "too many renewals from this device in the last hour", {"Retry-After": "3600"}
+        )
     now = server_now(server)
     start = now.replace(microsecond=0) - CLOCK_SKEW
-    cert = issue(source.get(), LeafRequest(name=hardware_id, role="client",
-                                           days=server.config.renewal_days, not_before=start),
-                 key)
+    cert = issue(
+        source.get(),
+        LeafRequest(
+            name=hardware_id, role="client", days=server.config.renewal_days, not_before=start
+        ),
+        key,
+    )
     der = cert.public_bytes(Encoding.DER)
-    record = CertRecord(role="device", subject=cert.subject.rfc4514_string()[:255],
-                        serial=format(cert.serial_number, "x"),
-                        fingerprint=hashlib.sha256(der).hexdigest(),
-                        not_after=cert.not_valid_after_utc)
-    certstore.record_renewal(server.registry, device_id, record, cert.not_valid_before_utc,
-                             old_fingerprint, via)
+    record = CertRecord(
+        role="device",
+        subject=cert.subject.rfc4514_string()[:255],
+        serial=format(cert.serial_number, "x"),
+        fingerprint=hashlib.sha256(der).hexdigest(),
+        not_after=cert.not_valid_after_utc,
+    )
+    certstore.record_renewal(
+        server.registry, device_id, record, cert.not_valid_before_utc, old_fingerprint, via
+    )
     return der
 
 
 async def reenroll(request: Request) -> Response:
     server = _server(request)
     if server.config.renewal_ca is None:
-        raise ApiError(404, "online renewal is off on this server (certificates are issued "
-                            "offline)")
+        raise ApiError(
+            404, "online renewal is off on this server (certificates are issued offline)"
+        )
     fingerprint = auth.client_cert_fingerprint(request)
     if fingerprint is None:
-        raise ApiError(401, "renewal needs the device's current certificate (mutual TLS); "
-                            "a bearer token is not enough")
+        raise ApiError(
+            401,
+            "renewal needs the device's current certificate (mutual TLS); "
+            "a bearer token is not enough",
+        )
     body = await read_body(request, CSR_MAX)
     dev = await server.device("cert", fingerprint)
     if dev is None:
-        raise await server.run(_refuse, server, fingerprint, 403,
-                               "this certificate is revoked, expired or not a device's: "
-                               "renewal refused")
+        raise await server.run(
+            _refuse,
+            server,
+            fingerprint,
+            403,
+            "this certificate is revoked, expired or not a device's: renewal refused",
+        )
     der = await server.run(_issue, server, dev.id, dev.hardware_id, body, fingerprint)
     return Response(der, media_type="application/pkix-cert", headers=NO_STORE)
 
@@ -169,13 +204,26 @@ async def expiry(request: Request) -> Response:
     lapsed = _number(request, "lapsed_days", 365, 0, 3650)
     limit = int(_number(request, "limit", 1000, 1, certstore.EXPIRY_PAGE_MAX))
     now = server_now(server)
-    rows, more = await server.run(certstore.expiry, server.registry, now,
-                                  timedelta(days=within), timedelta(days=lapsed), limit)
+    rows, more = await server.run(
+        certstore.expiry,
+        server.registry,
+        now,
+        timedelta(days=within),
+        timedelta(days=lapsed),
+        limit,
+    )
     counts: dict[str, int] = {}
     for r in rows:
         counts[r.state] = counts.get(r.state, 0) + 1
-    return json_ok({"now": now.isoformat(), "within_days": within, "more": more,
-                    "counts": counts, "certificates": [r.to_dict() for r in rows]})
+    return json_ok(
+        {
+            "now": now.isoformat(),
+            "within_days": within,
+            "more": more,
+            "counts": counts,
+            "certificates": [r.to_dict() for r in rows],
+        }
+    )
 
 
 # -- recovery of a device whose certificate expired ---------------------------------------
@@ -187,8 +235,9 @@ RECOVERY_BODY_MAX = 12 * 1024
 
 def _token_device_id(request: Request) -> str:
     if auth.client_cert_fingerprint(request) is not None:
-        raise ApiError(409, "this connection presented a certificate: renew with "
-                            "/v1/device/reenroll")
+        raise ApiError(
+            409, "this connection presented a certificate: renew with /v1/device/reenroll"
+        )
     kind, value = auth.credential(request)
     if kind != "token":
         raise ApiError(401, "recovery needs the device's bearer token")
@@ -201,8 +250,9 @@ async def recover_challenge(request: Request) -> Response:
 
     server = _server(request)
     if server.config.renewal_ca is None:
-        raise ApiError(404, "online renewal is off on this server (certificates are issued "
-                            "offline)")
+        raise ApiError(
+            404, "online renewal is off on this server (certificates are issued offline)"
+        )
     _token_device_id(request)
     dev = await auth.device(server, request)
     now = server_now(server)
@@ -233,13 +283,21 @@ def _recover(server: UpdateServer, device_id: int, hardware_id: str, f: Any) -> 
     if end > now:
         raise refuse(409, "that certificate has not expired: renew with /v1/device/reenroll")
     if now - end > RECOVERY_WINDOW:
-        raise refuse(403, f"that certificate expired more than {RECOVERY_WINDOW.days} days "
-                          "ago: re-provision the device")
-    if certstore.issued_since(server.registry, device_id, "recovery",
-                              datetime.now(UTC) - timedelta(days=1)):
+        raise refuse(
+            403,
+            f"that certificate expired more than {RECOVERY_WINDOW.days} days "
+            "ago: re-provision the device",
+        )
+    if certstore.issued_since(
+        server.registry, device_id, "recovery", datetime.now(UTC) - timedelta(days=1)
+    ):
         raise refuse(429, "one recovery per device per day")
-    if not certstore.take_challenge(server.registry, device_id, challenge,
-                                    datetime.now(UTC) - timedelta(seconds=CHALLENGE_SECONDS)):
+    if not certstore.take_challenge(
+        server.registry,
+        device_id,
+        challenge,
+        datetime.now(UTC) - timedelta(seconds=CHALLENGE_SECONDS),
+    ):
         raise refuse(403, "the challenge is unknown, used or older than 5 minutes")
     try:
         old_key = x509.load_der_x509_certificate(old_der).public_key()
@@ -247,12 +305,15 @@ def _recover(server: UpdateServer, device_id: int, hardware_id: str, f: Any) -> 
         from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-        old_key.verify(encode_dss_signature(int.from_bytes(signature[:32], "big"),
-                                            int.from_bytes(signature[32:], "big")),
-                       challenge.encode() + csr, ec.ECDSA(hashes.SHA256()))
+        old_key.verify(
+            encode_dss_signature(
+                int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+            ),
+            challenge.encode() + csr,
+            ec.ECDSA(hashes.SHA256()),
+        )
     except Exception:  # noqa: BLE001 - any failure is the same refusal
-        raise refuse(403, "the challenge is not signed by the expired certificate's key") \
-            from None
+        raise refuse(403, "the challenge is not signed by the expired certificate's key") from None
     return _issue(server, device_id, hardware_id, csr, last.fingerprint, "recovery")
 
 
@@ -261,8 +322,9 @@ async def recover(request: Request) -> Response:
     token AND a signature of a fresh server challenge by its expired certificate's key."""
     server = _server(request)
     if server.config.renewal_ca is None:
-        raise ApiError(404, "online renewal is off on this server (certificates are issued "
-                            "offline)")
+        raise ApiError(
+            404, "online renewal is off on this server (certificates are issued offline)"
+        )
     _token_device_id(request)
     dev = await auth.device(server, request)
     f = await read_json(request, RECOVERY_BODY_MAX, "recovery request")

@@ -40,8 +40,7 @@ def one_line(text: str) -> str:
     return line[:MESSAGE_MAX] or "error"
 
 
-def error_response(status: int, message: str,
-                   headers: Mapping[str, str] | None = None) -> Response:
+def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
     return JSONResponse({"error": one_line(message)}, status_code=status, headers=headers)
 
 
@@ -92,8 +91,9 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_json(request: Request, limit: int, what: str,
-                    allow_empty: bool = False) -> jsondoc.Fields:
+async def read_json(
+    request: Request, limit: int, what: str, allow_empty: bool = False
+) -> jsondoc.Fields:
     body = await read_body(request, limit)
     if allow_empty and not body.strip():
         return jsondoc.Fields({}, what)

@@ -47,8 +47,10 @@ class RootStore:
     def local_roots(self) -> dict[int, bytes]:
         """The root files of this server's folder (and trust root file), by version."""
         roots = self._scan_local()
-        return {v: read_limited(p, DEFAULT_LIMITS.root_max_length, "trust root")
-                for v, p in roots.files.items()}
+        return {
+            v: read_limited(p, DEFAULT_LIMITS.root_max_length, "trust root")
+            for v, p in roots.files.items()
+        }
 
     def adopt(self, stored: dict[int, bytes]) -> TrustRoot | None:
         """Trust the roots other servers stored (the database) that follow this server's
@@ -66,8 +68,9 @@ class RootStore:
         try:
             newest = trustroot.verify_root_chain(local, chain)
         except MpsealError as e:
-            log.error("trust roots in the database after version %d do not chain: %s",
-                      local.version, e)
+            log.error(
+                "trust roots in the database after version %d do not chain: %s", local.version, e
+            )
             return None
         with self._lock:
             changed = set(self._shared) != set(range(local.version + 1, v))
@@ -121,12 +124,15 @@ class RootStore:
         if not candidates and self.trust_root_file is not None:
             candidates = [self.trust_root_file]
         if not candidates:
-            raise ConfigError(f"no trust root: {self.roots_dir} has no <N>.mpsr and no trust "
-                              "root file is configured")
+            raise ConfigError(
+                f"no trust root: {self.roots_dir} has no <N>.mpsr and no trust "
+                "root file is configured"
+            )
         path = candidates[0]
         try:
-            newest = trustroot.parse(read_limited(path, DEFAULT_LIMITS.root_max_length,
-                                                  "trust root"))
+            newest = trustroot.parse(
+                read_limited(path, DEFAULT_LIMITS.root_max_length, "trust root")
+            )
         except MpsealError as e:
             raise ConfigError(f"trust root {path} is unusable: {e}") from None
         files.setdefault(newest.version, path)

@@ -46,8 +46,10 @@ class _HeadTooLarge(Exception):
 
 def _close_with(status: str, message: str) -> bytes:
     body = b'{"error":"' + message.encode() + b'"}'
-    return (f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
+    return (
+        f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    ).encode() + body
 
 
 _431 = _close_with("431 Request Header Fields Too Large", "request headers too large or too many")
@@ -82,13 +84,17 @@ class TlsHttpToolsProtocol(HttpToolsProtocol):
             self._tls = None
             return
         der = ssl_object.getpeercert(binary_form=True)
-        self._tls = {"client_cert_chain": [ssl.DER_cert_to_PEM_cert(der)] if der else [],
-                     "client_cert_name": None, "client_cert_error": None,
-                     "tls_version": None, "cipher_suite": None, "server_cert": None}
+        self._tls = {
+            "client_cert_chain": [ssl.DER_cert_to_PEM_cert(der)] if der else [],
+            "client_cert_name": None,
+            "client_cert_error": None,
+            "tls_version": None,
+            "cipher_suite": None,
+            "server_cert": None,
+        }
 
     def _make_room(self) -> None:
-        waiting = [c for c in self.connections
-                   if c is not self and getattr(c, "_in_head", False)]
+        waiting = [c for c in self.connections if c is not self and getattr(c, "_in_head", False)]
         victim = min(waiting, key=lambda c: c._head_since) if waiting else self  # type: ignore[union-attr]
         victim.transport.close()  # everyone busy with a request: refuse the new one
 
@@ -118,8 +124,11 @@ class TlsHttpToolsProtocol(HttpToolsProtocol):
         if self._in_head:
             self._head_bytes += len(data)
         super().data_received(data)
-        if (self._in_head and self._head_bytes > self.limits.head_bytes_max
-                and not self.transport.is_closing()):
+        if (
+            self._in_head
+            and self._head_bytes > self.limits.head_bytes_max
+            and not self.transport.is_closing()
+        ):
             self._reject_head()
 
     def _reject_head(self) -> None:
@@ -184,12 +193,19 @@ def uvicorn_kwargs(options: RunOptions) -> dict[str, Any]:
     if options.client_ca is not None and options.tls_cert is None:
         raise ConfigError("--client-ca needs TLS: give --tls-cert and --tls-key too")
     protocol = functools.partial(TlsHttpToolsProtocol, limits=options.limits)
-    kw: dict[str, Any] = {"host": options.host, "port": options.port, "http": protocol,
-                          "loop": "uvloop", "lifespan": "on", "access_log": options.access_log,
-                          "log_level": "info", "backlog": options.backlog,
-                          "server_header": False,
-                          "timeout_keep_alive": options.keep_alive_timeout,
-                          "proxy_headers": False}
+    kw: dict[str, Any] = {
+        "host": options.host,
+        "port": options.port,
+        "http": protocol,
+        "loop": "uvloop",
+        "lifespan": "on",
+        "access_log": options.access_log,
+        "log_level": "info",
+        "backlog": options.backlog,
+        "server_header": False,
+        "timeout_keep_alive": options.keep_alive_timeout,
+        "proxy_headers": False,
+    }
     if options.tls_cert is not None:
         check_tls_files(options)
         kw.update(ssl_certfile=str(options.tls_cert), ssl_keyfile=str(options.tls_key))
@@ -202,33 +218,46 @@ def check_tls_files(options: RunOptions) -> None:
     """Load the TLS certificate, key and client CA once, so a wrong file is a one-line
     ConfigError before anything says 'serving' (uvicorn would raise in its worker)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    for flag, path in (("--tls-cert", options.tls_cert), ("--tls-key", options.tls_key),
-                       ("--client-ca", options.client_ca)):
+    for flag, path in (
+        ("--tls-cert", options.tls_cert),
+        ("--tls-key", options.tls_key),
+        ("--client-ca", options.client_ca),
+    ):
         if path is not None and not Path(path).is_file():
             raise ConfigError(f"{flag} {path}: no such file")
 
     def no_passphrase() -> str:
-        raise ConfigError(f"--tls-key {options.tls_key} is passphrase-protected; "
-                          "give the server an unencrypted key file (mode 0600)")
+        raise ConfigError(
+            f"--tls-key {options.tls_key} is passphrase-protected; "
+            "give the server an unencrypted key file (mode 0600)"
+        )
 
     try:
         ctx.load_cert_chain(str(options.tls_cert), str(options.tls_key), password=no_passphrase)
     except ssl.SSLError as e:
         if e.reason == "KEY_VALUES_MISMATCH":
-            raise ConfigError(f"--tls-key {options.tls_key} does not belong to --tls-cert "
-                              f"{options.tls_cert}") from None
-        raise ConfigError(f"--tls-cert {options.tls_cert} / --tls-key {options.tls_key}: not a "
-                          f"PEM certificate and its PEM private key ({e.reason or e})") from None
+            raise ConfigError(
+                f"--tls-key {options.tls_key} does not belong to --tls-cert {options.tls_cert}"
+            ) from None
+        raise ConfigError(
+            f"--tls-cert {options.tls_cert} / --tls-key {options.tls_key}: not a "
+            f"PEM certificate and its PEM private key ({e.reason or e})"
+        ) from None
     if options.client_ca is not None:
         try:
             ctx.load_verify_locations(cafile=str(options.client_ca))
         except ssl.SSLError as e:
-            raise ConfigError(f"--client-ca {options.client_ca}: not a PEM CA certificate "
-                              f"({e.reason or e})") from None
+            raise ConfigError(
+                f"--client-ca {options.client_ca}: not a PEM CA certificate ({e.reason or e})"
+            ) from None
 
 
-def serve(settings: ServerSettings, options: RunOptions, passphrase: bytes | None = None,
-          announce: Callable[[], None] | None = None) -> None:
+def serve(
+    settings: ServerSettings,
+    options: RunOptions,
+    passphrase: bytes | None = None,
+    announce: Callable[[], None] | None = None,
+) -> None:
     """Run until interrupted. The schema is migrated once here, before any worker starts.
 
     ``announce`` is called once everything was checked, just before the server starts.
@@ -242,11 +271,13 @@ def serve(settings: ServerSettings, options: RunOptions, passphrase: bytes | Non
             "--artifact-base-url: the device client does not follow redirects (it keeps one "
             "pinned TLS connection to this server for a whole update round); put the CDN in "
             "front of the whole server instead: artifacts are served with immutable cache "
-            "headers")
+            "headers"
+        )
     kw = uvicorn_kwargs(options)
     config = settings.load(passphrase)  # fails here, once, on a bad key or trust root
-    check_timestamp_key(RootStore(config.roots_dir, config.trust_root_file).newest(),
-                        config.timestamp_signer)
+    check_timestamp_key(
+        RootStore(config.roots_dir, config.trust_root_file).newest(), config.timestamp_signer
+    )
     raise_fd_limit()
     try:  # once here, before any worker starts; else each worker retries until it can
         Registry.open(settings.database_url, upgrade=True).engine.dispose()
@@ -262,13 +293,15 @@ def serve(settings: ServerSettings, options: RunOptions, passphrase: bytes | Non
         uvicorn.run(create_app(replace(config, migrate=not migrated)), **kw)
         return
     os.environ[SETTINGS_ENV] = ServerSettings(
-        **{**settings.__dict__, "migrate": not migrated}).to_env()
+        **{**settings.__dict__, "migrate": not migrated}
+    ).to_env()
     if passphrase is not None:
         os.environ["MPSEAL_PASSPHRASE"] = passphrase.decode()
     # one console secret for every worker: a session made by one is good on the others
     os.environ.setdefault("MPSEAL_CONSOLE_SECRET", secrets.token_hex(32))
-    uvicorn.run("mpseal.server.app:create_app_from_env", factory=True, workers=options.workers,
-                **kw)
+    uvicorn.run(
+        "mpseal.server.app:create_app_from_env", factory=True, workers=options.workers, **kw
+    )
 
 
 def raise_fd_limit() -> None:

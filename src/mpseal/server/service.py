@@ -52,11 +52,16 @@ class UpdateServer:
         self.config = config
         self.registry = Registry.open(config.database_url, upgrade=False)  # connects lazily
         self.store = ReleaseStore(self.registry)
-        self.roots = RootStore(config.roots_dir, config.trust_root_file,
-                               ttl=max(config.cache_seconds, 0.05))
-        self.timestamps = TimestampService(self.store, self.roots, config.timestamp_signer,
-                                           config.timestamp_expiry_seconds,
-                                           config.refresh_before)
+        self.roots = RootStore(
+            config.roots_dir, config.trust_root_file, ttl=max(config.cache_seconds, 0.05)
+        )
+        self.timestamps = TimestampService(
+            self.store,
+            self.roots,
+            config.timestamp_signer,
+            config.timestamp_expiry_seconds,
+            config.refresh_before,
+        )
         self.timestamps.check_key()
         config.artifacts_dir.mkdir(parents=True, exist_ok=True)
         n = config.limits.cache_entries_max
@@ -67,7 +72,8 @@ class UpdateServer:
         self.releases: TtlCache[list[ReleaseView]] = TtlCache(ttl, n, stale_on=stale)
         self.current_ts: TtlCache[CurrentTimestamp | None] = TtlCache(ttl, 1024, stale_on=stale)
         self._reports: WriteBatcher[Report, dict[int, tuple[ReleaseStats, PolicyOverrides]]] = (
-            WriteBatcher(self._store_reports, linger=REPORT_LINGER_SECONDS))
+            WriteBatcher(self._store_reports, linger=REPORT_LINGER_SECONDS)
+        )
         # device id -> ((app, version, counter, channel), unix time): to write / written
         self._checkins: dict[int, tuple[tuple[str, str, int, str], float]] = {}
         self._written: dict[int, tuple[tuple[str, str, int, str], float]] = {}
@@ -136,13 +142,14 @@ class UpdateServer:
     async def channel_releases(self, channel: str, app: str, board: str) -> list[ReleaseView]:
         """The channel's releases for this app ("": every app) and board, cached."""
         return await self.releases.get(
-            (channel, app, board),
-            lambda: self.run(self.store.views, channel, app or None, board))
+            (channel, app, board), lambda: self.run(self.store.views, channel, app or None, board)
+        )
 
     async def timestamp(self, channel: str) -> CurrentTimestamp | None:
         create = channel == self.config.default_channel
         return await self.current_ts.get(
-            channel, lambda: self.run(self.timestamps.current, channel, create))
+            channel, lambda: self.run(self.timestamps.current, channel, create)
+        )
 
     # -- reports and check-ins ---------------------------------------------------------
 
@@ -159,14 +166,16 @@ class UpdateServer:
             return (1.0 - tokens) / rate if rate > 0 else 3600.0
         self._buckets[device_id] = (tokens - 1.0, now)
         if len(self._buckets) > limits.cache_entries_max:  # forget the ones refilled anyway
-            self._buckets = {k: v for k, v in self._buckets.items()
-                             if v[0] + (now - v[1]) * rate < burst}
+            self._buckets = {
+                k: v for k, v in self._buckets.items() if v[0] + (now - v[1]) * rate < burst
+            }
             if len(self._buckets) > limits.cache_entries_max:
                 self._buckets.clear()
         return 0.0
 
-    async def _store_reports(self, reports: list[Report]
-                             ) -> dict[int, tuple[ReleaseStats, PolicyOverrides]]:
+    async def _store_reports(
+        self, reports: list[Report]
+    ) -> dict[int, tuple[ReleaseStats, PolicyOverrides]]:
         return await self.run(self.store.record_reports, reports)
 
     async def report(self, report: Report) -> None:
@@ -178,8 +187,9 @@ class UpdateServer:
             if entry is not None:
                 await self.maybe_halt(rid, *entry)
 
-    def note_checkin(self, device_id: int, app: str, version: str, counter: int,
-                     channel: str) -> None:
+    def note_checkin(
+        self, device_id: int, app: str, version: str, counter: int, channel: str
+    ) -> None:
         """Remember a check for the inventory (written every ``inventory_seconds``). A
         device that says the same as when this process last wrote its row, less than
         ``INVENTORY_REFRESH_SECONDS`` ago, is not written again: its last check-in is
@@ -189,21 +199,24 @@ class UpdateServer:
         seen = self._written.get(device_id)
         if seen is not None and seen[0] == said and now - seen[1] < INVENTORY_REFRESH_SECONDS:
             return
-        if (len(self._checkins) >= self.config.limits.cache_entries_max
-                and device_id not in self._checkins):
+        if (
+            len(self._checkins) >= self.config.limits.cache_entries_max
+            and device_id not in self._checkins
+        ):
             return  # the next check after the flush records it
         self._checkins[device_id] = (said, now)
 
     async def flush_checkins(self) -> None:
         pending, self._checkins = self._checkins, {}
-        items = [Checkin(d, *said, datetime.fromtimestamp(at, UTC))
-                 for d, (said, at) in pending.items()]
+        items = [
+            Checkin(d, *said, datetime.fromtimestamp(at, UTC)) for d, (said, at) in pending.items()
+        ]
         try:
             for i in range(0, len(items), 5000):
-                await self.run(self.store.record_checkins, items[i:i + 5000])
+                await self.run(self.store.record_checkins, items[i : i + 5000])
                 if len(self._written) > self.config.limits.cache_entries_max:
                     self._written.clear()
-                for d in list(pending)[i:i + 5000]:
+                for d in list(pending)[i : i + 5000]:
                     self._written[d] = pending[d]
         except TransportError:
             for d, entry in pending.items():  # keep them for the next round (newer ones win)
@@ -219,8 +232,9 @@ class UpdateServer:
         self.releases.invalidate()
         self.current_ts.invalidate()
 
-    async def maybe_halt(self, release_id: int, stats: ReleaseStats,
-                         overrides: PolicyOverrides) -> bool:
+    async def maybe_halt(
+        self, release_id: int, stats: ReleaseStats, overrides: PolicyOverrides
+    ) -> bool:
         """Halt the release if its failures crossed its policy's limit; True if it did now."""
         reason = halt_reason(stats, overrides.apply(self.config.halt_policy))
         if reason is None:
@@ -229,8 +243,9 @@ class UpdateServer:
         if not await self.run(self.store.halt, release_id, reason):
             return False
         info = await self.run(self.store.get, release_id)
-        log.warning("release %d (%s %s) halted: %s", release_id, info.view.app,
-                    info.view.version, reason)
+        log.warning(
+            "release %d (%s %s) halted: %s", release_id, info.view.app, info.view.version, reason
+        )
         from mpseal.server import actions  # the audit log (actions imports this module)
 
         await actions.halted(self, info, reason)
@@ -243,8 +258,9 @@ class UpdateServer:
         stored = await self.run(self.store.share_roots, local)
         newest = self.roots.adopt(stored)
         if newest is not None:
-            log.warning("trust root %d adopted from the database (stored by another server)",
-                        newest.version)
+            log.warning(
+                "trust root %d adopted from the database (stored by another server)", newest.version
+            )
             self.current_ts.invalidate()
 
     async def maintain(self) -> None:
@@ -265,8 +281,7 @@ class UpdateServer:
             await self.run(self.timestamps.refresh, channel)
         self.current_ts.invalidate()
         for _ in range(20):  # at most 200,000 a round: the rest next round
-            if await self.run(self.store.prune_events,
-                              self.config.event_retention_days) < 10_000:
+            if await self.run(self.store.prune_events, self.config.event_retention_days) < 10_000:
                 break
 
     # -- lifespan ----------------------------------------------------------------------
@@ -281,15 +296,20 @@ class UpdateServer:
             except Exception:
                 log.exception("first maintenance round failed")
         else:
-            log.error("starting without the database (%s); retrying every %g s",
-                      self._db_error, self.config.health_seconds)
+            log.error(
+                "starting without the database (%s); retrying every %g s",
+                self._db_error,
+                self.config.health_seconds,
+            )
         # What exists now lives as long as the process: keep it out of every collection,
         # and collect young objects less often (fewer pauses in a request's latency).
         gc.collect()
         gc.freeze()
         gc.set_threshold(20_000, 10, 10)
-        self._tasks = [asyncio.create_task(self._loop(maintained)),
-                       asyncio.create_task(self._inventory_loop())]
+        self._tasks = [
+            asyncio.create_task(self._loop(maintained)),
+            asyncio.create_task(self._inventory_loop()),
+        ]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -308,8 +328,9 @@ class UpdateServer:
     async def _loop(self, maintained: bool) -> None:
         next_round = time.monotonic() + (self.config.maintenance_seconds if maintained else 0)
         while True:
-            await asyncio.sleep(min(self.config.health_seconds,
-                                    max(0.05, next_round - time.monotonic())))
+            await asyncio.sleep(
+                min(self.config.health_seconds, max(0.05, next_round - time.monotonic()))
+            )
             if not await self.ping() or not await self.ensure_schema():
                 continue
             if time.monotonic() < next_round:

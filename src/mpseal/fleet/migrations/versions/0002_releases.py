@@ -39,8 +39,12 @@ def upgrade() -> None:
     op.create_table(
         "release_pins",
         sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column("release_id", sa.Integer,
-                  sa.ForeignKey("releases.id", ondelete="CASCADE"), nullable=False),
+        sa.Column(
+            "release_id",
+            sa.Integer,
+            sa.ForeignKey("releases.id", ondelete="CASCADE"),
+            nullable=False,
+        ),
         sa.Column("hardware_id", sa.String(64), nullable=False),
         sa.Column("created_at", TZ, nullable=False),
         sa.UniqueConstraint("release_id", "hardware_id", name="uq_release_pins"),
@@ -49,8 +53,12 @@ def upgrade() -> None:
     op.create_table(
         "device_updates",
         sa.Column("device_id", sa.Integer, sa.ForeignKey("devices.id"), primary_key=True),
-        sa.Column("release_id", sa.Integer, sa.ForeignKey("releases.id", ondelete="CASCADE"),
-                  primary_key=True),
+        sa.Column(
+            "release_id",
+            sa.Integer,
+            sa.ForeignKey("releases.id", ondelete="CASCADE"),
+            primary_key=True,
+        ),
         sa.Column("state", sa.String(16), nullable=False),
         sa.Column("reason", sa.String(200), nullable=False),
         sa.Column("first_at", TZ, nullable=False),

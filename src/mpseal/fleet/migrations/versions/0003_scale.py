@@ -22,17 +22,23 @@ def upgrade() -> None:
     pg = op.get_bind().dialect.name == "postgresql"
     op.create_table(
         "release_counts",
-        sa.Column("release_id", sa.Integer, sa.ForeignKey("releases.id", ondelete="CASCADE"),
-                  primary_key=True),
+        sa.Column(
+            "release_id",
+            sa.Integer,
+            sa.ForeignKey("releases.id", ondelete="CASCADE"),
+            primary_key=True,
+        ),
         sa.Column("shard", sa.Integer, primary_key=True),
         *(sa.Column(s, sa.BigInteger, nullable=False, server_default="0") for s in STATES),
     )
     # Counts of what already exists, in shard 0.
     op.execute(
         "INSERT INTO release_counts (release_id, shard, "  # noqa: S608 - STATES: constants
-        + ", ".join(STATES) + ") SELECT release_id, 0, "
+        + ", ".join(STATES)
+        + ") SELECT release_id, 0, "
         + ", ".join(f"SUM(CASE WHEN state = '{s}' THEN 1 ELSE 0 END)" for s in STATES)
-        + " FROM device_updates GROUP BY release_id")
+        + " FROM device_updates GROUP BY release_id"
+    )
     with op.batch_alter_table("releases") as b:
         b.add_column(sa.Column("cohort_size", sa.BigInteger, nullable=False, server_default="0"))
         b.add_column(sa.Column("halt_min_attempts", sa.Integer))
@@ -47,8 +53,12 @@ def upgrade() -> None:
         op.execute("ALTER SEQUENCE IF EXISTS events_id_seq AS bigint")
     op.create_table(
         "device_status",
-        sa.Column("device_id", sa.Integer, sa.ForeignKey("devices.id", ondelete="CASCADE"),
-                  primary_key=True),
+        sa.Column(
+            "device_id",
+            sa.Integer,
+            sa.ForeignKey("devices.id", ondelete="CASCADE"),
+            primary_key=True,
+        ),
         sa.Column("app", sa.String(64)),
         sa.Column("version", sa.String(32)),
         sa.Column("counter", sa.BigInteger),
@@ -83,7 +93,11 @@ def downgrade() -> None:
     op.drop_index("ix_certificates_device_id", "certificates")
     op.drop_index("ix_device_updates_state_updated", "device_updates")
     with op.batch_alter_table("releases") as b:
-        for c in ("halt_min_cohort_share", "halt_max_failure_ratio", "halt_min_attempts",
-                  "cohort_size"):
+        for c in (
+            "halt_min_cohort_share",
+            "halt_max_failure_ratio",
+            "halt_min_attempts",
+            "cohort_size",
+        ):
             b.drop_column(c)
     op.drop_table("release_counts")

@@ -19,8 +19,7 @@ def upgrade() -> None:
         b.add_column(sa.Column("not_before", sa.DateTime(timezone=True)))
         b.add_column(sa.Column("issued_via", sa.String(16)))  # provision | renewal
     op.create_index("ix_certificates_not_after", "certificates", ["not_after"])
-    op.create_index("ix_certificates_device_not_after", "certificates",
-                    ["device_id", "not_after"])
+    op.create_index("ix_certificates_device_not_after", "certificates", ["device_id", "not_after"])
 
 
 def downgrade() -> None:

@@ -44,7 +44,7 @@ def secrets():
         import mpseal_secrets
 
         return mpseal_secrets.load()
-    except Exception:  # noqa: not provisioned with --secrets, or not on a device
+    except Exception:  # why: not provisioned with --secrets, or not on a device
         return {}
 
 
@@ -62,7 +62,7 @@ def confirm_and_report():
 
         try:
             mpseal_ota.report_boot()
-        except Exception as e:  # noqa: offline now; the report is sent after the next boot
+        except Exception as e:  # why: offline now; the report is sent after the next boot
             mpseal_guard.log("boot report not sent: %s" % e)
 
 
@@ -77,7 +77,7 @@ async def check_for_updates():
                 import mpseal_port
 
                 mpseal_port.reset()  # into the new release's trial boot
-        except Exception as e:  # noqa: refused or offline: try again later
+        except Exception as e:  # why: refused or offline: try again later
             mpseal_guard.log("update check: %s" % e)
         await asyncio.sleep(CHECK_EVERY)
 
