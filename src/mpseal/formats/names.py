@@ -20,6 +20,7 @@ HARDWARE_ID = re.compile(r"[0-9A-Za-z_.:-]{1,64}")
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 FILE_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # one part of a file in the image
 MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")  # the entry module of a manifest
+DELTA_PATH = re.compile(r"deltas/[0-9a-f]{64}[.]mpsd")  # where the server offers a delta
 TARGET_SEGMENT = re.compile(r"[a-z0-9._-]+")  # one part of a target path in update metadata
 
 

@@ -189,7 +189,7 @@ def _schemas() -> dict[str, Any]:
             "description": "A delta (docs/formats.md) from the running version; "
             "the device falls back to the target's full artifact",
             "properties": {
-                "path": {"type": "string", "pattern": "^deltas/[0-9a-f]{64}[.]mpsd$"},
+                "path": {"type": "string", "pattern": names.json_schema_pattern(names.DELTA_PATH)},
                 "size": {"type": "integer", "minimum": 1},
                 "from": VERSION,
             },
