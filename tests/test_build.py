@@ -48,7 +48,9 @@ def test_runs_in_a_small_heap(built: Path) -> None:
     # same verdicts, tests/test_differential.py) and the guard takes its profile from
     # signed data, and the trust root carries TLS anchors: about 6K more code in this
     # heap (none when frozen).
-    assert run_on_sim(built.parents[1], built, heapsize="82K") == APP_OUTPUT
+    # 86K: measured at the end of the session 84K passes and 82K fails (renewal, device logs
+    # and deltas ride along with the update client); 2K over it for key-dependent sizes.
+    assert run_on_sim(built.parents[1], built, heapsize="86K") == APP_OUTPUT
 
 
 def test_no_byte_of_the_artifact_holds_a_host_path(built: Path) -> None:
