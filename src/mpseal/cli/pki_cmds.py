@@ -400,9 +400,9 @@ def cert_anchor(
         bundle = anchors.read_bundle(bundle_path)
     choice = anchors.choose_anchor(
         chain,
-        mode or "root",
+        mode or "root",  # type: ignore[arg-type]
         source,
-        bundle,  # type: ignore[arg-type]
+        bundle,
         hostname,
     )
     write_public(out, choice.der)

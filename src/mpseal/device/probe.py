@@ -381,8 +381,8 @@ class Needs:
             image_size=len(art.image),
             artifact_size=len(data),
             largest_file=largest,
-            **kw,
-        )  # type: ignore[arg-type]
+            **kw,  # type: ignore[arg-type]
+        )
 
 
 def needs_for(

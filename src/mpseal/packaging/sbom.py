@@ -265,9 +265,8 @@ def make_with_library(inp: SbomInput) -> bytes:
     )
     bom.metadata.component = app
     epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
-    bom.metadata.timestamp = (
-        dt.datetime.fromtimestamp(int(epoch), dt.UTC) if epoch.isdigit() else None
-    )  # type: ignore[assignment]
+    stamp = dt.datetime.fromtimestamp(int(epoch), dt.UTC) if epoch.isdigit() else None
+    bom.metadata.timestamp = stamp  # type: ignore[assignment]
     # (cyclonedx types it as datetime; None leaves the time out, as a reproducible build wants)
     for name, version in sorted(inp.tools.items()):
         bom.metadata.tools.components.add(
