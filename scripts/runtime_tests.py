@@ -26,8 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME = ROOT / "src" / "mpseal" / "runtime"
 TESTS = ROOT / "tests"
-# The virtual board itself (harness, flash, REPL, firmware shapes): not device code.
-HARNESS = {"simboard", "simflash", "simrepl", "simfirmware"}
+# The virtual board itself (harness, flash, REPL, firmware shapes, SD card): not device code.
+HARNESS = {"simboard", "simflash", "simrepl", "simfirmware", "simsdcard"}
 GENERATED = {"p256_thumb"}  # Thumb-1 assembly: runs only on ARM boards (QEMU tests)
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from mpseal.crypto.keys import PrivateKeySigner
 from mpseal.device.sim import VirtualBoard
+from mpseal.formats import envelope, jsondoc
 from mpseal.packaging.package import build
 from mpseal.packaging.project import Project
 
@@ -63,3 +65,11 @@ def board_running(
     if report is not None:
         assert report.ran() == [("hello", "1.0.0", 1)], report.output
     return board
+
+
+def unlock_token(signer: PrivateKeySigner, device_id: str, n: int, profile: str = "dev") -> bytes:
+    """A service unlock token (what `mpseal unlock-token` writes), signed by ``signer``."""
+    payload = jsondoc.dumps(
+        {"type": "mpseal-unlock", "device": device_id, "n": n, "profile": profile}
+    )
+    return envelope.seal(b"MPSU", payload, [signer]).encode()

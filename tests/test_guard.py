@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 from conftest import run_mpseal
-from release_support import RETURNING_MAIN, release
+from release_support import RETURNING_MAIN, release, unlock_token
 
 from mpseal.crypto.keys import PrivateKeySigner
 from mpseal.device.powercut import check_update
 from mpseal.device.sim import VirtualBoard
 from mpseal.errors import PolicyError, ToolError
-from mpseal.formats import envelope, jsondoc
 from mpseal.packaging.project import Project
 
 
@@ -210,13 +209,6 @@ def test_dev_profile_returns_to_the_repl(project: Path, tmp_path: Path) -> None:
     report = board.boot()
     assert report.exit_codes == [0] and report.outcome == "returned"
     assert "dev profile: returning to the REPL" in report.guard_lines
-
-
-def unlock_token(signer: PrivateKeySigner, device_id: str, n: int) -> bytes:
-    payload = jsondoc.dumps(
-        {"type": "mpseal-unlock", "device": device_id, "n": n, "profile": "dev"}
-    )
-    return envelope.seal(b"MPSU", payload, [signer]).encode()
 
 
 def test_service_unlock_token_is_signed_bound_and_single_use(device) -> None:

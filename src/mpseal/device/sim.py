@@ -1,9 +1,11 @@
 """The virtual board: the real MicroPython unix VM with a littlefs flash image file.
 
-A board folder holds ``flash.img`` (the flash chip, littlefs2, 4 KiB blocks) and
-``board.json`` (board name, flash size, heap size). Every operation on the flash
-runs inside the VM (``runtime/simboard.py``), so the image is always written by
-MicroPython's own littlefs, exactly as on a device.
+A board folder holds ``flash.img`` (the flash chip, littlefs2, 4 KiB blocks),
+``board.json`` (board name, flash size, heap size) and, once a card is inserted,
+``sd.img`` (an SD card, FAT, served as ``machine.SDCard`` by ``runtime/simsdcard.py``).
+Every operation on the flash and the card runs inside the VM (``runtime/simboard.py``),
+so the images are always written by MicroPython's own littlefs and FAT, exactly as on a
+device.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from mpseal.limits import DEFAULT_LIMITS
 
 BLOCK_SIZE = 4096
 DEFAULT_FLASH = 2 * 1024 * 1024
+SD_BLOCK = 512
+DEFAULT_SD_CARD = 1024 * 1024
 INCOMING_PATH = "/mpseal/incoming.mpseal"
 SIM_ID = "/mpseal/sim-id"  # read by runtime/mpseal_port.py unique_id()
 EXIT_RESET = 17  # mpseal_port.py: the guard asked for a reset
@@ -82,6 +86,7 @@ class VirtualBoard:
         # relative --sim path is the user's, relative to where they typed it.
         self.folder = Path(folder).absolute()
         self.flash = self.folder / "flash.img"
+        self.sd_card = self.folder / "sd.img"  # present: a card is in the slot
         self.info = self._load_info()
 
     @classmethod
@@ -149,6 +154,7 @@ class VirtualBoard:
         power = (["--cut", str(cut)] if cut else []) + (["--tear"] if tear else [])
         power += ["--eio", str(eio)] if eio else []
         power += ["--firmware", self.info.firmware] if self.info.firmware else []
+        power += ["--sd", str(self.sd_card)] if self.sd_card.is_file() else []
         return vm.run(
             vm.runtime_dir() / "simboard.py",
             [str(self.flash), *power, *args],
@@ -170,15 +176,18 @@ class VirtualBoard:
 
     def put_many(self, files: dict[str, bytes]) -> None:
         """Copy several files onto the flash in one VM run (each written atomically)."""
+        self._send(("put",), files, "the virtual board")
+
+    def _send(self, command: tuple[str, ...], files: dict[str, bytes], where: str) -> None:
         with tempfile.TemporaryDirectory(prefix="mpseal-sim-") as tmp:
             args = []
             for i, (dest, data) in enumerate(files.items()):
                 src = Path(tmp) / str(i)
                 src.write_bytes(data)
                 args += [str(src), dest]
-            sizes = self._call("put", *args)
+            sizes = self._call(*command, *args)
         if sizes != [len(d) for d in files.values()]:
-            raise TransportError(f"the virtual board stored {sizes} bytes, not what was sent")
+            raise TransportError(f"{where} stored {sizes} bytes, not what was sent")
 
     def get(self, src: str) -> bytes:
         with tempfile.NamedTemporaryFile(prefix="mpseal-sim-") as tmp:
@@ -190,6 +199,33 @@ class VirtualBoard:
         if not isinstance(listing, list):
             raise FormatError("virtual board listing is not a list")
         return listing
+
+    def insert_sd_card(self, size: int = DEFAULT_SD_CARD) -> None:
+        """Put a new, FAT-formatted SD card in the board's slot (formatted by the VM)."""
+        if size % SD_BLOCK or not 128 * 1024 <= size <= 64 * 1024 * 1024:
+            raise UsageError("SD card size must be a multiple of 512 between 128 KiB and 64 MiB")
+        write_atomic(self.sd_card, bytes(size))
+        try:
+            self._call("card", "format")
+        except BaseException:
+            self.sd_card.unlink(missing_ok=True)
+            raise
+
+    def sd_put(self, files: dict[str, bytes]) -> None:
+        """Copy files onto the SD card, as a PC's card reader would."""
+        self._need_card()
+        self._send(("card", "put"), files, "the SD card")
+
+    def sd_listdir(self, folder: str = "/") -> list[tuple[str, bool, int]]:
+        self._need_card()
+        listing = self._call("card", "ls", folder)
+        if not isinstance(listing, list):
+            raise FormatError("SD card listing is not a list")
+        return listing
+
+    def _need_card(self) -> None:
+        if not self.sd_card.is_file():
+            raise UsageError(f"the virtual board {self.folder} has no SD card; insert one first")
 
     @property
     def hardware_id(self) -> str:

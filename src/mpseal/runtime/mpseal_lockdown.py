@@ -66,10 +66,18 @@ def _usb_off():
     pyb.usb_mode(None)
 
 
+_mounted = []  # where mount_sd mounted a card in this boot
+
+
 def mount_sd(at="/sd"):
-    """Mount an SD card as plain data: never on sys.path, nothing on it is run."""
+    """Mount an SD card as plain data: never on sys.path, nothing on it is run.
+
+    True when a card is mounted at `at` (now or earlier in this boot: the guard
+    mounts it before it looks for an unlock token, the profile asks again)."""
     import os
 
+    if at in _mounted:
+        return True
     try:
         import machine
 
@@ -80,6 +88,7 @@ def mount_sd(at="/sd"):
         os.mount(sd, at)
     except OSError:
         return False
+    _mounted.append(at)
     return True
 
 

@@ -16,6 +16,8 @@
 #                                       timestamp, pick APP's target for this board)
 #   micropython simboard.py FLASH.img meta roots FILE...               (apply a root chain)
 #   micropython simboard.py FLASH.img meta anchors      (the installed root's server TLS anchors)
+#   micropython simboard.py FLASH.img --sd CARD.img card format|put|get|ls|rm ...
+#                                       (the SD card: the same file commands, on the card)
 #
 # Power-cut testing: FLASH.img may be followed by `--cut N` (and `--tear`): the
 # flash loses power at its N-th block write (simflash.py). `--host-guard` loads the
@@ -24,7 +26,8 @@
 # flash loses power at its N-th block write (simflash.py). `--eio N`: from its N-th
 # block operation (read, program or erase) on, the flash fails with OSError(EIO).
 # `--firmware SPEC` shapes what the firmware offers (simfirmware.py: no-vfsrom,
-# no-sha256, romfs-stm32, romfs-rp2).
+# no-sha256, romfs-stm32, romfs-rp2). `--sd CARD.img`: an SD card is in the slot
+# (simsdcard.py: machine.SDCard over that image; the guard mounts it at /sd).
 #
 # `boot` exits 0 when main.py returned and EXIT_CRASH (19) when it raised (the
 # traceback is printed, as a board prints it before its REPL), so the host tells
@@ -148,10 +151,37 @@ def meta_command(args):
     raise SystemExit("simboard: unknown meta command " + args[0])
 
 
+def file_command(cmd, args):
+    """put, get, ls, rm on the filesystem mounted at /flash."""
+    if cmd == "put":  # put SRC DEST [SRC DEST ...]
+        sizes = []
+        for i in range(0, len(args), 2):
+            dest = "/flash/" + args[i + 1].lstrip("/")
+            makedirs(dest)
+            copy(args[i], dest + ".tmp")
+            os.rename(dest + ".tmp", dest)
+            sizes.append(os.stat(dest)[6])
+        reply(sizes)
+    elif cmd == "get":
+        copy("/flash/" + args[0].lstrip("/"), args[1])
+        reply(True)
+    elif cmd == "rm":
+        os.remove("/flash/" + args[0].lstrip("/"))
+        reply(True)
+    else:
+        folder = "/flash/" + (args[0].lstrip("/") if args else "")
+        try:
+            entries = list(os.ilistdir(folder))
+        except OSError:
+            entries = []
+        reply([(e[0], e[1] == 0x4000, e[3] if len(e) > 3 else 0) for e in entries])
+
+
 def main(argv):
     image, cmd, args = argv[1], argv[2], argv[3:]
     cut, tear, eio, firmware = 0, False, 0, ""
-    while cmd in ("--cut", "--tear", "--host-guard", "--eio", "--firmware"):
+    card = ""
+    while cmd in ("--cut", "--tear", "--host-guard", "--eio", "--firmware", "--sd"):
         if cmd == "--cut":
             cut, cmd, args = int(args[0]), args[1], args[2:]
         elif cmd == "--host-guard":
@@ -166,40 +196,36 @@ def main(argv):
             eio, cmd, args = int(args[0]), args[1], args[2:]
         elif cmd == "--firmware":
             firmware, cmd, args = args[0], args[1], args[2:]
+        elif cmd == "--sd":
+            card, cmd, args = args[0], args[1], args[2:]
         else:
             tear, cmd, args = True, args[0], args[1:]
     if firmware:
         import simfirmware
 
         simfirmware.install(firmware, image)
+    if card:
+        import simsdcard
+
+        simsdcard.install(card)
+    if cmd == "card":  # the same file commands, on the SD card (as a PC's card reader)
+        import machine
+
+        sd = machine.SDCard()
+        if args[0] == "format":
+            vfs.VfsFat.mkfs(sd)
+            reply(sd.blocks)
+        else:
+            vfs.mount(sd, "/flash")
+            file_command(args[0], args[1:])
+        return
     bdev = open_flash(image, cut, tear, eio)
     if cmd == "format":
         vfs.VfsLfs2.mkfs(bdev)
         reply(bdev.blocks)
     elif cmd in ("put", "get", "ls", "rm"):
         mount_flash(bdev, "/flash")
-        if cmd == "put":  # put SRC DEST [SRC DEST ...]
-            sizes = []
-            for i in range(0, len(args), 2):
-                dest = "/flash/" + args[i + 1].lstrip("/")
-                makedirs(dest)
-                copy(args[i], dest + ".tmp")
-                os.rename(dest + ".tmp", dest)
-                sizes.append(os.stat(dest)[6])
-            reply(sizes)
-        elif cmd == "get":
-            copy("/flash/" + args[0].lstrip("/"), args[1])
-            reply(True)
-        elif cmd == "rm":
-            os.remove("/flash/" + args[0].lstrip("/"))
-            reply(True)
-        else:
-            folder = "/flash/" + (args[0].lstrip("/") if args else "")
-            try:
-                entries = list(os.ilistdir(folder))
-            except OSError:
-                entries = []
-            reply([(e[0], e[1] == 0x4000, e[3] if len(e) > 3 else 0) for e in entries])
+        file_command(cmd, args)
     elif cmd == "boot":
         mount_flash(bdev, "/")
         for name in ("boot.py", "main.py"):
