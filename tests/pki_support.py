@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import re
 import shutil
 import socket
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from conftest import run_mpseal
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -261,3 +263,29 @@ def key_der(key: object) -> bytes:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
+
+
+def _ok(res: Any) -> None:
+    assert res.returncode == 0, res.stderr
+
+
+def cli_pki(
+    root: Path, server_sans: tuple[str, ...] = (), device: bool = True, anchor: bool = False
+) -> None:
+    """What a fleet sets up with the mpseal CLI, in ``root``: a CA in ``ca/`` (org Acme);
+    in ``out/`` the server certificate ``server.test`` when ``server_sans`` are given and
+    the client certificate ``device-1`` when ``device``; with ``anchor``, the anchor that
+    ``cert anchor`` picks for the server (its root) in ``anchor.der``."""
+    ca, out = root / "ca", root / "out"
+    _ok(run_mpseal("ca", "init", ca, "--org", "Acme"))
+    if server_sans:
+        sans = [arg for san in server_sans for arg in ("--san", san)]
+        args = ["server.test", "--ca", ca, "--role", "server", *sans, "--out", out]
+        _ok(run_mpseal("cert", "issue", *args))
+    if device:
+        _ok(run_mpseal("cert", "issue", "device-1", "--ca", ca, "--role", "client", "--out", out))
+    if anchor:
+        pick = [out / "server.test-chain.pem", "--ca-bundle", ca / "root.pem", "--json"]
+        res = run_mpseal("cert", "anchor", *pick, "--out", root / "anchor.der")
+        _ok(res)
+        assert json.loads(res.stdout)["mode"] == "root"

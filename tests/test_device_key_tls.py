@@ -6,13 +6,12 @@ provisioning's device.key.der). The key file is read only by the device."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 
 from conftest import run_mpseal
 from cryptography import x509
-from pki_support import python_server, run_device
+from pki_support import cli_pki, python_server, run_device
 
 from mpseal.device.vm import find_micropython, runtime_dir
 
@@ -32,34 +31,7 @@ def ok(res) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_device_born_key_does_mutual_tls_with_its_issued_certificate(tmp_path: Path) -> None:
-    ok(run_mpseal("ca", "init", tmp_path / "ca", "--org", "Acme"))
-    ok(
-        run_mpseal(
-            "cert",
-            "issue",
-            "server.test",
-            "--ca",
-            tmp_path / "ca",
-            "--role",
-            "server",
-            "--san",
-            "DNS:server.test",
-            "--out",
-            tmp_path / "out",
-        )
-    )
-    res = run_mpseal(
-        "cert",
-        "anchor",
-        tmp_path / "out/server.test-chain.pem",
-        "--ca-bundle",
-        tmp_path / "ca/root.pem",
-        "--out",
-        tmp_path / "anchor.der",
-        "--json",
-    )
-    ok(res)
-    assert json.loads(res.stdout)["mode"] == "root"
+    cli_pki(tmp_path, ("DNS:server.test",), device=False, anchor=True)
 
     dev = tmp_path / "device"
     dev.mkdir()

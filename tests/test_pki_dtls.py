@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_mpseal
-from pki_support import HOST, MICROPYTHON, OPENSSL
+from pki_support import HOST, MICROPYTHON, OPENSSL, cli_pki
 
 DTLS_CLIENT = Path(__file__).parent / "device" / "dtls_client.py"
 
@@ -32,37 +32,7 @@ def _free_udp_port() -> int:
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("dtls")
-    assert run_mpseal("ca", "init", root / "ca", "--org", "Acme").returncode == 0
-    assert (
-        run_mpseal(
-            "cert",
-            "issue",
-            "server.test",
-            "--ca",
-            root / "ca",
-            "--role",
-            "server",
-            "--san",
-            "DNS:server.test",
-            "--out",
-            root / "out",
-        ).returncode
-        == 0
-    )
-    assert (
-        run_mpseal(
-            "cert",
-            "issue",
-            "device-1",
-            "--ca",
-            root / "ca",
-            "--role",
-            "client",
-            "--out",
-            root / "out",
-        ).returncode
-        == 0
-    )
+    cli_pki(root, ("DNS:server.test",))
     other = root / "other"
     assert run_mpseal("ca", "init", other, "--org", "Other").returncode == 0
     return root

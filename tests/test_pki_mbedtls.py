@@ -19,7 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from pki_support import der, key_pem, name, now, pem, python_server, run_device
+from pki_support import cli_pki, der, key_pem, name, now, pem, python_server, run_device
 
 from mpseal.pki import device as device_model
 from mpseal.pki.lint import LintOptions, lint_bytes
@@ -39,21 +39,7 @@ class Client:
 def client(tmp_path_factory: pytest.TempPathFactory) -> Client:
     """A device identity the OpenSSL server accepts (the chains under test are the server's)."""
     root = tmp_path_factory.mktemp("client")
-    assert run_mpseal("ca", "init", root / "ca", "--org", "Acme").returncode == 0
-    assert (
-        run_mpseal(
-            "cert",
-            "issue",
-            "device-1",
-            "--ca",
-            root / "ca",
-            "--role",
-            "client",
-            "--out",
-            root / "out",
-        ).returncode
-        == 0
-    )
+    cli_pki(root)
     return Client(
         root / "out/device-1.der", root / "out/device-1.key.der", root / "ca/ca-chain.pem"
     )

@@ -27,6 +27,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from pki_support import (
     DeviceResult,
     ca_cert,
+    cli_pki,
     der,
     key_der,
     key_pem,
@@ -75,49 +76,7 @@ def ok(res) -> None:  # type: ignore[no-untyped-def]
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
     """A CA, a server and a device certificate, and an anchor: all made by the mpseal CLI."""
     root = tmp_path_factory.mktemp("fleet")
-    ok(run_mpseal("ca", "init", root / "ca", "--org", "Acme"))
-    ok(
-        run_mpseal(
-            "cert",
-            "issue",
-            "server.test",
-            "--ca",
-            root / "ca",
-            "--role",
-            "server",
-            "--san",
-            "DNS:server.test",
-            "--san",
-            "IP:127.0.0.1",
-            "--out",
-            root / "out",
-        )
-    )
-    ok(
-        run_mpseal(
-            "cert",
-            "issue",
-            "device-1",
-            "--ca",
-            root / "ca",
-            "--role",
-            "client",
-            "--out",
-            root / "out",
-        )
-    )
-    res = run_mpseal(
-        "cert",
-        "anchor",
-        root / "out/server.test-chain.pem",
-        "--ca-bundle",
-        root / "ca/root.pem",
-        "--out",
-        root / "anchor.der",
-        "--json",
-    )
-    ok(res)
-    assert json.loads(res.stdout)["mode"] == "root"
+    cli_pki(root, ("DNS:server.test", "IP:127.0.0.1"), anchor=True)
     return Fleet(root, root / "ca", root / "out", root / "anchor.der")
 
 
