@@ -20,7 +20,7 @@ from pathlib import Path
 from mpseal.device import vm
 from mpseal.device.guard_install import guard_files
 from mpseal.errors import ConfigError, FormatError, PolicyError, TransportError, UsageError
-from mpseal.formats import artifact
+from mpseal.formats import artifact, encrypted
 from mpseal.formats.boards import get_board
 from mpseal.formats.trustroot import TrustRoot
 from mpseal.fsutil import read_limited, write_atomic
@@ -31,6 +31,7 @@ DEFAULT_FLASH = 2 * 1024 * 1024
 SD_BLOCK = 512
 DEFAULT_SD_CARD = 1024 * 1024
 INCOMING_PATH = "/mpseal/incoming.mpseal"
+INCOMING_KEY = "/mpseal/incoming.key"
 SIM_ID = "/mpseal/sim-id"  # read by runtime/mpseal_port.py unique_id()
 EXIT_RESET = 17  # mpseal_port.py: the guard asked for a reset
 EXIT_IDLE = 18  # the guard found nothing it may boot and idles, locked
@@ -236,19 +237,32 @@ class VirtualBoard:
         self.put_many(guard_files(self.info.board, profile, root.raw))
 
     def install(
-        self, blob: bytes, root: TrustRoot, profile: str = "dev", check_on_host: bool = True
+        self,
+        blob: bytes,
+        root: TrustRoot,
+        profile: str = "dev",
+        check_on_host: bool = True,
+        release_key: bytes | None = None,
     ) -> dict[str, object]:
         """Hand ``blob`` to the device's boot guard, which verifies and stages it.
 
         The host checks first too (a clear error without touching the board);
         ``check_on_host=False`` sends it unchecked, to prove the guard refuses alone.
+        An encrypted release needs ``release_key``: it goes to the board wrapped for
+        this board's hardware id (formats/encrypted.py), as the update server sends it.
         """
         if check_on_host:
             artifact.verify(blob, root, board=self.info.board)
         if not any(name == "mpseal_guard.mpy" for name, _, _ in self.listdir("/lib")):
             self.install_guard(root, profile)
-        self.put(blob, INCOMING_PATH)
-        result = self._call("stage", INCOMING_PATH)
+        files = {INCOMING_PATH: blob}
+        args = [INCOMING_PATH]
+        if release_key is not None:
+            man = artifact.decode(blob).manifest
+            files[INCOMING_KEY] = encrypted.wrap(release_key, self.hardware_id, man.image_sha256)
+            args.append(INCOMING_KEY)
+        self.put_many(files)
+        result = self._call("stage", *args)
         if not isinstance(result, dict):
             raise FormatError("the guard's reply to stage is not a dict")
         if "refused" in result:

@@ -12,6 +12,7 @@ source = "app"              # folder of .py modules (and data files), relative t
 data = ["**/*.json"]        # globs (relative to source) copied verbatim into the image
 opt = 2                     # mpy-cross -O level 0..3 (2 drops asserts and __debug__ code)
 source_lines = false        # keep line numbers in tracebacks (leaks more to a reader)
+encrypt = false             # encrypt the image, bound to each device (formats/encrypted.py)
 # mpy_version = "6.3"       # override the board's .mpy version
 # arch = "xtensawin"        # override the board's native arch
 # filesystem_size = "2M"    # the device's filesystem (one size, or a table per board)
@@ -52,6 +53,7 @@ SCHEMA: dict[str, dict[str, str]] = {
         "data": "list of texts",
         "opt": "whole number",
         "source_lines": "true or false",
+        "encrypt": "true or false",
         "mpy_version": "text",
         "arch": "text",
         "filesystem_size": 'size (e.g. "2M") or table of sizes per board',
@@ -98,6 +100,7 @@ class ProjectConfig:
     filesystem_size: dict[str, int] = field(default_factory=dict)  # board -> bytes, if set
     arch_set: bool = False  # arch/mpy_version were given: they apply to every board
     mpy_set: bool = False
+    encrypt: bool = False  # formats/encrypted.py: the image encrypted, wrapped per device
 
     def for_board(self, name: str) -> ProjectConfig:
         """The same project built for another board: its port, -march and .mpy version."""
@@ -258,4 +261,5 @@ def parse(text: str) -> ProjectConfig:
         filesystem_size=_filesystem_sizes(build, boards),
         arch_set="arch" in build,
         mpy_set="mpy_version" in build,
+        encrypt=bool(_get(build, "build", "encrypt", bool, False)),
     )

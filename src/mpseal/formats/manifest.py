@@ -11,6 +11,10 @@ A UTF-8 JSON object, written with sorted keys and no spaces:
      "files": [["data/logo.bin", 4096, 24, "<64 hex>"], ["main.mpy", 812, 4136, "<64 hex>"]],
      "build": {"opt": 2, "source_lines": false, "tool": "mpseal 0.1.0"}}
 
+An encrypted release (formats/encrypted.py) has ``image.format`` ``"romfs-aes256cbc"``,
+an empty ``files`` list, and ``"encrypted": {"alg": "aes-256-cbc", "table": {"sha256",
+"size"}, "romfs_size"}``: its file list travels inside the encrypted image.
+
 ``files`` lists every file of the image as ``[path, size, offset, sha256]``: ``offset``
 is where the file's bytes start inside the image. A device without ``vfs.VfsRom``
 serves the app from this signed list (runtime/mpseal_appfs.py): it reads each file
@@ -28,6 +32,9 @@ from mpseal.formats import jsondoc, names
 from mpseal.limits import DEFAULT_LIMITS, Limits
 
 DOC_TYPE = "mpseal-release"
+PLAIN = "romfs"
+ENCRYPTED = "romfs-aes256cbc"  # formats/encrypted.py
+ALG = "aes-256-cbc"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 # One file of the image: (path, size, offset of its bytes in the image, sha256 hex).
@@ -48,6 +55,27 @@ def check_file_name(name: str, limits: Limits = DEFAULT_LIMITS) -> str:
 
 
 @dataclass(frozen=True)
+class Encryption:
+    """What the signed manifest says of an encrypted image (formats/encrypted.py)."""
+
+    table_sha256: str  # SHA-256 of the plaintext file table (JSON of the files list)
+    table_size: int
+    romfs_size: int  # the plaintext ROMFS image
+
+    @property
+    def stored_size(self) -> int:
+        """IV, then the table and the ROMFS image, each padded to 16-byte blocks."""
+        return 16 + -(-self.table_size // 16) * 16 + -(-self.romfs_size // 16) * 16
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "alg": ALG,
+            "table": {"sha256": self.table_sha256, "size": self.table_size},
+            "romfs_size": self.romfs_size,
+        }
+
+
+@dataclass(frozen=True)
 class Manifest:
     app: str
     version: str
@@ -61,24 +89,30 @@ class Manifest:
     entry: str = "main"
     files: tuple[FileEntry, ...] = ()
     build: dict[str, object] = field(default_factory=dict)
+    encrypted: Encryption | None = None
 
     def encode(self) -> bytes:
-        return jsondoc.dumps(
-            {
-                "type": DOC_TYPE,
-                "spec": 1,
-                "app": self.app,
-                "version": self.version,
-                "counter": self.counter,
-                "board": self.board,
-                "port": self.port,
-                "mpy": {"version": self.mpy_version, "arch": self.arch},
-                "image": {"format": "romfs", "sha256": self.image_sha256, "size": self.image_size},
-                "entry": self.entry,
-                "files": [list(f) for f in self.files],
-                "build": self.build,
-            }
-        )
+        doc: dict[str, object] = {
+            "type": DOC_TYPE,
+            "spec": 1,
+            "app": self.app,
+            "version": self.version,
+            "counter": self.counter,
+            "board": self.board,
+            "port": self.port,
+            "mpy": {"version": self.mpy_version, "arch": self.arch},
+            "image": {
+                "format": ENCRYPTED if self.encrypted else PLAIN,
+                "sha256": self.image_sha256,
+                "size": self.image_size,
+            },
+            "entry": self.entry,
+            "files": [list(f) for f in self.files],
+            "build": self.build,
+        }
+        if self.encrypted:
+            doc["encrypted"] = self.encrypted.to_dict()
+        return jsondoc.dumps(doc)
 
     def to_dict(self) -> dict[str, object]:
         return jsondoc.loads(self.encode(), "manifest")
@@ -103,10 +137,16 @@ def parse(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Manifest:
     f.int("spec", 1, 1)
     mpy = f.obj("mpy")
     image = f.obj("image")
-    if image.req_str("format") != "romfs":
-        raise FormatError("manifest image format is not romfs")
+    fmt = image.req_str("format")
+    if fmt not in (PLAIN, ENCRYPTED):
+        raise FormatError("manifest image format is not romfs or romfs-aes256cbc")
     image_size = image.int("size", 0, limits.image_max_length)
     files = parse_files(f.list("files", limits.files_max_count), image_size, limits)
+    encrypted = None
+    if fmt == ENCRYPTED:
+        encrypted = parse_encryption(f.obj("encrypted"), image_size, limits)
+        if files:
+            raise FormatError("an encrypted release lists its files only inside the image")
     entry = f.req_str("entry", 64)
     if not names.MODULE.fullmatch(entry):
         raise FormatError(f"manifest entry {entry!r} is not a module name")
@@ -124,7 +164,25 @@ def parse(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Manifest:
         entry=entry,
         files=tuple(files),
         build=build.raw(),  # informational only
+        encrypted=encrypted,
     )
+
+
+def parse_encryption(
+    f: jsondoc.Fields, image_size: int, limits: Limits = DEFAULT_LIMITS
+) -> Encryption:
+    """The ``encrypted`` object; runtime/mpseal_release.py parse_manifest checks the same."""
+    if f.req_str("alg", 16) != ALG:
+        raise FormatError("manifest encryption is not aes-256-cbc")
+    table = f.obj("table")
+    enc = Encryption(
+        table_sha256=table.hex("sha256", 32),
+        table_size=table.int("size", 2, limits.manifest_max_length),
+        romfs_size=f.int("romfs_size", 0, limits.image_max_length),
+    )
+    if enc.stored_size != image_size:
+        raise FormatError("encrypted image size does not match its table and ROMFS sizes")
+    return enc
 
 
 def _count(value: object, hi: int) -> bool:

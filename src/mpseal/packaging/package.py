@@ -11,7 +11,7 @@ from pathlib import Path
 from mpseal import __version__
 from mpseal.crypto.keys import Signer
 from mpseal.errors import ConfigError, MpsealError
-from mpseal.formats import artifact, romfs
+from mpseal.formats import artifact, encrypted, romfs
 from mpseal.formats.manifest import Manifest
 from mpseal.fsutil import write_atomic
 from mpseal.limits import DEFAULT_LIMITS
@@ -126,20 +126,30 @@ def build(
             f"{DEFAULT_LIMITS.image_max_length} and {DEFAULT_LIMITS.manifest_max_length} "
             "(mpseal/limits.py, the same limits the device's runtime enforces)"
         )
+    release_key = None
+    if cfg.encrypt:  # the file list and the image travel encrypted (formats/encrypted.py)
+        release_key = encrypted.new_key()
+        manifest, image = encrypted.encrypt(manifest, image, release_key)
     art = artifact.create(manifest, image, [signer])
     blob = art.encode()
     # Check the artifact as a device would before anyone can ship it.
     try:
         artifact.verify(blob, root, board=cfg.board.name)
+        if release_key is not None:
+            encrypted.decrypt(manifest, image, release_key)
     except MpsealError as e:  # pragma: no cover - a bug in mpseal itself
         raise ConfigError(f"the new artifact does not verify against the trust root: {e}") from e
     fits = budget.check(cfg, len(blob))  # before anything is written
     out = project.artifact_path()
     write_atomic(sbom_path(out), sbom_bytes)
+    key_path(out).unlink(missing_ok=True)  # a stale key beside a new artifact would mislead
     try:
+        if release_key is not None:
+            write_atomic(key_path(out), release_key.hex().encode() + b"\n", mode=0o600)
         write_atomic(out, blob)
     except BaseException:  # (a full disk) no SBOM without the artifact it describes
         sbom_path(out).unlink(missing_ok=True)
+        key_path(out).unlink(missing_ok=True)
         raise
     stages["package"] = time.perf_counter() - t
     result = BuildResult(
@@ -158,6 +168,26 @@ def build(
     )
     uptodate.record(project, inputs, blob, result.summary())
     return result
+
+
+def key_path(artifact_path: Path) -> Path:
+    """``dist/<app>-<version>.mpseal`` -> ``dist/<app>-<version>.key``: the release key of an
+    encrypted build (secret: ``release publish`` gives it to the update server)."""
+    return artifact_path.with_suffix(".key")
+
+
+def read_release_key(artifact_path: Path) -> bytes | None:
+    """The release key written beside an encrypted artifact, or None."""
+    path = key_path(artifact_path)
+    if not path.is_file():
+        return None
+    try:
+        key = bytes.fromhex(path.read_text(encoding="ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        raise ConfigError(f"{path} is not a release key (64 hex digits)") from None
+    if len(key) != encrypted.KEY_LENGTH:
+        raise ConfigError(f"{path} is not a release key (64 hex digits)")
+    return key
 
 
 def sbom_path(artifact_path: Path) -> Path:

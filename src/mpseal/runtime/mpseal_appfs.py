@@ -9,9 +9,17 @@
 # largest file, not the image. A file whose bytes do not match
 # raises Refused (the guard reports it; nothing of it is served).
 #
+# An encrypted release (src/mpseal/formats/encrypted.py has the format) is served here
+# too, never through VfsRom: open_release() unwraps the release key from the key record
+# kept after the image in the slot, under a key derived from machine.unique_id() read
+# at run time (never stored), decrypts the file table and checks it against its signed
+# hash; open() then decrypts one file (AES-256-CBC from the block before it: RAM about
+# three times the file, not the image) and checks its plaintext against its SHA-256.
+#
 # The VFS protocol (as `mpremote mount` serves one): mount, umount, ilistdir,
 # stat, statvfs, open, chdir, getcwd; writes raise OSError(EROFS).
-# Threat tier: T0/T1, as the image hash it replaces (docs/guard.md).
+# Threat tier: T0/T1, as the image hash it replaces (docs/guard.md); encrypted: T0 with a
+# copy of the storage, not code running on the device nor anyone who knows the id (T3).
 
 import hashlib
 import io
@@ -68,10 +76,58 @@ def index(files, image_size):
     return table, dirs
 
 
+def _pad16(n):
+    return (n + 15) // 16 * 16
+
+
+def unwrap(record, hardware_id, image_sha256):
+    """The release key from its 40-byte key record (as the host's formats/encrypted.py)."""
+    import cryptolib
+
+    if record is None or len(record) != 40 or record[:8] != b"MPSK\x01\0\0\0":
+        raise Refused("the encrypted release has no key record for this device")
+    kek = hashlib.sha256(b"mpseal-release-key-v1" + hardware_id.encode()
+                         + bytes.fromhex(image_sha256)).digest()
+    return cryptolib.aes(kek, 1).decrypt(record[8:])
+
+
+def open_release(slot_path, rel, hardware_id):
+    """Key and file table of encrypted release `rel` (verified: signature, image hash) in
+    its slot; Refused when it does not open on this device. Sets rel.key and rel.files."""
+    import cryptolib
+    import json
+
+    key = unwrap(rel.key_record, hardware_id, rel.sha256)
+    sha, size, romfs_size = rel.enc
+    with open(slot_path, "rb") as f:
+        f.seek(rel.offset)
+        iv = f.read(16)
+        ct = f.read(_pad16(size))
+    if len(iv) != 16 or len(ct) != _pad16(size):
+        raise Refused("the encrypted release is truncated in the slot")
+    table = cryptolib.aes(key, 2, iv).decrypt(ct)[:size]
+    ct = None
+    if _hex(hashlib.sha256(table).digest()) != sha:
+        raise Refused("the encrypted release does not open on this device (its key was "
+                      "wrapped for another device, or the slot was copied from one)")
+    try:
+        files = json.loads(table)
+    except ValueError:
+        raise Refused("the encrypted release's file table is malformed")
+    index(files, romfs_size)  # checked as the mount will use it
+    rel.key = key
+    rel.files = files
+    return rel
+
+
 class AppFS:
-    def __init__(self, slot_path, image_offset, files, image_size):
+    def __init__(self, slot_path, image_offset, files, image_size, enc=None, key=None):
         self._slot = slot_path
         self._base = image_offset
+        self._key = key
+        if key is not None:  # encrypted: offsets are into the ROMFS image after IV and table
+            image_size = enc[2]
+            self._base = image_offset + _pad16(enc[1])  # where the block before byte 0 lies
         self._files, self._dirs = index(files, image_size)
         self._cwd = ""
         self.served = 0  # files checked and served so far
@@ -148,15 +204,37 @@ class AppFS:
         if f is None:
             raise OSError(ENOENT)
         size, off, sha = f
-        with open(self._slot, "rb") as src:
-            src.seek(self._base + off)
-            buf = src.read(size)  # bytes: the stream below serves them without a copy
-        if len(buf) != size:
-            raise Refused("file %s is truncated in the slot" % p)
+        if self._key is not None:
+            buf = self._decrypt(p, size, off)
+        else:
+            with open(self._slot, "rb") as src:
+                src.seek(self._base + off)
+                buf = src.read(size)  # bytes: the stream below serves them without a copy
+            if len(buf) != size:
+                raise Refused("file %s is truncated in the slot" % p)
         if _hex(hashlib.sha256(buf).digest()) != sha:
             raise Refused("file %s does not match its signed hash" % p)
         self.served += 1
         return buf
+
+    def _decrypt(self, p, size, off):
+        # The plaintext bytes off..off+size: whole blocks from the one holding `off`, and
+        # the ciphertext block before it as the IV (the table's last block, or the IV).
+        import cryptolib
+
+        b = off - off % 16
+        e = _pad16(off + size)
+        with open(self._slot, "rb") as src:
+            src.seek(self._base + b)
+            buf = src.read(e - b + 16)
+        if len(buf) != e - b + 16:
+            raise Refused("file %s is truncated in the slot" % p)
+        if e == b:
+            return b""
+        mv = memoryview(buf)
+        out = cryptolib.aes(self._key, 2, bytes(mv[:16])).decrypt(mv[16:])
+        mv = buf = None
+        return out[off - b : off - b + size] if off != b or len(out) != size else out
 
     def mkdir(self, path):
         raise OSError(EROFS)

@@ -24,7 +24,9 @@
 #                    the verified image mirrored there once, re-hashed every boot
 #   vfsrom-ram       vfs.VfsRom over the RAM copy made while hashing the slot
 #   verified-files   mpseal_appfs: each file checked against its signed hash when
-#                    opened, served from RAM (firmware without vfs.VfsRom)
+#                    opened, served from RAM (firmware without vfs.VfsRom), and
+#                    always for an encrypted release: decrypted file by file with
+#                    the key wrapped for this device (mpseal_appfs.open_release)
 #
 # Threat tiers: the signature and hash checks stop T1 (network/mirror) and a T0
 # owner copying foreign code onto the filesystem; anti-rollback stops replay of
@@ -166,11 +168,20 @@ def app():
 def _verify(slot, root, min_counter, into=None):
     cfg = config()
     try:
-        return rel_mod.verify_file(slot_path(slot), root, cfg["board"], min_counter,
-                                   cfg["max_image"], into, _mount_kind == "verified-files",
-                                   app())
+        r = rel_mod.verify_file(slot_path(slot), root, cfg["board"], min_counter,
+                                cfg["max_image"], into, _mount_kind == "verified-files", app())
+        if r.enc:  # encrypted: it must open with this device's key (mpseal_appfs)
+            _open_encrypted(slot_path(slot), r)
+        return r
     except OSError as e:  # the flash failed under the read: this slot cannot be trusted now
         raise Refused("flash read failed: %s" % e)
+
+
+def _open_encrypted(path, r):
+    import mpseal_appfs
+
+    _need("cryptolib", "aes")
+    return mpseal_appfs.open_release(path, r, port.unique_id())
 
 
 def _save():
@@ -212,8 +223,10 @@ def _cleanup():
             pass
 
 
-def stage(src):
-    """Verify artifact `src` (a path or a readable file object) into the inactive slot.
+def stage(src, key_record=None):
+    """Verify artifact `src` (a path or a readable file object) into the inactive slot;
+    an encrypted release needs `key_record`, its key wrapped for this device, and must
+    open with it before it is staged.
 
     Returns the Release; raises Refused (and changes nothing) if it is not acceptable."""
     global _state
@@ -226,7 +239,13 @@ def stage(src):
     try:
         cfg = config()
         r = rel_mod.copy_verified(f, slot_path(slot) + ".tmp", root, cfg["board"],
-                                  _state.counter, cfg["max_image"], app())
+                                  _state.counter, cfg["max_image"], app(), key_record)
+        if r.enc:
+            try:
+                _open_encrypted(slot_path(slot) + ".tmp", r)
+            except BaseException:
+                os.remove(slot_path(slot) + ".tmp")
+                raise
     except Refused as e:
         log("stage refused: %s" % e)  # kept: the warranty check reads these
         raise
@@ -304,7 +323,7 @@ def _mount(slot, r):
     else:
         import mpseal_appfs
 
-        fs = mpseal_appfs.AppFS(slot_path(slot), r.offset, r.files, r.size)
+        fs = mpseal_appfs.AppFS(slot_path(slot), r.offset, r.files, r.size, r.enc, r.key)
     try:
         vfs.umount("/rom")
     except OSError:
@@ -356,8 +375,14 @@ def _reserve_image_buffer():
 
 
 def _run(slot, r, trial):
-    global _running
+    global _running, _mount_kind, _image_buf
     _running = (slot, r)
+    if r.enc and _mount_kind != "verified-files":
+        # VfsRom would need the whole plaintext image in RAM or on flash: an encrypted
+        # release is served file by file, each decrypted and checked when opened.
+        log("encrypted release: verified-files mount instead of %s" % _mount_kind)
+        _mount_kind = "verified-files"
+        _image_buf = None
     log("booting %s %s (counter %d) from slot %s%s (mount: %s)"
         % (r.app, r.version, r.counter, slot, " on trial" if trial else "", _mount_kind))
     _mount(slot, r)

@@ -21,6 +21,8 @@ MAX_SIGS = 8  # limits.py: signatures_max_count
 MAX_FILES = 4096  # limits.py: files_max_count
 MAX_ROOT = 16384
 CHUNK = 512
+ENCRYPTED = "romfs-aes256cbc"  # formats/encrypted.py
+KEY_RECORD_LEN = 40  # the device's key record, kept after the image in its slot
 
 
 class Refused(Exception):
@@ -226,6 +228,12 @@ class Release:
         self.profile = p if p in ("dev", "field", "sealed") else "field"
         self.offset = offset
         self.size = size
+        # An encrypted release (formats/encrypted.py): (table sha256, table size, ROMFS size);
+        # mpseal_appfs.open_release fills `key` and `files` on the device it was wrapped for.
+        enc = man.get("encrypted") if man["image"]["format"] == ENCRYPTED else None
+        self.enc = (enc["table"]["sha256"], enc["table"]["size"], enc["romfs_size"]) if enc else None
+        self.key = None
+        self.key_record = None
 
 
 def read_head(f):
@@ -268,16 +276,30 @@ def parse_manifest(manifest, max_image=MAX_IMAGE):
               and isinstance(man["port"], str) and len(man["port"]) <= 32
               and isinstance(mpy["version"], str) and len(mpy["version"]) <= 8
               and isinstance(mpy["arch"], str) and len(mpy["arch"]) <= 16
-              and image["format"] == "romfs" and is_hex(image["sha256"], 32)
+              and image["format"] in ("romfs", ENCRYPTED) and is_hex(image["sha256"], 32)
               and _int(image["size"], 0, max_image)
               and is_name(man["entry"], 64, _MOD_FIRST, _MOD_REST)
               and type(man["files"]) is list and len(man["files"]) <= MAX_FILES
               and type(man["build"]) is dict)
+        if ok and image["format"] == ENCRYPTED:
+            ok = _encryption_ok(man["encrypted"], image["size"], max_image) and not man["files"]
     except (ValueError, KeyError, TypeError, AttributeError, IndexError):
         raise Refused("manifest is malformed")
     if not ok:
         raise Refused("manifest is not an mpseal release")
     return man
+
+
+def _pad16(n):
+    return (n + 15) // 16 * 16
+
+
+def _encryption_ok(enc, image_size, max_image):
+    # As the host's formats/manifest.py parse_encryption (formats/encrypted.py: the format).
+    table = enc["table"]
+    return (enc["alg"] == "aes-256-cbc" and is_hex(table["sha256"], 32)
+            and _int(table["size"], 2, MAX_MANIFEST) and _int(enc["romfs_size"], 0, max_image)
+            and 16 + _pad16(table["size"]) + _pad16(enc["romfs_size"]) == image_size)
 
 
 def check_manifest(root, head, manifest, sigs, board, min_counter, max_image, files=False,
@@ -344,18 +366,24 @@ def verify_file(path, root, board, min_counter, max_image, into=None, files=Fals
             into = memoryview(into)[: rel.size]
         if hash_stream(f, rel.size, into=into) != rel.sha256:
             raise Refused("image hash does not match the signed manifest")
-        if f.read(1):
+        rest = f.read(KEY_RECORD_LEN + 1)
+        if rest and rel.enc and len(rest) == KEY_RECORD_LEN:
+            rel.key_record = rest  # a slot: the key this device was given (opened by the guard)
+        elif rest:
             raise Refused("artifact has bytes after the image")
         return rel
     finally:
         f.close()
 
 
-def copy_verified(src, dst_path, root, board, min_counter, max_image, app=None):
+def copy_verified(src, dst_path, root, board, min_counter, max_image, app=None,
+                  key_record=None):
     """Stream artifact file object `src` to `dst_path`, verifying on the way.
 
     The signature and manifest are checked before any image byte is written; the
-    image hash when the last byte is in. On any refusal `dst_path` is removed."""
+    image hash when the last byte is in. An encrypted release needs `key_record` (its
+    key wrapped for this device), kept after the image. On any refusal `dst_path` is
+    removed."""
     import os
 
     out = open(dst_path, "wb")
@@ -377,6 +405,11 @@ def copy_verified(src, dst_path, root, board, min_counter, max_image, app=None):
             raise Refused("image hash does not match the signed manifest")
         if src.read(1):
             raise Refused("artifact has bytes after the image")
+        if rel.enc:
+            if key_record is None or len(key_record) != KEY_RECORD_LEN:
+                raise Refused("the release is encrypted and came without a key for this device")
+            out.write(key_record)
+            rel.key_record = bytes(key_record)
         out.close()
         return rel
     except BaseException:

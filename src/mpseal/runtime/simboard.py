@@ -6,7 +6,8 @@
 #   micropython simboard.py FLASH.img get SRC HOST_FILE
 #   micropython simboard.py FLASH.img ls [DIR]
 #   micropython simboard.py FLASH.img boot              (boot.py then main.py, like a board)
-#   micropython simboard.py FLASH.img stage ARTIFACT    (hand an artifact to the boot guard)
+#   micropython simboard.py FLASH.img stage ARTIFACT [KEY]  (hand an artifact to the boot guard;
+#                                                         KEY: an encrypted one's key record)
 #   micropython simboard.py FLASH.img status            (the guard's state and slots)
 #   micropython simboard.py FLASH.img ota               (one round of the update client)
 #   micropython simboard.py FLASH.img ota poll LO HI [EVERY]  (poll, back-off LO..HI s, until staged)
@@ -318,7 +319,12 @@ def main(argv):
             reply(guard_status())
             return
         try:
-            r = mpseal_guard.stage(args[0])
+            key = None
+            if len(args) > 1:  # an encrypted release: its key record for this board
+                with open(args[1], "rb") as f:
+                    key = f.read(64)
+                os.remove(args[1])
+            r = mpseal_guard.stage(args[0], key)
         except mpseal_release.Refused as e:
             reply({"refused": str(e)})
         else:
