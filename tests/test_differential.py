@@ -24,7 +24,17 @@ from mpseal.crypto.keys import PrivateKeySigner
 from mpseal.device import vm
 from mpseal.errors import MpsealError
 from mpseal.formats import artifact as art_mod
-from mpseal.formats import envelope, jsondoc, romfs, sigblock, trustroot, unlocktoken, updatemeta
+from mpseal.formats import (
+    encrypted,
+    envelope,
+    jsondoc,
+    manifest,
+    romfs,
+    sigblock,
+    trustroot,
+    unlocktoken,
+    updatemeta,
+)
 from mpseal.formats.sigblock import SignatureEntry
 
 NOW = 1_795_000_000
@@ -34,7 +44,7 @@ USED = 2  # unlock tokens this device used so far
 RUNNER = """
 import sys, json
 sys.path.insert(0, %(runtime)r)
-import mpseal_release as rel, mpseal_meta as meta, mpseal_secrets as sec
+import mpseal_release as rel, mpseal_meta as meta, mpseal_secrets as sec, mpseal_appfs as appfs
 from mpseal_release import Refused
 corpus = sys.argv[1]
 with open(corpus + "/root.mpsr", "rb") as f:
@@ -62,6 +72,12 @@ for name, kind in index:
             sec.open_sealed(data, %(hwid)r)
         elif kind == "unlock":
             rel.check_unlock(root, data, %(hwid)r, %(used)d)
+        elif kind == "slot":  # an encrypted release in a slot, with its key record
+            r = rel.verify_file(path, root, "unix", 0, rel.MAX_IMAGE)
+            if not r.enc:
+                raise Refused("not encrypted")
+            appfs.open_release(path, r, %(hwid)r)
+            meta.check_files({"files": r.files, "image": {"size": r.enc[2]}})
         out.append([name, "ok"])
     except (Refused, sec.SecretsError):
         out.append([name, "refused"])
@@ -217,6 +233,76 @@ def artifacts(f: Fleet) -> dict[str, bytes]:
         if doc.get("mpy") is None:
             doc.pop("mpy")
         out[f"manifest-{name}"] = artifact(doc, good)
+    return out
+
+
+# -- encrypted releases in a slot (formats/encrypted.py) -----------------------------------------
+
+KEY = bytes(range(32))
+IV = bytes(range(16, 32))
+
+
+def slots(f: Fleet) -> dict[str, bytes]:
+    """Encrypted artifacts with the key record a device keeps after the image."""
+    good = lambda m: sigs_of(f.rel[:1], m)  # noqa: E731
+    plain = manifest.parse(jsondoc.dumps(manifest_doc()))
+
+    def made(files: object = None, **enc: object) -> tuple[dict, bytes]:
+        outer, stored = encrypted.encrypt(plain, IMAGE, KEY, IV)
+        doc = json.loads(outer.encode())
+        if files is not None:  # a file table other than the image's, signed as it is
+            body = json.dumps(files, separators=(",", ":")).encode()
+            padded = body + bytes(-len(body) % 16)
+            head = Cipher(algorithms.AES(KEY), modes.CBC(IV)).encryptor()
+            ct = head.update(padded) + head.finalize()
+            rest = Cipher(algorithms.AES(KEY), modes.CBC(ct[-16:])).encryptor()
+            img = IMAGE + bytes(-len(IMAGE) % 16)
+            stored = IV + ct + rest.update(img) + rest.finalize()
+            doc["encrypted"]["table"] = {
+                "sha256": hashlib.sha256(body).hexdigest(),
+                "size": len(body),
+            }
+            doc["image"]["size"] = len(stored)
+        doc["encrypted"].update(enc)
+        doc["image"]["sha256"] = hashlib.sha256(stored).hexdigest()
+        return doc, stored
+
+    def slot(doc: dict, stored: bytes, record: bytes | None = None) -> bytes:
+        if record is None:
+            record = encrypted.wrap(KEY, HWID, doc["image"]["sha256"])
+        return artifact(doc, good, stored) + record
+
+    doc, stored = made()
+    valid = slot(doc, stored)
+    sha = hashlib.sha256(b"x").hexdigest()
+    out = {
+        "valid": valid,
+        "other-device": slot(
+            doc, stored, encrypted.wrap(KEY, "0011223344556677", doc["image"]["sha256"])
+        ),
+        "no-record": artifact(doc, good, stored),
+        "record-magic": valid[:-40] + b"MPSX" + valid[-36:],
+        "record-version": valid[:-40] + b"MPSK\x02" + valid[-35:],
+        "record-short": valid[:-1],
+        "record-long": valid + b"\0",
+        "record-flipped": flip(valid, len(valid) - 3),
+        "ciphertext-flipped": flip(valid, len(valid) - 60),
+        "alg-ctr": slot(*made(alg="aes-256-ctr")),
+        "table-size-off": slot(
+            *made(table={"sha256": doc["encrypted"]["table"]["sha256"], "size": 17})
+        ),
+        "romfs-size-off": slot(*made(romfs_size=len(IMAGE) + 16)),
+        "table-tiny": slot(*made(table={"sha256": sha, "size": 1})),
+        "files-outside": slot(*made([["a.mpy", 1000, 100, sha]])),
+        "files-dotdot": slot(*made([["../a.mpy", 1, 0, sha]])),
+        "files-space": slot(*made([["a b.mpy", 1, 0, sha]])),
+        "files-twice": slot(*made([["a.mpy", 1, 0, sha], ["a.mpy", 1, 1, sha]])),
+        "files-not-list": slot(*made({"a": 1})),
+        "files-other-valid": slot(*made([["x.mpy", 4, 0, sha]])),
+    }
+    listed, stored = made()
+    listed["files"] = FILES  # an encrypted manifest that also names its files
+    out["files-in-manifest"] = slot(listed, stored)
     return out
 
 
@@ -423,6 +509,11 @@ def host_verdict(kind: str, data: bytes, f: Fleet) -> str:
             secretbox.open_(data, HWID)
         elif kind == "unlock":
             unlocktoken.parse(data, f.trust, HWID, USED)
+        elif kind == "slot":
+            blob, record = encrypted.split_slot(data)
+            man = art_mod.verify(blob, f.trust, board="unix").manifest
+            key = encrypted.unwrap(record, HWID, man.image_sha256)
+            encrypted.open_table(man, art_mod.decode(blob).image, key)
         return "ok"
     except MpsealError:
         return "refused"
@@ -442,6 +533,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, Fleet]
         ("timestamp", timestamps(f)),
         ("secrets", secrets()),
         ("unlock", unlocks(f)),
+        ("slot", slots(f)),
     ):
         for name, data in group.items():
             items[f"{kind}-{name}"] = (kind, data)
@@ -465,11 +557,12 @@ def test_host_and_device_give_the_same_verdict_on_every_item(corpus) -> None:
     assert not differ, differ
     assert not [n for n, v in host.items() if v.startswith("crash")]
     # The corpus is not trivial: each kind has valid items and refusals.
-    for kind in ("artifact", "root", "timestamp", "secrets", "unlock"):
+    for kind in ("artifact", "root", "timestamp", "secrets", "unlock", "slot"):
         verdicts = {host[n] for n, (k, _) in items.items() if k == kind}
         assert verdicts == {"ok", "refused"}, (kind, verdicts)
     assert host["artifact-valid"] == host["root-valid"] == host["timestamp-valid"] == "ok"
     assert host["artifact-bad-then-good"] == "refused"  # one rule on both sides
+    assert host["slot-valid"] == host["slot-files-other-valid"] == "ok"
     with capsys_disabled():
         print(
             f"\ndifferential corpus: {len(items)} items, "

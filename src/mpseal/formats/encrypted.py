@@ -162,3 +162,20 @@ def unwrap(record: bytes, hardware_id: str, image_sha256: str) -> bytes:
     if magic != RECORD_MAGIC or version != RECORD_VERSION or res != b"\0\0\0":
         raise FormatError("not an mpseal key record")
     return aescbc.ecb_decrypt(kek(hardware_id, image_sha256), wrapped)
+
+
+def split_slot(data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[bytes, bytes]:
+    """A device's slot file -> (the artifact, the key record after its image)."""
+    artifact_end = _artifact_end(data)
+    if len(data) - artifact_end != RECORD_LENGTH:
+        raise FormatError("the slot does not end with one key record after the image")
+    if artifact_end > limits.artifact_max_length:
+        raise FormatError("the slot's artifact is larger than the artifact limit")
+    return data[:artifact_end], data[artifact_end:]
+
+
+def _artifact_end(data: bytes) -> int:
+    if len(data) < 32:
+        raise FormatError("the slot is truncated")
+    offset, length = struct.unpack_from("<II", data, 20)  # artifact.py: image offset, length
+    return int(offset) + int(length)
