@@ -26,6 +26,7 @@ VALIDATED_AS = {
     "manifest_sha256": names.SHA256_HEX,
     "file_sha256": names.SHA256_HEX,
     "sha256": names.SHA256_HEX,
+    "action": names.AUDIT_ACTION,
 }
 
 

@@ -127,18 +127,25 @@ def test_release_halts_itself_when_too_many_devices_fail(
             "2 of 5 devices failed (1 refused, 1 rolled back), above the 20% limit"
         )
         assert rel["counts"]["failed"] == 2 and rel["counts"]["in_progress"] == 3
-        # Offered to no one, gone from the signed timestamp, and it stays halted.
+        # Offered to no one, gone from the signed timestamp, and it stays halted: resuming
+        # overrides the server, so it needs a reason (the 409 says how); no promote either.
         assert offered(dev, fleet, hws) == set()
         ts = parse_timestamp(
             dev.get("/v1/timestamp/stable.mpst", headers=fleet.headers(hws[7])).content,
             keys.trust_root,
         )
         assert ts.targets == ()
-        assert admin.post(f"/v1/admin/releases/{rid}/resume").status_code == 409
+        r = admin.post(f"/v1/admin/releases/{rid}/resume")
+        assert r.status_code == 409 and "--reason" in r.json()["error"], r.text
+        assert (
+            admin.post(f"/v1/admin/releases/{rid}/resume", json={"reason": ""}).status_code == 409
+        )
+        assert admin.post(f"/v1/admin/releases/{rid}/pause").status_code == 409
         assert (
             admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 100}).status_code
             == 409
         )
+        assert admin.get(f"/v1/admin/releases/{rid}").json()["release"]["state"] == "halted"
 
         # A fixed version is a new release: offered to everyone, those that failed 1.1.0 too.
         fixed = admin.post(
@@ -146,6 +153,86 @@ def test_release_halts_itself_when_too_many_devices_fail(
         ).json()["release"]["id"]
         admin.post(f"/v1/admin/releases/{fixed}/promote", json={"percent": 100})
         assert offered(dev, fleet, hws) == set(hws)
+
+
+def test_resume_after_halt_needs_a_reason_counts_afresh_and_keeps_the_history(
+    db_url: str, keys: Keys, tmp_path: Path
+) -> None:
+    """A release manager resumes a halted release with a reason: it is offered again (not
+    to the devices that failed it), its halt history and the audit log say who and why,
+    and only failures after the resume count: the ones that halted it do not halt it
+    again at once, new ones past the limit do."""
+    fleet = register(db_url, 12)
+    hws = sorted(fleet.tokens)
+    cfg = config_for(db_url, keys, tmp_path, cache_seconds=0.0)
+    with running_server(cfg) as srv, srv.admin() as admin, httpx.Client(base_url=srv.url) as dev:
+        rid = admin.post(
+            "/v1/admin/releases", content=make_artifact(keys.release, "1.1.0", 2)
+        ).json()["release"]["id"]
+        admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 100})
+        for hw in hws[:5]:
+            report(dev, fleet, hw, "downloaded")
+        report(dev, fleet, hws[0], "rolled_back")
+        report(dev, fleet, hws[1], "refused")
+        halted = admin.get(f"/v1/admin/releases/{rid}").json()["release"]
+        assert halted["state"] == "halted"
+        first_reason = halted["halt_reason"]
+        assert halted["halts"] == [
+            {
+                "halted_at": halted["halts"][0]["halted_at"],
+                "reason": first_reason,
+                "resumed_at": None,
+                "resumed_by": None,
+                "resume_reason": None,
+            }
+        ]
+
+        why = "sensor batch 7 was bad; replaced in the field"
+        r = admin.post(f"/v1/admin/releases/{rid}/resume", json={"reason": why})
+        assert r.status_code == 200, r.text
+        rel = r.json()["release"]
+        assert rel["state"] == "active" and rel["halt_reason"] is None
+        (h,) = rel["halts"]
+        assert h["reason"] == first_reason and h["resume_reason"] == why
+        assert h["resumed_by"].startswith("token:") and h["resumed_at"] >= h["halted_at"]
+        # The whole history still counts for the page; the halt counts from here.
+        assert rel["counts"]["failed"] == 2 and rel["counts"]["attempts"] == 5
+        assert rel["counts_since_resume"]["failed"] == 0
+        assert rel["counts_since_resume"]["attempts"] == 3  # still in progress at the resume
+        # Offered again, named by the signed timestamp, but not to the devices that failed.
+        ts = parse_timestamp(
+            dev.get("/v1/timestamp/stable.mpst", headers=fleet.headers(hws[7])).content,
+            keys.trust_root,
+        )
+        assert [t.version for t in ts.targets] == ["1.1.0"]
+        assert offered(dev, fleet, hws) == set(hws[2:])
+
+        # One more failure: 3 of 5 devices overall (60 %) would halt it at once, but since
+        # the resume it is 1 of 3 devices, below the 5 the policy needs: still active.
+        report(dev, fleet, hws[2], "rolled_back")
+        rel = admin.get(f"/v1/admin/releases/{rid}").json()["release"]
+        assert rel["state"] == "active", rel
+        assert rel["counts_since_resume"]["failed"] == 1
+
+        # New devices take it; then failures past the limit since the resume halt it again.
+        for hw in hws[5:10]:
+            report(dev, fleet, hw, "confirmed")
+        report(dev, fleet, hws[3], "refused")
+        rel = admin.get(f"/v1/admin/releases/{rid}").json()["release"]
+        assert rel["state"] == "halted", rel
+        assert rel["halt_reason"] == (
+            "2 of 8 devices failed since it was resumed (1 refused, 1 rolled back), "
+            "above the 20% limit"
+        )
+        assert [x["reason"] for x in rel["halts"]] == [first_reason, rel["halt_reason"]]
+        assert rel["halts"][1]["resumed_at"] is None
+
+        log = admin.get("/v1/admin/audit-log", params={"action": "resume"}).json()["entries"]
+        assert len(log) == 1 and log[0]["detail"]["reason"] == why
+        assert log[0]["detail"]["halt_reason"] == first_reason
+        assert log[0]["detail"]["from"] == "halted" and log[0]["detail"]["to"] == "active"
+        halts = admin.get("/v1/admin/audit-log", params={"action": "halt"}).json()["entries"]
+        assert [e["actor"] for e in halts] == ["server", "server"]
 
 
 def test_a_device_that_rolled_back_is_not_offered_the_same_release_again(

@@ -338,6 +338,14 @@ def _show(release: dict[str, Any], verb: str) -> None:
     )
     if r.get("halt_reason"):
         out_console.print(f"  halted: {r['halt_reason']}", markup=False)
+    halts = r.get("halts") or []
+    if halts and r["state"] != "halted":
+        h = halts[-1]
+        out_console.print(
+            f"  halted {str(h['halted_at'])[:19]}: {h['reason']}; resumed by "
+            f"{h.get('resumed_by')}: {h.get('resume_reason')}",
+            markup=False,
+        )
 
 
 @click.group()
@@ -506,14 +514,16 @@ def policy(
         _show(rel, "Halt policy set for")
 
 
-def _state_command(action: str, doc: str) -> click.Command:
+def _state_command(action: str, doc: str, reason_help: str) -> click.Command:
     @_ref_options
+    @click.option("--reason", default="", help=reason_help)
     @_admin_options
     def cmd(
         version: str,
         app: str | None,
         board: str | None,
         channel: str | None,
+        reason: str,
         server: str,
         ca: Path | None,
         as_json: bool,
@@ -522,15 +532,31 @@ def _state_command(action: str, doc: str) -> click.Command:
 
         with _client(server, ca) as client:
             targets = _resolve_set(client, ReleaseRef(version, app, board, channel))
-            rels = [client.set_state(int(t["id"]), action) for t in targets]
+            rels = [client.set_state(int(t["id"]), action, reason) for t in targets]
         _show_all(rels, "Paused" if action == "pause" else "Resumed", as_json)
 
     cmd.__doc__ = doc
     return click.command(name=action)(cmd)
 
 
-release.add_command(_state_command("pause", "Stop offering a release (devices mid-update finish)."))
-release.add_command(_state_command("resume", "Offer a paused release again."))
+release.add_command(
+    _state_command(
+        "pause",
+        "Stop offering a release (devices mid-update finish).",
+        "Why (kept in the audit log).",
+    )
+)
+release.add_command(
+    _state_command(
+        "resume",
+        "Offer a paused release again, or one the server halted (that needs --reason).\n\n"
+        "After a halt the devices that failed it are still not offered it again, and the\n"
+        "halt counts afresh from the resume: the failures that halted it do not halt it\n"
+        "again; new ones past the policy's limit do.",
+        "Why (kept in the audit log and the release's halt history); needed to resume "
+        "a release the server halted.",
+    )
+)
 
 
 @release.command(name="list")
@@ -601,6 +627,37 @@ def revoke(hardware_id: str, reason: str, server: str, ca: Path | None, as_json:
             f"Revoked {res['hardware_id']} ({res['certificates_revoked']} "
             "certificate(s)); servers refuse it within their cache time (1 s)",
             markup=False,
+        )
+
+
+@device.command(name="logs")
+@click.argument("hardware_id")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 100_000),
+    default=100,
+    show_default=True,
+    help="The newest this many lines.",
+)
+@_admin_options
+def logs_cmd(hardware_id: str, limit: int, server: str, ca: Path | None, as_json: bool) -> None:
+    """A device's log lines (its boot guard's and its app's) as the server keeps them,
+    oldest first (--json: one JSON object per line, newest first)."""
+    import itertools
+    import json
+
+    with _client(server, ca) as client:
+        lines = list(itertools.islice(client.device_logs(hardware_id, min(limit, 1000)), limit))
+    if as_json:
+        for ln in lines:
+            click.echo(json.dumps(ln, sort_keys=True))
+        return
+    for ln in reversed(lines):
+        out_console.print(
+            f"{str(ln.get('at'))[:19]} [{ln.get('source')}] {ln.get('line')}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
         )
 
 

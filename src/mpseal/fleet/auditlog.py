@@ -36,6 +36,7 @@ GENESIS = "0" * 64
 ACTOR_MAX = 64
 TARGET_MAX = 128
 DETAIL_MAX = 2000
+PAGE_MAX = 500  # rows in one page
 
 
 class AuditRow(Base):
@@ -167,12 +168,17 @@ class AuditLog:
                 continue
         raise UsageError("the audit log is contended: nothing recorded")
 
-    def page(self, before: int | None = None, limit: int = 50) -> list[Entry]:
-        """Newest first; ``before``: the seq to page back from."""
+    def page(
+        self, before: int | None = None, limit: int = 50, action: str | None = None
+    ) -> list[Entry]:
+        """Newest first, at most ``limit`` (1..PAGE_MAX); ``before``: the seq to page back
+        from; ``action``: only rows of this action."""
         with self.registry.session() as s:
-            q = select(AuditRow).order_by(AuditRow.id.desc()).limit(max(1, min(limit, 500)))
+            q = select(AuditRow).order_by(AuditRow.id.desc()).limit(max(1, min(limit, PAGE_MAX)))
             if before is not None:
                 q = q.where(AuditRow.id < before)
+            if action is not None:
+                q = q.where(AuditRow.action == action)
             return [_entry(r) for r in s.scalars(q)]
 
     def last(self, action: str) -> Entry | None:

@@ -42,11 +42,18 @@ class DeviceLog(Base):
     )
 
 
+PAGE_MAX = 1000  # lines in one page of the admin read API
+
+
 @dataclass(frozen=True)
 class LogLine:
     at: datetime
     source: str
     line: str
+    id: int = 0  # its place in the log: pages go back by it
+
+    def to_dict(self) -> dict[str, object]:
+        return {"id": self.id, "at": self.at.isoformat(), "source": self.source, "line": self.line}
 
 
 def clean(text: str) -> str:
@@ -94,6 +101,27 @@ def recent(reg: Registry, device_id: int, limit: int = 100) -> list[LogLine]:
     return [
         LogLine(at if at.tzinfo else at.replace(tzinfo=UTC), src, line)
         for at, src, line in reversed(rows)
+    ]
+
+
+def page(
+    reg: Registry, device_id: int, before: int | None = None, limit: int = 100
+) -> list[LogLine]:
+    """The device's lines newest first, at most ``limit`` (1..PAGE_MAX); ``before``: the
+    id to page back from (keyset: every page costs the same)."""
+    with reg.session() as s:
+        q = (
+            select(DeviceLog.id, DeviceLog.at, DeviceLog.source, DeviceLog.line)
+            .where(DeviceLog.device_id == device_id)
+            .order_by(DeviceLog.id.desc())
+            .limit(max(1, min(limit, PAGE_MAX)))
+        )
+        if before is not None:
+            q = q.where(DeviceLog.id < before)
+        rows = s.execute(q).all()
+    return [
+        LogLine(at if at.tzinfo else at.replace(tzinfo=UTC), src, line, int(i))
+        for i, at, src, line in rows
     ]
 
 

@@ -60,6 +60,10 @@ class Release(Base):
     halt_min_attempts: Mapped[int | None] = mapped_column(Integer)  # None: the server's policy
     halt_max_failure_ratio: Mapped[float | None] = mapped_column(Float)
     halt_min_cohort_share: Mapped[float | None] = mapped_column(Float)
+    # JSON {state: devices} of the finished states (confirmed, refused, rolled_back,
+    # timed_out) when the release was last resumed after a halt: its halt counts only
+    # what came after (0007). None: never resumed after a halt.
+    halt_base: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -67,6 +71,23 @@ class Release(Base):
         UniqueConstraint("channel", "app", "board", "version", name="uq_releases_version"),
         Index("ix_releases_lookup", "channel", "app", "board"),
     )
+
+
+class ReleaseHalt(Base):
+    """One automatic halt of a release, and who resumed it and why (0007): the history
+    the release page shows; the audit log has the same actions, hash-chained."""
+
+    __tablename__ = "release_halts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id", ondelete="CASCADE"))
+    halted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    reason: Mapped[str] = mapped_column(Text)
+    resumed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    resumed_by: Mapped[str | None] = mapped_column(String(64))
+    resume_reason: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_release_halts_release", "release_id", "id"),)
 
 
 class ReleasePin(Base):

@@ -50,6 +50,7 @@ from mpseal.fleet.releases import (
     Release,
     ReleaseCount,
     ReleaseDelta,
+    ReleaseHalt,
     ReleasePin,
     SignedTimestamp,
     StoredRoot,
@@ -102,14 +103,54 @@ class PolicyOverrides:
 
 
 @dataclass(frozen=True)
+class HaltRecord:
+    """One automatic halt of a release; who resumed it, when and why (None: it was not)."""
+
+    halted_at: datetime
+    reason: str
+    resumed_at: datetime | None = None
+    resumed_by: str | None = None
+    resume_reason: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "halted_at": _aware(self.halted_at).isoformat(),
+            "reason": self.reason,
+            "resumed_at": None if self.resumed_at is None else _aware(self.resumed_at).isoformat(),
+            "resumed_by": self.resumed_by,
+            "resume_reason": self.resume_reason,
+        }
+
+
+# Resuming a halted release needs a reason of at least this many characters (what the
+# audit log and the release's halt history keep of an admin overriding the server).
+RESUME_REASON_MIN = 3
+RESUME_REASON_MAX = 200
+
+
+def _counts(s: ReleaseStats) -> dict[str, int]:
+    return {
+        "attempts": s.attempts,
+        "updated": s.updated,
+        "failed": s.failed,
+        "refused": s.refused,
+        "rolled_back": s.rolled_back,
+        "trial_timeouts": s.trial_timeouts,
+        "in_progress": s.in_progress,
+        "cohort": s.cohort,
+    }
+
+
+@dataclass(frozen=True)
 class ReleaseInfo:
     view: ReleaseView
     file_sha256: str
     size: int
-    halt_reason: str | None
+    halt_reason: str | None  # why it is halted now (None unless state is "halted")
     created_at: datetime
     stats: ReleaseStats = field(default_factory=ReleaseStats)
     overrides: PolicyOverrides = field(default_factory=PolicyOverrides)
+    halts: tuple[HaltRecord, ...] = ()  # oldest first
 
     def to_dict(self) -> dict[str, object]:
         v = self.view
@@ -131,16 +172,10 @@ class ReleaseInfo:
             "halt_reason": self.halt_reason,
             "created_at": _aware(self.created_at).isoformat(),
             "deltas": [{"from": f, "sha256": h, "size": n} for f, h, n in v.deltas],
-            "counts": {
-                "attempts": s.attempts,
-                "updated": s.updated,
-                "failed": s.failed,
-                "refused": s.refused,
-                "rolled_back": s.rolled_back,
-                "trial_timeouts": s.trial_timeouts,
-                "in_progress": s.in_progress,
-                "cohort": s.cohort,
-            },
+            "counts": _counts(s),
+            # what the automatic halt counts since the release was last resumed after one
+            "counts_since_resume": None if s.base is None else _counts(s.since_resume()),
+            "halts": [h.to_dict() for h in self.halts],
             "halt_policy": {
                 "min_attempts": self.overrides.min_attempts,
                 "max_failure_ratio": self.overrides.max_failure_ratio,
@@ -262,7 +297,7 @@ _PG_COUNTS_AND_STATS = (
     "ON CONFLICT (release_id, shard) DO UPDATE SET "
     + ", ".join(f"{st} = release_counts.{st} + excluded.{st}" for st in UPDATE_STATES)
     + ") SELECT r.id, r.cohort_size, r.halt_min_attempts, r.halt_max_failure_ratio, "
-    "r.halt_min_cohort_share, "
+    "r.halt_min_cohort_share, r.halt_base, "
     + ", ".join(f"COALESCE(SUM(c.{st}), 0)" for st in UPDATE_STATES)
     + " FROM releases r LEFT JOIN release_counts c ON c.release_id = r.id "
     "WHERE r.id = ANY(%s::integer[]) GROUP BY r.id"
@@ -400,6 +435,7 @@ class ReleaseStore:
                 self._pins(s, [rel.id]).get(rel.id, frozenset()),
                 self._stats(s, [rel]).get(rel.id),
                 self._deltas(s, [rel.id]).get(rel.id, ()),
+                self._halts(s, [rel.id]).get(rel.id, ()),
             )
 
     def releases(self, channel: str | None = None, stats: bool = True) -> list[ReleaseInfo]:
@@ -413,8 +449,15 @@ class ReleaseStore:
             pins = self._pins(s, ids)
             counts = self._stats(s, rels) if stats else {}
             deltas = self._deltas(s, ids)
+            halts = self._halts(s, ids)
             return [
-                _info(r, pins.get(r.id, frozenset()), counts.get(r.id), deltas.get(r.id, ()))
+                _info(
+                    r,
+                    pins.get(r.id, frozenset()),
+                    counts.get(r.id),
+                    deltas.get(r.id, ()),
+                    halts.get(r.id, ()),
+                )
                 for r in rels
             ]
 
@@ -453,7 +496,7 @@ class ReleaseStore:
             if rel.state == "halted":
                 raise UsageError(
                     f"release {rel.id} ({rel.version}) is halted: {rel.halt_reason}; "
-                    "publish a fixed version instead"
+                    "resume it first (with a reason) or publish a fixed version"
                 )
             if percent is not None:
                 if not 0 <= percent <= 100:
@@ -467,7 +510,11 @@ class ReleaseStore:
             rel.cohort_size = self._cohort_size(s, rel)
             rel.updated_at = utcnow()
             s.flush()
-            return _info(rel, self._pins(s, [rel.id]).get(rel.id, frozenset()))
+            return _info(
+                rel,
+                self._pins(s, [rel.id]).get(rel.id, frozenset()),
+                halts=self._halts(s, [rel.id]).get(rel.id, ()),
+            )
 
     @staticmethod
     def _cohort_size(s: Session, rel: Release) -> int:
@@ -513,31 +560,88 @@ class ReleaseStore:
         s.flush()
         s.add(ReleasePin(release_id=rel.id, hardware_id=hardware_id, created_at=utcnow()))
 
-    def set_state(self, release_id: int, state: str) -> ReleaseInfo:
-        """Pause or resume a rollout (a halted release stays halted)."""
+    def set_state(
+        self, release_id: int, state: str, *, who: str = "", reason: str = ""
+    ) -> ReleaseInfo:
+        """Pause or resume a rollout.
+
+        A release the server halted is resumed only with a ``reason`` (an admin
+        overriding the automatic halt says why; kept in its halt history with ``who``).
+        Its halt then counts afresh: from the devices that had not finished with it
+        (``ReleaseStats.since_resume``), so the failures that halted it do not halt it
+        again at once. Its devices that failed it are still never offered it again.
+        A halted release is not paused (it is offered to no one already)."""
         if state not in ("active", "paused"):
             raise UsageError(f"a release can be set active or paused, not {state!r}")
+        reason = reason.strip()
         with self.registry.session() as s:
             rel = self._release(s, release_id)
             if rel.state == "halted":
-                raise UsageError(
-                    f"release {rel.id} ({rel.version}) is halted: {rel.halt_reason}; "
-                    "it cannot be resumed, publish a fixed version"
-                )
+                if state == "paused":
+                    raise UsageError(
+                        f"release {rel.id} ({rel.version}) is halted (offered to no one): "
+                        "resume it with a reason, or publish a fixed version"
+                    )
+                if len(reason) < RESUME_REASON_MIN:
+                    raise UsageError(
+                        f"release {rel.id} ({rel.version}) was halted by the server: "
+                        f"{rel.halt_reason}; resuming overrides that, so say why "
+                        f"(release resume {rel.version} --reason TEXT, or the JSON body "
+                        '{"reason": TEXT}); or publish a fixed version'
+                    )
+                self._resume_halted(s, rel, who, reason[:RESUME_REASON_MAX])
             rel.state = state
             rel.updated_at = utcnow()
             s.flush()
-            return _info(rel, self._pins(s, [rel.id]).get(rel.id, frozenset()))
+            return _info(
+                rel,
+                self._pins(s, [rel.id]).get(rel.id, frozenset()),
+                self._stats(s, [rel]).get(rel.id),
+                self._deltas(s, [rel.id]).get(rel.id, ()),
+                self._halts(s, [rel.id]).get(rel.id, ()),
+            )
+
+    def _resume_halted(self, s: Session, rel: Release, who: str, reason: str) -> None:
+        now = utcnow()
+        done = self._stats(s, [rel])[rel.id].finished()
+        rel.halt_base = json.dumps(
+            {
+                "confirmed": done.updated,
+                "refused": done.refused,
+                "rolled_back": done.rolled_back,
+                "timed_out": done.trial_timeouts,
+            },
+            sort_keys=True,
+        )
+        halt = s.scalar(
+            select(ReleaseHalt)
+            .where(ReleaseHalt.release_id == rel.id, ReleaseHalt.resumed_at.is_(None))
+            .order_by(ReleaseHalt.id.desc())
+            .limit(1)
+        )
+        if halt is None:  # halted before its history was kept
+            halt = ReleaseHalt(
+                release_id=rel.id, halted_at=rel.updated_at, reason=rel.halt_reason or ""
+            )
+            s.add(halt)
+        halt.resumed_at = now
+        halt.resumed_by = who[:64] or "unknown"
+        halt.resume_reason = reason
+        rel.halt_reason = None
 
     def halt(self, release_id: int, reason: str) -> bool:
         """Halt a release; False if it already was (several processes may decide at once)."""
+        now = utcnow()
         with self.registry.session() as s:
             res = s.execute(
                 update(Release)
                 .where(Release.id == release_id, Release.state != "halted")
-                .values(state="halted", halt_reason=reason[:500], updated_at=utcnow())
+                .values(state="halted", halt_reason=reason[:500], updated_at=now)
             )
-            return bool(res.rowcount)  # type: ignore[attr-defined]
+            if not res.rowcount:  # type: ignore[attr-defined]
+                return False
+            s.add(ReleaseHalt(release_id=release_id, halted_at=now, reason=reason[:500]))
+            return True
 
     def stats(self, release_ids: Sequence[int]) -> dict[int, ReleaseStats]:
         """Each release's counts: a sum over its counter rows, never a scan of reports."""
@@ -557,6 +661,7 @@ class ReleaseStore:
                 rel,
                 self._pins(s, [rel.id]).get(rel.id, frozenset()),
                 self._stats(s, [rel]).get(rel.id),
+                halts=self._halts(s, [rel.id]).get(rel.id, ()),
             )
 
     @staticmethod
@@ -577,6 +682,26 @@ class ReleaseStore:
             ):
                 out.setdefault(rid, set()).add(hw)
         return {k: frozenset(v) for k, v in out.items()}
+
+    @staticmethod
+    def _halts(s: Session, ids: Sequence[int]) -> dict[int, tuple[HaltRecord, ...]]:
+        out: dict[int, list[HaltRecord]] = {}
+        if ids:
+            for h in s.scalars(
+                select(ReleaseHalt)
+                .where(ReleaseHalt.release_id.in_(list(ids)))
+                .order_by(ReleaseHalt.id)
+            ):
+                out.setdefault(h.release_id, []).append(
+                    HaltRecord(
+                        _aware(h.halted_at),
+                        h.reason,
+                        None if h.resumed_at is None else _aware(h.resumed_at),
+                        h.resumed_by,
+                        h.resume_reason,
+                    )
+                )
+        return {k: tuple(v) for k, v in out.items()}
 
     @staticmethod
     def _stats(s: Session, rels: Sequence[Release]) -> dict[int, ReleaseStats]:
@@ -602,6 +727,7 @@ class ReleaseStore:
                 rolled_back=c.get("rolled_back", 0),
                 trial_timeouts=c.get("timed_out", 0),
                 cohort=int(r.cohort_size or 0),
+                base=_base(r.halt_base),
             )
         return out
 
@@ -872,7 +998,7 @@ class ReleaseStore:
                 plus = added.get(int(row[0]), {})
                 n = {
                     st: int(v) + plus.get(st, 0)
-                    for st, v in zip(UPDATE_STATES, row[5:], strict=True)
+                    for st, v in zip(UPDATE_STATES, row[6:], strict=True)
                 }
                 out[int(row[0])] = (
                     ReleaseStats(
@@ -882,6 +1008,7 @@ class ReleaseStore:
                         rolled_back=n["rolled_back"],
                         trial_timeouts=n["timed_out"],
                         cohort=int(row[1] or 0),
+                        base=_base(row[5]),
                     ),
                     PolicyOverrides(row[2], row[3], row[4]),
                 )
@@ -1101,20 +1228,43 @@ def _overrides(r: Release) -> PolicyOverrides:
     return PolicyOverrides(r.halt_min_attempts, r.halt_max_failure_ratio, r.halt_min_cohort_share)
 
 
+def _base(raw: str | None) -> ReleaseStats | None:
+    """The finished counts a resumed release's halt starts from (``Release.halt_base``)."""
+    if not raw:
+        return None
+    try:
+        d = json.loads(raw)
+        n = {
+            k: max(0, int(d.get(k, 0)))
+            for k in ("confirmed", "refused", "rolled_back", "timed_out")
+        }
+    except (ValueError, TypeError, AttributeError):
+        return None
+    return ReleaseStats(
+        attempts=sum(n.values()),
+        updated=n["confirmed"],
+        refused=n["refused"],
+        rolled_back=n["rolled_back"],
+        trial_timeouts=n["timed_out"],
+    )
+
+
 def _info(
     r: Release,
     pins: frozenset[str],
     stats: ReleaseStats | None = None,
     deltas: tuple[tuple[str, str, int], ...] = (),
+    halts: tuple[HaltRecord, ...] = (),
 ) -> ReleaseInfo:
     return ReleaseInfo(
         _view(r, pins, deltas),
         r.file_sha256,
         int(r.size),
-        r.halt_reason,
+        r.halt_reason if r.state == "halted" else None,
         r.created_at,
-        stats or ReleaseStats(cohort=int(r.cohort_size or 0)),
+        stats or ReleaseStats(cohort=int(r.cohort_size or 0), base=_base(r.halt_base)),
         _overrides(r),
+        halts,
     )
 
 

@@ -170,6 +170,9 @@ class ReleaseStats:
     rolled_back: int = 0
     trial_timeouts: int = 0  # booted, not confirmed within the window
     cohort: int = 0  # devices the release is offered to (estimated at promote time)
+    # The devices that had finished with the release (confirmed or failed) when an admin
+    # last resumed it after a halt; None if that never happened. See since_resume().
+    base: ReleaseStats | None = None
 
     @property
     def failed(self) -> int:
@@ -179,9 +182,38 @@ class ReleaseStats:
     def in_progress(self) -> int:
         return self.attempts - self.updated - self.failed
 
+    def finished(self) -> ReleaseStats:
+        """Only the devices done with the release (what a resume starts counting from)."""
+        return ReleaseStats(
+            self.updated + self.failed,
+            self.updated,
+            self.refused,
+            self.rolled_back,
+            self.trial_timeouts,
+        )
+
+    def since_resume(self) -> ReleaseStats:
+        """What the halt counts: the devices that finished with the release after it was
+        last resumed, and the ones still in progress then. The failures that halted it
+        before do not halt it again; a device that had not finished when it was resumed
+        and fails later does count."""
+        b = self.base
+        if b is None:
+            return self
+        updated = max(0, self.updated - b.updated)
+        refused = max(0, self.refused - b.refused)
+        rolled_back = max(0, self.rolled_back - b.rolled_back)
+        timeouts = max(0, self.trial_timeouts - b.trial_timeouts)
+        attempts = max(
+            self.attempts - b.updated - b.failed, updated + refused + rolled_back + timeouts
+        )
+        return ReleaseStats(attempts, updated, refused, rolled_back, timeouts, self.cohort)
+
 
 def halt_reason(stats: ReleaseStats, policy: HaltPolicy) -> str | None:
-    """Why the release must halt now, or None."""
+    """Why the release must halt now, or None (after a resume: counted since then)."""
+    resumed = stats.base is not None
+    stats = stats.since_resume()
     if stats.attempts < policy.min_attempts or stats.attempts == 0:
         return None
     if stats.failed / stats.attempts <= policy.max_failure_ratio:
@@ -198,6 +230,7 @@ def halt_reason(stats: ReleaseStats, policy: HaltPolicy) -> str | None:
         if n
     ]
     return (
-        f"{stats.failed} of {stats.attempts} devices failed ({', '.join(parts)}), "
+        f"{stats.failed} of {stats.attempts} devices failed"
+        f"{' since it was resumed' if resumed else ''} ({', '.join(parts)}), "
         f"above the {policy.max_failure_ratio:.0%} limit"
     )

@@ -22,6 +22,7 @@ FILE_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # one part of a file 
 MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")  # the entry module of a manifest
 DELTA_PATH = re.compile(r"deltas/[0-9a-f]{64}[.]mpsd")  # where the server offers a delta
 TARGET_SEGMENT = re.compile(r"[a-z0-9._-]+")  # one part of a target path in update metadata
+AUDIT_ACTION = re.compile(r"[a-z][a-z-]{0,31}")  # an audit log action: publish, resume, ...
 
 
 def json_schema_pattern(pattern: re.Pattern[str]) -> str:

@@ -106,15 +106,26 @@ async def promote(
     return updated
 
 
-async def set_state(server: UpdateServer, who: str, info: ReleaseInfo, state: str) -> ReleaseInfo:
-    updated = await server.run(server.store.set_state, info.view.id, state)
+async def set_state(
+    server: UpdateServer, who: str, info: ReleaseInfo, state: str, reason: str = ""
+) -> ReleaseInfo:
+    """Pause or resume. Resuming a release the server halted needs a ``reason`` (see
+    ``ReleaseStore.set_state``); the audit row keeps it with the halt's own reason."""
+    updated = await server.run(
+        lambda: server.store.set_state(info.view.id, state, who=who, reason=reason)
+    )
+    if info.view.state == "halted":
+        server.resumed(info.view.id)
     await server.changed(info.view.channel)
+    detail: dict[str, Any] = {
+        "from": info.view.state,
+        "to": updated.view.state,
+        "halt_reason": info.halt_reason,
+    }
+    if reason.strip():
+        detail["reason"] = reason.strip()
     await record(
-        server,
-        who,
-        "pause" if state == "paused" else "resume",
-        _release_target(info),
-        {"from": info.view.state, "to": updated.view.state, "halt_reason": info.halt_reason},
+        server, who, "pause" if state == "paused" else "resume", _release_target(info), detail
     )
     return updated
 

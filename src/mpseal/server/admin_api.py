@@ -18,10 +18,17 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from mpseal.errors import BadDataError, TransportError, UsageError
+from mpseal.fleet import devicelogs
 from mpseal.fleet.models import DEVICE_STATES
 from mpseal.fleet.registry import INVENTORY_PAGE_MAX, InventoryFilter
 from mpseal.fleet.releases import UPDATE_STATES
-from mpseal.fleet.releasestore import NewDelta, NewRelease, PolicyOverrides, ReleaseInfo
+from mpseal.fleet.releasestore import (
+    RESUME_REASON_MAX,
+    NewDelta,
+    NewRelease,
+    PolicyOverrides,
+    ReleaseInfo,
+)
 from mpseal.formats import artifact as artifact_mod
 from mpseal.formats import delta as delta_mod
 from mpseal.formats.names import APP_NAME as APP
@@ -237,9 +244,20 @@ async def promote(request: Request) -> Response:
 
 
 async def _set_state(request: Request, state: str) -> Response:
+    """Pause or resume; an optional JSON body ``{"reason": TEXT}`` goes to the audit log.
+    A release the server halted is resumed only with a reason (else 409, saying so)."""
     server = _server(request)
     info = await _release(server, request)
-    updated = await actions.set_state(server, actions.actor(request), info, state)
+    f = await read_json(
+        request, server.config.limits.json_body_max, f"{state} request", allow_empty=True
+    )
+    unknown: set[str] = set(f.keys()) - {"reason"}
+    if unknown:
+        raise ApiError(400, f"unknown field {min(unknown)!r}")
+    reason = f.str("reason", RESUME_REASON_MAX, optional=True) or ""
+    updated = await actions.set_state(
+        server, actions.actor(request), info, state, devicelogs.clean(reason)
+    )
     return json_ok({"release": updated.to_dict()})
 
 

@@ -14,7 +14,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from mpseal.errors import MpsealError
-from mpseal.server import admin_api, console, device_api, device_logs, enroll
+from mpseal.server import admin_api, admin_logs, console, device_api, device_logs, enroll
 from mpseal.server.config import ServerConfig, ServerSettings
 from mpseal.server.http import ApiError, handle_error
 from mpseal.server.openapi import spec
@@ -98,6 +98,7 @@ def create_app(config: ServerConfig) -> DeviceFastPath:
         Route("/readyz", ready, methods=["GET"]),
         *device_api.ROUTES,
         *admin_api.ROUTES,
+        *admin_logs.ROUTES,
         *enroll.ROUTES,
         *device_logs.ROUTES,
         *console.ROUTES,

@@ -148,10 +148,13 @@ class AdminClient:
             self._call("POST", f"/v1/admin/releases/{release_id}/promote", json=change)["release"]
         )
 
-    def set_state(self, release_id: int, action: str) -> dict[str, Any]:
+    def set_state(self, release_id: int, action: str, reason: str = "") -> dict[str, Any]:
         if action not in ("pause", "resume"):
             raise UsageError(f"unknown release action {action!r}")
-        return _obj(self._call("POST", f"/v1/admin/releases/{release_id}/{action}")["release"])
+        body = {"reason": reason} if reason else None
+        return _obj(
+            self._call("POST", f"/v1/admin/releases/{release_id}/{action}", json=body)["release"]
+        )
 
     def set_policy(self, release_id: int, policy: dict[str, object]) -> dict[str, Any]:
         return _obj(
@@ -179,6 +182,41 @@ class AdminClient:
     def set_group(self, hardware_id: str, group: str) -> dict[str, Any]:
         return self._call(
             "POST", f"/v1/admin/devices/{quote(hardware_id, safe='')}/group", json={"group": group}
+        )
+
+    def _pages(
+        self, path: str, key: str, params: dict[str, str], page: int
+    ) -> Iterator[dict[str, Any]]:
+        """Rows of a newest-first keyset listing (``next``: the ``before`` of the next page)."""
+        before: int | None = None
+        while True:
+            q = {**params, "limit": str(page)}
+            if before is not None:
+                q["before"] = str(before)
+            body = self._call("GET", path, params=q)
+            rows = body.get(key)
+            if not isinstance(rows, list):
+                raise TransportError("the update server's answer is not what was expected")
+            yield from (_obj(r) for r in rows)
+            nxt = body.get("next")
+            if nxt is None or not rows:
+                return
+            before = int(nxt)
+
+    def audit_log(self, action: str | None = None, page: int = 500) -> Iterator[dict[str, Any]]:
+        """The audit log, newest first (``action``: only that action)."""
+        params = {"action": action} if action else {}
+        return self._pages("/v1/admin/audit-log", "entries", params, page)
+
+    def verify_audit_log(self, head: str | None = None) -> dict[str, Any]:
+        return self._call(
+            "GET", "/v1/admin/audit-log/verify", params={"head": head} if head else {}
+        )
+
+    def device_logs(self, hardware_id: str, page: int = 1000) -> Iterator[dict[str, Any]]:
+        """A device's log lines, newest first."""
+        return self._pages(
+            f"/v1/admin/devices/{quote(hardware_id, safe='')}/logs", "lines", {}, page
         )
 
     def revoke(self, hardware_id: str, reason: str) -> dict[str, Any]:

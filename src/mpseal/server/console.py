@@ -359,7 +359,13 @@ async def release_action(request: Request) -> Response:
             raise UsageError("percent must be a number 0..100")
         await actions.promote(server, who, info, percent=percent)
     elif what in ("pause", "resume"):
-        await actions.set_state(server, who, info, "paused" if what == "pause" else "active")
+        await actions.set_state(
+            server,
+            who,
+            info,
+            "paused" if what == "pause" else "active",
+            devicelogs.clean(form.get("reason", "")),
+        )
     else:
         raise LookupError(f"no action {what}")
     await sample_now(server)

@@ -139,9 +139,18 @@ def _schemas() -> dict[str, Any]:
             "percent": {"type": "number", "minimum": 0, "maximum": 100},
             "groups": {"type": "array", "items": {"type": "string"}},
             "pins": {"type": "array", "items": HWID},
-            "halt_reason": {"type": ["string", "null"]},
+            "halt_reason": {
+                "type": ["string", "null"],
+                "description": "Why the server halted it (null unless state is halted)",
+            },
             "created_at": {"type": "string", "format": "date-time"},
             "counts": _ref("Counts"),
+            "counts_since_resume": {
+                "description": "What the automatic halt counts since an admin last resumed "
+                "it after a halt (null: never resumed after one)",
+                "anyOf": [_ref("Counts"), {"type": "null"}],
+            },
+            "halts": {"type": "array", "items": _ref("Halt"), "description": "Oldest first"},
             "halt_policy": _ref("HaltPolicy"),
             "deltas": {
                 "type": "array",
@@ -238,6 +247,70 @@ def _schemas() -> dict[str, Any]:
             "properties": {"recorded": {"type": "integer", "minimum": 0}},
         },
         "HaltPolicy": policy,
+        "Halt": {
+            "type": "object",
+            "properties": {
+                "halted_at": {"type": "string", "format": "date-time"},
+                "reason": {"type": "string"},
+                "resumed_at": when,
+                "resumed_by": {"type": ["string", "null"], "description": "admin token id"},
+                "resume_reason": {"type": ["string", "null"]},
+            },
+        },
+        "StateRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"reason": {"type": "string", "maxLength": 200}},
+        },
+        "AuditEntry": {
+            "type": "object",
+            "properties": {
+                "seq": {"type": "integer", "minimum": 1},
+                "at": {"type": "string", "format": "date-time"},
+                "actor": {
+                    "type": "string",
+                    "description": "token:<id>, server, or local:<user>@<host>",
+                },
+                "action": _string(names.AUDIT_ACTION),
+                "target": {"type": "string"},
+                "detail": {"type": "object"},
+                "hash": HEX64,
+            },
+        },
+        "AuditPage": {
+            "type": "object",
+            "properties": {
+                "entries": {"type": "array", "items": _ref("AuditEntry")},
+                "next": {"type": ["integer", "null"]},
+            },
+        },
+        "AuditVerified": {
+            "type": "object",
+            "required": ["ok"],
+            "properties": {
+                "ok": {"type": "boolean"},
+                "rows": {"type": "integer"},
+                "head": HEX64,
+                "error": {"type": "string", "description": "The first row that does not fit"},
+            },
+        },
+        "LogLine": {
+            "type": "object",
+            "properties": {
+                "id": {"type": "integer"},
+                "at": {"type": "string", "format": "date-time"},
+                "source": {"type": "string", "enum": ["guard", "app"]},
+                "line": {"type": "string", "maxLength": 200},
+            },
+        },
+        "LogPage": {
+            "type": "object",
+            "properties": {
+                "hardware_id": HWID,
+                "lines": {"type": "array", "items": _ref("LogLine")},
+                "next": {"type": ["integer", "null"]},
+            },
+        },
         "Device": device,
         "DevicePage": {
             "type": "object",
@@ -501,10 +574,14 @@ def _paths() -> dict[str, Any]:
         },
         "/v1/admin/releases/{release_id}/pause": {
             "post": {
-                "summary": "Stop offering the release",
+                "summary": "Stop offering the release (not a halted one: resume that)",
                 "security": ADMIN,
                 "tags": ["admin"],
                 "parameters": [RELEASE_ID],
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": _ref("StateRequest")}},
+                },
                 "responses": {
                     "200": _json(_ref("ReleaseEnvelope"), "Paused"),
                     **_errors(401, 404, 409),
@@ -513,13 +590,19 @@ def _paths() -> dict[str, Any]:
         },
         "/v1/admin/releases/{release_id}/resume": {
             "post": {
-                "summary": "Offer a paused release again (not a halted one)",
+                "summary": "Offer a paused release again, or one the server halted: that "
+                "needs a reason (409 without), kept in its halts and the audit log; its halt "
+                "then counts from the resume",
                 "security": ADMIN,
                 "tags": ["admin"],
                 "parameters": [RELEASE_ID],
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": _ref("StateRequest")}},
+                },
                 "responses": {
                     "200": _json(_ref("ReleaseEnvelope"), "Active"),
-                    **_errors(401, 404, 409),
+                    **_errors(400, 401, 404, 409),
                 },
             }
         },
@@ -590,6 +673,69 @@ def _paths() -> dict[str, Any]:
                     "content": {"application/json": {"schema": _ref("GroupRequest")}},
                 },
                 "responses": {"200": {"description": "Moved"}, **_errors(400, 401, 404)},
+            }
+        },
+        "/v1/admin/audit-log": {
+            "get": {
+                "summary": "The audit log of admin actions, newest first, one keyset page "
+                "(next: the 'before' of the next page)",
+                "security": ADMIN,
+                "tags": ["admin"],
+                "parameters": [
+                    {"name": "before", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
+                    },
+                    {
+                        "name": "action",
+                        "in": "query",
+                        "schema": _string(names.AUDIT_ACTION),
+                    },
+                ],
+                "responses": {
+                    "200": _json(_ref("AuditPage"), "Entries"),
+                    **_errors(400, 401),
+                },
+            }
+        },
+        "/v1/admin/audit-log/verify": {
+            "get": {
+                "summary": "Check the audit log's hash chain (head: the head recorded earlier)",
+                "security": ADMIN,
+                "tags": ["admin"],
+                "parameters": [{"name": "head", "in": "query", "schema": HEX64}],
+                "responses": {
+                    "200": _json(_ref("AuditVerified"), "The answer"),
+                    **_errors(400, 401),
+                },
+            }
+        },
+        "/v1/admin/devices/{hardware_id}/logs": {
+            "get": {
+                "summary": "A device's log lines (its guard's and its app's), newest first, "
+                "one keyset page",
+                "security": ADMIN,
+                "tags": ["admin"],
+                "parameters": [
+                    _path_param("hardware_id", HWID, "Hardware id"),
+                    {"name": "before", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": 1000,
+                            "default": 100,
+                        },
+                    },
+                ],
+                "responses": {
+                    "200": _json(_ref("LogPage"), "Lines"),
+                    **_errors(400, 401, 404),
+                },
             }
         },
         "/healthz": {

@@ -252,6 +252,11 @@ class UpdateServer:
         await self.changed(info.view.channel)
         return True
 
+    def resumed(self, release_id: int) -> None:
+        """An admin resumed a halted release: its reports may halt it again (counted from
+        the resume; other server processes notice at their next maintenance round)."""
+        self._halted.discard(release_id)
+
     async def sync_roots(self) -> None:
         """Share trust roots with the other servers through the database (see roots.py)."""
         local = await self.run(self.roots.local_roots)
@@ -275,6 +280,7 @@ class UpdateServer:
             if info.view.state == "halted":
                 self._halted.add(info.view.id)
             else:
+                self._halted.discard(info.view.id)  # resumed (maybe through another server)
                 await self.maybe_halt(info.view.id, info.stats, info.overrides)
         channels = {self.config.default_channel, *(i.view.channel for i in infos)}
         for channel in sorted(channels):
