@@ -3,9 +3,9 @@ executable_path: no browser download) against the real server on TLS, with virtu
 boards (the unix MicroPython VM) and a simulated fleet speaking the device API: log in
 with the keyboard, roll a release out to 10 % and watch the chart and counts move
 (polled, no page reload), pause and resume it, see it halt after rollbacks with the
-reason (a halted release is not resumed: the console shows the server's refusal), open a
-board's page and read its guard log, revoke it (the board is then refused), and find each
-action in the audit log, which verifies. Screenshots of the main pages go to
+reason, resume it (the server asks for a reason first; then the halt and the resume stay
+in the release's halt history), open a board's page and read its guard log, revoke it
+(the board is then refused), and find each action in the audit log, which verifies. Screenshots of the main pages go to
 test-output/console/ (not committed)."""
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from mpseal.fleet.registry import Registry
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path(__file__).resolve().parents[1] / "test-output" / "console"
 FLEET = 300  # simulated devices; 10 % of them are offered the release
+WHY = "rollbacks were one bad sensor batch"
 
 
 @pytest.fixture
@@ -192,9 +193,21 @@ def test_console_rollout_halt_resume_device_log_revoke_audit(world: World) -> No
         wide = page.evaluate("document.documentElement.scrollWidth")
         assert wide <= 390, wide  # no sideways scrolling of the page at phone width
         page.set_viewport_size({"width": 1280, "height": 900})
-        # a halted release is not resumed (the server's rule): the console says why
+        # resuming overrides the server's halt: without a reason the console says so ...
         page.get_by_role("button", name="Resume").click()
-        expect(page.get_by_role("alert")).to_contain_text("cannot be resumed")
+        expect(page.get_by_role("alert")).to_contain_text("say why")
+        page.go_back()
+        # ... with one (typed, Enter) it is active again and the halt stays on the page
+        page.focus("#resume-reason")
+        page.keyboard.type(WHY)
+        page.keyboard.press("Enter")
+        expect(page.locator("#release-state")).to_have_text("active")
+        expect(page.locator("#halt-reason")).to_have_count(0)
+        history = page.locator("#halt-history")
+        expect(history).to_contain_text("above the 20% limit")
+        expect(history).to_contain_text(WHY)
+        expect(page.locator("#since-resume")).to_contain_text("0 failed of 0 devices")
+        _shot(page, "release-resumed")
 
         # the overview
         page.get_by_role("link", name="Fleet", exact=True).click()
@@ -228,7 +241,16 @@ def test_console_rollout_halt_resume_device_log_revoke_audit(world: World) -> No
         expect(page.locator("#audit-verified")).to_contain_text("Verified")
         rows = page.locator("tbody tr")
         actions = [rows.nth(i).locator("td").nth(3).inner_text() for i in range(rows.count())]
-        assert actions[:6] == ["revoke", "halt", "resume", "pause", "promote", "publish"], actions
+        assert actions[:7] == [
+            "revoke",
+            "resume",
+            "halt",
+            "resume",
+            "pause",
+            "promote",
+            "publish",
+        ], actions
+        expect(rows.nth(1)).to_contain_text(WHY)  # who resumed it after the halt, and why
         expect(page.locator("main")).to_contain_text(f"device {hw}")
         expect(page.locator("main")).to_contain_text("lost in transit")
         _shot(page, "audit")
