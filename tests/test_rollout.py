@@ -114,3 +114,29 @@ def test_halt_needs_enough_attempts_and_a_failure_share_above_the_limit() -> Non
     )
     stats = ReleaseStats(attempts=10, updated=2, refused=1, rolled_back=1, trial_timeouts=1)
     assert (stats.failed, stats.in_progress) == (3, 5)
+
+
+def test_after_a_resume_the_halt_counts_only_what_came_after() -> None:
+    """Resumed after a halt: the devices that had finished then (confirmed or failed) are
+    its base; the ones still in progress then and any later ones are counted afresh."""
+    policy = HaltPolicy(min_attempts=5, max_failure_ratio=0.2)
+    halted = ReleaseStats(attempts=10, updated=3, rolled_back=4, cohort=100)  # 3 in progress
+    assert halt_reason(halted, policy) is not None
+    base = halted.finished()
+    assert (base.attempts, base.failed, base.in_progress) == (7, 4, 0)
+    resumed = replace(halted, base=base)
+    assert halt_reason(resumed, policy) is None  # the same failures: no halt at once
+    window = resumed.since_resume()
+    assert (window.attempts, window.failed, window.in_progress) == (3, 0, 3)
+    # One of the three in progress then rolls back: 1 of 3, too few devices to decide.
+    later = replace(resumed, rolled_back=5)
+    assert halt_reason(later, policy) is None
+    # Three new devices, two confirm and one refuses: 2 failed of 6, above 20 %.
+    later = replace(resumed, attempts=13, updated=5, rolled_back=5, refused=1)
+    assert halt_reason(later, policy) == (
+        "2 of 6 devices failed since it was resumed (1 refused, 1 rolled back), above the 20% limit"
+    )
+    # A device that had confirmed and rolls back later is a failure since the resume
+    # (the counts never go below the base, whatever order reports arrive in).
+    odd = replace(resumed, updated=2, rolled_back=5).since_resume()
+    assert (odd.updated, odd.rolled_back, odd.attempts) == (0, 1, 3)

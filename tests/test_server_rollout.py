@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -304,3 +305,89 @@ def test_pause_and_resume(db_url: str, keys: Keys, tmp_path: Path) -> None:
         assert [t.version for t in ts.targets] == []
         assert admin.post(f"/v1/admin/releases/{rid}/resume").json()["release"]["state"] == "active"
         assert offered(dev, fleet, hws) == set(hws)
+
+
+def test_releases_halted_before_migration_0007_keep_their_halt_and_can_be_resumed(
+    db_url: str,
+) -> None:
+    """A database from before the halt history: the upgrade records each halted
+    release's halt from the release row, and it resumes like any other."""
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.config import Config
+
+    from mpseal.fleet.registry import MIGRATIONS, Registry
+    from mpseal.fleet.releasestore import ReleaseStore
+
+    reg = Registry.open(db_url, upgrade=False)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with reg.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0006")
+        conn.execute(
+            sa.text(
+                "INSERT INTO releases (app, board, version, counter, manifest_sha256, "
+                "file_sha256, size, channel, state, percent, groups, halt_reason, "
+                "cohort_size, created_at, updated_at) VALUES ('hello', 'esp32', '1.1.0', 2, "
+                ":m, :f, 10, 'stable', 'halted', 10, '[]', :why, 0, :t, :t)"
+            ),
+            {
+                "m": "a" * 64,
+                "f": "b" * 64,
+                "why": "3 of 5 devices failed (3 rolled back), above the 20% limit",
+                "t": datetime.now(UTC),
+            },
+        )
+    reg.upgrade()
+    store = ReleaseStore(reg)
+    try:
+        (rel,) = store.releases()
+        assert rel.view.state == "halted"
+        assert [h.reason for h in rel.halts] == [rel.halt_reason]
+        resumed = store.set_state(rel.view.id, "active", who="token:test", reason="checked")
+        assert resumed.view.state == "active" and resumed.halt_reason is None
+        (h,) = resumed.halts
+        assert (h.resumed_by, h.resume_reason) == ("token:test", "checked")
+        assert resumed.stats.base is not None and resumed.stats.since_resume().attempts == 0
+    finally:
+        store.close()
+        reg.engine.dispose()
+
+
+def test_a_resume_through_another_server_lets_this_one_halt_again(
+    db_url: str, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two servers on one database: A halted the release, B resumed it; A's new failure
+    reports halt it again (A looks again after HALTED_RECHECK_SECONDS, 0 here)."""
+    from mpseal.server import service
+
+    monkeypatch.setattr(service, "HALTED_RECHECK_SECONDS", 0.0)
+    fleet = register(db_url, 12)
+    hws = sorted(fleet.tokens)
+    cfg = config_for(db_url, keys, tmp_path, cache_seconds=0.0)
+    with (
+        running_server(cfg) as a,
+        running_server(cfg) as b,
+        a.admin() as admin_a,
+        b.admin() as admin_b,
+        httpx.Client(base_url=a.url) as dev,
+    ):
+        rid = admin_a.post(
+            "/v1/admin/releases", content=make_artifact(keys.release, "1.1.0", 2)
+        ).json()["release"]["id"]
+        admin_a.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 100})
+        for hw in hws[:5]:
+            report(dev, fleet, hw, "downloaded")
+        for hw in hws[:2]:
+            report(dev, fleet, hw, "rolled_back")
+        assert admin_a.get(f"/v1/admin/releases/{rid}").json()["release"]["state"] == "halted"
+        r = admin_b.post(f"/v1/admin/releases/{rid}/resume", json={"reason": "false alarm"})
+        assert r.json()["release"]["state"] == "active", r.text
+        for hw in hws[5:8]:
+            report(dev, fleet, hw, "confirmed")
+        for hw in hws[2:4]:
+            report(dev, fleet, hw, "refused")  # 2 of 6 since the resume: above 20 %
+        rel = admin_b.get(f"/v1/admin/releases/{rid}").json()["release"]
+        assert rel["state"] == "halted", rel
+        assert len(rel["halts"]) == 2

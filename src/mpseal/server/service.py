@@ -44,6 +44,10 @@ log = logging.getLogger("mpseal.server")
 # round trips to the database whether it is stored alone or with a hundred others.
 REPORT_LINGER_SECONDS = 0.05
 INVENTORY_REFRESH_SECONDS = 60.0
+# A release this process saw halted is not re-examined on each failure report for this
+# long: an admin may resume it through another server process, and then its new
+# failures must be able to halt it again without waiting for a maintenance round.
+HALTED_RECHECK_SECONDS = 5.0
 T = TypeVar("T")
 
 
@@ -78,7 +82,7 @@ class UpdateServer:
         self._checkins: dict[int, tuple[tuple[str, str, int, str], float]] = {}
         self._written: dict[int, tuple[tuple[str, str, int, str], float]] = {}
         self._buckets: dict[int, tuple[float, float]] = {}  # device id -> (tokens, at)
-        self._halted: set[int] = set()
+        self._halted: dict[int, float] = {}  # release id -> when seen halted (monotonic)
         self._limiter: anyio.CapacityLimiter | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.schema_ready = not config.migrate
@@ -182,7 +186,7 @@ class UpdateServer:
         """Store a report (returns once committed); halt its release if it must."""
         counts = await self._reports.submit(report)
         rid = report.release_id
-        if rid is not None and report.event in FAILED_EVENTS and rid not in self._halted:
+        if rid is not None and report.event in FAILED_EVENTS and not self._seen_halted(rid):
             entry = counts.get(rid)
             if entry is not None:
                 await self.maybe_halt(rid, *entry)
@@ -239,7 +243,7 @@ class UpdateServer:
         reason = halt_reason(stats, overrides.apply(self.config.halt_policy))
         if reason is None:
             return False
-        self._halted.add(release_id)
+        self._halted[release_id] = time.monotonic()
         if not await self.run(self.store.halt, release_id, reason):
             return False
         info = await self.run(self.store.get, release_id)
@@ -254,8 +258,12 @@ class UpdateServer:
 
     def resumed(self, release_id: int) -> None:
         """An admin resumed a halted release: its reports may halt it again (counted from
-        the resume; other server processes notice at their next maintenance round)."""
-        self._halted.discard(release_id)
+        the resume; other server processes look again within HALTED_RECHECK_SECONDS)."""
+        self._halted.pop(release_id, None)
+
+    def _seen_halted(self, release_id: int) -> bool:
+        at = self._halted.get(release_id)
+        return at is not None and time.monotonic() - at < HALTED_RECHECK_SECONDS
 
     async def sync_roots(self) -> None:
         """Share trust roots with the other servers through the database (see roots.py)."""
@@ -278,9 +286,9 @@ class UpdateServer:
         infos = await self.run(self.store.releases, None)
         for info in infos:
             if info.view.state == "halted":
-                self._halted.add(info.view.id)
+                self._halted[info.view.id] = time.monotonic()
             else:
-                self._halted.discard(info.view.id)  # resumed (maybe through another server)
+                self._halted.pop(info.view.id, None)  # resumed (maybe through another server)
                 await self.maybe_halt(info.view.id, info.stats, info.overrides)
         channels = {self.config.default_channel, *(i.view.channel for i in infos)}
         for channel in sorted(channels):
