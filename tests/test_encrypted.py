@@ -35,7 +35,9 @@ def main():
 """
 
 
-def encrypted_release(project: Path, version: str = "1.0.0", counter: int = 1) -> bytes:
+def encrypted_release(
+    project: Path, version: str = "1.0.0", counter: int = 1, main: str = MAIN
+) -> bytes:
     cfg = project / "mpseal.toml"
     text = cfg.read_text()
     if "encrypt = true" not in text:
@@ -44,7 +46,7 @@ def encrypted_release(project: Path, version: str = "1.0.0", counter: int = 1) -
     (app / "recipe.py").write_text(f"SECRET = {SECRET!r}\n")
     (app / "data").mkdir(exist_ok=True)
     (app / "data" / "notes.txt").write_text(f"notes about {SECRET}\n")
-    return release(project, version, counter, MAIN, profile="field")
+    return release(project, version, counter, main, profile="field")
 
 
 def project_at(folder: Path) -> Path:

@@ -191,6 +191,20 @@ class Counter(Base):
     value: Mapped[int] = mapped_column(BigInteger)
 
 
+class ReleaseKey(Base):
+    """The key of an encrypted release (formats/encrypted.py), given at publish time; the
+    server wraps it for each device it offers the release to (0008). A secret: whoever
+    reads this table and the registry's hardware ids can decrypt the release (T2)."""
+
+    __tablename__ = "release_keys"
+
+    release_id: Mapped[int] = mapped_column(
+        ForeignKey("releases.id", ondelete="CASCADE"), primary_key=True
+    )
+    image_sha256: Mapped[str] = mapped_column(String(64))  # of the stored, encrypted image
+    key: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class ReleaseDelta(Base):
     """A delta (formats/delta.py) that rebuilds a release from an older one devices run,
     made at publish time; its bytes are an ArtifactBlob named by their SHA-256 (0006)."""

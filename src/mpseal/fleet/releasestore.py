@@ -51,6 +51,7 @@ from mpseal.fleet.releases import (
     ReleaseCount,
     ReleaseDelta,
     ReleaseHalt,
+    ReleaseKey,
     ReleasePin,
     SignedTimestamp,
     StoredRoot,
@@ -71,6 +72,8 @@ class NewRelease:
     size: int
     channel: str
     deltas: tuple[NewDelta, ...] = ()
+    # An encrypted release: (stored image SHA-256, its key), checked to open it by the caller
+    key: tuple[str, bytes] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -363,6 +366,8 @@ class ReleaseStore:
             )
             s.add(rel)
             s.flush()
+            if new.key is not None:
+                s.add(ReleaseKey(release_id=rel.id, image_sha256=new.key[0], key=new.key[1]))
             for d in new.deltas:
                 s.add(
                     ReleaseDelta(
@@ -474,7 +479,22 @@ class ReleaseStore:
             rels = list(s.scalars(q))
             pins = self._pins(s, [r.id for r in rels])
             deltas = self._deltas(s, [r.id for r in rels])
-            return [_view(r, pins.get(r.id, frozenset()), deltas.get(r.id, ())) for r in rels]
+            keys = self._keys(s, [r.id for r in rels])
+            return [
+                _view(r, pins.get(r.id, frozenset()), deltas.get(r.id, ()), keys.get(r.id))
+                for r in rels
+            ]
+
+    @staticmethod
+    def _keys(s: Session, ids: Sequence[int]) -> dict[int, tuple[str, bytes]]:
+        if not ids:
+            return {}
+        rows = s.execute(
+            select(ReleaseKey.release_id, ReleaseKey.image_sha256, ReleaseKey.key).where(
+                ReleaseKey.release_id.in_(list(ids))
+            )
+        )
+        return {int(rid): (str(sha), bytes(key)) for rid, sha, key in rows}
 
     def channels(self) -> list[str]:
         with self.registry.session() as s:
@@ -1206,7 +1226,10 @@ class ReleaseStore:
 
 
 def _view(
-    r: Release, pins: frozenset[str], deltas: tuple[tuple[str, str, int], ...] = ()
+    r: Release,
+    pins: frozenset[str],
+    deltas: tuple[tuple[str, str, int], ...] = (),
+    key: tuple[str, bytes] | None = None,
 ) -> ReleaseView:
     return ReleaseView(
         id=r.id,
@@ -1221,6 +1244,7 @@ def _view(
         groups=frozenset(json.loads(r.groups)),
         pins=pins,
         deltas=deltas,
+        key=key,
     )
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _BUCKETS = 2**64
 
@@ -46,6 +46,9 @@ class ReleaseView:
     pins: frozenset[str] = frozenset()
     # (from_version, delta SHA-256, size): the deltas made at publish time (formats/delta.py)
     deltas: tuple[tuple[str, str, int], ...] = ()
+    # An encrypted release (formats/encrypted.py): (stored image SHA-256, release key),
+    # wrapped per device in the check reply. Secret: never in a repr, a log or the admin API.
+    key: tuple[str, bytes] | None = field(default=None, repr=False)
 
     def delta_from(self, version: str) -> tuple[str, str, int] | None:
         return next((d for d in self.deltas if d[0] == version), None)

@@ -56,6 +56,9 @@ from mpseal.formats.manifest import Encryption, FileEntry, Manifest
 from mpseal.limits import DEFAULT_LIMITS, Limits
 
 KEY_LENGTH = 32
+# The publisher sends an encrypted release's key to the update server in this header of
+# the publish request (not the query string, which access logs keep).
+PUBLISH_HEADER = "x-mpseal-release-key"
 RECORD_MAGIC = b"MPSK"
 RECORD_VERSION = 1
 RECORD = struct.Struct("<4sB3s32s")

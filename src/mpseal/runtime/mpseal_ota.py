@@ -614,8 +614,11 @@ def _round(http, cfg, now):
         finally:
             _remove(DPART, DNEW)
     if r is None:
+        key = offer.get("key")  # an encrypted release: its key, wrapped for this device
+        if key is not None and not meta.rel_mod.is_hex(key, meta.rel_mod.KEY_RECORD_LEN):
+            raise Refused("server's key for the release is malformed")
         _download(http, target)
-        r = _stage_file(PART, target, app, board)
+        r = _stage_file(PART, target, app, board, key=bytes.fromhex(key) if key else None)
     meta.write_atomic(STAGED, json.dumps({"version": r.version, "booted": False}))
     queue(cfg, "staged", r.version)
     return "staged"
@@ -629,9 +632,10 @@ def _remove(*paths):
             pass
 
 
-def _stage_file(path, target, app, board, per_file=False):
+def _stage_file(path, target, app, board, per_file=False, key=None):
     """Check the artifact at `path` against the timestamp's target and this device's app,
-    then have the guard verify and stage it; `path` is removed in every case."""
+    then have the guard verify and stage it (`key`: an encrypted release's key record for
+    this device); `path` is removed in every case."""
     try:
         with open(path, "rb") as f:
             man = _manifest_of(f)
@@ -657,7 +661,7 @@ def _stage_file(path, target, app, board, per_file=False):
             import mpseal_delta
 
             mpseal_delta.check_files(path)
-        return guard.stage(path)
+        return guard.stage(path, key)
     finally:
         _remove(path)
 

@@ -31,8 +31,9 @@ from mpseal.fleet.releasestore import (
 )
 from mpseal.formats import artifact as artifact_mod
 from mpseal.formats import delta as delta_mod
+from mpseal.formats import encrypted
 from mpseal.formats.names import APP_NAME as APP
-from mpseal.formats.names import CHANNEL, GROUP, HARDWARE_ID, VERSION
+from mpseal.formats.names import CHANNEL, GROUP, HARDWARE_ID, SHA256_HEX, VERSION
 from mpseal.formats.updatemeta import Target
 from mpseal.fsutil import write_atomic
 from mpseal.server import actions, auth
@@ -45,6 +46,8 @@ from mpseal.server.http import (
 )
 from mpseal.server.service import UpdateServer
 
+KEY_HEADER = encrypted.PUBLISH_HEADER
+
 
 def _server(request: Request) -> UpdateServer:
     server: UpdateServer = request.app.state.server
@@ -52,16 +55,30 @@ def _server(request: Request) -> UpdateServer:
     return server
 
 
-def _publish_blocking(server: UpdateServer, blob: bytes, channel: str) -> ReleaseInfo:
+def _publish_blocking(
+    server: UpdateServer, blob: bytes, channel: str, key: bytes | None = None
+) -> ReleaseInfo:
     root = server.roots.newest()
-    artifact_mod.verify(blob, root)  # signature, hash, size: refuse before storing anything
+    verified = artifact_mod.verify(blob, root)  # signature, hash, size: refuse before storing
+    man = verified.manifest
+    if man.encrypted is not None:
+        if key is None:
+            raise ApiError(
+                400,
+                f"this release is encrypted: send its key (dist/<app>-<version>.key) in the "
+                f"{KEY_HEADER} header",
+            )
+        encrypted.decrypt(man, verified.artifact.image, key)  # it opens, every file checks
+    elif key is not None:
+        raise ApiError(400, f"this release is not encrypted: it takes no {KEY_HEADER}")
     target = Target.for_artifact(blob)
     file_sha = hashlib.sha256(blob).hexdigest()
     path = Path(server.config.artifacts_dir) / f"{file_sha}.mpseal"
     if not path.exists():
         write_atomic(path, blob)
     server.store.put_artifact(file_sha, blob)  # where every server reaches it
-    deltas = _make_deltas(server, target, blob)
+    # An encrypted release's bytes change wholly with its random key: no delta to or from it.
+    deltas = [] if man.encrypted else _make_deltas(server, target, blob)
     return server.store.publish(
         NewRelease(
             app=target.app,
@@ -73,6 +90,7 @@ def _publish_blocking(server: UpdateServer, blob: bytes, channel: str) -> Releas
             size=len(blob),
             channel=channel,
             deltas=tuple(deltas),
+            key=(man.image_sha256, key) if key is not None else None,
         )
     )
 
@@ -83,7 +101,7 @@ def _make_deltas(server: UpdateServer, target: Target, blob: bytes) -> list[NewD
     out = []
     for version, old_sha in server.store.field_artifacts(target.app, target.board, target.version):
         old = server.store.artifact(old_sha)
-        if old is None:
+        if old is None or artifact_mod.decode(old).manifest.encrypted is not None:
             continue
         try:
             data = delta_mod.make(old, blob)
@@ -108,11 +126,17 @@ async def publish(request: Request) -> Response:
     blob = await read_body(request, server.config.limits.artifact_upload_max)
     if not blob:
         raise ApiError(400, "the request body must be the artifact file")
+    key = None
+    if KEY_HEADER in request.headers:
+        raw = request.headers[KEY_HEADER]
+        if not SHA256_HEX.fullmatch(raw):  # 64 lowercase hex digits, as a release key is
+            raise ApiError(400, f"{KEY_HEADER} must be 64 lowercase hex digits")
+        key = bytes.fromhex(raw)
     try:  # the inventory this process holds, written first: deltas follow what devices run
         await server.flush_checkins()
     except TransportError:
         pass
-    info = await server.run(_publish_blocking, server, blob, channel)
+    info = await server.run(_publish_blocking, server, blob, channel, key)
     await server.changed(channel)
     await actions.published(server, actions.actor(request), info)
     return json_ok({"release": info.to_dict()}, status=201)

@@ -16,8 +16,10 @@ from urllib.parse import quote
 import httpx
 
 from mpseal.errors import BadDataError, TransportError, UsageError
+from mpseal.formats import encrypted
 from mpseal.fsutil import read_limited
 from mpseal.limits import DEFAULT_LIMITS
+from mpseal.packaging.package import read_release_key
 
 RESPONSE_MAX = 16 * 1024 * 1024
 
@@ -85,15 +87,20 @@ class AdminClient:
         return cast(dict[str, Any], body)
 
     def publish(self, path: Path, channel: str) -> dict[str, Any]:
-        """Upload the artifact, then its SBOM if `mpseal build` wrote one beside it."""
+        """Upload the artifact (an encrypted one with the key `mpseal build` wrote beside it),
+        then its SBOM if `mpseal build` wrote one beside it."""
         blob = read_limited(path, DEFAULT_LIMITS.artifact_max_length, "artifact")
+        headers = {"Content-Type": "application/octet-stream"}
+        key = read_release_key(path)
+        if key is not None:
+            headers[encrypted.PUBLISH_HEADER] = key.hex()
         rel = _obj(
             self._call(
                 "POST",
                 "/v1/admin/releases",
                 params={"channel": channel},
                 content=blob,
-                headers={"Content-Type": "application/octet-stream"},
+                headers=headers,
             )["release"]
         )
         sbom = path.with_suffix(".cdx.json")

@@ -18,7 +18,7 @@ from mpseal.errors import FormatError
 from mpseal.fleet.releases import FAILED_EVENTS, REPORT_EVENTS
 from mpseal.fleet.releasestore import Report
 from mpseal.fleet.rollout import DeviceView, Running, choose, in_rollout
-from mpseal.formats import jsondoc
+from mpseal.formats import encrypted, jsondoc
 from mpseal.formats.names import APP_NAME, BOARD, CHANNEL, HARDWARE_ID, SHA256_HEX, VERSION
 from mpseal.fsutil import write_atomic
 from mpseal.server import auth
@@ -85,6 +85,9 @@ async def check(request: Request) -> Response:
     if chosen is not None:
         answer["update"] = True
         answer["target"] = ts.targets[chosen.manifest_sha256]
+        if chosen.key is not None:  # encrypted: its key, wrapped for this device alone
+            image_sha256, key = chosen.key
+            answer["key"] = encrypted.wrap(key, dev.hardware_id, image_sha256).hex()
         delta = chosen.delta_from(running.version)
         if delta is not None:  # a hint: the device rebuilds and checks the signed release
             answer["delta"] = {

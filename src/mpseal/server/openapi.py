@@ -187,6 +187,12 @@ def _schemas() -> dict[str, Any]:
                 "update": {"type": "boolean"},
                 "target": _ref("Target"),
                 "delta": _ref("DeltaOffer"),
+                "key": {
+                    "type": "string",
+                    "pattern": "^[0-9a-f]{80}$",
+                    "description": "An encrypted release's key record (formats/encrypted.py): "
+                    "its key wrapped for this device's hardware id",
+                },
                 "timestamp": {"type": "string", "example": "timestamp/stable.mpst"},
                 "root_version": {"type": "integer", "minimum": 1},
             },
@@ -485,7 +491,16 @@ def _paths() -> dict[str, Any]:
                 "summary": "Publish an artifact (verified against the trust root)",
                 "security": ADMIN,
                 "tags": ["admin"],
-                "parameters": [{"name": "channel", "in": "query", "schema": CHANNEL}],
+                "parameters": [
+                    {"name": "channel", "in": "query", "schema": CHANNEL},
+                    {
+                        "name": "X-Mpseal-Release-Key",
+                        "in": "header",
+                        "description": "An encrypted release's key (dist/<app>-<version>.key); "
+                        "required for one, refused for a plain release",
+                        "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                    },
+                ],
                 "requestBody": {
                     "required": True,
                     "content": {
