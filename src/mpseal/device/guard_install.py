@@ -54,14 +54,31 @@ DEVICE_CONFIG = "/mpseal/device.json"
 INCOMING = "/mpseal/incoming.mpseal"
 STAGE_TIMEOUT = 300.0  # the guard verifies a signature and copies the image: minutes on a Pico
 # Hands the artifact to the board's guard; prints one literal: what it staged, or why not.
+INCOMING_KEY = "/mpseal/incoming.key"  # an encrypted release's key record for this board
 STAGE = (
     "import mpseal_guard\n"
     "try:\n"
-    " _r = mpseal_guard.stage({path!r})\n"
+    " _k = None\n"
+    " if {key!r}:\n"
+    "  with open({key!r}, 'rb') as _f: _k = _f.read(64)\n"
+    " _r = mpseal_guard.stage({path!r}, _k)\n"
     " print(repr(('STAGED', _r.version, mpseal_guard._state.trial)))\n"
     "except Exception as e:\n"
     " print(repr(('REFUSED', str(e)[:160])))\n"
 )
+
+
+HARDWARE_ID = "import mpseal_port\nprint(mpseal_port.unique_id())"
+
+
+def hardware_id(transport: Transport) -> str:
+    """The board's id as its guard reads it (``mpseal_port.unique_id()``: machine.unique_id()
+    in hex), once the guard is installed: what an encrypted release's key is wrapped for."""
+    out = transport.exec(HARDWARE_ID).strip()
+    hw = out.splitlines()[-1] if out else ""
+    if not 4 <= len(hw) <= 64 or any(c not in "0123456789abcdef" for c in hw):
+        raise BadDataError(f"the board's hardware id {hw[:70]!r} is not hex")
+    return hw
 
 
 def device_config(
@@ -111,19 +128,32 @@ def guard_files(
     return files
 
 
-def stage_artifact(transport: Transport, data: bytes, progress: Progress | None = None) -> str:
+def stage_artifact(
+    transport: Transport,
+    data: bytes,
+    progress: Progress | None = None,
+    key_record: bytes | None = None,
+) -> str:
     """Write ``data`` to the board and have its guard stage it; return the slot it went to.
 
     The guard verifies it itself (signature, hash, board, counter) while copying it into
-    the inactive slot; the staging file is removed afterwards either way.
+    the inactive slot; the staging file is removed afterwards either way. An encrypted
+    release goes with ``key_record``, its key wrapped for this board (formats/encrypted.py).
     """
     transport.write_file(INCOMING, data, progress)
+    if key_record is not None:
+        transport.write_file(INCOMING_KEY, key_record)
+    key = INCOMING_KEY if key_record is not None else ""
     try:
-        out = transport.exec(STAGE.format(path=INCOMING), timeout=STAGE_TIMEOUT)
+        out = transport.exec(STAGE.format(path=INCOMING, key=key), timeout=STAGE_TIMEOUT)
     except DeviceError:
         transport.remove(INCOMING)
+        if key:
+            transport.remove(INCOMING_KEY)
         raise
     transport.remove(INCOMING)
+    if key:
+        transport.remove(INCOMING_KEY)
     lines = [ln for ln in out.strip().splitlines() if ln.startswith("(")]
     try:
         reply = ast.literal_eval(lines[-1]) if lines else None

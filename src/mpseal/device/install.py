@@ -26,7 +26,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mpseal.device.guard_install import TRUST_ROOT, guard_files, stage_artifact
+from mpseal.device.guard_install import TRUST_ROOT, guard_files, hardware_id, stage_artifact
 from mpseal.device.probe import (
     BoardFacts,
     Decision,
@@ -38,8 +38,9 @@ from mpseal.device.probe import (
     refusal,
 )
 from mpseal.device.transport import LinkError, Progress, Transport
-from mpseal.errors import PolicyError
+from mpseal.errors import PolicyError, UsageError
 from mpseal.formats import artifact as artifact_mod
+from mpseal.formats import encrypted
 from mpseal.formats.trustroot import TrustRoot
 
 SLOT_FILES = (
@@ -112,15 +113,22 @@ def install(
     reset: bool = False,
     on_step: StepHook | None = None,
     progress: Progress | None = None,
+    release_key: bytes | None = None,
 ) -> InstallResult:
     def step(name: str) -> None:
         if on_step:
             on_step(name)
 
     man = artifact_mod.verify(data, root).manifest
+    if man.encrypted is not None:
+        if release_key is None:
+            raise UsageError(
+                "this release is encrypted: install it with its key (dist/<app>-<version>.key)"
+            )
+        encrypted.decrypt(man, artifact_mod.decode(data).image, release_key)
     step("verify")
     files = guard_files(man.board, profile, root.raw, mount)
-    needs = needs_for(man.board, data, files)
+    needs = needs_for(man.board, data, files, release_key=release_key)
     facts, decision = check(transport, needs, [*files, *SLOT_FILES], mount)
     step("probe")
 
@@ -148,7 +156,10 @@ def install(
                 result.replaced.append(path)
     step("guard")
 
-    result.slot = stage_artifact(transport, data, progress)
+    record = None
+    if man.encrypted is not None and release_key is not None:  # wrapped for this board only
+        record = encrypted.wrap(release_key, hardware_id(transport), man.image_sha256)
+    result.slot = stage_artifact(transport, data, progress, record)
     step("stage")
     if reset:
         reset_board(transport)

@@ -144,9 +144,15 @@ class PicoBoard:
             self.pico.stop()
 
     def install(
-        self, blob: bytes, root: TrustRoot, profile: str = "dev", check_on_host: bool = True
+        self,
+        blob: bytes,
+        root: TrustRoot,
+        profile: str = "dev",
+        check_on_host: bool = True,
+        release_key: bytes | None = None,
     ) -> dict[str, object]:
-        """Install the guard (if needed) and stage ``blob`` through it, over USB serial."""
+        """Install the guard (if needed) and stage ``blob`` through it, over USB serial
+        (an encrypted release with ``release_key``, wrapped for this board's id)."""
         from mpseal.device.install import install as install_over_serial
 
         if check_on_host:
@@ -154,7 +160,12 @@ class PicoBoard:
         with self.session() as transport:
             try:
                 result = install_over_serial(
-                    transport, blob, root, profile=profile, replace_root=False
+                    transport,
+                    blob,
+                    root,
+                    profile=profile,
+                    replace_root=False,
+                    release_key=release_key,
                 )
             except PolicyError as e:
                 raise PolicyError(f"the device's guard refused the artifact: {e}") from None

@@ -39,7 +39,7 @@ from mpseal.device.serialboard import helper_execs
 from mpseal.device.transport import DeviceError, LinkError, Transport
 from mpseal.errors import FormatError, PolicyError, UsageError
 from mpseal.formats import artifact as artifact_mod
-from mpseal.formats import romfs
+from mpseal.formats import encrypted, romfs
 from mpseal.formats.boards import get_board
 
 HELPER = "mpseal_probe.py"
@@ -363,13 +363,21 @@ class Needs:
     secrets: bool = False  # sealed secrets: AES-CBC
     tls: bool = False  # the update client: ssl
     identity: bool = False  # a hardware id (provisioning)
+    encrypted: bool = False  # an encrypted release: AES-CBC/ECB and machine.unique_id
 
     @classmethod
-    def of_artifact(cls, data: bytes, **kw: object) -> Needs:
-        """From an artifact's signed manifest and the ``.mpy`` headers in its image."""
+    def of_artifact(cls, data: bytes, release_key: bytes | None = None, **kw: object) -> Needs:
+        """From an artifact's signed manifest and the ``.mpy`` headers in its image (an
+        encrypted one's, decrypted with ``release_key``)."""
         art = artifact_mod.decode(data)
         man = art.manifest
-        files = romfs.read(art.image)
+        image = art.image
+        if man.encrypted is not None:
+            if release_key is None:
+                raise UsageError("this release is encrypted: its key is needed to install it")
+            image = encrypted.decrypt(man, image, release_key)[1]
+            kw["encrypted"] = True
+        files = romfs.read(image)
         native = any(_native_arch(f.data) for f in files if f.path.endswith(".mpy"))
         largest = max((len(f.data) for f in files), default=0)
         return cls(
@@ -394,6 +402,7 @@ def needs_for(
     secrets: bool = False,
     tls: bool = False,
     identity: bool = False,
+    release_key: bytes | None = None,
 ) -> Needs:
     """What a board needs to run ``artifact`` (if any) and the ``files`` written with it.
 
@@ -409,7 +418,7 @@ def needs_for(
         "identity": identity,
     }
     if artifact is not None:
-        needs = Needs.of_artifact(artifact, **kw)
+        needs = Needs.of_artifact(artifact, release_key, **kw)
         return replace(needs, native=needs.native or native)
     if not (guard or any(p.endswith(".mpy") for p in files)):
         return Needs(**kw)  # type: ignore[arg-type]  # identity files only: any firmware
@@ -484,6 +493,9 @@ def _feature_missing(facts: BoardFacts, needs: Needs) -> list[str]:
         wants.append((facts.aes_cbc, "cryptolib AES-CBC (for sealed secrets)"))
     if needs.tls:
         wants.append((facts.ssl, "ssl.SSLContext (for updates over TLS)"))
+    if needs.encrypted:
+        wants.append((facts.aes_cbc, "cryptolib AES-CBC (for an encrypted release)"))
+        wants.append((facts.unique_id is not None, "machine.unique_id (for an encrypted release)"))
     if needs.identity:
         wants.append((facts.unique_id is not None, "machine.unique_id (for the device identity)"))
     return [name for have, name in wants if not have]

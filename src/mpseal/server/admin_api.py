@@ -33,7 +33,7 @@ from mpseal.formats import artifact as artifact_mod
 from mpseal.formats import delta as delta_mod
 from mpseal.formats import encrypted
 from mpseal.formats.names import APP_NAME as APP
-from mpseal.formats.names import CHANNEL, GROUP, HARDWARE_ID, SHA256_HEX, VERSION
+from mpseal.formats.names import CHANNEL, GROUP, HARDWARE_ID, RELEASE_KEY, VERSION
 from mpseal.formats.updatemeta import Target
 from mpseal.fsutil import write_atomic
 from mpseal.server import actions, auth
@@ -129,7 +129,7 @@ async def publish(request: Request) -> Response:
     key = None
     if KEY_HEADER in request.headers:
         raw = request.headers[KEY_HEADER]
-        if not SHA256_HEX.fullmatch(raw):  # 64 lowercase hex digits, as a release key is
+        if not RELEASE_KEY.fullmatch(raw):
             raise ApiError(400, f"{KEY_HEADER} must be 64 lowercase hex digits")
         key = bytes.fromhex(raw)
     try:  # the inventory this process holds, written first: deltas follow what devices run

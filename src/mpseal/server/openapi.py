@@ -189,7 +189,7 @@ def _schemas() -> dict[str, Any]:
                 "delta": _ref("DeltaOffer"),
                 "key": {
                     "type": "string",
-                    "pattern": "^[0-9a-f]{80}$",
+                    "pattern": names.json_schema_pattern(names.KEY_RECORD),
                     "description": "An encrypted release's key record (formats/encrypted.py): "
                     "its key wrapped for this device's hardware id",
                 },
@@ -498,7 +498,7 @@ def _paths() -> dict[str, Any]:
                         "in": "header",
                         "description": "An encrypted release's key (dist/<app>-<version>.key); "
                         "required for one, refused for a plain release",
-                        "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                        "schema": _string(names.RELEASE_KEY),
                     },
                 ],
                 "requestBody": {
