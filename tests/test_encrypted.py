@@ -204,3 +204,27 @@ def test_encrypted_manifest_round_trips_and_its_sizes_must_agree() -> None:
         manifest.parse(bad)
     with pytest.raises(BadDataError):
         encrypted.unwrap(b"MPSK\x02" + bytes(35), "aa", outer.image_sha256)
+
+
+def test_cli_builds_and_installs_an_encrypted_release_with_the_key_beside_it(
+    tmp_path: Path,
+) -> None:
+    """`mpseal build` writes dist/<app>-<version>.key (mode 600) beside the artifact and
+    `mpseal sim install` wraps it for the board it installs on."""
+    project = project_at(tmp_path / "proj")
+    cfg = project / "mpseal.toml"
+    cfg.write_text(cfg.read_text().replace("[build]\n", "[build]\nencrypt = true\n", 1))
+    assert run_mpseal("build", "-C", project).returncode == 0
+    art = project / "dist" / "hello-1.0.0.mpseal"
+    key = project / "dist" / "hello-1.0.0.key"
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert artifact.decode(art.read_bytes()).manifest.encrypted is not None
+    sim = tmp_path / "sim"
+    assert run_mpseal("sim", "create", "--sim", sim).returncode == 0
+    res = run_mpseal("sim", "install", art, "--sim", sim, "-C", project)
+    assert res.returncode == 0, res.stderr
+    res = run_mpseal("sim", "boot", "--sim", sim)
+    assert "encrypted release: verified-files mount" in res.stdout, res.stdout + res.stderr
+    key.unlink()  # without its key the board cannot be given the release
+    res = run_mpseal("sim", "install", art, "--sim", sim, "-C", project)
+    assert res.returncode != 0 and "encrypted" in res.stderr + res.stdout

@@ -12,6 +12,7 @@ from mpseal.cli.common import emit_json, err_console, out_console, progress_bar
 from mpseal.cli.fleet_cmds import _connect
 from mpseal.fsutil import read_limited
 from mpseal.limits import DEFAULT_LIMITS
+from mpseal.packaging.package import read_release_key
 from mpseal.packaging.project import Project
 
 
@@ -168,7 +169,8 @@ def install(
     release staged through the guard (it boots on trial at the next reset).
 
     The board is probed first: one that cannot run the release is refused with what is
-    missing (exit 3) and nothing is written.
+    missing (exit 3) and nothing is written. An encrypted release goes with its key
+    wrapped for this board's id (the .key file `mpseal build` wrote beside it).
     """
     from mpseal.device.install import install as do_install
 
@@ -199,6 +201,7 @@ def install(
             reset=reset,
             on_step=say,
             progress=progress,
+            release_key=read_release_key(artifact),
         )
     if as_json:
         emit_json({"port": target, "installed": str(artifact), **result.to_dict()})

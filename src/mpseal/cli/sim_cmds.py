@@ -17,6 +17,7 @@ from mpseal.errors import ConfigError, MpsealError, PolicyError, TransportError,
 from mpseal.formats.boards import BOARDS
 from mpseal.fsutil import read_limited
 from mpseal.limits import DEFAULT_LIMITS
+from mpseal.packaging.package import read_release_key
 from mpseal.packaging.project import Project
 
 sim_dir_option = click.option(
@@ -117,11 +118,19 @@ def create(
 )
 @click.option("--json", "as_json", is_flag=True)
 def install(file: Path, sim_dir: Path, project_dir: Path, as_json: bool) -> None:
-    """Stage an artifact through the board's boot guard (it runs on trial at the next boot)."""
+    """Stage an artifact through the board's boot guard (it runs on trial at the next boot).
+
+    An encrypted release goes with its key wrapped for this board (the .key file that
+    `mpseal build` wrote beside the artifact)."""
     board = open_sim(sim_dir)
     project = Project.load(project_dir)
     blob = read_limited(file, DEFAULT_LIMITS.artifact_max_length, "artifact")
-    result = board.install(blob, project.trust_root(), profile=project.config.profile)
+    result = board.install(
+        blob,
+        project.trust_root(),
+        profile=project.config.profile,
+        release_key=read_release_key(file),
+    )
     if as_json:
         emit_json({"installed": str(file), **result})
         return
