@@ -187,6 +187,7 @@ class World:
         hardware_id: str | None = None,
         config: dict[str, object] | None = None,
         keygen: str = "host",
+        release_key: bytes | None = None,
     ) -> VirtualBoard:
         """A new virtual board, provisioned (guard, identity, token) to update via the mirror,
         running ``first`` committed; ``hardware_id`` replaces its random one."""
@@ -205,6 +206,7 @@ class World:
             artifact=first,
             group=group,
             keygen=keygen,
+            release_key=release_key,
         )
         transport, link = connect(board)
         try:

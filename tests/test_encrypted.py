@@ -8,6 +8,7 @@ file plays the silicon and is never part of a copy (as in test_ota_attacks.py)."
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,3 +229,30 @@ def test_cli_builds_and_installs_an_encrypted_release_with_the_key_beside_it(
     key.unlink()  # without its key the board cannot be given the release
     res = run_mpseal("sim", "install", art, "--sim", sim, "-C", project)
     assert res.returncode != 0 and "encrypted" in res.stderr + res.stdout
+
+
+def test_encrypted_release_ram_follows_the_largest_file_not_the_image(tmp_path: Path) -> None:
+    """A 256 KB encrypted app of 32 KB files boots in a heap that cannot hold its image:
+    each file is decrypted alone when it is opened."""
+    project = project_at(tmp_path / "proj")
+    cfg = project / "mpseal.toml"
+    cfg.write_text(cfg.read_text().replace("[build]\n", "[build]\nencrypt = true\n", 1))
+    data = project / "app" / "data"
+    for i in range(8):
+        (data / f"part{i}.bin").write_bytes(os.urandom(32 * 1024))
+    main = (
+        "from mpseal_guard import confirm\ndef main():\n    n = 0\n"
+        "    for i in range(8):\n        with open('/rom/data/part%d.bin' % i, 'rb') as f:\n"
+        "            n += len(f.read())\n    print('read', n)\n    confirm()\n"
+    )
+    blob = release(project, "1.0", 1, main, profile="field")
+    key = read_release_key(Project.load(project).artifact_path())
+    board = VirtualBoard.create(tmp_path / "b", flash_size=2 * 1024 * 1024)
+    board.install_guard(Project.load(project).trust_root(), "field")
+    code = board.command("codemem").replies()[-1]
+    assert isinstance(code, int)
+    board.install(blob, Project.load(project).trust_root(), profile="field", release_key=key)
+    heap = f"{(code + 224 * 1024) // 1024}K"  # code + 224 KB: the 256 KB image does not fit
+    report = board.boot(heapsize=heap)
+    assert "read 262144" in report.output, report.output
+    assert any(ln.endswith("(mount: verified-files)") for ln in report.guard_lines)

@@ -9,10 +9,12 @@ from typing import Any
 
 import pytest
 from ota_support import World, guard_log, ota_world
+from server_support import ADMIN_TOKEN
 from test_encrypted import SECRET, encrypted_release, project_at
 
 from mpseal.formats import artifact, encrypted
 from mpseal.packaging.package import read_release_key
+from mpseal.server.client import AdminClient
 
 MAIN = """\
 import recipe
@@ -58,8 +60,15 @@ def fleet(world: World) -> dict[str, Any]:
     # Without its key the server refuses it: it could not give any device the key.
     with world.admin() as admin:
         refused = admin.post("/v1/admin/releases?channel=stable", content=v2)
-    publish(world, v2, key)
+    # `mpseal release publish`'s client sends the .key beside the artifact with it.
+    with AdminClient(world.server_url, ADMIN_TOKEN, world.ca_dir / "root.pem") as client:
+        rid = client.publish(world.proj.artifact_path(), "stable")["id"]
+    with world.admin() as admin:
+        r = admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 100})
+        assert r.status_code == 200, r.text
     out: dict[str, Any] = {"boards": boards, "v2": v2, "key": key, "refused": refused}
+    # A new board provisioned straight onto the encrypted release (its key wrapped for it).
+    out["provisioned"] = world.board(v2, release_key=key)
     for name, board in boards.items():
         mark = len(world.mirror.seen)
         staged = world.ota(board)
@@ -91,6 +100,13 @@ def test_encrypted_release_updates_boards_over_the_real_server(fleet: dict[str, 
         assert f"running 1.1.0 {SECRET}" in report.output
         assert any(ln.startswith("committed hello 1.1.0") for ln in report.guard_lines)
         assert done["again"] == {"result": "none"}
+
+
+def test_a_board_is_provisioned_onto_an_encrypted_release(fleet: dict[str, Any]) -> None:
+    board = fleet["provisioned"]
+    slot = board.get("/mpseal/slot-a.mpseal")
+    assert slot[: len(fleet["v2"])] == fleet["v2"] and len(slot) == len(fleet["v2"]) + 40
+    assert any("booting hello 1.1.0" in ln for ln in guard_log(board))
 
 
 def test_the_download_is_the_same_ciphertext_for_every_device_and_only_the_key_differs(

@@ -17,6 +17,7 @@ import click
 from mpseal.cli.common import emit_json, err_console, out_console, passphrase_from_env_or_prompt
 from mpseal.errors import BadDataError, ConfigError, MpsealError
 from mpseal.fsutil import read_limited
+from mpseal.packaging.package import read_release_key
 from mpseal.packaging.project import Project
 
 SECRETS_LIMIT = 16 * 1024
@@ -210,6 +211,7 @@ def provision(
         app=project.config.name,
         channel=channel,
         keygen=keygen,
+        release_key=read_release_key(artifact) if artifact else None,
     )
     lock = threading.Lock()
 

@@ -55,6 +55,8 @@ from mpseal.device.probe import needs_for
 from mpseal.device.transport import DeviceError, Transport
 from mpseal.errors import BadDataError, MpsealError, UsageError
 from mpseal.fleet.registry import CertRecord, Identity, Registry, token_hash
+from mpseal.formats import artifact as artifact_mod
+from mpseal.formats import encrypted
 from mpseal.pki.ca import IssuingCa
 from mpseal.pki.certs import LeafRequest, generate_key, issue, key_pem_der
 
@@ -103,6 +105,8 @@ class ProvisionPlan:
     app: str = ""  # the app the device runs: its update checks name it (config.json "app")
     channel: str = "stable"  # the release channel it follows (config.json "channel")
     keygen: str = "host"  # "device": the device makes its key, the host only sees a CSR
+    # An encrypted artifact's key (formats/encrypted.py): staged wrapped for each device's id
+    release_key: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -290,6 +294,7 @@ def check_board(transport: Transport, plan: ProvisionPlan) -> None:
         secrets=plan.guard and bool(plan.secrets or plan.device_token),
         tls=plan.guard and "server" in plan.config,
         identity=True,
+        release_key=plan.release_key,
     )
     check(transport, needs, [*files, *SLOT_FILES])
 
@@ -378,7 +383,13 @@ def provision_device(
     step(hw, "mark")
 
     if plan.artifact is not None:
-        stage_artifact(transport, plan.artifact)
+        man = artifact_mod.decode(plan.artifact).manifest
+        record = None
+        if man.encrypted is not None:  # its key, wrapped for this device's id only
+            if plan.release_key is None:
+                raise UsageError("the artifact is encrypted: provisioning needs its key")
+            record = encrypted.wrap(plan.release_key, hw, man.image_sha256)
+        stage_artifact(transport, plan.artifact, key_record=record)
         step(hw, "stage")
 
     registry.mark_active(

@@ -13,8 +13,8 @@
 # too, never through VfsRom: open_release() unwraps the release key from the key record
 # kept after the image in the slot, under a key derived from machine.unique_id() read
 # at run time (never stored), decrypts the file table and checks it against its signed
-# hash; open() then decrypts one file (AES-256-CBC from the block before it: RAM about
-# three times the file, not the image) and checks its plaintext against its SHA-256.
+# hash; open() then decrypts one file (AES-256-CBC from the block before it, in place:
+# RAM about twice the file, not the image) and checks its plaintext against its SHA-256.
 #
 # The VFS protocol (as `mpremote mount` serves one): mount, umount, ilistdir,
 # stat, statvfs, open, chdir, getcwd; writes raise OSError(EROFS).
@@ -224,17 +224,21 @@ class AppFS:
 
         b = off - off % 16
         e = _pad16(off + size)
-        with open(self._slot, "rb") as src:
-            src.seek(self._base + b)
-            buf = src.read(e - b + 16)
-        if len(buf) != e - b + 16:
-            raise Refused("file %s is truncated in the slot" % p)
         if e == b:
             return b""
+        buf = bytearray(e - b + 16)
+        with open(self._slot, "rb") as src:
+            src.seek(self._base + b)
+            got = src.readinto(buf)
+        if got != len(buf):
+            raise Refused("file %s is truncated in the slot" % p)
         mv = memoryview(buf)
-        out = cryptolib.aes(self._key, 2, bytes(mv[:16])).decrypt(mv[16:])
-        mv = buf = None
-        return out[off - b : off - b + size] if off != b or len(out) != size else out
+        ct = mv[16:]
+        cryptolib.aes(self._key, 2, bytes(mv[:16])).decrypt(ct, ct)  # in place
+        at = 16 + off - b
+        out = bytes(mv[at : at + size])  # bytes: served without another copy
+        mv = ct = buf = None
+        return out
 
     def mkdir(self, path):
         raise OSError(EROFS)
