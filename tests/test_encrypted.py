@@ -8,6 +8,7 @@ file plays the silicon and is never part of a copy (as in test_ota_attacks.py)."
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -37,7 +38,11 @@ def main():
 
 
 def encrypted_release(
-    project: Path, version: str = "1.0.0", counter: int = 1, main: str = MAIN
+    project: Path,
+    version: str = "1.0.0",
+    counter: int = 1,
+    main: str = MAIN,
+    profile: str = "field",
 ) -> bytes:
     cfg = project / "mpseal.toml"
     text = cfg.read_text()
@@ -47,7 +52,7 @@ def encrypted_release(
     (app / "recipe.py").write_text(f"SECRET = {SECRET!r}\n")
     (app / "data").mkdir(exist_ok=True)
     (app / "data" / "notes.txt").write_text(f"notes about {SECRET}\n")
-    return release(project, version, counter, main, profile="field")
+    return release(project, version, counter, main, profile=profile)
 
 
 def project_at(folder: Path) -> Path:
@@ -256,3 +261,19 @@ def test_encrypted_release_ram_follows_the_largest_file_not_the_image(tmp_path: 
     report = board.boot(heapsize=heap)
     assert "read 262144" in report.output, report.output
     assert any(ln.endswith("(mount: verified-files)") for ln in report.guard_lines)
+
+
+def test_warranty_check_finds_an_encrypted_slot_intact(tmp_path: Path) -> None:
+    """The key record after the image is what an encrypted slot must end with: the warranty
+    check (`mpseal inspect-device`) calls the unit official, not "trailing bytes"."""
+    project = project_at(tmp_path / "proj")
+    blob = encrypted_release(project, profile="dev")  # dev: the unit answers at its REPL
+    key = read_release_key(Project.load(project).artifact_path())
+    board = VirtualBoard.create(tmp_path / "b", flash_size=1024 * 1024)
+    board.install(blob, Project.load(project).trust_root(), profile="dev", release_key=key)
+    assert board.boot().ran() == [("hello", "1.0.0", 1)]
+    res = run_mpseal("inspect-device", "--sim", board.folder, "-C", project, "--json")
+    doc = json.loads(res.stdout)
+    slot = next(s for s in doc["slots"] if s["running"])
+    assert slot["image"] == "intact" and slot["signed_by_us"], doc
+    assert doc["verdict"] == "official", doc["evidence"]

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from mpseal.device.console import DEFAULT_TIMING, ConsoleCheck, Timing, check_console
@@ -39,7 +39,7 @@ from mpseal.device.sim import VirtualBoard
 from mpseal.device.simlink import SimLink
 from mpseal.device.transport import Transport
 from mpseal.errors import BadDataError, ConfigError, FormatError, MpsealError, SignatureError
-from mpseal.formats import artifact, manifest, sigblock, trustroot
+from mpseal.formats import artifact, encrypted, manifest, sigblock, trustroot
 from mpseal.formats.trustroot import TrustRoot
 from mpseal.limits import DEFAULT_LIMITS, Limits
 from mpseal.lockdown import devicestate as ds
@@ -533,15 +533,24 @@ def _slot(
         except SignatureError:
             signature += "; the device's trust root refuses it too"
     official_file = next((r.name for r in official.releases if r.manifest_bytes == mbytes), None)
+    # An encrypted release's slot ends with the device's 40-byte key record (formats/
+    # encrypted.py): exactly that may follow its image; nothing may follow a plain one.
+    tail = encrypted.RECORD_LENGTH if man.encrypted is not None else 0
     digest = probes.call(
-        "mpa_sha", f"mpa_sha({path!r}, {off}, {ilen + 1})", timeout=10.0 + ilen / 50_000
+        "mpa_sha", f"mpa_sha({path!r}, {off}, {ilen + tail + 1})", timeout=10.0 + ilen / 50_000
     )
+    if tail and digest.ok and isinstance(digest.value, tuple) and digest.value[0] == 1:
+        digest = probes.call(  # the record is there: the image's own hash
+            "mpa_sha", f"mpa_sha({path!r}, {off}, {ilen})", timeout=10.0 + ilen / 50_000
+        )
+        if digest.ok and isinstance(digest.value, tuple) and len(digest.value) == 2:
+            digest = replace(digest, value=(1, digest.value[1]))  # complete, as checked above
     if not digest.ok or digest.value is None:
         image = f"not checked ({digest.text()})"
     elif not (isinstance(digest.value, tuple) and len(digest.value) == 2):
         image = "not checked (malformed reply)"
     elif digest.value[0] == 0:
-        image = "trailing bytes after the image"
+        image = "trailing bytes after the image" + (" and its key record" if tail else "")
     elif digest.value[0] != 1:
         image = "truncated"
     elif digest.value[1] != man.image_sha256:
