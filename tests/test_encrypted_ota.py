@@ -57,9 +57,13 @@ def fleet(world: World) -> dict[str, Any]:
     v2 = encrypted_release(world.project, "1.1.0", 2, MAIN)
     key = read_release_key(world.proj.artifact_path())
     assert key is not None and artifact.decode(v2).manifest.encrypted is not None
-    # Without its key the server refuses it: it could not give any device the key.
+    # Without its key the server refuses it: it could not give any device the key; with
+    # a key that does not open it, or a key for a plain release, too.
     with world.admin() as admin:
-        refused = admin.post("/v1/admin/releases?channel=stable", content=v2)
+        url = "/v1/admin/releases?channel=stable"
+        refused = admin.post(url, content=v2)
+        wrong = admin.post(url, content=v2, headers={encrypted.PUBLISH_HEADER: "00" * 32})
+        plain = admin.post(url, content=v1, headers={encrypted.PUBLISH_HEADER: key.hex()})
     # `mpseal release publish`'s client sends the .key beside the artifact with it.
     with AdminClient(world.server_url, ADMIN_TOKEN, world.ca_dir / "root.pem") as client:
         rid = client.publish(world.proj.artifact_path(), "stable")["id"]
@@ -67,6 +71,7 @@ def fleet(world: World) -> dict[str, Any]:
         r = admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 100})
         assert r.status_code == 200, r.text
     out: dict[str, Any] = {"boards": boards, "v2": v2, "key": key, "refused": refused}
+    out["wrong"], out["plain"] = wrong, plain
     # A new board provisioned straight onto the encrypted release (its key wrapped for it).
     out["provisioned"] = world.board(v2, release_key=key)
     for name, board in boards.items():
@@ -88,6 +93,8 @@ def fleet(world: World) -> dict[str, Any]:
 def test_encrypted_release_needs_its_key_to_be_published(fleet: dict[str, Any]) -> None:
     r = fleet["refused"]
     assert r.status_code == 400 and "encrypted" in r.text, r.text
+    assert fleet["wrong"].status_code == 400, fleet["wrong"].text  # it does not open with it
+    assert fleet["plain"].status_code == 400 and "not encrypted" in fleet["plain"].text
 
 
 def test_encrypted_release_updates_boards_over_the_real_server(fleet: dict[str, Any]) -> None:
