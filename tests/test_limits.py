@@ -12,7 +12,7 @@ from conftest import run_mpseal
 
 from mpseal.crypto import secretbox
 from mpseal.device.vm import runtime_dir
-from mpseal.formats import unlocktoken
+from mpseal.formats import encrypted, manifest, unlocktoken
 from mpseal.limits import DEFAULT_LIMITS as L
 
 
@@ -54,6 +54,8 @@ def test_device_limits_equal_limits_py() -> None:
         "mpseal_appfs.MAX_NAME": (appfs["MAX_NAME"], L.file_name_max_length),
         "mpseal_secrets.MAX_LEN": (constants("mpseal_secrets")["MAX_LEN"], secretbox.MAX_LEN),
         "mpseal_release.MAX_UNLOCK": (rel["MAX_UNLOCK"], unlocktoken.MAX_LENGTH),
+        "mpseal_release.KEY_RECORD_LEN": (rel["KEY_RECORD_LEN"], encrypted.RECORD_LENGTH),
+        "mpseal_release.ENCRYPTED": (rel["ENCRYPTED"], manifest.ENCRYPTED),
     }
     differ = {name: pair for name, pair in pairs.items() if pair[0] != pair[1]}
     assert not differ, differ

@@ -244,7 +244,7 @@ def stage(src, key_record=None):
             try:
                 _open_encrypted(slot_path(slot) + ".tmp", r)
             except BaseException:
-                os.remove(slot_path(slot) + ".tmp")
+                _cleanup()  # the copy that does not open is not kept
                 raise
     except Refused as e:
         log("stage refused: %s" % e)  # kept: the warranty check reads these
