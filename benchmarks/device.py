@@ -285,9 +285,18 @@ def boot_lines(res: dict[str, object]) -> list[str]:
         verdict = (" : " + ("met" if ms <= GOAL_BOOT_MS else "NOT met")) if goal else ""
         lines.append(
             f"{label:<38} {_m(int(r['cycles'])):>12} {ms:7.1f} ms   {m3}   "
-            f"{goal}{verdict}  (mount {r.get('mount')}; cycles read after the "
-            "line appeared: an upper bound; ms from the board's timer)"
+            f"{goal}{verdict}  (first committed boot: appends its log line; mount "
+            f"{r.get('mount')}; cycles read after the line appeared: an upper bound; ms "
+            "from the board's timer)"
         )
+        if "main_us_again" in r:
+            ms = int(r["main_us_again"]) / 1000
+            verdict = (" : " + ("met" if ms <= GOAL_BOOT_MS else "NOT met")) if goal else ""
+            lines.append(
+                f"{'  the boot after it':<38} {_m(int(r['cycles_again'])):>12} "
+                f"{ms:7.1f} ms   {m3}   {goal}{verdict}  (the usual boot: same image, "
+                "nothing written to the flash before main)"
+            )
         if "peak" in r:
             peak = int(r["peak"])
             lines.append(

@@ -32,6 +32,8 @@ def main():
     with open("/rom/data/blob.bin", "rb") as f:
         print("bytes", len(f.read()))
     print("mount", status()["mount"])
+    import sys
+    print("verifier held", "p256" in sys.modules)
     confirm()
 """
 
@@ -71,6 +73,7 @@ def test_app_boots_from_verified_files_where_firmware_has_no_vfsrom(
     out = report.output
     assert "app helper 42" in out and "text 'hello\\nworld\\n'" in out and "bytes 2048" in out
     assert "mount verified-files" in out and "AttributeError" not in out
+    assert "verifier held False" in out  # dropped before the app runs (its heap is the app's)
     # status says which path booted
     assert board.status()["mount"] == "verified-files"
     # Same board, stock unix firmware again: VfsRom exists, the RAM copy is used.
@@ -78,6 +81,31 @@ def test_app_boots_from_verified_files_where_firmware_has_no_vfsrom(
     report = board.boot()
     assert any(ln.endswith("(mount: vfsrom-ram)") for ln in report.guard_lines), report.output
     assert "app helper 42" in report.output
+
+
+def test_image_altered_in_the_slot_is_refused_on_the_verified_files_path(
+    project: Path, tmp_path: Path
+) -> None:
+    """verified-files skips the boot-time image hash (each file is checked when read): a
+    byte altered in a module is refused when the module is imported, never run, and the
+    boot after that hashes the whole image again and refuses the slot (as every path
+    does at boot: here no other slot, so locked idle; never the REPL)."""
+    blob = multi_app(project)
+    board = board_with(project, tmp_path / "b", "no-vfsrom", blob)
+    assert board.boot().ran() == [("hello", "1.0", 1)]
+    art = artifact.decode(blob)
+    _, size, off, _ = next(f for f in art.manifest.files if f[0] == "helper.mpy")
+    slot = bytearray(board.get("/mpseal/slot-a.mpseal"))
+    slot[art.image_offset + off + size // 2] ^= 0x01
+    board.put(bytes(slot), "/mpseal/slot-a.mpseal")
+    report = board.boot()
+    assert "refused: file helper.mpy does not match its signed hash" in report.guard_lines
+    assert "app helper" not in report.output, report.output
+    report = board.boot()
+    assert (
+        "slot a refused: image hash does not match the signed manifest" in report.guard_lines
+    ), report.output
+    assert report.outcome == "idle" and ">>> " not in report.output
 
 
 def test_device_json_can_force_the_verified_files_mount(project: Path, tmp_path: Path) -> None:

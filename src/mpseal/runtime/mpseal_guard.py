@@ -72,19 +72,43 @@ def slot_path(slot):
     return DIR + "/slot-" + slot + ".mpseal"
 
 
-def log(msg, echo=True):
+_pending = []  # log lines held back (later=True), written with the next line that is not
+
+
+def log(msg, echo=True, later=False, once=False):
+    """Print and append to the log. once=True: not written when the log already ends with
+    exactly these lines (a committed boot like the one before: no flash write)."""
     if echo:
         print("[mpseal] " + msg)
+    _pending.append("%d %s\n" % (_state.seq if _state else 0, msg))
+    if later:
+        return
     try:
-        try:
-            if os.stat(LOG)[6] > LOG_MAX:
-                os.rename(LOG, LOG + ".1")
-        except OSError:
-            pass
+        if once and _ends_with(LOG, "".join(_pending).encode()):
+            del _pending[:]
+            return
+        # One open per write (each littlefs lookup costs ~1 ms on a Pico): the size for
+        # the rotation comes from the position after appending, not from a stat.
         with open(LOG, "a") as f:
-            f.write("%d %s\n" % (_state.seq if _state else 0, msg))
+            f.write("".join(_pending))
+            big = f.tell() > LOG_MAX
+        if big:
+            os.rename(LOG, LOG + ".1")
     except Exception:  # why: a full, read-only or failing flash must not stop the boot
         pass
+    del _pending[:]
+
+
+def _ends_with(path, data):
+    try:
+        with open(path, "rb") as f:
+            end = f.seek(0, 2)
+            if end < len(data):
+                return False
+            f.seek(end - len(data))
+            return f.read(len(data)) == data
+    except OSError:
+        return False
 
 
 def _need(module, name):
@@ -165,11 +189,17 @@ def app():
     return a if isinstance(a, str) and a else None
 
 
-def _verify(slot, root, min_counter, into=None):
+def _verify(slot, root, min_counter, into=None, boot=False):
+    """Verify a slot. boot=True (the slot is about to run): on the verified-files mount the
+    image hash is left out when the last boot did not fail (the file system checks every
+    file it serves against the signed manifest); after a failed boot it is done in full,
+    so a damaged image is refused here and the other slot gets its chance."""
     cfg = config()
+    files = _mount_kind == "verified-files"
     try:
         r = rel_mod.verify_file(slot_path(slot), root, cfg["board"], min_counter,
-                                cfg["max_image"], into, _mount_kind == "verified-files", app())
+                                cfg["max_image"], into, files, app(),
+                                not (boot and files and not _state.fails))
         if r.enc:  # encrypted: it must open with this device's key (mpseal_appfs)
             _open_encrypted(slot_path(slot), r)
         return r
@@ -216,11 +246,18 @@ def _load_state(root):
 
 
 def _cleanup():
-    for name in ("slot-a.mpseal.tmp", "slot-b.mpseal.tmp", "state.a.tmp", "state.b.tmp"):
-        try:
-            os.remove(DIR + "/" + name)
-        except OSError:
-            pass
+    # What a power cut left half-written; one listing (each missing-file lookup costs a
+    # walk of littlefs's metadata, about 1 ms on a Pico).
+    try:
+        names = os.listdir(DIR)
+    except OSError:
+        return
+    for name in names:
+        if name in ("slot-a.mpseal.tmp", "slot-b.mpseal.tmp", "state.a.tmp", "state.b.tmp"):
+            try:
+                os.remove(DIR + "/" + name)
+            except OSError:
+                pass
 
 
 def stage(src, key_record=None):
@@ -374,6 +411,21 @@ def _reserve_image_buffer():
                 log("not enough RAM for a %d-byte image" % size)
 
 
+VERIFIER = ("p256", "p256_fast", "p256_thumb")  # imported again if the app stages an update
+
+
+def _drop_verifier():
+    """The signature is checked: let the verifier's code (~17 KB on a Pico) be collected
+    (by the next collection: one forced here would also finalise files a flash error
+    left open, and print their errors)."""
+    rel_mod.p256 = None
+    for name in VERIFIER:
+        try:
+            del sys.modules[name]
+        except KeyError:
+            pass
+
+
 def _run(slot, r, trial):
     global _running, _mount_kind, _image_buf
     _running = (slot, r)
@@ -383,8 +435,12 @@ def _run(slot, r, trial):
         log("encrypted release: verified-files mount instead of %s" % _mount_kind)
         _mount_kind = "verified-files"
         _image_buf = None
+    # A committed boot like the last one (same state, slot and mount) is not logged again:
+    # appending to littlefs costs a block erase (~45 ms) and wears the flash.
     log("booting %s %s (counter %d) from slot %s%s (mount: %s)"
-        % (r.app, r.version, r.counter, slot, " on trial" if trial else "", _mount_kind))
+        % (r.app, r.version, r.counter, slot, " on trial" if trial else "", _mount_kind),
+        once=not trial)
+    _drop_verifier()
     _mount(slot, r)
     mod = __import__(r.entry)
     main = getattr(mod, "main", None)
@@ -403,12 +459,16 @@ def _run_guarded(slot, r, trial):
         failed = False
     except Missing:
         raise  # the firmware's fault, not the image's: boot() stops and says so
-    except Refused as e:
+    except Refused as e:  # a file of the image did not match its signed hash (appfs)
         why = "refused: " + str(e)
+        started = None  # counted below whenever it happens: the next boot hashes it all
     except BaseException as e:  # why: the app must never fall through to the REPL
         why = "app crashed: %s: %s" % (type(e).__name__, e)
         if _profile == "dev":
             sys.print_exception(e)
+            # Ctrl-C reaches the app only in dev: a developer's interrupt is not a
+            # failed boot (it would also make the next boot hash the whole image)
+            failed = not isinstance(e, KeyboardInterrupt)
     if trial and _state.trial == slot:
         _revert(why)
         return why
@@ -416,7 +476,7 @@ def _run_guarded(slot, r, trial):
     if failed:
         # Count quick failures of the committed image (saved before the reset that
         # follows), so a crash at every boot ends in locked idle, not a reset loop.
-        if time.ticks_diff(time.ticks_ms(), started) >= HEALTHY_MS:
+        if started is not None and time.ticks_diff(time.ticks_ms(), started) >= HEALTHY_MS:
             _state.fails = 0
         else:
             _state.fails += 1
@@ -526,7 +586,7 @@ def _boot():
             _state.tries += 1
             _save()  # counted before running: a hang or power cut also uses a try
             try:
-                r = _verify(slot, root, _state.counter, _image_buf)
+                r = _verify(slot, root, _state.counter, _image_buf, True)
             except Refused as e:
                 _revert(str(e))
             else:
@@ -542,7 +602,7 @@ def _boot():
         if slot is None:
             continue
         try:
-            r = _verify(slot, root, _state.counter, _image_buf)
+            r = _verify(slot, root, _state.counter, _image_buf, True)
         except Refused as e:
             log("slot %s refused: %s" % (slot, e))
             continue
@@ -574,8 +634,8 @@ def _apply_profile(profile):
 
         micropython.kbd_intr(3)
     done = _lockdown(profile)
-    if done:
-        log("lockdown %s: %s" % (profile, ", ".join(done)))
+    if done:  # written with the boot's next line (one flash write fewer per boot)
+        log("lockdown %s: %s" % (profile, ", ".join(done)), later=True)
 
 
 def _lockdown(profile):

@@ -2,6 +2,14 @@ import sys
 while "" in sys.path:  # first: no /p256.py may shadow the guard's
     sys.path.remove("")
 try:
+    p = sys.path[:]
+    sys.path[:] = []  # the firmware's own modules: no file shadows them, no flash lookups
+    for m in ("os", "time", "json", "hashlib", "struct", "io", "machine"):
+        try:
+            __import__(m)
+        except ImportError:
+            pass
+    sys.path[:] = p
     import mpseal_guard
 except BaseException as e:
     w = "[mpseal] locked idle: cannot load the guard: %r" % (e,)

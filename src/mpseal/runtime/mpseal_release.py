@@ -9,7 +9,7 @@ import hashlib
 import json
 import struct
 
-import p256
+import p256  # the guard sets this to None once the boot's signature is checked (_drop_verifier)
 
 MAGIC = b"\x89MPSEAL\n"
 HEADER = "<8sHHIB3sII4s"
@@ -152,6 +152,10 @@ def _anchors(doc):
 
 
 def check_threshold(root, role, payload, sigblock, nsig, what):
+    global p256
+    if p256 is None:  # dropped after the boot's check: an update needs it again
+        import p256
+
     r = root["roles"][role]
     keyids = r["keyids"]
     digest = hashlib.sha256(payload).digest()
@@ -345,12 +349,15 @@ def hash_stream(f, size, out=None, into=None):
     return _hex(h.digest())
 
 
-def verify_file(path, root, board, min_counter, max_image, into=None, files=False, app=None):
+def verify_file(path, root, board, min_counter, max_image, into=None, files=False, app=None,
+                image=True):
     """Fully verify the artifact stored at `path`; return its Release.
 
     With `into` (a buffer at least as large as the image) the image is read into
     it while being hashed: one pass over the flash, and what was checked is what
-    sits in RAM."""
+    sits in RAM. image=False stops after the signed manifest (with its file list):
+    only for the verified-files mount, which checks every file against the manifest's
+    hash when it is read (mpseal_appfs), so the image hash would read it all twice."""
     try:
         f = open(path, "rb")
     except OSError:
@@ -364,6 +371,8 @@ def verify_file(path, root, board, min_counter, max_image, into=None, files=Fals
             if len(into) < rel.size:
                 raise Refused("no RAM reserved for a %d-byte image" % rel.size)
             into = memoryview(into)[: rel.size]
+        if not image and files and rel.files and not rel.enc:  # (encrypted: never)
+            return rel
         if hash_stream(f, rel.size, into=into) != rel.sha256:
             raise Refused("image hash does not match the signed manifest")
         rest = f.read(KEY_RECORD_LEN + 1)
