@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from release_support import release
 
+from mpseal.device.guard_install import BOOT_PACK, compiled_guard
 from mpseal.device.sim import VirtualBoard
 from mpseal.device.vm import find_micropython, runtime_dir
 from mpseal.errors import FormatError
@@ -302,3 +303,29 @@ def test_verified_files_ram_follows_the_largest_file_not_the_image(
     report = board.boot(heapsize=heap)
     assert "read 262144" in report.output, report.output
     assert any(ln.endswith("(mount: verified-files)") for ln in report.guard_lines)
+
+
+def test_boot_pack_serves_the_guards_modules_to_the_importer(tmp_path: Path) -> None:
+    """/lib/mpseal-boot.pack (runtime/mpseal_guard.py _Pack): the boot path's modules as
+    mpseal install writes them, loaded through it byte for byte (the boards use it while
+    the guard boots; the unix VM's own boots do not, see _pack)."""
+    files = compiled_guard("unix")
+    (tmp_path / "boot.pack").write_bytes(files[BOOT_PACK])
+    res = run_vm(
+        """
+import sys, vfs, mpseal_guard
+fs = mpseal_guard._Pack(open("boot.pack", "rb"))
+vfs.mount(fs, "/p")
+sys.path.insert(0, "/p")
+import mpseal_appfs, mpseal_lockdown
+print(mpseal_appfs.__file__, mpseal_lockdown.__file__, hasattr(mpseal_appfs, "AppFS"))
+try:
+    fs.stat("/nope.mpy")
+except OSError as e:
+    print("missing", e.errno)
+""",
+        tmp_path,
+    )
+    assert res.returncode == 0, res.stderr + res.stdout
+    assert "/p/mpseal_appfs.mpy /p/mpseal_lockdown.mpy True" in res.stdout
+    assert "missing 2" in res.stdout

@@ -32,7 +32,13 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from mpseal.device.console import DEFAULT_TIMING, ConsoleCheck, Timing, check_console
-from mpseal.device.guard_install import GUARD_MODULES, MAIN_SHIM, TRUST_ROOT, compiled_guard
+from mpseal.device.guard_install import (
+    BOOT_PACK,
+    GUARD_MODULES,
+    MAIN_SHIM,
+    TRUST_ROOT,
+    compiled_guard,
+)
 from mpseal.device.picoboard import PicoBoard
 from mpseal.device.serialboard import SerialTransport
 from mpseal.device.sim import VirtualBoard
@@ -419,8 +425,8 @@ def _guard_evidence(
         out.append(Evidence("guard", Mark.UNKNOWN, f"cannot compile the guard for {board}: {e}"))
         return out
     differ = []
-    for name in GUARD_MODULES:
-        path = f"/lib/{name}.mpy"
+    # the pack holds the boot path's modules again: the guard loads them from it first
+    for name, path in [(n, f"/lib/{n}.mpy") for n in GUARD_MODULES] + [(BOOT_PACK[5:], BOOT_PACK)]:
         data = expected.get(path)
         if data is None:
             continue
@@ -443,7 +449,7 @@ def _guard_evidence(
             Evidence(
                 "guard",
                 Mark.OK,
-                f"/lib/{{{','.join(GUARD_MODULES)}}}.mpy are "
+                f"/lib/{{{','.join(GUARD_MODULES)}}}.mpy and {BOOT_PACK} are "
                 f"byte for byte the guard this mpseal compiles for {board}",
             )
         )

@@ -37,10 +37,79 @@ import os
 import sys
 import time
 
-import mpseal_port as port
-import mpseal_release as rel_mod
-import mpseal_state as state_mod
-from mpseal_release import Refused
+PACK = "/lib/mpseal-boot.pack"
+PACK_AT = "/.mpseal-boot"
+
+
+class _Pack:
+    """The guard's boot-path modules as one file (PACK, the same .mpy bytes mpseal install
+    writes to /lib beside it), served to the importer while the guard boots: one littlefs
+    lookup for all of them instead of ~4 per module (~5 ms each on a Pico). Frozen modules
+    still come first (sys.path). Format: 4-byte little-endian length n, n bytes of a JSON
+    object {"name.mpy": [offset, size]} (offsets from the end of it), the files."""
+
+    def __init__(self, f):
+        import json
+
+        self.f = f
+        n = int.from_bytes(f.read(4), "little")
+        self.index = json.loads(f.read(n)) if 0 < n <= 1024 else {}
+        self.base = 4 + n
+
+    def mount(self, readonly, mkfs):
+        pass
+
+    def umount(self):
+        self.f.close()
+
+    def _entry(self, path):
+        e = self.index.get(path.lstrip("/"))
+        if e is None:
+            raise OSError(2)  # ENOENT
+        return e
+
+    def stat(self, path):
+        return (0x8000, 0, 0, 0, 0, 0, self._entry(path)[1], 0, 0, 0)
+
+    def open(self, path, mode):
+        import io
+
+        off, size = self._entry(path)
+        self.f.seek(self.base + off)
+        data = self.f.read(size)
+        if len(data) != size:
+            raise OSError(5)  # EIO: a truncated pack
+        return io.BytesIO(data)
+
+
+def _pack(on):
+    """Serve the boot path's modules from PACK (on=True), or stop (on=False). Without a
+    usable pack they load from /lib one by one. Not on the unix VM: its tests run the guard
+    in heaps cut to the smallest boards' to prove its RAM bounded, and a module read whole
+    into RAM (up to 8 KB, freed once loaded) fragments those; the boards it is for have
+    ~100 KB or more free at boot (a Pico 241 KB), where that costs nothing that matters."""
+    if on and sys.platform in ("linux", "darwin"):
+        return
+    try:
+        import vfs
+
+        if on:
+            vfs.mount(_Pack(open(PACK, "rb")), PACK_AT)
+            i = sys.path.index(".frozen") + 1 if ".frozen" in sys.path else 0
+            sys.path.insert(i, PACK_AT)
+        elif PACK_AT in sys.path:
+            sys.path.remove(PACK_AT)
+            vfs.umount(PACK_AT)
+    except Exception:  # why: no pack, a damaged one, no vfs.mount: the plain imports work
+        pass
+
+
+_pack(True)
+
+import mpseal_port as port  # noqa: E402 - after _pack: from the pack where there is one
+import mpseal_release as rel_mod  # noqa: E402
+import mpseal_state as state_mod  # noqa: E402
+from mpseal_release import Refused  # noqa: E402
 
 DIR = "/mpseal"
 TRUST = DIR + "/trust-root.mpsr"
@@ -71,6 +140,12 @@ def _other(slot):
 def slot_path(slot):
     return DIR + "/slot-" + slot + ".mpseal"
 
+
+# Built-ins main.py holds in sys.modules for the guard's boot (MicroPython keeps no
+# built-in there, and looks for a file of an extensible one's name on every sys.path entry
+# at every import: ~3.5 ms of littlefs lookups on a Pico). Released before the app runs,
+# so the app's imports work as they would without the guard.
+PINNED = ("os", "time", "json", "hashlib", "struct", "io", "binascii", "machine")
 
 _pending = []  # log lines held back (later=True), written with the next line that is not
 
@@ -143,11 +218,10 @@ def config():
 
         cfg = dict(DEFAULTS)
         try:
-            size = os.stat(CONFIG)[6]  # read what is there: a small heap has no 2 KB to spare
-            if size > 2048:
+            with open(CONFIG) as f:  # no stat first: each littlefs lookup costs ~3 ms on a Pico
+                raw = f.read(2049)
+            if len(raw) > 2048:
                 raise ValueError("larger than 2048 bytes")
-            with open(CONFIG) as f:
-                raw = f.read(size)
             doc = json.loads(raw)
             if not isinstance(doc, dict):
                 raise ValueError("not a JSON object")
@@ -164,10 +238,17 @@ def config():
 
 
 def trust_root():
-    if os.stat(TRUST)[6] > rel_mod.MAX_ROOT:  # read only what a valid root can need
-        raise Refused("trust root is larger than %d bytes" % rel_mod.MAX_ROOT)
+    # read only what a valid root can need (and one more), in pieces (a read(n) takes n bytes
+    # of heap at once), with no stat first (a littlefs lookup: ~3 ms on a Pico)
     with open(TRUST, "rb") as f:
-        data = f.read()
+        data = f.read(2048)
+        while len(data) <= rel_mod.MAX_ROOT:
+            more = f.read(2048)
+            if not more:
+                break
+            data += more
+    if len(data) > rel_mod.MAX_ROOT:
+        raise Refused("trust root is larger than %d bytes" % rel_mod.MAX_ROOT)
     return rel_mod.load_root(data)[0]
 
 
@@ -246,18 +327,19 @@ def _load_state(root):
 
 
 def _cleanup():
-    # What a power cut left half-written; one listing (each missing-file lookup costs a
-    # walk of littlefs's metadata, about 1 ms on a Pico).
+    """Remove what a power cut left half-written; returns the names in DIR (or None). One
+    listing: each lookup of a missing file walks littlefs's metadata (~1-3 ms on a Pico)."""
     try:
         names = os.listdir(DIR)
     except OSError:
-        return
+        return None
     for name in names:
         if name in ("slot-a.mpseal.tmp", "slot-b.mpseal.tmp", "state.a.tmp", "state.b.tmp"):
             try:
                 os.remove(DIR + "/" + name)
             except OSError:
                 pass
+    return names
 
 
 def stage(src, key_record=None):
@@ -414,6 +496,12 @@ def _reserve_image_buffer():
 VERIFIER = ("p256", "p256_fast", "p256_thumb")  # imported again if the app stages an update
 
 
+def _release_builtins():
+    for name in PINNED:
+        if sys.modules.get(name) is not None and not hasattr(sys.modules[name], "__file__"):
+            del sys.modules[name]
+
+
 def _drop_verifier():
     """The signature is checked: let the verifier's code (~17 KB on a Pico) be collected
     (by the next collection: one forced here would also finalise files a flash error
@@ -442,6 +530,8 @@ def _run(slot, r, trial):
         once=not trial)
     _drop_verifier()
     _mount(slot, r)
+    _pack(False)
+    _release_builtins()
     mod = __import__(r.entry)
     main = getattr(mod, "main", None)
     if main is not None:
@@ -487,11 +577,14 @@ def _run_guarded(slot, r, trial):
 UNLOCK_FILES = (DIR + "/unlock.tok", "/sd/mpseal-unlock.tok")
 
 
-def _unlock(root):
+def _unlock(root, names=None):
     """A service unlock token: signed by the offline root role, for this device, used once.
+    `names`: what DIR holds, if known (a token there that is not listed is not looked up).
 
     Returns the profile it grants for this boot, or None."""
     for path in UNLOCK_FILES:
+        if names is not None and path.startswith(DIR + "/") and path[len(DIR) + 1 :] not in names:
+            continue
         try:
             with open(path, "rb") as f:
                 data = f.read(2048)
@@ -571,10 +664,10 @@ def _boot():
         _idle("no usable trust root: %s" % e)
         return
     _load_state(root)
-    _cleanup()
+    names = _cleanup()
     mpseal_lockdown.mount_sd()  # an unlock token may be on the card (/sd/mpseal-unlock.tok)
     global _token_profile
-    _token_profile = _unlock(root)
+    _token_profile = _unlock(root, names)
     # Until a release verifies, no more than `field`: device.json is not signed.
     profile = _token_profile or _stricter(config()["profile"], "field")
     _apply_profile(profile)
