@@ -33,9 +33,33 @@
 # old signed releases (T1). A T0 owner with REPL access can replace this file
 # itself unless the lockdown profile closes the REPL; T3 needs Secure Boot.
 
-import os
 import sys
-import time
+
+# Built-ins held in sys.modules while the guard boots (released before the app runs, so the
+# app's imports work as they would without the guard). MicroPython keeps no built-in there
+# and looks for a file of an extensible one's name on every sys.path entry at every import:
+# ~3.5 ms of littlefs lookups on a Pico each time. Imported with an empty sys.path, they are
+# the firmware's own: no file shadows them for the guard.
+PINNED = ("os", "time", "json", "hashlib", "struct", "io", "binascii", "machine")
+
+
+def _pin():
+    path = sys.path[:]
+    sys.path[:] = []
+    try:
+        for name in PINNED:
+            try:
+                sys.modules[name] = sys.modules.get(name) or __import__(name)
+            except ImportError:
+                pass
+    finally:
+        sys.path[:] = path
+
+
+_pin()
+
+import os  # noqa: E402 - after _pin
+import time  # noqa: E402
 
 PACK = "/lib/mpseal-boot.pack"
 PACK_AT = "/.mpseal-boot"
@@ -140,12 +164,6 @@ def _other(slot):
 def slot_path(slot):
     return DIR + "/slot-" + slot + ".mpseal"
 
-
-# Built-ins main.py holds in sys.modules for the guard's boot (MicroPython keeps no
-# built-in there, and looks for a file of an extensible one's name on every sys.path entry
-# at every import: ~3.5 ms of littlefs lookups on a Pico). Released before the app runs,
-# so the app's imports work as they would without the guard.
-PINNED = ("os", "time", "json", "hashlib", "struct", "io", "binascii", "machine")
 
 _pending = []  # log lines held back (later=True), written with the next line that is not
 
