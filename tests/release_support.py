@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 from mpseal.crypto.keys import PrivateKeySigner
 from mpseal.device.sim import VirtualBoard
 from mpseal.formats import envelope, jsondoc
-from mpseal.packaging.package import build
+from mpseal.packaging.package import build, read_release_key
 from mpseal.packaging.project import Project
 
 RETURNING_MAIN = """\
@@ -73,3 +74,28 @@ def unlock_token(signer: PrivateKeySigner, device_id: str, n: int, profile: str 
         {"type": "mpseal-unlock", "device": device_id, "n": n, "profile": profile}
     )
     return envelope.seal(b"MPSU", payload, [signer]).encode()
+
+
+def boot_files_in_a_heap_below_the_image(project: Path, board: VirtualBoard) -> None:
+    """Release 1.0 (field) of a 256 KB app of eight 32 KB files boots on ``board`` in a heap
+    of the guard's code + 224 KB, which cannot hold the image: the verified-files mount reads
+    each file alone (decrypted alone, when the project encrypts; the key is the build's)."""
+    data = project / "app" / "data"
+    data.mkdir(exist_ok=True)
+    for i in range(8):
+        (data / f"part{i}.bin").write_bytes(os.urandom(32 * 1024))
+    main = (
+        "from mpseal_guard import confirm\ndef main():\n    n = 0\n"
+        "    for i in range(8):\n        with open('/rom/data/part%d.bin' % i, 'rb') as f:\n"
+        "            n += len(f.read())\n    print('read', n)\n    confirm()\n"
+    )
+    blob = release(project, "1.0", 1, main, profile="field")
+    key = read_release_key(Project.load(project).artifact_path())
+    board.install_guard(Project.load(project).trust_root(), "field")
+    code = board.command("codemem").replies()[-1]
+    assert isinstance(code, int)
+    board.install(blob, Project.load(project).trust_root(), profile="field", release_key=key)
+    heap = f"{(code + 224 * 1024) // 1024}K"  # code + 224 KB: the 256 KB image does not fit
+    report = board.boot(heapsize=heap)
+    assert "read 262144" in report.output, report.output
+    assert any(ln.endswith("(mount: verified-files)") for ln in report.guard_lines)

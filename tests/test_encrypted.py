@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from conftest import run_mpseal
-from release_support import release
+from release_support import boot_files_in_a_heap_below_the_image, release
 
 from mpseal.device.sim import SIM_ID, VirtualBoard
 from mpseal.errors import BadDataError, FormatError, IntegrityError, MpsealError
@@ -242,25 +241,8 @@ def test_encrypted_release_ram_follows_the_largest_file_not_the_image(tmp_path: 
     project = project_at(tmp_path / "proj")
     cfg = project / "mpseal.toml"
     cfg.write_text(cfg.read_text().replace("[build]\n", "[build]\nencrypt = true\n", 1))
-    data = project / "app" / "data"
-    for i in range(8):
-        (data / f"part{i}.bin").write_bytes(os.urandom(32 * 1024))
-    main = (
-        "from mpseal_guard import confirm\ndef main():\n    n = 0\n"
-        "    for i in range(8):\n        with open('/rom/data/part%d.bin' % i, 'rb') as f:\n"
-        "            n += len(f.read())\n    print('read', n)\n    confirm()\n"
-    )
-    blob = release(project, "1.0", 1, main, profile="field")
-    key = read_release_key(Project.load(project).artifact_path())
     board = VirtualBoard.create(tmp_path / "b", flash_size=2 * 1024 * 1024)
-    board.install_guard(Project.load(project).trust_root(), "field")
-    code = board.command("codemem").replies()[-1]
-    assert isinstance(code, int)
-    board.install(blob, Project.load(project).trust_root(), profile="field", release_key=key)
-    heap = f"{(code + 224 * 1024) // 1024}K"  # code + 224 KB: the 256 KB image does not fit
-    report = board.boot(heapsize=heap)
-    assert "read 262144" in report.output, report.output
-    assert any(ln.endswith("(mount: verified-files)") for ln in report.guard_lines)
+    boot_files_in_a_heap_below_the_image(project, board)
 
 
 def test_warranty_check_finds_an_encrypted_slot_intact(tmp_path: Path) -> None:

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
-from release_support import release
+from release_support import boot_files_in_a_heap_below_the_image, release
 
 from mpseal.device.guard_install import BOOT_PACK, compiled_guard
 from mpseal.device.sim import VirtualBoard
@@ -103,9 +102,9 @@ def test_image_altered_in_the_slot_is_refused_on_the_verified_files_path(
     assert "refused: file helper.mpy does not match its signed hash" in report.guard_lines
     assert "app helper" not in report.output, report.output
     report = board.boot()
-    assert (
-        "slot a refused: image hash does not match the signed manifest" in report.guard_lines
-    ), report.output
+    assert "slot a refused: image hash does not match the signed manifest" in report.guard_lines, (
+        report.output
+    )
     assert report.outcome == "idle" and ">>> " not in report.output
 
 
@@ -283,26 +282,9 @@ def test_verified_files_ram_follows_the_largest_file_not_the_image(
     project: Path, tmp_path: Path
 ) -> None:
     """A 256 KB app of 32 KB files boots in a heap that cannot hold the image."""
-    data = project / "app" / "data"
-    data.mkdir(exist_ok=True)
-    for i in range(8):
-        (data / f"part{i}.bin").write_bytes(os.urandom(32 * 1024))
-    main = (
-        "from mpseal_guard import confirm\ndef main():\n    n = 0\n"
-        "    for i in range(8):\n        with open('/rom/data/part%d.bin' % i, 'rb') as f:\n"
-        "            n += len(f.read())\n    print('read', n)\n    confirm()\n"
-    )
-    blob = release(project, "1.0", 1, main, profile="field")
     board = VirtualBoard.create(tmp_path / "b", flash_size=2 * 1024 * 1024)
     board.set_firmware("no-vfsrom")
-    board.install_guard(Project.load(project).trust_root(), "field")
-    code = board.command("codemem").replies()[-1]
-    assert isinstance(code, int)
-    board.install(blob, Project.load(project).trust_root(), profile="field")
-    heap = f"{(code + 224 * 1024) // 1024}K"  # code + 224 KB: the 256 KB image does not fit
-    report = board.boot(heapsize=heap)
-    assert "read 262144" in report.output, report.output
-    assert any(ln.endswith("(mount: verified-files)") for ln in report.guard_lines)
+    boot_files_in_a_heap_below_the_image(project, board)
 
 
 def test_boot_pack_serves_the_guards_modules_to_the_importer(tmp_path: Path) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -58,15 +60,46 @@ def report(dev: httpx.Client, fleet, hw: str, event: str, version: str = "1.1.0"
     return r.json()
 
 
+@contextmanager
+def serving(
+    db_url: str, keys: Keys, tmp_path: Path, **overrides: object
+) -> Iterator[tuple[httpx.Client, httpx.Client]]:
+    """A server with no cache on the database: (admin client, unauthenticated device client)."""
+    cfg = config_for(db_url, keys, tmp_path, cache_seconds=0.0, **overrides)
+    with running_server(cfg) as srv, srv.admin() as admin, httpx.Client(base_url=srv.url) as dev:
+        yield admin, dev
+
+
+def publish(
+    admin: httpx.Client, keys: Keys, version: str = "1.1.0", percent: int | None = 100
+) -> int:
+    """Upload release ``version`` of hello and promote it to ``percent`` of the fleet (None: to
+    no one yet); returns its id."""
+    rid: int = admin.post(
+        "/v1/admin/releases", content=make_artifact(keys.release, version, 2)
+    ).json()["release"]["id"]
+    if percent is not None:
+        admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": percent})
+    return rid
+
+
+def release(admin: httpx.Client, rid: int) -> dict:  # type: ignore[type-arg]
+    return admin.get(f"/v1/admin/releases/{rid}").json()["release"]  # type: ignore[no-any-return]
+
+
+def signed_timestamp(dev: httpx.Client, fleet, keys: Keys, hw: str):  # type: ignore[no-untyped-def]
+    """The stable timestamp the server signs, as device ``hw`` fetches it, checked."""
+    return parse_timestamp(
+        dev.get("/v1/timestamp/stable.mpst", headers=fleet.headers(hw)).content, keys.trust_root
+    )
+
+
 def test_cohort_groups_and_pins(db_url: str, keys: Keys, tmp_path: Path) -> None:
     beta = {f"dev-{i:05d}" for i in range(190, 200)}
     fleet = register(db_url, 200, groups=dict.fromkeys(beta, "beta"))
     hws = sorted(fleet.tokens)
-    cfg = config_for(db_url, keys, tmp_path, cache_seconds=0.0)
-    with running_server(cfg) as srv, srv.admin() as admin, httpx.Client(base_url=srv.url) as dev:
-        rid = admin.post(
-            "/v1/admin/releases", content=make_artifact(keys.release, "1.1.0", 2)
-        ).json()["release"]["id"]
+    with serving(db_url, keys, tmp_path) as (admin, dev):
+        rid = publish(admin, keys, percent=None)
         assert offered(dev, fleet, hws) == set()  # published, promoted to no one
 
         admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 10})
@@ -109,20 +142,16 @@ def test_release_halts_itself_when_too_many_devices_fail(
 ) -> None:
     fleet = register(db_url, 8)
     hws = sorted(fleet.tokens)
-    cfg = config_for(db_url, keys, tmp_path, cache_seconds=0.0)
-    with running_server(cfg) as srv, srv.admin() as admin, httpx.Client(base_url=srv.url) as dev:
-        rid = admin.post(
-            "/v1/admin/releases", content=make_artifact(keys.release, "1.1.0", 2)
-        ).json()["release"]["id"]
-        admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 100})
+    with serving(db_url, keys, tmp_path) as (admin, dev):
+        rid = publish(admin, keys)
         for hw in hws[:5]:
             report(dev, fleet, hw, "downloaded")
         assert report(dev, fleet, hws[0], "rolled_back") == {"recorded": True}  # 1 of 5: 20%
-        state = admin.get(f"/v1/admin/releases/{rid}").json()["release"]["state"]
+        state = release(admin, rid)["state"]
         assert state == "active"
         assert report(dev, fleet, hws[1], "refused") == {"recorded": True}  # 2 of 5: 40%
 
-        rel = admin.get(f"/v1/admin/releases/{rid}").json()["release"]
+        rel = release(admin, rid)
         assert rel["state"] == "halted"
         assert rel["halt_reason"] == (
             "2 of 5 devices failed (1 refused, 1 rolled back), above the 20% limit"
@@ -131,10 +160,7 @@ def test_release_halts_itself_when_too_many_devices_fail(
         # Offered to no one, gone from the signed timestamp, and it stays halted: resuming
         # overrides the server, so it needs a reason (the 409 says how); no promote either.
         assert offered(dev, fleet, hws) == set()
-        ts = parse_timestamp(
-            dev.get("/v1/timestamp/stable.mpst", headers=fleet.headers(hws[7])).content,
-            keys.trust_root,
-        )
+        ts = signed_timestamp(dev, fleet, keys, hws[7])
         assert ts.targets == ()
         r = admin.post(f"/v1/admin/releases/{rid}/resume")
         assert r.status_code == 409 and "--reason" in r.json()["error"], r.text
@@ -146,13 +172,10 @@ def test_release_halts_itself_when_too_many_devices_fail(
             admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 100}).status_code
             == 409
         )
-        assert admin.get(f"/v1/admin/releases/{rid}").json()["release"]["state"] == "halted"
+        assert release(admin, rid)["state"] == "halted"
 
         # A fixed version is a new release: offered to everyone, those that failed 1.1.0 too.
-        fixed = admin.post(
-            "/v1/admin/releases", content=make_artifact(keys.release, "1.1.1", 2)
-        ).json()["release"]["id"]
-        admin.post(f"/v1/admin/releases/{fixed}/promote", json={"percent": 100})
+        publish(admin, keys, "1.1.1")
         assert offered(dev, fleet, hws) == set(hws)
 
 
@@ -165,17 +188,13 @@ def test_resume_after_halt_needs_a_reason_counts_afresh_and_keeps_the_history(
     again at once, new ones past the limit do."""
     fleet = register(db_url, 12)
     hws = sorted(fleet.tokens)
-    cfg = config_for(db_url, keys, tmp_path, cache_seconds=0.0)
-    with running_server(cfg) as srv, srv.admin() as admin, httpx.Client(base_url=srv.url) as dev:
-        rid = admin.post(
-            "/v1/admin/releases", content=make_artifact(keys.release, "1.1.0", 2)
-        ).json()["release"]["id"]
-        admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 100})
+    with serving(db_url, keys, tmp_path) as (admin, dev):
+        rid = publish(admin, keys)
         for hw in hws[:5]:
             report(dev, fleet, hw, "downloaded")
         report(dev, fleet, hws[0], "rolled_back")
         report(dev, fleet, hws[1], "refused")
-        halted = admin.get(f"/v1/admin/releases/{rid}").json()["release"]
+        halted = release(admin, rid)
         assert halted["state"] == "halted"
         first_reason = halted["halt_reason"]
         assert halted["halts"] == [
@@ -201,17 +220,14 @@ def test_resume_after_halt_needs_a_reason_counts_afresh_and_keeps_the_history(
         assert rel["counts_since_resume"]["failed"] == 0
         assert rel["counts_since_resume"]["attempts"] == 3  # still in progress at the resume
         # Offered again, named by the signed timestamp, but not to the devices that failed.
-        ts = parse_timestamp(
-            dev.get("/v1/timestamp/stable.mpst", headers=fleet.headers(hws[7])).content,
-            keys.trust_root,
-        )
+        ts = signed_timestamp(dev, fleet, keys, hws[7])
         assert [t.version for t in ts.targets] == ["1.1.0"]
         assert offered(dev, fleet, hws) == set(hws[2:])
 
         # One more failure: 3 of 5 devices overall (60 %) would halt it at once, but since
         # the resume it is 1 of 3 devices, below the 5 the policy needs: still active.
         report(dev, fleet, hws[2], "rolled_back")
-        rel = admin.get(f"/v1/admin/releases/{rid}").json()["release"]
+        rel = release(admin, rid)
         assert rel["state"] == "active", rel
         assert rel["counts_since_resume"]["failed"] == 1
 
@@ -219,7 +235,7 @@ def test_resume_after_halt_needs_a_reason_counts_afresh_and_keeps_the_history(
         for hw in hws[5:10]:
             report(dev, fleet, hw, "confirmed")
         report(dev, fleet, hws[3], "refused")
-        rel = admin.get(f"/v1/admin/releases/{rid}").json()["release"]
+        rel = release(admin, rid)
         assert rel["state"] == "halted", rel
         assert rel["halt_reason"] == (
             "2 of 8 devices failed since it was resumed (1 refused, 1 rolled back), "
@@ -240,12 +256,8 @@ def test_a_device_that_rolled_back_is_not_offered_the_same_release_again(
     db_url: str, keys: Keys, tmp_path: Path
 ) -> None:
     fleet = register(db_url, 2)
-    cfg = config_for(db_url, keys, tmp_path, cache_seconds=0.0)
-    with running_server(cfg) as srv, srv.admin() as admin, httpx.Client(base_url=srv.url) as dev:
-        rid = admin.post(
-            "/v1/admin/releases", content=make_artifact(keys.release, "1.1.0", 2)
-        ).json()["release"]["id"]
-        admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 100})
+    with serving(db_url, keys, tmp_path) as (admin, dev):
+        publish(admin, keys)
         report(dev, fleet, "dev-00000", "rolled_back")
         assert offered(dev, fleet, ["dev-00000", "dev-00001"]) == {"dev-00001"}
 
@@ -253,25 +265,20 @@ def test_a_device_that_rolled_back_is_not_offered_the_same_release_again(
 def test_unconfirmed_trials_halt_the_release(db_url: str, keys: Keys, tmp_path: Path) -> None:
     fleet = register(db_url, 6)
     hws = sorted(fleet.tokens)
-    cfg = config_for(
+    with serving(
         db_url,
         keys,
         tmp_path,
-        cache_seconds=0.0,
         maintenance_seconds=0.3,
         halt_policy=HaltPolicy(min_attempts=5, max_failure_ratio=0.2, trial_window_seconds=1),
-    )
-    with running_server(cfg) as srv, srv.admin() as admin, httpx.Client(base_url=srv.url) as dev:
-        rid = admin.post(
-            "/v1/admin/releases", content=make_artifact(keys.release, "1.1.0", 2)
-        ).json()["release"]["id"]
-        admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 100})
+    ) as (admin, dev):
+        rid = publish(admin, keys)
         for hw in hws[:5]:
             report(dev, fleet, hw, "booted")  # trial boots, never confirmed
         report(dev, fleet, hws[0], "confirmed")
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            rel = admin.get(f"/v1/admin/releases/{rid}").json()["release"]
+            rel = release(admin, rid)
             if rel["state"] == "halted":
                 break
             time.sleep(0.2)
@@ -288,20 +295,13 @@ def test_unconfirmed_trials_halt_the_release(db_url: str, keys: Keys, tmp_path: 
 def test_pause_and_resume(db_url: str, keys: Keys, tmp_path: Path) -> None:
     fleet = register(db_url, 3)
     hws = sorted(fleet.tokens)
-    cfg = config_for(db_url, keys, tmp_path, cache_seconds=0.0)
-    with running_server(cfg) as srv, srv.admin() as admin, httpx.Client(base_url=srv.url) as dev:
-        rid = admin.post(
-            "/v1/admin/releases", content=make_artifact(keys.release, "1.1.0", 2)
-        ).json()["release"]["id"]
-        admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 100})
+    with serving(db_url, keys, tmp_path) as (admin, dev):
+        rid = publish(admin, keys)
         assert offered(dev, fleet, hws) == set(hws)
         assert admin.post(f"/v1/admin/releases/{rid}/pause").json()["release"]["state"] == "paused"
         assert offered(dev, fleet, hws) == set()
         # Paused leaves the signed timestamp: a mirror cannot offer it either.
-        ts = parse_timestamp(
-            dev.get("/v1/timestamp/stable.mpst", headers=fleet.headers(hws[0])).content,
-            keys.trust_root,
-        )
+        ts = signed_timestamp(dev, fleet, keys, hws[0])
         assert [t.version for t in ts.targets] == []
         assert admin.post(f"/v1/admin/releases/{rid}/resume").json()["release"]["state"] == "active"
         assert offered(dev, fleet, hws) == set(hws)
@@ -373,21 +373,18 @@ def test_a_resume_through_another_server_lets_this_one_halt_again(
         b.admin() as admin_b,
         httpx.Client(base_url=a.url) as dev,
     ):
-        rid = admin_a.post(
-            "/v1/admin/releases", content=make_artifact(keys.release, "1.1.0", 2)
-        ).json()["release"]["id"]
-        admin_a.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 100})
+        rid = publish(admin_a, keys)
         for hw in hws[:5]:
             report(dev, fleet, hw, "downloaded")
         for hw in hws[:2]:
             report(dev, fleet, hw, "rolled_back")
-        assert admin_a.get(f"/v1/admin/releases/{rid}").json()["release"]["state"] == "halted"
+        assert release(admin_a, rid)["state"] == "halted"
         r = admin_b.post(f"/v1/admin/releases/{rid}/resume", json={"reason": "false alarm"})
         assert r.json()["release"]["state"] == "active", r.text
         for hw in hws[5:8]:
             report(dev, fleet, hw, "confirmed")
         for hw in hws[2:4]:
             report(dev, fleet, hw, "refused")  # 2 of 6 since the resume: above 20 %
-        rel = admin_b.get(f"/v1/admin/releases/{rid}").json()["release"]
+        rel = release(admin_b, rid)
         assert rel["state"] == "halted", rel
         assert len(rel["halts"]) == 2

@@ -435,13 +435,7 @@ class ReleaseStore:
     def get(self, release_id: int) -> ReleaseInfo:
         with self.registry.session() as s:
             rel = self._release(s, release_id)
-            return _info(
-                rel,
-                self._pins(s, [rel.id]).get(rel.id, frozenset()),
-                self._stats(s, [rel]).get(rel.id),
-                self._deltas(s, [rel.id]).get(rel.id, ()),
-                self._halts(s, [rel.id]).get(rel.id, ()),
-            )
+            return self._full_info(s, rel)
 
     def releases(self, channel: str | None = None, stats: bool = True) -> list[ReleaseInfo]:
         """Every release, oldest first, with its per-device counts (unless ``stats`` is off)."""
@@ -613,13 +607,7 @@ class ReleaseStore:
             rel.state = state
             rel.updated_at = utcnow()
             s.flush()
-            return _info(
-                rel,
-                self._pins(s, [rel.id]).get(rel.id, frozenset()),
-                self._stats(s, [rel]).get(rel.id),
-                self._deltas(s, [rel.id]).get(rel.id, ()),
-                self._halts(s, [rel.id]).get(rel.id, ()),
-            )
+            return self._full_info(s, rel)
 
     def _resume_halted(self, s: Session, rel: Release, who: str, reason: str) -> None:
         now = utcnow()
@@ -683,6 +671,16 @@ class ReleaseStore:
                 self._stats(s, [rel]).get(rel.id),
                 halts=self._halts(s, [rel.id]).get(rel.id, ()),
             )
+
+    def _full_info(self, s: Session, rel: Release) -> ReleaseInfo:
+        """``rel`` with its pins, per-device counts, deltas and halt history."""
+        return _info(
+            rel,
+            self._pins(s, [rel.id]).get(rel.id, frozenset()),
+            self._stats(s, [rel]).get(rel.id),
+            self._deltas(s, [rel.id]).get(rel.id, ()),
+            self._halts(s, [rel.id]).get(rel.id, ()),
+        )
 
     @staticmethod
     def _release(s: Session, release_id: int) -> Release:
