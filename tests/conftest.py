@@ -11,6 +11,12 @@ from pathlib import Path
 import pytest
 
 BIN = Path(sys.executable).parent
+
+# The virtual Pico's flash chip timing (45 ms a sector erase, in emulated time) is waited
+# out in wall time whenever the emulated CPU idles: about half the wall time of a Pico
+# test that writes. Behaviour does not depend on it (cuts count operations); the tests
+# that measure it ask for it (test_pico_emulator's flash timing test, benchmarks/).
+os.environ.setdefault("MPSEAL_PICO_FLASH_TIMING", "0")
 MPSEAL = BIN / "mpseal"
 
 
@@ -120,3 +126,15 @@ def db_url(request, tmp_path: Path) -> str:
         conn.execute(sa.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
     engine.dispose()
     return url
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Files with a test marked ``slow`` run first (stable order otherwise).
+
+    scripts/check runs whole files per pytest-xdist worker (``--dist loadfile``) with
+    ``--no-loadscope-reorder``, so this order is the order workers take files in: the long
+    ones (the virtual Pico, power cuts, the browser) start at once and the short ones fill
+    in behind them, instead of one long file running alone at the end.
+    """
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)

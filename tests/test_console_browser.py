@@ -27,6 +27,8 @@ from mpseal.fleet import consoledata
 from mpseal.fleet.auditlog import AuditLog
 from mpseal.fleet.registry import Registry
 
+pytestmark = pytest.mark.slow  # tests/conftest.py: long files start first
+
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path(__file__).resolve().parents[1] / "test-output" / "console"
 FLEET = 300  # simulated devices; 10 % of them are offered the release

@@ -213,7 +213,9 @@ def test_the_stock_pico_firmware_rebuilds_a_release_from_a_delta(project: Path) 
 @pytest.mark.slow
 def test_power_cut_at_every_write_of_a_delta_apply_on_the_virtual_pico(tmp_path: Path) -> None:
     """The same on stock RPI_PICO firmware (rp2040js, its own littlefs): power lost at every
-    flash erase and program of rebuild + stage by delta -> trial boot -> committed boot."""
+    flash erase and program of the delta apply (rebuild + check + stage), then the trial
+    and committed boots run. Cuts in those two boots are test_pico_powercut's: the slot a
+    delta stages is byte for byte the full artifact, so they are the same boots."""
     from conftest import run_mpseal
 
     from mpseal.device.picoboard import PicoBoard
@@ -245,10 +247,15 @@ def test_power_cut_at_every_write_of_a_delta_apply_on_the_virtual_pico(tmp_path:
     new = (project / "dist" / "hello-1.1.0.mpseal").read_bytes()
 
     report = check_update_pico(
-        PicoBoard(sim), new, {"1.0.0", "1.1.0"}, min_counter=1, delta=delta.make(old, new)
+        PicoBoard(sim),
+        new,
+        {"1.0.0", "1.1.0"},
+        min_counter=1,
+        delta=delta.make(old, new),
+        cut_steps=("stage",),
     )
 
-    assert all(n > 0 for n in report.writes_per_step.values()), report.writes_per_step
+    assert report.writes_per_step["stage"] > 0, report.writes_per_step
     assert report.survived == report.tried, report.failures()[:3]
     status = PicoBoard(sim).status()
     assert status["state"]["committed"] == "b" and status["state"]["counter"] == 2

@@ -31,6 +31,8 @@ import pytest
 from conftest import BIN
 from pty_support import run_in_pty
 
+pytestmark = pytest.mark.slow  # tests/conftest.py: long files start first
+
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [
     "README.md",

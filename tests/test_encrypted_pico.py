@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from conftest import run_mpseal
 from test_encrypted import SECRET, encrypted_release
 
@@ -17,6 +18,8 @@ from mpseal.device.picoboard import PicoBoard
 from mpseal.formats import artifact
 from mpseal.packaging.package import read_release_key
 from mpseal.packaging.project import Project
+
+pytestmark = pytest.mark.slow  # tests/conftest.py: long files start first
 
 MAIN = """\
 import recipe

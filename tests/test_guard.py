@@ -244,6 +244,7 @@ def test_service_unlock_token_is_signed_bound_and_single_use(device) -> None:
     assert report.exit_codes[-1] == 17
 
 
+@pytest.mark.slow
 def test_power_cut_at_every_write_of_an_update_cycle(device, capsys) -> None:
     board, project = device
     blob = set_release(project, "2.0", 2)

@@ -14,6 +14,8 @@ from ota_support import World, ota_world
 
 from mpseal.fleet.rollout import cohort_bucket
 
+pytestmark = pytest.mark.slow  # tests/conftest.py: long files start first
+
 FLEET = 10
 
 

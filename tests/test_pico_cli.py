@@ -17,6 +17,8 @@ from conftest import run_mpseal
 
 from mpseal.device.pico import VirtualPico
 
+pytestmark = pytest.mark.slow  # tests/conftest.py: long files start first
+
 
 @pytest.fixture(scope="module")
 def rp2_project(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -22,6 +22,8 @@ from mpseal.errors import BadDataError
 from mpseal.formats import artifact
 from mpseal.packaging.project import Project
 
+pytestmark = pytest.mark.slow  # tests/conftest.py: long files start first
+
 RAW_REPL_BANNER = "raw REPL; CTRL-B to exit"
 
 APP_MAIN = """\

@@ -8,10 +8,13 @@ from __future__ import annotations
 import ast
 import subprocess
 
+import pytest
 from pico_exec import pico_with
 
 from mpseal.device import vm
 from mpseal.device.guard_install import compiled_guard
+
+pytestmark = pytest.mark.slow  # tests/conftest.py: long files start first
 
 CASES = {
     "json-list": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n[]",
