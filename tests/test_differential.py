@@ -3,10 +3,10 @@ mutated artifacts (with their manifests), trust roots, timestamps, sealed secret
 unlock tokens goes to the host's parsers and to the device's (runtime/, in the real
 MicroPython VM); both must give the same verdict for every item.
 
-One known difference is left out of the corpus: the host also checks that a manifest's
-file list is exactly the ROMFS image's (formats/artifact.py); the device checks the
-list's structure only, and each file's hash when it serves it (runtime/mpseal_appfs.py),
-since it does not parse the image before mounting it."""
+One known difference is left out of the corpus: the host also checks that the image's
+file index lists exactly the ROMFS image's files (formats/artifact.py); the device checks
+the index's hash and structure only, and each file's hash when it serves it
+(runtime/mpseal_appfs.py), since it does not parse the image before mounting it."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from mpseal.formats import artifact as art_mod
 from mpseal.formats import (
     encrypted,
     envelope,
+    fileindex,
     jsondoc,
     manifest,
     romfs,
@@ -58,10 +59,10 @@ for name, kind in index:
         data = f.read()
     try:
         if kind == "artifact":
-            rel.verify_file(path, root, "unix", 0, rel.MAX_IMAGE)
-            with open(path, "rb") as f:
-                man = rel.read_head(f)[1]
-            meta.check_files(rel.parse_manifest(man))
+            r = rel.verify_file(path, root, "unix", 0, rel.MAX_IMAGE, files=True)
+            if r.files is not None:  # the file index, as the verified-files mount reads it
+                with open(path, "rb") as f:
+                    appfs.load_index(f, r.offset, r.files, r.size)
         elif kind == "root":
             new = rel.verify_root_update(root, data)
             if new["version"] != root["version"] + 1:
@@ -76,8 +77,7 @@ for name, kind in index:
             r = rel.verify_file(path, root, "unix", 0, rel.MAX_IMAGE)
             if not r.enc:
                 raise Refused("not encrypted")
-            appfs.open_release(path, r, %(hwid)r)
-            meta.check_files({"files": r.files, "image": {"size": r.enc[2]}})
+            appfs.open_release(path, r, %(hwid)r)  # decrypts and checks the file index
         out.append([name, "ok"])
     except (Refused, sec.SecretsError):
         out.append([name, "refused"])
@@ -124,8 +124,23 @@ def flip(data: bytes, at: int) -> bytes:
 
 # -- artifacts and their manifests -----------------------------------------------------------
 
-IMAGE = romfs.write({"main.mpy": b"M" * 100, "lib/a.mpy": b"A" * 24})
-FILES = [list(e) for e in romfs.entries(IMAGE)]
+ROM = romfs.write({"main.mpy": b"M" * 100, "lib/a.mpy": b"A" * 24})
+IMAGE, INDEX = fileindex.append(ROM, romfs.entries(ROM))
+FILES = INDEX.to_dict()
+
+
+def index_bytes(*items: tuple[str, int, int, str], count: int | None = None) -> bytes:
+    """A file index written by hand (formats/fileindex.py layout), entries in the order given."""
+    raw = fileindex.encode([])[:4] + (len(items) if count is None else count).to_bytes(4, "little")
+    for name, size, off, h in items:
+        raw += (
+            size.to_bytes(4, "little")
+            + off.to_bytes(4, "little")
+            + bytes.fromhex(h)
+            + bytes([len(name)])
+            + name.encode()
+        )
+    return raw
 
 
 def manifest_doc() -> dict:
@@ -218,11 +233,17 @@ def artifacts(f: Fleet) -> dict[str, bytes]:
         "sha-upper": changed(**{"image.sha256": hashlib.sha256(IMAGE).hexdigest().upper()}),
         "size-off": changed(**{"image.size": len(IMAGE) + 1}),
         "files-text": changed(files="x"),
-        "files-pairs": changed(files=[["main.mpy", 100]]),
-        "files-dotdot": changed(files=[["../x.mpy", 1, 0, sha]]),
-        "files-twice": changed(files=[["a.mpy", 1, 0, sha], ["a.mpy", 1, 1, sha]]),
-        "files-outside": changed(files=[["a.mpy", 1000, 100, sha]]),
-        "files-sha-short": changed(files=[["a.mpy", 1, 0, "ab"]]),
+        "files-list": changed(files=[["main.mpy", 100, 0, sha]]),
+        "files-null": changed(files=None),
+        "files-extra-key": changed(files={**FILES, "more": 1}),
+        "files-count-0": changed(**{"files.count": 0}),
+        "files-count-more": changed(**{"files.count": INDEX.count + 1}),
+        "files-count-bool": changed(**{"files.count": True}),
+        "files-offset-0": changed(**{"files.offset": 0}),
+        "files-not-at-end": changed(**{"files.offset": INDEX.offset - 1}),
+        "files-size-short": changed(**{"files.size": INDEX.size - 1}),
+        "files-sha-short": changed(**{"files.sha256": "ab"}),
+        "files-sha-other": changed(**{"files.sha256": sha}),
         "build-text": changed(build="x"),
         "mpy-missing": changed(mpy=None),
         "port-long": changed(port="p" * 33),
@@ -233,6 +254,34 @@ def artifacts(f: Fleet) -> dict[str, bytes]:
         if doc.get("mpy") is None:
             doc.pop("mpy")
         out[f"manifest-{name}"] = artifact(doc, good)
+    # Signed manifests naming a hand-made index at the end of the image (the hash right).
+    entries = {e[0]: e for e in romfs.entries(ROM)}
+    a, m = entries["lib/a.mpy"], entries["main.mpy"]
+
+    for name, raw in {
+        "unsorted": index_bytes(m, a),
+        "twice": index_bytes(a, a),
+        "outside": index_bytes(a, (m[0], m[1], len(ROM) - 10, m[3])),
+        "dotdot": index_bytes(a, ("../m.mpy", *m[1:])),
+        "trailing": index_bytes(a, m) + b"\0",
+        "count-low": index_bytes(a, m, count=1),
+        "file-and-folder": index_bytes(("lib", *a[1:]), a, m),
+        "sorted": index_bytes(a, m),
+    }.items():
+        image = ROM + raw
+        doc = manifest_doc()
+        doc["image"] = {
+            "format": "romfs",
+            "sha256": hashlib.sha256(image).hexdigest(),
+            "size": len(image),
+        }
+        doc["files"] = {
+            "count": raw[4] if name != "count-low" else 2,
+            "offset": len(ROM),
+            "size": len(raw),
+            "sha256": hashlib.sha256(raw).hexdigest(),
+        }
+        out[f"index-{name}"] = artifact(doc, good, image)
     return out
 
 
@@ -247,16 +296,16 @@ def slots(f: Fleet) -> dict[str, bytes]:
     good = lambda m: sigs_of(f.rel[:1], m)  # noqa: E731
     plain = manifest.parse(jsondoc.dumps(manifest_doc()))
 
-    def made(files: object = None, **enc: object) -> tuple[dict, bytes]:
+    def made(files: bytes | None = None, **enc: object) -> tuple[dict, bytes]:
         outer, stored = encrypted.encrypt(plain, IMAGE, KEY, IV)
         doc = json.loads(outer.encode())
-        if files is not None:  # a file table other than the image's, signed as it is
-            body = json.dumps(files, separators=(",", ":")).encode()
+        if files is not None:  # a file index other than the image's, signed as it is
+            body = files
             padded = body + bytes(-len(body) % 16)
             head = Cipher(algorithms.AES(KEY), modes.CBC(IV)).encryptor()
             ct = head.update(padded) + head.finalize()
             rest = Cipher(algorithms.AES(KEY), modes.CBC(ct[-16:])).encryptor()
-            img = IMAGE + bytes(-len(IMAGE) % 16)
+            img = ROM + bytes(-len(ROM) % 16)
             stored = IV + ct + rest.update(img) + rest.finalize()
             doc["encrypted"]["table"] = {
                 "sha256": hashlib.sha256(body).hexdigest(),
@@ -291,17 +340,19 @@ def slots(f: Fleet) -> dict[str, bytes]:
         "table-size-off": slot(
             *made(table={"sha256": doc["encrypted"]["table"]["sha256"], "size": 17})
         ),
-        "romfs-size-off": slot(*made(romfs_size=len(IMAGE) + 16)),
+        "romfs-size-off": slot(*made(romfs_size=len(ROM) + 16)),
         "table-tiny": slot(*made(table={"sha256": sha, "size": 1})),
-        "files-outside": slot(*made([["a.mpy", 1000, 100, sha]])),
-        "files-dotdot": slot(*made([["../a.mpy", 1, 0, sha]])),
-        "files-space": slot(*made([["a b.mpy", 1, 0, sha]])),
-        "files-twice": slot(*made([["a.mpy", 1, 0, sha], ["a.mpy", 1, 1, sha]])),
-        "files-not-list": slot(*made({"a": 1})),
-        "files-other-valid": slot(*made([["x.mpy", 4, 0, sha]])),
+        "table-7-bytes": slot(*made(b"MPSF\x01\x00\x00")),
+        "files-outside": slot(*made(index_bytes(("a.mpy", 1000, 100, sha)))),
+        "files-dotdot": slot(*made(index_bytes(("../a.mpy", 1, 0, sha)))),
+        "files-space": slot(*made(index_bytes(("a b.mpy", 1, 0, sha)))),
+        "files-twice": slot(*made(index_bytes(("a.mpy", 1, 0, sha), ("a.mpy", 1, 1, sha)))),
+        "files-unsorted": slot(*made(index_bytes(("b.mpy", 1, 0, sha), ("a.mpy", 1, 1, sha)))),
+        "files-not-an-index": slot(*made(b'[["a.mpy", 1, 0, "' + sha.encode() + b'"]]')),
+        "files-other-valid": slot(*made(index_bytes(("x.mpy", 4, 0, sha)))),
     }
     listed, stored = made()
-    listed["files"] = FILES  # an encrypted manifest that also names its files
+    listed["files"] = FILES  # an encrypted manifest that also names its file index
     out["files-in-manifest"] = slot(listed, stored)
     return out
 
@@ -563,6 +614,11 @@ def test_host_and_device_give_the_same_verdict_on_every_item(corpus) -> None:
     assert host["artifact-valid"] == host["root-valid"] == host["timestamp-valid"] == "ok"
     assert host["artifact-bad-then-good"] == "refused"  # one rule on both sides
     assert host["slot-valid"] == host["slot-files-other-valid"] == "ok"
+    # The file index: only the well-formed one (and a release without one) passes.
+    index_ok = {"artifact-index-sorted", "artifact-manifest-files-null"}
+    for n in items:
+        if n.startswith(("artifact-index-", "artifact-manifest-files-")):
+            assert host[n] == ("ok" if n in index_ok else "refused"), n
     with capsys_disabled():
         print(
             f"\ndifferential corpus: {len(items)} items, "

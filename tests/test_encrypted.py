@@ -19,7 +19,7 @@ from release_support import boot_files_in_a_heap_below_the_image, release
 
 from mpseal.device.sim import SIM_ID, VirtualBoard
 from mpseal.errors import BadDataError, FormatError, IntegrityError, MpsealError
-from mpseal.formats import artifact, encrypted, manifest, romfs
+from mpseal.formats import artifact, encrypted, fileindex, manifest, romfs
 from mpseal.packaging.package import read_release_key
 from mpseal.packaging.project import Project
 
@@ -114,8 +114,8 @@ def test_encrypted_artifact_hides_file_names_and_contents(setup: Setup) -> None:
     for word in (SECRET, "recipe", "notes.txt", "main.mpy", "running"):
         assert word.encode() not in setup.blob, word
     man = artifact.decode(setup.blob).manifest
-    assert man.files == () and man.encrypted is not None
-    assert b'"files":[]' in artifact.decode(setup.blob).manifest_bytes
+    assert man.files is None and man.encrypted is not None
+    assert b'"files":null' in artifact.decode(setup.blob).manifest_bytes
 
 
 def test_storage_copy_of_an_encrypted_slot_does_not_open_on_the_host(setup: Setup) -> None:
@@ -182,7 +182,7 @@ def test_encrypted_release_with_another_boards_key_is_not_staged(setup: Setup) -
 
 
 def _plain(files: dict[str, bytes]) -> tuple[manifest.Manifest, bytes]:
-    image = romfs.write(files)
+    image, index = fileindex.append(romfs.write(files), romfs.entries(romfs.write(files)))
     man = manifest.Manifest(
         app="hello",
         version="1.0",
@@ -193,7 +193,7 @@ def _plain(files: dict[str, bytes]) -> tuple[manifest.Manifest, bytes]:
         arch="x64",
         image_sha256=hashlib.sha256(image).hexdigest(),
         image_size=len(image),
-        files=romfs.entries(image),
+        files=index,
     )
     return man, image
 
@@ -203,7 +203,9 @@ def test_encrypted_manifest_round_trips_and_its_sizes_must_agree() -> None:
     key = encrypted.new_key()
     outer, stored = encrypted.encrypt(plain, image, key)
     assert manifest.parse(outer.encode()) == outer
-    assert encrypted.decrypt(outer, stored, key) == (plain.files, image)
+    assert plain.files is not None
+    rom = image[: plain.files.offset]
+    assert encrypted.decrypt(outer, stored, key) == (romfs.entries(rom), rom)
     bad = outer.encode().replace(b'"romfs_size":', b'"romfs_size":1', 1)
     with pytest.raises(FormatError):
         manifest.parse(bad)

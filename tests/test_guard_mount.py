@@ -5,8 +5,10 @@ follow each port's documented protocol, runtime/simfirmware.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import struct
 import subprocess
 from pathlib import Path
 
@@ -17,7 +19,8 @@ from mpseal.device.guard_install import BOOT_PACK, compiled_guard
 from mpseal.device.sim import VirtualBoard
 from mpseal.device.vm import find_micropython, runtime_dir
 from mpseal.errors import FormatError
-from mpseal.formats import artifact, manifest, romfs
+from mpseal.formats import artifact, fileindex, romfs
+from mpseal.limits import DEFAULT_LIMITS
 from mpseal.packaging.project import Project
 
 # An app of several modules, a package, and data files read as text and as bytes.
@@ -167,15 +170,16 @@ def test_verified_files_refuses_a_file_altered_in_the_slot(project: Path, tmp_pa
     art = artifact.decode(multi_app(project))
     man = art.manifest
     slot = bytearray(art.encode())
-    _, size, off, _ = next(f for f in man.files if f[0] == "helper.mpy")
+    assert man.files is not None
+    _, size, off, _ = next(f for f in art.files() if f[0] == "helper.mpy")
     slot[art.image_offset + off + size - 1] ^= 0x01
     (tmp_path / "slot.bin").write_bytes(bytes(slot))
-    files = json.dumps([list(f) for f in man.files])
+    ref = json.dumps(man.files.to_dict())
     res = run_vm(
         f"""
 import mpseal_appfs, vfs, json
 from mpseal_release import Refused
-fs = mpseal_appfs.AppFS("slot.bin", {art.image_offset}, json.loads({files!r}), {man.image_size})
+fs = mpseal_appfs.AppFS("slot.bin", {art.image_offset}, json.loads({ref!r}), {man.image_size})
 vfs.mount(fs, "/app")
 print(open("/app/data/greeting.txt").read().split())
 print(sorted(n for n, *_ in __import__("os").ilistdir("/app")))
@@ -197,37 +201,59 @@ except OSError as e:
     assert "write: 30" in res.stdout  # EROFS
 
 
-MANIFEST_FILE_LISTS = {
-    "good": ([["a.mpy", 10, 0, "0" * 64], ["lib/b.mpy", 5, 10, "f" * 64]], True),
-    "outside the image": ([["a.mpy", 10, 95, "0" * 64]], False),
-    "negative offset": ([["a.mpy", 1, -1, "0" * 64]], False),
-    "two entries for one path": ([["a.mpy", 1, 0, "0" * 64], ["a.mpy", 1, 1, "0" * 64]], False),
-    "path climbing out": ([["../a.mpy", 1, 0, "0" * 64]], False),
-    "absolute path": ([["/a.mpy", 1, 0, "0" * 64]], False),
-    "short hash": ([["a.mpy", 1, 0, "0" * 63]], False),
-    "old two-field entry": ([["a.mpy", 1]], False),
-    "size as a string": ([["a.mpy", "1", 0, "0" * 64]], False),
+def index_bytes(entries: list[tuple[str, int, int, bytes]], count: int | None = None) -> bytes:
+    """A file index written by hand (formats/fileindex.py layout), in the order given."""
+    out = b"MPSF" + struct.pack("<I", len(entries) if count is None else count)
+    for name, size, off, sha in entries:
+        raw = name.encode()
+        out += struct.pack("<II32sB", size, off, sha, len(raw)) + raw
+    return out
+
+
+H = bytes(32)
+FILE_INDEXES = {
+    "good": (index_bytes([("a.mpy", 10, 0, H), ("lib/b.mpy", 5, 10, H)]), True),
+    "outside the image": (index_bytes([("a.mpy", 10, 95, H)]), False),
+    "ends at the index": (index_bytes([("a.mpy", 10, 90, H)]), True),
+    "two entries for one path": (index_bytes([("a.mpy", 1, 0, H), ("a.mpy", 1, 1, H)]), False),
+    "out of order": (index_bytes([("b.mpy", 1, 0, H), ("a.mpy", 1, 1, H)]), False),
+    "path climbing out": (index_bytes([("../a.mpy", 1, 0, H)]), False),
+    "absolute path": (index_bytes([("/a.mpy", 1, 0, H)]), False),
+    "empty segment": (index_bytes([("a//b.mpy", 1, 0, H)]), False),
+    "dot segment": (index_bytes([("a/./b.mpy", 1, 0, H)]), False),
+    "space in a name": (index_bytes([("a b.mpy", 1, 0, H)]), False),
+    "non-ASCII name": (index_bytes([("\u00f6.mpy", 1, 0, H)]), False),
+    "name too long": (index_bytes([("a" * 121, 1, 0, H)]), False),
+    "file and folder": (index_bytes([("a", 1, 0, H), ("a/b.mpy", 1, 1, H)]), False),
+    "count too high": (index_bytes([("a.mpy", 1, 0, H)], count=2), False),
+    "count zero": (index_bytes([], count=0), False),
+    "trailing byte": (index_bytes([("a.mpy", 1, 0, H)]) + b"\0", False),
+    "truncated": (index_bytes([("a.mpy", 1, 0, H)])[:-1], False),
+    "wrong magic": (b"MPSX" + index_bytes([("a.mpy", 1, 0, H)])[4:], False),
 }
 
 
-def test_host_and_device_accept_the_same_manifest_file_lists(tmp_path: Path) -> None:
-    """One format, two parsers (formats/manifest.py and runtime/mpseal_appfs.py): fed the
-    same lists, they accept and refuse the same ones."""
-    image_size = 100
-    for name, (files, ok) in MANIFEST_FILE_LISTS.items():
+def test_host_and_device_accept_the_same_file_indexes(tmp_path: Path) -> None:
+    """One format, two parsers (formats/fileindex.py and runtime/mpseal_appfs.py): fed the
+    same index bytes, they accept and refuse the same ones."""
+    files_end = 100
+    for name, (data, ok) in FILE_INDEXES.items():
         try:
-            manifest.parse_files(files, image_size)
+            fileindex.parse(data, files_end)
             host = True
         except FormatError:
             host = False
         assert host == ok, name
+    cases = {k: [v[0].hex(), v[1]] for k, v in FILE_INDEXES.items()}
     res = run_vm(
         f"""
-import mpseal_appfs, json
+import mpseal_appfs, json, struct
 from mpseal_release import Refused
-for name, (files, ok) in json.loads({json.dumps(MANIFEST_FILE_LISTS)!r}).items():
+for name, (data, ok) in json.loads({json.dumps(cases)!r}).items():
+    data = bytes.fromhex(data)
+    count = struct.unpack_from("<I", data, 4)[0] if len(data) >= 8 else 0
     try:
-        mpseal_appfs.index(files, {image_size})
+        mpseal_appfs.parse_index(data, {files_end}, count)
         print("DEVICE", name, True)
     except Refused:
         print("DEVICE", name, False)
@@ -240,13 +266,13 @@ for name, (files, ok) in json.loads({json.dumps(MANIFEST_FILE_LISTS)!r}).items()
         for ln in res.stdout.splitlines()
         if ln.startswith("DEVICE ")
     }
-    assert device == {k: v[1] for k, v in MANIFEST_FILE_LISTS.items()}
+    assert device == {k: v[1] for k, v in FILE_INDEXES.items()}
 
 
 def test_build_lists_every_file_with_its_offset_and_hash(project: Path) -> None:
     blob = multi_app(project)
     art = artifact.decode(blob)
-    files = art.manifest.files
+    files = art.files()
     assert {f[0] for f in files} >= {
         "main.mpy",
         "helper.mpy",
@@ -258,7 +284,10 @@ def test_build_lists_every_file_with_its_offset_and_hash(project: Path) -> None:
     for name, size, off, sha in files:
         data = art.image[off : off + size]
         assert hashlib.sha256(data).hexdigest() == sha, name
-    assert files == romfs.entries(art.image)
+    ref = art.manifest.files
+    assert ref is not None and ref.count == len(files)
+    assert files == romfs.entries(art.image[: ref.offset])
+    assert ref.offset + ref.size == len(art.image)  # the index ends the image
 
 
 def test_a_manifest_whose_file_list_lies_about_the_image_is_refused_on_the_host(
@@ -269,12 +298,15 @@ def test_a_manifest_whose_file_list_lies_about_the_image_is_refused_on_the_host(
     proj = Project.load(project)
     art = artifact.decode(multi_app(project))
     man = art.manifest
-    name, size, off, _ = man.files[0]
-    lying = man.__class__(
-        **{**man.__dict__, "files": ((name, size, off, "0" * 64), *man.files[1:])}
+    assert man.files is not None
+    rom = art.image[: man.files.offset]
+    name, size, off, _ = art.files()[0]
+    image, ref = fileindex.append(rom, ((name, size, off, "0" * 64), *art.files()[1:]))
+    lying = dataclasses.replace(
+        man, files=ref, image_size=len(image), image_sha256=hashlib.sha256(image).hexdigest()
     )
-    bad = artifact.create(lying, art.image, [proj.release_signer()]).encode()
-    with pytest.raises(IntegrityError, match="file list does not match the image"):
+    bad = artifact.create(lying, image, [proj.release_signer()]).encode()
+    with pytest.raises(IntegrityError, match="file index does not match its files"):
         artifact.verify(bad, proj.trust_root())
 
 
@@ -311,3 +343,40 @@ except OSError as e:
     assert res.returncode == 0, res.stderr + res.stdout
     assert "/p/mpseal_appfs.mpy /p/mpseal_lockdown.mpy True" in res.stdout
     assert "missing 2" in res.stdout
+
+
+MANY_MAIN = """\
+import sys
+from mpseal_guard import confirm, status
+def main():
+    import pkg07.mod399, pkg00.mod000, mod_top
+    print("many", pkg07.mod399.N, pkg00.mod000.N, mod_top.N, status()["mount"])
+    confirm()
+"""
+
+
+def test_a_400_module_app_builds_and_boots_from_verified_files(
+    project: Path, tmp_path: Path
+) -> None:
+    """A product of ~400 modules (issue 12: a real code base of 398 third-party modules
+    made a 46.5 KB manifest, over the 16 KiB limit host and device share): its file list
+    is the image's file index, the manifest stays small, and the guard mounts it on
+    firmware without VfsRom and imports from it (real mpy-cross, the real VM)."""
+    app = project / "app"
+    (app / "greet.py").unlink(missing_ok=True)
+    for i in range(400):
+        pkg = app / f"pkg{i // 50:02d}"
+        pkg.mkdir(exist_ok=True)
+        (pkg / "__init__.py").touch()
+        (pkg / f"mod{i:03d}.py").write_text(f"N = {i}\n")
+    (app / "mod_top.py").write_text("N = 'top'\n")
+    blob = release(project, "1.0", 1, MANY_MAIN, profile="field")
+    art = artifact.decode(blob)
+    files = art.files()
+    assert len(files) == 400 + 8 + 3  # modules, package __init__s, main, mod_top, greeting
+    assert len(art.manifest_bytes) < 2048, len(art.manifest_bytes)  # whatever the file count
+    assert len(art.manifest_bytes) <= DEFAULT_LIMITS.manifest_max_length
+    board = board_with(project, tmp_path / "b", "no-vfsrom", blob)
+    report = board.boot()
+    assert "many 399 0 top verified-files" in report.output, report.output
+    assert report.ran() == [("hello", "1.0", 1)], report.output

@@ -50,7 +50,6 @@ def test_device_limits_equal_limits_py() -> None:
         "mpseal_meta.MAX_TARGETS": (meta["MAX_TARGETS"], L.timestamp_max_targets),
         "mpseal_meta.MAX_PATH": (meta["MAX_PATH"], L.target_path_max_length),
         "mpseal_meta.MAX_SIZE": (meta["MAX_SIZE"], L.artifact_max_length),
-        "mpseal_meta.MAX_FILE_NAME": (meta["MAX_FILE_NAME"], L.file_name_max_length),
         "mpseal_appfs.MAX_NAME": (appfs["MAX_NAME"], L.file_name_max_length),
         "mpseal_secrets.MAX_LEN": (constants("mpseal_secrets")["MAX_LEN"], secretbox.MAX_LEN),
         "mpseal_release.MAX_UNLOCK": (rel["MAX_UNLOCK"], unlocktoken.MAX_LENGTH),

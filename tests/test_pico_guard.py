@@ -79,8 +79,8 @@ def test_native_multi_module_app_boots_verified_on_stock_rpi_pico(
     rp2_project: Path, pico: PicoBoard
 ) -> None:
     blob = release(rp2_project, "1.0", 1, APP_MAIN, profile="dev")
-    man = artifact.decode(blob).manifest
-    assert man.arch == "armv6m" and "pkg/tool.mpy" in {f[0] for f in man.files}
+    art = artifact.decode(blob)
+    assert art.manifest.arch == "armv6m" and "pkg/tool.mpy" in {f[0] for f in art.files()}
     report = pico.boot()
     assert report.ran()[:1] == [("hello", "1.0", 1)], report.output
     assert (

@@ -17,7 +17,8 @@ signed, or required to be zero, so no byte can change unnoticed:
     32      m     manifest (JSON, see manifest.py) — the signed bytes
     32+m    96×c  signature block (see sigblock.py)
     ...           zero padding up to the image offset
-    off     len   ROMFS image (vfs.VfsRom format); its SHA-256 is in the manifest
+    off     len   image: ROMFS (vfs.VfsRom format), then the file index (fileindex.py,
+                  named by the manifest's files); its SHA-256 is in the manifest
 
 Nothing may follow the image. Threat tier: verified on the host or the device,
 the signature stops T1 (a network, mirror or CDN serving altered or foreign code).
@@ -33,8 +34,8 @@ from dataclasses import dataclass
 
 from mpseal.crypto.keys import Signer
 from mpseal.errors import FormatError, IntegrityError, PolicyError
+from mpseal.formats import fileindex, romfs, sigblock
 from mpseal.formats import manifest as manifest_mod
-from mpseal.formats import romfs, sigblock
 from mpseal.formats.manifest import Manifest
 from mpseal.formats.sigblock import SignatureEntry
 from mpseal.formats.trustroot import TrustRoot
@@ -62,6 +63,11 @@ class Artifact:
     @property
     def manifest(self) -> Manifest:
         return manifest_mod.parse(self.manifest_bytes)
+
+    def files(self) -> tuple[fileindex.FileEntry, ...]:
+        """The image's file index, checked against the manifest (empty when it has none)."""
+        ref = self.manifest.files
+        return fileindex.read(self.image, ref) if ref else ()
 
     @property
     def image_offset(self) -> int:
@@ -168,8 +174,14 @@ def verify(
         raise IntegrityError(
             "image SHA-256 does not match the signed manifest: the image was altered"
         )
-    if man.files and man.files != romfs.entries(art.image):
-        raise IntegrityError("the manifest's file list does not match the image")
+    if man.files is not None:
+        try:
+            files = fileindex.read(art.image, man.files, limits)
+            same = files == romfs.entries(art.image[: man.files.offset])
+        except FormatError as e:
+            raise IntegrityError(f"the image's file index is damaged: {e}") from e
+        if not same:
+            raise IntegrityError("the image's file index does not match its files")
     if board is not None and man.board != board:
         raise PolicyError(f"artifact is built for board {man.board!r}, not {board!r}")
     if man.counter < min_counter:

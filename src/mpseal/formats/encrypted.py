@@ -1,14 +1,14 @@
 """Releases encrypted at rest and in transit, opened only by the device they were wrapped for.
 
 An encrypted release is an ordinary artifact (artifact.py) whose signed manifest has
-``image.format = "romfs-aes256cbc"``, an empty ``files`` list and an ``encrypted``
-object (manifest.py). Its image, as stored and downloaded, is
+``image.format = "romfs-aes256cbc"``, ``files`` null and an ``encrypted`` object
+(manifest.py). Its image, as stored and downloaded, is
 
     IV (16 random bytes) ‖ AES-256-CBC(K, IV, table ‖ 0-pad to 16 ‖ ROMFS ‖ 0-pad to 16)
 
-``K`` is a random key made for this release only. ``table`` is the JSON list that a
-plain release's manifest has as ``files`` (``[[path, size, offset, sha256], ...]``,
-offsets into the plaintext ROMFS image), so file names, sizes and contents are all
+``K`` is a random key made for this release only. ``table`` is the file index a plain
+release has at the end of its image (fileindex.py: path, size, offset, sha256 of each
+file, offsets into the plaintext ROMFS image), so file names, sizes and contents are all
 inside the ciphertext. The signed manifest keeps the SHA-256 of the stored (encrypted)
 image, the SHA-256 and size of the plaintext table, and the ROMFS size: the guard checks
 the signature, then the image hash, then that the table it decrypted has the signed
@@ -43,15 +43,13 @@ the release keys too: T2), nor T3 without the chip's flash encryption.
 from __future__ import annotations
 
 import hashlib
-import json
 import secrets
 import struct
 from dataclasses import replace
 
 from mpseal.crypto import aescbc
 from mpseal.errors import FormatError, IntegrityError, UsageError
-from mpseal.formats import manifest as manifest_mod
-from mpseal.formats import romfs
+from mpseal.formats import fileindex, romfs
 from mpseal.formats.manifest import Encryption, FileEntry, Manifest
 from mpseal.limits import DEFAULT_LIMITS, Limits
 
@@ -76,18 +74,19 @@ def encrypt(
     """The manifest to sign and the image to store for plain release (``plain``, ``image``)."""
     if len(key) != KEY_LENGTH:
         raise UsageError("a release key is 32 bytes")
-    if plain.encrypted is not None or not plain.files:
-        raise UsageError("only a plain release with a file list can be encrypted")
-    table = json.dumps([list(f) for f in plain.files], separators=(",", ":")).encode()
+    ref = plain.files
+    if plain.encrypted is not None or ref is None:
+        raise UsageError("only a plain release with a file index can be encrypted")
+    rom, table = image[: ref.offset], image[ref.offset :]
     iv = iv or secrets.token_bytes(16)
-    body = _pad(table) + _pad(image)
+    body = _pad(table) + _pad(rom)
     stored = iv + aescbc.cbc_encrypt(key, iv, body)
-    enc = Encryption(hashlib.sha256(table).hexdigest(), len(table), len(image))
+    enc = Encryption(hashlib.sha256(table).hexdigest(), len(table), len(rom))
     outer = replace(
         plain,
         image_sha256=hashlib.sha256(stored).hexdigest(),
         image_size=len(stored),
-        files=(),
+        files=None,
         encrypted=enc,
     )
     return outer, stored
@@ -109,13 +108,7 @@ def open_table(
             "the encrypted release does not open with this key (a key made for another "
             "device or release, or an altered key record)"
         )
-    try:
-        items = json.loads(plain.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise FormatError("the encrypted release's file table is not a JSON list") from None
-    if not isinstance(items, list) or len(items) > limits.files_max_count:
-        raise FormatError("the encrypted release's file table is not a list of files")
-    return manifest_mod.parse_files(items, enc.romfs_size, limits)
+    return fileindex.parse(plain, enc.romfs_size, limits)
 
 
 def decrypt(

@@ -8,57 +8,55 @@ A UTF-8 JSON object, written with sorted keys and no spaces:
      "mpy": {"version": "6.3", "arch": "xtensawin"},
      "image": {"format": "romfs", "sha256": "<64 hex>", "size": 12345},
      "entry": "main",
-     "files": [["data/logo.bin", 4096, 24, "<64 hex>"], ["main.mpy", 812, 4136, "<64 hex>"]],
+     "files": {"count": 2, "offset": 12224, "size": 136, "sha256": "<64 hex>"},
      "build": {"opt": 2, "source_lines": false, "tool": "mpseal 0.1.0"}}
 
-An encrypted release (formats/encrypted.py) has ``image.format`` ``"romfs-aes256cbc"``,
-an empty ``files`` list, and ``"encrypted": {"alg": "aes-256-cbc", "table": {"sha256",
-"size"}, "romfs_size"}``: its file list travels inside the encrypted image.
+``files`` names the image's file index (formats/fileindex.py): the last ``size`` bytes
+of the image, from ``offset``, listing ``count`` files as (path, size, offset, sha256).
+A device without ``vfs.VfsRom`` serves the app from it (runtime/mpseal_appfs.py): it
+checks the index against this hash once, then reads each file at its offset and checks
+it against its hash before anything sees it, so it never parses the image from flash.
+The index is not in the manifest itself because it grows with the app (about 70 bytes
+a file) while the manifest is read whole at every boot under a small shared limit.
+``files`` may be null (no index: such a release mounts only through ``vfs.VfsRom``).
+``build`` is for people.
 
-``files`` lists every file of the image as ``[path, size, offset, sha256]``: ``offset``
-is where the file's bytes start inside the image. A device without ``vfs.VfsRom``
-serves the app from this signed list (runtime/mpseal_appfs.py): it reads each file
-at its offset and checks it against its hash before anything sees it, so it never
-parses the image from flash. ``build`` is for people.
+An encrypted release (formats/encrypted.py) has ``image.format`` ``"romfs-aes256cbc"``,
+``files`` null, and ``"encrypted": {"alg": "aes-256-cbc", "table": {"sha256", "size"},
+"romfs_size"}``: its file index travels inside the encrypted image.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from mpseal.errors import FormatError
 from mpseal.formats import jsondoc, names
+from mpseal.formats.fileindex import FileEntry, IndexRef, check_file_name
 from mpseal.limits import DEFAULT_LIMITS, Limits
+
+__all__ = [
+    "DOC_TYPE",
+    "Encryption",
+    "FileEntry",
+    "IndexRef",
+    "Manifest",
+    "check_app_name",
+    "check_file_name",
+    "parse",
+]
 
 DOC_TYPE = "mpseal-release"
 PLAIN = "romfs"
 ENCRYPTED = "romfs-aes256cbc"  # formats/encrypted.py
 ALG = "aes-256-cbc"
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-# One file of the image: (path, size, offset of its bytes in the image, sha256 hex).
-FileEntry = tuple[str, int, int, str]
-
-
-def check_file_name(name: str, limits: Limits = DEFAULT_LIMITS) -> str:
-    """A file name inside the image: relative, '/'-separated, plain ASCII, no '..'."""
-    if not isinstance(name, str) or not 0 < len(name) <= limits.file_name_max_length:
-        raise FormatError(f"file name {name!r} is empty or too long")
-    parts = name.split("/")
-    for part in parts:
-        if part in ("", ".", "..") or not names.FILE_SEGMENT.fullmatch(part):
-            raise FormatError(
-                f"file name {name!r} is not a plain relative path (letters, digits, _ . - and /)"
-            )
-    return name
 
 
 @dataclass(frozen=True)
 class Encryption:
     """What the signed manifest says of an encrypted image (formats/encrypted.py)."""
 
-    table_sha256: str  # SHA-256 of the plaintext file table (JSON of the files list)
+    table_sha256: str  # SHA-256 of the plaintext file index (formats/fileindex.py)
     table_size: int
     romfs_size: int  # the plaintext ROMFS image
 
@@ -87,7 +85,7 @@ class Manifest:
     image_sha256: str
     image_size: int
     entry: str = "main"
-    files: tuple[FileEntry, ...] = ()
+    files: IndexRef | None = None  # the image's file index (formats/fileindex.py)
     build: dict[str, object] = field(default_factory=dict)
     encrypted: Encryption | None = None
 
@@ -107,7 +105,7 @@ class Manifest:
                 "size": self.image_size,
             },
             "entry": self.entry,
-            "files": [list(f) for f in self.files],
+            "files": self.files.to_dict() if self.files else None,
             "build": self.build,
         }
         if self.encrypted:
@@ -141,12 +139,12 @@ def parse(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Manifest:
     if fmt not in (PLAIN, ENCRYPTED):
         raise FormatError("manifest image format is not romfs or romfs-aes256cbc")
     image_size = image.int("size", 0, limits.image_max_length)
-    files = parse_files(f.list("files", limits.files_max_count), image_size, limits)
+    files = parse_index_ref(f, image_size, limits)
     encrypted = None
     if fmt == ENCRYPTED:
         encrypted = parse_encryption(f.obj("encrypted"), image_size, limits)
-        if files:
-            raise FormatError("an encrypted release lists its files only inside the image")
+        if files is not None:
+            raise FormatError("an encrypted release names its file index only inside the image")
     entry = f.req_str("entry", 64)
     if not names.MODULE.fullmatch(entry):
         raise FormatError(f"manifest entry {entry!r} is not a module name")
@@ -162,7 +160,7 @@ def parse(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Manifest:
         image_sha256=image.hex("sha256", 32),
         image_size=image_size,
         entry=entry,
-        files=tuple(files),
+        files=files,
         build=build.raw(),  # informational only
         encrypted=encrypted,
     )
@@ -177,7 +175,7 @@ def parse_encryption(
     table = f.obj("table")
     enc = Encryption(
         table_sha256=table.hex("sha256", 32),
-        table_size=table.int("size", 2, limits.manifest_max_length),
+        table_size=table.int("size", 8, limits.image_max_length),
         romfs_size=f.int("romfs_size", 0, limits.image_max_length),
     )
     if enc.stored_size != image_size:
@@ -185,33 +183,17 @@ def parse_encryption(
     return enc
 
 
-def _count(value: object, hi: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= hi
-
-
-def parse_files(
-    items: list[object], image_size: int, limits: Limits = DEFAULT_LIMITS
-) -> tuple[FileEntry, ...]:
-    """The ``files`` list: each ``[path, size, offset, sha256]`` inside the image, no path twice.
-
-    runtime/mpseal_appfs.py makes the same checks on the device."""
-    files: list[FileEntry] = []
-    seen: set[str] = set()
-    for item in items:
-        if (
-            not isinstance(item, list)
-            or len(item) != 4
-            or not _count(item[1], image_size)
-            or not _count(item[2], image_size)
-            or not isinstance(item[3], str)
-            or not _SHA256.fullmatch(item[3])
-        ):
-            raise FormatError("manifest file list entry is not [path, size, offset, sha256]")
-        name = check_file_name(item[0], limits)
-        if item[2] + item[1] > image_size:
-            raise FormatError(f"manifest file {name} lies outside the image")
-        if name in seen:
-            raise FormatError(f"manifest lists file {name} twice")
-        seen.add(name)
-        files.append((name, item[1], item[2], item[3]))
-    return tuple(files)
+def parse_index_ref(f: jsondoc.Fields, image_size: int, limits: Limits) -> IndexRef | None:
+    """The ``files`` object: the file index at the end of the image, or null (no index: the
+    release mounts only where ``vfs.VfsRom`` is; runtime/mpseal_appfs.py refuses it)."""
+    if f.raw().get("files", 0) is None:
+        return None
+    ref = f.obj("files")
+    if set(ref.keys()) != {"count", "offset", "size", "sha256"}:
+        raise FormatError("manifest files is not {count, offset, size, sha256}")
+    count = ref.int("count", 1, limits.files_max_count)
+    offset = ref.int("offset", 1, image_size)
+    size = ref.int("size", 8, image_size)
+    if offset + size != image_size:
+        raise FormatError("manifest file index does not end the image")
+    return IndexRef(count, offset, size, ref.hex("sha256", 32))

@@ -131,7 +131,8 @@ def read(image: bytes) -> list[RomFile]:
 
 
 def entries(image: bytes) -> tuple[tuple[str, int, int, str], ...]:
-    """The manifest's ``files`` list of ``image``: (path, size, offset, sha256 hex), sorted."""
+    """Every file of ``image``: (path, size, offset, sha256 hex), sorted (the file index's
+    entries, formats/fileindex.py)."""
     return tuple(
         sorted(
             (f.path, len(f.data), f.offset, hashlib.sha256(f.data).hexdigest()) for f in read(image)

@@ -11,7 +11,7 @@ from pathlib import Path
 from mpseal import __version__
 from mpseal.crypto.keys import Signer
 from mpseal.errors import ConfigError, MpsealError
-from mpseal.formats import artifact, encrypted, romfs
+from mpseal.formats import artifact, encrypted, fileindex, romfs
 from mpseal.formats.manifest import Manifest
 from mpseal.fsutil import write_atomic
 from mpseal.limits import DEFAULT_LIMITS
@@ -95,7 +95,8 @@ def build(
         if name in files:
             raise ConfigError(f"data file {name} clashes with a compiled module of the same name")
         files[name] = data
-    image = romfs.write(files)
+    rom = romfs.write(files)
+    image, index = fileindex.append(rom, romfs.entries(rom))
     image_sha256 = hashlib.sha256(image).hexdigest()
     sbom_bytes = _sbom(project, sources, files, image_sha256, compiler)
     manifest = Manifest(
@@ -109,7 +110,7 @@ def build(
         image_sha256=image_sha256,
         image_size=len(image),
         entry=cfg.entry,
-        files=romfs.entries(image),
+        files=index,
         # "profile": signed, the loosest lockdown the guard runs this release under
         build={
             "opt": cfg.opt,

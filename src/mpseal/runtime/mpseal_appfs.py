@@ -1,18 +1,22 @@
 # A read-only filesystem, in MicroPython, that serves a verified app image's files
 # to vfs.mount on firmware without vfs.VfsRom (stock rp2 and esp32, most stm32).
 #
-# The directory is the SIGNED manifest's file list ([path, size, offset, sha256]),
-# never parsed from flash. open() reads the whole file from the slot into RAM,
-# checks it against its signed SHA-256 and only then hands out a stream over those
-# RAM bytes (io.BytesIO/StringIO of a bytes object share its buffer, no copy): what
-# the importer or the app reads is exactly what was checked, and RAM use follows the
-# largest file, not the image. A file whose bytes do not match
-# raises Refused (the guard reports it; nothing of it is served).
+# The directory is the image's file index (formats/fileindex.py: path, size, offset,
+# sha256 of each file, at the end of the image), read once into RAM and checked
+# against its SHA-256 in the SIGNED manifest; the ROMFS structure is never parsed
+# from flash. The index stays in RAM as one bytes object (about 70 bytes a file)
+# with a list of where its entries start: no object per file. open() reads the
+# whole file from the slot into RAM, checks it against its signed SHA-256 and only
+# then hands out a stream over those RAM bytes (io.BytesIO/StringIO of a bytes
+# object share its buffer, no copy): what the importer or the app reads is exactly
+# what was checked, and RAM use follows the largest file, not the image. A file
+# whose bytes do not match raises Refused (the guard reports it; nothing of it is
+# served).
 #
 # An encrypted release (src/mpseal/formats/encrypted.py has the format) is served here
 # too, never through VfsRom: open_release() unwraps the release key from the key record
 # kept after the image in the slot, under a key derived from machine.unique_id() read
-# at run time (never stored), decrypts the file table and checks it against its signed
+# at run time (never stored), decrypts the file index and checks it against its signed
 # hash; open() then decrypts one file (AES-256-CBC from the block before it, in place:
 # RAM about twice the file, not the image) and checks its plaintext against its SHA-256.
 #
@@ -23,8 +27,9 @@
 
 import hashlib
 import io
+import struct
 
-from mpseal_release import Refused, _hex
+from mpseal_release import Refused, _hex, is_name
 
 ENOENT = 2
 EIO = 5
@@ -34,46 +39,106 @@ EINVAL = 22
 EROFS = 30
 S_IFDIR = 0x4000
 S_IFREG = 0x8000
-MAX_FILES = 4096
-MAX_NAME = 120
+MAX_FILES = 4096  # limits.py: files_max_count
+MAX_NAME = 120  # limits.py: file_name_max_length
+ENTRY = 41  # size u32, offset u32, sha256 32, name length u8; then the name
 
 
-def _safe_name(name):
-    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME:
-        return False
-    for part in name.split("/"):
-        if part in ("", ".", ".."):
+def _name_ok(name):
+    # As the host's fileindex.check_file_name: plain relative segments of [A-Za-z0-9_.-].
+    for seg in name.split("/"):
+        if not is_name(seg, MAX_NAME):
             return False
     return True
 
 
-def index(files, image_size):
-    """{path: (size, offset, sha256 hex)} and the set of folders, from the manifest's list.
-
-    Raises Refused on any entry a host build (formats/manifest.py) would not write."""
-    if not isinstance(files, list) or not files or len(files) > MAX_FILES:
-        raise Refused("manifest lists no files (built by an older mpseal?)")
-    table = {}
+def parse_index(ix, files_end, count=None):
+    """Check index bytes `ix` (formats/fileindex.py parse, the same rules) -> (list of
+    entry positions, set of folders); `count`: the signed manifest's, when it has one.
+    Raises Refused on anything the host would refuse."""
+    if len(ix) < 8 or ix[:4] != b"MPSF":
+        raise Refused("file index is not an mpseal file index")
+    n = struct.unpack_from("<I", ix, 4)[0]
+    if (count is not None and n != count) or not 1 <= n <= MAX_FILES:
+        raise Refused("file index count differs from the signed manifest's")
+    pos = []
     dirs = {""}
-    for item in files:
+    p = 8
+    last = b""
+    end = len(ix)
+    for _ in range(n):
+        if p + ENTRY > end:
+            raise Refused("file index is truncated")
+        size, off = struct.unpack_from("<II", ix, p)
+        k = ix[p + 40]
+        raw = ix[p + ENTRY : p + ENTRY + k]
+        if not 0 < k <= MAX_NAME or len(raw) != k:
+            raise Refused("file index entry has a bad name length")
         try:
-            name, size, off, sha = item
-            ok = (_safe_name(name) and type(size) is int and type(off) is int and 0 <= size
-                  and 0 <= off and off + size <= image_size and isinstance(sha, str)
-                  and len(sha) == 64 and name not in table)
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise Refused("manifest file list entry is malformed")
-        table[name] = (size, off, sha)
+            name = raw.decode()
+        except (UnicodeError, ValueError):
+            name = ""
+        if not name or not _name_ok(name):
+            raise Refused("file index entry name is not a plain relative path")
+        if pos and raw <= last:
+            raise Refused("file index is not in order of names")
+        if off + size > files_end:
+            raise Refused("file index entry %s lies outside the image's files" % name)
+        pos.append(p)
+        last = raw
         i = name.find("/")
         while i > 0:
             dirs.add(name[:i])
             i = name.find("/", i + 1)
+        p += ENTRY + k
+    if p != end:
+        raise Refused("file index has bytes after its last entry")
     for d in dirs:
-        if d in table:
-            raise Refused("manifest names %s as a file and a folder" % d)
-    return table, dirs
+        if find(ix, pos, d) is not None:
+            raise Refused("file index names %s as a file and a folder" % d)
+    return pos, dirs
+
+
+def find(ix, pos, path):
+    """Binary search of the sorted index -> (size, offset, sha256 bytes) of `path`, or None."""
+    want = path.encode()
+    lo, hi = 0, len(pos)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        p = pos[mid]
+        k = ix[p + 40]
+        name = ix[p + ENTRY : p + ENTRY + k]
+        if name == want:
+            size, off = struct.unpack_from("<II", ix, p)
+            return size, off, ix[p + 8 : p + 40]
+        if name < want:
+            lo = mid + 1
+        else:
+            hi = mid
+    return None
+
+
+def load_index(f, base, ref, image_size):
+    """Read the index the manifest's `files` names from open slot file `f` (image at
+    `base`), check it against its signed hash -> (index bytes, positions, folders)."""
+    if ref is None:
+        raise Refused("release has no file index (built by an older mpseal?)")
+    size, off = ref["size"], ref["offset"]
+    f.seek(base + off)
+    ix = f.read(size)
+    if len(ix) != size or off + size != image_size:
+        raise Refused("file index is truncated in the slot")
+    if hashlib.sha256(ix).digest() != bytes.fromhex(ref["sha256"]):
+        raise Refused("file index does not match its signed hash")
+    pos, dirs = parse_index(ix, off, ref["count"])
+    return ix, pos, dirs
+
+
+def entry(ix, p):
+    """(name, size, offset, sha256 bytes) of the entry at position `p` of the index."""
+    size, off = struct.unpack_from("<II", ix, p)
+    k = ix[p + 40]
+    return ix[p + ENTRY : p + ENTRY + k].decode(), size, off, ix[p + 8 : p + 40]
 
 
 def _pad16(n):
@@ -92,10 +157,10 @@ def unwrap(record, hardware_id, image_sha256):
 
 
 def open_release(slot_path, rel, hardware_id):
-    """Key and file table of encrypted release `rel` (verified: signature, image hash) in
-    its slot; Refused when it does not open on this device. Sets rel.key and rel.files."""
+    """Key and file index of encrypted release `rel` (verified: signature, image hash) in
+    its slot; Refused when it does not open on this device. Sets rel.key and rel.files
+    (the index: bytes, entry positions, folders)."""
     import cryptolib
-    import json
 
     key = unwrap(rel.key_record, hardware_id, rel.sha256)
     sha, size, romfs_size = rel.enc
@@ -110,27 +175,34 @@ def open_release(slot_path, rel, hardware_id):
     if _hex(hashlib.sha256(table).digest()) != sha:
         raise Refused("the encrypted release does not open on this device (its key was "
                       "wrapped for another device, or the slot was copied from one)")
-    try:
-        files = json.loads(table)
-    except ValueError:
-        raise Refused("the encrypted release's file table is malformed")
-    index(files, romfs_size)  # checked as the mount will use it
+    pos, dirs = parse_index(table, romfs_size)  # checked as the mount will use it
     rel.key = key
-    rel.files = files
+    rel.files = (table, pos, dirs)
     return rel
 
 
 class AppFS:
     def __init__(self, slot_path, image_offset, files, image_size, enc=None, key=None):
+        # files: the manifest's `files` (where the index is), or for an encrypted release
+        # the index open_release decrypted and checked.
         self._slot = slot_path
         self._base = image_offset
         self._key = key
-        if key is not None:  # encrypted: offsets are into the ROMFS image after IV and table
-            image_size = enc[2]
+        if key is not None:  # encrypted: offsets are into the ROMFS image after IV and index
             self._base = image_offset + _pad16(enc[1])  # where the block before byte 0 lies
-        self._files, self._dirs = index(files, image_size)
+            self._ix, self._pos, self._dirs = files
+        else:
+            with open(slot_path, "rb") as f:
+                self._ix, self._pos, self._dirs = load_index(f, image_offset, files, image_size)
         self._cwd = ""
         self.served = 0  # files checked and served so far
+
+    def _find(self, path):
+        return find(self._ix, self._pos, path)
+
+    def _entries(self):
+        for p in self._pos:
+            yield entry(self._ix, p)
 
     def _path(self, path):
         if not path.startswith("/"):
@@ -156,7 +228,7 @@ class AppFS:
         p = self._path(path)
         if p in self._dirs:
             return (S_IFDIR, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-        f = self._files.get(p)
+        f = self._find(p)
         if f is None:
             raise OSError(ENOENT)
         return (S_IFREG, 0, 0, 0, 0, 0, f[0], 0, 0, 0)
@@ -164,21 +236,21 @@ class AppFS:
     def ilistdir(self, path):
         p = self._path(path)
         if p not in self._dirs:
-            raise OSError(ENOTDIR if p in self._files else ENOENT)
+            raise OSError(ENOENT if self._find(p) is None else ENOTDIR)
         prefix = p + "/" if p else ""
         n = len(prefix)
         seen = []
         for name in self._dirs:
             if name.startswith(prefix) and len(name) > n and "/" not in name[n:]:
                 seen.append((name[n:], S_IFDIR, 0, 0))
-        for name, f in self._files.items():
+        for name, size, _, _ in self._entries():
             if name.startswith(prefix) and "/" not in name[n:]:
-                seen.append((name[n:], S_IFREG, 0, f[0]))
+                seen.append((name[n:], S_IFREG, 0, size))
         return iter(seen)
 
     def statvfs(self, path):
-        total = sum(f[0] for f in self._files.values())
-        return (512, 512, (total + 511) // 512, 0, 0, len(self._files), 0, 0, 1, MAX_NAME)
+        total = sum(f[1] for f in self._entries())
+        return (512, 512, (total + 511) // 512, 0, 0, len(self._pos), 0, 0, 1, MAX_NAME)
 
     def chdir(self, path):
         p = self._path(path)
@@ -200,7 +272,7 @@ class AppFS:
 
     def read_checked(self, p):
         """All of file `p`, read from the slot and checked against its signed hash."""
-        f = self._files.get(p)
+        f = self._find(p)
         if f is None:
             raise OSError(ENOENT)
         size, off, sha = f
@@ -212,7 +284,7 @@ class AppFS:
                 buf = src.read(size)  # bytes: the stream below serves them without a copy
             if len(buf) != size:
                 raise Refused("file %s is truncated in the slot" % p)
-        if _hex(hashlib.sha256(buf).digest()) != sha:
+        if hashlib.sha256(buf).digest() != sha:
             raise Refused("file %s does not match its signed hash" % p)
         self.served += 1
         return buf

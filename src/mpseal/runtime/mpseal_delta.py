@@ -16,7 +16,7 @@ import hashlib
 import os
 import struct
 
-from mpseal_release import Refused, _hex, parse_manifest, read_head
+from mpseal_release import Refused, parse_manifest, read_head
 
 MAGIC = b"MPSD"
 HEADER = "<4sBBHIIII32s32s4s"
@@ -161,17 +161,21 @@ def apply(delta_path, source_path, out_path):
 
 
 def check_files(path):
-    """Every file's bytes in the artifact at `path` against the manifest's SHA-256 for it
-    (the manifest itself is checked by the caller and the guard). Raises Refused."""
+    """Every file's bytes in the artifact at `path` against its SHA-256 in the image's file
+    index, itself checked against the signed manifest (the manifest's signature is checked
+    by the caller and the guard). Raises Refused."""
     buf = bytearray(CHUNK)
     with open(path, "rb") as f:
         head, manifest, _ = read_head(f)
         off = head[1]
-        import mpseal_meta  # the file list's entries, checked as the host does
+        import mpseal_appfs  # the index, read and checked as the guard's mount does
 
-        files = mpseal_meta.check_files(parse_manifest(manifest))["files"]
+        man = parse_manifest(manifest)
         manifest = None
-        for name, size, at, sha in files:
+        ix, pos, _ = mpseal_appfs.load_index(f, off, man["files"], man["image"]["size"])
+        man = None
+        for p in pos:
+            name, size, at, sha = mpseal_appfs.entry(ix, p)
             f.seek(off + at)
-            if _hex(_sha_file(f, size, buf)) != sha:
-                raise Refused("file %s does not match its hash in the signed manifest" % name)
+            if _sha_file(f, size, buf) != sha:
+                raise Refused("file %s does not match its hash in the file index" % name)

@@ -237,34 +237,6 @@ def accept_timestamp(data, now=None, channel=None, held_back=0):
     return ts
 
 
-MAX_FILE_NAME = 120
-
-
-def _file_ok(item, image_size):
-    """[path, size, offset, sha256] inside the image (formats/manifest.py parse_files)."""
-    if (type(item) is not list or len(item) != 4 or not rel_mod._int(item[1], 0, image_size)
-            or not rel_mod._int(item[2], 0, image_size) or item[1] + item[2] > image_size
-            or not rel_mod.is_hex(item[3], 32)):
-        return False
-    name = item[0]
-    if not isinstance(name, str) or not 0 < len(name) <= MAX_FILE_NAME:
-        return False
-    for seg in name.split("/"):
-        if seg in ("", ".", "..") or not rel_mod.is_name(seg, MAX_FILE_NAME):
-            return False
-    return True
-
-
-def check_files(man):
-    """The manifest's `files` entries, as the host's formats/manifest.py parse_files."""
-    names = set()
-    for item in man["files"]:
-        if not _file_ok(item, man["image"]["size"]) or item[0] in names:
-            raise Refused("manifest file list entry is malformed")
-        names.add(item[0])
-    return man
-
-
 def pick_target(ts, board, app):
     for t in ts["targets"]:
         if t["board"] == board and t["app"] == app:

@@ -642,7 +642,7 @@ def _stage_file(path, target, app, board, per_file=False, key=None):
         if man is None or not meta.manifest_matches(target, man):
             raise Refused("downloaded manifest is not the one the timestamp names (mix-and-match)")
         try:
-            other = meta.check_files(meta.rel_mod.parse_manifest(man))["app"]
+            other = meta.rel_mod.parse_manifest(man)["app"]
         except Refused:
             other = None
         man = None

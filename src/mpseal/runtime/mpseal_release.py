@@ -233,7 +233,8 @@ class Release:
         self.counter = man["counter"]
         self.entry = man["entry"]
         self.sha256 = man["image"]["sha256"]
-        self.files = man.get("files") if files else None  # [[path, size, offset, sha256], ...]
+        # Where the file index is: the manifest's {count, offset, size, sha256}
+        self.files = man["files"] if files else None
         # The loosest lockdown profile this release allows (signed: the build's profile);
         # an unsigned device.json may only make it stricter (mpseal_guard).
         p = man["build"].get("profile")
@@ -275,9 +276,18 @@ def read_head(f):
     return (nsig, off, ilen), manifest, sigs
 
 
+def _index_ref_ok(ref, image_size):
+    # `files`: null, or the file index that ends the image (formats/manifest.py
+    # parse_index_ref); the index itself is read and checked by mpseal_appfs.load_index.
+    if ref is None:
+        return True
+    return (type(ref) is dict and len(ref) == 4 and _int(ref["count"], 1, MAX_FILES)
+            and _int(ref["offset"], 1, image_size) and _int(ref["size"], 8, image_size)
+            and ref["offset"] + ref["size"] == image_size and is_hex(ref["sha256"], 32))
+
+
 def parse_manifest(manifest, max_image=MAX_IMAGE):
-    """The signed manifest bytes -> dict, as strictly as the host's formats/manifest.py,
-    but for the entries of `files` (the update client checks those: mpseal_meta)."""
+    """The signed manifest bytes -> dict, as strictly as the host's formats/manifest.py."""
     try:
         man = json.loads(manifest)
         mpy, image = man["mpy"], man["image"]
@@ -291,10 +301,10 @@ def parse_manifest(manifest, max_image=MAX_IMAGE):
               and image["format"] in ("romfs", ENCRYPTED) and is_hex(image["sha256"], 32)
               and _int(image["size"], 0, max_image)
               and is_name(man["entry"], 64, _MOD_FIRST, _MOD_REST)
-              and type(man["files"]) is list and len(man["files"]) <= MAX_FILES
+              and _index_ref_ok(man["files"], image["size"])
               and type(man["build"]) is dict)
         if ok and image["format"] == ENCRYPTED:
-            ok = _encryption_ok(man["encrypted"], image["size"], max_image) and not man["files"]
+            ok = _encryption_ok(man["encrypted"], image["size"], max_image) and man["files"] is None
     except (ValueError, KeyError, TypeError, AttributeError, IndexError):
         raise Refused("manifest is malformed")
     if not ok:
@@ -310,7 +320,7 @@ def _encryption_ok(enc, image_size, max_image):
     # As the host's formats/manifest.py parse_encryption (formats/encrypted.py: the format).
     table = enc["table"]
     return (enc["alg"] == "aes-256-cbc" and is_hex(table["sha256"], 32)
-            and _int(table["size"], 2, MAX_MANIFEST) and _int(enc["romfs_size"], 0, max_image)
+            and _int(table["size"], 8, max_image) and _int(enc["romfs_size"], 0, max_image)
             and 16 + _pad16(table["size"]) + _pad16(enc["romfs_size"]) == image_size)
 
 
