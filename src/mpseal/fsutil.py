@@ -22,10 +22,13 @@ def storage_error(path: Path, e: OSError) -> StorageError:
     return StorageError(f"cannot write {path}: {e.strerror or e}{hint}")
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int = 0o644, exclusive: bool = False) -> None:
+def write_atomic(
+    path: Path, data: bytes, *, mode: int = 0o644, exclusive: bool = False, durable: bool = True
+) -> None:
     """Write ``data`` to ``path`` so that a reader sees the old file or the new one, never half.
 
     With ``exclusive`` the write refuses to replace an existing file (used for keys).
+    ``durable=False`` skips the fsync, for a cache whose loss only costs time.
     """
     path = Path(path)
     try:
@@ -43,7 +46,8 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644, exclusive: bool 
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         if exclusive:
             # link() fails if the target appeared meanwhile: no race can overwrite a key.
             try:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -138,7 +140,8 @@ def _build_one(
     from mpseal.packaging import uptodate
 
     t0 = time.perf_counter()
-    previous = uptodate.check(project, sources)
+    inputs = uptodate.fingerprint(project, sources)
+    previous = uptodate.check(project, sources, inputs)
     if previous is not None:  # nothing changed: the artifact in dist/ is this build's
         previous.update(
             up_to_date=True,
@@ -156,8 +159,16 @@ def _build_one(
         return previous, signer
     from mpseal.packaging.package import build as build_project
 
-    if signer is None:
+    if signer is None and os.environ.get("MPSEAL_PASSPHRASE") is None and sys.stdin.isatty():
+        # (it may ask for a passphrase: before the progress bar, not under it)
         signer = project.release_signer(passphrase_from_env_or_prompt)
+    loaded: list[Any] = [signer] if signer is not None else []
+
+    def load_signer() -> Any:  # called by the build while the modules compile
+        if not loaded:
+            loaded.append(project.release_signer(passphrase_from_env_or_prompt))
+        return loaded[0]
+
     with progress_bar("compiling", enabled=not as_json) as bar:
         task = (
             bar.add_task(f"compiling for {project.config.board.name}", total=None) if bar else None
@@ -171,8 +182,17 @@ def _build_one(
             if bar is not None and task is not None:
                 bar.advance(task)
 
-        res = build_project(project, signer, progress=tick, on_total=on_total, jobs=jobs)
+        res = build_project(
+            project,
+            load_signer,
+            progress=tick,
+            on_total=on_total,
+            jobs=jobs,
+            sources=sources,
+            inputs=inputs,
+        )
     summary = {**res.summary(), "up_to_date": False}
+    signer = loaded[0]
     if as_json:
         return summary, signer
     m = res.manifest

