@@ -87,6 +87,13 @@ def _name_bytes(name: str) -> bytes:
 def write(files: dict[str, bytes]) -> bytes:
     """A ROMFS image of ``{"lib/util.mpy": data, ...}``: folders from the paths, sorted,
     file data stored verbatim. Paths must already be checked (manifest.check_file_name)."""
+    return write_with_entries(files)[0]
+
+
+def write_with_entries(
+    files: dict[str, bytes],
+) -> tuple[bytes, tuple[tuple[str, int, int, str], ...]]:
+    """``write(files)`` and its ``entries()``, found while writing (not by reading it back)."""
     tree: dict[str, object] = {}
     for path in sorted(files):
         node = tree
@@ -99,22 +106,38 @@ def write(files: dict[str, bytes]) -> bytes:
         if leaf in node:
             raise FormatError(f"{path}: {leaf} is both a file and a folder")
         node[leaf] = files[path]
-    body = _folder_bytes(tree)
+    found: list[tuple[str, int, int]] = []  # path, size, offset inside the body
+    body = _folder_bytes(tree, "", found)
     length = _enc_uint(len(body))
     if (len(HEADER) + len(length) + len(body)) % 2:
         length = b"\x80" + length  # keep the image an even length, as VfsRom writers do
-    return HEADER + length + body
+    start = len(HEADER) + len(length)
+    entries = tuple(
+        sorted(
+            (path, size, start + at, hashlib.sha256(files[path]).hexdigest())
+            for path, size, at in found
+        )
+    )
+    return HEADER + length + body, entries
 
 
-def _folder_bytes(node: dict[str, object]) -> bytes:
+def _folder_bytes(node: dict[str, object], prefix: str, found: list[tuple[str, int, int]]) -> bytes:
     out = bytearray()
     for name in sorted(node):
         value = node[name]
         if isinstance(value, dict):
-            out += _record_bytes(KIND_DIR, _name_bytes(name) + _folder_bytes(value))
+            sub: list[tuple[str, int, int]] = []  # offsets inside `inner`
+            inner = _folder_bytes(value, f"{prefix}{name}/", sub)
+            rec = _record_bytes(KIND_DIR, _name_bytes(name) + inner)
+            base = len(out) + len(rec) - len(inner)
+            found.extend((p, n, base + at) for p, n, at in sub)
+            out += rec
         else:
             assert isinstance(value, bytes)
-            out += _record_bytes(KIND_FILE, _name_bytes(name) + _record_bytes(KIND_VERBATIM, value))
+            data_rec = _record_bytes(KIND_VERBATIM, value)
+            rec = _record_bytes(KIND_FILE, _name_bytes(name) + data_rec)
+            found.append((prefix + name, len(value), len(out) + len(rec) - len(value)))
+            out += rec
     return bytes(out)
 
 

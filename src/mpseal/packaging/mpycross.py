@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from mpseal.errors import BadDataError, ToolError, UsageError
@@ -49,6 +50,11 @@ class CompileOptions:
 class Module:
     name: str  # module-relative source path, e.g. "lib/util.py"
     source: bytes
+
+    @cached_property
+    def sha256(self) -> str:
+        """SHA-256 of the source, hex (computed once: the fingerprint and the cache key)."""
+        return hashlib.sha256(self.source).hexdigest()
 
 
 def find_compiler(mpy_version: str) -> Path:
@@ -218,7 +224,7 @@ class Compiler:
 
     def _key(self, module: Module) -> bytes:
         h = hashlib.sha256()
-        for part in (self._tool_id.encode(), module.name.encode(), module.source):
+        for part in (self._tool_id.encode(), module.name.encode(), module.sha256.encode()):
             h.update(len(part).to_bytes(8, "little"))
             h.update(part)
         return h.digest()

@@ -121,8 +121,8 @@ def build(
         if name in files:
             raise ConfigError(f"data file {name} clashes with a compiled module of the same name")
         files[name] = data
-    rom = romfs.write(files)
-    image, index = fileindex.append(rom, romfs.entries(rom))
+    rom, entries = romfs.write_with_entries(files)
+    image, index = fileindex.append(rom, entries)
     image_sha256 = hashlib.sha256(image).hexdigest()
     sbom_bytes = _sbom(project, sources, files, image_sha256, compiler)
     manifest = Manifest(

@@ -46,7 +46,7 @@ def fingerprint(project: Project, sources: Sources) -> str:
         _file_digest(project.path(cfg.release_key)),
         _file_digest(project.path(cfg.trust_root)),
     ]
-    parts += [f"m:{m.name}:{hashlib.sha256(m.source).hexdigest()}" for m in sources.modules]
+    parts += [f"m:{m.name}:{m.sha256}" for m in sources.modules]
     parts += [f"d:{n}:{hashlib.sha256(d).hexdigest()}" for n, d in sorted(sources.data.items())]
     for part in parts:
         h.update(part.encode())
