@@ -6,9 +6,9 @@ benchmarks/build.py (one ``pip download``, cached in benchmarks/.cache/), built 
 ``mpseal build`` (real mpy-cross, signed artifacts) in two sizes:
 
   small   microdot alone (a web framework: 17 modules)
-  medium  microdot and a dozen Adafruit libraries (networking, display, LEDs): the most
-          a release holds under the 16 KiB manifest limit (all 66 packages' ~400
-          modules need a 46 KiB manifest, which devices refuse)
+  medium  microdot and a dozen Adafruit libraries (networking, display, LEDs): chosen
+          when the file list was in the manifest and its 16 KiB limit capped a release
+          at ~84 modules (the list is now the image's file index: any size fits)
 
 For each, two updates, each measured as the delta the server would publish
 (formats/delta.py, the exact bytes a device downloads) against:
