@@ -373,9 +373,10 @@ def verify_file(path, root, board, min_counter, max_image, into=None, files=Fals
 
     With `into` (a buffer at least as large as the image) the image is read into
     it while being hashed: one pass over the flash, and what was checked is what
-    sits in RAM. image=False stops after the signed manifest (with its file list):
-    only for the verified-files mount, which checks every file against the manifest's
-    hash when it is read (mpseal_appfs), so the image hash would read it all twice."""
+    sits in RAM. image=False stops after the signed manifest (which names the file
+    index): only for the verified-files mount, which checks the index against the
+    manifest's hash and every file against the index's when it is read (mpseal_appfs),
+    so the image hash would read it all twice."""
     try:
         f = open(path, "rb")
     except OSError:
