@@ -78,7 +78,8 @@ def unlock_token(signer: PrivateKeySigner, device_id: str, n: int, profile: str 
 
 def boot_files_in_a_heap_below_the_image(project: Path, board: VirtualBoard) -> None:
     """Release 1.0 (field) of a 256 KB app of eight 32 KB files boots on ``board`` in a heap
-    of the guard's code + 224 KB, which cannot hold the image: the verified-files mount reads
+    of the guard's code (with its file system, mpseal_appfs) + 224 KB, which cannot hold
+    the image: the verified-files mount reads
     each file alone (decrypted alone, when the project encrypts; the key is the build's)."""
     data = project / "app" / "data"
     data.mkdir(exist_ok=True)
@@ -92,7 +93,7 @@ def boot_files_in_a_heap_below_the_image(project: Path, board: VirtualBoard) -> 
     blob = release(project, "1.0", 1, main, profile="field")
     key = read_release_key(Project.load(project).artifact_path())
     board.install_guard(Project.load(project).trust_root(), "field")
-    code = board.command("codemem").replies()[-1]
+    code = board.command("codemem", "mpseal_appfs").replies()[-1]  # its file system too
     assert isinstance(code, int)
     board.install(blob, Project.load(project).trust_root(), profile="field", release_key=key)
     heap = f"{(code + 224 * 1024) // 1024}K"  # code + 224 KB: the 256 KB image does not fit

@@ -97,7 +97,7 @@ def test_image_altered_in_the_slot_is_refused_on_the_verified_files_path(
     board = board_with(project, tmp_path / "b", "no-vfsrom", blob)
     assert board.boot().ran() == [("hello", "1.0", 1)]
     art = artifact.decode(blob)
-    _, size, off, _ = next(f for f in art.manifest.files if f[0] == "helper.mpy")
+    _, size, off, _ = next(f for f in art.files() if f[0] == "helper.mpy")
     slot = bytearray(board.get("/mpseal/slot-a.mpseal"))
     slot[art.image_offset + off + size // 2] ^= 0x01
     board.put(bytes(slot), "/mpseal/slot-a.mpseal")

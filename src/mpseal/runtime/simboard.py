@@ -254,6 +254,8 @@ def main(argv):
         import mpseal_lockdown  # noqa: F401 - loaded to count its code
         import mpseal_release
 
+        for name in args:  # guard modules a mount path loads as well (mpseal_appfs)
+            __import__(name)
         gc.collect()
         reply(gc.mem_alloc() - before)
     elif cmd == "meta":
