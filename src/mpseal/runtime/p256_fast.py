@@ -82,6 +82,18 @@ def table(ints):
     return out
 
 
+def _g_table():
+    # table() of G's odd multiples, from p256's bytes (big-endian x, y per point)
+    G = p256._G_BYTES
+    out = []
+    for i in range(0, len(G), 64):
+        y = int.from_bytes(G[i + 32 : i + 64], "big")
+        out.append(_fe(int.from_bytes(G[i : i + 32], "big")))
+        out.append(_fe(y))
+        out.append(_fe(_P - y))
+    return out
+
+
 def _fmul(ws, a, b):
     # a * b mod p (32-byte strings in, out), through the workspace ws
     ws[288:320] = a
@@ -148,7 +160,7 @@ def chain(q_fe, a, b, n, pa, pb):
     P = _P
     ws = bytearray(416)  # slots 11, 12: _ADD1's zero flags
     digits = (a, b)
-    tables = (table(p256._G_ODD), q_fe)  # G's table made per call: 2.5 KB not kept
+    tables = (_g_table(), q_fe)  # G's table made per call: 2.5 KB not kept
     inf = True
     prev = 0
     for i in sorted(set(pa + pb), reverse=True):
