@@ -283,7 +283,6 @@ def test_guard_verifies_a_256k_image_in_36k_of_working_heap(project: Path, tmp_p
     assert res.replies() and res.replies()[-1].get("slot") == "a", res.stdout + res.stderr
     # Boot-time verification of both slots, as the guard does before mounting.
     res = board.command("status", heapsize=heap)
-    assert res.replies(), res.stdout + res.stderr
     assert res.replies()[-1]["slots"]["a"]["version"] == "1.0", res.stdout + res.stderr
     # Mounting a file slot needs the image in RAM (a ROMFS partition is mapped instead).
     report = board.boot(heapsize=f"{(code + (36 + 256 + 16) * 1024) // 1024}K")
