@@ -165,6 +165,7 @@ def slot_path(slot):
     return DIR + "/slot-" + slot + ".mpseal"
 
 
+_listing = None  # the names in DIR, listed once by _cleanup() at boot
 _pending = []  # log lines held back (later=True), written with the next line that is not
 
 
@@ -277,6 +278,8 @@ def app():
     if "app" not in cfg:
         a = None
         try:
+            if _listing is not None and "config.json" not in _listing:
+                raise OSError(2)  # not there: no lookup (~3 ms on a Pico)
             import json
 
             with open(DIR + "/config.json") as f:
@@ -347,10 +350,12 @@ def _load_state(root):
 def _cleanup():
     """Remove what a power cut left half-written; returns the names in DIR (or None). One
     listing: each lookup of a missing file walks littlefs's metadata (~1-3 ms on a Pico)."""
+    global _listing
     try:
         names = os.listdir(DIR)
     except OSError:
         return None
+    _listing = names
     for name in names:
         if name in ("slot-a.mpseal.tmp", "slot-b.mpseal.tmp", "state.a.tmp", "state.b.tmp"):
             try:
