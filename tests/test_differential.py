@@ -130,16 +130,19 @@ FILES = INDEX.to_dict()
 
 
 def index_bytes(*items: tuple[str, int, int, str], count: int | None = None) -> bytes:
-    """A file index written by hand (formats/fileindex.py layout), entries in the order given."""
+    """A file index written by hand (formats/fileindex.py layout), entries in the order given,
+    each ``off`` absolute (written relative to the previous entry's, as the format has it)."""
     raw = fileindex.encode([])[:4] + (len(items) if count is None else count).to_bytes(4, "little")
+    prev = 0
     for name, size, off, h in items:
         raw += (
             size.to_bytes(4, "little")
-            + off.to_bytes(4, "little")
+            + (off - prev).to_bytes(4, "little", signed=True)
             + bytes.fromhex(h)
             + bytes([len(name)])
             + name.encode()
         )
+        prev = off
     return raw
 
 
@@ -267,6 +270,8 @@ def artifacts(f: Fleet) -> dict[str, bytes]:
         "count-low": index_bytes(a, m, count=1),
         "file-and-folder": index_bytes(("lib", *a[1:]), a, m),
         "sorted": index_bytes(a, m),
+        "negative-offset": index_bytes((a[0], a[1], -1, a[3]), m),
+        "back-below-zero": index_bytes(a, (m[0], m[1], -m[2], m[3])),
     }.items():
         image = ROM + raw
         doc = manifest_doc()
@@ -344,6 +349,7 @@ def slots(f: Fleet) -> dict[str, bytes]:
         "table-tiny": slot(*made(table={"sha256": sha, "size": 1})),
         "table-7-bytes": slot(*made(b"MPSF\x01\x00\x00")),
         "files-outside": slot(*made(index_bytes(("a.mpy", 1000, 100, sha)))),
+        "files-negative": slot(*made(index_bytes(("a.mpy", 1, -1, sha)))),
         "files-dotdot": slot(*made(index_bytes(("../a.mpy", 1, 0, sha)))),
         "files-space": slot(*made(index_bytes(("a b.mpy", 1, 0, sha)))),
         "files-twice": slot(*made(index_bytes(("a.mpy", 1, 0, sha), ("a.mpy", 1, 1, sha)))),

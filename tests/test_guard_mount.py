@@ -202,11 +202,14 @@ except OSError as e:
 
 
 def index_bytes(entries: list[tuple[str, int, int, bytes]], count: int | None = None) -> bytes:
-    """A file index written by hand (formats/fileindex.py layout), in the order given."""
+    """A file index written by hand (formats/fileindex.py layout), in the order given, each
+    ``off`` absolute (written relative to the previous entry's, as the format has it)."""
     out = b"MPSF" + struct.pack("<I", len(entries) if count is None else count)
+    prev = 0
     for name, size, off, sha in entries:
         raw = name.encode()
-        out += struct.pack("<II32sB", size, off, sha, len(raw)) + raw
+        out += struct.pack("<Ii32sB", size, off - prev, sha, len(raw)) + raw
+        prev = off
     return out
 
 
@@ -215,6 +218,10 @@ FILE_INDEXES = {
     "good": (index_bytes([("a.mpy", 10, 0, H), ("lib/b.mpy", 5, 10, H)]), True),
     "outside the image": (index_bytes([("a.mpy", 10, 95, H)]), False),
     "ends at the index": (index_bytes([("a.mpy", 10, 90, H)]), True),
+    "offsets going back": (index_bytes([("a.mpy", 10, 50, H), ("b.mpy", 10, 0, H)]), True),
+    "negative offset": (index_bytes([("a.mpy", 1, -1, H)]), False),
+    "back below zero": (index_bytes([("a.mpy", 1, 10, H), ("b.mpy", 1, -5, H)]), False),
+    "far out, then back": (index_bytes([("a.mpy", 1, 2**31 - 1, H), ("b.mpy", 1, 0, H)]), False),
     "two entries for one path": (index_bytes([("a.mpy", 1, 0, H), ("a.mpy", 1, 1, H)]), False),
     "out of order": (index_bytes([("b.mpy", 1, 0, H), ("a.mpy", 1, 1, H)]), False),
     "path climbing out": (index_bytes([("../a.mpy", 1, 0, H)]), False),

@@ -13,12 +13,19 @@ Binary, little-endian::
 
     magic   4   b"MPSF"
     count   4   u32, 1..Limits.files_max_count
-    entry*      size u32, offset u32 (in the image), sha256 32 bytes,
+    entry*      size u32, offset i32 (relative: this file's offset in the image minus
+                the previous entry's, the first entry's minus 0), sha256 32 bytes,
                 name length u8 (1..Limits.file_name_max_length), name (ASCII)
 
+Offsets are relative so that a delta update (delta.py) pays only for what changed: a
+file added, removed or resized moves the offsets of every file after it, which with
+absolute offsets rewrote every later entry; relative, only its own entry and the next
+one change. Readers add them up as they parse.
+
 Rules: exactly ``count`` entries using every byte; names are plain relative paths
-(manifest.check_file_name) in strictly ascending order (so no name twice); every file
-lies in the ROMFS part of the image (offset + size <= the index's own offset).
+(manifest.check_file_name) in strictly ascending order (so no name twice); every file's
+absolute offset is >= 0 and the file lies in the ROMFS part of the image
+(offset + size <= the index's own offset).
 runtime/mpseal_appfs.py ``load_index`` reads the same bytes with the same rules
 (tests/test_differential.py feeds both).
 """
@@ -35,7 +42,7 @@ from mpseal.limits import DEFAULT_LIMITS, Limits
 
 MAGIC = b"MPSF"
 _HEAD = struct.Struct("<4sI")
-_ENTRY = struct.Struct("<II32sB")
+_ENTRY = struct.Struct("<Ii32sB")  # size, offset relative to the previous entry's
 
 # One file of the image: (path, size, offset of its bytes in the image, sha256 hex).
 FileEntry = tuple[str, int, int, str]
@@ -75,9 +82,11 @@ class IndexRef:
 def encode(entries: tuple[FileEntry, ...] | list[FileEntry]) -> bytes:
     """The index of ``entries`` (sorted here; names already checked)."""
     out = bytearray(_HEAD.pack(MAGIC, len(entries)))
+    prev = 0
     for name, size, offset, sha in sorted(entries):
         raw = name.encode("ascii")
-        out += _ENTRY.pack(size, offset, bytes.fromhex(sha), len(raw)) + raw
+        out += _ENTRY.pack(size, offset - prev, bytes.fromhex(sha), len(raw)) + raw
+        prev = offset
     return bytes(out)
 
 
@@ -98,10 +107,12 @@ def parse(data: bytes, files_end: int, limits: Limits = DEFAULT_LIMITS) -> tuple
     pos = _HEAD.size
     files: list[FileEntry] = []
     last = ""
+    offset = 0
     for _ in range(count):
         if pos + _ENTRY.size > len(data):
             raise FormatError("file index is truncated")
-        size, offset, sha, n = _ENTRY.unpack_from(data, pos)
+        size, step, sha, n = _ENTRY.unpack_from(data, pos)
+        offset += step
         pos += _ENTRY.size
         if not 0 < n <= limits.file_name_max_length or pos + n > len(data):
             raise FormatError("file index entry has a bad name length")
@@ -113,7 +124,7 @@ def parse(data: bytes, files_end: int, limits: Limits = DEFAULT_LIMITS) -> tuple
         check_file_name(name, limits)
         if files and name <= last:
             raise FormatError(f"file index is not in order of names at {name}")
-        if offset + size > files_end:
+        if offset < 0 or offset + size > files_end:
             raise FormatError(f"file index entry {name} lies outside the image's files")
         files.append((name, size, offset, sha.hex()))
         last = name

@@ -5,7 +5,9 @@
 # sha256 of each file, at the end of the image), read once into RAM and checked
 # against its SHA-256 in the SIGNED manifest; the ROMFS structure is never parsed
 # from flash. The index stays in RAM as one bytes object (about 70 bytes a file)
-# with a list of where its entries start: no object per file. open() reads the
+# with two arrays of 4 bytes a file: where its entries start and each file's absolute
+# offset (the index stores offsets relative to the previous entry's): no object per
+# file. open() reads the
 # whole file from the slot into RAM, checks it against its signed SHA-256 and only
 # then hands out a stream over those RAM bytes (io.BytesIO/StringIO of a bytes
 # object share its buffer, no copy): what the importer or the app reads is exactly
@@ -28,6 +30,7 @@
 import hashlib
 import io
 import struct
+from array import array
 
 from mpseal_release import Refused, _hex, is_name
 
@@ -41,7 +44,8 @@ S_IFDIR = 0x4000
 S_IFREG = 0x8000
 MAX_FILES = 4096  # limits.py: files_max_count
 MAX_NAME = 120  # limits.py: file_name_max_length
-ENTRY = 41  # size u32, offset u32, sha256 32, name length u8; then the name
+ENTRY = 41  # size u32, offset i32 (minus the previous entry's), sha256 32, name length u8;
+# then the name
 
 
 def _name_ok(name):
@@ -53,23 +57,26 @@ def _name_ok(name):
 
 
 def parse_index(ix, files_end, count=None):
-    """Check index bytes `ix` (formats/fileindex.py parse, the same rules) -> (list of
-    entry positions, set of folders); `count`: the signed manifest's, when it has one.
-    Raises Refused on anything the host would refuse."""
+    """Check index bytes `ix` (formats/fileindex.py parse, the same rules) -> (entry
+    positions, absolute file offsets (two array('I')), set of folders); `count`: the
+    signed manifest's, when it has one. Raises Refused on anything the host would refuse."""
     if len(ix) < 8 or ix[:4] != b"MPSF":
         raise Refused("file index is not an mpseal file index")
     n = struct.unpack_from("<I", ix, 4)[0]
     if (count is not None and n != count) or not 1 <= n <= MAX_FILES:
         raise Refused("file index count differs from the signed manifest's")
-    pos = []
+    pos = array("I")
+    offs = array("I")
     dirs = {""}
     p = 8
     last = b""
     end = len(ix)
+    off = 0
     for _ in range(n):
         if p + ENTRY > end:
             raise Refused("file index is truncated")
-        size, off = struct.unpack_from("<II", ix, p)
+        size, step = struct.unpack_from("<Ii", ix, p)
+        off += step
         k = ix[p + 40]
         raw = ix[p + ENTRY : p + ENTRY + k]
         if not 0 < k <= MAX_NAME or len(raw) != k:
@@ -82,9 +89,10 @@ def parse_index(ix, files_end, count=None):
             raise Refused("file index entry name is not a plain relative path")
         if pos and raw <= last:
             raise Refused("file index is not in order of names")
-        if off + size > files_end:
+        if off < 0 or off + size > files_end:
             raise Refused("file index entry %s lies outside the image's files" % name)
         pos.append(p)
+        offs.append(off)
         last = raw
         i = name.find("/")
         while i > 0:
@@ -94,12 +102,12 @@ def parse_index(ix, files_end, count=None):
     if p != end:
         raise Refused("file index has bytes after its last entry")
     for d in dirs:
-        if find(ix, pos, d) is not None:
+        if find(ix, pos, offs, d) is not None:
             raise Refused("file index names %s as a file and a folder" % d)
-    return pos, dirs
+    return pos, offs, dirs
 
 
-def find(ix, pos, path):
+def find(ix, pos, offs, path):
     """Binary search of the sorted index -> (size, offset, sha256 bytes) of `path`, or None."""
     want = path.encode()
     lo, hi = 0, len(pos)
@@ -109,8 +117,7 @@ def find(ix, pos, path):
         k = ix[p + 40]
         name = ix[p + ENTRY : p + ENTRY + k]
         if name == want:
-            size, off = struct.unpack_from("<II", ix, p)
-            return size, off, ix[p + 8 : p + 40]
+            return struct.unpack_from("<I", ix, p)[0], offs[mid], ix[p + 8 : p + 40]
         if name < want:
             lo = mid + 1
         else:
@@ -120,7 +127,7 @@ def find(ix, pos, path):
 
 def load_index(f, base, ref, image_size):
     """Read the index the manifest's `files` names from open slot file `f` (image at
-    `base`), check it against its signed hash -> (index bytes, positions, folders)."""
+    `base`), check it against its signed hash -> (index bytes, positions, offsets, folders)."""
     if ref is None:
         raise Refused("release has no file index (built by an older mpseal?)")
     size, off = ref["size"], ref["offset"]
@@ -130,15 +137,16 @@ def load_index(f, base, ref, image_size):
         raise Refused("file index is truncated in the slot")
     if hashlib.sha256(ix).digest() != bytes.fromhex(ref["sha256"]):
         raise Refused("file index does not match its signed hash")
-    pos, dirs = parse_index(ix, off, ref["count"])
-    return ix, pos, dirs
+    pos, offs, dirs = parse_index(ix, off, ref["count"])
+    return ix, pos, offs, dirs
 
 
-def entry(ix, p):
-    """(name, size, offset, sha256 bytes) of the entry at position `p` of the index."""
-    size, off = struct.unpack_from("<II", ix, p)
+def entry(ix, pos, offs, i):
+    """(name, size, offset, sha256 bytes) of the `i`th entry of the index."""
+    p = pos[i]
     k = ix[p + 40]
-    return ix[p + ENTRY : p + ENTRY + k].decode(), size, off, ix[p + 8 : p + 40]
+    size = struct.unpack_from("<I", ix, p)[0]
+    return ix[p + ENTRY : p + ENTRY + k].decode(), size, offs[i], ix[p + 8 : p + 40]
 
 
 def _pad16(n):
@@ -159,7 +167,7 @@ def unwrap(record, hardware_id, image_sha256):
 def open_release(slot_path, rel, hardware_id):
     """Key and file index of encrypted release `rel` (verified: signature, image hash) in
     its slot; Refused when it does not open on this device. Sets rel.key and rel.files
-    (the index: bytes, entry positions, folders)."""
+    (the index: bytes, entry positions, file offsets, folders)."""
     import cryptolib
 
     key = unwrap(rel.key_record, hardware_id, rel.sha256)
@@ -175,9 +183,9 @@ def open_release(slot_path, rel, hardware_id):
     if _hex(hashlib.sha256(table).digest()) != sha:
         raise Refused("the encrypted release does not open on this device (its key was "
                       "wrapped for another device, or the slot was copied from one)")
-    pos, dirs = parse_index(table, romfs_size)  # checked as the mount will use it
+    pos, offs, dirs = parse_index(table, romfs_size)  # checked as the mount will use it
     rel.key = key
-    rel.files = (table, pos, dirs)
+    rel.files = (table, pos, offs, dirs)
     return rel
 
 
@@ -190,19 +198,20 @@ class AppFS:
         self._key = key
         if key is not None:  # encrypted: offsets are into the ROMFS image after IV and index
             self._base = image_offset + _pad16(enc[1])  # where the block before byte 0 lies
-            self._ix, self._pos, self._dirs = files
+            self._ix, self._pos, self._offs, self._dirs = files
         else:
             with open(slot_path, "rb") as f:
-                self._ix, self._pos, self._dirs = load_index(f, image_offset, files, image_size)
+                self._ix, self._pos, self._offs, self._dirs = load_index(
+                    f, image_offset, files, image_size)
         self._cwd = ""
         self.served = 0  # files checked and served so far
 
     def _find(self, path):
-        return find(self._ix, self._pos, path)
+        return find(self._ix, self._pos, self._offs, path)
 
     def _entries(self):
-        for p in self._pos:
-            yield entry(self._ix, p)
+        for i in range(len(self._pos)):
+            yield entry(self._ix, self._pos, self._offs, i)
 
     def _path(self, path):
         if not path.startswith("/"):

@@ -172,10 +172,10 @@ def check_files(path):
 
         man = parse_manifest(manifest)
         manifest = None
-        ix, pos, _ = mpseal_appfs.load_index(f, off, man["files"], man["image"]["size"])
+        ix, pos, offs, _ = mpseal_appfs.load_index(f, off, man["files"], man["image"]["size"])
         man = None
-        for p in pos:
-            name, size, at, sha = mpseal_appfs.entry(ix, p)
+        for i in range(len(pos)):
+            name, size, at, sha = mpseal_appfs.entry(ix, pos, offs, i)
             f.seek(off + at)
             if _sha_file(f, size, buf) != sha:
                 raise Refused("file %s does not match its hash in the file index" % name)
