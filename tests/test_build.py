@@ -50,7 +50,9 @@ def test_runs_in_a_small_heap(built: Path) -> None:
     # heap (none when frozen).
     # 86K: measured at the end of the session 84K passes and 82K fails (renewal, device logs
     # and deltas ride along with the update client); 2K over it for key-dependent sizes.
-    assert run_on_sim(built.parents[1], built, heapsize="86K") == APP_OUTPUT
+    # 92K: the file index read at mount (verified-files path, its offsets in an array) and
+    # the guard holding the built-ins while it boots: measured 90K passes, 88K fails.
+    assert run_on_sim(built.parents[1], built, heapsize="92K") == APP_OUTPUT
 
 
 def test_no_byte_of_the_artifact_holds_a_host_path(built: Path) -> None:
