@@ -9,10 +9,11 @@ An encrypted release is an ordinary artifact (artifact.py) whose signed manifest
 ``K`` is a random key made for this release only. ``table`` is the file index a plain
 release has at the end of its image (fileindex.py: path, size, offset, sha256 of each
 file, offsets into the plaintext ROMFS image, each relative to the previous entry's), so
-file names, sizes and contents are all inside the ciphertext. The signed manifest keeps the SHA-256 of the stored (encrypted)
-image, the SHA-256 and size of the plaintext table, and the ROMFS size: the guard checks
-the signature, then the image hash, then that the table it decrypted has the signed
-hash, then each file's plaintext against its SHA-256 in that table before serving it.
+file names, sizes and contents are all inside the ciphertext. The signed manifest keeps
+the SHA-256 of the stored (encrypted) image, the SHA-256 and size of the plaintext
+table, and the ROMFS size: the guard checks the signature, then the image hash, then
+that the table it decrypted has the signed hash, then each file's plaintext against its
+SHA-256 in that table before serving it.
 
 CBC gives random access by block: the plaintext block ``i`` needs only ciphertext
 blocks ``i-1`` and ``i`` (the IV is block -1), so the device decrypts one file at a time
