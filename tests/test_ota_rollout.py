@@ -47,6 +47,11 @@ def running(board) -> str:
     return ran[-1][1] if ran else ""
 
 
+# A fleet of ten virtual boards through three releases is the suite's longest server test
+# (90 s a database): it runs on PostgreSQL, whose report path is its own
+# (releasestore._record_reports_pg); the same halt on SQLite, the default, is
+# test_server_rollout's test_release_halts_itself_when_too_many_devices_fail.
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_staged_rollout_cohort_then_everyone_then_a_bad_release_halts(world: World) -> None:
     v1 = world.release("1.0.0", 1)
     rid = world.publish(world.release("2.0.0", 2), percent=0)  # uploaded, offered to nobody
@@ -110,6 +115,8 @@ def test_cut_download_resumes_with_range(world: World) -> None:
     assert running(board) == "2.0.0"
 
 
+# The cuts are the board's; the server only serves the download: one database (the default).
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_power_cut_during_download_and_install(world: World) -> None:
     """Power lost at sampled flash writes of an OTA round (download and stage): the board
     boots a valid release every time, and a later round completes the update."""

@@ -64,6 +64,7 @@ def check_update(
     progress: Callable[[CutPoint], None] | None = None,
     heapsize: str | None = None,
     delta: bytes | None = None,
+    cut_steps: tuple[str, ...] = ("stage", "trial boot", "committed boot"),
 ) -> PowerCutReport:
     """Cut power at every write of stage -> trial -> committed boot of ``new_blob``.
 
@@ -71,7 +72,8 @@ def check_update(
     versions allowed to run after a cut (old and new); the committed counter
     must never drop below ``min_counter``. With ``delta`` (formats/delta.py, from the
     running release to ``new_blob``) the stage step rebuilds the release from it instead
-    (mpseal_delta: apply into a file, per-file check, the guard's stage).
+    (mpseal_delta: apply into a file, per-file check, the guard's stage). Steps not in
+    ``cut_steps`` run once without cuts.
     """
     report = PowerCutReport()
     if delta is None:
@@ -82,6 +84,9 @@ def check_update(
         stage = ("delta-stage", DELTA_PATH)
     steps = [("stage", stage), ("trial boot", ("boot",)), ("committed boot", ("boot",))]
     for name, cmd in steps:
+        if name not in cut_steps:
+            board.command(*cmd, heapsize=heapsize)
+            continue
         before = board.flash.read_bytes()
         completed_at = None
         for n in range(1, MAX_WRITES_PER_STEP + 1):
