@@ -226,35 +226,12 @@ def test_power_cut_at_every_write_of_a_delta_apply_on_the_virtual_pico(tmp_path:
     flash erase and program of the delta apply (rebuild + check + stage), then the trial
     and committed boots run. Cuts in those two boots are test_pico_powercut's: the slot a
     delta stages is byte for byte the full artifact, so they are the same boots."""
-    from conftest import run_mpseal
+    from pico_exec import committed_pico_and_next_release
 
     from mpseal.device.picoboard import PicoBoard
     from mpseal.device.powercut import check_update_pico
 
-    project = tmp_path / "proj"
-    assert run_mpseal("init", project, "--board", "rp2", "--name", "hello").returncode == 0
-    assert run_mpseal("build", "-C", project).returncode == 0
-    old = (project / "dist" / "hello-1.0.0.mpseal").read_bytes()
-    sim = tmp_path / "pico"
-    assert run_mpseal("sim", "create", "--board", "rp2", "--sim", sim).returncode == 0
-    res = run_mpseal(
-        "sim",
-        "install",
-        project / "dist" / "hello-1.0.0.mpseal",
-        "-C",
-        project,
-        "--sim",
-        sim,
-        timeout=600,
-    )
-    assert res.returncode == 0, res.stderr
-    res = run_mpseal("sim", "boot", "--sim", sim, timeout=600)
-    assert res.returncode == 0 and "committed hello 1.0.0" in res.stdout, res.stdout[-800:]
-    toml = project / "mpseal.toml"
-    text = re.sub(r'(?m)^version = "1.0.0"', 'version = "1.1.0"', toml.read_text())
-    toml.write_text(re.sub(r"(?m)^security_counter = 1\b", "security_counter = 2", text))
-    assert run_mpseal("build", "-C", project).returncode == 0
-    new = (project / "dist" / "hello-1.1.0.mpseal").read_bytes()
+    sim, old, new = committed_pico_and_next_release(tmp_path)
 
     report = check_update_pico(
         PicoBoard(sim),

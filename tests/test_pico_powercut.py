@@ -8,11 +8,10 @@ never goes down. Slow (one power-on and one reboot per write), so it runs once.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
-from conftest import run_mpseal
+from pico_exec import committed_pico_and_next_release
 
 from mpseal.device.picoboard import PicoBoard
 from mpseal.device.powercut import check_update_pico
@@ -20,29 +19,7 @@ from mpseal.device.powercut import check_update_pico
 
 @pytest.mark.slow
 def test_power_cut_at_every_write_of_an_update_on_the_virtual_pico(tmp_path: Path) -> None:
-    project = tmp_path / "proj"
-    assert run_mpseal("init", project, "--board", "rp2", "--name", "hello").returncode == 0
-    assert run_mpseal("build", "-C", project).returncode == 0
-    sim = tmp_path / "pico"
-    assert run_mpseal("sim", "create", "--board", "rp2", "--sim", sim).returncode == 0
-    res = run_mpseal(
-        "sim",
-        "install",
-        project / "dist" / "hello-1.0.0.mpseal",
-        "-C",
-        project,
-        "--sim",
-        sim,
-        timeout=600,
-    )
-    assert res.returncode == 0, res.stderr
-    res = run_mpseal("sim", "boot", "--sim", sim, timeout=600)
-    assert res.returncode == 0 and "committed hello 1.0.0" in res.stdout, res.stdout[-800:]
-    toml = project / "mpseal.toml"
-    text = re.sub(r'(?m)^version = "1.0.0"', 'version = "1.1.0"', toml.read_text())
-    toml.write_text(re.sub(r"(?m)^security_counter = 1\b", "security_counter = 2", text))
-    assert run_mpseal("build", "-C", project).returncode == 0
-    new = (project / "dist" / "hello-1.1.0.mpseal").read_bytes()
+    sim, _, new = committed_pico_and_next_release(tmp_path)
 
     report = check_update_pico(PicoBoard(sim), new, {"1.0.0", "1.1.0"}, min_counter=1)
 
