@@ -67,7 +67,8 @@ def postgres_server() -> Iterator[str]:
                 str(log),
                 "-w",
                 "-o",
-                f"-h 127.0.0.1 -p {port} -k {folder} -c fsync=off -c max_connections=200",
+                f"-h 127.0.0.1 -p {port} -k {folder} -c fsync=off -c max_connections=200 "
+                + os.environ.get("MPSEAL_PG_OPTIONS", ""),
                 "start",
             ]
         ),

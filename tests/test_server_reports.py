@@ -117,14 +117,17 @@ def test_counters_follow_every_state_change_without_recounting(
     reg = Registry.open(db_url)
     store = ReleaseStore(reg)
     seen: list[str] = []
-    sa.event.listen(reg.engine, "before_cursor_execute", lambda *a: seen.append(str(a[2]).lower()))
+    for engine in (reg.engine, store._read_engine):  # the hot statements use the second
+        sa.event.listen(engine, "before_cursor_execute", lambda *a: seen.append(str(a[2]).lower()))
     dev_id = int(reg.find_device(hws[0]).id)  # type: ignore[union-attr]
     store.record_reports([Report(dev_id, "refused", "1.1.0", "bad", rid, "hello", "stable")])
     store.stats([rid])
     store.close()
     reg.engine.dispose()
     on_updates = [q for q in seen if "device_updates" in q]
-    assert on_updates and all("count(" not in q and "sum(" not in q for q in on_updates)
+    assert on_updates and not any(
+        "from device_updates" in q and ("count(" in q or "sum(" in q) for q in on_updates
+    )
     assert any("release_counts" in q and "sum(" in q for q in seen)
 
 

@@ -208,7 +208,10 @@ class Registry:
     def open(cls, url: str, upgrade: bool = True) -> Registry:
         """Connect and bring the schema to the newest Alembic revision."""
         try:
-            engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args(url))
+            # A server runs up to ``db_concurrency`` (12) database calls at once: a pool that
+            # holds that many, so no connection is opened and closed per transaction.
+            pool = {"pool_size": 12, "max_overflow": 8} if url.startswith("postgresql") else {}
+            engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args(url), **pool)
         except (SQLAlchemyError, ValueError, ImportError) as e:
             raise UsageError(f"cannot use database URL {_safe(url)}: {e}") from None
         if engine.dialect.name == "sqlite":

@@ -116,6 +116,8 @@ class DeviceUpdate(Base):
         ForeignKey("releases.id", ondelete="CASCADE"), primary_key=True
     )
     state: Mapped[str] = mapped_column(String(16))
+    # The state before the last change (None: the first report); see migration 0009.
+    prev_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
     reason: Mapped[str] = mapped_column(String(200), default="")
     first_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -255,33 +255,28 @@ _BY_FINGERPRINT = (
     )
 )
 
+# The same two lookups on PostgreSQL: one statement whatever the number of keys (an array,
+# prepared once), and each device's failed releases found through its own primary-key
+# entries (LATERAL), so a lookup costs the same however many devices failed a release
+# (a plain join may scan every failed row when the planner's statistics lag behind).
+_PG_FAILED = (
+    " LEFT JOIN LATERAL (SELECT du.release_id, du.state FROM device_updates du"  # noqa: S608
+    " WHERE du.device_id = d.id OFFSET 0) f"  # OFFSET 0: a per-device subquery, kept apart
+    " ON f.state IN (" + ", ".join(f"'{e}'" for e in FAILED_EVENTS) + ")"  # constants
+)
+_PG_BY_TOKEN = (
+    'SELECT d.token_hash, d.id, d.hardware_id, d.group_name AS "group", f.release_id, d.board '
+    "FROM devices d" + _PG_FAILED + " WHERE d.token_hash = ANY(%s::text[]) AND d.state = 'active'"
+)
+_PG_BY_FINGERPRINT = (
+    'SELECT c.fingerprint, d.id, d.hardware_id, d.group_name AS "group", f.release_id, '  # noqa: S608
+    "d.board, c.not_after FROM certificates c JOIN devices d ON c.device_id = d.id"
+    + _PG_FAILED
+    + " WHERE c.fingerprint = ANY(%s::text[]) AND c.status = 'valid' AND d.state = 'active'"
+)
 
 _DU = cast(Table, DeviceUpdate.__table__)
 # The report path on PostgreSQL (see ReleaseStore._record_reports_pg).
-_PG_EVENTS_AND_STATUS = (
-    "WITH e AS (INSERT INTO events (device_id, kind, detail, at) SELECT d, k, x, %s "
-    "FROM unnest(%s::integer[], %s::text[], %s::text[]) AS v(d, k, x)) "
-    "INSERT INTO device_status (device_id, last_report_at, last_event) "
-    "SELECT d, %s, e FROM unnest(%s::integer[], %s::text[]) AS v(d, e) "
-    "ON CONFLICT (device_id) DO UPDATE SET last_report_at = excluded.last_report_at, "
-    "last_event = excluded.last_event"
-)
-_PG_INSERT_UPDATES = (
-    "INSERT INTO device_updates (device_id, release_id, state, reason, first_at, updated_at) "
-    "SELECT d, r, st, why, %s, %s FROM unnest(%s::integer[], %s::integer[], %s::text[], "
-    "%s::text[]) AS v(d, r, st, why) ORDER BY d, r "
-    "ON CONFLICT (device_id, release_id) DO NOTHING RETURNING device_id, release_id"
-)
-_PG_LOCK_UPDATES = (
-    "SELECT du.device_id, du.release_id, du.state FROM device_updates du "
-    "JOIN unnest(%s::integer[], %s::integer[]) AS v(d, r) "
-    "ON du.device_id = v.d AND du.release_id = v.r ORDER BY 1, 2 FOR UPDATE OF du"
-)
-_PG_UPDATE_UPDATES = (
-    "UPDATE device_updates du SET state = v.st, reason = v.why, updated_at = %s "
-    "FROM unnest(%s::integer[], %s::integer[], %s::text[], %s::text[]) AS v(d, r, st, why) "
-    "WHERE du.device_id = v.d AND du.release_id = v.r"
-)
 _PG_CHECKINS = (
     "INSERT INTO device_status (device_id, app, version, counter, channel, last_check_at) "
     "SELECT * FROM unnest(%s::integer[], %s::text[], %s::text[], %s::bigint[], %s::text[], "
@@ -289,21 +284,51 @@ _PG_CHECKINS = (
     "version = excluded.version, counter = excluded.counter, channel = excluded.channel, "
     "last_check_at = excluded.last_check_at"
 )
-# Built from the constant UPDATE_STATES, no input: no injection.
-_PG_COUNTS_AND_STATS = (
-    "WITH up AS (INSERT INTO release_counts (release_id, shard, "  # noqa: S608
+_PG_REPORT_STATUS = (
+    "INSERT INTO device_status (device_id, last_report_at, last_event) "
+    "SELECT * FROM unnest(%s::integer[], %s::timestamptz[], %s::text[]) ORDER BY 1 "
+    "ON CONFLICT (device_id) DO UPDATE SET last_report_at = excluded.last_report_at, "
+    "last_event = excluded.last_event"
+)
+# The whole report batch on PostgreSQL, one statement (one round trip, atomic on its own):
+# the events; each counted (device, release) upserted in key order, the upsert keeping the
+# state it replaces (prev_state, under the row's lock, so concurrent batches count every
+# change once); the counters moved by the changes; the releases' sums (the snapshot's, plus
+# this batch's changes). Built from the constant UPDATE_STATES and COUNT_SHARDS: no input.
+_PG_REPORTS = (
+    "WITH ev AS (INSERT INTO events (device_id, kind, detail, at) "  # noqa: S608
+    "SELECT d, k, x, %(now)s FROM unnest(%(ev_d)s::integer[], %(ev_k)s::text[], "
+    "%(ev_x)s::text[]) AS e(d, k, x)), "
+    "up AS (INSERT INTO device_updates AS du "
+    "(device_id, release_id, state, prev_state, reason, first_at, updated_at) "
+    "SELECT d, r, st, NULL, why, %(now)s, %(now)s FROM unnest(%(d)s::integer[], "
+    "%(r)s::integer[], %(st)s::text[], %(why)s::text[]) AS v(d, r, st, why) ORDER BY d, r "
+    "ON CONFLICT (device_id, release_id) DO UPDATE SET prev_state = du.state, "
+    "state = excluded.state, reason = excluded.reason, updated_at = excluded.updated_at "
+    "RETURNING du.device_id, du.release_id, du.prev_state, du.state), "
+    "ch AS MATERIALIZED (SELECT release_id AS rid, device_id %% "
+    + str(COUNT_SHARDS)
+    + " AS shard, "
+    + ", ".join(
+        f"count(*) FILTER (WHERE state = '{st}') - count(*) FILTER (WHERE prev_state = '{st}')"
+        f" AS {st}"
+        for st in UPDATE_STATES
+    )
+    + " FROM up WHERE prev_state IS DISTINCT FROM state GROUP BY 1, 2), "
+    "cnt AS (INSERT INTO release_counts (release_id, shard, "
     + ", ".join(UPDATE_STATES)
-    + ") "
-    "SELECT * FROM unnest(%s::integer[], %s::integer[], "
-    + ", ".join("%s::bigint[]" for _ in UPDATE_STATES)
-    + ") ORDER BY 1, 2 "
-    "ON CONFLICT (release_id, shard) DO UPDATE SET "
+    + ") SELECT * FROM ch ORDER BY 1, 2 ON CONFLICT (release_id, shard) DO UPDATE SET "
     + ", ".join(f"{st} = release_counts.{st} + excluded.{st}" for st in UPDATE_STATES)
-    + ") SELECT r.id, r.cohort_size, r.halt_min_attempts, r.halt_max_failure_ratio, "
+    + "), tot AS (SELECT rid, "
+    + ", ".join(f"SUM({st}) AS {st}" for st in UPDATE_STATES)
+    + " FROM (SELECT release_id AS rid, "
+    + ", ".join(UPDATE_STATES)
+    + " FROM release_counts WHERE release_id = ANY(%(rels)s::integer[]) "
+    "UNION ALL SELECT rid, " + ", ".join(UPDATE_STATES) + " FROM ch) s GROUP BY rid) "
+    "SELECT r.id, r.cohort_size, r.halt_min_attempts, r.halt_max_failure_ratio, "
     "r.halt_min_cohort_share, r.halt_base, "
-    + ", ".join(f"COALESCE(SUM(c.{st}), 0)" for st in UPDATE_STATES)
-    + " FROM releases r LEFT JOIN release_counts c ON c.release_id = r.id "
-    "WHERE r.id = ANY(%s::integer[]) GROUP BY r.id"
+    + ", ".join(f"COALESCE(t.{st}, 0)" for st in UPDATE_STATES)
+    + " FROM releases r LEFT JOIN tot t ON t.rid = r.id WHERE r.id = ANY(%(rels)s::integer[])"
 )
 
 
@@ -773,12 +798,23 @@ class ReleaseStore:
         """
         found: dict[tuple[str, str], list[Any]] = {}
         now = utcnow()
+        pg = self.registry.engine.dialect.name == "postgresql"
         with self._reading() as conn:
             for chunk in _chunks(list(token_hashes), 500):
-                for row in conn.execute(_BY_TOKEN, {"keys": chunk}):
+                rows = (
+                    conn.exec_driver_sql(_PG_BY_TOKEN, (chunk,))
+                    if pg
+                    else conn.execute(_BY_TOKEN, {"keys": chunk})
+                )
+                for row in rows:
                     found.setdefault(("token", str(row[0])), []).append(row)
             for chunk in _chunks([f.lower() for f in fingerprints], 500):
-                for cert_row in conn.execute(_BY_FINGERPRINT, {"keys": chunk}):
+                rows = (
+                    conn.exec_driver_sql(_PG_BY_FINGERPRINT, (chunk,))
+                    if pg
+                    else conn.execute(_BY_FINGERPRINT, {"keys": chunk})
+                )
+                for cert_row in rows:
                     if _aware(cert_row.not_after) >= now:
                         found.setdefault(("cert", str(cert_row[0])), []).append(cert_row)
         return {
@@ -805,8 +841,8 @@ class ReleaseStore:
     def record_reports(
         self, reports: Sequence[Report]
     ) -> dict[int, tuple[ReleaseStats, PolicyOverrides]]:
-        """Store reports from many devices in one transaction: an event each, the inventory,
-        and for the ones that count, each device's state for the release and the release's
+        """Store reports from many devices in one transaction: an event each, and for the
+        ones that count, each device's state for the release and the release's
         counters (the change from the device's old state to its new one). Returns the
         counts of each release a counted report was about, to decide on halting.
         Rows are locked in one order (sorted keys), so concurrent batches cannot deadlock."""
@@ -832,14 +868,6 @@ class ReleaseStore:
                         ),
                     }
                     for r in reports
-                ],
-            )
-            last: dict[int, Report] = {r.device_id: r for r in reports}
-            s.connection().execute(
-                self._status_upsert(["last_report_at", "last_event"]),
-                [
-                    {"device_id": d, "last_report_at": now, "last_event": r.event}
-                    for d, r in sorted(last.items())
                 ],
             )
             final: dict[tuple[int, int], Report] = {}
@@ -919,105 +947,33 @@ class ReleaseStore:
     def _record_reports_pg(
         self, reports: Sequence[Report]
     ) -> dict[int, tuple[ReleaseStats, PolicyOverrides]]:
-        """``record_reports`` on PostgreSQL: the same steps as fixed statements over arrays
-        (``unnest``), one round trip each whatever the batch size, prepared once."""
-        now = utcnow()
-        last: dict[int, Report] = {r.device_id: r for r in reports}
+        """``record_reports`` on PostgreSQL: one statement (``_PG_REPORTS``) over arrays,
+        in autocommit (no BEGIN, COMMIT or ping round trips), prepared once."""
         final: dict[tuple[int, int], Report] = {}
         for r in reports:
             if r.release_id is not None:
-                final[(r.device_id, r.release_id)] = r
+                final[(r.device_id, r.release_id)] = r  # the last one of a device counts
         keys = sorted(final)
-        with self.registry.session() as s:
-            c = s.connection()
-            devs = sorted(last)
-            c.exec_driver_sql(
-                _PG_EVENTS_AND_STATUS,
-                (
-                    now,
-                    [r.device_id for r in reports],
-                    [f"update-{r.event}" for r in reports],
-                    [
-                        json.dumps(
-                            {
-                                "version": r.version,
-                                "reason": r.reason[:200],
-                                "release": r.release_id,
-                            }
-                        )
-                        for r in reports
-                    ],
-                    now,
-                    devs,
-                    [last[d].event for d in devs],
-                ),
-            )
-            if not keys:
-                return {}
-            ds, rs = [k[0] for k in keys], [k[1] for k in keys]
-            states = [final[k].event for k in keys]
-            whys = [final[k].reason[:200] for k in keys]
-            created = {
-                (int(d), int(r))
-                for d, r in c.exec_driver_sql(_PG_INSERT_UPDATES, (now, now, ds, rs, states, whys))
-            }
-            deltas: dict[tuple[int, int], dict[str, int]] = {}
-
-            def bump(device_id: int, release_id: int, state: str, by: int) -> None:
-                d = deltas.setdefault(
-                    (release_id, device_id % COUNT_SHARDS), dict.fromkeys(UPDATE_STATES, 0)
+        params = {
+            "now": utcnow(),
+            "ev_d": [r.device_id for r in reports],
+            "ev_k": [f"update-{r.event}" for r in reports],
+            "ev_x": [
+                json.dumps(
+                    {"version": r.version, "reason": r.reason[:200], "release": r.release_id}
                 )
-                d[state] += by
-
-            for d, rid in created:
-                bump(d, rid, final[(d, rid)].event, 1)
-            rest = [k for k in keys if k not in created]
-            if rest:
-                old = {
-                    (int(d), int(r)): st
-                    for d, r, st in c.exec_driver_sql(
-                        _PG_LOCK_UPDATES, ([k[0] for k in rest], [k[1] for k in rest])
-                    )
-                }
-                c.exec_driver_sql(
-                    _PG_UPDATE_UPDATES,
-                    (
-                        now,
-                        [k[0] for k in rest],
-                        [k[1] for k in rest],
-                        [final[k].event for k in rest],
-                        [final[k].reason[:200] for k in rest],
-                    ),
-                )
-                for (d, rid), st in old.items():
-                    new = final[(d, rid)].event
-                    if st != new:
-                        if st in UPDATE_STATES:
-                            bump(d, rid, st, -1)
-                        bump(d, rid, new, 1)
-            items = sorted(deltas.items())
-            added: dict[int, dict[str, int]] = {}
-            for (rid, _), delta in items:
-                total = added.setdefault(rid, dict.fromkeys(UPDATE_STATES, 0))
-                for st in UPDATE_STATES:
-                    total[st] += delta[st]
-            out: dict[int, tuple[ReleaseStats, PolicyOverrides]] = {}
-            # One statement: add to the counters and read each release's sums (as they were
-            # before this statement: this batch's changes are added here).
-            for row in c.exec_driver_sql(
-                _PG_COUNTS_AND_STATS,
-                (
-                    [k[0] for k, _ in items],
-                    [k[1] for k, _ in items],
-                    *([delta[st] for _, delta in items] for st in UPDATE_STATES),
-                    sorted({k[1] for k in keys}),
-                ),
-            ):
-                plus = added.get(int(row[0]), {})
-                n = {
-                    st: int(v) + plus.get(st, 0)
-                    for st, v in zip(UPDATE_STATES, row[6:], strict=True)
-                }
+                for r in reports
+            ],
+            "d": [k[0] for k in keys],
+            "r": [k[1] for k in keys],
+            "st": [final[k].event for k in keys],
+            "why": [final[k].reason[:200] for k in keys],
+            "rels": sorted({k[1] for k in keys}),
+        }
+        out: dict[int, tuple[ReleaseStats, PolicyOverrides]] = {}
+        with self._reading() as c:
+            for row in c.exec_driver_sql(_PG_REPORTS, params):
+                n = {st: int(v) for st, v in zip(UPDATE_STATES, row[6:], strict=True)}
                 out[int(row[0])] = (
                     ReleaseStats(
                         attempts=sum(n.values()),
@@ -1030,7 +986,7 @@ class ReleaseStore:
                     ),
                     PolicyOverrides(row[2], row[3], row[4]),
                 )
-            return out
+        return out
 
     def _add_counts(self, s: Session, deltas: dict[tuple[int, int], dict[str, int]]) -> None:
         if not deltas:
@@ -1088,6 +1044,28 @@ class ReleaseStore:
                     }
                     for c in items
                 ],
+            )
+
+    def record_report_status(self, seen: Sequence[tuple[int, str, datetime]]) -> None:
+        """The inventory: each device's last report (device id, event, when), batched with
+        the check-ins, not in the report's own transaction (which holds no inventory row)."""
+        if not seen:
+            return
+        items = sorted(seen)
+        with self.registry.session() as s:
+            if self.registry.engine.dialect.name == "postgresql":
+                s.connection().exec_driver_sql(
+                    _PG_REPORT_STATUS,
+                    (
+                        [d for d, _, _ in items],
+                        [at for _, _, at in items],
+                        [e for _, e, _ in items],
+                    ),
+                )
+                return
+            s.connection().execute(
+                self._status_upsert(["last_report_at", "last_event"]),
+                [{"device_id": d, "last_report_at": at, "last_event": e} for d, e, at in items],
             )
 
     def sweep_trials(self, window_seconds: int, limit: int = 5000) -> int:

@@ -84,12 +84,10 @@ class WriteBatcher(Generic[T, R]):
         store: Callable[[list[T]], Awaitable[R]],
         max_inflight: int = 2,
         max_batch: int = 500,
-        linger: float = 0.0,
     ) -> None:
         self._store = store
         self._max_inflight = max_inflight
         self._max_batch = max_batch
-        self._linger = linger  # wait this long for more items (fewer, larger transactions)
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._scheduled = False
         self._inflight = 0
@@ -104,11 +102,7 @@ class WriteBatcher(Generic[T, R]):
     def _schedule(self) -> None:
         if not self._scheduled and self._inflight < self._max_inflight and self._pending:
             self._scheduled = True
-            loop = asyncio.get_running_loop()
-            if self._linger > 0 and len(self._pending) < self._max_batch:
-                loop.call_later(self._linger, self._flush)
-            else:
-                loop.call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         self._scheduled = False

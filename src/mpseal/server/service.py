@@ -40,9 +40,6 @@ from mpseal.server.roots import RootStore
 from mpseal.server.timestamps import CurrentTimestamp, TimestampService
 
 log = logging.getLogger("mpseal.server")
-# Reports wait up to this long for others to share their transaction: a report is a few
-# round trips to the database whether it is stored alone or with a hundred others.
-REPORT_LINGER_SECONDS = 0.05
 INVENTORY_REFRESH_SECONDS = 60.0
 # A release this process saw halted is not re-examined on each failure report for this
 # long: an admin may resume it through another server process, and then its new
@@ -76,11 +73,12 @@ class UpdateServer:
         self.releases: TtlCache[list[ReleaseView]] = TtlCache(ttl, n, stale_on=stale)
         self.current_ts: TtlCache[CurrentTimestamp | None] = TtlCache(ttl, 1024, stale_on=stale)
         self._reports: WriteBatcher[Report, dict[int, tuple[ReleaseStats, PolicyOverrides]]] = (
-            WriteBatcher(self._store_reports, linger=REPORT_LINGER_SECONDS)
+            WriteBatcher(self._store_reports)
         )
         # device id -> ((app, version, counter, channel), unix time): to write / written
         self._checkins: dict[int, tuple[tuple[str, str, int, str], float]] = {}
         self._written: dict[int, tuple[tuple[str, str, int, str], float]] = {}
+        self._reported: dict[int, tuple[str, float]] = {}  # device id -> (event, unix time)
         self._buckets: dict[int, tuple[float, float]] = {}  # device id -> (tokens, at)
         self._halted: dict[int, float] = {}  # release id -> when seen halted (monotonic)
         self._limiter: anyio.CapacityLimiter | None = None
@@ -185,6 +183,11 @@ class UpdateServer:
     async def report(self, report: Report) -> None:
         """Store a report (returns once committed); halt its release if it must."""
         counts = await self._reports.submit(report)
+        if (
+            len(self._reported) < self.config.limits.cache_entries_max
+            or report.device_id in self._reported
+        ):  # the inventory's last report, written with the check-ins
+            self._reported[report.device_id] = (report.event, time.time())
         rid = report.release_id
         if rid is not None and report.event in FAILED_EVENTS and not self._seen_halted(rid):
             entry = counts.get(rid)
@@ -211,6 +214,20 @@ class UpdateServer:
         self._checkins[device_id] = (said, now)
 
     async def flush_checkins(self) -> None:
+        """Write the inventory noted since the last flush: check-ins, then last reports."""
+        await self._flush_checks()
+        reported, self._reported = self._reported, {}
+        items = [(d, ev, datetime.fromtimestamp(at, UTC)) for d, (ev, at) in reported.items()]
+        try:
+            for i in range(0, len(items), 5000):
+                await self.run(self.store.record_report_status, items[i : i + 5000])
+        except TransportError:
+            for d, entry in reported.items():  # kept for the next round (newer ones win)
+                if len(self._reported) < self.config.limits.cache_entries_max:
+                    self._reported.setdefault(d, entry)
+            raise
+
+    async def _flush_checks(self) -> None:
         pending, self._checkins = self._checkins, {}
         items = [
             Checkin(d, *said, datetime.fromtimestamp(at, UTC)) for d, (said, at) in pending.items()
