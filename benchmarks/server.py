@@ -315,7 +315,7 @@ def server(
     port: int,
     args: argparse.Namespace,
     tls: dict[str, Path] | None,
-) -> Iterator[None]:
+) -> Iterator[int]:
     with ExitStack() as stack:
         yield from _server(stack, url, keys, folder, port, args, tls)
 
@@ -328,7 +328,7 @@ def _server(
     port: int,
     args: argparse.Namespace,
     tls: dict[str, Path] | None,
-) -> Iterator[None]:
+) -> Iterator[int]:
     import httpx
     from server_support import ADMIN_TOKEN
 
@@ -388,7 +388,7 @@ def _server(
                 raise RuntimeError("the server did not start")
             time.sleep(0.2)
         time.sleep(1.0 if args.workers > 1 else 0)  # let every worker come up
-        yield
+        yield proc.pid
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -397,6 +397,53 @@ def _server(
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+def _cpu_by_role(server_pid: int) -> dict[str, float]:
+    """CPU seconds used so far by the server's processes (its session), the database's and
+    the load generator's: what each request costs, whatever else runs on the machine."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = dict.fromkeys(("server", "database", "load"), 0.0)
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (proc / "stat").read_text()
+            cmd = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        f = stat[stat.rindex(")") + 2 :].split()
+        used = (int(f[11]) + int(f[12])) / tick  # utime + stime
+        if int(f[3]) == server_pid:  # session id
+            out["server"] += used
+        elif comm == "postgres":
+            out["database"] += used
+        elif b"--loadgen" in cmd:
+            out["load"] += used
+    return out
+
+
+class CpuWindow:
+    """The CPU each role used during one phase's measured window (after its warm-up)."""
+
+    def __init__(self, server_pid: int, delay: float, seconds: float) -> None:
+        import threading
+
+        self.used: dict[str, float] = {}
+        self.seconds = seconds
+
+        def measure() -> None:
+            time.sleep(delay)
+            a = _cpu_by_role(server_pid)
+            time.sleep(seconds)
+            b = _cpu_by_role(server_pid)
+            self.used = {k: b[k] - a[k] for k in a}
+
+        self.thread = threading.Thread(target=measure, daemon=True)
+        self.thread.start()
+
+    def result(self) -> dict[str, float]:
+        self.thread.join()
+        return self.used
 
 
 def _cpu_times() -> tuple[int, int]:
@@ -486,7 +533,7 @@ def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         register_seconds = register_fleet(url, args.devices, holder.get("fp"))
         port = free_port()
         scheme = "https" if tls else "http"
-        with server(url, keys, folder, port, args, tls):
+        with server(url, keys, folder, port, args, tls) as server_pid:
             admin = httpx.Client(
                 base_url=f"{scheme}://127.0.0.1:{port}",
                 timeout=120,
@@ -554,6 +601,7 @@ def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
             for name, over in phases:
                 spec = folder / "load.json"
                 spec.write_text(json.dumps({**base, **over}))
+                window = CpuWindow(server_pid, WARMUP_SECONDS + 0.3, args.seconds)
                 out = subprocess.run(
                     [sys.executable, __file__, "--loadgen", str(spec)],
                     capture_output=True,
@@ -563,7 +611,7 @@ def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
                 )
                 if out.returncode != 0:
                     raise RuntimeError(out.stderr[-2000:])
-                results[name] = json.loads(out.stdout)
+                results[name] = {**json.loads(out.stdout), "cpu": window.result()}
             counts = admin.get(f"/v1/admin/releases/{rel['id']}").json()["release"]["counts"]
     return {
         "db": kind,
@@ -668,6 +716,20 @@ def main() -> int:
             for key in ("first_error",):
                 if whole.get(key) and m is not None and name.startswith(("checks", "failure")):
                     print(f"    first error: {whole[key]}")
+        for label, key in (
+            ("checks", "checks"),
+            ("checks + failures", "checks+failures"),
+            ("reports", "reports"),
+        ):
+            whole = ph[key]
+            n = sum(m["rate"] for m in (whole.get("check"), whole.get("report")) if m)
+            cpu = whole.get("cpu") or {}
+            if n and cpu:
+                per = {k: v / args.seconds / n * 1e6 for k, v in cpu.items()}
+                print(
+                    f"    CPU per request, {label}: server {per['server']:.0f} us, database "
+                    f"{per['database']:.0f} us, load generator {per['load']:.0f} us"
+                )
         print(
             f"  checks with {args.failure_share:.0%} failure reports / without: {ratio:.0%} "
             f"(goal >= {GOAL_MIXED_RATIO:.0%}); reports {reports['rate']:,.0f}/s (goal >= "

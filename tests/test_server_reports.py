@@ -335,3 +335,30 @@ def test_report_batches_store_many_devices_in_one_transaction(db_url: str, n: in
     assert recount(db_url, rid) == {"booted": n}
     store.close()
     reg.engine.dispose()
+
+
+def test_report_batches_linger_for_company_unless_full() -> None:
+    """A lone report waits the linger for others to share its statement; a full batch goes
+    at once (a busy server does not wait); the linger counts from the oldest report."""
+    import time
+
+    from mpseal.server.batch import WriteBatcher
+
+    sizes: list[int] = []
+
+    async def write(items: list[int]) -> int:
+        sizes.append(len(items))
+        return len(items)
+
+    async def main() -> tuple[float, float]:
+        b: WriteBatcher[int, int] = WriteBatcher(write, linger=0.4, full=3)
+        t0 = time.monotonic()
+        await b.submit(1)
+        alone = time.monotonic() - t0
+        t0 = time.monotonic()
+        await asyncio.gather(b.submit(1), b.submit(2), b.submit(3))
+        return alone, time.monotonic() - t0
+
+    alone, full = asyncio.run(main())
+    assert 0.35 <= alone < 2 and full < 0.2
+    assert sizes == [1, 3]

@@ -255,10 +255,11 @@ _BY_FINGERPRINT = (
     )
 )
 
-# The same two lookups on PostgreSQL: one statement whatever the number of keys (an array,
-# prepared once), and each device's failed releases found through its own primary-key
-# entries (LATERAL), so a lookup costs the same however many devices failed a release
-# (a plain join may scan every failed row when the planner's statistics lag behind).
+# The same two lookups on PostgreSQL: one statement whatever the number of keys (one text
+# parameter of comma-separated hex keys: a single value to send; prepared once), and each
+# device's failed releases found through its own primary-key entries (LATERAL), so a
+# lookup costs the same however many devices failed a release (a plain join may scan
+# every failed row when the planner's statistics lag behind).
 _PG_FAILED = (
     " LEFT JOIN LATERAL (SELECT du.release_id, du.state FROM device_updates du"  # noqa: S608
     " WHERE du.device_id = d.id OFFSET 0) f"  # OFFSET 0: a per-device subquery, kept apart
@@ -266,28 +267,34 @@ _PG_FAILED = (
 )
 _PG_BY_TOKEN = (
     'SELECT d.token_hash, d.id, d.hardware_id, d.group_name AS "group", f.release_id, d.board '
-    "FROM devices d" + _PG_FAILED + " WHERE d.token_hash = ANY(%s::text[]) AND d.state = 'active'"
+    "FROM devices d"
+    + _PG_FAILED
+    + " WHERE d.token_hash = ANY(string_to_array(%s, ',')) AND d.state = 'active'"
 )
 _PG_BY_FINGERPRINT = (
     'SELECT c.fingerprint, d.id, d.hardware_id, d.group_name AS "group", f.release_id, '  # noqa: S608
     "d.board, c.not_after FROM certificates c JOIN devices d ON c.device_id = d.id"
     + _PG_FAILED
-    + " WHERE c.fingerprint = ANY(%s::text[]) AND c.status = 'valid' AND d.state = 'active'"
+    + " WHERE c.fingerprint = ANY(string_to_array(%s, ',')) AND c.status = 'valid'"
+    " AND d.state = 'active'"
 )
 
 _DU = cast(Table, DeviceUpdate.__table__)
 # The report path on PostgreSQL (see ReleaseStore._record_reports_pg).
+# The inventory's batches and the report batch take their rows as one JSON parameter
+# (json_to_recordset): one value to send, encoded by the json module, where an array per
+# column cost the driver a Python loop per element.
 _PG_CHECKINS = (
     "INSERT INTO device_status (device_id, app, version, counter, channel, last_check_at) "
-    "SELECT * FROM unnest(%s::integer[], %s::text[], %s::text[], %s::bigint[], %s::text[], "
-    "%s::timestamptz[]) ORDER BY 1 ON CONFLICT (device_id) DO UPDATE SET app = excluded.app, "
-    "version = excluded.version, counter = excluded.counter, channel = excluded.channel, "
-    "last_check_at = excluded.last_check_at"
+    "SELECT * FROM json_to_recordset(%s::json) AS v(d integer, a text, v text, c bigint, "
+    "ch text, t timestamptz) ORDER BY 1 ON CONFLICT (device_id) DO UPDATE SET "
+    "app = excluded.app, version = excluded.version, counter = excluded.counter, "
+    "channel = excluded.channel, last_check_at = excluded.last_check_at"
 )
 _PG_REPORT_STATUS = (
     "INSERT INTO device_status (device_id, last_report_at, last_event) "
-    "SELECT * FROM unnest(%s::integer[], %s::timestamptz[], %s::text[]) ORDER BY 1 "
-    "ON CONFLICT (device_id) DO UPDATE SET last_report_at = excluded.last_report_at, "
+    "SELECT * FROM json_to_recordset(%s::json) AS v(d integer, t timestamptz, e text) "
+    "ORDER BY 1 ON CONFLICT (device_id) DO UPDATE SET last_report_at = excluded.last_report_at, "
     "last_event = excluded.last_event"
 )
 # The whole report batch on PostgreSQL, one statement (one round trip, atomic on its own):
@@ -297,12 +304,12 @@ _PG_REPORT_STATUS = (
 # this batch's changes). Built from the constant UPDATE_STATES and COUNT_SHARDS: no input.
 _PG_REPORTS = (
     "WITH ev AS (INSERT INTO events (device_id, kind, detail, at) "  # noqa: S608
-    "SELECT d, k, x, %(now)s FROM unnest(%(ev_d)s::integer[], %(ev_k)s::text[], "
-    "%(ev_x)s::text[]) AS e(d, k, x)), "
+    "SELECT d, k, x, %(now)s FROM json_to_recordset(%(ev)s::json) AS e(d integer, k text, "
+    "x text)), "
     "up AS (INSERT INTO device_updates AS du "
     "(device_id, release_id, state, prev_state, reason, first_at, updated_at) "
-    "SELECT d, r, st, NULL, why, %(now)s, %(now)s FROM unnest(%(d)s::integer[], "
-    "%(r)s::integer[], %(st)s::text[], %(why)s::text[]) AS v(d, r, st, why) ORDER BY d, r "
+    "SELECT d, r, st, NULL, why, %(now)s, %(now)s FROM json_to_recordset(%(rows)s::json) "
+    "AS v(d integer, r integer, st text, why text) ORDER BY d, r "
     "ON CONFLICT (device_id, release_id) DO UPDATE SET prev_state = du.state, "
     "state = excluded.state, reason = excluded.reason, updated_at = excluded.updated_at "
     "RETURNING du.device_id, du.release_id, du.prev_state, du.state), "
@@ -325,10 +332,11 @@ _PG_REPORTS = (
     + ", ".join(UPDATE_STATES)
     + " FROM release_counts WHERE release_id = ANY(%(rels)s::integer[]) "
     "UNION ALL SELECT rid, " + ", ".join(UPDATE_STATES) + " FROM ch) s GROUP BY rid) "
-    "SELECT r.id, r.cohort_size, r.halt_min_attempts, r.halt_max_failure_ratio, "
-    "r.halt_min_cohort_share, r.halt_base, "
+    "SELECT json_build_array(r.id, r.cohort_size, r.halt_min_attempts, "  # one column: cheap
+    "r.halt_max_failure_ratio, r.halt_min_cohort_share, r.halt_base, "  # to describe
     + ", ".join(f"COALESCE(t.{st}, 0)" for st in UPDATE_STATES)
-    + " FROM releases r LEFT JOIN tot t ON t.rid = r.id WHERE r.id = ANY(%(rels)s::integer[])"
+    + ")::text FROM releases r LEFT JOIN tot t ON t.rid = r.id "
+    "WHERE r.id = ANY(%(rels)s::integer[])"
 )
 
 
@@ -802,7 +810,7 @@ class ReleaseStore:
         with self._reading() as conn:
             for chunk in _chunks(list(token_hashes), 500):
                 rows = (
-                    conn.exec_driver_sql(_PG_BY_TOKEN, (chunk,))
+                    conn.exec_driver_sql(_PG_BY_TOKEN, (",".join(chunk),))
                     if pg
                     else conn.execute(_BY_TOKEN, {"keys": chunk})
                 )
@@ -810,7 +818,7 @@ class ReleaseStore:
                     found.setdefault(("token", str(row[0])), []).append(row)
             for chunk in _chunks([f.lower() for f in fingerprints], 500):
                 rows = (
-                    conn.exec_driver_sql(_PG_BY_FINGERPRINT, (chunk,))
+                    conn.exec_driver_sql(_PG_BY_FINGERPRINT, (",".join(chunk),))
                     if pg
                     else conn.execute(_BY_FINGERPRINT, {"keys": chunk})
                 )
@@ -947,7 +955,7 @@ class ReleaseStore:
     def _record_reports_pg(
         self, reports: Sequence[Report]
     ) -> dict[int, tuple[ReleaseStats, PolicyOverrides]]:
-        """``record_reports`` on PostgreSQL: one statement (``_PG_REPORTS``) over arrays,
+        """``record_reports`` on PostgreSQL: one statement (``_PG_REPORTS``) over JSON rows,
         in autocommit (no BEGIN, COMMIT or ping round trips), prepared once."""
         final: dict[tuple[int, int], Report] = {}
         for r in reports:
@@ -956,23 +964,34 @@ class ReleaseStore:
         keys = sorted(final)
         params = {
             "now": utcnow(),
-            "ev_d": [r.device_id for r in reports],
-            "ev_k": [f"update-{r.event}" for r in reports],
-            "ev_x": [
-                json.dumps(
-                    {"version": r.version, "reason": r.reason[:200], "release": r.release_id}
-                )
-                for r in reports
-            ],
-            "d": [k[0] for k in keys],
-            "r": [k[1] for k in keys],
-            "st": [final[k].event for k in keys],
-            "why": [final[k].reason[:200] for k in keys],
+            "ev": json.dumps(
+                [
+                    {
+                        "d": r.device_id,
+                        "k": f"update-{r.event}",
+                        "x": json.dumps(
+                            {
+                                "version": r.version,
+                                "reason": r.reason[:200],
+                                "release": r.release_id,
+                            }
+                        ),
+                    }
+                    for r in reports
+                ]
+            ),
+            "rows": json.dumps(
+                [
+                    {"d": k[0], "r": k[1], "st": final[k].event, "why": final[k].reason[:200]}
+                    for k in keys
+                ]
+            ),
             "rels": sorted({k[1] for k in keys}),
         }
         out: dict[int, tuple[ReleaseStats, PolicyOverrides]] = {}
         with self._reading() as c:
-            for row in c.exec_driver_sql(_PG_REPORTS, params):
+            for (text,) in c.exec_driver_sql(_PG_REPORTS, params):
+                row = json.loads(text)
                 n = {st: int(v) for st, v in zip(UPDATE_STATES, row[6:], strict=True)}
                 out[int(row[0])] = (
                     ReleaseStats(
@@ -1022,12 +1041,19 @@ class ReleaseStore:
                 s.connection().exec_driver_sql(
                     _PG_CHECKINS,
                     (
-                        [c.device_id for c in items],
-                        [c.app for c in items],
-                        [c.version for c in items],
-                        [c.counter for c in items],
-                        [c.channel for c in items],
-                        [c.at for c in items],
+                        json.dumps(
+                            [
+                                {
+                                    "d": c.device_id,
+                                    "a": c.app,
+                                    "v": c.version,
+                                    "c": c.counter,
+                                    "ch": c.channel,
+                                    "t": c.at.isoformat(),
+                                }
+                                for c in items
+                            ]
+                        ),
                     ),
                 )
                 return
@@ -1056,11 +1082,7 @@ class ReleaseStore:
             if self.registry.engine.dialect.name == "postgresql":
                 s.connection().exec_driver_sql(
                     _PG_REPORT_STATUS,
-                    (
-                        [d for d, _, _ in items],
-                        [at for _, _, at in items],
-                        [e for _, e, _ in items],
-                    ),
+                    (json.dumps([{"d": d, "t": at.isoformat(), "e": e} for d, e, at in items]),),
                 )
                 return
             s.connection().execute(

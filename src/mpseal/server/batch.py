@@ -76,7 +76,9 @@ class WriteBatcher(Generic[T, R]):
     ``submit(item)`` returns once the batch holding ``item`` is committed (so an answer
     sent after it is about stored data), with what ``store`` returned for the batch; a
     failed batch fails every submitter. While ``max_inflight`` batches run, new items
-    gather into the next one, and a batch holds at most ``max_batch`` items.
+    gather into the next one, and a batch holds at most ``max_batch`` items. With a
+    ``linger``, a batch waits up to that long from its oldest item for more, unless ``full``
+    items are already waiting: fewer, larger statements when reports trickle in.
     """
 
     def __init__(
@@ -84,30 +86,50 @@ class WriteBatcher(Generic[T, R]):
         store: Callable[[list[T]], Awaitable[R]],
         max_inflight: int = 2,
         max_batch: int = 500,
+        linger: float = 0.0,
+        full: int = 32,
     ) -> None:
         self._store = store
         self._max_inflight = max_inflight
         self._max_batch = max_batch
+        self._linger = linger
+        self._full = min(full, max_batch)
+        self._timer: asyncio.TimerHandle | None = None  # a lingering flush
+        self._since = 0.0  # when the oldest pending item came (loop time)
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._scheduled = False
         self._inflight = 0
         self._tasks: set[asyncio.Task[None]] = set()  # held: the loop keeps only weak refs
 
     async def submit(self, item: T) -> R:
-        fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[R] = loop.create_future()
+        if not self._pending:
+            self._since = loop.time()  # the linger counts from the oldest waiting item
         self._pending.append((item, fut))
+        if self._timer is not None and len(self._pending) >= self._full:
+            self._timer.cancel()  # enough for a batch: no waiting out the linger
+            self._timer = None
+            self._scheduled = False
         self._schedule()
         return await asyncio.shield(fut)
 
     def _schedule(self) -> None:
         if not self._scheduled and self._inflight < self._max_inflight and self._pending:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop = asyncio.get_running_loop()
+            wait = self._since + self._linger - loop.time()
+            if wait > 0 and len(self._pending) < self._full:
+                self._timer = loop.call_later(wait, self._flush)
+            else:
+                loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._scheduled = False
+        self._timer = None
         batch = self._pending[: self._max_batch]
         self._pending = self._pending[self._max_batch :]
+        self._since = asyncio.get_running_loop().time()
         if batch:
             self._inflight += 1
             task = asyncio.ensure_future(self._run(batch))
