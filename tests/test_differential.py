@@ -46,6 +46,7 @@ RUNNER = """
 import sys, json
 sys.path.insert(0, %(runtime)r)
 import mpseal_release as rel, mpseal_meta as meta, mpseal_secrets as sec, mpseal_appfs as appfs
+import mpseal_stage, mpseal_encfs
 from mpseal_release import Refused
 corpus = sys.argv[1]
 with open(corpus + "/root.mpsr", "rb") as f:
@@ -64,7 +65,7 @@ for name, kind in index:
                 with open(path, "rb") as f:
                     appfs.load_index(f, r.offset, r.files, r.size)
         elif kind == "root":
-            new = rel.verify_root_update(root, data)
+            new = mpseal_stage.verify_root_update(root, data)
             if new["version"] != root["version"] + 1:
                 raise Refused("not the next root")
         elif kind == "timestamp":
@@ -72,12 +73,12 @@ for name, kind in index:
         elif kind == "secrets":
             sec.open_sealed(data, %(hwid)r)
         elif kind == "unlock":
-            rel.check_unlock(root, data, %(hwid)r, %(used)d)
+            mpseal_stage.check_unlock(root, data, %(hwid)r, %(used)d)
         elif kind == "slot":  # an encrypted release in a slot, with its key record
             r = rel.verify_file(path, root, "unix", 0, rel.MAX_IMAGE)
             if not r.enc:
                 raise Refused("not encrypted")
-            appfs.open_release(path, r, %(hwid)r)  # decrypts and checks the file index
+            mpseal_encfs.open_release(path, r, %(hwid)r)  # decrypts and checks the file index
         out.append([name, "ok"])
     except (Refused, sec.SecretsError):
         out.append([name, "refused"])

@@ -274,7 +274,7 @@ def test_guard_verifies_a_256k_image_in_36k_of_working_heap(project: Path, tmp_p
     blob = set_release(project, "1.0", 1, profile="field")
     board = VirtualBoard.create(tmp_path / "b", flash_size=2 * 1024 * 1024)
     board.install_guard(root_of(project), "field")
-    code = board.command("codemem").replies()[-1]
+    code = board.command("codemem", "mpseal_stage").replies()[-1]  # stage() loads it
     assert isinstance(code, int) and 0 < code < 64 * 1024
     heap = f"{(code + 36 * 1024) // 1024}K"
     board.put(blob, "/mpseal/incoming.mpseal")

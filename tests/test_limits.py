@@ -52,7 +52,10 @@ def test_device_limits_equal_limits_py() -> None:
         "mpseal_meta.MAX_SIZE": (meta["MAX_SIZE"], L.artifact_max_length),
         "mpseal_appfs.MAX_NAME": (appfs["MAX_NAME"], L.file_name_max_length),
         "mpseal_secrets.MAX_LEN": (constants("mpseal_secrets")["MAX_LEN"], secretbox.MAX_LEN),
-        "mpseal_release.MAX_UNLOCK": (rel["MAX_UNLOCK"], unlocktoken.MAX_LENGTH),
+        "mpseal_stage.MAX_UNLOCK": (
+            constants("mpseal_stage")["MAX_UNLOCK"],
+            unlocktoken.MAX_LENGTH,
+        ),
         "mpseal_release.KEY_RECORD_LEN": (rel["KEY_RECORD_LEN"], encrypted.RECORD_LENGTH),
         "mpseal_release.ENCRYPTED": (rel["ENCRYPTED"], manifest.ENCRYPTED),
     }

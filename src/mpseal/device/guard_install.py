@@ -28,10 +28,12 @@ from mpseal.packaging.mpycross import CompileOptions, Compiler, Module
 GUARD_MODULES = (
     "mpseal_guard",
     "mpseal_release",
+    "mpseal_stage",
     "mpseal_state",
     "mpseal_port",
     "mpseal_lockdown",
     "mpseal_appfs",
+    "mpseal_encfs",
     "mpseal_romfs",
     "mpseal_meta",
     "mpseal_secrets",
@@ -56,6 +58,7 @@ BOOT_MODULES = (
     "p256_thumb",
     "mpseal_lockdown",
     "mpseal_appfs",
+    "mpseal_encfs",
     "mpseal_romfs",
 )
 # Modules only for boards whose native code is ARM Thumb (the inline assembler's target).

@@ -3,7 +3,7 @@
 An envelope (envelope.py) whose payload is
 ``{"type": "mpseal-unlock", "device": "<hardware id>", "n": 3, "profile": "dev"}``,
 signed by a threshold of the trust root's offline ``root`` role (``mpseal
-unlock-token`` writes it). The guard (runtime/mpseal_release.check_unlock) takes
+unlock-token`` writes it). The guard (runtime/mpseal_stage.check_unlock) takes
 it once: ``n`` must be above the number of the last token that device used. This
 host parser gives the same verdicts (tests/test_differential.py).
 

@@ -16,7 +16,8 @@
 # served).
 #
 # An encrypted release (src/mpseal/formats/encrypted.py has the format) is served here
-# too, never through VfsRom: open_release() unwraps the release key from the key record
+# too, never through VfsRom (its code is in mpseal_encfs, loaded only for one):
+# open_release() unwraps the release key from the key record
 # kept after the image in the slot, under a key derived from machine.unique_id() read
 # at run time (never stored), decrypts the file index and checks it against its signed
 # hash; open() then decrypts one file (AES-256-CBC from the block before it, in place:
@@ -32,7 +33,7 @@ import io
 import struct
 from array import array
 
-from mpseal_release import Refused, _hex, is_name
+from mpseal_release import Refused, is_name
 
 ENOENT = 2
 EIO = 5
@@ -149,55 +150,15 @@ def entry(ix, pos, offs, i):
     return ix[p + ENTRY : p + ENTRY + k].decode(), size, offs[i], ix[p + 8 : p + 40]
 
 
-def _pad16(n):
-    return (n + 15) // 16 * 16
-
-
-def unwrap(record, hardware_id, image_sha256):
-    """The release key from its 40-byte key record (as the host's formats/encrypted.py)."""
-    import cryptolib
-
-    if record is None or len(record) != 40 or record[:8] != b"MPSK\x01\0\0\0":
-        raise Refused("the encrypted release has no key record for this device")
-    kek = hashlib.sha256(b"mpseal-release-key-v1" + hardware_id.encode()
-                         + bytes.fromhex(image_sha256)).digest()
-    return cryptolib.aes(kek, 1).decrypt(record[8:])
-
-
-def open_release(slot_path, rel, hardware_id):
-    """Key and file index of encrypted release `rel` (verified: signature, image hash) in
-    its slot; Refused when it does not open on this device. Sets rel.key and rel.files
-    (the index: bytes, entry positions, file offsets, folders)."""
-    import cryptolib
-
-    key = unwrap(rel.key_record, hardware_id, rel.sha256)
-    sha, size, romfs_size = rel.enc
-    with open(slot_path, "rb") as f:
-        f.seek(rel.offset)
-        iv = f.read(16)
-        ct = f.read(_pad16(size))
-    if len(iv) != 16 or len(ct) != _pad16(size):
-        raise Refused("the encrypted release is truncated in the slot")
-    table = cryptolib.aes(key, 2, iv).decrypt(ct)[:size]
-    ct = None
-    if _hex(hashlib.sha256(table).digest()) != sha:
-        raise Refused("the encrypted release does not open on this device (its key was "
-                      "wrapped for another device, or the slot was copied from one)")
-    pos, offs, dirs = parse_index(table, romfs_size)  # checked as the mount will use it
-    rel.key = key
-    rel.files = (table, pos, offs, dirs)
-    return rel
-
-
 class AppFS:
     def __init__(self, slot_path, image_offset, files, image_size, enc=None, key=None):
         # files: the manifest's `files` (where the index is), or for an encrypted release
-        # the index open_release decrypted and checked.
+        # the index mpseal_encfs.open_release decrypted and checked.
         self._slot = slot_path
         self._base = image_offset
         self._key = key
         if key is not None:  # encrypted: offsets are into the ROMFS image after IV and index
-            self._base = image_offset + _pad16(enc[1])  # where the block before byte 0 lies
+            self._base = image_offset + (enc[1] + 15) // 16 * 16  # the block before byte 0
             self._ix, self._pos, self._offs, self._dirs = files
         else:
             with open(slot_path, "rb") as f:
@@ -286,7 +247,9 @@ class AppFS:
             raise OSError(ENOENT)
         size, off, sha = f
         if self._key is not None:
-            buf = self._decrypt(p, size, off)
+            import mpseal_encfs
+
+            buf = mpseal_encfs.decrypt(self._slot, self._key, self._base, p, size, off)
         else:
             with open(self._slot, "rb") as src:
                 src.seek(self._base + off)
@@ -297,29 +260,6 @@ class AppFS:
             raise Refused("file %s does not match its signed hash" % p)
         self.served += 1
         return buf
-
-    def _decrypt(self, p, size, off):
-        # The plaintext bytes off..off+size: whole blocks from the one holding `off`, and
-        # the ciphertext block before it as the IV (the table's last block, or the IV).
-        import cryptolib
-
-        b = off - off % 16
-        e = _pad16(off + size)
-        if e == b:
-            return b""
-        buf = bytearray(e - b + 16)
-        with open(self._slot, "rb") as src:
-            src.seek(self._base + b)
-            got = src.readinto(buf)
-        if got != len(buf):
-            raise Refused("file %s is truncated in the slot" % p)
-        mv = memoryview(buf)
-        ct = mv[16:]
-        cryptolib.aes(self._key, 2, bytes(mv[:16])).decrypt(ct, ct)  # in place
-        at = 16 + off - b
-        out = bytes(mv[at : at + size])  # bytes: served without another copy
-        mv = ct = buf = None
-        return out
 
     def mkdir(self, path):
         raise OSError(EROFS)

@@ -26,7 +26,7 @@
 #   verified-files   mpseal_appfs: each file checked against its signed hash when
 #                    opened, served from RAM (firmware without vfs.VfsRom), and
 #                    always for an encrypted release: decrypted file by file with
-#                    the key wrapped for this device (mpseal_appfs.open_release)
+#                    the key wrapped for this device (mpseal_encfs.open_release)
 #
 # Threat tiers: the signature and hash checks stop T1 (network/mirror) and a T0
 # owner copying foreign code onto the filesystem; anti-rollback stops replay of
@@ -40,7 +40,7 @@ import sys
 # and looks for a file of an extensible one's name on every sys.path entry at every import:
 # ~3.5 ms of littlefs lookups on a Pico each time. Imported with an empty sys.path, they are
 # the firmware's own: no file shadows them for the guard.
-PINNED = ("os", "time", "json", "hashlib", "struct", "io", "binascii", "machine")
+PINNED = ("os", "time", "json", "hashlib", "struct", "io", "binascii", "machine", "array")
 
 
 def _pin():
@@ -310,10 +310,10 @@ def _verify(slot, root, min_counter, into=None, boot=False):
 
 
 def _open_encrypted(path, r):
-    import mpseal_appfs
-
     _need("cryptolib", "aes")
-    return mpseal_appfs.open_release(path, r, port.unique_id())
+    import mpseal_encfs
+
+    return mpseal_encfs.open_release(path, r, port.unique_id())
 
 
 def _save():
@@ -370,37 +370,11 @@ def stage(src, key_record=None):
     an encrypted release needs `key_record`, its key wrapped for this device, and must
     open with it before it is staged.
 
-    Returns the Release; raises Refused (and changes nothing) if it is not acceptable."""
-    global _state
-    root = trust_root()
-    if _state is None:
-        _load_state(root)
-    _cleanup()
-    slot = _other(_state.committed) if _state.committed else "a"
-    f = open(src, "rb") if isinstance(src, str) else src
-    try:
-        cfg = config()
-        r = rel_mod.copy_verified(f, slot_path(slot) + ".tmp", root, cfg["board"],
-                                  _state.counter, cfg["max_image"], app(), key_record)
-        if r.enc:
-            try:
-                _open_encrypted(slot_path(slot) + ".tmp", r)
-            except BaseException:
-                _cleanup()  # the copy that does not open is not kept
-                raise
-    except Refused as e:
-        log("stage refused: %s" % e)  # kept: the warranty check reads these
-        raise
-    finally:
-        if isinstance(src, str):
-            f.close()
-    os.rename(slot_path(slot) + ".tmp", slot_path(slot))
-    _state.trial = slot
-    _state.tries = 0
-    _state.fails = 0
-    _save()
-    log("staged %s %s (counter %d) in slot %s for a trial boot" % (r.app, r.version, r.counter, slot))
-    return r
+    Returns the Release; raises Refused (and changes nothing) if it is not acceptable.
+    The code is in mpseal_stage: no boot loads it."""
+    import mpseal_stage
+
+    return mpseal_stage.stage(src, key_record)
 
 
 def confirm():
@@ -455,7 +429,8 @@ def _mount(slot, r):
     import vfs
 
     if _mount_kind == "romfs-partition":
-        fs = vfs.VfsRom(_mirror_to_partition(slot, r, port.rom_partition()))
+        part = port.rom_partition()  # an mpseal_romfs.Partition
+        fs = vfs.VfsRom(part.mirror(slot_path(slot), r, log, "slot " + slot))
     elif _mount_kind == "vfsrom-ram":
         # _verify read the image into the reserved RAM while hashing it: the
         # bytes that run are exactly the bytes that were checked.
@@ -472,24 +447,6 @@ def _mount(slot, r):
         pass
     vfs.mount(fs, "/rom")
     sys.path[:0] = ["/rom", "/rom/lib"]
-
-
-def _mirror_to_partition(slot, r, part):
-    """The ROMFS partition holding exactly the verified image: copied there once (when it
-    does not already hash right), with the write protocol the port answers to."""
-    import hashlib
-
-    mem = part.mem
-    if r.size > len(mem):
-        raise Refused("image does not fit the ROMFS partition")
-    if rel_mod._hex(hashlib.sha256(mem[: r.size]).digest()) != r.sha256:
-        log("copying slot %s to the ROMFS partition (%s)" % (slot, part.kind))
-        with open(slot_path(slot), "rb") as f:
-            f.seek(r.offset)
-            part.write(f, r.size)
-        if rel_mod._hex(hashlib.sha256(mem[: r.size]).digest()) != r.sha256:
-            raise Refused("ROMFS partition does not read back the verified image")
-    return mem[: r.size]
 
 
 def _reserve_image_buffer():
@@ -613,20 +570,11 @@ def _unlock(root, names=None):
                 data = f.read(2048)
         except OSError:
             continue
-        try:
-            os.remove(path)  # single use, whatever happens next
-        except OSError:
-            pass
-        try:
-            tok = rel_mod.check_unlock(root, data, port.unique_id(), _state.unlocks)
-            n = tok["n"]
-        except (Refused, ValueError, AttributeError) as e:
-            log("unlock refused: %s" % e)
-            continue
-        _state.unlocks = n
-        _save()
-        log("service unlock %d: profile %s for this boot" % (n, tok["profile"]))
-        return tok["profile"]
+        import mpseal_stage  # no token, no load: most boots never need it
+
+        profile = mpseal_stage.unlock(path, data, root)
+        if profile:
+            return profile
     return None
 
 

@@ -264,7 +264,9 @@ def apply_root_chain(files):
         if data == current:
             continue  # installed already (a retry after a power cut)
         try:
-            new = rel_mod.verify_root_update(root, data)
+            import mpseal_stage
+
+            new = mpseal_stage.verify_root_update(root, data)
             step = new["version"] == root["version"] + 1
         except (KeyError, TypeError, ValueError):
             raise Refused("new trust root is malformed")

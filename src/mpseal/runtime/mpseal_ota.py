@@ -535,7 +535,9 @@ def _fetch_roots(http, version):
         status, data = http.request("GET", "/v1/roots/%d.mpsr" % v, limit=meta.rel_mod.MAX_ROOT)
         if status != 200:
             raise OSError("trust root %d answered %d" % (v, status))
-        new = meta.rel_mod.verify_root_update(root, data)
+        import mpseal_stage
+
+        new = mpseal_stage.verify_root_update(root, data)
         if slot:
             try:
                 guard._verify(slot, new, 0)

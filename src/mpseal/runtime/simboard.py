@@ -320,6 +320,9 @@ def main(argv):
         if cmd == "status":
             reply(guard_status())
             return
+        # stage() loads it: here first, as `codemem` counts it (compiled from source on the
+        # VM, a module needs far more heap while it loads than a board's .mpy)
+        import mpseal_stage  # noqa: F401
         try:
             key = None
             if len(args) > 1:  # an encrypted release: its key record for this board
