@@ -83,15 +83,9 @@ def table(ints):
 
 
 def _g_table():
-    # table() of G's odd multiples, from p256's bytes (big-endian x, y per point)
-    G = p256._G_BYTES
-    out = []
-    for i in range(0, len(G), 64):
-        y = int.from_bytes(G[i + 32 : i + 64], "big")
-        out.append(_fe(int.from_bytes(G[i : i + 32], "big")))
-        out.append(_fe(y))
-        out.append(_fe(_P - y))
-    return out
+    # table() of G's odd multiples: p256's bytes are in its layout already (no copies)
+    G = memoryview(p256._G_FE)
+    return [G[i : i + 32] for i in range(0, len(G), 32)]
 
 
 def _fmul(ws, a, b):
@@ -160,7 +154,7 @@ def chain(q_fe, a, b, n, pa, pb):
     P = _P
     ws = bytearray(416)  # slots 11, 12: _ADD1's zero flags
     digits = (a, b)
-    tables = (_g_table(), q_fe)  # G's table made per call: 2.5 KB not kept
+    tables = (_g_table(), q_fe)  # G's table made per call (views of p256._G_FE): not kept
     inf = True
     prev = 0
     for i in sorted(set(pa + pb), reverse=True):
