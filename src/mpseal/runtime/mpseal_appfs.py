@@ -185,6 +185,8 @@ class AppFS:
     def _path(self, path):
         if not path.startswith("/"):
             path = self._cwd + "/" + path
+        if "/." not in path and "//" not in path:
+            return path.strip("/")  # no "." or ".." segment, none empty: the usual path
         out = []
         for part in path.split("/"):
             if part == "..":
