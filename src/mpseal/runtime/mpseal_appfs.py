@@ -33,7 +33,7 @@ import io
 import struct
 from array import array
 
-from mpseal_release import Refused, is_name
+from mpseal_port import Refused  # (mpseal_release.Refused; no function of it is kept here)
 
 ENOENT = 2
 EIO = 5
@@ -49,7 +49,7 @@ ENTRY = 41  # size u32, offset i32 (minus the previous entry's), sha256 32, name
 # then the name
 
 
-def _name_ok(name):
+def _name_ok(name, is_name):
     # As the host's fileindex.check_file_name: plain relative segments of [A-Za-z0-9_.-].
     for seg in name.split("/"):
         if not is_name(seg, MAX_NAME):
@@ -61,6 +61,8 @@ def parse_index(ix, files_end, count=None):
     """Check index bytes `ix` (formats/fileindex.py parse, the same rules) -> (entry
     positions, absolute file offsets (two array('I')), set of folders); `count`: the
     signed manifest's, when it has one. Raises Refused on anything the host would refuse."""
+    from mpseal_release import is_name  # not held here: the guard drops mpseal_release
+
     if len(ix) < 8 or ix[:4] != b"MPSF":
         raise Refused("file index is not an mpseal file index")
     n = struct.unpack_from("<I", ix, 4)[0]
@@ -86,7 +88,7 @@ def parse_index(ix, files_end, count=None):
             name = raw.decode()
         except (UnicodeError, ValueError):
             name = ""
-        if not name or not _name_ok(name):
+        if not name or not _name_ok(name, is_name):
             raise Refused("file index entry name is not a plain relative path")
         if pos and raw <= last:
             raise Refused("file index is not in order of names")

@@ -133,7 +133,7 @@ _pack(True)
 import mpseal_port as port  # noqa: E402 - after _pack: from the pack where there is one
 import mpseal_release as rel_mod  # noqa: E402
 import mpseal_state as state_mod  # noqa: E402
-from mpseal_release import Refused  # noqa: E402
+from mpseal_port import Refused  # noqa: E402 - mpseal_release.Refused: the same class
 
 DIR = "/mpseal"
 TRUST = DIR + "/trust-root.mpsr"
@@ -256,19 +256,30 @@ def config():
     return _config
 
 
+def _rel():
+    """mpseal_release: dropped before the app runs (_drop_release), loaded again when used."""
+    global rel_mod
+    if rel_mod is None:
+        import mpseal_release
+
+        rel_mod = mpseal_release
+    return rel_mod
+
+
 def trust_root():
     # read only what a valid root can need (and one more), in pieces (a read(n) takes n bytes
     # of heap at once), with no stat first (a littlefs lookup: ~3 ms on a Pico)
+    rel = _rel()
     with open(TRUST, "rb") as f:
         data = f.read(2048)
-        while len(data) <= rel_mod.MAX_ROOT:
+        while len(data) <= rel.MAX_ROOT:
             more = f.read(2048)
             if not more:
                 break
             data += more
-    if len(data) > rel_mod.MAX_ROOT:
-        raise Refused("trust root is larger than %d bytes" % rel_mod.MAX_ROOT)
-    return rel_mod.load_root(data)[0]
+    if len(data) > rel.MAX_ROOT:
+        raise Refused("trust root is larger than %d bytes" % rel.MAX_ROOT)
+    return rel.load_root(data)[0]
 
 
 def app():
@@ -299,14 +310,33 @@ def _verify(slot, root, min_counter, into=None, boot=False):
     cfg = config()
     files = _mount_kind == "verified-files"
     try:
-        r = rel_mod.verify_file(slot_path(slot), root, cfg["board"], min_counter,
+        r = _rel().verify_file(slot_path(slot), root, cfg["board"], min_counter,
                                 cfg["max_image"], into, files, app(),
                                 not (boot and files and not _state.fails))
-        if r.enc:  # encrypted: it must open with this device's key (mpseal_appfs)
+        if r.enc:  # encrypted: it must open with this device's key (mpseal_encfs)
             _open_encrypted(slot_path(slot), r)
-        return r
+        return _Verified(r)
     except OSError as e:  # the flash failed under the read: this slot cannot be trusted now
         raise Refused("flash read failed: %s" % e)
+
+
+class _Verified:
+    """What the guard uses of a verified mpseal_release.Release, copied: an instance of
+    that class would keep all of mpseal_release loaded while the app runs."""
+
+    def __init__(self, r):
+        self.app = r.app
+        self.version = r.version
+        self.counter = r.counter
+        self.entry = r.entry
+        self.sha256 = r.sha256
+        self.files = r.files
+        self.profile = r.profile
+        self.offset = r.offset
+        self.size = r.size
+        self.enc = r.enc
+        self.key = r.key
+        self.key_record = r.key_record
 
 
 def _open_encrypted(path, r):
@@ -482,6 +512,17 @@ def _release_builtins():
             del sys.modules[name]
 
 
+def _drop_release():
+    """The boot's mount is up: nothing of mpseal_release (~9 KB on a Pico) is referenced
+    any more (the mount, _running and Refused keep none of it); staging loads it again."""
+    global rel_mod
+    rel_mod = None
+    try:
+        del sys.modules["mpseal_release"]
+    except KeyError:
+        pass
+
+
 def _drop_verifier():
     """The signature is checked: let the verifier's code (~17 KB on a Pico) be collected
     (by the next collection: one forced here would also finalise files a flash error
@@ -511,6 +552,7 @@ def _run(slot, r, trial):
     _drop_verifier()
     _mount(slot, r)
     _pack(False)
+    _drop_release()
     _release_builtins()
     mod = __import__(r.entry)
     main = getattr(mod, "main", None)

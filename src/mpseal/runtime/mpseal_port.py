@@ -5,6 +5,13 @@
 import sys
 
 SIM = sys.platform in ("linux", "darwin")
+
+
+class Refused(Exception):
+    """What the guard will not accept (an artifact, a token, a file of the image): raised by
+    mpseal_release and the modules after it, which name it from there. Defined here, in a
+    module the guard keeps, so it stays one class when mpseal_release, dropped once the
+    boot's mount is up, is loaded again (staging, the update client)."""
 EXIT_RESET = 17
 EXIT_IDLE = 18
 
