@@ -191,9 +191,8 @@ def test_the_stock_pico_firmware_rebuilds_a_release_from_a_delta(project: Path) 
     d = delta.make(old, new)
     bad = d[:-40] + bytes(b ^ 0x55 for b in d[-40:])
     rt = runtime_dir()
-    files = {
-        f"{m}.py": (rt / f"{m}.py").read_bytes() for m in ("mpseal_delta", "mpseal_release", "p256")
-    }
+    mods = ("mpseal_delta", "mpseal_release", "mpseal_port", "p256")  # port: Refused
+    files = {f"{m}.py": (rt / f"{m}.py").read_bytes() for m in mods}
     with pico_with(files) as link:
         for name, data in (("/src", old), ("/d", d), ("/bad", bad)):
             link.write_file(name, data)
