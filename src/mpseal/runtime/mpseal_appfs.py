@@ -153,7 +153,7 @@ def entry(ix, pos, offs, i):
 
 
 class AppFS:
-    def __init__(self, slot_path, image_offset, files, image_size, enc=None, key=None):
+    def __init__(self, slot_path, image_offset, files, image_size, enc=None, key=None, f=None):
         # files: the manifest's `files` (where the index is), or for an encrypted release
         # the index mpseal_encfs.open_release decrypted and checked.
         self._slot = slot_path
@@ -166,8 +166,9 @@ class AppFS:
         else:
             # The slot stays open while mounted: each file served is read through this
             # handle (an open is a littlefs lookup, ~2.6 ms on a Pico: each module the app
-            # imports paid it), and checked as before; umount closes it.
-            self._f = open(slot_path, "rb")
+            # imports paid it), and checked as before; umount closes it. `f`: that file,
+            # open already (the guard's signature check read the slot's head through it).
+            self._f = f if f is not None else open(slot_path, "rb")
             try:
                 self._ix, self._pos, self._offs, self._dirs = load_index(
                     self._f, image_offset, files, image_size)

@@ -312,7 +312,7 @@ def _verify(slot, root, min_counter, into=None, boot=False):
     try:
         r = _rel().verify_file(slot_path(slot), root, cfg["board"], min_counter,
                                 cfg["max_image"], into, files, app(),
-                                not (boot and files and not _state.fails))
+                                not (boot and files and not _state.fails), boot)
         if r.enc:  # encrypted: it must open with this device's key (mpseal_encfs)
             _open_encrypted(slot_path(slot), r)
         return _Verified(r)
@@ -337,6 +337,7 @@ class _Verified:
         self.enc = r.enc
         self.key = r.key
         self.key_record = r.key_record
+        self.slot_file = r.slot_file  # open, for the mount (verify_file keep=True)
 
 
 def _open_encrypted(path, r):
@@ -470,7 +471,9 @@ def _mount(slot, r):
     else:
         import mpseal_appfs
 
-        fs = mpseal_appfs.AppFS(slot_path(slot), r.offset, r.files, r.size, r.enc, r.key)
+        fs = mpseal_appfs.AppFS(slot_path(slot), r.offset, r.files, r.size, r.enc, r.key,
+                                r.slot_file)
+        r.slot_file = None
     try:
         vfs.umount("/rom")
     except OSError:

@@ -214,6 +214,7 @@ class Release:
         self.enc = (enc["table"]["sha256"], enc["table"]["size"], enc["romfs_size"]) if enc else None
         self.key = None
         self.key_record = None
+        self.slot_file = None  # verify_file(keep=True): the slot, still open
 
 
 def read_head(f):
@@ -335,7 +336,7 @@ def hash_stream(f, size, out=None, into=None):
 
 
 def verify_file(path, root, board, min_counter, max_image, into=None, files=False, app=None,
-                image=True):
+                image=True, keep=False):
     """Fully verify the artifact stored at `path`; return its Release.
 
     With `into` (a buffer at least as large as the image) the image is read into
@@ -343,7 +344,8 @@ def verify_file(path, root, board, min_counter, max_image, into=None, files=Fals
     sits in RAM. image=False stops after the signed manifest (which names the file
     index): only for the verified-files mount, which checks the index against the
     manifest's hash and every file against the index's when it is read (mpseal_appfs),
-    so the image hash would read it all twice."""
+    so the image hash would read it all twice. keep=True (with image=False): the slot file
+    stays open as rel.slot_file, for the mount (each open is a littlefs lookup)."""
     try:
         f = open(path, "rb")
     except OSError:
@@ -358,6 +360,9 @@ def verify_file(path, root, board, min_counter, max_image, into=None, files=Fals
                 raise Refused("no RAM reserved for a %d-byte image" % rel.size)
             into = memoryview(into)[: rel.size]
         if not image and files and rel.files and not rel.enc:  # (encrypted: never)
+            if keep:
+                rel.slot_file = f
+                f = None
             return rel
         if hash_stream(f, rel.size, into=into) != rel.sha256:
             raise Refused("image hash does not match the signed manifest")
@@ -368,4 +373,5 @@ def verify_file(path, root, board, min_counter, max_image, into=None, files=Fals
             raise Refused("artifact has bytes after the image")
         return rel
     finally:
-        f.close()
+        if f is not None:
+            f.close()
