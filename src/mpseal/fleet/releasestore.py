@@ -280,7 +280,6 @@ _PG_BY_FINGERPRINT = (
 )
 
 _DU = cast(Table, DeviceUpdate.__table__)
-# The report path on PostgreSQL (see ReleaseStore._record_reports_pg).
 # The inventory's batches and the report batch take their rows as one JSON parameter
 # (json_to_recordset): one value to send, encoded by the json module, where an array per
 # column cost the driver a Python loop per element.

@@ -129,7 +129,6 @@ class WriteBatcher(Generic[T, R]):
         self._timer = None
         batch = self._pending[: self._max_batch]
         self._pending = self._pending[self._max_batch :]
-        self._since = asyncio.get_running_loop().time()
         if batch:
             self._inflight += 1
             task = asyncio.ensure_future(self._run(batch))

@@ -228,9 +228,7 @@ class UpdateServer:
             for i in range(0, len(items), 5000):
                 await self.run(self.store.record_report_status, items[i : i + 5000])
         except TransportError:
-            for d, entry in reported.items():  # kept for the next round (newer ones win)
-                if len(self._reported) < self.config.limits.cache_entries_max:
-                    self._reported.setdefault(d, entry)
+            self._requeue(self._reported, reported)
             raise
 
     async def _flush_checks(self) -> None:
@@ -246,10 +244,15 @@ class UpdateServer:
                 for d in list(pending)[i : i + 5000]:
                     self._written[d] = pending[d]
         except TransportError:
-            for d, entry in pending.items():  # keep them for the next round (newer ones win)
-                if len(self._checkins) < self.config.limits.cache_entries_max:
-                    self._checkins.setdefault(d, entry)
+            self._requeue(self._checkins, pending)
             raise
+
+    def _requeue(self, into: dict[int, T], unwritten: dict[int, T]) -> None:
+        """Keep inventory entries the database did not take for the next flush (entries
+        noted since win; bounded like the rest of the in-memory state)."""
+        for d, entry in unwritten.items():
+            if len(into) < self.config.limits.cache_entries_max:
+                into.setdefault(d, entry)
 
     # -- changes -----------------------------------------------------------------------
 
