@@ -166,16 +166,23 @@ def _set_boot_py(board: PicoBoard, text: str) -> None:
         )
 
 
-def measure(app_kb: int, workdir: Path, heap: bool = True) -> dict[str, object]:
-    """Boot figures of the guard on the virtual Pico for an app image of ``app_kb`` KB."""
+def measure(
+    app_kb: int, workdir: Path, heap: bool = True, romfs: bool = False
+) -> dict[str, object]:
+    """Boot figures of the guard on the virtual Pico for an app image of ``app_kb`` KB
+    (``romfs``: on the RPI_PICO_ROMFS image, where the guard runs from the partition)."""
     blob = _app(workdir / f"app{app_kb}", app_kb)
     proj = Project.load(workdir / f"app{app_kb}")
-    board = PicoBoard.create(workdir / f"pico{app_kb}")
-    board.install(blob, proj.trust_root(), profile="dev")
+    board = PicoBoard.create(workdir / f"pico{app_kb}{'-romfs' if romfs else ''}", romfs=romfs)
+    installed = board.install(blob, proj.trust_root(), profile="dev")
     first = _boot_to_main(board)  # the trial boot: verify, run, confirm (commit)
     if "failed" in first:
         return {"app_bytes": len(blob), "failed": first["failed"]}
-    out: dict[str, object] = {"app_bytes": len(blob), **_boot_to_main(board)}
+    out: dict[str, object] = {
+        "app_bytes": len(blob),
+        "guard_at": installed.get("guard_at", "lib"),
+        **_boot_to_main(board),
+    }
     # The next boot is the usual one: same committed image, and the log already ends with
     # its "booting" line, so the guard writes nothing to the flash before main.
     again = _boot_to_main(board)
@@ -213,12 +220,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--kb", type=int, nargs="+", default=[64, 200])
     ap.add_argument("--no-heap", action="store_true")
+    ap.add_argument("--romfs", action="store_true", help="the RPI_PICO_ROMFS image")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     results = {}
     with tempfile.TemporaryDirectory(prefix="mpseal-bench-") as tmp:
         for kb in args.kb:
-            results[kb] = measure(kb, Path(tmp), heap=not args.no_heap)
+            results[kb] = measure(kb, Path(tmp), heap=not args.no_heap, romfs=args.romfs)
     if args.json:
         print(json.dumps(results, indent=2))
         return
@@ -227,7 +235,8 @@ def main() -> None:
             print(f"{kb} KB app: failed: {r['failed']}")
             continue
         line = (
-            f"{kb} KB app ({r['app_bytes']} B, mount {r['mount']}): power-on to main "
+            f"{kb} KB app ({r['app_bytes']} B, mount {r['mount']}, guard in {r['guard_at']}): "
+            "power-on to main "
             f"{int(r['main_us']) / 1000:.1f} ms emulated at 125 MHz "
             f"({int(r['cycles']) / 1e6:.1f} M cycles, upper bound) at the first committed "
             "boot"

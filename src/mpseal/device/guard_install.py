@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import ast
 import functools
+import hashlib
 import json
 
 from mpseal.device.transport import DeviceError, Progress, Transport
 from mpseal.device.vm import runtime_dir
 from mpseal.errors import BadDataError, FormatError
+from mpseal.formats import romfs
 from mpseal.formats.boards import get_board
 from mpseal.packaging.mpycross import CompileOptions, Compiler, Module
 
@@ -61,6 +63,51 @@ BOOT_MODULES = (
     "mpseal_encfs",
     "mpseal_romfs",
 )
+# The guard in a ROMFS partition (runtime/mpseal_romfs.py): on a port whose partition takes
+# block writes (rp2) the boot's modules also go, as one ROMFS image, to the partition's head,
+# which the firmware mounts at /rom before main.py: their code runs in place from flash
+# instead of being loaded onto the heap. The app's verified image is mirrored after it, at
+# the image's length rounded up to GUARD_BLOCK (the device's rule: mpseal_romfs.guard_region).
+ROM_MODULES = ("mpseal_guard", *BOOT_MODULES, "mpseal_stage")
+GUARD_BLOCK = 4096
+ROM_WRITE_TIMEOUT = 60.0
+INCOMING_ROM = "/mpseal/incoming.rom"
+# Writes the image in file {path} ({n} bytes, sha256 {sha}) to the partition's head: block 0
+# (the header) is erased first and written last, so a cut anywhere leaves no valid image
+# there and the guard loads from /lib, as on a board without one. Blocks holding their
+# bytes already are not written again.
+ROM_PUT = """import vfs, hashlib, binascii
+d = vfs.rom_ioctl(2, 0)
+m = memoryview(d)
+bs = d.ioctl(5, 0)
+n = {n}
+k = (n + bs - 1) // bs
+b = bytearray(bs)
+w = 0
+if binascii.hexlify(hashlib.sha256(m[:n]).digest()).decode() != {sha!r}:
+    d.ioctl(6, 0)
+    w = 1
+    with open({path!r}, 'rb') as f:
+        for i in list(range(1, k)) + [0]:
+            f.seek(i * bs)
+            got = f.readinto(b)
+            for j in range(got, bs):
+                b[j] = 0xFF
+            if i == 0 or bytes(m[i * bs:(i + 1) * bs]) != b:
+                if i:
+                    d.ioctl(6, i)
+                d.writeblocks(i, b, 0)
+print("ROM", binascii.hexlify(hashlib.sha256(m[:n]).digest()).decode(), w)
+"""
+# Takes a guard image off the partition's head (its header block erased): the guard loads
+# from /lib again and mirrors the app from the partition's start.
+ROM_DROP = """import vfs
+d = vfs.rom_ioctl(2, 0)
+w = bytes(memoryview(d)[:3]) == {magic!r}
+if w:
+    d.ioctl(6, 0)
+print('ROM dropped', int(w))
+"""
 # Modules only for boards whose native code is ARM Thumb (the inline assembler's target).
 THUMB_ONLY = ("p256_fast", "p256_thumb")
 THUMB_ARCHS = ("armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp")
@@ -148,6 +195,59 @@ def boot_pack(files: dict[str, bytes]) -> bytes:
             data += blob
     head = json.dumps(index, separators=(",", ":")).encode()
     return len(head).to_bytes(4, "little") + head + bytes(data)
+
+
+def guard_rom_image(board: str) -> bytes:
+    """The ROMFS image of the guard's boot modules for ``board`` (``lib/<name>.mpy``)."""
+    files = compiled_guard(board)
+    return romfs.write(
+        {f"lib/{n}.mpy": files[f"/lib/{n}.mpy"] for n in ROM_MODULES if f"/lib/{n}.mpy" in files}
+    )
+
+
+def guard_region(image: bytes) -> int:
+    """Bytes of the partition the guard's image takes: whole GUARD_BLOCKs."""
+    return -(-len(image) // GUARD_BLOCK) * GUARD_BLOCK
+
+
+def place_guard_rom(
+    transport: Transport, board: str, partition: tuple[int, bool] | None, app_size: int
+) -> str:
+    """Put the guard's image at the head of the board's ROMFS partition (``partition``: its
+    size and whether it takes block writes, from the probe) when the app's image still fits
+    after it -> "romfs"; otherwise take any guard image off the head -> "lib" (the guard
+    loads from /lib then). The /lib copies are written either way: they serve when the
+    partition holds no valid image (a cut while writing it, a partition erased)."""
+    image = guard_rom_image(board)
+    if partition is None or not partition[1]:
+        return "lib"  # no partition, or one written through rom_ioctl(3): erased from its start
+    if guard_region(image) + app_size > partition[0]:
+        out = transport.exec(ROM_DROP.format(magic=romfs.HEADER), timeout=ROM_WRITE_TIMEOUT)
+        _restart_if(transport, out.strip().endswith("1"))
+        return "lib"
+    sha = hashlib.sha256(image).hexdigest()
+    transport.write_file(INCOMING_ROM, image)
+    try:
+        out = transport.exec(
+            ROM_PUT.format(n=len(image), sha=sha, path=INCOMING_ROM), timeout=ROM_WRITE_TIMEOUT
+        )
+    finally:
+        transport.remove(INCOMING_ROM)
+    if f"ROM {sha}" not in out:
+        raise BadDataError(
+            "the guard's image did not read back from the ROMFS partition; install again"
+        )
+    _restart_if(transport, out.strip().endswith("1"))
+    return "romfs"
+
+
+def _restart_if(transport: Transport, changed: bool) -> None:
+    """The partition's head changed under modules this session may hold (the guard imported
+    them from there when the board booted): a soft reset drops them before the guard is used
+    again (staging). A transport without one (the unix VM) starts afresh at every exec."""
+    soft_reset = getattr(transport, "soft_reset", None)
+    if changed and soft_reset is not None:
+        soft_reset()
 
 
 def guard_files(

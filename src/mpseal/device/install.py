@@ -26,7 +26,13 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mpseal.device.guard_install import TRUST_ROOT, guard_files, hardware_id, stage_artifact
+from mpseal.device.guard_install import (
+    TRUST_ROOT,
+    guard_files,
+    hardware_id,
+    place_guard_rom,
+    stage_artifact,
+)
 from mpseal.device.probe import (
     BoardFacts,
     Decision,
@@ -73,6 +79,7 @@ class InstallResult:
     replaced: list[str] = field(default_factory=list)  # written over a different file
     unchanged: list[str] = field(default_factory=list)
     reset: bool = False
+    guard_at: str = "lib"  # "romfs": the boot's modules also at the ROMFS partition's head
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -86,6 +93,7 @@ class InstallResult:
             "replaced": self.replaced,
             "unchanged": self.unchanged,
             "reset": self.reset,
+            "guard_at": self.guard_at,
             "board": self.facts.to_dict(),
         }
 
@@ -154,6 +162,9 @@ def install(
             result.written.append(path)
             if path in have:
                 result.replaced.append(path)
+    result.guard_at = place_guard_rom(
+        transport, man.board, rom_partition(facts), len(artifact_mod.decode(data).image)
+    )
     step("guard")
 
     record = None
@@ -166,6 +177,12 @@ def install(
         result.reset = True
         step("reset")
     return result
+
+
+def rom_partition(facts: BoardFacts) -> tuple[int, bool] | None:
+    """The probed ROMFS partition as place_guard_rom takes it: (size, takes block writes)."""
+    rom = facts.rom
+    return (rom.size, rom.block_device) if rom is not None and rom.count > 0 else None
 
 
 def reset_board(transport: Transport) -> None:

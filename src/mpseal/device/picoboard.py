@@ -175,6 +175,7 @@ class PicoBoard:
             "counter": result.counter,
             "slot": result.slot,
             "mount": result.decision.mount,
+            "guard_at": result.guard_at,
         }
 
     def boot(

@@ -106,13 +106,22 @@ class _Pack:
         return io.BytesIO(data)
 
 
+# The guard in the ROMFS partition (mpseal install puts it there where the partition takes
+# block writes: rp2): the firmware mounts the partition's head at /rom before main.py, and
+# the guard's code runs in place from flash instead of being loaded onto the heap (~23 KB
+# less RAM on a Pico). The app's verified image is mirrored after it (mpseal_romfs.py).
+IN_ROM = __file__.startswith("/rom/")
+GUARD_AT = "/.mpseal-guard"  # where the guard's image stays mounted once the app has /rom
+
+
 def _pack(on):
     """Serve the boot path's modules from PACK (on=True), or stop (on=False). Without a
     usable pack they load from /lib one by one. Not on the unix VM: its tests run the guard
     in heaps cut to the smallest boards' to prove its RAM bounded, and a module read whole
     into RAM (up to 8 KB, freed once loaded) fragments those; the boards it is for have
-    ~100 KB or more free at boot (a Pico 241 KB), where that costs nothing that matters."""
-    if on and sys.platform in ("linux", "darwin"):
+    ~100 KB or more free at boot (a Pico 241 KB), where that costs nothing that matters.
+    Not when the guard runs from ROMFS: the pack would load onto the heap what runs in place."""
+    if on and (sys.platform in ("linux", "darwin") or IN_ROM):
         return
     try:
         import vfs
@@ -303,12 +312,14 @@ def app():
 
 
 def _verify(slot, root, min_counter, into=None, boot=False):
-    """Verify a slot. boot=True (the slot is about to run): on the verified-files mount the
-    image hash is left out when the last boot did not fail (the file system checks every
-    file it serves against the signed manifest); after a failed boot it is done in full,
-    so a damaged image is refused here and the other slot gets its chance."""
+    """Verify a slot. boot=True (the slot is about to run): on the verified-files and
+    romfs-partition mounts the slot's image hash is left out when the last boot did not
+    fail (verified-files checks every file it serves against the signed manifest;
+    romfs-partition hashes the partition it runs from against the signed image hash, and
+    a slot copied there is hashed there); after a failed boot it is done in full, so a
+    damaged image is refused here and the other slot gets its chance."""
     cfg = config()
-    files = _mount_kind == "verified-files"
+    files = _mount_kind in ("verified-files", "romfs-partition")
     try:
         r = _rel().verify_file(slot_path(slot), root, cfg["board"], min_counter,
                                 cfg["max_image"], into, files, app(),
@@ -427,7 +438,7 @@ def confirm():
 def status():
     return {"state": _state.to_dict() if _state else None,
             "running": (_running[0], _running[1].version) if _running else None,
-            "mount": _mount_kind}
+            "mount": _mount_kind, "guard": "romfs" if IN_ROM else "lib"}
 
 
 def _revert(why):
@@ -444,7 +455,7 @@ def mount_plan():
     vfs = _need("vfs", "mount")
     has_rom = hasattr(vfs, "VfsRom")
     if want in ("auto", "romfs-partition"):
-        if has_rom and port.rom_partition() is not None:
+        if has_rom and port.rom_partition(IN_ROM) is not None:
             return "romfs-partition"
         if want != "auto":
             raise Missing("firmware has no ROMFS partition (vfs.VfsRom and vfs.rom_ioctl)")
@@ -457,10 +468,18 @@ def mount_plan():
 
 
 def _mount(slot, r):
+    global _mount_kind
     import vfs
 
+    part = port.rom_partition(IN_ROM) if _mount_kind == "romfs-partition" else None
+    if part is not None and r.size > len(part.mem) - part.base:
+        # an update grew past the room the guard's image leaves: served file by file
+        log("image does not fit the ROMFS partition: verified-files mount")
+        _mount_kind = "verified-files"
     if _mount_kind == "romfs-partition":
-        part = port.rom_partition()  # an mpseal_romfs.Partition
+        if r.slot_file is not None:  # (kept open by the signature check, for verified-files)
+            r.slot_file.close()
+            r.slot_file = None
         fs = vfs.VfsRom(part.mirror(slot_path(slot), r, log, "slot " + slot))
     elif _mount_kind == "vfsrom-ram":
         # _verify read the image into the reserved RAM while hashing it: the
@@ -474,12 +493,26 @@ def _mount(slot, r):
         fs = mpseal_appfs.AppFS(slot_path(slot), r.offset, r.files, r.size, r.enc, r.key,
                                 r.slot_file)
         r.slot_file = None
+    if IN_ROM:
+        _keep_guard_image(vfs)
     try:
         vfs.umount("/rom")
     except OSError:
         pass
     vfs.mount(fs, "/rom")
     sys.path[:0] = ["/rom", "/rom/lib"]
+
+
+def _keep_guard_image(vfs):
+    """The app takes /rom: the guard's image (the partition's head, where this code runs
+    from) stays mounted at GUARD_AT, in /rom/lib's place on sys.path, for the modules the
+    guard and the app load later (staging, the update client)."""
+    part = port.rom_partition(True)
+    try:
+        vfs.mount(vfs.VfsRom(part.mem[: part.base]), GUARD_AT)
+    except OSError:
+        pass  # mounted by an earlier boot of this session (a soft reset keeps mounts)
+    sys.path[:] = [GUARD_AT + "/lib" if p == "/rom/lib" else p for p in sys.path if p != "/rom"]
 
 
 def _reserve_image_buffer():

@@ -53,16 +53,19 @@ def unique_id():
         return "unknown"
 
 
-def rom_partition():
-    """The first ROMFS partition as a Partition where the port has one, else None."""
+def rom_partition(guard_in_rom=False):
+    """The first ROMFS partition as a Partition where the port has one, else None.
+    guard_in_rom: the guard runs from the partition's head (the app's mirror goes after it),
+    which only a partition taking block writes allows: with rom_ioctl(3) (erase from the
+    start) the mirror would erase the code running; None then (the other mounts serve)."""
     import vfs
 
     ioctl = getattr(vfs, "rom_ioctl", None)
     if ioctl is None or ioctl(1) <= 0:
         return None
     dev = ioctl(2, 0)
-    if isinstance(dev, int):
+    if isinstance(dev, int) or (guard_in_rom and not hasattr(dev, "writeblocks")):
         return None
     from mpseal_romfs import Partition  # loaded only where the port has a partition
 
-    return Partition(dev, ioctl)
+    return Partition(dev, ioctl, guard_in_rom)

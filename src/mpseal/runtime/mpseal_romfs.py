@@ -13,13 +13,18 @@ class Partition:
     stm32, esp32  rom_ioctl(2, 0) is the partition's memory; rom_ioctl(3, 0, n)
              prepares (erases) and answers the minimum write size, rom_ioctl(4, 0,
              offset, buf) writes, rom_ioctl(5, 0) finishes
-    (the same choice `mpremote romfs deploy` makes)."""
+    (the same choice `mpremote romfs deploy` makes).
 
-    def __init__(self, dev, ioctl):
+    `base`: where the app's mirror starts. 0, or, when the guard runs from the partition
+    (guard_in_rom), the guard's ROMFS image at its head rounded up to whole erase blocks
+    (GUARD_BLOCK: the host's guard_install.GUARD_BLOCK, the same rule)."""
+
+    def __init__(self, dev, ioctl, guard_in_rom=False):
         self.dev = dev
         self.ioctl = ioctl
         self.mem = memoryview(dev)
         self.kind = "block device" if hasattr(dev, "ioctl") else "rom_ioctl"
+        self.base = guard_region(self.mem) if guard_in_rom else 0
 
     def mirror(self, path, r, log, what):
         """The partition holding exactly verified release `r` (its image in file `path`):
@@ -28,7 +33,7 @@ class Partition:
 
         from mpseal_release import Refused, _hex
 
-        mem = self.mem
+        mem = self.mem[self.base :]
         if r.size > len(mem):
             raise Refused("image does not fit the ROMFS partition")
         if _hex(hashlib.sha256(mem[: r.size]).digest()) != r.sha256:
@@ -49,8 +54,9 @@ class Partition:
     def _write_blocks(self, f, size):
         bs = self.dev.ioctl(5, 0)
         buf = bytearray(bs)
-        for block in range((size + bs - 1) // bs):
-            n = min(bs, size - block * bs)
+        first = self.base // bs
+        for block in range(first, first + (size + bs - 1) // bs):
+            n = min(bs, size - (block - first) * bs)
             got = f.readinto(memoryview(buf)[:n])
             if got != n:
                 raise OSError(5)
@@ -82,3 +88,21 @@ class Partition:
         err = self.ioctl(5, 0)
         if err is not None and err < 0:
             raise OSError(-err)
+
+
+GUARD_BLOCK = 4096  # the guard's region in a partition: whole blocks of this size
+
+
+def guard_region(mem):
+    """Bytes of the ROMFS image at the head of `mem` (header d2 cd 31, then its length as a
+    base-128 uint, formats/romfs.py), rounded up to GUARD_BLOCK; 0 without an image."""
+    if bytes(mem[:3]) != b"\xd2\xcd\x31":
+        return 0
+    n = 0
+    for i in range(3, 8):
+        b = mem[i]
+        n = (n << 7) | (b & 0x7F)
+        if not b & 0x80:
+            n += i + 1
+            return (n + GUARD_BLOCK - 1) // GUARD_BLOCK * GUARD_BLOCK
+    return 0
