@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from release_support import boot_files_in_a_heap_below_the_image, release
 
-from mpseal.device.guard_install import BOOT_PACK, compiled_guard
+from mpseal.device.guard_install import BOOT_PACK, compiled_guard, guard_region, guard_rom_image
 from mpseal.device.sim import VirtualBoard
 from mpseal.device.vm import find_micropython, runtime_dir
 from mpseal.errors import FormatError
@@ -387,3 +387,28 @@ def test_a_400_module_app_builds_and_boots_from_verified_files(
     report = board.boot()
     assert "many 399 0 top verified-files" in report.output, report.output
     assert report.ran() == [("hello", "1.0", 1)], report.output
+
+
+def test_guard_region_is_found_alike_on_host_and_device(tmp_path: Path) -> None:
+    """Where the app's mirror starts behind the guard's image in a ROMFS partition: the
+    host's rule (guard_install.guard_region, from the image it writes) and the device's
+    (mpseal_romfs.guard_region, from the partition's bytes) on the same images, their
+    length fields one to three bytes long (and with the padding byte writers add)."""
+    images = [romfs.write({"lib/a.mpy": b"A" * n}) for n in (0, 5, 100, 4070, 4090, 20000)]
+    images.append(guard_rom_image("rp2"))
+    heads = [img + b"\xff" * 64 for img in images] + [b"\xff" * 64, b"\x00" * 64]
+    want = [guard_region(img) for img in images] + [0, 0]
+    assert want[-3] > 0 and all(w % 4096 == 0 for w in want)
+    (tmp_path / "heads.bin").write_bytes(b"".join(len(h).to_bytes(4, "big") + h for h in heads))
+    res = run_vm(
+        "import mpseal_romfs\n"
+        "data = open('heads.bin', 'rb').read()\n"
+        "i = 0\n"
+        "while i < len(data):\n"
+        "    n = int.from_bytes(data[i : i + 4], 'big')\n"
+        "    print(mpseal_romfs.guard_region(memoryview(data[i + 4 : i + 4 + n])))\n"
+        "    i += 4 + n\n",
+        tmp_path,
+    )
+    assert res.returncode == 0, res.stderr
+    assert [int(x) for x in res.stdout.split()] == want

@@ -140,22 +140,77 @@ def test_tampered_and_rolled_back_releases_are_refused_on_the_pico(
     assert state["counter"] == 2 and state["trial"] is None
 
 
+# The app says where the guard ran from, and where a module the guard loads after the app
+# took /rom comes from (the update path: mpseal_stage).
+ROM_APP_MAIN = APP_MAIN.replace(
+    'status()["mount"])',
+    'status()["mount"], status()["guard"], __import__("mpseal_stage").__file__)',
+)
+XIP_BASE = 0x10000000  # where the RP2040 maps its flash: a partition's address -> flash.img
+
+
 def test_romfs_partition_written_through_rp2_block_device(tmp_path: Path) -> None:
-    """RPI_PICO_ROMFS: rom_ioctl(3|4|5) answer -22 there; the guard writes the partition
-    through the rp2.Flash block device and mounts it with VfsRom."""
+    """RPI_PICO_ROMFS: rom_ioctl(3|4|5) answer -22 there; install puts the guard's boot
+    modules at the partition's head (written through the rp2.Flash block device), the
+    firmware mounts them at /rom and the guard runs from there in place; the guard mirrors
+    the app after them and mounts it with VfsRom. A mirror changed on the flash is copied
+    again from the verified slot; a guard image taken off the head leaves the guard in /lib."""
     project = tmp_path / "proj"
     assert run_mpseal("init", project, "--board", "rp2", "--name", "hello").returncode == 0
     add_modules(project)
     board = PicoBoard.create(tmp_path / "pico", romfs=True)
-    board.install(release(project, "1.0", 1, APP_MAIN, profile="dev"), root(project))
+    installed = board.install(
+        release(project, "1.0", 1, ROM_APP_MAIN, profile="dev"), root(project)
+    )
+    assert installed["guard_at"] == "romfs"
     report = board.boot()
     assert "copying slot a to the ROMFS partition (block device)" in report.guard_lines, (
         report.output
     )
-    assert "running 1.0 helper 42 romfs-partition" in report.output
+    ran = "running 1.0 helper 42 romfs-partition romfs /.mpseal-guard/lib/mpseal_stage.mpy"
+    assert ran in report.output
     report = board.boot()  # mirrored once: the next boot only re-hashes it
     assert not any("copying" in ln for ln in report.guard_lines)
-    assert "running 1.0 helper 42 romfs-partition" in report.output
+    assert ran in report.output
+
+    with board.session() as link:
+        head = (
+            int(
+                link.exec(
+                    "import vfs, uctypes\nprint(uctypes.addressof(memoryview(vfs.rom_ioctl(2, 0))))"
+                ).split()[-1]
+            )
+            - XIP_BASE
+        )
+    flash = bytearray(board.pico.flash.read_bytes())
+    assert bytes(flash[head : head + 3]) == b"\xd2\xcd\x31"  # the guard's ROMFS image
+    # the app's mirror: the next ROMFS image on a 4 KB block, past the guard's
+    app = next(
+        a for a in range(head + 4096, len(flash), 4096) if flash[a : a + 3] == b"\xd2\xcd\x31"
+    )
+    flash[app + 200] ^= 0x01  # the mirror changed on the flash: copied again, then run
+    board.pico.flash.write_bytes(bytes(flash))
+    report = board.boot()
+    assert "copying slot a to the ROMFS partition (block device)" in report.guard_lines
+    assert ran in report.output
+
+    def guard_in_rom() -> list[str]:
+        res = run_mpseal("inspect-device", "-C", project, "--sim", tmp_path / "pico", "--json")
+        evidence = json.loads(res.stdout)["evidence"]
+        return [e["mark"] for e in evidence if e["what"] == "guard in ROMFS"]
+
+    assert guard_in_rom() == ["ok"]
+    flash = bytearray(board.pico.flash.read_bytes())
+    flash[head + 2000] ^= 0x01  # the guard's image changed on the flash: inspect says so
+    board.pico.flash.write_bytes(bytes(flash))
+    assert guard_in_rom() == ["unknown"]
+
+    flash[head : head + 4096] = b"\xff" * 4096  # no guard image: the firmware mounts none
+    board.pico.flash.write_bytes(bytes(flash))
+    report = board.boot()
+    assert "running 1.0 helper 42 romfs-partition lib /lib/mpseal_stage.mpy" in report.output, (
+        report.output
+    )
 
 
 def locked_board(project: Path, folder: Path, config: bytes) -> PicoBoard:

@@ -214,6 +214,12 @@ def install(
     )
     for note in result.decision.notes:
         out_console.print(f"note: {note}", markup=False)
+    if result.guard_at == "romfs":
+        out_console.print(
+            "note: the guard's boot modules are also at the head of the ROMFS partition: "
+            "they run in place from flash (less RAM); the app's image is mirrored after them",
+            markup=False,
+        )
     if "/main.py" in result.replaced:
         out_console.print(
             "note: the board's own /main.py was replaced: it now starts the "

@@ -48,10 +48,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from mpseal.crypto import secretbox
-from mpseal.device.guard_install import guard_files, stage_artifact
-from mpseal.device.install import SLOT_FILES, check
+from mpseal.device.guard_install import guard_files, place_guard_rom, stage_artifact
+from mpseal.device.install import SLOT_FILES, check, rom_partition
 from mpseal.device.keygen import device_csr
-from mpseal.device.probe import needs_for
+from mpseal.device.probe import BoardFacts, needs_for
 from mpseal.device.transport import DeviceError, Transport
 from mpseal.errors import BadDataError, MpsealError, UsageError
 from mpseal.fleet.registry import CertRecord, Identity, Registry, token_hash
@@ -277,14 +277,14 @@ def _read_marker(transport: Transport, flat: bool) -> dict[str, object] | None:
     return value if isinstance(value, dict) else None
 
 
-def check_board(transport: Transport, plan: ProvisionPlan) -> None:
+def check_board(transport: Transport, plan: ProvisionPlan) -> BoardFacts | None:
     """Probe the firmware; refuse (nothing written) a board that cannot take this plan.
 
     Identity files alone (--no-guard, no artifact) need nothing of the firmware but a
     hardware id, which read-id checks before anything is written: no probe then, which
     spares the heap of the small boards this mode is for (the micro:bit's 8 KB)."""
     if not plan.guard and plan.artifact is None:
-        return
+        return None
     files = guard_files(plan.board, plan.profile, plan.trust_root) if plan.guard else {}
     needs = needs_for(
         plan.board,
@@ -296,7 +296,7 @@ def check_board(transport: Transport, plan: ProvisionPlan) -> None:
         identity=True,
         release_key=plan.release_key,
     )
-    check(transport, needs, [*files, *SLOT_FILES])
+    return check(transport, needs, [*files, *SLOT_FILES])[0]
 
 
 def provision_device(
@@ -312,7 +312,7 @@ def provision_device(
             on_step(hw, name)
 
     done: list[str] = []
-    check_board(transport, plan)
+    facts = check_board(transport, plan)
     hw = read_hardware_id(transport)
     flat = transport.exec(FLAT_PROBE).strip().endswith("False")
     if flat and (plan.guard or plan.artifact is not None):
@@ -375,6 +375,9 @@ def provision_device(
     files = device_files(plan, ident, secrets)
     for path, data in files.items():
         transport.write_file(device_path(path, flat), data)
+    if plan.guard and facts is not None:  # its boot modules in place in a ROMFS partition
+        image = artifact_mod.decode(plan.artifact).image if plan.artifact is not None else b""
+        place_guard_rom(transport, plan.board, rom_partition(facts), len(image))
     step(hw, "write")
 
     transport.write_file(marker_path, marker_bytes(ident))

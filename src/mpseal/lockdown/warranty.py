@@ -38,6 +38,7 @@ from mpseal.device.guard_install import (
     MAIN_SHIM,
     TRUST_ROOT,
     compiled_guard,
+    guard_rom_image,
 )
 from mpseal.device.picoboard import PicoBoard
 from mpseal.device.serialboard import SerialTransport
@@ -453,9 +454,38 @@ def _guard_evidence(
                 f"byte for byte the guard this mpseal compiles for {board}",
             )
         )
+    out.extend(_rom_guard_evidence(probes, board))
     profile = guard.profile or "field (the guard's default)"
     out.append(Evidence("profile", Mark.INFO, f"lockdown profile {profile}"))
     return out
+
+
+def _rom_guard_evidence(probes: DeviceProbes, board: str) -> list[Evidence]:
+    """The head of a ROMFS partition is mounted at /rom, ahead of /lib on sys.path, before
+    main.py: where mpseal install put the guard's boot modules there, the code that boots
+    is that image, not /lib's."""
+    image = guard_rom_image(board)
+    got = probes.call("mpa_rom", f"mpa_rom({len(image)})")
+    if not got.ok or got.value in (None, 0):
+        return []  # no partition, or no image at its head: the guard boots from /lib
+    if got.value == hashlib.sha256(image).hexdigest():
+        return [
+            Evidence(
+                "guard in ROMFS",
+                Mark.OK,
+                "the ROMFS partition's head is byte for byte the guard image this mpseal "
+                f"writes for {board} (its boot modules, run in place)",
+            )
+        ]
+    return [
+        Evidence(
+            "guard in ROMFS",
+            Mark.UNKNOWN,
+            "the ROMFS partition's head holds an image other than the guard this mpseal "
+            "writes (an app mirror from an older install, another version, or modified): "
+            "the firmware mounts it at /rom, ahead of /lib, before main.py",
+        )
+    ]
 
 
 def _trust_root_evidence(

@@ -190,3 +190,21 @@ def mpa_sha(path, off, n):
     finally:
         f.close()
     return (n, "".join("%02x" % x for x in h.digest()))
+
+
+def mpa_rom(n):
+    # The head of the first ROMFS partition (what the firmware mounts at /rom before
+    # main.py): None without one; 0 if it holds no ROMFS image; else the SHA-256 hex of
+    # its first n bytes. Reads only (never rom_ioctl(3|4|5)).
+    try:
+        import hashlib
+        import vfs
+
+        if vfs.rom_ioctl(1) <= 0:
+            return None
+        m = memoryview(vfs.rom_ioctl(2, 0))
+    except Exception:
+        return None
+    if bytes(m[:3]) != b"\xd2\xcd\x31":
+        return 0
+    return "".join("%02x" % x for x in hashlib.sha256(m[:n]).digest())
