@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Hashable
 
 import pytest
@@ -71,6 +72,24 @@ def test_cache_size_is_bounded() -> None:
 
             await cache.get(i, load)
         assert len(cache._data) <= 100
+
+    asyncio.run(go())
+
+
+def test_cached_plain_tuples_leave_the_garbage_collector_at_its_first_pass() -> None:
+    """A cache refilled at every check must not grow the older generations (long pauses):
+    a value of strings and numbers is untracked by the first young collection."""
+
+    async def go() -> None:
+        cache: TtlCache[tuple[int, str, str, tuple[int, ...], str]] = TtlCache(ttl=60)
+        for i in range(100):
+
+            async def load(i: int = i) -> tuple[int, str, str, tuple[int, ...], str]:
+                return (i, f"hw-{i}", "", (), "pico")
+
+            await cache.get(("token", str(i)), load)
+        gc.collect(0)
+        assert not [v for v in cache._data.values() if gc.is_tracked(v)]
 
     asyncio.run(go())
 

@@ -5,6 +5,12 @@ answer may be (a revocation reaches every server process within it). Concurrent
 misses for one key share one load. The size is bounded: when full, expired entries go,
 then the oldest half. With ``stale_on`` errors (the database is down), the last
 answer for a key is served past its time rather than failing.
+
+Values and their expiry times are kept in two dicts, not as ``(expiry, value)`` pairs: a
+value that is a tuple of strings and numbers then leaves the garbage collector's lists at
+the first collection it survives (a pair made after its value is untracked only by a
+later, older-generation collection: with thousands of devices cached per second, that
+made each gen-1 collection traverse ~70,000 pairs, 80-110 ms pauses in the p99).
 """
 
 from __future__ import annotations
@@ -29,16 +35,17 @@ class TtlCache(Generic[V]):
         self._clock = clock  # a test passes its own, so expiry needs no real waiting
         self.stale_on = stale_on
         self.max_entries = max_entries
-        self._data: dict[Hashable, tuple[float, V]] = {}
+        self._data: dict[Hashable, V] = {}
+        self._expires: dict[Hashable, float] = {}  # the same keys: when each value expires
         self._loading: dict[Hashable, asyncio.Future[V]] = {}
         self._generation = 0  # bumped by invalidate(): a load begun before is not cached
         self._dropped: set[Hashable] = set()  # invalidate(key) while that key was loading
 
     async def get(self, key: Hashable, load: Callable[[], Awaitable[V]]) -> V:
-        hit = self._data.get(key)
-        now = self._clock()
-        if hit is not None and hit[0] > now:
-            return hit[1]
+        expires = self._expires.get(key)
+        if expires is not None and expires > self._clock():
+            return self._data[key]
+        stale = (self._data[key],) if expires is not None else None  # served if down
         pending = self._loading.get(key)
         if pending is not None:
             return await asyncio.shield(pending)
@@ -48,9 +55,9 @@ class TtlCache(Generic[V]):
         try:
             value = await load()
         except BaseException as e:
-            if hit is not None and isinstance(e, self.stale_on):
-                fut.set_result(hit[1])
-                return hit[1]
+            if stale is not None and isinstance(e, self.stale_on):
+                fut.set_result(stale[0])
+                return stale[0]
             fut.set_exception(e)
             fut.exception()  # retrieved: no "never retrieved" warning when nobody waits
             raise
@@ -64,19 +71,25 @@ class TtlCache(Generic[V]):
             self._dropped.discard(key)
 
     def _put(self, key: Hashable, value: V, now: float) -> None:
-        if len(self._data) >= self.max_entries:
-            self._data = {k: v for k, v in self._data.items() if v[0] > now}
-            if len(self._data) >= self.max_entries:
-                keep = list(self._data.items())[len(self._data) // 2 :]
-                self._data = dict(keep)
-        self._data[key] = (now + self.ttl, value)
+        if len(self._data) >= self.max_entries and key not in self._data:
+            self._expires = {k: t for k, t in self._expires.items() if t > now}
+            if len(self._expires) >= self.max_entries:
+                keep = list(self._expires.items())[len(self._expires) // 2 :]
+                self._expires = dict(keep)
+            data = self._data
+            self._data = {k: data[k] for k in self._expires}
+        self._expires.pop(key, None)  # to the end: the order is the insertion order
+        self._expires[key] = now + self.ttl
+        self._data[key] = value
 
     def invalidate(self, key: Hashable | None = None) -> None:
         """Drop one key (a load of it under way is not cached) or everything."""
         if key is None:
             self._generation += 1
             self._data.clear()
+            self._expires.clear()
         else:
             self._data.pop(key, None)
+            self._expires.pop(key, None)
             if key in self._loading:
                 self._dropped.add(key)
