@@ -17,9 +17,10 @@ p256_thumb (what the guard ships to ARM boards), and the ratio between them; key
 generation (``p256_sign.generate``) and one signature (``p256_sign.sign``, including the
 self-check verify it always does, and without it); the heap the verifier's modules hold
 after import; the guard's boot (power-on to the app's ``main``) for a 64 KB and a 200 KB
-app, at the first committed boot and at the one after it (the usual boot: nothing written
-to the flash before main), and its peak heap, measured by benchmarks/guard_boot.py (the guard's helper; see
-there how) on the virtual Pico. The modules are compiled by the real mpy-cross for the RP2040
+app on the stock RPI_PICO and RPI_PICO_ROMFS images, at the first committed boot and at the
+one after it (the usual boot: nothing written to the flash before main), and its peak
+heap, measured by benchmarks/guard_boot.py (the guard's helper; see there how) on the
+virtual Pico. The modules are compiled by the real mpy-cross for the RP2040
 (armv6m) and the same .mpy bytes go to both emulators. The MPS2 has no os.urandom: key
 generation there draws from a SHA-256 test source (one hash per call; on the Pico the
 real os.urandom). The heap p256 needs is found on the M3 by bisection: the smallest free
@@ -246,29 +247,46 @@ def pico(files: dict[str, bytes], args: dict[str, str]) -> dict[str, object]:
 BOOT_KB = (64, 200)
 
 
+# The two stock images: RPI_PICO (no ROMFS: the guard loads from /lib, the app is served
+# by verified-files) and RPI_PICO_ROMFS (the guard runs in place from the partition's head,
+# the app from its mirror after it).
+FIRMWARES = (("", False, "RPI_PICO"), ("romfs", True, "RPI_PICO_ROMFS"))
+
+
 def boot() -> dict[str, object]:
-    """guard_boot.measure per app size: power-on to main on the virtual Pico; the heap
-    bisection for the 200 KB app only (it boots the board a dozen times)."""
+    """guard_boot.measure per firmware and app size: power-on to main on the virtual Pico;
+    the heap bisection for the 200 KB app only (it boots the board a dozen times)."""
     try:
         import guard_boot  # type: ignore[import-not-found]
     except ImportError:
         return {"_why": "n/a (benchmarks/guard_boot.py, the guard's boot helper, is not here)"}
     res: dict[str, object] = {}
     with tempfile.TemporaryDirectory(prefix="mpseal-bench-boot-") as tmp:
-        for kb in BOOT_KB:
-            try:
-                res[f"boot{kb}"] = guard_boot.measure(kb, Path(tmp), heap=kb == 200)
-            except Exception as e:  # noqa: BLE001 - printed as n/a with the reason
-                res[f"boot{kb}"] = {"error": f"{type(e).__name__}: {str(e)[-120:]}"}
+        for key, romfs, _ in FIRMWARES:
+            for kb in BOOT_KB:
+                try:
+                    res[f"boot{kb}{key}"] = guard_boot.measure(
+                        kb, Path(tmp), heap=kb == 200, romfs=romfs
+                    )
+                except Exception as e:  # noqa: BLE001 - printed as n/a with the reason
+                    res[f"boot{kb}{key}"] = {"error": f"{type(e).__name__}: {str(e)[-120:]}"}
     return res
 
 
 def boot_lines(res: dict[str, object]) -> list[str]:
+    lines = []
+    for key, _, name in FIRMWARES:
+        lines.append(f"on stock {name}:")
+        lines.extend(_boot_lines(res, key))
+    return lines
+
+
+def _boot_lines(res: dict[str, object], key: str) -> list[str]:
     m3 = "n/a (MPS2: no writable filesystem for the guard's slots)"
     lines = []
     heap_goal = f"goal <= {GOAL_HEAP // 1024} KB over the app's own"
     for kb in BOOT_KB:
-        r = res.get(f"boot{kb}")
+        r = res.get(f"boot{kb}{key}")
         label = f"guard boot to main, {kb} KB app"
         goal = f"<= {GOAL_BOOT_MS} ms at 125 MHz" if kb == 64 else ""
         if not isinstance(r, dict):
@@ -287,8 +305,8 @@ def boot_lines(res: dict[str, object]) -> list[str]:
         lines.append(
             f"{label:<38} {_m(int(r['cycles'])):>12} {ms:7.1f} ms   {m3}   "
             f"{goal}{verdict}  (first committed boot: appends its log line; mount "
-            f"{r.get('mount')}; cycles read after the line appeared: an upper bound; ms "
-            "from the board's timer)"
+            f"{r.get('mount')}, guard in {r.get('guard_at')}; cycles read after the line "
+            "appeared: an upper bound; ms from the board's timer)"
         )
         if "main_us_again" in r:
             ms = int(r["main_us_again"]) / 1000
@@ -303,14 +321,14 @@ def boot_lines(res: dict[str, object]) -> list[str]:
             lines.append(
                 f"{'peak heap during boot, ' + str(kb) + ' KB app':<38} "
                 f"{peak / 1024:.0f} KB (held at main {int(r['held']) / 1024:.0f} KB, "
-                f"transient {int(r['transient']) / 1024:.0f} KB; 4 KB steps)   "
+                f"transient {int(r['transient']) / 1024:.0f} KB; 1 KB steps)   "
                 f"{heap_goal}: "
                 + ("met" if peak <= GOAL_HEAP else "NOT met")
                 + " (the app's own is its main module only, so the whole peak is "
                 "counted)"
             )
     if not any(line.startswith("peak heap") for line in lines):
-        r = res.get(f"boot{BOOT_KB[-1]}")
+        r = res.get(f"boot{BOOT_KB[-1]}{key}")
         why = (
             f"n/a (no 200 KB boot: {str(r.get('failed') or r.get('error'))[-60:]!r})"
             if isinstance(r, dict)

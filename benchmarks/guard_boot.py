@@ -22,7 +22,7 @@ the second boot of a committed release (the first is the trial that commits it):
                 guard's and the app's code and state).
   peak          the heap the boot needs at its worst: the board's free heap in boot.py
                 (before main.py) minus the largest ballast (a bytearray boot.py holds)
-                with which the boot still reaches main(), found by bisection (4 KB steps;
+                with which the boot still reaches main(), found by bisection (1 KB steps;
                 the flash image is put back before every try).
   transient     peak - held: what the boot needs on top of what stays.
 
@@ -75,6 +75,7 @@ BALLAST = (
     "try:\n    _mpseal_ballast = bytearray({n})\n"
     "except MemoryError:\n    print('MemoryError: no room for the ballast')\n"
 )
+STEP = 1024  # the heap bisection's resolution (the peak is an upper bound by up to this)
 FREE_AT_START = "import gc\ngc.collect()\n_mpseal_free0 = gc.mem_free()\n"
 
 
@@ -171,9 +172,10 @@ def measure(
 ) -> dict[str, object]:
     """Boot figures of the guard on the virtual Pico for an app image of ``app_kb`` KB
     (``romfs``: on the RPI_PICO_ROMFS image, where the guard runs from the partition)."""
-    blob = _app(workdir / f"app{app_kb}", app_kb)
-    proj = Project.load(workdir / f"app{app_kb}")
-    board = PicoBoard.create(workdir / f"pico{app_kb}{'-romfs' if romfs else ''}", romfs=romfs)
+    folder = workdir / f"{'romfs' if romfs else 'plain'}{app_kb}"
+    blob = _app(folder / "app", app_kb)
+    proj = Project.load(folder / "app")
+    board = PicoBoard.create(folder / "pico", romfs=romfs)
     installed = board.install(blob, proj.trust_root(), profile="dev")
     first = _boot_to_main(board)  # the trial boot: verify, run, confirm (commit)
     if "failed" in first:
@@ -205,8 +207,8 @@ def measure(
         if free0 < 0:
             raise RuntimeError(f"the board did not report its free heap: {got}")
         lo, hi = 0, free0  # lo: a ballast that boots; hi: one that does not
-        while hi - lo > 4096:
-            mid = (lo + hi) // 2 // 1024 * 1024
+        while hi - lo > STEP:
+            mid = (lo + hi) // 2 // 256 * 256
             ok = "failed" not in boots_with(BALLAST.format(n=mid))
             lo, hi = (mid, hi) if ok else (lo, mid)
         board.pico.flash.write_bytes(clean)

@@ -324,6 +324,8 @@ def _verify(slot, root, min_counter, into=None, boot=False):
         r = _rel().verify_file(slot_path(slot), root, cfg["board"], min_counter,
                                 cfg["max_image"], into, files, app(),
                                 not (boot and files and not _state.fails), boot)
+        if boot:  # the signature is checked: the verifier's heap is free for what follows
+            _drop_verifier()
         if r.enc:  # encrypted: it must open with this device's key (mpseal_encfs)
             _open_encrypted(slot_path(slot), r)
         return _Verified(r)
@@ -585,7 +587,6 @@ def _run(slot, r, trial):
     log("booting %s %s (counter %d) from slot %s%s (mount: %s)"
         % (r.app, r.version, r.counter, slot, " on trial" if trial else "", _mount_kind),
         once=not trial)
-    _drop_verifier()
     _mount(slot, r)
     _pack(False)
     _drop_release()
