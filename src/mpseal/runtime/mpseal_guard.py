@@ -495,26 +495,16 @@ def _mount(slot, r):
         fs = mpseal_appfs.AppFS(slot_path(slot), r.offset, r.files, r.size, r.enc, r.key,
                                 r.slot_file)
         r.slot_file = None
-    if IN_ROM:
-        _keep_guard_image(vfs)
+    if IN_ROM:  # the app takes /rom: the guard's image stays mounted, at GUARD_AT
+        import mpseal_romfs
+
+        mpseal_romfs.keep_guard(port.rom_partition(True), GUARD_AT)
     try:
         vfs.umount("/rom")
     except OSError:
         pass
     vfs.mount(fs, "/rom")
     sys.path[:0] = ["/rom", "/rom/lib"]
-
-
-def _keep_guard_image(vfs):
-    """The app takes /rom: the guard's image (the partition's head, where this code runs
-    from) stays mounted at GUARD_AT, in /rom/lib's place on sys.path, for the modules the
-    guard and the app load later (staging, the update client)."""
-    part = port.rom_partition(True)
-    try:
-        vfs.mount(vfs.VfsRom(part.mem[: part.base]), GUARD_AT)
-    except OSError:
-        pass  # mounted by an earlier boot of this session (a soft reset keeps mounts)
-    sys.path[:] = [GUARD_AT + "/lib" if p == "/rom/lib" else p for p in sys.path if p != "/rom"]
 
 
 def _reserve_image_buffer():

@@ -90,6 +90,21 @@ class Partition:
             raise OSError(-err)
 
 
+def keep_guard(part, at):
+    """The app takes /rom: the guard's image (the partition's head, where the guard runs
+    from) stays mounted at `at`, in /rom/lib's place on sys.path, for the modules the guard
+    and the app load later (staging, the update client). Loaded only on such a board."""
+    import sys
+
+    import vfs
+
+    try:
+        vfs.mount(vfs.VfsRom(part.mem[: part.base]), at)
+    except OSError:
+        pass  # mounted already in this session
+    sys.path[:] = [at + "/lib" if p == "/rom/lib" else p for p in sys.path if p != "/rom"]
+
+
 GUARD_BLOCK = 4096  # the guard's region in a partition: whole blocks of this size
 
 
