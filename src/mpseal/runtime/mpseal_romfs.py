@@ -26,6 +26,19 @@ class Partition:
         self.kind = "block device" if hasattr(dev, "ioctl") else "rom_ioctl"
         self.base = guard_region(self.mem) if guard_in_rom else 0
 
+    def mount(self, path, r, log, what):
+        """A VfsRom of the partition holding verified release `r` (mirror()), or None when
+        it does not fit after the guard's image (logged: the guard serves it file by file)."""
+        import vfs
+
+        if r.size > len(self.mem) - self.base:
+            log("image does not fit the ROMFS partition: verified-files mount")
+            return None
+        if r.slot_file is not None:  # kept open by the signature check, for verified-files
+            r.slot_file.close()
+            r.slot_file = None
+        return vfs.VfsRom(self.mirror(path, r, log, what))
+
     def mirror(self, path, r, log, what):
         """The partition holding exactly verified release `r` (its image in file `path`):
         copied there once (when it does not already hash right) -> a memoryview of it."""
@@ -90,14 +103,19 @@ class Partition:
             raise OSError(-err)
 
 
-def keep_guard(part, at):
+GUARD_AT = "/.mpseal-guard"
+
+
+def keep_guard(at=GUARD_AT):
     """The app takes /rom: the guard's image (the partition's head, where the guard runs
     from) stays mounted at `at`, in /rom/lib's place on sys.path, for the modules the guard
     and the app load later (staging, the update client). Loaded only on such a board."""
     import sys
 
     import vfs
+    from mpseal_port import rom_partition
 
+    part = rom_partition(True)
     try:
         vfs.mount(vfs.VfsRom(part.mem[: part.base]), at)
     except OSError:

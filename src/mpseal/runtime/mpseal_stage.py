@@ -130,6 +130,27 @@ def stage(src, key_record=None):
     return r
 
 
+def rebuild_state(root):
+    """The guard found no intact boot state (first boot, or both copies destroyed): trust
+    only what verifies, and take the highest counter seen so nothing older can win later.
+    (Here, not in mpseal_guard: few boots need it, and every boot loads the guard.)"""
+    import mpseal_guard as g
+
+    best = None
+    for slot in ("a", "b"):
+        try:
+            r = g._verify(slot, root, 0)
+        except R.Refused:
+            continue
+        if best is None or r.counter > best[1].counter:
+            best = (slot, r)
+    if best:
+        g._state.committed = best[0]
+        g._state.counter = best[1].counter
+        g.log("no boot state: rebuilt from slot %s" % best[0])
+        g._save()
+
+
 def unlock(path, data, root):
     """Token `data`, read from `path` by the guard's boot: removed (single use, whatever
     happens next), checked -> the profile it grants for this boot, or None."""

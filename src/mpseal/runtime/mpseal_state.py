@@ -90,3 +90,17 @@ def save(folder, st):
     with open(path + ".tmp", "wb") as f:
         f.write(body + b"\n" + _hex(hashlib.sha256(body).digest()).encode())
     os.rename(path + ".tmp", path)
+
+
+def check_config(cfg, mounts):
+    """device.json's values over the guard's defaults (mpseal_guard.config); ValueError
+    says which is wrong. (Here, in the boot pack, to keep mpseal_guard's own file small.)"""
+    for key, lo in (("max_tries", 1), ("max_image", 1), ("max_fails", 1)):
+        if type(cfg[key]) is not int or cfg[key] < lo:
+            raise ValueError("%s is not a whole number >= %d" % (key, lo))
+    if not isinstance(cfg["board"], str):
+        raise ValueError("board is not a string")
+    if cfg["profile"] not in ("dev", "field", "sealed"):
+        raise ValueError("profile %r is not dev, field or sealed" % (cfg["profile"],))
+    if cfg["mount"] not in mounts:
+        raise ValueError("mount %r is not one of %s" % (cfg["mount"], ", ".join(mounts)))
