@@ -31,7 +31,8 @@ class Partition:
         it does not fit after the guard's image (logged: the guard serves it file by file)."""
         import vfs
 
-        if r.size > len(self.mem) - self.base:
+        # (the mirror's first block must not be the guard's last: base in whole blocks)
+        if r.size > len(self.mem) - self.base or (self.base and self.base % self.dev.ioctl(5, 0)):
             log("image does not fit the ROMFS partition: verified-files mount")
             return None
         if r.slot_file is not None:  # kept open by the signature check, for verified-files
