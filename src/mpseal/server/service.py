@@ -48,7 +48,8 @@ INVENTORY_REFRESH_SECONDS = 60.0
 # The inventory is written this many devices a statement: each chunk's rows are built in
 # a worker thread that holds the GIL while it does, and the loop waits a switch interval
 # for it each time; 1,000-row chunks kept the loop's longest stall during a flush at
-# 25-50 ms where 5,000-row ones reached 40-110 ms (200,000 devices, lag sampled every 2 ms).
+# 25-50 ms where 5,000-row ones reached 40-110 ms (200,000 devices, lag sampled every 2 ms,
+# 2 runs of 2 workers each).
 INVENTORY_CHUNK = 1000
 # A release this process saw halted is not re-examined on each failure report for this
 # long: an admin may resume it through another server process, and then its new
