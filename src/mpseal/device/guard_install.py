@@ -75,7 +75,8 @@ INCOMING_ROM = "/mpseal/incoming.rom"
 # Writes the image in file {path} ({n} bytes, sha256 {sha}) to the partition's head: block 0
 # (the header) is erased first and written last, so a cut anywhere leaves no valid image
 # there and the guard loads from /lib, as on a board without one. Blocks holding their
-# bytes already are not written again.
+# bytes already are not written again. Standalone, not mpseal_romfs.Partition: the session
+# may hold that module loaded from the very image being rewritten.
 ROM_PUT = """import vfs, hashlib, binascii
 d = vfs.rom_ioctl(2, 0)
 m = memoryview(d)
@@ -218,9 +219,9 @@ def place_guard_rom(
     after it -> "romfs"; otherwise take any guard image off the head -> "lib" (the guard
     loads from /lib then). The /lib copies are written either way: they serve when the
     partition holds no valid image (a cut while writing it, a partition erased)."""
-    image = guard_rom_image(board)
     if partition is None or not partition[1]:
         return "lib"  # no partition, or one written through rom_ioctl(3): erased from its start
+    image = guard_rom_image(board)
     if guard_region(image) + app_size > partition[0]:
         out = transport.exec(ROM_DROP.format(magic=romfs.HEADER), timeout=ROM_WRITE_TIMEOUT)
         _restart_if(transport, out.strip().endswith("1"))

@@ -162,9 +162,7 @@ def install(
             result.written.append(path)
             if path in have:
                 result.replaced.append(path)
-    result.guard_at = place_guard_rom(
-        transport, man.board, rom_partition(facts), len(artifact_mod.decode(data).image)
-    )
+    result.guard_at = place_guard_rom(transport, man.board, rom_partition(facts), man.image_size)
     step("guard")
 
     record = None

@@ -376,8 +376,8 @@ def provision_device(
     for path, data in files.items():
         transport.write_file(device_path(path, flat), data)
     if plan.guard and facts is not None:  # its boot modules in place in a ROMFS partition
-        image = artifact_mod.decode(plan.artifact).image if plan.artifact is not None else b""
-        place_guard_rom(transport, plan.board, rom_partition(facts), len(image))
+        size = artifact_mod.decode(plan.artifact).manifest.image_size if plan.artifact else 0
+        place_guard_rom(transport, plan.board, rom_partition(facts), size)
     step(hw, "write")
 
     transport.write_file(marker_path, marker_bytes(ident))
