@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -117,8 +120,16 @@ def test_counters_follow_every_state_change_without_recounting(
     reg = Registry.open(db_url)
     store = ReleaseStore(reg)
     seen: list[str] = []
-    for engine in (reg.engine, store._read_engine):  # the hot statements use the second
+    for engine in (reg.engine, store._read_engine):
         sa.event.listen(engine, "before_cursor_execute", lambda *a: seen.append(str(a[2]).lower()))
+    pg_cursor = store._pg_cursor  # PostgreSQL's hot statements: psycopg, past SQLAlchemy
+
+    @contextmanager
+    def spied() -> Iterator[object]:
+        with pg_cursor() as cur:
+            yield _Spy(cur, seen)
+
+    store._pg_cursor = spied  # type: ignore[method-assign]
     dev_id = int(reg.find_device(hws[0]).id)  # type: ignore[union-attr]
     store.record_reports([Report(dev_id, "refused", "1.1.0", "bad", rid, "hello", "stable")])
     store.stats([rid])
@@ -129,6 +140,20 @@ def test_counters_follow_every_state_change_without_recounting(
         "from device_updates" in q and ("count(" in q or "sum(" in q) for q in on_updates
     )
     assert any("release_counts" in q and "sum(" in q for q in seen)
+
+
+class _Spy:
+    """A psycopg cursor that notes each statement it executes."""
+
+    def __init__(self, cur: Any, seen: list[str]) -> None:
+        self.cur, self.seen = cur, seen
+
+    def execute(self, query: str, params: Any = None) -> Any:
+        self.seen.append(query.lower())
+        return self.cur.execute(query, params)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.cur, name)
 
 
 def test_attack_reports_for_a_release_not_offered_do_not_halt_it(
