@@ -434,9 +434,15 @@ class CpuWindow:
         def measure() -> None:
             time.sleep(delay)
             a = _cpu_by_role(server_pid)
+            busy_a, _ = _cpu_times()
             time.sleep(seconds)
             b = _cpu_by_role(server_pid)
+            busy_b, _ = _cpu_times()
             self.used = {k: b[k] - a[k] for k in a}
+            # What else ran meanwhile (CPU seconds of the machine not used by the three):
+            # a phase with much of it measured a shared machine, not the server.
+            tick = os.sysconf("SC_CLK_TCK")
+            self.used["other"] = max(0.0, (busy_b - busy_a) / tick - sum(self.used.values()))
 
         self.thread = threading.Thread(target=measure, daemon=True)
         self.thread.start()
@@ -736,9 +742,11 @@ def main() -> int:
             cpu = whole.get("cpu") or {}
             if n and cpu:
                 per = {k: v / args.seconds / n * 1e6 for k, v in cpu.items()}
+                other = cpu.get("other", 0.0) / args.seconds / (os.cpu_count() or 1)
                 print(
                     f"    CPU per request, {label}: server {per['server']:.0f} us, database "
-                    f"{per['database']:.0f} us, load generator {per['load']:.0f} us"
+                    f"{per['database']:.0f} us, load generator {per['load']:.0f} us "
+                    f"(other work: {other:.0%} of the machine)"
                 )
         print(
             f"  checks with {args.failure_share:.0%} failure reports / without: {ratio:.0%} "
