@@ -113,6 +113,7 @@ class TlsHttpToolsProtocol(HttpToolsProtocol):
         self._header_count = 0
         self._head_since = time.monotonic()
         self._head_timer: Any = None
+        self._head_open = False  # a kept-alive connection's next head began, no timer yet
         self._too_large = False
 
     def connection_made(self, transport: Any) -> None:
@@ -159,6 +160,7 @@ class TlsHttpToolsProtocol(HttpToolsProtocol):
 
     def _head_done(self) -> None:
         self._in_head = False
+        self._head_open = False
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
@@ -167,12 +169,12 @@ class TlsHttpToolsProtocol(HttpToolsProtocol):
         if self._in_head:
             self._head_bytes += len(data)
         super().data_received(data)
-        if (
-            self._in_head
-            and self._head_bytes > self.limits.head_bytes_max
-            and not self.transport.is_closing()
-        ):
-            self._reject_head()
+        if self._in_head and not self.transport.is_closing():
+            if self._head_bytes > self.limits.head_bytes_max:
+                self._reject_head()
+            elif self._head_open and self._head_timer is None:  # a head still incomplete
+                wait = self._head_since + self.limits.header_timeout - time.monotonic()
+                self._head_timer = self.loop.call_later(max(0.0, wait), self._head_late)
 
     def _reject_head(self) -> None:
         self._head_done()
@@ -193,8 +195,11 @@ class TlsHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if self._head_timer is None:  # a request on a kept-alive connection begins
-            self._head_started()
+        if self._head_timer is None:  # a request on a kept-alive connection begins: its
+            # head is timed from now, the timer armed only if this data_received call
+            # ends before the head does (a check's head comes whole: no timer per request)
+            self._head_since = time.monotonic()
+            self._head_open = True
         if self._tls is not None:
             scope: dict[str, Any] = self.scope  # type: ignore[assignment]
             scope["extensions"] = {"tls": self._tls}
