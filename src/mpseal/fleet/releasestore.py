@@ -283,10 +283,12 @@ _DU = cast(Table, DeviceUpdate.__table__)
 # The inventory's batches and the report batch take their rows as one JSON parameter
 # (json_to_recordset): one value to send, encoded by the json module, where an array per
 # column cost the driver a Python loop per element.
+# (Check-in times go as Unix seconds: a datetime and its ISO text per row cost the worker
+# thread, holding the GIL, twice the rest of the row.)
 _PG_CHECKINS = (
     "INSERT INTO device_status (device_id, app, version, counter, channel, last_check_at) "
-    "SELECT * FROM json_to_recordset(%s::json) AS v(d integer, a text, v text, c bigint, "
-    "ch text, t timestamptz) ORDER BY 1 ON CONFLICT (device_id) DO UPDATE SET "
+    "SELECT d, a, v, c, ch, to_timestamp(t) FROM json_to_recordset(%s::json) AS v(d integer, "
+    "a text, v text, c bigint, ch text, t float8) ORDER BY 1 ON CONFLICT (device_id) DO UPDATE SET "
     "app = excluded.app, version = excluded.version, counter = excluded.counter, "
     "channel = excluded.channel, last_check_at = excluded.last_check_at"
 )
@@ -1078,24 +1080,15 @@ class ReleaseStore:
         """The inventory: what devices said in their checks (one row per device, batched)."""
         if not checkins:
             return
-        items = sorted(checkins, key=lambda c: c.device_id)
         if self.registry.engine.dialect.name == "postgresql":
-            rows = json.dumps(
+            self.record_checkin_rows(
                 [
-                    {
-                        "d": c.device_id,
-                        "a": c.app,
-                        "v": c.version,
-                        "c": c.counter,
-                        "ch": c.channel,
-                        "t": c.at.isoformat(),
-                    }
-                    for c in items
+                    (c.device_id, (c.app, c.version, c.counter, c.channel, c.at.timestamp()))
+                    for c in checkins
                 ]
             )
-            with self._pg_cursor() as cur:  # one statement in autocommit: atomic alone
-                cur.execute(_PG_CHECKINS, (rows,))
             return
+        items = sorted(checkins, key=lambda c: c.device_id)
         with self.registry.session() as s:
             s.connection().execute(
                 self._status_upsert(["app", "version", "counter", "channel", "last_check_at"]),
@@ -1111,6 +1104,30 @@ class ReleaseStore:
                     for c in items
                 ],
             )
+
+    def record_checkin_rows(
+        self, rows: Sequence[tuple[int, tuple[str, str, int, str, float]]]
+    ) -> None:
+        """``record_checkins`` from (device id, (app, version, counter, channel, Unix time)),
+        as the server keeps them: no Checkin or datetime per row on PostgreSQL."""
+        if not rows:
+            return
+        if self.registry.engine.dialect.name != "postgresql":
+            self.record_checkins(
+                [
+                    Checkin(d, app, version, counter, channel, datetime.fromtimestamp(at, UTC))
+                    for d, (app, version, counter, channel, at) in rows
+                ]
+            )
+            return
+        data = json.dumps(
+            [
+                {"d": d, "a": app, "v": version, "c": counter, "ch": channel, "t": at}
+                for d, (app, version, counter, channel, at) in sorted(rows)
+            ]
+        )
+        with self._pg_cursor() as cur:  # one statement in autocommit: atomic alone
+            cur.execute(_PG_CHECKINS, (data,))
 
     def record_report_status(self, seen: Sequence[tuple[int, str, datetime]]) -> None:
         """The inventory: each device's last report (device id, event, when), batched with

@@ -27,7 +27,6 @@ from mpseal.errors import TransportError
 from mpseal.fleet.registry import Registry
 from mpseal.fleet.releases import FAILED_EVENTS
 from mpseal.fleet.releasestore import (
-    Checkin,
     PolicyOverrides,
     ReleaseStore,
     Report,
@@ -281,12 +280,7 @@ class UpdateServer:
             raise
 
     def _write_checkins(self, entries: list[tuple[int, tuple[str, str, int, str, float]]]) -> None:
-        self.store.record_checkins(
-            [
-                Checkin(d, app, version, counter, channel, datetime.fromtimestamp(at, UTC))
-                for d, (app, version, counter, channel, at) in entries
-            ]
-        )
+        self.store.record_checkin_rows(entries)
 
     def _requeue(self, into: dict[int, T], unwritten: dict[int, T]) -> None:
         """Keep inventory entries the database did not take for the next flush (entries
