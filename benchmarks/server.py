@@ -403,7 +403,7 @@ def _cpu_by_role(server_pid: int) -> dict[str, float]:
     """CPU seconds used so far by the server's processes (its session), the database's and
     the load generator's: what each request costs, whatever else runs on the machine."""
     tick = os.sysconf("SC_CLK_TCK")
-    out = dict.fromkeys(("server", "database", "load"), 0.0)
+    out = dict.fromkeys(("server", "database", "load", "db_background"), 0.0)
     for proc in Path("/proc").glob("[0-9]*"):
         try:
             stat = (proc / "stat").read_text()
@@ -417,6 +417,8 @@ def _cpu_by_role(server_pid: int) -> dict[str, float]:
             out["server"] += used
         elif comm == "postgres":
             out["database"] += used
+            if b"127.0.0.1(" not in cmd:  # not a client's backend: autovacuum, WAL writer...
+                out["db_background"] += used
         elif b"--loadgen" in cmd:
             out["load"] += used
     return out
@@ -442,7 +444,8 @@ class CpuWindow:
             # What else ran meanwhile (CPU seconds of the machine not used by the three):
             # a phase with much of it measured a shared machine, not the server.
             tick = os.sysconf("SC_CLK_TCK")
-            self.used["other"] = max(0.0, (busy_b - busy_a) / tick - sum(self.used.values()))
+            mine = sum(v for k, v in self.used.items() if k != "db_background")
+            self.used["other"] = max(0.0, (busy_b - busy_a) / tick - mine)
 
         self.thread = threading.Thread(target=measure, daemon=True)
         self.thread.start()
@@ -745,8 +748,8 @@ def main() -> int:
                 other = cpu.get("other", 0.0) / args.seconds / (os.cpu_count() or 1)
                 print(
                     f"    CPU per request, {label}: server {per['server']:.0f} us, database "
-                    f"{per['database']:.0f} us, load generator {per['load']:.0f} us "
-                    f"(other work: {other:.0%} of the machine)"
+                    f"{per['database']:.0f} us (background {per.get('db_background', 0):.0f}), "
+                    f"load generator {per['load']:.0f} us (other work: {other:.0%} of the machine)"
                 )
         print(
             f"  checks with {args.failure_share:.0%} failure reports / without: {ratio:.0%} "
