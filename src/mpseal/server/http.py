@@ -125,9 +125,8 @@ def checked(value: str, pattern: re.Pattern[str], what: str) -> str:
 
 
 class _Json(Response):
-    """What JSONResponse sends (the same bytes and headers), built in one step: every
-    device check is answered with one, and Response's generic header handling was a
-    tenth of the check's Python."""
+    """What JSONResponse sends (the same bytes and headers), built in one step without
+    Response's generic header handling: every device check is answered with one."""
 
     media_type = "application/json"
 
