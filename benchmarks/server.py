@@ -89,7 +89,7 @@ class _Client(asyncio.Protocol):
         self.transport.write(request)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
-        self.buf += data
+        self.buf = self.buf + data if self.buf else data  # one segment per answer: no copy
         answer = _answer(self.buf)
         if answer is None:
             return
@@ -107,7 +107,9 @@ def _answer(buf: bytes) -> tuple[bytes, bytes, bytes] | None:
     if head_end < 0:
         return None
     head = buf[:head_end]
-    i = head.lower().find(b"content-length:")
+    i = head.find(b"content-length:")  # as the server writes it; else any spelling
+    if i < 0:
+        i = head.lower().find(b"content-length:")
     j = head.find(b"\r\n", i)
     length = int(head[i + 15 : j if j > 0 else len(head)]) if i >= 0 else 0
     total = head_end + 4 + length
@@ -200,10 +202,12 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
     reports = [_request("report", spec, i) for i in spec["report_devices"]]
     share = spec["report_share"]
 
-    def pick() -> tuple[str, bytes]:
-        if share and rnd.random() < share:
-            return "report", reports[rnd.randrange(len(reports))]
-        return "check", checks[rnd.randrange(len(checks))]
+    n_checks, n_reports, draw = len(checks), len(reports), rnd.random
+
+    def pick() -> tuple[str, bytes]:  # uniform draws, as randrange (which costs more)
+        if share and draw() < share:
+            return "report", reports[int(draw() * n_reports)]
+        return "check", checks[int(draw() * n_checks)]
 
     now = time.perf_counter()
     start, end = now + WARMUP_SECONDS, now + WARMUP_SECONDS + spec["seconds"]
@@ -399,11 +403,12 @@ def _server(
                 proc.wait()
 
 
-def _cpu_by_role(server_pid: int) -> dict[str, float]:
-    """CPU seconds used so far by the server's processes (its session), the database's and
-    the load generator's: what each request costs, whatever else runs on the machine."""
+def _cpu_by_role(server_pid: int) -> dict[tuple[str, int], float]:
+    """CPU seconds used so far by each process of the server (its session), the database
+    (background ones apart: autovacuum, WAL writer...) and the load generator, keyed (role,
+    pid): what each request costs, whatever else runs on the machine."""
     tick = os.sysconf("SC_CLK_TCK")
-    out = dict.fromkeys(("server", "database", "load", "db_background"), 0.0)
+    out: dict[tuple[str, int], float] = {}
     for proc in Path("/proc").glob("[0-9]*"):
         try:
             stat = (proc / "stat").read_text()
@@ -414,13 +419,12 @@ def _cpu_by_role(server_pid: int) -> dict[str, float]:
         f = stat[stat.rindex(")") + 2 :].split()
         used = (int(f[11]) + int(f[12])) / tick  # utime + stime
         if int(f[3]) == server_pid:  # session id
-            out["server"] += used
-        elif comm == "postgres":
-            out["database"] += used
-            if b"127.0.0.1(" not in cmd:  # not a client's backend: autovacuum, WAL writer...
-                out["db_background"] += used
+            out[("server", int(proc.name))] = used
+        elif comm == "postgres":  # not a client's backend: autovacuum, WAL writer...
+            role = "database" if b"127.0.0.1(" in cmd else "db_background"
+            out[(role, int(proc.name))] = used
         elif b"--loadgen" in cmd:
-            out["load"] += used
+            out[("load", int(proc.name))] = used
     return out
 
 
@@ -440,12 +444,16 @@ class CpuWindow:
             time.sleep(seconds)
             b = _cpu_by_role(server_pid)
             busy_b, _ = _cpu_times()
-            self.used = {k: b[k] - a[k] for k in a}
+            # Per process: one that started in the window counts from 0; one that ended
+            # in it is lost (its CPU shows in "other").
+            self.used = dict.fromkeys(("server", "database", "db_background", "load"), 0.0)
+            for (role, pid), used in b.items():
+                self.used[role] += used - a.get((role, pid), 0.0)
             # What else ran meanwhile (CPU seconds of the machine not used by the three):
             # a phase with much of it measured a shared machine, not the server.
             tick = os.sysconf("SC_CLK_TCK")
-            mine = sum(v for k, v in self.used.items() if k != "db_background")
-            self.used["other"] = max(0.0, (busy_b - busy_a) / tick - mine)
+            self.used["other"] = max(0.0, (busy_b - busy_a) / tick - sum(self.used.values()))
+            self.used["database"] += self.used["db_background"]  # shown apart as well
 
         self.thread = threading.Thread(target=measure, daemon=True)
         self.thread.start()
