@@ -870,8 +870,8 @@ class ReleaseStore:
         hot statements (device lookups, report batches, the inventory), which are plain SQL
         text: SQLAlchemy's execution layer cost as much Python as the driver and the round
         trip together (a report batch of 5: ~400 us of the worker thread's CPU with it,
-        ~190 us without). Errors as in ``_reading``: a ``TransportError``; a connection
-        that broke leaves the pool."""
+        ~190 us without). Errors as in ``_reading``: a ``TransportError``; when a
+        connection broke, the pool starts afresh (a restarted database: one failure)."""
         import psycopg
 
         try:
@@ -883,8 +883,9 @@ class ReleaseStore:
             with conn.cursor() as cur:
                 yield cur
         except psycopg.Error as e:
-            if conn.broken or conn.closed:
-                fairy.invalidate()
+            if conn.broken or conn.closed:  # the database went away: as SQLAlchemy does on a
+                fairy.invalidate()  # disconnect, the pool's other connections go too
+                self._read_engine.dispose()
             raise TransportError(_db_error(e)) from None
         finally:
             fairy.close()
