@@ -147,6 +147,7 @@ from mpseal_port import Refused  # noqa: E402 - mpseal_release.Refused: the same
 DIR = "/mpseal"
 TRUST = DIR + "/trust-root.mpsr"
 CONFIG = DIR + "/device.json"
+CONFIG_MAX = 2048
 LOG = DIR + "/log.txt"
 LOG_MAX = 4096
 DEFAULTS = {"board": "unknown", "profile": "field", "max_tries": 3, "max_image": 1 << 22,
@@ -234,10 +235,9 @@ def config():
 
         cfg = dict(DEFAULTS)
         try:
-            with open(CONFIG) as f:  # no stat first: each littlefs lookup costs ~3 ms on a Pico
-                raw = f.read(2049)
-            if len(raw) > 2048:
-                raise ValueError("larger than 2048 bytes")
+            raw = _read(CONFIG, CONFIG_MAX)
+            if raw is None:
+                raise ValueError("larger than %d bytes" % CONFIG_MAX)
             doc = json.loads(raw)
             if not isinstance(doc, dict):
                 raise ValueError("not a JSON object")
@@ -263,20 +263,23 @@ def _rel():
     return rel_mod
 
 
+def _read(path, limit):
+    """The whole file, read at its size (a read(n) takes n bytes of heap at once), or None
+    when it is larger than `limit` (nothing read). No stat first: each littlefs lookup
+    costs ~3 ms on a Pico, the size of an open file nothing."""
+    with open(path, "rb") as f:
+        n = f.seek(0, 2)
+        if n > limit:
+            return None
+        f.seek(0)
+        return f.read(n)
+
+
 def trust_root():
-    # read only what a valid root can need (and one more), in pieces (a read(n) takes n bytes
-    # of heap at once), with no stat first (a littlefs lookup: ~3 ms on a Pico)
-    rel = _rel()
-    with open(TRUST, "rb") as f:
-        data = f.read(2048)
-        while len(data) <= rel.MAX_ROOT:
-            more = f.read(2048)
-            if not more:
-                break
-            data += more
-    if len(data) > rel.MAX_ROOT:
-        raise Refused("trust root is larger than %d bytes" % rel.MAX_ROOT)
-    return rel.load_root(data)[0]
+    data = _read(TRUST, _rel().MAX_ROOT)
+    if data is None:
+        raise Refused("trust root is larger than %d bytes" % rel_mod.MAX_ROOT)
+    return _rel().load_root(data)[0]
 
 
 def app():

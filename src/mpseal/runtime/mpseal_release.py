@@ -103,8 +103,7 @@ def load_root(data):
     on every boot (see mpseal_guard.install_root); the structure is checked as
     strictly as the host does (formats/trustroot.py)."""
     payload, sigblock, nsig = envelope(data, b"MPSR", "trust root", MAX_ROOT)
-    payload = bytes(payload)
-    try:
+    try:  # (json.loads reads the memoryview in place: no copy of the payload at each boot)
         doc = json.loads(payload)
         ok = (doc["type"] == "mpseal-root" and doc["spec"] == 1 and type(doc["spec"]) is int
               and _int(doc["version"], 1, 1 << 31))

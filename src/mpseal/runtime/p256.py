@@ -29,8 +29,9 @@
 # Cortex-M3 (QEMU MPS2-AN385, exact counts; benchmarks/device.py): one verify() is 47.4 M
 # instructions on Python integers, 8.1 M with p256_thumb (the key's table 1.1 M of it);
 # RP2040 (virtual Pico): 79.7 M and 12.5 M cycles.
-# Memory: imported from .mpy the module holds ~9 KB of heap (frozen: none), a PublicKey
-# ~2.3 KB; verify runs in a 32 KB heap. Compiling this .py on the device needs ~38 KB.
+# Memory: imported from .mpy the module holds ~9 KB of heap (frozen: none); on the assembly
+# path a PublicKey holds one 768-byte table and a verify allocates ~4 KB at its peak (Pico,
+# measured), nothing per digit; verify runs in a 32 KB heap. Compiling this .py on the device needs ~38 KB.
 
 import hashlib
 
@@ -133,9 +134,11 @@ def _g_odd():
 
 
 try:  # the assembly path (ARM boards: p256_fast imports p256_thumb and tests it)
+    import p256_thumb  # first: where it is missing, p256_fast is not loaded for nothing
     import p256_fast as _F
 except Exception:  # no inline assembler (SyntaxError), no module, wrong .mpy arch
     _F = None
+p256_thumb = None  # p256_fast holds it where it is used; the name here only ordered the imports
 FAST = _F is not None
 if not FAST:  # the integers now, where the Python-integer path will need them
     _g_odd()
@@ -352,7 +355,7 @@ class PublicKey:
         if q is None:
             raise ValueError("not an uncompressed P-256 public key")
         if _F:
-            self._table = (_F.table(_F.odd_multiples(q[0], q[1])), None)
+            self._table = (_F.key_table(q[0], q[1]), None)
         else:
             self._table = (None, _odd_multiples(q[0], q[1]))
 

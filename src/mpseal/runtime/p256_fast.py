@@ -4,8 +4,7 @@
 #
 #   chain(q_fe, a, b, n, pa, pb) -> (X, Y, Z)   as p256._chain, integers mod p (Z = 0:
 #                                        infinity); pa, pb: positions of nonzero digits
-#   odd_multiples(x, y) -> [x1, y1, x3, y3, ..]   as p256._odd_multiples
-#   table(ints) -> [x, y, -y, ..]        32-byte little-endian strings for chain()
+#   key_table(x, y) -> 768 bytes         x, y, p - y of Q, 3Q, .., 15Q (as p256._G_FE)
 #   inv(a) -> 1 / a mod p                 for an integer 0 < a < p (Fermat, on _INV)
 
 import p256
@@ -72,22 +71,6 @@ def _fe(x):
     return x.to_bytes(32, "little")
 
 
-def table(ints):
-    # [x, y, -y] per point as 32-byte little-endian strings, for the assembly chain
-    out = []
-    for i in range(0, len(ints), 2):
-        out.append(_fe(ints[i]))
-        out.append(_fe(ints[i + 1]))
-        out.append(_fe(_P - ints[i + 1]))
-    return out
-
-
-def _g_table():
-    # table() of G's odd multiples: p256's bytes are in its layout already (no copies)
-    G = memoryview(p256._G_FE)
-    return [G[i : i + 32] for i in range(0, len(G), 32)]
-
-
 def _fmul(ws, a, b):
     # a * b mod p (32-byte strings in, out), through the workspace ws
     ws[288:320] = a
@@ -96,8 +79,10 @@ def _fmul(ws, a, b):
     return bytes(ws[96:128])
 
 
-def odd_multiples(x, y):
-    # as _odd_multiples, on p256_thumb: [x1, y1, x3, y3, ..] as integers
+def key_table(x, y):
+    # x, y and p - y of Q, 3Q, .., 15Q (affine), 32 bytes little-endian each, in one
+    # 768-byte buffer: the layout of p256._G_FE, which chain() reads. One buffer, not a
+    # list of integers or strings: the boot's peak heap is the signature check's.
     P = _P
     run = p256_thumb.run
     ws = bytearray(736)  # slots 0-10 as the chain's, 13-22 for _INV
@@ -114,28 +99,30 @@ def odd_multiples(x, y):
     ws[64:96] = _ONE  # isomorphic curve where 2Q is affine: (x lam^2, y lam^3, 1)
     ws[288:320] = x2
     ws[320:352] = y2
-    pts = [bytes(ws[0:96])]
-    for _ in range(7):  # 3Q .. 15Q (p256._WQ = 5)
+    pts = bytearray(768)  # (X, Y, Z) of Q, 3Q, .., 15Q (p256._WQ = 5)
+    pts[0:96] = ws[0:96]
+    for k in range(96, 768, 96):
         run(ws, _ADD1, 6, 1)  # without the zero tests: kQ = +-2Q for odd k < 16 cannot be
         run(ws, _ADD2, 12, 1)
-        pts.append(bytes(ws[0:96]))
+        pts[k : k + 96] = ws[0:96]
     # One inversion for all Z (Montgomery's trick); (X, Y, Z) here is (X, Y, Z lam) there.
     acc = _ONE
-    prefix = []
-    for pt in pts:
-        prefix.append(acc)
-        acc = _fmul(ws, acc, pt[64:96])
+    prefix = bytearray(256)
+    for k in range(0, 256, 32):
+        prefix[k : k + 32] = acc
+        acc = _fmul(ws, acc, pts[3 * k + 64 : 3 * k + 96])
     ws[416:448] = _fmul(ws, acc, lam)
     run(ws, _INV, 26, 1)
     inv = bytes(ws[704:736])  # 1 / (lam Z0 Z1 ..)
-    out = [0] * (2 * len(pts))
-    for i in range(len(pts) - 1, -1, -1):
-        pt = pts[i]
-        zi = _fmul(ws, inv, prefix[i])  # 1 / (Z lam)
-        inv = _fmul(ws, inv, pt[64:96])
+    out = pts  # point k is read before it is written over
+    for k in range(672, -1, -96):
+        zi = _fmul(ws, inv, prefix[k // 3 : k // 3 + 32])  # 1 / (Z lam)
+        inv = _fmul(ws, inv, pts[k + 64 : k + 96])
         t = _fmul(ws, zi, zi)
-        out[2 * i] = int.from_bytes(_fmul(ws, pt[0:32], t), "little") % P
-        out[2 * i + 1] = int.from_bytes(_fmul(ws, _fmul(ws, pt[32:64], t), zi), "little") % P
+        y = int.from_bytes(_fmul(ws, _fmul(ws, pts[k + 32 : k + 64], t), zi), "little") % P
+        out[k : k + 32] = _fe(int.from_bytes(_fmul(ws, pts[k : k + 32], t), "little") % P)
+        out[k + 32 : k + 64] = _fe(y)
+        out[k + 64 : k + 96] = _fe(P - y)
     return out
 
 
@@ -148,16 +135,25 @@ def inv(a):
 
 def chain(q_fe, a, b, n, pa, pb):
     # (X, Y, Z) as integers mod p of the sum over the digits, as p256._chain, on
-    # p256_thumb; pa, pb: the positions of a's and b's nonzero digits (p256._naf). The
-    # doublings between two of them run in one call.
+    # p256_thumb; q_fe: key_table()'s buffer; pa, pb: the ascending positions of a's and
+    # b's nonzero digits (p256._naf). The doublings between two of them run in one call.
+    # Nothing is allocated per digit but the slices copied into the workspace.
     run = p256_thumb.run
     P = _P
     ws = bytearray(416)  # slots 11, 12: _ADD1's zero flags
     digits = (a, b)
-    tables = (_g_table(), q_fe)  # G's table made per call (views of p256._G_FE): not kept
+    tables = (memoryview(p256._G_FE), q_fe and memoryview(q_fe))
     inf = True
     prev = 0
-    for i in sorted(set(pa + pb), reverse=True):
+    ia = len(pa) - 1
+    ib = len(pb) - 1
+    while ia >= 0 or ib >= 0:  # the positions of both, merged, from the top
+        i = pa[ia] if ia >= 0 else -1
+        if ib >= 0 and pb[ib] >= i:
+            i = pb[ib]
+            ib -= 1
+        if ia >= 0 and pa[ia] == i:
+            ia -= 1
         if not inf:
             run(ws, _DBL, 22, prev - i)
         prev = i
@@ -167,19 +163,19 @@ def chain(q_fe, a, b, n, pa, pb):
                 continue
             tab = tables[k]
             if d < 128:
-                j = (d >> 1) * 3
-                y = tab[j + 1]
+                j = (d >> 1) * 96
+                y = j + 32
             else:  # negative digit: add -(|d| Point)
-                j = ((256 - d) >> 1) * 3
-                y = tab[j + 2]
+                j = ((256 - d) >> 1) * 96
+                y = j + 64
             if inf:
-                ws[0:32] = tab[j]
-                ws[32:64] = y
+                ws[0:32] = tab[j : j + 32]
+                ws[32:64] = tab[y : y + 32]
                 ws[64:96] = _ONE
                 inf = False
                 continue
-            ws[288:320] = tab[j]
-            ws[320:352] = y
+            ws[288:320] = tab[j : j + 32]
+            ws[320:352] = tab[y : y + 32]
             run(ws, _ADD1, 8, 1)
             if ws[352]:  # h = 0: same x
                 if not ws[384]:
