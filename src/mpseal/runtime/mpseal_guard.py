@@ -276,10 +276,11 @@ def _read(path, limit):
 
 
 def trust_root():
-    data = _read(TRUST, _rel().MAX_ROOT)
+    rel = _rel()
+    data = _read(TRUST, rel.MAX_ROOT)
     if data is None:
-        raise Refused("trust root is larger than %d bytes" % rel_mod.MAX_ROOT)
-    return _rel().load_root(data)[0]
+        raise Refused("trust root is larger than %d bytes" % rel.MAX_ROOT)
+    return rel.load_root(data)[0]
 
 
 def app():
@@ -459,15 +460,13 @@ def _mount(slot, r):
         fs = port.rom_partition(IN_ROM).mount(slot_path(slot), r, log, "slot " + slot)
         if fs is None:  # an update grew past the room the guard's image leaves
             _mount_kind = "verified-files"
-    if fs is not None:
-        pass
-    elif _mount_kind == "vfsrom-ram":
+    if _mount_kind == "vfsrom-ram":
         # _verify read the image into the reserved RAM while hashing it: the
         # bytes that run are exactly the bytes that were checked.
         if _image_buf is None:
             raise Refused("not enough RAM for a %d-byte image" % r.size)
         fs = vfs.VfsRom(memoryview(_image_buf)[: r.size])
-    else:
+    elif fs is None:  # verified-files
         import mpseal_appfs
 
         fs = mpseal_appfs.AppFS(slot_path(slot), r.offset, r.files, r.size, r.enc, r.key,

@@ -31,7 +31,8 @@
 # RP2040 (virtual Pico): 79.7 M and 12.5 M cycles.
 # Memory: imported from .mpy the module holds ~9 KB of heap (frozen: none); on the assembly
 # path a PublicKey holds one 768-byte table and a verify allocates ~4 KB at its peak (Pico,
-# measured), nothing per digit; verify runs in a 32 KB heap. Compiling this .py on the device needs ~38 KB.
+# measured), nothing per digit; verify runs in a 32 KB heap. Compiling this .py on the
+# device needs ~38 KB.
 
 import hashlib
 

@@ -114,16 +114,15 @@ def key_table(x, y):
     ws[416:448] = _fmul(ws, acc, lam)
     run(ws, _INV, 26, 1)
     inv = bytes(ws[704:736])  # 1 / (lam Z0 Z1 ..)
-    out = pts  # point k is read before it is written over
-    for k in range(672, -1, -96):
+    for k in range(672, -1, -96):  # each point is read whole before its row is written
         zi = _fmul(ws, inv, prefix[k // 3 : k // 3 + 32])  # 1 / (Z lam)
         inv = _fmul(ws, inv, pts[k + 64 : k + 96])
         t = _fmul(ws, zi, zi)
         y = int.from_bytes(_fmul(ws, _fmul(ws, pts[k + 32 : k + 64], t), zi), "little") % P
-        out[k : k + 32] = _fe(int.from_bytes(_fmul(ws, pts[k : k + 32], t), "little") % P)
-        out[k + 32 : k + 64] = _fe(y)
-        out[k + 64 : k + 96] = _fe(P - y)
-    return out
+        pts[k : k + 32] = _fe(int.from_bytes(_fmul(ws, pts[k : k + 32], t), "little") % P)
+        pts[k + 32 : k + 64] = _fe(y)
+        pts[k + 64 : k + 96] = _fe(P - y)
+    return pts
 
 
 def inv(a):
