@@ -267,15 +267,16 @@ def _verify(q_table, digest, sig):
     if not (0 < r < N and 0 < s < N):
         return False
     w = _inv(s, N)
-    pa = []
-    pb = []
+    fast = q_table[0] is not None  # the assembly chain (q_table[0] is the key's buffers)
+    pa = [] if fast else None  # digit positions: only the assembly chain reads them
+    pb = [] if fast else None
     a = _naf(int.from_bytes(digest, "big") * w % N, _WG, pa)  # u1 = e / s
     b = _naf(r * w % N, _WQ, pb)  # u2 = r / s
     n = max(len(a), len(b))
     a.extend(bytes(n - len(a)))
     b.extend(bytes(n - len(b)))
     P = _P
-    if q_table[0] is not None:  # the assembly chain: (q_table[0] is the key's buffers)
+    if fast:
         X, _, Z = _F.chain(q_table[0], a, b, n, pa, pb)
     else:
         X, _, Z = _chain(q_table[1], a, b, n)
