@@ -178,9 +178,13 @@ def _compiled_guard(board: str) -> dict[str, bytes]:
     compiler = Compiler(CompileOptions(b.mpy, b.arch, opt=2, source_lines=False), cache_dir=None)
     src = runtime_dir()
     names = [n for n in GUARD_MODULES if b.arch in THUMB_ARCHS or n not in THUMB_ONLY]
-    modules = [Module(f"{name}.py", (src / f"{name}.py").read_bytes()) for name in names]
+    # Source name = module name (a qstr the firmware makes for the import anyway): with
+    # "<name>.py" each module loaded added one more qstr, and past ~300 of them the board
+    # allocates its next qstr pool (~2 KB) at boot. No line numbers are kept (-X
+    # no-source-lines), so a traceback loses nothing.
+    modules = [Module(name, (src / f"{name}.py").read_bytes()) for name in names]
     out = compiler.compile_all(modules)
-    files = {f"/lib/{name[:-3]}.mpy": data for name, data in out.items()}
+    files = {f"/lib/{name}.mpy": data for name, data in out.items()}
     files[BOOT_PACK] = boot_pack(files)
     return files
 

@@ -35,6 +35,8 @@
 
 import sys
 
+from micropython import const
+
 # Built-ins held in sys.modules while the guard boots (released before the app runs, so the
 # app's imports work as they would without the guard). MicroPython keeps no built-in there
 # and looks for a file of an extensible one's name on every sys.path entry at every import:
@@ -61,51 +63,6 @@ _pin()
 import os  # noqa: E402 - after _pin
 import time  # noqa: E402
 
-PACK = "/lib/mpseal-boot.pack"
-PACK_AT = "/.mpseal-boot"
-
-
-class _Pack:
-    """The guard's boot-path modules as one file (PACK, the same .mpy bytes mpseal install
-    writes to /lib beside it), served to the importer while the guard boots: one littlefs
-    lookup for all of them instead of ~4 per module (~5 ms each on a Pico). Frozen modules
-    still come first (sys.path). Format: 4-byte little-endian length n, n bytes of a JSON
-    object {"name.mpy": [offset, size]} (offsets from the end of it), the files."""
-
-    def __init__(self, f):
-        import json
-
-        self.f = f
-        n = int.from_bytes(f.read(4), "little")
-        self.index = json.loads(f.read(n)) if 0 < n <= 1024 else {}
-        self.base = 4 + n
-
-    def mount(self, readonly, mkfs):
-        pass
-
-    def umount(self):
-        self.f.close()
-
-    def _entry(self, path):
-        e = self.index.get(path.lstrip("/"))
-        if e is None:
-            raise OSError(2)  # ENOENT
-        return e
-
-    def stat(self, path):
-        return (0x8000, 0, 0, 0, 0, 0, self._entry(path)[1], 0, 0, 0)
-
-    def open(self, path, mode):
-        import io
-
-        off, size = self._entry(path)
-        self.f.seek(self.base + off)
-        data = self.f.read(size)
-        if len(data) != size:
-            raise OSError(5)  # EIO: a truncated pack
-        return io.BytesIO(data)
-
-
 # The guard in the ROMFS partition (mpseal install puts it there where the partition takes
 # block writes: rp2): the firmware mounts the partition's head at /rom before main.py, and
 # the guard's code runs in place from flash instead of being loaded onto the heap (~21 KB
@@ -113,9 +70,51 @@ class _Pack:
 # the guard's image stays mounted at mpseal_romfs.GUARD_AT once the app has /rom.
 IN_ROM = __file__.startswith("/rom/")
 
+if not IN_ROM:  # (from ROMFS the pack is never used: no class object on the heap for it)
+    class _Pack:
+        """The guard's boot-path modules as one file (/lib/mpseal-boot.pack, the same .mpy
+        bytes mpseal install writes to /lib beside it), served to the importer while the guard
+        boots: one littlefs lookup for all of them instead of ~4 per module (~5 ms each on a
+        Pico). Frozen modules still come first (sys.path). Format: 4-byte little-endian length
+        n, n bytes of a JSON object {"name.mpy": [offset, size]} (offsets from the end of
+        it), the files."""
+
+        def __init__(self, f):
+            import json
+
+            self.f = f
+            n = int.from_bytes(f.read(4), "little")
+            self.index = json.loads(f.read(n)) if 0 < n <= 1024 else {}
+            self.base = 4 + n
+
+        def mount(self, readonly, mkfs):
+            pass
+
+        def umount(self):
+            self.f.close()
+
+        def _entry(self, path):
+            e = self.index.get(path.lstrip("/"))
+            if e is None:
+                raise OSError(2)  # ENOENT
+            return e
+
+        def stat(self, path):
+            return (0x8000, 0, 0, 0, 0, 0, self._entry(path)[1], 0, 0, 0)
+
+        def open(self, path, mode):
+            import io
+
+            off, size = self._entry(path)
+            self.f.seek(self.base + off)
+            data = self.f.read(size)
+            if len(data) != size:
+                raise OSError(5)  # EIO: a truncated pack
+            return io.BytesIO(data)
+
 
 def _pack(on):
-    """Serve the boot path's modules from PACK (on=True), or stop (on=False). Without a
+    """Serve the boot path's modules from the pack (on=True), or stop (on=False). Without a
     usable pack they load from /lib one by one. Not on the unix VM: its tests run the guard
     in heaps cut to the smallest boards' to prove its RAM bounded, and a module read whole
     into RAM (up to 8 KB, freed once loaded) fragments those; the boards it is for have
@@ -123,16 +122,17 @@ def _pack(on):
     Not when the guard runs from ROMFS: the pack would load onto the heap what runs in place."""
     if on and (sys.platform in ("linux", "darwin") or IN_ROM):
         return
+    at = "/.mpseal-boot"  # (names used once are not module globals: each is a qstr at boot)
     try:
         import vfs
 
         if on:
-            vfs.mount(_Pack(open(PACK, "rb")), PACK_AT)
+            vfs.mount(_Pack(open("/lib/mpseal-boot.pack", "rb")), at)
             i = sys.path.index(".frozen") + 1 if ".frozen" in sys.path else 0
-            sys.path.insert(i, PACK_AT)
-        elif PACK_AT in sys.path:
-            sys.path.remove(PACK_AT)
-            vfs.umount(PACK_AT)
+            sys.path.insert(i, at)
+        elif at in sys.path:
+            sys.path.remove(at)
+            vfs.umount(at)
     except Exception:  # why: no pack, a damaged one, no vfs.mount: the plain imports work
         pass
 
@@ -145,15 +145,14 @@ import mpseal_state as state_mod  # noqa: E402
 from mpseal_port import Refused  # noqa: E402 - mpseal_release.Refused: the same class
 
 DIR = "/mpseal"
-TRUST = DIR + "/trust-root.mpsr"
 CONFIG = DIR + "/device.json"
-CONFIG_MAX = 2048
+_CONFIG_MAX = const(2048)
 LOG = DIR + "/log.txt"
-LOG_MAX = 4096
+_LOG_MAX = const(4096)
 DEFAULTS = {"board": "unknown", "profile": "field", "max_tries": 3, "max_image": 1 << 22,
             "mount": "auto", "max_fails": 5}
 MOUNTS = ("auto", "romfs-partition", "vfsrom-ram", "verified-files")
-HEALTHY_MS = 30000  # an app that ran this long before crashing did not fail its boot
+_HEALTHY_MS = const(30000)  # an app that ran this long before crashing did not fail its boot
 
 _state = None  # State of this boot
 _running = None  # (slot, Release) of the image running now
@@ -175,7 +174,7 @@ def slot_path(slot):
     return DIR + "/slot-" + slot + ".mpseal"
 
 
-_listing = None  # the names in DIR, listed once by _cleanup() at boot
+_listing = None  # config.json, unlock.tok: those of them in DIR (_cleanup() at boot)
 _pending = []  # log lines held back (later=True), written with the next line that is not
 
 
@@ -195,7 +194,7 @@ def log(msg, echo=True, later=False, once=False):
         # the rotation comes from the position after appending, not from a stat.
         with open(LOG, "a") as f:
             f.write("".join(_pending))
-            big = f.tell() > LOG_MAX
+            big = f.tell() > _LOG_MAX
         if big:
             os.rename(LOG, LOG + ".1")
     except Exception:  # why: a full, read-only or failing flash must not stop the boot
@@ -235,9 +234,9 @@ def config():
 
         cfg = dict(DEFAULTS)
         try:
-            raw = _read(CONFIG, CONFIG_MAX)
+            raw = _read(CONFIG, _CONFIG_MAX)
             if raw is None:
-                raise ValueError("larger than %d bytes" % CONFIG_MAX)
+                raise ValueError("larger than %d bytes" % _CONFIG_MAX)
             doc = json.loads(raw)
             if not isinstance(doc, dict):
                 raise ValueError("not a JSON object")
@@ -277,7 +276,7 @@ def _read(path, limit):
 
 def trust_root():
     rel = _rel()
-    data = _read(TRUST, rel.MAX_ROOT)
+    data = _read(DIR + "/trust-root.mpsr", rel.MAX_ROOT)
     if data is None:
         raise Refused("trust root is larger than %d bytes" % rel.MAX_ROOT)
     return rel.load_root(data)[0]
@@ -313,9 +312,12 @@ def _verify(slot, root, min_counter, into=None, boot=False):
     cfg = config()
     files = _mount_kind in ("verified-files", "romfs-partition")
     try:
+        # (the slot stays open for the verified-files mount only: romfs-partition closes it
+        # before the signature check, so its 1 KB file cache is not held through the check)
         r = _rel().verify_file(slot_path(slot), root, cfg["board"], min_counter,
                                 cfg["max_image"], into, files, app(),
-                                not (boot and files and not _state.fails), boot)
+                                not (boot and files and not _state.fails),
+                                boot and _mount_kind == "verified-files")
         if boot:  # the signature is checked: the verifier's heap is free for what follows
             _drop_verifier()
         if r.enc:  # encrypted: it must open with this device's key (mpseal_encfs)
@@ -372,21 +374,23 @@ def _load_state(root):
 
 
 def _cleanup():
-    """Remove what a power cut left half-written; returns the names in DIR (or None). One
-    listing: each lookup of a missing file walks littlefs's metadata (~1-3 ms on a Pico)."""
+    """Remove what a power cut left half-written; returns which of the names the boot asks
+    about later (config.json, unlock.tok) DIR holds (or None). One listing: each lookup of a
+    missing file walks littlefs's metadata (~1-3 ms on a Pico). Only those names are kept:
+    the whole listing is not held through the signature check."""
     global _listing
     try:
         names = os.listdir(DIR)
     except OSError:
         return None
-    _listing = names
     for name in names:
         if name in ("slot-a.mpseal.tmp", "slot-b.mpseal.tmp", "state.a.tmp", "state.b.tmp"):
             try:
                 os.remove(DIR + "/" + name)
             except OSError:
                 pass
-    return names
+    _listing = [n for n in names if n in ("config.json", "unlock.tok")]
+    return _listing
 
 
 def stage(src, key_record=None):
@@ -437,7 +441,7 @@ def mount_plan():
     vfs = _need("vfs", "mount")
     has_rom = hasattr(vfs, "VfsRom")
     if want in ("auto", "romfs-partition"):
-        if has_rom and port.rom_partition(IN_ROM) is not None:
+        if has_rom and port.rom_partition(IN_ROM, True):
             return "romfs-partition"
         if want != "auto":
             raise Missing("firmware has no ROMFS partition (vfs.VfsRom and vfs.rom_ioctl)")
@@ -508,7 +512,6 @@ def _reserve_image_buffer():
                 log("not enough RAM for a %d-byte image" % size)
 
 
-VERIFIER = ("p256", "p256_fast", "p256_thumb")  # imported again if the app stages an update
 
 
 def _release_builtins():
@@ -533,7 +536,7 @@ def _drop_verifier():
     (by the next collection: one forced here would also finalise files a flash error
     left open, and print their errors)."""
     rel_mod.p256 = None
-    for name in VERIFIER:
+    for name in ("p256", "p256_fast", "p256_thumb"):  # imported again if the app stages one
         try:
             del sys.modules[name]
         except KeyError:
@@ -592,7 +595,7 @@ def _run_guarded(slot, r, trial):
     if failed:
         # Count quick failures of the committed image (saved before the reset that
         # follows), so a crash at every boot ends in locked idle, not a reset loop.
-        if started is not None and time.ticks_diff(time.ticks_ms(), started) >= HEALTHY_MS:
+        if started is not None and time.ticks_diff(time.ticks_ms(), started) >= _HEALTHY_MS:
             _state.fails = 0
         else:
             _state.fails += 1
@@ -600,15 +603,13 @@ def _run_guarded(slot, r, trial):
     return why
 
 
-UNLOCK_FILES = (DIR + "/unlock.tok", "/sd/mpseal-unlock.tok")
-
 
 def _unlock(root, names=None):
     """A service unlock token: signed by the offline root role, for this device, used once.
     `names`: what DIR holds, if known (a token there that is not listed is not looked up).
 
     Returns the profile it grants for this boot, or None."""
-    for path in UNLOCK_FILES:
+    for path in (DIR + "/unlock.tok", "/sd/mpseal-unlock.tok"):
         if names is not None and path.startswith(DIR + "/") and path[len(DIR) + 1 :] not in names:
             continue
         try:
@@ -727,13 +728,13 @@ def _boot():
     _idle("no valid image to boot (see %s)" % LOG)
 
 
-_ORDER = ("dev", "field", "sealed")
 _profile = "sealed"  # the profile applied now
 _token_profile = None  # granted by a service unlock token for this boot
 
 
 def _stricter(a, b):
-    return a if _ORDER.index(a) > _ORDER.index(b) else b
+    order = ("dev", "field", "sealed")
+    return a if order.index(a) > order.index(b) else b
 
 
 def _apply_profile(profile):

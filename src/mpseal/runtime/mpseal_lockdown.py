@@ -14,56 +14,46 @@
 import sys
 
 PROFILES = ("dev", "field", "sealed")
+# The levers, in the order apply() pulls them: field pulls the first two, sealed all.
+LEVERS = ("kbd_intr off", "'' off sys.path", "dupterm detached", "UART REPL off",
+          "USB CDC/MSC off")
 
 
-def _try(what, fn, done):
-    try:
-        fn()
-        done.append(what)
-    except Exception as e:  # a port without this lever: report, never crash the boot
-        done.append(what + ": unavailable (" + type(e).__name__ + ")")
+def _pull(i):
+    # Lever i of LEVERS. (One function, not one each: on a board every function and name
+    # of a module the guard loads at boot costs RAM while the signature is checked.)
+    if i == 0:
+        import micropython
 
+        micropython.kbd_intr(-1)
+    elif i == 1:
+        while "" in sys.path:
+            sys.path.remove("")
+        while "." in sys.path:
+            sys.path.remove(".")
+    elif i == 2:
+        import os
 
-def _kbd_intr_off():
-    import micropython
+        for n in range(4):
+            os.dupterm(None, n)
+    elif i == 3:
+        import pyb  # stm32: the REPL on a UART (pyb.repl_uart); other ports use dupterm
 
-    micropython.kbd_intr(-1)
+        pyb.repl_uart(None)
+    else:
+        try:
+            import machine
 
+            dev = machine.USBDevice()
+            dev.active(False)
+            dev.builtin_driver = dev.BUILTIN_NONE
+            dev.active(True)
+            return
+        except (ImportError, AttributeError):
+            pass
+        import pyb  # stm32: effective only when called from boot.py
 
-def _no_cwd_on_path():
-    while "" in sys.path:
-        sys.path.remove("")
-    while "." in sys.path:
-        sys.path.remove(".")
-
-
-def _detach_dupterm():
-    import os
-
-    for i in range(4):
-        os.dupterm(None, i)
-
-
-def _uart_repl_off():
-    import pyb  # stm32: the REPL on a UART (pyb.repl_uart); other ports use dupterm
-
-    pyb.repl_uart(None)
-
-
-def _usb_off():
-    try:
-        import machine
-
-        dev = machine.USBDevice()
-        dev.active(False)
-        dev.builtin_driver = dev.BUILTIN_NONE
-        dev.active(True)
-        return
-    except (ImportError, AttributeError):
-        pass
-    import pyb  # stm32: effective only when called from boot.py
-
-    pyb.usb_mode(None)
+        pyb.usb_mode(None)
 
 
 _mounted = []  # where mount_sd mounted a card in this boot
@@ -99,12 +89,12 @@ def apply(profile):
         profile = "sealed"  # an unknown profile locks down, never up
     if profile == "dev":
         return done
-    _try("kbd_intr off", _kbd_intr_off, done)
-    _try("'' off sys.path", _no_cwd_on_path, done)
-    if mount_sd():
-        done.append("SD card at /sd (data only)")
-    if profile == "sealed":
-        _try("dupterm detached", _detach_dupterm, done)
-        _try("UART REPL off", _uart_repl_off, done)
-        _try("USB CDC/MSC off", _usb_off, done)
+    for i in range(5 if profile == "sealed" else 2):
+        try:
+            _pull(i)
+            done.append(LEVERS[i])
+        except Exception as e:  # a port without this lever: report, never crash the boot
+            done.append("%s: unavailable (%s)" % (LEVERS[i], type(e).__name__))
+        if i == 1 and mount_sd():
+            done.append("SD card at /sd (data only)")
     return done

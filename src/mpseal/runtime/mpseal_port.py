@@ -53,11 +53,14 @@ def unique_id():
         return "unknown"
 
 
-def rom_partition(guard_in_rom=False):
+def rom_partition(guard_in_rom=False, probe=False):
     """The first ROMFS partition as a Partition where the port has one, else None.
     guard_in_rom: the guard runs from the partition's head (the app's mirror goes after it),
     which only a partition taking block writes allows: with rom_ioctl(3) (erase from the
-    start) the mirror would erase the code running; None then (the other mounts serve)."""
+    start) the mirror would erase the code running; None then (the other mounts serve).
+    probe=True: only whether there is one (True or None), without loading mpseal_romfs:
+    the guard asks before the signature check and mounts after it, when the verifier's
+    RAM is free again."""
     import vfs
 
     ioctl = getattr(vfs, "rom_ioctl", None)
@@ -66,6 +69,8 @@ def rom_partition(guard_in_rom=False):
     dev = ioctl(2, 0)
     if isinstance(dev, int) or (guard_in_rom and not hasattr(dev, "writeblocks")):
         return None
+    if probe:
+        return True
     from mpseal_romfs import Partition  # loaded only where the port has a partition
 
     return Partition(dev, ioctl, guard_in_rom)

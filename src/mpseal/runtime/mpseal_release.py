@@ -42,15 +42,10 @@ def _hex(b):
 
 # Character sets, most common characters first: `in` and str.strip search them from the
 # start, one compare per character passed (~0.2 ms a name on a Pico in the old order).
-_LOWER = "abcdefghijklmnopqrstuvwxyz"
-_DIGITS = "0123456789"
-_UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-_NAME_FIRST = _LOWER + "_" + _DIGITS + _UPPER
-_NAME_REST = _LOWER + "._" + _DIGITS + "-" + _UPPER
-_VER_FIRST = _DIGITS + _LOWER + _UPPER
-_VER_REST = _DIGITS + "." + _LOWER + "+-" + _UPPER
-_MOD_FIRST = _LOWER + "_" + _UPPER
-_MOD_REST = _NAME_FIRST
+# Written out where used, not made from parts at import: each would be a string on the
+# heap and a global name (a qstr) while the boot's signature is checked.
+#   name: [a-z_0-9A-Z][a-z._0-9-A-Z]*   version: [0-9a-zA-Z][0-9.a-z+-A-Z]*
+#   module (entry): [a-z_A-Z][a-z_0-9A-Z]*
 ROLES = ("root", "release", "timestamp")
 
 
@@ -83,13 +78,15 @@ def is_hex(v, nbytes):
         return False
 
 
-def is_name(v, n, first=_NAME_FIRST, rest=_NAME_REST):
+def is_name(v, n, first="abcdefghijklmnopqrstuvwxyz_0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+            rest="abcdefghijklmnopqrstuvwxyz._0123456789-ABCDEFGHIJKLMNOPQRSTUVWXYZ"):
     """As the host's regexes: one of `first`, then up to n-1 of `rest`."""
     return isinstance(v, str) and 0 < len(v) <= n and v[0] in first and _only(v, rest)
 
 
 def is_version(v):
-    return is_name(v, 32, _VER_FIRST, _VER_REST)
+    return is_name(v, 32, "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ",
+                   "0123456789.abcdefghijklmnopqrstuvwxyz+-ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
 def _int(v, lo, hi):
@@ -267,7 +264,8 @@ def parse_manifest(manifest, max_image=MAX_IMAGE):
               and isinstance(mpy["arch"], str) and len(mpy["arch"]) <= 16
               and image["format"] in ("romfs", ENCRYPTED) and is_hex(image["sha256"], 32)
               and _int(image["size"], 0, max_image)
-              and is_name(man["entry"], 64, _MOD_FIRST, _MOD_REST)
+              and is_name(man["entry"], 64, "abcdefghijklmnopqrstuvwxyz_ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+                          "abcdefghijklmnopqrstuvwxyz_0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ")
               and _index_ref_ok(man["files"], image["size"])
               and type(man["build"]) is dict)
         if ok and image["format"] == ENCRYPTED:
@@ -344,16 +342,24 @@ def verify_file(path, root, board, min_counter, max_image, into=None, files=Fals
     index): only for the verified-files mount, which checks the index against the
     manifest's hash and every file against the index's when it is read (mpseal_appfs),
     so the image hash would read it all twice. keep=True (with image=False): the slot file
-    stays open as rel.slot_file, for the mount (each open is a littlefs lookup)."""
+    stays open as rel.slot_file, for the mount (each open is a littlefs lookup). With neither
+    image nor keep the file is closed before the signature check: its cache (1 KB on a
+    Pico, in one piece) is not held while the verifier needs the heap."""
     try:
         f = open(path, "rb")
     except OSError:
         raise Refused("slot is empty")
     try:
         head, manifest, sigs = read_head(f)
+        if not image and not keep:
+            f.close()
+            f = None
         rel = check_manifest(root, head, manifest, sigs, board, min_counter, max_image, files,
                              app)
         manifest = sigs = None
+        if f is None and not (files and rel.files and not rel.enc):
+            f = open(path, "rb")  # closed for the check, but the image must be hashed
+            f.seek(rel.offset)
         if into is not None:
             if len(into) < rel.size:
                 raise Refused("no RAM reserved for a %d-byte image" % rel.size)

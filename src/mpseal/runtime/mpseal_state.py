@@ -10,8 +10,10 @@ import hashlib
 import json
 import os
 
+from micropython import const
+
 FIELDS = ("seq", "committed", "trial", "tries", "counter", "unlocks", "fails")
-MAX_STATE = 1024
+_MAX_STATE = const(1024)
 
 
 class State:
@@ -43,12 +45,12 @@ def _hex(b):
 def _read(path):
     try:
         with open(path, "rb") as f:
-            raw = f.read(MAX_STATE + 1)
+            raw = f.read(_MAX_STATE + 1)
     except OSError:
         return None
     try:
         body, digest = raw.split(b"\n")
-        if len(raw) > MAX_STATE or _hex(hashlib.sha256(body).digest()).encode() != digest:
+        if len(raw) > _MAX_STATE or _hex(hashlib.sha256(body).digest()).encode() != digest:
             return None
         d = json.loads(body)
         st = State(d["seq"], d["committed"], d["trial"], d["tries"], d["counter"], d["unlocks"],

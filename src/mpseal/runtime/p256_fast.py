@@ -14,37 +14,47 @@ _P = 0xFFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFF
 
 # Programs for p256_thumb.run on the slots of a workspace: 0 X, 1 Y, 2 Z (Jacobian),
 # 3-6 temporaries, 7-8 the products' scratch, 9 x, 10 y (the affine point to add).
-# 4 bytes per step: opcode (0 mul, 1 sqr, 2 add, 3 sub), destination, operands.
-_DBL = bytes((
-    1, 3, 2, 0,  3, 4, 0, 3,  2, 5, 0, 3,  0, 4, 4, 5,  2, 5, 4, 4,  2, 4, 5, 4,  # m = 3(X-t)(X+t)
-    2, 5, 1, 1,  0, 2, 5, 2,  # Z = 2 Y Z
-    1, 3, 1, 0,  0, 5, 0, 3,  2, 5, 5, 5,  2, 5, 5, 5,  # t = Y^2, s = 4 X t
-    1, 0, 4, 0,  3, 0, 0, 5,  3, 0, 0, 5,  # X = m^2 - 2 s
-    3, 1, 5, 0,  0, 1, 4, 1,  1, 3, 3, 0,  2, 3, 3, 3,  2, 3, 3, 3,  2, 3, 3, 3,
-    3, 1, 1, 3,  # Y = m (s - X) - 8 t^2
-))
-_ADD1 = bytes((  # h = x Z^2 - X (slot 4), u = y Z^3 - Y (slot 5); flags: h, u = 0 mod p
-    1, 3, 2, 0,  0, 4, 9, 3,  3, 4, 4, 0,  0, 5, 10, 3,  0, 5, 5, 2,  3, 5, 5, 1,
-    4, 11, 4, 0,  4, 12, 5, 0,  # ws[352]: h = 0, ws[384]: u = 0
-))
+# 4 bytes per step: opcode (0 mul, 1 sqr, 2 add, 3 sub), destination, operands. Bytes
+# literals: from a ROMFS image they stay in flash (a tuple of integers to make them from
+# held ~1.3 KB of the board's heap while the signature is checked).
+_DBL = (
+    # m = 3(X-t)(X+t)
+    b"\x01\x03\x02\x00" b"\x03\x04\x00\x03" b"\x02\x05\x00\x03" b"\x00\x04\x04\x05"
+    b"\x02\x05\x04\x04" b"\x02\x04\x05\x04"
+    b"\x02\x05\x01\x01" b"\x00\x02\x05\x02"  # Z = 2 Y Z
+    # t = Y^2, s = 4 X t
+    b"\x01\x03\x01\x00" b"\x00\x05\x00\x03" b"\x02\x05\x05\x05" b"\x02\x05\x05\x05"
+    b"\x01\x00\x04\x00" b"\x03\x00\x00\x05" b"\x03\x00\x00\x05"  # X = m^2 - 2 s
+    # Y = m (s - X) - 8 t^2
+    b"\x03\x01\x05\x00" b"\x00\x01\x04\x01" b"\x01\x03\x03\x00" b"\x02\x03\x03\x03"
+    b"\x02\x03\x03\x03" b"\x02\x03\x03\x03" b"\x03\x01\x01\x03"
+)
+_ADD1 = (  # h = x Z^2 - X (slot 4), u = y Z^3 - Y (slot 5); flags: h, u = 0 mod p
+    b"\x01\x03\x02\x00" b"\x00\x04\x09\x03" b"\x03\x04\x04\x00" b"\x00\x05\x0a\x03"
+    b"\x00\x05\x05\x02" b"\x03\x05\x05\x01"
+    b"\x04\x0b\x04\x00" b"\x04\x0c\x05\x00"  # ws[352]: h = 0, ws[384]: u = 0
+)
 # 1 / a = a^(p - 2) for a in slot 13, into slot 22 (255 squarings, 13 products): slots
 # 14..21 hold a^(2^k - 1) for k = 2, 4, 8, 16, 24, 28, 30, 32; p - 2 in binary is
 # 32 ones, 31 zeros, a one, 96 zeros, 94 ones, a zero, a one.
-_INV = bytes((
-    5, 14, 13, 1,  0, 14, 14, 13,  5, 15, 14, 2,  0, 15, 15, 14,  5, 16, 15, 4,
-    0, 16, 16, 15,  5, 17, 16, 8,  0, 17, 17, 16,  5, 18, 17, 8,  0, 18, 18, 16,
-    5, 19, 18, 4,  0, 19, 19, 15,  5, 20, 19, 2,  0, 20, 20, 14,  5, 21, 20, 2,
-    0, 21, 21, 14,  5, 22, 21, 32,  0, 22, 22, 13,  5, 22, 22, 128,  0, 22, 22, 21,
-    5, 22, 22, 32,  0, 22, 22, 21,  5, 22, 22, 30,  0, 22, 22, 20,  5, 22, 22, 2,
-    0, 22, 22, 13,
-))
-_ADD2 = bytes((
-    1, 3, 4, 0,  0, 6, 4, 3,  0, 3, 0, 3,  # zz = h^2, t = h zz, v = X zz
-    1, 0, 5, 0,  3, 0, 0, 6,  3, 0, 0, 3,  3, 0, 0, 3,  # X = u^2 - t - 2 v
-    3, 3, 3, 0,  0, 3, 5, 3,  0, 1, 1, 6,  3, 1, 3, 1,  # Y = u (v - X) - Y t
-    0, 2, 2, 4,  # Z = Z h
-))
-_ONE = b"\x01" + bytes(31)
+_INV = (
+    b"\x05\x0e\x0d\x01" b"\x00\x0e\x0e\x0d" b"\x05\x0f\x0e\x02" b"\x00\x0f\x0f\x0e"
+    b"\x05\x10\x0f\x04" b"\x00\x10\x10\x0f" b"\x05\x11\x10\x08" b"\x00\x11\x11\x10"
+    b"\x05\x12\x11\x08" b"\x00\x12\x12\x10" b"\x05\x13\x12\x04" b"\x00\x13\x13\x0f"
+    b"\x05\x14\x13\x02" b"\x00\x14\x14\x0e" b"\x05\x15\x14\x02" b"\x00\x15\x15\x0e"
+    b"\x05\x16\x15\x20" b"\x00\x16\x16\x0d" b"\x05\x16\x16\x80" b"\x00\x16\x16\x15"
+    b"\x05\x16\x16\x20" b"\x00\x16\x16\x15" b"\x05\x16\x16\x1e" b"\x00\x16\x16\x14"
+    b"\x05\x16\x16\x02" b"\x00\x16\x16\x0d"
+)
+_ADD2 = (
+    b"\x01\x03\x04\x00" b"\x00\x06\x04\x03" b"\x00\x03\x00\x03"  # zz = h^2, t = h zz, v = X zz
+    # X = u^2 - t - 2 v
+    b"\x01\x00\x05\x00" b"\x03\x00\x00\x06" b"\x03\x00\x00\x03" b"\x03\x00\x00\x03"
+    # Y = u (v - X) - Y t
+    b"\x03\x03\x03\x00" b"\x00\x03\x05\x03" b"\x00\x01\x01\x06" b"\x03\x01\x03\x01"
+    b"\x00\x02\x02\x04"  # Z = Z h
+)
+_ONE = b"\x01\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0" b"\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0"
 
 
 def _self_test():
@@ -52,8 +62,8 @@ def _self_test():
     ws = bytearray(416)
     ws[288:352] = bytes(range(1, 65))
     ws[352:384] = _P.to_bytes(32, "little")
-    p256_thumb.run(ws, bytes((0, 3, 9, 10,  3, 4, 9, 10,  5, 5, 9, 3,  4, 6, 11, 0,
-                              2, 11, 9, 10,  4, 12, 11, 0)), 6, 1)
+    p256_thumb.run(ws, b"\x00\x03\x09\x0a" b"\x03\x04\x09\x0a" b"\x05\x05\x09\x03"
+                   b"\x04\x06\x0b\x00" b"\x02\x0b\x09\x0a" b"\x04\x0c\x0b\x00", 6, 1)
     x = int.from_bytes(ws[288:320], "little")
     y = int.from_bytes(ws[320:352], "little")
     return (int.from_bytes(ws[96:128], "little") % _P == x * y % _P
@@ -95,8 +105,9 @@ def key_table(x, y):
     lam = bytes(ws[64:96])
     ws[288:320] = _fe(x)
     ws[320:352] = _fe(y)
-    run(ws, bytes((1, 3, 2, 0,  0, 0, 9, 3,  0, 1, 10, 3,  0, 1, 1, 2)), 4, 1)  # Q on the
-    ws[64:96] = _ONE  # isomorphic curve where 2Q is affine: (x lam^2, y lam^3, 1)
+    # Q on the isomorphic curve where 2Q is affine: (x lam^2, y lam^3, 1)
+    run(ws, b"\x01\x03\x02\x00" b"\x00\x00\x09\x03" b"\x00\x01\x0a\x03" b"\x00\x01\x01\x02", 4, 1)
+    ws[64:96] = _ONE
     ws[288:320] = x2
     ws[320:352] = y2
     pts = bytearray(768)  # (X, Y, Z) of Q, 3Q, .., 15Q (p256._WQ = 5)
