@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 from pico_exec import pico_with
 from qemu_mps2 import Mps2
 
-from mpseal.device.guard_install import compiled_guard
+from mpseal.device.guard_install import compiled_guard, guard_rom_image
 from mpseal.device.vm import find_micropython, runtime_dir
 
 P = 0xFFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFF
@@ -477,6 +477,24 @@ def run_mps2(vectors: list[Vector]) -> str:
         return run_batches(vectors, board.exec)
 
 
+def run_mps2_rom(vectors: list[Vector]) -> str:
+    """Verdicts of the Cortex-M3 with the verifier from the guard's ROMFS image (a VfsRom over
+    its bytes in RAM): p256_thumb there is runtime/p256_thumb_rom.py, which runs the machine
+    code where it lies in the image (on a Pico: in flash). Fails unless that path was taken."""
+    with Mps2() as board:
+        board.put({"g.rom": guard_rom_image("rp2")})
+        got = board.exec(
+            "import vfs, sys\n"
+            "vfs.mount(vfs.VfsRom(open('/ram/g.rom', 'rb').read()), '/rom')\n"
+            "sys.path.insert(0, '/rom/lib')\n"
+            "import p256, p256_thumb\n"
+            "print(p256.FAST, p256_thumb.__file__, hasattr(p256_thumb, '_code'))\n"
+            "_ramfs.f.clear()"
+        )
+        assert got.strip() == "True /rom/lib/p256_thumb.mpy True", got
+        return run_batches(vectors, board.exec)
+
+
 def run_pico(vectors: list[Vector]) -> str:
     """Verdicts of the RP2040 (virtual Pico); fails unless p256 took the assembly path."""
     with pico_with(rp2_modules()) as link:
@@ -525,7 +543,13 @@ def run_batches(vectors: list[Vector], execute: Callable[[str, float], str]) -> 
 
 
 @pytest.fixture(
-    scope="module", params=["unix-vm-python-ints", "cortex-m-thumb-asm", "rp2040-thumb-asm"]
+    scope="module",
+    params=[
+        "unix-vm-python-ints",
+        "cortex-m-thumb-asm",
+        "cortex-m-thumb-in-rom",
+        "rp2040-thumb-asm",
+    ],
 )
 def outcome(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Outcome:
     seed = int(os.environ.get("MPSEAL_P256_SEED", random.SystemRandom().randrange(2**32)))
@@ -533,6 +557,8 @@ def outcome(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     vectors = make_vectors(seed)
     if request.param == "cortex-m-thumb-asm":
         device = run_mps2(vectors)
+    elif request.param == "cortex-m-thumb-in-rom":
+        device = run_mps2_rom(vectors)
     elif request.param == "rp2040-thumb-asm":
         vectors = pico_subset(vectors)
         device = run_pico(vectors)

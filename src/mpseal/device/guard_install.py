@@ -203,11 +203,84 @@ def boot_pack(files: dict[str, bytes]) -> bytes:
 
 
 def guard_rom_image(board: str) -> bytes:
-    """The ROMFS image of the guard's boot modules for ``board`` (``lib/<name>.mpy``)."""
+    """The ROMFS image of the guard's boot modules for ``board`` (``lib/<name>.mpy``).
+
+    p256_thumb goes there as runtime/p256_thumb_rom.py, which runs p256_thumb's machine
+    code in place from ``lib/p256_thumb.bin`` (an .mpy's machine code is copied onto the
+    heap at import, even from ROMFS: ~6 KB of a Pico's RAM during the boot's signature
+    check). The .bin is one byte k, k bytes of padding, the code: k puts the code at an
+    even offset of the image (the partition starts on a flash sector, so at an even
+    address too), as Thumb code must be."""
+    return _guard_rom_image(board)
+
+
+@functools.cache
+def _guard_rom_image(board: str) -> bytes:
     files = compiled_guard(board)
-    return romfs.write(
-        {f"lib/{n}.mpy": files[f"/lib/{n}.mpy"] for n in ROM_MODULES if f"/lib/{n}.mpy" in files}
-    )
+    rom = {f"lib/{n}.mpy": files[f"/lib/{n}.mpy"] for n in ROM_MODULES if f"/lib/{n}.mpy" in files}
+    if "lib/p256_thumb.mpy" in rom:
+        code = native_code(rom["lib/p256_thumb.mpy"])
+        b = get_board(board)
+        compiler = Compiler(
+            CompileOptions(b.mpy, b.arch, opt=2, source_lines=False), cache_dir=None
+        )
+        src = (runtime_dir() / "p256_thumb_rom.py").read_bytes()
+        rom["lib/p256_thumb.mpy"] = compiler.compile_all([Module("p256_thumb", src)])["p256_thumb"]
+        for k in (0, 1):
+            rom["lib/p256_thumb.bin"] = bytes((k,)) + bytes(k) + code
+            image, entries = romfs.write_with_entries(rom)
+            at = next(off for path, _, off, _ in entries if path == "lib/p256_thumb.bin")
+            if (at + 1 + k) % 2 == 0:
+                return image
+        raise FormatError("p256_thumb's code lands at an odd offset of the guard's image")
+    return romfs.write(rom)
+
+
+def native_code(mpy: bytes) -> bytes:
+    """The machine code of the one inline-assembler function of ``mpy`` (.mpy version 6, a
+    module that defines nothing else: p256_thumb)."""
+
+    def uint(i: int) -> tuple[int, int]:
+        v = 0
+        while True:
+            c = mpy[i]
+            v, i = (v << 7) | (c & 0x7F), i + 1
+            if not c & 0x80:
+                return v, i
+
+    if mpy[:2] != b"M\x06":
+        raise FormatError("not an .mpy of version 6")
+    n_qstr, i = uint(4)
+    n_obj, i = uint(i)
+    for _ in range(n_qstr):
+        v, i = uint(i)
+        if not v & 1:
+            i += (v >> 1) + 1
+    if n_obj:
+        raise FormatError("p256_thumb.mpy has constants: not one module of functions")
+    kind_len, i = uint(i)
+    if kind_len & 3 != 0 or not kind_len & 4:
+        raise FormatError("p256_thumb.mpy is not one module of functions")
+    i += kind_len >> 3  # the module's own bytecode
+    n_children, i = uint(i)
+    found = []
+    for _ in range(n_children):
+        kind_len, i = uint(i)
+        kind, size = kind_len & 3, kind_len >> 3
+        if kind_len & 4:
+            raise FormatError("p256_thumb.mpy has nested functions")
+        data, i = mpy[i : i + size], i + size
+        if kind == 3:  # MP_CODE_NATIVE_ASM: scope flags, argument count, type signature
+            for _ in range(3):
+                _, i = uint(i)
+            found.append(data)
+        elif kind == 1:  # native Python: prelude offset
+            _, i = uint(i)
+        elif kind == 2:  # viper: scope flags (and maybe more): not expected here
+            raise FormatError("p256_thumb.mpy has a viper function")
+    if len(found) != 1 or i != len(mpy):
+        raise FormatError("p256_thumb.mpy does not hold exactly one assembler function")
+    return bytes(found[0])
 
 
 def guard_region(image: bytes) -> int:
