@@ -29,6 +29,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from mpseal.device.vm import vm_env
+
 MICROPYTHON = Path(sys.executable).parent / "micropython"
 DEVICE_CLIENT = Path(__file__).parent / "device" / "tls_client.py"
 OPENSSL = shutil.which("openssl") or "openssl"
@@ -64,6 +66,7 @@ def run_device(
         capture_output=True,
         text=True,
         timeout=30,
+        env=vm_env(),
     )
     line = (proc.stdout.strip().splitlines() or [proc.stderr.strip()])[-1]
     assert line.startswith(("OK", "FAIL")), (proc.stdout, proc.stderr)

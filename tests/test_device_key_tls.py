@@ -13,7 +13,7 @@ from conftest import run_mpseal
 from cryptography import x509
 from pki_support import cli_pki, python_server, run_device
 
-from mpseal.device.vm import find_micropython, runtime_dir
+from mpseal.device.vm import find_micropython, runtime_dir, vm_env
 
 DEVICE = """
 import sys
@@ -41,6 +41,7 @@ def test_device_born_key_does_mutual_tls_with_its_issued_certificate(tmp_path: P
         capture_output=True,
         text=True,
         timeout=300,
+        env=vm_env(),
         check=False,
     )
     assert proc.returncode == 0, proc.stderr + proc.stdout

@@ -17,7 +17,7 @@ from release_support import boot_files_in_a_heap_below_the_image, release
 
 from mpseal.device.guard_install import BOOT_PACK, compiled_guard, guard_region, guard_rom_image
 from mpseal.device.sim import VirtualBoard
-from mpseal.device.vm import find_micropython, runtime_dir
+from mpseal.device.vm import find_micropython, runtime_dir, vm_env
 from mpseal.errors import FormatError
 from mpseal.formats import artifact, fileindex, romfs
 from mpseal.limits import DEFAULT_LIMITS
@@ -160,6 +160,7 @@ def run_vm(script: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=60,
+        env=vm_env(),
         cwd=tmp_path,
         check=False,
     )

@@ -18,6 +18,8 @@ import pytest
 from conftest import run_mpseal
 from pki_support import HOST, MICROPYTHON, OPENSSL, cli_pki
 
+from mpseal.device.vm import vm_env
+
 DTLS_CLIENT = Path(__file__).parent / "device" / "dtls_client.py"
 
 
@@ -87,6 +89,7 @@ def device(port: int, pki: Path, anchor: Path, hostname: str = "server.test") ->
         capture_output=True,
         text=True,
         timeout=30,
+        env=vm_env(),
     )
     return (proc.stdout.strip().splitlines() or [proc.stderr.strip()])[-1]
 

@@ -124,6 +124,7 @@ class SimLink:
                 stdout=vm_slave,
                 stderr=vm_slave,
                 cwd=vm.runtime_dir(),
+                env=vm.vm_env(),
                 close_fds=True,
                 start_new_session=True,
             )
