@@ -177,6 +177,14 @@ def test_romfs_partition_written_through_rp2_block_device(tmp_path: Path) -> Non
     assert ran in report.output
 
     with board.session() as link:
+        # The verifier the guard loads from its image runs p256_thumb's machine code where it
+        # lies in flash (runtime/p256_thumb_rom.py, the image's lib/p256_thumb.mpy), not a
+        # copy on the heap and not the Python-integer fallback.
+        got = link.exec(
+            "import p256, p256_thumb\n"
+            "print(p256.FAST, p256_thumb.__file__, hasattr(p256_thumb, '_code'))"
+        )
+        assert got.split()[-3:] == ["True", "/.mpseal-guard/lib/p256_thumb.mpy", "True"], got
         head = (
             int(
                 link.exec(
