@@ -172,10 +172,16 @@ def compiled_guard(board: str) -> dict[str, bytes]:
     return dict(_compiled_guard(board))
 
 
+def _guard_compiler(board: str) -> Compiler:
+    """mpy-cross as the guard's modules are compiled for ``board``: -O2, no line numbers."""
+    b = get_board(board)
+    return Compiler(CompileOptions(b.mpy, b.arch, opt=2, source_lines=False), cache_dir=None)
+
+
 @functools.cache
 def _compiled_guard(board: str) -> dict[str, bytes]:
     b = get_board(board)
-    compiler = Compiler(CompileOptions(b.mpy, b.arch, opt=2, source_lines=False), cache_dir=None)
+    compiler = _guard_compiler(board)
     src = runtime_dir()
     names = [n for n in GUARD_MODULES if b.arch in THUMB_ARCHS or n not in THUMB_ONLY]
     # Source name = module name (a qstr the firmware makes for the import anyway): with
@@ -220,12 +226,9 @@ def _guard_rom_image(board: str) -> bytes:
     rom = {f"lib/{n}.mpy": files[f"/lib/{n}.mpy"] for n in ROM_MODULES if f"/lib/{n}.mpy" in files}
     if "lib/p256_thumb.mpy" in rom:
         code = native_code(rom["lib/p256_thumb.mpy"])
-        b = get_board(board)
-        compiler = Compiler(
-            CompileOptions(b.mpy, b.arch, opt=2, source_lines=False), cache_dir=None
-        )
         src = (runtime_dir() / "p256_thumb_rom.py").read_bytes()
-        rom["lib/p256_thumb.mpy"] = compiler.compile_all([Module("p256_thumb", src)])["p256_thumb"]
+        out = _guard_compiler(board).compile_all([Module("p256_thumb", src)])
+        rom["lib/p256_thumb.mpy"] = out["p256_thumb"]
         for k in (0, 1):
             rom["lib/p256_thumb.bin"] = bytes((k,)) + bytes(k) + code
             image, entries = romfs.write_with_entries(rom)

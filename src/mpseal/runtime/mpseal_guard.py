@@ -512,8 +512,6 @@ def _reserve_image_buffer():
                 log("not enough RAM for a %d-byte image" % size)
 
 
-
-
 def _release_builtins():
     for name in PINNED:
         if sys.modules.get(name) is not None and not hasattr(sys.modules[name], "__file__"):
@@ -601,7 +599,6 @@ def _run_guarded(slot, r, trial):
             _state.fails += 1
         _save()
     return why
-
 
 
 def _unlock(root, names=None):

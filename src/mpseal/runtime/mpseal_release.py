@@ -357,14 +357,15 @@ def verify_file(path, root, board, min_counter, max_image, into=None, files=Fals
         rel = check_manifest(root, head, manifest, sigs, board, min_counter, max_image, files,
                              app)
         manifest = sigs = None
-        if f is None and not (files and rel.files and not rel.enc):
+        unhashed = not image and files and rel.files and not rel.enc  # (encrypted: never)
+        if f is None and not unhashed:
             f = open(path, "rb")  # closed for the check, but the image must be hashed
             f.seek(rel.offset)
         if into is not None:
             if len(into) < rel.size:
                 raise Refused("no RAM reserved for a %d-byte image" % rel.size)
             into = memoryview(into)[: rel.size]
-        if not image and files and rel.files and not rel.enc:  # (encrypted: never)
+        if unhashed:
             if keep:
                 rel.slot_file = f
                 f = None
