@@ -8,6 +8,8 @@ same way: certificate rules do not change with the transport (docs/certificates.
 
 from __future__ import annotations
 
+import os
+import select
 import subprocess
 import time
 from collections.abc import Iterator
@@ -74,6 +76,28 @@ def dtls_server(pki: Path) -> Iterator[tuple[int, subprocess.Popen[str]]]:
         proc.kill()
 
 
+def server_output(proc: subprocess.Popen[str], until: str, seconds: float = 10.0) -> str:
+    """What the server printed, read until the line ``until`` arrived (or ``seconds`` ran out).
+
+    Not ``communicate()`` alone: that closes the server's stdin, and ``s_server`` takes end
+    of input as "quit" (it prints DONE and shuts down), so on a loaded machine it could quit
+    before it read the datagram the client had already sent.
+    """
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()  # read the pipe itself: nothing may sit in a Python buffer
+    out = b""
+    deadline = time.monotonic() + seconds
+    while until.encode() not in out and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        chunk = os.read(fd, 65536) if ready else b""
+        if not chunk:
+            break
+        out += chunk
+    proc.kill()
+    proc.wait(timeout=10)
+    return (out + os.read(fd, 1 << 20)).decode(errors="replace")
+
+
 def device(port: int, pki: Path, anchor: Path, hostname: str = "server.test") -> str:
     proc = subprocess.run(
         [
@@ -97,7 +121,7 @@ def device(port: int, pki: Path, anchor: Path, hostname: str = "server.test") ->
 def test_mutual_dtls_with_the_tls_certificates(pki: Path) -> None:
     with dtls_server(pki) as (port, proc):
         line = device(port, pki, pki / "ca/root.der")
-        out = proc.communicate(timeout=10)[0]
+        out = server_output(proc, until="hello over dtls")
     assert line == "OK", (line, out)
     assert "depth=0 CN = device-1" in out and "hello over dtls" in out, out
     assert "CIPHER is ECDHE-ECDSA" in out, out
