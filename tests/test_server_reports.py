@@ -387,3 +387,36 @@ def test_report_batches_linger_for_company_unless_full() -> None:
     alone, full = asyncio.run(main())
     assert 0.35 <= alone < 2 and full < 0.2
     assert sizes == [1, 3]
+
+
+def test_report_batches_linger_only_while_reports_come_fast() -> None:
+    """With a linger rate, a report on a quiet server is stored at once; once reports came
+    at that rate for a second, they wait the linger for company again."""
+    import time
+
+    from mpseal.server.batch import WriteBatcher
+
+    sizes: list[int] = []
+
+    async def write(items: list[int]) -> int:
+        sizes.append(len(items))
+        return len(items)
+
+    async def main() -> tuple[float, float]:
+        b: WriteBatcher[int, int] = WriteBatcher(write, linger=0.4, full=100, linger_rate=20)
+        t0 = time.monotonic()
+        await b.submit(0)
+        quiet = time.monotonic() - t0
+        busy_until = time.monotonic() + 1.1
+        while time.monotonic() < busy_until:  # 50 a second, for over a second
+            await asyncio.gather(*(b.submit(i) for i in range(5)))
+            await asyncio.sleep(0.1)
+        sizes.clear()
+        t0 = time.monotonic()
+        await b.submit(1)
+        return quiet, time.monotonic() - t0
+
+    quiet, busy = asyncio.run(main())
+    assert quiet < 0.2, quiet
+    assert 0.35 <= busy < 2, busy
+    assert sizes == [1]

@@ -78,7 +78,9 @@ class WriteBatcher(Generic[T, R]):
     failed batch fails every submitter. While ``max_inflight`` batches run, new items
     gather into the next one, and a batch holds at most ``max_batch`` items. With a
     ``linger``, a batch waits up to that long from its oldest item for more, unless ``full``
-    items are already waiting: fewer, larger statements when reports trickle in.
+    items are already waiting: fewer, larger statements when reports trickle in. With
+    ``linger_rate``, it waits only while items came at least that fast in the last second
+    or more (a lone item on a quiet server goes at once: no company would come).
     """
 
     def __init__(
@@ -88,12 +90,16 @@ class WriteBatcher(Generic[T, R]):
         max_batch: int = 500,
         linger: float = 0.0,
         full: int = 32,
+        linger_rate: float = 0.0,
     ) -> None:
         self._store = store
         self._max_inflight = max_inflight
         self._max_batch = max_batch
         self._linger = linger
         self._full = min(full, max_batch)
+        self._linger_rate = linger_rate
+        self._rate = 0.0  # items per second over the last whole window (>= 1 s)
+        self._window = (0.0, 0)  # (when the current window began, items in it)
         self._timer: asyncio.TimerHandle | None = None  # a lingering flush
         self._since = 0.0  # when the oldest pending item came (loop time)
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
@@ -104,8 +110,15 @@ class WriteBatcher(Generic[T, R]):
     async def submit(self, item: T) -> R:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[R] = loop.create_future()
+        now = loop.time()
+        began, count = self._window
+        if now - began >= 1.0:
+            self._rate = count / (now - began) if began else 0.0
+            self._window = (now, 1)
+        else:
+            self._window = (began, count + 1)
         if not self._pending:
-            self._since = loop.time()  # the linger counts from the oldest waiting item
+            self._since = now  # the linger counts from the oldest waiting item
         self._pending.append((item, fut))
         if self._timer is not None and len(self._pending) >= self._full:
             self._timer.cancel()  # enough for a batch: no waiting out the linger
@@ -118,7 +131,8 @@ class WriteBatcher(Generic[T, R]):
         if not self._scheduled and self._inflight < self._max_inflight and self._pending:
             self._scheduled = True
             loop = asyncio.get_running_loop()
-            wait = self._since + self._linger - loop.time()
+            linger = self._linger if self._rate >= self._linger_rate else 0.0
+            wait = self._since + linger - loop.time()
             if wait > 0 and len(self._pending) < self._full:
                 self._timer = loop.call_later(wait, self._flush)
             else:
