@@ -41,8 +41,9 @@ def _as_postgres(cmd: list[str]) -> list[str]:
 
 
 @contextmanager
-def postgres_server() -> Iterator[str]:
-    """Yield a SQLAlchemy URL of a fresh database on a private server; stop it after."""
+def postgres_server(options: str = "") -> Iterator[str]:
+    """Yield a SQLAlchemy URL of a fresh database on a private server; stop it after.
+    ``options``: more ``-c name=value`` settings (``MPSEAL_PG_OPTIONS`` adds its own)."""
     bindir = _bindir()
     folder = Path(tempfile.mkdtemp(prefix="mpseal-pg-"))
     data = folder / "data"
@@ -68,6 +69,7 @@ def postgres_server() -> Iterator[str]:
                 "-w",
                 "-o",
                 f"-h 127.0.0.1 -p {port} -k {folder} -c fsync=off -c max_connections=200 "
+                + f" {options} "
                 + os.environ.get("MPSEAL_PG_OPTIONS", ""),
                 "start",
             ]
