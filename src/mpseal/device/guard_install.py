@@ -208,6 +208,7 @@ def boot_pack(files: dict[str, bytes]) -> bytes:
     return len(head).to_bytes(4, "little") + head + bytes(data)
 
 
+@functools.cache
 def guard_rom_image(board: str) -> bytes:
     """The ROMFS image of the guard's boot modules for ``board`` (``lib/<name>.mpy``).
 
@@ -216,13 +217,8 @@ def guard_rom_image(board: str) -> bytes:
     heap at import, even from ROMFS: ~6 KB of a Pico's RAM during the boot's signature
     check). The .bin is one byte k, k bytes of padding, the code: k puts the code at an
     even offset of the image (the partition starts on a flash sector, so at an even
-    address too), as Thumb code must be."""
-    return _guard_rom_image(board)
-
-
-@functools.cache
-def _guard_rom_image(board: str) -> bytes:
-    files = compiled_guard(board)
+    address too), as Thumb code must be. (Cached: bytes, which no caller can change.)"""
+    files = _compiled_guard(board)  # read only: no copy
     rom = {f"lib/{n}.mpy": files[f"/lib/{n}.mpy"] for n in ROM_MODULES if f"/lib/{n}.mpy" in files}
     if "lib/p256_thumb.mpy" in rom:
         code = native_code(rom["lib/p256_thumb.mpy"])
