@@ -240,12 +240,7 @@ def native_code(mpy: bytes) -> bytes:
     module that defines nothing else: p256_thumb)."""
 
     def uint(i: int) -> tuple[int, int]:
-        v = 0
-        while True:
-            c = mpy[i]
-            v, i = (v << 7) | (c & 0x7F), i + 1
-            if not c & 0x80:
-                return v, i
+        return romfs.read_uint(mpy, i, len(mpy), "p256_thumb.mpy")
 
     if mpy[:2] != b"M\x06":
         raise FormatError("not an .mpy of version 6")

@@ -32,29 +32,31 @@ class RomFile:
     offset: int = 0  # where ``data`` starts inside the image
 
 
-def _uint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+def read_uint(buf: bytes, pos: int, end: int, what: str = "ROMFS image") -> tuple[int, int]:
+    """MicroPython's variable-length unsigned integer at ``pos`` (7 bits a byte, most
+    significant first; ROMFS and .mpy files both use it): (value, position after it)."""
     value = 0
     for _ in range(_MAX_UINT_BYTES):
         if pos >= end:
-            raise FormatError("ROMFS image is truncated inside a length field")
+            raise FormatError(f"{what} is truncated inside a length field")
         b = buf[pos]
         pos += 1
         value = (value << 7) | (b & 0x7F)
         if not b & 0x80:
             return value, pos
-    raise FormatError("ROMFS length field is longer than 5 bytes")
+    raise FormatError(f"{what} has a length field longer than 5 bytes")
 
 
 def _record(buf: bytes, pos: int, end: int) -> tuple[int, int, int]:
-    kind, pos = _uint(buf, pos, end)
-    length, pos = _uint(buf, pos, end)
+    kind, pos = read_uint(buf, pos, end)
+    length, pos = read_uint(buf, pos, end)
     if length > end - pos:
         raise FormatError("ROMFS record runs past its container")
     return kind, pos, pos + length
 
 
 def _name(buf: bytes, pos: int, end: int) -> tuple[str, int]:
-    n, pos = _uint(buf, pos, end)
+    n, pos = read_uint(buf, pos, end)
     if n > end - pos or n == 0:
         raise FormatError("ROMFS entry name is empty or runs past its record")
     try:
@@ -145,7 +147,7 @@ def read(image: bytes) -> list[RomFile]:
     """List every file in ``image`` (path, contents). Raises only ``FormatError``."""
     if image[:3] != HEADER:
         raise FormatError("not a ROMFS image (wrong header bytes)")
-    length, pos = _uint(image, 3, len(image))
+    length, pos = read_uint(image, 3, len(image))
     if length > len(image) - pos:
         raise FormatError("ROMFS image is shorter than its header says")
     files: list[RomFile] = []
@@ -184,8 +186,8 @@ def _file_data(buf: bytes, pos: int, end: int) -> tuple[int, bytes]:
         if kind == KIND_VERBATIM:
             return start, bytes(buf[start:stop])
         if kind == KIND_POINTER:
-            offset, p = _uint(buf, start, stop)
-            n, _ = _uint(buf, p, stop)
+            offset, p = read_uint(buf, start, stop)
+            n, _ = read_uint(buf, p, stop)
             if offset + n > len(buf):
                 raise FormatError("ROMFS data pointer points outside the image")
             return offset, bytes(buf[offset : offset + n])
