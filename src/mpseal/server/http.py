@@ -130,17 +130,27 @@ class _Json(Response):
 
     media_type = "application/json"
 
-    def __init__(self, content: Any, status_code: int = 200) -> None:
+    def __init__(self, body: bytes, status_code: int = 200) -> None:
         self.status_code = status_code
         self.background = None
-        self.body = json.dumps(
-            content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
-        ).encode("utf-8")
+        self.body = body
         self.raw_headers = [
-            (b"content-length", b"%d" % len(self.body)),
+            (b"content-length", b"%d" % len(body)),
             (b"content-type", b"application/json"),
         ]
 
 
+def json_bytes(obj: Any) -> bytes:
+    """``obj`` as JSONResponse encodes it."""
+    return json.dumps(
+        obj, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+    ).encode("utf-8")
+
+
 def json_ok(obj: Any, status: int = 200) -> Response:
-    return _Json(obj, status)
+    return _Json(json_bytes(obj), status)
+
+
+def json_encoded(body: bytes) -> Response:
+    """A 200 answer whose JSON is already encoded (by ``json_bytes``)."""
+    return _Json(body)
