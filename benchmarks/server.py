@@ -484,6 +484,20 @@ def _cpu_times() -> tuple[int, int]:
     return sum(fields) - idle, sum(fields)
 
 
+def python_speed() -> float:
+    """Millions of steps a second of a plain Python loop on one core (the best of three):
+    the same server code costs machines of this workplace different CPU times per request
+    (docs/updates.md, run 10), so each figure is printed with its machine's speed."""
+    best = 0.0
+    for _ in range(3):
+        t0 = time.perf_counter()
+        total = 0
+        for i in range(2_000_000):
+            total += i
+        best = max(best, 2.0 / (time.perf_counter() - t0))
+    return best
+
+
 def background_busy(seconds: float = 2.0) -> float:
     """Share of this machine's CPU busy before the run (other work shares the machine)."""
     b0, t0 = _cpu_times()
@@ -658,6 +672,7 @@ def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
             ][:30_000]
             time.sleep(1.0)
             busy_before = background_busy()
+            speed = python_speed()
             base = {
                 "host": "127.0.0.1",
                 "port": port,
@@ -715,6 +730,7 @@ def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         "tls": args.tls,
         "failure_share": args.failure_share,
         "background_busy": round(busy_before, 3),
+        "python_msteps_per_s": round(speed, 1),
         "register_seconds": round(register_seconds, 1),
         "promote_seconds": round(promote_seconds, 2),
         "inventory_page_ms": round(inventory_ms, 1),
@@ -789,7 +805,8 @@ def main() -> int:
             f"{r['connections']} connections, {r['workers']} worker(s), transport "
             f"{r['tls']}; {args.seconds:g} s per phase after {WARMUP_SECONDS:g} s warm-up; "
             + (f"shared_buffers {PG_SHARED_BUFFERS}; " if r["db"] == "postgresql" else "")
-            + f"machine {r['background_busy']:.0%} busy before"
+            + f"machine {r['background_busy']:.0%} busy before, plain Python "
+            f"{r['python_msteps_per_s']} M loop steps/s a core"
         )
         print(f"  {'phase':<42}{'per s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
         rows = [
