@@ -18,7 +18,7 @@ phases, each with devices of its own:
 5. the ratio of phases 2 and 1-3 again, interleaved: one load of about twice a phase, in
    slots of 2 s without and with the failure reports in turn; checks/s of each kind of
    slot, each counted from 0.3 s into the slot. The machine's own speed drifts between
-   phases (the same checks phase read 7,257 - 8,970/s over one session), and two slots
+   phases (the same checks phase read 6,967 - 8,970/s over one session), and two slots
    2 s apart share that drift; what a report costs later than its slot (the inventory's
    last-report rows, every 5 s; vacuum) is spread over both kinds of slot;
 6. with ``--tls tls|mtls``: checks over a new TLS connection each (mtls: with a client
@@ -734,7 +734,7 @@ def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
                 ("reports", {"report_share": 1.0, "report_devices": cohort[:30_000]}),
                 # The ratio again, measured so that the machine's own drift cancels out:
                 # slots without and with failure reports in turn (SLOT_SECONDS each), in
-                # one load. Over a session the same checks phase read 7,257 - 8,970/s on
+                # one load. Over a session the same checks phase read 6,967 - 8,970/s on
                 # this workplace's slower machine, so two phases a minute apart differ by
                 # the machine alone by up to 12 %; slots two seconds apart share it.
                 (
