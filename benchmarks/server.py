@@ -736,7 +736,7 @@ def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
                 # slots without and with failure reports in turn (SLOT_SECONDS each), in
                 # one load. Over a session the same checks phase read 6,967 - 8,970/s on
                 # this workplace's slower machine, so two phases a minute apart differ by
-                # the machine alone by up to 12 %; slots two seconds apart share it.
+                # the machine alone by up to 16 %; slots two seconds apart share it.
                 (
                     "interleaved",
                     {
