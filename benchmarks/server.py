@@ -92,10 +92,11 @@ class _Client(asyncio.Protocol):
         lat: dict[str, list[float]],
         stats: dict[str, Any],
         done: asyncio.Future[None],
+        slot: float,
     ) -> None:
         self.pick, self.start, self.end = pick, start, end
         self.lat, self.stats, self.done = lat, stats, done
-        self.slot = float(stats.get("slot", 0.0))
+        self.slot = slot  # interleaved: seconds a slot; 0: one kind of load throughout
         self.buf = b""
         self.t0 = 0.0
         self.kind = ""
@@ -249,7 +250,7 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
     now = time.perf_counter()
     start, end = now + WARMUP_SECONDS, now + WARMUP_SECONDS + spec["seconds"]
     lat: dict[str, list[float]] = {}
-    stats: dict[str, Any] = {"errors": 0, "offered": 0, "slot": slot}
+    stats: dict[str, Any] = {"errors": 0, "offered": 0}
     ssl_ctx = None
     if spec.get("ca"):
         ssl_ctx = ssl.create_default_context(cafile=spec["ca"])
@@ -269,7 +270,7 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
         for _ in range(spec["connections"]):
             done: asyncio.Future[None] = loop.create_future()
             await loop.create_connection(
-                lambda d=done: _Client(pick, start, end, lat, stats, d),
+                lambda d=done: _Client(pick, start, end, lat, stats, d, slot),
                 spec["host"],
                 spec["port"],
                 ssl=ssl_ctx,
