@@ -64,10 +64,10 @@ def fill(url: str, n: int) -> dict[str, float]:
         conn.execute(
             sa.text(
                 "INSERT INTO device_status (device_id, app, version, counter, channel, "
-                "last_check_at, last_report_at, last_event) SELECT id, 'hello', "
+                "last_check_at, last_check_day, last_report_at, last_event) SELECT id, 'hello', "
                 "CASE WHEN id % 20 = 0 THEN '2.0.0' WHEN id % 4 = 0 THEN '1.1.0' ELSE '1.0.0' END,"
-                " 1, 'stable', now() - (id % 43200) * interval '1 minute', NULL, NULL "
-                "FROM devices"
+                " 1, 'stable', t, floor(extract(epoch FROM t) / 86400)::integer, NULL, NULL "
+                "FROM (SELECT id, now() - (id % 43200) * interval '1 minute' AS t FROM devices) s"
             )
         )
         conn.execute(sa.text("ANALYZE"))

@@ -581,6 +581,7 @@ def settle_inventory(url: str) -> None:
 
     from sqlalchemy import text
 
+    from mpseal.fleet.models import epoch_day
     from mpseal.fleet.registry import Registry
     from mpseal.server.config import DEFAULT_CHANNEL
 
@@ -590,9 +591,10 @@ def settle_inventory(url: str) -> None:
         conn.execute(
             text(
                 "INSERT INTO device_status (device_id, app, version, counter, channel, "
-                "last_check_at) SELECT id, 'hello', '1.0.0', 1, :ch, :at FROM devices"
+                "last_check_at, last_check_day) SELECT id, 'hello', '1.0.0', 1, :ch, :at, :day "
+                "FROM devices"
             ),
-            {"ch": DEFAULT_CHANNEL, "at": hour_ago},
+            {"ch": DEFAULT_CHANNEL, "at": hour_ago, "day": epoch_day(hour_ago)},
         )
     with reg.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         pg = reg.engine.dialect.name == "postgresql"

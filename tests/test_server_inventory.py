@@ -24,7 +24,9 @@ from server_support import (
     running_server,
 )
 
-from mpseal.fleet.models import Certificate, Device
+from mpseal.fleet.models import Certificate, Device, DeviceStatus, epoch_day
+from mpseal.fleet.registry import InventoryFilter, Registry
+from mpseal.fleet.releasestore import Checkin, ReleaseStore
 
 
 @pytest.fixture
@@ -160,3 +162,152 @@ def test_inventory_records_checkins_and_reports_and_filters(
             env={"MPSEAL_ADMIN_TOKEN": ADMIN_TOKEN},
         )
         assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1
+
+
+# -- the indexed day of the last check-in (migration 0010) ------------------------------
+
+MIDNIGHT = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def _ids(reg: Registry, hws: list[str]) -> list[int]:
+    with reg.engine.connect() as conn:
+        found = dict(conn.execute(sa.select(Device.hardware_id, Device.id)).all())
+    return [int(found[hw]) for hw in hws]
+
+
+def _seen(reg: Registry, **flt: datetime) -> set[int]:
+    return {int(str(d["id"])) for d in reg.iter_inventory(InventoryFilter(**flt))}
+
+
+def test_last_seen_filters_are_exact_across_a_day_boundary(db_url: str) -> None:
+    """The filters narrow by the indexed UTC day, then by the exact time: a check-in a
+    second before midnight and one at midnight fall on either side, as they should."""
+    fleet = register(db_url, 4)
+    reg = Registry.open(db_url)
+    store = ReleaseStore(reg)
+    try:
+        late, midnight, early, never = _ids(reg, sorted(fleet.tokens))
+        one = timedelta(seconds=1)
+        store.record_checkins(
+            [
+                Checkin(late, "hello", "1.0.0", 1, "stable", MIDNIGHT - one),
+                Checkin(midnight, "hello", "1.0.0", 1, "stable", MIDNIGHT),
+                Checkin(early, "hello", "1.0.0", 1, "stable", MIDNIGHT + one),
+            ]
+        )
+        with reg.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(DeviceStatus.device_id, DeviceStatus.last_check_day)
+            ).all()
+        assert dict(rows) == {
+            late: epoch_day(MIDNIGHT) - 1,
+            midnight: epoch_day(MIDNIGHT),
+            early: epoch_day(MIDNIGHT),
+        }
+        assert _seen(reg, seen_after=MIDNIGHT - one) == {late, midnight, early}
+        assert _seen(reg, seen_after=MIDNIGHT) == {midnight, early}
+        assert _seen(reg, seen_after=MIDNIGHT + one) == {early}
+        assert _seen(reg, seen_before=MIDNIGHT - one) == {never}
+        assert _seen(reg, seen_before=MIDNIGHT) == {late, never}
+        assert _seen(reg, seen_before=MIDNIGHT + one) == {late, midnight, never}
+        assert _seen(reg, seen_after=MIDNIGHT - one, seen_before=MIDNIGHT + one) == {
+            late,
+            midnight,
+        }
+    finally:
+        store.close()
+        reg.engine.dispose()
+
+
+def test_inventory_rows_from_before_migration_0010_get_their_day(db_url: str) -> None:
+    """A database whose inventory was written before the day column: the upgrade fills it
+    in from the exact time, and the "last seen" filters find those devices."""
+    from alembic import command
+    from alembic.config import Config
+
+    from mpseal.fleet.registry import MIGRATIONS
+
+    fleet = register(db_url, 2)
+    reg = Registry.open(db_url)
+    seen, never = _ids(reg, sorted(fleet.tokens))
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with reg.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0009")
+        conn.execute(
+            sa.text(
+                "INSERT INTO device_status (device_id, app, version, last_check_at) "
+                "VALUES (:d, 'hello', '1.0.0', :t)"
+            ),
+            {"d": seen, "t": MIDNIGHT - timedelta(minutes=1)},
+        )
+    reg.engine.dispose()
+    reg = Registry.open(db_url)  # upgrades to the newest schema
+    try:
+        with reg.engine.connect() as conn:
+            day = conn.scalar(sa.select(DeviceStatus.last_check_day))
+        assert day == epoch_day(MIDNIGHT) - 1
+        assert _seen(reg, seen_after=MIDNIGHT - timedelta(hours=1)) == {seen}
+        assert _seen(reg, seen_before=MIDNIGHT - timedelta(hours=1)) == {never}
+    finally:
+        reg.engine.dispose()
+
+
+def test_checkins_of_the_same_day_update_inventory_rows_in_place_on_postgresql(
+    pg_url: str,
+) -> None:
+    """A device's hourly check-ins change no indexed value of its inventory row (the same
+    version, the same day), and each page keeps room for the new row version: PostgreSQL
+    updates them heap-only (HOT), writing no index entries. A new version is not HOT (it
+    is indexed); the last report (not indexed) is."""
+    engine = sa.create_engine(pg_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    engine.dispose()
+    fleet = register(pg_url, 2000)
+    reg = Registry.open(pg_url)
+    ids = _ids(reg, sorted(fleet.tokens))
+    every_tenth = ids[::10]  # a few rows a page, as a flush's devices spread over a big table
+
+    def write(ids: list[int], version: str, at: datetime) -> None:
+        store = ReleaseStore(reg)
+        try:
+            store.record_checkins([Checkin(d, "hello", version, 1, "stable", at) for d in ids])
+        finally:
+            store.close()
+        reg.engine.dispose()  # a backend flushes its table statistics when it ends
+
+    def updates() -> tuple[int, int]:
+        for _ in range(50):
+            with reg.engine.connect() as conn:
+                n, hot = conn.execute(
+                    sa.text(
+                        "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables "
+                        "WHERE relname = 'device_status'"
+                    )
+                ).one()
+            reg.engine.dispose()
+            if n >= want:
+                return int(n), int(hot)
+            time.sleep(0.1)
+        raise AssertionError(f"the statistics never counted {want} updates")
+
+    try:
+        write(ids, "1.0.0", MIDNIGHT + timedelta(hours=1))  # inserted
+        want = len(every_tenth)
+        write(every_tenth, "1.0.0", MIDNIGHT + timedelta(hours=2))
+        assert updates() == (want, want)
+        want = 2 * len(every_tenth)
+        write(every_tenth, "1.1.0", MIDNIGHT + timedelta(hours=3))
+        assert updates() == (want, len(every_tenth))
+        want = 3 * len(every_tenth)
+        store = ReleaseStore(reg)
+        try:
+            store.record_report_status([(d, "rolled_back", MIDNIGHT) for d in every_tenth])
+        finally:
+            store.close()
+        reg.engine.dispose()
+        assert updates() == (want, 2 * len(every_tenth))
+    finally:
+        reg.engine.dispose()

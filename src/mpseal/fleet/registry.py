@@ -32,7 +32,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mpseal.errors import TransportError, UsageError
-from mpseal.fleet.models import Certificate, Device, DeviceStatus, Event, Secret, utcnow
+from mpseal.fleet.models import (
+    Certificate,
+    Device,
+    DeviceStatus,
+    Event,
+    Secret,
+    epoch_day,
+    utcnow,
+)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -431,11 +439,18 @@ class Registry:
             q = q.where(DeviceStatus.version == flt.version)
         if flt.event:
             q = q.where(DeviceStatus.last_event == flt.event)
+        # "last seen": by the indexed day first (migration 0010), then by the exact time
         if flt.seen_after:
-            q = q.where(DeviceStatus.last_check_at >= flt.seen_after)
+            q = q.where(
+                DeviceStatus.last_check_day >= epoch_day(flt.seen_after),
+                DeviceStatus.last_check_at >= flt.seen_after,
+            )
         if flt.seen_before:
             q = q.where(
-                (DeviceStatus.last_check_at < flt.seen_before)
+                (
+                    (DeviceStatus.last_check_day <= epoch_day(flt.seen_before))
+                    & (DeviceStatus.last_check_at < flt.seen_before)
+                )
                 | DeviceStatus.last_check_at.is_(None)
             )
         if flt.expiring_before:

@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import Executable
 
 from mpseal.errors import TransportError, UsageError
-from mpseal.fleet.models import Certificate, Device, DeviceStatus, Event, utcnow
+from mpseal.fleet.models import Certificate, Device, DeviceStatus, Event, epoch_day, utcnow
 from mpseal.fleet.registry import Registry, connect_args
 from mpseal.fleet.releases import (
     COUNT_SHARDS,
@@ -285,12 +285,14 @@ _DU = cast(Table, DeviceUpdate.__table__)
 # column cost the driver a Python loop per element.
 # (Check-in times go as Unix seconds: a datetime and its ISO text per row cost the worker
 # thread, holding the GIL, twice the rest of the row.)
+# (The day is epoch_day's, in SQL: floor(t / 86400).)
 _PG_CHECKINS = (
-    "INSERT INTO device_status (device_id, app, version, counter, channel, last_check_at) "
-    "SELECT d, a, v, c, ch, to_timestamp(t) FROM json_to_recordset(%s::json) AS v(d integer, "
-    "a text, v text, c bigint, ch text, t float8) ORDER BY 1 ON CONFLICT (device_id) DO UPDATE SET "
-    "app = excluded.app, version = excluded.version, counter = excluded.counter, "
-    "channel = excluded.channel, last_check_at = excluded.last_check_at"
+    "INSERT INTO device_status (device_id, app, version, counter, channel, last_check_at, "
+    "last_check_day) SELECT d, a, v, c, ch, to_timestamp(t), floor(t / 86400)::integer "
+    "FROM json_to_recordset(%s::json) AS v(d integer, a text, v text, c bigint, ch text, "
+    "t float8) ORDER BY 1 ON CONFLICT (device_id) DO UPDATE SET app = excluded.app, "
+    "version = excluded.version, counter = excluded.counter, channel = excluded.channel, "
+    "last_check_at = excluded.last_check_at, last_check_day = excluded.last_check_day"
 )
 _PG_REPORT_STATUS = (
     "INSERT INTO device_status (device_id, last_report_at, last_event) "
@@ -1092,7 +1094,9 @@ class ReleaseStore:
         items = sorted(checkins, key=lambda c: c.device_id)
         with self.registry.session() as s:
             s.connection().execute(
-                self._status_upsert(["app", "version", "counter", "channel", "last_check_at"]),
+                self._status_upsert(
+                    ["app", "version", "counter", "channel", "last_check_at", "last_check_day"]
+                ),
                 [
                     {
                         "device_id": c.device_id,
@@ -1101,6 +1105,7 @@ class ReleaseStore:
                         "counter": c.counter,
                         "channel": c.channel,
                         "last_check_at": c.at,
+                        "last_check_day": epoch_day(c.at),
                     }
                     for c in items
                 ],
