@@ -22,7 +22,7 @@ import uvicorn
 
 from mpseal.crypto.keys import PrivateKeySigner
 from mpseal.fleet.models import Device
-from mpseal.fleet.registry import CertRecord, Identity, Registry, token_hash
+from mpseal.fleet.registry import MIGRATIONS, CertRecord, Identity, Registry, token_hash
 from mpseal.fleet.rollout import HaltPolicy
 from mpseal.formats import artifact, trustroot
 from mpseal.formats.manifest import Manifest
@@ -112,6 +112,18 @@ class Fleet:
 
     def headers(self, hw: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.tokens[hw]}"}
+
+
+def schema_at(conn: sa.Connection, revision: str, down: bool = False) -> None:
+    """Move the registry schema on ``conn`` to ``revision`` (alembic), as an older mpseal
+    left it: a test of an upgrade writes the old rows, then opens the registry."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = conn
+    (command.downgrade if down else command.upgrade)(cfg, revision)
 
 
 def register(

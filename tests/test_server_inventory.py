@@ -22,6 +22,7 @@ from server_support import (
     make_keys,
     register,
     running_server,
+    schema_at,
 )
 
 from mpseal.fleet.models import Certificate, Device, DeviceStatus, epoch_day
@@ -222,19 +223,11 @@ def test_last_seen_filters_are_exact_across_a_day_boundary(db_url: str) -> None:
 def test_inventory_rows_from_before_migration_0010_get_their_day(db_url: str) -> None:
     """A database whose inventory was written before the day column: the upgrade fills it
     in from the exact time, and the "last seen" filters find those devices."""
-    from alembic import command
-    from alembic.config import Config
-
-    from mpseal.fleet.registry import MIGRATIONS
-
     fleet = register(db_url, 2)
     reg = Registry.open(db_url)
     seen, never = _ids(reg, sorted(fleet.tokens))
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
     with reg.engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0009")
+        schema_at(conn, "0009", down=True)
         conn.execute(
             sa.text(
                 "INSERT INTO device_status (device_id, app, version, last_check_at) "

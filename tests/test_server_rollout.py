@@ -12,7 +12,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from server_support import Keys, config_for, make_artifact, make_keys, register, running_server
+from server_support import (
+    Keys,
+    config_for,
+    make_artifact,
+    make_keys,
+    register,
+    running_server,
+    schema_at,
+)
 
 from mpseal.fleet.rollout import HaltPolicy, cohort_bucket
 from mpseal.formats.updatemeta import parse_timestamp
@@ -313,18 +321,13 @@ def test_releases_halted_before_migration_0007_keep_their_halt_and_can_be_resume
     """A database from before the halt history: the upgrade records each halted
     release's halt from the release row, and it resumes like any other."""
     import sqlalchemy as sa
-    from alembic import command
-    from alembic.config import Config
 
-    from mpseal.fleet.registry import MIGRATIONS, Registry
+    from mpseal.fleet.registry import Registry
     from mpseal.fleet.releasestore import ReleaseStore
 
     reg = Registry.open(db_url, upgrade=False)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
     with reg.engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0006")
+        schema_at(conn, "0006")
         conn.execute(
             sa.text(
                 "INSERT INTO releases (app, board, version, counter, manifest_sha256, "
