@@ -22,7 +22,13 @@ import uvicorn
 
 from mpseal.crypto.keys import PrivateKeySigner
 from mpseal.fleet.models import Device
-from mpseal.fleet.registry import MIGRATIONS, CertRecord, Identity, Registry, token_hash
+from mpseal.fleet.registry import (
+    CertRecord,
+    Identity,
+    Registry,
+    migrations_config,
+    token_hash,
+)
 from mpseal.fleet.rollout import HaltPolicy
 from mpseal.formats import artifact, trustroot
 from mpseal.formats.manifest import Manifest
@@ -118,12 +124,8 @@ def schema_at(conn: sa.Connection, revision: str, down: bool = False) -> None:
     """Move the registry schema on ``conn`` to ``revision`` (alembic), as an older mpseal
     left it: a test of an upgrade writes the old rows, then opens the registry."""
     from alembic import command
-    from alembic.config import Config
 
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.attributes["connection"] = conn
-    (command.downgrade if down else command.upgrade)(cfg, revision)
+    (command.downgrade if down else command.upgrade)(migrations_config(conn), revision)
 
 
 def register(

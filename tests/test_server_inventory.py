@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -177,7 +178,7 @@ def _ids(reg: Registry, hws: list[str]) -> list[int]:
 
 
 def _seen(reg: Registry, **flt: datetime) -> set[int]:
-    return {int(str(d["id"])) for d in reg.iter_inventory(InventoryFilter(**flt))}
+    return {int(d["id"]) for d in reg.iter_inventory(InventoryFilter(**flt))}
 
 
 def test_last_seen_filters_are_exact_across_a_day_boundary(db_url: str) -> None:
@@ -263,15 +264,22 @@ def test_checkins_of_the_same_day_update_inventory_rows_in_place_on_postgresql(
     ids = _ids(reg, sorted(fleet.tokens))
     every_tenth = ids[::10]  # a few rows a page, as a flush's devices spread over a big table
 
-    def write(ids: list[int], version: str, at: datetime) -> None:
+    def write(record: Callable[[ReleaseStore], None]) -> None:
         store = ReleaseStore(reg)
         try:
-            store.record_checkins([Checkin(d, "hello", version, 1, "stable", at) for d in ids])
+            record(store)
         finally:
             store.close()
         reg.engine.dispose()  # a backend flushes its table statistics when it ends
 
-    def updates() -> tuple[int, int]:
+    def checkins(ids: list[int], version: str, at: datetime) -> None:
+        write(
+            lambda s: s.record_checkins(
+                [Checkin(d, "hello", version, 1, "stable", at) for d in ids]
+            )
+        )
+
+    def updates(want: int) -> tuple[int, int]:
         for _ in range(50):
             with reg.engine.connect() as conn:
                 n, hot = conn.execute(
@@ -286,21 +294,14 @@ def test_checkins_of_the_same_day_update_inventory_rows_in_place_on_postgresql(
             time.sleep(0.1)
         raise AssertionError(f"the statistics never counted {want} updates")
 
+    n = len(every_tenth)
     try:
-        write(ids, "1.0.0", MIDNIGHT + timedelta(hours=1))  # inserted
-        want = len(every_tenth)
-        write(every_tenth, "1.0.0", MIDNIGHT + timedelta(hours=2))
-        assert updates() == (want, want)
-        want = 2 * len(every_tenth)
-        write(every_tenth, "1.1.0", MIDNIGHT + timedelta(hours=3))
-        assert updates() == (want, len(every_tenth))
-        want = 3 * len(every_tenth)
-        store = ReleaseStore(reg)
-        try:
-            store.record_report_status([(d, "rolled_back", MIDNIGHT) for d in every_tenth])
-        finally:
-            store.close()
-        reg.engine.dispose()
-        assert updates() == (want, 2 * len(every_tenth))
+        checkins(ids, "1.0.0", MIDNIGHT + timedelta(hours=1))  # inserted
+        checkins(every_tenth, "1.0.0", MIDNIGHT + timedelta(hours=2))
+        assert updates(n) == (n, n)
+        checkins(every_tenth, "1.1.0", MIDNIGHT + timedelta(hours=3))
+        assert updates(2 * n) == (2 * n, n)
+        write(lambda s: s.record_report_status([(d, "rolled_back", MIDNIGHT) for d in every_tenth]))
+        assert updates(3 * n) == (3 * n, 2 * n)
     finally:
         reg.engine.dispose()

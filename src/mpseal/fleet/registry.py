@@ -26,7 +26,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, delete, event, func, insert, select, update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -43,6 +43,14 @@ from mpseal.fleet.models import (
 )
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def migrations_config(conn: Connection) -> Config:
+    """Alembic's configuration for the registry's migrations, run on ``conn``."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = conn
+    return cfg
 
 
 def default_url(folder: Path) -> str:
@@ -230,14 +238,11 @@ class Registry:
         return reg
 
     def upgrade(self) -> None:
-        cfg = Config()
-        cfg.set_main_option("script_location", str(MIGRATIONS))
         try:
             with self.engine.begin() as conn:
                 if conn.dialect.name == "postgresql":  # several servers may start at once
                     conn.exec_driver_sql("SELECT pg_advisory_xact_lock(72860011)")
-                cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "head")
+                command.upgrade(migrations_config(conn), "head")
         except SQLAlchemyError as e:
             raise TransportError(f"cannot open the registry database: {_first_line(e)}") from None
 

@@ -37,7 +37,15 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import Executable
 
 from mpseal.errors import TransportError, UsageError
-from mpseal.fleet.models import Certificate, Device, DeviceStatus, Event, epoch_day, utcnow
+from mpseal.fleet.models import (
+    DAY_SECONDS,
+    Certificate,
+    Device,
+    DeviceStatus,
+    Event,
+    epoch_day,
+    utcnow,
+)
 from mpseal.fleet.registry import Registry, connect_args
 from mpseal.fleet.releases import (
     COUNT_SHARDS,
@@ -285,10 +293,10 @@ _DU = cast(Table, DeviceUpdate.__table__)
 # column cost the driver a Python loop per element.
 # (Check-in times go as Unix seconds: a datetime and its ISO text per row cost the worker
 # thread, holding the GIL, twice the rest of the row.)
-# (The day is epoch_day's, in SQL: floor(t / 86400).)
+# (The day is epoch_day's, in SQL.)
 _PG_CHECKINS = (
-    "INSERT INTO device_status (device_id, app, version, counter, channel, last_check_at, "
-    "last_check_day) SELECT d, a, v, c, ch, to_timestamp(t), floor(t / 86400)::integer "
+    "INSERT INTO device_status (device_id, app, version, counter, channel, last_check_at, "  # noqa: S608
+    f"last_check_day) SELECT d, a, v, c, ch, to_timestamp(t), floor(t / {DAY_SECONDS})::integer "
     "FROM json_to_recordset(%s::json) AS v(d integer, a text, v text, c bigint, ch text, "
     "t float8) ORDER BY 1 ON CONFLICT (device_id) DO UPDATE SET app = excluded.app, "
     "version = excluded.version, counter = excluded.counter, channel = excluded.channel, "
