@@ -1,4 +1,4 @@
-"""``mpseal serve`` run in a project folder as a user runs it: its own process, a free port."""
+"""``mpseal serve`` run as a user runs it: its own process group, a free port."""
 
 from __future__ import annotations
 
@@ -9,25 +9,30 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import httpx
 from conftest import MPSEAL
-from server_support import ADMIN_TOKEN, free_port
+from server_support import ADMIN_TOKEN, Keys, free_port
 
 
 @contextmanager
-def project_server(project: Path, *extra: str) -> Iterator[str]:
-    """``mpseal serve`` in ``project`` (its keys, its SQLite file); yields the URL."""
-    port = free_port()
+def serving(
+    *args: str, port: int, cwd: Path | None = None, log: Path | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``mpseal serve --port PORT ARGS`` in its own process group, with the admin token
+    set; yields its URL and process once /healthz answers (which needs no database), and
+    stops the whole group after. Its output goes to ``log`` if given."""
     env = {**os.environ, "MPSEAL_ADMIN_TOKEN": ADMIN_TOKEN}
     env.pop("MPSEAL_PASSPHRASE", None)
+    out: IO[bytes] | int = open(log, "wb") if log else subprocess.PIPE
     proc = subprocess.Popen(
-        [str(MPSEAL), "serve", "--port", str(port), "--cache-seconds", "0", *extra],
-        cwd=project,
+        [str(MPSEAL), "serve", "--port", str(port), *args],
+        cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stdout=out,
+        stderr=out,
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
@@ -35,7 +40,8 @@ def project_server(project: Path, *extra: str) -> Iterator[str]:
         deadline = time.monotonic() + 30
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"mpseal serve exited: {proc.stderr.read().decode()[-2000:]}")
+                said = log.read_text() if log else proc.stderr.read().decode()  # type: ignore[union-attr]
+                raise RuntimeError(f"mpseal serve exited: {said[-2000:]}")
             try:
                 if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
                     break
@@ -44,11 +50,35 @@ def project_server(project: Path, *extra: str) -> Iterator[str]:
             if time.monotonic() > deadline:
                 raise RuntimeError("mpseal serve did not start")
             time.sleep(0.1)
-        yield url
+        yield url, proc
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if not isinstance(out, int):
+            out.close()
+
+
+def store_args(db_url: str, keys: Keys, artifacts: Path) -> list[str]:
+    """The options of a server on ``db_url`` with the test keys and an artifacts folder."""
+    return [
+        "--db",
+        db_url,
+        "--roots",
+        str(keys.roots_dir),
+        "--timestamp-key",
+        str(keys.folder / "timestamp.pem"),
+        "--artifacts",
+        str(artifacts),
+    ]
+
+
+@contextmanager
+def project_server(project: Path, *extra: str) -> Iterator[str]:
+    """``mpseal serve`` in ``project`` (its keys, its SQLite file); yields the URL."""
+    with serving("--cache-seconds", "0", *extra, port=free_port(), cwd=project) as (url, _):
+        yield url

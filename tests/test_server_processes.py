@@ -8,9 +8,6 @@ when both re-sign at the same time.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import MPSEAL, run_mpseal
+from conftest import run_mpseal
+from serve_support import serving, store_args
 from server_support import ADMIN_TOKEN, Keys, free_port, make_artifact, make_keys, register
 
 from mpseal.formats.updatemeta import parse_timestamp
@@ -34,52 +32,9 @@ def keys(tmp_path: Path) -> Keys:
 @contextmanager
 def serve(db_url: str, keys: Keys, artifacts: Path, *extra: str) -> Iterator[str]:
     """``mpseal serve`` in its own process; yields its URL, stops it after."""
-    port = free_port()
-    env = {**os.environ, "MPSEAL_ADMIN_TOKEN": ADMIN_TOKEN}
-    proc = subprocess.Popen(
-        [
-            str(MPSEAL),
-            "serve",
-            "--db",
-            db_url,
-            "--port",
-            str(port),
-            "--roots",
-            str(keys.roots_dir),
-            "--timestamp-key",
-            str(keys.folder / "timestamp.pem"),
-            "--artifacts",
-            str(artifacts),
-            *(extra or ("--cache-seconds", "0")),
-        ],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"mpseal serve exited: {proc.stderr.read().decode()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("mpseal serve did not start")
-            time.sleep(0.1)
+    args = (*store_args(db_url, keys, artifacts), *(extra or ("--cache-seconds", "0")))
+    with serving(*args, port=free_port()) as (url, _):
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def cli(*args: str) -> dict | list:

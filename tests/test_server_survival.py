@@ -20,9 +20,9 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
-from conftest import MPSEAL
 from postgres import PostgresServer
-from server_support import ADMIN_TOKEN, Keys, free_port, make_keys, register
+from serve_support import serving, store_args
+from server_support import Keys, free_port, make_keys, register
 
 from mpseal.fleet.models import Device, Event
 
@@ -47,56 +47,13 @@ def check_body(hw: str) -> dict[str, object]:
 def serve(
     db_url: str, keys: Keys, folder: Path, *extra: str, port: int | None = None
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """``mpseal serve`` in its own process group; waits for /healthz (not the database)."""
+    """``mpseal serve`` in its own process group, its output in a log file of ``folder``;
+    waits for /healthz (not the database)."""
     port = port or free_port()
-    env = {**os.environ, "MPSEAL_ADMIN_TOKEN": ADMIN_TOKEN}
-    log = open(folder / f"serve-{port}-{time.monotonic_ns()}.log", "wb")
-    proc = subprocess.Popen(
-        [
-            str(MPSEAL),
-            "serve",
-            "--db",
-            db_url,
-            "--port",
-            str(port),
-            "--roots",
-            str(keys.roots_dir),
-            "--timestamp-key",
-            str(keys.folder / "timestamp.pem"),
-            "--artifacts",
-            str(folder / "artifacts"),
-            "--cache-seconds",
-            "0.5",
-            *extra,
-        ],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=log,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, Path(log.name).read_text()[-2000:]
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "mpseal serve did not start"
-            time.sleep(0.1)
-        yield url, proc
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        log.close()
+    args = (*store_args(db_url, keys, folder / "artifacts"), "--cache-seconds", "0.5", *extra)
+    log = folder / f"serve-{port}-{time.monotonic_ns()}.log"
+    with serving(*args, port=port, log=log) as served:
+        yield served
 
 
 def wait_for(pred, seconds: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
