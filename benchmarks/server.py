@@ -50,7 +50,6 @@ import asyncio
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -381,7 +380,7 @@ def _server(
     tls: dict[str, Path] | None,
 ) -> Iterator[int]:
     import httpx
-    from server_support import ADMIN_TOKEN
+    from server_support import ADMIN_TOKEN, stop_group
 
     env = {**os.environ, "MPSEAL_ADMIN_TOKEN": ADMIN_TOKEN}
     log = stack.enter_context(open(folder / "server.log", "wb"))
@@ -441,13 +440,7 @@ def _server(
         time.sleep(1.0 if args.workers > 1 else 0)  # let every worker come up
         yield proc.pid
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_group(proc, 20)
 
 
 def _cpu_by_role(server_pid: int) -> dict[tuple[str, int], float]:

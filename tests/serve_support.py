@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ from typing import IO
 
 import httpx
 from conftest import MPSEAL
-from server_support import ADMIN_TOKEN, Keys, free_port
+from server_support import ADMIN_TOKEN, Keys, free_port, stop_group
 
 
 @contextmanager
@@ -52,13 +51,7 @@ def serving(
             time.sleep(0.1)
         yield url, proc
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_group(proc)
         if not isinstance(out, int):
             out.close()
 
