@@ -22,7 +22,13 @@ phases, each with devices of its own:
    2 s apart share that drift; what a report costs later than its slot (the inventory's
    last-report rows, every 5 s; vacuum) is spread over both kinds of slot;
 6. with ``--tls tls|mtls``: checks over a new TLS connection each (mtls: with a client
-   certificate), the cost of a handshake per request.
+   certificate), the cost of a handshake per request;
+7. the HTTP floor, once the update server stopped: the same checks against
+   benchmarks/asgi_floor.py, an ASGI app served the same way (uvicorn, uvloop, the
+   server's protocol and limits, the same workers) that answers a check's bytes at once,
+   then one that first spends ``--floor-burn-us`` (100) of CPU a request. What this
+   machine's server stack and load generator allow, in the same run: the check path's
+   rate read against it is a figure of the code, not of the machine.
 
 The load generator is a separate process speaking raw HTTP/1.1 (asyncio + uvloop, no HTTP
 library on the hot path). wrk (C, its Lua drawing each request) was tried in its place: 22 -
@@ -39,7 +45,7 @@ times per request.
 
 Run: .venv/bin/python benchmarks/server.py [--db postgresql|sqlite|both] [--devices 1000000]
      [--failure-share 0.05] [--inventory settled|empty] [--tls none|tls|mtls] [--workers 2] [--connections 128]
-     [--seconds 15] [--cache-seconds 1] [--json] [--strict]
+     [--seconds 15] [--cache-seconds 1] [--floor-burn-us 100] [--json] [--strict]
 Exit status: 0 when measured (--strict: 1 if a goal is missed), 2 if the benchmark fails.
 """
 
@@ -73,6 +79,10 @@ WARMUP_SECONDS = 3.0
 # in its steady state.
 SLOT_SECONDS = 2.0
 GUARD_SECONDS = 0.3
+# The HTTP floor (benchmarks/asgi_floor.py): the same load on the same server stack with an
+# app that answers at once, then one that spends this much CPU a request first.
+FLOOR_BURN_US = 100.0
+FLOOR_SECONDS = 8.0
 PG_SHARED_BUFFERS = "2GB"
 
 
@@ -379,7 +389,6 @@ def _server(
     args: argparse.Namespace,
     tls: dict[str, Path] | None,
 ) -> Iterator[int]:
-    import httpx
     from server_support import ADMIN_TOKEN, stop_group
 
     env = {**os.environ, "MPSEAL_ADMIN_TOKEN": ADMIN_TOKEN}
@@ -420,27 +429,52 @@ def _server(
     scheme = "https" if tls else "http"
     verify: Any = str(tls["ca"]) if tls else True
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError((folder / "server.log").read_text()[-2000:])
-            try:
-                if (
-                    httpx.get(
-                        f"{scheme}://127.0.0.1:{port}/readyz", timeout=1, verify=verify
-                    ).status_code
-                    == 200
-                ):
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.2)
+        _wait_ready(proc, f"{scheme}://127.0.0.1:{port}/readyz", verify, folder / "server.log")
         time.sleep(1.0 if args.workers > 1 else 0)  # let every worker come up
         yield proc.pid
     finally:
         stop_group(proc, 20)
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], url: str, verify: Any, log: Path) -> None:
+    import httpx
+
+    deadline = time.monotonic() + 120
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(log.read_text()[-2000:])
+        try:
+            if httpx.get(url, timeout=1, verify=verify).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("the server did not start")
+        time.sleep(0.2)
+
+
+@contextmanager
+def floor_server(folder: Path, port: int, workers: int, burn_us: float) -> Iterator[int]:
+    """benchmarks/asgi_floor.py served as the update server is (same protocol, limits and
+    workers), spending ``burn_us`` of CPU a request."""
+    from server_support import stop_group
+
+    env = {**os.environ, "MPSEAL_BENCH_BURN_US": str(burn_us)}
+    with open(folder / "floor.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(HERE / "asgi_floor.py"), str(port), str(workers)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
+        )
+        try:
+            _wait_ready(proc, f"http://127.0.0.1:{port}/", True, folder / "floor.log")
+            time.sleep(1.0 if workers > 1 else 0)
+            yield proc.pid
+        finally:
+            stop_group(proc, 20)
 
 
 def _cpu_by_role(server_pid: int) -> dict[tuple[str, int], float]:
@@ -769,6 +803,18 @@ def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
                 spec.write_text(json.dumps({**base, **over}))
                 results[name] = _phase(spec, server_pid, float(over.get("seconds", args.seconds)))
             counts = admin.get(f"/v1/admin/releases/{rel['id']}").json()["release"]["counts"]
+        # The floor, once the update server is gone (the database idles): the same load on
+        # an app that costs nothing, then FLOOR_BURN_US of CPU, a request.
+        floor: dict[str, Any] = {}
+        for burn in sorted({0.0, args.floor_burn_us}):
+            port = free_port()
+            with floor_server(folder, port, args.workers, burn) as floor_pid:
+                spec = folder / "load.json"
+                seconds = min(args.seconds, FLOOR_SECONDS)
+                spec.write_text(
+                    json.dumps({**base, "port": port, "seconds": seconds, "report_share": 0.0})
+                )
+                floor[f"{burn:g}"] = _phase(spec, floor_pid, seconds)
     return {
         "db": kind,
         "devices": args.devices,
@@ -783,6 +829,7 @@ def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         "inventory_page_ms": round(inventory_ms, 1),
         "release_counts": counts,
         "phases": results,
+        "floor": floor,
     }
 
 
@@ -814,6 +861,13 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--cache-seconds", type=float, default=1.0)
+    ap.add_argument(
+        "--floor-burn-us",
+        type=float,
+        default=FLOOR_BURN_US,
+        help="The HTTP floor's second app spends this much CPU a request (0: only the "
+        "first, which answers at once).",
+    )
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--strict", action="store_true")
     ap.add_argument("--loadgen", help=argparse.SUPPRESS)
@@ -910,6 +964,18 @@ def main() -> int:
                     f"{per['database']:.0f} us (background {per.get('db_background', 0):.0f}), "
                     f"load generator {per['load']:.0f} us (other work: {other:.0%} of the machine)"
                 )
+        print(
+            "  HTTP floor (benchmarks/asgi_floor.py: the same server stack, workers and load; "
+            "no update server):"
+        )
+        for burn, whole in r["floor"].items():
+            m = whole["check"]
+            server_us = whole["cpu"]["server"] / whole["cpu_seconds"] / m["rate"] * 1e6
+            what = "answering at once" if burn == "0" else f"spending {burn} us of CPU a request"
+            print(
+                f"    an app {what}: {m['rate']:,.0f}/s, p99 {m['p99_ms']:.1f} ms, server "
+                f"{server_us:.0f} us a request; keep-alive checks are {plain['rate'] / m['rate']:.0%} of it"
+            )
         print(
             f"  checks with {args.failure_share:.0%} failure reports / without: interleaved "
             f"slots {ratio:.0%} (goal >= {GOAL_MIXED_RATIO:.0%}); phases (against the mean of "
