@@ -136,3 +136,27 @@ def test_batcher_passes_errors_to_every_waiter() -> None:
             await b.get(3)
 
     asyncio.run(go())
+
+
+def test_batcher_cancelled_caller_leaves_the_shared_lookup_to_the_others() -> None:
+    async def go() -> None:
+        release = asyncio.Event()
+        batches: list[list[Hashable]] = []
+
+        async def load(keys: list[Hashable]) -> dict[Hashable, str]:
+            batches.append(keys)
+            await release.wait()
+            return {k: f"v{k}" for k in keys}
+
+        b: Batcher[str] = Batcher(load, max_inflight=1)
+        gone = asyncio.ensure_future(b.get("k"))
+        stays = asyncio.ensure_future(b.get("k"))
+        while not batches:
+            await asyncio.sleep(0)
+        gone.cancel()
+        release.set()
+        assert await stays == "vk"
+        assert gone.cancelled() and batches == [["k"]]  # one lookup for both callers
+        assert await b.get("k") == "vk"  # and the key is asked again afterwards
+
+    asyncio.run(go())

@@ -27,6 +27,7 @@ from mpseal.errors import TransportError
 from mpseal.fleet.registry import Registry
 from mpseal.fleet.releases import FAILED_EVENTS
 from mpseal.fleet.releasestore import (
+    DeviceRow,
     PolicyOverrides,
     ReleaseStore,
     Report,
@@ -61,12 +62,6 @@ INVENTORY_CHUNK = 1000
 # failures must be able to halt it again without waiting for a maintenance round.
 HALTED_RECHECK_SECONDS = 5.0
 T = TypeVar("T")
-# A cached device (DeviceView's fields, its failed releases as a tuple): a tuple of strings
-# and ints leaves the garbage collector's lists at the first collection it survives, where
-# a DeviceView (and its frozenset) stays in them. With the device cache refilled at every
-# check, DeviceViews made each gen-1 collection traverse tens of thousands more objects
-# (76-110 ms pauses, in the checks' p99); the view is built again on each use (~1 us).
-PackedDevice = tuple[int, str, str, tuple[int, ...], str]
 _NONE: frozenset[int] = frozenset()
 
 
@@ -90,10 +85,10 @@ class UpdateServer:
         n = config.limits.cache_entries_max
         ttl = config.cache_seconds
         stale = (TransportError,)
-        self.devices: TtlCache[PackedDevice | None] = TtlCache(ttl, n, stale_on=stale)
+        self.devices: TtlCache[DeviceRow | None] = TtlCache(ttl, n, stale_on=stale)
         # One lookup in flight per process: the checks arriving meanwhile gather into the
         # next one (larger batches: less cost per check in this process and the database).
-        self._device_batches: Batcher[PackedDevice] = Batcher(self._load_devices, max_inflight=1)
+        self._device_batches: Batcher[DeviceRow] = Batcher(self._load_devices, max_inflight=1)
         self.releases: TtlCache[list[ReleaseView]] = TtlCache(ttl, n, stale_on=stale)
         self.current_ts: TtlCache[CurrentTimestamp | None] = TtlCache(ttl, 1024, stale_on=stale)
         self._reports: WriteBatcher[Report, dict[int, tuple[ReleaseStats, PolicyOverrides]]] = (
@@ -167,15 +162,12 @@ class UpdateServer:
         dev_id, hardware_id, group, failed, board = found
         return DeviceView(dev_id, hardware_id, group, frozenset(failed) if failed else _NONE, board)
 
-    async def _load_devices(self, keys: list[Hashable]) -> dict[Hashable, PackedDevice]:
+    async def _load_devices(self, keys: list[Hashable]) -> dict[tuple[str, str], DeviceRow]:
         pairs = [key for key in keys if isinstance(key, tuple)]
         tokens = [str(v) for k, v in pairs if k == "token"]
         fingerprints = [str(v) for k, v in pairs if k == "cert"]
-        found = await self.run(partial(self.store.devices, tokens, fingerprints))
-        return {
-            key: (v.id, v.hardware_id, v.group, tuple(sorted(v.failed)), v.board)
-            for key, v in found.items()
-        }
+        # cached as the store makes them (DeviceRow): the view is built on each use (~1 us)
+        return await self.run(partial(self.store.device_rows, tokens, fingerprints))
 
     async def channel_releases(self, channel: str, app: str, board: str) -> list[ReleaseView]:
         """The channel's releases for this app ("": every app) and board, cached."""
