@@ -389,7 +389,7 @@ def _server(
     args: argparse.Namespace,
     tls: dict[str, Path] | None,
 ) -> Iterator[int]:
-    from server_support import ADMIN_TOKEN, stop_group
+    from server_support import ADMIN_TOKEN, stop_group, wait_ready
 
     env = {**os.environ, "MPSEAL_ADMIN_TOKEN": ADMIN_TOKEN}
     log = stack.enter_context(open(folder / "server.log", "wb"))
@@ -429,35 +429,19 @@ def _server(
     scheme = "https" if tls else "http"
     verify: Any = str(tls["ca"]) if tls else True
     try:
-        _wait_ready(proc, f"{scheme}://127.0.0.1:{port}/readyz", verify, folder / "server.log")
+        url = f"{scheme}://127.0.0.1:{port}/readyz"
+        wait_ready(proc, url, (folder / "server.log").read_text, 120, verify)
         time.sleep(1.0 if args.workers > 1 else 0)  # let every worker come up
         yield proc.pid
     finally:
         stop_group(proc, 20)
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], url: str, verify: Any, log: Path) -> None:
-    import httpx
-
-    deadline = time.monotonic() + 120
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(log.read_text()[-2000:])
-        try:
-            if httpx.get(url, timeout=1, verify=verify).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError("the server did not start")
-        time.sleep(0.2)
-
-
 @contextmanager
 def floor_server(folder: Path, port: int, workers: int, burn_us: float) -> Iterator[int]:
     """benchmarks/asgi_floor.py served as the update server is (same protocol, limits and
     workers), spending ``burn_us`` of CPU a request."""
-    from server_support import stop_group
+    from server_support import stop_group, wait_ready
 
     env = {**os.environ, "MPSEAL_BENCH_BURN_US": str(burn_us)}
     with open(folder / "floor.log", "wb") as log:
@@ -470,7 +454,7 @@ def floor_server(folder: Path, port: int, workers: int, burn_us: float) -> Itera
             start_new_session=True,
         )
         try:
-            _wait_ready(proc, f"http://127.0.0.1:{port}/", True, folder / "floor.log")
+            wait_ready(proc, f"http://127.0.0.1:{port}/", (folder / "floor.log").read_text, 120)
             time.sleep(1.0 if workers > 1 else 0)
             yield proc.pid
         finally:

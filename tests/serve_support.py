@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-import httpx
 from conftest import MPSEAL
-from server_support import ADMIN_TOKEN, Keys, free_port, stop_group
+from server_support import ADMIN_TOKEN, Keys, free_port, stop_group, wait_ready
 
 
 @contextmanager
@@ -35,20 +33,12 @@ def serving(
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
+
+    def said() -> str:
+        return log.read_text() if log else proc.stderr.read().decode()  # type: ignore[union-attr]
+
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                said = log.read_text() if log else proc.stderr.read().decode()  # type: ignore[union-attr]
-                raise RuntimeError(f"mpseal serve exited: {said[-2000:]}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("mpseal serve did not start")
-            time.sleep(0.1)
+        wait_ready(proc, f"{url}/healthz", said, what="mpseal serve")
         yield url, proc
     finally:
         stop_group(proc)

@@ -62,6 +62,30 @@ def stop_group(proc: subprocess.Popen[Any], seconds: float = 15) -> None:
         proc.wait()
 
 
+def wait_ready(
+    proc: subprocess.Popen[Any],
+    url: str,
+    said: Callable[[], str],
+    seconds: float = 30,
+    verify: Any = True,
+    what: str = "the server",
+) -> None:
+    """Poll ``url`` until it answers 200. A RuntimeError if ``proc`` exits first (with the
+    end of what it ``said``) or after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited: {said()[-2000:]}")
+        try:
+            if httpx.get(url, timeout=1, verify=verify).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start")
+        time.sleep(0.1)
+
+
 @dataclass
 class Keys:
     root: PrivateKeySigner
