@@ -23,23 +23,19 @@ class Batcher(Generic[V]):
     def __init__(self, load: Loader[V], max_inflight: int = 2) -> None:
         self._load = load
         self._max_inflight = max_inflight
-        # key -> a future per caller waiting for it: a cancelled caller cancels only its
-        # own (the lookup other callers share goes on), with no shield per lookup (two
-        # more futures and a loop callback: ~3 us of the event loop's CPU a check)
-        self._pending: dict[Hashable, list[asyncio.Future[V | None]]] = {}
+        self._pending: dict[Hashable, asyncio.Future[V | None]] = {}
         self._scheduled = False
         self._inflight = 0
         self._tasks: set[asyncio.Task[None]] = set()  # held: the loop keeps only weak refs
 
     async def get(self, key: Hashable) -> V | None:
-        fut: asyncio.Future[V | None] = asyncio.get_running_loop().create_future()
-        waiting = self._pending.get(key)
-        if waiting is None:
-            self._pending[key] = [fut]
+        fut = self._pending.get(key)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            self._pending[key] = fut
             self._schedule()
-        else:
-            waiting.append(fut)
-        return await fut
+        # A cancelled caller must not cancel the lookup other callers share.
+        return await asyncio.shield(fut)
 
     def _schedule(self) -> None:
         if not self._scheduled and self._inflight < self._max_inflight and self._pending:
@@ -55,23 +51,20 @@ class Batcher(Generic[V]):
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, batch: dict[Hashable, list[asyncio.Future[V | None]]]) -> None:
+    async def _run(self, batch: dict[Hashable, asyncio.Future[V | None]]) -> None:
         try:
             found = await self._load(list(batch))
         except BaseException as e:
-            for waiting in batch.values():
-                for fut in waiting:
-                    if not fut.done():
-                        fut.set_exception(e)
-                        fut.exception()  # retrieved: no warning if its waiter went away
+            for fut in batch.values():
+                if not fut.done():
+                    fut.set_exception(e)
+                    fut.exception()  # retrieved: no warning if every waiter went away
             if not isinstance(e, Exception):
                 raise
         else:
-            for key, waiting in batch.items():
-                value = found.get(key)
-                for fut in waiting:
-                    if not fut.done():  # a cancelled caller's
-                        fut.set_result(value)
+            for key, fut in batch.items():
+                if not fut.done():
+                    fut.set_result(found.get(key))
         finally:
             self._inflight -= 1
             self._schedule()
