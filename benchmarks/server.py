@@ -23,7 +23,7 @@ phases, each with devices of its own:
    last-report rows, every 5 s; vacuum) is spread over both kinds of slot;
 6. with ``--tls tls|mtls``: checks over a new TLS connection each (mtls: with a client
    certificate), the cost of a handshake per request;
-7. the HTTP floor, once the update server stopped: the same checks against
+7. the HTTP floor, once the update server stopped: the same checks (plain HTTP) against
    benchmarks/asgi_floor.py, an ASGI app served the same way (uvicorn, uvloop, the
    server's protocol and limits, the same workers) that answers a check's bytes at once,
    then one that first spends ``--floor-burn-us`` (100) of CPU a request. What this
@@ -795,8 +795,10 @@ def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
             with floor_server(folder, port, args.workers, burn) as floor_pid:
                 spec = folder / "load.json"
                 seconds = min(args.seconds, FLOOR_SECONDS)
-                spec.write_text(
-                    json.dumps({**base, "port": port, "seconds": seconds, "report_share": 0.0})
+                spec.write_text(  # plain HTTP, whatever --tls says
+                    json.dumps(
+                        {**base, "port": port, "seconds": seconds, "report_share": 0.0, "ca": None}
+                    )
                 )
                 floor[f"{burn:g}"] = _phase(spec, floor_pid, seconds)
     return {
@@ -950,15 +952,20 @@ def main() -> int:
                 )
         print(
             "  HTTP floor (benchmarks/asgi_floor.py: the same server stack, workers and load; "
-            "no update server):"
+            "no update server; plain HTTP):"
         )
         for burn, whole in r["floor"].items():
             m = whole["check"]
             server_us = whole["cpu"]["server"] / whole["cpu_seconds"] / m["rate"] * 1e6
             what = "answering at once" if burn == "0" else f"spending {burn} us of CPU a request"
+            share = (  # the keep-alive checks went over TLS: not the same load
+                f"; keep-alive checks are {plain['rate'] / m['rate']:.0%} of it"
+                if r["tls"] == "none"
+                else ""
+            )
             print(
                 f"    an app {what}: {m['rate']:,.0f}/s, p99 {m['p99_ms']:.1f} ms, server "
-                f"{server_us:.0f} us a request; keep-alive checks are {plain['rate'] / m['rate']:.0%} of it"
+                f"{server_us:.0f} us a request{share}"
             )
         print(
             f"  checks with {args.failure_share:.0%} failure reports / without: interleaved "
