@@ -61,7 +61,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -376,86 +376,73 @@ def server(
     args: argparse.Namespace,
     tls: dict[str, Path] | None,
 ) -> Iterator[int]:
-    with ExitStack() as stack:
-        yield from _server(stack, url, keys, folder, port, args, tls)
+    """``mpseal serve`` on the database ``url``; yields its pid once it is ready."""
+    from server_support import ADMIN_TOKEN
 
-
-def _server(
-    stack: ExitStack,
-    url: str,
-    keys: Any,
-    folder: Path,
-    port: int,
-    args: argparse.Namespace,
-    tls: dict[str, Path] | None,
-) -> Iterator[int]:
-    from server_support import ADMIN_TOKEN, stop_group, wait_ready
-
-    env = {**os.environ, "MPSEAL_ADMIN_TOKEN": ADMIN_TOKEN}
-    log = stack.enter_context(open(folder / "server.log", "wb"))
     extra: list[str] = []
     if tls:
         extra = ["--tls-cert", str(tls["cert"]), "--tls-key", str(tls["key"])]
         if args.tls == "mtls":
             extra += ["--client-ca", str(tls["client_ca"])]
-    proc = subprocess.Popen(
-        [
-            str(MPSEAL),
-            "serve",
-            "--db",
-            url,
-            "--port",
-            str(port),
-            "--workers",
-            str(args.workers),
-            "--roots",
-            str(keys.roots_dir),
-            "--timestamp-key",
-            str(keys.folder / "timestamp.pem"),
-            "--artifacts",
-            str(folder / "artifacts"),
-            "--cache-seconds",
-            str(args.cache_seconds),
-            "--max-connections",
-            "4096",
-            *extra,
-        ],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-        start_new_session=True,
-    )
-    scheme = "https" if tls else "http"
+    argv = [
+        str(MPSEAL),
+        "serve",
+        "--db",
+        url,
+        "--port",
+        str(port),
+        "--workers",
+        str(args.workers),
+        "--roots",
+        str(keys.roots_dir),
+        "--timestamp-key",
+        str(keys.folder / "timestamp.pem"),
+        "--artifacts",
+        str(folder / "artifacts"),
+        "--cache-seconds",
+        str(args.cache_seconds),
+        "--max-connections",
+        "4096",
+        *extra,
+    ]
+    ready = f"{'https' if tls else 'http'}://127.0.0.1:{port}/readyz"
+    env = {"MPSEAL_ADMIN_TOKEN": ADMIN_TOKEN}
     verify: Any = str(tls["ca"]) if tls else True
-    try:
-        url = f"{scheme}://127.0.0.1:{port}/readyz"
-        wait_ready(proc, url, (folder / "server.log").read_text, 120, verify)
-        time.sleep(1.0 if args.workers > 1 else 0)  # let every worker come up
-        yield proc.pid
-    finally:
-        stop_group(proc, 20)
+    with _process(argv, env, folder / "server.log", ready, args.workers, verify) as pid:
+        yield pid
 
 
 @contextmanager
 def floor_server(folder: Path, port: int, workers: int, burn_us: float) -> Iterator[int]:
     """benchmarks/asgi_floor.py served as the update server is (same protocol, limits and
     workers), spending ``burn_us`` of CPU a request."""
+    argv = [sys.executable, str(HERE / "asgi_floor.py"), str(port), str(workers)]
+    env = {"MPSEAL_BENCH_BURN_US": str(burn_us)}
+    with _process(argv, env, folder / "floor.log", f"http://127.0.0.1:{port}/", workers) as pid:
+        yield pid
+
+
+@contextmanager
+def _process(
+    argv: list[str], env: dict[str, str], log: Path, ready: str, workers: int, verify: Any = True
+) -> Iterator[int]:
+    """``argv`` in its own session (``env`` added to ours, its errors in ``log``); yields its
+    pid once ``ready`` answers 200 and every worker had a moment to come up; stops its whole
+    process group after."""
     from server_support import stop_group, wait_ready
 
-    env = {**os.environ, "MPSEAL_BENCH_BURN_US": str(burn_us)}
-    with open(folder / "floor.log", "wb") as log:
+    with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, str(HERE / "asgi_floor.py"), str(port), str(workers)],
-            env=env,
+            argv,
+            env={**os.environ, **env},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
-            stderr=log,
+            stderr=out,
             start_new_session=True,
         )
         try:
-            wait_ready(proc, f"http://127.0.0.1:{port}/", (folder / "floor.log").read_text, 120)
-            time.sleep(1.0 if workers > 1 else 0)
+            wait_ready(proc, ready, log.read_text, 120, verify)
+            time.sleep(1.0 if workers > 1 else 0)  # let every worker come up
             yield proc.pid
         finally:
             stop_group(proc, 20)

@@ -833,7 +833,7 @@ class ReleaseStore:
     ) -> dict[tuple[str, str], DeviceRow]:
         """``devices`` as flat tuples (id, hardware_id, group, failed release ids sorted,
         board): what the server caches, made here without a DeviceView per device."""
-        found: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
+        found: dict[tuple[str, str], list[Sequence[Any]]] = {}  # the driver's rows
         now = utcnow()
         if self.registry.engine.dialect.name == "postgresql":
             # one statement per 500 keys of a kind, rows as tuples (key, id, hardware_id,
@@ -852,11 +852,11 @@ class ReleaseStore:
             with self._reading() as conn:
                 for chunk in _chunks(list(token_hashes), 500):
                     for row in conn.execute(_BY_TOKEN, {"keys": chunk}):
-                        found.setdefault(("token", str(row[0])), []).append(tuple(row))
+                        found.setdefault(("token", str(row[0])), []).append(row)
                 for chunk in _chunks([f.lower() for f in fingerprints], 500):
                     for cert_row in conn.execute(_BY_FINGERPRINT, {"keys": chunk}):
                         if _aware(cert_row.not_after) >= now:
-                            found.setdefault(("cert", str(cert_row[0])), []).append(tuple(cert_row))
+                            found.setdefault(("cert", str(cert_row[0])), []).append(cert_row)
         return {
             key: (
                 rows[0][1],
