@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,10 +20,12 @@ def serving(
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``mpseal serve --port PORT ARGS`` in its own process group, with the admin token
     set; yields its URL and process once /healthz answers (which needs no database), and
-    stops the whole group after. Its output goes to ``log`` if given."""
+    stops the whole group after. Its output goes to ``log`` if given, else to an unnamed
+    temporary file (never an unread pipe: a server that logs more than a pipe holds would
+    block on its next line)."""
     env = {**os.environ, "MPSEAL_ADMIN_TOKEN": ADMIN_TOKEN}
     env.pop("MPSEAL_PASSPHRASE", None)
-    out: IO[bytes] | int = open(log, "wb") if log else subprocess.PIPE
+    out: IO[bytes] = open(log, "w+b") if log else tempfile.TemporaryFile()
     proc = subprocess.Popen(
         [str(MPSEAL), "serve", "--port", str(port), *args],
         cwd=cwd,
@@ -34,16 +37,16 @@ def serving(
     )
     url = f"http://127.0.0.1:{port}"
 
-    def said() -> str:
-        return log.read_text() if log else proc.stderr.read().decode()  # type: ignore[union-attr]
+    def said() -> str:  # read at offsets: the server writes through the same file offset
+        fd = out.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
 
     try:
         wait_ready(proc, f"{url}/healthz", said, what="mpseal serve")
         yield url, proc
     finally:
         stop_group(proc)
-        if not isinstance(out, int):
-            out.close()
+        out.close()
 
 
 def store_args(db_url: str, keys: Keys, artifacts: Path) -> list[str]:
