@@ -38,7 +38,8 @@ them. "busy before" is the share of the machine's
 CPU already busy (other work) before the run: figures with a high one are low.
 
 Goals (issue 11, 2 cores, PostgreSQL, 1 M devices): checks with 5 % failure reports
->= 90 % of checks without (phase 5; phases 1-3 printed beside it); reports >= 3,000/s;
+>= 90 % of checks without (phase 5; phases 1-3 printed beside it, and phase 5's checks and
+reports together, what the server answered, against its checks alone); reports >= 3,000/s;
 keep-alive checks (phase 1) >= 10,000/s, p99 < 50 ms. The header prints the machine's
 plain-Python speed: the same server code costs machines of this workplace different CPU
 times per request.
@@ -868,6 +869,10 @@ def main() -> int:
         sequential = mixed["rate"] / ((plain["rate"] + after["rate"]) / 2)
         inter = ph["interleaved"]
         ratio = inter["mixed check"]["rate"] / inter["check"]["rate"]
+        # what the server answered in those slots, reports included (the goal counts checks)
+        served = (
+            inter["mixed check"]["rate"] + (inter.get("mixed report") or {}).get("rate", 0.0)
+        ) / inter["check"]["rate"]
         missed |= (
             ratio < GOAL_MIXED_RATIO
             or reports["rate"] < GOAL_REPORTS
@@ -956,7 +961,8 @@ def main() -> int:
             )
         print(
             f"  checks with {args.failure_share:.0%} failure reports / without: interleaved "
-            f"slots {ratio:.0%} (goal >= {GOAL_MIXED_RATIO:.0%}); phases (against the mean of "
+            f"slots {ratio:.0%} (goal >= {GOAL_MIXED_RATIO:.0%}; checks and reports together "
+            f"{served:.0%}); phases (against the mean of "
             f"before and after) {sequential:.0%}; reports {reports['rate']:,.0f}/s (goal >= "
             f"{GOAL_REPORTS:,}); keep-alive checks goal >= {GOAL_RATE:,}/s, p99 < "
             f"{GOAL_P99_MS:g} ms"
