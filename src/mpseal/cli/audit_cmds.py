@@ -9,7 +9,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from mpseal.cli.common import emit_json, err_console, out_console
+from mpseal.cli.common import emit_json, err_console, out_console, project_option
 from mpseal.device.console import Timing
 from mpseal.device.picoboard import PicoBoard, open_sim
 from mpseal.device.sim import VirtualBoard
@@ -197,14 +197,7 @@ def _print_audit(r: audit_mod.AuditReport, where: str) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="A virtual board folder: powered on, then inspected.",
 )
-@click.option(
-    "-C",
-    "--project",
-    "project_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=".",
-    help="The project whose releases and trust roots are official.",
-)
+@project_option("The project whose releases and trust roots are official.")
 @click.option(
     "--expect-firmware",
     metavar="FINGERPRINT",

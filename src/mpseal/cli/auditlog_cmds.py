@@ -10,12 +10,10 @@ from typing import Any
 
 import click
 
-from mpseal.cli.common import emit_json, out_console
+from mpseal.cli.common import emit_json, out_console, project_option
 from mpseal.cli.fleet_cmds import _db_option, _registry
 
-_PROJECT = click.option(
-    "-C", "--project", "project_dir", type=click.Path(file_okay=False, path_type=Path), default="."
-)
+_PROJECT = project_option()
 
 
 def _server_options(fn: Any) -> Any:

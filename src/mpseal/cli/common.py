@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
@@ -173,3 +174,19 @@ def progress_bar(label: str, enabled: bool) -> Iterator[Any]:
         transient=True,
     ) as bar:
         yield bar
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def project_option(help: str | None = None) -> Callable[[_F], _F]:
+    """``-C/--project``: the project folder a command works in, as ``project_dir``
+    (default: here)."""
+    return click.option(
+        "-C",
+        "--project",
+        "project_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=".",
+        help=help,
+    )

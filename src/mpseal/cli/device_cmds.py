@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from mpseal.cli.common import emit_json, err_console, out_console, progress_bar
+from mpseal.cli.common import emit_json, err_console, out_console, progress_bar, project_option
 from mpseal.cli.fleet_cmds import _connect
 from mpseal.fsutil import read_limited
 from mpseal.limits import DEFAULT_LIMITS
@@ -135,14 +135,7 @@ def probe(
 @click.command()
 @click.argument("artifact", type=click.Path(dir_okay=False, path_type=Path))
 @_board_options
-@click.option(
-    "-C",
-    "--project",
-    "project_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=".",
-    help="Project whose trust root and lockdown profile the board gets.",
-)
+@project_option("Project whose trust root and lockdown profile the board gets.")
 @click.option(
     "--profile",
     type=click.Choice(["dev", "field", "sealed"]),

@@ -14,7 +14,13 @@ from typing import Any
 
 import click
 
-from mpseal.cli.common import emit_json, err_console, out_console, passphrase_from_env_or_prompt
+from mpseal.cli.common import (
+    emit_json,
+    err_console,
+    out_console,
+    passphrase_from_env_or_prompt,
+    project_option,
+)
 from mpseal.errors import BadDataError, ConfigError, MpsealError
 from mpseal.fsutil import read_limited
 from mpseal.packaging.package import read_release_key
@@ -96,14 +102,7 @@ def _connect(target: str) -> Iterator[Any]:
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder of a virtual board (repeat).",
 )
-@click.option(
-    "-C",
-    "--project",
-    "project_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=".",
-    help="Project: trust root, board and lockdown profile.",
-)
+@project_option("Project: trust root, board and lockdown profile.")
 @click.option(
     "--ca",
     "ca_dir",
@@ -272,9 +271,7 @@ def registry() -> None:
 
 
 @registry.command(name="list")
-@click.option(
-    "-C", "--project", "project_dir", type=click.Path(file_okay=False, path_type=Path), default="."
-)
+@project_option()
 @click.option("--state", type=click.Choice(["provisioning", "active", "revoked"]))
 @_db_option
 @click.option("--json", "as_json", is_flag=True)
@@ -314,9 +311,7 @@ def list_devices(project_dir: Path, state: str | None, db_url: str | None, as_js
 @registry.command()
 @click.argument("hardware_id")
 @click.option("--reason", default="", help="Why (kept in the event log).")
-@click.option(
-    "-C", "--project", "project_dir", type=click.Path(file_okay=False, path_type=Path), default="."
-)
+@project_option()
 @_db_option
 def revoke(hardware_id: str, reason: str, project_dir: Path, db_url: str | None) -> None:
     """Revoke a device and all its certificates (the update server refuses it from then on)."""
@@ -335,9 +330,7 @@ def revoke(hardware_id: str, reason: str, project_dir: Path, db_url: str | None)
 
 
 @registry.command()
-@click.option(
-    "-C", "--project", "project_dir", type=click.Path(file_okay=False, path_type=Path), default="."
-)
+@project_option()
 @click.option(
     "--within-days",
     type=click.FloatRange(0, 3650),
@@ -412,9 +405,7 @@ def expiry(
     help="Rollout group of every device whose row names none.",
 )
 @click.option("--activate", is_flag=True, help="Record the devices as active at once.")
-@click.option(
-    "-C", "--project", "project_dir", type=click.Path(file_okay=False, path_type=Path), default="."
-)
+@project_option()
 @_db_option
 @click.option("--json", "as_json", is_flag=True)
 def import_cmd(
@@ -475,9 +466,7 @@ def import_cmd(
     help="Hardware ids, one per line.",
 )
 @click.option("--all", "all_", is_flag=True, help="Every device still provisioning.")
-@click.option(
-    "-C", "--project", "project_dir", type=click.Path(file_okay=False, path_type=Path), default="."
-)
+@project_option()
 @_db_option
 def activate(
     hardware_ids: tuple[str, ...],

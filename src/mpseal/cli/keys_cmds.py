@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from mpseal.cli.common import emit_json, out_console, passphrase_from_env_or_prompt
+from mpseal.cli.common import emit_json, out_console, passphrase_from_env_or_prompt, project_option
 from mpseal.crypto.keys import PublicKey
 from mpseal.errors import UsageError
 from mpseal.formats.trustroot import ROLES
@@ -14,14 +14,7 @@ from mpseal.fsutil import read_limited
 from mpseal.packaging import keys as keys_mod
 from mpseal.packaging.project import Project
 
-PROJECT_OPTION = click.option(
-    "-C",
-    "--project",
-    "project_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=".",
-    help="Project folder (default: here or a parent).",
-)
+PROJECT_OPTION = project_option("Project folder (default: here or a parent).")
 ROLE_OPTION = click.option(
     "--role", type=click.Choice(ROLES), required=True, help="The role whose keys change."
 )

@@ -17,6 +17,7 @@ from mpseal.cli.common import (
     out_console,
     passphrase_from_env_or_prompt,
     progress_bar,
+    project_option,
 )
 from mpseal.errors import UsageError
 from mpseal.formats.boards import BOARDS
@@ -82,14 +83,7 @@ def init(folder: Path, board: str, name: str | None, encrypt_keys: bool, as_json
 
 
 @click.command()
-@click.option(
-    "-C",
-    "--project",
-    "project_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=".",
-    help="Project folder (default: here or a parent).",
-)
+@project_option("Project folder (default: here or a parent).")
 @click.option(
     "-b",
     "--board",
@@ -272,14 +266,7 @@ def inspect(file: Path, as_json: bool) -> None:
 
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "-C",
-    "--project",
-    "project_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=".",
-    help="Project whose trust root to check against.",
-)
+@project_option("Project whose trust root to check against.")
 @click.option("--board", help="Board the device is (default: the project's).")
 @click.option(
     "--min-counter",
@@ -344,9 +331,7 @@ def verify(
     required=True,
     help="Token file: put it at /mpseal/unlock.tok or on the SD card as mpseal-unlock.tok.",
 )
-@click.option(
-    "-C", "--project", "project_dir", type=click.Path(file_okay=False, path_type=Path), default="."
-)
+@project_option()
 def unlock_token(hardware_id: str, number: int, profile: str, out: Path, project_dir: Path) -> None:
     """A service unlock token for one device, signed by the offline root key.
 

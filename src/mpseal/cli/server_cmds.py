@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from mpseal.cli.common import emit_json, err_console, out_console, passphrase_from_env_or_prompt
+from mpseal.cli.common import (
+    emit_json,
+    err_console,
+    out_console,
+    passphrase_from_env_or_prompt,
+    project_option,
+)
 from mpseal.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -30,14 +36,7 @@ def _project(folder: Path) -> Any:
 
 
 @click.command()
-@click.option(
-    "-C",
-    "--project",
-    "project_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=".",
-    help="Project whose keys and trust roots to serve (default: here).",
-)
+@project_option("Project whose keys and trust roots to serve (default: here).")
 @click.option(
     "--db",
     "db_url",

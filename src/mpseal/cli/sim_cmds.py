@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from mpseal.cli.common import emit_json, out_console
+from mpseal.cli.common import emit_json, out_console, project_option
 from mpseal.device.picoboard import PicoBoard, open_sim
 from mpseal.device.sim import DEFAULT_FLASH, VirtualBoard
 from mpseal.device.vm import POWERED_OFF
@@ -108,14 +108,7 @@ def create(
 @sim.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @sim_dir_option
-@click.option(
-    "-C",
-    "--project",
-    "project_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=".",
-    help="Project whose trust root and lockdown profile the board gets.",
-)
+@project_option("Project whose trust root and lockdown profile the board gets.")
 @click.option("--json", "as_json", is_flag=True)
 def install(file: Path, sim_dir: Path, project_dir: Path, as_json: bool) -> None:
     """Stage an artifact through the board's boot guard (it runs on trial at the next boot).
