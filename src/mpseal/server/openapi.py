@@ -40,6 +40,11 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _json_body(schema_name: str, required: bool = True) -> dict[str, Any]:
+    """A request body of JSON in the named schema."""
+    return {"required": required, "content": {"application/json": {"schema": _ref(schema_name)}}}
+
+
 def _binary(description: str) -> dict[str, Any]:
     return {
         "description": description,
@@ -374,10 +379,7 @@ def _paths() -> dict[str, Any]:
                 "summary": "Ask for an update",
                 "security": DEVICE,
                 "tags": ["device"],
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": _ref("CheckRequest")}},
-                },
+                "requestBody": _json_body("CheckRequest"),
                 "responses": {
                     "200": _json(_ref("CheckResponse"), "The decision"),
                     **_errors(400, 401, 403, 404, 413),
@@ -389,10 +391,7 @@ def _paths() -> dict[str, Any]:
                 "summary": "Report update progress",
                 "security": DEVICE,
                 "tags": ["device"],
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": _ref("ReportRequest")}},
-                },
+                "requestBody": _json_body("ReportRequest"),
                 "responses": {
                     "200": _json(_ref("ReportResponse"), "Stored (only then answered)"),
                     **_errors(400, 401, 403, 413, 429, 503),
@@ -405,10 +404,7 @@ def _paths() -> dict[str, Any]:
                 "16 KB, 6 batches a minute; each line kept as 200 printable characters)",
                 "security": DEVICE,
                 "tags": ["device"],
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": _ref("LogUpload")}},
-                },
+                "requestBody": _json_body("LogUpload"),
                 "responses": {
                     "200": _json(_ref("LogResponse"), "Stored (only then answered)"),
                     **_errors(400, 401, 403, 413, 429, 503),
@@ -577,10 +573,7 @@ def _paths() -> dict[str, Any]:
                 "security": ADMIN,
                 "tags": ["admin"],
                 "parameters": [RELEASE_ID],
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": _ref("PromoteRequest")}},
-                },
+                "requestBody": _json_body("PromoteRequest"),
                 "responses": {
                     "200": _json(_ref("ReleaseEnvelope"), "Promoted"),
                     **_errors(400, 401, 404, 409),
@@ -593,10 +586,7 @@ def _paths() -> dict[str, Any]:
                 "security": ADMIN,
                 "tags": ["admin"],
                 "parameters": [RELEASE_ID],
-                "requestBody": {
-                    "required": False,
-                    "content": {"application/json": {"schema": _ref("StateRequest")}},
-                },
+                "requestBody": _json_body("StateRequest", required=False),
                 "responses": {
                     "200": _json(_ref("ReleaseEnvelope"), "Paused"),
                     **_errors(401, 404, 409),
@@ -611,10 +601,7 @@ def _paths() -> dict[str, Any]:
                 "security": ADMIN,
                 "tags": ["admin"],
                 "parameters": [RELEASE_ID],
-                "requestBody": {
-                    "required": False,
-                    "content": {"application/json": {"schema": _ref("StateRequest")}},
-                },
+                "requestBody": _json_body("StateRequest", required=False),
                 "responses": {
                     "200": _json(_ref("ReleaseEnvelope"), "Active"),
                     **_errors(400, 401, 404, 409),
@@ -627,10 +614,7 @@ def _paths() -> dict[str, Any]:
                 "security": ADMIN,
                 "tags": ["admin"],
                 "parameters": [RELEASE_ID],
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": _ref("HaltPolicy")}},
-                },
+                "requestBody": _json_body("HaltPolicy"),
                 "responses": {
                     "200": _json(_ref("ReleaseEnvelope"), "Set"),
                     **_errors(400, 401, 404),
@@ -683,10 +667,7 @@ def _paths() -> dict[str, Any]:
                 "security": ADMIN,
                 "tags": ["admin"],
                 "parameters": [_path_param("hardware_id", HWID, "Hardware id")],
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": _ref("GroupRequest")}},
-                },
+                "requestBody": _json_body("GroupRequest"),
                 "responses": {"200": {"description": "Moved"}, **_errors(400, 401, 404)},
             }
         },
@@ -776,10 +757,7 @@ def _paths() -> dict[str, Any]:
                 "security": ADMIN,
                 "tags": ["admin"],
                 "parameters": [_path_param("hardware_id", HWID, "Hardware id")],
-                "requestBody": {
-                    "required": False,
-                    "content": {"application/json": {"schema": _ref("RevokeRequest")}},
-                },
+                "requestBody": _json_body("RevokeRequest", required=False),
                 "responses": {
                     "200": _json(_ref("RevokeResponse"), "Revoked"),
                     **_errors(400, 401, 404),
