@@ -15,6 +15,8 @@ folder), keys under keys/. esptool >= 5 spells commands with dashes
 
 from __future__ import annotations
 
+from functools import partial
+
 from mpseal.lockdown.model import Tier
 from mpseal.lockdown.plan import Phase, Step
 
@@ -23,6 +25,35 @@ SB_DIGEST = "keys/esp32-secure-boot.digest.bin"
 FE_KEY = "keys/flash_encryption_key.bin"
 
 _IRREVERSIBLE_NOTE = "IRREVERSIBLE: eFuse bits can only ever be set, never cleared."
+
+
+def _chip_step(
+    note: str,
+    sid: str,
+    title: str,
+    cmds: tuple[str, ...],
+    levers: tuple[str, ...],
+    after: tuple[str, ...],
+    verify: str,
+    detail: str = "",
+    closes: bool = False,
+) -> Step:
+    """A step that writes one-time-programmable bits of the chip (eFuses, OTP): never
+    undone, so ``note`` says so first, and each stops tier T3."""
+    return Step(
+        sid,
+        Phase.HARDWARE,
+        title,
+        detail=f"{note} {detail}".strip(),
+        commands=cmds,
+        irreversible=True,
+        stops=Tier.T3,
+        verify=verify,
+        levers=levers,
+        after=after,
+        touches_chip=True,
+        closes_access=closes,
+    )
 
 
 def hardware_steps(board: str, keep: tuple[str, ...]) -> list[Step]:
@@ -46,31 +77,7 @@ def _esp_steps(chip: str, keep: tuple[str, ...]) -> list[Step]:
     boot_at = "0x0" if s3 else "0x1000"
     xts = " --aes-xts" if s3 else ""
 
-    def burn(
-        sid: str,
-        title: str,
-        cmds: tuple[str, ...],
-        levers: tuple[str, ...],
-        after: tuple[str, ...],
-        verify: str,
-        detail: str = "",
-        closes: bool = False,
-    ) -> Step:
-        text = f"{_IRREVERSIBLE_NOTE} {detail}".strip()
-        return Step(
-            sid,
-            Phase.HARDWARE,
-            title,
-            detail=text,
-            commands=cmds,
-            irreversible=True,
-            stops=Tier.T3,
-            verify=verify,
-            levers=levers,
-            after=after,
-            touches_chip=True,
-            closes_access=closes,
-        )
+    burn = partial(_chip_step, _IRREVERSIBLE_NOTE)
 
     steps = [
         Step(
@@ -415,30 +422,7 @@ _OTP_NOTE = (
 
 
 def _rp2350_steps(keep: tuple[str, ...]) -> list[Step]:
-    def otp(
-        sid: str,
-        title: str,
-        cmds: tuple[str, ...],
-        levers: tuple[str, ...],
-        after: tuple[str, ...],
-        verify: str,
-        detail: str = "",
-        closes: bool = False,
-    ) -> Step:
-        return Step(
-            sid,
-            Phase.HARDWARE,
-            title,
-            detail=f"{_OTP_NOTE} {detail}".strip(),
-            commands=cmds,
-            irreversible=True,
-            stops=Tier.T3,
-            verify=verify,
-            levers=levers,
-            after=after,
-            touches_chip=True,
-            closes_access=closes,
-        )
+    otp = partial(_chip_step, _OTP_NOTE)
 
     steps = [
         Step(
