@@ -31,6 +31,7 @@ from mpseal.fleet.releasestore import (
     PolicyOverrides,
     ReleaseStore,
     Report,
+    device_view,
 )
 from mpseal.fleet.rollout import DeviceView, ReleaseStats, ReleaseView, halt_reason
 from mpseal.server.batch import Batcher, WriteBatcher
@@ -62,7 +63,6 @@ INVENTORY_CHUNK = 1000
 # failures must be able to halt it again without waiting for a maintenance round.
 HALTED_RECHECK_SECONDS = 5.0
 T = TypeVar("T")
-_NONE: frozenset[int] = frozenset()
 
 
 class UpdateServer:
@@ -157,10 +157,7 @@ class UpdateServer:
         """The active device with this credential: cached, else batched with other lookups."""
         key = (kind, value)
         found = await self.devices.get(key, lambda: self._device_batches.get(key))
-        if found is None:
-            return None
-        dev_id, hardware_id, group, failed, board = found
-        return DeviceView(dev_id, hardware_id, group, frozenset(failed) if failed else _NONE, board)
+        return None if found is None else device_view(found)
 
     async def _load_devices(self, keys: list[Hashable]) -> dict[tuple[str, str], DeviceRow]:
         pairs = [key for key in keys if isinstance(key, tuple)]
