@@ -135,6 +135,14 @@ def _project(folder: Path) -> Any:
     help="Events (reports, registry changes) are kept this long.",
 )
 @click.option(
+    "--directory-max",
+    type=click.IntRange(0),
+    default=2_000_000,
+    show_default=True,
+    help="Device credentials each worker keeps in memory (PostgreSQL; ~330 bytes each) "
+    "so checks need no lookup; a larger fleet, or 0, looks every device up.",
+)
+@click.option(
     "--max-connections",
     type=click.IntRange(16),
     default=2048,
@@ -207,6 +215,7 @@ def serve(
     report_rate: float,
     report_burst: int,
     event_retention_days: float,
+    directory_max: int,
     max_connections: int,
     header_timeout: float,
     keep_alive_timeout: float,
@@ -249,6 +258,7 @@ def serve(
         report_rate_per_minute=report_rate,
         report_burst=report_burst,
         event_retention_days=event_retention_days,
+        directory_entries_max=directory_max,
         renewal_ca_dir=str(renewal_ca) if renewal_ca else None,
         renewal_days=renewal_days,
     )

@@ -246,6 +246,8 @@ _FAILED = and_(DeviceUpdate.device_id == Device.id, DeviceUpdate.state.in_(FAILE
 # of thousands more objects (76-110 ms pauses, in the checks' p99).
 DeviceRow = tuple[int, str, str, tuple[int, ...], str]
 _NO_FAILURES: frozenset[int] = frozenset()
+# A credential's device and, for a certificate, when it expires (Unix time).
+Credential = tuple[DeviceRow, float | None]
 
 
 def device_view(row: DeviceRow) -> DeviceView:
@@ -304,6 +306,28 @@ _PG_BY_FINGERPRINT = (
     + " WHERE c.fingerprint = ANY(string_to_array(%s, ',')) AND c.status = 'valid'"
     " AND d.state = 'active'"
 )
+# The server's device directory (server/directory.py): active devices a page at a time,
+# their credentials as the lookups above read them, and the feed of changed credentials
+# (migration 0011). The changes are read with the oldest transaction still running in the
+# same snapshot: a change this read cannot see belongs to a transaction from it on.
+_PG_PAGE = "SELECT id FROM devices WHERE state = 'active' AND id > %s ORDER BY id LIMIT %s"
+_PG_PAGE_TOKENS = (
+    'SELECT d.token_hash, d.id, d.hardware_id, d.group_name AS "group", f.release_id, d.board '
+    "FROM devices d" + _PG_FAILED + " WHERE d.id = ANY(%s) AND d.token_hash IS NOT NULL"
+)
+_PG_PAGE_CERTS = (
+    'SELECT c.fingerprint, d.id, d.hardware_id, d.group_name AS "group", f.release_id, '  # noqa: S608
+    "d.board, c.not_after FROM certificates c JOIN devices d ON c.device_id = d.id"
+    + _PG_FAILED
+    + " WHERE d.id = ANY(%s) AND c.status = 'valid'"
+)
+_PG_CHANGES = (
+    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint, NULL, NULL UNION ALL "
+    "SELECT DISTINCT NULL::bigint, kind, key FROM credential_changes "
+    "WHERE xid >= %s::text::xid8"
+)
+_NO_XID = 2**63 - 1  # later than any transaction
+_PG_PRUNE_CHANGES = "DELETE FROM credential_changes WHERE at < now() - make_interval(secs => %s)"
 
 _DU = cast(Table, DeviceUpdate.__table__)
 # The inventory's batches and the report batch take their rows as one JSON parameter
@@ -843,8 +867,20 @@ class ReleaseStore:
     ) -> dict[tuple[str, str], DeviceRow]:
         """``devices`` as flat tuples (id, hardware_id, group, failed release ids sorted,
         board): what the server caches, made here without a DeviceView per device."""
+        now = utcnow().timestamp()
+        return {
+            key: row
+            for key, (row, expires) in self.credential_rows(token_hashes, fingerprints).items()
+            if expires is None or expires >= now
+        }
+
+    def credential_rows(
+        self, token_hashes: Sequence[str] = (), fingerprints: Sequence[str] = ()
+    ) -> dict[tuple[str, str], Credential]:
+        """Each credential of an active device (a valid certificate, expired or not) with
+        its ``DeviceRow`` and, for a certificate, when it expires (Unix time; ``None``
+        for a token): what ``device_rows`` filters and the server's directory keeps."""
         found: dict[tuple[str, str], list[Sequence[Any]]] = {}  # the driver's rows
-        now = utcnow()
         if self.registry.engine.dialect.name == "postgresql":
             # one statement per 500 keys of a kind, rows as tuples (key, id, hardware_id,
             # group, failed release or NULL, board[, not_after])
@@ -856,8 +892,7 @@ class ReleaseStore:
                 for chunk in _chunks([f.lower() for f in fingerprints], 500):
                     cur.execute(_PG_BY_FINGERPRINT, (",".join(chunk),))
                     for row in cur.fetchall():
-                        if _aware(row[6]) >= now:
-                            found.setdefault(("cert", row[0]), []).append(row)
+                        found.setdefault(("cert", row[0]), []).append(row)
         else:
             with self._reading() as conn:
                 for chunk in _chunks(list(token_hashes), 500):
@@ -865,18 +900,46 @@ class ReleaseStore:
                         found.setdefault(("token", str(row[0])), []).append(row)
                 for chunk in _chunks([f.lower() for f in fingerprints], 500):
                     for cert_row in conn.execute(_BY_FINGERPRINT, {"keys": chunk}):
-                        if _aware(cert_row.not_after) >= now:
-                            found.setdefault(("cert", str(cert_row[0])), []).append(cert_row)
-        return {
-            key: (
-                rows[0][1],
-                rows[0][2],
-                rows[0][3],
-                tuple(sorted({r[4] for r in rows if r[4] is not None})),
-                rows[0][5],
-            )
-            for key, rows in found.items()
-        }
+                        found.setdefault(("cert", str(cert_row[0])), []).append(cert_row)
+        return {key: _credential(rows) for key, rows in found.items()}
+
+    def directory_page(
+        self, after_id: int, limit: int
+    ) -> tuple[dict[tuple[str, str], Credential], int | None]:
+        """The credentials of the next ``limit`` active devices by id after ``after_id``
+        (PostgreSQL; the same rows as ``credential_rows``), and the last id read (``None``:
+        no more devices)."""
+        found: dict[tuple[str, str], list[Sequence[Any]]] = {}
+        with self._pg_cursor() as cur:
+            cur.execute(_PG_PAGE, (after_id, limit))
+            ids = [r[0] for r in cur.fetchall()]
+            if not ids:
+                return {}, None
+            cur.execute(_PG_PAGE_TOKENS, (ids,))
+            for row in cur.fetchall():
+                found.setdefault(("token", row[0]), []).append(row)
+            cur.execute(_PG_PAGE_CERTS, (ids,))
+            for row in cur.fetchall():
+                found.setdefault(("cert", row[0]), []).append(row)
+        return {key: _credential(rows) for key, rows in found.items()}, ids[-1]
+
+    def credential_changes(self, since_xid: int | None) -> tuple[int, list[tuple[str, str]]]:
+        """PostgreSQL: the oldest transaction still running now (what the next call
+        passes), and the credentials changed by transactions from ``since_xid`` on (all
+        those this caller's last read may not have seen; ``None``: none, only the first)."""
+        with self._pg_cursor() as cur:
+            cur.execute(_PG_CHANGES, (_NO_XID if since_xid is None else since_xid,))
+            rows = cur.fetchall()
+        xmin = next(int(r[0]) for r in rows if r[0] is not None)
+        return xmin, [(str(r[1]), str(r[2])) for r in rows if r[0] is None]
+
+    def prune_credential_changes(self, older_than_seconds: float) -> int:
+        """Delete the credential changes older than this (PostgreSQL); how many went."""
+        if self.registry.engine.dialect.name != "postgresql":
+            return 0
+        with self._pg_cursor() as cur:
+            cur.execute(_PG_PRUNE_CHANGES, (older_than_seconds,))
+            return int(cur.rowcount or 0)
 
     @contextmanager
     def _reading(self) -> Iterator[Connection]:
@@ -1396,6 +1459,20 @@ def _db_error(e: Exception) -> str:
 
 def _aware(dt: datetime) -> datetime:
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def _credential(rows: list[Sequence[Any]]) -> Credential:
+    """One credential's ``Credential`` from the lookup's rows (key, id, hardware_id, group,
+    failed release or NULL, board[, not_after]): a row per failed release."""
+    first = rows[0]
+    row: DeviceRow = (
+        first[1],
+        first[2],
+        first[3],
+        tuple(sorted({r[4] for r in rows if r[4] is not None})),
+        first[5],
+    )
+    return row, (_aware(first[6]).timestamp() if len(first) > 6 else None)
 
 
 def _chunks(items: list[str], n: int) -> Iterator[list[str]]:

@@ -150,7 +150,7 @@ async def set_policy(
 
 async def revoke(server: UpdateServer, who: str, hardware_id: str, reason: str) -> int:
     n = await server.run(server.registry.revoke_device, hardware_id, reason)
-    server.devices.invalidate()  # this process at once; the others within cache_seconds
+    await server.devices_changed()  # this process at once; the others within cache_seconds
     await record(
         server,
         who,
@@ -163,6 +163,6 @@ async def revoke(server: UpdateServer, who: str, hardware_id: str, reason: str) 
 
 async def set_group(server: UpdateServer, who: str, hardware_id: str, group: str) -> str:
     old = await server.run(server.registry.set_group, hardware_id, group)
-    server.devices.invalidate()
+    await server.devices_changed()
     await record(server, who, "group", f"device {hardware_id}", {"from": old, "to": group})
     return old

@@ -30,7 +30,12 @@ async def health(request: Request) -> Response:
     knows of the database."""
     server: UpdateServer = request.app.state.server
     return JSONResponse(
-        {"ok": True, "database": _db_state(server), "schema_ready": server.schema_ready}
+        {
+            "ok": True,
+            "database": _db_state(server),
+            "schema_ready": server.schema_ready,
+            "directory": server.directory.status(),
+        }
     )
 
 

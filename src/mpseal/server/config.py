@@ -38,6 +38,7 @@ class ServerLimits:
     json_body_max: int = 4 * 1024  # device and admin JSON requests
     artifact_upload_max: int = DEFAULT_LIMITS.artifact_max_length
     cache_entries_max: int = 200_000  # per in-memory cache (auth, releases)
+    directory_entries_max: int = 2_000_000  # device credentials held (directory.py); 0: none
     report_rate_per_minute: float = 10.0  # per device and server process, after the burst
     report_burst: int = 20
 
@@ -103,6 +104,7 @@ class ServerSettings:
     report_rate_per_minute: float = 10.0
     report_burst: int = 20
     event_retention_days: float = 90.0
+    directory_entries_max: int = 2_000_000
     renewal_ca_dir: str | None = None  # a CA folder: online renewal on (else offline only)
     renewal_days: int = RENEWAL_DAYS
 
@@ -145,7 +147,9 @@ class ServerSettings:
                 self.halt_min_cohort_share,
             ),
             limits=ServerLimits(
-                report_rate_per_minute=self.report_rate_per_minute, report_burst=self.report_burst
+                report_rate_per_minute=self.report_rate_per_minute,
+                report_burst=self.report_burst,
+                directory_entries_max=self.directory_entries_max,
             ),
             event_retention_days=self.event_retention_days,
             renewal_ca=self._renewal_ca(passphrase),

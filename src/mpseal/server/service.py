@@ -27,6 +27,7 @@ from mpseal.errors import TransportError
 from mpseal.fleet.registry import Registry
 from mpseal.fleet.releases import FAILED_EVENTS
 from mpseal.fleet.releasestore import (
+    Credential,
     DeviceRow,
     PolicyOverrides,
     ReleaseStore,
@@ -37,6 +38,7 @@ from mpseal.fleet.rollout import DeviceView, ReleaseStats, ReleaseView, halt_rea
 from mpseal.server.batch import Batcher, WriteBatcher
 from mpseal.server.cache import TtlCache
 from mpseal.server.config import ServerConfig
+from mpseal.server.directory import CHANGES_KEPT_SECONDS, PAGE_DEVICES, DeviceDirectory, Key
 from mpseal.server.roots import RootStore
 from mpseal.server.timestamps import CurrentTimestamp, TimestampService
 
@@ -86,6 +88,12 @@ class UpdateServer:
         ttl = config.cache_seconds
         stale = (TransportError,)
         self.devices: TtlCache[DeviceRow | None] = TtlCache(ttl, n, stale_on=stale)
+        # Every active device's credentials, kept current from the database's feed of
+        # changes (PostgreSQL): most checks need no lookup (directory.py).
+        self.directory = DeviceDirectory(
+            config.limits.directory_entries_max,
+            enabled=self.registry.engine.dialect.name == "postgresql",
+        )
         # One lookup in flight per process: the checks arriving meanwhile gather into the
         # next one (larger batches: less cost per check in this process and the database).
         self._device_batches: Batcher[DeviceRow] = Batcher(self._load_devices, max_inflight=1)
@@ -154,17 +162,68 @@ class UpdateServer:
     # -- cached reads for the hot path -------------------------------------------------
 
     async def device(self, kind: str, value: str) -> DeviceView | None:
-        """The active device with this credential: cached, else batched with other lookups."""
+        """The active device with this credential: from the directory, else cached, else
+        batched with other lookups."""
         key = (kind, value)
-        found = await self.devices.get(key, lambda: self._device_batches.get(key))
+        found = self.directory.get(key)
+        if found is None:
+            found = await self.devices.get(key, lambda: self._device_batches.get(key))
         return None if found is None else device_view(found)
 
     async def _load_devices(self, keys: list[Hashable]) -> dict[tuple[str, str], DeviceRow]:
         pairs = [key for key in keys if isinstance(key, tuple)]
         tokens = [str(v) for k, v in pairs if k == "token"]
         fingerprints = [str(v) for k, v in pairs if k == "cert"]
+        generation = self.directory.generation
+        found: dict[Key, Credential] = await self.run(
+            partial(self.store.credential_rows, tokens, fingerprints)
+        )
+        self.directory.offer(found, generation)
         # cached as the store makes them (DeviceRow): the view is built on each use (~1 us)
-        return await self.run(partial(self.store.device_rows, tokens, fingerprints))
+        now = time.time()
+        return {
+            key: row for key, (row, expires) in found.items() if expires is None or expires >= now
+        }
+
+    async def devices_changed(self, key: Key | None = None) -> None:
+        """A device changed through this process: this credential (a device's failed
+        releases), or any (a revocation, a group): forgotten here at once (the other
+        processes read the change from the database within ``cache_seconds``)."""
+        if key is not None:
+            self.devices.invalidate(key)
+            self.directory.drop([key], read=False)
+            return
+        self.devices.invalidate()
+        if self.directory.serving:
+            try:
+                await self._read_changes()
+            except Exception:
+                self.directory.begin_load(0)  # unread: nothing held is trusted; load again
+                raise
+
+    async def _read_changes(self) -> None:
+        xmin, changed = await self.run(self.store.credential_changes, self.directory.xmin)
+        self.directory.apply(xmin, changed)
+        for key in changed:
+            self.devices.invalidate(key)
+
+    async def _load_directory(self) -> None:
+        directory = self.directory
+        started = time.monotonic()
+        xmin, _ = await self.run(self.store.credential_changes, None)
+        directory.begin_load(xmin)
+        after: int | None = 0
+        while after is not None:
+            page, after = await self.run(self.store.directory_page, after, PAGE_DEVICES)
+            if not directory.load_page(page):
+                return
+        await self._read_changes()  # what changed while the pages were read
+        directory.loaded()
+        log.info(
+            "device directory: %d credentials loaded in %.1f s",
+            len(directory),
+            time.monotonic() - started,
+        )
 
     async def channel_releases(self, channel: str, app: str, board: str) -> list[ReleaseView]:
         """The channel's releases for this app ("": every app) and board, cached."""
@@ -357,6 +416,7 @@ class UpdateServer:
         for _ in range(20):  # at most 200,000 a round: the rest next round
             if await self.run(self.store.prune_events, self.config.event_retention_days) < 10_000:
                 break
+        await self.run(self.store.prune_credential_changes, CHANGES_KEPT_SECONDS)
 
     # -- lifespan ----------------------------------------------------------------------
 
@@ -383,6 +443,7 @@ class UpdateServer:
         self._tasks = [
             asyncio.create_task(self._loop(maintained)),
             asyncio.create_task(self._inventory_loop()),
+            asyncio.create_task(self._directory_loop()),
         ]
 
     async def stop(self) -> None:
@@ -417,6 +478,24 @@ class UpdateServer:
                 log.exception("maintenance round failed")
                 next_round = started + self.config.health_seconds
             log.debug("maintenance took %.3f s", time.monotonic() - started)
+
+    async def _directory_loop(self) -> None:
+        """Load the device directory once the database answers, then read its changes
+        every ``cache_seconds`` (the bound on a revocation's delay); load it again after
+        a long outage (the feed keeps changes for an hour)."""
+        directory = self.directory
+        while directory.state in ("loading", "ready"):
+            try:
+                if self.db_up and self.schema_ready:
+                    if directory.state == "loading" or directory.stale():
+                        await self._load_directory()
+                    else:
+                        await self._read_changes()
+            except TransportError:
+                pass  # logged by run(); served from what is held, or looked up
+            except Exception:
+                log.exception("device directory: reading the database failed")
+            await asyncio.sleep(self.config.cache_seconds)
 
     async def _inventory_loop(self) -> None:
         while True:

@@ -1,0 +1,139 @@
+"""Every active device's credentials in this process's memory (PostgreSQL).
+
+A check authenticates its device here, with no database lookup: the lookup cost a check
+about a sixth of the server's CPU and half of the database's (the batch, its worker thread
+and the driver's rows; docs/updates.md run 15). The directory is loaded a page of devices
+at a time once the database answers, and kept current by the feed of changed credentials
+that the database's triggers write (migration 0011): every ``cache_seconds`` it reads the
+credentials changed by transactions it may not have seen and drops them, so a revoked
+device, certificate or a device's new failed release leaves every server process within
+``cache_seconds`` (plus the read), as with the time-bounded cache it stands in front of.
+
+A credential it does not hold (a device registered or activated since, or none at all) is
+looked up as before, and an active one found is added, unless a change was read since
+that lookup began (it may predate the change). Until it is loaded, while it is too large
+(``max_entries`` credentials: the process keeps none rather than part), and on SQLite
+(no feed), every credential is looked up. While the database is down it serves what it
+holds; after ``STALE_SECONDS`` without a read of the feed (older changes may be pruned) it
+is dropped and loaded again.
+
+Memory: ~330 bytes a credential (1,000,000 devices: ~0.3 GB in each server process).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Literal
+
+from mpseal.fleet.releasestore import Credential, DeviceRow
+
+log = logging.getLogger("mpseal.server")
+Key = tuple[str, str]  # ("token", SHA-256 of the token) or ("cert", fingerprint)
+State = Literal["off", "loading", "ready", "too large"]
+PAGE_DEVICES = 5000  # devices a page: a page's rows are made holding the GIL (~20 ms)
+STALE_SECONDS = 1800.0  # no read of the feed for this long: load again
+CHANGES_KEPT_SECONDS = 3600.0  # the feed's retention (pruned by the maintenance round)
+
+
+class DeviceDirectory:
+    def __init__(
+        self, max_entries: int, clock: Callable[[], float] = time.time, enabled: bool = True
+    ) -> None:
+        self.max_entries = max_entries
+        self.state: State = "loading" if enabled and max_entries > 0 else "off"
+        self._clock = clock  # certificates expire by wall-clock time (tests pass their own)
+        self._rows: dict[Key, DeviceRow] = {}
+        self._expires: dict[Key, float] = {}  # certificates: when each expires
+        self.xmin: int | None = None  # the feed is read from this transaction on
+        self.generation = 0  # bumped by every drop: a lookup begun before is not added
+        self.read_at = 0.0  # when the feed was last read (monotonic)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @property
+    def serving(self) -> bool:
+        return self.state == "ready"
+
+    def get(self, key: Key) -> DeviceRow | None:
+        """The device of this credential, if held and (a certificate) not expired."""
+        if self.state != "ready":  # a page may be older than a change not yet read
+            return None
+        row = self._rows.get(key)
+        if row is not None and key[0] == "cert" and self._expires.get(key, 0.0) < self._clock():
+            return None
+        return row
+
+    # -- filling ---------------------------------------------------------------------
+
+    def begin_load(self, xmin: int) -> None:
+        """A (re)load starts: what is held goes; the feed is read from ``xmin`` (taken
+        before the first page), so a change no page saw is read by the next ``apply``."""
+        self._rows, self._expires = {}, {}
+        self.xmin = xmin
+        self.generation += 1
+        self.read_at = time.monotonic()
+        self.state = "loading"
+
+    def load_page(self, page: Mapping[Key, Credential]) -> bool:
+        """Add a page of the load; False (and nothing held) once over ``max_entries``."""
+        if len(self._rows) + len(page) > self.max_entries:
+            self._rows, self._expires = {}, {}
+            self.state = "too large"
+            log.warning(
+                "device directory off: the fleet has more than %d active credentials "
+                "(every check looks its device up in the database)",
+                self.max_entries,
+            )
+            return False
+        for key, credential in page.items():
+            self._put(key, credential)
+        return True
+
+    def loaded(self) -> None:
+        self.state = "ready"
+
+    def offer(self, found: Mapping[Key, Credential], generation: int) -> None:
+        """Credentials a lookup found, begun at ``generation``: held unless a change was
+        read since (the lookup may have read a device before its change)."""
+        if self.state != "ready" or generation != self.generation:
+            return
+        for key, credential in found.items():
+            if len(self._rows) >= self.max_entries:
+                return
+            self._put(key, credential)
+
+    def _put(self, key: Key, credential: Credential) -> None:
+        (dev_id, hardware_id, group, failed, board), expires = credential
+        # boards and groups repeat across the fleet: one string each
+        self._rows[key] = (dev_id, hardware_id, sys.intern(group), failed, sys.intern(board))
+        if expires is not None:
+            self._expires[key] = expires
+
+    # -- changes ---------------------------------------------------------------------
+
+    def drop(self, keys: list[Key], read: bool = True) -> None:
+        """These credentials changed: looked up again at their next use. A change read
+        from the feed (``read``) also turns away lookups begun before it; one made through
+        this process need not (the feed names it again within ``cache_seconds``)."""
+        if read:
+            self.generation += 1
+        for key in keys:
+            self._rows.pop(key, None)
+            self._expires.pop(key, None)
+
+    def apply(self, xmin: int, changed: list[Key]) -> None:
+        """A read of the feed: drop what changed; read from ``xmin`` next time."""
+        if changed:
+            self.drop(changed)
+        self.xmin = xmin
+        self.read_at = time.monotonic()
+
+    def stale(self) -> bool:
+        return self.xmin is not None and time.monotonic() - self.read_at > STALE_SECONDS
+
+    def status(self) -> dict[str, object]:
+        return {"state": self.state, "credentials": len(self._rows)}

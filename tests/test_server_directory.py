@@ -1,0 +1,307 @@
+"""The device directory (server/directory.py): every active device's credentials in each
+server process's memory, kept current from the database's feed of changed credentials
+(migration 0011). What a device relies on: a revocation, a group change or a failed
+release made anywhere (another server, the CLI, a script on the database) reaches every
+server within ``cache_seconds``; a device registered later is looked up; a fleet larger
+than the limit, or SQLite, is looked up as before. Against a real PostgreSQL and real
+``mpseal serve`` processes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from postgres import PostgresServer
+from server_support import (
+    ADMIN_TOKEN,
+    Keys,
+    config_for,
+    make_artifact,
+    make_keys,
+    register,
+    running_server,
+)
+from test_server_api import check_body
+from test_server_survival import serve, wait_for
+
+from mpseal.fleet.registry import Registry
+from mpseal.fleet.releases import FAILED_EVENTS
+from mpseal.fleet.releasestore import ReleaseStore, Report
+from mpseal.server.directory import DeviceDirectory
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+CACHE_SECONDS = 0.5  # what test_server_survival.serve gives --cache-seconds
+ROW = (7, "dev-00007", "default", (), "esp32")
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Keys:
+    return make_keys(tmp_path / "keys")
+
+
+@pytest.fixture
+def fresh_pg(pg_url: str) -> str:
+    engine = sa.create_engine(pg_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    engine.dispose()
+    return pg_url
+
+
+def directory_of(url: str) -> dict[str, object]:
+    status: dict[str, object] = httpx.get(f"{url}/healthz").json()["directory"]
+    return status
+
+
+def wait_directory(url: str, credentials: int) -> None:
+    """Every worker answered with its directory loaded (several answers in a row)."""
+    assert wait_for(
+        lambda: all(
+            directory_of(url) == {"state": "ready", "credentials": credentials} for _ in range(6)
+        )
+    ), directory_of(url)
+
+
+def seconds_until(pred: Callable[[], bool], limit: float = 10.0) -> float:
+    t0 = time.monotonic()
+    while not pred():
+        assert time.monotonic() - t0 < limit, "not within the limit"
+        time.sleep(0.02)
+    return time.monotonic() - t0
+
+
+def check(url: str, headers: dict[str, str], hw: str) -> httpx.Response:
+    return httpx.post(f"{url}/v1/device/check", json=check_body(hw), headers=headers)
+
+
+# -- the feed (store level) ----------------------------------------------------------
+
+
+def test_credential_feed_names_a_change_committed_after_a_read_that_could_not_see_it(
+    fresh_pg: str,
+) -> None:
+    """The race a feed by sequence number gets wrong: a change whose transaction was
+    running during a read, and committed after it, is named by the next read."""
+    fleet = register(fresh_pg, 2)
+    store = ReleaseStore(Registry.open(fresh_pg))
+    xmin, _ = store.credential_changes(None)
+    engine = sa.create_engine(fresh_pg)
+    with engine.connect() as conn:
+        trans = conn.begin()
+        conn.execute(
+            sa.text("UPDATE devices SET state = 'revoked' WHERE hardware_id = 'dev-00001'")
+        )
+        xmin2, seen = store.credential_changes(xmin)  # during the transaction: not visible
+        assert seen == []
+        trans.commit()
+    engine.dispose()
+    _, seen = store.credential_changes(xmin2)
+    token = fleet_token_hash(fresh_pg, "dev-00001")
+    assert ("token", token) in seen
+    assert ("cert", fleet.fingerprints["dev-00001"]) in seen
+    xmin3, _ = store.credential_changes(xmin2)
+    assert store.credential_changes(xmin3)[1] == []  # read once the transaction is past
+
+
+def fleet_token_hash(url: str, hw: str) -> str:
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        value = conn.execute(
+            sa.text("SELECT token_hash FROM devices WHERE hardware_id = :hw"), {"hw": hw}
+        ).scalar_one()
+    engine.dispose()
+    return str(value)
+
+
+def test_credential_feed_names_every_kind_of_change_a_lookup_depends_on(fresh_pg: str) -> None:
+    fleet = register(fresh_pg, 4)
+    registry = Registry.open(fresh_pg)
+    store = ReleaseStore(registry)
+    token = {hw: fleet_token_hash(fresh_pg, hw) for hw in fleet.tokens}
+
+    def changes(action: Callable[[], object]) -> set[tuple[str, str]]:
+        xmin, _ = store.credential_changes(None)
+        action()
+        return set(store.credential_changes(xmin)[1])
+
+    both = {("token", token["dev-00000"]), ("cert", fleet.fingerprints["dev-00000"])}
+    assert changes(lambda: registry.set_group("dev-00000", "beta")) == both
+    cert = ("cert", fleet.fingerprints["dev-00001"])
+    assert changes(lambda: registry.revoke_certificate(cert[1])) == {cert}
+    # a report about no release changes nothing a lookup reads (a failed release does:
+    # test_release_failed_through_one_server_is_not_offered_again_by_another)
+    device_id = store.device_rows([token["dev-00002"]])[("token", token["dev-00002"])][0]
+    report = Report(device_id, "refused", "1.1.0", "", None, "hello", "stable")
+    assert changes(lambda: store.record_reports([report])) == set()
+    both = {("token", token["dev-00003"]), ("cert", fleet.fingerprints["dev-00003"])}
+    assert changes(lambda: registry.revoke_device("dev-00003")) == both
+    assert changes(lambda: registry.set_group("dev-00003", "x")) == set()  # revoked: not held
+
+
+def test_migration_names_the_failed_states_of_fleet_releases() -> None:
+    """One source of truth: the triggers' failed states are FAILED_EVENTS."""
+    from importlib import import_module
+
+    migration = import_module("mpseal.fleet.migrations.versions.0011_credential_changes")
+    assert migration._FAILED == "(" + ", ".join(f"'{e}'" for e in FAILED_EVENTS) + ")"
+
+
+# -- the directory (unit) --------------------------------------------------------------
+
+
+def test_directory_serves_nothing_until_loaded_and_nothing_over_its_limit() -> None:
+    d = DeviceDirectory(3)
+    d.begin_load(10)
+    assert d.load_page({("token", "a"): (ROW, None)})
+    assert d.get(("token", "a")) is None  # a page may predate a change not yet read
+    d.loaded()
+    assert d.get(("token", "a")) == ROW
+    big = {("token", str(i)): (ROW, None) for i in range(3)}
+    assert not d.load_page(big)
+    assert d.state == "too large" and len(d) == 0 and d.get(("token", "a")) is None
+
+
+def test_directory_turns_away_a_lookup_that_began_before_a_change_it_read() -> None:
+    d = DeviceDirectory(10)
+    d.begin_load(1)
+    d.loaded()
+    began = d.generation
+    d.apply(2, [("token", "a")])
+    d.offer({("token", "a"): (ROW, None)}, began)  # read before the change: not held
+    assert d.get(("token", "a")) is None
+    d.offer({("token", "a"): (ROW, None)}, d.generation)
+    assert d.get(("token", "a")) == ROW
+    d.drop([("token", "a")], read=False)
+    assert d.get(("token", "a")) is None
+
+
+def test_directory_certificate_expires_by_the_clock() -> None:
+    now = [1000.0]
+    d = DeviceDirectory(10, clock=lambda: now[0])
+    d.begin_load(1)
+    d.load_page({("cert", "f"): (ROW, 1500.0), ("token", "t"): (ROW, None)})
+    d.loaded()
+    assert d.get(("cert", "f")) == ROW
+    now[0] = 1500.5
+    assert d.get(("cert", "f")) is None and d.get(("token", "t")) == ROW
+
+
+# -- real servers ------------------------------------------------------------------------
+
+
+def test_revocation_through_one_server_or_the_database_reaches_another_servers_directory(
+    fresh_pg: str, keys: Keys, tmp_path: Path
+) -> None:
+    fleet = register(fresh_pg, 5)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with (
+        serve(fresh_pg, keys, tmp_path / "a") as (a, _),
+        serve(fresh_pg, keys, tmp_path / "b", "--workers", "2") as (b, _),
+    ):
+        wait_directory(b, 10)  # 5 tokens, 5 certificates
+        for hw in ("dev-00001", "dev-00002", "dev-00003"):
+            assert check(b, fleet.headers(hw), hw).status_code == 200
+        # through the other server's admin API
+        r = httpx.post(f"{a}/v1/admin/devices/dev-00001/revoke", json={}, headers=ADMIN)
+        assert r.status_code == 200
+        assert check(a, fleet.headers("dev-00001"), "dev-00001").status_code == 403  # at once
+        late = seconds_until(
+            lambda: all(
+                check(b, fleet.headers("dev-00001"), "dev-00001").status_code == 403
+                for _ in range(4)
+            )
+        )
+        assert late < CACHE_SECONDS + 1.0
+        # straight in the database (the CLI, a script): the same
+        Registry.open(fresh_pg).revoke_device("dev-00002", "stolen")
+        late = seconds_until(
+            lambda: all(
+                check(b, fleet.headers("dev-00002"), "dev-00002").status_code == 403
+                for _ in range(4)
+            )
+        )
+        assert late < CACHE_SECONDS + 1.0
+        assert check(b, fleet.headers("dev-00003"), "dev-00003").status_code == 200
+        # a device registered after the load is looked up
+        later = register(fresh_pg, 1, prefix="new")
+        assert check(b, later.headers("new-00000"), "new-00000").status_code == 200
+
+
+def test_release_failed_through_one_server_is_not_offered_again_by_another(
+    fresh_pg: str, keys: Keys, tmp_path: Path
+) -> None:
+    fleet = register(fresh_pg, 3)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with (
+        serve(fresh_pg, keys, tmp_path / "a") as (a, _),
+        serve(fresh_pg, keys, tmp_path / "b") as (
+            b,
+            _,
+        ),
+    ):
+        wait_directory(b, 6)
+        rid = httpx.post(
+            f"{a}/v1/admin/releases", content=make_artifact(keys.release, "1.1.0", 2), headers=ADMIN
+        ).json()["release"]["id"]
+        assert (
+            httpx.post(
+                f"{a}/v1/admin/releases/{rid}/promote", json={"percent": 100}, headers=ADMIN
+            ).status_code
+            == 200
+        )
+        h = fleet.headers("dev-00000")
+        assert wait_for(lambda: check(b, h, "dev-00000").json()["update"] is True)
+        report = {
+            "hardware_id": "dev-00000",
+            "event": "refused",
+            "version": "1.1.0",
+            "app": "hello",
+            "board": "esp32",
+            "reason": "test",
+        }
+        assert httpx.post(f"{a}/v1/device/report", json=report, headers=h).status_code == 200
+        late = seconds_until(lambda: check(b, h, "dev-00000").json()["update"] is False)
+        assert late < CACHE_SECONDS + 1.0
+        assert check(b, fleet.headers("dev-00001"), "dev-00001").json()["update"] is True
+
+
+def test_directory_serves_the_devices_it_holds_while_the_database_is_down(
+    keys: Keys, tmp_path: Path
+) -> None:
+    with PostgresServer() as pg:
+        fleet = register(pg.url, 3)
+        with serve(pg.url, keys, tmp_path) as (url, _):
+            wait_directory(url, 6)
+            assert check(url, fleet.headers("dev-00000"), "dev-00000").status_code == 200
+            pg.stop()
+            # never looked up by this server: only the directory knows it
+            r = check(url, fleet.headers("dev-00002"), "dev-00002")
+            assert r.status_code == 200, r.text
+            assert wait_for(lambda: httpx.get(f"{url}/healthz").json()["database"] == "down")
+            assert directory_of(url) == {"state": "ready", "credentials": 6}
+
+
+def test_fleet_over_the_directory_limit_is_looked_up(
+    fresh_pg: str, keys: Keys, tmp_path: Path
+) -> None:
+    fleet = register(fresh_pg, 5)
+    with serve(fresh_pg, keys, tmp_path, "--directory-max", "4") as (url, _):
+        assert wait_for(lambda: directory_of(url)["state"] == "too large")
+        assert directory_of(url) == {"state": "too large", "credentials": 0}
+        assert check(url, fleet.headers("dev-00004"), "dev-00004").status_code == 200
+        logs = "".join(p.read_text() for p in tmp_path.glob("serve-*.log"))
+        assert "device directory off" in logs
+
+
+def test_sqlite_server_has_no_directory(keys: Keys, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'mpseal.db'}"
+    fleet = register(url, 2)
+    with running_server(config_for(url, keys, tmp_path)) as srv:
+        assert directory_of(srv.url) == {"state": "off", "credentials": 0}
+        assert check(srv.url, fleet.headers("dev-00001"), "dev-00001").status_code == 200
