@@ -461,6 +461,24 @@ def wait_directory(admin: Any, workers: int) -> dict[str, Any]:
     return {**status, "seconds": round(time.perf_counter() - t0, 1)}
 
 
+def worker_rss_mb(server_pid: int) -> list[float]:
+    """The resident memory of each of the server's processes below its parent."""
+    out = []
+    for task in Path(f"/proc/{server_pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                status = Path(f"/proc/{child}/status").read_text()
+            except OSError:
+                continue
+            if "resource_tracker" in Path(f"/proc/{child}/cmdline").read_text(errors="replace"):
+                continue
+            kb = next(
+                int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS")
+            )
+            out.append(kb / 1024)
+    return sorted(out)
+
+
 def _cpu_by_role(server_pid: int) -> dict[tuple[str, int], float]:
     """CPU seconds used so far by each process of the server (its session), the database
     (background ones apart: autovacuum, WAL writer...) and the load generator, keyed (role,
@@ -692,6 +710,7 @@ def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
                 headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
             )
             directory = wait_directory(admin, args.workers)
+            directory["worker_rss_mb"] = worker_rss_mb(server_pid)
             rel = admin.post(
                 "/v1/admin/releases", content=make_artifact(keys.release, "1.1.0", 2)
             ).json()["release"]
@@ -989,7 +1008,8 @@ def main() -> int:
         d = r["directory"]
         print(
             f"  device directory (each worker): {d['state']}, {d['credentials']:,} credentials, "
-            f"{d['seconds']} s from ready to loaded"
+            f"{d['seconds']} s from ready to loaded; workers' memory (RSS) "
+            f"{', '.join(f'{m:,.0f}' for m in d['worker_rss_mb'])} MB"
         )
     return 1 if args.strict and missed else 0
 

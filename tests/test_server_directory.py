@@ -36,6 +36,7 @@ from mpseal.server.directory import DeviceDirectory
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 CACHE_SECONDS = 0.5  # what test_server_survival.serve gives --cache-seconds
 ROW = (7, "dev-00007", "default", (), "esp32")
+A, B, F = "aa" * 32, "bb" * 32, "ff" * 32  # credentials: SHA-256 digests in hex
 
 
 @pytest.fixture
@@ -156,13 +157,13 @@ def test_migration_names_the_failed_states_of_fleet_releases() -> None:
 def test_directory_serves_nothing_until_loaded_and_nothing_over_its_limit() -> None:
     d = DeviceDirectory(3)
     d.begin_load(10)
-    assert d.load_page({("token", "a"): (ROW, None)})
-    assert d.get(("token", "a")) is None  # a page may predate a change not yet read
+    assert d.load_page({("token", A): (ROW, None)})
+    assert d.get(("token", A)) is None  # a page may predate a change not yet read
     d.loaded()
-    assert d.get(("token", "a")) == ROW
-    big = {("token", str(i)): (ROW, None) for i in range(3)}
+    assert d.get(("token", A)) == ROW
+    big = {("token", f"{i:064x}"): (ROW, None) for i in range(3)}
     assert not d.load_page(big)
-    assert d.state == "too large" and len(d) == 0 and d.get(("token", "a")) is None
+    assert d.state == "too large" and len(d) == 0 and d.get(("token", A)) is None
 
 
 def test_directory_turns_away_a_lookup_that_began_before_a_change_it_read() -> None:
@@ -170,24 +171,32 @@ def test_directory_turns_away_a_lookup_that_began_before_a_change_it_read() -> N
     d.begin_load(1)
     d.loaded()
     began = d.generation
-    d.apply(2, [("token", "a")])
-    d.offer({("token", "a"): (ROW, None)}, began)  # read before the change: not held
-    assert d.get(("token", "a")) is None
-    d.offer({("token", "a"): (ROW, None)}, d.generation)
-    assert d.get(("token", "a")) == ROW
-    d.drop([("token", "a")], read=False)
-    assert d.get(("token", "a")) is None
+    d.apply(2, [("token", A)])
+    d.offer({("token", A): (ROW, None)}, began)  # read before the change: not held
+    assert d.get(("token", A)) is None
+    d.offer({("token", A): (ROW, None)}, d.generation)
+    assert d.get(("token", A)) == ROW
+    d.drop([("token", A)], read=False)
+    assert d.get(("token", A)) is None
+
+
+def test_directory_holds_no_credential_that_is_not_a_digest() -> None:
+    d = DeviceDirectory(10)
+    d.begin_load(1)
+    d.load_page({("token", "not hex"): (ROW, None), ("token", A): (ROW, None)})
+    d.loaded()
+    assert len(d) == 1 and d.get(("token", "not hex")) is None and d.get(("token", A)) == ROW
 
 
 def test_directory_certificate_expires_by_the_clock() -> None:
     now = [1000.0]
     d = DeviceDirectory(10, clock=lambda: now[0])
     d.begin_load(1)
-    d.load_page({("cert", "f"): (ROW, 1500.0), ("token", "t"): (ROW, None)})
+    d.load_page({("cert", F): (ROW, 1500.0), ("token", B): (ROW, None)})
     d.loaded()
-    assert d.get(("cert", "f")) == ROW
+    assert d.get(("cert", F)) == ROW
     now[0] = 1500.5
-    assert d.get(("cert", "f")) is None and d.get(("token", "t")) == ROW
+    assert d.get(("cert", F)) is None and d.get(("token", B)) == ROW
 
 
 # -- real servers ------------------------------------------------------------------------

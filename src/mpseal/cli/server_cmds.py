@@ -139,7 +139,7 @@ def _project(folder: Path) -> Any:
     type=click.IntRange(0),
     default=2_000_000,
     show_default=True,
-    help="Device credentials each worker keeps in memory (PostgreSQL; ~330 bytes each) "
+    help="Device credentials each worker keeps in memory (PostgreSQL; ~250 bytes each) "
     "so checks need no lookup; a larger fleet, or 0, looks every device up.",
 )
 @click.option(

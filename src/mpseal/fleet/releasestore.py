@@ -327,7 +327,11 @@ _PG_CHANGES = (
     "WHERE xid >= %s::text::xid8"
 )
 _NO_XID = 2**63 - 1  # later than any transaction
-_PG_PRUNE_CHANGES = "DELETE FROM credential_changes WHERE at < now() - make_interval(secs => %s)"
+# (only rows of finished transactions: a server reads a row once its transaction ended)
+_PG_PRUNE_CHANGES = (
+    "DELETE FROM credential_changes WHERE at < now() - make_interval(secs => %s) "
+    "AND xid < pg_snapshot_xmin(pg_current_snapshot())"
+)
 
 _DU = cast(Table, DeviceUpdate.__table__)
 # The inventory's batches and the report batch take their rows as one JSON parameter

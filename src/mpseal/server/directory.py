@@ -12,12 +12,13 @@ device, certificate or a device's new failed release leaves every server process
 A credential it does not hold (a device registered or activated since, or none at all) is
 looked up as before, and an active one found is added, unless a change was read since
 that lookup began (it may predate the change). Until it is loaded, while it is too large
-(``max_entries`` credentials: the process keeps none rather than part), and on SQLite
-(no feed), every credential is looked up. While the database is down it serves what it
+(``max_entries`` credentials: the process keeps none rather than part), on SQLite (no
+feed) and with ``cache_seconds`` 0 (no delay allowed), every credential is looked up. While the database is down it serves what it
 holds; after ``STALE_SECONDS`` without a read of the feed (older changes may be pruned) it
 is dropped and loaded again.
 
-Memory: ~330 bytes a credential (1,000,000 devices: ~0.3 GB in each server process).
+Memory: ~300 bytes a device with a token, ~170 more for a certificate (1,000,000 devices
+with both: ~470 MB in each server process; measured in docs/updates.md run 15).
 """
 
 from __future__ import annotations
@@ -45,14 +46,15 @@ class DeviceDirectory:
         self.max_entries = max_entries
         self.state: State = "loading" if enabled and max_entries > 0 else "off"
         self._clock = clock  # certificates expire by wall-clock time (tests pass their own)
-        self._rows: dict[Key, DeviceRow] = {}
-        self._expires: dict[Key, float] = {}  # certificates: when each expires
+        # by the credential's digest (bytes take 65 bytes where the hex text took 113)
+        self._tokens: dict[bytes, DeviceRow] = {}
+        self._certs: dict[bytes, tuple[DeviceRow, float]] = {}  # and when each expires
         self.xmin: int | None = None  # the feed is read from this transaction on
         self.generation = 0  # bumped by every drop: a lookup begun before is not added
         self.read_at = 0.0  # when the feed was last read (monotonic)
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self._tokens) + len(self._certs)
 
     @property
     def serving(self) -> bool:
@@ -62,17 +64,21 @@ class DeviceDirectory:
         """The device of this credential, if held and (a certificate) not expired."""
         if self.state != "ready":  # a page may be older than a change not yet read
             return None
-        row = self._rows.get(key)
-        if row is not None and key[0] == "cert" and self._expires.get(key, 0.0) < self._clock():
+        kind, value = key
+        digest = _digest(value)
+        if digest is None:
             return None
-        return row
+        if kind == "token":
+            return self._tokens.get(digest)
+        held = self._certs.get(digest)
+        return held[0] if held is not None and held[1] >= self._clock() else None
 
     # -- filling ---------------------------------------------------------------------
 
     def begin_load(self, xmin: int) -> None:
         """A (re)load starts: what is held goes; the feed is read from ``xmin`` (taken
         before the first page), so a change no page saw is read by the next ``apply``."""
-        self._rows, self._expires = {}, {}
+        self._tokens, self._certs = {}, {}
         self.xmin = xmin
         self.generation += 1
         self.read_at = time.monotonic()
@@ -80,8 +86,8 @@ class DeviceDirectory:
 
     def load_page(self, page: Mapping[Key, Credential]) -> bool:
         """Add a page of the load; False (and nothing held) once over ``max_entries``."""
-        if len(self._rows) + len(page) > self.max_entries:
-            self._rows, self._expires = {}, {}
+        if len(self) + len(page) > self.max_entries:
+            self._tokens, self._certs = {}, {}
             self.state = "too large"
             log.warning(
                 "device directory off: the fleet has more than %d active credentials "
@@ -89,8 +95,7 @@ class DeviceDirectory:
                 self.max_entries,
             )
             return False
-        for key, credential in page.items():
-            self._put(key, credential)
+        self._put(page)
         return True
 
     def loaded(self) -> None:
@@ -99,19 +104,25 @@ class DeviceDirectory:
     def offer(self, found: Mapping[Key, Credential], generation: int) -> None:
         """Credentials a lookup found, begun at ``generation``: held unless a change was
         read since (the lookup may have read a device before its change)."""
-        if self.state != "ready" or generation != self.generation:
-            return
-        for key, credential in found.items():
-            if len(self._rows) >= self.max_entries:
-                return
-            self._put(key, credential)
+        if self.state == "ready" and generation == self.generation:
+            self._put(found)
 
-    def _put(self, key: Key, credential: Credential) -> None:
-        (dev_id, hardware_id, group, failed, board), expires = credential
-        # boards and groups repeat across the fleet: one string each
-        self._rows[key] = (dev_id, hardware_id, sys.intern(group), failed, sys.intern(board))
-        if expires is not None:
-            self._expires[key] = expires
+    def _put(self, found: Mapping[Key, Credential]) -> None:
+        rows: dict[DeviceRow, DeviceRow] = {}  # a device's token and certificates: one row
+        for (kind, value), (row, expires) in found.items():
+            if len(self) >= self.max_entries:
+                return
+            dev_id, hardware_id, group, failed, board = row
+            # boards and groups repeat across the fleet: one string each
+            row = (dev_id, hardware_id, sys.intern(group), failed, sys.intern(board))
+            row = rows.setdefault(row, row)
+            digest = _digest(value)
+            if digest is None:
+                continue
+            if kind == "token":
+                self._tokens[digest] = row
+            elif expires is not None:
+                self._certs[digest] = (row, expires)
 
     # -- changes ---------------------------------------------------------------------
 
@@ -121,9 +132,14 @@ class DeviceDirectory:
         this process need not (the feed names it again within ``cache_seconds``)."""
         if read:
             self.generation += 1
-        for key in keys:
-            self._rows.pop(key, None)
-            self._expires.pop(key, None)
+        for kind, value in keys:
+            digest = _digest(value)
+            if digest is None:
+                continue
+            if kind == "token":
+                self._tokens.pop(digest, None)
+            else:
+                self._certs.pop(digest, None)
 
     def apply(self, xmin: int, changed: list[Key]) -> None:
         """A read of the feed: drop what changed; read from ``xmin`` next time."""
@@ -136,4 +152,13 @@ class DeviceDirectory:
         return self.xmin is not None and time.monotonic() - self.read_at > STALE_SECONDS
 
     def status(self) -> dict[str, object]:
-        return {"state": self.state, "credentials": len(self._rows)}
+        return {"state": self.state, "credentials": len(self)}
+
+
+def _digest(value: str) -> bytes | None:
+    """A credential's SHA-256 as bytes; None for text that is not hex (never held: a row
+    of the database's that is not ours is looked up, and does not stop the load)."""
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        return None

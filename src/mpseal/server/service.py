@@ -92,7 +92,8 @@ class UpdateServer:
         # changes (PostgreSQL): most checks need no lookup (directory.py).
         self.directory = DeviceDirectory(
             config.limits.directory_entries_max,
-            enabled=self.registry.engine.dialect.name == "postgresql",
+            # --cache-seconds 0: every device looked up on every call, as documented
+            enabled=self.registry.engine.dialect.name == "postgresql" and ttl > 0,
         )
         # One lookup in flight per process: the checks arriving meanwhile gather into the
         # next one (larger batches: less cost per check in this process and the database).

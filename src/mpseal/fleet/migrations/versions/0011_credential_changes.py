@@ -27,7 +27,8 @@ _FAILED = "('refused', 'rolled_back')"  # FAILED_EVENTS (fleet/releases.py), as 
 _UPGRADE = [
     "CREATE TABLE credential_changes ("
     " id bigserial PRIMARY KEY, kind varchar(8) NOT NULL, key varchar(64) NOT NULL,"
-    " xid xid8 NOT NULL DEFAULT pg_current_xact_id(), at timestamptz NOT NULL DEFAULT now())",
+    " xid xid8 NOT NULL DEFAULT pg_current_xact_id(),"
+    " at timestamptz NOT NULL DEFAULT clock_timestamp())",  # written, not begun
     "CREATE INDEX ix_credential_changes_xid ON credential_changes (xid)",
     "CREATE INDEX ix_credential_changes_at ON credential_changes (at)",
     # The keys of these devices: their token if active, their valid certificates.
