@@ -1,21 +1,22 @@
 """Every active device's credentials in this process's memory (PostgreSQL).
 
 A check authenticates its device here, with no database lookup: the lookup cost a check
-about a sixth of the server's CPU and half of the database's (the batch, its worker thread
-and the driver's rows; docs/updates.md run 15). The directory is loaded a page of devices
-at a time once the database answers, and kept current by the feed of changed credentials
-that the database's triggers write (migration 0011): every ``cache_seconds`` it reads the
-credentials changed by transactions it may not have seen and drops them, so a revoked
-device, certificate or a device's new failed release leaves every server process within
-``cache_seconds`` (plus the read), as with the time-bounded cache it stands in front of.
+20 - 30 us of the server's ~170 and half of the database's CPU (the batch, its worker
+thread, the driver's rows; docs/updates.md run 15). The directory is loaded a page of
+devices at a time once the database answers, and kept current by the feed of changed
+credentials that the database's triggers write (migration 0011): every ``cache_seconds``
+it reads the credentials changed by transactions it may not have seen and drops them, so
+a revoked device or certificate, or a device's new failed release, leaves every server
+process within ``cache_seconds`` (plus the read), as with the time-bounded cache it
+stands in front of.
 
 A credential it does not hold (a device registered or activated since, or none at all) is
 looked up as before, and an active one found is added, unless a change was read since
-that lookup began (it may predate the change). Until it is loaded, while it is too large
-(``max_entries`` credentials: the process keeps none rather than part), on SQLite (no
-feed) and with ``cache_seconds`` 0 (no delay allowed), every credential is looked up. While the database is down it serves what it
-holds; after ``STALE_SECONDS`` without a read of the feed (older changes may be pruned) it
-is dropped and loaded again.
+that lookup began (it may predate the change). Every credential is looked up until it is
+loaded, while it is too large (``max_entries`` credentials: the process keeps none rather
+than part), on SQLite (no feed) and with ``cache_seconds`` 0 (no delay allowed). While the
+database is down it serves what it holds; after ``STALE_SECONDS`` without a read of the
+feed (older changes may be pruned) it is dropped and loaded again.
 
 Memory: ~300 bytes a device with a token, ~170 more for a certificate (1,000,000 devices
 with both: ~470 MB in each server process; measured in docs/updates.md run 15).
