@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import re
 import sys
-from typing import Any
+from typing import Any, get_args
 
 from mpseal import __version__
 from mpseal.formats import names
 from mpseal.server.config import DEFAULT_CHANNEL
+from mpseal.server.directory import State as DirectoryState
 
 
 def _string(pattern: re.Pattern[str], **extra: Any) -> dict[str, Any]:
@@ -338,6 +339,18 @@ def _schemas() -> dict[str, Any]:
                 "ready": {"type": "boolean"},
                 "database": {"type": "string", "enum": ["up", "down", "unknown"]},
                 "schema_ready": {"type": "boolean"},
+                "directory": {
+                    "type": "object",
+                    "description": "This process's device directory (credentials held in "
+                    "memory, PostgreSQL): its state and how many it holds",
+                    "properties": {
+                        "state": {
+                            "type": "string",
+                            "enum": list(get_args(DirectoryState)),
+                        },
+                        "credentials": {"type": "integer", "minimum": 0},
+                    },
+                },
             },
         },
         "Counts": counts,
