@@ -462,20 +462,17 @@ def wait_directory(admin: Any, workers: int) -> dict[str, Any]:
 
 
 def worker_rss_mb(server_pid: int) -> list[float]:
-    """The resident memory of each of the server's processes below its parent."""
+    """The resident memory of each of the server's worker processes."""
+    from server_support import worker_pids
+
     out = []
-    for task in Path(f"/proc/{server_pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            try:
-                status = Path(f"/proc/{child}/status").read_text()
-            except OSError:
-                continue
-            if "resource_tracker" in Path(f"/proc/{child}/cmdline").read_text(errors="replace"):
-                continue
-            kb = next(
-                int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS")
-            )
-            out.append(kb / 1024)
+    for pid in worker_pids(server_pid):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
+        out.append(kb / 1024)
     return sorted(out)
 
 

@@ -49,6 +49,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def worker_pids(pid: int) -> list[int]:
+    """uvicorn's worker processes under ``pid`` (not multiprocessing's resource tracker)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                cmd = Path(f"/proc/{child}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"resource_tracker" not in cmd:
+                out.append(int(child))
+    return out
+
+
 def stop_group(proc: subprocess.Popen[Any], seconds: float = 15) -> None:
     """Stop a process started in its own session (``mpseal serve`` and its workers): its
     whole group gets SIGTERM, then SIGKILL if it has not exited within ``seconds``."""

@@ -22,7 +22,7 @@ import pytest
 import sqlalchemy as sa
 from postgres import PostgresServer
 from serve_support import serving, store_args
-from server_support import Keys, free_port, make_keys, register
+from server_support import Keys, free_port, make_keys, register, worker_pids
 
 from mpseal.fleet.models import Device, Event
 
@@ -68,20 +68,6 @@ def wait_for(pred, seconds: float = 20.0) -> bool:  # type: ignore[no-untyped-de
     return False
 
 
-def children(pid: int) -> list[int]:
-    """uvicorn's worker processes under ``pid`` (not multiprocessing's resource tracker)."""
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            try:
-                cmd = Path(f"/proc/{child}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"resource_tracker" not in cmd:
-                out.append(int(child))
-    return out
-
-
 def test_server_starts_while_the_database_is_down_and_recovers_by_itself(
     keys: Keys, tmp_path: Path
 ) -> None:
@@ -120,14 +106,14 @@ def test_database_down_and_a_worker_killed_the_server_comes_back_by_itself(
                 == 200
             )
             pg.stop()
-            workers = children(proc.pid)
+            workers = worker_pids(proc.pid)
             assert len(workers) >= 2
             os.kill(workers[0], signal.SIGKILL)
             # The replacement starts without the database; the parent stays up.
             assert wait_for(
                 lambda: (
-                    len(set(children(proc.pid)) - {workers[0]}) >= 2
-                    and workers[0] not in children(proc.pid)
+                    len(set(worker_pids(proc.pid)) - {workers[0]}) >= 2
+                    and workers[0] not in worker_pids(proc.pid)
                 )
             )
             assert proc.poll() is None
