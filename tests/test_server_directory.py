@@ -82,72 +82,67 @@ def check(url: str, headers: dict[str, str], hw: str) -> httpx.Response:
 # -- the feed (store level) ----------------------------------------------------------
 
 
-def test_credential_feed_names_a_change_committed_after_a_read_that_could_not_see_it(
+def test_device_feed_names_a_change_committed_after_a_read_that_could_not_see_it(
     fresh_pg: str,
 ) -> None:
     """The race a feed by sequence number gets wrong: a change whose transaction was
     running during a read, and committed after it, is named by the next read."""
-    fleet = register(fresh_pg, 2)
+    register(fresh_pg, 2)
     store = ReleaseStore(Registry.open(fresh_pg))
-    xmin, _ = store.credential_changes(None)
+    xmin, _ = store.device_changes(None)
     engine = sa.create_engine(fresh_pg)
     with engine.connect() as conn:
         trans = conn.begin()
         conn.execute(
             sa.text("UPDATE devices SET state = 'revoked' WHERE hardware_id = 'dev-00001'")
         )
-        xmin2, seen = store.credential_changes(xmin)  # during the transaction: not visible
+        xmin2, seen = store.device_changes(xmin)  # during the transaction: not visible
         assert seen == []
         trans.commit()
     engine.dispose()
-    _, seen = store.credential_changes(xmin2)
-    token = fleet_token_hash(fresh_pg, "dev-00001")
-    assert ("token", token) in seen
-    assert ("cert", fleet.fingerprints["dev-00001"]) in seen
-    xmin3, _ = store.credential_changes(xmin2)
-    assert store.credential_changes(xmin3)[1] == []  # read once the transaction is past
+    _, seen = store.device_changes(xmin2)
+    assert seen == [device_id(fresh_pg, "dev-00001")]
+    xmin3, _ = store.device_changes(xmin2)
+    assert store.device_changes(xmin3)[1] == []  # read once the transaction is past
 
 
-def fleet_token_hash(url: str, hw: str) -> str:
+def device_id(url: str, hw: str) -> int:
     engine = sa.create_engine(url)
     with engine.connect() as conn:
         value = conn.execute(
-            sa.text("SELECT token_hash FROM devices WHERE hardware_id = :hw"), {"hw": hw}
+            sa.text("SELECT id FROM devices WHERE hardware_id = :hw"), {"hw": hw}
         ).scalar_one()
     engine.dispose()
-    return str(value)
+    return int(value)
 
 
-def test_credential_feed_names_every_kind_of_change_a_lookup_depends_on(fresh_pg: str) -> None:
+def test_device_feed_names_every_kind_of_change_a_lookup_depends_on(fresh_pg: str) -> None:
     fleet = register(fresh_pg, 4)
     registry = Registry.open(fresh_pg)
     store = ReleaseStore(registry)
-    token = {hw: fleet_token_hash(fresh_pg, hw) for hw in fleet.tokens}
+    ids = {hw: device_id(fresh_pg, hw) for hw in fleet.tokens}
 
-    def changes(action: Callable[[], object]) -> set[tuple[str, str]]:
-        xmin, _ = store.credential_changes(None)
+    def changes(action: Callable[[], object]) -> list[int]:
+        xmin, _ = store.device_changes(None)
         action()
-        return set(store.credential_changes(xmin)[1])
+        return store.device_changes(xmin)[1]
 
-    both = {("token", token["dev-00000"]), ("cert", fleet.fingerprints["dev-00000"])}
-    assert changes(lambda: registry.set_group("dev-00000", "beta")) == both
-    cert = ("cert", fleet.fingerprints["dev-00001"])
-    assert changes(lambda: registry.revoke_certificate(cert[1])) == {cert}
+    assert changes(lambda: registry.set_group("dev-00000", "beta")) == [ids["dev-00000"]]
+    cert = fleet.fingerprints["dev-00001"]
+    assert changes(lambda: registry.revoke_certificate(cert)) == [ids["dev-00001"]]
     # a report about no release changes nothing a lookup reads (a failed release does:
     # test_release_failed_through_one_server_is_not_offered_again_by_another)
-    device_id = store.device_rows([token["dev-00002"]])[("token", token["dev-00002"])][0]
-    report = Report(device_id, "refused", "1.1.0", "", None, "hello", "stable")
-    assert changes(lambda: store.record_reports([report])) == set()
-    both = {("token", token["dev-00003"]), ("cert", fleet.fingerprints["dev-00003"])}
-    assert changes(lambda: registry.revoke_device("dev-00003")) == both
-    assert changes(lambda: registry.set_group("dev-00003", "x")) == set()  # revoked: not held
+    report = Report(ids["dev-00002"], "refused", "1.1.0", "", None, "hello", "stable")
+    assert changes(lambda: store.record_reports([report])) == []
+    assert changes(lambda: registry.revoke_device("dev-00003")) == [ids["dev-00003"]]
+    assert changes(lambda: registry.set_group("dev-00003", "x")) == []  # revoked: not held
 
 
 def test_migration_names_the_failed_states_of_fleet_releases() -> None:
     """One source of truth: the triggers' failed states are FAILED_EVENTS."""
     from importlib import import_module
 
-    migration = import_module("mpseal.fleet.migrations.versions.0011_credential_changes")
+    migration = import_module("mpseal.fleet.migrations.versions.0011_device_changes")
     assert migration._FAILED == "(" + ", ".join(f"'{e}'" for e in FAILED_EVENTS) + ")"
 
 
@@ -171,13 +166,13 @@ def test_directory_turns_away_a_lookup_that_began_before_a_change_it_read() -> N
     d.begin_load(1)
     d.loaded()
     began = d.generation
-    d.apply(2, [("token", A)])
+    d.apply(2, [ROW[0]])
     d.offer({("token", A): (ROW, None)}, began)  # read before the change: not held
     assert d.get(("token", A)) is None
-    d.offer({("token", A): (ROW, None)}, d.generation)
-    assert d.get(("token", A)) == ROW
-    d.drop([("token", A)], read=False)
-    assert d.get(("token", A)) is None
+    d.offer({("token", A): (ROW, None), ("cert", F): (ROW, 2e9)}, d.generation)
+    assert d.get(("token", A)) == ROW and d.get(("cert", F)) == ROW
+    d.drop([ROW[0]], read=False)  # a device's every credential goes
+    assert d.get(("token", A)) is None and d.get(("cert", F)) is None and len(d) == 0
 
 
 def test_directory_holds_no_credential_that_is_not_a_digest() -> None:

@@ -307,7 +307,7 @@ _PG_BY_FINGERPRINT = (
     " AND d.state = 'active'"
 )
 # The server's device directory (server/directory.py): active devices a page at a time,
-# their credentials as the lookups above read them, and the feed of changed credentials
+# their credentials as the lookups above read them, and the feed of changed devices
 # (migration 0011). The changes are read with the oldest transaction still running in the
 # same snapshot: a change this read cannot see belongs to a transaction from it on.
 _PG_PAGE = "SELECT id FROM devices WHERE state = 'active' AND id > %s ORDER BY id LIMIT %s"
@@ -322,14 +322,13 @@ _PG_PAGE_CERTS = (
     + " WHERE d.id = ANY(%s) AND c.status = 'valid'"
 )
 _PG_CHANGES = (
-    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint, NULL, NULL UNION ALL "
-    "SELECT DISTINCT NULL::bigint, kind, key FROM credential_changes "
-    "WHERE xid >= %s::text::xid8"
+    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint, NULL::integer UNION ALL "
+    "SELECT DISTINCT NULL::bigint, device_id FROM device_changes WHERE xid >= %s::text::xid8"
 )
 _NO_XID = 2**63 - 1  # later than any transaction
 # (only rows of finished transactions: a server reads a row once its transaction ended)
 _PG_PRUNE_CHANGES = (
-    "DELETE FROM credential_changes WHERE at < now() - make_interval(secs => %s) "
+    "DELETE FROM device_changes WHERE at < now() - make_interval(secs => %s) "
     "AND xid < pg_snapshot_xmin(pg_current_snapshot())"
 )
 
@@ -927,18 +926,18 @@ class ReleaseStore:
                 found.setdefault(("cert", row[0]), []).append(row)
         return {key: _credential(rows) for key, rows in found.items()}, ids[-1]
 
-    def credential_changes(self, since_xid: int | None) -> tuple[int, list[tuple[str, str]]]:
+    def device_changes(self, since_xid: int | None) -> tuple[int, list[int]]:
         """PostgreSQL: the oldest transaction still running now (what the next call
-        passes), and the credentials changed by transactions from ``since_xid`` on (all
-        those this caller's last read may not have seen; ``None``: none, only the first)."""
+        passes), and the devices changed by transactions from ``since_xid`` on (all those
+        this caller's last read may not have seen; ``None``: none, only the first)."""
         with self._pg_cursor() as cur:
             cur.execute(_PG_CHANGES, (_NO_XID if since_xid is None else since_xid,))
             rows = cur.fetchall()
         xmin = next(int(r[0]) for r in rows if r[0] is not None)
-        return xmin, [(str(r[1]), str(r[2])) for r in rows if r[0] is None]
+        return xmin, [int(r[1]) for r in rows if r[0] is None]
 
-    def prune_credential_changes(self, older_than_seconds: float) -> int:
-        """Delete the credential changes older than this (PostgreSQL); how many went."""
+    def prune_device_changes(self, older_than_seconds: float) -> int:
+        """Delete the device changes older than this (PostgreSQL); how many went."""
         if self.registry.engine.dialect.name != "postgresql":
             return 0
         with self._pg_cursor() as cur:

@@ -4,11 +4,11 @@ A check authenticates its device here, with no database lookup: the lookup cost 
 20 - 30 us of the server's ~170 and half of the database's CPU (the batch, its worker
 thread, the driver's rows; docs/updates.md run 15). The directory is loaded a page of
 devices at a time once the database answers, and kept current by the feed of changed
-credentials that the database's triggers write (migration 0011): every ``cache_seconds``
-it reads the credentials changed by transactions it may not have seen and drops them, so
-a revoked device or certificate, or a device's new failed release, leaves every server
-process within ``cache_seconds`` (plus the read), as with the time-bounded cache it
-stands in front of.
+devices that the database's triggers write (migration 0011): every ``cache_seconds`` it
+reads the devices changed by transactions it may not have seen and drops their
+credentials, so a revoked device or certificate, or a device's new failed release,
+leaves every server process within ``cache_seconds`` (plus the read), as with the
+time-bounded cache it stands in front of.
 
 A credential it does not hold (a device registered or activated since, or none at all) is
 looked up as before, and an active one found is added, unless a change was read since
@@ -18,8 +18,8 @@ than part), on SQLite (no feed) and with ``cache_seconds`` 0 (no delay allowed).
 database is down it serves what it holds; after ``STALE_SECONDS`` without a read of the
 feed (older changes may be pruned) it is dropped and loaded again.
 
-Memory: ~300 bytes a device with a token, ~170 more for a certificate (1,000,000 devices
-with both: ~470 MB in each server process; measured in docs/updates.md run 15).
+Memory: ~350 bytes a device with a token, ~170 more for a certificate (1,000,000 devices
+with both: ~0.5 GB in each server process; measured in docs/updates.md run 15).
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ class DeviceDirectory:
         # by the credential's digest (bytes take 65 bytes where the hex text took 113)
         self._tokens: dict[bytes, DeviceRow] = {}
         self._certs: dict[bytes, tuple[DeviceRow, float]] = {}  # and when each expires
+        self._held: dict[int, tuple[bytes, ...]] = {}  # device id -> the digests held
         self.xmin: int | None = None  # the feed is read from this transaction on
         self.generation = 0  # bumped by every drop: a lookup begun before is not added
         self.read_at = 0.0  # when the feed was last read (monotonic)
@@ -79,7 +80,7 @@ class DeviceDirectory:
     def begin_load(self, xmin: int) -> None:
         """A (re)load starts: what is held goes; the feed is read from ``xmin`` (taken
         before the first page), so a change no page saw is read by the next ``apply``."""
-        self._tokens, self._certs = {}, {}
+        self._tokens, self._certs, self._held = {}, {}, {}
         self.xmin = xmin
         self.generation += 1
         self.read_at = time.monotonic()
@@ -88,7 +89,7 @@ class DeviceDirectory:
     def load_page(self, page: Mapping[Key, Credential]) -> bool:
         """Add a page of the load; False (and nothing held) once over ``max_entries``."""
         if len(self) + len(page) > self.max_entries:
-            self._tokens, self._certs = {}, {}
+            self._tokens, self._certs, self._held = {}, {}, {}
             self.state = "too large"
             log.warning(
                 "device directory off: the fleet has more than %d active credentials "
@@ -124,26 +125,28 @@ class DeviceDirectory:
                 self._tokens[digest] = row
             elif expires is not None:
                 self._certs[digest] = (row, expires)
+            else:
+                continue
+            held = self._held.get(dev_id, ())
+            if digest not in held:
+                self._held[dev_id] = (*held, digest)
 
     # -- changes ---------------------------------------------------------------------
 
-    def drop(self, keys: list[Key], read: bool = True) -> None:
-        """These credentials changed: looked up again at their next use. A change read
-        from the feed (``read``) also turns away lookups begun before it; one made through
-        this process need not (the feed names it again within ``cache_seconds``)."""
+    def drop(self, device_ids: list[int], read: bool = True) -> None:
+        """These devices changed: their credentials are looked up again at their next use.
+        A change read from the feed (``read``) also turns away lookups begun before it;
+        one made through this process need not (the feed names it within
+        ``cache_seconds``)."""
         if read:
             self.generation += 1
-        for kind, value in keys:
-            digest = _digest(value)
-            if digest is None:
-                continue
-            if kind == "token":
+        for dev_id in device_ids:
+            for digest in self._held.pop(dev_id, ()):
                 self._tokens.pop(digest, None)
-            else:
                 self._certs.pop(digest, None)
 
-    def apply(self, xmin: int, changed: list[Key]) -> None:
-        """A read of the feed: drop what changed; read from ``xmin`` next time."""
+    def apply(self, xmin: int, changed: list[int]) -> None:
+        """A read of the feed: drop the devices that changed; read from ``xmin`` next."""
         if changed:
             self.drop(changed)
         self.xmin = xmin

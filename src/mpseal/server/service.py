@@ -186,13 +186,15 @@ class UpdateServer:
             key: row for key, (row, expires) in found.items() if expires is None or expires >= now
         }
 
-    async def devices_changed(self, key: Key | None = None) -> None:
-        """A device changed through this process: this credential (a device's failed
-        releases), or any (a revocation, a group): forgotten here at once (the other
-        processes read the change from the database within ``cache_seconds``)."""
-        if key is not None:
-            self.devices.invalidate(key)
-            self.directory.drop([key], read=False)
+    async def devices_changed(self, device_id: int | None = None, key: Key | None = None) -> None:
+        """A device changed through this process: this one (its failed releases, the
+        credential ``key`` it used), or any (a revocation, a group): forgotten here at
+        once (the other processes read the change from the database within
+        ``cache_seconds``)."""
+        if device_id is not None:
+            if key is not None:
+                self.devices.invalidate(key)
+            self.directory.drop([device_id], read=False)
             return
         self.devices.invalidate()
         if self.directory.serving:
@@ -203,15 +205,15 @@ class UpdateServer:
                 raise
 
     async def _read_changes(self) -> None:
-        xmin, changed = await self.run(self.store.credential_changes, self.directory.xmin)
+        xmin, changed = await self.run(self.store.device_changes, self.directory.xmin)
         self.directory.apply(xmin, changed)
-        for key in changed:
-            self.devices.invalidate(key)
+        if changed:  # the cache of lookups is keyed by credential: all of it
+            self.devices.invalidate()
 
     async def _load_directory(self) -> None:
         directory = self.directory
         started = time.monotonic()
-        xmin, _ = await self.run(self.store.credential_changes, None)
+        xmin, _ = await self.run(self.store.device_changes, None)
         directory.begin_load(xmin)
         after: int | None = 0
         while after is not None:
@@ -420,7 +422,7 @@ class UpdateServer:
         for _ in range(20):  # at most 200,000 a round: the rest next round
             if await self.run(self.store.prune_events, self.config.event_retention_days) < 10_000:
                 break
-        await self.run(self.store.prune_credential_changes, CHANGES_KEPT_SECONDS)
+        await self.run(self.store.prune_device_changes, CHANGES_KEPT_SECONDS)
 
     # -- lifespan ----------------------------------------------------------------------
 

@@ -1,15 +1,16 @@
-"""A feed of changed device credentials (PostgreSQL): every change that can alter what a
-credential (a device token's hash, a certificate's fingerprint) stands for in the device
-lookup adds a row naming that credential, written by triggers in the changing
-transaction, whoever writes (the server, the CLI, a script). Server processes that keep
-the fleet's credentials in memory (server/directory.py) read the rows of transactions they
-may not have seen (``xid >= `` the oldest transaction running at their last read) and drop
-those credentials; the next request looks the device up again.
+"""A feed of changed devices (PostgreSQL): every change that can alter what a device's
+credentials (its token's hash, its certificates' fingerprints) stand for in the device
+lookup adds a row naming the device, written by triggers in the changing transaction,
+whoever writes (the server, the CLI, a script). Server processes that keep the fleet's
+credentials in memory (server/directory.py) read the rows of transactions they may not
+have seen (``xid >= `` the oldest transaction running at their last read) and drop those
+devices' credentials; the next request looks the device up again.
 
-What is logged: a device that was active changed or went (its token, its valid
-certificates); a certificate that was valid changed or went; a device's failed releases
-changed (a ``device_updates`` row entered or left a failed state). New devices, tokens
-and certificates are not: a credential the server does not hold is looked up anyway.
+What is logged: a device that was active changed or went; a certificate that was valid
+changed or went; a device's failed releases changed (a ``device_updates`` row entered or
+left a failed state). New devices, tokens and certificates are not: a credential the
+server does not hold is looked up anyway. One row a change, no lookups: a failure report
+costs the database one more row.
 
 Revision ID: 0011
 Revises: 0010
@@ -25,43 +26,32 @@ depends_on = None
 _FAILED = "('refused', 'rolled_back')"  # FAILED_EVENTS (fleet/releases.py), as SQL
 
 _UPGRADE = [
-    "CREATE TABLE credential_changes ("
-    " id bigserial PRIMARY KEY, kind varchar(8) NOT NULL, key varchar(64) NOT NULL,"
+    "CREATE TABLE device_changes ("
+    " id bigserial PRIMARY KEY, device_id integer NOT NULL,"
     " xid xid8 NOT NULL DEFAULT pg_current_xact_id(),"
     " at timestamptz NOT NULL DEFAULT clock_timestamp())",  # written, not begun
-    "CREATE INDEX ix_credential_changes_xid ON credential_changes (xid)",
+    "CREATE INDEX ix_device_changes_xid ON device_changes (xid)",
     # rows come in time order: a BRIN index (a few pages, next to nothing a row) for pruning
-    "CREATE INDEX ix_credential_changes_at ON credential_changes USING brin (at)",
-    # The keys of these devices: their token if active, their valid certificates.
-    "CREATE FUNCTION mpseal_note_devices(ids integer[]) RETURNS void LANGUAGE sql AS $$"
-    " INSERT INTO credential_changes (kind, key)"
-    " SELECT 'token', d.token_hash FROM devices d"
-    " WHERE d.id = ANY(ids) AND d.state = 'active' AND d.token_hash IS NOT NULL"
-    " UNION ALL SELECT 'cert', c.fingerprint FROM certificates c"
-    " WHERE c.device_id = ANY(ids) AND c.status = 'valid' $$",
+    "CREATE INDEX ix_device_changes_at ON device_changes USING brin (at)",
     # devices: an active one changed (state, group, board, token...) or went.
     "CREATE FUNCTION mpseal_devices_changed() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
-    " INSERT INTO credential_changes (kind, key)"
-    " SELECT 'token', o.token_hash FROM old_rows o"
-    " WHERE o.state = 'active' AND o.token_hash IS NOT NULL"
-    " UNION ALL SELECT 'cert', c.fingerprint FROM certificates c JOIN old_rows o"
-    " ON c.device_id = o.id WHERE o.state = 'active' AND c.status = 'valid';"
-    " RETURN NULL; END $$",
+    " INSERT INTO device_changes (device_id) SELECT o.id FROM old_rows o"
+    " WHERE o.state = 'active'; RETURN NULL; END $$",
     # certificates: a valid one changed (revoked, superseded) or went.
     "CREATE FUNCTION mpseal_certificates_changed() RETURNS trigger LANGUAGE plpgsql AS $$"
-    " BEGIN INSERT INTO credential_changes (kind, key) SELECT 'cert', o.fingerprint"
-    " FROM old_rows o WHERE o.status = 'valid'; RETURN NULL; END $$",
+    " BEGIN INSERT INTO device_changes (device_id) SELECT o.device_id FROM old_rows o"
+    " WHERE o.status = 'valid' AND o.device_id IS NOT NULL; RETURN NULL; END $$",
     # device_updates: a device's failed releases changed.
     "CREATE FUNCTION mpseal_updates_inserted() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"  # noqa: S608
-    " PERFORM mpseal_note_devices(ARRAY(SELECT DISTINCT n.device_id FROM new_rows n"
-    f" WHERE n.state IN {_FAILED})); RETURN NULL; END $$",
+    " INSERT INTO device_changes (device_id) SELECT DISTINCT n.device_id FROM new_rows n"
+    f" WHERE n.state IN {_FAILED}; RETURN NULL; END $$",
     "CREATE FUNCTION mpseal_updates_updated() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"  # noqa: S608
-    " PERFORM mpseal_note_devices(ARRAY(SELECT DISTINCT n.device_id FROM new_rows n"
+    " INSERT INTO device_changes (device_id) SELECT DISTINCT n.device_id FROM new_rows n"
     " JOIN old_rows o ON o.device_id = n.device_id AND o.release_id = n.release_id"
-    f" WHERE (o.state IN {_FAILED}) <> (n.state IN {_FAILED}))); RETURN NULL; END $$",
+    f" WHERE (o.state IN {_FAILED}) <> (n.state IN {_FAILED}); RETURN NULL; END $$",
     "CREATE FUNCTION mpseal_updates_deleted() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"  # noqa: S608
-    " PERFORM mpseal_note_devices(ARRAY(SELECT DISTINCT o.device_id FROM old_rows o"
-    f" WHERE o.state IN {_FAILED})); RETURN NULL; END $$",
+    " INSERT INTO device_changes (device_id) SELECT DISTINCT o.device_id FROM old_rows o"
+    f" WHERE o.state IN {_FAILED}; RETURN NULL; END $$",
 ]
 # (table, event, function, transition tables): one trigger per event (PostgreSQL allows
 # transition tables only on single-event triggers), once per statement.
@@ -111,5 +101,4 @@ def downgrade() -> None:
         op.execute(f"DROP TRIGGER {_trigger_name(table, event)} ON {table}")
     for function in _FUNCTIONS:
         op.execute(f"DROP FUNCTION {function}()")
-    op.execute("DROP FUNCTION mpseal_note_devices(integer[])")
-    op.execute("DROP TABLE credential_changes")
+    op.execute("DROP TABLE device_changes")
