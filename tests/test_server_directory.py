@@ -8,6 +8,7 @@ than the limit, or SQLite, is looked up as before. Against a real PostgreSQL and
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,10 +29,12 @@ from server_support import (
 from test_server_api import check_body
 from test_server_survival import serve, wait_for
 
-from mpseal.fleet.registry import Registry
+from mpseal.errors import TransportError
+from mpseal.fleet.registry import Registry, token_hash
 from mpseal.fleet.releases import FAILED_EVENTS
 from mpseal.fleet.releasestore import ReleaseStore, Report
 from mpseal.server.directory import DeviceDirectory
+from mpseal.server.service import UpdateServer
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 CACHE_SECONDS = 0.5  # what test_server_survival.serve gives --cache-seconds
@@ -301,6 +304,41 @@ def test_fleet_over_the_directory_limit_is_looked_up(
         assert check(url, fleet.headers("dev-00004"), "dev-00004").status_code == 200
         logs = "".join(p.read_text() for p in tmp_path.glob("serve-*.log"))
         assert "device directory off" in logs
+
+
+def test_a_change_through_this_server_whose_feed_read_fails_drops_the_directory(
+    fresh_pg: str, keys: Keys, tmp_path: Path
+) -> None:
+    """A revocation through this process is stored before the directory hears of it; if
+    the feed cannot be read then, the admin's call still succeeds and nothing held is
+    served until the directory is loaded again."""
+    fleet = register(fresh_pg, 2)
+
+    async def run() -> None:
+        server = UpdateServer(config_for(fresh_pg, keys, tmp_path, cache_seconds=0.2))
+        await server.start()
+        try:
+            while not server.directory.serving:
+                await asyncio.sleep(0.05)
+            assert await server.device("token", token_hash(fleet.tokens["dev-00000"]))
+            real = server.store.device_changes
+
+            def broken(since: int | None) -> tuple[int, list[int]]:
+                raise TransportError("the database went away")
+
+            server.store.device_changes = broken  # type: ignore[method-assign]
+            await server.devices_changed()  # no exception: the revocation was stored
+            assert server.directory.state == "loading" and len(server.directory) == 0
+            server.store.device_changes = real  # type: ignore[method-assign]
+            for _ in range(200):
+                if server.directory.serving:
+                    break
+                await asyncio.sleep(0.05)
+            assert server.directory.status() == {"state": "ready", "credentials": 4}
+        finally:
+            await server.stop()
+
+    asyncio.run(run())
 
 
 def test_sqlite_server_has_no_directory(keys: Keys, tmp_path: Path) -> None:

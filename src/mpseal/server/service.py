@@ -200,9 +200,9 @@ class UpdateServer:
         if self.directory.serving:
             try:
                 await self._read_changes()
-            except Exception:
-                self.directory.begin_load(0)  # unread: nothing held is trusted; load again
-                raise
+            except Exception:  # noqa: BLE001 - the change is stored: its caller must not fail
+                log.warning("device directory: changes unread, loading it again")
+                self.directory.begin_load(0)  # nothing held is trusted until then
 
     async def _read_changes(self) -> None:
         xmin, changed = await self.run(self.store.device_changes, self.directory.xmin)
