@@ -293,17 +293,22 @@ _PG_FAILED = (
     " WHERE du.device_id = d.id OFFSET 0) f"  # OFFSET 0: a per-device subquery, kept apart
     " ON f.state IN (" + ", ".join(f"'{e}'" for e in FAILED_EVENTS) + ")"  # constants
 )
-_PG_BY_TOKEN = (
+# A credential's rows, as ``_credential`` reads them: (key, id, hardware_id, group, failed
+# release or NULL, board[, not_after]); the lookups and the directory's pages differ only
+# in which credentials they read.
+_PG_TOKENS = (
     'SELECT d.token_hash, d.id, d.hardware_id, d.group_name AS "group", f.release_id, d.board '
-    "FROM devices d"
-    + _PG_FAILED
-    + " WHERE d.token_hash = ANY(string_to_array(%s, ',')) AND d.state = 'active'"
+    "FROM devices d" + _PG_FAILED
+)
+_PG_CERTS = (
+    'SELECT c.fingerprint, d.id, d.hardware_id, d.group_name AS "group", f.release_id, '  # noqa: S608
+    "d.board, c.not_after FROM certificates c JOIN devices d ON c.device_id = d.id" + _PG_FAILED
+)
+_PG_BY_TOKEN = (
+    _PG_TOKENS + " WHERE d.token_hash = ANY(string_to_array(%s, ',')) AND d.state = 'active'"
 )
 _PG_BY_FINGERPRINT = (
-    'SELECT c.fingerprint, d.id, d.hardware_id, d.group_name AS "group", f.release_id, '  # noqa: S608
-    "d.board, c.not_after FROM certificates c JOIN devices d ON c.device_id = d.id"
-    + _PG_FAILED
-    + " WHERE c.fingerprint = ANY(string_to_array(%s, ',')) AND c.status = 'valid'"
+    _PG_CERTS + " WHERE c.fingerprint = ANY(string_to_array(%s, ',')) AND c.status = 'valid'"
     " AND d.state = 'active'"
 )
 # The server's device directory (server/directory.py): active devices a page at a time,
@@ -311,16 +316,8 @@ _PG_BY_FINGERPRINT = (
 # (migration 0011). The changes are read with the oldest transaction still running in the
 # same snapshot: a change this read cannot see belongs to a transaction from it on.
 _PG_PAGE = "SELECT id FROM devices WHERE state = 'active' AND id > %s ORDER BY id LIMIT %s"
-_PG_PAGE_TOKENS = (
-    'SELECT d.token_hash, d.id, d.hardware_id, d.group_name AS "group", f.release_id, d.board '
-    "FROM devices d" + _PG_FAILED + " WHERE d.id = ANY(%s) AND d.token_hash IS NOT NULL"
-)
-_PG_PAGE_CERTS = (
-    'SELECT c.fingerprint, d.id, d.hardware_id, d.group_name AS "group", f.release_id, '  # noqa: S608
-    "d.board, c.not_after FROM certificates c JOIN devices d ON c.device_id = d.id"
-    + _PG_FAILED
-    + " WHERE d.id = ANY(%s) AND c.status = 'valid'"
-)
+_PG_PAGE_TOKENS = _PG_TOKENS + " WHERE d.id = ANY(%s) AND d.token_hash IS NOT NULL"
+_PG_PAGE_CERTS = _PG_CERTS + " WHERE d.id = ANY(%s) AND c.status = 'valid'"
 _PG_CHANGES = (
     "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint, NULL::integer UNION ALL "
     "SELECT DISTINCT NULL::bigint, device_id FROM device_changes WHERE xid >= %s::text::xid8"
@@ -890,12 +887,10 @@ class ReleaseStore:
             with self._pg_cursor() as cur:
                 for chunk in _chunks(list(token_hashes), 500):
                     cur.execute(_PG_BY_TOKEN, (",".join(chunk),))
-                    for row in cur.fetchall():
-                        found.setdefault(("token", row[0]), []).append(row)
+                    _gather(found, "token", cur.fetchall())
                 for chunk in _chunks([f.lower() for f in fingerprints], 500):
                     cur.execute(_PG_BY_FINGERPRINT, (",".join(chunk),))
-                    for row in cur.fetchall():
-                        found.setdefault(("cert", row[0]), []).append(row)
+                    _gather(found, "cert", cur.fetchall())
         else:
             with self._reading() as conn:
                 for chunk in _chunks(list(token_hashes), 500):
@@ -919,11 +914,9 @@ class ReleaseStore:
             if not ids:
                 return {}, None
             cur.execute(_PG_PAGE_TOKENS, (ids,))
-            for row in cur.fetchall():
-                found.setdefault(("token", row[0]), []).append(row)
+            _gather(found, "token", cur.fetchall())
             cur.execute(_PG_PAGE_CERTS, (ids,))
-            for row in cur.fetchall():
-                found.setdefault(("cert", row[0]), []).append(row)
+            _gather(found, "cert", cur.fetchall())
         return {key: _credential(rows) for key, rows in found.items()}, ids[-1]
 
     def device_changes(self, since_xid: int | None) -> tuple[int, list[int]]:
@@ -1462,6 +1455,14 @@ def _db_error(e: Exception) -> str:
 
 def _aware(dt: datetime) -> datetime:
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def _gather(
+    found: dict[tuple[str, str], list[Sequence[Any]]], kind: str, rows: Sequence[Sequence[Any]]
+) -> None:
+    """The driver's rows by credential (a row per failed release of its device)."""
+    for row in rows:
+        found.setdefault((kind, row[0]), []).append(row)
 
 
 def _credential(rows: list[Sequence[Any]]) -> Credential:
