@@ -1,10 +1,11 @@
 """The device directory (server/directory.py): every active device's credentials in each
-server process's memory, kept current from the database's feed of changed credentials
-(migration 0011). What a device relies on: a revocation, a group change or a failed
+server process's memory, kept current from the database's feed of changed devices
+(migrations 0011, 0012). What a device relies on: a revocation, a group change or a failed
 release made anywhere (another server, the CLI, a script on the database) reaches every
-server within ``cache_seconds``; a device registered later is looked up; a fleet larger
-than the limit, or SQLite, is looked up as before. Against a real PostgreSQL and real
-``mpseal serve`` processes."""
+server within ``cache_seconds``; a failure report moves the release where the device is
+held (the device is not looked up again for it); a device registered later is looked up;
+a fleet larger than the limit, or SQLite, is looked up as before. Against a real
+PostgreSQL and real ``mpseal serve`` processes."""
 
 from __future__ import annotations
 
@@ -104,7 +105,7 @@ def test_device_feed_names_a_change_committed_after_a_read_that_could_not_see_it
         trans.commit()
     engine.dispose()
     _, seen = store.device_changes(xmin2)
-    assert seen == [device_id(fresh_pg, "dev-00001")]
+    assert seen == [(device_id(fresh_pg, "dev-00001"), None, False)]
     xmin3, _ = store.device_changes(xmin2)
     assert store.device_changes(xmin3)[1] == []  # read once the transaction is past
 
@@ -128,25 +129,118 @@ def test_device_feed_names_every_kind_of_change_a_lookup_depends_on(fresh_pg: st
     def changes(action: Callable[[], object]) -> list[int]:
         xmin, _ = store.device_changes(None)
         action()
-        return store.device_changes(xmin)[1]
+        found = store.device_changes(xmin)[1]
+        assert all(release is None and not failed for _, release, failed in found), found
+        return [device for device, _, _ in found]
 
     assert changes(lambda: registry.set_group("dev-00000", "beta")) == [ids["dev-00000"]]
     cert = fleet.fingerprints["dev-00001"]
     assert changes(lambda: registry.revoke_certificate(cert)) == [ids["dev-00001"]]
     # a report about no release changes nothing a lookup reads (a failed release does:
-    # test_release_failed_through_one_server_is_not_offered_again_by_another)
+    # test_failure_report_moves_the_release_where_each_directory_holds_the_device)
     report = Report(ids["dev-00002"], "refused", "1.1.0", "", None, "hello", "stable")
     assert changes(lambda: store.record_reports([report])) == []
     assert changes(lambda: registry.revoke_device("dev-00003")) == [ids["dev-00003"]]
     assert changes(lambda: registry.set_group("dev-00003", "x")) == []  # revoked: not held
 
 
-def test_migration_names_the_failed_states_of_fleet_releases() -> None:
+@pytest.mark.parametrize("name", ["0011_device_changes", "0012_failed_in_feed"])
+def test_migration_names_the_failed_states_of_fleet_releases(name: str) -> None:
     """One source of truth: the triggers' failed states are FAILED_EVENTS."""
     from importlib import import_module
 
-    migration = import_module("mpseal.fleet.migrations.versions.0011_device_changes")
+    migration = import_module(f"mpseal.fleet.migrations.versions.{name}")
     assert migration._FAILED == "(" + ", ".join(f"'{e}'" for e in FAILED_EVENTS) + ")"
+
+
+def test_failure_report_moves_the_release_where_each_directory_holds_the_device(
+    fresh_pg: str, keys: Keys, tmp_path: Path
+) -> None:
+    """Two server processes on one database, their directories loaded. A device's failure
+    report through one: that one stops offering the release at once, the other once it
+    read the feed, and both still hold the device (no lookup for it); its later
+    ``confirmed`` report of the release takes it out of the failed ones in both. A
+    revoked device is dropped, as before."""
+    from mpseal.server.app import create_app
+
+    fleet = register(fresh_pg, 2)
+    key = ("token", token_hash(fleet.tokens["dev-00000"]))
+    h = fleet.headers("dev-00000")
+    dev = device_id(fresh_pg, "dev-00000")
+
+    async def run() -> None:
+        apps = []
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+            apps.append(create_app(config_for(fresh_pg, keys, tmp_path / name, cache_seconds=60)))
+        a, b = (app.state.server for app in apps)
+        for server in (a, b):
+            await server.start()
+        try:
+            while not (a.directory.serving and b.directory.serving):
+                await asyncio.sleep(0.05)
+            clients = [
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+                for app in apps
+            ]
+            ca, cb = clients
+            rid = (
+                await ca.post(
+                    "/v1/admin/releases",
+                    content=make_artifact(keys.release, "1.1.0", 2),
+                    headers=ADMIN,
+                )
+            ).json()["release"]["id"]
+            promoted = await ca.post(
+                f"/v1/admin/releases/{rid}/promote", json={"percent": 100}, headers=ADMIN
+            )
+            assert promoted.status_code == 200
+            await b._read_changes()
+            b.releases.invalidate()
+
+            async def offered(client: httpx.AsyncClient) -> bool:
+                r = await client.post("/v1/device/check", json=check_body("dev-00000"), headers=h)
+                assert r.status_code == 200, r.text
+                return bool(r.json()["update"])
+
+            async def report(event: str) -> None:
+                body = {"hardware_id": "dev-00000", "event": event, "version": "1.1.0",
+                        "app": "hello", "board": "esp32", "reason": "test"}  # fmt: skip
+                r = await ca.post("/v1/device/report", json=body, headers=h)
+                assert r.status_code == 200, r.text
+
+            assert await offered(ca) and await offered(cb)
+            xmin, _ = a.store.device_changes(None)
+            await report("rolled_back")
+            assert a.store.device_changes(xmin)[1] == [(dev, rid, True)]  # the feed's row
+            row = a.directory.get(key)
+            assert row is not None and rid in row[3]  # held, moved in place
+            assert not await offered(ca)
+            assert await offered(cb)  # not yet read from the feed (cache_seconds 60)
+            lookups = b.store.credential_rows
+            b.store.credential_rows = None  # type: ignore[assignment]  # none may be needed
+            await b._read_changes()
+            row = b.directory.get(key)
+            assert row is not None and rid in row[3]
+            assert not await offered(cb)
+            await report("confirmed")
+            await b._read_changes()
+            for server in (a, b):
+                row = server.directory.get(key)
+                assert row is not None and rid not in row[3]
+            assert await offered(ca) and await offered(cb)
+            b.store.credential_rows = lookups  # type: ignore[method-assign]
+            Registry.open(fresh_pg).revoke_device("dev-00000")
+            await b._read_changes()
+            assert b.directory.get(key) is None
+            assert b.directory.status() == {"state": "ready", "credentials": 2}
+            for client in clients:
+                await client.aclose()
+        finally:
+            for server in (a, b):
+                await server.stop()
+
+    asyncio.run(run())
 
 
 # -- the directory (unit) --------------------------------------------------------------
@@ -169,13 +263,32 @@ def test_directory_turns_away_a_lookup_that_began_before_a_change_it_read() -> N
     d.begin_load(1)
     d.loaded()
     began = d.generation
-    d.apply(2, [ROW[0]])
+    d.apply(2, [(ROW[0], None, False)])
     d.offer({("token", A): (ROW, None)}, began)  # read before the change: not held
     assert d.get(("token", A)) is None
     d.offer({("token", A): (ROW, None), ("cert", F): (ROW, 2e9)}, d.generation)
     assert d.get(("token", A)) == ROW and d.get(("cert", F)) == ROW
     d.drop([ROW[0]], read=False)  # a device's every credential goes
     assert d.get(("token", A)) is None and d.get(("cert", F)) is None and len(d) == 0
+
+
+def test_directory_moves_a_failed_release_in_every_credential_of_the_device() -> None:
+    other = (8, "dev-00008", "default", (), "esp32")
+    d = DeviceDirectory(10)
+    d.begin_load(1)
+    d.load_page({("token", A): (ROW, None), ("cert", F): (ROW, 2e9), ("token", B): (other, None)})
+    d.loaded()
+    began = d.generation
+    d.apply(2, [(ROW[0], 5, True), (ROW[0], 3, True), (other[0], 5, False)])
+    assert d.generation > began  # a lookup begun before the read is turned away
+    assert d.get(("token", A)) == d.get(("cert", F)) == (*ROW[:3], (3, 5), ROW[4])
+    assert d.get(("token", B)) == other and len(d) == 3
+    d.set_failed(ROW[0], 5, False)
+    assert d.get(("token", A)) == d.get(("cert", F)) == (*ROW[:3], (3,), ROW[4])
+    d.apply(3, [(ROW[0], 9, True), (ROW[0], None, False)])  # the device changed: dropped
+    assert d.get(("token", A)) is None and d.get(("cert", F)) is None and len(d) == 1
+    d.set_failed(ROW[0], 9, True)  # not held: nothing to move
+    assert len(d) == 1
 
 
 def test_directory_holds_no_credential_that_is_not_a_digest() -> None:

@@ -248,6 +248,9 @@ DeviceRow = tuple[int, str, str, tuple[int, ...], str]
 _NO_FAILURES: frozenset[int] = frozenset()
 # A credential's device and, for a certificate, when it expires (Unix time).
 Credential = tuple[DeviceRow, float | None]
+# A change read from the feed of changed devices (``device_changes``): the device, and the
+# release that entered (True) or left its failed ones, or None: the device changed otherwise.
+DeviceChange = tuple[int, int | None, bool]
 
 
 def device_view(row: DeviceRow) -> DeviceView:
@@ -313,14 +316,18 @@ _PG_BY_FINGERPRINT = (
 )
 # The server's device directory (server/directory.py): active devices a page at a time,
 # their credentials as the lookups above read them, and the feed of changed devices
-# (migration 0011). The changes are read with the oldest transaction still running in the
-# same snapshot: a change this read cannot see belongs to a transaction from it on.
+# (migrations 0011, 0012). The changes are read with the oldest transaction still running
+# in the same snapshot: a change this read cannot see belongs to a transaction from it on.
+# A device's rows come as one (release NULL: the device changed) and one for each release
+# that entered or left its failed ones (the latest row's ``failed``, by ``id``).
 _PG_PAGE = "SELECT id FROM devices WHERE state = 'active' AND id > %s ORDER BY id LIMIT %s"
 _PG_PAGE_TOKENS = _PG_TOKENS + " WHERE d.id = ANY(%s) AND d.token_hash IS NOT NULL"
 _PG_PAGE_CERTS = _PG_CERTS + " WHERE d.id = ANY(%s) AND c.status = 'valid'"
 _PG_CHANGES = (
-    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint, NULL::integer UNION ALL "
-    "SELECT DISTINCT NULL::bigint, device_id FROM device_changes WHERE xid >= %s::text::xid8"
+    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint, NULL::integer, "
+    "NULL::integer, NULL::boolean UNION ALL SELECT * FROM (SELECT DISTINCT ON (device_id, "
+    "release_id) NULL::bigint, device_id, release_id, failed FROM device_changes "
+    "WHERE xid >= %s::text::xid8 ORDER BY device_id, release_id, id DESC) c"
 )
 _NO_XID = 2**63 - 1  # later than any transaction
 # (only rows of finished transactions: a server reads a row once its transaction ended)
@@ -919,15 +926,21 @@ class ReleaseStore:
             _gather(found, "cert", cur.fetchall())
         return {key: _credential(rows) for key, rows in found.items()}, ids[-1]
 
-    def device_changes(self, since_xid: int | None) -> tuple[int, list[int]]:
+    def device_changes(self, since_xid: int | None) -> tuple[int, list[DeviceChange]]:
         """PostgreSQL: the oldest transaction still running now (what the next call
-        passes), and the devices changed by transactions from ``since_xid`` on (all those
-        this caller's last read may not have seen; ``None``: none, only the first)."""
+        passes), and the changes of devices by transactions from ``since_xid`` on (all
+        those this caller's last read may not have seen; ``None``: none, only the first):
+        ``(device, None, False)`` the device changed, ``(device, release, failed)`` that
+        release entered (True) or left the device's failed releases."""
         with self._pg_cursor() as cur:
             cur.execute(_PG_CHANGES, (_NO_XID if since_xid is None else since_xid,))
             rows = cur.fetchall()
         xmin = next(int(r[0]) for r in rows if r[0] is not None)
-        return xmin, [int(r[1]) for r in rows if r[0] is None]
+        return xmin, [
+            (int(r[1]), None, False) if r[2] is None else (int(r[1]), int(r[2]), bool(r[3]))
+            for r in rows
+            if r[0] is None
+        ]
 
     def prune_device_changes(self, older_than_seconds: float) -> int:
         """Delete the device changes older than this (PostgreSQL); how many went."""

@@ -230,8 +230,8 @@ async def report(request: Request) -> Response:
         )
     release_id = await _offered_release(server, dev, channel, app, board, version)
     await server.report(Report(dev.id, event, version, reason, release_id, app, channel))
-    if event in FAILED_EVENTS:  # its failed releases changed: not offered that one again
-        await server.devices_changed(dev.id, auth.credential(request))
+    if event in FAILED_EVENTS and release_id is not None:  # not offered that one again
+        server.devices.invalidate(auth.credential(request))  # (the directory: as stored)
     return json_encoded(_RECORDED)
 
 

@@ -4,11 +4,14 @@ A check authenticates its device here, with no database lookup: the lookup cost 
 20 - 30 us of the server's ~170 and half of the database's CPU (the batch, its worker
 thread, the driver's rows; docs/updates.md run 15). The directory is loaded a page of
 devices at a time once the database answers, and kept current by the feed of changed
-devices that the database's triggers write (migration 0011): every ``cache_seconds`` it
-reads the devices changed by transactions it may not have seen and drops their
-credentials, so a revoked device or certificate, or a device's new failed release,
-leaves every server process within ``cache_seconds`` (plus the read), as with the
-time-bounded cache it stands in front of.
+devices that the database's triggers write (migrations 0011, 0012): every
+``cache_seconds`` it reads the devices changed by transactions it may not have seen and
+drops their credentials, so a revoked device or certificate leaves every server process
+within ``cache_seconds`` (plus the read), as with the time-bounded cache it stands in
+front of. A release that entered or left a device's failed releases (a failure report) is
+added to or removed from the device where it is held, in the same time: the device is
+not looked up again for it (a repeated failure report cost twice the event loop's time
+with that lookup).
 
 A credential it does not hold (a device registered or activated since, or none at all) is
 looked up as before, and an active one found is added, unless a change was read since
@@ -30,7 +33,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Literal
 
-from mpseal.fleet.releasestore import Credential, DeviceRow
+from mpseal.fleet.releasestore import Credential, DeviceChange, DeviceRow
 
 log = logging.getLogger("mpseal.server")
 Key = tuple[str, str]  # ("token", SHA-256 of the token) or ("cert", fingerprint)
@@ -145,10 +148,35 @@ class DeviceDirectory:
                 self._tokens.pop(digest, None)
                 self._certs.pop(digest, None)
 
-    def apply(self, xmin: int, changed: list[int]) -> None:
-        """A read of the feed: drop the devices that changed; read from ``xmin`` next."""
-        if changed:
-            self.drop(changed)
+    def set_failed(self, device_id: int, release_id: int, failed: bool) -> None:
+        """This release entered (``failed``) or left the device's failed releases: so in
+        the device's row, if held. (A lookup begun before may hold the row as it was until
+        the next read of the feed, which names the change: as ``drop`` without ``read``.)"""
+        moved: dict[DeviceRow, DeviceRow] = {}  # the device's credentials share one row
+
+        def move(row: DeviceRow) -> DeviceRow:
+            if row not in moved:
+                moved[row] = _with_failed(row, release_id, failed)
+            return moved[row]
+
+        for digest in self._held.get(device_id, ()):
+            row = self._tokens.get(digest)
+            if row is not None and row[0] == device_id:
+                self._tokens[digest] = move(row)
+            cert = self._certs.get(digest)
+            if cert is not None and cert[0][0] == device_id:
+                self._certs[digest] = (move(cert[0]), cert[1])
+
+    def apply(self, xmin: int, changes: list[DeviceChange]) -> None:
+        """A read of the feed: drop the devices that changed, move the failed releases
+        that changed; read from ``xmin`` next."""
+        if changes:
+            dropped = [device for device, release, _ in changes if release is None]
+            self.drop(dropped)
+            gone = set(dropped)
+            for device, release, failed in changes:
+                if release is not None and device not in gone:
+                    self.set_failed(device, release, failed)
         self.xmin = xmin
         self.read_at = time.monotonic()
 
@@ -157,6 +185,14 @@ class DeviceDirectory:
 
     def status(self) -> dict[str, object]:
         return {"state": self.state, "credentials": len(self)}
+
+
+def _with_failed(row: DeviceRow, release_id: int, failed: bool) -> DeviceRow:
+    dev_id, hardware_id, group, releases, board = row
+    if (release_id in releases) == failed:
+        return row
+    moved = (*releases, release_id) if failed else tuple(r for r in releases if r != release_id)
+    return (dev_id, hardware_id, group, tuple(sorted(moved)), board)
 
 
 def _digest(value: str) -> bytes | None:

@@ -186,16 +186,10 @@ class UpdateServer:
             key: row for key, (row, expires) in found.items() if expires is None or expires >= now
         }
 
-    async def devices_changed(self, device_id: int | None = None, key: Key | None = None) -> None:
-        """A device changed through this process: this one (its failed releases, the
-        credential ``key`` it used), or any (a revocation, a group): forgotten here at
+    async def devices_changed(self) -> None:
+        """Devices changed through this process (a revocation, a group): forgotten here at
         once (the other processes read the change from the database within
         ``cache_seconds``)."""
-        if device_id is not None:
-            if key is not None:
-                self.devices.invalidate(key)
-            self.directory.drop([device_id], read=False)
-            return
         self.devices.invalidate()
         if self.directory.serving:
             try:
@@ -268,7 +262,14 @@ class UpdateServer:
     async def _store_reports(
         self, reports: list[Report]
     ) -> dict[int, tuple[ReleaseStats, PolicyOverrides]]:
-        return await self.run(self.store.record_reports, reports)
+        counts = await self.run(self.store.record_reports, reports)
+        # Each device's last report of a release is its stored state: a failed release is
+        # not offered again by this process from now on (the others read it from the feed).
+        final = {(r.device_id, r.release_id): r.event for r in reports}
+        for (device, release), event in final.items():
+            if release is not None:
+                self.directory.set_failed(device, release, event in FAILED_EVENTS)
+        return counts
 
     async def report(self, report: Report) -> None:
         """Store a report (returns once committed); halt its release if it must."""
