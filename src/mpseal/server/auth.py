@@ -66,7 +66,12 @@ def credential(request: Request) -> tuple[str, str]:
 
 async def device(server: UpdateServer, request: Request) -> DeviceView:
     """The calling device, or a 401/403."""
-    kind, value = credential(request)
+    return await device_of(server, credential(request))
+
+
+async def device_of(server: UpdateServer, key: tuple[str, str]) -> DeviceView:
+    """The device of this ``credential``, or a 403."""
+    kind, value = key
     found = await server.device(kind, value)
     if found is None:
         if kind == "cert":

@@ -206,7 +206,8 @@ async def report(request: Request) -> Response:
     """Acknowledged only once stored. The answer names no release (devices learn nothing
     of other releases from it); a device over its report rate gets 429 with Retry-After."""
     server = _server(request)
-    dev = await auth.device(server, request)
+    key = auth.credential(request)
+    dev = await auth.device_of(server, key)
     f = await read_json(request, server.config.limits.json_body_max, "report")
     _hardware_id(f, dev.hardware_id)
     event = f.req_str("event", 16)
@@ -231,7 +232,7 @@ async def report(request: Request) -> Response:
     release_id = await _offered_release(server, dev, channel, app, board, version)
     await server.report(Report(dev.id, event, version, reason, release_id, app, channel))
     if event in FAILED_EVENTS and release_id is not None:  # not offered that one again
-        server.devices.invalidate(auth.credential(request))  # (the directory: as stored)
+        server.devices.invalidate(key)  # (the directory: as stored)
     return json_encoded(_RECORDED)
 
 
