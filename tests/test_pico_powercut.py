@@ -3,7 +3,10 @@ every flash write (each erase and each program) of stage -> trial boot -> commit
 
 Threat tier: T0 (no attacker: the power fails). After every cut the board, powered on
 again, boots a validly signed release (the old or the new one) and its security counter
-never goes down. Slow (one power-on and one reboot per write), so it runs once.
+never goes down. Each step runs whole once with its flash operations recorded; the flash a
+cut at each of them leaves is powered on and checked, and three of them per step are also
+cut for real and must leave the same bytes (check_update_pico). Slow (one power-on per
+write), so it runs once.
 """
 
 from __future__ import annotations
@@ -34,3 +37,24 @@ def test_power_cut_at_every_write_of_an_update_on_the_virtual_pico(tmp_path: Pat
         f"virtual Pico power cuts: {report.tried} points tried, {report.survived} survived "
         f"({report.writes_per_step})"
     )
+
+
+def test_flash_trace_replays_erases_and_programs_and_refuses_a_bad_line() -> None:
+    from mpseal.device.powercut import FlashOp
+    from mpseal.errors import MpsealError
+
+    flash = bytearray(b"\x00" * 16)
+    for line in ("E 4 8", "P 5 2 0a0b", "P 0 0"):
+        FlashOp.parse(line).apply(flash)
+    assert flash == b"\x00" * 4 + b"\xff\x0a\x0b" + b"\xff" * 5 + b"\x00" * 4
+    for bad in ("P 0 2 0a", "X 0 1", "E 0", "P 0 1 zz"):
+        with pytest.raises(MpsealError, match="bad flash trace line"):
+            FlashOp.parse(bad)
+
+
+def test_real_cuts_confirm_the_first_and_last_writes_and_ones_between() -> None:
+    from mpseal.device.powercut import _spread
+
+    assert _spread(15, 3) == {1, 8, 15}
+    assert _spread(2, 3) == {1, 2} and _spread(1, 3) == {1}
+    assert _spread(0, 3) == set() and _spread(10, 0) == set() and _spread(10, 1) == {10}

@@ -10,9 +10,11 @@ image. Each step restarts from the flash as it was before that step.
 
 from __future__ import annotations
 
+import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from mpseal.device.picoboard import PicoBoard
 from mpseal.device.serialboard import SerialTransport
@@ -139,6 +141,7 @@ def _reboot_and_check(
 # --------------------------------------------------------------------------- the virtual Pico
 
 PICO_STEPS = ("stage", "trial boot", "committed boot")
+CONFIRM_CUTS = 3  # real cuts a step: the first write, the last, and one between
 
 
 # The update client's delta path on a board, over the REPL (mpseal_ota._via_delta after
@@ -164,9 +167,9 @@ def check_update_pico(
     versions: set[str],
     min_counter: int,
     progress: Callable[[CutPoint], None] | None = None,
-    max_writes: int = MAX_WRITES_PER_STEP,
     delta: bytes | None = None,
     cut_steps: tuple[str, ...] = PICO_STEPS,
+    confirm_cuts: int = CONFIRM_CUTS,
 ) -> PowerCutReport:
     """The same check on a virtual Pico (stock firmware, real littlefs, rp2040js).
 
@@ -177,8 +180,15 @@ def check_update_pico(
     an allowed version with a counter not below ``min_counter``. There are no torn
     writes here: an operation is done whole or not at all (docs/virtual-pico.md). With
     ``delta`` the stage step rebuilds the release from it (DELTA_STAGE). Steps not in
-    ``cut_steps`` run once without cuts (each emulated cut costs two power-ons: a test
-    that changes only one step cuts only there).
+    ``cut_steps`` run once without cuts.
+
+    Each step runs whole once with its flash operations recorded; the flash a cut at
+    operation N leaves is the flash before the step with the first N - 1 operations
+    done, and each of those is powered on and checked. ``confirm_cuts`` of them (the
+    first, the last and ones between) are also cut for real, and must leave the same
+    bytes: the step writes the same operations every time, so the recorded flashes
+    are the ones a power cut leaves (a cut in the emulator costs a power-on and the
+    step again: twice the time, for the same flash).
     """
     from mpseal.device.guard_install import INCOMING, STAGE
 
@@ -200,26 +210,108 @@ def check_update_pico(
             _pico_step(board, name, cut=0, code=code)
             continue
         before = board.flash.read_bytes()
-        completed_at = None
-        for n in range(1, max_writes + 1):
-            board.flash.write_bytes(before)
-            if not _pico_step(board, name, cut=n, code=code):
-                completed_at = n - 1  # the step ran whole: the flash holds its outcome
-                break
+        powered_on, ops = _recorded_step(board, name, code)
+        after = board.flash.read_bytes()
+        confirm = _spread(len(ops), confirm_cuts)
+        flash = bytearray(before)
+        for op in powered_on:  # the stage's board booted to its REPL first
+            op.apply(flash)
+        cut_flash: dict[int, bytes] = {}
+        for n, op in enumerate(ops, start=1):
+            if n in confirm:
+                cut_flash[n] = bytes(flash)
+            board.flash.write_bytes(bytes(flash))
             point = _reboot_and_check_pico(board, name, n, versions, min_counter)
             report.points.append(point)
             if progress:
                 progress(point)
-        report.writes_per_step[name] = completed_at if completed_at is not None else -1
-        if completed_at is None:  # never finished within max_writes: run it whole
+            op.apply(flash)
+        if bytes(flash) != after:
+            raise MpsealError(f"power-cut check: the recorded writes of {name} do not replay")
+        for n in sorted(confirm):
             board.flash.write_bytes(before)
-            _pico_step(board, name, cut=0, code=code)
+            if not _pico_step(board, name, cut=n, code=code).lost:
+                raise MpsealError(f"power-cut check: {name} ended before its write {n} this time")
+            if board.flash.read_bytes() != cut_flash[n]:
+                raise MpsealError(
+                    f"power-cut check: a cut at write {n} of {name} left other bytes than "
+                    "the recorded writes (the step does not write the same each time)"
+                )
+        report.writes_per_step[name] = len(ops)
+        board.flash.write_bytes(after)
     return report
 
 
-def _pico_step(board: PicoBoard, step: str, cut: int, code: str | None = None) -> bool:
-    """Run one step with power lost at its ``cut``-th flash write; True if it was lost.
-    ``code``: what the stage step runs (default: the guard's stage of INCOMING)."""
+@dataclass(frozen=True)
+class FlashOp:
+    """One flash operation of the emulator's trace: an erase (``data`` None) or a
+    program of ``data`` (the bytes as programmed: already ANDed with the flash)."""
+
+    offset: int
+    length: int
+    data: bytes | None
+
+    def apply(self, flash: bytearray) -> None:
+        end = self.offset + self.length
+        flash[self.offset : end] = b"\xff" * self.length if self.data is None else self.data
+
+    @classmethod
+    def parse(cls, line: str) -> FlashOp:
+        """A trace line: ``E offset length`` or ``P offset length hex``."""
+        try:
+            kind, offset, length, *rest = line.split()
+            data = bytes.fromhex(rest[0]) if rest else b""
+            op = cls(int(offset), int(length), None if kind == "E" else data)
+        except ValueError:
+            op = None
+        if (
+            op is None
+            or kind not in ("E", "P")
+            or (op.data is not None and len(op.data) != op.length)
+        ):
+            raise MpsealError(f"power-cut check: bad flash trace line {line[:40]!r}")
+        return op
+
+
+def _spread(count: int, k: int) -> set[int]:
+    """``k`` of the writes 1..count, the first and the last among them."""
+    if count <= 0 or k <= 0:
+        return set()
+    if k == 1:
+        return {count}
+    return {1 + round(i * (count - 1) / (k - 1)) for i in range(k)}
+
+
+def _recorded_step(board: PicoBoard, step: str, code: str) -> tuple[list[FlashOp], list[FlashOp]]:
+    """Run the step whole with the emulator's flash trace on: the operations of the
+    power-on before the step's own (the stage's boot to the REPL), and the step's."""
+    with tempfile.TemporaryDirectory(prefix="mpseal-cut-") as tmp:
+        trace = Path(tmp) / "flash.trace"
+        trace.touch()
+        run = _pico_step(board, step, cut=0, code=code, trace=trace)
+        lines = trace.read_text().splitlines()
+    if run.lost:
+        raise MpsealError(f"power-cut check: {step} lost power without a cut")
+    ops = [FlashOp.parse(line) for line in lines[: run.last]]
+    if len(ops) != run.last:
+        raise MpsealError(f"power-cut check: the flash trace of {step} is missing writes")
+    return ops[: run.first], ops[run.first :]
+
+
+@dataclass(frozen=True)
+class StepRun:
+    lost: bool  # power was lost (the cut)
+    first: int  # writes of this power-on before the step's own
+    last: int  # writes of this power-on when the step ended
+
+
+def _pico_step(
+    board: PicoBoard, step: str, cut: int, code: str | None = None, trace: Path | None = None
+) -> StepRun:
+    """Run one step with power lost at its ``cut``-th flash write (0: none). ``code``:
+    what the stage step runs (default: the guard's stage of INCOMING); ``trace``: the
+    emulator's record of this power-on's writes. A boot step ends at the chip's first
+    reset (the next boot is not the step's)."""
     pico = board.pico
     try:
         if step == "stage":
@@ -227,11 +319,12 @@ def _pico_step(board: PicoBoard, step: str, cut: int, code: str | None = None) -
 
             code = code or STAGE.format(path=INCOMING, key=None)
 
-            pico.start()
+            pico.start(trace=trace)
             board.settle()
             transport = SerialTransport(pico.path)
             try:
                 transport.exec("pass")  # in the raw REPL before the cut is armed
+                first = pico.counters().writes
                 if cut:
                     pico.arm_cut(cut)
                 done = threading.Event()
@@ -248,13 +341,22 @@ def _pico_step(board: PicoBoard, step: str, cut: int, code: str | None = None) -
                 while not done.wait(0.2) and pico.cut is None:
                     pass
                 lost = pico.cut is not None
+                last = first if lost else pico.counters().writes
             finally:
                 pico.stop()  # the line closes: a stage still waiting ends
                 transport.close()
-            return lost
-        pico.start(cut_after=cut)
+            return StepRun(lost, first, last)
+        pico.start(cut_after=cut, trace=trace)
         report = board.follow_one_boot()
-        return report.outcome == "cut"
+        if report.outcome == "cut":
+            return StepRun(True, 0, 0)
+        resets = [e for e in pico.events if e.get("event") == "reset"]
+        if not resets:
+            return StepRun(False, 0, pico.counters().writes)
+        at_reset = resets[0].get("writes")
+        if not isinstance(at_reset, int):
+            raise MpsealError("power-cut check: the emulator's reset event has no write count")
+        return StepRun(False, 0, at_reset)
     finally:
         pico.stop()
 

@@ -368,7 +368,7 @@ function runBatch(mcu, core, clock, until) {
       resets += 1;
       newChip(prev);
       event({ event: 'reset', reason: prev.reason === 2 ? 'force' : 'timer', cycles: cycles(),
-              nanos: Math.round(nanos()) });
+              nanos: Math.round(nanos()), writes });
       schedule(0);
       return;
     }
