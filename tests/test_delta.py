@@ -243,6 +243,7 @@ def test_power_cut_at_every_write_of_a_delta_apply_on_the_virtual_pico(tmp_path:
 
     assert report.writes_per_step["stage"] > 0, report.writes_per_step
     assert report.survived == report.tried, report.failures()[:3]
+    assert len(report.confirmed) == 3 and all(p.ok for p in report.confirmed)
     status = PicoBoard(sim).status()
     assert status["state"]["committed"] == "b" and status["state"]["counter"] == 2
     print(

@@ -5,8 +5,8 @@ Threat tier: T0 (no attacker: the power fails). After every cut the board, power
 again, boots a validly signed release (the old or the new one) and its security counter
 never goes down. Each step runs whole once with its flash operations recorded; the flash a
 cut at each of them leaves is powered on and checked, and three of them per step are also
-cut for real and must leave the same bytes (check_update_pico). Slow (one power-on per
-write), so it runs once.
+cut for real: the same operations and files, and that flash boots too (check_update_pico).
+Slow (one power-on per write), so it runs once.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ def test_power_cut_at_every_write_of_an_update_on_the_virtual_pico(tmp_path: Pat
     assert all(n > 0 for n in report.writes_per_step.values()), report.writes_per_step
     assert report.tried == sum(report.writes_per_step.values())
     assert report.survived == report.tried, report.failures()[:3]
+    # three real cuts a step followed the recorded writes, left the same files and booted
+    assert len(report.confirmed) == 9 and all(p.ok for p in report.confirmed), report.confirmed
     # The update itself went through: the board now runs 1.1.0, committed.
     status = PicoBoard(sim).status()
     assert status["state"]["committed"] == "b" and status["state"]["trial"] is None
@@ -58,3 +60,43 @@ def test_real_cuts_confirm_the_first_and_last_writes_and_ones_between() -> None:
     assert _spread(15, 3) == {1, 8, 15}
     assert _spread(2, 3) == {1, 2} and _spread(1, 3) == {1}
     assert _spread(0, 3) == set() and _spread(10, 0) == set() and _spread(10, 1) == {10}
+
+
+class _Flash:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def read_bytes(self) -> bytes:
+        return self.data
+
+    def write_bytes(self, data: bytes) -> None:
+        self.data = data
+
+
+class _Board:
+    """What _confirm reads of a board: its flash, and the files in it (here: by a table)."""
+
+    def __init__(self, flash: bytes, files: dict[bytes, dict[str, tuple[int, str]]]) -> None:
+        self.flash = _Flash(flash)
+        self._files = files
+
+    def files(self) -> dict[str, tuple[int, str]]:
+        return self._files[self.flash.data]
+
+
+def test_a_real_cut_must_follow_the_recorded_writes_and_leave_the_same_files() -> None:
+    from mpseal.device.powercut import FlashOp, _confirm
+    from mpseal.errors import MpsealError
+
+    recorded = [FlashOp(0, 4096, None), FlashOp(0, 4, b"abcd")]
+    same_places = [FlashOp(0, 4096, None), FlashOp(0, 4, b"abce")]  # an mtime's bytes
+    files = {"/main.py": (4, "ab" * 32)}
+    board = _Board(b"real", {b"real": files, b"rec": dict(files)})
+    _confirm(board, "stage", 3, recorded, same_places, b"rec")  # type: ignore[arg-type]
+    assert board.flash.data == b"real"
+    elsewhere = [FlashOp(4096, 4096, None), FlashOp(0, 4, b"abcd")]
+    with pytest.raises(MpsealError, match="followed other writes"):
+        _confirm(board, "stage", 3, recorded, elsewhere, b"rec")  # type: ignore[arg-type]
+    board = _Board(b"real", {b"real": files, b"rec": {"/main.py": (4, "cd" * 32)}})
+    with pytest.raises(MpsealError, match="left other files"):
+        _confirm(board, "stage", 3, recorded, same_places, b"rec")  # type: ignore[arg-type]

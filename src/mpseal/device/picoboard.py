@@ -100,6 +100,13 @@ class PicoBoard:
             raise FormatError("virtual Pico listing is not a list")
         return listing
 
+    def files(self) -> dict[str, tuple[int, str]]:
+        """Every file in the flash's filesystem: its size and SHA-256 (hex), by path."""
+        listing = self._read("tree")
+        if not isinstance(listing, list):
+            raise FormatError("virtual Pico file tree is not a list")
+        return {str(p): (int(n), str(h)) for p, n, h in listing}
+
     def status(self) -> dict[str, object]:
         """The guard's state, slots and log, read from the flash (the board stays off)."""
         result = self._read("status")

@@ -40,6 +40,8 @@ class CutPoint:
 class PowerCutReport:
     points: list[CutPoint] = field(default_factory=list)
     writes_per_step: dict[str, int] = field(default_factory=dict)
+    # the virtual Pico's real cuts that confirmed the recorded ones (check_update_pico)
+    confirmed: list[CutPoint] = field(default_factory=list)
 
     @property
     def tried(self) -> int:
@@ -185,10 +187,10 @@ def check_update_pico(
     Each step runs whole once with its flash operations recorded; the flash a cut at
     operation N leaves is the flash before the step with the first N - 1 operations
     done, and each of those is powered on and checked. ``confirm_cuts`` of them (the
-    first, the last and ones between) are also cut for real, and must leave the same
-    bytes: the step writes the same operations every time, so the recorded flashes
-    are the ones a power cut leaves (a cut in the emulator costs a power-on and the
-    step again: twice the time, for the same flash).
+    first, the last and ones between) are also cut for real: the real cut must follow
+    the same operations (kind, place, length) and leave the same files (``_confirm``),
+    and its flash is powered on and checked too (``report.confirmed``). A cut in the
+    emulator costs a power-on and the step again: twice the time for each point.
     """
     from mpseal.device.guard_install import INCOMING, STAGE
 
@@ -230,13 +232,14 @@ def check_update_pico(
             raise MpsealError(f"power-cut check: the recorded writes of {name} do not replay")
         for n in sorted(confirm):
             board.flash.write_bytes(before)
-            if not _pico_step(board, name, cut=n, code=code).lost:
+            run, done = _traced_step(board, name, n, code)
+            if not run.lost:
                 raise MpsealError(f"power-cut check: {name} ended before its write {n} this time")
-            if board.flash.read_bytes() != cut_flash[n]:
-                raise MpsealError(
-                    f"power-cut check: a cut at write {n} of {name} left other bytes than "
-                    "the recorded writes (the step does not write the same each time)"
-                )
+            _confirm(board, name, n, powered_on + ops[: n - 1], done, cut_flash[n])
+            point = _reboot_and_check_pico(board, name, n, versions, min_counter)
+            report.confirmed.append(point)
+            if progress:
+                progress(point)
         report.writes_per_step[name] = len(ops)
         board.flash.write_bytes(after)
     return report
@@ -285,17 +288,57 @@ def _spread(count: int, k: int) -> set[int]:
 def _recorded_step(board: PicoBoard, step: str, code: str) -> tuple[list[FlashOp], list[FlashOp]]:
     """Run the step whole with the emulator's flash trace on: the operations of the
     power-on before the step's own (the stage's boot to the REPL), and the step's."""
+    run, ops = _traced_step(board, step, 0, code)
+    if run.lost:
+        raise MpsealError(f"power-cut check: {step} lost power without a cut")
+    return ops[: run.first], ops[run.first :]
+
+
+def _traced_step(board: PicoBoard, step: str, cut: int, code: str) -> tuple[StepRun, list[FlashOp]]:
+    """``_pico_step`` with the flash trace on: the run, and the power-on's operations
+    done (up to the cut, or to the step's end)."""
     with tempfile.TemporaryDirectory(prefix="mpseal-cut-") as tmp:
         trace = Path(tmp) / "flash.trace"
         trace.touch()
-        run = _pico_step(board, step, cut=0, code=code, trace=trace)
+        run = _pico_step(board, step, cut=cut, code=code, trace=trace)
         lines = trace.read_text().splitlines()
-    if run.lost:
-        raise MpsealError(f"power-cut check: {step} lost power without a cut")
-    ops = [FlashOp.parse(line) for line in lines[: run.last]]
-    if len(ops) != run.last:
+    done = run.first + cut - 1 if run.lost else run.last
+    ops = [FlashOp.parse(line) for line in lines[:done]]
+    if len(ops) != done:
         raise MpsealError(f"power-cut check: the flash trace of {step} is missing writes")
-    return ops[: run.first], ops[run.first :]
+    return run, ops
+
+
+def _confirm(
+    board: PicoBoard,
+    step: str,
+    n: int,
+    recorded: list[FlashOp],
+    done: list[FlashOp],
+    recorded_flash: bytes,
+) -> None:
+    """A real cut at write ``n`` against the recorded one: the same operations (kind,
+    place, length) before it, and the same files (paths, sizes, contents). The bytes may
+    differ where littlefs keeps each file's modification time (the board's clock, which
+    runs with the host's while the board waits for it) and in those metadata entries'
+    checksums: nothing the guard reads."""
+    if [(o.offset, o.length, o.data is None) for o in done] != [
+        (o.offset, o.length, o.data is None) for o in recorded
+    ]:
+        raise MpsealError(
+            f"power-cut check: a real cut at write {n} of {step} followed other writes than "
+            "the recorded run (the step does not write the same each time)"
+        )
+    real_flash = board.flash.read_bytes()
+    real_files = board.files()
+    board.flash.write_bytes(recorded_flash)
+    recorded_files = board.files()
+    board.flash.write_bytes(real_flash)
+    if real_files != recorded_files:
+        raise MpsealError(
+            f"power-cut check: a real cut at write {n} of {step} left other files than the "
+            "recorded writes"
+        )
 
 
 @dataclass(frozen=True)

@@ -152,8 +152,30 @@ def meta_command(args):
     raise SystemExit("simboard: unknown meta command " + args[0])
 
 
+def tree(folder, out):
+    """Every file under ``folder``: [path, size, SHA-256 hex] (a host tool's comparison of
+    two flashes by what the board reads from them: no littlefs metadata, no mtimes)."""
+    import binascii
+    import hashlib
+
+    for e in sorted(os.ilistdir(folder)):
+        path = folder + "/" + e[0]
+        if e[1] == 0x4000:
+            tree(path, out)
+            continue
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while True:
+                chunk = f.read(4096)
+                if not chunk:
+                    break
+                h.update(chunk)
+        out.append([path[len("/flash") :], os.stat(path)[6], binascii.hexlify(h.digest()).decode()])
+    return out
+
+
 def file_command(cmd, args):
-    """put, get, ls, rm on the filesystem mounted at /flash."""
+    """put, get, ls, rm, tree on the filesystem mounted at /flash."""
     if cmd == "put":  # put SRC DEST [SRC DEST ...]
         sizes = []
         for i in range(0, len(args), 2):
@@ -169,6 +191,8 @@ def file_command(cmd, args):
     elif cmd == "rm":
         os.remove("/flash/" + args[0].lstrip("/"))
         reply(True)
+    elif cmd == "tree":
+        reply(tree("/flash", []))
     else:
         folder = "/flash/" + (args[0].lstrip("/") if args else "")
         try:
@@ -224,7 +248,7 @@ def main(argv):
     if cmd == "format":
         vfs.VfsLfs2.mkfs(bdev)
         reply(bdev.blocks)
-    elif cmd in ("put", "get", "ls", "rm"):
+    elif cmd in ("put", "get", "ls", "rm", "tree"):
         mount_flash(bdev, "/flash")
         file_command(cmd, args)
     elif cmd == "boot":
