@@ -268,7 +268,7 @@ def test_directory_turns_away_a_lookup_that_began_before_a_change_it_read() -> N
     assert d.get(("token", A)) is None
     d.offer({("token", A): (ROW, None), ("cert", F): (ROW, 2e9)}, d.generation)
     assert d.get(("token", A)) == ROW and d.get(("cert", F)) == ROW
-    d.drop([ROW[0]], read=False)  # a device's every credential goes
+    d.drop([ROW[0]])  # a device's every credential goes
     assert d.get(("token", A)) is None and d.get(("cert", F)) is None and len(d) == 0
 
 

@@ -136,13 +136,10 @@ class DeviceDirectory:
 
     # -- changes ---------------------------------------------------------------------
 
-    def drop(self, device_ids: list[int], read: bool = True) -> None:
-        """These devices changed: their credentials are looked up again at their next use.
-        A change read from the feed (``read``) also turns away lookups begun before it;
-        one made through this process need not (the feed names it within
-        ``cache_seconds``)."""
-        if read:
-            self.generation += 1
+    def drop(self, device_ids: list[int]) -> None:
+        """These devices changed (read from the feed): their credentials are looked up
+        again at their next use, and lookups begun before the change are turned away."""
+        self.generation += 1
         for dev_id in device_ids:
             for digest in self._held.pop(dev_id, ()):
                 self._tokens.pop(digest, None)
@@ -150,8 +147,9 @@ class DeviceDirectory:
 
     def set_failed(self, device_id: int, release_id: int, failed: bool) -> None:
         """This release entered (``failed``) or left the device's failed releases: so in
-        the device's row, if held. (A lookup begun before may hold the row as it was until
-        the next read of the feed, which names the change: as ``drop`` without ``read``.)"""
+        the device's row, if held. (Called for a report this process stored, a lookup
+        begun before may hold the row as it was until the next read of the feed, which
+        names the change and moves it again.)"""
         moved: dict[DeviceRow, DeviceRow] = {}  # the device's credentials share one row
 
         def move(row: DeviceRow) -> DeviceRow:
