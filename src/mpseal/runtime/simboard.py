@@ -155,22 +155,16 @@ def meta_command(args):
 def tree(folder, out):
     """Every file under ``folder``: [path, size, SHA-256 hex] (a host tool's comparison of
     two flashes by what the board reads from them: no littlefs metadata, no mtimes)."""
-    import binascii
-    import hashlib
+    import mpseal_release
 
     for e in sorted(os.ilistdir(folder)):
         path = folder + "/" + e[0]
         if e[1] == 0x4000:
             tree(path, out)
             continue
-        h = hashlib.sha256()
+        size = os.stat(path)[6]
         with open(path, "rb") as f:
-            while True:
-                chunk = f.read(4096)
-                if not chunk:
-                    break
-                h.update(chunk)
-        out.append([path[len("/flash") :], os.stat(path)[6], binascii.hexlify(h.digest()).decode()])
+            out.append([path[len("/flash") :], size, mpseal_release.hash_stream(f, size)])
     return out
 
 
