@@ -176,7 +176,7 @@ def test_power_cut_at_every_write_of_a_delta_apply(project: Path, tmp_path: Path
     assert report.tried >= 2 * report.writes_per_step["stage"]
     print(
         f"delta power cut: {report.survived}/{report.tried} survived, "
-        f"writes per step {report.writes_per_step}"
+        f"writes per step {report.writes_per_step}, {report.booted} flashes powered on"
     )
     assert board.boot().ran()[-1][1] == "1.0.1"
 

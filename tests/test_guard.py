@@ -252,7 +252,7 @@ def test_power_cut_at_every_write_of_an_update_cycle(device, capsys) -> None:
     with capsys.disabled():
         print(
             f"\npower-cut test: {report.tried} cut points tried, {report.survived} survived "
-            f"(writes per step: {report.writes_per_step})"
+            f"(writes per step: {report.writes_per_step}; {report.booted} flashes powered on)"
         )
     assert report.tried >= 100
     assert not report.failures(), report.failures()[:5]

@@ -107,3 +107,27 @@ def test_a_real_cut_must_follow_the_recorded_writes_and_leave_the_same_files() -
     board = _Board(b"real", {b"real": files, b"rec": {"/main.py": (4, "cd" * 32)}})
     with pytest.raises(MpsealError, match="left other files"):
         _confirm(board, "stage", 3, recorded, same_places, b"rec")  # type: ignore[arg-type]
+
+
+def test_a_flash_already_powered_on_is_not_powered_on_again() -> None:
+    from mpseal.device.powercut import CutPoint, _PowerOns
+
+    calls: list[tuple[str, int, bool]] = []
+
+    def power_on(step: str, n: int, torn: bool) -> CutPoint:
+        calls.append((step, n, torn))
+        return CutPoint(step, n, torn, "1.0.0", 1, True)
+
+    power_ons = _PowerOns(power_on)
+    first = power_ons.point(b"\xff" * 8, "stage", 3)
+    again = power_ons.point(b"\xff" * 8, "trial boot", 2, torn=True)  # an erase of erased
+    other = power_ons.point(b"\xff" * 7 + b"\x00", "trial boot", 3)
+    assert calls == [("stage", 3, False), ("trial boot", 3, False)]
+    assert first.same_as is None and other.same_as is None
+    assert (again.step, again.write, again.torn, again.same_as) == (
+        "trial boot",
+        2,
+        True,
+        ("stage", 3),
+    )
+    assert (again.ran, again.counter, again.ok) == (first.ran, first.counter, first.ok)

@@ -64,6 +64,25 @@ class PowerCutReport:
         return sum(p.same_as is None for p in self.points + self.confirmed)
 
 
+class _PowerOns:
+    """Each flash a cut left, powered on and checked once: a flash the same, byte for
+    byte, as one before (an erase of erased blocks, a torn write that tore nothing, a
+    real cut that left what its recorded one did) powers on the same way, so its point
+    takes that result (``same_as``)."""
+
+    def __init__(self, check: Callable[[str, int, bool], CutPoint]) -> None:
+        self._check = check  # powers the board on from its flash as it is now
+        self._seen: dict[bytes, CutPoint] = {}
+
+    def point(self, flash: bytes, step: str, n: int, torn: bool = False) -> CutPoint:
+        key = hashlib.sha256(flash).digest()
+        first = self._seen.get(key)
+        if first is not None:
+            return replace(first, step=step, write=n, torn=torn, same_as=(first.step, first.write))
+        self._seen[key] = point = self._check(step, n, torn)
+        return point
+
+
 def _lost_power(res_stdout: str, res_stderr: str) -> bool:
     return "PowerCut" in res_stdout or "PowerCut" in res_stderr
 
@@ -86,9 +105,15 @@ def check_update(
     must never drop below ``min_counter``. With ``delta`` (formats/delta.py, from the
     running release to ``new_blob``) the stage step rebuilds the release from it instead
     (mpseal_delta: apply into a file, per-file check, the guard's stage). Steps not in
-    ``cut_steps`` run once without cuts.
+    ``cut_steps`` run once without cuts. A flash the same as one already powered on is not
+    powered on again (``_PowerOns``).
     """
     report = PowerCutReport()
+    power_ons = _PowerOns(
+        lambda step, n, torn: _reboot_and_check(
+            board, step, n, torn, versions, min_counter, heapsize
+        )
+    )
     if delta is None:
         board.put(new_blob, INCOMING_PATH)
         stage: tuple[str, ...] = ("stage", INCOMING_PATH)
@@ -109,7 +134,7 @@ def check_update(
                 if not _lost_power(res.stdout, res.stderr):
                     completed_at = n - 1
                     break
-                point = _reboot_and_check(board, name, n, torn, versions, min_counter, heapsize)
+                point = power_ons.point(board.flash.read_bytes(), name, n, torn)
                 report.points.append(point)
                 if progress:
                     progress(point)
@@ -201,9 +226,8 @@ def check_update_pico(
     and its flash is powered on and checked too (``report.confirmed``). A cut in the
     emulator costs a power-on and the step again: twice the time for each point.
 
-    A flash the same, byte for byte, as one already powered on (an erase of erased
-    blocks; a real cut that left what its recorded one did) is not powered on again: the
-    point takes that power-on's result (``same_as``; ``report.booted`` counts the others).
+    A flash the same as one already powered on is not powered on again (``_PowerOns``;
+    ``report.booted`` counts the others).
     """
     from mpseal.device.guard_install import INCOMING, STAGE
 
@@ -220,16 +244,11 @@ def check_update_pico(
         transport.write_file(
             INCOMING if delta is None else DELTA_PATH, new_blob if delta is None else delta
         )
-    seen: dict[bytes, CutPoint] = {}  # flash (its SHA-256) -> the point that powered it on
 
-    def powered_on_check(flash: bytes, step: str, n: int) -> CutPoint:
-        key = hashlib.sha256(flash).digest()
-        if key in seen:
-            first = seen[key]
-            return replace(first, step=step, write=n, same_as=(first.step, first.write))
-        board.flash.write_bytes(flash)
-        seen[key] = _reboot_and_check_pico(board, step, n, versions, min_counter)
-        return seen[key]
+    def power_on(step: str, n: int, torn: bool) -> CutPoint:
+        return _reboot_and_check_pico(board, step, n, versions, min_counter)
+
+    power_ons = _PowerOns(power_on)
 
     for name in PICO_STEPS:
         if name not in cut_steps:
@@ -246,7 +265,8 @@ def check_update_pico(
         for n, op in enumerate(ops, start=1):
             if n in confirm:
                 cut_flash[n] = bytes(flash)
-            point = powered_on_check(bytes(flash), name, n)
+            board.flash.write_bytes(bytes(flash))
+            point = power_ons.point(bytes(flash), name, n)
             report.points.append(point)
             if progress:
                 progress(point)
@@ -259,7 +279,7 @@ def check_update_pico(
             if not run.lost:
                 raise MpsealError(f"power-cut check: {name} ended before its write {n} this time")
             _confirm(board, name, n, powered_on + ops[: n - 1], done, cut_flash[n])
-            point = powered_on_check(board.flash.read_bytes(), name, n)
+            point = power_ons.point(board.flash.read_bytes(), name, n)
             report.confirmed.append(point)
             if progress:
                 progress(point)
