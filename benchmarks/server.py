@@ -818,6 +818,9 @@ def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
                     )
                 )
                 floor[f"{burn:g}"] = _phase(spec, floor_pid, seconds)
+    # Again at the end: the machine's speed moves within minutes (run 17 read 14.4 M steps/s
+    # at a run's start and its floor as fast as at 25.9 M), so a run's figures go with both.
+    speed_end = python_speed()
     return {
         "db": kind,
         "devices": args.devices,
@@ -827,6 +830,7 @@ def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         "failure_share": args.failure_share,
         "background_busy": round(busy_before, 3),
         "python_msteps_per_s": round(speed, 1),
+        "python_msteps_per_s_end": round(speed_end, 1),
         "register_seconds": round(register_seconds, 1),
         "promote_seconds": round(promote_seconds, 2),
         "inventory_page_ms": round(inventory_ms, 1),
@@ -917,7 +921,8 @@ def main() -> int:
             f"{r['tls']}; {args.seconds:g} s per phase after {WARMUP_SECONDS:g} s warm-up; "
             + (f"shared_buffers {PG_SHARED_BUFFERS}; " if r["db"] == "postgresql" else "")
             + f"machine {r['background_busy']:.0%} busy before, plain Python "
-            f"{r['python_msteps_per_s']} M loop steps/s a core"
+            f"{r['python_msteps_per_s']} M loop steps/s a core at the start, "
+            f"{r['python_msteps_per_s_end']} M at the end"
         )
         print(f"  {'phase':<42}{'per s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
         rows = [
