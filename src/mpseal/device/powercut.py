@@ -35,8 +35,8 @@ class CutPoint:
     counter: int
     ok: bool
     why: str = ""
-    # the virtual Pico: the point whose flash was the same, byte for byte, whose power-on
-    # this one's result is (the same flash powers on the same way: booted once)
+    # the point whose flash was the same, byte for byte, and whose power-on result this
+    # one is (the same flash powers on the same way: it is powered on once; _PowerOns)
     same_as: tuple[str, int] | None = None
 
 
