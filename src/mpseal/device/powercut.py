@@ -263,10 +263,11 @@ def check_update_pico(
             op.apply(flash)
         cut_flash: dict[int, bytes] = {}
         for n, op in enumerate(ops, start=1):
+            image = bytes(flash)  # what a cut at write n leaves
             if n in confirm:
-                cut_flash[n] = bytes(flash)
-            board.flash.write_bytes(bytes(flash))
-            point = power_ons.point(bytes(flash), name, n)
+                cut_flash[n] = image
+            board.flash.write_bytes(image)
+            point = power_ons.point(image, name, n)
             report.points.append(point)
             if progress:
                 progress(point)
