@@ -257,12 +257,14 @@ def running_server(
     config: ServerConfig,
     options: RunOptions | None = None,
     ssl_setup: Callable[[ssl.SSLContext], None] | None = None,
+    **uvicorn_options: Any,
 ) -> Iterator[Running]:
     """The real server: uvicorn with the production protocol and loop, in a thread.
-    ``ssl_setup`` may change uvicorn's TLS context before it serves (tests only)."""
+    ``ssl_setup`` may change uvicorn's TLS context before it serves, ``uvicorn_options``
+    uvicorn's own settings (tests only)."""
     port = free_port()
     opts = replace(options or RunOptions(), host=HOST, port=port)
-    uconfig = uvicorn.Config(create_app(config), **uvicorn_kwargs(opts))
+    uconfig = uvicorn.Config(create_app(config), **uvicorn_kwargs(opts), **uvicorn_options)
     if ssl_setup is not None:
         uconfig.load()
         assert uconfig.ssl is not None

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 from starlette.applications import Starlette
@@ -20,6 +21,9 @@ from mpseal.server.http import ApiError, handle_error
 from mpseal.server.openapi import spec
 from mpseal.server.service import UpdateServer
 
+# (the ASGI TLS extension, the Authorization header, the body) -> the answer's JSON or None
+NowHandler = Callable[[Mapping[str, Any] | None, str | None, bytes], bytes | None]
+
 
 async def openapi(_: Request) -> Response:
     return JSONResponse(spec())
@@ -35,6 +39,7 @@ async def health(request: Request) -> Response:
             "database": _db_state(server),
             "schema_ready": server.schema_ready,
             "directory": server.directory.status(),
+            "checks_at_once": server.checks_at_once,
         }
     )
 
@@ -66,6 +71,12 @@ class DeviceFastPath:
         self.routes = {
             ("POST", "/v1/device/check"): device_api.check,
             ("POST", "/v1/device/report"): device_api.report,
+        }
+        # POSTs the protocol may answer itself, with no ASGI request, when the handler
+        # has the answer at once (run.py, TlsHttpToolsProtocol): by the request's raw URL
+        server: UpdateServer = app.state.server
+        self.now_routes: dict[bytes, NowHandler] = {
+            b"/v1/device/check": partial(device_api.check_now, server),
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

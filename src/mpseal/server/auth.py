@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ssl
+from collections.abc import Mapping
 from functools import lru_cache
+from typing import Any
 
 from starlette.requests import Request
 
@@ -35,7 +37,10 @@ def _pem_fingerprint(pem: str) -> str | None:
 
 def client_cert_fingerprint(request: Request) -> str | None:
     """SHA-256 (hex) of the DER leaf certificate the client presented, if any."""
-    tls = request.scope.get("extensions", {}).get("tls")
+    return _leaf_fingerprint(request.scope.get("extensions", {}).get("tls"))
+
+
+def _leaf_fingerprint(tls: Mapping[str, Any] | None) -> str | None:
     if not tls:
         return None
     chain = tls.get("client_cert_chain") or ()
@@ -43,7 +48,10 @@ def client_cert_fingerprint(request: Request) -> str | None:
 
 
 def bearer_token(request: Request) -> str | None:
-    header = request.headers.get("authorization")
+    return _bearer(request.headers.get("authorization"))
+
+
+def _bearer(header: str | None) -> str | None:
     if header is None:
         return None
     scheme, _, token = header.partition(" ")
@@ -55,10 +63,17 @@ def bearer_token(request: Request) -> str | None:
 
 def credential(request: Request) -> tuple[str, str]:
     """("cert", fingerprint) or ("token", SHA-256 of the token): the device cache key."""
-    fingerprint = client_cert_fingerprint(request)
+    return credential_of(
+        request.scope.get("extensions", {}).get("tls"), request.headers.get("authorization")
+    )
+
+
+def credential_of(tls: Mapping[str, Any] | None, authorization: str | None) -> tuple[str, str]:
+    """``credential`` from the ASGI TLS extension and the Authorization header (text)."""
+    fingerprint = _leaf_fingerprint(tls)
     if fingerprint is not None:
         return "cert", fingerprint
-    token = bearer_token(request)
+    token = _bearer(authorization)
     if token is None:
         raise ApiError(401, "a device certificate or a device bearer token is required", _BEARER)
     return "token", token_hash(token)

@@ -70,6 +70,14 @@ class TtlCache(Generic[V]):
             del self._loading[key]
             self._dropped.discard(key)
 
+    def peek(self, key: Hashable) -> tuple[V] | None:
+        """``(value,)`` if this key holds an answer still in its time, else None (the
+        caller that cannot wait for a load takes its slower path, which loads it)."""
+        expires = self._expires.get(key)
+        if expires is not None and expires > self._clock():
+            return (self._data[key],)
+        return None
+
     def _put(self, key: Hashable, value: V, now: float) -> None:
         if len(self._data) >= self.max_entries and key not in self._data:
             self._expires = {k: t for k, t in self._expires.items() if t > now}

@@ -8,8 +8,10 @@ from short in-memory caches.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response
@@ -18,7 +20,7 @@ from starlette.routing import Route
 from mpseal.errors import FormatError
 from mpseal.fleet.releases import FAILED_EVENTS, REPORT_EVENTS
 from mpseal.fleet.releasestore import Report
-from mpseal.fleet.rollout import DeviceView, Running, choose, in_rollout
+from mpseal.fleet.rollout import DeviceView, ReleaseView, Running, choose, in_rollout
 from mpseal.formats import encrypted, jsondoc
 from mpseal.formats.names import APP_NAME, BOARD, CHANNEL, HARDWARE_ID, SHA256_HEX, VERSION
 from mpseal.fsutil import write_atomic
@@ -28,11 +30,12 @@ from mpseal.server.http import (
     checked,
     json_bytes,
     json_encoded,
-    json_ok,
+    parse_json,
     read_json,
 )
 from mpseal.server.roots import ROOT_NAME
 from mpseal.server.service import UpdateServer
+from mpseal.server.timestamps import CurrentTimestamp
 
 ARTIFACT_NAME = re.compile(rf"({SHA256_HEX.pattern})\.mpseal")
 DELTA_NAME = re.compile(rf"({SHA256_HEX.pattern})\.mpsd")
@@ -66,6 +69,41 @@ async def check(request: Request) -> Response:
     server = _server(request)
     dev = await auth.device(server, request)
     f = await read_json(request, server.config.limits.json_body_max, "check request")
+    running, channel = _check_request(server, dev, f)
+    ts = await server.timestamp(channel)
+    if ts is None:
+        raise ApiError(404, f"no channel {channel!r} on this server")
+    releases = await server.channel_releases(channel, running.app, running.board)
+    return json_encoded(_check_answer(server, dev, running, channel, ts, releases))
+
+
+def check_now(
+    server: UpdateServer, tls: Mapping[str, Any] | None, authorization: str | None, body: bytes
+) -> bytes | None:
+    """The body of ``check``'s answer when all it needs is in this process's memory (the
+    device, the channel's timestamp and releases, all current): no waiting, so the server
+    may answer it in the protocol, with no ASGI request. None otherwise, and for anything
+    ``check`` answers with an error: then ``check`` runs and answers (the same rules)."""
+    if len(body) > server.config.limits.json_body_max:
+        return None
+    try:
+        dev = server.device_now(*auth.credential_of(tls, authorization))
+        if dev is None:
+            return None
+        running, channel = _check_request(server, dev, parse_json(body, "check request"))
+        ts = server.timestamp_now(channel)
+        releases = server.channel_releases_now(channel, running.app, running.board)
+        if ts is None or ts[0] is None or releases is None:
+            return None
+        answer = _check_answer(server, dev, running, channel, ts[0], releases[0])
+    except Exception:  # noqa: BLE001 - check answers it, with its error
+        return None
+    server.checks_at_once += 1
+    return answer
+
+
+def _check_request(server: UpdateServer, dev: DeviceView, f: jsondoc.Fields) -> tuple[Running, str]:
+    """What the device says it runs, and the channel it asks about."""
     _hardware_id(f, dev.hardware_id)
     running = Running(
         app=checked(f.req_str("app", 64), APP_NAME, "app"),
@@ -74,15 +112,21 @@ async def check(request: Request) -> Response:
         counter=f.int("counter", 0, 2**31 - 1),
     )
     f.int("timestamp_version", 0, 2**53 - 1)
-    channel = _channel(f, server.config.default_channel)
-    ts = await server.timestamp(channel)
-    if ts is None:
-        raise ApiError(404, f"no channel {channel!r} on this server")
-    releases = await server.channel_releases(channel, running.app, running.board)
+    return running, _channel(f, server.config.default_channel)
+
+
+def _check_answer(
+    server: UpdateServer,
+    dev: DeviceView,
+    running: Running,
+    channel: str,
+    ts: CurrentTimestamp,
+    releases: list[ReleaseView],
+) -> bytes:
     chosen = choose(releases, dev, running, ts.targets)
     server.note_checkin(dev.id, running.app, running.version, running.counter, channel)
     if chosen is None:  # most checks: the same bytes for every device of the channel
-        return json_encoded(_no_update(channel, ts.root_version))
+        return _no_update(channel, ts.root_version)
     answer = _answer(channel, ts.root_version, True)
     answer["target"] = ts.targets[chosen.manifest_sha256]
     if chosen.key is not None:  # encrypted: its key, wrapped for this device alone
@@ -95,7 +139,7 @@ async def check(request: Request) -> Response:
             "size": delta[2],
             "from": delta[0],
         }
-    return json_ok(answer)
+    return json_bytes(answer)
 
 
 def _answer(channel: str, root_version: int, update: bool) -> dict[str, object]:

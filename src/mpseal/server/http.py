@@ -109,6 +109,11 @@ async def read_json(
     body = await read_body(request, limit)
     if allow_empty and not body.strip():
         return jsondoc.Fields({}, what)
+    return parse_json(body, what)
+
+
+def parse_json(body: bytes, what: str) -> jsondoc.Fields:
+    """A request body that must be one JSON object, as its fields; else a 400."""
     try:
         obj = json.loads(body)
     except (UnicodeDecodeError, ValueError, RecursionError):

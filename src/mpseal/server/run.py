@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from mpseal.errors import ConfigError, TransportError
 from mpseal.server.config import SETTINGS_ENV, ServerSettings
@@ -38,6 +38,10 @@ class ConnectionLimits:
     headers_max: int = 64
     header_timeout: float = 10.0  # a request's head must arrive within this
     connections_max: int = 2048  # beyond this the oldest connection waiting for a head goes
+
+
+# A body larger than this is never answered in the protocol (a check's is ~200 bytes)
+NOW_BODY_MAX = 4096
 
 
 class _HeadTooLarge(Exception):
@@ -108,6 +112,18 @@ class TlsHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, limits: ConnectionLimits | None = None, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.limits = limits or ConnectionLimits()
+        # The app's POSTs answered here when their handler has the answer at once (app.py,
+        # DeviceFastPath.now_routes): no ASGI cycle, task or Request for them. Not with
+        # an access log or a concurrency limit (the ASGI cycle writes and enforces those).
+        now_routes = getattr(self.app, "now_routes", None)
+        usable = isinstance(now_routes, dict) and not self.access_log
+        self._now_routes: dict[bytes, Any] = now_routes if usable else {}  # type: ignore[assignment]
+        if self.limit_concurrency is not None:
+            self._now_routes = {}
+        self._now: Any = None  # this request's handler, while its body arrives
+        self._now_body: list[bytes] = []
+        self._now_size = 0
+        self._now_keep_alive = True
         self._in_head = True
         self._head_bytes = 0
         self._header_count = 0
@@ -213,17 +229,83 @@ class TlsHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._head_done()
+        handler = self._now_routes.get(self.url) if self._now_routes else None
+        if (
+            handler is not None
+            and self.parser.get_method() == b"POST"
+            and not self.expect_100_continue
+            and (self.cycle is None or self.cycle.response_complete)
+            and not self.pipeline
+            and not self.parser.should_upgrade()
+        ):  # the answer may be ready once the body is here: no ASGI cycle yet
+            self._now = handler
+            self._now_body = []
+            self._now_size = 0
+            self._now_keep_alive = (
+                self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
+            )
+            return
+        self._start_cycle()
+
+    def _start_cycle(self) -> None:
+        """The request goes to the ASGI app, as uvicorn sends it."""
         super().on_headers_complete()
         cycle = self.cycle
         if cycle is not None:  # None: an upgrade request (answered 400 by uvicorn)
             cycle.transport = self._writer  # type: ignore[assignment]
 
+    def on_body(self, body: bytes) -> None:
+        if self._now is not None:
+            self._now_size += len(body)
+            if self._now_size <= NOW_BODY_MAX:
+                self._now_body.append(body)
+                return
+            self._now = None  # no answer at once for so large a body: the app reads it
+            self._start_cycle()
+            body = b"".join([*self._now_body, body])
+            self._now_body = []
+        super().on_body(body)
+
     def on_message_complete(self) -> None:
-        super().on_message_complete()
+        handler, self._now = self._now, None
+        if handler is None:
+            super().on_message_complete()
+        else:
+            body = b"".join(self._now_body)
+            self._now_body = []
+            answer = handler(self._tls, self._authorization(), body)
+            if answer is not None:
+                self._answer_now(answer)
+            else:  # the app answers it, from the same body
+                self._start_cycle()
+                if body and self.cycle is not None:
+                    super().on_body(body)
+                super().on_message_complete()
         self._in_head = True  # the next request's head; uvicorn's keep-alive timer runs
         self._head_bytes = 0
         self._header_count = 0
         self._head_since = time.monotonic()
+
+    def _authorization(self) -> str | None:
+        for name, value in self.headers:  # as Starlette's request.headers.get: the first
+            if name == b"authorization":
+                return value.decode("latin-1")
+        return None
+
+    def _answer_now(self, body: bytes) -> None:
+        """A 200 JSON answer, the bytes uvicorn writes for the app's (http.py, _Json)."""
+        self._writer.flush()
+        parts = [STATUS_LINE[200]]
+        for name, value in self.server_state.default_headers:
+            parts += [name, b": ", value, b"\r\n"]
+        parts.append(b"content-length: %d\r\ncontent-type: application/json\r\n" % len(body))
+        if not self._now_keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts += [b"\r\n", body]
+        self.transport.write(b"".join(parts))
+        if not self._now_keep_alive:
+            self.transport.close()
+        self.on_response_complete()  # as the cycle would: the keep-alive timer, the pipeline
 
 
 @dataclass(frozen=True)

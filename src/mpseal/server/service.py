@@ -120,6 +120,7 @@ class UpdateServer:
         self.db_up: bool | None = None  # None: not known yet
         self._db_error = ""
         self._last_logged = 0.0
+        self.checks_at_once = 0  # checks answered in the protocol (device_api.check_now)
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         """Run blocking ``fn(*args)`` in a worker thread."""
@@ -170,6 +171,18 @@ class UpdateServer:
         if found is None:
             found = await self.devices.get(key, lambda: self._device_batches.get(key))
         return None if found is None else device_view(found)
+
+    def device_now(self, kind: str, value: str) -> DeviceView | None:
+        """The active device with this credential if this process holds it (directory or
+        cache); None when only a lookup could say (or it is revoked or unknown)."""
+        key = (kind, value)
+        found = self.directory.get(key)
+        if found is None:
+            held = self.devices.peek(key)
+            if held is None or held[0] is None:
+                return None
+            found = held[0]
+        return device_view(found)
 
     async def _load_devices(self, keys: list[Hashable]) -> dict[tuple[str, str], DeviceRow]:
         pairs = [key for key in keys if isinstance(key, tuple)]
@@ -236,6 +249,16 @@ class UpdateServer:
         return await self.current_ts.get(
             channel, lambda: self.run(self.timestamps.current, channel, create)
         )
+
+    def channel_releases_now(
+        self, channel: str, app: str, board: str
+    ) -> tuple[list[ReleaseView]] | None:
+        """``(releases,)`` as ``channel_releases`` if cached and current, else None."""
+        return self.releases.peek((channel, app, board))
+
+    def timestamp_now(self, channel: str) -> tuple[CurrentTimestamp | None] | None:
+        """``(timestamp,)`` as ``timestamp`` if cached and current, else None."""
+        return self.current_ts.peek(channel)
 
     # -- reports and check-ins ---------------------------------------------------------
 

@@ -1,0 +1,231 @@
+"""Checks answered in the protocol (run.py ``TlsHttpToolsProtocol``, device_api.check_now):
+a check whose device, timestamp and releases the server process holds is answered without
+an ASGI request. What a device relies on: the same bytes as the app's answer (a server
+with a concurrency limit answers every check through the app), the same errors, every way a
+request can arrive (in pieces, pipelined, closing), over mutual TLS too; on SQLite and a
+real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+import pytest
+from server_support import Keys, config_for, make_artifact, make_keys, register, running_server
+from test_server_tls import make_ca, make_leaf
+
+from mpseal.server.run import RunOptions
+
+CACHE_SECONDS = 60.0  # everything a check needs stays held for the whole test
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Keys:
+    return make_keys(tmp_path / "keys")
+
+
+def check(hw: str, version: str = "1.0.0", **kw: object) -> bytes:
+    body = {
+        "hardware_id": hw,
+        "board": "esp32",
+        "app": "hello",
+        "version": version,
+        "counter": 1,
+        "timestamp_version": 0,
+        **kw,
+    }
+    return json.dumps(body).encode()
+
+
+def post(body: bytes, token: str | None, *extra: str, version: str = "1.1") -> bytes:
+    head = [f"POST /v1/device/check HTTP/{version}", "Host: 127.0.0.1"]
+    if token is not None:
+        head.append(f"Authorization: Bearer {token}")
+    head += [f"Content-Length: {len(body)}", "Content-Type: application/json", *extra]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+class Conn:
+    """One kept-alive connection, read answer by answer (its raw bytes)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+
+    def answer(self) -> tuple[int, dict[str, str], bytes, bytes]:
+        """(status, headers, body, the raw head)."""
+        while b"\r\n\r\n" not in self.buf:
+            self._more()
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.lower(): v.strip() for k, v in (x.split(":", 1) for x in lines[1:])}
+        length = int(headers["content-length"])
+        while len(self.buf) < length:
+            self._more()
+        body, self.buf = self.buf[:length], self.buf[length:]
+        return int(lines[0].split()[1]), headers, body, head
+
+    def ask(self, request: bytes) -> tuple[int, dict[str, str], bytes, bytes]:
+        self.sock.sendall(request)
+        return self.answer()
+
+    def _more(self) -> None:
+        chunk = self.sock.recv(65536)
+        assert chunk, "the server closed the connection"
+        self.buf += chunk
+
+    def closed(self) -> bool:
+        self.sock.settimeout(5)
+        return self.sock.recv(1) == b""
+
+
+def connect(url: str) -> Conn:
+    host, port = url.split("//")[1].split(":")
+    return Conn(socket.create_connection((host, int(port)), timeout=10))
+
+
+def at_once(url: str, **kw: object) -> int:
+    count: int = httpx.get(f"{url}/healthz", **kw).json()["checks_at_once"]  # type: ignore[arg-type]
+    return count
+
+
+def without_date(head: bytes) -> bytes:
+    return b"\r\n".join(line for line in head.split(b"\r\n") if not line.startswith(b"date:"))
+
+
+def test_a_check_answered_at_once_is_the_apps_answer_byte_for_byte(
+    db_url: str, keys: Keys, tmp_path: Path
+) -> None:
+    fleet = register(db_url, 3)
+    cfg = config_for(db_url, keys, tmp_path, cache_seconds=CACHE_SECONDS)
+    with ExitStack() as stack:
+        srv = stack.enter_context(running_server(cfg))
+        # a concurrency limit: every request through the ASGI app (which enforces it)
+        app_srv = stack.enter_context(running_server(cfg, limit_concurrency=1000))
+        with srv.admin() as admin:
+            rid = admin.post(
+                "/v1/admin/releases", content=make_artifact(keys.release, "1.1.0", 2)
+            ).json()["release"]["id"]
+            assert admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 100}).is_success
+        fast, slow = connect(srv.url), connect(app_srv.url)
+        for hw, version in (("dev-00000", "1.0.0"), ("dev-00001", "1.1.0"), ("dev-00000", "1.0.0")):
+            request = post(check(hw, version), fleet.tokens[hw])
+            ours, apps = fast.ask(request), slow.ask(request)
+            assert ours[0] == 200 and ours[2] == apps[2], (ours, apps)
+            assert without_date(ours[3]) == without_date(apps[3])
+            assert "date" in ours[1]
+        offered, current = json.loads(ours[2]), json.loads(slow.ask(request)[2])
+        assert offered["update"] is True and offered["target"] == current["target"]
+        # the first check of each device filled the server's caches through the app; the
+        # second device's (its device looked up) and the third were answered at once
+        assert at_once(srv.url) >= 1
+        assert at_once(app_srv.url) == 0
+        before = at_once(srv.url)
+        for _ in range(3):
+            assert fast.ask(post(check("dev-00002"), fleet.tokens["dev-00002"]))[0] == 200
+        # its first check looked the device up (SQLite), or found it in the directory
+        assert at_once(srv.url) == before + (3 if db_url.startswith("postgresql") else 2)
+
+
+def test_a_checks_errors_are_the_apps_errors(db_url: str, keys: Keys, tmp_path: Path) -> None:
+    fleet = register(db_url, 2)
+    token = fleet.tokens["dev-00000"]
+    cfg = config_for(db_url, keys, tmp_path, cache_seconds=CACHE_SECONDS)
+    with (
+        running_server(cfg) as srv,
+        running_server(cfg, limit_concurrency=1000) as app_srv,
+    ):
+        fast, slow = connect(srv.url), connect(app_srv.url)
+        warm = post(check("dev-00000"), token)
+        assert fast.ask(warm)[0] == 200 and fast.ask(warm)[0] == 200
+        held = at_once(srv.url)
+        assert held >= 1  # the device, its channel and releases are held
+        wrong = [
+            (403, post(check("dev-00001"), token)),  # another device's hardware id
+            (403, post(check("dev-00000"), "tok-not-a-device")),
+            (401, post(check("dev-00000"), None)),
+            (400, post(b'{"hardware_id": "dev-00000", ', token)),
+            (400, post(b"[1, 2]", token)),
+            (400, post(check("dev-00000", version="1.0.0 beta"), token)),
+            (400, post(check("dev-00000", counter=-1), token)),
+            (400, post(check("dev-00000", app=None), token)),
+            (404, post(check("dev-00000", channel="nightly"), token)),
+            (413, post(check("dev-00000", reason="x" * 5000), token)),
+        ]
+        for status, request in wrong:
+            ours, apps = fast.ask(request), slow.ask(request)
+            assert (ours[0], ours[2]) == (apps[0], apps[2]) and ours[0] == status, (ours, apps)
+            assert list(json.loads(ours[2])) == ["error"]
+        assert at_once(srv.url) == held  # none of them was answered in the protocol
+        assert fast.ask(warm)[0] == 200  # and the connection still serves
+        assert at_once(srv.url) == held + 1
+
+
+def test_checks_in_pieces_pipelined_or_closing_are_answered_at_once(
+    keys: Keys, tmp_path: Path
+) -> None:
+    db = f"sqlite:///{tmp_path / 'mpseal.db'}"
+    fleet = register(db, 1)
+    token = fleet.tokens["dev-00000"]
+    request = post(check("dev-00000"), token)
+    with running_server(config_for(db, keys, tmp_path, cache_seconds=CACHE_SECONDS)) as srv:
+        conn = connect(srv.url)
+        assert conn.ask(request)[0] == 200
+        n = at_once(srv.url)
+        head, body = request.split(b"\r\n\r\n")
+        for piece in (head + b"\r\n", b"\r\n" + body[:20], body[20:]):  # the head, then the body
+            conn.sock.sendall(piece)
+            time.sleep(0.05)
+        assert conn.answer()[0] == 200
+        conn.sock.sendall(request * 3)  # pipelined: three answers, in order
+        assert [conn.answer()[0] for _ in range(3)] == [200, 200, 200]
+        assert conn.ask(post(b"", token))[0] == 400  # between them, one the app answers
+        assert conn.ask(request)[0] == 200
+        assert at_once(srv.url) == n + 5
+        status, headers, _, _ = conn.ask(post(check("dev-00000"), token, "Connection: close"))
+        assert status == 200 and headers["connection"] == "close" and conn.closed()
+        old = connect(srv.url)  # HTTP/1.0: no keep-alive
+        status, headers, _, _ = old.ask(post(check("dev-00000"), token, version="1.0"))
+        assert status == 200 and headers["connection"] == "close" and old.closed()
+        assert at_once(srv.url) == n + 7
+
+
+def test_a_check_over_mutual_tls_is_answered_at_once(keys: Keys, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    folder = tmp_path / "pki"
+    folder.mkdir()
+    server_ca, fleet_ca = make_ca("server CA"), make_ca("fleet CA")
+    for name, (_, cert) in (("server-ca", server_ca), ("fleet-ca", fleet_ca)):
+        (folder / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    srv_cert, srv_key, _ = make_leaf(server_ca, "update-server", True, folder)
+    dev_cert, dev_key, fp = make_leaf(fleet_ca, "dev-00000", False, folder)
+    other_cert, other_key, _ = make_leaf(fleet_ca, "dev-00001", False, folder)
+    db = f"sqlite:///{tmp_path / 'mpseal.db'}"
+    register(db, 1, fingerprints={"dev-00000": fp})
+    options = RunOptions(tls_cert=srv_cert, tls_key=srv_key, client_ca=folder / "fleet-ca.pem")
+    cfg = config_for(db, keys, tmp_path, cache_seconds=CACHE_SECONDS)
+    with running_server(cfg, options) as srv:
+        port = int(srv.url.rsplit(":", 1)[1])
+        ca = ssl.create_default_context(cafile=str(folder / "server-ca.pem"))
+
+        def device(cert: Path, key: Path) -> Conn:
+            ctx = ssl.create_default_context(cafile=str(folder / "server-ca.pem"))
+            ctx.load_cert_chain(str(cert), str(key))
+            raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+            return Conn(ctx.wrap_socket(raw, server_hostname="127.0.0.1"))
+
+        conn = device(dev_cert, dev_key)
+        for _ in range(3):  # no token: the client certificate says who it is
+            assert conn.ask(post(check("dev-00000"), None))[0] == 200
+        assert at_once(srv.url, verify=ca) == 2
+        stranger = device(other_cert, other_key)  # the fleet CA's, but not registered
+        for _ in range(2):
+            status, _, body, _ = stranger.ask(post(check("dev-00001"), None))
+            assert status == 403 and "certificate" in json.loads(body)["error"]
+        assert at_once(srv.url, verify=ca) == 2
