@@ -28,7 +28,9 @@ phases, each with devices of its own:
    server's protocol and limits, the same workers) that answers a check's bytes at once,
    then one that first spends ``--floor-burn-us`` (100) of CPU a request. What this
    machine's server stack and load generator allow, in the same run: the check path's
-   rate read against it is a figure of the code, not of the machine.
+   rate read against it is a figure of the code, not of the machine. (A check the server
+   holds all it needs for is answered in the HTTP protocol, around the ASGI stack that
+   this floor app still goes through: docs/updates.md, "Checks answered in the protocol".)
 
 The load generator is a separate process speaking raw HTTP/1.1 (asyncio + uvloop, no HTTP
 library on the hot path). wrk (C, its Lua drawing each request) was tried in its place: 22 -

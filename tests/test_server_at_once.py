@@ -229,3 +229,19 @@ def test_a_check_over_mutual_tls_is_answered_at_once(keys: Keys, tmp_path: Path)
             status, _, body, _ = stranger.ask(post(check("dev-00001"), None))
             assert status == 403 and "certificate" in json.loads(body)["error"]
         assert at_once(srv.url, verify=ca) == 2
+
+
+def test_an_access_log_logs_every_check_none_answered_at_once(keys: Keys, tmp_path: Path) -> None:
+    from serve_support import serving, store_args
+    from server_support import free_port
+
+    db = f"sqlite:///{tmp_path / 'mpseal.db'}"
+    fleet = register(db, 1)
+    log = tmp_path / "serve.log"
+    args = [*store_args(db, keys, tmp_path / "artifacts"), "--cache-seconds", "10"]
+    with serving(*args, "--access-log", port=free_port(), log=log) as (url, _):
+        conn = connect(url)
+        for _ in range(3):
+            assert conn.ask(post(check("dev-00000"), fleet.tokens["dev-00000"]))[0] == 200
+        assert at_once(url) == 0
+        assert log.read_text().count('"POST /v1/device/check HTTP/1.1" 200') == 3
