@@ -245,3 +245,23 @@ def test_an_access_log_logs_every_check_none_answered_at_once(keys: Keys, tmp_pa
             assert conn.ask(post(check("dev-00000"), fleet.tokens["dev-00000"]))[0] == 200
         assert at_once(url) == 0
         assert log.read_text().count('"POST /v1/device/check HTTP/1.1" 200') == 3
+
+
+def test_a_check_under_way_at_shutdown_is_answered_then_closed(keys: Keys, tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'mpseal.db'}"
+    fleet = register(db, 1)
+    request = post(check("dev-00000"), fleet.tokens["dev-00000"])
+    with running_server(config_for(db, keys, tmp_path, cache_seconds=CACHE_SECONDS)) as srv:
+        conn = connect(srv.url)
+        assert conn.ask(request)[0] == 200  # the caches filled: the next one is answered here
+        idle = connect(srv.url)
+        assert idle.ask(request)[0] == 200
+        conn.sock.sendall(request[:-10])  # its head and most of its body
+        time.sleep(0.2)
+        srv.server.should_exit = True  # a graceful shutdown (SIGTERM) begins
+        time.sleep(0.5)
+        assert idle.closed()  # an idle kept-alive connection is closed
+        conn.sock.sendall(request[-10:])
+        status, headers, body, _ = conn.answer()
+        assert status == 200 and json.loads(body)["update"] is False
+        assert headers["connection"] == "close" and conn.closed()

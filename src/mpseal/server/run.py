@@ -124,6 +124,7 @@ class TlsHttpToolsProtocol(HttpToolsProtocol):
         self._now_body: list[bytes] = []
         self._now_size = 0
         self._now_keep_alive = True
+        self._shutting_down = False
         self._in_head = True
         self._head_bytes = 0
         self._header_count = 0
@@ -253,6 +254,15 @@ class TlsHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not None:  # None: an upgrade request (answered 400 by uvicorn)
             cycle.transport = self._writer  # type: ignore[assignment]
+            if self._shutting_down:  # a request begun before the shutdown: answered, closed
+                cycle.keep_alive = False
+
+    def shutdown(self) -> None:
+        self._shutting_down = True
+        if self._now is not None:  # a check's body still arriving: it is answered (as
+            self._now_keep_alive = False  # uvicorn finishes a request under way), then closed
+            return
+        super().shutdown()
 
     def on_body(self, body: bytes) -> None:
         if self._now is not None:
