@@ -13,11 +13,12 @@ import ssl
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from server_support import Keys, config_for, make_artifact, make_keys, register, running_server
-from test_server_tls import make_ca, make_leaf
+from test_server_tls import pki  # noqa: F401 - the fixture
 
 from mpseal.server.run import RunOptions
 
@@ -195,20 +196,19 @@ def test_checks_in_pieces_pipelined_or_closing_are_answered_at_once(
         assert at_once(srv.url) == n + 7
 
 
-def test_a_check_over_mutual_tls_is_answered_at_once(keys: Keys, tmp_path: Path) -> None:
-    from cryptography.hazmat.primitives import serialization
-
-    folder = tmp_path / "pki"
-    folder.mkdir()
-    server_ca, fleet_ca = make_ca("server CA"), make_ca("fleet CA")
-    for name, (_, cert) in (("server-ca", server_ca), ("fleet-ca", fleet_ca)):
-        (folder / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    srv_cert, srv_key, _ = make_leaf(server_ca, "update-server", True, folder)
-    dev_cert, dev_key, fp = make_leaf(fleet_ca, "dev-00000", False, folder)
-    other_cert, other_key, _ = make_leaf(fleet_ca, "dev-00001", False, folder)
+def test_a_check_over_mutual_tls_is_answered_at_once(
+    keys: Keys,
+    tmp_path: Path,
+    pki: dict[str, Any],  # noqa: F811 - the fixture imported above
+) -> None:
+    folder: Path = pki["folder"]
+    dev_cert, dev_key, fp = pki["dev0"]
+    other_cert, other_key, _ = pki["stranger"]  # the fleet CA's, but not registered
     db = f"sqlite:///{tmp_path / 'mpseal.db'}"
     register(db, 1, fingerprints={"dev-00000": fp})
-    options = RunOptions(tls_cert=srv_cert, tls_key=srv_key, client_ca=folder / "fleet-ca.pem")
+    options = RunOptions(
+        tls_cert=pki["server"][0], tls_key=pki["server"][1], client_ca=folder / "fleet-ca.pem"
+    )
     cfg = config_for(db, keys, tmp_path, cache_seconds=CACHE_SECONDS)
     with running_server(cfg, options) as srv:
         port = int(srv.url.rsplit(":", 1)[1])
@@ -224,7 +224,7 @@ def test_a_check_over_mutual_tls_is_answered_at_once(keys: Keys, tmp_path: Path)
         for _ in range(3):  # no token: the client certificate says who it is
             assert conn.ask(post(check("dev-00000"), None))[0] == 200
         assert at_once(srv.url, verify=ca) == 2
-        stranger = device(other_cert, other_key)  # the fleet CA's, but not registered
+        stranger = device(other_cert, other_key)
         for _ in range(2):
             status, _, body, _ = stranger.ask(post(check("dev-00001"), None))
             assert status == 403 and "certificate" in json.loads(body)["error"]
