@@ -19,13 +19,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from mpseal.errors import ConfigError, TransportError
 from mpseal.server.config import SETTINGS_ENV, ServerSettings
+
+if TYPE_CHECKING:
+    from mpseal.server.app import NowHandler
 
 log = logging.getLogger("mpseal.server")
 
@@ -116,11 +119,10 @@ class TlsHttpToolsProtocol(HttpToolsProtocol):
         # DeviceFastPath.now_routes): no ASGI cycle, task or Request for them. Not with
         # an access log or a concurrency limit (the ASGI cycle writes and enforces those).
         now_routes = getattr(self.app, "now_routes", None)
-        usable = isinstance(now_routes, dict) and not self.access_log
-        self._now_routes: dict[bytes, Any] = now_routes if usable else {}  # type: ignore[assignment]
-        if self.limit_concurrency is not None:
-            self._now_routes = {}
-        self._now: Any = None  # this request's handler, while its body arrives
+        self._now_routes: dict[bytes, NowHandler] = {}
+        if isinstance(now_routes, dict) and not self.access_log and self.limit_concurrency is None:
+            self._now_routes = now_routes
+        self._now: NowHandler | None = None  # this request's handler, while its body arrives
         self._now_body: list[bytes] = []
         self._now_size = 0
         self._now_keep_alive = True
