@@ -21,6 +21,10 @@ phases, each with devices of its own:
    phases (the same checks phase read 6,967 - 8,970/s over one session), and two slots
    2 s apart share that drift; what a report costs later than its slot (the inventory's
    last-report rows, every 5 s; vacuum) is spread over both kinds of slot;
+   then the same slots with, in place of the failure reports, as many checks sent where
+   the protocol does not answer them (a query string: the app answers them, as it does a
+   report): what mixing in a request of the app's costs the checks on this machine, for a
+   request that writes nothing (the control of phase 5);
 6. with ``--tls tls|mtls``: checks over a new TLS connection each (mtls: with a client
    certificate), the cost of a handshake per request;
 7. the HTTP floor, once the update server stopped: the same checks (plain HTTP) against
@@ -243,7 +247,8 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     rnd = random.Random()
     checks = [_request("check", spec, i) for i in spec["check_devices"]]
-    reports = [_request("report", spec, i) for i in spec["report_devices"]]
+    other = spec.get("other", "report")  # the control phase: "app check"
+    reports = [_request(other, spec, i) for i in spec["report_devices"]]
     share = spec["report_share"]
 
     n_checks, n_reports, draw = len(checks), len(reports), rnd.random
@@ -255,7 +260,7 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
             and draw() < share
             and (not slot or int((time.perf_counter() - start) // slot) % 2)
         ):
-            return "report", reports[int(draw() * n_reports)]
+            return other, reports[int(draw() * n_reports)]
         return "check", checks[int(draw() * n_checks)]
 
     print("READY", flush=True)  # the parent's CPU window counts from here
@@ -299,6 +304,10 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _request(kind: str, spec: dict[str, Any], i: int) -> bytes:
     hw = f"bench-{i:07d}"
+    if kind == "app check":  # a check the protocol leaves to the app (a query string)
+        return _request("check", spec, i).replace(
+            b"POST /v1/device/check ", b"POST /v1/device/check?via=app ", 1
+        )
     if kind == "check":
         body = json.dumps(
             {
@@ -779,6 +788,19 @@ def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
                         "seconds": interleaved_seconds(args.seconds),
                     },
                 ),
+                # Its control: the same slots, the failure reports' share sent as checks
+                # the app answers (the protocol answers a plain one itself).
+                (
+                    "interleaved control",
+                    {
+                        "report_share": args.failure_share,
+                        "other": "app check",
+                        "check_devices": interleaved_checkers,
+                        "report_devices": interleaved_checkers[:30_000],
+                        "slot": SLOT_SECONDS,
+                        "seconds": interleaved_seconds(args.seconds),
+                    },
+                ),
             ]
             if tls:
                 phases.append(
@@ -909,6 +931,8 @@ def main() -> int:
         served = (
             inter["mixed check"]["rate"] + (inter.get("mixed report") or {}).get("rate", 0.0)
         ) / inter["check"]["rate"]
+        control = ph["interleaved control"]
+        control_ratio = control["mixed check"]["rate"] / control["check"]["rate"]
         missed |= (
             ratio < GOAL_MIXED_RATIO
             or reports["rate"] < GOAL_REPORTS
@@ -944,6 +968,13 @@ def main() -> int:
                 inter,
             ),
             ("  (their failure reports)", inter.get("mixed report"), inter),
+            ("control slots: checks, 0 %", control["check"], control),
+            (
+                f"  checks, {args.failure_share:.0%} checks through the app",
+                control["mixed check"],
+                control,
+            ),
+            ("  (their checks through the app)", control.get("mixed app check"), control),
         ]
         if "new connections" in ph:
             rows.append(
@@ -1003,6 +1034,11 @@ def main() -> int:
             f"before and after) {sequential:.0%}; reports {reports['rate']:,.0f}/s (goal >= "
             f"{GOAL_REPORTS:,}); keep-alive checks goal >= {GOAL_RATE:,}/s, p99 < "
             f"{GOAL_P99_MS:g} ms"
+        )
+        print(
+            f"  control: checks with {args.failure_share:.0%} of the requests checks the app "
+            f"answers (no write) / without: interleaved slots {control_ratio:.0%} (what "
+            "mixing in any request the protocol does not answer costs the checks here)"
         )
         print(
             f"  promote to 10 % (cohort count) {r['promote_seconds']} s; an inventory page "
