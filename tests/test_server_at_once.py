@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sqlite3
 import ssl
 import time
 from contextlib import ExitStack
@@ -20,6 +21,7 @@ import pytest
 from server_support import Keys, config_for, make_artifact, make_keys, register, running_server
 from test_server_tls import pki  # noqa: F401 - the fixture
 
+from mpseal.server.config import ServerLimits
 from mpseal.server.run import RunOptions
 
 CACHE_SECONDS = 60.0  # everything a check needs stays held for the whole test
@@ -43,8 +45,15 @@ def check(hw: str, version: str = "1.0.0", **kw: object) -> bytes:
     return json.dumps(body).encode()
 
 
-def post(body: bytes, token: str | None, *extra: str, version: str = "1.1") -> bytes:
-    head = [f"POST /v1/device/check HTTP/{version}", "Host: 127.0.0.1"]
+def report(hw: str, event: str = "rolled_back", version: str = "1.1.0", **kw: object) -> bytes:
+    body = {"hardware_id": hw, "event": event, "version": version, "app": "hello", **kw}
+    return json.dumps({**body, "board": "esp32", "reason": "test"}).encode()
+
+
+def post(
+    body: bytes, token: str | None, *extra: str, version: str = "1.1", path: str = "check"
+) -> bytes:
+    head = [f"POST /v1/device/{path} HTTP/{version}", "Host: 127.0.0.1"]
     if token is not None:
         head.append(f"Authorization: Bearer {token}")
     head += [f"Content-Length: {len(body)}", "Content-Type: application/json", *extra]
@@ -90,9 +99,13 @@ def connect(url: str) -> Conn:
     return Conn(socket.create_connection((host, int(port)), timeout=10))
 
 
-def at_once(url: str, **kw: object) -> int:
-    count: int = httpx.get(f"{url}/healthz", **kw).json()["checks_at_once"]  # type: ignore[arg-type]
+def at_once(url: str, what: str = "checks", **kw: object) -> int:
+    count: int = httpx.get(f"{url}/healthz", **kw).json()[f"{what}_at_once"]  # type: ignore[arg-type]
     return count
+
+
+def reported(hw: str, token: str | None, *extra: str, **kw: object) -> bytes:
+    return post(report(hw, **kw), token, *extra, path="report")
 
 
 def without_date(head: bytes) -> bytes:
@@ -265,3 +278,153 @@ def test_a_check_under_way_at_shutdown_is_answered_then_closed(keys: Keys, tmp_p
         status, headers, body, _ = conn.answer()
         assert status == 200 and json.loads(body)["update"] is False
         assert headers["connection"] == "close" and conn.closed()
+
+
+# -- reports: taken in the protocol, answered once stored ----------------------------------
+
+
+def counts(srv: Any, rid: int) -> dict[str, int]:
+    with srv.admin() as admin:
+        got: dict[str, int] = admin.get(f"/v1/admin/releases/{rid}").json()["release"]["counts"]
+        return got
+
+
+def test_a_report_taken_at_once_is_stored_and_answered_as_the_app_answers(
+    db_url: str, keys: Keys, tmp_path: Path
+) -> None:
+    fleet = register(db_url, 4)
+    cfg = config_for(db_url, keys, tmp_path, cache_seconds=CACHE_SECONDS)
+    with ExitStack() as stack:
+        srv = stack.enter_context(running_server(cfg))
+        app_srv = stack.enter_context(running_server(cfg, limit_concurrency=1000))
+        with srv.admin() as admin:
+            rid = admin.post(
+                "/v1/admin/releases", content=make_artifact(keys.release, "1.1.0", 2)
+            ).json()["release"]["id"]
+            assert admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 100}).is_success
+        fast, slow = connect(srv.url), connect(app_srv.url)
+        for conn, hw in ((fast, "dev-00002"), (slow, "dev-00003"), (fast, "dev-00000")):
+            status, _, body, _ = conn.ask(post(check(hw), fleet.tokens[hw]))  # caches filled
+            assert status == 200 and json.loads(body)["update"] is True
+        assert at_once(srv.url, "reports") == 0
+        ours = fast.ask(reported("dev-00002", fleet.tokens["dev-00002"]))
+        apps = slow.ask(reported("dev-00003", fleet.tokens["dev-00003"]))
+        assert ours[0] == 200 and ours[2] == apps[2] == b'{"recorded":true}', (ours, apps)
+        assert without_date(ours[3]) == without_date(apps[3])
+        assert at_once(srv.url, "reports") == 1 and at_once(app_srv.url, "reports") == 0
+        # stored (acknowledged only so) and counted, as the app's: both devices rolled back
+        assert counts(srv, rid)["rolled_back"] == 2
+        # not offered again: the directory holds the rolled-back release for the device
+        status, _, body, _ = fast.ask(post(check("dev-00002"), fleet.tokens["dev-00002"]))
+        assert status == 200 and json.loads(body)["update"] is False
+        # a report about a version never offered is kept, not counted, also at once
+        ours = fast.ask(reported("dev-00000", fleet.tokens["dev-00000"], version="9.9.9"))
+        assert ours[0] == 200 and at_once(srv.url, "reports") == 2
+        assert counts(srv, rid)["rolled_back"] == 2
+
+
+def test_a_reports_errors_are_the_apps_errors(keys: Keys, tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'mpseal.db'}"
+    fleet = register(db, 2)
+    token = fleet.tokens["dev-00000"]
+    cfg = config_for(
+        db,
+        keys,
+        tmp_path,
+        cache_seconds=CACHE_SECONDS,
+        limits=ServerLimits(report_rate_per_minute=1, report_burst=3),
+    )
+    with (
+        running_server(cfg) as srv,
+        running_server(cfg, limit_concurrency=1000) as app_srv,
+    ):
+        fast, slow = connect(srv.url), connect(app_srv.url)
+        assert fast.ask(post(check("dev-00000"), token))[0] == 200  # the caches filled
+        wrong = [
+            (403, reported("dev-00001", token)),  # another device's hardware id
+            (403, reported("dev-00000", "tok-not-a-device")),
+            (401, reported("dev-00000", None)),
+            (400, post(b'{"hardware_id": "dev-00000", ', token, path="report")),
+            (400, post(b"[1, 2]", token, path="report")),
+            (400, reported("dev-00000", token, event="exploded")),
+            (400, reported("dev-00000", token, version="1.0.0 beta")),
+            (400, reported("dev-00000", token, app="no such app!")),
+            (400, reported("dev-00000", token, channel="Nightly!")),
+            (413, reported("dev-00000", token, note="x" * 5000)),
+        ]
+        for status, request in wrong:
+            ours, apps = fast.ask(request), slow.ask(request)
+            assert (ours[0], ours[2]) == (apps[0], apps[2]) and ours[0] == status, (ours, apps)
+            assert list(json.loads(ours[2])) == ["error"]
+        assert at_once(srv.url, "reports") == 0  # none of them was taken in the protocol
+        good = reported("dev-00000", token)
+        for _ in range(3):  # the burst
+            assert fast.ask(good)[0] == 200 and slow.ask(good)[0] == 200
+        ours, apps = fast.ask(good), slow.ask(good)  # over the device's rate: the app's 429
+        assert ours[0] == apps[0] == 429 and ours[2] == apps[2]
+        assert ours[1]["retry-after"] == apps[1]["retry-after"]
+        assert at_once(srv.url, "reports") == 3
+
+
+def test_a_report_the_database_cannot_store_gets_the_apps_503(keys: Keys, tmp_path: Path) -> None:
+    from postgres import PostgresServer
+
+    with PostgresServer() as pg:
+        fleet = register(pg.url, 2)
+        cfg = config_for(pg.url, keys, tmp_path, cache_seconds=CACHE_SECONDS)
+        with (
+            running_server(cfg) as srv,
+            running_server(cfg, limit_concurrency=1000) as app_srv,
+        ):
+            fast, slow = connect(srv.url), connect(app_srv.url)
+            for conn in (fast, slow):  # the device and the channel's releases held
+                assert conn.ask(post(check("dev-00000"), fleet.tokens["dev-00000"]))[0] == 200
+            pg.stop()
+            request = reported("dev-00000", fleet.tokens["dev-00000"])
+            ours, apps = fast.ask(request), slow.ask(request)
+            assert ours[0] == apps[0] == 503, (ours, apps)
+            assert ours[2] == apps[2] and json.loads(ours[2])["error"].startswith(
+                "service unavailable"
+            )
+            assert without_date(ours[3]) == without_date(apps[3])  # Retry-After too
+            assert at_once(srv.url, "reports") == 1  # taken here, not acknowledged
+            pg.start()
+            for _ in range(50):  # the pool reconnects; the device asks again
+                ours = fast.ask(request)
+                if ours[0] == 200:
+                    break
+                time.sleep(0.2)
+            assert ours[0] == 200 and ours[2] == b'{"recorded":true}'
+
+
+def test_reports_pipelined_closing_or_at_shutdown_are_answered_in_order(
+    keys: Keys, tmp_path: Path
+) -> None:
+    db = f"sqlite:///{tmp_path / 'mpseal.db'}"
+    fleet = register(db, 1)
+    token = fleet.tokens["dev-00000"]
+    a_check, a_report = post(check("dev-00000"), token), reported("dev-00000", token)
+    with running_server(config_for(db, keys, tmp_path, cache_seconds=CACHE_SECONDS)) as srv:
+        conn = connect(srv.url)
+        assert conn.ask(a_check)[0] == 200
+        # a check pipelined behind a report waits for the report's answer; then at once
+        conn.sock.sendall(a_report + a_check + a_report + a_check)
+        answers = [conn.answer() for _ in range(4)]
+        assert [a[0] for a in answers] == [200] * 4
+        assert [b"recorded" in a[2] for a in answers] == [True, False, True, False]
+        assert at_once(srv.url, "reports") == 1  # the requests queued behind it: the app's
+        status, headers, body, _ = conn.ask(reported("dev-00000", token, "Connection: close"))
+        assert (status, body) == (200, b'{"recorded":true}') and headers["connection"] == "close"
+        assert conn.closed() and at_once(srv.url, "reports") == 2
+        slow = connect(srv.url)
+        slow.sock.sendall(a_report[:-5])  # a report's body still arriving at a shutdown
+        time.sleep(0.2)
+        srv.server.should_exit = True
+        time.sleep(0.3)
+        slow.sock.sendall(a_report[-5:])
+        status, headers, body, _ = slow.answer()
+        assert (status, body) == (200, b'{"recorded":true}') and headers["connection"] == "close"
+        assert slow.closed()
+    with sqlite3.connect(tmp_path / "mpseal.db") as stored:  # every acknowledged one
+        query = "SELECT count(*) FROM events WHERE kind = 'update-rolled_back'"
+        assert stored.execute(query).fetchone() == (4,)

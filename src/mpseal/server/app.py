@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
@@ -21,8 +22,11 @@ from mpseal.server.http import ApiError, handle_error
 from mpseal.server.openapi import spec
 from mpseal.server.service import UpdateServer
 
-# (the ASGI TLS extension, the Authorization header, the body) -> the answer's JSON or None
-NowHandler = Callable[[Mapping[str, Any] | None, str | None, bytes], bytes | None]
+# (the ASGI TLS extension, the Authorization header, the body) -> the answer's JSON, or
+# its coming (a report being stored: its error, the app's error answer), or None: the app's
+NowHandler = Callable[
+    [Mapping[str, Any] | None, str | None, bytes], bytes | asyncio.Future[bytes] | None
+]
 
 
 async def openapi(_: Request) -> Response:
@@ -40,6 +44,7 @@ async def health(request: Request) -> Response:
             "schema_ready": server.schema_ready,
             "directory": server.directory.status(),
             "checks_at_once": server.checks_at_once,
+            "reports_at_once": server.reports_at_once,
         }
     )
 
@@ -77,6 +82,7 @@ class DeviceFastPath:
         server: UpdateServer = app.state.server
         self.now_routes: dict[bytes, NowHandler] = {
             b"/v1/device/check": partial(device_api.check_now, server),
+            b"/v1/device/report": partial(device_api.report_now, server),
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

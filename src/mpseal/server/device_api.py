@@ -7,8 +7,10 @@ from short in-memory caches.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -221,38 +223,52 @@ async def delta(request: Request) -> Response:
     return FileResponse(path, media_type="application/octet-stream", headers=IMMUTABLE)
 
 
-async def _offered_release(
-    server: UpdateServer,
-    dev: DeviceView,
-    channel: str,
-    app: str | None,
-    board: str | None,
-    version: str,
-) -> int | None:
-    """The release this report is about, if it was offered to this device: its app,
-    board (the registered one) and channel, promoted, and the device in its rollout
-    (pinned, in a group, or in the cohort). Else None: the report is kept, not counted."""
+def _offered_board(dev: DeviceView, board: str | None, version: str) -> str | None:
+    """The board whose releases a report may be about (the registered one), or None when
+    it can be about none (no version, no board, or another board than the device's)."""
     board = board or dev.board
     if not version or not board or (dev.board and board != dev.board):
         return None
-    # An older client names no app: the one release of that version for the board, if one.
-    found = [
-        r
-        for r in await server.channel_releases(channel, app or "", board)
-        if r.version == version and r.promoted
-    ]
+    return board
+
+
+def _offered_in(releases: list[ReleaseView], dev: DeviceView, version: str) -> int | None:
+    """The promoted release of this version among the channel's, if the device is in its
+    rollout (pinned, in a group, or in the cohort). An older client names no app: the one
+    release of that version for the board, if one."""
+    found = [r for r in releases if r.version == version and r.promoted]
     if len(found) != 1 or not in_rollout(found[0], dev):
         return None
     return found[0].id
 
 
-async def report(request: Request) -> Response:
-    """Acknowledged only once stored. The answer names no release (devices learn nothing
-    of other releases from it); a device over its report rate gets 429 with Retry-After."""
-    server = _server(request)
-    key = auth.credential(request)
-    dev = await auth.device_of(server, key)
-    f = await read_json(request, server.config.limits.json_body_max, "report")
+async def _offered_release(server: UpdateServer, dev: DeviceView, r: _ReportRequest) -> int | None:
+    """The release this report is about, if it was offered to this device: its app,
+    board (the registered one) and channel, promoted, and the device in its rollout.
+    Else None: the report is kept, not counted."""
+    board = _offered_board(dev, r.board, r.version)
+    if board is None:
+        return None
+    return _offered_in(await server.channel_releases(r.channel, r.app or "", board), dev, r.version)
+
+
+@dataclass(frozen=True)
+class _ReportRequest:
+    event: str
+    version: str
+    reason: str
+    app: str | None
+    board: str | None
+    channel: str
+
+    def report(self, device_id: int, release_id: int | None) -> Report:
+        return Report(
+            device_id, self.event, self.version, self.reason, release_id, self.app, self.channel
+        )
+
+
+def _report_request(server: UpdateServer, dev: DeviceView, f: jsondoc.Fields) -> _ReportRequest:
+    """What the device reports, checked."""
     _hardware_id(f, dev.hardware_id)
     event = f.req_str("event", 16)
     if event not in REPORT_EVENTS:
@@ -267,17 +283,70 @@ async def report(request: Request) -> Response:
         checked(app, APP_NAME, "app")
     if board is not None:
         checked(board, BOARD, "board")
-    channel = _channel(f, server.config.default_channel)
+    return _ReportRequest(
+        event, version, reason, app, board, _channel(f, server.config.default_channel)
+    )
+
+
+def _too_many(wait: float) -> ApiError:
+    return ApiError(
+        429, "too many reports from this device", {"Retry-After": str(max(1, round(wait)))}
+    )
+
+
+async def _store(server: UpdateServer, key: tuple[str, str], report: Report) -> bytes:
+    """Store the report (returns once committed); the body of the answer."""
+    await server.report(report)
+    if report.event in FAILED_EVENTS and report.release_id is not None:
+        server.devices.invalidate(key)  # not offered that one again (the directory: as stored)
+    return _RECORDED
+
+
+async def report(request: Request) -> Response:
+    """Acknowledged only once stored. The answer names no release (devices learn nothing
+    of other releases from it); a device over its report rate gets 429 with Retry-After."""
+    server = _server(request)
+    key = auth.credential(request)
+    dev = await auth.device_of(server, key)
+    f = await read_json(request, server.config.limits.json_body_max, "report")
+    r = _report_request(server, dev, f)
     wait = server.report_wait(dev.id)
     if wait > 0:
-        raise ApiError(
-            429, "too many reports from this device", {"Retry-After": str(max(1, round(wait)))}
-        )
-    release_id = await _offered_release(server, dev, channel, app, board, version)
-    await server.report(Report(dev.id, event, version, reason, release_id, app, channel))
-    if event in FAILED_EVENTS and release_id is not None:  # not offered that one again
-        server.devices.invalidate(key)  # (the directory: as stored)
-    return json_encoded(_RECORDED)
+        raise _too_many(wait)
+    release_id = await _offered_release(server, dev, r)
+    return json_encoded(await _store(server, key, r.report(dev.id, release_id)))
+
+
+def report_now(
+    server: UpdateServer, tls: Mapping[str, Any] | None, authorization: str | None, body: bytes
+) -> asyncio.Future[bytes] | None:
+    """``report`` with no ASGI request, when all it needs before the store is in this
+    process's memory (the device, the channel's releases): the storing of the report,
+    whose result is the answer's body (its error, the app's error answer: http.error_for).
+    None otherwise, and for anything ``report`` answers with an error before storing (a
+    bad report, a device over its rate): then ``report`` runs and answers (the same rules).
+    A report's rate token is taken only here, once nothing else can send it to the app."""
+    if len(body) > server.config.limits.json_body_max:
+        return None
+    try:
+        key = auth.credential_of(tls, authorization)
+        dev = server.device_now(*key)
+        if dev is None:
+            return None
+        r = _report_request(server, dev, parse_json(body, "report"))
+        board = _offered_board(dev, r.board, r.version)
+        release_id = None
+        if board is not None:
+            releases = server.channel_releases_now(r.channel, r.app or "", board)
+            if releases is None:
+                return None
+            release_id = _offered_in(releases[0], dev, r.version)
+    except Exception:  # noqa: BLE001 - report answers it, with its error
+        return None
+    if server.report_wait(dev.id) > 0:
+        return None  # report answers the 429 (no token was taken)
+    server.reports_at_once += 1
+    return asyncio.ensure_future(_store(server, key, r.report(dev.id, release_id)))
 
 
 ROUTES = [

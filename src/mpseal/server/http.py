@@ -61,6 +61,11 @@ def api_error_for(exc: Exception) -> ApiError:
 
 
 async def handle_error(request: Request, exc: Exception) -> Response:
+    return error_for(exc, request.method, request.url.path)
+
+
+def error_for(exc: Exception, method: str, path: str) -> Response:
+    """The answer to a request that raised ``exc`` (the app's and the protocol's)."""
     if isinstance(exc, ClientDisconnect):  # the client left mid-request: nobody to answer
         return error_response(400, "client disconnected")
     if isinstance(exc, HTTPException):
@@ -68,7 +73,7 @@ async def handle_error(request: Request, exc: Exception) -> Response:
     try:
         err = api_error_for(exc)
     except Exception:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        log.exception("unexpected error on %s %s", method, path)
         return error_response(500, "internal server error")
     return error_response(err.status, err.message, err.headers)
 

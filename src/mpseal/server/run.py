@@ -9,6 +9,7 @@ where its SHA-256 fingerprint is looked up in the registry.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
@@ -49,6 +50,17 @@ NOW_BODY_MAX = 4096
 
 class _HeadTooLarge(Exception):
     pass
+
+
+class _Waiting:
+    """A request the protocol answers once its handler's future is done (a report being
+    stored): to uvicorn, a cycle under way, so a request pipelined behind it waits."""
+
+    def __init__(self, keep_alive: bool) -> None:
+        self.keep_alive = keep_alive  # uvicorn's shutdown turns it off
+        self.response_complete = False
+        self.disconnected = False  # set by uvicorn when the connection is lost
+        self.message_event = asyncio.Event()  # set by uvicorn then too; nothing waits on it
 
 
 def _close_with(status: str, message: str) -> bytes:
@@ -286,8 +298,12 @@ class TlsHttpToolsProtocol(HttpToolsProtocol):
             body = b"".join(self._now_body)
             self._now_body = []
             answer = handler(self._tls, self._authorization(), body)
-            if answer is not None:
-                self._answer_now(answer)
+            if isinstance(answer, bytes):
+                self._answer_now(answer, self._now_keep_alive)
+            elif answer is not None:  # its answer comes later: the connection waits for it
+                waiting = _Waiting(self._now_keep_alive)
+                self.cycle = waiting  # type: ignore[assignment]
+                answer.add_done_callback(functools.partial(self._answer_later, waiting, self.url))
             else:  # the app answers it, from the same body
                 self._start_cycle()
                 if body and self.cycle is not None:
@@ -304,20 +320,44 @@ class TlsHttpToolsProtocol(HttpToolsProtocol):
                 return value.decode("latin-1")
         return None
 
-    def _answer_now(self, body: bytes) -> None:
+    def _answer_now(self, body: bytes, keep_alive: bool) -> None:
         """A 200 JSON answer, the bytes uvicorn writes for the app's (http.py, _Json)."""
+        headers = b"content-length: %d\r\ncontent-type: application/json\r\n" % len(body)
+        self._write(200, headers, body, keep_alive)
+
+    def _answer_later(self, waiting: _Waiting, url: bytes, done: asyncio.Future[bytes]) -> None:
+        """The answer of a request whose handler's future is done: its body in a 200 JSON
+        answer, or its error as the app answers it (http.error_for)."""
+        waiting.response_complete = True
+        error = None if done.cancelled() else done.exception()
+        if waiting.disconnected or self.transport.is_closing():
+            return  # the device left: it asks again (a report stored twice counts once)
+        if done.cancelled() or not (error is None or isinstance(error, Exception)):
+            self.transport.close()  # the server stopping under it: no answer to give
+        elif error is None:
+            self._answer_now(done.result(), waiting.keep_alive)
+        else:
+            from mpseal.server.http import error_for  # (starlette: not on the CLI's start-up)
+
+            response = error_for(error, "POST", url.decode("latin-1"))
+            head = b"".join(name + b": " + value + b"\r\n" for name, value in response.raw_headers)
+            self._write(response.status_code, head, bytes(response.body), waiting.keep_alive)
+
+    def _write(self, status: int, headers: bytes, body: bytes, keep_alive: bool) -> None:
+        """An answer as uvicorn writes the app's: status line, default headers, the
+        answer's own; then, as the cycle would, the keep-alive timer or the pipeline."""
         self._writer.flush()
-        parts = [STATUS_LINE[200]]
+        parts = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
             parts += [name, b": ", value, b"\r\n"]
-        parts.append(b"content-length: %d\r\ncontent-type: application/json\r\n" % len(body))
-        if not self._now_keep_alive:
+        parts.append(headers)
+        if not keep_alive:
             parts.append(b"connection: close\r\n")
         parts += [b"\r\n", body]
         self.transport.write(b"".join(parts))
-        if not self._now_keep_alive:
+        if not keep_alive:
             self.transport.close()
-        self.on_response_complete()  # as the cycle would: the keep-alive timer, the pipeline
+        self.on_response_complete()
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,7 @@ class UpdateServer:
         self._db_error = ""
         self._last_logged = 0.0
         self.checks_at_once = 0  # checks answered in the protocol (device_api.check_now)
+        self.reports_at_once = 0  # reports taken in the protocol (device_api.report_now)
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         """Run blocking ``fn(*args)`` in a worker thread."""
