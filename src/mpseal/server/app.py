@@ -78,7 +78,8 @@ class DeviceFastPath:
             ("POST", "/v1/device/report"): device_api.report,
         }
         # POSTs the protocol may answer itself, with no ASGI request, when the handler
-        # has the answer at once (run.py, TlsHttpToolsProtocol): by the request's raw URL
+        # has the answer at once, or its coming (a report being stored; run.py,
+        # TlsHttpToolsProtocol): by the request's raw URL
         server: UpdateServer = app.state.server
         self.now_routes: dict[bytes, NowHandler] = {
             b"/v1/device/check": partial(device_api.check_now, server),

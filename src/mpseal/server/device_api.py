@@ -288,12 +288,6 @@ def _report_request(server: UpdateServer, dev: DeviceView, f: jsondoc.Fields) ->
     )
 
 
-def _too_many(wait: float) -> ApiError:
-    return ApiError(
-        429, "too many reports from this device", {"Retry-After": str(max(1, round(wait)))}
-    )
-
-
 async def _store(server: UpdateServer, key: tuple[str, str], report: Report) -> bytes:
     """Store the report (returns once committed); the body of the answer."""
     await server.report(report)
@@ -312,7 +306,9 @@ async def report(request: Request) -> Response:
     r = _report_request(server, dev, f)
     wait = server.report_wait(dev.id)
     if wait > 0:
-        raise _too_many(wait)
+        raise ApiError(
+            429, "too many reports from this device", {"Retry-After": str(max(1, round(wait)))}
+        )
     release_id = await _offered_release(server, dev, r)
     return json_encoded(await _store(server, key, r.report(dev.id, release_id)))
 
