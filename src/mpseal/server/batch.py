@@ -108,6 +108,11 @@ class WriteBatcher(Generic[T, R]):
         self._tasks: set[asyncio.Task[None]] = set()  # held: the loop keeps only weak refs
 
     async def submit(self, item: T) -> R:
+        return await asyncio.shield(self.submit_nowait(item))
+
+    def submit_nowait(self, item: T) -> asyncio.Future[R]:
+        """``submit`` with no coroutine: the future of the batch's result (a caller that
+        waits on it must not cancel it: the batch sets it)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[R] = loop.create_future()
         now = loop.time()
@@ -125,7 +130,7 @@ class WriteBatcher(Generic[T, R]):
             self._timer = None
             self._scheduled = False
         self._schedule()
-        return await asyncio.shield(fut)
+        return fut
 
     def _schedule(self) -> None:
         if not self._scheduled and self._inflight < self._max_inflight and self._pending:

@@ -288,12 +288,10 @@ def _report_request(server: UpdateServer, dev: DeviceView, f: jsondoc.Fields) ->
     )
 
 
-async def _store(server: UpdateServer, key: tuple[str, str], report: Report) -> bytes:
-    """Store the report (returns once committed); the body of the answer."""
-    await server.report(report)
+def _stored(server: UpdateServer, key: tuple[str, str], report: Report) -> None:
+    """A report was stored: a release it failed is not offered to the device again."""
     if report.event in FAILED_EVENTS and report.release_id is not None:
-        server.devices.invalidate(key)  # not offered that one again (the directory: as stored)
-    return _RECORDED
+        server.devices.invalidate(key)  # (the directory: as stored)
 
 
 async def report(request: Request) -> Response:
@@ -309,8 +307,10 @@ async def report(request: Request) -> Response:
         raise ApiError(
             429, "too many reports from this device", {"Retry-After": str(max(1, round(wait)))}
         )
-    release_id = await _offered_release(server, dev, r)
-    return json_encoded(await _store(server, key, r.report(dev.id, release_id)))
+    entry = r.report(dev.id, await _offered_release(server, dev, r))
+    await server.report(entry)
+    _stored(server, key, entry)
+    return json_encoded(_RECORDED)
 
 
 def report_now(
@@ -342,7 +342,20 @@ def report_now(
     if server.report_wait(dev.id) > 0:
         return None  # report answers the 429 (no token was taken)
     server.reports_at_once += 1
-    return asyncio.ensure_future(_store(server, key, r.report(dev.id, release_id)))
+    entry = r.report(dev.id, release_id)
+    answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    def stored(done: asyncio.Future[None]) -> None:  # as report's end, with no task
+        if done.cancelled():
+            answer.cancel()
+        elif (error := done.exception()) is not None:
+            answer.set_exception(error)
+        else:
+            _stored(server, key, entry)
+            answer.set_result(_RECORDED)
+
+    server.report_later(entry).add_done_callback(stored)
+    return answer
 
 
 ROUTES = [

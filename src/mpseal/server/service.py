@@ -116,6 +116,7 @@ class UpdateServer:
         self._halted: dict[int, float] = {}  # release id -> when seen halted (monotonic)
         self._limiter: anyio.CapacityLimiter | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._halting: set[asyncio.Task[bool]] = set()  # reports' halting decisions under way
         self.schema_ready = not config.migrate
         self.db_up: bool | None = None  # None: not known yet
         self._db_error = ""
@@ -297,7 +298,48 @@ class UpdateServer:
 
     async def report(self, report: Report) -> None:
         """Store a report (returns once committed); halt its release if it must."""
-        counts = await self._reports.submit(report)
+        await asyncio.shield(self.report_later(report))  # a caller cancelled: stored anyway
+
+    def report_later(self, report: Report) -> asyncio.Future[None]:
+        """``report`` with no task of its own: its batch's future, then the bookkeeping in
+        that future's callback (a task for a report cost the event loop a turn of its own
+        for each, which slowed the checks beside them); a task only to halt a release."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def stored(batch: asyncio.Future[dict[int, tuple[ReleaseStats, PolicyOverrides]]]) -> None:
+            if batch.cancelled():  # the server stopping under it
+                done.cancel()
+                return
+            error = batch.exception()
+            if error is not None:
+                done.set_exception(error)
+                return
+            halt = self._stored(report, batch.result())
+            if halt is None:
+                done.set_result(None)
+                return
+            task = asyncio.ensure_future(self.maybe_halt(*halt))
+            self._halting.add(task)  # held: the loop keeps only weak references
+            task.add_done_callback(partial(self._halted_then, done))
+
+        self._reports.submit_nowait(report).add_done_callback(stored)
+        return done
+
+    def _halted_then(self, done: asyncio.Future[None], task: asyncio.Task[bool]) -> None:
+        self._halting.discard(task)
+        if task.cancelled():
+            done.cancel()
+            return
+        error = task.exception()
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(None)
+
+    def _stored(
+        self, report: Report, counts: dict[int, tuple[ReleaseStats, PolicyOverrides]]
+    ) -> tuple[int, ReleaseStats, PolicyOverrides] | None:
+        """A stored report's bookkeeping; the release to decide on halting, if any."""
         if (
             len(self._reported) < self.config.limits.cache_entries_max
             or report.device_id in self._reported
@@ -307,7 +349,8 @@ class UpdateServer:
         if rid is not None and report.event in FAILED_EVENTS and not self._seen_halted(rid):
             entry = counts.get(rid)
             if entry is not None:
-                await self.maybe_halt(rid, *entry)
+                return rid, *entry
+        return None
 
     def note_checkin(
         self, device_id: int, app: str, version: str, counter: int, channel: str
