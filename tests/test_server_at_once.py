@@ -428,3 +428,29 @@ def test_reports_pipelined_closing_or_at_shutdown_are_answered_in_order(
     with sqlite3.connect(tmp_path / "mpseal.db") as stored:  # every acknowledged one
         query = "SELECT count(*) FROM events WHERE kind = 'update-rolled_back'"
         assert stored.execute(query).fetchone() == (4,)
+
+
+def test_reports_taken_at_once_halt_a_failing_release(keys: Keys, tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'mpseal.db'}"
+    fleet = register(db, 6)
+    cfg = config_for(db, keys, tmp_path, cache_seconds=CACHE_SECONDS)  # halts at 5, > 20 %
+    with running_server(cfg) as srv:
+        with srv.admin() as admin:
+            rid = admin.post(
+                "/v1/admin/releases", content=make_artifact(keys.release, "1.1.0", 2)
+            ).json()["release"]["id"]
+            assert admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 100}).is_success
+        conns = {hw: connect(srv.url) for hw in fleet.tokens}
+        for hw, conn in conns.items():  # each device held, and offered the release
+            status, _, body, _ = conn.ask(post(check(hw), fleet.tokens[hw]))
+            assert status == 200 and json.loads(body)["update"] is True
+        for i, (hw, conn) in enumerate(list(conns.items())[:5]):
+            assert conn.ask(reported(hw, fleet.tokens[hw]))[0] == 200
+            with srv.admin() as admin:
+                state = admin.get(f"/v1/admin/releases/{rid}").json()["release"]["state"]
+            assert state == ("halted" if i == 4 else "active"), (i, state)
+        assert at_once(srv.url, "reports") == 5
+        status, _, body, _ = conns["dev-00005"].ask(
+            post(check("dev-00005"), fleet.tokens["dev-00005"])
+        )
+        assert status == 200 and json.loads(body)["update"] is False  # offered to no one
