@@ -202,9 +202,12 @@ def parse_import(
         )
 
 
+CONNECT_TIMEOUT = 5  # seconds to connect to PostgreSQL: fail fast when it does not answer
+
+
 def connect_args(url: object) -> dict[str, object]:
-    """Fail fast on a database that does not answer (PostgreSQL): 5 s to connect."""
-    return {"connect_timeout": 5} if str(url).startswith("postgresql") else {}
+    """Fail fast on a database that does not answer (PostgreSQL): ``CONNECT_TIMEOUT``."""
+    return {"connect_timeout": CONNECT_TIMEOUT} if str(url).startswith("postgresql") else {}
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]

@@ -72,6 +72,7 @@ class UpdateServer:
         self.config = config
         self.registry = Registry.open(config.database_url, upgrade=False)  # connects lazily
         self.store = ReleaseStore(self.registry)
+        self._report_writer = self.store.report_writer()  # PostgreSQL: from the event loop
         self.roots = RootStore(
             config.roots_dir, config.trust_root_file, ttl=max(config.cache_seconds, 0.05)
         )
@@ -287,7 +288,14 @@ class UpdateServer:
     async def _store_reports(
         self, reports: list[Report]
     ) -> dict[int, tuple[ReleaseStats, PolicyOverrides]]:
-        counts = await self.run(self.store.record_reports, reports)
+        if self._report_writer is None:
+            counts = await self.run(self.store.record_reports, reports)
+        else:
+            try:
+                counts = await self._report_writer.record_reports(reports)
+            except TransportError as e:
+                self.database_failed(str(e))
+                raise
         # Each device's last report of a release is its stored state: a failed release is
         # not offered again by this process from now on (the others read it from the feed).
         final = {(r.device_id, r.release_id): r.event for r in reports}
@@ -531,6 +539,8 @@ class UpdateServer:
             await self.flush_checkins()
         except Exception:  # noqa: BLE001 - the inventory is best effort at shutdown
             log.warning("inventory of the last %g s not written", self.config.inventory_seconds)
+        if self._report_writer is not None:
+            await self._report_writer.close()
         self.store.close()
         self.registry.engine.dispose()
 
