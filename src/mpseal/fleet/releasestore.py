@@ -11,6 +11,7 @@ replaced if it is still the one the caller read (optimistic concurrency).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -400,6 +401,11 @@ _PG_REPORTS = (
 )
 
 
+# A hot-path connection older than this is replaced before its next use (a pooler's or
+# firewall's idle limit would otherwise fail the request that finds it dropped).
+RECYCLE_SECONDS = 600
+
+
 class ReleaseStore:
     def __init__(self, registry: Registry, read_pool_size: int = 4) -> None:
         self.registry = registry
@@ -411,7 +417,7 @@ class ReleaseStore:
             pool_size=read_pool_size,
             max_overflow=read_pool_size,
             pool_pre_ping=False,
-            pool_recycle=600,
+            pool_recycle=RECYCLE_SECONDS,
             isolation_level="AUTOCOMMIT",
             connect_args=connect_args(registry.engine.url),
         )
@@ -1485,7 +1491,7 @@ class AsyncReportWriter:
 
     def __init__(self, conninfo: str) -> None:
         self._conninfo = conninfo
-        self._idle: list[Any] = []  # psycopg.AsyncConnection
+        self._idle: list[tuple[Any, float]] = []  # (psycopg.AsyncConnection, opened at)
 
     async def record_reports(
         self, reports: Sequence[Report]
@@ -1496,7 +1502,7 @@ class AsyncReportWriter:
             return {}
         params = _pg_report_params(reports)
         try:
-            conn = self._idle.pop() if self._idle else await self._connect()
+            conn, opened = await self._connection()
         except psycopg.Error as e:
             raise TransportError(_db_error(e)) from None
         try:
@@ -1506,24 +1512,28 @@ class AsyncReportWriter:
         except psycopg.Error as e:
             if conn.broken or conn.closed:
                 await conn.close()
-                for other in self._idle:  # the database went away: the others too
-                    await other.close()
-                self._idle.clear()
+                await self.close()  # the database went away: the others too
             else:
-                self._idle.append(conn)
+                self._idle.append((conn, opened))
             raise TransportError(_db_error(e)) from None
-        self._idle.append(conn)
+        self._idle.append((conn, opened))
         return _pg_report_counts(rows)
 
-    async def _connect(self) -> Any:
+    async def _connection(self) -> tuple[Any, float]:
         import psycopg
 
-        return await psycopg.AsyncConnection.connect(
+        while self._idle:
+            conn, opened = self._idle.pop()
+            if time.monotonic() - opened < RECYCLE_SECONDS:
+                return conn, opened
+            await conn.close()
+        conn = await psycopg.AsyncConnection.connect(
             self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT
         )
+        return conn, time.monotonic()
 
     async def close(self) -> None:
-        for conn in self._idle:
+        for conn, _ in self._idle:
             await conn.close()
         self._idle.clear()
 
