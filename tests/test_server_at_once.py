@@ -12,16 +12,25 @@ import socket
 import sqlite3
 import ssl
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from server_support import Keys, config_for, make_artifact, make_keys, register, running_server
+from server_support import (
+    Keys,
+    Running,
+    config_for,
+    make_artifact,
+    make_keys,
+    register,
+    running_server,
+)
 from test_server_tls import pki  # noqa: F401 - the fixture
 
-from mpseal.server.config import ServerLimits
+from mpseal.server.config import ServerConfig, ServerLimits
 from mpseal.server.run import RunOptions
 
 CACHE_SECONDS = 60.0  # everything a check needs stays held for the whole test
@@ -112,20 +121,31 @@ def without_date(head: bytes) -> bytes:
     return b"\r\n".join(line for line in head.split(b"\r\n") if not line.startswith(b"date:"))
 
 
+@contextmanager
+def both_servers(cfg: ServerConfig) -> Iterator[tuple[Running, Running]]:
+    """A server, and one that answers every request through the ASGI app (a concurrency
+    limit: the app enforces it), on the same database."""
+    with running_server(cfg) as srv, running_server(cfg, limit_concurrency=1000) as app_srv:
+        yield srv, app_srv
+
+
+def promoted(srv: Running, keys: Keys) -> int:
+    """A release 1.1.0 published and offered to every device; its id."""
+    with srv.admin() as admin:
+        rid: int = admin.post(
+            "/v1/admin/releases", content=make_artifact(keys.release, "1.1.0", 2)
+        ).json()["release"]["id"]
+        assert admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 100}).is_success
+    return rid
+
+
 def test_a_check_answered_at_once_is_the_apps_answer_byte_for_byte(
     db_url: str, keys: Keys, tmp_path: Path
 ) -> None:
     fleet = register(db_url, 3)
     cfg = config_for(db_url, keys, tmp_path, cache_seconds=CACHE_SECONDS)
-    with ExitStack() as stack:
-        srv = stack.enter_context(running_server(cfg))
-        # a concurrency limit: every request through the ASGI app (which enforces it)
-        app_srv = stack.enter_context(running_server(cfg, limit_concurrency=1000))
-        with srv.admin() as admin:
-            rid = admin.post(
-                "/v1/admin/releases", content=make_artifact(keys.release, "1.1.0", 2)
-            ).json()["release"]["id"]
-            assert admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 100}).is_success
+    with both_servers(cfg) as (srv, app_srv):
+        promoted(srv, keys)
         fast, slow = connect(srv.url), connect(app_srv.url)
         for hw, version in (("dev-00000", "1.0.0"), ("dev-00001", "1.1.0"), ("dev-00000", "1.0.0")):
             request = post(check(hw, version), fleet.tokens[hw])
@@ -150,10 +170,7 @@ def test_a_checks_errors_are_the_apps_errors(db_url: str, keys: Keys, tmp_path: 
     fleet = register(db_url, 2)
     token = fleet.tokens["dev-00000"]
     cfg = config_for(db_url, keys, tmp_path, cache_seconds=CACHE_SECONDS)
-    with (
-        running_server(cfg) as srv,
-        running_server(cfg, limit_concurrency=1000) as app_srv,
-    ):
+    with both_servers(cfg) as (srv, app_srv):
         fast, slow = connect(srv.url), connect(app_srv.url)
         warm = post(check("dev-00000"), token)
         assert fast.ask(warm)[0] == 200 and fast.ask(warm)[0] == 200
@@ -283,7 +300,7 @@ def test_a_check_under_way_at_shutdown_is_answered_then_closed(keys: Keys, tmp_p
 # -- reports: taken in the protocol, answered once stored ----------------------------------
 
 
-def counts(srv: Any, rid: int) -> dict[str, int]:
+def counts(srv: Running, rid: int) -> dict[str, int]:
     with srv.admin() as admin:
         got: dict[str, int] = admin.get(f"/v1/admin/releases/{rid}").json()["release"]["counts"]
         return got
@@ -294,14 +311,8 @@ def test_a_report_taken_at_once_is_stored_and_answered_as_the_app_answers(
 ) -> None:
     fleet = register(db_url, 4)
     cfg = config_for(db_url, keys, tmp_path, cache_seconds=CACHE_SECONDS)
-    with ExitStack() as stack:
-        srv = stack.enter_context(running_server(cfg))
-        app_srv = stack.enter_context(running_server(cfg, limit_concurrency=1000))
-        with srv.admin() as admin:
-            rid = admin.post(
-                "/v1/admin/releases", content=make_artifact(keys.release, "1.1.0", 2)
-            ).json()["release"]["id"]
-            assert admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 100}).is_success
+    with both_servers(cfg) as (srv, app_srv):
+        rid = promoted(srv, keys)
         fast, slow = connect(srv.url), connect(app_srv.url)
         for conn, hw in ((fast, "dev-00002"), (slow, "dev-00003"), (fast, "dev-00000")):
             status, _, body, _ = conn.ask(post(check(hw), fleet.tokens[hw]))  # caches filled
@@ -334,10 +345,7 @@ def test_a_reports_errors_are_the_apps_errors(keys: Keys, tmp_path: Path) -> Non
         cache_seconds=CACHE_SECONDS,
         limits=ServerLimits(report_rate_per_minute=1, report_burst=3),
     )
-    with (
-        running_server(cfg) as srv,
-        running_server(cfg, limit_concurrency=1000) as app_srv,
-    ):
+    with both_servers(cfg) as (srv, app_srv):
         fast, slow = connect(srv.url), connect(app_srv.url)
         assert fast.ask(post(check("dev-00000"), token))[0] == 200  # the caches filled
         wrong = [
@@ -372,10 +380,7 @@ def test_a_report_the_database_cannot_store_gets_the_apps_503(keys: Keys, tmp_pa
     with PostgresServer() as pg:
         fleet = register(pg.url, 2)
         cfg = config_for(pg.url, keys, tmp_path, cache_seconds=CACHE_SECONDS)
-        with (
-            running_server(cfg) as srv,
-            running_server(cfg, limit_concurrency=1000) as app_srv,
-        ):
+        with both_servers(cfg) as (srv, app_srv):
             fast, slow = connect(srv.url), connect(app_srv.url)
             for conn in (fast, slow):  # the device and the channel's releases held
                 assert conn.ask(post(check("dev-00000"), fleet.tokens["dev-00000"]))[0] == 200
@@ -435,11 +440,7 @@ def test_reports_taken_at_once_halt_a_failing_release(keys: Keys, tmp_path: Path
     fleet = register(db, 6)
     cfg = config_for(db, keys, tmp_path, cache_seconds=CACHE_SECONDS)  # halts at 5, > 20 %
     with running_server(cfg) as srv:
-        with srv.admin() as admin:
-            rid = admin.post(
-                "/v1/admin/releases", content=make_artifact(keys.release, "1.1.0", 2)
-            ).json()["release"]["id"]
-            assert admin.post(f"/v1/admin/releases/{rid}/promote", json={"percent": 100}).is_success
+        rid = promoted(srv, keys)
         conns = {hw: connect(srv.url) for hw in fleet.tokens}
         for hw, conn in conns.items():  # each device held, and offered the release
             status, _, body, _ = conn.ask(post(check(hw), fleet.tokens[hw]))
