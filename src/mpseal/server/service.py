@@ -43,6 +43,8 @@ from mpseal.server.roots import RootStore
 from mpseal.server.timestamps import CurrentTimestamp, TimestampService
 
 log = logging.getLogger("mpseal.server")
+
+
 # A report waits up to this long for others to share its statement (a statement costs the
 # database and this process about 0.4 ms however few rows it has), unless 32 are already
 # waiting (a busy server sends full batches at once), and only while reports come at
@@ -65,6 +67,12 @@ INVENTORY_CHUNK = 1000
 # failures must be able to halt it again without waiting for a maintenance round.
 HALTED_RECHECK_SECONDS = 5.0
 T = TypeVar("T")
+
+
+def _retrieved(done: asyncio.Future[None]) -> None:
+    """A future's outcome read, so that a failure no one waits for is not logged as lost."""
+    if not done.cancelled():
+        done.exception()
 
 
 class UpdateServer:
@@ -306,7 +314,12 @@ class UpdateServer:
 
     async def report(self, report: Report) -> None:
         """Store a report (returns once committed); halt its release if it must."""
-        await asyncio.shield(self.report_later(report))  # a caller cancelled: stored anyway
+        done = self.report_later(report)
+        try:
+            await asyncio.shield(done)  # a caller cancelled: stored anyway
+        except asyncio.CancelledError:
+            done.add_done_callback(_retrieved)  # its outcome has no one to go to
+            raise
 
     def report_later(self, report: Report) -> asyncio.Future[None]:
         """``report`` with no task of its own: its batch's future, then the bookkeeping in
