@@ -168,3 +168,22 @@ def test_serve_refuses_an_artifact_redirect_devices_would_not_follow(project: Pa
     line = one_line(res, 2)
     assert "serving" not in res.stderr and "--artifact-base-url" in line
     assert "does not follow redirects" in line
+
+
+def test_an_admin_command_with_a_ca_file_that_is_no_certificate_is_one_line(
+    tmp_path: Path,
+) -> None:
+    bad = tmp_path / "server-ca.pem"
+    bad.write_text("not a certificate\n")
+    res = run_mpseal(
+        "release",
+        "list",
+        "--server",
+        "https://127.0.0.1:1",
+        "--ca",
+        bad,
+        env={"MPSEAL_ADMIN_TOKEN": "t"},
+        timeout=30,
+    )
+    line = one_line(res, 2)
+    assert "--ca" in line and "server-ca.pem" in line and "CA certificate" in line

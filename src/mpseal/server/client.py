@@ -7,6 +7,7 @@ each carries the server's one-line reason.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,14 @@ class AdminClient:
             raise UsageError(f"--server must be an http:// or https:// URL, not {server!r}")
         if not token:
             raise UsageError("no admin token: set MPSEAL_ADMIN_TOKEN")
-        verify: Any = str(ca) if ca else True
+        verify: ssl.SSLContext | bool = True
+        if ca:
+            try:
+                verify = ssl.create_default_context(cafile=str(ca))
+            except (OSError, ssl.SSLError) as e:
+                raise UsageError(
+                    f"--ca {ca} is not a readable PEM CA certificate ({e}); pass the server's CA"
+                ) from None
         self._http = httpx.Client(
             base_url=server.rstrip("/"),
             timeout=timeout,
