@@ -19,6 +19,19 @@ R = TypeVar("R")
 Loader = Callable[[list[Hashable]], Awaitable[Mapping[Any, V]]]  # found keys: their values
 
 
+def failed_into(src: asyncio.Future[Any], dst: asyncio.Future[Any]) -> bool:
+    """True if ``src`` (done) was cancelled or failed, and ``dst`` then is too; False when
+    ``src`` has a result, which ``dst``'s owner turns into its own."""
+    if src.cancelled():
+        dst.cancel()
+        return True
+    error = src.exception()
+    if error is not None:
+        dst.set_exception(error)
+        return True
+    return False
+
+
 class Batcher(Generic[V]):
     def __init__(self, load: Loader[V], max_inflight: int = 2) -> None:
         self._load = load

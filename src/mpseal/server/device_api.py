@@ -27,6 +27,7 @@ from mpseal.formats import encrypted, jsondoc
 from mpseal.formats.names import APP_NAME, BOARD, CHANNEL, HARDWARE_ID, SHA256_HEX, VERSION
 from mpseal.fsutil import write_atomic
 from mpseal.server import auth
+from mpseal.server.batch import failed_into
 from mpseal.server.http import (
     ApiError,
     checked,
@@ -346,11 +347,7 @@ def report_now(
     answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
 
     def stored(done: asyncio.Future[None]) -> None:  # as report's end, with no task
-        if done.cancelled():
-            answer.cancel()
-        elif (error := done.exception()) is not None:
-            answer.set_exception(error)
-        else:
+        if not failed_into(done, answer):
             _stored(server, key, entry)
             answer.set_result(_RECORDED)
 

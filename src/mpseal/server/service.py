@@ -35,7 +35,7 @@ from mpseal.fleet.releasestore import (
     device_view,
 )
 from mpseal.fleet.rollout import DeviceView, ReleaseStats, ReleaseView, halt_reason
-from mpseal.server.batch import Batcher, WriteBatcher
+from mpseal.server.batch import Batcher, WriteBatcher, failed_into
 from mpseal.server.cache import TtlCache
 from mpseal.server.config import ServerConfig
 from mpseal.server.directory import CHANGES_KEPT_SECONDS, PAGE_DEVICES, DeviceDirectory, Key
@@ -43,8 +43,6 @@ from mpseal.server.roots import RootStore
 from mpseal.server.timestamps import CurrentTimestamp, TimestampService
 
 log = logging.getLogger("mpseal.server")
-
-
 # A report waits up to this long for others to share its statement (a statement costs the
 # database and this process about 0.4 ms however few rows it has), unless 32 are already
 # waiting (a busy server sends full batches at once), and only while reports come at
@@ -328,12 +326,7 @@ class UpdateServer:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         def stored(batch: asyncio.Future[dict[int, tuple[ReleaseStats, PolicyOverrides]]]) -> None:
-            if batch.cancelled():  # the server stopping under it
-                done.cancel()
-                return
-            error = batch.exception()
-            if error is not None:
-                done.set_exception(error)
+            if failed_into(batch, done):  # not stored (or the server stopping under it)
                 return
             halt = self._stored(report, batch.result())
             if halt is None:
@@ -348,13 +341,7 @@ class UpdateServer:
 
     def _halted_then(self, done: asyncio.Future[None], task: asyncio.Task[bool]) -> None:
         self._halting.discard(task)
-        if task.cancelled():
-            done.cancel()
-            return
-        error = task.exception()
-        if error is not None:
-            done.set_exception(error)
-        else:
+        if not failed_into(task, done):
             done.set_result(None)
 
     def _stored(
