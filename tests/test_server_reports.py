@@ -420,3 +420,56 @@ def test_report_batches_linger_only_while_reports_come_fast() -> None:
     assert quiet < 0.2, quiet
     assert 0.35 <= busy < 2, busy
     assert sizes == [1]
+
+
+def test_a_failure_report_under_the_halt_limit_starts_no_task(
+    db_url: str, keys: Keys, tmp_path: Path
+) -> None:
+    """A failure report's halting decision is made where its batch is stored (the batch's
+    callback): a task, an event-loop turn of its own beside the checks, only for a release
+    that must halt. Under the limit nothing runs; over it, the release halts once."""
+    from mpseal.fleet.releasestore import NewRelease
+    from mpseal.server.service import UpdateServer
+
+    register(db_url, 6)
+    reg = Registry.open(db_url)
+    store = ReleaseStore(reg)
+    rid = store.publish(
+        NewRelease("hello", "esp32", "1.1.0", 2, "a" * 64, "b" * 64, 10, "stable")
+    ).view.id
+    ids = sorted(int(d.id) for d in reg.devices())
+    policy = HaltPolicy(min_attempts=3, max_failure_ratio=0.4, min_cohort_share=0.0)
+    server = UpdateServer(config_for(db_url, keys, tmp_path, halt_policy=policy))
+    halting: list[tuple[int, str]] = []
+
+    async def maybe_halt(*args: Any) -> bool:
+        raise AssertionError(f"a halting decision of its own for {args}")
+
+    async def halt(release_id: int, reason: str) -> bool:
+        halting.append((release_id, reason))
+        return True
+
+    server.maybe_halt = maybe_halt  # type: ignore[method-assign]
+    server._halt = halt  # type: ignore[method-assign]
+
+    async def main() -> None:
+        for d, event in zip(
+            ids[:4], ["confirmed", "confirmed", "rolled_back", "confirmed"], strict=True
+        ):
+            await server.report(Report(d, event, "1.1.0", "", rid, "hello", "stable"))
+            assert not server._halting  # no task was started for it
+        assert halting == []  # 1 of 4 failed: under the limit
+        await asyncio.gather(
+            *(
+                server.report(Report(d, "refused", "1.1.0", "", rid, "hello", "stable"))
+                for d in ids[4:]
+            )
+        )
+        assert [r for r, _ in halting] == [rid] * len(halting) and halting  # 3 of 6: halts
+
+    try:
+        asyncio.run(main())
+    finally:
+        store.close()
+        server.store.close()
+        reg.engine.dispose()

@@ -332,7 +332,7 @@ class UpdateServer:
             if halt is None:
                 done.set_result(None)
                 return
-            task = asyncio.ensure_future(self.maybe_halt(*halt))
+            task = asyncio.ensure_future(self._halt(*halt))
             self._halting.add(task)  # held: the loop keeps only weak references
             task.add_done_callback(partial(self._halted_then, done))
 
@@ -346,8 +346,9 @@ class UpdateServer:
 
     def _stored(
         self, report: Report, counts: dict[int, tuple[ReleaseStats, PolicyOverrides]]
-    ) -> tuple[int, ReleaseStats, PolicyOverrides] | None:
-        """A stored report's bookkeeping; the release to decide on halting, if any."""
+    ) -> tuple[int, str] | None:
+        """A stored report's bookkeeping; the release to halt and why, if it must (decided
+        here: a task only for a halt, not for every failure report)."""
         if (
             len(self._reported) < self.config.limits.cache_entries_max
             or report.device_id in self._reported
@@ -357,7 +358,9 @@ class UpdateServer:
         if rid is not None and report.event in FAILED_EVENTS and not self._seen_halted(rid):
             entry = counts.get(rid)
             if entry is not None:
-                return rid, *entry
+                reason = self._halt_reason(*entry)
+                if reason is not None:
+                    return rid, reason
         return None
 
     def note_checkin(
@@ -441,9 +444,14 @@ class UpdateServer:
         self, release_id: int, stats: ReleaseStats, overrides: PolicyOverrides
     ) -> bool:
         """Halt the release if its failures crossed its policy's limit; True if it did now."""
-        reason = halt_reason(stats, overrides.apply(self.config.halt_policy))
-        if reason is None:
-            return False
+        reason = self._halt_reason(stats, overrides)
+        return reason is not None and await self._halt(release_id, reason)
+
+    def _halt_reason(self, stats: ReleaseStats, overrides: PolicyOverrides) -> str | None:
+        return halt_reason(stats, overrides.apply(self.config.halt_policy))
+
+    async def _halt(self, release_id: int, reason: str) -> bool:
+        """Halt the release for ``reason``; True if it did now (not already halted)."""
         self._halted[release_id] = time.monotonic()
         if not await self.run(self.store.halt, release_id, reason):
             return False
