@@ -473,3 +473,53 @@ def test_a_failure_report_under_the_halt_limit_starts_no_task(
         store.close()
         server.store.close()
         reg.engine.dispose()
+
+
+def test_overdue_trials_are_found_through_an_index_of_trials_only(db_url: str) -> None:
+    """The sweep of overdue trials reads an index of the rows in a trial boot (migration
+    0013): a report of any other state writes no entry to it (a large fleet's tens of
+    millions of rows are not indexed by state and time). Overdue trials time out, the
+    rest are left as they are."""
+    from importlib import import_module
+
+    from mpseal.fleet.releases import TRIAL_STATE
+    from mpseal.fleet.releasestore import NewRelease
+
+    # one source of truth: the migration's trial state is the code's
+    assert import_module("mpseal.fleet.migrations.versions.0013_trials_index").TRIAL == TRIAL_STATE
+    register(db_url, 4)
+    reg = Registry.open(db_url)
+    store = ReleaseStore(reg)
+    rid = store.publish(
+        NewRelease("hello", "esp32", "1.1.0", 2, "a" * 64, "b" * 64, 10, "stable")
+    ).view.id
+    ids = sorted(int(d.id) for d in reg.devices())
+    events = ["booted", "rolled_back", "confirmed", "booted"]
+    store.record_reports([Report(d, e, "1.1.0", "", rid) for d, e in zip(ids, events, strict=True)])
+    overdue = (
+        sa.select(DeviceUpdate.device_id)
+        .where(DeviceUpdate.state == TRIAL_STATE, DeviceUpdate.updated_at < utcnow())
+        .order_by(DeviceUpdate.device_id, DeviceUpdate.release_id)
+    )
+    pg = reg.engine.dialect.name == "postgresql"
+    with reg.engine.connect() as conn:
+        names = {i["name"]: i for i in sa.inspect(conn).get_indexes("device_updates")}
+        assert set(names) == {"ix_device_updates_trials"}  # and the primary key
+        assert names["ix_device_updates_trials"]["column_names"] == ["device_id", "release_id"]
+        if pg:
+            conn.execute(sa.text("SET enable_seqscan = off"))  # a table of 4 rows
+            sql = str(overdue.compile(conn, compile_kwargs={"literal_binds": True}))
+            plan = "\n".join(r[0] for r in conn.execute(sa.text("EXPLAIN " + sql)))
+            (definition,) = conn.execute(
+                sa.text("SELECT indexdef FROM pg_indexes WHERE indexname = :n"),
+                {"n": "ix_device_updates_trials"},
+            ).one()
+            assert f"WHERE ((state)::text = '{TRIAL_STATE}'::text)" in definition
+        else:
+            sql = str(overdue.compile(conn, compile_kwargs={"literal_binds": True}))
+            plan = "\n".join(str(r[-1]) for r in conn.execute(sa.text("EXPLAIN QUERY PLAN " + sql)))
+        assert "ix_device_updates_trials" in plan, plan
+    assert store.sweep_trials(0) == 2 and store.sweep_trials(0) == 0
+    assert recount(db_url, rid) == {"timed_out": 2, "rolled_back": 1, "confirmed": 1}
+    store.close()
+    reg.engine.dispose()

@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -32,6 +33,7 @@ FAILED_EVENTS = ("refused", "rolled_back")
 # A device's state for a release: its last report, or "timed_out" (booted, not confirmed
 # within the trial window; set by the server's maintenance round).
 UPDATE_STATES = (*REPORT_EVENTS, "timed_out")
+TRIAL_STATE = "booted"  # a trial boot, not confirmed yet
 # Report counters are spread over this many rows per release (device id modulo), so that
 # concurrent reports for one release do not all wait on one row lock.
 COUNT_SHARDS = 16
@@ -123,8 +125,14 @@ class DeviceUpdate(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     __table_args__ = (
-        Index("ix_device_updates_release_state", "release_id", "state"),
-        Index("ix_device_updates_state_updated", "state", "updated_at"),
+        # rows in a trial boot, for the sweep of overdue trials (migration 0013)
+        Index(
+            "ix_device_updates_trials",
+            "device_id",
+            "release_id",
+            postgresql_where=text(f"state = '{TRIAL_STATE}'"),
+            sqlite_where=text(f"state = '{TRIAL_STATE}'"),
+        ),
     )
 
 

@@ -52,6 +52,7 @@ from mpseal.fleet.releases import (
     COUNT_SHARDS,
     FAILED_EVENTS,
     TIMESTAMP_COUNTER,
+    TRIAL_STATE,
     UPDATE_STATES,
     ArtifactBlob,
     Counter,
@@ -1217,7 +1218,7 @@ class ReleaseStore:
         with self.registry.session() as s:
             q = (
                 select(DeviceUpdate.device_id, DeviceUpdate.release_id)
-                .where(DeviceUpdate.state == "booted", DeviceUpdate.updated_at < cutoff)
+                .where(DeviceUpdate.state == TRIAL_STATE, DeviceUpdate.updated_at < cutoff)
                 .order_by(DeviceUpdate.device_id, DeviceUpdate.release_id)
                 .limit(limit)
             )
@@ -1235,7 +1236,7 @@ class ReleaseStore:
             deltas: dict[tuple[int, int], dict[str, int]] = {}
             for d, r in rows:
                 dd = deltas.setdefault((r, d % COUNT_SHARDS), dict.fromkeys(UPDATE_STATES, 0))
-                dd["booted"] -= 1
+                dd[TRIAL_STATE] -= 1
                 dd["timed_out"] += 1
             self._add_counts(s, deltas)
             return len(rows)
