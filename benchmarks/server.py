@@ -143,6 +143,60 @@ class _Client(asyncio.Protocol):
             self.done.set_result(None)
 
 
+class _Paced:
+    """Reports on connections of their own, paced by the checks: each check sent earns
+    ``share / (1 - share)`` of a report (in a report slot, when interleaved), sent by an
+    idle report connection. A device waiting for its report's answer does not hold back
+    the rest of the fleet's checks: the check connections keep their number whatever a
+    report's latency."""
+
+    def __init__(self, share: float, slot: float) -> None:
+        self.per_check = share / (1.0 - share)
+        self.slot = slot
+        self.start = 0.0
+        self.owed = 0.0
+        self.idle: list[_Reporter] = []
+
+    def checked(self, now: float) -> None:
+        if self.slot and not int((now - self.start) // self.slot) % 2:
+            return  # a slot without reports
+        self.owed += self.per_check
+        while self.owed >= 1.0 and self.idle:
+            self.owed -= 1.0
+            self.idle.pop()._send()
+
+    def ready(self, reporter: _Reporter) -> bool:
+        """A report connection is free: True if it owes a report now (else it waits)."""
+        if self.owed >= 1.0:
+            self.owed -= 1.0
+            return True
+        self.idle.append(reporter)
+        return False
+
+
+class _Reporter(_Client):
+    """A report connection of ``_Paced``: sends a report when the checks earned one."""
+
+    def __init__(self, paced: _Paced, *args: Any) -> None:
+        super().__init__(*args)
+        self.paced = paced
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if self.paced.ready(self):
+            self._send()
+
+    def data_received(self, data: bytes) -> None:
+        self.buf = self.buf + data if self.buf else data
+        answer = _answer(self.buf)
+        if answer is None:
+            return
+        head, body, self.buf = answer
+        _record(self, head, body, time.perf_counter())
+        if self.paced.ready(self):
+            self._send()
+
+
 def _answer(buf: bytes) -> tuple[bytes, bytes, bytes] | None:
     head_end = buf.find(b"\r\n\r\n")
     if head_end < 0:
@@ -254,7 +308,12 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
     n_checks, n_reports, draw = len(checks), len(reports), rnd.random
     slot = float(spec.get("slot", 0.0))
 
+    paced = _Paced(share, slot) if spec.get("paced") and 0 < share < 1 else None
+
     def pick() -> tuple[str, bytes]:  # uniform draws, as randrange (which costs more)
+        if paced is not None:
+            paced.checked(time.perf_counter())
+            return "check", checks[int(draw() * n_checks)]
         if (
             share
             and draw() < share
@@ -266,6 +325,8 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
     print("READY", flush=True)  # the parent's CPU window counts from here
     now = time.perf_counter()
     start, end = now + WARMUP_SECONDS, now + WARMUP_SECONDS + spec["seconds"]
+    if paced is not None:
+        paced.start = start
     lat: dict[str, list[float]] = {}
     stats: dict[str, Any] = {"errors": 0, "offered": 0}
     ssl_ctx = None
@@ -294,6 +355,28 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
                 server_hostname="127.0.0.1" if ssl_ctx else None,
             )
             dones.append(done)
+        if paced is not None:
+
+            def report() -> tuple[str, bytes]:
+                return other, reports[int(draw() * n_reports)]
+
+            for _ in range(spec.get("report_connections", spec["connections"])):
+                done = loop.create_future()
+                await loop.create_connection(
+                    lambda d=done: _Reporter(paced, report, start, end, lat, stats, d, slot),
+                    spec["host"],
+                    spec["port"],
+                    ssl=ssl_ctx,
+                    server_hostname="127.0.0.1" if ssl_ctx else None,
+                )
+                dones.append(done)
+
+            def close_idle() -> None:  # the checks are over: so are the idle reporters
+                for r in paced.idle:
+                    r.transport.close()
+                paced.idle.clear()
+
+            loop.call_later(max(0.0, end - time.perf_counter()) + 0.5, close_idle)
         await asyncio.wait_for(asyncio.gather(*dones), WARMUP_SECONDS + spec["seconds"] + 60)
     if not slot:
         return {"seconds": spec["seconds"], **_summary(lat, spec["seconds"]), **stats}
@@ -683,6 +766,13 @@ def _phase(spec: Path, server_pid: int, seconds: float) -> dict[str, Any]:
     return {**json.loads(out), "cpu": window.result(), "cpu_seconds": window.seconds}
 
 
+def _report_share(phase: dict[str, Any]) -> float:
+    """The share of failure reports among the requests of the interleaved mixed slots."""
+    checks = phase["mixed check"]["rate"]
+    reports = (phase.get("mixed report") or {}).get("rate", 0.0)
+    return float(reports / (checks + reports)) if checks + reports else 0.0
+
+
 def interleaved_seconds(seconds: float) -> float:
     """About twice a phase, in whole pairs of slots (at least two pairs)."""
     return 2 * SLOT_SECONDS * max(2, round(seconds / SLOT_SECONDS))
@@ -760,6 +850,10 @@ def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
                 "check_devices": checkers,
                 "report_devices": cohort,
                 "ca": str(tls["ca"]) if tls else None,
+                # the mixed phases' reports: on connections of their own (as many again
+                # twice: a report waits up to 0.1 s for its batch) or on the checks' ones
+                "paced": args.reports_on == "own",
+                "report_connections": 2 * args.connections,
             }
             phases = [
                 ("checks", {"report_share": 0.0}),
@@ -802,6 +896,21 @@ def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
                     },
                 ),
             ]
+            if args.reports_on == "own":
+                # The mix as the benchmark sent it until run 20: each of the 128 connections
+                # sends a failure report in 5 % of its turns and waits for its answer, so
+                # the connections checking are fewer while reports wait for their batch
+                # (devices of phase 2 again).
+                phases.append(
+                    (
+                        "checks+failures, shared",
+                        {
+                            "report_share": args.failure_share,
+                            "check_devices": mixed_checkers,
+                            "paced": False,
+                        },
+                    )
+                )
             if tls:
                 phases.append(
                     (
@@ -890,6 +999,15 @@ def main() -> int:
         "certificate); adds a phase with a new connection per check.",
     )
     ap.add_argument("--connections", type=int, default=128)
+    ap.add_argument(
+        "--reports-on",
+        choices=["own", "shared"],
+        default="own",
+        help="own (default): the mixed phases' failure reports go over connections of "
+        "their own, one for each check's share earned, and the checks keep their "
+        "--connections; shared: each connection sends a report in its share of turns and "
+        "waits for it (a phase of this is also run with own).",
+    )
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--cache-seconds", type=float, default=1.0)
@@ -959,6 +1077,11 @@ def main() -> int:
                 ph["checks+failures"],
             ),
             ("  (its failure reports)", ph["checks+failures"].get("report"), ph["checks+failures"]),
+            (
+                "  same, reports on the checks' connections",
+                (ph.get("checks+failures, shared") or {}).get("check"),
+                ph.get("checks+failures, shared") or {},
+            ),
             ("checks, keep-alive, 0 % reports, after", after, ph["checks after"]),
             ("failure reports alone", reports, ph["reports"]),
             (f"interleaved {SLOT_SECONDS:g} s slots: checks, 0 %", inter["check"], inter),
@@ -1026,6 +1149,30 @@ def main() -> int:
             print(
                 f"    an app {what}: {m['rate']:,.0f}/s, p99 {m['p99_ms']:.1f} ms, server "
                 f"{server_us:.0f} us a request{share}"
+            )
+        shared = ph.get("checks+failures, shared")
+        report_share = _report_share(inter)
+        print(
+            "  failure reports: "
+            + (
+                f"on {2 * args.connections} connections of their own, one for each "
+                f"{args.failure_share:.0%} share the checks earned (the checks keep their "
+                f"{args.connections}); they were {report_share:.1%} of the slots' requests"
+                if args.reports_on == "own"
+                else f"on the checks' {args.connections} connections"
+            )
+            + (
+                " - BEHIND: more report connections needed"
+                if report_share < 0.9 * args.failure_share
+                else ""
+            )
+        )
+        if shared:
+            print(
+                "  the same with each report on a check's connection (each waits for its "
+                f"answer: fewer connections check meanwhile): "
+                f"{shared['check']['rate'] / ((plain['rate'] + after['rate']) / 2):.0%} of the "
+                "checks alone (phases)"
             )
         print(
             f"  checks with {args.failure_share:.0%} failure reports / without: interleaved "
