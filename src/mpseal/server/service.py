@@ -44,14 +44,17 @@ from mpseal.server.timestamps import CurrentTimestamp, TimestampService
 
 log = logging.getLogger("mpseal.server")
 # A report waits up to this long for others to share its statement (a statement costs the
-# database and this process about 0.4 ms however few rows it has), unless 32 are already
-# waiting (a busy server sends full batches at once), and only while reports come at
-# least REPORT_LINGER_RATE a second (a lone report on a quiet server is stored at once).
+# database and this process about 0.4 ms however few rows it has), unless REPORT_FULL are
+# already waiting (a busy server sends full batches at once), and only while reports come
+# at least REPORT_LINGER_RATE a second (a lone report on a quiet server is stored at once).
 # Nothing waits on a report's answer but the device's next step, so its latency buys
 # throughput: at ~280 reports/s a worker, 0.1 s makes batches of ~28 where 0.02 s made ~5;
 # checks with 5 % failure reports read 85 - 88 % of checks alone against 81 % (200,000
-# devices, runs alternated in one session; docs/updates.md, run 9).
-REPORT_LINGER_SECONDS = 0.1
+# devices, runs alternated in one session; docs/updates.md, run 9). At ~600 reports/s a
+# worker, 0.15 s and 64 against 0.1 s and 32: 87 - 89 % against 86 - 87 %, the database
+# ~20 us less a report (run 20).
+REPORT_LINGER_SECONDS = 0.15
+REPORT_FULL = 64
 REPORT_LINGER_RATE = 20.0
 INVENTORY_REFRESH_SECONDS = 60.0
 # The inventory is written this many devices a statement: each chunk's rows are built in
@@ -111,6 +114,7 @@ class UpdateServer:
             WriteBatcher(
                 self._store_reports,
                 linger=REPORT_LINGER_SECONDS,
+                full=REPORT_FULL,
                 linger_rate=REPORT_LINGER_RATE,
             )
         )
