@@ -10,7 +10,14 @@ phases, each with devices of its own:
 1. update checks only, keep-alive connections: checks/s, p50/p99;
 2. the same with ``--failure-share`` (5 %) of the requests being failure reports
    (``rolled_back``) from devices in the release's cohort (they count towards its halt;
-   its policy is set so that it never halts): checks/s and p99 again;
+   its policy is set so that it never halts): checks/s and p99 again. The reports go
+   over connections of their own (``--reports-on own``, twice ``--connections``), one
+   sent for each share of them the checks earned, so the checks keep their connections
+   whatever a report's latency, as a fleet's checks do not wait for other devices'
+   reports; until run 20 each connection sent a report in 5 % of its turns and waited for
+   it, so fewer connections checked while reports waited for their batch (up to 0.15 s):
+   that mix is run too, after phase 5, and printed beside it (``--reports-on shared``: it
+   alone, in every mixed phase);
 3. checks only again: phase 2 is compared with the mean of phases 1 and 3 (the earlier
    phases' writes can slow each later phase; phase 1 alone would favour the checks without
    reports);

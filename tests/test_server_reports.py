@@ -27,7 +27,7 @@ from server_support import Keys, config_for, make_artifact, make_keys, register,
 from mpseal.fleet.models import Event, utcnow
 from mpseal.fleet.registry import Registry
 from mpseal.fleet.releases import DeviceUpdate
-from mpseal.fleet.releasestore import ReleaseStore, Report
+from mpseal.fleet.releasestore import NewRelease, ReleaseStore, Report
 from mpseal.fleet.rollout import HaltPolicy, cohort_bucket
 from mpseal.server.config import ServerLimits
 
@@ -75,6 +75,18 @@ def recount(url: str, rid: int) -> dict[str, int]:
         out = {state: int(n) for state, n in rows}
     engine.dispose()
     return out
+
+
+def published(db_url: str, n: int) -> tuple[Registry, ReleaseStore, int, list[int]]:
+    """``n`` devices and release 1.1.0 published: the registry, its release store, the
+    release's id and the devices' ids in order."""
+    register(db_url, n)
+    reg = Registry.open(db_url)
+    store = ReleaseStore(reg)
+    rid = store.publish(
+        NewRelease("hello", "esp32", "1.1.0", 2, "a" * 64, "b" * 64, 10, "stable")
+    ).view.id
+    return reg, store, rid, sorted(int(d.id) for d in reg.devices())
 
 
 def test_counters_follow_every_state_change_without_recounting(
@@ -329,14 +341,7 @@ def test_report_batches_store_many_devices_in_one_transaction(db_url: str, n: in
     batch: the last one is its state, counted once."""
     from mpseal.server.batch import WriteBatcher
 
-    register(db_url, n)
-    reg = Registry.open(db_url)
-    store = ReleaseStore(reg)
-    ids = [int(d.id) for d in reg.devices()]
-    from mpseal.fleet.releasestore import NewRelease
-
-    rel = store.publish(NewRelease("hello", "esp32", "1.1.0", 2, "a" * 64, "b" * 64, 10, "stable"))
-    rid = rel.view.id
+    reg, store, rid, ids = published(db_url, n)
     calls: list[int] = []
 
     async def write(items: list[Report]) -> object:
@@ -428,16 +433,9 @@ def test_a_failure_report_under_the_halt_limit_starts_no_task(
     """A failure report's halting decision is made where its batch is stored (the batch's
     callback): a task, an event-loop turn of its own beside the checks, only for a release
     that must halt. Under the limit nothing runs; over it, the release halts once."""
-    from mpseal.fleet.releasestore import NewRelease
     from mpseal.server.service import UpdateServer
 
-    register(db_url, 6)
-    reg = Registry.open(db_url)
-    store = ReleaseStore(reg)
-    rid = store.publish(
-        NewRelease("hello", "esp32", "1.1.0", 2, "a" * 64, "b" * 64, 10, "stable")
-    ).view.id
-    ids = sorted(int(d.id) for d in reg.devices())
+    reg, store, rid, ids = published(db_url, 6)
     policy = HaltPolicy(min_attempts=3, max_failure_ratio=0.4, min_cohort_share=0.0)
     server = UpdateServer(config_for(db_url, keys, tmp_path, halt_policy=policy))
     halting: list[tuple[int, str]] = []
@@ -483,17 +481,10 @@ def test_overdue_trials_are_found_through_an_index_of_trials_only(db_url: str) -
     from importlib import import_module
 
     from mpseal.fleet.releases import TRIAL_STATE
-    from mpseal.fleet.releasestore import NewRelease
 
     # one source of truth: the migration's trial state is the code's
     assert import_module("mpseal.fleet.migrations.versions.0013_trials_index").TRIAL == TRIAL_STATE
-    register(db_url, 4)
-    reg = Registry.open(db_url)
-    store = ReleaseStore(reg)
-    rid = store.publish(
-        NewRelease("hello", "esp32", "1.1.0", 2, "a" * 64, "b" * 64, 10, "stable")
-    ).view.id
-    ids = sorted(int(d.id) for d in reg.devices())
+    reg, store, rid, ids = published(db_url, 4)
     events = ["booted", "rolled_back", "confirmed", "booted"]
     store.record_reports([Report(d, e, "1.1.0", "", rid) for d, e in zip(ids, events, strict=True)])
     overdue = (
