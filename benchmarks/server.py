@@ -126,6 +126,10 @@ class _Client(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self._next()
+
+    def _next(self) -> None:
+        """What the connection does once open and after each answer: its next request."""
         self._send()
 
     def _send(self) -> None:
@@ -143,7 +147,7 @@ class _Client(asyncio.Protocol):
             return
         head, body, self.buf = answer
         _record(self, head, body, time.perf_counter())
-        self._send()
+        self._next()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.done.done():
@@ -188,18 +192,7 @@ class _Reporter(_Client):
         super().__init__(*args)
         self.paced = paced
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        if self.paced.ready(self):
-            self._send()
-
-    def data_received(self, data: bytes) -> None:
-        self.buf = self.buf + data if self.buf else data
-        answer = _answer(self.buf)
-        if answer is None:
-            return
-        head, body, self.buf = answer
-        _record(self, head, body, time.perf_counter())
+    def _next(self) -> None:
         if self.paced.ready(self):
             self._send()
 
@@ -857,8 +850,8 @@ def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
                 "check_devices": checkers,
                 "report_devices": cohort,
                 "ca": str(tls["ca"]) if tls else None,
-                # the mixed phases' reports: on connections of their own (as many again
-                # twice: a report waits up to 0.1 s for its batch) or on the checks' ones
+                # the mixed phases' reports: on connections of their own (twice as many
+                # as the checks': a report waits up to 0.15 s for its batch) or theirs
                 "paced": args.reports_on == "own",
                 "report_connections": 2 * args.connections,
             }
