@@ -161,16 +161,15 @@ class _Paced:
     the rest of the fleet's checks: the check connections keep their number whatever a
     report's latency."""
 
-    def __init__(self, share: float, slot: float) -> None:
+    def __init__(self, share: float, slot: float, start: float) -> None:
         self.per_check = share / (1.0 - share)
-        self.slot = slot
-        self.start = 0.0
+        self.slot, self.start = slot, start
         self.owed = 0.0
         self.idle: list[_Reporter] = []
 
     def checked(self, now: float) -> None:
-        if self.slot and not int((now - self.start) // self.slot) % 2:
-            return  # a slot without reports
+        if not _report_slot(now, self.start, self.slot):
+            return
         self.owed += self.per_check
         while self.owed >= 1.0 and self.idle:
             self.owed -= 1.0
@@ -195,6 +194,12 @@ class _Reporter(_Client):
     def _next(self) -> None:
         if self.paced.ready(self):
             self._send()
+
+
+def _report_slot(now: float, start: float, slot: float) -> bool:
+    """Whether reports are sent at ``now``: always, or (interleaved, ``slot`` seconds a
+    slot) in every second slot from ``start``."""
+    return not slot or int((now - start) // slot) % 2 == 1
 
 
 def _answer(buf: bytes) -> tuple[bytes, bytes, bytes] | None:
@@ -308,25 +313,21 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
     n_checks, n_reports, draw = len(checks), len(reports), rnd.random
     slot = float(spec.get("slot", 0.0))
 
-    paced = _Paced(share, slot) if spec.get("paced") and 0 < share < 1 else None
+    paced: _Paced | None = None  # set once the load's start is known
 
     def pick() -> tuple[str, bytes]:  # uniform draws, as randrange (which costs more)
         if paced is not None:
             paced.checked(time.perf_counter())
             return "check", checks[int(draw() * n_checks)]
-        if (
-            share
-            and draw() < share
-            and (not slot or int((time.perf_counter() - start) // slot) % 2)
-        ):
+        if share and draw() < share and _report_slot(time.perf_counter(), start, slot):
             return other, reports[int(draw() * n_reports)]
         return "check", checks[int(draw() * n_checks)]
 
     print("READY", flush=True)  # the parent's CPU window counts from here
     now = time.perf_counter()
     start, end = now + WARMUP_SECONDS, now + WARMUP_SECONDS + spec["seconds"]
-    if paced is not None:
-        paced.start = start
+    if spec.get("paced") and 0 < share < 1:
+        paced = _Paced(share, slot, start)
     lat: dict[str, list[float]] = {}
     stats: dict[str, Any] = {"errors": 0, "offered": 0}
     ssl_ctx = None
