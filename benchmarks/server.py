@@ -774,6 +774,42 @@ def _report_share(phase: dict[str, Any]) -> float:
     return float(reports / (checks + reports)) if checks + reports else 0.0
 
 
+def _machine_us(phase: dict[str, Any]) -> tuple[float, float] | None:
+    """The machine's CPU a request of a phase (server, database and load generator), and
+    the share of failure reports among its requests; None without CPU figures."""
+    checks = (phase.get("check") or {}).get("rate", 0.0)
+    reports = (phase.get("report") or {}).get("rate", 0.0)
+    cpu = phase.get("cpu") or {}
+    if not checks + reports or not cpu or not phase.get("cpu_seconds"):
+        return None
+    used = sum(cpu.get(k, 0.0) for k in ("server", "database", "db_background", "load"))
+    return used / phase["cpu_seconds"] / (checks + reports) * 1e6, reports / (checks + reports)
+
+
+def report_cost(phases: dict[str, Any]) -> dict[str, float] | None:
+    """What a failure report costs the machine, in checks: alone (the reports phase) and in
+    the mix (the mixed phase's CPU less its checks', over its reports), against the mean
+    check of the phases before and after. With a machine busy in both, checks with a share
+    ``s`` of reports keep ``(1 - s) / (1 - s + s * cost)`` of the checks alone."""
+    check = [_machine_us(phases[k]) for k in ("checks", "checks after")]
+    alone, mixed = _machine_us(phases["reports"]), _machine_us(phases["checks+failures"])
+    if None in check or alone is None or mixed is None or not mixed[1]:
+        return None
+    c = sum(us for us, _ in check if us) / 2  # type: ignore[misc]
+    mix_us, share = mixed
+    return {
+        "check_us": c,
+        "alone": alone[0] / c,
+        "mixed": (mix_us - (1 - share) * c) / share / c,
+    }
+
+
+def cost_limit(share: float, ratio: float = GOAL_MIXED_RATIO) -> float:
+    """The most a report may cost, in checks, for checks with this share of reports to keep
+    ``ratio`` of the checks alone."""
+    return (1 - share) * (1 / ratio - 1) / share
+
+
 def interleaved_seconds(seconds: float) -> float:
     """About twice a phase, in whole pairs of slots (at least two pairs)."""
     return 2 * SLOT_SECONDS * max(2, round(seconds / SLOT_SECONDS))
@@ -1045,6 +1081,8 @@ def main() -> int:
         print(f"benchmark failed: {e}", file=sys.stderr)
         return 2
     missed = False
+    for r in results:  # in checks of the machine: see report_cost
+        r["report_cost"] = report_cost(r["phases"])
     if args.json:
         print(json.dumps(results, indent=2))
     for r in results:
@@ -1193,6 +1231,14 @@ def main() -> int:
             f"{GOAL_REPORTS:,}); keep-alive checks goal >= {GOAL_RATE:,}/s, p99 < "
             f"{GOAL_P99_MS:g} ms"
         )
+        cost = r["report_cost"]
+        if cost:
+            print(
+                f"  a failure report costs the machine (server, database, load generator) "
+                f"{cost['alone']:.2f} checks alone, {cost['mixed']:.2f} in the mix (a check: "
+                f"{cost['check_us']:.0f} us); for {GOAL_MIXED_RATIO:.0%} with "
+                f"{args.failure_share:.0%} reports it may cost {cost_limit(args.failure_share):.2f}"
+            )
         print(
             f"  control: checks with {args.failure_share:.0%} of the requests checks the app "
             f"answers (no write) / without: interleaved slots {control_ratio:.0%} (what "

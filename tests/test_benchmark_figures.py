@@ -1,0 +1,77 @@
+"""The server benchmark's report cost (benchmarks/server.py ``report_cost``): what a
+failure report costs the machine, in checks, and the most it may cost for the goal. The
+figures are read from the phases' CPU; a wrong formula would send the next change to the
+wrong place."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "server.py"
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_server", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def phase(checks: float, reports: float, us: dict[str, float], seconds: float = 10.0) -> Any:
+    """A phase's figures as run_one keeps them: rates, and CPU seconds by role over
+    ``seconds`` for ``us`` microseconds of each role a request."""
+    n = checks + reports
+    return {
+        "check": {"rate": checks} if checks else None,
+        "report": {"rate": reports} if reports else None,
+        "cpu": {role: v * n * seconds / 1e6 for role, v in us.items()},
+        "cpu_seconds": seconds,
+    }
+
+
+def test_a_report_costing_the_limit_keeps_the_goal_share_of_the_checks(bench: ModuleType) -> None:
+    limit = bench.cost_limit(0.05)
+    assert limit == pytest.approx(2.111, abs=0.001)
+    share = 0.05
+    assert (1 - share) / (1 - share + share * limit) == pytest.approx(bench.GOAL_MIXED_RATIO)
+
+
+def test_report_cost_reads_alone_and_mixed_costs_in_checks(bench: ModuleType) -> None:
+    check = {"server": 80.0, "database": 5.0, "db_background": 0.0, "load": 15.0}  # 100 us
+    # a report: 250 us alone; in the mix 400 us (what mixing costs shows there)
+    report = {"server": 150.0, "database": 80.0, "db_background": 0.0, "load": 20.0}
+    mixed_us = 0.95 * 100 + 0.05 * 400
+    phases = {
+        "checks": phase(10_000, 0, check),
+        "checks after": phase(9_000, 0, check),
+        "reports": phase(0, 4_000, report),
+        "checks+failures": phase(9_500, 500, {"server": mixed_us, "load": 0.0}),
+    }
+    cost = bench.report_cost(phases)
+    assert cost == pytest.approx({"check_us": 100.0, "alone": 2.5, "mixed": 4.0})
+    # a role the machine did other work in is not the benchmark's: left out
+    phases["reports"]["cpu"]["other"] = 99.0
+    assert bench.report_cost(phases)["alone"] == pytest.approx(2.5)
+
+
+def test_report_cost_is_none_without_cpu_figures_or_reports(bench: ModuleType) -> None:
+    check = {"server": 100.0}
+    phases = {
+        "checks": phase(10_000, 0, check),
+        "checks after": phase(10_000, 0, check),
+        "reports": phase(0, 4_000, {"server": 200.0}),
+        "checks+failures": phase(9_500, 0, check),  # no report was answered
+    }
+    assert bench.report_cost(phases) is None
+    phases["checks+failures"] = phase(9_500, 500, check)
+    phases["reports"]["cpu"] = {}
+    assert bench.report_cost(phases) is None
