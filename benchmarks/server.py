@@ -226,6 +226,9 @@ def _record(c: Any, head: bytes, body: bytes, t1: float) -> None:
         n, into = divmod(t1 - c.start, c.slot)
         if into < GUARD_SECONDS or t1 >= c.end:
             return
+        if kind == "check":  # each slot's checks: the pairs' ratios (slot_ratios)
+            counts = c.stats["check_slots"]
+            counts[int(n)] = counts.get(int(n), 0) + 1
         if n % 2:
             kind = "mixed " + kind
     c.lat.setdefault(kind, []).append(t1 - c.t0)
@@ -329,7 +332,7 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("paced") and 0 < share < 1:
         paced = _Paced(share, slot, start)
     lat: dict[str, list[float]] = {}
-    stats: dict[str, Any] = {"errors": 0, "offered": 0}
+    stats: dict[str, Any] = {"errors": 0, "offered": 0, "check_slots": {}}
     ssl_ctx = None
     if spec.get("ca"):
         ssl_ctx = ssl.create_default_context(cafile=spec["ca"])
@@ -810,6 +813,26 @@ def cost_limit(share: float, ratio: float = GOAL_MIXED_RATIO) -> float:
     return (1 - share) * (1 / ratio - 1) / share
 
 
+def slot_ratios(counts: dict[Any, int]) -> list[float]:
+    """Each mixed slot's checks against the mean of the slots without reports beside it
+    (the one before, and the one after if measured): one ratio a slot, each from seconds
+    of the same machine speed, so a burst of other work on the machine moves one or two of
+    them, not the whole figure (as it moves the slots' totals)."""
+    n = {int(k): v for k, v in counts.items()}
+    out = []
+    for i in sorted(k for k in n if k % 2):
+        around = [n[j] for j in (i - 1, i + 1) if n.get(j)]
+        if around:
+            out.append(n[i] / (sum(around) / len(around)))
+    return out
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
 def interleaved_seconds(seconds: float) -> float:
     """About twice a phase, in whole pairs of slots (at least two pairs)."""
     return 2 * SLOT_SECONDS * max(2, round(seconds / SLOT_SECONDS))
@@ -1223,9 +1246,18 @@ def main() -> int:
                 f"{shared['check']['rate'] / ((plain['rate'] + after['rate']) / 2):.0%} of the "
                 "checks alone (phases)"
             )
+        pairs = slot_ratios(inter.get("check_slots") or {})
+        c_pairs = slot_ratios(control.get("check_slots") or {})
         print(
             f"  checks with {args.failure_share:.0%} failure reports / without: interleaved "
-            f"slots {ratio:.0%} (goal >= {GOAL_MIXED_RATIO:.0%}; checks and reports together "
+            f"slots {ratio:.0%}"
+            + (
+                f" (slot by slot: median {_median(pairs):.0%}, {min(pairs):.0%} - "
+                f"{max(pairs):.0%} over {len(pairs)} slots)"
+                if pairs
+                else ""
+            )
+            + f" (goal >= {GOAL_MIXED_RATIO:.0%}; checks and reports together "
             f"{served:.0%}); phases (against the mean of "
             f"before and after) {sequential:.0%}; reports {reports['rate']:,.0f}/s (goal >= "
             f"{GOAL_REPORTS:,}); keep-alive checks goal >= {GOAL_RATE:,}/s, p99 < "
@@ -1241,7 +1273,9 @@ def main() -> int:
             )
         print(
             f"  control: checks with {args.failure_share:.0%} of the requests checks the app "
-            f"answers (no write) / without: interleaved slots {control_ratio:.0%} (what "
+            f"answers (no write) / without: interleaved slots {control_ratio:.0%}"
+            + (f" (slot by slot: median {_median(c_pairs):.0%})" if c_pairs else "")
+            + " (what "
             "mixing in any request the protocol does not answer costs the checks here)"
         )
         print(

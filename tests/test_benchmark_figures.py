@@ -75,3 +75,13 @@ def test_report_cost_is_none_without_cpu_figures_or_reports(bench: ModuleType) -
     phases["checks+failures"] = phase(9_500, 500, check)
     phases["reports"]["cpu"] = {}
     assert bench.report_cost(phases) is None
+
+
+def test_slot_ratios_set_each_mixed_slot_against_its_neighbours(bench: ModuleType) -> None:
+    # the machine slows from slot 2 on: each mixed slot is read against its own neighbours
+    counts = {"0": 1000, "1": 900, "2": 800, "3": 720, "4": 800, "5": 760}
+    ratios = bench.slot_ratios(counts)
+    assert ratios == pytest.approx([900 / 900, 720 / 800, 760 / 800])
+    assert bench._median(ratios) == pytest.approx(0.95)
+    assert bench._median([0.8, 0.9]) == pytest.approx(0.85)
+    assert bench.slot_ratios({"1": 500}) == []  # no slot without reports beside it
