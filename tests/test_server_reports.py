@@ -514,3 +514,35 @@ def test_overdue_trials_are_found_through_an_index_of_trials_only(db_url: str) -
     assert recount(db_url, rid) == {"timed_out": 2, "rolled_back": 1, "confirmed": 1}
     store.close()
     reg.engine.dispose()
+
+
+def test_a_report_event_detail_is_the_same_json_text_on_either_database(db_url: str) -> None:
+    """A report's event detail is one text whichever database and path stores it:
+    ``json.dumps``' own, for reasons with quotes, backslashes, controls and non-ASCII
+    (cut at 200 characters), and for a report about no release."""
+    reg, store, rid, ids = published(db_url, 2)
+    reasons = ['boot "loop" \\ at 0x10', "flash\tfull\n\u00e9\u65e5\u2028\x01" + "x" * 300]
+    reports = [
+        Report(ids[0], "rolled_back", "1.1.0", reasons[0], rid),
+        Report(ids[1], "refused", "", reasons[1], None),
+    ]
+    store.record_reports(reports)
+    writer = store.report_writer()
+    if writer is not None:  # PostgreSQL: the server's own path, from the event loop
+
+        async def main() -> None:
+            await writer.record_reports(reports)
+            await writer.close()
+
+        asyncio.run(main())
+    with reg.engine.connect() as c:
+        details = c.scalars(
+            sa.select(Event.detail).where(Event.kind.like("update-%")).order_by(Event.id)
+        ).all()
+    expected = [
+        json.dumps({"version": r.version, "reason": r.reason[:200], "release": r.release_id})
+        for r in reports
+    ]
+    assert details == expected * (1 if writer is None else 2)
+    store.close()
+    reg.engine.dispose()

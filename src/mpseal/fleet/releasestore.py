@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from json.encoder import encode_basestring_ascii as _json_text  # json.dumps' own (C)
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -1013,13 +1014,7 @@ class ReleaseStore:
                         "device_id": r.device_id,
                         "kind": f"update-{r.event}",
                         "at": now,
-                        "detail": json.dumps(
-                            {
-                                "version": r.version,
-                                "reason": r.reason[:200],
-                                "release": r.release_id,
-                            }
-                        ),
+                        "detail": report_detail(r),
                     }
                     for r in reports
                 ],
@@ -1427,6 +1422,17 @@ def _insert_for(dialect: str) -> Callable:  # type: ignore[type-arg]
     return postgresql.insert if dialect == "postgresql" else sqlite.insert
 
 
+def report_detail(r: Report) -> str:
+    """A report's event detail, the same text on both databases: what ``json.dumps``
+    writes for {"version", "reason" (at most 200 characters), "release"}, built without
+    the encoder's set-up for each call (a batch of reports made one each)."""
+    release = "null" if r.release_id is None else str(int(r.release_id))
+    return (
+        f'{{"version": {_json_text(r.version)}, "reason": {_json_text(r.reason[:200])}, '
+        f'"release": {release}}}'
+    )
+
+
 def _pg_report_params(reports: Sequence[Report]) -> dict[str, Any]:
     """``_PG_REPORTS``' parameters: every report's event; each device's last report of a
     release it was offered (the one that counts), in key order (rows locked in one order:
@@ -1443,9 +1449,7 @@ def _pg_report_params(reports: Sequence[Report]) -> dict[str, Any]:
                 {
                     "d": r.device_id,
                     "k": f"update-{r.event}",
-                    "x": json.dumps(
-                        {"version": r.version, "reason": r.reason[:200], "release": r.release_id}
-                    ),
+                    "x": report_detail(r),
                 }
                 for r in reports
             ]

@@ -52,15 +52,24 @@ class _HeadTooLarge(Exception):
     pass
 
 
+class _NoOneWaits:
+    """A cycle's ``message_event`` that nothing waits on: uvicorn sets it when the
+    connection is lost (an ``asyncio.Event`` a report cost as much as a dict's work)."""
+
+    def set(self) -> None:
+        pass
+
+
 class _Waiting:
     """A request the protocol answers once its handler's future is done (a report being
     stored): to uvicorn, a cycle under way, so a request pipelined behind it waits."""
+
+    message_event = _NoOneWaits()  # set by uvicorn when the connection is lost
 
     def __init__(self, keep_alive: bool) -> None:
         self.keep_alive = keep_alive  # uvicorn's shutdown turns it off
         self.response_complete = False
         self.disconnected = False  # set by uvicorn when the connection is lost
-        self.message_event = asyncio.Event()  # set by uvicorn then too; nothing waits on it
 
 
 def _close_with(status: str, message: str) -> bytes:
