@@ -28,6 +28,9 @@ phases, each with devices of its own:
    phases (the same checks phase read 6,967 - 8,970/s over one session), and two slots
    2 s apart share that drift; what a report costs later than its slot (the inventory's
    last-report rows, every 5 s; vacuum) is spread over both kinds of slot;
+   each mixed slot is also read against the slots without reports beside it (the median
+   and range of those ratios: a burst of other work on the machine moves one or two of
+   them, where it moves the slots' totals);
    then the same slots with, in place of the failure reports, as many checks sent where
    the protocol does not answer them (a query string: the app answers them, as it does a
    report): what mixing in a request of the app's costs the checks on this machine, for a
@@ -42,6 +45,12 @@ phases, each with devices of its own:
    rate read against it is a figure of the code, not of the machine. (A check the server
    holds all it needs for is answered in the HTTP protocol, around the ASGI stack that
    this floor app still goes through: docs/updates.md, "Checks answered in the protocol".)
+
+From the phases' CPU (server, database, load generator, read from ``/proc``) it prints
+what a failure report costs the machine in checks: alone (phase 4) and in the mix (phase
+2's CPU less its checks', over its reports), beside the most it may cost for the goal
+(with a share s of reports the checks keep (1 - s) / (1 - s + s * cost) of their rate:
+2.11 checks for 90 % at 5 %). The figure in the mix multiplies the phases' noise by 1 / s.
 
 The load generator is a separate process speaking raw HTTP/1.1 (asyncio + uvloop, no HTTP
 library on the hot path). wrk (C, its Lua drawing each request) was tried in its place: 22 -
