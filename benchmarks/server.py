@@ -803,11 +803,11 @@ def report_cost(phases: dict[str, Any]) -> dict[str, float] | None:
     the mix (the mixed phase's CPU less its checks', over its reports), against the mean
     check of the phases before and after. With a machine busy in both, checks with a share
     ``s`` of reports keep ``(1 - s) / (1 - s + s * cost)`` of the checks alone."""
-    check = [_machine_us(phases[k]) for k in ("checks", "checks after")]
+    before, after = (_machine_us(phases[k]) for k in ("checks", "checks after"))
     alone, mixed = _machine_us(phases["reports"]), _machine_us(phases["checks+failures"])
-    if None in check or alone is None or mixed is None or not mixed[1]:
+    if before is None or after is None or alone is None or mixed is None or not mixed[1]:
         return None
-    c = sum(us for us, _ in check if us) / 2  # type: ignore[misc]
+    c = (before[0] + after[0]) / 2
     mix_us, share = mixed
     return {
         "check_us": c,
