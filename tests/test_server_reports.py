@@ -497,9 +497,9 @@ def test_overdue_trials_are_found_through_an_index_of_trials_only(db_url: str) -
         names = {i["name"]: i for i in sa.inspect(conn).get_indexes("device_updates")}
         assert set(names) == {"ix_device_updates_trials"}  # and the primary key
         assert names["ix_device_updates_trials"]["column_names"] == ["device_id", "release_id"]
+        sql = str(overdue.compile(conn, compile_kwargs={"literal_binds": True}))
         if pg:
             conn.execute(sa.text("SET enable_seqscan = off"))  # a table of 4 rows
-            sql = str(overdue.compile(conn, compile_kwargs={"literal_binds": True}))
             plan = "\n".join(r[0] for r in conn.execute(sa.text("EXPLAIN " + sql)))
             (definition,) = conn.execute(
                 sa.text("SELECT indexdef FROM pg_indexes WHERE indexname = :n"),
@@ -507,7 +507,6 @@ def test_overdue_trials_are_found_through_an_index_of_trials_only(db_url: str) -
             ).one()
             assert f"WHERE ((state)::text = '{TRIAL_STATE}'::text)" in definition
         else:
-            sql = str(overdue.compile(conn, compile_kwargs={"literal_binds": True}))
             plan = "\n".join(str(r[-1]) for r in conn.execute(sa.text("EXPLAIN QUERY PLAN " + sql)))
         assert "ix_device_updates_trials" in plan, plan
     assert store.sweep_trials(0) == 2 and store.sweep_trials(0) == 0

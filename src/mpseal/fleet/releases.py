@@ -34,6 +34,7 @@ FAILED_EVENTS = ("refused", "rolled_back")
 # within the trial window; set by the server's maintenance round).
 UPDATE_STATES = (*REPORT_EVENTS, "timed_out")
 TRIAL_STATE = "booted"  # a trial boot, not confirmed yet
+_TRIAL_ROWS = text(f"state = '{TRIAL_STATE}'")  # the rows of the index of trials
 # Report counters are spread over this many rows per release (device id modulo), so that
 # concurrent reports for one release do not all wait on one row lock.
 COUNT_SHARDS = 16
@@ -130,8 +131,8 @@ class DeviceUpdate(Base):
             "ix_device_updates_trials",
             "device_id",
             "release_id",
-            postgresql_where=text(f"state = '{TRIAL_STATE}'"),
-            sqlite_where=text(f"state = '{TRIAL_STATE}'"),
+            postgresql_where=_TRIAL_ROWS,
+            sqlite_where=_TRIAL_ROWS,
         ),
     )
 
