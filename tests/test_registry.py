@@ -38,6 +38,43 @@ def test_migrations_create_the_schema_and_are_idempotent(db_url: str) -> None:
     )
 
 
+def test_the_migrated_schema_is_the_models_and_report_rows_lock_no_device(db_url: str) -> None:
+    """Migrations and models agree (one source of truth for the schema), and the rows a
+    report writes (its event, the device's state in the release) keep no foreign key to
+    ``devices`` (migration 0014: checking one locked the device's row for every report)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    import mpseal.fleet.auditlog
+    import mpseal.fleet.certstore
+    import mpseal.fleet.consoledata
+    import mpseal.fleet.devicelogs
+    import mpseal.fleet.releases  # noqa: F401 - every table in Base.metadata
+    from mpseal.fleet.models import Base
+
+    Registry.open(db_url)
+    engine = sa.create_engine(db_url)
+    with engine.connect() as conn:
+        # device_changes: PostgreSQL's feed of changed devices, its triggers' own (0011)
+        def ours(obj: object, name: str | None, kind: str, *_: object) -> bool:
+            table = obj if kind == "table" else getattr(obj, "table", None)
+            return getattr(table, "name", None) != "device_changes"
+
+        context = MigrationContext.configure(conn, opts={"include_object": ours})
+        diffs = compare_metadata(context, Base.metadata)
+        insp = sa.inspect(conn)
+        keys = {
+            table: [
+                (fk["constrained_columns"], fk["referred_table"])
+                for fk in insp.get_foreign_keys(table)
+            ]
+            for table in ("events", "device_updates")
+        }
+    engine.dispose()
+    assert diffs == []
+    assert keys == {"events": [], "device_updates": [(["release_id"], "releases")]}
+
+
 def test_identities_are_recorded_all_or_nothing(db_url: str) -> None:
     reg = Registry.open(db_url)
     batch = [ident() for _ in range(50)]

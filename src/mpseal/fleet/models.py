@@ -97,12 +97,12 @@ class Event(Base):
     __tablename__ = "events"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    device_id: Mapped[int | None] = mapped_column(ForeignKey("devices.id"), index=True)
+    # a device's id, with no foreign key: a report's event locks no device row (migration
+    # 0014; devices are never deleted)
+    device_id: Mapped[int | None] = mapped_column(Integer, index=True)
     kind: Mapped[str] = mapped_column(String(32))
     detail: Mapped[str] = mapped_column(Text, default="{}")  # JSON
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
-
-    device: Mapped[Device | None] = relationship()
 
 
 class DeviceStatus(Base):

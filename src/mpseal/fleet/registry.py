@@ -690,7 +690,9 @@ class Registry:
         with self.session() as s:
             q = select(Event).order_by(Event.id)
             if hardware_id:
-                q = q.join(Device).where(Device.hardware_id == hardware_id)
+                q = q.join(Device, Device.id == Event.device_id).where(
+                    Device.hardware_id == hardware_id
+                )
             return list(s.scalars(q))
 
     def log(self, hardware_id: str | None, kind: str, detail: dict[str, object]) -> None:

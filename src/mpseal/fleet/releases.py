@@ -114,7 +114,8 @@ class DeviceUpdate(Base):
 
     __tablename__ = "device_updates"
 
-    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    # a device's id, with no foreign key: a report locks no device row (migration 0014)
+    device_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     release_id: Mapped[int] = mapped_column(
         ForeignKey("releases.id", ondelete="CASCADE"), primary_key=True
     )
