@@ -30,8 +30,9 @@ _TABLES = ("events", "device_updates")
 _NAMES = {"fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s"}
 
 
-def _device_key(table: str) -> str | None:
-    """The name of ``table``'s foreign key from ``device_id`` to ``devices`` (None: unnamed)."""
+def _device_key(table: str) -> str:
+    """The name of ``table``'s foreign key from ``device_id`` to ``devices`` (SQLite's, which
+    has none, as the naming convention names it)."""
     for fk in sa.inspect(op.get_bind()).get_foreign_keys(table):
         if fk["referred_table"] == "devices" and fk["constrained_columns"] == ["device_id"]:
             return fk["name"] or f"fk_{table}_device_id_devices"
