@@ -55,12 +55,12 @@ def test_the_migrated_schema_is_the_models_and_report_rows_lock_no_device(db_url
     Registry.open(db_url)
     engine = sa.create_engine(db_url)
     with engine.connect() as conn:
-        # device_changes: PostgreSQL's feed of changed devices, its triggers' own (0011)
-        def ours(obj: object, name: str | None, kind: str, *_: object) -> bool:
-            table = obj if kind == "table" else getattr(obj, "table", None)
-            return getattr(table, "name", None) != "device_changes"
+        # device_changes: PostgreSQL's feed of changed devices, its triggers' own (0011),
+        # not reflected at all (its xid8 column is a type SQLAlchemy does not know)
+        def ours(name: str | None, kind: str, *_: object) -> bool:
+            return not (kind == "table" and name == "device_changes")
 
-        context = MigrationContext.configure(conn, opts={"include_object": ours})
+        context = MigrationContext.configure(conn, opts={"include_name": ours})
         diffs = compare_metadata(context, Base.metadata)
         insp = sa.inspect(conn)
         keys = {
