@@ -35,7 +35,8 @@ def _device_key(table: str) -> str:
     has none, as the naming convention names it)."""
     for fk in sa.inspect(op.get_bind()).get_foreign_keys(table):
         if fk["referred_table"] == "devices" and fk["constrained_columns"] == ["device_id"]:
-            return fk["name"] or f"fk_{table}_device_id_devices"
+            unnamed = {"table_name": table, "column_0_name": "device_id"}
+            return fk["name"] or _NAMES["fk"] % {**unnamed, "referred_table_name": "devices"}
     raise RuntimeError(f"{table}: no foreign key from device_id to devices")
 
 
