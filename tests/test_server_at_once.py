@@ -28,6 +28,7 @@ from server_support import (
     register,
     running_server,
 )
+from test_server_directory import fresh_pg, wait_directory  # noqa: F401 - the fixture
 from test_server_tls import pki  # noqa: F401 - the fixture
 
 from mpseal.server.config import ServerConfig, ServerLimits
@@ -259,6 +260,33 @@ def test_a_check_over_mutual_tls_is_answered_at_once(
             status, _, body, _ = stranger.ask(post(check("dev-00001"), None))
             assert status == 403 and "certificate" in json.loads(body)["error"]
         assert at_once(srv.url, verify=ca) == 2
+
+
+def test_checks_stay_answered_at_once_while_their_caches_expire_and_reload(
+    fresh_pg: str,  # noqa: F811 - the fixture imported above
+    keys: Keys,
+    tmp_path: Path,
+) -> None:
+    """The channel's releases and timestamp, read by every check, are reloaded before they
+    expire: a device checking every 10 ms for ten of their lifetimes (0.2 s) is answered
+    in the protocol every time, none sent to the app to wait for the database."""
+    fleet = register(fresh_pg, 1)
+    cfg = config_for(fresh_pg, keys, tmp_path, cache_seconds=0.2)
+    with running_server(cfg) as srv:
+        wait_directory(srv.url, 2)  # its token and its certificate
+        promoted(srv, keys)
+        conn = connect(srv.url)
+        request = post(check("dev-00000"), fleet.tokens["dev-00000"])
+        assert json.loads(conn.ask(request)[2])["update"] is True  # the caches filled
+        before, sent = at_once(srv.url), 0
+        end = time.monotonic() + 2.0
+        while time.monotonic() < end:
+            status, _, body, _ = conn.ask(request)
+            assert status == 200 and json.loads(body)["update"] is True
+            sent += 1
+            time.sleep(0.01)
+        assert sent > 50
+        assert at_once(srv.url) - before == sent
 
 
 def test_an_access_log_logs_every_check_none_answered_at_once(keys: Keys, tmp_path: Path) -> None:

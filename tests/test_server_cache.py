@@ -62,6 +62,84 @@ def test_invalidate_wins_over_a_load_in_flight() -> None:
     asyncio.run(go())
 
 
+def test_an_entry_read_late_in_its_time_is_reloaded_before_it_expires() -> None:
+    """refresh_ahead: a reader (get or peek) in the last half of an entry's time gets the
+    held answer at once and starts one reload; the reloaded answer replaces it, so a key
+    read all the time is never missing. A failed reload leaves the entry to expire."""
+
+    async def go() -> None:
+        now = [100.0]
+        cache: TtlCache[int] = TtlCache(ttl=10, clock=lambda: now[0], refresh_ahead=0.5)
+        loads = 0
+        gate = asyncio.Event()
+        gate.set()
+        fail = False
+
+        async def load() -> int:
+            nonlocal loads
+            loads += 1
+            await gate.wait()
+            if fail:
+                raise ConnectionError("database gone")
+            return loads
+
+        assert await cache.get("k", load) == 1
+        now[0] += 4.9  # first half of its time: read, not reloaded
+        assert cache.peek("k") == (1,) and await cache.get("k", load) == 1
+        await asyncio.sleep(0)
+        assert loads == 1
+        gate.clear()
+        now[0] += 0.2  # second half: still the held answer, at once; one reload
+        assert cache.peek("k") == (1,)
+        assert await cache.get("k", load) == 1 and cache.peek("k") == (1,)
+        await asyncio.sleep(0)
+        assert loads == 2
+        gate.set()
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert cache.peek("k") == (2,)  # the reload's answer, in its own full time
+        now[0] += 9.9
+        assert cache.peek("k") == (2,)
+        fail = True
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert loads == 3 and cache.peek("k") == (2,)  # the failed reload changed nothing
+        now[0] += 0.1
+        assert cache.peek("k") is None  # expired as it would have
+        with pytest.raises(ConnectionError):
+            await cache.get("k", load)
+
+    asyncio.run(go())
+
+
+def test_a_reload_under_way_does_not_undo_an_invalidation() -> None:
+    async def go() -> None:
+        now = [0.0]
+        cache: TtlCache[str] = TtlCache(ttl=10, clock=lambda: now[0], refresh_ahead=0.5)
+        gate = asyncio.Event()
+        answer = "allowed"
+
+        async def load() -> str:
+            await gate.wait()
+            return answer
+
+        gate.set()
+        await cache.get("dev", load)
+        gate.clear()
+        now[0] = 6.0
+        assert cache.peek("dev") == ("allowed",)  # a reload starts, reading before ...
+        await asyncio.sleep(0)
+        cache.invalidate("dev")  # ... the revocation
+        answer = "revoked"
+        gate.set()
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert cache.peek("dev") is None
+        assert await cache.get("dev", load) == "revoked"
+
+    asyncio.run(go())
+
+
 def test_cache_size_is_bounded() -> None:
     async def go() -> None:
         cache: TtlCache[int] = TtlCache(ttl=60, max_entries=100)

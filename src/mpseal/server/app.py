@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
@@ -43,6 +44,7 @@ async def health(request: Request) -> Response:
             "database": _db_state(server),
             "schema_ready": server.schema_ready,
             "directory": server.directory.status(),
+            "pid": os.getpid(),  # the counters below are this process's
             "checks_at_once": server.checks_at_once,
             "reports_at_once": server.reports_at_once,
         }

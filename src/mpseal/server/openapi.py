@@ -351,6 +351,20 @@ def _schemas() -> dict[str, Any]:
                         "credentials": {"type": "integer", "minimum": 0},
                     },
                 },
+                "pid": {
+                    "type": "integer",
+                    "description": "The server process that answered (the counts are its own)",
+                },
+                "checks_at_once": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Checks this process answered in the HTTP protocol",
+                },
+                "reports_at_once": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Reports this process took in the HTTP protocol",
+                },
             },
         },
         "Counts": counts,

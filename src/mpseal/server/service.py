@@ -55,6 +55,9 @@ log = logging.getLogger("mpseal.server")
 # ~20 us less a report (run 20). (A worker with fewer than 64 reporters, each waiting for
 # its answer before sending the next, waits out the 0.15 s each batch: 128 such
 # connections sent ~7,500 reports/s, 512 sent 11,600; run 20.)
+# The share of --cache-seconds before expiry from which a read of the channels' releases
+# or timestamps reloads them (cache.py): twice the database reads of those few keys.
+REFRESH_AHEAD = 0.5
 REPORT_LINGER_SECONDS = 0.15
 REPORT_FULL = 64
 REPORT_LINGER_RATE = 20.0
@@ -110,8 +113,14 @@ class UpdateServer:
         # One lookup in flight per process: the checks arriving meanwhile gather into the
         # next one (larger batches: less cost per check in this process and the database).
         self._device_batches: Batcher[DeviceRow] = Batcher(self._load_devices, max_inflight=1)
-        self.releases: TtlCache[list[ReleaseView]] = TtlCache(ttl, n, stale_on=stale)
-        self.current_ts: TtlCache[CurrentTimestamp | None] = TtlCache(ttl, 1024, stale_on=stale)
+        # Read by every check: reloaded before they expire (a check finding them expired
+        # is answered through the app, which waits for the database).
+        self.releases: TtlCache[list[ReleaseView]] = TtlCache(
+            ttl, n, stale_on=stale, refresh_ahead=REFRESH_AHEAD
+        )
+        self.current_ts: TtlCache[CurrentTimestamp | None] = TtlCache(
+            ttl, 1024, stale_on=stale, refresh_ahead=REFRESH_AHEAD
+        )
         self._reports: WriteBatcher[Report, dict[int, tuple[ReleaseStats, PolicyOverrides]]] = (
             WriteBatcher(
                 self._store_reports,
