@@ -85,3 +85,49 @@ def test_slot_ratios_set_each_mixed_slot_against_its_neighbours(bench: ModuleTyp
     assert bench._median(ratios) == pytest.approx(0.95)
     assert bench._median([0.8, 0.9]) == pytest.approx(0.85)
     assert bench.slot_ratios({"1": 500}) == []  # no slot without reports beside it
+
+
+def test_checks_earn_reports_only_in_the_report_slots(bench: ModuleType) -> None:
+    """Interleaved pacing: the warm-up and every second slot from the start (1, 3, ...)
+    earn reports (a share of 1/4: one report each three checks), the slots between earn
+    none; an earned report goes to an idle report connection at once."""
+    import asyncio
+    import time
+
+    class Reporter:
+        sent = 0
+
+        def _send(self) -> None:
+            Reporter.sent += 1
+
+    async def go() -> list[tuple[bool, int]]:
+        slot = 0.5
+        start = time.perf_counter() + slot / 2
+        paced = bench._Paced(0.25, slot, start)
+        paced.idle.extend(Reporter() for _ in range(50))
+        seen = []
+        for at in (-0.1, 0.25, 0.75, 1.25):  # mid warm-up, slots 0, 1 and 2
+            await asyncio.sleep(max(0.0, start + at - time.perf_counter()))
+            before = Reporter.sent
+            for _ in range(6):  # six checks
+                if paced.on:
+                    paced.earn()
+            seen.append((paced.on, Reporter.sent - before))
+        return seen
+
+    assert asyncio.run(go()) == [(True, 2), (False, 0), (True, 2), (False, 0)]
+
+
+def test_the_load_generator_runs_as_a_batch_task(bench: ModuleType) -> None:
+    import os
+    import subprocess
+
+    code = (
+        "import importlib.util, os, sys;"
+        f"s = importlib.util.spec_from_file_location('b', {str(BENCH)!r});"
+        "m = importlib.util.module_from_spec(s); s.loader.exec_module(m);"
+        "m.as_batch_task(); print(os.sched_getscheduler(0) == os.SCHED_BATCH)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"
+    assert os.sched_getscheduler(0) != os.SCHED_BATCH  # this process untouched
