@@ -55,13 +55,9 @@ class TtlCache(Generic[V]):
         self._dropped: set[Hashable] = set()  # invalidate(key) while that key was loading
 
     async def get(self, key: Hashable, load: Callable[[], Awaitable[V]]) -> V:
-        expires = self._expires.get(key)
-        if expires is not None:
-            left = expires - self._clock()
-            if left > 0:
-                if left < self._ahead:
-                    self._refresh(key, load)
-                return self._data[key]
+        held = self._held(key, load)
+        if held is not None:
+            return held[0]
         pending = self._loading.get(key)
         if pending is not None:
             return await asyncio.shield(pending)
@@ -117,16 +113,20 @@ class TtlCache(Generic[V]):
     def peek(self, key: Hashable) -> tuple[V] | None:
         """``(value,)`` if this key holds an answer still in its time, else None (the
         caller that cannot wait for a load takes its slower path, which loads it)."""
+        return self._held(key, self._loaders.get(key))
+
+    def _held(self, key: Hashable, load: Callable[[], Awaitable[V]] | None) -> tuple[V] | None:
+        """``(value,)`` if this key holds an answer still in its time, else None; a read in
+        the last part of that time also starts its reload with ``load`` (refresh_ahead)."""
         expires = self._expires.get(key)
-        if expires is not None:
-            left = expires - self._clock()
-            if left > 0:
-                if left < self._ahead:
-                    load = self._loaders.get(key)
-                    if load is not None:
-                        self._refresh(key, load)
-                return (self._data[key],)
-        return None
+        if expires is None:
+            return None
+        left = expires - self._clock()
+        if left <= 0:
+            return None
+        if left < self._ahead and load is not None:
+            self._refresh(key, load)
+        return (self._data[key],)
 
     def _put(self, key: Hashable, value: V, now: float) -> None:
         if len(self._data) >= self.max_entries and key not in self._data:
