@@ -8,7 +8,9 @@ with every old one, n^2 pairs. Measured on PostgreSQL 15: a batch of 300 reports
 89,700 pairs (11.5 ms); 500, 12 of the statement's 15 ms; at 100 (a busy server's batch)
 about 5 us of the database's CPU a report. With nested loops off inside the function (and
 only there: the setting is the function's own), an UPDATE of 500 rows took 3.7 ms against
-15.4 (3.1 with no trigger at all).
+15.4 (3.1 with no trigger at all). A later migration that replaces the function (CREATE OR
+REPLACE resets its settings) must set it again; the test that reads the trigger's plan
+(tests/test_server_directory.py) would fail otherwise.
 
 Revision ID: 0015
 Revises: 0014
