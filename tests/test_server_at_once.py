@@ -484,3 +484,36 @@ def test_reports_taken_at_once_halt_a_failing_release(keys: Keys, tmp_path: Path
             post(check("dev-00005"), fleet.tokens["dev-00005"])
         )
         assert status == 200 and json.loads(body)["update"] is False  # offered to no one
+
+
+def test_a_maintenance_round_drops_only_the_timestamps_it_signed_again(
+    db_url: str, keys: Keys, tmp_path: Path
+) -> None:
+    """A maintenance round (every 30 s) keeps each channel's timestamp fresh. One that signs
+    nothing again leaves the held timestamp held: the next check finds it and is answered in
+    the protocol (the round used to drop every channel's, and the checks of the next
+    milliseconds went through the app to wait for the reload). One that signs a timestamp
+    again (near its expiry) drops it: the new one is served from then on."""
+    import asyncio
+
+    from mpseal.server.service import UpdateServer
+
+    register(db_url, 1)  # the schema
+    server = UpdateServer(config_for(db_url, keys, tmp_path, cache_seconds=CACHE_SECONDS))
+
+    async def main() -> None:
+        first = await server.timestamp("stable")
+        assert first is not None
+        await server.maintain()
+        held = server.timestamp_now("stable")
+        assert held is not None and held[0] is first
+        server.timestamps.refresh_before = server.timestamps.expiry + 1  # every one is due
+        await server.maintain()
+        assert server.timestamp_now("stable") is None
+        second = await server.timestamp("stable")
+        assert second is not None and second.version > first.version
+
+    try:
+        asyncio.run(main())
+    finally:
+        server.store.close()

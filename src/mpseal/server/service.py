@@ -516,8 +516,14 @@ class UpdateServer:
                 await self.maybe_halt(info.view.id, info.stats, info.overrides)
         channels = {self.config.default_channel, *(i.view.channel for i in infos)}
         for channel in sorted(channels):
-            await self.run(self.timestamps.refresh, channel)
-        self.current_ts.invalidate()
+            rec = await self.run(self.timestamps.refresh, channel)
+            # A timestamp re-signed (here or by another server) is served from now on; one
+            # held as it is stays held: a check finds it and is answered in the protocol
+            # (dropping every channel each round sent the checks of the next milliseconds
+            # through the app, to wait for the reload).
+            held = self.current_ts.peek(channel)
+            if held is None or held[0] is None or held[0].version != rec.version:
+                self.current_ts.invalidate(channel)
         for _ in range(20):  # at most 200,000 a round: the rest next round
             if await self.run(self.store.prune_events, self.config.event_retention_days) < 10_000:
                 break
