@@ -517,3 +517,4 @@ def test_a_maintenance_round_drops_only_the_timestamps_it_signed_again(
         asyncio.run(main())
     finally:
         server.store.close()
+        server.store.registry.engine.dispose()
