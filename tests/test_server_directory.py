@@ -28,12 +28,13 @@ from server_support import (
     running_server,
 )
 from test_server_api import check_body
+from test_server_reports import published
 from test_server_survival import serve, wait_for
 
 from mpseal.errors import TransportError
 from mpseal.fleet.registry import Registry, token_hash
 from mpseal.fleet.releases import FAILED_EVENTS
-from mpseal.fleet.releasestore import NewRelease, ReleaseStore, Report
+from mpseal.fleet.releasestore import ReleaseStore, Report
 from mpseal.server.directory import DeviceDirectory
 from mpseal.server.service import UpdateServer
 
@@ -156,13 +157,7 @@ def test_a_batch_of_failure_reports_feeds_its_devices_comparing_each_row_once(
     import psycopg
 
     n = 300
-    registry = Registry.open(fresh_pg)
-    register(fresh_pg, n)
-    store = ReleaseStore(registry)
-    rid = store.publish(
-        NewRelease("hello", "esp32", "1.1.0", 2, "a" * 64, "b" * 64, 10, "stable")
-    ).view.id
-    ids = sorted(int(d.id) for d in registry.devices())
+    registry, store, rid, ids = published(fresh_pg, n)
     store.record_reports([Report(d, "booted", "1.1.0", "", rid) for d in ids])
     xmin, _ = store.device_changes(None)
     plans: list[str] = []
