@@ -335,6 +335,61 @@ def test_events_past_retention_are_deleted_and_keys_are_64_bit(
     assert json.dumps(newest)  # plain int
 
 
+def test_pruning_events_deletes_only_the_due_ones_reading_few_rows(db_url: str) -> None:
+    """The retention, with no index on ``events.at`` (migration 0016): every event past it is
+    deleted, a batch at a time; none younger, even written out of order (a machine whose
+    clock runs behind or ahead); and with nothing due it reads a few rows through the primary
+    key, not the table."""
+    reg = Registry.open(db_url)
+    store = ReleaseStore(reg)
+    now = utcnow()
+    old, ahead = now - timedelta(days=40), now + timedelta(days=1)
+    rows = (
+        [(old, "old")] * 2_400
+        + [(ahead, "ahead")] * 50  # a clock ahead: kept until its time
+        + [(old, "old")] * 100
+        + [(now, "new")] * 3_000
+        + [(old, "behind")] * 10  # a clock behind, among the new
+        + [(now, "new")] * 20_000
+    )
+    with reg.engine.begin() as conn:
+        conn.execute(
+            sa.insert(Event),
+            [{"device_id": i, "kind": kind, "at": at} for i, (at, kind) in enumerate(rows)],
+        )
+
+    def kinds() -> dict[str, int]:
+        with reg.engine.connect() as conn:
+            q = sa.select(Event.kind, sa.func.count()).group_by(Event.kind)
+            return {str(k): int(n) for k, n in conn.execute(q).tuples()}
+
+    def table_reads() -> tuple[int, int]:
+        with reg.engine.connect() as conn:
+            q = "SELECT seq_scan, idx_tup_fetch FROM pg_stat_user_tables WHERE relname = 'events'"
+            scans, fetched = conn.exec_driver_sql(q).one()
+        return int(scans), int(fetched or 0)
+
+    pruned = [store.prune_events(30.0, limit=1_000) for _ in range(5)]
+    assert pruned[:2] == [1_000, 1_000] and pruned[-1] == 0, pruned
+    left = kinds()
+    # never one not due; every due one the bisection reaches (those held back by a clock
+    # ahead, or found among the new ones, go when they are reached)
+    assert left["new"] == 23_000 and left["ahead"] == 50, left
+    assert left.get("old", 0) in (0, 100) and left.get("behind", 0) in (0, 10), left
+    assert sum(pruned) == 2_510 - left.get("old", 0) - left.get("behind", 0)
+    if reg.engine.dialect.name == "postgresql":
+        with reg.engine.connect() as conn:  # statistics, as autovacuum keeps them
+            conn.exec_driver_sql("ANALYZE events")
+            conn.exec_driver_sql("SELECT pg_stat_force_next_flush()")
+        before = table_reads()
+        assert store.prune_events(30.0) == 0
+        with reg.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT pg_stat_force_next_flush()")
+        scans, fetched = (b - a for a, b in zip(before, table_reads(), strict=True))
+        assert scans == 0 and fetched < 200, (scans, fetched)
+    reg.engine.dispose()
+
+
 @pytest.mark.parametrize("n", [3])
 def test_report_batches_store_many_devices_in_one_transaction(db_url: str, n: int) -> None:
     """Concurrent reports of one release from many devices, and the same device twice in one

@@ -114,11 +114,10 @@ class DeviceUpdate(Base):
 
     __tablename__ = "device_updates"
 
-    # a device's id, with no foreign key: a report locks no device row (migration 0014)
+    # ids with no foreign keys: a report locks no device's or release's row (migrations
+    # 0014, 0016; neither is ever deleted, and the server read both ids from the database)
     device_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    release_id: Mapped[int] = mapped_column(
-        ForeignKey("releases.id", ondelete="CASCADE"), primary_key=True
-    )
+    release_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     state: Mapped[str] = mapped_column(String(16))
     # The state before the last change (None: the first report); see migration 0009.
     prev_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
