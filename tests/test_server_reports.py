@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -361,7 +362,7 @@ def test_pruning_events_deletes_only_the_due_ones_reading_few_rows(db_url: str) 
     def kinds() -> dict[str, int]:
         with reg.engine.connect() as conn:
             q = sa.select(Event.kind, sa.func.count()).group_by(Event.kind)
-            return {str(k): int(n) for k, n in conn.execute(q).tuples()}
+            return {str(row[0]): int(row[1]) for row in conn.execute(q)}
 
     def table_reads() -> tuple[int, int]:
         with reg.engine.connect() as conn:
@@ -447,6 +448,48 @@ def test_report_batches_linger_for_company_unless_full() -> None:
     alone, full = asyncio.run(main())
     assert 0.35 <= alone < 2 and full < 0.2
     assert sizes == [1, 3]
+
+
+def test_each_report_of_a_batch_hears_its_outcome_in_the_batchs_turn(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every submitter of a stored batch hears (result, None), of a failed one (None, error),
+    with no future between (the batch's end calls them all, in one turn of the loop); one
+    whose callback fails is logged, and the others still hear."""
+    from mpseal.server.batch import WriteBatcher
+
+    async def write(items: list[int]) -> int:
+        if 0 in items:
+            raise OSError("database gone")
+        return sum(items)
+
+    heard: list[tuple[int, int | None, str | None]] = []
+
+    def then(i: int, result: int | None, error: BaseException | None) -> None:
+        if i == 2:
+            raise RuntimeError("a broken callback")
+        heard.append((i, result, None if error is None else str(error)))
+
+    async def main() -> None:
+        b: WriteBatcher[int, int] = WriteBatcher(write, full=3, linger=0.2)
+        for i in (1, 2, 3):
+            b.submit_then(i, partial(then, i))
+        while len(heard) < 2:
+            await asyncio.sleep(0.01)
+        for i in (0, 4):
+            b.submit_then(i, partial(then, i))
+        failed = b.submit_nowait(0)
+        with pytest.raises(OSError, match="database gone"):
+            await failed
+
+    asyncio.run(main())
+    assert heard == [
+        (1, 6, None),
+        (3, 6, None),
+        (0, None, "database gone"),
+        (4, None, "database gone"),
+    ]
+    assert "a stored batch's callback failed" in caplog.text
 
 
 def test_report_batches_linger_only_while_reports_come_fast() -> None:

@@ -356,7 +356,8 @@ _PG_CHECKINS = (
 )
 _PG_REPORT_STATUS = (
     "INSERT INTO device_status (device_id, last_report_at, last_event) "
-    "SELECT * FROM json_to_recordset(%s::json) AS v(d integer, t timestamptz, e text) "
+    "SELECT d, to_timestamp(t), e FROM json_to_recordset(%s::json) AS v(d integer, t float8, "
+    "e text) "
     "ORDER BY 1 ON CONFLICT (device_id) DO UPDATE SET last_report_at = excluded.last_report_at, "
     "last_event = excluded.last_event"
 )
@@ -1192,18 +1193,30 @@ class ReleaseStore:
     def record_report_status(self, seen: Sequence[tuple[int, str, datetime]]) -> None:
         """The inventory: each device's last report (device id, event, when), batched with
         the check-ins, not in the report's own transaction (which holds no inventory row)."""
+        self.record_report_status_rows([(d, e, at.timestamp()) for d, e, at in seen])
+
+    def record_report_status_rows(self, seen: Sequence[tuple[int, str, float]]) -> None:
+        """``record_report_status`` from (device id, event, Unix time), as the server keeps
+        them: no datetime per row on PostgreSQL."""
         if not seen:
             return
         items = sorted(seen)
         if self.registry.engine.dialect.name == "postgresql":
-            rows = json.dumps([{"d": d, "t": at.isoformat(), "e": e} for d, e, at in items])
+            rows = json.dumps([{"d": d, "t": at, "e": e} for d, e, at in items])
             with self._pg_cursor() as cur:  # one statement in autocommit: atomic alone
                 cur.execute(_PG_REPORT_STATUS, (rows,))
             return
         with self.registry.session() as s:
             s.connection().execute(
                 self._status_upsert(["last_report_at", "last_event"]),
-                [{"device_id": d, "last_report_at": at, "last_event": e} for d, e, at in items],
+                [
+                    {
+                        "device_id": d,
+                        "last_report_at": datetime.fromtimestamp(at, UTC),
+                        "last_event": e,
+                    }
+                    for d, e, at in items
+                ],
             )
 
     def sweep_trials(self, window_seconds: int, limit: int = 5000) -> int:

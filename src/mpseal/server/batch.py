@@ -10,26 +10,19 @@ Each check still costs one indexed device lookup, without a thread hop of its ow
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Hashable, Mapping
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 V = TypeVar("V")
 T = TypeVar("T")
 R = TypeVar("R")
 Loader = Callable[[list[Hashable]], Awaitable[Mapping[Any, V]]]  # found keys: their values
+# what a submitter hears once its item's batch ends: (the batch's result, None) or (None, error)
+Then = Callable[[R | None, BaseException | None], None]
 
-
-def failed_into(src: asyncio.Future[Any], dst: asyncio.Future[Any]) -> bool:
-    """True if ``src`` (done) was cancelled or failed, and ``dst`` then is too; False when
-    ``src`` has a result, which ``dst``'s owner turns into its own."""
-    if src.cancelled():
-        dst.cancel()
-        return True
-    error = src.exception()
-    if error is not None:
-        dst.set_exception(error)
-        return True
-    return False
+log = logging.getLogger("mpseal.server")
 
 
 class Batcher(Generic[V]):
@@ -115,7 +108,7 @@ class WriteBatcher(Generic[T, R]):
         self._window = (0.0, 0)  # (when the current window began, items in it)
         self._timer: asyncio.TimerHandle | None = None  # a lingering flush
         self._since = 0.0  # when the oldest pending item came (loop time)
-        self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._pending: list[tuple[T, Then[R]]] = []
         self._scheduled = False
         self._inflight = 0
         self._tasks: set[asyncio.Task[None]] = set()  # held: the loop keeps only weak refs
@@ -126,8 +119,15 @@ class WriteBatcher(Generic[T, R]):
     def submit_nowait(self, item: T) -> asyncio.Future[R]:
         """``submit`` with no coroutine: the future of the batch's result (a caller that
         waits on it must not cancel it: the batch sets it)."""
+        fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self.submit_then(item, partial(_settle, fut))
+        return fut
+
+    def submit_then(self, item: T, then: Then[R]) -> None:
+        """``submit`` with no future: ``then(result, None)`` once the batch holding ``item``
+        is committed, ``then(None, error)`` if it failed; called as the batch ends, in the
+        loop's same turn (a future per item cost a turn of the loop for each)."""
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[R] = loop.create_future()
         now = loop.time()
         began, count = self._window
         if now - began >= 1.0:
@@ -137,13 +137,12 @@ class WriteBatcher(Generic[T, R]):
             self._window = (began, count + 1)
         if not self._pending:
             self._since = now  # the linger counts from the oldest waiting item
-        self._pending.append((item, fut))
+        self._pending.append((item, then))
         if self._timer is not None and len(self._pending) >= self._full:
             self._timer.cancel()  # enough for a batch: no waiting out the linger
             self._timer = None
             self._scheduled = False
         self._schedule()
-        return fut
 
     def _schedule(self) -> None:
         if not self._scheduled and self._inflight < self._max_inflight and self._pending:
@@ -168,20 +167,36 @@ class WriteBatcher(Generic[T, R]):
             task.add_done_callback(self._tasks.discard)
         self._schedule()
 
-    async def _run(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+    async def _run(self, batch: list[tuple[T, Then[R]]]) -> None:
         try:
             result = await self._store([item for item, _ in batch])
         except BaseException as e:
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(e)
-                    fut.exception()
+            for _, then in batch:
+                _call(then, None, e)
             if not isinstance(e, Exception):
                 raise
         else:
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_result(result)
+            for _, then in batch:
+                _call(then, result, None)
         finally:
             self._inflight -= 1
             self._schedule()
+
+
+def _settle(fut: asyncio.Future[R], result: R | None, error: BaseException | None) -> None:
+    """``submit_nowait``'s ``then``: the batch's outcome into its future."""
+    if fut.done():
+        return
+    if error is None:
+        fut.set_result(result)  # type: ignore[arg-type]
+    else:
+        fut.set_exception(error)
+        fut.exception()  # retrieved: no warning if every waiter went away
+
+
+def _call(then: Then[R], result: R | None, error: BaseException | None) -> None:
+    """One item's ``then``; one that fails is logged, and the batch's others still hear."""
+    try:
+        then(result, error)
+    except Exception:
+        log.exception("a stored batch's callback failed")

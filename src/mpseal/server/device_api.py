@@ -27,7 +27,6 @@ from mpseal.formats import encrypted, jsondoc
 from mpseal.formats.names import APP_NAME, BOARD, CHANNEL, HARDWARE_ID, SHA256_HEX, VERSION
 from mpseal.fsutil import write_atomic
 from mpseal.server import auth
-from mpseal.server.batch import failed_into
 from mpseal.server.http import (
     ApiError,
     checked,
@@ -346,12 +345,16 @@ def report_now(
     entry = r.report(dev.id, release_id)
     answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
 
-    def stored(done: asyncio.Future[None]) -> None:  # as report's end, with no task
-        if not failed_into(done, answer):
+    def stored(error: BaseException | None) -> None:  # as report's end, with no task
+        if answer.done():
+            return
+        if error is not None:
+            answer.set_exception(error)
+        else:
             _stored(server, key, entry)
             answer.set_result(_RECORDED)
 
-    server.report_later(entry).add_done_callback(stored)
+    server.report_later(entry, stored)
     return answer
 
 

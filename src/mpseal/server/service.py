@@ -16,7 +16,6 @@ import gc
 import logging
 import time
 from collections.abc import Callable, Hashable
-from datetime import UTC, datetime
 from functools import partial
 from typing import TypeVar
 
@@ -35,7 +34,7 @@ from mpseal.fleet.releasestore import (
     device_view,
 )
 from mpseal.fleet.rollout import DeviceView, ReleaseStats, ReleaseView, halt_reason
-from mpseal.server.batch import Batcher, WriteBatcher, failed_into
+from mpseal.server.batch import Batcher, WriteBatcher
 from mpseal.server.cache import TtlCache
 from mpseal.server.config import ServerConfig
 from mpseal.server.directory import CHANGES_KEPT_SECONDS, PAGE_DEVICES, DeviceDirectory, Key
@@ -73,6 +72,16 @@ INVENTORY_CHUNK = 1000
 # failures must be able to halt it again without waiting for a maintenance round.
 HALTED_RECHECK_SECONDS = 5.0
 T = TypeVar("T")
+
+
+def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
+    """``report_later``'s ``then`` for a future: its outcome."""
+    if done.done():
+        return
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(error)
 
 
 def _retrieved(done: asyncio.Future[None]) -> None:
@@ -327,37 +336,42 @@ class UpdateServer:
 
     async def report(self, report: Report) -> None:
         """Store a report (returns once committed); halt its release if it must."""
-        done = self.report_later(report)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.report_later(report, partial(_settle, done))
         try:
             await asyncio.shield(done)  # a caller cancelled: stored anyway
         except asyncio.CancelledError:
             done.add_done_callback(_retrieved)  # its outcome has no one to go to
             raise
 
-    def report_later(self, report: Report) -> asyncio.Future[None]:
-        """``report`` with no task of its own: its batch's future, then the bookkeeping in
-        that future's callback (a task for a report cost the event loop a turn of its own
-        for each, which slowed the checks beside them); a task only to halt a release."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    def report_later(self, report: Report, then: Callable[[BaseException | None], None]) -> None:
+        """``report`` with no task and no future of its own: ``then(None)`` once stored (its
+        release halted if it must), ``then(error)`` if not, called as its batch ends (a
+        task for a report cost the event loop a turn of its own, and a future a turn more,
+        which slowed the checks beside them); a task only to halt a release."""
 
-        def stored(batch: asyncio.Future[dict[int, tuple[ReleaseStats, PolicyOverrides]]]) -> None:
-            if failed_into(batch, done):  # not stored (or the server stopping under it)
+        def stored(
+            counts: dict[int, tuple[ReleaseStats, PolicyOverrides]] | None,
+            error: BaseException | None,
+        ) -> None:
+            if error is not None:  # not stored (or the server stopping under it)
+                then(error)
                 return
-            halt = self._stored(report, batch.result())
+            halt = self._stored(report, counts or {})
             if halt is None:
-                done.set_result(None)
+                then(None)
                 return
             task = asyncio.ensure_future(self._halt(*halt))
             self._halting.add(task)  # held: the loop keeps only weak references
-            task.add_done_callback(partial(self._halted_then, done))
+            task.add_done_callback(partial(self._halted_then, then))
 
-        self._reports.submit_nowait(report).add_done_callback(stored)
-        return done
+        self._reports.submit_then(report, stored)
 
-    def _halted_then(self, done: asyncio.Future[None], task: asyncio.Task[bool]) -> None:
+    def _halted_then(
+        self, then: Callable[[BaseException | None], None], task: asyncio.Task[bool]
+    ) -> None:
         self._halting.discard(task)
-        if not failed_into(task, done):
-            done.set_result(None)
+        then(asyncio.CancelledError() if task.cancelled() else task.exception())
 
     def _stored(
         self, report: Report, counts: dict[int, tuple[ReleaseStats, PolicyOverrides]]
@@ -419,9 +433,7 @@ class UpdateServer:
             raise
 
     def _write_report_status(self, entries: list[tuple[int, tuple[str, float]]]) -> None:
-        self.store.record_report_status(
-            [(d, ev, datetime.fromtimestamp(at, UTC)) for d, (ev, at) in entries]
-        )
+        self.store.record_report_status_rows([(d, ev, at) for d, (ev, at) in entries])
 
     async def _flush_checks(self) -> None:
         pending, self._checkins = self._checkins, {}
