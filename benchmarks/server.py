@@ -948,10 +948,13 @@ def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
                 for i in rnd.sample(range(args.devices), min(args.devices, 1_200_000))
                 if cohort_bucket(rel["id"], f"bench-{i:07d}") < 10
             ]
-            third = min(30_000, max(1, len(cohort) // 3))
-            mixed_reporters = cohort[:third]
-            interleaved_reporters = cohort[third : 2 * third] or mixed_reporters
-            cohort = cohort[2 * third : 3 * third] or mixed_reporters  # the reports phase's
+            # (a million devices: ~40,000 each for the mixed phase and the interleaved slots,
+            # first reports for ~50 s of either at ~750 a second; ~20,000 for the reports
+            # phase, which repeats them)
+            share = max(1, 2 * len(cohort) // 5)
+            mixed_reporters = cohort[:share]
+            interleaved_reporters = cohort[share : 2 * share] or mixed_reporters
+            cohort = cohort[2 * share :] or mixed_reporters  # the reports phase's
             time.sleep(1.0)
             busy_before = background_busy()
             speed = python_speed()
