@@ -949,12 +949,13 @@ def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
                 if cohort_bucket(rel["id"], f"bench-{i:07d}") < 10
             ]
             # (a million devices: ~40,000 each for the mixed phase and the interleaved slots,
-            # first reports for ~50 s of either at ~750 a second; ~20,000 for the reports
-            # phase, which repeats them)
+            # first reports for ~50 s of either at ~750 a second; the reports phase repeats
+            # the rest and the mixed phase's, ~60,000 devices: at ~10,000 reports a second
+            # for 60 s, ~10 each, under a device's report rate)
             share = max(1, 2 * len(cohort) // 5)
             mixed_reporters = cohort[:share]
             interleaved_reporters = cohort[share : 2 * share] or mixed_reporters
-            cohort = cohort[2 * share :] or mixed_reporters  # the reports phase's
+            cohort = cohort[2 * share :] + mixed_reporters  # the reports phase's
             time.sleep(1.0)
             busy_before = background_busy()
             speed = python_speed()
