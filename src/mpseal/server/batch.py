@@ -120,7 +120,7 @@ class WriteBatcher(Generic[T, R]):
         """``submit`` with no coroutine: the future of the batch's result (a caller that
         waits on it must not cancel it: the batch sets it)."""
         fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self.submit_then(item, partial(_settle, fut))
+        self.submit_then(item, partial(settle, fut))
         return fut
 
     def submit_then(self, item: T, then: Then[R]) -> None:
@@ -183,8 +183,9 @@ class WriteBatcher(Generic[T, R]):
             self._schedule()
 
 
-def _settle(fut: asyncio.Future[R], result: R | None, error: BaseException | None) -> None:
-    """``submit_nowait``'s ``then``: the batch's outcome into its future."""
+def settle(fut: asyncio.Future[R], result: R | None, error: BaseException | None) -> None:
+    """An outcome into a future not yet done (``submit_nowait``'s ``then``, and with
+    ``result`` bound to None a ``then(error)``'s)."""
     if fut.done():
         return
     if error is None:

@@ -34,7 +34,7 @@ from mpseal.fleet.releasestore import (
     device_view,
 )
 from mpseal.fleet.rollout import DeviceView, ReleaseStats, ReleaseView, halt_reason
-from mpseal.server.batch import Batcher, WriteBatcher
+from mpseal.server.batch import Batcher, WriteBatcher, settle
 from mpseal.server.cache import TtlCache
 from mpseal.server.config import ServerConfig
 from mpseal.server.directory import CHANGES_KEPT_SECONDS, PAGE_DEVICES, DeviceDirectory, Key
@@ -72,16 +72,6 @@ INVENTORY_CHUNK = 1000
 # failures must be able to halt it again without waiting for a maintenance round.
 HALTED_RECHECK_SECONDS = 5.0
 T = TypeVar("T")
-
-
-def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
-    """``report_later``'s ``then`` for a future: its outcome."""
-    if done.done():
-        return
-    if error is None:
-        done.set_result(None)
-    else:
-        done.set_exception(error)
 
 
 def _retrieved(done: asyncio.Future[None]) -> None:
@@ -337,7 +327,7 @@ class UpdateServer:
     async def report(self, report: Report) -> None:
         """Store a report (returns once committed); halt its release if it must."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.report_later(report, partial(_settle, done))
+        self.report_later(report, partial(settle, done, None))
         try:
             await asyncio.shield(done)  # a caller cancelled: stored anyway
         except asyncio.CancelledError:
