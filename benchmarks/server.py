@@ -34,7 +34,9 @@ phases, each with devices of its own:
    then the same slots with, in place of the failure reports, as many checks sent where
    the protocol does not answer them (a query string: the app answers them, as it does a
    report): what mixing in a request of the app's costs the checks on this machine, for a
-   request that writes nothing (the control of phase 5);
+   request that writes nothing (the control of phase 5); and its calibration, the same
+   slots with plain checks on the report connections in place of the reports (a request
+   that costs one check: the checks should keep 1 - share of their rate, 95 %);
 6. with ``--tls tls|mtls``: checks over a new TLS connection each (mtls: with a client
    certificate), the cost of a handshake per request;
 7. the HTTP floor, once the update server stopped: the same checks (plain HTTP) against
@@ -417,6 +419,8 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _request(kind: str, spec: dict[str, Any], i: int) -> bytes:
     hw = f"bench-{i:07d}"
+    if kind == "plain check":  # the calibration's: a check, counted apart from the checks
+        return _request("check", spec, i)
     if kind == "app check":  # a check the protocol leaves to the app (a query string)
         return _request("check", spec, i).replace(
             b"POST /v1/device/check ", b"POST /v1/device/check?via=app ", 1
@@ -1028,6 +1032,22 @@ def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
                         "seconds": interleaved_seconds(args.seconds),
                     },
                 ),
+                # Its calibration: the same slots, the failure reports' share sent as plain
+                # checks over the report connections (counted apart): a request that costs
+                # the machine what a check costs, which the checks should read at 1 - share
+                # (95 %) of their rate; what the method itself reads apart from a report's
+                # cost (session 25: 94 % pooled over 24 slot pairs).
+                (
+                    "interleaved calibration",
+                    {
+                        "report_share": args.failure_share,
+                        "other": "plain check",
+                        "check_devices": interleaved_checkers,
+                        "report_devices": interleaved_checkers[:30_000],
+                        "slot": SLOT_SECONDS,
+                        "seconds": interleaved_seconds(args.seconds),
+                    },
+                ),
             ]
             if args.reports_on == "own":
                 # The mix as the benchmark sent it until run 20: each of the 128 connections
@@ -1194,6 +1214,8 @@ def main() -> int:
         ) / inter["check"]["rate"]
         control = ph["interleaved control"]
         control_ratio = control["mixed check"]["rate"] / control["check"]["rate"]
+        calibration = ph["interleaved calibration"]
+        calibration_ratio = calibration["mixed check"]["rate"] / calibration["check"]["rate"]
         missed |= (
             ratio < GOAL_MIXED_RATIO
             or reports["rate"] < GOAL_REPORTS
@@ -1242,6 +1264,13 @@ def main() -> int:
                 control,
             ),
             ("  (their checks through the app)", control.get("mixed app check"), control),
+            ("calibration slots: checks, 0 %", calibration["check"], calibration),
+            (
+                f"  checks, {args.failure_share:.0%} plain checks on other connections",
+                calibration["mixed check"],
+                calibration,
+            ),
+            ("  (their plain checks)", calibration.get("mixed plain check"), calibration),
         ]
         if "new connections" in ph:
             rows.append(
@@ -1349,6 +1378,14 @@ def main() -> int:
             + (f" (slot by slot: median {_median(c_pairs):.0%})" if c_pairs else "")
             + " (what "
             "mixing in any request the protocol does not answer costs the checks here)"
+        )
+        k_pairs = slot_ratios(calibration.get("check_slots") or {})
+        print(
+            f"  calibration: checks with {args.failure_share:.0%} of the requests plain checks "
+            f"on the report connections / without: interleaved slots {calibration_ratio:.0%}"
+            + (f" (slot by slot: median {_median(k_pairs):.0%})" if k_pairs else "")
+            + f" (a request that costs a check: {1 - args.failure_share:.0%} if the method "
+            "reads true)"
         )
         print(
             f"  promote to 10 % (cohort count) {r['promote_seconds']} s; an inventory page "
