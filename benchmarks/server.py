@@ -1036,7 +1036,7 @@ def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
                 # checks over the report connections (counted apart): a request that costs
                 # the machine what a check costs, which the checks should read at 1 - share
                 # (95 %) of their rate; what the method itself reads apart from a report's
-                # cost (session 25: 94 % pooled over 24 slot pairs).
+                # cost (session 25: 92.6 % over six phases of 8 slot pairs).
                 (
                     "interleaved calibration",
                     {
@@ -1266,7 +1266,7 @@ def main() -> int:
             ("  (their checks through the app)", control.get("mixed app check"), control),
             ("calibration slots: checks, 0 %", calibration["check"], calibration),
             (
-                f"  checks, {args.failure_share:.0%} plain checks on other connections",
+                f"  checks, {args.failure_share:.0%} plain checks as reports",
                 calibration["mixed check"],
                 calibration,
             ),
