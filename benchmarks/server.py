@@ -874,6 +874,13 @@ def slot_ratios(counts: dict[Any, int]) -> list[float]:
     return out
 
 
+def slots_read(phase: dict[str, Any]) -> tuple[float, list[float]]:
+    """An interleaved phase's checks in the mixed slots against the others: over all of its
+    slots, and slot by slot (``slot_ratios``)."""
+    ratio = phase["mixed check"]["rate"] / phase["check"]["rate"]
+    return ratio, slot_ratios(phase.get("check_slots") or {})
+
+
 def _median(values: list[float]) -> float:
     ordered = sorted(values)
     mid = len(ordered) // 2
@@ -977,6 +984,18 @@ def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
                 "report_connections": 2 * args.connections,
                 "sched": args.loadgen_sched,
             }
+
+            def slots(**over: Any) -> dict[str, Any]:
+                """An interleaved load (phase 5): its checks' devices, in 2 s slots."""
+                return {
+                    "report_share": args.failure_share,
+                    "check_devices": interleaved_checkers,
+                    "report_devices": interleaved_checkers[:30_000],  # the controls' "other"
+                    "slot": SLOT_SECONDS,
+                    "seconds": interleaved_seconds(args.seconds),
+                    **over,
+                }
+
             phases = [
                 ("checks", {"report_share": 0.0}),
                 (
@@ -1009,45 +1028,16 @@ def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
                 # one load. Over a session the same checks phase read 6,967 - 8,970/s on
                 # this workplace's slower machine, so two phases a minute apart differ by
                 # the machine alone by up to 16 %; slots two seconds apart share it.
-                (
-                    "interleaved",
-                    {
-                        "report_share": args.failure_share,
-                        "check_devices": interleaved_checkers,
-                        "report_devices": interleaved_reporters,
-                        "slot": SLOT_SECONDS,
-                        "seconds": interleaved_seconds(args.seconds),
-                    },
-                ),
+                ("interleaved", slots(report_devices=interleaved_reporters)),
                 # Its control: the same slots, the failure reports' share sent as checks
                 # the app answers (the protocol answers a plain one itself).
-                (
-                    "interleaved control",
-                    {
-                        "report_share": args.failure_share,
-                        "other": "app check",
-                        "check_devices": interleaved_checkers,
-                        "report_devices": interleaved_checkers[:30_000],
-                        "slot": SLOT_SECONDS,
-                        "seconds": interleaved_seconds(args.seconds),
-                    },
-                ),
+                ("interleaved control", slots(other="app check")),
                 # Its calibration: the same slots, the failure reports' share sent as plain
                 # checks over the report connections (counted apart): a request that costs
                 # the machine what a check costs, which the checks should read at 1 - share
                 # (95 %) of their rate; what the method itself reads apart from a report's
                 # cost (session 25: 92.6 % over six phases of 8 slot pairs).
-                (
-                    "interleaved calibration",
-                    {
-                        "report_share": args.failure_share,
-                        "other": "plain check",
-                        "check_devices": interleaved_checkers,
-                        "report_devices": interleaved_checkers[:30_000],
-                        "slot": SLOT_SECONDS,
-                        "seconds": interleaved_seconds(args.seconds),
-                    },
-                ),
+                ("interleaved calibration", slots(other="plain check")),
             ]
             if args.reports_on == "own":
                 # The mix as the benchmark sent it until run 20: each of the 128 connections
@@ -1207,15 +1197,15 @@ def main() -> int:
         after = ph["checks after"]["check"]
         sequential = mixed["rate"] / ((plain["rate"] + after["rate"]) / 2)
         inter = ph["interleaved"]
-        ratio = inter["mixed check"]["rate"] / inter["check"]["rate"]
+        ratio, pairs = slots_read(inter)
         # what the server answered in those slots, reports included (the goal counts checks)
         served = (
             inter["mixed check"]["rate"] + (inter.get("mixed report") or {}).get("rate", 0.0)
         ) / inter["check"]["rate"]
         control = ph["interleaved control"]
-        control_ratio = control["mixed check"]["rate"] / control["check"]["rate"]
+        control_ratio, c_pairs = slots_read(control)
         calibration = ph["interleaved calibration"]
-        calibration_ratio = calibration["mixed check"]["rate"] / calibration["check"]["rate"]
+        calibration_ratio, k_pairs = slots_read(calibration)
         missed |= (
             ratio < GOAL_MIXED_RATIO
             or reports["rate"] < GOAL_REPORTS
@@ -1347,8 +1337,6 @@ def main() -> int:
                 f"{shared['check']['rate'] / ((plain['rate'] + after['rate']) / 2):.0%} of the "
                 "checks alone (phases)"
             )
-        pairs = slot_ratios(inter.get("check_slots") or {})
-        c_pairs = slot_ratios(control.get("check_slots") or {})
         print(
             f"  checks with {args.failure_share:.0%} failure reports / without: interleaved "
             f"slots {ratio:.0%}"
@@ -1379,7 +1367,6 @@ def main() -> int:
             + " (what "
             "mixing in any request the protocol does not answer costs the checks here)"
         )
-        k_pairs = slot_ratios(calibration.get("check_slots") or {})
         print(
             f"  calibration: checks with {args.failure_share:.0%} of the requests plain checks "
             f"on the report connections / without: interleaved slots {calibration_ratio:.0%}"
