@@ -27,6 +27,7 @@ from mpseal.formats import encrypted, jsondoc
 from mpseal.formats.names import APP_NAME, BOARD, CHANNEL, HARDWARE_ID, SHA256_HEX, VERSION
 from mpseal.fsutil import write_atomic
 from mpseal.server import auth
+from mpseal.server.batch import settle
 from mpseal.server.http import (
     ApiError,
     checked,
@@ -346,13 +347,9 @@ def report_now(
     answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
 
     def stored(error: BaseException | None) -> None:  # as report's end, with no task
-        if answer.done():
-            return
-        if error is not None:
-            answer.set_exception(error)
-        else:
+        if error is None and not answer.done():
             _stored(server, key, entry)
-            answer.set_result(_RECORDED)
+        settle(answer, _RECORDED, error)
 
     server.report_later(entry, stored)
     return answer
