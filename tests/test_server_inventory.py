@@ -166,6 +166,43 @@ def test_inventory_records_checkins_and_reports_and_filters(
         assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1
 
 
+def test_inventory_is_written_as_a_chunk_of_it_fills(
+    db_url: str, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A busy server writes the inventory a chunk at a time as the check-ins come, not
+    all of the last ``inventory_seconds`` in one burst: here a chunk is 4 devices and the
+    period a minute, and a chunk's check-ins are in the database within a second."""
+    import mpseal.server.service as service
+
+    monkeypatch.setattr(service, "INVENTORY_CHUNK", 4)
+    fleet = register(db_url, 6)
+    hws = sorted(fleet.tokens)
+    cfg = config_for(db_url, keys, tmp_path, cache_seconds=0.0, inventory_seconds=60.0)
+    reg = Registry.open(db_url)
+
+    def written() -> set[str]:
+        with reg.engine.connect() as conn:
+            return set(
+                conn.scalars(
+                    sa.select(Device.hardware_id)
+                    .join(DeviceStatus, DeviceStatus.device_id == Device.id)
+                    .where(DeviceStatus.last_check_at.is_not(None))
+                )
+            )
+
+    with running_server(cfg) as srv, httpx.Client(base_url=srv.url) as dev:
+        for hw in hws[:3]:
+            check(dev, fleet, hw, "1.0.0")
+        time.sleep(1.0)
+        assert written() == set()  # less than a chunk: it waits for the period
+        check(dev, fleet, hws[3], "1.0.0")
+        deadline = time.monotonic() + 5
+        while written() != set(hws[:4]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert written() == set(hws[:4])
+    reg.engine.dispose()
+
+
 # -- the indexed day of the last check-in (migration 0010) ------------------------------
 
 MIDNIGHT = datetime(2026, 3, 1, tzinfo=UTC)

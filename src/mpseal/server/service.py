@@ -133,6 +133,7 @@ class UpdateServer:
         self._checkins: dict[int, tuple[str, str, int, str, float]] = {}
         self._written: dict[int, tuple[str, str, int, str, float]] = {}
         self._reported: dict[int, tuple[str, float]] = {}  # device id -> (event, unix time)
+        self._inventory_full = asyncio.Event()  # a chunk of the inventory waits to be written
         self._buckets: dict[int, tuple[float, float]] = {}  # device id -> (tokens, at)
         self._halted: dict[int, float] = {}  # release id -> when seen halted (monotonic)
         self._limiter: anyio.CapacityLimiter | None = None
@@ -373,6 +374,8 @@ class UpdateServer:
             or report.device_id in self._reported
         ):  # the inventory's last report, written with the check-ins
             self._reported[report.device_id] = (report.event, time.time())
+            if len(self._reported) >= INVENTORY_CHUNK:
+                self._inventory_full.set()
         rid = report.release_id
         if rid is not None and report.event in FAILED_EVENTS and not self._seen_halted(rid):
             entry = counts.get(rid)
@@ -406,6 +409,8 @@ class UpdateServer:
         ):
             return  # the next check after the flush records it
         self._checkins[device_id] = (app, version, counter, channel, now)
+        if len(self._checkins) >= INVENTORY_CHUNK:
+            self._inventory_full.set()
 
     async def flush_checkins(self) -> None:
         """Write the inventory noted since the last flush: check-ins, then last reports.
@@ -613,8 +618,17 @@ class UpdateServer:
             await asyncio.sleep(self.config.cache_seconds)
 
     async def _inventory_loop(self) -> None:
+        """Write the inventory once a chunk of it is noted, else every ``inventory_seconds``:
+        under load a steady stream of chunk-sized writes, not all of the last seconds' in
+        one burst (which took the workers' threads and the database from the requests
+        for a good part of a second every few seconds)."""
+        full = self._inventory_full
         while True:
-            await asyncio.sleep(self.config.inventory_seconds)
+            try:
+                await asyncio.wait_for(full.wait(), self.config.inventory_seconds)
+            except TimeoutError:
+                pass
+            full.clear()
             try:
                 await self.flush_checkins()
             except TransportError:
