@@ -28,7 +28,7 @@ from server_support import (
 
 from mpseal.fleet.models import Certificate, Device, DeviceStatus, epoch_day
 from mpseal.fleet.registry import InventoryFilter, Registry
-from mpseal.fleet.releasestore import Checkin, ReleaseStore
+from mpseal.fleet.releasestore import Checkin, ReleaseStore, Report
 
 
 @pytest.fixture
@@ -338,7 +338,11 @@ def test_checkins_of_the_same_day_update_inventory_rows_in_place_on_postgresql(
         assert updates(n) == (n, n)
         checkins(every_tenth, "1.1.0", MIDNIGHT + timedelta(hours=3))
         assert updates(2 * n) == (2 * n, n)
-        write(lambda s: s.record_report_status([(d, "rolled_back", MIDNIGHT) for d in every_tenth]))
+        write(
+            lambda s: s.record_reports(
+                [Report(d, "rolled_back", "1.1.0", "benchmark") for d in every_tenth]
+            )
+        )
         assert updates(3 * n) == (3 * n, 2 * n)
     finally:
         reg.engine.dispose()

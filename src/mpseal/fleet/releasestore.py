@@ -354,22 +354,20 @@ _PG_CHECKINS = (
     "version = excluded.version, counter = excluded.counter, channel = excluded.channel, "
     "last_check_at = excluded.last_check_at, last_check_day = excluded.last_check_day"
 )
-_PG_REPORT_STATUS = (
-    "INSERT INTO device_status (device_id, last_report_at, last_event) "
-    "SELECT d, to_timestamp(t), e FROM json_to_recordset(%s::json) AS v(d integer, t float8, "
-    "e text) "
-    "ORDER BY 1 ON CONFLICT (device_id) DO UPDATE SET last_report_at = excluded.last_report_at, "
-    "last_event = excluded.last_event"
-)
 # The whole report batch on PostgreSQL, one statement (one round trip, atomic on its own):
-# the events; each counted (device, release) upserted in key order, the upsert keeping the
-# state it replaces (prev_state, under the row's lock, so concurrent batches count every
-# change once); the counters moved by the changes; the releases' sums (the snapshot's, plus
-# this batch's changes). Built from the constant UPDATE_STATES and COUNT_SHARDS: no input.
+# the events; each device's last report in the inventory (its row locked in key order, as
+# the check-ins' batches lock theirs); each counted (device, release) upserted in key order,
+# the upsert keeping the state it replaces (prev_state, under the row's lock, so concurrent
+# batches count every change once); the counters moved by the changes; the releases' sums
+# (the snapshot's, plus this batch's changes). Built from the constant UPDATE_STATES and COUNT_SHARDS: no input.
 _PG_REPORTS = (
     "WITH ev AS (INSERT INTO events (device_id, kind, detail, at) "  # noqa: S608
     "SELECT d, k, x, %(now)s FROM json_to_recordset(%(ev)s::json) AS e(d integer, k text, "
     "x text)), "
+    "st AS (INSERT INTO device_status (device_id, last_report_at, last_event) "
+    "SELECT d, %(now)s, e FROM json_to_recordset(%(st)s::json) AS s(d integer, e text) "
+    "ORDER BY d ON CONFLICT (device_id) DO UPDATE SET last_report_at = excluded.last_report_at, "
+    "last_event = excluded.last_event), "
     "up AS (INSERT INTO device_updates AS du "
     "(device_id, release_id, state, prev_state, reason, first_at, updated_at) "
     "SELECT d, r, st, NULL, why, %(now)s, %(now)s FROM json_to_recordset(%(rows)s::json) "
@@ -1020,6 +1018,14 @@ class ReleaseStore:
                     for r in reports
                 ],
             )
+            last = {r.device_id: r.event for r in reports}  # the inventory's last reports
+            s.connection().execute(
+                self._status_upsert(["last_report_at", "last_event"]),
+                [
+                    {"device_id": d, "last_report_at": now, "last_event": e}
+                    for d, e in sorted(last.items())
+                ],
+            )
             final: dict[tuple[int, int], Report] = {}
             for r in reports:
                 if r.release_id is not None:
@@ -1189,35 +1195,6 @@ class ReleaseStore:
         )
         with self._pg_cursor() as cur:  # one statement in autocommit: atomic alone
             cur.execute(_PG_CHECKINS, (data,))
-
-    def record_report_status(self, seen: Sequence[tuple[int, str, datetime]]) -> None:
-        """The inventory: each device's last report (device id, event, when), batched with
-        the check-ins, not in the report's own transaction (which holds no inventory row)."""
-        self.record_report_status_rows([(d, e, at.timestamp()) for d, e, at in seen])
-
-    def record_report_status_rows(self, seen: Sequence[tuple[int, str, float]]) -> None:
-        """``record_report_status`` from (device id, event, Unix time), as the server keeps
-        them: no datetime per row on PostgreSQL."""
-        if not seen:
-            return
-        items = sorted(seen)
-        if self.registry.engine.dialect.name == "postgresql":
-            rows = json.dumps([{"d": d, "t": at, "e": e} for d, e, at in items])
-            with self._pg_cursor() as cur:  # one statement in autocommit: atomic alone
-                cur.execute(_PG_REPORT_STATUS, (rows,))
-            return
-        with self.registry.session() as s:
-            s.connection().execute(
-                self._status_upsert(["last_report_at", "last_event"]),
-                [
-                    {
-                        "device_id": d,
-                        "last_report_at": datetime.fromtimestamp(at, UTC),
-                        "last_event": e,
-                    }
-                    for d, e, at in items
-                ],
-            )
 
     def sweep_trials(self, window_seconds: int, limit: int = 5000) -> int:
         """Trials booted longer than ``window_seconds`` ago and never confirmed become
@@ -1482,8 +1459,10 @@ def _pg_report_params(reports: Sequence[Report]) -> dict[str, Any]:
         if r.release_id is not None:
             final[(r.device_id, r.release_id)] = r  # the last one of a device counts
     keys = sorted(final)
+    last = {r.device_id: r.event for r in reports}  # the inventory's: a device's last report
     return {
         "now": utcnow(),
+        "st": json.dumps([{"d": d, "e": last[d]} for d in sorted(last)]),
         "ev": json.dumps(
             [
                 {

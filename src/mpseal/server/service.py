@@ -132,7 +132,6 @@ class UpdateServer:
         # tuples of strings and numbers: untracked by the garbage collector once it saw them)
         self._checkins: dict[int, tuple[str, str, int, str, float]] = {}
         self._written: dict[int, tuple[str, str, int, str, float]] = {}
-        self._reported: dict[int, tuple[str, float]] = {}  # device id -> (event, unix time)
         self._inventory_full = asyncio.Event()  # a chunk of the inventory waits to be written
         self._buckets: dict[int, tuple[float, float]] = {}  # device id -> (tokens, at)
         self._halted: dict[int, float] = {}  # release id -> when seen halted (monotonic)
@@ -367,15 +366,8 @@ class UpdateServer:
     def _stored(
         self, report: Report, counts: dict[int, tuple[ReleaseStats, PolicyOverrides]]
     ) -> tuple[int, str] | None:
-        """A stored report's bookkeeping; the release to halt and why, if it must (decided
-        here: a task only for a halt, not for every failure report)."""
-        if (
-            len(self._reported) < self.config.limits.cache_entries_max
-            or report.device_id in self._reported
-        ):  # the inventory's last report, written with the check-ins
-            self._reported[report.device_id] = (report.event, time.time())
-            if len(self._reported) >= INVENTORY_CHUNK:
-                self._inventory_full.set()
+        """The release to halt and why, if a stored report must halt it (decided here: a
+        task only for a halt, not for every failure report)."""
         rid = report.release_id
         if rid is not None and report.event in FAILED_EVENTS and not self._seen_halted(rid):
             entry = counts.get(rid)
@@ -413,24 +405,9 @@ class UpdateServer:
             self._inventory_full.set()
 
     async def flush_checkins(self) -> None:
-        """Write the inventory noted since the last flush: check-ins, then last reports.
-        The rows are built in the worker thread, not on the event loop: a flush holds the
-        devices of ``inventory_seconds`` of checks (tens of thousands), and building their
-        rows on the loop stalled every request meanwhile."""
-        await self._flush_checks()
-        reported, self._reported = self._reported, {}
-        entries = list(reported.items())
-        try:
-            for i in range(0, len(entries), INVENTORY_CHUNK):
-                await self.run(self._write_report_status, entries[i : i + INVENTORY_CHUNK])
-        except TransportError:
-            self._requeue(self._reported, reported)
-            raise
-
-    def _write_report_status(self, entries: list[tuple[int, tuple[str, float]]]) -> None:
-        self.store.record_report_status_rows([(d, ev, at) for d, (ev, at) in entries])
-
-    async def _flush_checks(self) -> None:
+        """Write the check-ins noted since the last flush (a device's last report is written
+        with the report). The rows are built in the worker thread, not on the event loop:
+        building a chunk's rows on the loop stalled every request meanwhile."""
         pending, self._checkins = self._checkins, {}
         entries = list(pending.items())
         try:
