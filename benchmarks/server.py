@@ -26,8 +26,11 @@ phases, each with devices of its own:
    slots of 2 s without and with the failure reports in turn; checks/s of each kind of
    slot, each counted from 0.3 s into the slot. The machine's own speed drifts between
    phases (the same checks phase read 6,967 - 8,970/s over one session), and two slots
-   2 s apart share that drift; what a report costs later than its slot (the inventory's
-   last-report rows, every 5 s; vacuum) is spread over both kinds of slot;
+   2 s apart share that drift; what a report costs later than its slot (vacuum; the
+   other workers' reading of the feed, within a second) is spread over both kinds of slot
+   (the inventory is written as its chunks fill: until run 27 it was written every 5 s
+   in one burst of most of a second of the machine, which fell in 0, 1 or 2 slots of a
+   pair and moved the slots' checks by up to a third);
    each mixed slot is also read against the slots without reports beside it (the median
    and range of those ratios: a burst of other work on the machine moves one or two of
    them, where it moves the slots' totals);
