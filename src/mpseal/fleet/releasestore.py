@@ -359,7 +359,8 @@ _PG_CHECKINS = (
 # the check-ins' batches lock theirs); each counted (device, release) upserted in key order,
 # the upsert keeping the state it replaces (prev_state, under the row's lock, so concurrent
 # batches count every change once); the counters moved by the changes; the releases' sums
-# (the snapshot's, plus this batch's changes). Built from the constant UPDATE_STATES and COUNT_SHARDS: no input.
+# (the snapshot's, plus this batch's changes). Built from the constant UPDATE_STATES and
+# COUNT_SHARDS: no input.
 _PG_REPORTS = (
     "WITH ev AS (INSERT INTO events (device_id, kind, detail, at) "  # noqa: S608
     "SELECT d, k, x, %(now)s FROM json_to_recordset(%(ev)s::json) AS e(d integer, k text, "
@@ -1018,12 +1019,11 @@ class ReleaseStore:
                     for r in reports
                 ],
             )
-            last = {r.device_id: r.event for r in reports}  # the inventory's last reports
             s.connection().execute(
                 self._status_upsert(["last_report_at", "last_event"]),
                 [
                     {"device_id": d, "last_report_at": now, "last_event": e}
-                    for d, e in sorted(last.items())
+                    for d, e in _last_events(reports)
                 ],
             )
             final: dict[tuple[int, int], Report] = {}
@@ -1450,6 +1450,12 @@ def _first_event_not_due(s: Session, cutoff: datetime) -> int:
     return int(lo)
 
 
+def _last_events(reports: Sequence[Report]) -> list[tuple[int, str]]:
+    """The inventory's last report of each device of a batch (device id, event), in key
+    order (its rows locked in one order, as the check-ins' are)."""
+    return sorted({r.device_id: r.event for r in reports}.items())
+
+
 def _pg_report_params(reports: Sequence[Report]) -> dict[str, Any]:
     """``_PG_REPORTS``' parameters: every report's event; each device's last report of a
     release it was offered (the one that counts), in key order (rows locked in one order:
@@ -1459,10 +1465,9 @@ def _pg_report_params(reports: Sequence[Report]) -> dict[str, Any]:
         if r.release_id is not None:
             final[(r.device_id, r.release_id)] = r  # the last one of a device counts
     keys = sorted(final)
-    last = {r.device_id: r.event for r in reports}  # the inventory's: a device's last report
     return {
         "now": utcnow(),
-        "st": json.dumps([{"d": d, "e": last[d]} for d in sorted(last)]),
+        "st": json.dumps([{"d": d, "e": e} for d, e in _last_events(reports)]),
         "ev": json.dumps(
             [
                 {
