@@ -72,6 +72,7 @@ class Mirror(http.server.ThreadingHTTPServer):
         self.rewrite: dict[str, Callable[[bytes], bytes]] = {}  # path -> edits the real answer
         self.requests: list[tuple[str, bytes | None]] = []  # (path, body) of every request
         self.connections = 0  # TLS connections accepted (keep-alive: one per round)
+        self.forward_errors: list[str] = []  # forwards that failed once and were retried
 
     def process_request(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
         self.connections += 1
@@ -116,7 +117,18 @@ class _MirrorHandler(http.server.BaseHTTPRequestHandler):
                 for k, v in self.headers.items()
                 if k.lower() in ("authorization", "range", "content-type")
             }
-            r = self.server.client.request(self.command, self.path, content=body, headers=headers)
+            try:
+                r = self.server.client.request(
+                    self.command, self.path, content=body, headers=headers
+                )
+            except httpx.TransportError as e:  # a pooled connection the server closed as
+                # idle (its keep-alive limit) as it was reused: a proxy tries a GET once more
+                self.server.forward_errors.append(f"{self.command} {self.path}: {e!r}")
+                if self.command != "GET":
+                    raise
+                r = self.server.client.request(
+                    self.command, self.path, content=body, headers=headers
+                )
             status, data = r.status_code, r.content
             self.server.upstream_answers.append((self.path, status, data))
             if self.path in self.server.rewrite:
